@@ -1,0 +1,64 @@
+// Wire constants of the rephub agent<->hub protocol (see protocol/SPEC.md).
+
+export const MAGIC = 0x42485052; // bytes "RPHB" on the wire (little-endian u32)
+export const HEADER_SIZE = 12; // magic u32, cmd u16, flags u16, length u32
+export const SECTOR = 512;
+export const PROTOCOL_VERSION = 1;
+
+export enum Cmd {
+  HELLO = 1,
+  PROTECTED_WRITE = 2, // seed
+  REPORT_VM_VOLUMES = 3, // seed
+  START_PROTECT = 4, // seed
+  REMOTE_IO_REQ = 5, // seed
+  REMOTE_IO_RES = 6, // seed
+  AGENT_SHUTDOWN = 7, // seed
+  WRITE_ACK = 16,
+  DIRTY_REPORT = 17,
+  DIRTY_REPORT_ACK = 18,
+  CHECKSUM_REQ = 19,
+  CHECKSUM_RES = 20,
+  FLUSH = 21,
+  ERROR = 22,
+  PING = 23,
+  PONG = 24,
+}
+
+/** Capability bits exchanged in HELLO; the session uses the intersection. */
+export const Cap = {
+  WRITE_ACK: 1 << 0, // hub acks durable protected writes by sequence number
+  DIRTY_REPORT: 1 << 1, // agent reports its dirty extents; hub acks the hand-over
+  CHECKSUM: 1 << 2, // region checksums for resync and verify
+  FLUSH: 1 << 3, // flush/checkpoint markers
+  PING: 1 << 4, // heartbeats
+} as const;
+export const ALL_CAPS = Cap.WRITE_ACK | Cap.DIRTY_REPORT | Cap.CHECKSUM | Cap.FLUSH | Cap.PING;
+
+/** DIRTY_REPORT flags. */
+export const DIRTY_FINAL = 1; // last report of the reconnect hand-over for this volume
+
+/** ERROR codes. */
+export enum ErrorCode {
+  PROTOCOL = 1, // malformed or oversized frame
+  UNKNOWN_VOLUME = 2,
+  OUT_OF_RANGE = 3,
+  VOLUME_REFUSED = 4, // size mismatch, claimed by another agent, ...
+  IO = 5,
+  SHUTTING_DOWN = 6,
+}
+
+/** Hard limits: a frame over any of them closes the session before any large allocation. */
+export const Limits = {
+  maxPayload: 32 * 1024 * 1024 + 64, // largest data-bearing frame: 32 MiB of data plus fixed fields
+  maxIoBytes: 32 * 1024 * 1024, // largest single protected write or remote IO
+  maxVolumes: 256, // per REPORT_VM_VOLUMES
+  maxNameBytes: 255, // volume and VM names (UTF-8 bytes)
+  maxExtents: 65536, // per DIRTY_REPORT
+  maxChecksumRegions: 4096, // per CHECKSUM_REQ
+  maxErrorBytes: 1024,
+} as const;
+
+export const CHECKSUM_BYTES = 16; // truncated SHA-256 per region
+
+/** io_status values; negative errno on failure, like the seed. */
+export const IO_OK = 0;

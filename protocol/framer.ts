@@ -1,0 +1,107 @@
+// Incremental frame splitter over arbitrary TCP chunks: a frame may be split anywhere and a
+// chunk may hold many frames. A payload inside one chunk is passed on as a zero-copy view;
+// one spanning chunks is assembled once, into a buffer allocated only after the header's
+// length passed the limit check. Pure: no sockets.
+import { MAGIC, HEADER_SIZE, Limits, Cmd } from './constants';
+import { ProtocolError } from './errors';
+
+export type FrameHandler = (cmd: number, payload: Buffer) => void;
+
+const KNOWN = new Set<number>(Object.values(Cmd).filter((v): v is number => typeof v === 'number'));
+
+export class FrameDecoder {
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  private cmd = -1; // >= 0 while a header has been read and its payload is awaited
+  private need = 0;
+  private assembly: Buffer | null = null;
+  private filled = 0;
+  private failed = false;
+
+  constructor(private readonly onFrame: FrameHandler, private readonly maxPayload: number = Limits.maxPayload) {}
+
+  /** Feed one chunk. Throws ProtocolError on a bad frame; the decoder is then dead. */
+  push(chunk: Buffer): void {
+    if (this.failed) throw new ProtocolError('decoder already failed');
+    try {
+      this.consume(chunk);
+    } catch (e) {
+      this.failed = true;
+      throw e;
+    }
+  }
+
+  /** Bytes held for an incomplete frame (bounded by header + maxPayload). */
+  get buffered(): number {
+    return this.pendingBytes + this.filled;
+  }
+
+  private consume(chunk: Buffer): void {
+    let off = 0;
+    while (off < chunk.length) {
+      if (this.cmd < 0) {
+        // Need a header: it may straddle chunks, so gather up to 12 bytes.
+        if (this.pendingBytes === 0 && chunk.length - off >= HEADER_SIZE) {
+          this.header(chunk, off);
+          off += HEADER_SIZE;
+        } else {
+          const take = Math.min(HEADER_SIZE - this.pendingBytes, chunk.length - off);
+          this.pending.push(chunk.subarray(off, off + take));
+          this.pendingBytes += take;
+          off += take;
+          if (this.pendingBytes < HEADER_SIZE) return;
+          const h = Buffer.concat(this.pending, HEADER_SIZE);
+          this.pending = [];
+          this.pendingBytes = 0;
+          this.header(h, 0);
+        }
+        if (this.need === 0) {
+          this.emit(Buffer.alloc(0));
+          continue;
+        }
+      }
+      // Payload.
+      const avail = chunk.length - off;
+      if (this.assembly === null && avail >= this.need) {
+        const payload = chunk.subarray(off, off + this.need);
+        off += this.need;
+        this.emit(payload);
+        continue;
+      }
+      if (this.assembly === null) {
+        this.assembly = Buffer.allocUnsafe(this.need);
+        this.filled = 0;
+      }
+      const take = Math.min(this.need - this.filled, avail);
+      chunk.copy(this.assembly, this.filled, off, off + take);
+      this.filled += take;
+      off += take;
+      if (this.filled === this.need) {
+        const payload = this.assembly;
+        this.assembly = null;
+        this.filled = 0;
+        this.emit(payload);
+      }
+    }
+  }
+
+  private header(b: Buffer, o: number): void {
+    const magic = b.readUInt32LE(o);
+    if (magic !== MAGIC) throw new ProtocolError(`bad magic 0x${magic.toString(16).padStart(8, '0')}`);
+    const cmd = b.readUInt16LE(o + 4);
+    if (!KNOWN.has(cmd)) throw new ProtocolError(`unknown command ${cmd}`);
+    const flags = b.readUInt16LE(o + 6);
+    if (flags !== 0) throw new ProtocolError(`reserved flags 0x${flags.toString(16)} set`);
+    const len = b.readUInt32LE(o + 8);
+    if (len > this.maxPayload) throw new ProtocolError(`payload ${len} bytes exceeds limit ${this.maxPayload}`);
+    this.cmd = cmd;
+    this.need = len;
+  }
+
+  private emit(payload: Buffer): void {
+    const cmd = this.cmd;
+    this.cmd = -1;
+    this.need = 0;
+    this.onFrame(cmd, payload);
+  }
+}

@@ -1,0 +1,6 @@
+export * from './constants';
+export * from './messages';
+export * from './errors';
+export * from './decoder';
+export * from './serializer';
+export * from './framer';

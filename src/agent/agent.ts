@@ -1,0 +1,461 @@
+// The replication agent: mirrors every completed local write of the protected volumes to the
+// hub, answers the hub's remote IO, and keeps a dirty log so that a slow or absent hub costs a
+// delta resync, never a stalled VM or unbounded memory. Transport: TCP with reconnect.
+import * as net from 'node:net';
+import { createHash } from 'node:crypto';
+import {
+  Cmd, Cap, ALL_CAPS, PROTOCOL_VERSION, Limits, SECTOR, IO_OK, DIRTY_FINAL, CHECKSUM_BYTES,
+  FrameDecoder, decode, Message, ProtocolError, RemoteIoReq, ChecksumReq, Extent,
+  encodeHello, encodeReportVmVolumes, encodeProtectedWriteHead, encodeRemoteIoResHead, encodeAgentShutdown,
+  encodeDirtyReport, encodeChecksumRes, encodePong, encodePing, encodeFlush,
+} from '../../protocol';
+import { DirtyBitmap } from '../../storage/bitmap';
+import type { BlockTarget } from '../../storage/volume';
+import type { Logger } from '../log';
+import { DirtyLog } from './dirty-log';
+
+export interface AgentVolumeSpec { name: string; target: BlockTarget; log: DirtyLog }
+
+export interface AgentOptions {
+  hubHost: string;
+  hubPort: number;
+  vm: string;
+  volumes: AgentVolumeSpec[];
+  log: Logger;
+  caps?: number;
+  maxQueueBytes?: number; // mirrored bytes buffered towards the hub; beyond it writes become dirty bits
+  maxPendingWrites?: number; // mirrored writes awaiting the hub's durable ack
+  maxRemoteIo?: number; // remote IOs executed at once
+  reconnectMaxMs?: number;
+  heartbeatMs?: number; // PING interval; the link is declared dead after 3 silent intervals
+}
+
+interface Pending { seq: number; vol: AgentVolume; first: number; last: number }
+
+class AgentVolume {
+  id = -1; // hub-assigned volume_id; -1 until START_PROTECT
+  readonly regionSeq = new Map<number, number>(); // region -> last mirrored seq touching it
+  readonly busy = new Map<number, number>(); // region -> local writes in progress (not yet mirrored)
+  owed: DirtyBitmap; // dirty regions the hub has not been told about on this connection
+  handing: DirtyBitmap | null = null; // regions in the report awaiting the hub's ack
+  reportId = 0;
+  acksAwaited = 0;
+  constructor(readonly spec: AgentVolumeSpec) {
+    this.owed = new DirtyBitmap(spec.target.sizeBytes, spec.log.bitmap.regionSize);
+  }
+  get name() { return this.spec.name; }
+  get log() { return this.spec.log; }
+  reset(): void {
+    this.id = -1; // busy survives: those writes are still landing on the image
+    this.regionSeq.clear();
+    this.owed = new DirtyBitmap(this.spec.target.sizeBytes, this.spec.log.bitmap.regionSize);
+    this.handing = null;
+    this.acksAwaited = 0;
+  }
+}
+
+export class ReplicationAgent {
+  private readonly vols: AgentVolume[];
+  private readonly byName = new Map<string, AgentVolume>();
+  private readonly byId = new Map<number, AgentVolume>();
+  private sock: net.Socket | null = null;
+  private caps = 0;
+  private ready = false; // HELLO answered (or legacy assumed)
+  private sentSeq = 0;
+  private pending: Pending[] = [];
+  private pendingHead = 0;
+  private remoteActive = 0;
+  private remoteQueue: RemoteIoReq[] = [];
+  private stopping = false;
+  private backoff = 100;
+  private reconnectTimer: NodeJS.Timeout | null = null;
+  private heartbeat: NodeJS.Timeout | null = null;
+  private lastHeard = 0;
+  private syncTimer: NodeJS.Timeout;
+  private readonly o: Required<Omit<AgentOptions, 'volumes' | 'log'>>;
+  // counters for status and tests
+  stats = { writes: 0, mirroredBytes: 0, overflowWrites: 0, remoteReads: 0, remoteReadBytes: 0, remoteWrites: 0, connects: 0, reportedBytes: 0 };
+
+  constructor(private readonly opts: AgentOptions) {
+    this.o = {
+      hubHost: opts.hubHost, hubPort: opts.hubPort, vm: opts.vm, caps: opts.caps ?? ALL_CAPS,
+      maxQueueBytes: opts.maxQueueBytes ?? 64 << 20, maxPendingWrites: opts.maxPendingWrites ?? 65536,
+      maxRemoteIo: opts.maxRemoteIo ?? 16, reconnectMaxMs: opts.reconnectMaxMs ?? 5000, heartbeatMs: opts.heartbeatMs ?? 5000,
+    };
+    this.vols = opts.volumes.map((v) => new AgentVolume(v));
+    for (const v of this.vols) this.byName.set(v.name, v);
+    this.syncTimer = setInterval(() => { for (const v of this.vols) v.log.sync(); }, 1000);
+    this.syncTimer.unref();
+  }
+
+  get log(): Logger { return this.opts.log; }
+  get connected(): boolean { return this.ready; }
+
+  start(): void {
+    this.connect();
+  }
+
+  // ---- the write path (called by the NBD server or a test driver) ----
+
+  /** Apply a guest write to the local image and mirror it. Never waits for the hub. */
+  async write(name: string, offset: number, data: Buffer): Promise<void> {
+    const v = this.vol(name);
+    const [first, last] = this.begin(v, offset, offset + data.length);
+    try {
+      await v.spec.target.write(data, offset);
+      this.mirror(v, offset, data);
+    } finally {
+      this.end(v, first, last);
+    }
+  }
+
+  /** Persist the regions dirty before the image changes, and keep them from being cleared meanwhile. */
+  private begin(v: AgentVolume, start: number, end: number): [number, number] {
+    if (start < 0 || end > v.spec.target.sizeBytes || end <= start) throw new RangeError(`IO [${start}, ${end}) outside ${v.name}`);
+    v.log.mark(start, end);
+    const bm = v.log.bitmap, first = bm.regionOf(start), last = bm.regionOf(end - 1);
+    for (let r = first; r <= last; r++) v.busy.set(r, (v.busy.get(r) ?? 0) + 1);
+    return [first, last];
+  }
+
+  private end(v: AgentVolume, first: number, last: number): void {
+    for (let r = first; r <= last; r++) {
+      const n = v.busy.get(r)! - 1;
+      if (n === 0) v.busy.delete(r);
+      else v.busy.set(r, n);
+    }
+  }
+
+  /** Zeroing/trim: applied locally; the range is handed to the hub as dirty instead of as data. */
+  async zero(name: string, offset: number, length: number, apply: () => Promise<void>): Promise<void> {
+    const v = this.vol(name);
+    const [first, last] = this.begin(v, offset, offset + length);
+    try {
+      await apply();
+      this.owe(v, offset, offset + length);
+    } finally {
+      this.end(v, first, last);
+    }
+  }
+
+  async flush(name: string): Promise<void> {
+    const v = this.vol(name);
+    await v.spec.target.flush();
+    v.log.sync(true);
+    if (this.ready && this.caps & Cap.FLUSH) this.send([encodeFlush(this.sentSeq)]);
+  }
+
+  private vol(name: string): AgentVolume {
+    const v = this.byName.get(name);
+    if (!v) throw new Error(`no protected volume ${name}`);
+    return v;
+  }
+
+  private mirror(v: AgentVolume, offset: number, data: Buffer): void {
+    this.stats.writes++;
+    if (!this.ready || v.id < 0) return; // not protected now: the dirty log has it
+    const sock = this.sock!;
+    if (sock.writableLength + data.length > this.o.maxQueueBytes || this.pending.length - this.pendingHead >= this.o.maxPendingWrites) {
+      this.stats.overflowWrites++;
+      this.owe(v, offset, offset + data.length);
+      return;
+    }
+    const seq = ++this.sentSeq;
+    const bm = v.log.bitmap;
+    const first = bm.regionOf(offset), last = bm.regionOf(offset + data.length - 1);
+    this.pending.push({ seq, vol: v, first, last });
+    for (let r = first; r <= last; r++) v.regionSeq.set(r, seq);
+    sock.cork();
+    sock.write(encodeProtectedWriteHead(v.id, offset / SECTOR, data.length / SECTOR, IO_OK));
+    sock.write(data);
+    sock.uncork();
+    this.stats.mirroredBytes += data.length;
+  }
+
+  /** A dirty range the hub must hear about by report (overflow, zeroing). */
+  private owe(v: AgentVolume, start: number, end: number): void {
+    if (!this.ready || v.id < 0) return; // reported in full at the next connection
+    v.owed.setBytes(start, end);
+    this.scheduleReport(v);
+  }
+
+  private reportScheduled = false;
+  private scheduleReport(v: AgentVolume): void {
+    if (this.reportScheduled) return;
+    this.reportScheduled = true;
+    setTimeout(() => {
+      this.reportScheduled = false;
+      for (const vol of this.vols) this.sendOwed(vol);
+    }, 10);
+  }
+
+  /** Hand owed regions over in a report, once the previous report was acked and there is room. */
+  private sendOwed(v: AgentVolume): void {
+    if (!this.ready || v.id < 0 || v.handing !== null || v.owed.dirtyRegions === 0) return;
+    if (!(this.caps & Cap.DIRTY_REPORT)) { v.owed = new DirtyBitmap(v.owed.sizeBytes, v.owed.regionSize); return; }
+    if (this.sock!.writableLength > this.o.maxQueueBytes / 2) { this.scheduleReport(v); return; }
+    const owed = v.owed;
+    v.owed = new DirtyBitmap(owed.sizeBytes, owed.regionSize);
+    this.report(v, owed);
+  }
+
+  private report(v: AgentVolume, regions: DirtyBitmap): void {
+    v.handing = regions;
+    v.reportId = (v.reportId + 1) >>> 0;
+    const rs = regions.regionSize;
+    const chunks: Extent[][] = [[]];
+    let bytes = 0;
+    for (const [a, b] of regions.runs()) {
+      const start = a * rs, end = Math.min(b * rs, regions.sizeBytes);
+      if (chunks[chunks.length - 1].length === Limits.maxExtents) chunks.push([]);
+      chunks[chunks.length - 1].push({ offsetSectors: start / SECTOR, sizeSectors: (end - start) / SECTOR });
+      bytes += end - start;
+    }
+    v.acksAwaited = chunks.length;
+    chunks.forEach((c, i) => this.send([encodeDirtyReport(v.id, v.reportId, i === chunks.length - 1 ? DIRTY_FINAL : 0, c)]));
+    this.stats.reportedBytes += bytes;
+    this.log.info({ volume: v.name, extents: chunks.reduce((s, c) => s + c.length, 0), bytes }, 'dirty extents reported to hub');
+  }
+
+  // ---- connection ----
+
+  private connect(): void {
+    if (this.stopping) return;
+    const sock = net.connect({ host: this.o.hubHost, port: this.o.hubPort });
+    this.sock = sock;
+    sock.setNoDelay(true);
+    sock.setKeepAlive(true, 10_000);
+    const framer = new FrameDecoder((cmd, payload) => this.receive(cmd, payload));
+    sock.on('connect', () => {
+      this.stats.connects++;
+      this.lastHeard = Date.now();
+      this.log.info({ hub: `${this.o.hubHost}:${this.o.hubPort}` }, 'connected to hub');
+      sock.write(encodeHello(PROTOCOL_VERSION, this.o.caps, Limits.maxPayload, this.o.vm));
+      if (this.o.caps & Cap.PING) this.startHeartbeat(sock);
+    });
+    sock.on('data', (chunk) => {
+      this.lastHeard = Date.now();
+      try {
+        framer.push(chunk);
+      } catch (e) {
+        this.log.error({ cause: (e as Error).message }, 'bad frame from hub; reconnecting');
+        sock.destroy();
+      }
+    });
+    sock.on('error', (e) => this.log.warn({ cause: e.message }, 'hub connection error'));
+    sock.on('close', () => this.onClose(sock));
+  }
+
+  private startHeartbeat(sock: net.Socket): void {
+    const ms = this.o.heartbeatMs;
+    this.heartbeat = setInterval(() => {
+      if (Date.now() - this.lastHeard > 3 * ms) {
+        this.log.warn({ silentMs: Date.now() - this.lastHeard }, 'hub silent; dropping connection');
+        sock.destroy();
+      } else if (this.ready && this.caps & Cap.PING) this.send([encodePing(Date.now())]);
+    }, ms);
+    this.heartbeat.unref();
+  }
+
+  private onClose(sock: net.Socket): void {
+    if (this.sock !== sock) return;
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    this.heartbeat = null;
+    const wasReady = this.ready;
+    this.ready = false;
+    this.sock = null;
+    this.byId.clear();
+    for (const v of this.vols) v.reset(); // every unacked write stays in the dirty log
+    this.pending = [];
+    this.pendingHead = 0;
+    this.remoteQueue = [];
+    if (this.stopping) return;
+    if (wasReady) this.backoff = 100;
+    this.log.warn({ retryMs: this.backoff }, 'hub connection lost; VM keeps running, writes are logged as dirty');
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null;
+      this.connect();
+    }, this.backoff);
+    this.backoff = Math.min(this.backoff * 2, this.o.reconnectMaxMs);
+  }
+
+  private send(bufs: Buffer[]): void {
+    const s = this.sock;
+    if (!s || s.destroyed) return;
+    if (bufs.length === 1) { s.write(bufs[0]); return; }
+    s.cork();
+    for (const b of bufs) if (b.length) s.write(b);
+    s.uncork();
+  }
+
+  private receive(cmd: number, payload: Buffer): void {
+    const m = decode(cmd, payload);
+    if (!this.ready && m.cmd !== Cmd.HELLO) {
+      // A hub that answers without HELLO speaks the plain seed protocol.
+      this.caps = 0;
+      this.onReady();
+    }
+    this.handle(m);
+  }
+
+  private onReady(): void {
+    this.ready = true;
+    this.backoff = 100;
+    this.send([encodeReportVmVolumes(this.vols.map((v) => ({ name: v.name, sizeBytes: v.spec.target.sizeBytes })))]);
+  }
+
+  private handle(m: Message): void {
+    switch (m.cmd) {
+      case Cmd.HELLO:
+        if (this.ready) throw new ProtocolError('second HELLO from hub');
+        this.caps = m.caps & this.o.caps;
+        this.log.info({ hub: m.name, caps: this.caps }, 'hub hello');
+        return this.onReady();
+      case Cmd.START_PROTECT: {
+        const v = this.byName.get(m.name);
+        if (!v) { this.log.warn({ volume: m.name }, 'hub asked to protect an unknown volume'); return; }
+        v.id = m.volumeId;
+        this.byId.set(m.volumeId, v);
+        this.log.info({ volume: v.name, volumeId: v.id, dirtyBytes: v.log.bitmap.dirtyBytes }, 'protection started');
+        if (this.caps & Cap.DIRTY_REPORT) {
+          const snap = new DirtyBitmap(v.log.bitmap.sizeBytes, v.log.bitmap.regionSize);
+          for (const [a, b] of v.log.bitmap.runs()) snap.setRegions(a, b - 1);
+          this.report(v, snap);
+        }
+        return;
+      }
+      case Cmd.WRITE_ACK: return this.onAck(m.seq);
+      case Cmd.DIRTY_REPORT_ACK: return this.onReportAck(m.volumeId, m.reportId);
+      case Cmd.REMOTE_IO_REQ: return this.remoteIo(m);
+      case Cmd.CHECKSUM_REQ: return void this.checksum(m);
+      case Cmd.PING: return this.send([encodePong(m.nonce)]);
+      case Cmd.PONG: return;
+      case Cmd.ERROR:
+        this.log.error({ code: m.code, cause: m.message }, 'hub reported an error');
+        return;
+      default:
+        throw new ProtocolError(`unexpected ${Cmd[m.cmd]} from hub`);
+    }
+  }
+
+  private onAck(seq: number): void {
+    while (this.pendingHead < this.pending.length && this.pending[this.pendingHead].seq <= seq) {
+      const p = this.pending[this.pendingHead++];
+      const v = p.vol;
+      for (let r = p.first; r <= p.last; r++) {
+        if (v.regionSeq.get(r) !== p.seq) continue; // a later write still pends
+        v.regionSeq.delete(r);
+        if (!v.busy.has(r) && !v.owed.get(r) && !(v.handing && v.handing.get(r))) v.log.clear(r);
+      }
+    }
+    if (this.pendingHead > 4096) {
+      this.pending = this.pending.slice(this.pendingHead);
+      this.pendingHead = 0;
+    }
+  }
+
+  private onReportAck(volumeId: number, reportId: number): void {
+    const v = this.byId.get(volumeId);
+    if (!v || !v.handing || reportId !== v.reportId) return;
+    if (--v.acksAwaited > 0) return;
+    const h = v.handing;
+    v.handing = null;
+    for (const [a, b] of h.runs()) {
+      for (let r = a; r < b; r++) if (!v.regionSeq.has(r) && !v.busy.has(r) && !v.owed.get(r)) v.log.clear(r);
+    }
+    this.sendOwed(v);
+  }
+
+  private remoteIo(m: RemoteIoReq): void {
+    if (this.remoteActive >= this.o.maxRemoteIo) {
+      if (this.remoteQueue.length >= 1024) throw new ProtocolError('hub exceeded the remote IO queue limit');
+      this.remoteQueue.push(m);
+      return;
+    }
+    this.remoteActive++;
+    void this.execRemote(m).finally(() => {
+      this.remoteActive--;
+      const next = this.remoteQueue.shift();
+      if (next) this.remoteIo(next);
+    });
+  }
+
+  private async execRemote(m: RemoteIoReq): Promise<void> {
+    const v = this.byId.get(m.volumeId);
+    const offset = m.offsetSectors * SECTOR, len = m.sizeSectors * SECTOR;
+    if (!v || offset + len > v.spec.target.sizeBytes) {
+      this.log.error({ volumeId: m.volumeId, offset, len }, 'remote IO for unknown volume or out of range');
+      this.send([encodeRemoteIoResHead(m.reqId, -22, m.volumeId, 0)]);
+      return;
+    }
+    try {
+      if (m.isRead) {
+        const buf = Buffer.allocUnsafe(len);
+        await v.spec.target.read(buf, offset);
+        this.stats.remoteReads++;
+        this.stats.remoteReadBytes += len;
+        this.send([encodeRemoteIoResHead(m.reqId, IO_OK, m.volumeId, len), buf]);
+      } else {
+        await v.spec.target.write(m.data, offset);
+        this.stats.remoteWrites++;
+        this.send([encodeRemoteIoResHead(m.reqId, IO_OK, m.volumeId, 0)]);
+      }
+    } catch (e) {
+      this.log.error({ volume: v.name, offset, len, cause: (e as Error).message }, 'remote IO failed');
+      this.send([encodeRemoteIoResHead(m.reqId, -5, m.volumeId, 0)]);
+    }
+  }
+
+  private async checksum(m: ChecksumReq): Promise<void> {
+    const v = this.byId.get(m.volumeId);
+    const rs = m.regionSectors * SECTOR, start = m.offsetSectors * SECTOR;
+    if (!v || start + rs * m.count > v.spec.target.sizeBytes) {
+      this.send([encodeChecksumRes(m.reqId, -22, m.volumeId, Buffer.alloc(0))]);
+      return;
+    }
+    const out = Buffer.allocUnsafe(m.count * CHECKSUM_BYTES);
+    const buf = Buffer.allocUnsafe(rs);
+    try {
+      for (let i = 0; i < m.count; i++) {
+        await v.spec.target.read(buf, start + i * rs);
+        createHash('sha256').update(buf).digest().copy(out, i * CHECKSUM_BYTES, 0, CHECKSUM_BYTES);
+      }
+      this.send([encodeChecksumRes(m.reqId, IO_OK, m.volumeId, out)]);
+    } catch {
+      this.send([encodeChecksumRes(m.reqId, -5, m.volumeId, Buffer.alloc(0))]);
+    }
+  }
+
+  // ---- status and shutdown ----
+
+  status() {
+    return {
+      vm: this.o.vm, connected: this.ready, caps: this.caps,
+      queueBytes: this.sock?.writableLength ?? 0, pendingWrites: this.pending.length - this.pendingHead,
+      volumes: this.vols.map((v) => ({ name: v.name, volumeId: v.id, sizeBytes: v.spec.target.sizeBytes, dirtyBytes: v.log.bitmap.dirtyBytes })),
+      ...this.stats,
+    };
+  }
+
+  /** Clean stop: wait (bounded) for outstanding acks, send AGENT_SHUTDOWN, close. */
+  async stop(timeoutMs = 5000): Promise<void> {
+    this.stopping = true;
+    clearInterval(this.syncTimer);
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    const until = Date.now() + timeoutMs;
+    while (this.ready && (this.pendingHead < this.pending.length || this.vols.some((v) => v.handing)) && Date.now() < until) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    const sock = this.sock;
+    if (sock && !sock.destroyed) {
+      if (this.ready) sock.write(encodeAgentShutdown());
+      await new Promise<void>((res) => {
+        sock.end(() => res());
+        setTimeout(res, 1000).unref();
+      });
+      sock.destroy();
+    }
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    for (const v of this.vols) v.log.sync(true);
+  }
+}

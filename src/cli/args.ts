@@ -1,0 +1,39 @@
+// Validation of command-line values shared by the CLIs. Errors name the option and the value.
+import * as path from 'node:path';
+
+export const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
+export function parseHostPort(v: string, opt: string): { host: string; port: number } {
+  const m = /^(\[[0-9a-fA-F:.]+\]|[^:\s]+):(\d{1,5})$/.exec(v);
+  const port = m ? Number(m[2]) : NaN;
+  if (!m || port > 65535) throw new Error(`${opt}: expected HOST:PORT, got "${v}"`);
+  return { host: m[1].replace(/^\[|\]$/g, ''), port };
+}
+
+export function checkName(name: string, what: string): string {
+  if (!NAME_RE.test(name)) throw new Error(`${what} "${name}": use 1-128 characters of A-Z a-z 0-9 . _ - (starting with a letter or digit)`);
+  return name;
+}
+
+export function checkPath(p: string, what: string): string {
+  // eslint-disable-next-line no-control-regex
+  if (p.length === 0 || /[\x00-\x1f\x7f]/.test(p)) throw new Error(`${what} "${p}": empty or contains control characters`);
+  return p;
+}
+
+/** `V1R` (the file V1R protects agent volume V1) or `V1=/path/to/V1R.img`. */
+export function parseVolSpec(spec: string): { name: string; path: string } {
+  const eq = spec.indexOf('=');
+  if (eq >= 0) return { name: checkName(spec.slice(0, eq), '--vol name'), path: checkPath(spec.slice(eq + 1), '--vol path') };
+  checkPath(spec, '--vol');
+  const base = path.basename(spec).replace(/\.(img|raw|bin)$/i, '');
+  const name = base.length > 1 && base.endsWith('R') ? base.slice(0, -1) : base;
+  return { name: checkName(name, '--vol (derived name)'), path: spec };
+}
+
+export function parseSize(v: string, opt: string): number {
+  const m = /^(\d+)([KMGT]?)(i?B)?$/i.exec(v.trim());
+  if (!m) throw new Error(`${opt}: expected a size like 65536, 64K or 1M, got "${v}"`);
+  const mul = { '': 1, K: 1 << 10, M: 1 << 20, G: 1 << 30, T: 2 ** 40 }[m[2].toUpperCase() as '' | 'K' | 'M' | 'G' | 'T'];
+  return Number(m[1]) * mul;
+}

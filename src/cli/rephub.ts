@@ -1,0 +1,77 @@
+#!/usr/bin/env node
+// rephub: the replication hub (default command) and its operator subcommands.
+import { Command, Option } from 'commander';
+import * as path from 'node:path';
+import { Hub } from '../hub/hub';
+import { LmdbStateStore } from '../../storage/state';
+import { makeLogger } from '../log';
+import { parseHostPort, parseVolSpec, parseSize } from './args';
+
+const collect = (v: string, prev: string[]) => [...prev, v];
+
+async function serve(o: { listen: string; vol: string[]; data: string; http: string; regionSize: string }) {
+  const log = makeLogger('rephub');
+  const listen = parseHostPort(o.listen, '--listen');
+  const httpAddr = parseHostPort(o.http, '--http');
+  const regionSize = parseSize(o.regionSize, '--region-size');
+  if (o.vol.length === 0) throw new Error('give at least one --vol (e.g. --vol V1R)');
+  const volumes = o.vol.map(parseVolSpec);
+  const store = new LmdbStateStore(path.resolve(o.data));
+  const hub = new Hub({ volumes, store, log, regionSize });
+  const a = await hub.listen(listen.host, listen.port);
+  const h = await hub.listenHttp(httpAddr.host, httpAddr.port);
+  log.info({ listen: `${a.address}:${a.port}`, http: `http://${h.address}:${h.port}/status`, data: path.resolve(o.data), volumes }, 'rephub listening');
+  const stop = async (sig: string) => {
+    log.info({ signal: sig }, 'shutting down');
+    await hub.close();
+    process.exit(0);
+  };
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+}
+
+async function status(o: { hub: string; json?: boolean }) {
+  const url = o.hub.replace(/\/$/, '') + '/status';
+  const res = await fetch(url).catch((e) => { throw new Error(`cannot reach ${url}: ${e.cause?.message ?? e.message}`); });
+  const st: any = await res.json();
+  if (o.json) { process.stdout.write(JSON.stringify(st, null, 2) + '\n'); return; }
+  const rows = st.volumes.map((v: any) => [v.name, v.state, v.vm ?? '-', fmt(v.sizeBytes), fmt(v.dirtyBytes),
+    v.sizeBytes ? `${(100 * (1 - v.dirtyBytes / v.sizeBytes)).toFixed(1)}%` : '-', String(v.syncPass), v.recovery, v.lastError ?? '']);
+  table([['VOLUME', 'STATE', 'VM', 'SIZE', 'DIRTY', 'IN SYNC', 'PASS', 'RECOVERY', 'ERROR'], ...rows]);
+  process.stdout.write(`${st.agents.length} agent(s) connected\n`);
+}
+
+function fmt(n: number): string {
+  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
+  return `${i ? n.toFixed(1) : n}${u[i]}`;
+}
+function table(rows: string[][]) {
+  const w = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  for (const r of rows) process.stdout.write(r.map((c, i) => c.padEnd(w[i])).join('  ').trimEnd() + '\n');
+}
+
+const program = new Command('rephub')
+  .description('rephub: block replication hub. Keeps recovery volumes converged with the protected volumes of VM agents.')
+  .showHelpAfterError();
+
+program.command('serve', { isDefault: true })
+  .description('run the hub (the default command)')
+  .option('--listen <host:port>', 'address for agent connections', '0.0.0.0:7000')
+  .option('--vol <spec>', 'recovery volume: V1R (file V1R protects agent volume V1) or V1=/path/to/V1R.img; repeat for more', collect, [])
+  .option('--data <dir>', 'directory for hub state (LMDB: volume ids, generations, dirty bitmaps, sync cursors)', './rephub-data')
+  .option('--http <host:port>', 'status endpoint (GET /status)', '127.0.0.1:7080')
+  .addOption(new Option('--region-size <bytes>', 'dirty-bitmap region size for new replicas, 4K..1M').default('64K'))
+  .action(serve);
+
+program.command('status')
+  .description("show the hub's volumes and agents")
+  .option('--hub <url>', 'hub status URL', 'http://127.0.0.1:7080')
+  .option('--json', 'print JSON for scripts')
+  .action(status);
+
+program.parseAsync().catch((e) => {
+  process.stderr.write(`rephub: ${e.message}\n`);
+  process.exit(2);
+});

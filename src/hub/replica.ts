@@ -1,0 +1,124 @@
+// A recovery volume on the hub: the single owner of its target, record and dirty bitmap.
+// Sessions borrow it while attached; the sync engine asks it to set/clear regions.
+import { BlockTarget, FileVolume } from '../../storage/volume';
+import { DirtyBitmap } from '../../storage/bitmap';
+import { StateStore, VolumeRecord } from '../../storage/state';
+
+export type ReplicaState = 'unprotected' | 'syncing' | 'protecting' | 'degraded' | 'stopped' | 'error';
+
+export interface ReplicaSpec {
+  name: string; // protected volume name the agent reports (V1)
+  path: string; // recovery volume file or device (V1R)
+}
+
+export type TargetOpener = (path: string, sizeBytes: number) => BlockTarget;
+export const openFileTarget: TargetOpener = (path, sizeBytes) => FileVolume.open(path, { createSize: sizeBytes, minSize: sizeBytes });
+
+export class Replica {
+  state: ReplicaState = 'unprotected';
+  record?: VolumeRecord;
+  target?: BlockTarget;
+  bitmap?: DirtyBitmap;
+  owner: { vm: string; fail(e: Error): void } | null = null; // the session that has it attached
+  lastError?: string;
+  /** Resolves when the last owner's in-progress apply has finished. */
+  idle: Promise<void> = Promise.resolve();
+  bytesApplied = 0;
+  writesApplied = 0;
+  syncBytes = 0;
+
+  constructor(readonly spec: ReplicaSpec, private readonly store: StateStore, private readonly regionSize: number) {
+    const rec = store.volume(spec.name);
+    if (rec) {
+      this.record = rec;
+      this.bitmap = new DirtyBitmap(rec.sizeBytes, rec.regionSize);
+      store.loadBitmap(spec.name, this.bitmap);
+      this.bitmap.takeChangedPages();
+      this.state = rec.cleanShutdown ? 'stopped' : 'degraded';
+    }
+  }
+
+  get name(): string {
+    return this.spec.name;
+  }
+
+  /**
+   * Open (or create) the recovery volume for an agent reporting `sizeBytes`, and work out what
+   * must be resynced. `trustAgentReport`: the agent will report its own dirty extents.
+   */
+  async attach(sizeBytes: number, open: TargetOpener, trustAgentReport: boolean, vm: string): Promise<VolumeRecord> {
+    let rec = this.record;
+    if (rec && rec.sizeBytes !== sizeBytes) {
+      throw new Error(`protected volume ${this.name} is now ${sizeBytes} bytes but its replica was ${rec.sizeBytes} bytes; remove the replica's state to start over`);
+    }
+    if (!this.target) this.target = open(this.spec.path, sizeBytes);
+    if (!rec || !this.bitmap) {
+      rec = {
+        name: this.name, id: this.store.allocateVolumeId(), sizeBytes, regionSize: this.regionSize, generation: 0,
+        state: 'syncing', cleanShutdown: false, syncPass: 0, syncCursor: 0, vm,
+      };
+      this.bitmap = new DirtyBitmap(sizeBytes, this.regionSize);
+      this.bitmap.setAll(); // a new replica knows nothing: full initial sync
+    } else if (!rec.cleanShutdown && !trustAgentReport) {
+      // A legacy agent cannot tell us what it wrote while we were apart.
+      this.bitmap.setAll();
+    }
+    rec.generation += 1;
+    rec.cleanShutdown = false;
+    rec.state = 'syncing';
+    rec.vm = vm;
+    this.record = rec;
+    await this.store.saveBitmap(this.name, this.bitmap, true);
+    await this.store.putVolume(rec, true);
+    this.state = 'syncing';
+    this.lastError = undefined;
+    return rec;
+  }
+
+  /** Regions turned dirty are committed before the caller goes on. */
+  async markDirty(first: number, last: number): Promise<void> {
+    this.bitmap!.setRegions(first, last);
+    await this.store.saveBitmap(this.name, this.bitmap!, true);
+  }
+
+  /** Commit bits set directly on the bitmap before the caller relies on them. */
+  async commitDirty(): Promise<void> {
+    await this.store.saveBitmap(this.name, this.bitmap!, true);
+  }
+
+  /** Flush data, then persist cleared bits and the record (lazily, superset-safe). */
+  async checkpoint(): Promise<void> {
+    if (!this.record || !this.bitmap) return;
+    if (this.target) await this.target.flush();
+    this.record.state = this.state;
+    await this.store.saveBitmap(this.name, this.bitmap, false);
+    await this.store.putVolume(this.record, false);
+  }
+
+  setState(s: ReplicaState): void {
+    this.state = s;
+    if (this.record) this.record.state = s;
+  }
+
+  status() {
+    const bm = this.bitmap;
+    return {
+      name: this.name,
+      recovery: this.spec.path,
+      state: this.state,
+      volumeId: this.record?.id ?? null,
+      generation: this.record?.generation ?? 0,
+      vm: this.record?.vm ?? null,
+      sizeBytes: this.record?.sizeBytes ?? 0,
+      regionSize: this.record?.regionSize ?? this.regionSize,
+      dirtyBytes: bm ? bm.dirtyBytes : 0,
+      dirtyRegions: bm ? bm.dirtyRegions : 0,
+      syncPass: this.record?.syncPass ?? 0,
+      syncCursor: this.record?.syncCursor ?? 0,
+      bytesApplied: this.bytesApplied,
+      writesApplied: this.writesApplied,
+      syncBytes: this.syncBytes,
+      lastError: this.lastError ?? null,
+    };
+  }
+}

@@ -1,0 +1,451 @@
+// One agent connection on the hub, transport-agnostic: frames in through receive(), frames out
+// through the `send` callback. Every frame that touches storage goes through one serial queue,
+// so one VM's writes are applied in the order received across all its volumes, and a remote
+// read's data is checked against exactly the writes that came before it.
+import {
+  Cmd, Cap, ALL_CAPS, ErrorCode, PROTOCOL_VERSION, Limits, SECTOR, IO_OK, DIRTY_FINAL,
+  decode, Message, ProtocolError, ProtectedWrite, RemoteIoRes, DirtyReport, ReportVmVolumes,
+  encodeHello, encodeStartProtect, encodeRemoteIoReqHead, encodeWriteAck, encodeDirtyReportAck,
+  encodeError, encodePong,
+} from '../../protocol';
+import type { Logger } from '../log';
+import { Replica, TargetOpener } from './replica';
+import { VolumeSync, InflightRead } from './sync';
+
+export interface SessionConfig {
+  hubName: string;
+  caps: number; // capabilities this hub offers
+  maxInflightReads: number; // remote reads in flight per session
+  maxReadBytes: number; // largest remote read
+  maxQueueBytes: number; // received frames waiting to be applied; above it the transport pauses
+  checkpointMs: number; // how often cleared bits and cursors are persisted
+}
+
+export const defaultSessionConfig: SessionConfig = {
+  hubName: 'rephub', caps: ALL_CAPS, maxInflightReads: 8, maxReadBytes: 1 << 20,
+  maxQueueBytes: 64 << 20, checkpointMs: 1000,
+};
+
+export interface SessionHost {
+  replica(name: string): Replica | undefined;
+  openTarget: TargetOpener;
+  onStateChange(r: Replica, from: string): void;
+}
+
+export interface Transport {
+  send(bufs: Buffer[]): void;
+  close(reason?: Error): void;
+  pause(paused: boolean): void;
+}
+
+type Item = { msg: Message; bytes: number };
+
+export class AgentSession {
+  vm = '';
+  caps = 0;
+  private helloSeen = false;
+  private firstFrame = true;
+  private readonly byId = new Map<number, VolumeSync>();
+  private readonly reads = new Map<number, InflightRead>();
+  private nextReqId = 1;
+  private queue: Item[] = [];
+  private queueHead = 0;
+  private queueBytes = 0;
+  private paused = false;
+  private draining = false;
+  private current: Promise<void> = Promise.resolve();
+  private closed = false;
+  private cleanShutdown = false;
+  // Durable-ack bookkeeping: writes are numbered 1, 2, ... per connection (implicit seq).
+  private recvSeq = 0;
+  private appliedSeq = 0;
+  private ackedSeq = 0;
+  private flushing = false;
+  private readonly touchedTargets = new Set<Replica>();
+  private checkpointTimer: NodeJS.Timeout;
+  readonly started = Date.now();
+  bytesReceived = 0;
+
+  constructor(
+    readonly id: number, private readonly host: SessionHost, private readonly t: Transport,
+    private readonly cfg: SessionConfig, private readonly log: Logger,
+  ) {
+    this.checkpointTimer = setInterval(() => void this.checkpoint(), cfg.checkpointMs);
+    this.checkpointTimer.unref();
+  }
+
+  get volumes(): VolumeSync[] {
+    return [...this.byId.values()];
+  }
+
+  /** One complete frame from the framer. Throws ProtocolError for a bad one. */
+  receive(cmd: number, payload: Buffer): void {
+    if (this.closed) return;
+    this.bytesReceived += payload.length;
+    const msg = decode(cmd, payload);
+    if (this.firstFrame) {
+      this.firstFrame = false;
+      if (msg.cmd !== Cmd.HELLO) this.log.info({ session: this.id }, 'agent sent no HELLO: legacy seed protocol, no extensions');
+    }
+    switch (msg.cmd) {
+      case Cmd.HELLO:
+        return this.onHello(msg);
+      case Cmd.PING:
+        return this.t.send([encodePong(msg.nonce)]);
+      case Cmd.PONG:
+        return;
+      case Cmd.ERROR:
+        this.log.warn({ session: this.id, vm: this.vm, code: msg.code, cause: msg.message }, 'agent reported an error');
+        return;
+      case Cmd.PROTECTED_WRITE:
+        this.recvSeq++;
+        break;
+      case Cmd.START_PROTECT: case Cmd.REMOTE_IO_REQ: case Cmd.WRITE_ACK: case Cmd.DIRTY_REPORT_ACK:
+      case Cmd.CHECKSUM_REQ:
+        throw new ProtocolError(`command ${Cmd[msg.cmd]} goes hub->agent, not agent->hub`);
+    }
+    this.enqueue({ msg, bytes: payload.length });
+  }
+
+  private onHello(h: Extract<Message, { cmd: Cmd.HELLO }>): void {
+    if (this.helloSeen) throw new ProtocolError('second HELLO');
+    this.helloSeen = true;
+    this.caps = h.caps & this.cfg.caps;
+    this.vm = h.name;
+    this.t.send([encodeHello(Math.min(PROTOCOL_VERSION, h.version), this.caps, Limits.maxPayload, this.cfg.hubName)]);
+    this.log.info({ session: this.id, vm: this.vm, version: h.version, caps: this.caps }, 'agent hello');
+  }
+
+  private enqueue(it: Item): void {
+    this.queue.push(it);
+    this.queueBytes += it.bytes;
+    if (!this.paused && this.queueBytes > this.cfg.maxQueueBytes) {
+      this.paused = true;
+      this.t.pause(true);
+    }
+    if (!this.draining) this.current = this.drain();
+  }
+
+  private async drain(): Promise<void> {
+    this.draining = true;
+    try {
+      while (this.queueHead < this.queue.length && !this.closed) {
+        const it = this.queue[this.queueHead++];
+        await this.apply(it.msg);
+        this.queueBytes -= it.bytes;
+        if (this.paused && this.queueBytes <= this.cfg.maxQueueBytes / 2) {
+          this.paused = false;
+          this.t.pause(false);
+        }
+        if (this.queueHead > 1024) {
+          this.queue = this.queue.slice(this.queueHead);
+          this.queueHead = 0;
+        }
+      }
+    } catch (e) {
+      this.fail(e as Error);
+    } finally {
+      this.draining = false;
+    }
+    if (this.closed) return;
+    this.kickFlush();
+    this.pump();
+  }
+
+  private async apply(m: Message): Promise<void> {
+    switch (m.cmd) {
+      case Cmd.REPORT_VM_VOLUMES: return this.onReport(m);
+      case Cmd.PROTECTED_WRITE: return this.onWrite(m);
+      case Cmd.REMOTE_IO_RES: return this.onRemoteIoRes(m);
+      case Cmd.DIRTY_REPORT: return this.onDirtyReport(m);
+      case Cmd.FLUSH: this.kickFlush(); return;
+      case Cmd.AGENT_SHUTDOWN: return this.onShutdown();
+      case Cmd.CHECKSUM_RES: return; // only solicited by verify; none outstanding yet
+      default:
+        throw new ProtocolError(`unexpected ${Cmd[m.cmd] ?? m.cmd}`);
+    }
+  }
+
+  private async onReport(m: ReportVmVolumes): Promise<void> {
+    const trust = (this.caps & (Cap.DIRTY_REPORT | Cap.WRITE_ACK)) === (Cap.DIRTY_REPORT | Cap.WRITE_ACK);
+    for (const v of m.volumes) {
+      const rep = this.host.replica(v.name);
+      const ctx = { session: this.id, vm: this.vm, volume: v.name, sizeBytes: v.sizeBytes };
+      if (!rep) {
+        this.log.warn(ctx, 'agent reported a volume the hub has no recovery volume for; not protected');
+        continue;
+      }
+      if (rep.owner && rep.owner !== this && this.vm !== '' && rep.owner.vm === this.vm) {
+        // The same VM reconnected before the hub noticed its old connection die: take over.
+        this.log.warn(ctx, 'volume held by an older session of the same VM; replacing it');
+        rep.owner.fail(new Error(`replaced by a new connection from VM ${this.vm}`));
+      }
+      if (rep.owner && rep.owner !== this) {
+        this.log.error(ctx, 'volume is already protected by another agent session; refused');
+        this.t.send([encodeError(ErrorCode.VOLUME_REFUSED, `volume ${v.name} is already protected by another agent`)]);
+        continue;
+      }
+      if (rep.owner === this) continue;
+      if (v.sizeBytes % SECTOR !== 0 || v.sizeBytes === 0) {
+        this.t.send([encodeError(ErrorCode.VOLUME_REFUSED, `volume ${v.name}: size ${v.sizeBytes} is not a positive multiple of 512`)]);
+        continue;
+      }
+      rep.owner = this;
+      await rep.idle; // a previous session's last apply must land first
+      try {
+        const from = rep.state;
+        const rec = await rep.attach(v.sizeBytes, this.host.openTarget, trust, this.vm);
+        const sync = new VolumeSync(rep, rec.id, trust);
+        this.byId.set(rec.id, sync);
+        this.host.onStateChange(rep, from);
+        this.log.info({ ...ctx, volumeId: rec.id, generation: rec.generation, dirtyBytes: rep.bitmap!.dirtyBytes, recovery: rep.spec.path }, 'protection started');
+        this.t.send([encodeStartProtect(rec.id, v.name)]);
+      } catch (e) {
+        rep.owner = null;
+        rep.lastError = (e as Error).message;
+        this.log.error({ ...ctx, cause: (e as Error).message }, 'cannot protect volume');
+        this.t.send([encodeError(ErrorCode.VOLUME_REFUSED, `volume ${v.name}: ${(e as Error).message}`)]);
+      }
+    }
+  }
+
+  private volume(id: number, what: string): VolumeSync {
+    const s = this.byId.get(id);
+    if (!s) throw new ProtocolError(`${what} for unknown volume id ${id}`, ErrorCode.UNKNOWN_VOLUME);
+    return s;
+  }
+
+  private range(s: VolumeSync, offsetSectors: number, sizeSectors: number, what: string): [number, number] {
+    const start = offsetSectors * SECTOR, end = start + sizeSectors * SECTOR;
+    const size = s.replica.record!.sizeBytes;
+    if (end > size || !Number.isSafeInteger(end)) {
+      throw new ProtocolError(`${what} [${start}, ${end}) outside volume ${s.replica.name} (${size} bytes)`, ErrorCode.OUT_OF_RANGE);
+    }
+    return [start, end];
+  }
+
+  private async onWrite(m: ProtectedWrite): Promise<void> {
+    const s = this.volume(m.volumeId, 'PROTECTED_WRITE');
+    const [start, end] = this.range(s, m.offsetSectors, m.sizeSectors, 'PROTECTED_WRITE');
+    const rep = s.replica, bm = s.bitmap;
+    const first = bm.regionOf(start), last = bm.regionOf(end - 1);
+    s.touch(first, last);
+    if (m.ioStatus !== IO_OK) {
+      // The guest's write failed locally; what the protected volume holds there is unknown.
+      await rep.markDirty(first, last);
+    } else {
+      try {
+        await rep.target!.write(m.data, start);
+        rep.bytesApplied += m.data.length;
+        rep.writesApplied++;
+        this.touchedTargets.add(rep);
+        // Whole regions the write covers are now exact, unless a read of them is in flight.
+        const fullFirst = start % bm.regionSize === 0 ? first : first + 1;
+        const fullLast = end % bm.regionSize === 0 || end === bm.sizeBytes ? last : last - 1;
+        for (let r = fullFirst; r <= fullLast; r++) if (!s.inflightRegions.has(r) && bm.get(r)) bm.clearRegions(r, r);
+      } catch (e) {
+        await this.volumeFault(s, e as Error, start, first, last);
+      }
+    }
+    this.appliedSeq++;
+    this.maybeConverged(s);
+  }
+
+  /** The recovery volume failed (ENOSPC, EIO): keep the regions dirty, keep serving others. */
+  private async volumeFault(s: VolumeSync, e: Error, offset: number, first: number, last: number): Promise<void> {
+    const rep = s.replica;
+    rep.lastError = e.message;
+    this.log.error({ volume: rep.name, recovery: rep.spec.path, offset, cause: e.message }, 'recovery volume write failed; regions stay dirty');
+    await rep.markDirty(first, last);
+    if (rep.state !== 'error') {
+      const from = rep.state;
+      rep.setState('error');
+      this.host.onStateChange(rep, from);
+    }
+    s.retryAt = Date.now() + 1000;
+  }
+
+  private async onRemoteIoRes(m: RemoteIoRes): Promise<void> {
+    const rd = this.reads.get(m.reqId);
+    if (!rd) throw new ProtocolError(`REMOTE_IO_RES for unknown req_id ${m.reqId}`);
+    const s = rd.sync;
+    if (m.volumeId !== s.volumeId) throw new ProtocolError(`REMOTE_IO_RES ${m.reqId}: volume id ${m.volumeId}, request was for ${s.volumeId}`);
+    this.reads.delete(m.reqId);
+    s.end(rd);
+    const bm = s.bitmap, rs = bm.regionSize;
+    const start = rd.first * rs, end = Math.min((rd.last + 1) * rs, bm.sizeBytes);
+    if (m.ioStatus !== IO_OK) {
+      s.replica.lastError = `remote read at ${start} failed on the agent: io_status ${m.ioStatus}`;
+      this.log.error({ volume: s.replica.name, offset: start, ioStatus: m.ioStatus }, 'remote read failed on the agent; region stays dirty');
+      s.retryAt = Date.now() + 1000;
+      return;
+    }
+    if (m.data.length !== end - start) {
+      throw new ProtocolError(`REMOTE_IO_RES ${m.reqId}: ${m.data.length} bytes, requested ${end - start}`);
+    }
+    // Write the regions no protected write touched since the read was issued.
+    let r = rd.first;
+    while (r <= rd.last) {
+      if (rd.touched.has(r) || !bm.get(r)) { r++; continue; }
+      let e = r;
+      while (e + 1 <= rd.last && !rd.touched.has(e + 1) && bm.get(e + 1)) e++;
+      const a = r * rs, b = Math.min((e + 1) * rs, bm.sizeBytes);
+      try {
+        await s.replica.target!.write(m.data.subarray(a - start, b - start), a);
+        this.touchedTargets.add(s.replica);
+        s.replica.syncBytes += b - a;
+        bm.clearRegions(r, e);
+      } catch (err) {
+        await this.volumeFault(s, err as Error, a, r, e);
+      }
+      r = e + 1;
+    }
+    this.maybeConverged(s);
+  }
+
+  private async onDirtyReport(m: DirtyReport): Promise<void> {
+    const s = this.volume(m.volumeId, 'DIRTY_REPORT');
+    const bm = s.bitmap;
+    let bytes = 0;
+    for (const e of m.extents) {
+      if (e.sizeSectors === 0) continue;
+      const [start, end] = this.range(s, e.offsetSectors, e.sizeSectors, 'DIRTY_REPORT extent');
+      bm.setBytes(start, end);
+      bytes += end - start;
+      s.touch(bm.regionOf(start), bm.regionOf(end - 1));
+    }
+    await s.replica.commitDirty();
+    if (m.flags & DIRTY_FINAL) s.awaitingReport = false;
+    this.log.info({ volume: s.replica.name, extents: m.extents.length, bytes, final: !!(m.flags & DIRTY_FINAL) }, 'agent dirty report');
+    this.t.send([encodeDirtyReportAck(m.volumeId, m.reportId)]);
+    if (s.replica.state === 'protecting' && bm.dirtyRegions > 0) this.setState(s, 'syncing');
+    this.maybeConverged(s);
+  }
+
+  private async onShutdown(): Promise<void> {
+    this.cleanShutdown = true;
+    this.log.info({ session: this.id, vm: this.vm }, 'agent shutdown');
+    await this.flushNow();
+    for (const s of this.byId.values()) {
+      const rep = s.replica;
+      rep.record!.cleanShutdown = true;
+      this.setState(s, 'stopped');
+      await rep.checkpoint();
+    }
+  }
+
+  private setState(s: VolumeSync, st: 'syncing' | 'protecting' | 'stopped' | 'degraded'): void {
+    const rep = s.replica;
+    if (rep.state === st) return;
+    const from = rep.state;
+    rep.setState(st);
+    this.host.onStateChange(rep, from);
+  }
+
+  private maybeConverged(s: VolumeSync): void {
+    const st = s.replica.state;
+    if (st === 'syncing' && s.converged) this.setState(s, 'protecting');
+    else if (st === 'protecting' && !s.converged) this.setState(s, 'syncing');
+  }
+
+  /** Issue remote reads for dirty regions, up to the in-flight limit, round-robin over volumes. */
+  private pump(): void {
+    if (this.closed || this.cleanShutdown) return;
+    const maxRegions = (vs: VolumeSync) => Math.max(1, Math.floor(this.cfg.maxReadBytes / vs.bitmap.regionSize));
+    let progress = true;
+    const now = Date.now();
+    while (progress && this.reads.size < this.cfg.maxInflightReads) {
+      progress = false;
+      for (const s of this.byId.values()) {
+        if (this.reads.size >= this.cfg.maxInflightReads) break;
+        if (s.retryAt > now) { this.retryLater(s.retryAt - now); continue; }
+        const run = s.nextRun(maxRegions(s));
+        if (!run) continue;
+        const bm = s.bitmap, rs = bm.regionSize;
+        const start = run[0] * rs, end = Math.min((run[1] + 1) * rs, bm.sizeBytes);
+        const rd: InflightRead = { reqId: this.nextReqId++ >>> 0, sync: s, first: run[0], last: run[1], touched: new Set() };
+        s.begin(rd);
+        this.reads.set(rd.reqId, rd);
+        if (s.replica.state !== 'syncing' && s.replica.state !== 'error') this.setState(s, 'syncing');
+        this.t.send([encodeRemoteIoReqHead(rd.reqId, (end - start) / SECTOR, s.volumeId, start / SECTOR, true)]);
+        progress = true;
+      }
+    }
+  }
+
+  private retryTimer: NodeJS.Timeout | null = null;
+  private retryLater(ms: number): void {
+    if (this.retryTimer) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      this.pump();
+    }, ms);
+  }
+
+  /** Group commit: flush every volume written since the last flush, then ack the writes. */
+  private kickFlush(): void {
+    if (this.flushing || this.closed || this.appliedSeq === this.ackedSeq && this.touchedTargets.size === 0) return;
+    void this.flushNow().catch((e) => this.fail(e));
+  }
+
+  private async flushNow(): Promise<void> {
+    while (this.flushing) await new Promise((r) => setTimeout(r, 1));
+    this.flushing = true;
+    try {
+      while (!this.closed && (this.appliedSeq > this.ackedSeq || this.touchedTargets.size > 0)) {
+        const seq = this.appliedSeq;
+        const targets = [...this.touchedTargets];
+        this.touchedTargets.clear();
+        await Promise.all(targets.map((r) => r.target!.flush().catch((e) => {
+          r.lastError = e.message;
+          this.log.error({ volume: r.name, cause: e.message }, 'flush of recovery volume failed');
+          throw e;
+        })));
+        if (seq > this.ackedSeq) {
+          this.ackedSeq = seq;
+          if (this.caps & Cap.WRITE_ACK) this.t.send([encodeWriteAck(seq)]);
+        }
+      }
+    } finally {
+      this.flushing = false;
+    }
+  }
+
+  private async checkpoint(): Promise<void> {
+    for (const s of this.byId.values()) {
+      await s.replica.checkpoint().catch((e) => this.log.warn({ volume: s.replica.name, cause: e.message }, 'checkpoint failed'));
+    }
+    this.pump();
+  }
+
+  /** Protocol or internal failure: tell the peer, close this session only. */
+  fail(e: Error): void {
+    if (this.closed) return;
+    const code = e instanceof ProtocolError ? e.code : ErrorCode.IO;
+    this.log.error({ session: this.id, vm: this.vm, cause: e.message }, 'closing agent session');
+    try {
+      this.t.send([encodeError(code, e.message)]);
+    } catch { /* transport already gone */ }
+    this.t.close(e);
+    void this.detach();
+  }
+
+  /** The transport is gone. Volumes not cleanly shut down become degraded; their bits stay. */
+  async detach(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.checkpointTimer);
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    const inFlight = this.current;
+    for (const s of this.byId.values()) {
+      const rep = s.replica;
+      rep.owner = null;
+      rep.idle = inFlight.then(async () => {
+        if (!this.cleanShutdown) this.setState(s, 'degraded');
+        await rep.checkpoint().catch(() => undefined);
+      });
+    }
+    this.log.info({ session: this.id, vm: this.vm, clean: this.cleanShutdown, received: this.recvSeq, acked: this.ackedSeq }, 'agent session closed');
+    await Promise.all([...this.byId.values()].map((s) => s.replica.idle));
+  }
+}

@@ -1,0 +1,13 @@
+import pino from 'pino';
+
+export type Logger = pino.Logger;
+
+/** Structured logger: JSON to stderr by default; LOG_LEVEL and LOG_PRETTY=1 adjust it. */
+export function makeLogger(name: string, level = process.env.LOG_LEVEL ?? 'info'): Logger {
+  if (process.env.LOG_PRETTY === '1') {
+    return pino({ name, level, transport: { target: 'pino-pretty', options: { destination: 2 } } });
+  }
+  return pino({ name, level }, pino.destination(2));
+}
+
+export const silentLogger = (): Logger => pino({ level: 'silent' });

@@ -1,0 +1,218 @@
+// Dirty bitmap over the regions of a volume. Paged: a page covers 32768 regions (4 KiB of
+// bits) and is materialized only while partly dirty; a wholly clean or wholly dirty page is
+// just its count, so a fully dirty 1 TiB volume at 64 KiB regions costs 2 KiB, not 2 MiB.
+// nextDirty() skips clean pages by count and clean words by value.
+
+export const PAGE_BITS = 32768;
+const WORDS = PAGE_BITS / 32;
+
+export class DirtyBitmap {
+  readonly regions: number;
+  private readonly pages: (Uint32Array | undefined)[];
+  private readonly counts: Uint32Array;
+  private total = 0;
+  /** Pages changed since takeChangedPages(); the state store persists them. */
+  private changed = new Set<number>();
+
+  constructor(readonly sizeBytes: number, readonly regionSize: number) {
+    if (!Number.isInteger(Math.log2(regionSize)) || regionSize < 4096 || regionSize > 1 << 20) {
+      throw new RangeError(`region size ${regionSize} must be a power of two in 4 KiB..1 MiB`);
+    }
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes < 0) throw new RangeError(`bad volume size ${sizeBytes}`);
+    this.regions = Math.ceil(sizeBytes / regionSize);
+    const n = Math.ceil(this.regions / PAGE_BITS);
+    this.pages = new Array(n);
+    this.counts = new Uint32Array(n);
+  }
+
+  get dirtyRegions(): number {
+    return this.total;
+  }
+
+  get dirtyBytes(): number {
+    if (this.total === 0) return 0;
+    const last = this.regions - 1;
+    const tail = this.sizeBytes - last * this.regionSize;
+    return this.total * this.regionSize - (this.get(last) ? this.regionSize - tail : 0);
+  }
+
+  get pageCount(): number {
+    return this.pages.length;
+  }
+
+  /** Bytes of memory held by materialized pages. */
+  get memoryBytes(): number {
+    let m = this.counts.byteLength;
+    for (const p of this.pages) if (p) m += p.byteLength;
+    return m;
+  }
+
+  regionOf(byte: number): number {
+    return Math.floor(byte / this.regionSize);
+  }
+
+  private pageBits(p: number): number {
+    return Math.min(PAGE_BITS, this.regions - p * PAGE_BITS);
+  }
+
+  get(r: number): boolean {
+    const p = r >>> 15;
+    const c = this.counts[p];
+    if (c === 0) return false;
+    const page = this.pages[p];
+    if (!page) return true; // full
+    const i = r & (PAGE_BITS - 1);
+    return (page[i >>> 5] & (1 << (i & 31))) !== 0;
+  }
+
+  /** Mark regions [first, last] dirty. */
+  setRegions(first: number, last: number): void {
+    this.apply(first, last, true);
+  }
+
+  /** Mark regions [first, last] clean. */
+  clearRegions(first: number, last: number): void {
+    this.apply(first, last, false);
+  }
+
+  /** Mark every region touched by bytes [start, end) dirty. */
+  setBytes(start: number, end: number): void {
+    if (end <= start) return;
+    this.apply(this.regionOf(start), this.regionOf(end - 1), true);
+  }
+
+  setAll(): void {
+    if (this.regions > 0) this.apply(0, this.regions - 1, true);
+  }
+
+  private apply(first: number, last: number, dirty: boolean): void {
+    if (first < 0 || last >= this.regions || first > last) throw new RangeError(`regions ${first}..${last} outside 0..${this.regions - 1}`);
+    for (let p = first >>> 15; p <= last >>> 15; p++) {
+      const bits = this.pageBits(p);
+      const lo = p === first >>> 15 ? first & (PAGE_BITS - 1) : 0;
+      const hi = p === last >>> 15 ? last & (PAGE_BITS - 1) : bits - 1;
+      const c = this.counts[p];
+      if ((dirty && c === bits) || (!dirty && c === 0)) continue;
+      this.changed.add(p);
+      if (lo === 0 && hi === bits - 1) {
+        // whole page: collapse to a count
+        this.pages[p] = undefined;
+        this.total += (dirty ? bits : 0) - c;
+        this.counts[p] = dirty ? bits : 0;
+        continue;
+      }
+      let page = this.pages[p];
+      if (!page) {
+        page = new Uint32Array(WORDS);
+        if (c !== 0) fillBits(page, 0, bits - 1); // was full
+        this.pages[p] = page;
+      }
+      let delta = 0;
+      for (let i = lo; i <= hi; i++) {
+        const w = i >>> 5, m = 1 << (i & 31);
+        const was = (page[w] & m) !== 0;
+        if (was !== dirty) {
+          page[w] ^= m;
+          delta += dirty ? 1 : -1;
+        }
+      }
+      this.counts[p] = c + delta;
+      this.total += delta;
+      if (this.counts[p] === 0 || this.counts[p] === bits) this.pages[p] = undefined;
+    }
+  }
+
+  /** First dirty region >= from, or -1. */
+  nextDirty(from: number): number {
+    if (from < 0) from = 0;
+    for (let p = from >>> 15; p < this.pages.length; p++) {
+      if (this.counts[p] === 0) continue;
+      const base = p * PAGE_BITS;
+      const start = base > from ? 0 : from - base;
+      const page = this.pages[p];
+      if (!page) return base + start; // full page
+      for (let w = start >>> 5; w < WORDS; w++) {
+        let v = page[w];
+        if (w === start >>> 5) v &= ~0 << (start & 31);
+        if (v !== 0) return base + w * 32 + (31 - Math.clz32(v & -v));
+      }
+    }
+    return -1;
+  }
+
+  /** First clean region >= from, or `regions` if none. */
+  nextClean(from: number): number {
+    for (let r = from; r < this.regions; ) {
+      const p = r >>> 15;
+      const bits = this.pageBits(p);
+      if (this.counts[p] === 0) return r;
+      if (this.counts[p] === bits) {
+        r = (p + 1) * PAGE_BITS;
+        continue;
+      }
+      if (!this.get(r)) return r;
+      r++;
+    }
+    return this.regions;
+  }
+
+  /** Dirty runs [first, end) starting at or after `from`. */
+  *runs(from = 0): Generator<[number, number]> {
+    let r = this.nextDirty(from);
+    while (r >= 0) {
+      const end = this.nextClean(r);
+      yield [r, end];
+      r = end < this.regions ? this.nextDirty(end) : -1;
+    }
+  }
+
+  takeChangedPages(): number[] {
+    const c = [...this.changed];
+    this.changed = new Set();
+    return c;
+  }
+
+  /** Persisted form of one page: empty buffer = clean, 1 byte 0xff = full, else the bits. */
+  pageImage(p: number): Buffer {
+    const c = this.counts[p];
+    if (c === 0) return Buffer.alloc(0);
+    const page = this.pages[p];
+    if (!page) return Buffer.from([0xff]);
+    return Buffer.from(page.buffer, page.byteOffset, page.byteLength);
+  }
+
+  loadPage(p: number, img: Buffer): void {
+    if (p < 0 || p >= this.pages.length) throw new RangeError(`page ${p} out of range`);
+    const bits = this.pageBits(p);
+    this.total -= this.counts[p];
+    if (img.length === 0) {
+      this.pages[p] = undefined;
+      this.counts[p] = 0;
+    } else if (img.length === 1) {
+      this.pages[p] = undefined;
+      this.counts[p] = bits;
+    } else {
+      if (img.length !== WORDS * 4) throw new RangeError(`page image of ${img.length} bytes`);
+      const page = new Uint32Array(WORDS);
+      Buffer.from(page.buffer).set(img);
+      if (bits < PAGE_BITS) clearTail(page, bits);
+      let c = 0;
+      for (let w = 0; w < WORDS; w++) c += popcount(page[w]);
+      this.pages[p] = c === 0 || c === bits ? undefined : page;
+      this.counts[p] = c;
+    }
+    this.total += this.counts[p];
+  }
+}
+
+function fillBits(page: Uint32Array, lo: number, hi: number): void {
+  for (let i = lo; i <= hi; i++) page[i >>> 5] |= 1 << (i & 31);
+}
+function clearTail(page: Uint32Array, bits: number): void {
+  for (let i = bits; i < PAGE_BITS; i++) page[i >>> 5] &= ~(1 << (i & 31));
+}
+function popcount(v: number): number {
+  v = v - ((v >>> 1) & 0x55555555);
+  v = (v & 0x33333333) + ((v >>> 2) & 0x33333333);
+  return (((v + (v >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
+}

@@ -1,0 +1,129 @@
+// Block targets: positioned reads/writes and flush over a regular file or block device
+// (FileVolume), or memory (MemoryVolume, for simulations). No networking here.
+import * as fs from 'node:fs';
+
+export interface BlockTarget {
+  readonly sizeBytes: number;
+  read(buf: Buffer, offset: number): Promise<void>;
+  write(buf: Buffer, offset: number): Promise<void>;
+  flush(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export class VolumeError extends Error {
+  constructor(message: string, readonly path: string, readonly offset?: number, readonly errno?: string) {
+    super(message);
+    this.name = 'VolumeError';
+  }
+}
+
+function readAt(fd: number, buf: Buffer, off: number, pos: number): Promise<number> {
+  return new Promise((res, rej) => fs.read(fd, buf, off, buf.length - off, pos, (e, n) => (e ? rej(e) : res(n))));
+}
+function writeAt(fd: number, buf: Buffer, off: number, pos: number): Promise<number> {
+  return new Promise((res, rej) => fs.write(fd, buf, off, buf.length - off, pos, (e, n) => (e ? rej(e) : res(n))));
+}
+
+/** Size of a block device in bytes, from sysfs (fstat reports 0 for devices). */
+function blockDeviceSize(st: fs.Stats): number {
+  const major = Math.floor(st.rdev / 256) & 0xfff, minor = (st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00);
+  const sectors = fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'utf8').trim();
+  return Number(sectors) * 512;
+}
+
+export interface OpenOptions {
+  /** Create the file sparse at this size when it does not exist. */
+  createSize?: number;
+  /** Refuse a target smaller than this. */
+  minSize?: number;
+  readOnly?: boolean;
+}
+
+export class FileVolume implements BlockTarget {
+  private constructor(readonly path: string, private fd: number, readonly sizeBytes: number) {}
+
+  static open(path: string, opts: OpenOptions = {}): FileVolume {
+    let fd: number;
+    try {
+      fd = fs.openSync(path, opts.readOnly ? 'r' : 'r+');
+    } catch (e: any) {
+      if (e.code !== 'ENOENT' || opts.createSize === undefined) {
+        throw new VolumeError(`cannot open ${path}: ${e.message}`, path, undefined, e.code);
+      }
+      fd = fs.openSync(path, 'wx+');
+      fs.ftruncateSync(fd, opts.createSize); // sparse
+    }
+    const st = fs.fstatSync(fd);
+    const size = st.isBlockDevice() ? blockDeviceSize(st) : st.size;
+    if (!st.isBlockDevice() && !st.isFile()) {
+      fs.closeSync(fd);
+      throw new VolumeError(`${path} is neither a regular file nor a block device`, path);
+    }
+    if (opts.minSize !== undefined && size < opts.minSize) {
+      fs.closeSync(fd);
+      throw new VolumeError(`${path} has ${size} bytes but the protected volume has ${opts.minSize} bytes`, path);
+    }
+    return new FileVolume(path, fd, size);
+  }
+
+  private check(len: number, offset: number): void {
+    if (offset < 0 || offset + len > this.sizeBytes) {
+      throw new VolumeError(`IO [${offset}, ${offset + len}) outside ${this.path} (${this.sizeBytes} bytes)`, this.path, offset);
+    }
+  }
+
+  async read(buf: Buffer, offset: number): Promise<void> {
+    this.check(buf.length, offset);
+    let done = 0;
+    while (done < buf.length) {
+      const n = await readAt(this.fd, buf, done, offset + done).catch((e) => this.fail('read', offset + done, e));
+      if (n === 0) {
+        buf.fill(0, done); // past EOF of a short file reads as zeroes
+        return;
+      }
+      done += n;
+    }
+  }
+
+  async write(buf: Buffer, offset: number): Promise<void> {
+    this.check(buf.length, offset);
+    let done = 0;
+    while (done < buf.length) {
+      done += await writeAt(this.fd, buf, done, offset + done).catch((e) => this.fail('write', offset + done, e));
+    }
+  }
+
+  flush(): Promise<void> {
+    return new Promise((res, rej) => fs.fdatasync(this.fd, (e) => (e ? rej(this.wrap('flush', 0, e)) : res())));
+  }
+
+  async close(): Promise<void> {
+    if (this.fd < 0) return;
+    const fd = this.fd;
+    this.fd = -1;
+    await new Promise<void>((res) => fs.close(fd, () => res()));
+  }
+
+  private wrap(op: string, offset: number, e: NodeJS.ErrnoException): VolumeError {
+    return new VolumeError(`${op} ${this.path} at ${offset}: ${e.code ?? e.message}`, this.path, offset, e.code);
+  }
+  private fail(op: string, offset: number, e: NodeJS.ErrnoException): never {
+    throw this.wrap(op, offset, e);
+  }
+}
+
+export class MemoryVolume implements BlockTarget {
+  readonly data: Buffer;
+  constructor(readonly sizeBytes: number) {
+    this.data = Buffer.alloc(sizeBytes);
+  }
+  async read(buf: Buffer, offset: number): Promise<void> {
+    this.data.copy(buf, 0, offset, offset + buf.length);
+  }
+  async write(buf: Buffer, offset: number): Promise<void> {
+    if (offset + buf.length > this.sizeBytes) throw new VolumeError('write past end', 'memory', offset);
+    buf.copy(this.data, offset);
+  }
+  async flush(): Promise<void> {}
+  async close(): Promise<void> {}
+}

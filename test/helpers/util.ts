@@ -1,0 +1,48 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { createHash, randomBytes } from 'node:crypto';
+
+export function tmpdir(prefix = 'rephub-test-'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+export function sha(file: string, size?: number): string {
+  const h = createHash('sha256');
+  const fd = fs.openSync(file, 'r');
+  const buf = Buffer.alloc(1 << 20);
+  let off = 0;
+  const total = size ?? fs.fstatSync(fd).size;
+  while (off < total) {
+    const n = fs.readSync(fd, buf, 0, Math.min(buf.length, total - off), off);
+    if (n === 0) { h.update(Buffer.alloc(total - off)); break; }
+    h.update(buf.subarray(0, n));
+    off += n;
+  }
+  fs.closeSync(fd);
+  return h.digest('hex');
+}
+
+/** A file of `mib` MiB with random data in some 64 KiB blocks and holes elsewhere. */
+export function makeImage(file: string, bytes: number, fillRatio = 0.5, seed?: Buffer): void {
+  const fd = fs.openSync(file, 'w');
+  fs.ftruncateSync(fd, bytes);
+  const blk = 64 * 1024;
+  for (let off = 0; off < bytes; off += blk) {
+    if (Math.random() < fillRatio) fs.writeSync(fd, seed ?? randomBytes(Math.min(blk, bytes - off)), 0, Math.min(blk, bytes - off), off);
+  }
+  fs.closeSync(fd);
+}
+
+export async function waitFor<T>(what: string, fn: () => T | Promise<T>, timeoutMs = 30000, everyMs = 20): Promise<T> {
+  const until = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (e) { last = e; }
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
