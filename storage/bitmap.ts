@@ -1,7 +1,8 @@
 // Dirty bitmap over the regions of a volume. Paged: a page covers 32768 regions (4 KiB of
 // bits) and is materialized only while partly dirty; a wholly clean or wholly dirty page is
 // just its count, so a fully dirty 1 TiB volume at 64 KiB regions costs 2 KiB, not 2 MiB.
-// nextDirty() skips clean pages by count and clean words by value.
+// nextDirty() skips clean pages by count and clean words by value. Region indexes may exceed
+// 2^32 (a PiB at 4 KiB regions), so page math uses division, not 32-bit shifts.
 
 export const PAGE_BITS = 32768;
 const WORDS = PAGE_BITS / 32;
@@ -56,12 +57,12 @@ export class DirtyBitmap {
   }
 
   get(r: number): boolean {
-    const p = r >>> 15;
+    const p = Math.floor(r / PAGE_BITS);
     const c = this.counts[p];
     if (c === 0) return false;
     const page = this.pages[p];
     if (!page) return true; // full
-    const i = r & (PAGE_BITS - 1);
+    const i = r % PAGE_BITS;
     return (page[i >>> 5] & (1 << (i & 31))) !== 0;
   }
 
@@ -87,10 +88,10 @@ export class DirtyBitmap {
 
   private apply(first: number, last: number, dirty: boolean): void {
     if (first < 0 || last >= this.regions || first > last) throw new RangeError(`regions ${first}..${last} outside 0..${this.regions - 1}`);
-    for (let p = first >>> 15; p <= last >>> 15; p++) {
+    for (let p = Math.floor(first / PAGE_BITS); p <= Math.floor(last / PAGE_BITS); p++) {
       const bits = this.pageBits(p);
-      const lo = p === first >>> 15 ? first & (PAGE_BITS - 1) : 0;
-      const hi = p === last >>> 15 ? last & (PAGE_BITS - 1) : bits - 1;
+      const lo = p === Math.floor(first / PAGE_BITS) ? first % PAGE_BITS : 0;
+      const hi = p === Math.floor(last / PAGE_BITS) ? last % PAGE_BITS : bits - 1;
       const c = this.counts[p];
       if ((dirty && c === bits) || (!dirty && c === 0)) continue;
       this.changed.add(p);
@@ -125,7 +126,8 @@ export class DirtyBitmap {
   /** First dirty region >= from, or -1. */
   nextDirty(from: number): number {
     if (from < 0) from = 0;
-    for (let p = from >>> 15; p < this.pages.length; p++) {
+    if (from >= this.regions) return -1;
+    for (let p = Math.floor(from / PAGE_BITS); p < this.pages.length; p++) {
       if (this.counts[p] === 0) continue;
       const base = p * PAGE_BITS;
       const start = base > from ? 0 : from - base;
@@ -143,7 +145,7 @@ export class DirtyBitmap {
   /** First clean region >= from, or `regions` if none. */
   nextClean(from: number): number {
     for (let r = from; r < this.regions; ) {
-      const p = r >>> 15;
+      const p = Math.floor(r / PAGE_BITS);
       const bits = this.pageBits(p);
       if (this.counts[p] === 0) return r;
       if (this.counts[p] === bits) {

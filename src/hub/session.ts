@@ -46,6 +46,7 @@ export class AgentSession {
   private helloSeen = false;
   private firstFrame = true;
   private readonly byId = new Map<number, VolumeSync>();
+  private readonly claimed = new Set<Replica>(); // replicas this session owns (attached or attaching)
   private readonly reads = new Map<number, InflightRead>();
   private nextReqId = 1;
   private queue: Item[] = [];
@@ -191,17 +192,22 @@ export class AgentSession {
         continue;
       }
       rep.owner = this;
+      this.claimed.add(rep);
       await rep.idle; // a previous session's last apply must land first
+      if (this.closed) return;
       try {
         const from = rep.state;
         const rec = await rep.attach(v.sizeBytes, this.host.openTarget, trust, this.vm);
+        if (this.closed) return;
         const sync = new VolumeSync(rep, rec.id, trust);
         this.byId.set(rec.id, sync);
         this.host.onStateChange(rep, from);
         this.log.info({ ...ctx, volumeId: rec.id, generation: rec.generation, dirtyBytes: rep.bitmap!.dirtyBytes, recovery: rep.spec.path }, 'protection started');
         this.t.send([encodeStartProtect(rec.id, v.name)]);
+        this.maybeConverged(sync); // nothing to resync (e.g. legacy agent after a clean shutdown)
       } catch (e) {
         rep.owner = null;
+        this.claimed.delete(rep);
         rep.lastError = (e as Error).message;
         this.log.error({ ...ctx, cause: (e as Error).message }, 'cannot protect volume');
         this.t.send([encodeError(ErrorCode.VOLUME_REFUSED, `volume ${v.name}: ${(e as Error).message}`)]);
@@ -437,15 +443,19 @@ export class AgentSession {
     clearInterval(this.checkpointTimer);
     if (this.retryTimer) clearTimeout(this.retryTimer);
     const inFlight = this.current;
-    for (const s of this.byId.values()) {
-      const rep = s.replica;
+    for (const rep of this.claimed) {
+      if (rep.owner !== this) continue;
       rep.owner = null;
       rep.idle = inFlight.then(async () => {
-        if (!this.cleanShutdown) this.setState(s, 'degraded');
+        if (!this.cleanShutdown && rep.record && rep.state !== 'degraded') {
+          const from = rep.state;
+          rep.setState('degraded');
+          this.host.onStateChange(rep, from);
+        }
         await rep.checkpoint().catch(() => undefined);
       });
     }
     this.log.info({ session: this.id, vm: this.vm, clean: this.cleanShutdown, received: this.recvSeq, acked: this.ackedSeq }, 'agent session closed');
-    await Promise.all([...this.byId.values()].map((s) => s.replica.idle));
+    await Promise.all([...this.claimed].map((r) => r.idle));
   }
 }
