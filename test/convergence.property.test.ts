@@ -255,6 +255,7 @@ const action = fc.oneof(
   { weight: 3, arbitrary: fc.record({ t: fc.constant('run' as const) }) },
   { weight: 3, arbitrary: fc.record({ t: fc.constant('readDone' as const), pick: fc.nat(7) }) },
   { weight: 1, arbitrary: fc.record({ t: fc.constant('checkpoint' as const) }) },
+  { weight: 1, arbitrary: fc.record({ t: fc.constant('converge' as const) }) },
   { weight: 1, arbitrary: fc.record({ t: fc.constant('drop' as const) }) },
   { weight: 1, arbitrary: fc.record({ t: fc.constant('connect' as const) }) },
   { weight: 1, arbitrary: fc.record({ t: fc.constant('crash' as const) }) },
@@ -271,6 +272,7 @@ async function runCase(sizes: number[], caps: number, cfg: { inflight: number; r
       case 'h2a': w.deliverH2A(a.n); break;
       case 'run': await w.settle(); break;
       case 'readDone': w.readDone(a.pick); break;
+      case 'converge': await w.quiesce(); break; // faults after a converged state matter most
       case 'checkpoint': for (const r of w.hub.replicas.values()) await r.checkpoint(); break;
       case 'drop': w.drop('link'); break;
       case 'connect': w.connect(); break;
