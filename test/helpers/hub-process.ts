@@ -1,0 +1,39 @@
+// The hub as a real process (the CLI), so tests can kill -9 it.
+import { spawn, ChildProcess } from 'node:child_process';
+import * as path from 'node:path';
+import { freePort } from './proxy';
+import { waitFor } from './util';
+
+export const CLI = path.join(__dirname, '../../src/cli/rephub.js');
+
+export class HubProcess {
+  proc?: ChildProcess;
+  port = 0;
+  httpPort = 0;
+  stderr = '';
+  constructor(readonly args: string[]) {}
+  async start(): Promise<void> {
+    if (!this.port) this.port = await freePort();
+    if (!this.httpPort) this.httpPort = await freePort();
+    this.stderr = '';
+    this.proc = spawn(process.execPath, [CLI, '--listen', `127.0.0.1:${this.port}`, '--http', `127.0.0.1:${this.httpPort}`, ...this.args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    this.proc.stderr!.on('data', (d) => { this.stderr = (this.stderr + d).slice(-20000); });
+    await waitFor('hub listening', () => this.status().then(() => true), 15000, 50);
+  }
+  async status(): Promise<any> {
+    const r = await fetch(`http://127.0.0.1:${this.httpPort}/status`);
+    return r.json();
+  }
+  async volume(name: string): Promise<any> {
+    return (await this.status()).volumes.find((v: any) => v.name === name);
+  }
+  kill9(): Promise<void> {
+    const p = this.proc!;
+    return new Promise((r) => { p.once('exit', () => r()); p.kill('SIGKILL'); });
+  }
+  stop(): Promise<void> {
+    const p = this.proc;
+    if (!p || p.exitCode !== null) return Promise.resolve();
+    return new Promise((r) => { p.once('exit', () => r()); p.kill('SIGTERM'); });
+  }
+}
