@@ -41,7 +41,7 @@ export class LmdbStateStore implements StateStore {
     return this.db.get(['vol', name]);
   }
   volumes(): VolumeRecord[] {
-    return [...this.db.getRange({ start: ['vol'], end: ['vol', '\uffff'] })].map((e) => e.value as VolumeRecord);
+    return [...this.db.getRange({ start: ['vol', ''], end: ['vol\u0000'] })].map((e) => e.value as VolumeRecord);
   }
   async putVolume(rec: VolumeRecord, durable: boolean): Promise<void> {
     if (durable) this.db.putSync(['vol', rec.name], rec);

@@ -117,11 +117,15 @@ export class MemoryVolume implements BlockTarget {
   constructor(readonly sizeBytes: number) {
     this.data = Buffer.alloc(sizeBytes);
   }
+  private check(len: number, offset: number): void {
+    if (offset < 0 || offset + len > this.sizeBytes) throw new VolumeError(`IO [${offset}, ${offset + len}) outside memory volume (${this.sizeBytes} bytes)`, 'memory', offset);
+  }
   async read(buf: Buffer, offset: number): Promise<void> {
+    this.check(buf.length, offset);
     this.data.copy(buf, 0, offset, offset + buf.length);
   }
   async write(buf: Buffer, offset: number): Promise<void> {
-    if (offset + buf.length > this.sizeBytes) throw new VolumeError('write past end', 'memory', offset);
+    this.check(buf.length, offset);
     buf.copy(this.data, offset);
   }
   async flush(): Promise<void> {}

@@ -36,6 +36,23 @@ class AgentVolume {
   id = -1; // hub-assigned volume_id; -1 until START_PROTECT
   readonly regionSeq = new Map<number, number>(); // region -> last mirrored seq touching it
   readonly busy = new Map<number, number>(); // region -> local writes in progress (not yet mirrored)
+  // Byte ranges being written: an overlapping write waits, so the order writes land on the
+  // image is the order they are mirrored in.
+  private locks: { start: number; end: number; done: Promise<void> }[] = [];
+  async lock(start: number, end: number): Promise<() => void> {
+    for (;;) {
+      const c = this.locks.find((l) => l.start < end && start < l.end);
+      if (!c) break;
+      await c.done;
+    }
+    let release!: () => void;
+    const l = { start, end, done: new Promise<void>((r) => (release = r)) };
+    this.locks.push(l);
+    return () => {
+      this.locks.splice(this.locks.indexOf(l), 1);
+      release();
+    };
+  }
   owed: DirtyBitmap; // dirty regions the hub has not been told about on this connection
   handing: DirtyBitmap | null = null; // regions in the report awaiting the hub's ack
   reportId = 0;
@@ -100,18 +117,27 @@ export class ReplicationAgent {
   /** Apply a guest write to the local image and mirror it. Never waits for the hub. */
   async write(name: string, offset: number, data: Buffer): Promise<void> {
     const v = this.vol(name);
-    const [first, last] = this.begin(v, offset, offset + data.length);
+    this.checkRange(v, offset, offset + data.length);
+    const unlock = await v.lock(offset, offset + data.length);
     try {
-      await v.spec.target.write(data, offset);
-      this.mirror(v, offset, data);
+      const [first, last] = this.begin(v, offset, offset + data.length);
+      try {
+        await v.spec.target.write(data, offset);
+        this.mirror(v, offset, data);
+      } finally {
+        this.end(v, first, last);
+      }
     } finally {
-      this.end(v, first, last);
+      unlock();
     }
+  }
+
+  private checkRange(v: AgentVolume, start: number, end: number): void {
+    if (start < 0 || end > v.spec.target.sizeBytes || end <= start) throw new RangeError(`IO [${start}, ${end}) outside ${v.name} (${v.spec.target.sizeBytes} bytes)`);
   }
 
   /** Persist the regions dirty before the image changes, and keep them from being cleared meanwhile. */
   private begin(v: AgentVolume, start: number, end: number): [number, number] {
-    if (start < 0 || end > v.spec.target.sizeBytes || end <= start) throw new RangeError(`IO [${start}, ${end}) outside ${v.name}`);
     v.log.mark(start, end);
     const bm = v.log.bitmap, first = bm.regionOf(start), last = bm.regionOf(end - 1);
     for (let r = first; r <= last; r++) v.busy.set(r, (v.busy.get(r) ?? 0) + 1);
@@ -129,12 +155,18 @@ export class ReplicationAgent {
   /** Zeroing/trim: applied locally; the range is handed to the hub as dirty instead of as data. */
   async zero(name: string, offset: number, length: number, apply: () => Promise<void>): Promise<void> {
     const v = this.vol(name);
-    const [first, last] = this.begin(v, offset, offset + length);
+    this.checkRange(v, offset, offset + length);
+    const unlock = await v.lock(offset, offset + length);
     try {
-      await apply();
-      this.owe(v, offset, offset + length);
+      const [first, last] = this.begin(v, offset, offset + length);
+      try {
+        await apply();
+        this.owe(v, offset, offset + length);
+      } finally {
+        this.end(v, first, last);
+      }
     } finally {
-      this.end(v, first, last);
+      unlock();
     }
   }
 

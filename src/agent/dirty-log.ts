@@ -48,12 +48,20 @@ export class DirtyLog {
       fd = fs.openSync(path, 'w+');
     }
     if (!load) {
+      // Pages all dirty and on disk first, the header last: a crash in between leaves a log
+      // without a valid header, which opens as fresh (all dirty), never as clean.
+      const pages = Math.ceil(Math.ceil(sizeBytes / regionSize) / PAGE_BITS);
+      fs.ftruncateSync(fd, 0);
+      fs.ftruncateSync(fd, PAGE_BYTES * (1 + pages));
+      const full = Buffer.alloc(PAGE_BYTES, 0xff);
+      for (let p = 0; p < pages; p++) fs.writeSync(fd, full, 0, PAGE_BYTES, PAGE_BYTES * (p + 1));
+      fs.fdatasyncSync(fd);
       const h = Buffer.alloc(PAGE_BYTES);
       h.write(MAGIC, 0, 'latin1');
       h.writeBigUInt64LE(BigInt(sizeBytes), 8);
       h.writeUInt32LE(regionSize, 16);
       fs.writeSync(fd, h, 0, PAGE_BYTES, 0);
-      fs.ftruncateSync(fd, PAGE_BYTES * (1 + Math.ceil(Math.ceil(sizeBytes / regionSize) / PAGE_BITS)));
+      fs.fdatasyncSync(fd);
     }
     return new DirtyLog(fd, sizeBytes, regionSize, load);
   }

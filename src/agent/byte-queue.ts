@@ -1,0 +1,37 @@
+// A queue of received chunks that hands out exact-length slices: zero-copy when a slice lies
+// in one chunk, one copy when it spans chunks.
+export class ByteQueue {
+  private chunks: Buffer[] = [];
+  private head = 0; // offset into chunks[0]
+  length = 0;
+
+  push(b: Buffer): void {
+    if (b.length === 0) return;
+    this.chunks.push(b);
+    this.length += b.length;
+  }
+
+  /** Remove and return the next n bytes (n <= length). */
+  take(n: number): Buffer {
+    if (n > this.length) throw new RangeError(`take ${n} of ${this.length}`);
+    this.length -= n;
+    const first = this.chunks[0];
+    if (first && first.length - this.head >= n) {
+      const out = first.subarray(this.head, this.head + n);
+      this.head += n;
+      if (this.head === first.length) { this.chunks.shift(); this.head = 0; }
+      return out;
+    }
+    const out = Buffer.allocUnsafe(n);
+    let filled = 0;
+    while (filled < n) {
+      const c = this.chunks[0];
+      const k = Math.min(n - filled, c.length - this.head);
+      c.copy(out, filled, this.head, this.head + k);
+      filled += k;
+      this.head += k;
+      if (this.head === c.length) { this.chunks.shift(); this.head = 0; }
+    }
+    return out;
+  }
+}

@@ -1,0 +1,230 @@
+// NBD server (fixed newstyle, simple replies) in front of the protected volumes, so QEMU and
+// any NBD client use them as nbd://HOST:PORT/NAME. Requests on a connection run concurrently
+// and each reply goes out as soon as its request is done (TCP_NODELAY, nothing held back).
+import * as net from 'node:net';
+import {
+  serverGreeting, optReply, infoExport, infoBlockSize, infoName, exportNameReply, simpleReply, parseRequest, parseGo,
+  IHAVEOPT, CF_FIXED_NEWSTYLE, CF_NO_ZEROES, Opt, Rep, Info, REP_ERR_UNSUP, REP_ERR_UNKNOWN, REP_ERR_INVALID,
+  NbdCmd, NbdErr, TF, CMD_FLAG_FUA, MAX_OPTION_LEN, MAX_REQUEST, REQUEST_HEADER, NbdRequest,
+} from '../../protocol/nbd';
+import { ByteQueue } from './byte-queue';
+import type { Logger } from '../log';
+
+export interface NbdExport {
+  name: string;
+  size: number;
+  read(buf: Buffer, offset: number): Promise<void>;
+  write(offset: number, data: Buffer): Promise<void>;
+  zero(offset: number, length: number): Promise<void>;
+  flush(): Promise<void>;
+}
+
+const MAX_INFLIGHT = 64; // requests per connection; beyond it the socket is paused
+const MAX_OPTIONS = 64; // options per handshake
+
+function errnoOf(e: any, fallback: number): number {
+  switch (e?.errno ?? e?.code) {
+    case 'ENOSPC': return NbdErr.ENOSPC;
+    case 'EIO': return NbdErr.EIO;
+    case 'EROFS': case 'EPERM': case 'EACCES': return NbdErr.EPERM;
+    case 'ENOMEM': return NbdErr.ENOMEM;
+    default: return fallback;
+  }
+}
+
+export class NbdServer {
+  private server?: net.Server;
+  private readonly conns = new Set<net.Socket>();
+  private nextConn = 1;
+  stats = { connections: 0, requests: 0, errors: 0 };
+
+  constructor(private readonly exports: Map<string, NbdExport>, private readonly log: Logger) {}
+
+  listen(host: string, port: number): Promise<net.AddressInfo> {
+    this.server = net.createServer((s) => this.accept(s));
+    return new Promise((res, rej) => {
+      this.server!.once('error', rej);
+      this.server!.listen(port, host, () => res(this.server!.address() as net.AddressInfo));
+    });
+  }
+
+  async close(): Promise<void> {
+    for (const c of this.conns) c.destroy();
+    await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+  }
+
+  private accept(sock: net.Socket): void {
+    const id = this.nextConn++;
+    const log = this.log.child({ nbdConn: id, peer: `${sock.remoteAddress}:${sock.remotePort}` });
+    this.conns.add(sock);
+    this.stats.connections++;
+    sock.setNoDelay(true);
+    const q = new ByteQueue();
+    let phase: 'flags' | 'options' | 'optdata' | 'transmission' | 'closing' = 'flags';
+    let pendingOpt: { opt: number; len: number } | null = null;
+    let noZeroes = false;
+    let options = 0;
+    let exp: NbdExport | null = null;
+    let inflight = 0;
+    let paused = false;
+    let pendingWrite: NbdRequest | null = null;
+
+    const send = (b: Buffer) => { if (!sock.destroyed) sock.write(b); };
+    const fatal = (why: string) => {
+      log.warn({ cause: why }, 'closing NBD connection');
+      phase = 'closing';
+      sock.destroy();
+    };
+
+    const flags = () => (TF.HAS_FLAGS | TF.SEND_FLUSH | TF.SEND_FUA | TF.SEND_TRIM | TF.SEND_WRITE_ZEROES | TF.CAN_MULTI_CONN);
+
+    const option = (opt: number, data: Buffer) => {
+      if (++options > MAX_OPTIONS) return fatal('too many options');
+      switch (opt) {
+        case Opt.EXPORT_NAME: {
+          const e = this.exports.get(data.toString('utf8'));
+          if (!e) return fatal(`unknown export "${data.toString('utf8')}"`);
+          exp = e;
+          send(exportNameReply(e.size, flags(), noZeroes));
+          phase = 'transmission';
+          log.info({ export: e.name }, 'NBD client attached (EXPORT_NAME)');
+          return;
+        }
+        case Opt.ABORT:
+          send(optReply(opt, Rep.ACK));
+          phase = 'closing';
+          sock.end();
+          return;
+        case Opt.LIST: {
+          if (data.length) return send(optReply(opt, REP_ERR_INVALID));
+          for (const name of this.exports.keys()) {
+            const n = Buffer.from(name, 'utf8');
+            const d = Buffer.alloc(4 + n.length);
+            d.writeUInt32BE(n.length, 0);
+            n.copy(d, 4);
+            send(optReply(opt, Rep.SERVER, d));
+          }
+          return send(optReply(opt, Rep.ACK));
+        }
+        case Opt.INFO:
+        case Opt.GO: {
+          const g = parseGo(data);
+          if (!g) return send(optReply(opt, REP_ERR_INVALID));
+          const e = this.exports.get(g.name);
+          if (!e) return send(optReply(opt, REP_ERR_UNKNOWN, Buffer.from(`no export named "${g.name}"`)));
+          send(optReply(opt, Rep.INFO, infoExport(e.size, flags())));
+          send(optReply(opt, Rep.INFO, infoBlockSize(1, 4096, MAX_REQUEST)));
+          if (g.infos.includes(Info.NAME)) send(optReply(opt, Rep.INFO, infoName(e.name)));
+          send(optReply(opt, Rep.ACK));
+          if (opt === Opt.GO) {
+            exp = e;
+            phase = 'transmission';
+            log.info({ export: e.name }, 'NBD client attached');
+          }
+          return;
+        }
+        default:
+          return send(optReply(opt, REP_ERR_UNSUP));
+      }
+    };
+
+    const done = (r: NbdRequest, err: number, data?: Buffer) => {
+      inflight--;
+      if (err) this.stats.errors++;
+      if (sock.destroyed) return;
+      if (data && !err) {
+        sock.cork();
+        sock.write(simpleReply(0, r.handle));
+        sock.write(data);
+        sock.uncork();
+      } else send(simpleReply(err, r.handle));
+      if (paused && inflight < MAX_INFLIGHT / 2) { paused = false; sock.resume(); parse(); }
+      if (phase === 'closing' && inflight === 0) sock.end();
+    };
+
+    const exec = (r: NbdRequest, data?: Buffer) => {
+      const e = exp!;
+      this.stats.requests++;
+      inflight++;
+      const inRange = r.offset + r.length <= e.size;
+      const ctx = () => ({ export: e.name, offset: r.offset, length: r.length });
+      switch (r.type) {
+        case NbdCmd.READ: {
+          if (!inRange || r.length > MAX_REQUEST) return done(r, NbdErr.EINVAL);
+          const buf = Buffer.allocUnsafe(r.length);
+          e.read(buf, r.offset).then(() => done(r, 0, buf), (err) => { log.error({ ...ctx(), cause: err.message }, 'NBD read failed'); done(r, errnoOf(err, NbdErr.EIO)); });
+          return;
+        }
+        case NbdCmd.WRITE:
+        case NbdCmd.WRITE_ZEROES: {
+          if (!inRange) return done(r, NbdErr.ENOSPC);
+          const p = r.type === NbdCmd.WRITE ? e.write(r.offset, data!) : e.zero(r.offset, r.length);
+          p.then(() => (r.flags & CMD_FLAG_FUA ? e.flush() : undefined))
+            .then(() => done(r, 0), (err) => { log.error({ ...ctx(), cause: err.message }, 'NBD write failed'); done(r, errnoOf(err, NbdErr.EIO)); });
+          return;
+        }
+        case NbdCmd.FLUSH:
+          e.flush().then(() => done(r, 0), (err) => { log.error({ export: e.name, cause: err.message }, 'NBD flush failed'); done(r, errnoOf(err, NbdErr.EIO)); });
+          return;
+        case NbdCmd.TRIM:
+          // Advisory: the data may stay as it is, so nothing changes and nothing is mirrored.
+          return done(r, inRange ? 0 : NbdErr.EINVAL);
+        case NbdCmd.DISC:
+          inflight--;
+          phase = 'closing';
+          if (inflight === 0) sock.end();
+          return;
+        default:
+          return done(r, NbdErr.EINVAL);
+      }
+    };
+
+    const parse = () => {
+      for (;;) {
+        if (phase === 'flags') {
+          if (q.length < 4) return;
+          const f = q.take(4).readUInt32BE(0);
+          if (!(f & CF_FIXED_NEWSTYLE)) return fatal('client does not speak fixed newstyle');
+          noZeroes = (f & CF_NO_ZEROES) !== 0;
+          phase = 'options';
+        } else if (phase === 'options') {
+          if (q.length < 16) return;
+          const h = Buffer.from(q.take(16));
+          if (h.readBigUInt64BE(0) !== IHAVEOPT) return fatal('bad option magic');
+          const opt = h.readUInt32BE(8), len = h.readUInt32BE(12);
+          if (len > MAX_OPTION_LEN) return fatal(`option ${opt} of ${len} bytes is too long`);
+          pendingOpt = { opt, len };
+          phase = 'optdata';
+        } else if (phase === 'optdata') {
+          if (q.length < pendingOpt!.len) return;
+          const { opt, len } = pendingOpt!;
+          pendingOpt = null;
+          phase = 'options';
+          option(opt, q.take(len));
+        } else if (phase === 'transmission') {
+          if (pendingWrite) {
+            if (q.length < pendingWrite.length) return;
+            const r = pendingWrite;
+            pendingWrite = null;
+            exec(r, q.take(r.length));
+            continue;
+          }
+          if (inflight >= MAX_INFLIGHT) { if (!paused) { paused = true; sock.pause(); } return; }
+          if (q.length < REQUEST_HEADER) return;
+          let r: NbdRequest;
+          try { r = parseRequest(q.take(REQUEST_HEADER), 0); } catch (e) { return fatal((e as Error).message); }
+          if (r.type === NbdCmd.WRITE) {
+            if (r.length > MAX_REQUEST) return fatal(`write of ${r.length} bytes exceeds ${MAX_REQUEST}`);
+            pendingWrite = r;
+            continue;
+          }
+          exec(r);
+        } else return;
+      }
+    };
+    send(serverGreeting());
+    sock.on('data', (c) => { q.push(c); parse(); });
+    sock.on('error', (e) => log.debug({ cause: e.message }, 'NBD socket error'));
+    sock.on('close', () => { this.conns.delete(sock); log.debug('NBD connection closed'); });
+  }
+}

@@ -1,0 +1,100 @@
+#!/usr/bin/env node
+// Hub ingest benchmark: acts as an agent over loopback TCP, lets the hub finish its initial
+// sync (answering remote reads with zeroes), then streams protected writes (4 KiB random and
+// 1 MiB sequential) with a bounded window of unacked bytes, and reports durable MB/s and
+// writes/s (a write counts when the hub's WRITE_ACK covers it). Not a test: numbers only.
+//   node dist/tools/loadgen.js [--hub HOST:PORT] [--seconds 5] [--size-mib 1024] [--window-mib 64]
+import * as net from 'node:net';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import {
+  Cmd, ALL_CAPS, PROTOCOL_VERSION, Limits, SECTOR, IO_OK, DIRTY_FINAL, FrameDecoder, decode,
+  encodeHello, encodeReportVmVolumes, encodeProtectedWriteHead, encodeRemoteIoResHead, encodeDirtyReport,
+} from '../protocol';
+
+const arg = (k: string, d: string) => { const i = process.argv.indexOf(`--${k}`); return i > 0 ? process.argv[i + 1] : d; };
+const SECONDS = Number(arg('seconds', '5'));
+const SIZE = Number(arg('size-mib', '1024')) << 20;
+const WINDOW = Number(arg('window-mib', '64')) << 20;
+
+async function startHub(): Promise<{ port: number; stop: () => void; dir: string }> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rephub-loadgen-'));
+  const port = 17000 + Math.floor(Math.random() * 1000);
+  const cli = path.join(__dirname, '../src/cli/rephub.js');
+  const p = spawn(process.execPath, [cli, '--listen', `127.0.0.1:${port}`, '--http', `127.0.0.1:${port + 1000}`,
+    '--vol', `LG=${path.join(dir, 'LGR')}`, '--data', path.join(dir, 'state')], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, LOG_LEVEL: 'warn' } });
+  for (let i = 0; i < 100; i++) {
+    const ok = await new Promise<boolean>((r) => { const s = net.connect(port, '127.0.0.1', () => { s.destroy(); r(true); }); s.on('error', () => r(false)); });
+    if (ok) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { port, dir, stop: () => { p.kill('SIGTERM'); } };
+}
+
+async function main() {
+  const given = arg('hub', '');
+  const hub = given ? { host: given.split(':')[0], port: Number(given.split(':')[1]), stop: () => {}, dir: '' } : { host: '127.0.0.1', ...(await startHub()) };
+  const sock = net.connect(hub.port, hub.host);
+  sock.setNoDelay(true);
+  let volId = -1, acked = 0, lastRead = Date.now();
+  const zero = Buffer.alloc(Limits.maxIoBytes);
+  let onAck: (() => void) | null = null;
+  const framer = new FrameDecoder((cmd, payload) => {
+    const m = decode(cmd, payload);
+    if (m.cmd === Cmd.START_PROTECT) {
+      volId = m.volumeId;
+      sock.write(encodeDirtyReport(volId, 1, DIRTY_FINAL, [])); // nothing dirty on our side
+    } else if (m.cmd === Cmd.REMOTE_IO_REQ) {
+      lastRead = Date.now();
+      sock.write(encodeRemoteIoResHead(m.reqId, IO_OK, m.volumeId, m.sizeSectors * SECTOR));
+      sock.write(zero.subarray(0, m.sizeSectors * SECTOR));
+    } else if (m.cmd === Cmd.WRITE_ACK) {
+      acked = m.seq;
+      onAck?.();
+    }
+  });
+  sock.on('data', (c) => framer.push(c));
+  await new Promise<void>((r) => sock.once('connect', () => r()));
+  sock.write(encodeHello(PROTOCOL_VERSION, ALL_CAPS, Limits.maxPayload, 'loadgen'));
+  sock.write(encodeReportVmVolumes([{ name: 'LG', sizeBytes: SIZE }]));
+  const syncStart = Date.now();
+  while (volId < 0 || Date.now() - lastRead < 300) await new Promise((r) => setTimeout(r, 50));
+  console.log(`initial sync of ${SIZE >> 20} MiB (all zero, answered from memory): ${((Date.now() - syncStart - 300) / 1000).toFixed(2)} s`);
+
+  let seq = 0;
+  async function run(name: string, bs: number, random: boolean) {
+    const data = randomBytes(bs);
+    const sizes: number[] = [];
+    let off = 0, sent = 0;
+    const t0 = process.hrtime.bigint();
+    const end = Date.now() + SECONDS * 1000;
+    const base = seq;
+    while (Date.now() < end) {
+      while ((seq - acked) * bs >= WINDOW) await new Promise<void>((r) => (onAck = r));
+      const o = random ? Math.floor(Math.random() * (SIZE / bs)) * bs : off;
+      off = (off + bs) % SIZE;
+      sock.cork();
+      sock.write(encodeProtectedWriteHead(volId, o / SECTOR, bs / SECTOR, IO_OK));
+      const ok = sock.write(data);
+      sock.uncork();
+      seq++; sent += bs;
+      if (!ok) await new Promise((r) => sock.once('drain', r));
+      sizes.push(0);
+      if (sizes.length > 1000) sizes.length = 0;
+    }
+    while (acked < seq) await new Promise<void>((r) => (onAck = r));
+    const s = Number(process.hrtime.bigint() - t0) / 1e9;
+    const n = seq - base;
+    console.log(`${name.padEnd(22)} ${(sent / s / 1e6).toFixed(1).padStart(8)} MB/s ${(n / s).toFixed(0).padStart(9)} writes/s  (${n} writes in ${s.toFixed(2)} s, all acked durable)`);
+  }
+  await run('4 KiB random writes', 4096, true);
+  await run('1 MiB sequential', 1 << 20, false);
+  sock.destroy();
+  hub.stop();
+  if (hub.dir) setTimeout(() => fs.rmSync(hub.dir, { recursive: true, force: true }), 500);
+}
+
+main().catch((e) => { console.error(e); process.exit(1); });
