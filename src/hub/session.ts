@@ -346,6 +346,8 @@ export class AgentSession {
     const from = rep.state;
     rep.setState(st);
     this.host.onStateChange(rep, from);
+    // Persist a converged bitmap at once, so a crash right after costs no resync of it.
+    if (st === 'protecting') void rep.checkpoint().catch((e) => this.log.warn({ volume: rep.name, cause: e.message }, 'checkpoint failed'));
   }
 
   private maybeConverged(s: VolumeSync): void {

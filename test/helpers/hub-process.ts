@@ -37,3 +37,37 @@ export class HubProcess {
     return new Promise((r) => { p.once('exit', () => r()); p.kill('SIGTERM'); });
   }
 }
+
+export const AGENT_CLI = path.join(__dirname, '../../src/cli/rephub-agent.js');
+
+/** The agent as a real process: NBD server for real clients, mirroring to a hub. */
+export class AgentProcess {
+  proc?: ChildProcess;
+  nbdPort = 0;
+  stderr = '';
+  constructor(readonly args: string[]) {}
+  uri(name: string): string {
+    return `nbd://127.0.0.1:${this.nbdPort}/${name}`;
+  }
+  async start(): Promise<void> {
+    if (!this.nbdPort) this.nbdPort = await freePort();
+    this.stderr = '';
+    this.proc = spawn(process.execPath, [AGENT_CLI, '--nbd', `127.0.0.1:${this.nbdPort}`, ...this.args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    this.proc.stderr!.on('data', (d) => { this.stderr = (this.stderr + d).slice(-20000); });
+    const net = await import('node:net');
+    await waitFor('agent NBD listening', () => new Promise<boolean>((r) => {
+      const s = net.connect(this.nbdPort, '127.0.0.1', () => { s.destroy(); r(true); });
+      s.on('error', () => r(false));
+    }), 15000, 50);
+  }
+  kill9(): Promise<void> {
+    const p = this.proc!;
+    if (p.exitCode !== null) return Promise.resolve();
+    return new Promise((r) => { p.once('exit', () => r()); p.kill('SIGKILL'); });
+  }
+  stop(): Promise<void> {
+    const p = this.proc;
+    if (!p || p.exitCode !== null) return Promise.resolve();
+    return new Promise((r) => { p.once('exit', () => r()); p.kill('SIGTERM'); });
+  }
+}

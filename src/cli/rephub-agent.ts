@@ -1,0 +1,80 @@
+#!/usr/bin/env node
+// rephub-agent: serves the VM's disk images over NBD and mirrors every write to the hub.
+import { Command } from 'commander';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { ReplicationAgent } from '../agent/agent';
+import { DirtyLog } from '../agent/dirty-log';
+import { NbdServer, NbdExport } from '../agent/nbd-server';
+import { FileVolume } from '../../storage/volume';
+import { makeLogger } from '../log';
+import { parseHostPort, checkName, checkPath, parseSize } from './args';
+
+const collect = (v: string, prev: string[]) => [...prev, v];
+const ZERO_CHUNK = Buffer.alloc(1 << 20);
+
+async function main(o: { hub: string; export: string[]; nbd: string; state: string; vm: string; regionSize: string; maxQueue: string }) {
+  const log = makeLogger('rephub-agent');
+  const hub = parseHostPort(o.hub, '--hub');
+  const nbdAddr = parseHostPort(o.nbd, '--nbd');
+  const regionSize = parseSize(o.regionSize, '--region-size');
+  const vm = checkName(o.vm, '--vm');
+  if (o.export.length === 0) throw new Error('give at least one --export NAME=PATH (e.g. --export V1=/var/lib/vm/V1.img)');
+  fs.mkdirSync(o.state, { recursive: true });
+  const volumes = o.export.map((spec) => {
+    const eq = spec.indexOf('=');
+    if (eq <= 0) throw new Error(`--export: expected NAME=PATH, got "${spec}"`);
+    const name = checkName(spec.slice(0, eq), '--export name');
+    const file = checkPath(spec.slice(eq + 1), '--export path');
+    const target = FileVolume.open(file);
+    if (target.sizeBytes % 512 !== 0 || target.sizeBytes === 0) throw new Error(`--export ${name}: ${file} is ${target.sizeBytes} bytes, not a positive multiple of 512`);
+    const dlog = DirtyLog.open(path.join(o.state, `${vm}.${name}.dirty`), target.sizeBytes, regionSize);
+    log.info({ volume: name, image: file, sizeBytes: target.sizeBytes, dirtyBytes: dlog.bitmap.dirtyBytes, freshLog: dlog.fresh }, 'protected volume');
+    return { name, target, log: dlog };
+  });
+  if (new Set(volumes.map((v) => v.name)).size !== volumes.length) throw new Error('--export: a volume name is given twice');
+  const agent = new ReplicationAgent({ hubHost: hub.host, hubPort: hub.port, vm, volumes, log, maxQueueBytes: parseSize(o.maxQueue, '--max-queue') });
+  const exports = new Map<string, NbdExport>();
+  for (const v of volumes) {
+    exports.set(v.name, {
+      name: v.name,
+      size: v.target.sizeBytes,
+      read: (buf, off) => v.target.read(buf, off),
+      write: (off, data) => agent.write(v.name, off, data),
+      zero: (off, len) => agent.zero(v.name, off, len, async () => {
+        for (let p = off; p < off + len; p += ZERO_CHUNK.length) await v.target.write(ZERO_CHUNK.subarray(0, Math.min(ZERO_CHUNK.length, off + len - p)), p);
+      }),
+      flush: () => agent.flush(v.name),
+    });
+  }
+  const nbd = new NbdServer(exports, log);
+  const a = await nbd.listen(nbdAddr.host, nbdAddr.port);
+  agent.start();
+  log.info({ nbd: [...exports.keys()].map((n) => `nbd://${a.address}:${a.port}/${n}`), hub: o.hub, vm }, 'rephub-agent serving');
+  let stopping = false;
+  const stop = async (sig: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal: sig }, 'stopping: draining mirror, sending AGENT_SHUTDOWN');
+    await nbd.close();
+    await agent.stop();
+    for (const v of volumes) { v.log.close(); await v.target.close(); }
+    process.exit(0);
+  };
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+}
+
+new Command('rephub-agent')
+  .description('rephub agent: serves protected volumes over NBD (qemu -drive file=nbd://127.0.0.1:10809/V1) and mirrors every write to the hub')
+  .option('--hub <host:port>', 'hub address', '127.0.0.1:7000')
+  .option('--export <name=path>', 'protected volume: NAME=PATH of a raw image or block device; repeat for more', collect, [])
+  .option('--nbd <host:port>', 'NBD listen address', '127.0.0.1:10809')
+  .option('--state <dir>', 'directory for the persistent dirty logs', './rephub-agent-state')
+  .option('--vm <name>', 'VM name reported to the hub', os.hostname().replace(/[^A-Za-z0-9._-]/g, '-') || 'vm')
+  .option('--region-size <bytes>', 'dirty-log region size, 4K..1M', '64K')
+  .option('--max-queue <bytes>', 'mirror bytes buffered towards the hub; beyond it writes become dirty regions', '64M')
+  .showHelpAfterError()
+  .action((o) => main(o).catch((e) => { process.stderr.write(`rephub-agent: ${e.message}\n`); process.exit(2); }))
+  .parse();
