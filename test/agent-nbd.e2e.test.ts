@@ -62,9 +62,9 @@ describe('agent shim with real NBD clients', function () {
     await converged();
 
     run('fio', ['--name=v', '--ioengine=nbd', `--uri=${agent.uri('V1')}`, '--rw=randwrite', '--bs=4k', '--iodepth=16', '--size=32m',
-      '--verify=crc32c', '--do_verify=1', '--number_ios=4096', '--output-format=terse']);
+      '--verify=crc32c', '--do_verify=1', '--verify_state_save=0', '--number_ios=4096', '--output-format=terse']);
     run('fio', ['--name=s', '--ioengine=nbd', `--uri=${agent.uri('V1')}`, '--rw=write', '--bs=1m', '--iodepth=4', '--size=32m', '--offset=32m',
-      '--verify=md5', '--do_verify=1', '--output-format=terse']);
+      '--verify=md5', '--do_verify=1', '--verify_state_save=0', '--output-format=terse']);
     await converged();
   });
 
