@@ -6,7 +6,18 @@ import { ProtocolError } from './errors';
 import type { Message, VolumeInfo, Extent } from './messages';
 
 const le = () => new Parser().endianness('little');
-const name = (p: Parser, field = 'name') => p.uint16('nameLen').string(field, { length: 'nameLen', encoding: 'utf8' });
+// Names are raw bytes here, decoded strictly below: binary-parser's string() uses a default TextDecoder,
+// which strips a leading U+FEFF and replaces invalid bytes with U+FFFD.
+const name = (p: Parser, field = 'name') => p.uint16('nameLen').buffer(field, { length: 'nameLen' });
+const strict = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+const lenient = new TextDecoder('utf-8', { ignoreBOM: true });
+function utf8(b: Buffer, what: string): string {
+  try {
+    return strict.decode(b);
+  } catch {
+    throw new ProtocolError(`${what}: name is not valid UTF-8`);
+  }
+}
 
 const P = {
   hello: name(le().uint16('version').uint16('reserved').uint32('caps').uint32('maxPayload')),
@@ -26,7 +37,7 @@ const P = {
   dirtyAck: le().uint64('volumeId').uint32('reportId'),
   csumReq: le().uint32('reqId').uint32('regionSectors').uint64('volumeId').uint64('offsetSectors').uint32('count'),
   csumRes: le().uint32('reqId').int32('ioStatus').uint64('volumeId').uint32('count'),
-  error: le().uint32('code').uint16('msgLen').string('message', { length: 'msgLen', encoding: 'utf8' }),
+  error: le().uint32('code').uint16('msgLen').buffer('message', { length: 'msgLen' }),
 };
 const FIXED = { write: 24, ioReq: 28, ioRes: 16, csumRes: 20 };
 
@@ -66,7 +77,7 @@ export function decode(cmd: number, payload: Buffer): Message {
       const r = parse(P.hello, payload, 'HELLO');
       exact(payload, 14 + r.nameLen, 'HELLO');
       if (r.nameLen > Limits.maxNameBytes) throw new ProtocolError(`HELLO: name too long (${r.nameLen})`);
-      return { cmd, version: r.version, caps: r.caps, maxPayload: r.maxPayload, name: r.name };
+      return { cmd, version: r.version, caps: r.caps, maxPayload: r.maxPayload, name: utf8(r.name, 'HELLO') };
     }
     case Cmd.PROTECTED_WRITE: {
       if (payload.length < FIXED.write) throw new ProtocolError(`truncated PROTECTED_WRITE (${payload.length} bytes)`);
@@ -86,15 +97,18 @@ export function decode(cmd: number, payload: Buffer): Message {
       let size = 4;
       const volumes: VolumeInfo[] = r.volumes.map((v: any) => {
         size += 10 + v.nameLen;
-        return { name: checkName(v.name, v.nameLen, 'REPORT_VM_VOLUMES'), sizeBytes: num(v.sizeBytes, 'size_bytes') };
+        return { name: v.name, nameLen: v.nameLen, sizeBytes: v.sizeBytes };
       });
       exact(payload, size, 'REPORT_VM_VOLUMES');
-      return { cmd, volumes };
+      return { cmd, volumes: volumes.map((v: any) => ({
+        name: checkName(utf8(v.name, 'REPORT_VM_VOLUMES'), v.nameLen, 'REPORT_VM_VOLUMES'), sizeBytes: num(v.sizeBytes, 'size_bytes'),
+      })) };
     }
     case Cmd.START_PROTECT: {
       const r = parse(P.startProtect, payload, 'START_PROTECT');
       exact(payload, 10 + r.nameLen, 'START_PROTECT');
-      return { cmd, volumeId: num(r.volumeId, 'volume_id'), name: checkName(r.name, r.nameLen, 'START_PROTECT') };
+      checkName('', r.nameLen, 'START_PROTECT');
+      return { cmd, volumeId: num(r.volumeId, 'volume_id'), name: utf8(r.name, 'START_PROTECT') };
     }
     case Cmd.REMOTE_IO_REQ: {
       if (payload.length < FIXED.ioReq) throw new ProtocolError(`truncated REMOTE_IO_REQ (${payload.length} bytes)`);
@@ -158,7 +172,7 @@ export function decode(cmd: number, payload: Buffer): Message {
     case Cmd.ERROR: {
       const r = parse(P.error, payload, 'ERROR');
       exact(payload, 6 + r.msgLen, 'ERROR');
-      return { cmd, code: r.code, message: r.message };
+      return { cmd, code: r.code, message: lenient.decode(r.message) };
     }
     case Cmd.PING:
     case Cmd.PONG:

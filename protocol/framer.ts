@@ -1,7 +1,7 @@
 // Incremental frame splitter over arbitrary TCP chunks: a frame may be split anywhere and a
 // chunk may hold many frames. A payload inside one chunk is passed on as a zero-copy view;
-// one spanning chunks is assembled once, into a buffer allocated only after the header's
-// length passed the limit check. Pure: no sockets.
+// one spanning chunks is joined once when its last byte arrives (memory follows the bytes
+// received, not the length a header claims). Pure: no sockets.
 import { MAGIC, HEADER_SIZE, Limits, Cmd } from './constants';
 import { ProtocolError } from './errors';
 
@@ -14,7 +14,7 @@ export class FrameDecoder {
   private pendingBytes = 0;
   private cmd = -1; // >= 0 while a header has been read and its payload is awaited
   private need = 0;
-  private assembly: Buffer | null = null;
+  private parts: Buffer[] = []; // payload pieces of a frame spanning chunks
   private filled = 0;
   private failed = false;
 
@@ -62,23 +62,20 @@ export class FrameDecoder {
       }
       // Payload.
       const avail = chunk.length - off;
-      if (this.assembly === null && avail >= this.need) {
+      if (this.filled === 0 && avail >= this.need) {
         const payload = chunk.subarray(off, off + this.need);
         off += this.need;
         this.emit(payload);
         continue;
       }
-      if (this.assembly === null) {
-        this.assembly = Buffer.allocUnsafe(this.need);
-        this.filled = 0;
-      }
+      // Memory grows only with bytes actually received, never with a claimed length.
       const take = Math.min(this.need - this.filled, avail);
-      chunk.copy(this.assembly, this.filled, off, off + take);
+      this.parts.push(chunk.subarray(off, off + take));
       this.filled += take;
       off += take;
       if (this.filled === this.need) {
-        const payload = this.assembly;
-        this.assembly = null;
+        const payload = Buffer.concat(this.parts, this.need);
+        this.parts = [];
         this.filled = 0;
         this.emit(payload);
       }

@@ -144,7 +144,11 @@ export function encodeChecksumRes(reqId: number, ioStatus: number, volumeId: num
 
 export function encodeError(code: number, message: string): Buffer {
   let m = Buffer.from(message, 'utf8');
-  if (m.length > Limits.maxErrorBytes) m = m.subarray(0, Limits.maxErrorBytes);
+  if (m.length > Limits.maxErrorBytes) {
+    let n = Limits.maxErrorBytes;
+    while (n > 0 && (m[n] & 0xc0) === 0x80) n--; // never cut a UTF-8 sequence
+    m = m.subarray(0, n);
+  }
   const b = frame(Cmd.ERROR, 6 + m.length);
   b.writeUInt32LE(code, 12);
   b.writeUInt16LE(m.length, 16);

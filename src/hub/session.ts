@@ -84,6 +84,7 @@ export class AgentSession {
     if (this.closed) return;
     this.bytesReceived += payload.length;
     const msg = decode(cmd, payload);
+    if (msg.cmd === Cmd.HELLO && !this.firstFrame) throw new ProtocolError('HELLO is only valid as the first frame');
     if (this.firstFrame) {
       this.firstFrame = false;
       if (msg.cmd !== Cmd.HELLO) this.log.info({ session: this.id }, 'agent sent no HELLO: legacy seed protocol, no extensions');
