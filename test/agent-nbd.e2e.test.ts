@@ -68,6 +68,24 @@ describe('agent shim with real NBD clients', function () {
     await converged();
   });
 
+  it('hub stalled (SIGSTOP): writes overflow the bounded queue into dirty regions, the VM never blocks', async () => {
+    await agent.stop();
+    agent = new AgentProcess(['--hub', `127.0.0.1:${hub.port}`, '--export', `V1=${img}`, '--state', path.join(dir, 'agent'), '--vm', 'vm1', '--max-queue', '1M']);
+    await agent.start();
+    await converged();
+    hub.proc!.kill('SIGSTOP');
+    try {
+      // 48 MiB through a 1 MiB send queue to a hub that reads nothing: must complete regardless.
+      run('fio', ['--name=o', '--ioengine=nbd', `--uri=${agent.uri('V1')}`, '--rw=write', '--bs=1m', '--iodepth=4', '--size=48m'], 60_000);
+      const rss = Number(fs.readFileSync(`/proc/${agent.proc!.pid}/status`, 'utf8').match(/VmRSS:\s+(\d+)/)![1]) * 1024;
+      process.stdout.write(`      agent RSS with the hub stalled after 48 MiB written: ${(rss / MiB).toFixed(0)} MiB\n`);
+      assert.ok(rss < 200 * MiB, `agent RSS ${rss} bytes`);
+    } finally {
+      hub.proc!.kill('SIGCONT');
+    }
+    await converged();
+  });
+
   it('a tiny Linux VM writes through the guest kernel onto the export; replica byte-equal', async function () {
     const out = run('bash', [path.join(__dirname, '../../tools/tiny-vm.sh'), agent.uri('V1'), 'rephub-e2e', '4'], 280_000);
     assert.match(out, /PASS/);

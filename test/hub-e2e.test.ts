@@ -28,3 +28,57 @@ describe('hub end to end over TCP (in-process hub, test agent)', () => {
     await hub.close();
   });
 });
+
+describe('hub: several agents, a misbehaving peer, a volume claimed twice', () => {
+  it('a garbage peer and a second claimant are refused while two good agents converge', async () => {
+    const net = await import('node:net');
+    const { encodeHello, encodeReportVmVolumes, FrameDecoder, decode, Cmd, ErrorCode, ALL_CAPS } = await import('../protocol');
+    const dir = tmpdir();
+    const a = path.join(dir, 'A.img'), b = path.join(dir, 'B.img');
+    makeImage(a, 8 << 20); makeImage(b, 4 << 20);
+    const hub = new Hub({
+      volumes: [{ name: 'A', path: path.join(dir, 'AR') }, { name: 'B', path: path.join(dir, 'BR') }],
+      store: new LmdbStateStore(path.join(dir, 'hub')), log: silentLogger(),
+    });
+    const { port } = await hub.listen('127.0.0.1', 0);
+    await hub.listenHttp('127.0.0.1', 0);
+    const agentA = startTestAgent({ port, vm: 'vmA', images: { A: a } });
+    const agentB = startTestAgent({ port, vm: 'vmB', images: { B: b } });
+
+    // garbage: a bad magic closes that session only, with an ERROR frame first
+    const errs: number[] = [];
+    const bad = net.connect(port, '127.0.0.1');
+    const badDec = new FrameDecoder((cmd, p) => { const m = decode(cmd, p); if (m.cmd === Cmd.ERROR) errs.push(m.code); });
+    bad.on('data', (c) => badDec.push(c));
+    const badClosed = new Promise((r) => bad.on('close', r));
+    bad.write(Buffer.from('GET / HTTP/1.1\r\n\r\n'));
+    await badClosed;
+    assert.deepEqual(errs, [ErrorCode.PROTOCOL]);
+
+    await waitFor('both protecting', () => [...hub.replicas.values()].every((r) => r.state === 'protecting'));
+    // another VM claiming A while vmA holds it is refused, not merged
+    const thief = net.connect(port, '127.0.0.1');
+    const got: string[] = [];
+    const dec = new FrameDecoder((cmd, p) => { const m = decode(cmd, p); got.push(m.cmd === Cmd.ERROR ? `ERROR ${m.code}` : Cmd[m.cmd]); });
+    thief.on('data', (c) => dec.push(c));
+    thief.write(encodeHello(1, ALL_CAPS, 0, 'vmX'));
+    thief.write(encodeReportVmVolumes([{ name: 'A', sizeBytes: 8 << 20 }]));
+    await waitFor('refusal', () => got.includes(`ERROR ${ErrorCode.VOLUME_REFUSED}`));
+    assert.ok(!got.includes('START_PROTECT'));
+    thief.destroy();
+
+    await agentA.write('A', 4096, Buffer.alloc(8192, 7));
+    await waitFor('A equal', () => sha(a) === sha(path.join(dir, 'AR')));
+    await waitFor('B equal', () => sha(b) === sha(path.join(dir, 'BR')));
+    const st = hub.status();
+    const va = st.volumes.find((v) => v.name === 'A')!;
+    assert.equal(va.state, 'protecting');
+    assert.equal(va.recovery, path.join(dir, 'AR'));
+    assert.equal(va.sizeBytes, 8 << 20);
+    assert.equal(va.dirtyBytes, 0);
+    assert.equal(va.vm, 'vmA');
+    assert.deepEqual(st.agents.map((x) => x.vm).sort(), ['vmA', 'vmB']);
+    await agentA.stop(); await agentB.stop();
+    await hub.close();
+  });
+});
