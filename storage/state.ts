@@ -25,6 +25,9 @@ export interface StateStore {
   volumes(): VolumeRecord[];
   putVolume(rec: VolumeRecord, durable: boolean): Promise<void>;
   allocateVolumeId(): number;
+  /** Small hub-wide records (failover test, failover mode); committed durably. */
+  meta<T = unknown>(key: string): T | undefined;
+  putMeta(key: string, value: unknown): void;
   loadBitmap(name: string, bm: DirtyBitmap): void;
   /** Persist the changed pages of a bitmap; durable=true commits before returning. */
   saveBitmap(name: string, bm: DirtyBitmap, durable: boolean): Promise<void>;
@@ -53,6 +56,13 @@ export class LmdbStateStore implements StateStore {
       this.db.putSync(['meta', 'nextVolumeId'], next + 1);
       return next;
     });
+  }
+  meta<T>(key: string): T | undefined {
+    return this.db.get(['meta', key]) as T | undefined;
+  }
+  putMeta(key: string, value: unknown): void {
+    if (value === undefined) this.db.removeSync(['meta', key]);
+    else this.db.putSync(['meta', key], value);
   }
   loadBitmap(name: string, bm: DirtyBitmap): void {
     for (const { key, value } of this.db.getRange({ start: ['bm', name, 0], end: ['bm', name, Number.MAX_SAFE_INTEGER] })) {
@@ -83,6 +93,14 @@ export class MemoryStateStore implements StateStore {
   private recs = new Map<string, VolumeRecord>();
   private pages = new Map<string, Map<number, Buffer>>();
   private nextId = 1;
+  private metas = new Map<string, unknown>();
+  meta<T>(key: string): T | undefined {
+    return this.metas.get(key) as T | undefined;
+  }
+  putMeta(key: string, value: unknown) {
+    if (value === undefined) this.metas.delete(key);
+    else this.metas.set(key, JSON.parse(JSON.stringify(value)));
+  }
   volume(name: string) {
     const r = this.recs.get(name);
     return r && { ...r };

@@ -31,6 +31,7 @@ function fencedStore(s: MemoryStateStore, life: { dead: boolean }): StateStore {
   return {
     volume: (n) => s.volume(n), volumes: () => s.volumes(), allocateVolumeId: () => s.allocateVolumeId(),
     loadBitmap: (n, bm) => s.loadBitmap(n, bm),
+    meta: (k) => s.meta(k), putMeta: (k, v) => { if (!life.dead) s.putMeta(k, v); },
     putVolume: async (r, d) => { if (!life.dead) await s.putVolume(r); void d; },
     saveBitmap: async (n, bm, d) => { if (!life.dead) await s.saveBitmap(n, bm); void d; },
     close: async () => {},

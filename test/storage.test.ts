@@ -8,7 +8,7 @@ import { open } from 'lmdb';
 import { BlockTarget, FileVolume, MemoryVolume, VolumeError } from '../storage/volume';
 import { LmdbStateStore, VolumeRecord } from '../storage/state';
 import { DirtyBitmap, PAGE_BITS } from '../storage/bitmap';
-import { DirtyLog } from '../src/agent/dirty-log';
+import { DirtyLog } from '../storage/dirty-log';
 import { tmpdir } from './helpers/util';
 // the real module object (not the import-star wrapper), so a test can intercept its functions
 import realFs = require('node:fs');

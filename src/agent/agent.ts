@@ -12,7 +12,7 @@ import {
 import { DirtyBitmap } from '../../storage/bitmap';
 import type { BlockTarget } from '../../storage/volume';
 import type { Logger } from '../log';
-import { DirtyLog } from './dirty-log';
+import { DirtyLog } from '../../storage/dirty-log';
 
 export interface AgentVolumeSpec { name: string; target: BlockTarget; log: DirtyLog }
 
@@ -371,9 +371,11 @@ export class ReplicationAgent {
   }
 
   private onAck(seq: number): void {
+    const touched = new Set<AgentVolume>();
     while (this.pendingHead < this.pending.length && this.pending[this.pendingHead].seq <= seq) {
       const p = this.pending[this.pendingHead++];
       const v = p.vol;
+      touched.add(v);
       for (let r = p.first; r <= p.last; r++) {
         if (v.regionSeq.get(r) !== p.seq) continue; // a later write still pends
         v.regionSeq.delete(r);
@@ -384,6 +386,9 @@ export class ReplicationAgent {
       this.pending = this.pending.slice(this.pendingHead);
       this.pendingHead = 0;
     }
+    // Write the cleared pages now (no fsync): after a crash the log then names only regions
+    // really unacked, which keeps resyncs small and failback free of false divergence.
+    for (const v of touched) v.log.sync();
   }
 
   private onReportAck(volumeId: number, reportId: number): void {
@@ -395,6 +400,7 @@ export class ReplicationAgent {
     for (const [a, b] of h.runs()) {
       for (let r = a; r < b; r++) if (!v.regionSeq.has(r) && !v.busy.has(r) && !v.owed.get(r)) v.log.clear(r);
     }
+    v.log.sync();
     this.sendOwed(v);
   }
 

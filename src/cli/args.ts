@@ -37,3 +37,12 @@ export function parseSize(v: string, opt: string): number {
   const mul = { '': 1, K: 1 << 10, M: 1 << 20, G: 1 << 30, T: 2 ** 40 }[m[2].toUpperCase() as '' | 'K' | 'M' | 'G' | 'T'];
   return Number(m[1]) * mul;
 }
+
+/** Replace {V1} style placeholders with the export URIs; unknown placeholders are an error. */
+export function fillLaunch(cmd: string, uris: Record<string, string>): string {
+  return cmd.replace(/\{([A-Za-z0-9._-]+)\}/g, (_, n) => {
+    if (!(n in uris)) throw new Error(`--launch uses {${n}} but the test exports only ${Object.keys(uris).map((k) => `{${k}}`).join(', ')}`);
+    return uris[n];
+  });
+}
+

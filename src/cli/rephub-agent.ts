@@ -4,9 +4,10 @@ import { Command } from 'commander';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import * as http from 'node:http';
 import { ReplicationAgent } from '../agent/agent';
-import { DirtyLog } from '../agent/dirty-log';
-import { NbdServer, NbdExport } from '../agent/nbd-server';
+import { DirtyLog } from '../../storage/dirty-log';
+import { NbdServer, NbdExport } from '../nbd/server';
 import { FileVolume } from '../../storage/volume';
 import { makeLogger } from '../log';
 import { parseHostPort, checkName, checkPath, parseSize } from './args';
@@ -14,7 +15,7 @@ import { parseHostPort, checkName, checkPath, parseSize } from './args';
 const collect = (v: string, prev: string[]) => [...prev, v];
 const ZERO_CHUNK = Buffer.alloc(1 << 20);
 
-async function main(o: { hub: string; export: string[]; nbd: string; state: string; vm: string; regionSize: string; maxQueue: string }) {
+async function main(o: { hub: string; export: string[]; nbd: string; state: string; vm: string; regionSize: string; maxQueue: string; http: string }) {
   const log = makeLogger('rephub-agent');
   const hub = parseHostPort(o.hub, '--hub');
   const nbdAddr = parseHostPort(o.nbd, '--nbd');
@@ -51,6 +52,17 @@ async function main(o: { hub: string; export: string[]; nbd: string; state: stri
   const nbd = new NbdServer(exports, log);
   const a = await nbd.listen(nbdAddr.host, nbdAddr.port);
   agent.start();
+  const httpAddr = parseHostPort(o.http, '--http');
+  const web = http.createServer((req, res) => {
+    if (req.method === 'GET' && req.url === '/status') {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ ...agent.status(), nbd: nbd.stats }, null, 1));
+    } else {
+      res.writeHead(404, { 'content-type': 'text/plain' });
+      res.end('not found: try GET /status\n');
+    }
+  });
+  await new Promise<void>((res, rej) => { web.once('error', rej); web.listen(httpAddr.port, httpAddr.host, () => res()); });
   log.info({ nbd: [...exports.keys()].map((n) => `nbd://${a.address}:${a.port}/${n}`), hub: o.hub, vm }, 'rephub-agent serving');
   let stopping = false;
   const stop = async (sig: string) => {
@@ -58,6 +70,7 @@ async function main(o: { hub: string; export: string[]; nbd: string; state: stri
     stopping = true;
     log.info({ signal: sig }, 'stopping: draining mirror, sending AGENT_SHUTDOWN');
     await nbd.close();
+    web.close();
     await agent.stop();
     for (const v of volumes) { v.log.close(); await v.target.close(); }
     process.exit(0);
@@ -74,6 +87,7 @@ new Command('rephub-agent')
   .option('--state <dir>', 'directory for the persistent dirty logs', './rephub-agent-state')
   .option('--vm <name>', 'VM name reported to the hub', os.hostname().replace(/[^A-Za-z0-9._-]/g, '-') || 'vm')
   .option('--region-size <bytes>', 'dirty-log region size, 4K..1M', '64K')
+  .option('--http <host:port>', 'agent status endpoint (GET /status)', '127.0.0.1:10899')
   .option('--max-queue <bytes>', 'mirror bytes buffered towards the hub; beyond it writes become dirty regions', '64M')
   .showHelpAfterError()
   .action((o) => main(o).catch((e) => { process.stderr.write(`rephub-agent: ${e.message}\n`); process.exit(2); }))

@@ -5,22 +5,24 @@ import * as path from 'node:path';
 import { Hub } from '../hub/hub';
 import { LmdbStateStore } from '../../storage/state';
 import { makeLogger } from '../log';
-import { parseHostPort, parseVolSpec, parseSize } from './args';
+import { parseHostPort, parseVolSpec, parseSize, fillLaunch } from './args';
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
-async function serve(o: { listen: string; vol: string[]; data: string; http: string; regionSize: string }) {
+async function serve(o: { listen: string; vol: string[]; data: string; http: string; nbd: string; regionSize: string }) {
   const log = makeLogger('rephub');
   const listen = parseHostPort(o.listen, '--listen');
   const httpAddr = parseHostPort(o.http, '--http');
+  const nbdAddr = parseHostPort(o.nbd, '--nbd');
   const regionSize = parseSize(o.regionSize, '--region-size');
   if (o.vol.length === 0) throw new Error('give at least one --vol (e.g. --vol V1R)');
   const volumes = o.vol.map(parseVolSpec);
   const store = new LmdbStateStore(path.resolve(o.data));
-  const hub = new Hub({ volumes, store, log, regionSize });
+  const hub = new Hub({ volumes, store, log, regionSize, layersDir: path.resolve(o.data, 'layers') });
   const a = await hub.listen(listen.host, listen.port);
   const h = await hub.listenHttp(httpAddr.host, httpAddr.port);
-  log.info({ listen: `${a.address}:${a.port}`, http: `http://${h.address}:${h.port}/status`, data: path.resolve(o.data), volumes }, 'rephub listening');
+  const n = await hub.listenNbd(nbdAddr.host, nbdAddr.port);
+  log.info({ listen: `${a.address}:${a.port}`, http: `http://${h.address}:${h.port}/status`, nbd: `${n.address}:${n.port}`, data: path.resolve(o.data), volumes }, 'rephub listening');
   const stop = async (sig: string) => {
     log.info({ signal: sig }, 'shutting down');
     await hub.close();
@@ -61,7 +63,8 @@ program.command('serve', { isDefault: true })
   .option('--listen <host:port>', 'address for agent connections', '0.0.0.0:7000')
   .option('--vol <spec>', 'recovery volume: V1R (file V1R protects agent volume V1) or V1=/path/to/V1R.img; repeat for more', collect, [])
   .option('--data <dir>', 'directory for hub state (LMDB: volume ids, generations, dirty bitmaps, sync cursors)', './rephub-data')
-  .option('--http <host:port>', 'status endpoint (GET /status)', '127.0.0.1:7080')
+  .option('--http <host:port>', 'status and operator endpoint (GET /status, POST /failover-test/start ...)', '127.0.0.1:7080')
+  .option('--nbd <host:port>', 'NBD exports for failover test and failover', '127.0.0.1:10810')
   .addOption(new Option('--region-size <bytes>', 'dirty-bitmap region size for new replicas, 4K..1M').default('64K'))
   .action(serve);
 
@@ -70,6 +73,60 @@ program.command('status')
   .option('--hub <url>', 'hub status URL', 'http://127.0.0.1:7080')
   .option('--json', 'print JSON for scripts')
   .action(status);
+
+async function post(hub: string, action: string, body: object): Promise<any> {
+  const url = hub.replace(/\/$/, '') + action;
+  const res = await fetch(url, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json' } })
+    .catch((e) => { throw new Error(`cannot reach ${url}: ${e.cause?.message ?? e.message}`); });
+  const out: any = await res.json();
+  if (!res.ok) throw new Error(out.error ?? `HTTP ${res.status}`);
+  return out;
+}
+
+const ft = program.command('failover-test').description('boot-test the replica from a point-in-time view while replication goes on');
+ft.command('start')
+  .description('freeze a consistent point-in-time view of the recovery volumes and export it over NBD')
+  .option('--hub <url>', 'hub operator URL', 'http://127.0.0.1:7080')
+  .option('--vm <name>', 'only the volumes of this VM')
+  .option('--force', 'take the view even if a volume is not converged')
+  .option('--launch <cmd>', 'start the recovery VM: {V1} style placeholders become the export URIs')
+  .action(async (o) => {
+    const r = await post(o.hub, '/failover-test/start', { vm: o.vm, force: !!o.force });
+    const uris: Record<string, string> = {};
+    for (const v of r.volumes) { uris[v.name] = v.uri; process.stdout.write(`${v.name}\t${v.uri}\n`); }
+    if (!o.launch) return;
+    const { spawn } = await import('node:child_process');
+    const log = makeLogger('rephub');
+    const cmd = fillLaunch(o.launch, uris);
+    log.info({ cmd }, 'launching recovery VM');
+    const p = spawn('/bin/sh', ['-c', cmd], { stdio: 'inherit' });
+    const code = await new Promise<number | null>((res) => p.on('exit', (c, sig) => res(sig ? 128 : c)));
+    log.info({ cmd, exitCode: code }, 'recovery VM exited; the test views stay until `rephub failover-test stop`');
+    process.exitCode = code ?? 1;
+  });
+ft.command('stop')
+  .description('shut the test exports and discard the test layers')
+  .option('--hub <url>', 'hub operator URL', 'http://127.0.0.1:7080')
+  .action(async (o) => {
+    const r = await post(o.hub, '/failover-test/stop', {});
+    for (const v of r.volumes) process.stdout.write(`${v.name}\tdiscarded (kept ${v.keptBytes} bytes of point-in-time data, test wrote ${v.testWrittenBytes} bytes)\n`);
+  });
+program.command('failover')
+  .description('the protected site is gone: promote the recovery volumes and export them read-write over NBD')
+  .option('--hub <url>', 'hub operator URL', 'http://127.0.0.1:7080')
+  .option('--force', 'fail over although an agent of the protected site is still connected')
+  .action(async (o) => {
+    const r = await post(o.hub, '/failover', { force: !!o.force });
+    for (const v of r.volumes) process.stdout.write(`${v.name}\t${v.uri}\tgeneration ${v.generation}\n`);
+  });
+program.command('failback')
+  .description('the protected site is back: write back only the changed regions, then protect in the normal direction')
+  .option('--hub <url>', 'hub operator URL', 'http://127.0.0.1:7080')
+  .addOption(new Option('--winner <side>', 'when both sides changed: whose changes win').choices(['recovery', 'protected']))
+  .action(async (o) => {
+    const r = await post(o.hub, '/failback', { winner: o.winner });
+    for (const v of r.volumes) process.stdout.write(`${v.name}\tmoved ${v.movedBytes} bytes; changed on recovery side ${v.recoveryChangedBytes}, on protected side ${v.protectedChangedBytes}; winner ${v.winner}\n`);
+  });
 
 program.parseAsync().catch((e) => {
   process.stderr.write(`rephub: ${e.message}\n`);

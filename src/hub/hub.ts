@@ -1,11 +1,16 @@
 // The hub process: listens for agents, owns the replicas and the state store, serves /status.
 import * as net from 'node:net';
 import * as http from 'node:http';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { FrameDecoder, ProtocolError } from '../../protocol';
 import { StateStore } from '../../storage/state';
 import type { Logger } from '../log';
 import { Replica, ReplicaSpec, TargetOpener, openFileTarget } from './replica';
 import { AgentSession, SessionConfig, defaultSessionConfig } from './session';
+import { FailoverController, FailoverError } from './failover';
+import { NbdServer, NbdExport } from '../nbd/server';
 
 export interface HubOptions {
   volumes: ReplicaSpec[];
@@ -15,6 +20,8 @@ export interface HubOptions {
   session?: Partial<SessionConfig>;
   openTarget?: TargetOpener;
   maxSessions?: number;
+  /** Where failover-test layers and failover maps live (default: a temp dir, tests only). */
+  layersDir?: string;
 }
 
 export class Hub {
@@ -27,6 +34,10 @@ export class Hub {
   readonly openTarget: TargetOpener;
   private readonly maxSessions: number;
   private readonly sockets = new Set<net.Socket>();
+  readonly exports = new Map<string, NbdExport>();
+  private nbd?: NbdServer;
+  private nbdAddr = { host: '127.0.0.1', port: 10810 };
+  readonly failover: FailoverController;
 
   constructor(private readonly opts: HubOptions) {
     this.cfg = { ...defaultSessionConfig, ...opts.session };
@@ -36,6 +47,20 @@ export class Hub {
       if (this.replicas.has(spec.name)) throw new Error(`volume ${spec.name} configured twice`);
       this.replicas.set(spec.name, new Replica(spec, opts.store, opts.regionSize ?? 64 * 1024));
     }
+    this.failover = new FailoverController({
+      replicas: this.replicas, sessions: this.sessions, store: opts.store, openTarget: this.openTarget,
+      layersDir: opts.layersDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'rephub-layers-')),
+      exports: this.exports, nbdUri: (n) => `nbd://${this.nbdAddr.host}:${this.nbdAddr.port}/${n}`, log: opts.log,
+    });
+    this.failover.restore();
+  }
+
+  /** NBD exports of the hub: failover-test views and, after failover, the recovery volumes. */
+  async listenNbd(host: string, port: number): Promise<net.AddressInfo> {
+    this.nbd = new NbdServer(this.exports, this.log.child({ part: 'nbd' }));
+    const a = await this.nbd.listen(host, port);
+    this.nbdAddr = { host: a.address.includes(':') ? `[${a.address}]` : a.address, port: a.port };
+    return a;
   }
 
   get log(): Logger {
@@ -108,6 +133,7 @@ export class Hub {
 
   status() {
     return {
+      ...this.failover.status(),
       volumes: [...this.replicas.values()].map((r) => r.status()),
       agents: [...this.sessions].map((s) => ({
         session: s.id, vm: s.vm, caps: s.caps, since: new Date(s.started).toISOString(),
@@ -118,14 +144,29 @@ export class Hub {
 
   listenHttp(host: string, port: number): Promise<net.AddressInfo> {
     this.http = http.createServer((req, res) => {
-      if (req.method === 'GET' && (req.url === '/status' || req.url === '/status/')) {
-        const body = JSON.stringify(this.status(), null, 1);
-        res.writeHead(200, { 'content-type': 'application/json' });
-        res.end(body);
-        return;
-      }
-      res.writeHead(404, { 'content-type': 'text/plain' });
-      res.end('not found: try GET /status\n');
+      const json = (code: number, v: unknown) => {
+        res.writeHead(code, { 'content-type': 'application/json' });
+        res.end(JSON.stringify(v, null, 1));
+      };
+      if (req.method === 'GET' && (req.url === '/status' || req.url === '/status/')) return json(200, this.status());
+      const actions: Record<string, (body: any) => Promise<unknown>> = {
+        '/failover-test/start': (b) => this.failover.startTest({ vm: b.vm, force: !!b.force }),
+        '/failover-test/stop': () => this.failover.stopTest(),
+        '/failover': (b) => this.failover.failoverNow({ force: !!b.force }),
+        '/failback': (b) => this.failover.failback({ winner: b.winner }),
+      };
+      const act = req.method === 'POST' ? actions[req.url ?? ''] : undefined;
+      if (!act) return json(404, { error: 'not found: GET /status, POST /failover-test/start|stop, /failover, /failback' });
+      let body = '';
+      req.on('data', (c) => { body += c; if (body.length > 65536) req.destroy(); });
+      req.on('end', () => {
+        let parsed: any = {};
+        try { parsed = body ? JSON.parse(body) : {}; } catch { return json(400, { error: 'body is not JSON' }); }
+        act(parsed).then((r) => json(200, r), (e) => {
+          this.log.error({ action: req.url, cause: e.message }, 'operator action refused');
+          json(e instanceof FailoverError ? 409 : 500, { error: e.message });
+        });
+      });
     });
     return new Promise((res, rej) => {
       this.http!.once('error', rej);
@@ -136,6 +177,7 @@ export class Hub {
   async close(): Promise<void> {
     this.server?.close();
     this.http?.close();
+    await this.nbd?.close();
     for (const s of this.sockets) s.destroy();
     await Promise.all([...this.sessions].map((s) => this.endSession(s)));
     for (const r of this.replicas.values()) {

@@ -1,10 +1,18 @@
 // A recovery volume on the hub: the single owner of its target, record and dirty bitmap.
 // Sessions borrow it while attached; the sync engine asks it to set/clear regions.
 import { BlockTarget, FileVolume } from '../../storage/volume';
+import { GuardedTarget } from '../../storage/overlay';
+import { DirtyLog } from '../../storage/dirty-log';
 import { DirtyBitmap } from '../../storage/bitmap';
 import { StateStore, VolumeRecord } from '../../storage/state';
 
-export type ReplicaState = 'unprotected' | 'syncing' | 'protecting' | 'degraded' | 'stopped' | 'error';
+export type ReplicaState = 'unprotected' | 'syncing' | 'protecting' | 'degraded' | 'stopped' | 'error' | 'failed-over';
+
+/** Failover bookkeeping: what each side wrote since the replica was promoted. */
+export interface FailoverMaps {
+  recoveryChanged: DirtyLog; // written by the recovery VM
+  protectedChanged: DirtyLog; // written on the protected side (mirrored or reported) meanwhile
+}
 
 export interface ReplicaSpec {
   name: string; // protected volume name the agent reports (V1)
@@ -17,7 +25,8 @@ export const openFileTarget: TargetOpener = (path, sizeBytes) => FileVolume.open
 export class Replica {
   state: ReplicaState = 'unprotected';
   record?: VolumeRecord;
-  target?: BlockTarget;
+  target?: GuardedTarget;
+  failover: FailoverMaps | null = null; // set while the replica is promoted
   bitmap?: DirtyBitmap;
   owner: { vm: string; fail(e: Error): void } | null = null; // the session that has it attached
   lastError?: string;
@@ -51,7 +60,12 @@ export class Replica {
     if (rec && rec.sizeBytes !== sizeBytes) {
       throw new Error(`protected volume ${this.name} is now ${sizeBytes} bytes but its replica was ${rec.sizeBytes} bytes; remove the replica's state to start over`);
     }
-    if (!this.target) this.target = open(this.spec.path, sizeBytes);
+    if (!this.target) this.target = new GuardedTarget(open(this.spec.path, sizeBytes));
+    if (rec && this.failover) {
+      // Promoted: the agent is back but its writes are only tracked until failback.
+      rec.vm = vm;
+      return rec;
+    }
     if (!rec || !this.bitmap) {
       rec = {
         name: this.name, id: this.store.allocateVolumeId(), sizeBytes, regionSize: this.regionSize, generation: 0,
@@ -73,6 +87,13 @@ export class Replica {
     this.state = 'syncing';
     this.lastError = undefined;
     return rec;
+  }
+
+  /** Open the recovery volume of a known replica without an agent (failover, failover test). */
+  ensureTarget(open: TargetOpener): GuardedTarget {
+    if (!this.record) throw new Error(`volume ${this.name} has never been protected: no replica to use`);
+    if (!this.target) this.target = new GuardedTarget(open(this.spec.path, this.record.sizeBytes));
+    return this.target;
   }
 
   /** Regions turned dirty are committed before the caller goes on. */
@@ -119,6 +140,11 @@ export class Replica {
       writesApplied: this.writesApplied,
       syncBytes: this.syncBytes,
       lastError: this.lastError ?? null,
+      failoverTest: this.target?.view ? { keptBytes: this.target.view.keptBytes, activeBytes: this.target.view.activeBytes } : null,
+      failover: this.failover ? {
+        recoveryChangedBytes: this.failover.recoveryChanged.bitmap.dirtyBytes,
+        protectedChangedBytes: this.failover.protectedChanged.bitmap.dirtyBytes,
+      } : null,
     };
   }
 }

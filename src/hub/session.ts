@@ -11,6 +11,7 @@ import {
 import type { Logger } from '../log';
 import { Replica, TargetOpener } from './replica';
 import { VolumeSync, InflightRead } from './sync';
+import { DirtyBitmap } from '../../storage/bitmap';
 
 export interface SessionConfig {
   hubName: string;
@@ -38,7 +39,7 @@ export interface Transport {
   pause(paused: boolean): void;
 }
 
-type Item = { msg: Message; bytes: number };
+type Item = { msg: Message; bytes: number; run?: () => Promise<void> | void };
 
 export class AgentSession {
   vm = '';
@@ -133,7 +134,8 @@ export class AgentSession {
     try {
       while (this.queueHead < this.queue.length && !this.closed) {
         const it = this.queue[this.queueHead++];
-        await this.apply(it.msg);
+        if (it.run) await it.run();
+        else await this.apply(it.msg);
         this.queueBytes -= it.bytes;
         if (this.paused && this.queueBytes <= this.cfg.maxQueueBytes / 2) {
           this.paused = false;
@@ -166,6 +168,52 @@ export class AgentSession {
       default:
         throw new ProtocolError(`unexpected ${Cmd[m.cmd] ?? m.cmd}`);
     }
+  }
+
+  /**
+   * Run `fn` at the current point of this VM's write stream: after every frame received so far
+   * is applied and before any later one. A failover-test freeze taken here is consistent
+   * across the VM's volumes.
+   */
+  barrier<T>(fn: () => Promise<T> | T): Promise<T> {
+    return new Promise((resolve, reject) => {
+      this.enqueue({ msg: { cmd: Cmd.AGENT_SHUTDOWN }, bytes: 0, run: async () => {
+        try { resolve(await fn()); } catch (e) { reject(e); }
+      } });
+    });
+  }
+
+  private readonly writeBacks = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
+
+  /**
+   * Failback: write the given regions of the recovery volume to the protected volume with
+   * remote IO writes (is_read=0), a bounded number in flight. Returns the bytes moved.
+   */
+  async writeBack(s: VolumeSync, regions: DirtyBitmap): Promise<number> {
+    const rep = s.replica, rs = regions.regionSize, max = Math.max(1, Math.floor(this.cfg.maxReadBytes / rs));
+    let moved = 0;
+    const inflight = new Set<Promise<void>>();
+    for (const [a, b] of regions.runs()) {
+      for (let r = a; r < b; r += max) {
+        if (this.closed) throw new Error(`agent session for ${rep.name} closed during failback`);
+        const start = r * rs, end = Math.min(Math.min(b, r + max) * rs, regions.sizeBytes);
+        const data = Buffer.allocUnsafe(end - start);
+        await rep.target!.base.read(data, start);
+        const reqId = this.nextReqId++ >>> 0;
+        const done = new Promise<void>((resolve, reject) => this.writeBacks.set(reqId, { resolve, reject }));
+        this.t.send([encodeRemoteIoReqHead(reqId, (end - start) / SECTOR, s.volumeId, start / SECTOR, false), data]);
+        moved += end - start;
+        const p = done.finally(() => inflight.delete(p));
+        inflight.add(p);
+        if (inflight.size >= this.cfg.maxInflightReads) await Promise.race(inflight);
+      }
+    }
+    await Promise.all(inflight);
+    return moved;
+  }
+
+  volumeByName(name: string): VolumeSync | undefined {
+    return [...this.byId.values()].find((v) => v.replica.name === name);
   }
 
   private async onReport(m: ReportVmVolumes): Promise<void> {
@@ -235,6 +283,12 @@ export class AgentSession {
     const s = this.volume(m.volumeId, 'PROTECTED_WRITE');
     const [start, end] = this.range(s, m.offsetSectors, m.sizeSectors, 'PROTECTED_WRITE');
     const rep = s.replica, bm = s.bitmap;
+    if (rep.failover) {
+      // Promoted replica: the protected side's writes are recorded, not applied, until failback.
+      rep.failover.protectedChanged.mark(start, end);
+      this.appliedSeq++;
+      return;
+    }
     const first = bm.regionOf(start), last = bm.regionOf(end - 1);
     s.touch(first, last);
     if (m.ioStatus !== IO_OK) {
@@ -273,6 +327,13 @@ export class AgentSession {
   }
 
   private async onRemoteIoRes(m: RemoteIoRes): Promise<void> {
+    const wb = this.writeBacks.get(m.reqId);
+    if (wb) {
+      this.writeBacks.delete(m.reqId);
+      if (m.ioStatus === IO_OK) wb.resolve();
+      else wb.reject(new Error(`remote write on the protected volume failed: io_status ${m.ioStatus}`));
+      return;
+    }
     const rd = this.reads.get(m.reqId);
     if (!rd) throw new ProtocolError(`REMOTE_IO_RES for unknown req_id ${m.reqId}`);
     const s = rd.sync;
@@ -313,10 +374,12 @@ export class AgentSession {
   private async onDirtyReport(m: DirtyReport): Promise<void> {
     const s = this.volume(m.volumeId, 'DIRTY_REPORT');
     const bm = s.bitmap;
+    const fo = s.replica.failover;
     let bytes = 0;
     for (const e of m.extents) {
       if (e.sizeSectors === 0) continue;
       const [start, end] = this.range(s, e.offsetSectors, e.sizeSectors, 'DIRTY_REPORT extent');
+      if (fo) { fo.protectedChanged.mark(start, end); bytes += end - start; continue; }
       bm.setBytes(start, end);
       bytes += end - start;
       s.touch(bm.regionOf(start), bm.regionOf(end - 1));
@@ -335,13 +398,14 @@ export class AgentSession {
     await this.flushNow();
     for (const s of this.byId.values()) {
       const rep = s.replica;
+      if (rep.failover) continue;
       rep.record!.cleanShutdown = true;
       this.setState(s, 'stopped');
       await rep.checkpoint();
     }
   }
 
-  private setState(s: VolumeSync, st: 'syncing' | 'protecting' | 'stopped' | 'degraded'): void {
+  setState(s: VolumeSync, st: 'syncing' | 'protecting' | 'stopped' | 'degraded' | 'failed-over'): void {
     const rep = s.replica;
     if (rep.state === st) return;
     const from = rep.state;
@@ -352,13 +416,14 @@ export class AgentSession {
   }
 
   private maybeConverged(s: VolumeSync): void {
+    if (s.replica.failover) return;
     const st = s.replica.state;
     if (st === 'syncing' && s.converged) this.setState(s, 'protecting');
     else if (st === 'protecting' && !s.converged) this.setState(s, 'syncing');
   }
 
   /** Issue remote reads for dirty regions, up to the in-flight limit, round-robin over volumes. */
-  private pump(): void {
+  pump(): void {
     if (this.closed || this.cleanShutdown) return;
     const maxRegions = (vs: VolumeSync) => Math.max(1, Math.floor(this.cfg.maxReadBytes / vs.bitmap.regionSize));
     let progress = true;
@@ -367,6 +432,7 @@ export class AgentSession {
       progress = false;
       for (const s of this.byId.values()) {
         if (this.reads.size >= this.cfg.maxInflightReads) break;
+        if (s.replica.failover) continue;
         if (s.retryAt > now) { this.retryLater(s.retryAt - now); continue; }
         const run = s.nextRun(maxRegions(s));
         if (!run) continue;
@@ -445,12 +511,14 @@ export class AgentSession {
     this.closed = true;
     clearInterval(this.checkpointTimer);
     if (this.retryTimer) clearTimeout(this.retryTimer);
+    for (const wb of this.writeBacks.values()) wb.reject(new Error('agent session closed'));
+    this.writeBacks.clear();
     const inFlight = this.current;
     for (const rep of this.claimed) {
       if (rep.owner !== this) continue;
       rep.owner = null;
       rep.idle = inFlight.then(async () => {
-        if (!this.cleanShutdown && rep.record && rep.state !== 'degraded') {
+        if (!this.cleanShutdown && rep.record && rep.state !== 'degraded' && !rep.failover) {
           const from = rep.state;
           rep.setState('degraded');
           this.host.onStateChange(rep, from);

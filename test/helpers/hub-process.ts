@@ -10,13 +10,19 @@ export class HubProcess {
   proc?: ChildProcess;
   port = 0;
   httpPort = 0;
+  nbdPort = 0;
   stderr = '';
   constructor(readonly args: string[]) {}
+  async post(action: string, body: object = {}): Promise<{ status: number; body: any }> {
+    const r = await fetch(`http://127.0.0.1:${this.httpPort}${action}`, { method: 'POST', body: JSON.stringify(body) });
+    return { status: r.status, body: await r.json() };
+  }
   async start(): Promise<void> {
     if (!this.port) this.port = await freePort();
     if (!this.httpPort) this.httpPort = await freePort();
+    if (!this.nbdPort) this.nbdPort = await freePort();
     this.stderr = '';
-    this.proc = spawn(process.execPath, [CLI, '--listen', `127.0.0.1:${this.port}`, '--http', `127.0.0.1:${this.httpPort}`, ...this.args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    this.proc = spawn(process.execPath, [CLI, '--listen', `127.0.0.1:${this.port}`, '--http', `127.0.0.1:${this.httpPort}`, '--nbd', `127.0.0.1:${this.nbdPort}`, ...this.args], { stdio: ['ignore', 'ignore', 'pipe'] });
     this.proc.stderr!.on('data', (d) => { this.stderr = (this.stderr + d).slice(-20000); });
     await waitFor('hub listening', () => this.status().then(() => true), 15000, 50);
   }
@@ -33,7 +39,7 @@ export class HubProcess {
   }
   stop(): Promise<void> {
     const p = this.proc;
-    if (!p || p.exitCode !== null) return Promise.resolve();
+    if (!p || p.exitCode !== null || p.signalCode !== null) return Promise.resolve();
     return new Promise((r) => { p.once('exit', () => r()); p.kill('SIGTERM'); });
   }
 }
@@ -44,15 +50,25 @@ export const AGENT_CLI = path.join(__dirname, '../../src/cli/rephub-agent.js');
 export class AgentProcess {
   proc?: ChildProcess;
   nbdPort = 0;
+  httpPort = 0;
   stderr = '';
   constructor(readonly args: string[]) {}
+  async status(): Promise<any> {
+    return (await fetch(`http://127.0.0.1:${this.httpPort}/status`)).json();
+  }
+  /** Every mirrored write acked and every dirty region handed over. */
+  async clean(): Promise<boolean> {
+    const st = await this.status();
+    return st.connected && st.pendingWrites === 0 && st.volumes.every((v: any) => v.dirtyBytes === 0);
+  }
   uri(name: string): string {
     return `nbd://127.0.0.1:${this.nbdPort}/${name}`;
   }
   async start(): Promise<void> {
     if (!this.nbdPort) this.nbdPort = await freePort();
+    if (!this.httpPort) this.httpPort = await freePort();
     this.stderr = '';
-    this.proc = spawn(process.execPath, [AGENT_CLI, '--nbd', `127.0.0.1:${this.nbdPort}`, ...this.args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    this.proc = spawn(process.execPath, [AGENT_CLI, '--nbd', `127.0.0.1:${this.nbdPort}`, '--http', `127.0.0.1:${this.httpPort}`, ...this.args], { stdio: ['ignore', 'ignore', 'pipe'] });
     this.proc.stderr!.on('data', (d) => { this.stderr = (this.stderr + d).slice(-20000); });
     const net = await import('node:net');
     await waitFor('agent NBD listening', () => new Promise<boolean>((r) => {
@@ -62,12 +78,12 @@ export class AgentProcess {
   }
   kill9(): Promise<void> {
     const p = this.proc!;
-    if (p.exitCode !== null) return Promise.resolve();
+    if (p.exitCode !== null || p.signalCode !== null) return Promise.resolve();
     return new Promise((r) => { p.once('exit', () => r()); p.kill('SIGKILL'); });
   }
   stop(): Promise<void> {
     const p = this.proc;
-    if (!p || p.exitCode !== null) return Promise.resolve();
+    if (!p || p.exitCode !== null || p.signalCode !== null) return Promise.resolve();
     return new Promise((r) => { p.once('exit', () => r()); p.kill('SIGTERM'); });
   }
 }

@@ -2,7 +2,7 @@
 // direct write() calls instead of an NBD server.
 import * as path from 'node:path';
 import { ReplicationAgent } from '../../src/agent/agent';
-import { DirtyLog } from '../../src/agent/dirty-log';
+import { DirtyLog } from '../../storage/dirty-log';
 import { FileVolume } from '../../storage/volume';
 import { silentLogger, Logger } from '../../src/log';
 

@@ -3,7 +3,7 @@
 // (so a crash can never hide a write), and persisted clean lazily once the hub has it.
 // File layout: 4 KiB header, then one 4 KiB page of bits per 32768 regions.
 import * as fs from 'node:fs';
-import { DirtyBitmap, PAGE_BITS } from '../../storage/bitmap';
+import { DirtyBitmap, PAGE_BITS } from './bitmap';
 
 const MAGIC = 'RPHBDLOG';
 const PAGE_BYTES = PAGE_BITS / 8;
@@ -13,7 +13,7 @@ export class DirtyLog {
   /** True when the log did not exist or did not match: history unknown, everything dirty. */
   readonly fresh: boolean;
 
-  private constructor(private fd: number | null, sizeBytes: number, regionSize: number, load: boolean) {
+  private constructor(private fd: number | null, sizeBytes: number, regionSize: number, load: boolean, freshDirty = true) {
     this.bitmap = new DirtyBitmap(sizeBytes, regionSize);
     this.fresh = !load;
     if (load && fd !== null) {
@@ -24,7 +24,7 @@ export class DirtyLog {
         this.bitmap.loadPage(p, page.every((b) => b === 0) ? Buffer.alloc(0) : page);
       }
       this.bitmap.takeChangedPages();
-    } else {
+    } else if (freshDirty) {
       this.bitmap.setAll();
       this.persist();
     }
@@ -35,7 +35,11 @@ export class DirtyLog {
     return new DirtyLog(null, sizeBytes, regionSize, false);
   }
 
-  static open(path: string, sizeBytes: number, regionSize: number): DirtyLog {
+  /**
+   * `freshDirty`: a new (or unreadable) log starts all dirty, the safe default for history we
+   * cannot know; overlay maps (failover test) start clean instead.
+   */
+  static open(path: string, sizeBytes: number, regionSize: number, freshDirty = true): DirtyLog {
     let fd: number;
     let load = false;
     try {
@@ -54,7 +58,7 @@ export class DirtyLog {
       fs.ftruncateSync(fd, 0);
       fs.ftruncateSync(fd, PAGE_BYTES * (1 + pages));
       const full = Buffer.alloc(PAGE_BYTES, 0xff);
-      for (let p = 0; p < pages; p++) fs.writeSync(fd, full, 0, PAGE_BYTES, PAGE_BYTES * (p + 1));
+      if (freshDirty) for (let p = 0; p < pages; p++) fs.writeSync(fd, full, 0, PAGE_BYTES, PAGE_BYTES * (p + 1));
       fs.fdatasyncSync(fd);
       const h = Buffer.alloc(PAGE_BYTES);
       h.write(MAGIC, 0, 'latin1');
@@ -63,7 +67,7 @@ export class DirtyLog {
       fs.writeSync(fd, h, 0, PAGE_BYTES, 0);
       fs.fdatasyncSync(fd);
     }
-    return new DirtyLog(fd, sizeBytes, regionSize, load);
+    return new DirtyLog(fd, sizeBytes, regionSize, load, freshDirty);
   }
 
   /** Mark bytes [start, end) dirty; new bits reach the file before this returns. */

@@ -1,0 +1,235 @@
+// Failover test, failover and failback: what replication is for. Owns the hub's NBD exports
+// and the hub-wide mode records (persisted in the state store, restored on restart).
+import * as path from 'node:path';
+import * as fs from 'node:fs';
+import { PointInTimeView } from '../../storage/overlay';
+import { DirtyLog } from '../../storage/dirty-log';
+import { DirtyBitmap } from '../../storage/bitmap';
+import type { StateStore } from '../../storage/state';
+import type { NbdExport } from '../nbd/server';
+import type { Logger } from '../log';
+import type { Replica, TargetOpener } from './replica';
+import type { AgentSession } from './session';
+
+export class FailoverError extends Error {}
+
+interface TestRecord { volumes: string[]; startedAt: string; vm: string | null }
+interface FailoverRecord { volumes: string[]; since: string }
+
+export interface FailoverHost {
+  replicas: Map<string, Replica>;
+  sessions: Set<AgentSession>;
+  store: StateStore;
+  openTarget: TargetOpener;
+  layersDir: string;
+  exports: Map<string, NbdExport>;
+  nbdUri(name: string): string;
+  log: Logger;
+}
+
+export class FailoverController {
+  private test: TestRecord | null = null;
+  private failover: FailoverRecord | null = null;
+  private busy = false;
+
+  constructor(private readonly h: FailoverHost) {}
+
+  /** Reopen a test or a failover that was under way when the hub stopped. */
+  restore(): void {
+    const t = this.h.store.meta<TestRecord>('failoverTest');
+    if (t) {
+      for (const name of t.volumes) this.activateView(this.replica(name));
+      this.test = t;
+      this.h.log.info({ volumes: t.volumes }, 'failover test restored after restart');
+    }
+    const f = this.h.store.meta<FailoverRecord>('failover');
+    if (f) {
+      for (const name of f.volumes) this.promote(this.replica(name));
+      this.failover = f;
+      this.h.log.info({ volumes: f.volumes }, 'failover restored after restart');
+    }
+  }
+
+  status() {
+    return { failoverTest: this.test, failover: this.failover };
+  }
+
+  private replica(name: string): Replica {
+    const r = this.h.replicas.get(name);
+    if (!r) throw new FailoverError(`no volume ${name}`);
+    return r;
+  }
+
+  private ownerOf(r: Replica): AgentSession | undefined {
+    return [...this.h.sessions].find((s) => s.volumeByName(r.name));
+  }
+
+  private async exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.busy) throw new FailoverError('another failover operation is in progress');
+    this.busy = true;
+    try { return await fn(); } finally { this.busy = false; }
+  }
+
+  // ---- failover test ----
+
+  startTest(opts: { vm?: string; force?: boolean }): Promise<{ volumes: { name: string; uri: string }[] }> {
+    return this.exclusive(async () => {
+      if (this.test) throw new FailoverError(`a failover test is already running (since ${this.test.startedAt}); stop it first`);
+      if (this.failover) throw new FailoverError('the hub is failed over; a failover test makes no sense now');
+      const reps = [...this.h.replicas.values()].filter((r) => r.record && (!opts.vm || r.record.vm === opts.vm));
+      if (reps.length === 0) throw new FailoverError(opts.vm ? `no replicated volumes of VM ${opts.vm}` : 'no replicated volumes yet');
+      const notReady = reps.filter((r) => r.state !== 'protecting' && r.state !== 'stopped');
+      if (notReady.length && !opts.force) {
+        throw new FailoverError(`not converged: ${notReady.map((r) => `${r.name} is ${r.state}`).join(', ')}; the view would not be a consistent point (use force to take it anyway)`);
+      }
+      // Freeze each VM's volumes at one point of its in-order write stream.
+      const bySession = new Map<AgentSession | undefined, Replica[]>();
+      for (const r of reps) {
+        const s = this.ownerOf(r);
+        bySession.set(s, [...(bySession.get(s) ?? []), r]);
+      }
+      for (const [s, rs] of bySession) {
+        const activate = () => { for (const r of rs) this.activateView(r); };
+        if (s) await s.barrier(activate);
+        else activate();
+      }
+      this.test = { volumes: reps.map((r) => r.name), startedAt: new Date().toISOString(), vm: opts.vm ?? null };
+      this.h.store.putMeta('failoverTest', this.test);
+      this.h.log.info({ volumes: this.test.volumes }, 'failover test started: point-in-time views exported');
+      return { volumes: reps.map((r) => ({ name: r.name, uri: this.h.nbdUri(r.name) })) };
+    });
+  }
+
+  private activateView(r: Replica): void {
+    const target = r.ensureTarget(this.h.openTarget);
+    if (!target.view) target.view = new PointInTimeView(target.base, path.join(this.h.layersDir, 'test', r.name), r.record!.regionSize);
+    const view = target.view;
+    this.h.exports.set(r.name, {
+      name: r.name, size: view.sizeBytes,
+      read: (b, o) => view.read(b, o),
+      write: (o, d) => view.write(d, o),
+      zero: (o, len) => view.write(Buffer.alloc(len), o),
+      flush: () => view.flush(),
+    });
+  }
+
+  stopTest(): Promise<{ volumes: { name: string; keptBytes: number; testWrittenBytes: number }[] }> {
+    return this.exclusive(async () => {
+      if (!this.test) throw new FailoverError('no failover test is running');
+      const out: { name: string; keptBytes: number; testWrittenBytes: number }[] = [];
+      for (const name of this.test.volumes) {
+        const r = this.replica(name);
+        this.h.exports.delete(name);
+        const drop = async () => {
+          const view = r.target?.view;
+          if (!view) return;
+          r.target!.view = null; // between two applied writes: no preserve is in progress
+          out.push({ name, keptBytes: view.keptBytes, testWrittenBytes: view.activeBytes });
+          await view.discard();
+        };
+        const s = this.ownerOf(r);
+        if (s) await s.barrier(drop);
+        else await drop();
+      }
+      this.h.store.putMeta('failoverTest', undefined);
+      this.h.log.info({ volumes: out }, 'failover test stopped: layers discarded');
+      this.test = null;
+      return { volumes: out };
+    });
+  }
+
+  // ---- failover and failback ----
+
+  failoverNow(opts: { force?: boolean }): Promise<{ volumes: { name: string; uri: string; generation: number }[] }> {
+    return this.exclusive(async () => {
+      if (this.test) throw new FailoverError('a failover test is running; stop it first');
+      if (this.failover) throw new FailoverError(`already failed over (since ${this.failover.since})`);
+      const reps = [...this.h.replicas.values()].filter((r) => r.record);
+      if (reps.length === 0) throw new FailoverError('no replicated volumes');
+      const connected = reps.filter((r) => this.ownerOf(r));
+      if (connected.length && !opts.force) {
+        throw new FailoverError(`the protected site is still connected for ${connected.map((r) => r.name).join(', ')}: failing over now splits the brain (use force if it is really gone)`);
+      }
+      const out = [];
+      for (const r of reps) {
+        this.promote(r);
+        r.record!.generation += 1;
+        await this.h.store.putVolume(r.record!, true);
+        out.push({ name: r.name, uri: this.h.nbdUri(r.name), generation: r.record!.generation });
+      }
+      this.failover = { volumes: reps.map((r) => r.name), since: new Date().toISOString() };
+      this.h.store.putMeta('failover', this.failover);
+      this.h.log.warn({ volumes: out }, 'FAILOVER: recovery volumes promoted and exported read-write');
+      return { volumes: out };
+    });
+  }
+
+  private promote(r: Replica): void {
+    const target = r.ensureTarget(this.h.openTarget);
+    const dir = path.join(this.h.layersDir, 'failover');
+    fs.mkdirSync(dir, { recursive: true });
+    const size = r.record!.sizeBytes, rs = r.record!.regionSize;
+    r.failover = {
+      recoveryChanged: DirtyLog.open(path.join(dir, `${r.name}.recovery.map`), size, rs, false),
+      protectedChanged: DirtyLog.open(path.join(dir, `${r.name}.protected.map`), size, rs, false),
+    };
+    const maps = r.failover;
+    const from = r.state;
+    r.setState('failed-over');
+    this.h.log.info({ volume: r.name, from, to: r.state }, 'volume state');
+    this.h.exports.set(r.name, {
+      name: r.name, size,
+      read: (b, o) => target.base.read(b, o),
+      write: async (o, d) => { maps.recoveryChanged.mark(o, o + d.length); await target.base.write(d, o); },
+      zero: async (o, len) => { maps.recoveryChanged.mark(o, o + len); await target.base.write(Buffer.alloc(len), o); },
+      flush: async () => { await target.base.flush(); maps.recoveryChanged.sync(true); },
+    });
+  }
+
+  /**
+   * The original site is back: make the protected volumes equal to the recovery volumes by
+   * writing back only regions either side changed (plus what the hub never received), then
+   * resume protection. `winner: 'protected'` instead throws the recovery side's changes away.
+   */
+  failback(opts: { winner?: 'recovery' | 'protected' }): Promise<{ volumes: object[] }> {
+    return this.exclusive(async () => {
+      if (!this.failover) throw new FailoverError('not failed over: nothing to fail back');
+      const reps = this.failover.volumes.map((n) => this.replica(n));
+      const missing = reps.filter((r) => !this.ownerOf(r));
+      if (missing.length) throw new FailoverError(`the protected site's agent is not connected for ${missing.map((r) => r.name).join(', ')}`);
+      const diverged = reps.filter((r) => r.failover!.protectedChanged.bitmap.dirtyRegions > 0 && r.failover!.recoveryChanged.bitmap.dirtyRegions > 0);
+      if (diverged.length && !opts.winner) {
+        throw new FailoverError(`both sides changed since the failover (${diverged.map((r) => `${r.name}: ${r.failover!.recoveryChanged.bitmap.dirtyBytes} bytes on the recovery side, ${r.failover!.protectedChanged.bitmap.dirtyBytes} on the protected side`).join('; ')}); choose which wins (winner recovery or protected)`);
+      }
+      for (const r of reps) this.h.exports.delete(r.name); // the recovery VM must be gone now
+      const out = [];
+      for (const r of reps) {
+        const s = this.ownerOf(r)!, vs = s.volumeByName(r.name)!;
+        const f = r.failover!;
+        const union = new DirtyBitmap(r.record!.sizeBytes, r.record!.regionSize);
+        for (const bm of [f.recoveryChanged.bitmap, f.protectedChanged.bitmap, r.bitmap!]) for (const [a, b] of bm.runs()) union.setRegions(a, b - 1);
+        let moved = 0;
+        if (opts.winner === 'protected') {
+          // Resync protected -> recovery over everything either side touched.
+          for (const [a, b] of union.runs()) r.bitmap!.setRegions(a, b - 1);
+          await r.commitDirty();
+        } else {
+          moved = await s.writeBack(vs, union);
+          for (const [a, b] of union.runs()) r.bitmap!.clearRegions(a, b - 1);
+        }
+        out.push({ name: r.name, movedBytes: moved, recoveryChangedBytes: f.recoveryChanged.bitmap.dirtyBytes, protectedChangedBytes: f.protectedChanged.bitmap.dirtyBytes, winner: opts.winner ?? 'recovery' });
+        f.recoveryChanged.close(); f.protectedChanged.close();
+        r.failover = null;
+        r.record!.generation += 1;
+        await this.h.store.putVolume(r.record!, true);
+        s.setState(vs, opts.winner === 'protected' ? 'syncing' : 'protecting');
+        s.pump();
+      }
+      fs.rmSync(path.join(this.h.layersDir, 'failover'), { recursive: true, force: true });
+      this.h.store.putMeta('failover', undefined);
+      this.failover = null;
+      this.h.log.warn({ volumes: out }, 'FAILBACK done: protection resumed in the normal direction');
+      return { volumes: out };
+    });
+  }
+}
