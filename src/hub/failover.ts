@@ -72,7 +72,7 @@ export class FailoverController {
 
   // ---- failover test ----
 
-  startTest(opts: { vm?: string; force?: boolean }): Promise<{ volumes: { name: string; uri: string }[] }> {
+  startTest(opts: { vm?: string; force?: boolean; flushWaitMs?: number }): Promise<{ volumes: { name: string; uri: string }[] }> {
     return this.exclusive(async () => {
       if (this.test) throw new FailoverError(`a failover test is already running (since ${this.test.startedAt}); stop it first`);
       if (this.failover) throw new FailoverError('the hub is failed over; a failover test makes no sense now');
@@ -90,7 +90,7 @@ export class FailoverController {
       }
       for (const [s, rs] of bySession) {
         const activate = () => { for (const r of rs) this.activateView(r); };
-        if (s) await s.barrier(activate);
+        if (s) await s.barrierAtFlush(activate, opts.flushWaitMs ?? 2000);
         else activate();
       }
       this.test = { volumes: reps.map((r) => r.name), startedAt: new Date().toISOString(), vm: opts.vm ?? null };

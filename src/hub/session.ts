@@ -162,7 +162,12 @@ export class AgentSession {
       case Cmd.PROTECTED_WRITE: return this.onWrite(m);
       case Cmd.REMOTE_IO_RES: return this.onRemoteIoRes(m);
       case Cmd.DIRTY_REPORT: return this.onDirtyReport(m);
-      case Cmd.FLUSH: this.kickFlush(); return;
+      case Cmd.FLUSH: {
+        this.kickFlush();
+        const hooks = this.flushHooks.splice(0);
+        for (const h of hooks) await h();
+        return;
+      }
       case Cmd.AGENT_SHUTDOWN: return this.onShutdown();
       case Cmd.CHECKSUM_RES: return; // only solicited by verify; none outstanding yet
       default:
@@ -180,6 +185,32 @@ export class AgentSession {
       this.enqueue({ msg: { cmd: Cmd.AGENT_SHUTDOWN }, bytes: 0, run: async () => {
         try { resolve(await fn()); } catch (e) { reject(e); }
       } });
+    });
+  }
+
+  private flushHooks: (() => Promise<void>)[] = [];
+
+  /**
+   * Like barrier(), but at the next flush/checkpoint marker of the agent (the guest's own
+   * consistency point), if one arrives within `waitMs`; else at the current point.
+   */
+  barrierAtFlush<T>(fn: () => Promise<T> | T, waitMs: number): Promise<T> {
+    if (!(this.caps & Cap.FLUSH)) return this.barrier(fn);
+    return new Promise((resolve, reject) => {
+      let done = false;
+      const hook = async () => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        try { resolve(await fn()); } catch (e) { reject(e); }
+      };
+      const timer = setTimeout(() => {
+        if (done) return;
+        this.flushHooks = this.flushHooks.filter((h) => h !== hook);
+        this.barrier(fn).then(resolve, reject);
+        done = true;
+      }, waitMs);
+      this.flushHooks.push(hook);
     });
   }
 
@@ -513,6 +544,13 @@ export class AgentSession {
     if (this.retryTimer) clearTimeout(this.retryTimer);
     for (const wb of this.writeBacks.values()) wb.reject(new Error('agent session closed'));
     this.writeBacks.clear();
+    // Barriers still waiting run at the end of what was applied: the stream stopped there.
+    const pendingRuns = this.queue.slice(this.queueHead).filter((it) => it.run);
+    const hooks = this.flushHooks.splice(0);
+    void this.current.then(async () => {
+      for (const it of pendingRuns) await it.run!();
+      for (const h of hooks) await h();
+    });
     const inFlight = this.current;
     for (const rep of this.claimed) {
       if (rep.owner !== this) continue;
