@@ -97,7 +97,7 @@ export class ReplicationAgent {
     this.o = {
       hubHost: opts.hubHost, hubPort: opts.hubPort, vm: opts.vm, caps: opts.caps ?? ALL_CAPS,
       maxQueueBytes: opts.maxQueueBytes ?? 64 << 20, maxPendingWrites: opts.maxPendingWrites ?? 65536,
-      maxRemoteIo: opts.maxRemoteIo ?? 16, reconnectMaxMs: opts.reconnectMaxMs ?? 5000, heartbeatMs: opts.heartbeatMs ?? 5000,
+      maxRemoteIo: opts.maxRemoteIo ?? 16, reconnectMaxMs: opts.reconnectMaxMs ?? 5000, heartbeatMs: opts.heartbeatMs ?? 2000,
     };
     this.vols = opts.volumes.map((v) => new AgentVolume(v));
     for (const v of this.vols) this.byName.set(v.name, v);

@@ -6,7 +6,7 @@ import {
   Cmd, Cap, ALL_CAPS, ErrorCode, PROTOCOL_VERSION, Limits, SECTOR, IO_OK, DIRTY_FINAL,
   decode, Message, ProtocolError, ProtectedWrite, RemoteIoRes, DirtyReport, ReportVmVolumes,
   encodeHello, encodeStartProtect, encodeRemoteIoReqHead, encodeWriteAck, encodeDirtyReportAck,
-  encodeError, encodePong,
+  encodeError, encodePong, encodePing,
 } from '../../protocol';
 import type { Logger } from '../log';
 import { Replica, TargetOpener } from './replica';
@@ -20,11 +20,12 @@ export interface SessionConfig {
   maxReadBytes: number; // largest remote read
   maxQueueBytes: number; // received frames waiting to be applied; above it the transport pauses
   checkpointMs: number; // how often cleared bits and cursors are persisted
+  heartbeatMs: number; // PING interval for agents with the PING capability; 3 silent intervals = dead
 }
 
 export const defaultSessionConfig: SessionConfig = {
   hubName: 'rephub', caps: ALL_CAPS, maxInflightReads: 8, maxReadBytes: 1 << 20,
-  maxQueueBytes: 64 << 20, checkpointMs: 1000,
+  maxQueueBytes: 64 << 20, checkpointMs: 1000, heartbeatMs: 2000,
 };
 
 export interface SessionHost {
@@ -67,6 +68,8 @@ export class AgentSession {
   private checkpointTimer: NodeJS.Timeout;
   readonly started = Date.now();
   bytesReceived = 0;
+  private lastHeard = Date.now();
+  private heartbeatTimer: NodeJS.Timeout | null = null;
 
   constructor(
     readonly id: number, private readonly host: SessionHost, private readonly t: Transport,
@@ -83,6 +86,7 @@ export class AgentSession {
   /** One complete frame from the framer. Throws ProtocolError for a bad one. */
   receive(cmd: number, payload: Buffer): void {
     if (this.closed) return;
+    this.lastHeard = Date.now();
     this.bytesReceived += payload.length;
     const msg = decode(cmd, payload);
     if (msg.cmd === Cmd.HELLO && !this.firstFrame) throw new ProtocolError('HELLO is only valid as the first frame');
@@ -117,6 +121,15 @@ export class AgentSession {
     this.vm = h.name;
     this.t.send([encodeHello(Math.min(PROTOCOL_VERSION, h.version), this.caps, Limits.maxPayload, this.cfg.hubName)]);
     this.log.info({ session: this.id, vm: this.vm, version: h.version, caps: this.caps }, 'agent hello');
+    if (this.caps & Cap.PING) {
+      const ms = this.cfg.heartbeatMs;
+      this.heartbeatTimer = setInterval(() => {
+        const silent = Date.now() - this.lastHeard;
+        if (silent > 3 * ms && !this.paused) this.fail(new Error(`agent silent for ${silent} ms: connection presumed dead`));
+        else this.t.send([encodePing(Date.now())]);
+      }, ms);
+      this.heartbeatTimer.unref();
+    }
   }
 
   private enqueue(it: Item): void {
@@ -541,6 +554,7 @@ export class AgentSession {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.checkpointTimer);
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     if (this.retryTimer) clearTimeout(this.retryTimer);
     for (const wb of this.writeBacks.values()) wb.reject(new Error('agent session closed'));
     this.writeBacks.clear();
