@@ -45,6 +45,7 @@ export enum ErrorCode {
   VOLUME_REFUSED = 4, // size mismatch, claimed by another agent, ...
   IO = 5,
   SHUTTING_DOWN = 6,
+  UNAUTHORIZED = 7, // HELLO name differs from the authenticated identity, or volume bound to another VM
 }
 
 /** Hard limits: a frame over any of them closes the session before any large allocation. */

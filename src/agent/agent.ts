@@ -2,6 +2,7 @@
 // hub, answers the hub's remote IO, and keeps a dirty log so that a slow or absent hub costs a
 // delta resync, never a stalled VM or unbounded memory. Transport: TCP with reconnect.
 import * as net from 'node:net';
+import * as tls from 'node:tls';
 import { createHash } from 'node:crypto';
 import {
   Cmd, Cap, ALL_CAPS, PROTOCOL_VERSION, Limits, SECTOR, IO_OK, DIRTY_FINAL, CHECKSUM_BYTES,
@@ -28,6 +29,7 @@ export interface AgentOptions {
   maxRemoteIo?: number; // remote IOs executed at once
   reconnectMaxMs?: number;
   heartbeatMs?: number; // PING interval; the link is declared dead after 3 silent intervals
+  tls?: tls.ConnectionOptions; // TLS (certificates or PSK) to the hub; plaintext when absent
 }
 
 interface Pending { seq: number; vol: AgentVolume; first: number; last: number }
@@ -89,7 +91,7 @@ export class ReplicationAgent {
   private heartbeat: NodeJS.Timeout | null = null;
   private lastHeard = 0;
   private syncTimer: NodeJS.Timeout;
-  private readonly o: Required<Omit<AgentOptions, 'volumes' | 'log'>>;
+  private readonly o: Required<Omit<AgentOptions, 'volumes' | 'log' | 'tls'>>;
   // counters for status and tests
   stats = { writes: 0, mirroredBytes: 0, overflowWrites: 0, remoteReads: 0, remoteReadBytes: 0, remoteWrites: 0, connects: 0, reportedBytes: 0 };
 
@@ -253,12 +255,13 @@ export class ReplicationAgent {
 
   private connect(): void {
     if (this.stopping) return;
-    const sock = net.connect({ host: this.o.hubHost, port: this.o.hubPort });
+    const secure = this.opts.tls;
+    const sock: net.Socket = secure ? tls.connect({ host: this.o.hubHost, port: this.o.hubPort, ...secure }) : net.connect({ host: this.o.hubHost, port: this.o.hubPort });
     this.sock = sock;
     sock.setNoDelay(true);
     sock.setKeepAlive(true, 10_000);
     const framer = new FrameDecoder((cmd, payload) => this.receive(cmd, payload));
-    sock.on('connect', () => {
+    sock.on(secure ? 'secureConnect' : 'connect', () => {
       this.stats.connects++;
       this.lastHeard = Date.now();
       this.log.info({ hub: `${this.o.hubHost}:${this.o.hubPort}` }, 'connected to hub');
@@ -274,7 +277,11 @@ export class ReplicationAgent {
         sock.destroy();
       }
     });
-    sock.on('error', (e) => this.log.warn({ cause: e.message }, 'hub connection error'));
+    sock.on('error', (e: NodeJS.ErrnoException) => {
+      if (secure && /certificate|self.signed|verify|handshake|alert/i.test(e.message)) {
+        this.log.error({ cause: e.message, code: e.code }, 'hub refused or not trusted: TLS verification failed');
+      } else this.log.warn({ cause: e.message }, 'hub connection error');
+    });
     sock.on('close', () => this.onClose(sock));
   }
 

@@ -21,8 +21,13 @@ export function checkPath(p: string, what: string): string {
   return p;
 }
 
-/** `V1R` (the file V1R protects agent volume V1) or `V1=/path/to/V1R.img`. */
-export function parseVolSpec(spec: string): { name: string; path: string } {
+/**
+ * `V1R` (the file V1R protects agent volume V1) or `V1=/path/to/V1R.img`, optionally bound to
+ * the one VM allowed to protect it: `V1R@web1`.
+ */
+export function parseVolSpec(spec: string): { name: string; path: string; vm?: string } {
+  const at = spec.lastIndexOf('@');
+  if (at > 0) return { ...parseVolSpec(spec.slice(0, at)), vm: checkName(spec.slice(at + 1), '--vol VM binding') };
   const eq = spec.indexOf('=');
   if (eq >= 0) return { name: checkName(spec.slice(0, eq), '--vol name'), path: checkPath(spec.slice(eq + 1), '--vol path') };
   checkPath(spec, '--vol');

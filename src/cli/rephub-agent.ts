@@ -11,11 +11,13 @@ import { NbdServer, NbdExport } from '../nbd/server';
 import { FileVolume } from '../../storage/volume';
 import { makeLogger } from '../log';
 import { parseHostPort, checkName, checkPath, parseSize } from './args';
+import { enabled as tlsEnabled, clientOptions } from '../security';
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 const ZERO_CHUNK = Buffer.alloc(1 << 20);
 
-async function main(o: { hub: string; export: string[]; nbd: string; state: string; vm: string; regionSize: string; maxQueue: string; http: string }) {
+async function main(o: { hub: string; export: string[]; nbd: string; state: string; vm: string; regionSize: string; maxQueue: string; http: string;
+  tlsCert?: string; tlsKey?: string; tlsCa?: string; tlsServername?: string; pskFile?: string }) {
   const log = makeLogger('rephub-agent');
   const hub = parseHostPort(o.hub, '--hub');
   const nbdAddr = parseHostPort(o.nbd, '--nbd');
@@ -35,7 +37,10 @@ async function main(o: { hub: string; export: string[]; nbd: string; state: stri
     return { name, target, log: dlog };
   });
   if (new Set(volumes.map((v) => v.name)).size !== volumes.length) throw new Error('--export: a volume name is given twice');
-  const agent = new ReplicationAgent({ hubHost: hub.host, hubPort: hub.port, vm, volumes, log, maxQueueBytes: parseSize(o.maxQueue, '--max-queue') });
+  const files = { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa, pskFile: o.pskFile };
+  const secure = tlsEnabled(files) ? clientOptions(files, vm, o.tlsServername ?? hub.host) : undefined;
+  if (!secure) log.warn({ hub: o.hub }, 'agent link is plaintext and unauthenticated: use --tls-* or --psk-file outside a lab');
+  const agent = new ReplicationAgent({ hubHost: hub.host, hubPort: hub.port, vm, volumes, log, maxQueueBytes: parseSize(o.maxQueue, '--max-queue'), tls: secure });
   const exports = new Map<string, NbdExport>();
   for (const v of volumes) {
     exports.set(v.name, {
@@ -88,6 +93,11 @@ new Command('rephub-agent')
   .option('--vm <name>', 'VM name reported to the hub', os.hostname().replace(/[^A-Za-z0-9._-]/g, '-') || 'vm')
   .option('--region-size <bytes>', 'dirty-log region size, 4K..1M', '64K')
   .option('--http <host:port>', 'agent status endpoint (GET /status)', '127.0.0.1:10899')
+  .option('--tls-cert <file>', 'agent certificate (PEM); its CN must be the --vm name')
+  .option('--tls-key <file>', 'agent private key (PEM)')
+  .option('--tls-ca <file>', 'CA that signs the hub certificate (PEM)')
+  .option('--tls-servername <name>', 'name to verify in the hub certificate (default: the --hub host)')
+  .option('--psk-file <file>', 'TLS with a pre-shared key instead of certificates: identity:hexkey lines; identity = --vm')
   .option('--max-queue <bytes>', 'mirror bytes buffered towards the hub; beyond it writes become dirty regions', '64M')
   .showHelpAfterError()
   .action((o) => main(o).catch((e) => { process.stderr.write(`rephub-agent: ${e.message}\n`); process.exit(2); }))

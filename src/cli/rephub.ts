@@ -6,10 +6,12 @@ import { Hub } from '../hub/hub';
 import { LmdbStateStore } from '../../storage/state';
 import { makeLogger } from '../log';
 import { parseHostPort, parseVolSpec, parseSize, fillLaunch } from './args';
+import { enabled as tlsEnabled, serverOptions } from '../security';
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
-async function serve(o: { listen: string; vol: string[]; data: string; http: string; nbd: string; regionSize: string }) {
+async function serve(o: { listen: string; vol: string[]; data: string; http: string; nbd: string; regionSize: string;
+  tlsCert?: string; tlsKey?: string; tlsCa?: string; pskFile?: string }) {
   const log = makeLogger('rephub');
   const listen = parseHostPort(o.listen, '--listen');
   const httpAddr = parseHostPort(o.http, '--http');
@@ -18,7 +20,10 @@ async function serve(o: { listen: string; vol: string[]; data: string; http: str
   if (o.vol.length === 0) throw new Error('give at least one --vol (e.g. --vol V1R)');
   const volumes = o.vol.map(parseVolSpec);
   const store = new LmdbStateStore(path.resolve(o.data));
-  const hub = new Hub({ volumes, store, log, regionSize, layersDir: path.resolve(o.data, 'layers') });
+  const tls = { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa, pskFile: o.pskFile };
+  if (!tlsEnabled(tls)) log.warn({ listen: o.listen }, 'agent link is plaintext and unauthenticated: use --tls-* or --psk-file outside a lab');
+  else serverOptions(tls); // fail fast on bad files
+  const hub = new Hub({ volumes, store, log, regionSize, layersDir: path.resolve(o.data, 'layers'), tls });
   const a = await hub.listen(listen.host, listen.port);
   const h = await hub.listenHttp(httpAddr.host, httpAddr.port);
   const n = await hub.listenNbd(nbdAddr.host, nbdAddr.port);
@@ -61,11 +66,15 @@ const program = new Command('rephub')
 program.command('serve', { isDefault: true })
   .description('run the hub (the default command)')
   .option('--listen <host:port>', 'address for agent connections', '0.0.0.0:7000')
-  .option('--vol <spec>', 'recovery volume: V1R (file V1R protects agent volume V1) or V1=/path/to/V1R.img; repeat for more', collect, [])
+  .option('--vol <spec>', 'recovery volume: V1R (file V1R protects agent volume V1) or V1=/path/to/V1R.img; append @VM to bind it to one VM; repeat for more', collect, [])
   .option('--data <dir>', 'directory for hub state (LMDB: volume ids, generations, dirty bitmaps, sync cursors)', './rephub-data')
   .option('--http <host:port>', 'status and operator endpoint (GET /status, POST /failover-test/start ...)', '127.0.0.1:7080')
   .option('--nbd <host:port>', 'NBD exports for failover test and failover', '127.0.0.1:10810')
   .addOption(new Option('--region-size <bytes>', 'dirty-bitmap region size for new replicas, 4K..1M').default('64K'))
+  .option('--tls-cert <file>', 'hub certificate (PEM); with --tls-key and --tls-ca: TLS with mutual authentication')
+  .option('--tls-key <file>', 'hub private key (PEM)')
+  .option('--tls-ca <file>', 'CA that signs agent certificates; an agent is the VM named by its certificate CN')
+  .option('--psk-file <file>', 'TLS with pre-shared keys instead: identity:hexkey lines; identity = VM name')
   .action(serve);
 
 program.command('status')

@@ -1,5 +1,7 @@
 // The hub process: listens for agents, owns the replicas and the state store, serves /status.
 import * as net from 'node:net';
+import * as tls from 'node:tls';
+import { TlsFiles, enabled as tlsEnabled, serverOptions } from '../security';
 import * as http from 'node:http';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -22,6 +24,8 @@ export interface HubOptions {
   maxSessions?: number;
   /** Where failover-test layers and failover maps live (default: a temp dir, tests only). */
   layersDir?: string;
+  /** TLS (mutual certificates) or TLS-PSK on the agent link; plaintext when absent. */
+  tls?: TlsFiles;
 }
 
 export class Hub {
@@ -68,13 +72,13 @@ export class Hub {
   }
 
   /** The session API for a transport; the TCP listener and the simulations both use it. */
-  newSession(t: ConstructorParameters<typeof AgentSession>[2]): AgentSession {
+  newSession(t: ConstructorParameters<typeof AgentSession>[2], identity: string | null = null): AgentSession {
     const id = this.nextSession++;
     const s = new AgentSession(id, {
       replica: (n) => this.replicas.get(n),
       openTarget: this.openTarget,
       onStateChange: (r, from) => this.log.info({ volume: r.name, from, to: r.state, dirtyBytes: r.bitmap?.dirtyBytes ?? 0 }, 'volume state'),
-    }, t, this.cfg, this.log.child({ session: id }));
+    }, t, this.cfg, this.log.child({ session: id }), identity);
     this.sessions.add(s);
     return s;
   }
@@ -85,14 +89,28 @@ export class Hub {
   }
 
   listen(host: string, port: number): Promise<net.AddressInfo> {
-    this.server = net.createServer((sock) => this.accept(sock));
+    if (this.opts.tls && tlsEnabled(this.opts.tls)) {
+      const { options, identityOf } = serverOptions(this.opts.tls);
+      const srv = tls.createServer(options, (sock) => {
+        const id = identityOf(sock);
+        if (!id) {
+          this.log.warn({ peer: `${sock.remoteAddress}:${sock.remotePort}` }, 'agent refused: no authenticated identity');
+          sock.destroy();
+          return;
+        }
+        this.accept(sock, id);
+      });
+      srv.on('tlsClientError', (e, sock) => this.log.warn({ peer: `${sock.remoteAddress}:${sock.remotePort}`, cause: e.message },
+        'agent refused: TLS handshake failed (plaintext, unknown certificate or wrong key)'));
+      this.server = srv;
+    } else this.server = net.createServer((sock) => this.accept(sock));
     return new Promise((res, rej) => {
       this.server!.once('error', rej);
       this.server!.listen(port, host, () => res(this.server!.address() as net.AddressInfo));
     });
   }
 
-  private accept(sock: net.Socket): void {
+  private accept(sock: net.Socket, identity: string | null = null): void {
     const peer = `${sock.remoteAddress}:${sock.remotePort}`;
     if (this.sessions.size >= this.maxSessions) {
       this.log.warn({ peer, max: this.maxSessions }, 'too many agent sessions; connection refused');
@@ -114,8 +132,8 @@ export class Hub {
       },
       close: () => sock.end(() => sock.destroy()),
       pause: (p) => (p ? sock.pause() : sock.resume()),
-    });
-    this.log.info({ session: session.id, peer }, 'agent connected');
+    }, identity);
+    this.log.info({ session: session.id, peer, identity }, 'agent connected');
     const framer = new FrameDecoder((cmd, payload) => session.receive(cmd, payload));
     sock.on('data', (chunk) => {
       try {

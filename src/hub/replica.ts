@@ -17,6 +17,7 @@ export interface FailoverMaps {
 export interface ReplicaSpec {
   name: string; // protected volume name the agent reports (V1)
   path: string; // recovery volume file or device (V1R)
+  vm?: string; // only this VM (authenticated identity) may protect it
 }
 
 export type TargetOpener = (path: string, sizeBytes: number) => BlockTarget;

@@ -74,7 +74,10 @@ export class AgentSession {
   constructor(
     readonly id: number, private readonly host: SessionHost, private readonly t: Transport,
     private readonly cfg: SessionConfig, private readonly log: Logger,
+    /** Who the link authenticated (certificate CN or PSK identity); null on a plaintext link. */
+    readonly identity: string | null = null,
   ) {
+    if (identity) this.vm = identity;
     this.checkpointTimer = setInterval(() => void this.checkpoint(), cfg.checkpointMs);
     this.checkpointTimer.unref();
   }
@@ -117,6 +120,9 @@ export class AgentSession {
   private onHello(h: Extract<Message, { cmd: Cmd.HELLO }>): void {
     if (this.helloSeen) throw new ProtocolError('second HELLO');
     this.helloSeen = true;
+    if (this.identity && h.name !== this.identity) {
+      throw new ProtocolError(`HELLO names VM "${h.name}" but the link authenticated "${this.identity}"`, ErrorCode.UNAUTHORIZED);
+    }
     this.caps = h.caps & this.cfg.caps;
     this.vm = h.name;
     this.t.send([encodeHello(Math.min(PROTOCOL_VERSION, h.version), this.caps, Limits.maxPayload, this.cfg.hubName)]);
@@ -267,6 +273,11 @@ export class AgentSession {
       const ctx = { session: this.id, vm: this.vm, volume: v.name, sizeBytes: v.sizeBytes };
       if (!rep) {
         this.log.warn(ctx, 'agent reported a volume the hub has no recovery volume for; not protected');
+        continue;
+      }
+      if (rep.spec.vm && rep.spec.vm !== this.vm) {
+        this.log.error({ ...ctx, boundTo: rep.spec.vm }, 'volume is bound to another VM; refused');
+        this.t.send([encodeError(ErrorCode.UNAUTHORIZED, `volume ${v.name} may only be protected by VM ${rep.spec.vm}`)]);
         continue;
       }
       if (rep.owner && rep.owner !== this && this.vm !== '' && rep.owner.vm === this.vm) {
