@@ -31,6 +31,7 @@ export class Replica {
   bitmap?: DirtyBitmap;
   owner: { vm: string; fail(e: Error): void } | null = null; // the session that has it attached
   lastError?: string;
+  lastWriteOk = true; // the last write to the recovery volume succeeded
   /** Resolves when the last owner's in-progress apply has finished. */
   idle: Promise<void> = Promise.resolve();
   bytesApplied = 0;

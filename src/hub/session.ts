@@ -354,6 +354,7 @@ export class AgentSession {
         await rep.target!.write(m.data, start);
         rep.bytesApplied += m.data.length;
         rep.writesApplied++;
+        rep.lastWriteOk = true;
         this.touchedTargets.add(rep);
         // Whole regions the write covers are now exact, unless a read of them is in flight.
         const fullFirst = start % bm.regionSize === 0 ? first : first + 1;
@@ -371,6 +372,7 @@ export class AgentSession {
   private async volumeFault(s: VolumeSync, e: Error, offset: number, first: number, last: number): Promise<void> {
     const rep = s.replica;
     rep.lastError = e.message;
+    rep.lastWriteOk = false;
     this.log.error({ volume: rep.name, recovery: rep.spec.path, offset, cause: e.message }, 'recovery volume write failed; regions stay dirty');
     await rep.markDirty(first, last);
     if (rep.state !== 'error') {
@@ -417,6 +419,7 @@ export class AgentSession {
         await s.replica.target!.write(m.data.subarray(a - start, b - start), a);
         this.touchedTargets.add(s.replica);
         s.replica.syncBytes += b - a;
+        s.replica.lastWriteOk = true;
         bm.clearRegions(r, e);
       } catch (err) {
         await this.volumeFault(s, err as Error, a, r, e);
@@ -472,6 +475,11 @@ export class AgentSession {
 
   private maybeConverged(s: VolumeSync): void {
     if (s.replica.failover) return;
+    if (s.replica.state === 'error' && s.retryAt <= Date.now() && s.replica.lastWriteOk) {
+      this.log.info({ volume: s.replica.name }, 'recovery volume writable again; resyncing what failed');
+      s.replica.lastError = undefined;
+      this.setState(s, 'syncing');
+    }
     const st = s.replica.state;
     if (st === 'syncing' && s.converged) this.setState(s, 'protecting');
     else if (st === 'protecting' && !s.converged) this.setState(s, 'syncing');
