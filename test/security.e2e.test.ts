@@ -5,7 +5,8 @@ import { strict as assert } from 'node:assert';
 import * as path from 'node:path';
 import * as fs from 'node:fs';
 import { Writable } from 'node:stream';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import pino from 'pino';
 import { Hub } from '../src/hub/hub';
 import { ReplicationAgent } from '../src/agent/agent';
@@ -83,6 +84,31 @@ describe('agent link security', function () {
 
     await agents[0].write('V1', 0, Buffer.alloc(65536, 9)); // the good agent was never disturbed
     await waitFor('V1 equal after refusals', () => sha(img) === sha(rep));
+    for (const a of agents.splice(0)) await a.stop(200);
+    await hub.close();
+  });
+
+  it('NBD exports with TLS: nbds:// with the CA works, plaintext nbd:// is refused', async () => {
+    const img = path.join(dir, 'N1.img'), rep = path.join(dir, 'N1R');
+    makeImage(img, 4 << 20);
+    const files = { cert: path.join(certs, 'hub.pem'), key: path.join(certs, 'hub.key'), ca: path.join(certs, 'ca.pem') };
+    const hub = new Hub({ volumes: [parseVolSpec(`N1=${rep}@vm1`)], store: new LmdbStateStore(path.join(dir, 'hub3')), log: capture().log, tls: files, nbdTls: true });
+    const { port } = await hub.listen('127.0.0.1', 0);
+    const nbd = await hub.listenNbd('127.0.0.1', 0);
+    agent(port, 'vm1', img, 'N1', { cert: path.join(certs, 'vm1.pem'), key: path.join(certs, 'vm1.key'), ca: path.join(certs, 'ca.pem') });
+    await waitFor('N1 protecting', () => hub.replicas.get('N1')!.state === 'protecting');
+    await hub.failover.startTest({});
+    // libnbd's x509 directory: the CA, and a client certificate since the hub has --tls-ca
+    const cdir = path.join(dir, 'nbd-client');
+    fs.mkdirSync(cdir, { recursive: true });
+    fs.copyFileSync(path.join(certs, 'ca.pem'), path.join(cdir, 'ca-cert.pem'));
+    fs.copyFileSync(path.join(certs, 'vm2.pem'), path.join(cdir, 'client-cert.pem'));
+    fs.copyFileSync(path.join(certs, 'vm2.key'), path.join(cdir, 'client-key.pem'));
+    // async: the hub's NBD server runs in this process
+    const sh = async (uri: string) => (await promisify(execFile)('nbdinfo', ['--size', uri], { timeout: 20_000 })).stdout.trim();
+    assert.equal(await sh(`nbds://127.0.0.1:${nbd.port}/N1?tls-certificates=${cdir}`), String(4 << 20));
+    await assert.rejects(sh(`nbd://127.0.0.1:${nbd.port}/N1`), /requires TLS/, 'plaintext NBD refused');
+    await hub.failover.stopTest();
     for (const a of agents.splice(0)) await a.stop(200);
     await hub.close();
   });

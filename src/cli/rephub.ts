@@ -11,7 +11,7 @@ import { enabled as tlsEnabled, serverOptions } from '../security';
 const collect = (v: string, prev: string[]) => [...prev, v];
 
 async function serve(o: { listen: string; vol: string[]; data: string; http: string; nbd: string; regionSize: string;
-  tlsCert?: string; tlsKey?: string; tlsCa?: string; pskFile?: string }) {
+  tlsCert?: string; tlsKey?: string; tlsCa?: string; pskFile?: string; nbdTls?: boolean }) {
   const log = makeLogger('rephub');
   const listen = parseHostPort(o.listen, '--listen');
   const httpAddr = parseHostPort(o.http, '--http');
@@ -23,7 +23,7 @@ async function serve(o: { listen: string; vol: string[]; data: string; http: str
   const tls = { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa, pskFile: o.pskFile };
   if (!tlsEnabled(tls)) log.warn({ listen: o.listen }, 'agent link is plaintext and unauthenticated: use --tls-* or --psk-file outside a lab');
   else serverOptions(tls); // fail fast on bad files
-  const hub = new Hub({ volumes, store, log, regionSize, layersDir: path.resolve(o.data, 'layers'), tls });
+  const hub = new Hub({ volumes, store, log, regionSize, layersDir: path.resolve(o.data, 'layers'), tls, nbdTls: !!o.nbdTls });
   const a = await hub.listen(listen.host, listen.port);
   const h = await hub.listenHttp(httpAddr.host, httpAddr.port);
   const n = await hub.listenNbd(nbdAddr.host, nbdAddr.port);
@@ -75,6 +75,7 @@ program.command('serve', { isDefault: true })
   .option('--tls-key <file>', 'hub private key (PEM)')
   .option('--tls-ca <file>', 'CA that signs agent certificates; an agent is the VM named by its certificate CN')
   .option('--psk-file <file>', 'TLS with pre-shared keys instead: identity:hexkey lines; identity = VM name')
+  .option('--nbd-tls', 'require TLS (STARTTLS) on the NBD exports, with the --tls-cert/--tls-key certificate; with --tls-ca clients need certificates too')
   .action(serve);
 
 program.command('status')

@@ -26,6 +26,8 @@ export interface HubOptions {
   layersDir?: string;
   /** TLS (mutual certificates) or TLS-PSK on the agent link; plaintext when absent. */
   tls?: TlsFiles;
+  /** Require TLS (NBD STARTTLS) on the hub's NBD exports, with the --tls-* certificates. */
+  nbdTls?: boolean;
 }
 
 export class Hub {
@@ -61,7 +63,13 @@ export class Hub {
 
   /** NBD exports of the hub: failover-test views and, after failover, the recovery volumes. */
   async listenNbd(host: string, port: number): Promise<net.AddressInfo> {
-    this.nbd = new NbdServer(this.exports, this.log.child({ part: 'nbd' }));
+    let nbdTls;
+    if (this.opts.nbdTls) {
+      const f = this.opts.tls;
+      if (!f?.cert || !f.key) throw new Error('NBD TLS needs the hub certificate (--tls-cert and --tls-key)');
+      nbdTls = { cert: fs.readFileSync(f.cert), key: fs.readFileSync(f.key), ca: f.ca ? fs.readFileSync(f.ca) : undefined, requestCert: !!f.ca };
+    }
+    this.nbd = new NbdServer(this.exports, this.log.child({ part: 'nbd' }), nbdTls);
     const a = await this.nbd.listen(host, port);
     this.nbdAddr = { host: a.address.includes(':') ? `[${a.address}]` : a.address, port: a.port };
     return a;

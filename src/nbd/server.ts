@@ -2,9 +2,10 @@
 // any NBD client use them as nbd://HOST:PORT/NAME. Requests on a connection run concurrently
 // and each reply goes out as soon as its request is done (TCP_NODELAY, nothing held back).
 import * as net from 'node:net';
+import * as tls from 'node:tls';
 import {
   serverGreeting, optReply, infoExport, infoBlockSize, infoName, exportNameReply, simpleReply, parseRequest, parseGo,
-  IHAVEOPT, CF_FIXED_NEWSTYLE, CF_NO_ZEROES, Opt, Rep, Info, REP_ERR_UNSUP, REP_ERR_UNKNOWN, REP_ERR_INVALID,
+  IHAVEOPT, CF_FIXED_NEWSTYLE, CF_NO_ZEROES, Opt, Rep, Info, REP_ERR_UNSUP, REP_ERR_UNKNOWN, REP_ERR_INVALID, REP_ERR_TLS_REQD,
   NbdCmd, NbdErr, TF, CMD_FLAG_FUA, MAX_OPTION_LEN, MAX_REQUEST, REQUEST_HEADER, NbdRequest,
 } from '../../protocol/nbd';
 import { ByteQueue } from './byte-queue';
@@ -38,7 +39,8 @@ export class NbdServer {
   private nextConn = 1;
   stats = { connections: 0, requests: 0, errors: 0 };
 
-  constructor(private readonly exports: Map<string, NbdExport>, private readonly log: Logger) {}
+  /** With `tls`, clients must upgrade with NBD_OPT_STARTTLS before anything else. */
+  constructor(private readonly exports: Map<string, NbdExport>, private readonly log: Logger, private readonly tls?: tls.SecureContextOptions & { requestCert?: boolean }) {}
 
   listen(host: string, port: number): Promise<net.AddressInfo> {
     this.server = net.createServer((s) => this.accept(s));
@@ -53,10 +55,11 @@ export class NbdServer {
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
   }
 
-  private accept(sock: net.Socket): void {
+  private accept(raw: net.Socket): void {
+    let sock: net.Socket = raw;
     const id = this.nextConn++;
-    const log = this.log.child({ nbdConn: id, peer: `${sock.remoteAddress}:${sock.remotePort}` });
-    this.conns.add(sock);
+    const log = this.log.child({ nbdConn: id, peer: `${raw.remoteAddress}:${raw.remotePort}` });
+    this.conns.add(raw);
     this.stats.connections++;
     sock.setNoDelay(true);
     const q = new ByteQueue();
@@ -78,8 +81,27 @@ export class NbdServer {
 
     const flags = () => (TF.HAS_FLAGS | TF.SEND_FLUSH | TF.SEND_FUA | TF.SEND_TRIM | TF.SEND_WRITE_ZEROES | TF.CAN_MULTI_CONN);
 
+    let secured = !this.tls;
     const option = (opt: number, data: Buffer) => {
       if (++options > MAX_OPTIONS) return fatal('too many options');
+      if (opt === Opt.STARTTLS) {
+        if (!this.tls || secured) return send(optReply(opt, this.tls ? REP_ERR_INVALID : REP_ERR_UNSUP));
+        send(optReply(opt, Rep.ACK));
+        raw.removeAllListeners('data');
+        const ts = new tls.TLSSocket(raw, {
+          isServer: true, secureContext: tls.createSecureContext(this.tls),
+          requestCert: !!this.tls.requestCert, rejectUnauthorized: !!this.tls.requestCert,
+        });
+        ts.on('secure', () => { secured = true; log.info('NBD connection upgraded to TLS'); });
+        ts.on('error', (e) => { log.warn({ cause: e.message }, 'NBD TLS handshake failed'); raw.destroy(); });
+        ts.on('data', (c) => { q.push(c); parse(); });
+        sock = ts;
+        return;
+      }
+      if (!secured && opt !== Opt.ABORT) {
+        if (opt === Opt.EXPORT_NAME) return fatal('TLS required: EXPORT_NAME before STARTTLS');
+        return send(optReply(opt, REP_ERR_TLS_REQD));
+      }
       switch (opt) {
         case Opt.EXPORT_NAME: {
           const e = this.exports.get(data.toString('utf8'));
@@ -223,8 +245,8 @@ export class NbdServer {
       }
     };
     send(serverGreeting());
-    sock.on('data', (c) => { q.push(c); parse(); });
-    sock.on('error', (e) => log.debug({ cause: e.message }, 'NBD socket error'));
-    sock.on('close', () => { this.conns.delete(sock); log.debug('NBD connection closed'); });
+    raw.on('data', (c) => { q.push(c); parse(); });
+    raw.on('error', (e) => log.debug({ cause: e.message }, 'NBD socket error'));
+    raw.on('close', () => { this.conns.delete(raw); log.debug('NBD connection closed'); });
   }
 }
