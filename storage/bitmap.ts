@@ -168,6 +168,39 @@ export class DirtyBitmap {
     }
   }
 
+  /** Dirty regions in [a, b): whole pages by count, partial pages by word popcount. */
+  countRange(a: number, b: number): number {
+    a = Math.max(0, a);
+    b = Math.min(this.regions, b);
+    let n = 0;
+    for (let r = a; r < b; ) {
+      const p = Math.floor(r / PAGE_BITS), base = p * PAGE_BITS;
+      const end = Math.min(b, base + this.pageBits(p));
+      const c = this.counts[p], page = this.pages[p];
+      if (c === 0 || !page) n += c === 0 ? 0 : end - r; // clean, or full
+      else if (r === base && end === base + this.pageBits(p)) n += c;
+      else {
+        for (let i = r - base; i < end - base; ) {
+          if ((i & 31) === 0 && i + 32 <= end - base) { n += popcount(page[i >>> 5]); i += 32; }
+          else { if (page[i >>> 5] & (1 << (i & 31))) n++; i++; }
+        }
+      }
+      r = end;
+    }
+    return n;
+  }
+
+  /** Fraction of dirty regions in each of `buckets` equal slices: the dashboard's heat map. */
+  density(buckets: number): number[] {
+    const k = Math.max(1, Math.min(buckets, this.regions));
+    const out: number[] = [];
+    for (let i = 0; i < k; i++) {
+      const a = Math.floor((i * this.regions) / k), b = Math.floor(((i + 1) * this.regions) / k);
+      out.push(b > a ? this.countRange(a, b) / (b - a) : 0);
+    }
+    return out;
+  }
+
   takeChangedPages(): number[] {
     const c = [...this.changed];
     this.changed = new Set();

@@ -401,3 +401,23 @@ describe('DirtyBitmap', () => {
     assert.deepEqual([...bm.runs()], [[r, r + 1]]);
   });
 });
+
+describe('DirtyBitmap.countRange / density (dashboard heat map)', () => {
+  it('countRange equals a per-region count over random patterns and ranges', () => {
+    fc.assert(fc.property(fc.integer({ min: 1, max: 70000 }), fc.array(fc.tuple(fc.nat(70000), fc.nat(40000), fc.boolean()), { maxLength: 12 }),
+      fc.nat(70000), fc.nat(70000), (regions, ops, x, y) => {
+        const bm = new DirtyBitmap(regions * 4096, 4096);
+        for (const [a, len, set] of ops) {
+          const first = a % regions, last = Math.min(regions - 1, first + len);
+          if (set) bm.setRegions(first, last); else bm.clearRegions(first, last);
+        }
+        const a = Math.min(x, y) % (regions + 1), b = Math.min(regions, Math.max(x, y));
+        let n = 0;
+        for (let r = a; r < b; r++) if (bm.get(r)) n++;
+        assert.equal(bm.countRange(a, b), n);
+        const d = bm.density(17);
+        assert.equal(d.length, Math.min(17, regions));
+        assert.ok(d.every((v) => v >= 0 && v <= 1));
+      }), { numRuns: 200 });
+  });
+});

@@ -12,13 +12,15 @@ import { FileVolume } from '../../storage/volume';
 import { makeLogger } from '../log';
 import { parseHostPort, checkName, checkPath, parseSize } from './args';
 import { enabled as tlsEnabled, clientOptions } from '../security';
+import { fmt, table } from './format';
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 const ZERO_CHUNK = Buffer.alloc(1 << 20);
 
-async function main(o: { hub: string; export: string[]; nbd: string; state: string; vm: string; regionSize: string; maxQueue: string; http: string;
+async function main(o: { logPretty?: boolean; logLevel?: string; hub: string; export: string[]; nbd: string; state: string; vm: string; regionSize: string; maxQueue: string; http: string;
   tlsCert?: string; tlsKey?: string; tlsCa?: string; tlsServername?: string; pskFile?: string }) {
-  const log = makeLogger('rephub-agent');
+  if (o.logPretty) process.env.LOG_PRETTY = '1';
+  const log = makeLogger('rephub-agent', o.logLevel);
   const hub = parseHostPort(o.hub, '--hub');
   const nbdAddr = parseHostPort(o.nbd, '--nbd');
   const regionSize = parseSize(o.regionSize, '--region-size');
@@ -84,8 +86,12 @@ async function main(o: { hub: string; export: string[]; nbd: string; state: stri
   process.on('SIGTERM', () => void stop('SIGTERM'));
 }
 
-new Command('rephub-agent')
+const program = new Command('rephub-agent')
   .description('rephub agent: serves protected volumes over NBD (qemu -drive file=nbd://127.0.0.1:10809/V1) and mirrors every write to the hub')
+  .showHelpAfterError();
+
+program.command('run', { isDefault: true })
+  .description('serve and mirror (the default command)')
   .option('--hub <host:port>', 'hub address', '127.0.0.1:7000')
   .option('--export <name=path>', 'protected volume: NAME=PATH of a raw image or block device; repeat for more', collect, [])
   .option('--nbd <host:port>', 'NBD listen address', '127.0.0.1:10809')
@@ -93,12 +99,31 @@ new Command('rephub-agent')
   .option('--vm <name>', 'VM name reported to the hub', os.hostname().replace(/[^A-Za-z0-9._-]/g, '-') || 'vm')
   .option('--region-size <bytes>', 'dirty-log region size, 4K..1M', '64K')
   .option('--http <host:port>', 'agent status endpoint (GET /status)', '127.0.0.1:10899')
+  .option('--log-pretty', 'human-readable logs instead of JSON lines')
+  .option('--log-level <level>', 'trace, debug, info, warn, error', 'info')
   .option('--tls-cert <file>', 'agent certificate (PEM); its CN must be the --vm name')
   .option('--tls-key <file>', 'agent private key (PEM)')
   .option('--tls-ca <file>', 'CA that signs the hub certificate (PEM)')
   .option('--tls-servername <name>', 'name to verify in the hub certificate (default: the --hub host)')
   .option('--psk-file <file>', 'TLS with a pre-shared key instead of certificates: identity:hexkey lines; identity = --vm')
   .option('--max-queue <bytes>', 'mirror bytes buffered towards the hub; beyond it writes become dirty regions', '64M')
-  .showHelpAfterError()
-  .action((o) => main(o).catch((e) => { process.stderr.write(`rephub-agent: ${e.message}\n`); process.exit(2); }))
-  .parse();
+  .action((o) => main(o).catch((e) => { process.stderr.write(`rephub-agent: ${e.message}\n`); process.exit(2); }));
+
+program.command('status')
+  .description("show this agent's side: hub connection, send queue, dirty bytes per volume")
+  .option('--agent <url>', 'agent status URL', 'http://127.0.0.1:10899')
+  .option('--json', 'print JSON for scripts')
+  .action(async (o) => {
+    const url = o.agent.replace(/\/$/, '') + '/status';
+    try {
+      const st: any = await (await fetch(url)).json();
+      if (o.json) { process.stdout.write(JSON.stringify(st, null, 2) + '\n'); return; }
+      process.stdout.write(`VM ${st.vm}: hub ${st.connected ? 'connected' : 'NOT connected'}, send queue ${fmt(st.queueBytes)}, ${st.pendingWrites} writes awaiting the hub's ack, ${st.overflowWrites} overflowed into dirty regions\n`);
+      process.stdout.write(table([['VOLUME', 'VOLUME ID', 'SIZE', 'DIRTY'], ...st.volumes.map((v: any) => [v.name, String(v.volumeId), fmt(v.sizeBytes), fmt(v.dirtyBytes)])]) + '\n');
+    } catch (e: any) {
+      process.stderr.write(`rephub-agent: cannot reach ${url}: ${e.cause?.message ?? e.message}\n`);
+      process.exit(2);
+    }
+  });
+
+program.parse();

@@ -6,13 +6,15 @@ import { Hub } from '../hub/hub';
 import { LmdbStateStore } from '../../storage/state';
 import { makeLogger } from '../log';
 import { parseHostPort, parseVolSpec, parseSize, fillLaunch } from './args';
+import { renderStatus } from './format';
 import { enabled as tlsEnabled, serverOptions } from '../security';
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
-async function serve(o: { listen: string; vol: string[]; data: string; http: string; nbd: string; regionSize: string;
+async function serve(o: { logPretty?: boolean; logLevel?: string; listen: string; vol: string[]; data: string; http: string; nbd: string; regionSize: string;
   tlsCert?: string; tlsKey?: string; tlsCa?: string; pskFile?: string; nbdTls?: boolean }) {
-  const log = makeLogger('rephub');
+  if (o.logPretty) process.env.LOG_PRETTY = '1';
+  const log = makeLogger('rephub', o.logLevel);
   const listen = parseHostPort(o.listen, '--listen');
   const httpAddr = parseHostPort(o.http, '--http');
   const nbdAddr = parseHostPort(o.nbd, '--nbd');
@@ -37,26 +39,19 @@ async function serve(o: { listen: string; vol: string[]; data: string; http: str
   process.on('SIGTERM', () => void stop('SIGTERM'));
 }
 
-async function status(o: { hub: string; json?: boolean }) {
+async function status(o: { hub: string; json?: boolean; watch?: boolean }) {
   const url = o.hub.replace(/\/$/, '') + '/status';
-  const res = await fetch(url).catch((e) => { throw new Error(`cannot reach ${url}: ${e.cause?.message ?? e.message}`); });
-  const st: any = await res.json();
-  if (o.json) { process.stdout.write(JSON.stringify(st, null, 2) + '\n'); return; }
-  const rows = st.volumes.map((v: any) => [v.name, v.state, v.vm ?? '-', fmt(v.sizeBytes), fmt(v.dirtyBytes),
-    v.sizeBytes ? `${(100 * (1 - v.dirtyBytes / v.sizeBytes)).toFixed(1)}%` : '-', String(v.syncPass), v.recovery, v.lastError ?? '']);
-  table([['VOLUME', 'STATE', 'VM', 'SIZE', 'DIRTY', 'IN SYNC', 'PASS', 'RECOVERY', 'ERROR'], ...rows]);
-  process.stdout.write(`${st.agents.length} agent(s) connected\n`);
-}
-
-function fmt(n: number): string {
-  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let i = 0;
-  while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
-  return `${i ? n.toFixed(1) : n}${u[i]}`;
-}
-function table(rows: string[][]) {
-  const w = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
-  for (const r of rows) process.stdout.write(r.map((c, i) => c.padEnd(w[i])).join('  ').trimEnd() + '\n');
+  const get = async () => {
+    const res = await fetch(url).catch((e) => { throw new Error(`cannot reach ${url}: ${e.cause?.message ?? e.message}`); });
+    return (await res.json()) as any;
+  };
+  if (o.json) { process.stdout.write(JSON.stringify(await get(), null, 2) + '\n'); return; }
+  if (!o.watch) { process.stdout.write(renderStatus(await get(), false)); return; }
+  for (;;) {
+    const text = renderStatus(await get(), true);
+    process.stdout.write('\x1b[H\x1b[2J' + text + `\n(every 1 s; Ctrl-C to quit)\n`);
+    await new Promise((r) => setTimeout(r, 1000));
+  }
 }
 
 const program = new Command('rephub')
@@ -75,6 +70,8 @@ program.command('serve', { isDefault: true })
   .option('--tls-key <file>', 'hub private key (PEM)')
   .option('--tls-ca <file>', 'CA that signs agent certificates; an agent is the VM named by its certificate CN')
   .option('--psk-file <file>', 'TLS with pre-shared keys instead: identity:hexkey lines; identity = VM name')
+  .option('--log-pretty', 'human-readable logs instead of JSON lines')
+  .option('--log-level <level>', 'trace, debug, info, warn, error', 'info')
   .option('--nbd-tls', 'require TLS (STARTTLS) on the NBD exports, with the --tls-cert/--tls-key certificate; with --tls-ca clients need certificates too')
   .action(serve);
 
@@ -82,6 +79,7 @@ program.command('status')
   .description("show the hub's volumes and agents")
   .option('--hub <url>', 'hub status URL', 'http://127.0.0.1:7080')
   .option('--json', 'print JSON for scripts')
+  .option('--watch', 'redraw every second, with progress bars')
   .action(status);
 
 async function post(hub: string, action: string, body: object): Promise<any> {

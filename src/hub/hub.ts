@@ -13,6 +13,7 @@ import { Replica, ReplicaSpec, TargetOpener, openFileTarget } from './replica';
 import { AgentSession, SessionConfig, defaultSessionConfig } from './session';
 import { FailoverController, FailoverError } from './failover';
 import { NbdServer, NbdExport } from '../nbd/server';
+import { Monitor } from './monitor';
 
 export interface HubOptions {
   volumes: ReplicaSpec[];
@@ -44,6 +45,8 @@ export class Hub {
   private nbd?: NbdServer;
   private nbdAddr = { host: '127.0.0.1', port: 10810 };
   readonly failover: FailoverController;
+  readonly monitor: Monitor;
+  private sampler: NodeJS.Timeout;
 
   constructor(private readonly opts: HubOptions) {
     this.cfg = { ...defaultSessionConfig, ...opts.session };
@@ -59,6 +62,9 @@ export class Hub {
       exports: this.exports, nbdUri: (n) => `nbd://${this.nbdAddr.host}:${this.nbdAddr.port}/${n}`, log: opts.log,
     });
     this.failover.restore();
+    this.monitor = new Monitor(this);
+    this.sampler = setInterval(() => { for (const r of this.replicas.values()) r.sample(); }, 1000);
+    this.sampler.unref();
   }
 
   /** NBD exports of the hub: failover-test views and, after failover, the recovery volumes. */
@@ -175,6 +181,16 @@ export class Hub {
         res.end(JSON.stringify(v, null, 1));
       };
       if (req.method === 'GET' && (req.url === '/status' || req.url === '/status/')) return json(200, this.status());
+      if (req.method === 'GET' && req.url === '/metrics') {
+        this.monitor.metrics().then((m) => { res.writeHead(200, { 'content-type': this.monitor.registry.contentType }); res.end(m); },
+          (e) => json(500, { error: e.message }));
+        return;
+      }
+      if (req.method === 'GET' && (req.url === '/' || req.url === '/dashboard')) {
+        res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+        res.end(this.monitor.dashboard());
+        return;
+      }
       const actions: Record<string, (body: any) => Promise<unknown>> = {
         '/failover-test/start': (b) => this.failover.startTest({ vm: b.vm, force: !!b.force }),
         '/failover-test/stop': () => this.failover.stopTest(),
@@ -182,7 +198,7 @@ export class Hub {
         '/failback': (b) => this.failover.failback({ winner: b.winner }),
       };
       const act = req.method === 'POST' ? actions[req.url ?? ''] : undefined;
-      if (!act) return json(404, { error: 'not found: GET /status, POST /failover-test/start|stop, /failover, /failback' });
+      if (!act) return json(404, { error: 'not found: GET / (dashboard), /status, /metrics, /ws; POST /failover-test/start|stop, /failover, /failback' });
       let body = '';
       req.on('data', (c) => { body += c; if (body.length > 65536) req.destroy(); });
       req.on('end', () => {
@@ -194,6 +210,7 @@ export class Hub {
         });
       });
     });
+    this.monitor.attach(this.http);
     return new Promise((res, rej) => {
       this.http!.once('error', rej);
       this.http!.listen(port, host, () => res(this.http!.address() as net.AddressInfo));
@@ -202,6 +219,8 @@ export class Hub {
 
   async close(): Promise<void> {
     this.server?.close();
+    this.monitor.close();
+    clearInterval(this.sampler);
     this.http?.close();
     await this.nbd?.close();
     for (const s of this.sockets) s.destroy();

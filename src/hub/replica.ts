@@ -29,12 +29,16 @@ export class Replica {
   target?: GuardedTarget;
   failover: FailoverMaps | null = null; // set while the replica is promoted
   bitmap?: DirtyBitmap;
-  owner: { vm: string; fail(e: Error): void } | null = null; // the session that has it attached
+  owner: { vm: string; fail(e: Error): void; rpoLagMs(): number } | null = null; // the session that has it attached
+  private outOfSyncSince: number | null = Date.now(); // null while protecting
+  throughputBps = 0; // bytes/s applied (mirrored writes + sync), sampled by the hub
+  private sampled = { at: Date.now(), bytes: 0 };
   lastError?: string;
   lastWriteOk = true; // the last write to the recovery volume succeeded
   /** Resolves when the last owner's in-progress apply has finished. */
   idle: Promise<void> = Promise.resolve();
   bytesApplied = 0;
+  errors = 0; // failed writes/flushes of the recovery volume and failed remote reads
   writesApplied = 0;
   syncBytes = 0;
 
@@ -119,8 +123,22 @@ export class Replica {
   }
 
   setState(s: ReplicaState): void {
+    if (s === 'protecting') this.outOfSyncSince = null;
+    else if (this.state === 'protecting' || this.outOfSyncSince === null) this.outOfSyncSince = Date.now();
     this.state = s;
     if (this.record) this.record.state = s;
+  }
+
+  /** RPO lag: protecting, the age of the oldest undurable write; otherwise time out of sync. */
+  rpoLagMs(): number | null {
+    if (this.state === 'protecting') return this.owner ? this.owner.rpoLagMs() : 0;
+    return this.outOfSyncSince === null || !this.record ? null : Date.now() - this.outOfSyncSince;
+  }
+
+  sample(): void {
+    const now = Date.now(), bytes = this.bytesApplied + this.syncBytes;
+    if (now > this.sampled.at) this.throughputBps = Math.round(((bytes - this.sampled.bytes) * 1000) / (now - this.sampled.at));
+    this.sampled = { at: now, bytes };
   }
 
   status() {
@@ -141,7 +159,10 @@ export class Replica {
       bytesApplied: this.bytesApplied,
       writesApplied: this.writesApplied,
       syncBytes: this.syncBytes,
+      rpoLagMs: this.rpoLagMs(),
+      throughputBps: this.throughputBps,
       lastError: this.lastError ?? null,
+      errors: this.errors,
       failoverTest: this.target?.view ? { keptBytes: this.target.view.keptBytes, activeBytes: this.target.view.activeBytes } : null,
       failover: this.failover ? {
         recoveryChangedBytes: this.failover.recoveryChanged.bitmap.dirtyBytes,

@@ -69,6 +69,8 @@ export class AgentSession {
   readonly started = Date.now();
   bytesReceived = 0;
   private lastHeard = Date.now();
+  // Receive times of unacked writes, one entry per millisecond: the oldest gives the RPO lag.
+  private recvTimes: { seq: number; t: number }[] = [];
   private heartbeatTimer: NodeJS.Timeout | null = null;
 
   constructor(
@@ -80,6 +82,24 @@ export class AgentSession {
     if (identity) this.vm = identity;
     this.checkpointTimer = setInterval(() => void this.checkpoint(), cfg.checkpointMs);
     this.checkpointTimer.unref();
+  }
+
+  /** Drop receive times of acked writes; the head then stands for the oldest unacked one. */
+  private trimRecvTimes(acked: number): void {
+    const rt = this.recvTimes;
+    let drop = 0;
+    while (drop + 1 < rt.length && rt[drop + 1].seq <= acked + 1) drop++;
+    if (drop) rt.splice(0, drop);
+    if (rt.length && rt[0].seq <= acked) {
+      if (this.recvSeq === acked) rt.length = 0;
+      else rt[0] = { seq: acked + 1, t: rt[0].t }; // conservative: no later than its real receive time
+    }
+  }
+
+  /** Age of the oldest write received but not yet durable on the recovery volume. */
+  rpoLagMs(): number {
+    if (this.recvSeq === this.ackedSeq || this.recvTimes.length === 0) return 0;
+    return Date.now() - this.recvTimes[0].t;
   }
 
   get volumes(): VolumeSync[] {
@@ -107,9 +127,12 @@ export class AgentSession {
       case Cmd.ERROR:
         this.log.warn({ session: this.id, vm: this.vm, code: msg.code, cause: msg.message }, 'agent reported an error');
         return;
-      case Cmd.PROTECTED_WRITE:
+      case Cmd.PROTECTED_WRITE: {
         this.recvSeq++;
+        const now = Date.now(), last = this.recvTimes[this.recvTimes.length - 1];
+        if ((!last || last.t !== now) && this.recvTimes.length < 4096) this.recvTimes.push({ seq: this.recvSeq, t: now });
         break;
+      }
       case Cmd.START_PROTECT: case Cmd.REMOTE_IO_REQ: case Cmd.WRITE_ACK: case Cmd.DIRTY_REPORT_ACK:
       case Cmd.CHECKSUM_REQ:
         throw new ProtocolError(`command ${Cmd[msg.cmd]} goes hub->agent, not agent->hub`);
@@ -373,6 +396,7 @@ export class AgentSession {
     const rep = s.replica;
     rep.lastError = e.message;
     rep.lastWriteOk = false;
+    rep.errors++;
     this.log.error({ volume: rep.name, recovery: rep.spec.path, offset, cause: e.message }, 'recovery volume write failed; regions stay dirty');
     await rep.markDirty(first, last);
     if (rep.state !== 'error') {
@@ -401,6 +425,7 @@ export class AgentSession {
     const start = rd.first * rs, end = Math.min((rd.last + 1) * rs, bm.sizeBytes);
     if (m.ioStatus !== IO_OK) {
       s.replica.lastError = `remote read at ${start} failed on the agent: io_status ${m.ioStatus}`;
+      s.replica.errors++;
       this.log.error({ volume: s.replica.name, offset: start, ioStatus: m.ioStatus }, 'remote read failed on the agent; region stays dirty');
       s.retryAt = Date.now() + 1000;
       return;
@@ -541,6 +566,7 @@ export class AgentSession {
         })));
         if (seq > this.ackedSeq) {
           this.ackedSeq = seq;
+          this.trimRecvTimes(seq);
           if (this.caps & Cap.WRITE_ACK) this.t.send([encodeWriteAck(seq)]);
         }
       }

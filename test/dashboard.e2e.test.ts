@@ -1,0 +1,77 @@
+// The operator's view against a live hub and agent: /metrics in Prometheus format, the status
+// CLI, and the dashboard in a real headless Chromium (playwright-core) watching a volume go
+// from syncing to protecting, with its dirty-bitmap heat map filling in.
+import { strict as assert } from 'node:assert';
+import * as path from 'node:path';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { chromium } from 'playwright-core';
+import { Hub } from '../src/hub/hub';
+import { LmdbStateStore } from '../storage/state';
+import { silentLogger } from '../src/log';
+import { tmpdir, makeImage, waitFor } from './helpers/util';
+import { startTestAgent } from './helpers/test-agent';
+import { CLI } from './helpers/hub-process';
+
+describe('operator view: metrics, status CLI, live dashboard in Chromium', function () {
+  this.timeout(120_000);
+
+  it('shows a volume go from syncing to protecting; metrics and status agree', async () => {
+    const dir = tmpdir();
+    const img = path.join(dir, 'V1.img');
+    makeImage(img, 128 << 20, 0.8);
+    const hub = new Hub({
+      volumes: [{ name: 'V1', path: path.join(dir, 'V1R') }], store: new LmdbStateStore(path.join(dir, 'hub')), log: silentLogger(),
+      session: { maxInflightReads: 1, maxReadBytes: 32 << 10 }, // a slow sync, so a person could watch it
+    });
+    const { port } = await hub.listen('127.0.0.1', 0);
+    const web = await hub.listenHttp('127.0.0.1', 0);
+    const browser = await chromium.launch({
+      executablePath: '/usr/bin/chromium', headless: true,
+      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+    try {
+      const page = await browser.newPage({ viewport: { width: 1000, height: 420 } });
+      await page.goto(`http://127.0.0.1:${web.port}/`);
+      await page.waitForSelector('#conn:text("live")');
+      const agent = startTestAgent({ port, vm: 'web1', images: { V1: img } });
+      await page.waitForSelector('[data-volume="V1"] .badge.syncing', { timeout: 30_000 });
+      // heat map present and some of it dirty while syncing
+      const pct = await page.textContent('[data-volume="V1"] .pct');
+      assert.ok(pct && parseFloat(pct) < 100, `in-sync ${pct} while syncing`);
+      const metrics = await (await fetch(`http://127.0.0.1:${web.port}/metrics`)).text();
+      assert.match(metrics, /rephub_volume_state\{volume="V1",state="syncing"\} 1/);
+      assert.match(metrics, /rephub_volume_dirty_bytes\{volume="V1",vm="web1"\} [1-9]/);
+      assert.match(metrics, /rephub_agents_connected 1/);
+      if (process.env.SCREENSHOT_OUT) {
+        await page.waitForFunction('parseFloat(document.querySelector(\'[data-volume="V1"] .pct\').textContent) > 30');
+        await page.screenshot({ path: process.env.SCREENSHOT_OUT.replace(/\.png$/, '-syncing.png') });
+      }
+
+
+      await page.waitForSelector('[data-volume="V1"] .badge.protecting', { timeout: 60_000 });
+      assert.equal(await page.textContent('[data-volume="V1"] .pct'), '100.0%');
+      const shot = process.env.SCREENSHOT_OUT ?? path.join(os.tmpdir(), 'rephub-dashboard.png');
+      await page.screenshot({ path: shot });
+      assert.ok(fs.statSync(shot).size > 5000, 'a real screenshot');
+
+      const m2 = await (await fetch(`http://127.0.0.1:${web.port}/metrics`)).text();
+      assert.match(m2, /rephub_volume_state\{volume="V1",state="protecting"\} 1/);
+      assert.match(m2, /rephub_volume_dirty_bytes\{volume="V1",vm="web1"\} 0/);
+      assert.match(m2, /rephub_volume_sync_bytes_total\{volume="V1",vm="web1"\} [1-9]/);
+
+      const { stdout } = await promisify(execFile)(process.execPath, [CLI, 'status', '--hub', `http://127.0.0.1:${web.port}`]);
+      assert.match(stdout, /V1\s+protecting\s+web1\s+128\.0MiB\s+0B\s+100\.0%/);
+      const { stdout: js } = await promisify(execFile)(process.execPath, [CLI, 'status', '--json', '--hub', `http://127.0.0.1:${web.port}`]);
+      const st = JSON.parse(js);
+      assert.equal(st.volumes[0].rpoLagMs, 0);
+      assert.equal(st.agents[0].vm, 'web1');
+      await agent.stop();
+    } finally {
+      await browser.close();
+      await hub.close();
+    }
+  });
+});
