@@ -31,8 +31,9 @@ export const Cap = {
   CHECKSUM: 1 << 2, // region checksums for resync and verify
   FLUSH: 1 << 3, // flush/checkpoint markers
   PING: 1 << 4, // heartbeats
+  ZEROES: 1 << 5, // a remote read of all-zero data may be answered with io_status IO_ZEROES and no data
 } as const;
-export const ALL_CAPS = Cap.WRITE_ACK | Cap.DIRTY_REPORT | Cap.CHECKSUM | Cap.FLUSH | Cap.PING;
+export const ALL_CAPS = Cap.WRITE_ACK | Cap.DIRTY_REPORT | Cap.CHECKSUM | Cap.FLUSH | Cap.PING | Cap.ZEROES;
 
 /** DIRTY_REPORT flags. */
 export const DIRTY_FINAL = 1; // last report of the reconnect hand-over for this volume
@@ -63,3 +64,5 @@ export const CHECKSUM_BYTES = 16; // truncated SHA-256 per region
 
 /** io_status values; negative errno on failure, like the seed. */
 export const IO_OK = 0;
+/** REMOTE_IO_RES of a read (cap ZEROES): the range is all zeroes; no data follows. */
+export const IO_ZEROES = 1;

@@ -6,7 +6,7 @@
 // reopens the same view.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { BlockTarget, FileVolume } from './volume';
+import { BlockTarget, FileVolume, SYNC_WRITE_MAX } from './volume';
 import { DirtyLog } from './dirty-log';
 
 export class PointInTimeView implements BlockTarget {
@@ -139,6 +139,8 @@ export class PointInTimeView implements BlockTarget {
  */
 export class GuardedTarget implements BlockTarget {
   view: PointInTimeView | null = null;
+  /** Told of every range replication writes (the hub's known-zero map listens). */
+  onWritten: ((start: number, end: number) => void) | null = null;
   constructor(readonly base: BlockTarget) {}
   get sizeBytes(): number {
     return this.base.sizeBytes;
@@ -148,7 +150,15 @@ export class GuardedTarget implements BlockTarget {
   }
   async write(buf: Buffer, offset: number): Promise<void> {
     if (this.view) await this.view.preserve(offset, offset + buf.length);
+    this.onWritten?.(offset, offset + buf.length);
     await this.base.write(buf, offset);
+  }
+  /** The fast path, when no view needs regions preserved first; false: use write(). */
+  tryWriteSync(buf: Buffer, offset: number): boolean {
+    if (this.view || !this.base.writeSync || buf.length > SYNC_WRITE_MAX) return false;
+    this.onWritten?.(offset, offset + buf.length);
+    this.base.writeSync(buf, offset);
+    return true;
   }
   flush(): Promise<void> {
     return this.base.flush();

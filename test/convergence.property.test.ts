@@ -6,7 +6,7 @@
 import { strict as assert } from 'node:assert';
 import fc from 'fast-check';
 import {
-  Cmd, Cap, ALL_CAPS, DIRTY_FINAL, SECTOR, IO_OK, FrameDecoder, decode, Message,
+  Cmd, Cap, ALL_CAPS, DIRTY_FINAL, SECTOR, IO_OK, IO_ZEROES, FrameDecoder, decode, Message,
   encodeHello, encodeReportVmVolumes, encodeProtectedWriteHead, encodeRemoteIoResHead, encodeDirtyReport,
   encodeAgentShutdown,
 } from '../protocol';
@@ -204,7 +204,8 @@ class World {
         // The read takes the data now; its response goes out at a later readDone, so guest
         // writes can complete and be mirrored in between (concurrent IO on the agent).
         const data = Buffer.from(this.prot[v].subarray(off, off + len));
-        this.agentReads.push(Buffer.concat([encodeRemoteIoResHead(m.reqId, IO_OK, m.volumeId, len), data]));
+        if (this.caps & Cap.ZEROES && data.every((x) => x === 0)) this.agentReads.push(encodeRemoteIoResHead(m.reqId, IO_ZEROES, m.volumeId, 0));
+        else this.agentReads.push(Buffer.concat([encodeRemoteIoResHead(m.reqId, IO_OK, m.volumeId, len), data]));
         break;
       }
       case Cmd.HELLO: case Cmd.PONG: case Cmd.ERROR: break;

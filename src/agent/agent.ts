@@ -5,15 +5,25 @@ import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { createHash } from 'node:crypto';
 import {
-  Cmd, Cap, ALL_CAPS, PROTOCOL_VERSION, Limits, SECTOR, IO_OK, DIRTY_FINAL, CHECKSUM_BYTES,
+  Cmd, Cap, ALL_CAPS, PROTOCOL_VERSION, Limits, SECTOR, IO_OK, IO_ZEROES, DIRTY_FINAL, CHECKSUM_BYTES,
   FrameDecoder, decode, Message, ProtocolError, RemoteIoReq, ChecksumReq, Extent,
   encodeHello, encodeReportVmVolumes, encodeProtectedWriteHead, encodeRemoteIoResHead, encodeAgentShutdown,
   encodeDirtyReport, encodeChecksumRes, encodePong, encodePing, encodeFlush,
 } from '../../protocol';
 import { DirtyBitmap } from '../../storage/bitmap';
-import type { BlockTarget } from '../../storage/volume';
+import { writeBatched } from '../net-batch';
+import { BlockTarget, SYNC_WRITE_MAX } from '../../storage/volume';
 import type { Logger } from '../log';
 import { DirtyLog } from '../../storage/dirty-log';
+
+const ZERO_PAGE = Buffer.alloc(64 * 1024);
+function isZero(b: Buffer): boolean {
+  for (let o = 0; o < b.length; o += ZERO_PAGE.length) {
+    const n = Math.min(ZERO_PAGE.length, b.length - o);
+    if (b.compare(ZERO_PAGE, 0, n, o, o + n) !== 0) return false; // native memcmp
+  }
+  return true;
+}
 
 export interface AgentVolumeSpec { name: string; target: BlockTarget; log: DirtyLog }
 
@@ -93,7 +103,7 @@ export class ReplicationAgent {
   private syncTimer: NodeJS.Timeout;
   private readonly o: Required<Omit<AgentOptions, 'volumes' | 'log' | 'tls'>>;
   // counters for status and tests
-  stats = { writes: 0, mirroredBytes: 0, overflowWrites: 0, remoteReads: 0, remoteReadBytes: 0, remoteWrites: 0, connects: 0, reportedBytes: 0 };
+  stats = { writes: 0, mirroredBytes: 0, overflowWrites: 0, remoteReads: 0, remoteReadBytes: 0, remoteZeroBytes: 0, remoteWrites: 0, connects: 0, reportedBytes: 0 };
 
   constructor(private readonly opts: AgentOptions) {
     this.o = {
@@ -124,7 +134,9 @@ export class ReplicationAgent {
     try {
       const [first, last] = this.begin(v, offset, offset + data.length);
       try {
-        await v.spec.target.write(data, offset);
+        const t = v.spec.target;
+        if (t.writeSync && data.length <= SYNC_WRITE_MAX) t.writeSync(data, offset);
+        else await t.write(data, offset);
         this.mirror(v, offset, data);
       } finally {
         this.end(v, first, last);
@@ -199,10 +211,7 @@ export class ReplicationAgent {
     const first = bm.regionOf(offset), last = bm.regionOf(offset + data.length - 1);
     this.pending.push({ seq, vol: v, first, last });
     for (let r = first; r <= last; r++) v.regionSeq.set(r, seq);
-    sock.cork();
-    sock.write(encodeProtectedWriteHead(v.id, offset / SECTOR, data.length / SECTOR, IO_OK));
-    sock.write(data);
-    sock.uncork();
+    writeBatched(sock, encodeProtectedWriteHead(v.id, offset / SECTOR, data.length / SECTOR, IO_OK), data);
     this.stats.mirroredBytes += data.length;
   }
 
@@ -321,10 +330,7 @@ export class ReplicationAgent {
   private send(bufs: Buffer[]): void {
     const s = this.sock;
     if (!s || s.destroyed) return;
-    if (bufs.length === 1) { s.write(bufs[0]); return; }
-    s.cork();
-    for (const b of bufs) if (b.length) s.write(b);
-    s.uncork();
+    writeBatched(s, ...bufs);
   }
 
   private receive(cmd: number, payload: Buffer): void {
@@ -438,6 +444,11 @@ export class ReplicationAgent {
         const buf = Buffer.allocUnsafe(len);
         await v.spec.target.read(buf, offset);
         this.stats.remoteReads++;
+        if (this.caps & Cap.ZEROES && isZero(buf)) {
+          this.stats.remoteZeroBytes += len; // nothing crosses the link for a hole
+          this.send([encodeRemoteIoResHead(m.reqId, IO_ZEROES, m.volumeId, 0)]);
+          return;
+        }
         this.stats.remoteReadBytes += len;
         this.send([encodeRemoteIoResHead(m.reqId, IO_OK, m.volumeId, len), buf]);
       } else {

@@ -180,8 +180,8 @@ export class FailoverController {
     this.h.exports.set(r.name, {
       name: r.name, size,
       read: (b, o) => target.base.read(b, o),
-      write: async (o, d) => { maps.recoveryChanged.mark(o, o + d.length); await target.base.write(d, o); },
-      zero: async (o, len) => { maps.recoveryChanged.mark(o, o + len); await target.base.write(Buffer.alloc(len), o); },
+      write: async (o, d) => { maps.recoveryChanged.mark(o, o + d.length); r.wrote(o, o + d.length); await target.base.write(d, o); },
+      zero: async (o, len) => { maps.recoveryChanged.mark(o, o + len); r.wrote(o, o + len); await target.base.write(Buffer.alloc(len), o); },
       flush: async () => { await target.base.flush(); maps.recoveryChanged.sync(true); },
     });
   }

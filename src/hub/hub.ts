@@ -14,6 +14,7 @@ import { AgentSession, SessionConfig, defaultSessionConfig } from './session';
 import { FailoverController, FailoverError } from './failover';
 import { NbdServer, NbdExport } from '../nbd/server';
 import { Monitor } from './monitor';
+import { writeBatched } from '../net-batch';
 
 export interface HubOptions {
   volumes: ReplicaSpec[];
@@ -136,13 +137,7 @@ export class Hub {
     this.sockets.add(sock);
     const session = this.newSession({
       send: (bufs) => {
-        if (sock.destroyed) return;
-        if (bufs.length === 1) sock.write(bufs[0]);
-        else {
-          sock.cork();
-          for (const b of bufs) if (b.length) sock.write(b);
-          sock.uncork();
-        }
+        if (!sock.destroyed) writeBatched(sock, ...bufs);
       },
       close: () => sock.end(() => sock.destroy()),
       pause: (p) => (p ? sock.pause() : sock.resume()),

@@ -1,5 +1,6 @@
 // A recovery volume on the hub: the single owner of its target, record and dirty bitmap.
 // Sessions borrow it while attached; the sync engine asks it to set/clear regions.
+import * as fs from 'node:fs';
 import { BlockTarget, FileVolume } from '../../storage/volume';
 import { GuardedTarget } from '../../storage/overlay';
 import { DirtyLog } from '../../storage/dirty-log';
@@ -66,7 +67,15 @@ export class Replica {
     if (rec && rec.sizeBytes !== sizeBytes) {
       throw new Error(`protected volume ${this.name} is now ${sizeBytes} bytes but its replica was ${rec.sizeBytes} bytes; remove the replica's state to start over`);
     }
-    if (!this.target) this.target = new GuardedTarget(open(this.spec.path, sizeBytes));
+    if (!this.target) {
+      const existed = fs.existsSync(this.spec.path);
+      this.target = new GuardedTarget(open(this.spec.path, sizeBytes));
+      if (!existed && this.target.base instanceof FileVolume) {
+        this.knownZero = new DirtyBitmap(sizeBytes, rec?.regionSize ?? this.regionSize);
+        this.knownZero.setAll();
+        this.target.onWritten = (a, b) => this.wrote(a, b);
+      }
+    }
     if (rec && this.failover) {
       // Promoted: the agent is back but its writes are only tracked until failback.
       rec.vm = vm;
@@ -93,6 +102,31 @@ export class Replica {
     this.state = 'syncing';
     this.lastError = undefined;
     return rec;
+  }
+
+  /**
+   * Regions known to hold zeroes: set when this hub created the recovery volume sparse, lost on
+   * restart (then zeroes are written, which is merely slower). Cleared as regions are written.
+   */
+  private knownZero: DirtyBitmap | null = null;
+  private static readonly ZERO = Buffer.alloc(1 << 20);
+
+  /** Make regions [first, last] zero on the recovery volume, skipping those known zero. */
+  async writeZeroes(first: number, last: number): Promise<void> {
+    const rs = this.bitmap!.regionSize, size = this.bitmap!.sizeBytes;
+    for (let r = first; r <= last; r++) {
+      if (this.knownZero?.get(r)) continue;
+      const a = r * rs, b = Math.min(a + rs, size);
+      for (let p = a; p < b; p += Replica.ZERO.length) await this.target!.write(Replica.ZERO.subarray(0, Math.min(Replica.ZERO.length, b - p)), p);
+    }
+  }
+
+  /** Regions stop being known zero once anything writes them. */
+  wrote(start: number, end: number): void {
+    if (this.knownZero && end > start) {
+      const bm = this.knownZero;
+      bm.clearRegions(bm.regionOf(start), bm.regionOf(end - 1));
+    }
   }
 
   /** Open the recovery volume of a known replica without an agent (failover, failover test). */

@@ -3,7 +3,7 @@
 // so one VM's writes are applied in the order received across all its volumes, and a remote
 // read's data is checked against exactly the writes that came before it.
 import {
-  Cmd, Cap, ALL_CAPS, ErrorCode, PROTOCOL_VERSION, Limits, SECTOR, IO_OK, DIRTY_FINAL,
+  Cmd, Cap, ALL_CAPS, ErrorCode, PROTOCOL_VERSION, Limits, SECTOR, IO_OK, IO_ZEROES, DIRTY_FINAL,
   decode, Message, ProtocolError, ProtectedWrite, RemoteIoRes, DirtyReport, ReportVmVolumes,
   encodeHello, encodeStartProtect, encodeRemoteIoReqHead, encodeWriteAck, encodeDirtyReportAck,
   encodeError, encodePong, encodePing,
@@ -374,7 +374,7 @@ export class AgentSession {
       await rep.markDirty(first, last);
     } else {
       try {
-        await rep.target!.write(m.data, start);
+        if (!rep.target!.tryWriteSync(m.data, start)) await rep.target!.write(m.data, start);
         rep.bytesApplied += m.data.length;
         rep.writesApplied++;
         rep.lastWriteOk = true;
@@ -423,14 +423,15 @@ export class AgentSession {
     s.end(rd);
     const bm = s.bitmap, rs = bm.regionSize;
     const start = rd.first * rs, end = Math.min((rd.last + 1) * rs, bm.sizeBytes);
-    if (m.ioStatus !== IO_OK) {
+    const zeroes = m.ioStatus === IO_ZEROES && (this.caps & Cap.ZEROES) !== 0 && m.data.length === 0;
+    if (m.ioStatus !== IO_OK && !zeroes) {
       s.replica.lastError = `remote read at ${start} failed on the agent: io_status ${m.ioStatus}`;
       s.replica.errors++;
       this.log.error({ volume: s.replica.name, offset: start, ioStatus: m.ioStatus }, 'remote read failed on the agent; region stays dirty');
       s.retryAt = Date.now() + 1000;
       return;
     }
-    if (m.data.length !== end - start) {
+    if (!zeroes && m.data.length !== end - start) {
       throw new ProtocolError(`REMOTE_IO_RES ${m.reqId}: ${m.data.length} bytes, requested ${end - start}`);
     }
     // Write the regions no protected write touched since the read was issued.
@@ -441,7 +442,8 @@ export class AgentSession {
       while (e + 1 <= rd.last && !rd.touched.has(e + 1) && bm.get(e + 1)) e++;
       const a = r * rs, b = Math.min((e + 1) * rs, bm.sizeBytes);
       try {
-        await s.replica.target!.write(m.data.subarray(a - start, b - start), a);
+        if (!zeroes) await s.replica.target!.write(m.data.subarray(a - start, b - start), a);
+        else await s.replica.writeZeroes(r, e); // nothing written where the replica is known zero
         this.touchedTargets.add(s.replica);
         s.replica.syncBytes += b - a;
         s.replica.lastWriteOk = true;

@@ -9,6 +9,7 @@ import {
   NbdCmd, NbdErr, TF, CMD_FLAG_FUA, MAX_OPTION_LEN, MAX_REQUEST, REQUEST_HEADER, NbdRequest,
 } from '../../protocol/nbd';
 import { ByteQueue } from './byte-queue';
+import { writeBatched } from '../net-batch';
 import type { Logger } from '../log';
 
 export interface NbdExport {
@@ -72,7 +73,7 @@ export class NbdServer {
     let paused = false;
     let pendingWrite: NbdRequest | null = null;
 
-    const send = (b: Buffer) => { if (!sock.destroyed) sock.write(b); };
+    const send = (b: Buffer) => { if (!sock.destroyed) writeBatched(sock, b); };
     const fatal = (why: string) => {
       log.warn({ cause: why }, 'closing NBD connection');
       phase = 'closing';
@@ -154,12 +155,8 @@ export class NbdServer {
       inflight--;
       if (err) this.stats.errors++;
       if (sock.destroyed) return;
-      if (data && !err) {
-        sock.cork();
-        sock.write(simpleReply(0, r.handle));
-        sock.write(data);
-        sock.uncork();
-      } else send(simpleReply(err, r.handle));
+      if (data && !err) writeBatched(sock, simpleReply(0, r.handle), data);
+      else send(simpleReply(err, r.handle));
       if (paused && inflight < MAX_INFLIGHT / 2) { paused = false; sock.resume(); parse(); }
       if (phase === 'closing' && inflight === 0) sock.end();
     };
