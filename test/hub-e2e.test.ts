@@ -82,3 +82,23 @@ describe('hub: several agents, a misbehaving peer, a volume claimed twice', () =
     await hub.close();
   });
 });
+
+describe('hub: idle connections cannot hold the session slots', () => {
+  it('connections that never report volumes are closed after the handshake deadline; an agent then gets in', async () => {
+    const net = await import('node:net');
+    const dir = tmpdir();
+    const img = path.join(dir, 'V1.img');
+    makeImage(img, 2 << 20);
+    const hub = new Hub({ volumes: [{ name: 'V1', path: path.join(dir, 'V1R') }], store: new LmdbStateStore(path.join(dir, 'hub')), log: silentLogger(),
+      maxSessions: 3, session: { handshakeMs: 300 } });
+    const { port } = await hub.listen('127.0.0.1', 0);
+    const idle = [0, 1, 2].map(() => net.connect(port, '127.0.0.1'));
+    const closed = idle.map((s) => new Promise((r) => s.on('close', r)));
+    await waitFor('slots taken', () => hub.sessions.size === 3);
+    await Promise.all(closed); // the hub dropped all three
+    const agent = startTestAgent({ port, images: { V1: img } });
+    await waitFor('protecting', () => hub.replicas.get('V1')!.state === 'protecting');
+    await agent.stop();
+    await hub.close();
+  });
+});

@@ -7,9 +7,14 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import * as net from 'node:net';
+import { execFileSync } from 'node:child_process';
 import { tmpdir, makeImage } from './helpers/util';
 import { HubProcess, AgentProcess } from './helpers/hub-process';
 import { FaultProxy } from '../tools/faultproxy';
+import {
+  Cmd, ALL_CAPS, PROTOCOL_VERSION, Limits, FrameDecoder, decode, encodeHello, encodeStartProtect, encodeDirtyReportAck, encodePong, encodeWriteAck,
+} from '../protocol';
 import { MiB, sleep, waitHubConverged, waitByteEqual, waitAgentClean, fmtRegions, fioOnce, FioRun } from './helpers/fault-harness';
 
 const HEARTBEAT_DEAD_MS = 3 * 2000; // hub and agent: PING every 2 s, dead after 3 silent intervals
@@ -213,5 +218,146 @@ describe('network faults between agent and hub (fault proxy, fio through the age
     assertWriterUnblocked(r, 'script');
     await assertConverged('script');
     assert.ok(proxy.stats.injected >= 14, `faults injected ${proxy.stats.injected}`);
+  });
+});
+
+// The two agent bugs the faults above exposed, each pinned down deterministically with a
+// scripted hub: acks are per connection (SPEC 7.1: the count restarts at 1 on every new
+// connection), and an ack beyond what was sent (a corrupted WRITE_ACK) must not make the
+// agent forget writes the hub never received.
+describe('agent write acks against a scripted hub', function () {
+  this.timeout(120_000);
+  let dir: string, agent: AgentProcess | undefined, server: net.Server | undefined;
+
+  interface HubConn { sock: net.Socket; writes: number; n: number }
+  /** A minimal hub: HELLO, START_PROTECT for V1, acks dirty reports; `onConn` may do more. */
+  async function scriptedHub(onConn: (c: HubConn) => void, answer: (n: number) => boolean = () => true): Promise<{ port: number; conns: HubConn[] }> {
+    const conns: HubConn[] = [];
+    server = net.createServer((sock) => {
+      const c: HubConn = { sock, writes: 0, n: conns.length + 1 };
+      conns.push(c);
+      sock.on('error', () => undefined);
+      if (!answer(c.n)) return; // a hub that accepts and says nothing
+      const framer = new FrameDecoder((cmd, payload) => {
+        const m = decode(cmd, payload);
+        switch (m.cmd) {
+          case Cmd.HELLO: sock.write(encodeHello(PROTOCOL_VERSION, ALL_CAPS, Limits.maxPayload, 'scripted-hub')); break;
+          case Cmd.REPORT_VM_VOLUMES: sock.write(encodeStartProtect(1, 'V1')); break;
+          case Cmd.DIRTY_REPORT: sock.write(encodeDirtyReportAck(m.volumeId, m.reportId)); break;
+          case Cmd.PROTECTED_WRITE: c.writes++; break;
+          case Cmd.PING: sock.write(encodePong(m.nonce)); break;
+          default: break;
+        }
+      });
+      sock.on('data', (d) => { try { framer.push(d); } catch { sock.destroy(); } });
+      onConn(c);
+    });
+    await new Promise<void>((r) => server!.listen(0, '127.0.0.1', r));
+    return { port: (server.address() as net.AddressInfo).port, conns };
+  }
+
+  async function startAgent(port: number): Promise<AgentProcess> {
+    dir = tmpdir('rephub-acks-');
+    const img = path.join(dir, 'V1.img');
+    makeImage(img, 8 * MiB, 0.3);
+    agent = new AgentProcess(['--hub', `127.0.0.1:${port}`, '--export', `V1=${img}`, '--state', path.join(dir, 'agent'), '--vm', 'vm1']);
+    await agent.start();
+    return agent;
+  }
+  const dirtyBytes = async () => (await agent!.status()).volumes[0].dirtyBytes as number;
+  const qemuWrite = (pattern: string, off: string, len: string) =>
+    execFileSync('qemu-io', ['-f', 'raw', '-c', `write -P ${pattern} ${off} ${len}`, agent!.uri('V1')], { timeout: 30_000, stdio: 'ignore' });
+
+  afterEach(async () => {
+    await agent?.kill9();
+    server?.close();
+    agent = undefined; server = undefined;
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('after a reconnect, WRITE_ACK(1) acks the first write of the new connection', async () => {
+    const hub = await scriptedHub(() => undefined);
+    await startAgent(hub.port);
+    const until = async (what: string, f: () => Promise<boolean>) => { const t = Date.now(); while (!(await f())) { if (Date.now() - t > 15_000) throw new Error(what); await sleep(20); } };
+    await until('first connection clean', async () => (await agent!.status()).connected && (await dirtyBytes()) === 0);
+    qemuWrite('0x11', '0', '64k');
+    await until('write 1 mirrored', async () => hub.conns[0].writes === 1);
+    hub.conns[0].sock.write(encodeWriteAck(1));
+    await until('write 1 acked', async () => (await dirtyBytes()) === 0);
+    hub.conns[0].sock.destroy(); // the link drops; the agent reconnects
+    await until('second connection', async () => hub.conns.length === 2 && (await agent!.status()).connected && (await dirtyBytes()) === 0);
+    qemuWrite('0x22', '1M', '64k');
+    await until('write mirrored on connection 2', async () => hub.conns[1].writes === 1);
+    assert.equal(await dirtyBytes(), 64 * 1024);
+    hub.conns[1].sock.write(encodeWriteAck(1)); // SPEC 7.1: this connection's write 1
+    let cleared = false;
+    try { await until('ack', async () => (await dirtyBytes()) === 0); cleared = true; } catch { /* below */ }
+    const st = await agent!.status();
+    assert.ok(cleared, `WRITE_ACK(1) on a new connection left the agent with ${st.pendingWrites} unacked writes and ${st.volumes[0].dirtyBytes} dirty bytes: ` +
+      'the agent numbers writes across connections (sentSeq is not reset on reconnect), so acks after any reconnect never clear anything');
+  });
+
+  it('a WRITE_ACK beyond the writes sent (corrupted) never makes the agent forget unreplicated writes', async () => {
+    const hub = await scriptedHub(() => undefined, (n) => n === 1); // later connections: a hub that never answers
+    await startAgent(hub.port);
+    const until = async (what: string, f: () => Promise<boolean>) => { const t = Date.now(); while (!(await f())) { if (Date.now() - t > 15_000) throw new Error(what); await sleep(20); } };
+    await until('connected and clean', async () => (await agent!.status()).connected && (await dirtyBytes()) === 0);
+    qemuWrite('0x33', '2M', '1M');
+    await until('write mirrored', async () => hub.conns[0].writes >= 1);
+    // The hub has not made it durable; a corrupted frame claims seq 2^40.
+    hub.conns[0].sock.write(encodeWriteAck(2 ** 40));
+    await sleep(500);
+    hub.conns[0].sock.destroy();
+    await until('agent saw the link drop', async () => !(await agent!.status()).connected);
+    const d = await dirtyBytes();
+    assert.ok(d >= 1 * MiB, `after WRITE_ACK(2^40) for ${hub.conns[0].writes} write(s) sent, the agent's dirty log holds ${d} bytes: ` +
+      'it cleared a 1 MiB write the hub never acked durable (onAck does not check seq <= writes sent on the connection), so it is never resynced');
+  });
+});
+
+// With TLS the agent's heartbeat starts only once the handshake is done: a link that goes
+// half-open while the agent reconnects must not leave it waiting on that handshake for good.
+describe('half-open link during the TLS handshake (TLS-PSK agent link)', function () {
+  this.timeout(180_000);
+  it('the agent abandons a handshake that never completes and reconnects once the link is back', async () => {
+    const dir = tmpdir('rephub-tlsfault-');
+    const img = path.join(dir, 'V1.img'), rep = path.join(dir, 'V1R');
+    makeImage(img, 8 * MiB, 0.3);
+    const psk = path.join(dir, 'vm1.psk');
+    fs.writeFileSync(psk, 'vm1:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n');
+    const hub = new HubProcess(['--vol', `V1=${rep}@vm1`, '--data', path.join(dir, 'hub'), '--psk-file', psk]);
+    await hub.start();
+    const proxy = new FaultProxy({ target: { host: '127.0.0.1', port: hub.port } });
+    const agent = new AgentProcess(['--hub', `127.0.0.1:${await proxy.listen()}`, '--export', `V1=${img}`, '--state', path.join(dir, 'agent'), '--vm', 'vm1', '--psk-file', psk]);
+    try {
+      await agent.start();
+      await waitHubConverged(hub, agent, 60_000);
+      proxy.setMode({ kind: 'halfopen' });
+      const t0 = Date.now();
+      const accepted = proxy.stats.accepted;
+      // the agent drops the dead link by heartbeat and dials again, into the black hole
+      while ((await agent.status()).connected || proxy.stats.accepted === accepted) {
+        if (Date.now() - t0 > 20_000) throw new Error('the agent neither dropped the half-open link nor dialed again');
+        await sleep(100);
+      }
+      await sleep(1000);
+      proxy.setMode({ kind: 'pass' }); // new connections pass again; the one it waits on stays dead
+      const t1 = Date.now();
+      let back = false;
+      while (Date.now() - t1 < 25_000) {
+        if ((await agent.status()).connected) { back = true; break; }
+        await sleep(200);
+      }
+      assert.ok(back, `25 s after the link came back the agent is still not connected: it waits on a TLS handshake that will never complete ` +
+        `(${proxy.stats.blackholed} black-holed connection(s), ${proxy.stats.accepted - accepted} dial(s) since the fault); ` +
+        'the heartbeat only starts on secureConnect and there is no connect/handshake timeout');
+      await waitHubConverged(hub, agent, 60_000);
+      assert.ok((await waitByteEqual(img, rep, 8 * MiB)).equal);
+    } finally {
+      await agent.stop();
+      await proxy.close();
+      await hub.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -27,7 +27,7 @@ const MiB = 1 << 20;
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 type ErrorMsg = Extract<Message, { cmd: Cmd.ERROR }>;
 /** A composed stream: its bytes, frame count, and how it must end (hub ERROR+close, or our FIN). */
-type Built = { parts: Buffer[]; frames: number; end: 'error' | 'fin'; big: boolean };
+type Built = { parts: Buffer[]; frames: number; end: 'error' | 'fin'; big: boolean; cut?: number; junk?: Buffer };
 
 export interface CampaignOptions {
   frames: number;
@@ -52,13 +52,14 @@ export interface CampaignOptions {
 export interface CampaignResult {
   frames: number; bytes: number; sessions: number; closedWithError: number; closedAfterFin: number;
   crashes: number; hangs: number; maxRssMiB: number; rssSamples: number;
-  expectedErrors: number; missingError: number; mismatches: number; notClosed: number; pongMissing: number;
+  expectedErrors: number; missingError: number; mismatches: number; pongMissing: number;
   protocolViolations: number; hubBadFrames: number; lingering: number;
   claimants: number; claimantsRefused: number; claimantStartProtect: number;
   owners: number; ownerRefused: number; silentDropped: number; floods: number; floodPongs: number; bigFrames: number;
   scenarios: Record<string, number>; errorCodes: Record<string, number>; observations: Record<string, number>;
+  predicted: Record<string, number>; // sessions by the error the model predicted (what each stream tested)
   good: { converged: boolean; detail: string; writes: number; connects: number };
-  failures: string[]; examples: string[]; durationMs: number; dir: string; hubLog: string;
+  failures: string[]; durationMs: number; dir: string; hubLog: string;
 }
 
 export function tally(r: CampaignResult): string {
@@ -71,8 +72,9 @@ export function details(r: CampaignResult): string[] {
   return [
     `  scenarios: ${kv(r.scenarios)}`,
     `  hub ERROR codes: ${kv(r.errorCodes)}  (1 PROTOCOL, 2 UNKNOWN_VOLUME, 3 OUT_OF_RANGE, 4 VOLUME_REFUSED, 5 IO)`,
+    `  predicted endings: ${Object.entries(r.predicted).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k}: ${v}`).join(', ')}`,
     `  expected errors ${r.expectedErrors}, closed after our FIN ${r.closedAfterFin}, missing ERROR ${r.missingError}, wrong ERROR ${r.mismatches}, ` +
-      `not closed ${r.notClosed}, PONG missing ${r.pongMissing}, hub protocol violations ${r.protocolViolations}, malformed hub frames ${r.hubBadFrames}, ` +
+      `PONG missing ${r.pongMissing}, hub protocol violations ${r.protocolViolations}, malformed hub frames ${r.hubBadFrames}, ` +
       `sessions left on the hub ${r.lingering}`,
     `  claimants ${r.claimants} (refused ${r.claimantsRefused}, got START_PROTECT ${r.claimantStartProtect}), owner sessions ${r.owners} (refused ${r.ownerRefused}), ` +
       `silent peers dropped ${r.silentDropped}, PING floods ${r.floods} (${r.floodPongs} PONGs), big frames ${r.bigFrames}, bytes sent ${(r.bytes / MiB).toFixed(1)} MiB`,
@@ -228,11 +230,11 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
   const fzBytes = 4 * MiB;
   const res: CampaignResult = {
     frames: 0, bytes: 0, sessions: 0, closedWithError: 0, closedAfterFin: 0, crashes: 0, hangs: 0, maxRssMiB: 0, rssSamples: 0,
-    expectedErrors: 0, missingError: 0, mismatches: 0, notClosed: 0, pongMissing: 0, protocolViolations: 0, hubBadFrames: 0, lingering: 0,
+    expectedErrors: 0, missingError: 0, mismatches: 0, pongMissing: 0, protocolViolations: 0, hubBadFrames: 0, lingering: 0,
     claimants: 0, claimantsRefused: 0, claimantStartProtect: 0, owners: 0, ownerRefused: 0, silentDropped: 0, floods: 0, floodPongs: 0, bigFrames: 0,
-    scenarios: {}, errorCodes: {}, observations: {},
+    scenarios: {}, errorCodes: {}, observations: {}, predicted: {},
     good: { converged: false, detail: 'not checked', writes: 0, connects: 0 },
-    failures: [], examples: [], durationMs: 0, dir, hubLog: '',
+    failures: [], durationMs: 0, dir, hubLog: '',
   };
   const fail = (what: string) => { if (res.failures.length < 40) res.failures.push(what); };
   const observe = (what: string) => { res.observations[what] = (res.observations[what] ?? 0) + 1; };
@@ -321,9 +323,8 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
   const ctx: FuzzCtx = { goodVolume, goodVolumeId, goodVm, fuzzVolumes, fuzzVolumeBytes: fzBytes, pool: root.fork(3000).bytes(2 * MiB) };
   const budget = { bigFrames: o.bigFrames ?? 4, silent: o.silentPeers ?? 2 };
   const bigDirty = { bigBytes: o.bigDirtyBytes ?? 24 * MiB };
-  let silentActive = 0, bigActive = 0, floodActive = 0;
+  let bigActive = 0, floodActive = 0, owners = 0;
   let frames = 0;
-  const example = (s: string) => { if (res.examples.length < 20) res.examples.push(s); };
 
   /** Check a finished session against the model's prediction. */
   function judge(sc: string, peer: Peer, m: HubModel, expect: Expected | null, ended: boolean, endedBy: 'hub' | 'fin') {
@@ -344,7 +345,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
       if (hellos.length !== 1 || peer.msgs[0]?.cmd !== Cmd.HELLO) { res.protocolViolations++; fail(`${sc}: hub reply to HELLO: ${peer.msgs.slice(0, 3).map((x) => Cmd[x.cmd]).join(',') || 'none'}`); }
       else {
         const h = hellos[0];
-        if (h.version !== Math.min(PROTOCOL_VERSION, m.hello.version)) { res.protocolViolations++; fail(`${sc}: hub HELLO version ${h.version} for agent version ${m.hello.version}`); }
+        if (h.version !== Math.max(1, Math.min(PROTOCOL_VERSION, m.hello.version))) { res.protocolViolations++; fail(`${sc}: hub HELLO version ${h.version} for agent version ${m.hello.version}`); }
         if (h.version < 1) observe('hubHelloVersion0'); // §6.1 "Peers send version >= 1"; the hub echoes min(1, 0)
         if ((h.caps & ~m.hello.caps) !== 0) { res.protocolViolations++; fail(`${sc}: hub caps 0x${h.caps.toString(16)} not a subset of 0x${m.hello.caps.toString(16)}`); }
       }
@@ -365,6 +366,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
     // The error the hub ended with, against the prediction.
     if (expect) {
       res.expectedErrors++;
+      bump(res.predicted, expect.why);
       if (!term) {
         res.missingError++;
         fail(`${sc}: closed without an ERROR frame; expected ${expect.code} ${expect.message ?? expect.prefix ?? ''} (${expect.why})${peer.reset ? ' [connection reset]' : ''}`);
@@ -379,27 +381,29 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
       res.mismatches++;
       fail(`${sc}: hub ERROR ${term.code} "${term.message}" where the model predicted no error${m.taint ? ` (tainted: ${m.taint})` : ''}`);
     }
-    // Every PING the hub decoded before the error is answered, in order, before the ERROR frame.
+    // Every PING the hub decoded before the error is answered, in order, before the ERROR frame;
+    // none behind the fatal frame is.
     if (!m.taint) {
       const cut = term ? peer.msgs.indexOf(term) : peer.msgs.length;
       const pongs = peer.msgs.slice(0, cut).filter((x) => x.cmd === Cmd.PONG).map((x) => (x as { nonce: number }).nonce);
       const want = m.pings;
-      let ok = pongs.length >= want.length;
+      let ok = pongs.length === want.length;
       for (let i = 0; ok && i < want.length; i++) ok = pongs[i] === want[i];
       if (!ok) { res.pongMissing++; fail(`${sc}: ${want.length} PINGs before the error, ${pongs.length} PONGs before it (first difference at ${pongs.findIndex((p, i) => p !== want[i])})`); }
     }
   }
 
   /** Build a stream ending in a predictable way: fatal error, or a frame left incomplete (then FIN). */
-  function compose(rng: Rng, g: FrameGen, m: HubModel, opts: { maxFrames: number; allowBig: boolean; maxPad: number }): Built {
+  function compose(rng: Rng, g: FrameGen, m: HubModel, opts: { maxFrames: number; allowBig: boolean; maxPad: number; junk: boolean }): Built {
     const parts: Buffer[] = [];
+    const base = m.pos; // cut offsets are relative to this stream
     let n = 0;
     const add = (b: Buffer, counts = true) => { if (!b.length) return; parts.push(b); if (counts) n++; m.feed(b); };
     const prefix = rng.chance(0.35) ? rng.int(4) : rng.chance(0.7) ? rng.between(4, 120) : rng.between(120, 1500);
     const limit = Math.max(1, Math.min(prefix, opts.maxFrames - 1));
     for (let i = 0; i < limit && !m.done; i++) add(g.valid(m));
     for (let t = 0; t < 4 && !m.done && !m.waiting; t++) add(g.bad(m, bigDirty));
-    if (m.error && !m.error.sync) return { parts, frames: n, end: 'error', big: false };
+    if (m.error && !m.error.sync) return { parts, frames: n, end: 'error', big: false, cut: m.errorAt - base };
     let big = false;
     if (!m.error) {
       const w = m.waiting;
@@ -413,12 +417,18 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
       }
       if (!m.error) add(KILL_HEADER); // completes a partial header into a fatal one, or follows accepted frames
     }
-    if (m.error?.sync && rng.chance(0.3)) parts.push(rng.bytes(rng.between(1, 2048))); // after the error: ignored
-    return { parts, frames: n, end: 'error', big };
+    // Bytes after a fatal frame are never looked at. (Not when trickling: a write that starts after the
+    // hub's RST makes Node drop the socket before reading the ERROR frame already received.)
+    const junk = opts.junk && m.error?.sync && rng.chance(0.3) ? rng.bytes(rng.between(1, 2048)) : undefined;
+    // Sync errors: the bytes of the fatal item after the fatal byte go too, unless trickling.
+    return { parts, frames: n, end: 'error', big, cut: opts.junk && m.error?.sync ? undefined : m.errorAt - base, junk };
   }
 
-  async function send(peer: Peer, parts: Buffer[], rng: Rng, trickle: boolean): Promise<void> {
-    const all = Buffer.concat(parts);
+  async function send(peer: Peer, built: Built, rng: Rng, trickle: boolean): Promise<void> {
+    let all = Buffer.concat(built.parts);
+    // Streams are cut just past the byte the model says ends the session (see Built).
+    if (built.cut !== undefined && built.cut >= 0) all = all.subarray(0, built.cut);
+    if (built.junk) all = Buffer.concat([all, built.junk]);
     res.bytes += all.length;
     if (!trickle) return peer.write(all);
     // Small pieces with pauses: the hub's framer sees frames split at every possible place.
@@ -435,7 +445,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
   async function finishStream(sc: string, rng: Rng, peer: Peer, m: HubModel, built: Built, trickle: boolean) {
     frames += built.frames;
     try {
-      if (built.parts.length > 0) await send(peer, built.parts, rng, trickle);
+      if (built.parts.length > 0) await send(peer, built, rng, trickle);
     } finally {
       if (built.big) bigActive--;
     }
@@ -458,7 +468,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
     const g = new FrameGen(rng, ctx), m = new HubModel(ctx);
     if (rng.chance(0.6)) { const h = g.hello(); m.feed(h); await peer.write(h); frames++; res.bytes += h.length; }
     const maxFrames = trickle ? 60 : Math.max(2, o.frames - frames);
-    const built = compose(rng, g, m, { maxFrames, allowBig: !trickle && o.frames >= 100_000, maxPad: 256 * 1024 });
+    const built = compose(rng, g, m, { maxFrames, allowBig: !trickle && o.frames >= 100_000, maxPad: 256 * 1024, junk: !trickle });
     await finishStream(sc, rng, peer, m, built, trickle);
   }
 
@@ -473,7 +483,8 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
     const first: Buffer[] = [];
     if (rng.chance(0.6)) {
       const caps = rng.pick([ALL_CAPS, Cap.WRITE_ACK | Cap.DIRTY_REPORT, 0, rng.int(32)]);
-      first.push(encodeHello(1, caps, Limits.maxPayload, g.name(30, 'fz-owner-')));
+      // A name of its own: a second session of the same VM would legitimately take the volume over.
+      first.push(encodeHello(1, caps, Limits.maxPayload, `fz-owner-${worker}-${++owners}`));
     }
     first.push(encodeReportVmVolumes([{ name, sizeBytes: fzBytes }, ...(rng.chance(0.2) ? [{ name: g.name(20, 'unk-'), sizeBytes: 4096 }] : [])]));
     for (const b of first) { m.feed(b); frames++; res.bytes += b.length; await peer.write(b); }
@@ -489,8 +500,9 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
     }
     const parts: Buffer[] = [];
     if (sp && m.caps & Cap.DIRTY_REPORT && rng.chance(0.7)) { const d = encodeDirtyReport(sp.volumeId, 1, DIRTY_FINAL, []); m.feed(d); parts.push(d); frames++; }
-    const built = compose(rng, g, m, { maxFrames: Math.max(2, o.frames - frames), allowBig: false, maxPad: 256 * 1024 });
+    const built = compose(rng, g, m, { maxFrames: Math.max(2, o.frames - frames), allowBig: false, maxPad: 256 * 1024, junk: true });
     built.parts.unshift(...parts);
+    if (built.cut !== undefined) built.cut += parts.reduce((a, b) => a + b.length, 0);
     await finishStream('owner', rng, peer, m, built, false);
   }
 
@@ -565,7 +577,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
     res.floods++;
     peer.sock.pause();
     const g = new FrameGen(rng, ctx), m = new HubModel(ctx);
-    const n = Math.max(1, Math.floor((o.floodBytes ?? 512 * 1024) / 20));
+    const n = Math.max(1, Math.min(Math.floor((o.floodBytes ?? 512 * 1024) / 20), o.frames - frames));
     const pings = Buffer.concat(Array.from({ length: n }, () => g.ping()));
     m.feed(pings); frames += n;
     res.bytes += pings.length;
@@ -579,13 +591,18 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
     await finishStream('flood', rng, peer, m, { parts: [KILL_HEADER], frames: 0, end: 'error', big: false }, false);
   }
 
+  // Every worker starts with one fixed scenario, so even a small budget covers each kind.
+  const FIRST = ['claimant', 'owner', 'flood', 'truncated', 'trickle', 'claimant', 'owner', 'stream'] as const;
   async function worker(i: number) {
     const rng = root.fork(i);
+    let first = true;
     while (frames < o.frames && !crashed()) {
-      const sc = rng.weighted({
-        stream: 64, trickle: 6, owner: fuzzVolumes.length ? 10 : 0, claimant: 5, truncated: 7,
-        silent: budget.silent > 0 && silentActive === 0 ? 0.3 : 0, flood: floodActive === 0 ? 0.4 : 0,
+      let sc = first ? FIRST[i % FIRST.length] : rng.weighted({
+        stream: 64, trickle: 6, owner: fuzzVolumes.length ? 10 : 0, claimant: 5, truncated: 7, flood: floodActive === 0 ? 0.4 : 0,
       });
+      first = false;
+      if (sc === 'owner' && !fuzzVolumes.length) sc = 'stream';
+      if (sc === 'flood' && floodActive > 0) sc = 'stream';
       try {
         switch (sc) {
           case 'stream': await streamSession(rng, 'stream', false); break;
@@ -593,7 +610,6 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
           case 'owner': await ownerSession(rng, i); break;
           case 'claimant': await claimantSession(rng); break;
           case 'truncated': await truncatedSession(rng); break;
-          case 'silent': budget.silent--; silentActive++; try { await silentSession(rng); } finally { silentActive--; } break;
           case 'flood': floodActive++; try { await floodSession(rng); } finally { floodActive--; } break;
         }
       } catch (e) {
@@ -603,8 +619,10 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
   }
 
   const progress = setInterval(() => log(`fuzz: ${frames} frames, ${res.sessions} sessions, ${res.closedWithError} closed with ERROR, rss ${hub.mem()?.rss.toFixed(0) ?? '?'} MiB, good writes ${res.good.writes}`), 5000);
-  // The silent-peer budget must not outlive the frame budget by much: start them early.
+  // Silent peers take ~3 heartbeat intervals each: they run beside the workers from the start.
+  const silent = Array.from({ length: budget.silent }, (_, i) => silentSession(root.fork(500 + i)).catch((e) => fail(`silent: fuzzer error: ${(e as Error).stack}`)));
   await Promise.all(Array.from({ length: o.conns }, (_, i) => worker(i)));
+  await Promise.all(silent);
   clearInterval(progress);
   res.frames = frames;
 
@@ -655,9 +673,11 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
   if (o.maxRssMiB && res.maxRssMiB > o.maxRssMiB) fail(`hub peak RSS ${res.maxRssMiB.toFixed(1)} MiB over the bound of ${o.maxRssMiB} MiB`);
   crashed();
   if (!o.hub) await hub.stop();
-  for (const e of res.examples) log(e);
   res.durationMs = Date.now() - t0;
-  if (!o.keep && res.failures.length === 0 && !o.hub) fs.rmSync(dir, { recursive: true, force: true });
+  if (!o.keep && res.failures.length === 0) {
+    fs.rmSync(dir, { recursive: true, force: true });
+    if (!o.hub) res.hubLog += ' (removed; --keep keeps it)';
+  }
   return res;
 }
 

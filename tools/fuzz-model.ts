@@ -118,6 +118,9 @@ export class HubModel {
   claiming: string | null = null; // volume this connection is claiming on purpose
   readonly pings: number[] = []; // nonces of PINGs the hub must answer before its error
   frames = 0; // complete frames the hub will decode
+  /** Bytes fed so far, and the offset just past the byte that triggers the first error. */
+  pos = 0;
+  errorAt = -1;
   sentDirtyReport = false;
   sentV1Report = false;
 
@@ -132,6 +135,19 @@ export class HubModel {
   }
 
   feed(b: Buffer): void {
+    if (this.error) return;
+    const base = this.pos;
+    let off = 0;
+    try {
+      this.consume(b, base, (o) => (off = o));
+    } finally {
+      this.pos = base + (this.error ? Math.min(off, b.length) : b.length);
+    }
+  }
+
+  private at = 0; // stream offset just past the bytes consumed so far, for errorAt
+
+  private consume(b: Buffer, base: number, track: (off: number) => void): void {
     let off = 0;
     while (off < b.length && !this.error) {
       if (this.cmd < 0) {
@@ -139,6 +155,7 @@ export class HubModel {
         b.copy(this.hdr, this.hdrFill, off, off + take);
         this.hdrFill += take;
         off += take;
+        track(off); this.at = base + off;
         if (this.hdrFill < HEADER_SIZE) return;
         this.hdrFill = 0;
         const magic = this.hdr.readUInt32LE(0), cmd = this.hdr.readUInt16LE(4), flags = this.hdr.readUInt16LE(6), len = this.hdr.readUInt32LE(8);
@@ -155,6 +172,7 @@ export class HubModel {
       this.body.push(b.subarray(off, off + take));
       this.filled += take;
       off += take;
+      track(off); this.at = base + off;
       if (this.filled === this.need) {
         const p = Buffer.concat(this.body, this.need), cmd = this.cmd;
         this.cmd = -1; this.need = 0; this.filled = 0; this.body = [];
@@ -164,11 +182,17 @@ export class HubModel {
   }
 
   private fatal(code: number, message: string, why: string): void {
-    this.error ??= { code, message, sync: true, why };
+    if (this.error) return;
+    this.error = { code, message, sync: true, why };
+    this.errorAt = this.at;
   }
 
+  /** An error raised when the hub applies the queued frame. Bytes after the frame must not be sent:
+   *  a fatal frame behind it in the same TCP chunk would be seen first. */
   private later(code: number, text: { message?: string; prefix?: string }, why: string): void {
-    this.error ??= { code, ...text, sync: false, why };
+    if (this.error) return;
+    this.error = { code, ...text, sync: false, why };
+    this.errorAt = this.at;
   }
 
   private inRange(v: OwnedVolume, offsetSectors: number, sizeSectors: number): boolean {

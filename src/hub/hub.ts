@@ -135,12 +135,21 @@ export class Hub {
     sock.setNoDelay(true);
     sock.setKeepAlive(true, 10_000);
     this.sockets.add(sock);
+    // Flow control both ways: stop reading when the session's apply queue is full, and when
+    // the peer does not read what we send (so a peer that never reads cannot grow our memory).
+    let inPaused = false, outPaused = false;
+    const flow = () => (inPaused || outPaused ? sock.pause() : sock.resume());
     const session = this.newSession({
       send: (bufs) => {
-        if (!sock.destroyed) writeBatched(sock, ...bufs);
+        if (sock.destroyed) return;
+        if (!writeBatched(sock, ...bufs) && !outPaused) {
+          outPaused = true;
+          flow();
+          sock.once('drain', () => { outPaused = false; flow(); });
+        }
       },
       close: () => sock.end(() => sock.destroy()),
-      pause: (p) => (p ? sock.pause() : sock.resume()),
+      pause: (p) => { inPaused = p; flow(); },
     }, identity);
     this.log.info({ session: session.id, peer, identity }, 'agent connected');
     const framer = new FrameDecoder((cmd, payload) => session.receive(cmd, payload));

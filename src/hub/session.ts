@@ -21,11 +21,12 @@ export interface SessionConfig {
   maxQueueBytes: number; // received frames waiting to be applied; above it the transport pauses
   checkpointMs: number; // how often cleared bits and cursors are persisted
   heartbeatMs: number; // PING interval for agents with the PING capability; 3 silent intervals = dead
+  handshakeMs: number; // a connection must have reported its volumes by then, or it is closed
 }
 
 export const defaultSessionConfig: SessionConfig = {
   hubName: 'rephub', caps: ALL_CAPS, maxInflightReads: 8, maxReadBytes: 1 << 20,
-  maxQueueBytes: 64 << 20, checkpointMs: 1000, heartbeatMs: 2000,
+  maxQueueBytes: 64 << 20, checkpointMs: 1000, heartbeatMs: 2000, handshakeMs: 10_000,
 };
 
 export interface SessionHost {
@@ -72,6 +73,8 @@ export class AgentSession {
   // Receive times of unacked writes, one entry per millisecond: the oldest gives the RPO lag.
   private recvTimes: { seq: number; t: number }[] = [];
   private heartbeatTimer: NodeJS.Timeout | null = null;
+  private handshakeTimer: NodeJS.Timeout;
+  private reported = false;
 
   constructor(
     readonly id: number, private readonly host: SessionHost, private readonly t: Transport,
@@ -82,6 +85,11 @@ export class AgentSession {
     if (identity) this.vm = identity;
     this.checkpointTimer = setInterval(() => void this.checkpoint(), cfg.checkpointMs);
     this.checkpointTimer.unref();
+    // An idle or half-open connection must not hold one of the hub's session slots forever.
+    this.handshakeTimer = setTimeout(() => {
+      if (!this.reported) this.fail(new ProtocolError(`no REPORT_VM_VOLUMES within ${cfg.handshakeMs} ms`));
+    }, cfg.handshakeMs);
+    this.handshakeTimer.unref();
   }
 
   /** Drop receive times of acked writes; the head then stands for the oldest unacked one. */
@@ -125,7 +133,7 @@ export class AgentSession {
       case Cmd.PONG:
         return;
       case Cmd.ERROR:
-        this.log.warn({ session: this.id, vm: this.vm, code: msg.code, cause: msg.message }, 'agent reported an error');
+        this.log.warn({ session: this.id, vm: this.vm, code: msg.code, cause: msg.message.slice(0, 256) }, 'agent reported an error');
         return;
       case Cmd.PROTECTED_WRITE: {
         this.recvSeq++;
@@ -148,7 +156,7 @@ export class AgentSession {
     }
     this.caps = h.caps & this.cfg.caps;
     this.vm = h.name;
-    this.t.send([encodeHello(Math.min(PROTOCOL_VERSION, h.version), this.caps, Limits.maxPayload, this.cfg.hubName)]);
+    this.t.send([encodeHello(Math.max(1, Math.min(PROTOCOL_VERSION, h.version)), this.caps, Limits.maxPayload, this.cfg.hubName)]);
     this.log.info({ session: this.id, vm: this.vm, version: h.version, caps: this.caps }, 'agent hello');
     if (this.caps & Cap.PING) {
       const ms = this.cfg.heartbeatMs;
@@ -290,6 +298,7 @@ export class AgentSession {
   }
 
   private async onReport(m: ReportVmVolumes): Promise<void> {
+    this.reported = true;
     const trust = (this.caps & (Cap.DIRTY_REPORT | Cap.WRITE_ACK)) === (Cap.DIRTY_REPORT | Cap.WRITE_ACK);
     for (const v of m.volumes) {
       const rep = this.host.replica(v.name);
@@ -601,6 +610,7 @@ export class AgentSession {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.checkpointTimer);
+    clearTimeout(this.handshakeTimer);
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     if (this.retryTimer) clearTimeout(this.retryTimer);
     for (const wb of this.writeBacks.values()) wb.reject(new Error('agent session closed'));

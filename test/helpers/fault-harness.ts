@@ -127,10 +127,15 @@ export interface FioRun { code: number | null; signal: string | null; startedAt:
 /** One fio run of randwrite through an NBD URI; resolves when it exits (never rejects). */
 export function fioOnce(uri: string, args: string[], timeoutMs = 120_000): { proc: ChildProcess; done: Promise<FioRun> } {
   const startedAt = Date.now();
-  const proc = spawn('fio', ['--name=w', '--ioengine=nbd', `--uri=${uri}`, '--output-format=json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn('fio', ['--thread', '--name=w', '--ioengine=nbd', `--uri=${uri}`, '--output-format=json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '', err = '';
   proc.stdout!.on('data', (d) => { if (out.length < 4 * MiB) out += d; });
-  proc.stderr!.on('data', (d) => { err = (err + d).slice(-4000); });
+  proc.stderr!.on('data', (d) => {
+    err = (err + d).slice(-4000);
+    // fio's nbd engine does not exit when the server dies: it spins on "nbd_poll: nothing to
+    // poll for in state DEAD". The connection is gone for good, so end it.
+    if (/state DEAD/.test(err) && proc.exitCode === null) proc.kill('SIGKILL');
+  });
   const timer = setTimeout(() => proc.kill('SIGKILL'), timeoutMs);
   const done = new Promise<FioRun>((res) => {
     proc.on('exit', (code, signal) => {
@@ -186,6 +191,12 @@ export class ContinuousWriter {
     this.paused = true;
     this.cur?.kill('SIGSTOP');
     await sleep(settleMs); // requests already sent land on the image meanwhile
+  }
+
+  /** End the current run (e.g. its NBD server was killed); the loop starts a new one. */
+  interrupt(): void {
+    const p = this.cur;
+    if (p && p.exitCode === null) { p.kill('SIGCONT'); p.kill('SIGKILL'); }
   }
 
   resume(): void {
