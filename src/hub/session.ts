@@ -26,7 +26,7 @@ export interface SessionConfig {
 
 export const defaultSessionConfig: SessionConfig = {
   hubName: 'rephub', caps: ALL_CAPS, maxInflightReads: 8, maxReadBytes: 1 << 20,
-  maxQueueBytes: 64 << 20, checkpointMs: 1000, heartbeatMs: 2000, handshakeMs: 10_000,
+  maxQueueBytes: 64 << 20, checkpointMs: 5000, heartbeatMs: 2000, handshakeMs: 10_000,
 };
 
 export interface SessionHost {
@@ -453,7 +453,7 @@ export class AgentSession {
       try {
         if (!zeroes) await s.replica.target!.write(m.data.subarray(a - start, b - start), a);
         else await s.replica.writeZeroes(r, e); // nothing written where the replica is known zero
-        this.touchedTargets.add(s.replica);
+        // No flush here: sync data needs no ack; the checkpoint flushes before it persists clears.
         s.replica.syncBytes += b - a;
         s.replica.lastWriteOk = true;
         bm.clearRegions(r, e);
@@ -463,6 +463,7 @@ export class AgentSession {
       r = e + 1;
     }
     this.maybeConverged(s);
+    this.pump(); // keep the pipeline full while responses stream in
   }
 
   private async onDirtyReport(m: DirtyReport): Promise<void> {
@@ -531,7 +532,7 @@ export class AgentSession {
       progress = false;
       for (const s of this.byId.values()) {
         if (this.reads.size >= this.cfg.maxInflightReads) break;
-        if (s.replica.failover) continue;
+        if (s.replica.failover || s.awaitingReport) continue; // the agent's report comes first: no wasted reads
         if (s.retryAt > now) { this.retryLater(s.retryAt - now); continue; }
         const run = s.nextRun(maxRegions(s));
         if (!run) continue;
