@@ -32,8 +32,12 @@ export const Cap = {
   FLUSH: 1 << 3, // flush/checkpoint markers
   PING: 1 << 4, // heartbeats
   ZEROES: 1 << 5, // a remote read of all-zero data may be answered with io_status IO_ZEROES and no data
+  FRAME_CRC: 1 << 6, // after HELLO, frames carry a CRC-32 trailer (header flag FLAG_CRC)
 } as const;
-export const ALL_CAPS = Cap.WRITE_ACK | Cap.DIRTY_REPORT | Cap.CHECKSUM | Cap.FLUSH | Cap.PING | Cap.ZEROES;
+export const ALL_CAPS = Cap.WRITE_ACK | Cap.DIRTY_REPORT | Cap.CHECKSUM | Cap.FLUSH | Cap.PING | Cap.ZEROES | Cap.FRAME_CRC;
+
+/** Header flag: a 4-byte CRC-32 (zlib) of header + payload follows the payload (not counted in length). */
+export const FLAG_CRC = 1;
 
 /** DIRTY_REPORT flags. */
 export const DIRTY_FINAL = 1; // last report of the reconnect hand-over for this volume

@@ -2,7 +2,8 @@
 // chunk may hold many frames. A payload inside one chunk is passed on as a zero-copy view;
 // one spanning chunks is joined once when its last byte arrives (memory follows the bytes
 // received, not the length a header claims). Pure: no sockets.
-import { MAGIC, HEADER_SIZE, Limits, Cmd } from './constants';
+import { crc32 } from 'node:zlib';
+import { MAGIC, HEADER_SIZE, Limits, Cmd, FLAG_CRC } from './constants';
 import { ProtocolError } from './errors';
 
 export type FrameHandler = (cmd: number, payload: Buffer) => void;
@@ -17,6 +18,9 @@ export class FrameDecoder {
   private parts: Buffer[] = []; // payload pieces of a frame spanning chunks
   private filled = 0;
   private failed = false;
+  private crc = -1; // header CRC of the current frame when it carries a trailer, else -1
+  private crcSeen = false; // once a peer checksums its frames, every later frame must be checksummed
+  private chain = 0; // the last trailer: each frame's CRC continues from it (FrameSealer)
 
   constructor(private readonly onFrame: FrameHandler, private readonly maxPayload: number = Limits.maxPayload) {}
 
@@ -88,17 +92,27 @@ export class FrameDecoder {
     const cmd = b.readUInt16LE(o + 4);
     if (!KNOWN.has(cmd)) throw new ProtocolError(`unknown command ${cmd}`);
     const flags = b.readUInt16LE(o + 6);
-    if (flags !== 0) throw new ProtocolError(`reserved flags 0x${flags.toString(16)} set`);
+    if (flags & ~FLAG_CRC) throw new ProtocolError(`reserved flags 0x${flags.toString(16)} set`);
     const len = b.readUInt32LE(o + 8);
     if (len > this.maxPayload) throw new ProtocolError(`payload ${len} bytes exceeds limit ${this.maxPayload}`);
+    if (!flags && this.crcSeen) throw new ProtocolError('frame without checksum after checksums began');
     this.cmd = cmd;
-    this.need = len;
+    this.need = len + (flags ? 4 : 0);
+    this.crc = flags ? crc32(b.subarray(o, o + HEADER_SIZE), this.chain) : -1;
   }
 
   private emit(payload: Buffer): void {
     const cmd = this.cmd;
     this.cmd = -1;
     this.need = 0;
+    if (this.crc >= 0) {
+      const body = payload.subarray(0, payload.length - 4);
+      const c = crc32(body, this.crc) >>> 0;
+      if (c !== payload.readUInt32LE(payload.length - 4)) throw new ProtocolError('frame checksum mismatch');
+      this.chain = c;
+      this.crcSeen = true;
+      payload = body;
+    }
     this.onFrame(cmd, payload);
   }
 }

@@ -1,7 +1,8 @@
 // Encoders. Each returns the frame as one Buffer, except data-bearing frames whose encoder
 // returns only the header + fixed fields: the caller writes the data buffer right after it
 // (socket.cork()/writev), so payload bytes are never copied.
-import { Cmd, MAGIC, HEADER_SIZE, SECTOR, Limits, CHECKSUM_BYTES, IO_OK } from './constants';
+import { crc32 } from 'node:zlib';
+import { Cmd, MAGIC, HEADER_SIZE, SECTOR, Limits, CHECKSUM_BYTES, IO_OK, FLAG_CRC } from './constants';
 import type { Message, VolumeInfo, Extent } from './messages';
 
 function frame(cmd: Cmd, fixed: number, payloadLen = fixed): Buffer {
@@ -175,5 +176,24 @@ export function encode(m: Message): Buffer[] {
     case Cmd.ERROR: return [encodeError(m.code, m.message)];
     case Cmd.PING: return [encodePing(m.nonce)];
     case Cmd.PONG: return [encodePong(m.nonce)];
+  }
+}
+
+/**
+ * The sending side of FRAME_CRC: each frame's trailer is a CRC-32 of the header and payload
+ * chained from the previous frame's trailer, so a frame that is corrupted, dropped whole,
+ * duplicated or reordered breaks the chain at the receiver.
+ */
+export class FrameSealer {
+  private chain = 0;
+  /** Sets FLAG_CRC in the header buffer (bufs[0]) and returns the pieces plus the trailer. */
+  seal(bufs: Buffer[]): Buffer[] {
+    bufs[0].writeUInt16LE(FLAG_CRC, 6);
+    let c = this.chain;
+    for (const b of bufs) c = crc32(b, c);
+    this.chain = c >>> 0;
+    const t = Buffer.allocUnsafe(4);
+    t.writeUInt32LE(this.chain, 0);
+    return [...bufs, t];
   }
 }

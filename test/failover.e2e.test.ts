@@ -126,7 +126,7 @@ describe('failover test, failover and failback', function () {
     assert.equal((await hub.volume('V1')).failover.recoveryChangedBytes, 3 * MiB + 64 * 1024);
 
     await agent.start(); // the original site is back
-    await waitFor('agent attached', async () => (await hub.status()).agents.length === 1);
+    await waitFor('agent attached', async () => (await hub.status()).agents.some((a: any) => a.volumes.includes('V1')));
     const fb = await hub.post('/failback');
     assert.equal(fb.status, 200, JSON.stringify(fb.body));
     const moved = fb.body.volumes[0].movedBytes;

@@ -13,7 +13,7 @@ import { tmpdir, makeImage } from './helpers/util';
 import { HubProcess, AgentProcess } from './helpers/hub-process';
 import { FaultProxy } from '../tools/faultproxy';
 import {
-  Cmd, ALL_CAPS, PROTOCOL_VERSION, Limits, FrameDecoder, decode, encodeHello, encodeStartProtect, encodeDirtyReportAck, encodePong, encodeWriteAck,
+  Cmd, Cap, PROTOCOL_VERSION, Limits, FrameDecoder, decode, encodeHello, encodeStartProtect, encodeDirtyReportAck, encodePong, encodeWriteAck,
 } from '../protocol';
 import { MiB, sleep, waitHubConverged, waitByteEqual, waitAgentClean, fmtRegions, fioOnce, FioRun } from './helpers/fault-harness';
 
@@ -241,7 +241,8 @@ describe('agent write acks against a scripted hub', function () {
       const framer = new FrameDecoder((cmd, payload) => {
         const m = decode(cmd, payload);
         switch (m.cmd) {
-          case Cmd.HELLO: sock.write(encodeHello(PROTOCOL_VERSION, ALL_CAPS, Limits.maxPayload, 'scripted-hub')); break;
+          // only what the script needs (plain frames, no checksums): acks, reports, flush, ping
+          case Cmd.HELLO: sock.write(encodeHello(PROTOCOL_VERSION, Cap.WRITE_ACK | Cap.DIRTY_REPORT | Cap.FLUSH | Cap.PING, Limits.maxPayload, 'scripted-hub')); break;
           case Cmd.REPORT_VM_VOLUMES: sock.write(encodeStartProtect(1, 'V1')); break;
           case Cmd.DIRTY_REPORT: sock.write(encodeDirtyReportAck(m.volumeId, m.reportId)); break;
           case Cmd.PROTECTED_WRITE: c.writes++; break;

@@ -561,7 +561,7 @@ describe('protocol: FrameDecoder', () => {
     ['unknown cmd 8', header(8, 8)],
     ['unknown cmd 25', header(25, 8)],
     ['unknown cmd 0xffff', header(0xffff, 8)],
-    ['nonzero flags 1', header(Cmd.PING, 8, MAGIC, 1)],
+    ['reserved flag 2', header(Cmd.PING, 8, MAGIC, 2)],
     ['nonzero flags 0x8000', header(Cmd.PING, 8, MAGIC, 0x8000)],
     ['payload length maxPayload + 1', header(Cmd.PROTECTED_WRITE, Limits.maxPayload + 1)],
     ['payload length 4 GB', header(Cmd.PROTECTED_WRITE, 0xffffffff)],
@@ -801,5 +801,42 @@ describe('protocol: known bugs (fail until fixed)', () => {
     assert.ok(Buffer.from(bytes.toString('utf8'), 'utf8').equals(bytes), 'truncated text is not valid UTF-8');
     const m = decodeFrame(f) as any;
     assert.ok(long.startsWith(m.message), 'decoded text is not a prefix of the original');
+  });
+});
+
+describe('protocol: frame checksums (FRAME_CRC)', () => {
+  const { FrameSealer, encodePing, encodeProtectedWriteHead, FrameDecoder: FD, ProtocolError: PE } = require('../protocol');
+  const sealFrame = (bufs: Buffer[]) => new FrameSealer().seal(bufs);
+  it('sealed frames pass through the framer with the trailer stripped; any flipped bit is caught', () => {
+    const data = Buffer.alloc(1024, 0x5a);
+    const frame = Buffer.concat(sealFrame([encodeProtectedWriteHead(1, 8, 2, 0), data]));
+    const got: Buffer[] = [];
+    new FD((_c: number, p: Buffer) => got.push(Buffer.from(p))).push(frame);
+    assert.equal(got.length, 1);
+    assert.ok(got[0].subarray(24).equals(data));
+    for (const bit of [0, 7, 8 * 13, 8 * 40, 8 * (frame.length - 1)]) {
+      const bad = Buffer.from(frame);
+      bad[bit >> 3] ^= 1 << (bit & 7);
+      assert.throws(() => new FD(() => undefined).push(bad), PE, `bit ${bit} flipped`);
+    }
+  });
+  it('the chain catches a frame dropped whole, duplicated or reordered', () => {
+    const sealer = new FrameSealer();
+    const frames = [1, 2, 3, 4].map((n) => Buffer.concat(sealer.seal([encodePing(n)])));
+    const ok: number[] = [];
+    const d = new FD((_c: number, p: Buffer) => ok.push(p.readUInt32LE(0)));
+    d.push(Buffer.concat([frames[0], frames[1]]));
+    assert.deepEqual(ok, [1, 2]);
+    assert.throws(() => d.push(frames[3]), /checksum mismatch/, 'frame 3 dropped');
+    const dup = new FD(() => undefined);
+    dup.push(frames[0]);
+    assert.throws(() => dup.push(frames[0]), /checksum mismatch/, 'duplicate');
+    const reo = new FD(() => undefined);
+    assert.throws(() => reo.push(frames[1]), /checksum mismatch/, 'reordered');
+  });
+  it('once a peer checksums, an unchecksummed frame is refused', () => {
+    const d = new FD(() => undefined);
+    d.push(Buffer.concat(sealFrame([encodePing(1)])));
+    assert.throws(() => d.push(encodePing(2)), /without checksum/);
   });
 });

@@ -1,14 +1,14 @@
 #!/usr/bin/env node
 // Crash campaign: hub and agent as real processes (the CLIs) on a temp dir with a 64 MiB image,
-// a real NBD client writing through the agent all along (fio's nbd engine, randwrite, rate
-// limited, restarted whenever it exits), and N times in a row a kill -9 of the hub or the agent
+// a real NBD client writing through the agent all along (fio's nbd engine: randwrite of random
+// or zero data and randtrimwrite, rate limited, restarted whenever it exits), and N times in a row a kill -9 of the hub or the agent
 // (seeded random choice, at a random moment 0.2-2 s into the load). After each restart the
 // writer keeps going a random 0-1 s (resync under load), then pauses; once the hub reports the
 // volume converged, the image and the replica are compared byte for byte, then the writer resumes.
 // RSS (VmRSS) of hub and agent is sampled throughout.
 //
 //   node dist/tools/crash-campaign.js [--kills 100] [--seed N] [--size-mib 64] [--rate-mib 4]
-//                                     [--keep-going] [--keep] [--verbose] [--self-check-corrupt-at K]
+//                                     [--keep-going] [--keep] [--verbose] [--chain P] [--self-check-corrupt-at K]
 //
 // Prints one line per kill and a tally:
 //   crash campaign: kills=N (hub=a agent=b) converged=N bytes_lost=0 maxHubRssMiB=.. maxAgentRssMiB=..
@@ -31,6 +31,8 @@ export interface CampaignOptions {
   keep?: boolean; // keep the temp dir even when all is well
   out?: (line: string) => void;
   verbose?: boolean;
+  /** Probability that a kill is not followed by the convergence check: the next kill then hits mid-resync. Default 0. */
+  chain?: number;
   /** Detector self-check: after kill N converges, overwrite 4 KiB of the replica behind the hub's back. */
   corruptReplicaAt?: number;
 }
@@ -79,7 +81,8 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
   const size = (o.sizeMiB ?? 64) * MiB;
   const rate = o.rateMiB ?? 4;
   const convergeTimeout = o.convergeTimeoutMs ?? 120_000;
-  const rand = rng(o.seed);
+  const rand = rng(o.seed); // kills: victim, moment, load after restart (the seed fixes this sequence)
+  const wrand = rng((o.seed ^ 0x9e3779b9) >>> 0); // writer runs: their count depends on timing, so a stream of their own
   const t0 = Date.now();
   const dir = tmpdir('rephub-crash-');
   const img = path.join(dir, 'V1.img'), rep = path.join(dir, 'V1R');
@@ -91,15 +94,24 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
     maxHub = Math.max(maxHub, rssBytes(hub.proc?.exitCode === null ? hub.proc.pid : undefined));
     maxAgent = Math.max(maxAgent, rssBytes(agent?.proc?.exitCode === null ? agent.proc.pid : undefined));
   }, 200);
-  const writer = new ContinuousWriter(() => agent!.uri('V1'), () => [
-    '--rw=randwrite', '--bsrange=512-128k', '--blockalign=512', '--iodepth=8', `--size=${size}`,
-    '--time_based', '--runtime=3600', `--rate=${rate}m`, `--randseed=${1 + Math.floor(rand() * 1e9)}`,
-  ]);
+  // Each run lasts 2-5 s and is one of: random data (60 %), all-zero data (20 %: the agent's
+  // zero detection and the hub's known-zero regions), trims mixed with writes (20 %: NBD TRIM,
+  // handed to the hub as dirty regions). Sector-granular sizes and offsets cross 64 KiB regions.
+  const writer = new ContinuousWriter(() => agent!.uri('V1'), () => {
+    const k = wrand();
+    const mix = k < 0.6 ? ['--rw=randwrite'] : k < 0.8 ? ['--rw=randwrite', '--zero_buffers'] : ['--rw=randtrimwrite'];
+    return [
+      ...mix, '--bsrange=512-128k', '--blockalign=512', '--iodepth=8', `--size=${size}`,
+      '--time_based', `--runtime=${2 + Math.floor(wrand() * 4)}`, `--rate=${rate}m,${rate}m,${rate}m`, `--randseed=${1 + Math.floor(wrand() * 1e9)}`,
+    ];
+  });
   const records: KillRecord[] = [];
   const mismatches: KillRecord[] = [];
   let hubKills = 0, agentKills = 0, converged = 0, bytesLost = 0, agentNotClean = 0;
   let failed = false;
-  let agentWritesBase = 0, totalWrites = 0; // guest writes the agent has seen (its counter restarts with it)
+  let chained = 0;
+  // guest writes the agent has seen: its counter restarts with it, so fold it in before each agent kill
+  let agentWritesBase = 0, totalWrites = 0, totalAtCheck = 0;
   try {
     await hub.start();
     agent = new AgentProcess(['--hub', `127.0.0.1:${hub.port}`, '--export', `V1=${img}`, '--state', path.join(dir, 'agent'), '--vm', 'vm1']);
@@ -117,7 +129,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
       await sleep(afterMs);
       const proc = victim === 'hub' ? hub : agent;
       const st = await agent.status().catch(() => null);
-      const writesNow = st ? st.writes : 0;
+      if (victim === 'agent') { totalWrites += (st ? st.writes : agentWritesBase) - agentWritesBase; agentWritesBase = 0; }
       await proc.kill9();
       if (victim === 'agent') writer.interrupt(); // its NBD connection is gone
       if (victim === 'hub') hubKills++; else agentKills++;
@@ -125,6 +137,12 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
       await proc.start();
       const restartMs = Date.now() - tr;
       await sleep(loadAfterMs);
+      if (o.chain && n < o.kills && rand() < o.chain) {
+        chained++;
+        out(`kill ${String(n).padStart(3)}/${o.kills} ${victim.padEnd(5)} after ${(afterMs / 1000).toFixed(2)}s load: restart ${(restartMs / 1000).toFixed(2)}s, ` +
+          `+${(loadAfterMs / 1000).toFixed(2)}s load, chained: next kill before convergence`);
+        continue;
+      }
       await writer.pause();
       const rec: KillRecord = {
         n, victim, afterMs, restartMs, loadAfterMs, convergeMs: -1, equal: false, differingBytes: 0, regions: [],
@@ -134,16 +152,17 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
         rec.convergeMs = await waitHubConverged(hub, agent, convergeTimeout);
         if (o.corruptReplicaAt === n) {
           const fd = fs.openSync(rep, 'r+');
-          const off = Math.floor(rand() * (size / 4096)) * 4096;
+          const off = Math.floor(wrand() * (size / 4096)) * 4096;
           fs.writeSync(fd, Buffer.alloc(4096, 0xa5), 0, 4096, off);
           fs.closeSync(fd);
           out(`    (self-check: 4 KiB of the replica overwritten at ${off} behind the hub's back)`);
         }
         const st2 = await agent.status();
         // the agent's counter restarts with it: count up to the kill, then from its restart
-        rec.writes = victim === 'agent' ? writesNow - agentWritesBase + st2.writes : st2.writes - agentWritesBase;
+        totalWrites += st2.writes - agentWritesBase;
         agentWritesBase = st2.writes;
-        totalWrites += rec.writes;
+        rec.writes = totalWrites - totalAtCheck; // since the last check
+        totalAtCheck = totalWrites;
         const d = await waitByteEqual(img, rep, size, 10_000);
         rec.equal = d.equal;
         rec.differingBytes = d.differingBytes;
@@ -195,11 +214,12 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
   const kills = hubKills + agentKills;
   const maxHubRssMiB = Math.round(maxHub / MiB), maxAgentRssMiB = Math.round(maxAgent / MiB);
   const tally = `crash campaign: kills=${kills} (hub=${hubKills} agent=${agentKills}) converged=${converged} bytes_lost=${bytesLost} maxHubRssMiB=${maxHubRssMiB} maxAgentRssMiB=${maxAgentRssMiB}`;
-  const ok = !failed && converged === kills && kills === o.kills;
+  const checks = kills - chained;
+  const ok = !failed && converged === checks && kills === o.kills;
   const elapsedMs = Date.now() - t0;
   out(tally);
   out(`crash campaign: seed=${o.seed} elapsed=${(elapsedMs / 1000).toFixed(0)}s writer_runs=${writer.runs} (failed ${writer.failedRuns}) guest_writes=${totalWrites} ` +
-    `agent_not_clean_after_converge=${agentNotClean} mismatches=${mismatches.length}${ok && !o.keep ? '' : ` dir=${dir}`}`);
+    `agent_not_clean_after_converge=${agentNotClean} chained=${chained} checks=${checks} mismatches=${mismatches.length}${ok && !o.keep ? '' : ` dir=${dir}`}`);
   if (ok && !o.keep) fs.rmSync(dir, { recursive: true, force: true });
   return {
     seed: o.seed, kills, hubKills, agentKills, converged, bytesLost, mismatches, agentNotClean, maxHubRssMiB, maxAgentRssMiB,
@@ -211,7 +231,8 @@ if (require.main === module) {
   const argv = process.argv.slice(2);
   const opt = (k: string) => { const i = argv.indexOf(`--${k}`); return i >= 0 ? argv[i + 1] : undefined; };
   if (argv.includes('--help') || argv.includes('-h')) {
-    process.stdout.write('usage: crash-campaign [--kills 100] [--seed N] [--size-mib 64] [--rate-mib 4] [--keep-going] [--keep] [--verbose] [--self-check-corrupt-at K]\n' +
+    process.stdout.write('usage: crash-campaign [--kills 100] [--seed N] [--size-mib 64] [--rate-mib 4] [--keep-going] [--keep] [--verbose] [--chain P] [--self-check-corrupt-at K]\n' +
+      '  --chain P: with probability P a kill is not followed by the check, so the next kill hits the resync\n' +
       '  --self-check-corrupt-at K: after kill K, overwrite 4 KiB of the replica behind the hub (the campaign must then report a mismatch)\n');
     process.exit(0);
   }
@@ -224,6 +245,7 @@ if (require.main === module) {
   runCampaign({
     kills, seed, sizeMiB: opt('size-mib') ? Number(opt('size-mib')) : undefined, rateMiB: opt('rate-mib') ? Number(opt('rate-mib')) : undefined,
     keepGoing: argv.includes('--keep-going'), keep: argv.includes('--keep'), verbose: argv.includes('--verbose'),
+    chain: opt('chain') ? Number(opt('chain')) : undefined,
     corruptReplicaAt: opt('self-check-corrupt-at') ? Number(opt('self-check-corrupt-at')) : undefined,
   }).then((r) => process.exit(r.ok ? 0 : 1), (e) => { process.stderr.write(`crash-campaign: ${e.stack}\n`); process.exit(2); });
 }

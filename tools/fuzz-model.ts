@@ -1,8 +1,9 @@
 // Fuzzing support for a live hub: a seeded PRNG, a model of how the hub must treat a byte stream
 // from an agent (protocol/SPEC.md §3-§6, §12 and the reference hub's checks), and generators of
 // valid, mutated and hostile agent->hub frames. Pure: no sockets. Used by tools/fuzz-campaign.ts.
+import { crc32 } from 'node:zlib';
 import {
-  Cmd, ALL_CAPS, ErrorCode, Limits, MAGIC, HEADER_SIZE, SECTOR, IO_OK, DIRTY_FINAL, CHECKSUM_BYTES,
+  FLAG_CRC, Cmd, ALL_CAPS, ErrorCode, Limits, MAGIC, HEADER_SIZE, SECTOR, IO_OK, DIRTY_FINAL, CHECKSUM_BYTES,
   decode, Message, ProtocolError,
   encodeHello, encodeReportVmVolumes, encodeProtectedWriteHead, encodeStartProtect, encodeRemoteIoReqHead,
   encodeRemoteIoResHead, encodeAgentShutdown, encodeWriteAck, encodeFlush, encodePing, encodePong,
@@ -102,6 +103,9 @@ const HUB_TO_AGENT = new Set<number>([Cmd.START_PROTECT, Cmd.REMOTE_IO_REQ, Cmd.
 export class HubModel {
   private hdr = Buffer.alloc(HEADER_SIZE);
   private hdrFill = 0;
+  private hcrc = -1;
+  private crcSeen = false;
+  private chain = 0;
   private cmd = -1;
   private need = 0;
   private body: Buffer[] = [];
@@ -162,11 +166,13 @@ export class HubModel {
         // SPEC §3 receiver rules, in order, on the header alone.
         if (magic !== MAGIC) return this.fatal(ErrorCode.PROTOCOL, `bad magic 0x${magic.toString(16).padStart(8, '0')}`, 'header: magic');
         if (!KNOWN.has(cmd)) return this.fatal(ErrorCode.PROTOCOL, `unknown command ${cmd}`, 'header: cmd');
-        if (flags !== 0) return this.fatal(ErrorCode.PROTOCOL, `reserved flags 0x${flags.toString(16)} set`, 'header: flags');
+        if (flags & ~FLAG_CRC) return this.fatal(ErrorCode.PROTOCOL, `reserved flags 0x${flags.toString(16)} set`, 'header: flags');
         if (len > Limits.maxPayload) return this.fatal(ErrorCode.PROTOCOL, `payload ${len} bytes exceeds limit ${Limits.maxPayload}`, 'header: length');
+        if (!flags && this.crcSeen) return this.fatal(ErrorCode.PROTOCOL, 'frame without checksum after checksums began', 'header: crc');
         this.cmd = cmd;
-        this.need = len;
-        if (len === 0) { this.cmd = -1; this.frame(cmd, Buffer.alloc(0)); continue; }
+        this.need = len + (flags ? 4 : 0);
+        this.hcrc = flags ? crc32(this.hdr, this.chain) : -1;
+        if (this.need === 0) { this.cmd = -1; this.frame(cmd, Buffer.alloc(0)); continue; }
       }
       const take = Math.min(this.need - this.filled, b.length - off);
       this.body.push(b.subarray(off, off + take));
@@ -174,8 +180,17 @@ export class HubModel {
       off += take;
       track(off); this.at = base + off;
       if (this.filled === this.need) {
-        const p = Buffer.concat(this.body, this.need), cmd = this.cmd;
+        let p = Buffer.concat(this.body, this.need);
+        const cmd = this.cmd;
         this.cmd = -1; this.need = 0; this.filled = 0; this.body = [];
+        if (this.hcrc >= 0) { // FLAG_CRC frame: the hub verifies the trailer before anything else
+          const body = p.subarray(0, p.length - 4);
+          const c = crc32(body, this.hcrc) >>> 0;
+          if (c !== p.readUInt32LE(p.length - 4)) return this.fatal(ErrorCode.PROTOCOL, 'frame checksum mismatch', 'header: crc');
+          this.chain = c;
+          this.crcSeen = true;
+          p = body;
+        }
         this.frame(cmd, p);
       }
     }

@@ -8,7 +8,7 @@ import {
   Cmd, Cap, ALL_CAPS, PROTOCOL_VERSION, Limits, SECTOR, IO_OK, IO_ZEROES, DIRTY_FINAL, CHECKSUM_BYTES,
   FrameDecoder, decode, Message, ProtocolError, RemoteIoReq, ChecksumReq, Extent,
   encodeHello, encodeReportVmVolumes, encodeProtectedWriteHead, encodeRemoteIoResHead, encodeAgentShutdown,
-  encodeDirtyReport, encodeChecksumRes, encodePong, encodePing, encodeFlush,
+  encodeDirtyReport, encodeChecksumRes, encodePong, encodePing, encodeFlush, FrameSealer,
 } from '../../protocol';
 import { DirtyBitmap } from '../../storage/bitmap';
 import { writeBatched } from '../net-batch';
@@ -91,6 +91,8 @@ export class ReplicationAgent {
   private caps = 0;
   private ready = false; // HELLO answered (or legacy assumed)
   private sentSeq = 0;
+  private crcOut = false;
+  private sealer = new FrameSealer();
   private pending: Pending[] = [];
   private pendingHead = 0;
   private remoteActive = 0;
@@ -211,7 +213,8 @@ export class ReplicationAgent {
     const first = bm.regionOf(offset), last = bm.regionOf(offset + data.length - 1);
     this.pending.push({ seq, vol: v, first, last });
     for (let r = first; r <= last; r++) v.regionSeq.set(r, seq);
-    writeBatched(sock, encodeProtectedWriteHead(v.id, offset / SECTOR, data.length / SECTOR, IO_OK), data);
+    const frame = [encodeProtectedWriteHead(v.id, offset / SECTOR, data.length / SECTOR, IO_OK), data];
+    writeBatched(sock, ...(this.crcOut ? this.sealer.seal(frame) : frame));
     this.stats.mirroredBytes += data.length;
   }
 
@@ -270,6 +273,16 @@ export class ReplicationAgent {
     sock.setNoDelay(true);
     sock.setKeepAlive(true, 10_000);
     const framer = new FrameDecoder((cmd, payload) => this.receive(cmd, payload));
+    // TCP connect, TLS handshake and HELLO must all complete in time: a black-holed dial must
+    // not leave the agent waiting forever.
+    const deadline = setTimeout(() => {
+      if (this.sock === sock && !this.ready) {
+        this.log.warn({ hub: `${this.o.hubHost}:${this.o.hubPort}`, ms: 3 * this.o.heartbeatMs }, 'hub handshake timed out; dialing again');
+        sock.destroy();
+      }
+    }, 3 * this.o.heartbeatMs);
+    deadline.unref();
+    sock.once('close', () => clearTimeout(deadline));
     sock.on(secure ? 'secureConnect' : 'connect', () => {
       this.stats.connects++;
       this.lastHeard = Date.now();
@@ -316,6 +329,9 @@ export class ReplicationAgent {
     for (const v of this.vols) v.reset(); // every unacked write stays in the dirty log
     this.pending = [];
     this.pendingHead = 0;
+    this.sentSeq = 0; // sequence numbers are per connection (SPEC §7.1)
+    this.crcOut = false;
+    this.sealer = new FrameSealer(); // a new connection starts a new chain
     this.remoteQueue = [];
     if (this.stopping) return;
     if (wasReady) this.backoff = 100;
@@ -330,7 +346,7 @@ export class ReplicationAgent {
   private send(bufs: Buffer[]): void {
     const s = this.sock;
     if (!s || s.destroyed) return;
-    writeBatched(s, ...bufs);
+    writeBatched(s, ...(this.crcOut ? this.sealer.seal(bufs) : bufs));
   }
 
   private receive(cmd: number, payload: Buffer): void {
@@ -354,6 +370,7 @@ export class ReplicationAgent {
       case Cmd.HELLO:
         if (this.ready) throw new ProtocolError('second HELLO from hub');
         this.caps = m.caps & this.o.caps;
+        this.crcOut = (this.caps & Cap.FRAME_CRC) !== 0; // our frames after its HELLO carry a CRC
         this.log.info({ hub: m.name, caps: this.caps }, 'hub hello');
         return this.onReady();
       case Cmd.START_PROTECT: {
@@ -384,6 +401,7 @@ export class ReplicationAgent {
   }
 
   private onAck(seq: number): void {
+    if (seq > this.sentSeq) throw new ProtocolError(`WRITE_ACK ${seq} beyond the ${this.sentSeq} writes sent on this connection`);
     const touched = new Set<AgentVolume>();
     while (this.pendingHead < this.pending.length && this.pending[this.pendingHead].seq <= seq) {
       const p = this.pending[this.pendingHead++];
@@ -504,7 +522,7 @@ export class ReplicationAgent {
     }
     const sock = this.sock;
     if (sock && !sock.destroyed) {
-      if (this.ready) sock.write(encodeAgentShutdown());
+      if (this.ready) this.send([encodeAgentShutdown()]);
       await new Promise<void>((res) => {
         sock.end(() => res());
         setTimeout(res, 1000).unref();

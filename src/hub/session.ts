@@ -6,7 +6,7 @@ import {
   Cmd, Cap, ALL_CAPS, ErrorCode, PROTOCOL_VERSION, Limits, SECTOR, IO_OK, IO_ZEROES, DIRTY_FINAL,
   decode, Message, ProtocolError, ProtectedWrite, RemoteIoRes, DirtyReport, ReportVmVolumes,
   encodeHello, encodeStartProtect, encodeRemoteIoReqHead, encodeWriteAck, encodeDirtyReportAck,
-  encodeError, encodePong, encodePing,
+  encodeError, encodePong, encodePing, FrameSealer,
 } from '../../protocol';
 import type { Logger } from '../log';
 import { Replica, TargetOpener } from './replica';
@@ -110,6 +110,13 @@ export class AgentSession {
     return Date.now() - this.recvTimes[0].t;
   }
 
+  private crcOut = false;
+  private readonly sealer = new FrameSealer();
+  /** One frame out; checksummed once FRAME_CRC is negotiated. */
+  private send(bufs: Buffer[]): void {
+    this.t.send(this.crcOut ? this.sealer.seal(bufs) : bufs);
+  }
+
   get volumes(): VolumeSync[] {
     return [...this.byId.values()];
   }
@@ -129,7 +136,7 @@ export class AgentSession {
       case Cmd.HELLO:
         return this.onHello(msg);
       case Cmd.PING:
-        return this.t.send([encodePong(msg.nonce)]);
+        return this.send([encodePong(msg.nonce)]);
       case Cmd.PONG:
         return;
       case Cmd.ERROR:
@@ -156,14 +163,15 @@ export class AgentSession {
     }
     this.caps = h.caps & this.cfg.caps;
     this.vm = h.name;
-    this.t.send([encodeHello(Math.max(1, Math.min(PROTOCOL_VERSION, h.version)), this.caps, Limits.maxPayload, this.cfg.hubName)]);
+    this.send([encodeHello(Math.max(1, Math.min(PROTOCOL_VERSION, h.version)), this.caps, Limits.maxPayload, this.cfg.hubName)]);
+    this.crcOut = (this.caps & Cap.FRAME_CRC) !== 0; // every frame after our HELLO carries a CRC
     this.log.info({ session: this.id, vm: this.vm, version: h.version, caps: this.caps }, 'agent hello');
     if (this.caps & Cap.PING) {
       const ms = this.cfg.heartbeatMs;
       this.heartbeatTimer = setInterval(() => {
         const silent = Date.now() - this.lastHeard;
         if (silent > 3 * ms && !this.paused) this.fail(new Error(`agent silent for ${silent} ms: connection presumed dead`));
-        else this.t.send([encodePing(Date.now())]);
+        else this.send([encodePing(Date.now())]);
       }, ms);
       this.heartbeatTimer.unref();
     }
@@ -282,7 +290,7 @@ export class AgentSession {
         await rep.target!.base.read(data, start);
         const reqId = this.nextReqId++ >>> 0;
         const done = new Promise<void>((resolve, reject) => this.writeBacks.set(reqId, { resolve, reject }));
-        this.t.send([encodeRemoteIoReqHead(reqId, (end - start) / SECTOR, s.volumeId, start / SECTOR, false), data]);
+        this.send([encodeRemoteIoReqHead(reqId, (end - start) / SECTOR, s.volumeId, start / SECTOR, false), data]);
         moved += end - start;
         const p = done.finally(() => inflight.delete(p));
         inflight.add(p);
@@ -309,7 +317,7 @@ export class AgentSession {
       }
       if (rep.spec.vm && rep.spec.vm !== this.vm) {
         this.log.error({ ...ctx, boundTo: rep.spec.vm }, 'volume is bound to another VM; refused');
-        this.t.send([encodeError(ErrorCode.UNAUTHORIZED, `volume ${v.name} may only be protected by VM ${rep.spec.vm}`)]);
+        this.send([encodeError(ErrorCode.UNAUTHORIZED, `volume ${v.name} may only be protected by VM ${rep.spec.vm}`)]);
         continue;
       }
       if (rep.owner && rep.owner !== this && this.vm !== '' && rep.owner.vm === this.vm) {
@@ -319,12 +327,12 @@ export class AgentSession {
       }
       if (rep.owner && rep.owner !== this) {
         this.log.error(ctx, 'volume is already protected by another agent session; refused');
-        this.t.send([encodeError(ErrorCode.VOLUME_REFUSED, `volume ${v.name} is already protected by another agent`)]);
+        this.send([encodeError(ErrorCode.VOLUME_REFUSED, `volume ${v.name} is already protected by another agent`)]);
         continue;
       }
       if (rep.owner === this) continue;
       if (v.sizeBytes % SECTOR !== 0 || v.sizeBytes === 0) {
-        this.t.send([encodeError(ErrorCode.VOLUME_REFUSED, `volume ${v.name}: size ${v.sizeBytes} is not a positive multiple of 512`)]);
+        this.send([encodeError(ErrorCode.VOLUME_REFUSED, `volume ${v.name}: size ${v.sizeBytes} is not a positive multiple of 512`)]);
         continue;
       }
       rep.owner = this;
@@ -339,14 +347,14 @@ export class AgentSession {
         this.byId.set(rec.id, sync);
         this.host.onStateChange(rep, from);
         this.log.info({ ...ctx, volumeId: rec.id, generation: rec.generation, dirtyBytes: rep.bitmap!.dirtyBytes, recovery: rep.spec.path }, 'protection started');
-        this.t.send([encodeStartProtect(rec.id, v.name)]);
+        this.send([encodeStartProtect(rec.id, v.name)]);
         this.maybeConverged(sync); // nothing to resync (e.g. legacy agent after a clean shutdown)
       } catch (e) {
         rep.owner = null;
         this.claimed.delete(rep);
         rep.lastError = (e as Error).message;
         this.log.error({ ...ctx, cause: (e as Error).message }, 'cannot protect volume');
-        this.t.send([encodeError(ErrorCode.VOLUME_REFUSED, `volume ${v.name}: ${(e as Error).message}`)]);
+        this.send([encodeError(ErrorCode.VOLUME_REFUSED, `volume ${v.name}: ${(e as Error).message}`)]);
       }
     }
   }
@@ -482,7 +490,7 @@ export class AgentSession {
     await s.replica.commitDirty();
     if (m.flags & DIRTY_FINAL) s.awaitingReport = false;
     this.log.info({ volume: s.replica.name, extents: m.extents.length, bytes, final: !!(m.flags & DIRTY_FINAL) }, 'agent dirty report');
-    this.t.send([encodeDirtyReportAck(m.volumeId, m.reportId)]);
+    this.send([encodeDirtyReportAck(m.volumeId, m.reportId)]);
     if (s.replica.state === 'protecting' && bm.dirtyRegions > 0) this.setState(s, 'syncing');
     this.maybeConverged(s);
   }
@@ -542,7 +550,7 @@ export class AgentSession {
         s.begin(rd);
         this.reads.set(rd.reqId, rd);
         if (s.replica.state !== 'syncing' && s.replica.state !== 'error') this.setState(s, 'syncing');
-        this.t.send([encodeRemoteIoReqHead(rd.reqId, (end - start) / SECTOR, s.volumeId, start / SECTOR, true)]);
+        this.send([encodeRemoteIoReqHead(rd.reqId, (end - start) / SECTOR, s.volumeId, start / SECTOR, true)]);
         progress = true;
       }
     }
@@ -579,7 +587,7 @@ export class AgentSession {
         if (seq > this.ackedSeq) {
           this.ackedSeq = seq;
           this.trimRecvTimes(seq);
-          if (this.caps & Cap.WRITE_ACK) this.t.send([encodeWriteAck(seq)]);
+          if (this.caps & Cap.WRITE_ACK) this.send([encodeWriteAck(seq)]);
         }
       }
     } finally {
@@ -600,7 +608,7 @@ export class AgentSession {
     const code = e instanceof ProtocolError ? e.code : ErrorCode.IO;
     this.log.error({ session: this.id, vm: this.vm, cause: e.message }, 'closing agent session');
     try {
-      this.t.send([encodeError(code, e.message)]);
+      this.send([encodeError(code, e.message)]);
     } catch { /* transport already gone */ }
     this.t.close(e);
     void this.detach();

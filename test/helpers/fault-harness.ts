@@ -143,7 +143,7 @@ export function fioOnce(uri: string, args: string[], timeoutMs = 120_000): { pro
       let ios = 0, maxClatMs = 0;
       try {
         const j = JSON.parse(out.slice(out.indexOf('{')));
-        ios = j.jobs[0].write.total_ios;
+        ios = j.jobs[0].write.total_ios + (j.jobs[0].trim?.total_ios ?? 0);
         maxClatMs = j.jobs[0].write.clat_ns.max / 1e6;
       } catch { /* fio failed before its report */ }
       res({ code, signal, startedAt, endedAt: Date.now(), ios, maxClatMs, stderr: err });
