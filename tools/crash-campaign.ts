@@ -205,6 +205,10 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
   } catch (e) {
     failed = true;
     out(`crash campaign: aborted: ${(e as Error).stack}`);
+    fs.writeFileSync(path.join(dir, 'aborted.hub.log'), hub.stderr);
+    fs.writeFileSync(path.join(dir, 'aborted.agent.log'), agent?.stderr ?? '');
+    out(`    hub exit ${hub.proc?.exitCode ?? hub.proc?.signalCode}, stderr tail: ${hub.stderr.slice(-1500)}`);
+    out(`    agent exit ${agent?.proc?.exitCode ?? agent?.proc?.signalCode}, stderr tail: ${(agent?.stderr ?? '').slice(-1500)}`);
   } finally {
     clearInterval(sampler);
     await writer.stop();
