@@ -9,6 +9,7 @@ import {
   Cmd, Limits, HEADER_SIZE, MAGIC, SECTOR, CHECKSUM_BYTES, ErrorCode, DIRTY_FINAL,
   encode, decode, encodeError, FrameDecoder, ProtocolError, Message,
 } from '../protocol';
+import { mulberry32 } from '../tools/prng';
 
 const SPEC = path.join(__dirname, '../../protocol/SPEC.md');
 const ALL_CMDS = Object.values(Cmd).filter((v): v is number => typeof v === 'number');
@@ -659,14 +660,7 @@ describe('protocol: FrameDecoder', () => {
 
 /** Small deterministic PRNG (mulberry32) so that a failure is reproducible from its seed. */
 function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  return mulberry32(seed);
 }
 
 describe('protocol: fuzz (framer + decoder)', function () {

@@ -24,6 +24,7 @@
 //                     affects new connections: peers must find the dead ones by heartbeat.
 import * as net from 'node:net';
 import { EventEmitter } from 'node:events';
+import { mulberry32 } from './prng';
 
 export type FaultMode =
   | { kind: 'pass' }
@@ -124,16 +125,7 @@ export function describeMode(m: FaultMode): string {
   }
 }
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+
 
 interface Item { buf: Buffer; at: number }
 

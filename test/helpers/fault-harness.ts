@@ -4,19 +4,13 @@
 import * as fs from 'node:fs';
 import { spawn, ChildProcess } from 'node:child_process';
 import type { HubProcess, AgentProcess } from './hub-process';
+import { mulberry32 } from '../../tools/prng';
 
 export const MiB = 1 << 20;
 
 /** Mulberry32: a small seeded PRNG, so a campaign can be replayed from its seed. */
 export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  return mulberry32(seed);
 }
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
