@@ -5,6 +5,13 @@ import { crc32 } from 'node:zlib';
 import { Cmd, MAGIC, HEADER_SIZE, SECTOR, Limits, CHECKSUM_BYTES, IO_OK, FLAG_CRC } from './constants';
 import type { Message, VolumeInfo, Extent } from './messages';
 
+/** u64 field from a JS number (callers hold values <= 2^53-1): two u32 writes, no BigInt. */
+function writeU64(b: Buffer, v: number, o: number): number {
+  if (!Number.isSafeInteger(v) || v < 0) throw new RangeError(`u64 field ${v} is not an integer in 0..2^53-1`);
+  b.writeUInt32LE(v % 0x100000000, o);
+  return b.writeUInt32LE(Math.floor(v / 0x100000000), o + 4);
+}
+
 function frame(cmd: Cmd, fixed: number, payloadLen = fixed): Buffer {
   const b = Buffer.allocUnsafe(HEADER_SIZE + fixed);
   b.writeUInt32LE(MAGIC, 0);
@@ -37,8 +44,8 @@ export function encodeHello(version: number, caps: number, maxPayload: number, n
 export function encodeProtectedWriteHead(volumeId: number, offsetSectors: number, sizeSectors: number, ioStatus: number): Buffer {
   const dataLen = ioStatus === IO_OK ? sizeSectors * SECTOR : 0;
   const b = frame(Cmd.PROTECTED_WRITE, 24, 24 + dataLen);
-  b.writeBigUInt64LE(BigInt(volumeId), 12);
-  b.writeBigUInt64LE(BigInt(offsetSectors), 20);
+  writeU64(b, volumeId, 12);
+  writeU64(b, offsetSectors, 20);
   b.writeUInt32LE(sizeSectors, 28);
   b.writeInt32LE(ioStatus, 32);
   return b;
@@ -51,7 +58,7 @@ export function encodeReportVmVolumes(volumes: VolumeInfo[]): Buffer {
   let o = 12;
   o = b.writeUInt32LE(volumes.length, o);
   volumes.forEach((v, i) => {
-    o = b.writeBigUInt64LE(BigInt(v.sizeBytes), o);
+    o = writeU64(b, v.sizeBytes, o);
     o = b.writeUInt16LE(names[i].length, o);
     o += names[i].copy(b, o);
   });
@@ -61,7 +68,7 @@ export function encodeReportVmVolumes(volumes: VolumeInfo[]): Buffer {
 export function encodeStartProtect(volumeId: number, name: string): Buffer {
   const n = nameBytes(name);
   const b = frame(Cmd.START_PROTECT, 10 + n.length);
-  b.writeBigUInt64LE(BigInt(volumeId), 12);
+  writeU64(b, volumeId, 12);
   b.writeUInt16LE(n.length, 20);
   n.copy(b, 22);
   return b;
@@ -72,8 +79,8 @@ export function encodeRemoteIoReqHead(reqId: number, sizeSectors: number, volume
   const b = frame(Cmd.REMOTE_IO_REQ, 28, 28 + (isRead ? 0 : sizeSectors * SECTOR));
   b.writeUInt32LE(reqId >>> 0, 12);
   b.writeUInt32LE(sizeSectors, 16);
-  b.writeBigUInt64LE(BigInt(volumeId), 20);
-  b.writeBigUInt64LE(BigInt(offsetSectors), 28);
+  writeU64(b, volumeId, 20);
+  writeU64(b, offsetSectors, 28);
   b.writeUInt32LE(isRead ? 1 : 0, 36);
   return b;
 }
@@ -83,7 +90,7 @@ export function encodeRemoteIoResHead(reqId: number, ioStatus: number, volumeId:
   const b = frame(Cmd.REMOTE_IO_RES, 16, 16 + dataLen);
   b.writeUInt32LE(reqId >>> 0, 12);
   b.writeInt32LE(ioStatus, 16);
-  b.writeBigUInt64LE(BigInt(volumeId), 20);
+  writeU64(b, volumeId, 20);
   return b;
 }
 
@@ -93,7 +100,7 @@ export function encodeAgentShutdown(): Buffer {
 
 function u64Frame(cmd: Cmd, v: number): Buffer {
   const b = frame(cmd, 8);
-  b.writeBigUInt64LE(BigInt(v), 12);
+  writeU64(b, v, 12);
   return b;
 }
 export const encodeWriteAck = (seq: number) => u64Frame(Cmd.WRITE_ACK, seq);
@@ -104,20 +111,20 @@ export const encodePong = (nonce: number) => u64Frame(Cmd.PONG, nonce);
 export function encodeDirtyReport(volumeId: number, reportId: number, flags: number, extents: Extent[]): Buffer {
   if (extents.length > Limits.maxExtents) throw new RangeError(`too many extents (${extents.length})`);
   const b = frame(Cmd.DIRTY_REPORT, 20 + 16 * extents.length);
-  let o = b.writeBigUInt64LE(BigInt(volumeId), 12);
+  let o = writeU64(b, volumeId, 12);
   o = b.writeUInt32LE(reportId >>> 0, o);
   o = b.writeUInt32LE(flags >>> 0, o);
   o = b.writeUInt32LE(extents.length, o);
   for (const e of extents) {
-    o = b.writeBigUInt64LE(BigInt(e.offsetSectors), o);
-    o = b.writeBigUInt64LE(BigInt(e.sizeSectors), o);
+    o = writeU64(b, e.offsetSectors, o);
+    o = writeU64(b, e.sizeSectors, o);
   }
   return b;
 }
 
 export function encodeDirtyReportAck(volumeId: number, reportId: number): Buffer {
   const b = frame(Cmd.DIRTY_REPORT_ACK, 12);
-  b.writeBigUInt64LE(BigInt(volumeId), 12);
+  writeU64(b, volumeId, 12);
   b.writeUInt32LE(reportId >>> 0, 20);
   return b;
 }
@@ -126,8 +133,8 @@ export function encodeChecksumReq(reqId: number, regionSectors: number, volumeId
   const b = frame(Cmd.CHECKSUM_REQ, 28);
   b.writeUInt32LE(reqId >>> 0, 12);
   b.writeUInt32LE(regionSectors, 16);
-  b.writeBigUInt64LE(BigInt(volumeId), 20);
-  b.writeBigUInt64LE(BigInt(offsetSectors), 28);
+  writeU64(b, volumeId, 20);
+  writeU64(b, offsetSectors, 28);
   b.writeUInt32LE(count, 36);
   return b;
 }
@@ -137,7 +144,7 @@ export function encodeChecksumRes(reqId: number, ioStatus: number, volumeId: num
   const b = frame(Cmd.CHECKSUM_RES, 20 + (ioStatus === IO_OK ? digests.length : 0));
   b.writeUInt32LE(reqId >>> 0, 12);
   b.writeInt32LE(ioStatus, 16);
-  b.writeBigUInt64LE(BigInt(volumeId), 20);
+  writeU64(b, volumeId, 20);
   b.writeUInt32LE(count, 28);
   if (ioStatus === IO_OK) digests.copy(b, 32);
   return b;

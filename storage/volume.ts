@@ -15,6 +15,14 @@ export interface BlockTarget {
   writeSync?(buf: Buffer, offset: number): void;
 }
 
+/** A shared buffer of zeroes; never written to. */
+export const ZEROES = Buffer.alloc(1 << 20);
+
+/** Zero [offset, offset + length) in 1 MiB pieces: memory stays bounded whatever the length. */
+export async function writeZeroes(write: (buf: Buffer, offset: number) => Promise<void>, offset: number, length: number): Promise<void> {
+  for (let p = offset; p < offset + length; p += ZEROES.length) await write(ZEROES.subarray(0, Math.min(ZEROES.length, offset + length - p)), p);
+}
+
 /** Writes up to this size go through writeSync() where a target has it. */
 export const SYNC_WRITE_MAX = 64 * 1024;
 

@@ -18,8 +18,7 @@ describe('agent shim with real NBD clients', function () {
   const size = 64 * MiB;
 
   async function converged(): Promise<void> {
-    await waitFor('protecting and clean', async () => { const v = await hub.volume('V1'); return v.state === 'protecting' && v.dirtyBytes === 0; }, 120_000, 50);
-    await waitFor('byte-equal', () => sha(img) === sha(rep), 30_000, 100);
+    await hub.converged('V1', img, rep, 120_000);
   }
 
   beforeEach(async () => {

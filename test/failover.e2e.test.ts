@@ -30,8 +30,7 @@ describe('failover test, failover and failback', function () {
   const size = 32 * MiB;
   const hubUri = (n: string) => `nbd://127.0.0.1:${hub.nbdPort}/${n}`;
   async function converged() {
-    await waitFor('protecting and clean', async () => { const v = await hub.volume('V1'); return v.state === 'protecting' && v.dirtyBytes === 0; }, 60_000, 50);
-    await waitFor('byte-equal', () => sha(img) === sha(rep), 30_000, 100);
+    await hub.converged('V1', img, rep, 60_000);
   }
 
   beforeEach(async () => {
@@ -119,21 +118,23 @@ describe('failover test, failover and failback', function () {
     const fo = await hub.post('/failover');
     assert.equal(fo.status, 200, JSON.stringify(fo.body));
     assert.equal((await hub.volume('V1')).state, 'failed-over');
-    qio(hubUri('V1'), 'write -P 0xd4 2M 3M', 'write -P 0xd5 20M 64k', 'flush'); // the recovery VM runs
+    // the recovery VM runs; 8 MiB of WRITE_ZEROES goes through the bounded zero writer
+    qio(hubUri('V1'), 'write -P 0xd4 2M 3M', 'write -P 0xd5 20M 64k', 'write -z 24M 8M', 'flush');
     await hub.kill9();
     await hub.start();
     assert.equal((await hub.volume('V1')).state, 'failed-over', 'still failed over after a restart');
-    assert.equal((await hub.volume('V1')).failover.recoveryChangedBytes, 3 * MiB + 64 * 1024);
+    assert.equal((await hub.volume('V1')).failover.recoveryChangedBytes, 11 * MiB + 64 * 1024);
 
     await agent.start(); // the original site is back
     await waitFor('agent attached', async () => (await hub.status()).agents.some((a: any) => a.volumes.includes('V1')));
     const fb = await hub.post('/failback');
     assert.equal(fb.status, 200, JSON.stringify(fb.body));
     const moved = fb.body.volumes[0].movedBytes;
-    process.stdout.write(`      failback: ${moved} bytes moved for ${3 * MiB + 64 * 1024} bytes changed on the recovery side\n`);
-    assert.equal(moved, 3 * MiB + 64 * 1024, 'only the changed regions move');
+    process.stdout.write(`      failback: ${moved} bytes moved for ${11 * MiB + 64 * 1024} bytes changed on the recovery side\n`);
+    assert.equal(moved, 11 * MiB + 64 * 1024, 'only the changed regions move');
     await waitFor('byte-equal', () => sha(img) === sha(rep));
     assert.ok(region(img, 2 * MiB, 3 * MiB).equals(Buffer.alloc(3 * MiB, 0xd4)));
+    assert.ok(region(img, 24 * MiB, 8 * MiB).equals(Buffer.alloc(8 * MiB)), 'the zeroed range came back as zeroes');
     await converged();
     qio(agent.uri('V1'), 'write -P 0xe6 0 1M'); // protection in the normal direction again
     await converged();

@@ -12,15 +12,14 @@ import {
 } from '../../protocol';
 import { DirtyBitmap } from '../../storage/bitmap';
 import { writeBatched } from '../net-batch';
-import { BlockTarget, SYNC_WRITE_MAX } from '../../storage/volume';
+import { BlockTarget, SYNC_WRITE_MAX, ZEROES } from '../../storage/volume';
 import type { Logger } from '../log';
 import { DirtyLog } from '../../storage/dirty-log';
 
-const ZERO_PAGE = Buffer.alloc(64 * 1024);
 function isZero(b: Buffer): boolean {
-  for (let o = 0; o < b.length; o += ZERO_PAGE.length) {
-    const n = Math.min(ZERO_PAGE.length, b.length - o);
-    if (b.compare(ZERO_PAGE, 0, n, o, o + n) !== 0) return false; // native memcmp
+  for (let o = 0; o < b.length; o += ZEROES.length) {
+    const n = Math.min(ZEROES.length, b.length - o);
+    if (b.compare(ZEROES, 0, n, o, o + n) !== 0) return false; // native memcmp
   }
   return true;
 }

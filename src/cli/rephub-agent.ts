@@ -8,14 +8,13 @@ import * as http from 'node:http';
 import { ReplicationAgent } from '../agent/agent';
 import { DirtyLog } from '../../storage/dirty-log';
 import { NbdServer, NbdExport } from '../nbd/server';
-import { FileVolume } from '../../storage/volume';
+import { FileVolume, writeZeroes } from '../../storage/volume';
 import { makeLogger } from '../log';
 import { parseHostPort, checkName, checkPath, parseSize } from './args';
 import { enabled as tlsEnabled, clientOptions } from '../security';
 import { fmt, table } from './format';
 
 const collect = (v: string, prev: string[]) => [...prev, v];
-const ZERO_CHUNK = Buffer.alloc(1 << 20);
 
 async function main(o: { logPretty?: boolean; logLevel?: string; hub: string; export: string[]; nbd: string; state: string; vm: string; regionSize: string; maxQueue: string; http: string;
   tlsCert?: string; tlsKey?: string; tlsCa?: string; tlsServername?: string; pskFile?: string }) {
@@ -50,9 +49,7 @@ async function main(o: { logPretty?: boolean; logLevel?: string; hub: string; ex
       size: v.target.sizeBytes,
       read: (buf, off) => v.target.read(buf, off),
       write: (off, data) => agent.write(v.name, off, data),
-      zero: (off, len) => agent.zero(v.name, off, len, async () => {
-        for (let p = off; p < off + len; p += ZERO_CHUNK.length) await v.target.write(ZERO_CHUNK.subarray(0, Math.min(ZERO_CHUNK.length, off + len - p)), p);
-      }),
+      zero: (off, len) => agent.zero(v.name, off, len, () => writeZeroes((b, o) => v.target.write(b, o), off, len)),
       flush: () => agent.flush(v.name),
     });
   }

@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import * as fs from 'node:fs';
 import { PointInTimeView } from '../../storage/overlay';
 import { DirtyLog } from '../../storage/dirty-log';
+import { writeZeroes } from '../../storage/volume';
 import { DirtyBitmap } from '../../storage/bitmap';
 import type { StateStore } from '../../storage/state';
 import type { NbdExport } from '../nbd/server';
@@ -108,7 +109,7 @@ export class FailoverController {
       name: r.name, size: view.sizeBytes,
       read: (b, o) => view.read(b, o),
       write: (o, d) => view.write(d, o),
-      zero: (o, len) => view.write(Buffer.alloc(len), o),
+      zero: (o, len) => writeZeroes((b, p) => view.write(b, p), o, len),
       flush: () => view.flush(),
     });
   }
@@ -181,7 +182,7 @@ export class FailoverController {
       name: r.name, size,
       read: (b, o) => target.base.read(b, o),
       write: async (o, d) => { maps.recoveryChanged.mark(o, o + d.length); r.wrote(o, o + d.length); await target.base.write(d, o); },
-      zero: async (o, len) => { maps.recoveryChanged.mark(o, o + len); r.wrote(o, o + len); await target.base.write(Buffer.alloc(len), o); },
+      zero: async (o, len) => { maps.recoveryChanged.mark(o, o + len); r.wrote(o, o + len); await writeZeroes((b, p) => target.base.write(b, p), o, len); },
       flush: async () => { await target.base.flush(); maps.recoveryChanged.sync(true); },
     });
   }

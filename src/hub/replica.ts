@@ -1,7 +1,7 @@
 // A recovery volume on the hub: the single owner of its target, record and dirty bitmap.
 // Sessions borrow it while attached; the sync engine asks it to set/clear regions.
 import * as fs from 'node:fs';
-import { BlockTarget, FileVolume } from '../../storage/volume';
+import { BlockTarget, FileVolume, writeZeroes } from '../../storage/volume';
 import { GuardedTarget } from '../../storage/overlay';
 import { DirtyLog } from '../../storage/dirty-log';
 import { DirtyBitmap } from '../../storage/bitmap';
@@ -109,7 +109,6 @@ export class Replica {
    * restart (then zeroes are written, which is merely slower). Cleared as regions are written.
    */
   private knownZero: DirtyBitmap | null = null;
-  private static readonly ZERO = Buffer.alloc(1 << 20);
 
   /** Make regions [first, last] zero on the recovery volume, skipping those known zero. */
   async writeZeroes(first: number, last: number): Promise<void> {
@@ -117,7 +116,7 @@ export class Replica {
     for (let r = first; r <= last; r++) {
       if (this.knownZero?.get(r)) continue;
       const a = r * rs, b = Math.min(a + rs, size);
-      for (let p = a; p < b; p += Replica.ZERO.length) await this.target!.write(Replica.ZERO.subarray(0, Math.min(Replica.ZERO.length, b - p)), p);
+      await writeZeroes((buf, o) => this.target!.write(buf, o), a, b - a);
     }
   }
 

@@ -41,7 +41,8 @@ export interface Transport {
   pause(paused: boolean): void;
 }
 
-type Item = { msg: Message; bytes: number; run?: () => Promise<void> | void };
+/** A received frame to apply, or a barrier to run at this point of the stream. */
+type Item = { msg: Message; bytes: number; run?: undefined } | { msg?: undefined; bytes: 0; run: () => Promise<void> | void };
 
 export class AgentSession {
   vm = '';
@@ -64,7 +65,7 @@ export class AgentSession {
   private recvSeq = 0;
   private appliedSeq = 0;
   private ackedSeq = 0;
-  private flushing = false;
+  private flushRun: Promise<void> | null = null; // the group commit under way
   private readonly touchedTargets = new Set<Replica>();
   private checkpointTimer: NodeJS.Timeout;
   readonly started = Date.now();
@@ -193,7 +194,7 @@ export class AgentSession {
       while (this.queueHead < this.queue.length && !this.closed) {
         const it = this.queue[this.queueHead++];
         if (it.run) await it.run();
-        else await this.apply(it.msg);
+        else await this.apply(it.msg!);
         this.queueBytes -= it.bytes;
         if (this.paused && this.queueBytes <= this.cfg.maxQueueBytes / 2) {
           this.paused = false;
@@ -240,7 +241,7 @@ export class AgentSession {
    */
   barrier<T>(fn: () => Promise<T> | T): Promise<T> {
     return new Promise((resolve, reject) => {
-      this.enqueue({ msg: { cmd: Cmd.AGENT_SHUTDOWN }, bytes: 0, run: async () => {
+      this.enqueue({ bytes: 0, run: async () => {
         try { resolve(await fn()); } catch (e) { reject(e); }
       } });
     });
@@ -567,31 +568,36 @@ export class AgentSession {
 
   /** Group commit: flush every volume written since the last flush, then ack the writes. */
   private kickFlush(): void {
-    if (this.flushing || this.closed || this.appliedSeq === this.ackedSeq && this.touchedTargets.size === 0) return;
+    if (this.flushRun || this.closed || this.appliedSeq === this.ackedSeq && this.touchedTargets.size === 0) return;
     void this.flushNow().catch((e) => this.fail(e));
   }
 
+  /** Flush and ack everything applied so far; waits for a group commit already under way. */
   private async flushNow(): Promise<void> {
-    while (this.flushing) await new Promise((r) => setTimeout(r, 1));
-    this.flushing = true;
+    while (this.flushRun) await this.flushRun.catch(() => undefined);
+    this.flushRun = this.flushLoop();
     try {
-      while (!this.closed && (this.appliedSeq > this.ackedSeq || this.touchedTargets.size > 0)) {
-        const seq = this.appliedSeq;
-        const targets = [...this.touchedTargets];
-        this.touchedTargets.clear();
-        await Promise.all(targets.map((r) => r.target!.flush().catch((e) => {
-          r.lastError = e.message;
-          this.log.error({ volume: r.name, cause: e.message }, 'flush of recovery volume failed');
-          throw e;
-        })));
-        if (seq > this.ackedSeq) {
-          this.ackedSeq = seq;
-          this.trimRecvTimes(seq);
-          if (this.caps & Cap.WRITE_ACK) this.send([encodeWriteAck(seq)]);
-        }
-      }
+      await this.flushRun;
     } finally {
-      this.flushing = false;
+      this.flushRun = null;
+    }
+  }
+
+  private async flushLoop(): Promise<void> {
+    while (!this.closed && (this.appliedSeq > this.ackedSeq || this.touchedTargets.size > 0)) {
+      const seq = this.appliedSeq;
+      const targets = [...this.touchedTargets];
+      this.touchedTargets.clear();
+      await Promise.all(targets.map((r) => r.target!.flush().catch((e) => {
+        r.lastError = e.message;
+        this.log.error({ volume: r.name, cause: e.message }, 'flush of recovery volume failed');
+        throw e;
+      })));
+      if (seq > this.ackedSeq) {
+        this.ackedSeq = seq;
+        this.trimRecvTimes(seq);
+        if (this.caps & Cap.WRITE_ACK) this.send([encodeWriteAck(seq)]);
+      }
     }
   }
 

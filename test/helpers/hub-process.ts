@@ -2,7 +2,7 @@
 import { spawn, ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import { freePort } from './proxy';
-import { waitFor } from './util';
+import { waitFor, sha } from './util';
 
 export const CLI = path.join(__dirname, '../../src/cli/rephub.js');
 
@@ -30,6 +30,12 @@ export class HubProcess {
     const r = await fetch(`http://127.0.0.1:${this.httpPort}/status`);
     return r.json();
   }
+  /** The volume protecting with nothing dirty, and its replica byte-equal to the image. */
+  async converged(name: string, img: string, rep: string, timeoutMs = 60_000): Promise<void> {
+    await waitFor(`${name} protecting and clean`, async () => { const v = await this.volume(name); return v.state === 'protecting' && v.dirtyBytes === 0; }, timeoutMs, 50);
+    await waitFor(`${name} byte-equal`, () => sha(img) === sha(rep), 30_000, 100);
+  }
+
   async volume(name: string): Promise<any> {
     return (await this.status()).volumes.find((v: any) => v.name === name);
   }
