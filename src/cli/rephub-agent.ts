@@ -54,8 +54,7 @@ async function main(o: { logPretty?: boolean; logLevel?: string; hub: string; ex
     });
   }
   const nbd = new NbdServer(exports, log);
-  const a = await nbd.listen(nbdAddr.host, nbdAddr.port);
-  agent.start();
+  // Status first, then NBD: once a client can reach the export, the status endpoint answers too.
   const httpAddr = parseHostPort(o.http, '--http');
   const web = http.createServer((req, res) => {
     if (req.method === 'GET' && req.url === '/status') {
@@ -67,6 +66,8 @@ async function main(o: { logPretty?: boolean; logLevel?: string; hub: string; ex
     }
   });
   await new Promise<void>((res, rej) => { web.once('error', rej); web.listen(httpAddr.port, httpAddr.host, () => res()); });
+  const a = await nbd.listen(nbdAddr.host, nbdAddr.port);
+  agent.start();
   log.info({ nbd: [...exports.keys()].map((n) => `nbd://${a.address}:${a.port}/${n}`), hub: o.hub, vm }, 'rephub-agent serving');
   let stopping = false;
   const stop = async (sig: string) => {
