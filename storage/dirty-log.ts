@@ -1,6 +1,9 @@
 // The agent's persistent dirty log: regions of a protected volume written but not yet handed
 // over to the hub. A region is persisted dirty *before* the guest's write reaches the image
 // (so a crash can never hide a write), and persisted clean lazily once the hub has it.
+// Like DRBD's activity log, regions written since the last sync stay dirty on disk for one
+// more sync interval: a hot region costs no log write per guest write, only a slightly larger
+// resync after a crash. A clean close writes the exact bitmap.
 // File layout: 4 KiB header, then one 4 KiB page of bits per 32768 regions.
 import * as fs from 'node:fs';
 import { DirtyBitmap, PAGE_BITS } from './bitmap';
@@ -9,23 +12,35 @@ const MAGIC = 'RPHBDLOG';
 const PAGE_BYTES = PAGE_BITS / 8;
 
 export class DirtyLog {
+  /** The truth: regions not yet handed over. */
   readonly bitmap: DirtyBitmap;
+  /** What the file says: always a superset of bitmap. */
+  private readonly disk: DirtyBitmap;
+  /** Regions marked since the last sync; kept dirty on disk through the next one. */
+  private hot: DirtyBitmap;
+  private agingPages: number[] = [];
   /** True when the log did not exist or did not match: history unknown, everything dirty. */
   readonly fresh: boolean;
 
   private constructor(private fd: number | null, sizeBytes: number, regionSize: number, load: boolean, freshDirty = true) {
     this.bitmap = new DirtyBitmap(sizeBytes, regionSize);
+    this.disk = new DirtyBitmap(sizeBytes, regionSize);
+    this.hot = new DirtyBitmap(sizeBytes, regionSize);
     this.fresh = !load;
     if (load && fd !== null) {
       const page = Buffer.alloc(PAGE_BYTES);
       for (let p = 0; p < this.bitmap.pageCount; p++) {
         const n = fs.readSync(fd, page, 0, PAGE_BYTES, PAGE_BYTES * (p + 1));
         if (n < PAGE_BYTES) page.fill(0, n);
-        this.bitmap.loadPage(p, page.every((b) => b === 0) ? Buffer.alloc(0) : page);
+        const img = page.every((b) => b === 0) ? Buffer.alloc(0) : page;
+        this.bitmap.loadPage(p, img);
+        this.disk.loadPage(p, img);
       }
       this.bitmap.takeChangedPages();
+      this.disk.takeChangedPages();
     } else if (freshDirty) {
       this.bitmap.setAll();
+      this.disk.setAll();
       this.persist();
     }
   }
@@ -70,45 +85,85 @@ export class DirtyLog {
     return new DirtyLog(fd, sizeBytes, regionSize, load, freshDirty);
   }
 
-  /** Mark bytes [start, end) dirty; new bits reach the file before this returns. */
+  /** Bytes the file names dirty: the truth plus regions written within the last sync interval. */
+  get persistedDirtyBytes(): number {
+    return this.disk.dirtyBytes;
+  }
+
+  /** Mark bytes [start, end) dirty; bits new to the file reach it before this returns. */
   mark(start: number, end: number): void {
     const bm = this.bitmap;
     const first = bm.regionOf(start), last = bm.regionOf(end - 1);
-    let all = true;
-    for (let r = first; r <= last && all; r++) all = bm.get(r);
-    if (all) return;
-    bm.setRegions(first, last);
+    if (!allSet(bm, first, last)) bm.setRegions(first, last);
+    if (!allSet(this.hot, first, last)) this.hot.setRegions(first, last);
+    if (allSet(this.disk, first, last)) return; // the common case: no log IO
+    this.disk.setRegions(first, last);
     this.persist();
   }
 
-  /** Clear a region; reaches the file at the next sync(). */
+  /** Clear a region; reaches the file at the second sync() from now at the latest. */
   clear(r: number): void {
     if (this.bitmap.get(r)) this.bitmap.clearRegions(r, r);
   }
 
+  /** Write the file's changed pages (of `disk`). */
   private persist(): void {
-    if (this.fd === null) {
-      this.bitmap.takeChangedPages();
-      return;
-    }
-    const full = Buffer.alloc(PAGE_BYTES, 0xff);
-    for (const p of this.bitmap.takeChangedPages()) {
-      let img = this.bitmap.pageImage(p);
-      if (img.length === 0) img = Buffer.alloc(PAGE_BYTES);
-      else if (img.length === 1) img = full;
-      fs.writeSync(this.fd, img, 0, PAGE_BYTES, PAGE_BYTES * (p + 1));
-    }
+    const pages = this.disk.takeChangedPages();
+    if (this.fd === null) return;
+    for (const p of pages) fs.writeSync(this.fd, expand(this.disk.pageImage(p)), 0, PAGE_BYTES, PAGE_BYTES * (p + 1));
   }
 
-  /** Write lazily cleared pages; with durable, fdatasync too (guest FLUSH). */
-  sync(durable = false): void {
+  /**
+   * Bring the file down to the truth plus the regions marked since the last sync (exact: the
+   * truth alone, for a clean close); durable adds an fdatasync (guest FLUSH).
+   */
+  sync(durable = false, exact = false): void {
+    const hotPages = this.hot.takeChangedPages();
+    // Pages held dirty by the previous hot set are due to age out now.
+    const pages = new Set([...this.bitmap.takeChangedPages(), ...hotPages, ...this.agingPages]);
+    this.agingPages = hotPages;
+    if (exact) for (let p = 0; p < this.disk.pageCount; p++) pages.add(p);
+    for (const p of pages) {
+      const img = expand(this.bitmap.pageImage(p), true);
+      if (!exact) {
+        const h = this.hot.pageImage(p);
+        if (h.length === 1) img.fill(0xff);
+        else for (let i = 0; i < h.length; i++) img[i] |= h[i];
+      }
+      this.disk.loadPage(p, compact(img)); // loadPage records no change: written just below
+      if (this.fd !== null) fs.writeSync(this.fd, img, 0, PAGE_BYTES, PAGE_BYTES * (p + 1));
+    }
+    this.hot = new DirtyBitmap(this.bitmap.sizeBytes, this.bitmap.regionSize);
     this.persist();
     if (durable && this.fd !== null) fs.fdatasyncSync(this.fd);
   }
 
   close(): void {
-    this.sync(true);
+    this.sync(true, true);
     if (this.fd !== null) fs.closeSync(this.fd);
     this.fd = null;
   }
+}
+
+function allSet(bm: DirtyBitmap, first: number, last: number): boolean {
+  for (let r = first; r <= last; r++) if (!bm.get(r)) return false;
+  return true;
+}
+
+const FULL = Buffer.alloc(PAGE_BYTES, 0xff);
+const CLEAN = Buffer.alloc(PAGE_BYTES);
+
+/** A page image (empty = clean, 1 byte = full, else the bits) as the 4 KiB the file holds. */
+function expand(img: Buffer, copy = false): Buffer {
+  const b = img.length === 0 ? CLEAN : img.length === 1 ? FULL : img;
+  return copy || b !== img ? Buffer.from(b) : b;
+}
+
+function compact(page: Buffer): Buffer {
+  let any = false, all = true;
+  for (let i = 0; i < page.length && (all || !any); i++) {
+    if (page[i] !== 0) any = true;
+    if (page[i] !== 0xff) all = false;
+  }
+  return !any ? Buffer.alloc(0) : all ? Buffer.from([0xff]) : page;
 }

@@ -1,6 +1,7 @@
 // Block targets: positioned reads/writes and flush over a regular file or block device
 // (FileVolume), or memory (MemoryVolume, for simulations). No networking here.
 import * as fs from 'node:fs';
+import { adviseRandom, dropCache } from './fadvise';
 
 export interface BlockTarget {
   readonly sizeBytes: number;
@@ -13,6 +14,13 @@ export interface BlockTarget {
    * microseconds, far less than a threadpool round trip. Callers use it only for small writes.
    */
   writeSync?(buf: Buffer, offset: number): void;
+  /**
+   * Optional read for replication traffic (sync, resync, checksums), kept out of readahead so
+   * that it leaves no large page-cache folios under the guest's small writes (storage/fadvise).
+   */
+  readBulk?(buf: Buffer, offset: number): Promise<void>;
+  /** Optional: drop the target's clean cached pages (after bulk writes have been flushed). */
+  dropCache?(): void;
 }
 
 /** A shared buffer of zeroes; never written to. */
@@ -56,6 +64,7 @@ export interface OpenOptions {
 }
 
 export class FileVolume implements BlockTarget {
+  private bulkFd = -1; // opened on first readBulk, advised RANDOM
   private constructor(readonly path: string, private fd: number, readonly sizeBytes: number) {}
 
   static open(path: string, opts: OpenOptions = {}): FileVolume {
@@ -88,11 +97,27 @@ export class FileVolume implements BlockTarget {
     }
   }
 
-  async read(buf: Buffer, offset: number): Promise<void> {
+  read(buf: Buffer, offset: number): Promise<void> {
+    return this.readFrom(this.fd, buf, offset);
+  }
+
+  readBulk(buf: Buffer, offset: number): Promise<void> {
+    if (this.bulkFd < 0 && this.fd >= 0) {
+      this.bulkFd = fs.openSync(this.path, 'r');
+      adviseRandom(this.bulkFd);
+    }
+    return this.readFrom(this.bulkFd, buf, offset);
+  }
+
+  dropCache(): void {
+    if (this.fd >= 0) dropCache(this.fd, 0, 0);
+  }
+
+  private async readFrom(fd: number, buf: Buffer, offset: number): Promise<void> {
     this.check(buf.length, offset);
     let done = 0;
     while (done < buf.length) {
-      const n = await readAt(this.fd, buf, done, offset + done).catch((e) => this.fail('read', offset + done, e));
+      const n = await readAt(fd, buf, done, offset + done).catch((e) => this.fail('read', offset + done, e));
       if (n === 0) {
         buf.fill(0, done); // past EOF of a short file reads as zeroes
         return;
@@ -125,9 +150,9 @@ export class FileVolume implements BlockTarget {
 
   async close(): Promise<void> {
     if (this.fd < 0) return;
-    const fd = this.fd;
-    this.fd = -1;
-    await new Promise<void>((res) => fs.close(fd, () => res()));
+    const fds = [this.fd, this.bulkFd].filter((fd) => fd >= 0);
+    this.fd = this.bulkFd = -1;
+    await Promise.all(fds.map((fd) => new Promise<void>((res) => fs.close(fd, () => res()))));
   }
 
   private wrap(op: string, offset: number, e: NodeJS.ErrnoException): VolumeError {

@@ -354,13 +354,38 @@ describe('DirtyLog', () => {
     // a partial clear: every other region of page 1, and the last region
     for (let r = PAGE_BITS; r < 2 * PAGE_BITS; r += 2) l.clear(r);
     l.clear(REGIONS - 1);
-    l.sync(true);
+    l.sync();
+    l.sync(true); // the second sync since they were written (see the hot-region test)
     const l4 = openLog();
     assert.equal(l4.bitmap.dirtyRegions, REGIONS - PAGE_BITS / 2 - 1);
     assert.equal(l4.bitmap.get(PAGE_BITS), false);
     assert.equal(l4.bitmap.get(PAGE_BITS + 1), true);
     assert.equal(l4.bitmap.get(REGIONS - 1), false);
     assert.equal(l4.bitmap.get(REGIONS - 2), true);
+  });
+
+  it('a region written since the last sync stays dirty in the file through the next sync; close() is exact', () => {
+    const l = openLog();
+    clearAll(l);
+    l.sync();
+    l.sync(); // the fresh log's all-dirty state has now aged out of the file
+    assert.equal(openLog().bitmap.dirtyRegions, 0);
+    l.mark(3 * RS, 3 * RS + 4096);
+    l.clear(3); // acked at once
+    assert.equal(l.bitmap.dirtyRegions, 0, 'the truth is clean');
+    assert.equal(l.persistedDirtyBytes, RS, 'the file still names it');
+    l.mark(3 * RS + 8192, 3 * RS + 12288); // hot again: dirty in the file already, so no log IO
+    l.clear(3);
+    l.sync();
+    assert.deepEqual([...openLog().bitmap.runs()], [[3, 4]], 'kept through the first sync (hot)');
+    l.sync();
+    assert.equal(openLog().bitmap.dirtyRegions, 0, 'cleared by the second sync (not written since)');
+    assert.equal(l.persistedDirtyBytes, 0);
+    l.mark(9 * RS, 9 * RS + 1);
+    l.clear(9);
+    l.close(); // a clean close writes the truth
+    logs.splice(logs.indexOf(l), 1);
+    assert.equal(openLog().bitmap.dirtyRegions, 0, 'exact after close');
   });
 
   it('mark() persists immediately: a reopen without sync() sees the new bits', () => {

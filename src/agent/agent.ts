@@ -24,6 +24,11 @@ function isZero(b: Buffer): boolean {
   return true;
 }
 
+/** The hub's reads are replication traffic: bulk reads where the target has them. */
+function readBulk(t: BlockTarget, buf: Buffer, offset: number): Promise<void> {
+  return t.readBulk ? t.readBulk(buf, offset) : t.read(buf, offset);
+}
+
 export interface AgentVolumeSpec { name: string; target: BlockTarget; log: DirtyLog }
 
 export interface AgentOptions {
@@ -401,11 +406,10 @@ export class ReplicationAgent {
 
   private onAck(seq: number): void {
     if (seq > this.sentSeq) throw new ProtocolError(`WRITE_ACK ${seq} beyond the ${this.sentSeq} writes sent on this connection`);
-    const touched = new Set<AgentVolume>();
+    // Cleared bits reach the log file at its periodic sync, not per ack (see DirtyLog).
     while (this.pendingHead < this.pending.length && this.pending[this.pendingHead].seq <= seq) {
       const p = this.pending[this.pendingHead++];
       const v = p.vol;
-      touched.add(v);
       for (let r = p.first; r <= p.last; r++) {
         if (v.regionSeq.get(r) !== p.seq) continue; // a later write still pends
         v.regionSeq.delete(r);
@@ -416,9 +420,6 @@ export class ReplicationAgent {
       this.pending = this.pending.slice(this.pendingHead);
       this.pendingHead = 0;
     }
-    // Write the cleared pages now (no fsync): after a crash the log then names only regions
-    // really unacked, which keeps resyncs small and failback free of false divergence.
-    for (const v of touched) v.log.sync();
   }
 
   private onReportAck(volumeId: number, reportId: number): void {
@@ -459,7 +460,7 @@ export class ReplicationAgent {
     try {
       if (m.isRead) {
         const buf = Buffer.allocUnsafe(len);
-        await v.spec.target.read(buf, offset);
+        await readBulk(v.spec.target, buf, offset);
         this.stats.remoteReads++;
         if (this.caps & Cap.ZEROES && isZero(buf)) {
           this.stats.remoteZeroBytes += len; // nothing crosses the link for a hole
@@ -490,7 +491,7 @@ export class ReplicationAgent {
     const buf = Buffer.allocUnsafe(rs);
     try {
       for (let i = 0; i < m.count; i++) {
-        await v.spec.target.read(buf, start + i * rs);
+        await readBulk(v.spec.target, buf, start + i * rs);
         createHash('sha256').update(buf).digest().copy(out, i * CHECKSUM_BYTES, 0, CHECKSUM_BYTES);
       }
       this.send([encodeChecksumRes(m.reqId, IO_OK, m.volumeId, out)]);
@@ -505,7 +506,7 @@ export class ReplicationAgent {
     return {
       vm: this.o.vm, connected: this.ready, caps: this.caps,
       queueBytes: this.sock?.writableLength ?? 0, pendingWrites: this.pending.length - this.pendingHead,
-      volumes: this.vols.map((v) => ({ name: v.name, volumeId: v.id, sizeBytes: v.spec.target.sizeBytes, dirtyBytes: v.log.bitmap.dirtyBytes })),
+      volumes: this.vols.map((v) => ({ name: v.name, volumeId: v.id, sizeBytes: v.spec.target.sizeBytes, dirtyBytes: v.log.bitmap.dirtyBytes, logDirtyBytes: v.log.persistedDirtyBytes })),
       ...this.stats,
     };
   }

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 // rephub-agent: serves the VM's disk images over NBD and mirrors every write to the hub.
+import { fadviseUnavailable } from '../../storage/fadvise';
 import { Command } from 'commander';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -20,6 +21,7 @@ async function main(o: { logPretty?: boolean; logLevel?: string; hub: string; ex
   tlsCert?: string; tlsKey?: string; tlsCa?: string; tlsServername?: string; pskFile?: string }) {
   if (o.logPretty) process.env.LOG_PRETTY = '1';
   const log = makeLogger('rephub-agent', o.logLevel);
+  if (fadviseUnavailable()) log.warn({ cause: fadviseUnavailable() }, 'page-cache advice off: replication IO may slow small guest writes');
   const hub = parseHostPort(o.hub, '--hub');
   const nbdAddr = parseHostPort(o.nbd, '--nbd');
   const regionSize = parseSize(o.regionSize, '--region-size');
@@ -117,7 +119,7 @@ program.command('status')
       const st: any = await (await fetch(url)).json();
       if (o.json) { process.stdout.write(JSON.stringify(st, null, 2) + '\n'); return; }
       process.stdout.write(`VM ${st.vm}: hub ${st.connected ? 'connected' : 'NOT connected'}, send queue ${fmt(st.queueBytes)}, ${st.pendingWrites} writes awaiting the hub's ack, ${st.overflowWrites} overflowed into dirty regions\n`);
-      process.stdout.write(table([['VOLUME', 'VOLUME ID', 'SIZE', 'DIRTY'], ...st.volumes.map((v: any) => [v.name, String(v.volumeId), fmt(v.sizeBytes), fmt(v.dirtyBytes)])]) + '\n');
+      process.stdout.write(table([['VOLUME', 'VOLUME ID', 'SIZE', 'DIRTY', 'IN LOG FILE'], ...st.volumes.map((v: any) => [v.name, String(v.volumeId), fmt(v.sizeBytes), fmt(v.dirtyBytes), fmt(v.logDirtyBytes)])]) + '\n');
     } catch (e: any) {
       process.stderr.write(`rephub-agent: cannot reach ${url}: ${e.cause?.message ?? e.message}\n`);
       process.exit(2);

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 // rephub: the replication hub (default command) and its operator subcommands.
+import { fadviseUnavailable } from '../../storage/fadvise';
 import { Command, Option } from 'commander';
 import * as path from 'node:path';
 import { Hub } from '../hub/hub';
@@ -15,6 +16,7 @@ async function serve(o: { logPretty?: boolean; logLevel?: string; listen: string
   tlsCert?: string; tlsKey?: string; tlsCa?: string; pskFile?: string; nbdTls?: boolean }) {
   if (o.logPretty) process.env.LOG_PRETTY = '1';
   const log = makeLogger('rephub', o.logLevel);
+  if (fadviseUnavailable()) log.warn({ cause: fadviseUnavailable() }, 'page-cache advice off: replication IO may slow small guest writes');
   const listen = parseHostPort(o.listen, '--listen');
   const httpAddr = parseHostPort(o.http, '--http');
   const nbdAddr = parseHostPort(o.nbd, '--nbd');
