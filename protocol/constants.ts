@@ -33,8 +33,9 @@ export const Cap = {
   PING: 1 << 4, // heartbeats
   ZEROES: 1 << 5, // a remote read of all-zero data may be answered with io_status IO_ZEROES and no data
   FRAME_CRC: 1 << 6, // after HELLO, frames carry a CRC-32 trailer (header flag FLAG_CRC)
+  SPARSE: 1 << 7, // a remote read may be answered with io_status IO_SPARSE: a chunk map and only the non-zero chunks
 } as const;
-export const ALL_CAPS = Cap.WRITE_ACK | Cap.DIRTY_REPORT | Cap.CHECKSUM | Cap.FLUSH | Cap.PING | Cap.ZEROES | Cap.FRAME_CRC;
+export const ALL_CAPS = Cap.WRITE_ACK | Cap.DIRTY_REPORT | Cap.CHECKSUM | Cap.FLUSH | Cap.PING | Cap.ZEROES | Cap.FRAME_CRC | Cap.SPARSE;
 
 /** Header flag: a 4-byte CRC-32 (zlib) of header + payload follows the payload (not counted in length). */
 export const FLAG_CRC = 1;
@@ -70,3 +71,7 @@ export const CHECKSUM_BYTES = 16; // truncated SHA-256 per region
 export const IO_OK = 0;
 /** REMOTE_IO_RES of a read (cap ZEROES): the range is all zeroes; no data follows. */
 export const IO_ZEROES = 1;
+/** REMOTE_IO_RES of a read (cap SPARSE): a chunk map, then only the chunks that hold data (protocol/sparse.ts). */
+export const IO_SPARSE = 2;
+export const SPARSE_CHUNK = 64 * 1024;
+export const SPARSE_MAP_BYTES = 512; // one sector: bit i = chunk i present; 4096 chunks cover any read

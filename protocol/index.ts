@@ -4,3 +4,4 @@ export * from './errors';
 export * from './decoder';
 export * from './serializer';
 export * from './framer';
+export * from './sparse';

@@ -1,7 +1,7 @@
 // Block targets: positioned reads/writes and flush over a regular file or block device
 // (FileVolume), or memory (MemoryVolume, for simulations). No networking here.
 import * as fs from 'node:fs';
-import { adviseRandom, dropCache } from './fadvise';
+import { adviseRandom, dropCache, dataExtents } from './fileio';
 
 export interface BlockTarget {
   readonly sizeBytes: number;
@@ -19,6 +19,8 @@ export interface BlockTarget {
    * that it leaves no large page-cache folios under the guest's small writes (storage/fadvise).
    */
   readBulk?(buf: Buffer, offset: number): Promise<void>;
+  /** Optional: the data extents within [start, end) (holes excluded), or null when unknown. */
+  dataExtents?(start: number, end: number): [number, number][] | null;
   /** Optional: drop the target's clean cached pages (after bulk writes have been flushed). */
   dropCache?(): void;
 }
@@ -107,6 +109,11 @@ export class FileVolume implements BlockTarget {
       adviseRandom(this.bulkFd);
     }
     return this.readFrom(this.bulkFd, buf, offset);
+  }
+
+  dataExtents(start: number, end: number): [number, number][] | null {
+    this.check(end - start, start);
+    return this.fd >= 0 ? dataExtents(this.fd, start, end) : null;
   }
 
   dropCache(): void {

@@ -8,6 +8,7 @@ import fc from 'fast-check';
 import {
   Cmd, Limits, HEADER_SIZE, MAGIC, SECTOR, CHECKSUM_BYTES, ErrorCode, DIRTY_FINAL,
   encode, decode, encodeError, FrameDecoder, ProtocolError, Message,
+  SPARSE_CHUNK, encodeSparseMap, decodeSparse,
 } from '../protocol';
 import { mulberry32 } from '../tools/prng';
 
@@ -832,5 +833,52 @@ describe('protocol: frame checksums (FRAME_CRC)', () => {
     const d = new FD(() => undefined);
     d.push(Buffer.concat(sealFrame([encodePing(1)])));
     assert.throws(() => d.push(encodePing(2)), /without checksum/);
+  });
+});
+
+describe('IO_SPARSE read answers (protocol/sparse.ts)', () => {
+  const C = SPARSE_CHUNK;
+  const answer = (len: number, present: boolean[], fill = 0x33) => {
+    const chunks = present.flatMap((p, i) => (p ? [Buffer.alloc(Math.min(C, len - i * C), fill + i)] : []));
+    return Buffer.concat([encodeSparseMap(present), ...chunks]);
+  };
+
+  it('splits an answer into zero runs and contiguous data runs, the last chunk short', () => {
+    const len = 4 * C + 8192;
+    const pieces = decodeSparse(len, answer(len, [true, true, false, false, true]));
+    assert.deepEqual(pieces.map((p) => [p.offset, p.length, p.data === null]), [[0, 2 * C, false], [2 * C, 2 * C, true], [4 * C, 8192, false]]);
+    assert.equal(pieces[0].data![C], 0x33 + 1, 'the second chunk follows the first in the run');
+    assert.equal(pieces[2].data!.length, 8192);
+    assert.deepEqual(decodeSparse(C, answer(C, [false])).map((p) => p.data), [null], 'one absent chunk: all zero');
+  });
+
+  it('rejects payloads that do not match their map, maps naming chunks past the read, and bad lengths', () => {
+    const len = 3 * C;
+    const good = answer(len, [true, false, true]);
+    assert.throws(() => decodeSparse(len, good.subarray(0, good.length - 512)), /shorter than its map/);
+    assert.throws(() => decodeSparse(len, Buffer.concat([good, Buffer.alloc(512)])), /accounts for/);
+    assert.throws(() => decodeSparse(len, good.subarray(0, 100)), /no chunk map/);
+    const stray = Buffer.from(good);
+    stray[0] |= 1 << 3; // chunk 3 of a 3-chunk read
+    assert.throws(() => decodeSparse(len, stray), /past the 3/);
+    const far = Buffer.from(good);
+    far[511] = 0x80;
+    assert.throws(() => decodeSparse(len, far), /past the 3/);
+    assert.throws(() => decodeSparse(0, good), ProtocolError);
+    assert.throws(() => decodeSparse(Limits.maxIoBytes + SECTOR, good), ProtocolError);
+  });
+
+  it('round-trips any chunk pattern of any read length', () => {
+    fc.assert(fc.property(fc.integer({ min: 1, max: 40 * 128 }), fc.array(fc.boolean(), { minLength: 40, maxLength: 40 }), (sectors, bits) => {
+      const len = sectors * SECTOR, n = Math.ceil(len / C), present = bits.slice(0, n);
+      const pieces = decodeSparse(len, answer(len, present));
+      let at = 0;
+      for (const p of pieces) {
+        assert.equal(p.offset, at);
+        for (let o = p.offset; o < p.offset + p.length; o += C) assert.equal(p.data !== null, present[o / C]);
+        at += p.length;
+      }
+      assert.equal(at, len);
+    }));
   });
 });

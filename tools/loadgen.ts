@@ -2,8 +2,11 @@
 // Hub ingest benchmark: acts as an agent over loopback TCP, lets the hub finish its initial
 // sync (answering remote reads with zeroes), then streams protected writes (4 KiB random and
 // 1 MiB sequential) with a bounded window of unacked bytes, and reports durable MB/s and
-// writes/s (a write counts when the hub's WRITE_ACK covers it). Not a test: numbers only.
+// writes/s (a write counts when the hub's WRITE_ACK covers it). With --rate-mbps, it instead
+// paces writes of --bs bytes at that steady rate and reports the RPO lag of each write (from
+// sending it to the ack that covers it): p50, p99, max. Not a test: numbers only.
 //   node dist/tools/loadgen.js [--hub HOST:PORT] [--seconds 5] [--size-mib 1024] [--window-mib 64]
+//                              [--rate-mbps MB/s --bs BYTES]
 import * as net from 'node:net';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -19,6 +22,8 @@ const arg = (k: string, d: string) => { const i = process.argv.indexOf(`--${k}`)
 const SECONDS = Number(arg('seconds', '5'));
 const SIZE = Number(arg('size-mib', '1024')) << 20;
 const WINDOW = Number(arg('window-mib', '64')) << 20;
+const RATE = Number(arg('rate-mbps', '0')) * 1e6; // bytes/s; 0 = as fast as the window allows
+const BS = Number(arg('bs', String(1 << 20)));
 
 async function startHub(): Promise<{ port: number; stop: () => void; dir: string }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rephub-loadgen-'));
@@ -90,8 +95,49 @@ async function main() {
     const n = seq - base;
     console.log(`${name.padEnd(22)} ${(sent / s / 1e6).toFixed(1).padStart(8)} MB/s ${(n / s).toFixed(0).padStart(9)} writes/s  (${n} writes in ${s.toFixed(2)} s, all acked durable)`);
   }
-  await run('4 KiB random writes', 4096, true);
-  await run('1 MiB sequential', 1 << 20, false);
+  /** Steady RATE bytes/s in BS writes for SECONDS; the lag of each write from send to ack. */
+  async function rpo() {
+    const data = randomBytes(BS);
+    const sentAt = new Float64Array(Math.ceil((RATE * SECONDS) / BS) + 16); // bounded: one slot per write of the run
+    const base = seq;
+    let off = 0, n = 0;
+    const lags: number[] = [];
+    let ackedTo = base;
+    onAck = null;
+    const collect = () => {
+      const now = performance.now();
+      for (; ackedTo < acked && ackedTo - base < n; ackedTo++) lags.push(now - sentAt[ackedTo - base]);
+    };
+    const t0 = performance.now();
+    while (n < sentAt.length - 16 && performance.now() - t0 < SECONDS * 1000) {
+      const due = Math.floor(((performance.now() - t0) / 1000) * RATE / BS) + 1; // writes due by now
+      while (n < due && n < sentAt.length - 16) {
+        if ((seq - acked) * BS >= WINDOW) break; // the window is full: the lag shows it
+        sock.cork();
+        sock.write(encodeProtectedWriteHead(volId, off / SECTOR, BS / SECTOR, IO_OK));
+        sock.write(data);
+        sock.uncork();
+        sentAt[n] = t0 + (n * BS * 1000) / RATE; // when it was due: a write held back by a full window counts its wait
+        n++;
+        seq++;
+        off = (off + BS) % SIZE;
+      }
+      collect();
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    while (acked < seq) { await new Promise<void>((r) => (onAck = r)); collect(); }
+    collect();
+    const late = Math.max(0, Math.floor(((performance.now() - t0) / 1000) * RATE / BS) - n);
+    lags.sort((a, b) => a - b);
+    const q = (p: number) => lags[Math.min(lags.length - 1, Math.floor(p * lags.length))].toFixed(1);
+    console.log(`RPO at ${(RATE / 1e6).toFixed(0)} MB/s in ${BS}-byte writes: ${n} writes, p50 ${q(0.5)} ms, p99 ${q(0.99)} ms, max ${q(1 - 1e-9)} ms${late ? `, fell ${late} writes behind the rate` : ''}`);
+  }
+
+  if (RATE > 0) await rpo();
+  else {
+    await run('4 KiB random writes', 4096, true);
+    await run('1 MiB sequential', 1 << 20, false);
+  }
   sock.destroy();
   hub.stop();
   if (hub.dir) setTimeout(() => fs.rmSync(hub.dir, { recursive: true, force: true }), 500);

@@ -5,7 +5,8 @@ import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { createHash } from 'node:crypto';
 import {
-  Cmd, Cap, ALL_CAPS, PROTOCOL_VERSION, Limits, SECTOR, IO_OK, IO_ZEROES, DIRTY_FINAL, CHECKSUM_BYTES,
+  Cmd, Cap, ALL_CAPS, PROTOCOL_VERSION, Limits, SECTOR, IO_OK, IO_ZEROES, IO_SPARSE, SPARSE_CHUNK, SPARSE_MAP_BYTES, DIRTY_FINAL, CHECKSUM_BYTES,
+  chunkCount, encodeSparseMap,
   FrameDecoder, decode, Message, ProtocolError, RemoteIoReq, ChecksumReq, Extent,
   encodeHello, encodeReportVmVolumes, encodeProtectedWriteHead, encodeRemoteIoResHead, encodeAgentShutdown,
   encodeDirtyReport, encodeChecksumRes, encodePong, encodePing, encodeFlush, FrameSealer,
@@ -458,18 +459,8 @@ export class ReplicationAgent {
       return;
     }
     try {
-      if (m.isRead) {
-        const buf = Buffer.allocUnsafe(len);
-        await readBulk(v.spec.target, buf, offset);
-        this.stats.remoteReads++;
-        if (this.caps & Cap.ZEROES && isZero(buf)) {
-          this.stats.remoteZeroBytes += len; // nothing crosses the link for a hole
-          this.send([encodeRemoteIoResHead(m.reqId, IO_ZEROES, m.volumeId, 0)]);
-          return;
-        }
-        this.stats.remoteReadBytes += len;
-        this.send([encodeRemoteIoResHead(m.reqId, IO_OK, m.volumeId, len), buf]);
-      } else {
+      if (m.isRead) await this.remoteRead(v, m, offset, len);
+      else {
         await v.spec.target.write(m.data, offset);
         this.stats.remoteWrites++;
         this.send([encodeRemoteIoResHead(m.reqId, IO_OK, m.volumeId, 0)]);
@@ -478,6 +469,56 @@ export class ReplicationAgent {
       this.log.error({ volume: v.name, offset, len, cause: (e as Error).message }, 'remote IO failed');
       this.send([encodeRemoteIoResHead(m.reqId, -5, m.volumeId, 0)]);
     }
+  }
+
+  /**
+   * Answer a hub read: holes (SEEK_DATA) are not read at all, and with SPARSE only the chunks
+   * holding non-zero data cross the link; an all-zero range is one IO_ZEROES header.
+   */
+  private async remoteRead(v: AgentVolume, m: RemoteIoReq, offset: number, len: number): Promise<void> {
+    const t = v.spec.target;
+    const sparse = (this.caps & Cap.SPARSE) !== 0, zeroes = (this.caps & Cap.ZEROES) !== 0;
+    const ext = (sparse || zeroes) && t.dataExtents ? t.dataExtents(offset, offset + len) : null;
+    this.stats.remoteReads++;
+    if (ext && ext.length === 0 && zeroes) return this.answerZeroes(m, len);
+    const buf = Buffer.allocUnsafe(len);
+    if (ext) {
+      let at = offset; // read the data extents; zero the holes between them
+      for (const [a, b] of ext) {
+        buf.fill(0, at - offset, a - offset);
+        await readBulk(t, buf.subarray(a - offset, b - offset), a);
+        at = b;
+      }
+      buf.fill(0, at - offset);
+    } else await readBulk(t, buf, offset);
+    const n = chunkCount(len);
+    if (sparse && n > 1) {
+      const present: boolean[] = [];
+      let e = 0, dataBytes = 0;
+      for (let i = 0; i < n; i++) {
+        const a = offset + i * SPARSE_CHUNK, b = Math.min(a + SPARSE_CHUNK, offset + len);
+        while (ext && e < ext.length && ext[e][1] <= a) e++;
+        const mayHold = !ext || (e < ext.length && ext[e][0] < b); // a chunk in a hole is zero unread
+        present.push(mayHold && !isZero(buf.subarray(a - offset, b - offset)));
+        if (present[i]) dataBytes += b - a;
+      }
+      if (dataBytes === 0 && zeroes) return this.answerZeroes(m, len);
+      if (dataBytes < len) {
+        const parts = [encodeRemoteIoResHead(m.reqId, IO_SPARSE, m.volumeId, SPARSE_MAP_BYTES + dataBytes), encodeSparseMap(present)];
+        for (let i = 0; i < n; i++) if (present[i]) parts.push(buf.subarray(i * SPARSE_CHUNK, Math.min((i + 1) * SPARSE_CHUNK, len)));
+        this.stats.remoteReadBytes += dataBytes;
+        this.stats.remoteZeroBytes += len - dataBytes;
+        this.send(parts);
+        return;
+      }
+    } else if (zeroes && isZero(buf)) return this.answerZeroes(m, len);
+    this.stats.remoteReadBytes += len;
+    this.send([encodeRemoteIoResHead(m.reqId, IO_OK, m.volumeId, len), buf]);
+  }
+
+  private answerZeroes(m: RemoteIoReq, len: number): void {
+    this.stats.remoteZeroBytes += len; // nothing crosses the link for a hole
+    this.send([encodeRemoteIoResHead(m.reqId, IO_ZEROES, m.volumeId, 0)]);
   }
 
   private async checksum(m: ChecksumReq): Promise<void> {

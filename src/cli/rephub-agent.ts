@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // rephub-agent: serves the VM's disk images over NBD and mirrors every write to the hub.
-import { fadviseUnavailable } from '../../storage/fadvise';
+import { fadviseUnavailable } from '../../storage/fileio';
 import { Command } from 'commander';
 import * as fs from 'node:fs';
 import * as os from 'node:os';

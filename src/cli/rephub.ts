@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // rephub: the replication hub (default command) and its operator subcommands.
-import { fadviseUnavailable } from '../../storage/fadvise';
+import { fadviseUnavailable } from '../../storage/fileio';
 import { Command, Option } from 'commander';
 import * as path from 'node:path';
 import { Hub } from '../hub/hub';

@@ -121,6 +121,14 @@ export class Replica {
     }
   }
 
+  /** Make bytes [a, b) zero on the recovery volume; nothing is written if every region they touch is known zero. */
+  async zeroBytes(a: number, b: number): Promise<void> {
+    const bm = this.bitmap!, kz = this.knownZero;
+    let known = kz !== null;
+    for (let r = bm.regionOf(a); known && r <= bm.regionOf(b - 1); r++) known = kz!.get(r);
+    if (!known) await writeZeroes((buf, o) => this.target!.write(buf, o), a, b - a);
+  }
+
   /** Regions stop being known zero once anything writes them. */
   wrote(start: number, end: number): void {
     if (this.knownZero && end > start) {

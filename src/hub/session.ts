@@ -3,7 +3,7 @@
 // so one VM's writes are applied in the order received across all its volumes, and a remote
 // read's data is checked against exactly the writes that came before it.
 import {
-  Cmd, Cap, ALL_CAPS, ErrorCode, PROTOCOL_VERSION, Limits, SECTOR, IO_OK, IO_ZEROES, DIRTY_FINAL,
+  Cmd, Cap, ALL_CAPS, ErrorCode, PROTOCOL_VERSION, Limits, SECTOR, IO_OK, IO_ZEROES, IO_SPARSE, DIRTY_FINAL, decodeSparse, SparsePiece,
   decode, Message, ProtocolError, ProtectedWrite, RemoteIoRes, DirtyReport, ReportVmVolumes,
   encodeHello, encodeStartProtect, encodeRemoteIoReqHead, encodeWriteAck, encodeDirtyReportAck,
   encodeError, encodePong, encodePing, FrameSealer,
@@ -425,6 +425,21 @@ export class AgentSession {
     s.retryAt = Date.now() + 1000;
   }
 
+  /** Apply [a, b) of a sparse answer to a read that began at `start`: zero runs, then data. */
+  private async writeSparse(s: VolumeSync, pieces: SparsePiece[], start: number, a: number, b: number): Promise<void> {
+    // Zero runs first: they are checked against the replica's known-zero regions, which this
+    // answer's own data would otherwise clear.
+    for (const zero of [true, false]) {
+      for (const p of pieces) {
+        if ((p.data === null) !== zero) continue;
+        const pa = Math.max(a, start + p.offset), pb = Math.min(b, start + p.offset + p.length);
+        if (pa >= pb) continue;
+        if (p.data) await s.replica.target!.write(p.data.subarray(pa - start - p.offset, pb - start - p.offset), pa);
+        else await s.replica.zeroBytes(pa, pb);
+      }
+    }
+  }
+
   private async onRemoteIoRes(m: RemoteIoRes): Promise<void> {
     const wb = this.writeBacks.get(m.reqId);
     if (wb) {
@@ -442,16 +457,18 @@ export class AgentSession {
     const bm = s.bitmap, rs = bm.regionSize;
     const start = rd.first * rs, end = Math.min((rd.last + 1) * rs, bm.sizeBytes);
     const zeroes = m.ioStatus === IO_ZEROES && (this.caps & Cap.ZEROES) !== 0 && m.data.length === 0;
-    if (m.ioStatus !== IO_OK && !zeroes) {
+    const sparse = m.ioStatus === IO_SPARSE && (this.caps & Cap.SPARSE) !== 0;
+    if (m.ioStatus !== IO_OK && !zeroes && !sparse) {
       s.replica.lastError = `remote read at ${start} failed on the agent: io_status ${m.ioStatus}`;
       s.replica.errors++;
       this.log.error({ volume: s.replica.name, offset: start, ioStatus: m.ioStatus }, 'remote read failed on the agent; region stays dirty');
       s.retryAt = Date.now() + 1000;
       return;
     }
-    if (!zeroes && m.data.length !== end - start) {
+    if (!zeroes && !sparse && m.data.length !== end - start) {
       throw new ProtocolError(`REMOTE_IO_RES ${m.reqId}: ${m.data.length} bytes, requested ${end - start}`);
     }
+    const pieces = sparse ? decodeSparse(end - start, m.data) : null;
     // Write the regions no protected write touched since the read was issued.
     let r = rd.first;
     while (r <= rd.last) {
@@ -460,7 +477,8 @@ export class AgentSession {
       while (e + 1 <= rd.last && !rd.touched.has(e + 1) && bm.get(e + 1)) e++;
       const a = r * rs, b = Math.min((e + 1) * rs, bm.sizeBytes);
       try {
-        if (!zeroes) await s.replica.target!.write(m.data.subarray(a - start, b - start), a);
+        if (pieces) await this.writeSparse(s, pieces, start, a, b);
+        else if (!zeroes) await s.replica.target!.write(m.data.subarray(a - start, b - start), a);
         else await s.replica.writeZeroes(r, e); // nothing written where the replica is known zero
         // No flush here: sync data needs no ack; the checkpoint flushes before it persists clears.
         s.replica.syncBytes += b - a;

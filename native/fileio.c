@@ -1,10 +1,13 @@
-// posix_fadvise for Node (N-API, no dependencies). Node's fs has no fadvise, and the kernel's
-// readahead turns bulk reads into large page-cache folios that make every later 4 KiB write to
-// them walk hundreds of buffer heads (ext4, Linux >= 6.16): a bulk reader opens its own fd and
-// advises RANDOM, so its reads leave order-0 pages behind.
+// posix_fadvise and lseek(SEEK_DATA/SEEK_HOLE) for Node (N-API, no dependencies); Node's fs
+// has neither. fadvise: the kernel's readahead turns bulk reads into large page-cache folios
+// that make every later 4 KiB write to them walk hundreds of buffer heads (ext4, Linux >= 6.16),
+// so a bulk reader opens its own fd and advises RANDOM. seek: the sync reads holes as holes.
+#define _GNU_SOURCE
 #define NAPI_VERSION 8
 #include <node_api.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <unistd.h>
 
 static napi_value fadvise(napi_env env, napi_callback_info info) {
   size_t argc = 4;
@@ -23,6 +26,24 @@ static napi_value fadvise(napi_env env, napi_callback_info info) {
   return out;
 }
 
+// seek(fd, offset, whence) -> the new offset, or -errno (ENXIO: no data/hole at or after offset).
+static napi_value seek(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  int32_t fd, whence;
+  int64_t offset;
+  napi_value out;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 3 ||
+      napi_get_value_int32(env, argv[0], &fd) != napi_ok || napi_get_value_int64(env, argv[1], &offset) != napi_ok ||
+      napi_get_value_int32(env, argv[2], &whence) != napi_ok) {
+    napi_throw_type_error(env, NULL, "seek(fd, offset, whence): three integers");
+    return NULL;
+  }
+  off_t r = lseek(fd, (off_t)offset, whence);
+  napi_create_int64(env, r < 0 ? -(int64_t)errno : (int64_t)r, &out);
+  return out;
+}
+
 static void constant(napi_env env, napi_value exports, const char *name, int32_t v) {
   napi_value n;
   napi_create_int32(env, v, &n);
@@ -33,6 +54,11 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
   napi_create_function(env, "fadvise", NAPI_AUTO_LENGTH, fadvise, NULL, &fn);
   napi_set_named_property(env, exports, "fadvise", fn);
+  napi_create_function(env, "seek", NAPI_AUTO_LENGTH, seek, NULL, &fn);
+  napi_set_named_property(env, exports, "seek", fn);
+  constant(env, exports, "SEEK_DATA", SEEK_DATA);
+  constant(env, exports, "SEEK_HOLE", SEEK_HOLE);
+  constant(env, exports, "ENXIO", ENXIO);
   constant(env, exports, "RANDOM", POSIX_FADV_RANDOM);
   constant(env, exports, "SEQUENTIAL", POSIX_FADV_SEQUENTIAL);
   constant(env, exports, "DONTNEED", POSIX_FADV_DONTNEED);

@@ -1,0 +1,52 @@
+// posix_fadvise and SEEK_DATA/SEEK_HOLE through the optional native addon (native/fileio.c,
+// built by `npm install`). Without it advice is a no-op and every range counts as data:
+// correctness never depends on either, only speed does.
+import * as path from 'node:path';
+
+interface Native {
+  fadvise(fd: number, offset: number, length: number, advice: number): number;
+  seek(fd: number, offset: number, whence: number): number;
+  RANDOM: number; DONTNEED: number; SEEK_DATA: number; SEEK_HOLE: number; ENXIO: number;
+}
+
+let native: Native | null = null;
+let loadError = '';
+try {
+  native = require(path.join(__dirname, '..', '..', 'build', 'Release', 'rephub_native.node')) as Native;
+} catch (e: any) {
+  loadError = e.message;
+}
+
+/** Why advice is unavailable ('' when it is). */
+export const fadviseUnavailable = (): string => (native ? '' : `native addon not built (${loadError}); run npm install`);
+
+/** No readahead on this open file: its reads leave order-0 pages, not large folios. */
+export function adviseRandom(fd: number): number {
+  return native ? native.fadvise(fd, 0, 0, native.RANDOM) : -1;
+}
+
+/** Drop the clean cached pages of [offset, offset + length) (0 = to the end). */
+export function dropCache(fd: number, offset: number, length: number): number {
+  return native ? native.fadvise(fd, offset, length, native.DONTNEED) : -1;
+}
+
+/**
+ * The data extents of [start, end) of a file, clipped to it, from SEEK_DATA/SEEK_HOLE; null
+ * when unknown (no addon, or a file system or block device without them): read it all.
+ */
+export function dataExtents(fd: number, start: number, end: number): [number, number][] | null {
+  if (!native) return null;
+  const out: [number, number][] = [];
+  let pos = start;
+  while (pos < end) {
+    const d = native.seek(fd, pos, native.SEEK_DATA);
+    if (d === -native.ENXIO) break; // no data from pos to EOF
+    if (d < 0) return null;
+    if (d >= end) break;
+    const h = native.seek(fd, d, native.SEEK_HOLE);
+    if (h < 0) return null;
+    out.push([d, Math.min(h, end)]);
+    pos = h;
+  }
+  return out;
+}
