@@ -22,7 +22,12 @@ export class FrameDecoder {
   private crcSeen = false; // once a peer checksums its frames, every later frame must be checksummed
   private chain = 0; // the last trailer: each frame's CRC continues from it (FrameSealer)
 
-  constructor(private readonly onFrame: FrameHandler, private readonly maxPayload: number = Limits.maxPayload) {}
+  /**
+   * `alloc` supplies the buffer a payload spanning chunks is joined into (a pool, say); the
+   * handler then owns it.
+   */
+  constructor(private readonly onFrame: FrameHandler, private readonly maxPayload: number = Limits.maxPayload,
+    private readonly alloc: (n: number) => Buffer = Buffer.allocUnsafe) {}
 
   /** Feed one chunk. Throws ProtocolError on a bad frame; the decoder is then dead. */
   push(chunk: Buffer): void {
@@ -78,7 +83,9 @@ export class FrameDecoder {
       this.filled += take;
       off += take;
       if (this.filled === this.need) {
-        const payload = Buffer.concat(this.parts, this.need);
+        const payload = this.alloc(this.need);
+        let at = 0;
+        for (const p of this.parts) at += p.copy(payload, at);
         this.parts = [];
         this.filled = 0;
         this.emit(payload);

@@ -6,6 +6,11 @@ import type { Socket } from 'node:net';
 const corked = new WeakSet<Socket>();
 
 export function writeBatched(sock: Socket, ...bufs: Buffer[]): boolean {
+  return writeBatchedThen(sock, bufs);
+}
+
+/** As writeBatched; `done` runs once the socket no longer needs the buffers (written or failed). */
+export function writeBatchedThen(sock: Socket, bufs: Buffer[], done?: () => void): boolean {
   if (!corked.has(sock)) {
     corked.add(sock);
     sock.cork();
@@ -14,7 +19,13 @@ export function writeBatched(sock: Socket, ...bufs: Buffer[]): boolean {
       sock.uncork();
     });
   }
-  let ok = true;
-  for (const b of bufs) if (b.length) ok = sock.write(b);
+  let ok = true, last = bufs.length - 1;
+  while (last >= 0 && bufs[last].length === 0) last--;
+  for (let i = 0; i <= last; i++) {
+    if (!bufs[i].length) continue;
+    // write callbacks run in order, so the last buffer's means all of them are written
+    ok = i === last && done ? sock.write(bufs[i], () => done()) : sock.write(bufs[i]);
+  }
+  if (last < 0 && done) setImmediate(done);
   return ok;
 }

@@ -12,7 +12,8 @@ import {
   encodeDirtyReport, encodeChecksumRes, encodePong, encodePing, encodeFlush, FrameSealer,
 } from '../../protocol';
 import { DirtyBitmap } from '../../storage/bitmap';
-import { writeBatched } from '../net-batch';
+import { writeBatched, writeBatchedThen } from '../net-batch';
+import { BufferPool } from '../buffer-pool';
 import { BlockTarget, SYNC_WRITE_MAX, ZEROES } from '../../storage/volume';
 import type { Logger } from '../log';
 import { DirtyLog } from '../../storage/dirty-log';
@@ -96,6 +97,8 @@ export class ReplicationAgent {
   private caps = 0;
   private ready = false; // HELLO answered (or legacy assumed)
   private sentSeq = 0;
+  // Buffers for the hub's reads (at most maxRemoteIo in use): reused, not reallocated per read.
+  private readonly readPool = new BufferPool(1 << 20, 16);
   private crcOut = false;
   private sealer = new FrameSealer();
   private pending: Pending[] = [];
@@ -348,10 +351,11 @@ export class ReplicationAgent {
     this.backoff = Math.min(this.backoff * 2, this.o.reconnectMaxMs);
   }
 
-  private send(bufs: Buffer[]): void {
+  /** One frame out; `done` runs once the socket no longer needs its buffers (or never took them). */
+  private send(bufs: Buffer[], done?: () => void): void {
     const s = this.sock;
-    if (!s || s.destroyed) return;
-    writeBatched(s, ...(this.crcOut ? this.sealer.seal(bufs) : bufs));
+    if (!s || s.destroyed) return done?.();
+    writeBatchedThen(s, this.crcOut ? this.sealer.seal(bufs) : bufs, done);
   }
 
   private receive(cmd: number, payload: Buffer): void {
@@ -481,7 +485,8 @@ export class ReplicationAgent {
     const ext = (sparse || zeroes) && t.dataExtents ? t.dataExtents(offset, offset + len) : null;
     this.stats.remoteReads++;
     if (ext && ext.length === 0 && zeroes) return this.answerZeroes(m, len);
-    const buf = Buffer.allocUnsafe(len);
+    const buf = this.readPool.take(len);
+    const release = () => this.readPool.give(buf);
     if (ext) {
       let at = offset; // read the data extents; zero the holes between them
       for (const [a, b] of ext) {
@@ -502,18 +507,18 @@ export class ReplicationAgent {
         present.push(mayHold && !isZero(buf.subarray(a - offset, b - offset)));
         if (present[i]) dataBytes += b - a;
       }
-      if (dataBytes === 0 && zeroes) return this.answerZeroes(m, len);
+      if (dataBytes === 0 && zeroes) { release(); return this.answerZeroes(m, len); }
       if (dataBytes < len) {
         const parts = [encodeRemoteIoResHead(m.reqId, IO_SPARSE, m.volumeId, SPARSE_MAP_BYTES + dataBytes), encodeSparseMap(present)];
         for (let i = 0; i < n; i++) if (present[i]) parts.push(buf.subarray(i * SPARSE_CHUNK, Math.min((i + 1) * SPARSE_CHUNK, len)));
         this.stats.remoteReadBytes += dataBytes;
         this.stats.remoteZeroBytes += len - dataBytes;
-        this.send(parts);
+        this.send(parts, release);
         return;
       }
-    } else if (zeroes && isZero(buf)) return this.answerZeroes(m, len);
+    } else if (zeroes && isZero(buf)) { release(); return this.answerZeroes(m, len); }
     this.stats.remoteReadBytes += len;
-    this.send([encodeRemoteIoResHead(m.reqId, IO_OK, m.volumeId, len), buf]);
+    this.send([encodeRemoteIoResHead(m.reqId, IO_OK, m.volumeId, len), buf], release);
   }
 
   private answerZeroes(m: RemoteIoReq, len: number): void {

@@ -6,7 +6,8 @@ import * as http from 'node:http';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { FrameDecoder, ProtocolError } from '../../protocol';
+import { FrameDecoder, ProtocolError, Limits } from '../../protocol';
+import { BufferPool } from '../buffer-pool';
 import { StateStore } from '../../storage/state';
 import type { Logger } from '../log';
 import { Replica, ReplicaSpec, TargetOpener, openFileTarget } from './replica';
@@ -15,6 +16,8 @@ import { FailoverController, FailoverError } from './failover';
 import { NbdServer, NbdExport } from '../nbd/server';
 import { Monitor } from './monitor';
 import { writeBatched } from '../net-batch';
+
+const POOLED_FRAME_MIN = 64 * 1024; // smaller joins are cheap heap allocations
 
 export interface HubOptions {
   volumes: ReplicaSpec[];
@@ -39,6 +42,8 @@ export class Hub {
   private http?: http.Server;
   private nextSession = 1;
   private readonly cfg: SessionConfig;
+  /** Join buffers for large frames (sync reads, 1 MiB writes), shared by all sessions; 16 MiB idle at most. */
+  readonly pool = new BufferPool((1 << 20) + 1024, 16);
   readonly openTarget: TargetOpener;
   private readonly maxSessions: number;
   private readonly sockets = new Set<net.Socket>();
@@ -93,6 +98,7 @@ export class Hub {
       replica: (n) => this.replicas.get(n),
       openTarget: this.openTarget,
       onStateChange: (r, from) => this.log.info({ volume: r.name, from, to: r.state, dirtyBytes: r.bitmap?.dirtyBytes ?? 0 }, 'volume state'),
+      pool: this.pool,
     }, t, this.cfg, this.log.child({ session: id }), identity);
     this.sessions.add(s);
     return s;
@@ -152,7 +158,8 @@ export class Hub {
       pause: (p) => { inPaused = p; flow(); },
     }, identity);
     this.log.info({ session: session.id, peer, identity }, 'agent connected');
-    const framer = new FrameDecoder((cmd, payload) => session.receive(cmd, payload));
+    const framer = new FrameDecoder((cmd, payload) => session.receive(cmd, payload), Limits.maxPayload,
+      (n) => (n >= POOLED_FRAME_MIN ? this.pool.take(n) : Buffer.allocUnsafe(n)));
     sock.on('data', (chunk) => {
       try {
         framer.push(chunk);

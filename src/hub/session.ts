@@ -12,6 +12,7 @@ import type { Logger } from '../log';
 import { Replica, TargetOpener } from './replica';
 import { VolumeSync, InflightRead } from './sync';
 import { DirtyBitmap } from '../../storage/bitmap';
+import type { BufferPool } from '../buffer-pool';
 
 export interface SessionConfig {
   hubName: string;
@@ -33,6 +34,8 @@ export interface SessionHost {
   replica(name: string): Replica | undefined;
   openTarget: TargetOpener;
   onStateChange(r: Replica, from: string): void;
+  /** Where large received frames were joined (see hub.ts); their payloads go back once applied. */
+  pool?: BufferPool;
 }
 
 export interface Transport {
@@ -42,7 +45,7 @@ export interface Transport {
 }
 
 /** A received frame to apply, or a barrier to run at this point of the stream. */
-type Item = { msg: Message; bytes: number; run?: undefined } | { msg?: undefined; bytes: 0; run: () => Promise<void> | void };
+type Item = { msg: Message; payload: Buffer; bytes: number; run?: undefined } | { msg?: undefined; bytes: 0; run: () => Promise<void> | void };
 
 export class AgentSession {
   vm = '';
@@ -153,7 +156,7 @@ export class AgentSession {
       case Cmd.CHECKSUM_REQ:
         throw new ProtocolError(`command ${Cmd[msg.cmd]} goes hub->agent, not agent->hub`);
     }
-    this.enqueue({ msg, bytes: payload.length });
+    this.enqueue({ msg, payload, bytes: payload.length });
   }
 
   private onHello(h: Extract<Message, { cmd: Cmd.HELLO }>): void {
@@ -194,7 +197,10 @@ export class AgentSession {
       while (this.queueHead < this.queue.length && !this.closed) {
         const it = this.queue[this.queueHead++];
         if (it.run) await it.run();
-        else await this.apply(it.msg!);
+        else {
+          await this.apply(it.msg!);
+          this.host.pool?.give(it.payload); // applied: nothing refers to its bytes any more
+        }
         this.queueBytes -= it.bytes;
         if (this.paused && this.queueBytes <= this.cfg.maxQueueBytes / 2) {
           this.paused = false;

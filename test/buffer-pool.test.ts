@@ -1,0 +1,41 @@
+import { strict as assert } from 'node:assert';
+import { BufferPool } from '../src/buffer-pool';
+import { FrameDecoder, encodeProtectedWriteHead, IO_OK } from '../protocol';
+
+describe('BufferPool', () => {
+  it('reuses a given-back buffer, ignores foreign and repeated gives, keeps at most maxIdle idle', () => {
+    const pool = new BufferPool(1024, 2);
+    const a = pool.take(1000);
+    assert.equal(a.length, 1000);
+    pool.give(a.subarray(10, 20)); // any view of it
+    const b = pool.take(512);
+    assert.equal(b.buffer, a.buffer, 'the same memory again');
+    pool.give(b);
+    pool.give(b); // a second give must not put it in the pool twice
+    assert.equal(pool.idle, 1);
+    const c = pool.take(100), d = pool.take(100);
+    assert.notEqual(c.buffer, d.buffer, 'two live buffers never share memory');
+    pool.give(Buffer.alloc(100)); // not from the pool
+    assert.equal(pool.idle, 0);
+    const e = pool.take(100);
+    for (const x of [c, d, e]) pool.give(x);
+    assert.equal(pool.idle, 2, 'idle buffers are bounded');
+    const big = pool.take(4096);
+    assert.equal(big.length, 4096, 'larger than a pool buffer: allocated, not pooled');
+    pool.give(big);
+    assert.equal(pool.idle, 2);
+  });
+
+  it('a FrameDecoder joins a payload spanning chunks into the buffer its allocator gives', () => {
+    const pool = new BufferPool(8192, 4);
+    const got: Buffer[] = [];
+    const fd = new FrameDecoder((_cmd, p) => got.push(p), undefined, (n) => pool.take(n));
+    const data = Buffer.alloc(4096, 7);
+    const frame = Buffer.concat([encodeProtectedWriteHead(1, 0, 8, IO_OK), data]);
+    for (let o = 0; o < frame.length; o += 1000) fd.push(frame.subarray(o, o + 1000));
+    assert.equal(got.length, 1);
+    assert.ok(got[0].subarray(got[0].length - 4096).equals(data));
+    pool.give(got[0]);
+    assert.equal(pool.idle, 1, 'the joined payload was the pool\'s');
+  });
+});
