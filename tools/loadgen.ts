@@ -6,7 +6,7 @@
 // paces writes of --bs bytes at that steady rate and reports the RPO lag of each write (from
 // sending it to the ack that covers it): p50, p99, max. Not a test: numbers only.
 //   node dist/tools/loadgen.js [--hub HOST:PORT] [--seconds 5] [--size-mib 1024] [--window-mib 64]
-//                              [--rate-mbps MB/s --bs BYTES]
+//                              [--workload 4k|1m|both] [--rate-mbps MB/s --bs BYTES]
 import * as net from 'node:net';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -24,6 +24,7 @@ const SIZE = Number(arg('size-mib', '1024')) << 20;
 const WINDOW = Number(arg('window-mib', '64')) << 20;
 const RATE = Number(arg('rate-mbps', '0')) * 1e6; // bytes/s; 0 = as fast as the window allows
 const BS = Number(arg('bs', String(1 << 20)));
+const WORKLOAD = arg('workload', 'both'); // 4k | 1m | both
 
 async function startHub(): Promise<{ port: number; stop: () => void; dir: string }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rephub-loadgen-'));
@@ -135,8 +136,8 @@ async function main() {
 
   if (RATE > 0) await rpo();
   else {
-    await run('4 KiB random writes', 4096, true);
-    await run('1 MiB sequential', 1 << 20, false);
+    if (WORKLOAD !== '1m') await run('4 KiB random writes', 4096, true);
+    if (WORKLOAD !== '4k') await run('1 MiB sequential', 1 << 20, false);
   }
   sock.destroy();
   hub.stop();
