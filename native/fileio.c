@@ -7,6 +7,7 @@
 #include <node_api.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <unistd.h>
 
 static napi_value fadvise(napi_env env, napi_callback_info info) {
@@ -44,6 +45,26 @@ static napi_value seek(napi_env env, napi_callback_info info) {
   return out;
 }
 
+uint32_t rephub_crc32(uint32_t prev, const uint8_t *p, size_t n);
+
+// crc32(buffer, prev) -> the CRC-32 of buffer continuing from prev (zlib.crc32 semantics).
+static napi_value crc32(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  void *data;
+  size_t len;
+  uint32_t prev = 0;
+  napi_value out;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
+      napi_get_buffer_info(env, argv[0], &data, &len) != napi_ok ||
+      (argc > 1 && napi_get_value_uint32(env, argv[1], &prev) != napi_ok)) {
+    napi_throw_type_error(env, NULL, "crc32(buffer, prev): a Buffer and an unsigned 32-bit integer");
+    return NULL;
+  }
+  napi_create_uint32(env, rephub_crc32(prev, (const uint8_t *)data, len), &out);
+  return out;
+}
+
 static void constant(napi_env env, napi_value exports, const char *name, int32_t v) {
   napi_value n;
   napi_create_int32(env, v, &n);
@@ -54,6 +75,8 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
   napi_create_function(env, "fadvise", NAPI_AUTO_LENGTH, fadvise, NULL, &fn);
   napi_set_named_property(env, exports, "fadvise", fn);
+  napi_create_function(env, "crc32", NAPI_AUTO_LENGTH, crc32, NULL, &fn);
+  napi_set_named_property(env, exports, "crc32", fn);
   napi_create_function(env, "seek", NAPI_AUTO_LENGTH, seek, NULL, &fn);
   napi_set_named_property(env, exports, "seek", fn);
   constant(env, exports, "SEEK_DATA", SEEK_DATA);

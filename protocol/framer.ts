@@ -2,7 +2,7 @@
 // chunk may hold many frames. A payload inside one chunk is passed on as a zero-copy view;
 // one spanning chunks is joined once when its last byte arrives (memory follows the bytes
 // received, not the length a header claims). Pure: no sockets.
-import { crc32 } from 'node:zlib';
+import { crc32 } from './crc';
 import { MAGIC, HEADER_SIZE, Limits, Cmd, FLAG_CRC } from './constants';
 import { ProtocolError } from './errors';
 

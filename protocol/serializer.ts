@@ -1,7 +1,7 @@
 // Encoders. Each returns the frame as one Buffer, except data-bearing frames whose encoder
 // returns only the header + fixed fields: the caller writes the data buffer right after it
 // (socket.cork()/writev), so payload bytes are never copied.
-import { crc32 } from 'node:zlib';
+import { crc32 } from './crc';
 import { Cmd, MAGIC, HEADER_SIZE, SECTOR, Limits, CHECKSUM_BYTES, IO_OK, FLAG_CRC } from './constants';
 import type { Message, VolumeInfo, Extent } from './messages';
 

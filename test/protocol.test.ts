@@ -10,6 +10,7 @@ import {
   encode, decode, encodeError, FrameDecoder, ProtocolError, Message,
   SPARSE_CHUNK, encodeSparseMap, decodeSparse,
 } from '../protocol';
+import { crc32 } from '../protocol/crc';
 import { mulberry32 } from '../tools/prng';
 
 const SPEC = path.join(__dirname, '../../protocol/SPEC.md');
@@ -880,5 +881,17 @@ describe('IO_SPARSE read answers (protocol/sparse.ts)', () => {
       }
       assert.equal(at, len);
     }));
+  });
+});
+
+describe('frame CRC-32 (protocol/crc.ts)', () => {
+  it('equals zlib.crc32 for any data, offset and chained start value', () => {
+    const zlib = require('node:zlib');
+    fc.assert(fc.property(fc.uint8Array({ maxLength: 5000 }), fc.nat(15), fc.integer({ min: 0, max: 0xffffffff }), (a, skip, prev) => {
+      const b = Buffer.from(a).subarray(Math.min(skip, a.length)); // unaligned starts too
+      assert.equal(crc32(b, prev), zlib.crc32(b, prev));
+    }), { numRuns: 3000 });
+    const big = Buffer.alloc((1 << 20) + 13, 0x5c);
+    assert.equal(crc32(big, 7), zlib.crc32(big, 7));
   });
 });
