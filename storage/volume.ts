@@ -19,6 +19,8 @@ export interface BlockTarget {
    * that it leaves no large page-cache folios under the guest's small writes (storage/fadvise).
    */
   readBulk?(buf: Buffer, offset: number): Promise<void>;
+  /** Optional gathered write: the pieces land back to back from offset. */
+  writev?(parts: Buffer[], offset: number): Promise<void>;
   /** Optional: the data extents within [start, end) (holes excluded), or null when unknown. */
   dataExtents?(start: number, end: number): [number, number][] | null;
   /** Optional: drop the target's clean cached pages (after bulk writes have been flushed). */
@@ -48,6 +50,13 @@ function readAt(fd: number, buf: Buffer, off: number, pos: number): Promise<numb
 }
 function writeAt(fd: number, buf: Buffer, off: number, pos: number): Promise<number> {
   return new Promise((res, rej) => fs.write(fd, buf, off, buf.length - off, pos, (e, n) => (e ? rej(e) : res(n))));
+}
+
+function skip(parts: Buffer[], n: number): Buffer[] {
+  let i = 0;
+  while (i < parts.length && n >= parts[i].length) n -= parts[i++].length;
+  if (i === parts.length) return [];
+  return [parts[i].subarray(n), ...parts.slice(i + 1)];
 }
 
 /** Size of a block device in bytes, from sysfs (fstat reports 0 for devices). */
@@ -148,6 +157,19 @@ export class FileVolume implements BlockTarget {
     let done = 0;
     while (done < buf.length) {
       done += await writeAt(this.fd, buf, done, offset + done).catch((e) => this.fail('write', offset + done, e));
+    }
+  }
+
+  async writev(parts: Buffer[], offset: number): Promise<void> {
+    let len = 0;
+    for (const p of parts) len += p.length;
+    this.check(len, offset);
+    let done = 0;
+    while (parts.length) {
+      const n = await new Promise<number>((res, rej) => fs.writev(this.fd, parts, offset + done, (e, w) => (e ? rej(e) : res(w))))
+        .catch((e) => this.fail('write', offset + done, e));
+      done += n;
+      parts = skip(parts, n); // a short write: go on from where it stopped
     }
   }
 

@@ -48,6 +48,33 @@ describe('FileVolume', () => {
     assert.ok(st.blocks * 512 <= 64 * 1024, `${st.blocks} blocks allocated for a new sparse file`);
   });
 
+  it('writev lands pieces back to back, even past the kernel\'s iovec limit (short writes resume)', async () => {
+    const v = openVol(path.join(dir, 'g.img'), { createSize: 4 * MiB });
+    const parts = Array.from({ length: 1500 }, (_, i) => randomBytes(i % 3 === 0 ? 512 : 1536)); // IOV_MAX is 1024
+    const all = Buffer.concat(parts);
+    await v.writev(parts, 4096);
+    const back = Buffer.alloc(all.length);
+    await v.read(back, 4096);
+    assert.ok(back.equals(all));
+    await assert.rejects(v.writev([Buffer.alloc(4096)], 4 * MiB - 512), /outside/);
+  });
+
+  it('dataExtents names the data runs of a sparse file and nothing in its holes', () => {
+    const p = path.join(dir, 's.img');
+    const v = openVol(p, { createSize: 8 * MiB });
+    const fd = fs.openSync(p, 'r+');
+    fs.writeSync(fd, randomBytes(64 * 1024), 0, 64 * 1024, 1 * MiB);
+    fs.writeSync(fd, randomBytes(64 * 1024), 0, 64 * 1024, 5 * MiB);
+    fs.closeSync(fd);
+    const ext = v.dataExtents(0, 8 * MiB)!;
+    assert.ok(ext, 'SEEK_DATA works here (native addon built)');
+    assert.equal(ext.length, 2, JSON.stringify(ext));
+    assert.ok(ext[0][0] <= 1 * MiB && ext[0][1] >= 1 * MiB + 65536 && ext[0][1] <= 2 * MiB, JSON.stringify(ext));
+    assert.ok(ext[1][0] >= 2 * MiB && ext[1][0] <= 5 * MiB && ext[1][1] >= 5 * MiB + 65536, JSON.stringify(ext));
+    assert.deepEqual(v.dataExtents(2 * MiB, 4 * MiB), [], 'a hole');
+    assert.deepEqual(v.dataExtents(5 * MiB + 4096, 5 * MiB + 8192), [[5 * MiB + 4096, 5 * MiB + 8192]], 'clipped to the range');
+  });
+
   it('opens an existing file at its own size: createSize neither truncates nor extends it', async () => {
     const p = path.join(dir, 'rep.img');
     const data = randomBytes(3 * MiB);

@@ -136,18 +136,25 @@ export class ReplicationAgent {
 
   // ---- the write path (called by the NBD server or a test driver) ----
 
-  /** Apply a guest write to the local image and mirror it. Never waits for the hub. */
-  async write(name: string, offset: number, data: Buffer): Promise<void> {
+  /**
+   * Apply a guest write to the local image and mirror it. Never waits for the hub. A large
+   * write may come as the pieces it arrived in: written with writev and mirrored as they are.
+   */
+  async write(name: string, offset: number, data: Buffer | Buffer[]): Promise<void> {
     const v = this.vol(name);
-    this.checkRange(v, offset, offset + data.length);
-    const unlock = await v.lock(offset, offset + data.length);
+    let len = 0;
+    if (Array.isArray(data)) for (const p of data) len += p.length;
+    else len = data.length;
+    this.checkRange(v, offset, offset + len);
+    const unlock = await v.lock(offset, offset + len);
     try {
-      const [first, last] = this.begin(v, offset, offset + data.length);
+      const [first, last] = this.begin(v, offset, offset + len);
       try {
         const t = v.spec.target;
-        if (t.writeSync && data.length <= SYNC_WRITE_MAX) t.writeSync(data, offset);
+        if (Array.isArray(data)) await (t.writev ? t.writev(data, offset) : t.write(Buffer.concat(data, len), offset));
+        else if (t.writeSync && len <= SYNC_WRITE_MAX) t.writeSync(data, offset);
         else await t.write(data, offset);
-        this.mirror(v, offset, data);
+        this.mirror(v, offset, data, len);
       } finally {
         this.end(v, first, last);
       }
@@ -207,23 +214,24 @@ export class ReplicationAgent {
     return v;
   }
 
-  private mirror(v: AgentVolume, offset: number, data: Buffer): void {
+  private mirror(v: AgentVolume, offset: number, data: Buffer | Buffer[], len: number): void {
     this.stats.writes++;
     if (!this.ready || v.id < 0) return; // not protected now: the dirty log has it
     const sock = this.sock!;
-    if (sock.writableLength + data.length > this.o.maxQueueBytes || this.pending.length - this.pendingHead >= this.o.maxPendingWrites) {
+    if (sock.writableLength + len > this.o.maxQueueBytes || this.pending.length - this.pendingHead >= this.o.maxPendingWrites) {
       this.stats.overflowWrites++;
-      this.owe(v, offset, offset + data.length);
+      this.owe(v, offset, offset + len);
       return;
     }
     const seq = ++this.sentSeq;
     const bm = v.log.bitmap;
-    const first = bm.regionOf(offset), last = bm.regionOf(offset + data.length - 1);
+    const first = bm.regionOf(offset), last = bm.regionOf(offset + len - 1);
     this.pending.push({ seq, vol: v, first, last });
     for (let r = first; r <= last; r++) v.regionSeq.set(r, seq);
-    const frame = [encodeProtectedWriteHead(v.id, offset / SECTOR, data.length / SECTOR, IO_OK), data];
+    const head = encodeProtectedWriteHead(v.id, offset / SECTOR, len / SECTOR, IO_OK);
+    const frame = Array.isArray(data) ? [head, ...data] : [head, data];
     writeBatched(sock, ...(this.crcOut ? this.sealer.seal(frame) : frame));
-    this.stats.mirroredBytes += data.length;
+    this.stats.mirroredBytes += len;
   }
 
   /** A dirty range the hub must hear about by report (overflow, zeroing). */

@@ -11,6 +11,22 @@ export class ByteQueue {
     this.length += b.length;
   }
 
+  /** Remove the next n bytes (n <= length) as views of the chunks they arrived in: no copy. */
+  takeParts(n: number): Buffer[] {
+    if (n > this.length) throw new RangeError(`take ${n} of ${this.length}`);
+    this.length -= n;
+    const out: Buffer[] = [];
+    while (n > 0) {
+      const c = this.chunks[0];
+      const k = Math.min(n, c.length - this.head);
+      out.push(c.subarray(this.head, this.head + k));
+      n -= k;
+      this.head += k;
+      if (this.head === c.length) { this.chunks.shift(); this.head = 0; }
+    }
+    return out;
+  }
+
   /** Remove and return the next n bytes (n <= length). */
   take(n: number): Buffer {
     if (n > this.length) throw new RangeError(`take ${n} of ${this.length}`);
