@@ -43,6 +43,7 @@ describe('sparse initial sync (SEEK_DATA + IO_SPARSE)', function () {
     await hub.converged('V1', img, rep, 60_000);
     const st = await agent.status();
     assert.equal(st.caps & 0x80, 0x80, 'SPARSE negotiated');
+    assert.equal(st.caps & 0x40, 0x40, 'FRAME_CRC on a plaintext link');
     assert.equal(st.remoteReadBytes, dataChunks * CHUNK, 'only chunks holding data crossed the link');
     assert.equal(st.remoteZeroBytes, size - dataChunks * CHUNK);
     const allocated = fs.statSync(rep).blocks * 512;

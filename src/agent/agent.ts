@@ -117,7 +117,9 @@ export class ReplicationAgent {
 
   constructor(private readonly opts: AgentOptions) {
     this.o = {
-      hubHost: opts.hubHost, hubPort: opts.hubPort, vm: opts.vm, caps: opts.caps ?? ALL_CAPS,
+      hubHost: opts.hubHost, hubPort: opts.hubPort, vm: opts.vm,
+      // TLS records are authenticated already: frame checksums would only repeat that work
+      caps: opts.caps ?? (opts.tls ? ALL_CAPS & ~Cap.FRAME_CRC : ALL_CAPS),
       maxQueueBytes: opts.maxQueueBytes ?? 64 << 20, maxPendingWrites: opts.maxPendingWrites ?? 65536,
       maxRemoteIo: opts.maxRemoteIo ?? 16, reconnectMaxMs: opts.reconnectMaxMs ?? 5000, heartbeatMs: opts.heartbeatMs ?? 2000,
     };
