@@ -1,5 +1,5 @@
 {
   "targets": [
-    { "target_name": "rephub_native", "sources": ["native/fileio.c", "native/crc32.c"], "cflags": ["-O2", "-Wall"] }
+    { "target_name": "rephub_native", "sources": ["native/fileio.c", "native/crc32.c"], "cflags": ["-O2", "-Wall"], "libraries": ["-lpthread"] }
   ]
 }

@@ -4,19 +4,29 @@
 // checksums cover every data byte twice (agent seals, hub verifies); zlib's crc32 was a quarter
 // of the CPU of a 1 MiB write. Folding keeps the invariant: CRC(message) = CRC(lane bytes
 // followed by the unprocessed rest), so no Barrett step is needed.
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#define HAVE_FOLDING 1
+#endif
 
 static uint32_t table[256];
+static int have_pclmul;
+static pthread_once_t once = PTHREAD_ONCE_INIT;
 
-static void make_table(void) {
+static void init(void) {
   for (uint32_t i = 0; i < 256; i++) {
     uint32_t c = i;
     for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
     table[i] = c;
   }
+#ifdef HAVE_FOLDING
+  __builtin_cpu_init();
+  have_pclmul = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
+#endif
 }
 
 static uint32_t bytewise(uint32_t c, const uint8_t *p, size_t n) {
@@ -24,6 +34,7 @@ static uint32_t bytewise(uint32_t c, const uint8_t *p, size_t n) {
   return c;
 }
 
+#ifdef HAVE_FOLDING
 // x moved forward by the distance its constants encode: lo * k_lo ^ hi * k_hi.
 __attribute__((target("pclmul,sse4.1"))) static inline __m128i fold(__m128i x, __m128i k) {
   return _mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x00), _mm_clmulepi64_si128(x, k, 0x11));
@@ -51,15 +62,19 @@ __attribute__((target("pclmul,sse4.1"))) static uint32_t folded(uint32_t c, cons
   return bytewise(bytewise(0, lane, 16), p, n);
 }
 
-static int have_pclmul = -1;
+#endif
+
+/** 1 when this CPU folds (fast), 0 when only the byte table is left (slower than zlib). */
+int rephub_crc32_folded(void) {
+  pthread_once(&once, init);
+  return have_pclmul;
+}
 
 uint32_t rephub_crc32(uint32_t prev, const uint8_t *p, size_t n) {
-  if (have_pclmul < 0) {
-    make_table();
-    __builtin_cpu_init();
-    have_pclmul = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
-  }
+  pthread_once(&once, init);
   uint32_t c = ~prev;
-  c = have_pclmul && n >= 64 ? folded(c, p, n) : bytewise(c, p, n);
-  return ~c;
+#ifdef HAVE_FOLDING
+  if (have_pclmul && n >= 64) return ~folded(c, p, n);
+#endif
+  return ~bytewise(c, p, n);
 }

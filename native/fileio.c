@@ -46,6 +46,7 @@ static napi_value seek(napi_env env, napi_callback_info info) {
 }
 
 uint32_t rephub_crc32(uint32_t prev, const uint8_t *p, size_t n);
+int rephub_crc32_folded(void);
 
 // crc32(buffer, prev) -> the CRC-32 of buffer continuing from prev (zlib.crc32 semantics).
 static napi_value crc32(napi_env env, napi_callback_info info) {
@@ -79,6 +80,7 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_set_named_property(env, exports, "crc32", fn);
   napi_create_function(env, "seek", NAPI_AUTO_LENGTH, seek, NULL, &fn);
   napi_set_named_property(env, exports, "seek", fn);
+  constant(env, exports, "CRC32_FOLDED", rephub_crc32_folded());
   constant(env, exports, "SEEK_DATA", SEEK_DATA);
   constant(env, exports, "SEEK_HOLE", SEEK_HOLE);
   constant(env, exports, "ENXIO", ENXIO);

@@ -7,7 +7,8 @@ import { crc32 as zlibCrc32 } from 'node:zlib';
 type Crc = (data: Buffer, prev?: number) => number;
 let fast: ((data: Buffer, prev: number) => number) | null = null;
 try {
-  fast = (require(path.join(__dirname, '..', '..', 'build', 'Release', 'rephub_native.node')) as { crc32: (d: Buffer, p: number) => number }).crc32;
+  const n = require(path.join(__dirname, '..', '..', 'build', 'Release', 'rephub_native.node')) as { crc32: (d: Buffer, p: number) => number; CRC32_FOLDED: number };
+  if (n.CRC32_FOLDED) fast = n.crc32; // without folding hardware zlib is faster
 } catch { /* addon not built: zlib */ }
 
 const NATIVE_MIN = 512; // below this the call overheads are alike

@@ -97,8 +97,19 @@ export class DirtyLog {
     if (!allSet(bm, first, last)) bm.setRegions(first, last);
     if (!allSet(this.hot, first, last)) this.hot.setRegions(first, last);
     if (allSet(this.disk, first, last)) return; // the common case: no log IO
+    const pages = new Set<number>();
+    for (let r = first; r <= last; r += PAGE_BITS - (r % PAGE_BITS)) pages.add(Math.floor(r / PAGE_BITS));
+    pages.add(Math.floor(last / PAGE_BITS));
+    const before = [...pages].map((p) => [p, Buffer.from(this.disk.pageImage(p))] as const);
     this.disk.setRegions(first, last);
-    this.persist();
+    try {
+      this.persist();
+    } catch (e) {
+      // The file may lack these bits: `disk` must not claim them, or the next write to the
+      // region would skip the log (pages that did reach the file merely stay more dirty).
+      for (const [p, img] of before) this.disk.loadPage(p, img);
+      throw e;
+    }
   }
 
   /** Clear a region; reaches the file at the second sync() from now at the latest. */

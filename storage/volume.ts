@@ -114,7 +114,8 @@ export class FileVolume implements BlockTarget {
 
   readBulk(buf: Buffer, offset: number): Promise<void> {
     if (this.bulkFd < 0 && this.fd >= 0) {
-      this.bulkFd = fs.openSync(this.path, 'r');
+      // the same open file, even if the path was renamed or replaced since
+      this.bulkFd = fs.openSync(`/proc/self/fd/${this.fd}`, 'r');
       adviseRandom(this.bulkFd);
     }
     return this.readFrom(this.bulkFd, buf, offset);

@@ -415,6 +415,22 @@ describe('DirtyLog', () => {
     assert.equal(openLog().bitmap.dirtyRegions, 0, 'exact after close');
   });
 
+  it('a failed log write leaves no claim of bits the file lacks: the next mark writes them again', () => {
+    const l = openLog();
+    clearAll(l);
+    l.sync();
+    l.sync();
+    const fd = (l as any).fd;
+    const ro = fs.openSync(file, 'r');
+    (l as any).fd = ro; // writes now fail with EBADF
+    assert.throws(() => l.mark(7 * RS, 7 * RS + 1), /EBADF/);
+    assert.equal(l.persistedDirtyBytes, 0, 'the file has no new bit, and the log does not pretend it has');
+    (l as any).fd = fd;
+    fs.closeSync(ro);
+    l.mark(7 * RS, 7 * RS + 1); // retried: reaches the file
+    assert.deepEqual([...openLog().bitmap.runs()], [[7, 8]]);
+  });
+
   it('mark() persists immediately: a reopen without sync() sees the new bits', () => {
     const l = openLog();
     clearAll(l);

@@ -205,8 +205,8 @@ export class ReplicationAgent {
 
   async flush(name: string): Promise<void> {
     const v = this.vol(name);
+    v.log.sync(true); // the log is durable before the data it covers can be
     await v.spec.target.flush();
-    v.log.sync(true);
     if (this.ready && this.caps & Cap.FLUSH) this.send([encodeFlush(this.sentSeq)]);
   }
 
@@ -498,13 +498,13 @@ export class ReplicationAgent {
     const buf = this.readPool.take(len);
     const release = () => this.readPool.give(buf);
     if (ext) {
-      let at = offset; // read the data extents; zero the holes between them
+      let at = offset; // zero the holes between the data extents, read the extents at once
       for (const [a, b] of ext) {
         buf.fill(0, at - offset, a - offset);
-        await readBulk(t, buf.subarray(a - offset, b - offset), a);
         at = b;
       }
       buf.fill(0, at - offset);
+      await Promise.all(ext.map(([a, b]) => readBulk(t, buf.subarray(a - offset, b - offset), a)));
     } else await readBulk(t, buf, offset);
     const n = chunkCount(len);
     if (sparse && n > 1) {
