@@ -26,7 +26,7 @@ export interface SessionConfig {
 }
 
 export const defaultSessionConfig: SessionConfig = {
-  hubName: 'rephub', caps: ALL_CAPS, maxInflightReads: 8, maxReadBytes: 1 << 20,
+  hubName: 'rephub', caps: ALL_CAPS, maxInflightReads: 16, maxReadBytes: 1 << 20,
   maxQueueBytes: 64 << 20, checkpointMs: 5000, heartbeatMs: 2000, handshakeMs: 10_000,
 };
 
@@ -440,8 +440,10 @@ export class AgentSession {
         if ((p.data === null) !== zero) continue;
         const pa = Math.max(a, start + p.offset), pb = Math.min(b, start + p.offset + p.length);
         if (pa >= pb) continue;
-        if (p.data) await s.replica.target!.write(p.data.subarray(pa - start - p.offset, pb - start - p.offset), pa);
-        else await s.replica.zeroBytes(pa, pb);
+        if (p.data) {
+          const d = p.data.subarray(pa - start - p.offset, pb - start - p.offset), t = s.replica.target!;
+          if (!t.tryWriteSync(d, pa)) await t.write(d, pa); // small runs: no threadpool round trip
+        } else await s.replica.zeroBytes(pa, pb);
       }
     }
   }

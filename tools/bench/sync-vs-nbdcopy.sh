@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Initial sync of a volume with data vs nbdcopy copying the same image between two nbdkit
-# exports, in one run. Usage: tools/bench/sync-vs-nbdcopy.sh [SIZE_MIB] [FILL_PERCENT]
+# exports, in one run. Usage: tools/bench/sync-vs-nbdcopy.sh [SIZE_MIB] [FILL_PERCENT] [RUNS]
 # FILL_PERCENT of the 64 KiB blocks hold random data, the rest are holes (default 100).
-# Both start with a cold page cache and end when their data is on disk (sync).
+# Both start with a cold page cache and end when their data is on disk (sync). RUNS (default 3)
+# alternate the two and report each one's median: nbdcopy's time swings run to run here.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-MIB=${1:-1024}; FILL=${2:-100}
+MIB=${1:-1024}; FILL=${2:-100}; RUNS=${3:-3}
 W=$(mktemp -d /tmp/rephub-syncbench.XXXX); PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill $p 2>/dev/null || true; done; sleep 0.5; rm -rf "$W"' EXIT
 npx tsc -p . >/dev/null
@@ -25,18 +26,25 @@ truncate -s "${MIB}M" "$W/dst.img"
 nbdkit -f -i 127.0.0.1 -p 17511 --exportname=S file "$W/src.img" 2>/dev/null & PIDS+=($!)
 nbdkit -f -i 127.0.0.1 -p 17512 --exportname=D file "$W/dst.img" 2>/dev/null & PIDS+=($!)
 sleep 0.5
-quiet
-s=$(now); nbdcopy nbd://127.0.0.1:17511/S nbd://127.0.0.1:17512/D; sync; e=$(now)
-T_COPY=$(echo "$e - $s" | bc)
-quiet
-LOG_LEVEL=warn node dist/src/cli/rephub.js --listen 127.0.0.1:17500 --http 127.0.0.1:17580 --nbd 127.0.0.1:17510 --vol "S=$W/SR" --data "$W/hub" 2>"$W/hub.log" & PIDS+=($!)
-sleep 0.5
-s=$(now)
-LOG_LEVEL=warn node dist/src/cli/rephub-agent.js --hub 127.0.0.1:17500 --export "S=$W/src.img" --nbd 127.0.0.1:17509 --http 127.0.0.1:17590 --state "$W/ast" --vm s 2>"$W/agent.log" & PIDS+=($!)
-until curl -s 127.0.0.1:17580/status | grep -q '"state": "protecting"'; do sleep 0.05; done
-sync; e=$(now)
-T_SYNC=$(echo "$e - $s" | bc)
-cmp "$W/src.img" "$W/SR" && echo "replica byte-equal"
-LINK=$(curl -s 127.0.0.1:17590/status | jq '.remoteReadBytes')
-printf 'size %d MiB, %d%% data: nbdcopy nbdkit->nbdkit %.2f s; rephub initial sync %.2f s (agent start to protecting); ratio %.2f; %d MiB crossed the link\n' \
-  "$MIB" "$FILL" "$T_COPY" "$T_SYNC" "$(echo "$T_SYNC / $T_COPY" | bc -l)" "$((LINK >> 20))"
+med() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+for run in $(seq "$RUNS"); do
+  quiet
+  s=$(now); nbdcopy nbd://127.0.0.1:17511/S nbd://127.0.0.1:17512/D; sync; e=$(now)
+  T_COPY=$(echo "$e - $s" | bc); echo "$T_COPY" >> "$W/copy"
+  rm -rf "$W/SR" "$W/hub" "$W/ast"
+  quiet
+  LOG_LEVEL=warn node dist/src/cli/rephub.js --listen 127.0.0.1:17500 --http 127.0.0.1:17580 --nbd 127.0.0.1:17510 --vol "S=$W/SR" --data "$W/hub" 2>"$W/hub.log" & HUB=$!
+  sleep 0.5
+  s=$(now)
+  LOG_LEVEL=warn node dist/src/cli/rephub-agent.js --hub 127.0.0.1:17500 --export "S=$W/src.img" --nbd 127.0.0.1:17509 --http 127.0.0.1:17590 --state "$W/ast" --vm s 2>"$W/agent.log" & AG=$!
+  until curl -s 127.0.0.1:17580/status | grep -q '"state": "protecting"'; do sleep 0.05; done
+  sync; e=$(now)
+  T_SYNC=$(echo "$e - $s" | bc); echo "$T_SYNC" >> "$W/sync"
+  cmp "$W/src.img" "$W/SR" >/dev/null || { echo "REPLICA DIFFERS"; exit 1; }
+  LINK=$(curl -s 127.0.0.1:17590/status | jq '.remoteReadBytes')
+  printf 'run %d: nbdcopy %.2f s, rephub %.2f s, replica byte-equal, %d MiB crossed the link\n' "$run" "$T_COPY" "$T_SYNC" "$((LINK >> 20))"
+  kill -INT $AG; wait $AG 2>/dev/null || true; kill -INT $HUB; wait $HUB 2>/dev/null || true
+done
+C=$(med < "$W/copy"); S=$(med < "$W/sync")
+printf 'size %d MiB, %d%% data, median of %d: nbdcopy nbdkit->nbdkit %.2f s; rephub initial sync %.2f s (agent start to protecting); ratio %.2f\n' \
+  "$MIB" "$FILL" "$RUNS" "$C" "$S" "$(echo "$S / $C" | bc -l)"
