@@ -13,7 +13,7 @@ import { enabled as tlsEnabled, serverOptions } from '../security';
 const collect = (v: string, prev: string[]) => [...prev, v];
 
 async function serve(o: { logPretty?: boolean; logLevel?: string; listen: string; vol: string[]; data: string; http: string; nbd: string; regionSize: string;
-  tlsCert?: string; tlsKey?: string; tlsCa?: string; pskFile?: string; nbdTls?: boolean }) {
+  tlsCert?: string; tlsKey?: string; tlsCa?: string; pskFile?: string; nbdTls?: boolean; commitInterval: string }) {
   if (o.logPretty) process.env.LOG_PRETTY = '1';
   const log = makeLogger('rephub', o.logLevel);
   if (fadviseUnavailable()) log.warn({ cause: fadviseUnavailable() }, 'page-cache advice off: replication IO may slow small guest writes');
@@ -21,13 +21,15 @@ async function serve(o: { logPretty?: boolean; logLevel?: string; listen: string
   const httpAddr = parseHostPort(o.http, '--http');
   const nbdAddr = parseHostPort(o.nbd, '--nbd');
   const regionSize = parseSize(o.regionSize, '--region-size');
+  const commitIntervalMs = Number(o.commitInterval);
+  if (!Number.isInteger(commitIntervalMs) || commitIntervalMs < 0 || commitIntervalMs > 1000) throw new Error(`--commit-interval ${o.commitInterval}: milliseconds, 0 to 1000`);
   if (o.vol.length === 0) throw new Error('give at least one --vol (e.g. --vol V1R)');
   const volumes = o.vol.map(parseVolSpec);
   const store = new LmdbStateStore(path.resolve(o.data));
   const tls = { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa, pskFile: o.pskFile };
   if (!tlsEnabled(tls)) log.warn({ listen: o.listen }, 'agent link is plaintext and unauthenticated: use --tls-* or --psk-file outside a lab');
   else serverOptions(tls); // fail fast on bad files
-  const hub = new Hub({ volumes, store, log, regionSize, layersDir: path.resolve(o.data, 'layers'), tls, nbdTls: !!o.nbdTls });
+  const hub = new Hub({ volumes, store, log, regionSize, layersDir: path.resolve(o.data, 'layers'), tls, nbdTls: !!o.nbdTls, session: { commitIntervalMs } });
   const a = await hub.listen(listen.host, listen.port);
   const h = await hub.listenHttp(httpAddr.host, httpAddr.port);
   const n = await hub.listenNbd(nbdAddr.host, nbdAddr.port);
@@ -72,6 +74,7 @@ program.command('serve', { isDefault: true })
   .option('--tls-key <file>', 'hub private key (PEM)')
   .option('--tls-ca <file>', 'CA that signs agent certificates; an agent is the VM named by its certificate CN')
   .option('--psk-file <file>', 'TLS with pre-shared keys instead: identity:hexkey lines; identity = VM name')
+  .option('--commit-interval <ms>', 'group commit: at most one fdatasync of the recovery volumes per interval while writes stream in (0: back to back)', '5')
   .option('--log-pretty', 'human-readable logs instead of JSON lines')
   .option('--log-level <level>', 'trace, debug, info, warn, error', 'info')
   .option('--nbd-tls', 'require TLS (STARTTLS) on the NBD exports, with the --tls-cert/--tls-key certificate; with --tls-ca clients need certificates too')

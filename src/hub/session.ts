@@ -23,11 +23,14 @@ export interface SessionConfig {
   checkpointMs: number; // how often cleared bits and cursors are persisted
   heartbeatMs: number; // PING interval for agents with the PING capability; 3 silent intervals = dead
   handshakeMs: number; // a connection must have reported its volumes by then, or it is closed
+  // Group commit: at most one fdatasync round per interval while writes stream in (an explicit
+  // flush never waits). Fewer commits cost less CPU on both sides; acks wait at most this long.
+  commitIntervalMs: number;
 }
 
 export const defaultSessionConfig: SessionConfig = {
   hubName: 'rephub', caps: ALL_CAPS, maxInflightReads: 16, maxReadBytes: 1 << 20,
-  maxQueueBytes: 64 << 20, checkpointMs: 5000, heartbeatMs: 2000, handshakeMs: 10_000,
+  maxQueueBytes: 64 << 20, checkpointMs: 5000, heartbeatMs: 2000, handshakeMs: 10_000, commitIntervalMs: 5,
 };
 
 export interface SessionHost {
@@ -594,9 +597,21 @@ export class AgentSession {
 
   /** Group commit: flush every volume written since the last flush, then ack the writes. */
   private kickFlush(): void {
-    if (this.flushRun || this.closed || this.appliedSeq === this.ackedSeq && this.touchedTargets.size === 0) return;
-    void this.flushNow().catch((e) => this.fail(e));
+    if (this.flushRun || this.commitTimer || this.closed || this.appliedSeq === this.ackedSeq && this.touchedTargets.size === 0) return;
+    const wait = this.lastCommitAt + this.cfg.commitIntervalMs - performance.now();
+    if (wait > 0) {
+      this.commitTimer = setTimeout(() => { this.commitTimer = null; this.kickFlush(); }, Math.ceil(wait));
+      return;
+    }
+    const run = this.commitOnce().finally(() => {
+      if (this.flushRun === run) this.flushRun = null;
+      this.kickFlush(); // writes that came in meanwhile: the next round, an interval later
+    });
+    this.flushRun = run;
+    run.catch((e) => this.fail(e));
   }
+  private commitTimer: NodeJS.Timeout | null = null;
+  private lastCommitAt = -Infinity;
 
   /** Flush and ack everything applied so far; waits for a group commit already under way. */
   private async flushNow(): Promise<void> {
@@ -610,20 +625,24 @@ export class AgentSession {
   }
 
   private async flushLoop(): Promise<void> {
-    while (!this.closed && (this.appliedSeq > this.ackedSeq || this.touchedTargets.size > 0)) {
-      const seq = this.appliedSeq;
-      const targets = [...this.touchedTargets];
-      this.touchedTargets.clear();
-      await Promise.all(targets.map((r) => r.target!.flush().catch((e) => {
-        r.lastError = e.message;
-        this.log.error({ volume: r.name, cause: e.message }, 'flush of recovery volume failed');
-        throw e;
-      })));
-      if (seq > this.ackedSeq) {
-        this.ackedSeq = seq;
-        this.trimRecvTimes(seq);
-        if (this.caps & Cap.WRITE_ACK) this.send([encodeWriteAck(seq)]);
-      }
+    while (!this.closed && (this.appliedSeq > this.ackedSeq || this.touchedTargets.size > 0)) await this.commitOnce();
+  }
+
+  /** One group commit round: flush the volumes written so far, then ack up to there. */
+  private async commitOnce(): Promise<void> {
+    this.lastCommitAt = performance.now();
+    const seq = this.appliedSeq;
+    const targets = [...this.touchedTargets];
+    this.touchedTargets.clear();
+    await Promise.all(targets.map((r) => r.target!.flush().catch((e) => {
+      r.lastError = e.message;
+      this.log.error({ volume: r.name, cause: e.message }, 'flush of recovery volume failed');
+      throw e;
+    })));
+    if (seq > this.ackedSeq) {
+      this.ackedSeq = seq;
+      this.trimRecvTimes(seq);
+      if (this.caps & Cap.WRITE_ACK) this.send([encodeWriteAck(seq)]);
     }
   }
 
@@ -654,6 +673,7 @@ export class AgentSession {
     clearTimeout(this.handshakeTimer);
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     if (this.retryTimer) clearTimeout(this.retryTimer);
+    if (this.commitTimer) clearTimeout(this.commitTimer);
     for (const wb of this.writeBacks.values()) wb.reject(new Error('agent session closed'));
     this.writeBacks.clear();
     // Barriers still waiting run at the end of what was applied: the stream stopped there.
