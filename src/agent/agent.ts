@@ -497,24 +497,36 @@ export class ReplicationAgent {
     if (ext && ext.length === 0 && zeroes) return this.answerZeroes(m, len);
     const buf = this.readPool.take(len);
     const release = () => this.readPool.give(buf);
+    const n = chunkCount(len), useSparse = sparse && n > 1;
+    // Chunks that touch a data extent; the others lie in holes: with SPARSE they are neither
+    // read nor zeroed, just left out of the answer.
+    const holds: boolean[] = [];
+    for (let i = 0, e = 0; i < n; i++) {
+      const a = offset + i * SPARSE_CHUNK, b = Math.min(a + SPARSE_CHUNK, offset + len);
+      while (ext && e < ext.length && ext[e][1] <= a) e++;
+      holds.push(!ext || (e < ext.length && ext[e][0] < b));
+    }
     if (ext) {
-      let at = offset; // zero the holes between the data extents, read the extents at once
+      const zero = (a: number, b: number) => { // a hole the answer may carry reads as zeroes
+        if (!useSparse) return void buf.fill(0, a - offset, b - offset);
+        for (let i = Math.floor((a - offset) / SPARSE_CHUNK); i * SPARSE_CHUNK < b - offset; i++) {
+          if (holds[i]) buf.fill(0, Math.max(a - offset, i * SPARSE_CHUNK), Math.min(b - offset, (i + 1) * SPARSE_CHUNK));
+        }
+      };
+      let at = offset;
       for (const [a, b] of ext) {
-        buf.fill(0, at - offset, a - offset);
+        if (a > at) zero(at, a);
         at = b;
       }
-      buf.fill(0, at - offset);
+      if (at < offset + len) zero(at, offset + len);
       await Promise.all(ext.map(([a, b]) => readBulk(t, buf.subarray(a - offset, b - offset), a)));
     } else await readBulk(t, buf, offset);
-    const n = chunkCount(len);
-    if (sparse && n > 1) {
+    if (useSparse) {
       const present: boolean[] = [];
-      let e = 0, dataBytes = 0;
+      let dataBytes = 0;
       for (let i = 0; i < n; i++) {
         const a = offset + i * SPARSE_CHUNK, b = Math.min(a + SPARSE_CHUNK, offset + len);
-        while (ext && e < ext.length && ext[e][1] <= a) e++;
-        const mayHold = !ext || (e < ext.length && ext[e][0] < b); // a chunk in a hole is zero unread
-        present.push(mayHold && !isZero(buf.subarray(a - offset, b - offset)));
+        present.push(holds[i] && !isZero(buf.subarray(a - offset, b - offset)));
         if (present[i]) dataBytes += b - a;
       }
       if (dataBytes === 0 && zeroes) { release(); return this.answerZeroes(m, len); }
