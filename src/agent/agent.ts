@@ -43,6 +43,7 @@ export interface AgentOptions {
   maxQueueBytes?: number; // mirrored bytes buffered towards the hub; beyond it writes become dirty bits
   maxPendingWrites?: number; // mirrored writes awaiting the hub's durable ack
   maxRemoteIo?: number; // remote IOs executed at once
+  seekData?: boolean; // find holes with SEEK_DATA/SEEK_HOLE (off: read everything, still send only non-zero chunks)
   reconnectMaxMs?: number;
   heartbeatMs?: number; // PING interval; the link is declared dead after 3 silent intervals
   tls?: tls.ConnectionOptions; // TLS (certificates or PSK) to the hub; plaintext when absent
@@ -113,7 +114,7 @@ export class ReplicationAgent {
   private syncTimer: NodeJS.Timeout;
   private readonly o: Required<Omit<AgentOptions, 'volumes' | 'log' | 'tls'>>;
   // counters for status and tests
-  stats = { writes: 0, mirroredBytes: 0, overflowWrites: 0, remoteReads: 0, remoteReadBytes: 0, remoteZeroBytes: 0, remoteWrites: 0, connects: 0, reportedBytes: 0 };
+  stats = { writes: 0, mirroredBytes: 0, overflowWrites: 0, remoteReads: 0, remoteReadBytes: 0, remoteZeroBytes: 0, remoteDiskBytes: 0, remoteWrites: 0, connects: 0, reportedBytes: 0 };
 
   constructor(private readonly opts: AgentOptions) {
     this.o = {
@@ -121,7 +122,7 @@ export class ReplicationAgent {
       // TLS records are authenticated already: frame checksums would only repeat that work
       caps: opts.caps ?? (opts.tls ? ALL_CAPS & ~Cap.FRAME_CRC : ALL_CAPS),
       maxQueueBytes: opts.maxQueueBytes ?? 64 << 20, maxPendingWrites: opts.maxPendingWrites ?? 65536,
-      maxRemoteIo: opts.maxRemoteIo ?? 16, reconnectMaxMs: opts.reconnectMaxMs ?? 5000, heartbeatMs: opts.heartbeatMs ?? 2000,
+      maxRemoteIo: opts.maxRemoteIo ?? 16, seekData: opts.seekData ?? true, reconnectMaxMs: opts.reconnectMaxMs ?? 5000, heartbeatMs: opts.heartbeatMs ?? 2000,
     };
     this.vols = opts.volumes.map((v) => new AgentVolume(v));
     for (const v of this.vols) this.byName.set(v.name, v);
@@ -492,7 +493,7 @@ export class ReplicationAgent {
   private async remoteRead(v: AgentVolume, m: RemoteIoReq, offset: number, len: number): Promise<void> {
     const t = v.spec.target;
     const sparse = (this.caps & Cap.SPARSE) !== 0, zeroes = (this.caps & Cap.ZEROES) !== 0;
-    const ext = (sparse || zeroes) && t.dataExtents ? t.dataExtents(offset, offset + len) : null;
+    const ext = (sparse || zeroes) && this.o.seekData && t.dataExtents ? t.dataExtents(offset, offset + len) : null;
     this.stats.remoteReads++;
     if (ext && ext.length === 0 && zeroes) return this.answerZeroes(m, len);
     const buf = this.readPool.take(len);
@@ -520,7 +521,11 @@ export class ReplicationAgent {
       }
       if (at < offset + len) zero(at, offset + len);
       await Promise.all(ext.map(([a, b]) => readBulk(t, buf.subarray(a - offset, b - offset), a)));
-    } else await readBulk(t, buf, offset);
+      for (const [a, b] of ext) this.stats.remoteDiskBytes += b - a;
+    } else {
+      await readBulk(t, buf, offset);
+      this.stats.remoteDiskBytes += len;
+    }
     if (useSparse) {
       const present: boolean[] = [];
       let dataBytes = 0;

@@ -18,7 +18,7 @@ import { fmt, table } from './format';
 const collect = (v: string, prev: string[]) => [...prev, v];
 
 async function main(o: { logPretty?: boolean; logLevel?: string; hub: string; export: string[]; nbd: string; state: string; vm: string; regionSize: string; maxQueue: string; http: string;
-  tlsCert?: string; tlsKey?: string; tlsCa?: string; tlsServername?: string; pskFile?: string }) {
+  tlsCert?: string; tlsKey?: string; tlsCa?: string; tlsServername?: string; pskFile?: string; seekData?: boolean }) {
   if (o.logPretty) process.env.LOG_PRETTY = '1';
   const log = makeLogger('rephub-agent', o.logLevel);
   if (fadviseUnavailable()) log.warn({ cause: fadviseUnavailable() }, 'page-cache advice off: replication IO may slow small guest writes');
@@ -43,7 +43,7 @@ async function main(o: { logPretty?: boolean; logLevel?: string; hub: string; ex
   const files = { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa, pskFile: o.pskFile };
   const secure = tlsEnabled(files) ? clientOptions(files, vm, o.tlsServername ?? hub.host) : undefined;
   if (!secure) log.warn({ hub: o.hub }, 'agent link is plaintext and unauthenticated: use --tls-* or --psk-file outside a lab');
-  const agent = new ReplicationAgent({ hubHost: hub.host, hubPort: hub.port, vm, volumes, log, maxQueueBytes: parseSize(o.maxQueue, '--max-queue'), tls: secure });
+  const agent = new ReplicationAgent({ hubHost: hub.host, hubPort: hub.port, vm, volumes, log, maxQueueBytes: parseSize(o.maxQueue, '--max-queue'), tls: secure, seekData: o.seekData !== false });
   const exports = new Map<string, NbdExport>();
   for (const v of volumes) {
     exports.set(v.name, {
@@ -108,6 +108,7 @@ program.command('run', { isDefault: true })
   .option('--tls-servername <name>', 'name to verify in the hub certificate (default: the --hub host)')
   .option('--psk-file <file>', 'TLS with a pre-shared key instead of certificates: identity:hexkey lines; identity = --vm')
   .option('--max-queue <bytes>', 'mirror bytes buffered towards the hub; beyond it writes become dirty regions', '64M')
+  .option('--no-seek-data', 'do not trust SEEK_DATA/SEEK_HOLE to find holes (a file system with a hole-reporting bug): read everything; zero chunks are still not sent')
   .action((o) => main(o).catch((e) => { process.stderr.write(`rephub-agent: ${e.message}\n`); process.exit(2); }));
 
 program.command('status')
