@@ -97,10 +97,8 @@ export class DirtyLog {
     if (!allSet(bm, first, last)) bm.setRegions(first, last);
     if (!allSet(this.hot, first, last)) this.hot.setRegions(first, last);
     if (allSet(this.disk, first, last)) return; // the common case: no log IO
-    const pages = new Set<number>();
-    for (let r = first; r <= last; r += PAGE_BITS - (r % PAGE_BITS)) pages.add(Math.floor(r / PAGE_BITS));
-    pages.add(Math.floor(last / PAGE_BITS));
-    const before = [...pages].map((p) => [p, Buffer.from(this.disk.pageImage(p))] as const);
+    const before: [number, Buffer][] = [];
+    for (let p = Math.floor(first / PAGE_BITS); p <= Math.floor(last / PAGE_BITS); p++) before.push([p, Buffer.from(this.disk.pageImage(p))]);
     this.disk.setRegions(first, last);
     try {
       this.persist();
@@ -135,13 +133,13 @@ export class DirtyLog {
     this.agingPages = hotPages;
     if (exact) for (let p = 0; p < this.disk.pageCount; p++) pages.add(p);
     for (const p of pages) {
-      const img = expand(this.bitmap.pageImage(p), true);
+      const img = Buffer.from(expand(this.bitmap.pageImage(p))); // a copy: the hot bits go in
       if (!exact) {
         const h = this.hot.pageImage(p);
         if (h.length === 1) img.fill(0xff);
         else for (let i = 0; i < h.length; i++) img[i] |= h[i];
       }
-      this.disk.loadPage(p, compact(img)); // loadPage records no change: written just below
+      this.disk.loadPage(p, img); // copies and normalizes; records no change: written just below
       if (this.fd !== null) fs.writeSync(this.fd, img, 0, PAGE_BYTES, PAGE_BYTES * (p + 1));
     }
     this.hot = new DirtyBitmap(this.bitmap.sizeBytes, this.bitmap.regionSize);
@@ -157,24 +155,13 @@ export class DirtyLog {
 }
 
 function allSet(bm: DirtyBitmap, first: number, last: number): boolean {
-  for (let r = first; r <= last; r++) if (!bm.get(r)) return false;
-  return true;
+  return bm.countRange(first, last + 1) === last - first + 1;
 }
 
 const FULL = Buffer.alloc(PAGE_BYTES, 0xff);
 const CLEAN = Buffer.alloc(PAGE_BYTES);
 
-/** A page image (empty = clean, 1 byte = full, else the bits) as the 4 KiB the file holds. */
-function expand(img: Buffer, copy = false): Buffer {
-  const b = img.length === 0 ? CLEAN : img.length === 1 ? FULL : img;
-  return copy || b !== img ? Buffer.from(b) : b;
-}
-
-function compact(page: Buffer): Buffer {
-  let any = false, all = true;
-  for (let i = 0; i < page.length && (all || !any); i++) {
-    if (page[i] !== 0) any = true;
-    if (page[i] !== 0xff) all = false;
-  }
-  return !any ? Buffer.alloc(0) : all ? Buffer.from([0xff]) : page;
+/** A page image (empty = clean, 1 byte = full, else the bits) as the 4 KiB the file holds; read-only. */
+function expand(img: Buffer): Buffer {
+  return img.length === 0 ? CLEAN : img.length === 1 ? FULL : img;
 }

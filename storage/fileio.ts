@@ -18,7 +18,7 @@ try {
 }
 
 /** Why advice is unavailable ('' when it is). */
-export const fadviseUnavailable = (): string => (native ? '' : `native addon not built (${loadError}); run npm install`);
+export const nativeUnavailable = (): string => (native ? '' : `native addon not built (${loadError}); run npm install`);
 
 /** No readahead on this open file: its reads leave order-0 pages, not large folios. */
 export function adviseRandom(fd: number): number {

@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync, spawn } from 'node:child_process';
 import { tmpdir, makeImage, sha, waitFor } from './helpers/util';
-import { HubProcess, AgentProcess } from './helpers/hub-process';
+import { HubProcess, AgentProcess, v1Hub, v1Agent } from './helpers/hub-process';
 import { CutProxy } from './helpers/proxy';
 
 const MiB = 1 << 20;
@@ -25,9 +25,9 @@ describe('agent shim with real NBD clients', function () {
     dir = tmpdir();
     img = path.join(dir, 'V1.img'); rep = path.join(dir, 'V1R');
     makeImage(img, size, 0.3);
-    hub = new HubProcess(['--vol', `V1=${rep}`, '--data', path.join(dir, 'hub')]);
+    hub = v1Hub(dir, rep);
     await hub.start();
-    agent = new AgentProcess(['--hub', `127.0.0.1:${hub.port}`, '--export', `V1=${img}`, '--state', path.join(dir, 'agent'), '--vm', 'vm1']);
+    agent = v1Agent(dir, img, hub.port);
     await agent.start();
   });
   afterEach(async () => {
@@ -69,7 +69,7 @@ describe('agent shim with real NBD clients', function () {
 
   it('hub stalled (SIGSTOP): writes overflow the bounded queue into dirty regions, the VM never blocks', async () => {
     await agent.stop();
-    agent = new AgentProcess(['--hub', `127.0.0.1:${hub.port}`, '--export', `V1=${img}`, '--state', path.join(dir, 'agent'), '--vm', 'vm1', '--max-queue', '1M']);
+    agent = v1Agent(dir, img, hub.port, '--max-queue', '1M');
     await agent.start();
     await converged();
     hub.proc!.kill('SIGSTOP');
@@ -134,7 +134,7 @@ describe('agent shim with real NBD clients', function () {
     await agent.stop();
     const proxy = new CutProxy(hub.port);
     const pport = await proxy.listen();
-    agent = new AgentProcess(['--hub', `127.0.0.1:${pport}`, '--export', `V1=${img}`, '--state', path.join(dir, 'agent'), '--vm', 'vm1']);
+    agent = v1Agent(dir, img, pport);
     await agent.start();
     await converged();
     const before = await syncBytes();

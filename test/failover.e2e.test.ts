@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { tmpdir, makeImage, sha, waitFor } from './helpers/util';
-import { HubProcess, AgentProcess, CLI } from './helpers/hub-process';
+import { HubProcess, AgentProcess, CLI, v1Hub, v1Agent } from './helpers/hub-process';
 
 const MiB = 1 << 20;
 const run = (cmd: string, args: string[], timeout = 120_000) => execFileSync(cmd, args, { timeout, stdio: ['ignore', 'pipe', 'pipe'] }).toString();
@@ -37,9 +37,9 @@ describe('failover test, failover and failback', function () {
     dir = tmpdir();
     img = path.join(dir, 'V1.img'); rep = path.join(dir, 'V1R');
     makeImage(img, size, 0.5);
-    hub = new HubProcess(['--vol', `V1=${rep}`, '--data', path.join(dir, 'hub')]);
+    hub = v1Hub(dir, rep);
     await hub.start();
-    agent = new AgentProcess(['--hub', `127.0.0.1:${hub.port}`, '--export', `V1=${img}`, '--state', path.join(dir, 'agent'), '--vm', 'vm1']);
+    agent = v1Agent(dir, img, hub.port);
     await agent.start();
     await converged();
   });

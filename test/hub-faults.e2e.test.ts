@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { randomBytes, randomInt } from 'node:crypto';
 import { tmpdir, makeImage, sha, waitFor } from './helpers/util';
 import { startTestAgent } from './helpers/test-agent';
-import { HubProcess } from './helpers/hub-process';
+import { HubProcess, v1Hub } from './helpers/hub-process';
 import { CutProxy } from './helpers/proxy';
 import type { ReplicationAgent } from '../src/agent/agent';
 
@@ -65,7 +65,7 @@ describe('hub process end to end: faults', function () {
   it('hub kill -9 during sync and under writes, restart resumes and converges', async () => {
     const img = path.join(dir, 'V1.img'), rep = path.join(dir, 'V1R');
     makeImage(img, size, 0.9);
-    hub = new HubProcess(['--vol', `V1=${rep}`, '--data', path.join(dir, 'hub')]);
+    hub = v1Hub(dir, rep);
     await hub.start();
     agent = startTestAgent({ port: hub.port, images: { V1: img }, stateDir: dir });
     await waitFor('sync under way', async () => { const v = await hub.volume('V1'); return v.state === 'syncing' && v.dirtyBytes < size; }, 30000, 5);
@@ -91,7 +91,7 @@ describe('hub process end to end: faults', function () {
   it('agent restart: the persisted dirty log brings writes made while the hub was away', async () => {
     const img = path.join(dir, 'V1.img'), rep = path.join(dir, 'V1R');
     makeImage(img, 8 * MiB);
-    hub = new HubProcess(['--vol', `V1=${rep}`, '--data', path.join(dir, 'hub')]);
+    hub = v1Hub(dir, rep);
     await hub.start();
     agent = startTestAgent({ port: hub.port, images: { V1: img }, stateDir: dir });
     await waitFor('protecting', async () => (await hub.volume('V1')).state === 'protecting');

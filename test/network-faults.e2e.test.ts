@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import * as net from 'node:net';
 import { execFileSync } from 'node:child_process';
 import { tmpdir, makeImage } from './helpers/util';
-import { HubProcess, AgentProcess } from './helpers/hub-process';
+import { HubProcess, AgentProcess, v1Hub, v1Agent } from './helpers/hub-process';
 import { FaultProxy } from '../tools/faultproxy';
 import {
   Cmd, Cap, PROTOCOL_VERSION, Limits, FrameDecoder, decode, encodeHello, encodeStartProtect, encodeDirtyReportAck, encodePong, encodeWriteAck,
@@ -30,11 +30,11 @@ describe('network faults between agent and hub (fault proxy, fio through the age
     dir = tmpdir('rephub-netfault-');
     img = path.join(dir, 'V1.img'); rep = path.join(dir, 'V1R');
     makeImage(img, size, 0.3);
-    hub = new HubProcess(['--vol', `V1=${rep}`, '--data', path.join(dir, 'hub')]);
+    hub = v1Hub(dir, rep);
     await hub.start();
     proxy = new FaultProxy({ target: { host: '127.0.0.1', port: hub.port }, maxBufferBytes: 2 * MiB, seed: 4242 });
     const pport = await proxy.listen();
-    agent = new AgentProcess(['--hub', `127.0.0.1:${pport}`, '--export', `V1=${img}`, '--state', path.join(dir, 'agent'), '--vm', 'vm1']);
+    agent = v1Agent(dir, img, pport);
     await agent.start();
     await waitHubConverged(hub, agent, 120_000);
     assert.ok((await waitByteEqual(img, rep, size)).equal, 'initial sync byte-equal');
@@ -266,7 +266,7 @@ describe('agent write acks against a scripted hub', function () {
     dir = tmpdir('rephub-acks-');
     const img = path.join(dir, 'V1.img');
     makeImage(img, 8 * MiB, 0.3);
-    agent = new AgentProcess(['--hub', `127.0.0.1:${port}`, '--export', `V1=${img}`, '--state', path.join(dir, 'agent'), '--vm', 'vm1']);
+    agent = v1Agent(dir, img, port);
     await agent.start();
     return agent;
   }
@@ -331,10 +331,10 @@ describe('half-open link during the TLS handshake (TLS-PSK agent link)', functio
     makeImage(img, 8 * MiB, 0.3);
     const psk = path.join(dir, 'vm1.psk');
     fs.writeFileSync(psk, 'vm1:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n');
-    const hub = new HubProcess(['--vol', `V1=${rep}@vm1`, '--data', path.join(dir, 'hub'), '--psk-file', psk]);
+    const hub = v1Hub(dir, `${rep}@vm1`, '--psk-file', psk);
     await hub.start();
     const proxy = new FaultProxy({ target: { host: '127.0.0.1', port: hub.port } });
-    const agent = new AgentProcess(['--hub', `127.0.0.1:${await proxy.listen()}`, '--export', `V1=${img}`, '--state', path.join(dir, 'agent'), '--vm', 'vm1', '--psk-file', psk]);
+    const agent = v1Agent(dir, img, await proxy.listen(), '--psk-file', psk);
     try {
       await agent.start();
       await waitHubConverged(hub, agent, 60_000);

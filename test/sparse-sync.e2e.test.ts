@@ -7,8 +7,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from './helpers/util';
-import { HubProcess, AgentProcess } from './helpers/hub-process';
-import { fadviseUnavailable } from '../storage/fileio';
+import { HubProcess, AgentProcess, v1Hub, v1Agent } from './helpers/hub-process';
+import { nativeUnavailable } from '../storage/fileio';
 
 const KiB = 1024, MiB = 1 << 20, CHUNK = 64 * KiB;
 
@@ -43,16 +43,16 @@ describe('sparse initial sync (SEEK_DATA + IO_SPARSE)', function () {
     const img = path.join(dir, 'V1.img'), rep = path.join(dir, 'V1R');
     const size = 64 * MiB; // more reads than pooled buffers: reuse shows stale bytes
     const data = makeSparseImage(img, size);
-    hub = new HubProcess(['--vol', `V1=${rep}`, '--data', path.join(dir, 'hub')]);
+    hub = v1Hub(dir, rep);
     await hub.start();
-    agent = new AgentProcess(['--hub', `127.0.0.1:${hub.port}`, '--export', `V1=${img}`, '--state', path.join(dir, 'agent'), '--vm', 'vm1', ...agentArgs]);
+    agent = v1Agent(dir, img, hub.port, ...agentArgs);
     await agent.start();
     await hub.converged('V1', img, rep, 60_000);
     return { st: await agent.status(), data, size, rep };
   }
 
   it('only non-zero 64 KiB chunks cross the link; holes and written zeroes cost a map bit; replica byte-equal and sparse', async () => {
-    assert.equal(fadviseUnavailable(), '', 'the native addon is built (npm install)');
+    assert.equal(nativeUnavailable(), '', 'the native addon is built (npm install)');
     const { st, data, size, rep } = await syncOnce([]);
     assert.equal(st.caps & 0x80, 0x80, 'SPARSE negotiated');
     assert.equal(st.caps & 0x40, 0x40, 'FRAME_CRC on a plaintext link');

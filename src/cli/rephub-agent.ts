@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // rephub-agent: serves the VM's disk images over NBD and mirrors every write to the hub.
-import { fadviseUnavailable } from '../../storage/fileio';
+import { nativeUnavailable } from '../../storage/fileio';
 import { Command } from 'commander';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -21,7 +21,7 @@ async function main(o: { logPretty?: boolean; logLevel?: string; hub: string; ex
   tlsCert?: string; tlsKey?: string; tlsCa?: string; tlsServername?: string; pskFile?: string; seekData?: boolean }) {
   if (o.logPretty) process.env.LOG_PRETTY = '1';
   const log = makeLogger('rephub-agent', o.logLevel);
-  if (fadviseUnavailable()) log.warn({ cause: fadviseUnavailable() }, 'page-cache advice off: replication IO may slow small guest writes');
+  if (nativeUnavailable()) log.warn({ cause: nativeUnavailable() }, 'native addon missing: page-cache advice, hole detection and fast frame checksums are off (slower, still correct)');
   const hub = parseHostPort(o.hub, '--hub');
   const nbdAddr = parseHostPort(o.nbd, '--nbd');
   const regionSize = parseSize(o.regionSize, '--region-size');

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // rephub: the replication hub (default command) and its operator subcommands.
-import { fadviseUnavailable } from '../../storage/fileio';
+import { nativeUnavailable } from '../../storage/fileio';
 import { Command, Option } from 'commander';
 import * as path from 'node:path';
 import { Hub } from '../hub/hub';
@@ -16,7 +16,7 @@ async function serve(o: { logPretty?: boolean; logLevel?: string; listen: string
   tlsCert?: string; tlsKey?: string; tlsCa?: string; pskFile?: string; nbdTls?: boolean; commitInterval: string }) {
   if (o.logPretty) process.env.LOG_PRETTY = '1';
   const log = makeLogger('rephub', o.logLevel);
-  if (fadviseUnavailable()) log.warn({ cause: fadviseUnavailable() }, 'page-cache advice off: replication IO may slow small guest writes');
+  if (nativeUnavailable()) log.warn({ cause: nativeUnavailable() }, 'native addon missing: page-cache advice, hole detection and fast frame checksums are off (slower, still correct)');
   const listen = parseHostPort(o.listen, '--listen');
   const httpAddr = parseHostPort(o.http, '--http');
   const nbdAddr = parseHostPort(o.nbd, '--nbd');

@@ -114,11 +114,7 @@ export class Replica {
   /** Make regions [first, last] zero on the recovery volume, skipping those known zero. */
   async writeZeroes(first: number, last: number): Promise<void> {
     const rs = this.bitmap!.regionSize, size = this.bitmap!.sizeBytes;
-    for (let r = first; r <= last; r++) {
-      if (this.knownZero?.get(r)) continue;
-      const a = r * rs, b = Math.min(a + rs, size);
-      await writeZeroes((buf, o) => this.target!.write(buf, o), a, b - a);
-    }
+    for (let r = first; r <= last; r++) await this.zeroBytes(r * rs, Math.min((r + 1) * rs, size));
   }
 
   /** Make bytes [a, b) zero on the recovery volume; nothing is written if every region they touch is known zero. */

@@ -76,6 +76,8 @@ export class AgentSession {
   private appliedSeq = 0;
   private ackedSeq = 0;
   private flushRun: Promise<void> | null = null; // the group commit under way
+  private commitTimer: NodeJS.Timeout | null = null; // the next group commit, one interval after the last
+  private lastCommitAt = -Infinity;
   private readonly touchedTargets = new Set<Replica>();
   private checkpointTimer: NodeJS.Timeout;
   readonly started = Date.now();
@@ -628,8 +630,6 @@ export class AgentSession {
     this.flushRun = run;
     run.catch((e) => this.fail(e));
   }
-  private commitTimer: NodeJS.Timeout | null = null;
-  private lastCommitAt = -Infinity;
 
   /** Flush and ack everything applied so far; waits for a group commit already under way. */
   private async flushNow(): Promise<void> {

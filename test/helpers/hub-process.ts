@@ -93,3 +93,13 @@ export class AgentProcess {
     return new Promise((r) => { p.once('exit', () => r()); p.kill('SIGTERM'); });
   }
 }
+
+/** A hub protecting V1 with the recovery volume `rep`, its state under dir/hub. */
+export function v1Hub(dir: string, rep: string, ...extra: string[]): HubProcess {
+  return new HubProcess(['--vol', `V1=${rep}`, '--data', path.join(dir, 'hub'), ...extra]);
+}
+
+/** An agent of VM vm1 exporting `img` as V1 to the hub at `hubPort`, its dirty logs under dir/agent. */
+export function v1Agent(dir: string, img: string, hubPort: number, ...extra: string[]): AgentProcess {
+  return new AgentProcess(['--hub', `127.0.0.1:${hubPort}`, '--export', `V1=${img}`, '--state', path.join(dir, 'agent'), '--vm', 'vm1', ...extra]);
+}

@@ -3,6 +3,8 @@
 # loopback, fio nbd engine (randwrite 4 KiB qd16 by default), and for each process the CPU it
 # spent (user+sys from /proc/PID/stat) divided by the writes fio completed.
 # Usage: tools/bench/agent-cpu.sh [REPS]   Env: SECS=5 BS=4k QD=16 RW=randwrite HUB=1 PROF=0
+#   HUB=0: the agent alone; FILL=1: an image of random data (the sync then writes the replica);
+#   DROP=1: drop the page cache after the initial sync (shows what the sync's cached pages cost).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPS=${1:-3}; SECS=${SECS:-5}; BS=${BS:-4k}; QD=${QD:-16}; RW=${RW:-randwrite}; HUB=${HUB:-1}
@@ -22,7 +24,6 @@ for rep in $(seq "$REPS"); do
   for _ in $(seq 100); do nbdinfo --can connect nbd://127.0.0.1:17809/V1 2>/dev/null && break; sleep 0.1; done
   if [ "$HUB" = 1 ]; then for _ in $(seq 100); do curl -s 127.0.0.1:17880/status | grep -q '"state": "protecting"' && break; sleep 0.1; done; fi
   [ -n "${DROP:-}" ] && { sync; echo 1 > /proc/sys/vm/drop_caches; }
-  for f in ${DROPFILES:-}; do python3 -c "import os,sys; fd=os.open(sys.argv[1],os.O_RDONLY); os.fdatasync(fd); os.posix_fadvise(fd,0,0,os.POSIX_FADV_DONTNEED)" "$W/$f"; done
   read au0 as0 < <(cpu $AP); hu0=0; hs0=0; [ -n "$HP" ] && read hu0 hs0 < <(cpu $HP)
   /usr/bin/time -f '%U %S' -o "$W/fio.time" fio --name=r --ioengine=nbd --uri=nbd://127.0.0.1:17809/V1 --rw="$RW" --bs="$BS" --iodepth="$QD" \
     --size=256m --time_based --runtime="$SECS" --output-format=json --output="$W/r.json" >/dev/null 2>&1
