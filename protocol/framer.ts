@@ -1,7 +1,9 @@
 // Incremental frame splitter over arbitrary TCP chunks: a frame may be split anywhere and a
-// chunk may hold many frames. A payload inside one chunk is passed on as a zero-copy view;
-// one spanning chunks is joined once when its last byte arrives (memory follows the bytes
-// received, not the length a header claims). Pure: no sockets.
+// chunk may hold many frames. A payload inside one chunk is passed on as a zero-copy view.
+// One spanning chunks and no larger than `directMax` gets its own buffer as soon as its first
+// bytes arrive, and target() offers the rest of that buffer so the reader can receive straight
+// into it (src/net-read.ts); a larger one is joined once when its last byte arrives (memory
+// follows the bytes received, not the length a header claims). Pure: no sockets.
 import { crc32 } from './crc';
 import { MAGIC, HEADER_SIZE, Limits, Cmd, FLAG_CRC } from './constants';
 import { ProtocolError } from './errors';
@@ -21,13 +23,44 @@ export class FrameDecoder {
   private crc = -1; // header CRC of the current frame when it carries a trailer, else -1
   private crcSeen = false; // once a peer checksums its frames, every later frame must be checksummed
   private chain = 0; // the last trailer: each frame's CRC continues from it (FrameSealer)
+  private dest: Buffer | null = null; // the payload buffer being filled in place (directMax)
 
   /**
    * `alloc` supplies the buffer a payload spanning chunks is joined into (a pool, say); the
-   * handler then owns it.
+   * handler then owns it. Payloads spanning chunks up to `directMax` bytes are allocated
+   * when their first bytes arrive and filled in place (0: always join at the end).
    */
   constructor(private readonly onFrame: FrameHandler, private readonly maxPayload: number = Limits.maxPayload,
-    private readonly alloc: (n: number) => Buffer = Buffer.allocUnsafe) {}
+    private readonly alloc: (n: number) => Buffer = Buffer.allocUnsafe, private readonly directMax = 0) {}
+
+  /**
+   * Where the reader may put the next bytes: the unfilled rest of the payload buffer being
+   * filled, when at least `min` bytes are missing; null otherwise (then push() a chunk).
+   */
+  target(min = 16 * 1024): Buffer | null {
+    if (this.dest === null || this.failed || this.need - this.filled < min) return null;
+    return this.dest.subarray(this.filled, this.need);
+  }
+
+  /** n bytes were received into the last target(). */
+  direct(n: number): void {
+    if (this.failed) throw new ProtocolError('decoder already failed');
+    try {
+      if (this.dest === null || !(n > 0 && this.filled + n <= this.need)) {
+        throw new ProtocolError(`direct read of ${n} bytes outside the payload being filled`);
+      }
+      this.filled += n;
+      if (this.filled === this.need) this.complete();
+    } catch (e) {
+      this.failed = true;
+      throw e;
+    }
+  }
+
+  /** Same as push(): the ReadSink name for bytes received into a chunk of the reader's own. */
+  chunk(b: Buffer): void {
+    this.push(b);
+  }
 
   /** Feed one chunk. Throws ProtocolError on a bad frame; the decoder is then dead. */
   push(chunk: Buffer): void {
@@ -77,20 +110,27 @@ export class FrameDecoder {
         this.emit(payload);
         continue;
       }
-      // Memory grows only with bytes actually received, never with a claimed length.
       const take = Math.min(this.need - this.filled, avail);
-      this.parts.push(chunk.subarray(off, off + take));
+      if (this.filled === 0 && this.need <= this.directMax) this.dest = this.alloc(this.need);
+      if (this.dest !== null) chunk.copy(this.dest, this.filled, off, off + take);
+      else this.parts.push(chunk.subarray(off, off + take)); // memory follows bytes received
       this.filled += take;
       off += take;
-      if (this.filled === this.need) {
-        const payload = this.alloc(this.need);
-        let at = 0;
-        for (const p of this.parts) at += p.copy(payload, at);
-        this.parts = [];
-        this.filled = 0;
-        this.emit(payload);
-      }
+      if (this.filled === this.need) this.complete();
     }
+  }
+
+  private complete(): void {
+    let payload = this.dest;
+    this.dest = null;
+    if (payload === null) {
+      payload = this.alloc(this.need);
+      let at = 0;
+      for (const p of this.parts) at += p.copy(payload, at);
+      this.parts = [];
+    }
+    this.filled = 0;
+    this.emit(payload);
   }
 
   private header(b: Buffer, o: number): void {

@@ -83,6 +83,9 @@ describe('agent shim with real NBD clients', function () {
       hub.proc!.kill('SIGCONT');
     }
     await converged();
+    // Writes queued to the stalled hub still referred to the guest's write buffers: had one
+    // gone back to the pool before it was sent, the hub would have seen its checksum fail.
+    assert.doesNotMatch(hub.stderr, /checksum mismatch/);
   });
 
   it('a tiny Linux VM writes through the guest kernel onto the export; replica byte-equal', async function () {

@@ -26,6 +26,21 @@ describe('BufferPool', () => {
     assert.equal(pool.idle, 2);
   });
 
+  it('a held buffer returns to the pool only when its last holder gives it back', () => {
+    const pool = new BufferPool(1024, 2);
+    const a = pool.take(512);
+    assert.equal(pool.hold(a.subarray(0, 8)), true);
+    pool.give(a);
+    assert.equal(pool.idle, 0, 'still held by the second user');
+    assert.notEqual(pool.take(512).buffer, a.buffer, 'a held buffer is never lent twice');
+    pool.give(a);
+    assert.equal(pool.idle, 1);
+    pool.give(a); // after the last: ignored
+    assert.equal(pool.idle, 1);
+    assert.equal(pool.hold(a), false, 'idle: not lent, no hold');
+    assert.equal(pool.hold(Buffer.alloc(10)), false, 'not the pool\'s');
+  });
+
   it('a FrameDecoder joins a payload spanning chunks into the buffer its allocator gives', () => {
     const pool = new BufferPool(8192, 4);
     const got: Buffer[] = [];

@@ -557,6 +557,81 @@ describe('protocol: FrameDecoder', () => {
     assert.equal(frames[0].payload.byteOffset, chunk.byteOffset + HEADER_SIZE);
   });
 
+  // A reader as src/net-read.ts drives it: each read lands in target() when offered, else in a
+  // chunk of its own; reads end at arbitrary points.
+  function readAll(dec: FrameDecoder, stream: Buffer, sizes: number[], min = 1): number {
+    let at = 0, i = 0, directBytes = 0;
+    while (at < stream.length) {
+      const want = Math.max(1, sizes[i++ % sizes.length] || 1);
+      const t = dec.target(min);
+      if (t) {
+        const n = Math.min(want, t.length, stream.length - at);
+        stream.copy(t, 0, at, at + n);
+        dec.direct(n);
+        directBytes += n;
+        at += n;
+      } else {
+        dec.chunk(Buffer.from(stream.subarray(at, Math.min(stream.length, at + want))));
+        at = Math.min(stream.length, at + want);
+      }
+    }
+    return directBytes;
+  }
+
+  it('direct mode: payloads filled in place through target() yield the identical frames (fast-check)', () => {
+    fc.assert(fc.property(
+      fc.array(anyMessage, { minLength: 1, maxLength: 25 }),
+      fc.array(fc.integer({ min: 1, max: 5000 }), { minLength: 1, maxLength: 40 }),
+      (msgs, sizes) => {
+        const frames = msgs.map(frameOf);
+        const stream = Buffer.concat(frames);
+        const got: Got[] = [];
+        const owned = new Set<ArrayBufferLike>();
+        const dec = new FrameDecoder((cmd, payload) => got.push({ cmd, payload: Buffer.from(payload) }), undefined,
+          (n) => { const b = Buffer.alloc(n); owned.add(b.buffer); return b; }, 1 << 20);
+        readAll(dec, stream, sizes);
+        assert.equal(got.length, frames.length, 'frame count');
+        got.forEach((g, i) => assert.deepStrictEqual(decode(g.cmd, g.payload), msgs[i], `frame ${i}`));
+        assert.equal(dec.buffered, 0);
+        assert.equal(dec.target(1), null, 'no target between frames');
+      },
+    ), { numRuns: 200 });
+  });
+
+  it('direct mode: a large payload is received into its own buffer, checksum verified; reads past it are refused', () => {
+    const { FrameSealer, encodeProtectedWriteHead } = require('../protocol');
+    const data = Buffer.alloc(300_000);
+    for (let i = 0; i < data.length; i++) data[i] = (i * 7) & 0xff;
+    const sealer = new FrameSealer();
+    const frame = Buffer.concat(sealer.seal([encodeProtectedWriteHead(1, 0, data.length / 512, 0), data]));
+    let payload = null as Buffer | null;
+    const allocated: Buffer[] = [];
+    const dec = new FrameDecoder((_c, p) => { payload = p; }, undefined,
+      (n) => { const b = Buffer.alloc(n); allocated.push(b); return b; }, 1 << 20);
+    const direct = readAll(dec, frame, [65536], 16 * 1024);
+    assert.ok(payload, 'frame delivered');
+    assert.equal(allocated.length, 1, 'one buffer for the payload, no join');
+    assert.equal(payload!.buffer, allocated[0].buffer, 'delivered in the buffer it was received into');
+    assert.ok(payload!.subarray(24).equals(data));
+    assert.ok(direct >= frame.length - 2 * 65536, `most bytes received in place (${direct} of ${frame.length})`);
+    // a flipped bit in bytes received in place is still caught
+    const bad = Buffer.from(frame);
+    bad[bad.length - 1000] ^= 4;
+    const dec2 = new FrameDecoder(() => undefined, undefined, Buffer.alloc, 1 << 20);
+    assert.throws(() => readAll(dec2, bad, [65536], 16 * 1024), /checksum mismatch/);
+    // a reader claiming more bytes than the target held is a ProtocolError, and the decoder is dead
+    const dec3 = new FrameDecoder(() => undefined, undefined, Buffer.alloc, 1 << 20);
+    dec3.chunk(frame.subarray(0, 1000));
+    const t = dec3.target()!;
+    assert.throws(() => dec3.direct(t.length + 1), ProtocolError);
+    assert.throws(() => dec3.chunk(frame.subarray(1000)), /already failed/);
+    assert.equal(dec3.target(), null);
+    // without direct mode nothing is offered
+    const dec4 = new FrameDecoder(() => undefined);
+    dec4.chunk(frame.subarray(0, 1000));
+    assert.equal(dec4.target(1), null);
+  });
+
   const badHeaders: Array<[string, Buffer]> = [
     ['bad magic', header(Cmd.PING, 8, 0x42485053)],
     ['byte-swapped magic', header(Cmd.PING, 8, 0x52504842)],

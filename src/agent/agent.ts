@@ -100,6 +100,8 @@ export class ReplicationAgent {
   private sentSeq = 0;
   // Buffers for the hub's reads (at most maxRemoteIo in use): reused, not reallocated per read.
   private readonly readPool = new BufferPool(1 << 20, 16);
+  /** Guest write buffers (the NBD server receives large writes into them); mirror() holds one until sent. */
+  readonly writePool = new BufferPool(1 << 20, 16);
   private crcOut = false;
   private sealer = new FrameSealer();
   private pending: Pending[] = [];
@@ -233,7 +235,9 @@ export class ReplicationAgent {
     for (let r = first; r <= last; r++) v.regionSeq.set(r, seq);
     const head = encodeProtectedWriteHead(v.id, offset / SECTOR, len / SECTOR, IO_OK);
     const frame = Array.isArray(data) ? [head, ...data] : [head, data];
-    writeBatched(sock, ...(this.crcOut ? this.sealer.seal(frame) : frame));
+    const bufs = this.crcOut ? this.sealer.seal(frame) : frame;
+    if (!Array.isArray(data) && this.writePool.hold(data)) writeBatchedThen(sock, bufs, () => this.writePool.give(data));
+    else writeBatched(sock, ...bufs);
     this.stats.mirroredBytes += len;
   }
 

@@ -56,7 +56,7 @@ async function main(o: { logPretty?: boolean; logLevel?: string; hub: string; ex
       flush: () => agent.flush(v.name),
     });
   }
-  const nbd = new NbdServer(exports, log);
+  const nbd = new NbdServer(exports, log, undefined, agent.writePool);
   // Status first, then NBD: once a client can reach the export, the status endpoint answers too.
   const httpAddr = parseHostPort(o.http, '--http');
   const web = http.createServer((req, res) => {

@@ -16,6 +16,7 @@ import { FailoverController, FailoverError } from './failover';
 import { NbdServer, NbdExport } from '../nbd/server';
 import { Monitor } from './monitor';
 import { writeBatched } from '../net-batch';
+import { readThrough } from '../net-read';
 
 const POOLED_FRAME_MIN = 64 * 1024; // smaller joins are cheap heap allocations
 
@@ -124,7 +125,7 @@ export class Hub {
       srv.on('tlsClientError', (e, sock) => this.log.warn({ peer: `${sock.remoteAddress}:${sock.remotePort}`, cause: e.message },
         'agent refused: TLS handshake failed (plaintext, unknown certificate or wrong key)'));
       this.server = srv;
-    } else this.server = net.createServer((sock) => this.accept(sock));
+    } else this.server = net.createServer({ pauseOnConnect: true }, (sock) => this.accept(sock));
     return new Promise((res, rej) => {
       this.server!.once('error', rej);
       this.server!.listen(port, host, () => res(this.server!.address() as net.AddressInfo));
@@ -138,6 +139,13 @@ export class Hub {
       sock.destroy();
       return;
     }
+    // Frames up to a pool buffer are received in place; larger ones (rare) are joined.
+    let session: AgentSession | undefined;
+    const framer = new FrameDecoder((cmd, payload) => session!.receive(cmd, payload), Limits.maxPayload,
+      (n) => (n >= POOLED_FRAME_MIN ? this.pool.take(n) : Buffer.allocUnsafe(n)), this.pool.bufferBytes);
+    const failed = (e: unknown) => session!.fail(e instanceof ProtocolError ? e : new ProtocolError(String((e as Error).message)));
+    const plain = !(sock instanceof tls.TLSSocket);
+    if (plain) sock = readThrough(sock, framer, failed);
     sock.setNoDelay(true);
     sock.setKeepAlive(true, 10_000);
     this.sockets.add(sock);
@@ -145,7 +153,7 @@ export class Hub {
     // the peer does not read what we send (so a peer that never reads cannot grow our memory).
     let inPaused = false, outPaused = false;
     const flow = () => (inPaused || outPaused ? sock.pause() : sock.resume());
-    const session = this.newSession({
+    session = this.newSession({
       send: (bufs) => {
         if (sock.destroyed) return;
         if (!writeBatched(sock, ...bufs) && !outPaused) {
@@ -158,20 +166,22 @@ export class Hub {
       pause: (p) => { inPaused = p; flow(); },
     }, identity);
     this.log.info({ session: session.id, peer, identity }, 'agent connected');
-    const framer = new FrameDecoder((cmd, payload) => session.receive(cmd, payload), Limits.maxPayload,
-      (n) => (n >= POOLED_FRAME_MIN ? this.pool.take(n) : Buffer.allocUnsafe(n)));
-    sock.on('data', (chunk) => {
-      try {
-        framer.push(chunk);
-      } catch (e) {
-        session.fail(e instanceof ProtocolError ? e : new ProtocolError(String((e as Error).message)));
-      }
-    });
-    sock.on('error', (e) => this.log.warn({ session: session.id, peer, cause: e.message }, 'agent socket error'));
+    const s = session;
+    if (!plain) {
+      sock.on('data', (chunk) => {
+        try {
+          framer.push(chunk);
+        } catch (e) {
+          failed(e);
+        }
+      });
+    }
+    sock.on('error', (e) => this.log.warn({ session: s.id, peer, cause: e.message }, 'agent socket error'));
     sock.on('close', () => {
       this.sockets.delete(sock);
-      void this.endSession(session);
+      void this.endSession(s);
     });
+    if (plain) sock.resume();
   }
 
   status() {

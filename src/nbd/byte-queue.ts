@@ -27,6 +27,21 @@ export class ByteQueue {
     return out;
   }
 
+  /** Remove the next n bytes (n <= length) by copying them into dest at `at`. */
+  takeInto(dest: Buffer, at: number, n: number): void {
+    if (n > this.length || at + n > dest.length) throw new RangeError(`take ${n} of ${this.length} into ${dest.length - at}`);
+    this.length -= n;
+    while (n > 0) {
+      const c = this.chunks[0];
+      const k = Math.min(n, c.length - this.head);
+      c.copy(dest, at, this.head, this.head + k);
+      at += k;
+      n -= k;
+      this.head += k;
+      if (this.head === c.length) { this.chunks.shift(); this.head = 0; }
+    }
+  }
+
   /** Remove and return the next n bytes (n <= length). */
   take(n: number): Buffer {
     if (n > this.length) throw new RangeError(`take ${n} of ${this.length}`);

@@ -10,6 +10,8 @@ import {
 } from '../../protocol/nbd';
 import { ByteQueue } from './byte-queue';
 import { writeBatched } from '../net-batch';
+import { readThrough } from '../net-read';
+import type { BufferPool } from '../buffer-pool';
 import type { Logger } from '../log';
 
 export interface NbdExport {
@@ -23,7 +25,7 @@ export interface NbdExport {
   flush(): Promise<void>;
 }
 
-const GATHER_MIN = 64 * 1024; // writes this large reach a writev export unjoined
+const GATHER_MIN = 64 * 1024; // writes this large reach a writev export unjoined, or are read in place
 const MAX_INFLIGHT = 64; // requests per connection; beyond it the socket is paused
 const MAX_OPTIONS = 64; // options per handshake
 
@@ -43,11 +45,16 @@ export class NbdServer {
   private nextConn = 1;
   stats = { connections: 0, requests: 0, errors: 0 };
 
-  /** With `tls`, clients must upgrade with NBD_OPT_STARTTLS before anything else. */
-  constructor(private readonly exports: Map<string, NbdExport>, private readonly log: Logger, private readonly tls?: tls.SecureContextOptions & { requestCert?: boolean }) {}
+  /**
+   * With `tls`, clients must upgrade with NBD_OPT_STARTTLS before anything else. Without it,
+   * large write payloads are received straight into a buffer of their own, from `pool` when
+   * given (the export may hold() it past its promise, a mirror still sending it, say).
+   */
+  constructor(private readonly exports: Map<string, NbdExport>, private readonly log: Logger,
+    private readonly tls?: tls.SecureContextOptions & { requestCert?: boolean }, private readonly pool?: BufferPool) {}
 
   listen(host: string, port: number): Promise<net.AddressInfo> {
-    this.server = net.createServer((s) => this.accept(s));
+    this.server = net.createServer({ pauseOnConnect: !this.tls }, (s) => this.accept(s));
     return new Promise((res, rej) => {
       this.server!.once('error', rej);
       this.server!.listen(port, host, () => res(this.server!.address() as net.AddressInfo));
@@ -63,9 +70,7 @@ export class NbdServer {
     let sock: net.Socket = raw;
     const id = this.nextConn++;
     const log = this.log.child({ nbdConn: id, peer: `${raw.remoteAddress}:${raw.remotePort}` });
-    this.conns.add(raw);
     this.stats.connections++;
-    sock.setNoDelay(true);
     const q = new ByteQueue();
     let phase: 'flags' | 'options' | 'optdata' | 'transmission' | 'closing' = 'flags';
     let pendingOpt: { opt: number; len: number } | null = null;
@@ -75,6 +80,8 @@ export class NbdServer {
     let inflight = 0;
     let paused = false;
     let pendingWrite: NbdRequest | null = null;
+    let inPlace: Buffer | null = null; // the pending write's own buffer, being filled
+    let filled = 0;
 
     const send = (b: Buffer) => { if (!sock.destroyed) writeBatched(sock, b); };
     const fatal = (why: string) => {
@@ -179,10 +186,11 @@ export class NbdServer {
         }
         case NbdCmd.WRITE:
         case NbdCmd.WRITE_ZEROES: {
-          if (!inRange) return done(r, NbdErr.ENOSPC);
+          const release = () => { if (r.type === NbdCmd.WRITE && !Array.isArray(data)) this.pool?.give(data!); };
+          if (!inRange) { release(); return done(r, NbdErr.ENOSPC); }
           const p = r.type === NbdCmd.WRITE ? (Array.isArray(data) ? e.writev!(r.offset, data) : e.write(r.offset, data!)) : e.zero(r.offset, r.length);
           p.then(() => (r.flags & CMD_FLAG_FUA ? e.flush() : undefined))
-            .then(() => done(r, 0), (err) => { log.error({ ...ctx(), cause: err.message }, 'NBD write failed'); done(r, errnoOf(err, NbdErr.EIO)); });
+            .then(() => { release(); done(r, 0); }, (err) => { release(); log.error({ ...ctx(), cause: err.message }, 'NBD write failed'); done(r, errnoOf(err, NbdErr.EIO)); });
           return;
         }
         case NbdCmd.FLUSH:
@@ -224,6 +232,17 @@ export class NbdServer {
           phase = 'options';
           option(opt, q.take(len));
         } else if (phase === 'transmission') {
+          if (inPlace) {
+            const r = pendingWrite!, k = Math.min(q.length, r.length - filled);
+            if (k > 0) q.takeInto(inPlace, filled, k);
+            filled += k;
+            if (filled < r.length) return;
+            const d = inPlace;
+            inPlace = null;
+            pendingWrite = null;
+            exec(r, d);
+            continue;
+          }
           if (pendingWrite) {
             if (q.length < pendingWrite.length) return;
             const r = pendingWrite;
@@ -238,15 +257,33 @@ export class NbdServer {
           if (r.type === NbdCmd.WRITE) {
             if (r.length > MAX_REQUEST) return fatal(`write of ${r.length} bytes exceeds ${MAX_REQUEST}`);
             pendingWrite = r;
+            if (direct && r.length >= GATHER_MIN) {
+              inPlace = this.pool ? this.pool.take(r.length) : Buffer.allocUnsafeSlow(r.length);
+              filled = 0;
+            }
             continue;
           }
           exec(r);
         } else return;
       }
     };
+    // Without TLS, reads land where the bytes go: the rest of a large write's payload straight
+    // into its buffer (src/net-read.ts). STARTTLS needs the plain 'data' path to hand over.
+    const direct = !this.tls;
+    if (direct) {
+      sock = raw = readThrough(raw, {
+        target: () => (phase === 'transmission' && inPlace && q.length === 0 && pendingWrite!.length - filled >= 16 * 1024
+          ? inPlace.subarray(filled, pendingWrite!.length) : null),
+        direct: (n) => { filled += n; parse(); },
+        chunk: (c) => { q.push(c); parse(); },
+      }, (e) => fatal(e.message));
+    } else raw.on('data', (c) => { q.push(c); parse(); });
+    const conn = raw;
+    this.conns.add(conn);
+    sock.setNoDelay(true);
     send(serverGreeting());
-    raw.on('data', (c) => { q.push(c); parse(); });
-    raw.on('error', (e) => log.debug({ cause: e.message }, 'NBD socket error'));
-    raw.on('close', () => { this.conns.delete(raw); log.debug('NBD connection closed'); });
+    conn.on('error', (e) => log.debug({ cause: e.message }, 'NBD socket error'));
+    conn.on('close', () => { this.conns.delete(conn); log.debug('NBD connection closed'); });
+    if (direct) conn.resume();
   }
 }

@@ -4,7 +4,7 @@
 # spent (user+sys from /proc/PID/stat) divided by the writes fio completed.
 # Usage: tools/bench/agent-cpu.sh [REPS]   Env: SECS=5 BS=4k QD=16 RW=randwrite HUB=1 PROF=0
 #   HUB=0: the agent alone; FILL=1: an image of random data (the sync then writes the replica);
-#   DROP=1: drop the page cache after the initial sync (shows what the sync's cached pages cost).
+#   HUBARGS: extra hub options (--commit-interval 50, say); DROP=1: drop the page cache after the initial sync (shows what the sync's cached pages cost).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPS=${1:-3}; SECS=${SECS:-5}; BS=${BS:-4k}; QD=${QD:-16}; RW=${RW:-randwrite}; HUB=${HUB:-1}
@@ -16,7 +16,7 @@ for rep in $(seq "$REPS"); do
   if [ -n "${FILL:-}" ]; then head -c 256M /dev/urandom > "$W/V1.img"; else truncate -s 256M "$W/V1.img"; fi
   HP=""
   if [ "$HUB" = 1 ]; then
-    LOG_LEVEL=warn node "${P[@]}" dist/src/cli/rephub.js --listen 127.0.0.1:17800 --http 127.0.0.1:17880 --vol "V1=$W/V1R" --data "$W/hub" 2>"$W/hub.log" & HP=$!
+    LOG_LEVEL=warn node "${P[@]}" dist/src/cli/rephub.js --listen 127.0.0.1:17800 --http 127.0.0.1:17880 --vol "V1=$W/V1R" --data "$W/hub" ${HUBARGS:-} 2>"$W/hub.log" & HP=$!
     sleep 0.5
   fi
   LOG_LEVEL=warn node "${P[@]}" dist/src/cli/rephub-agent.js --hub 127.0.0.1:17800 --export "V1=$W/V1.img" --nbd 127.0.0.1:17809 --http 127.0.0.1:17890 --state "$W/ast" --vm q 2>"$W/agent.log" & AP=$!

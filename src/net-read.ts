@@ -1,0 +1,75 @@
+// Socket reads that land where the bytes are going. Node's default read path allocates a fresh
+// 64 KiB buffer per read (malloc, page faults, GC) and a large payload spanning reads is then
+// copied once more into its own buffer. Here a parser says where its next bytes belong: the
+// rest of a large payload is read straight into that payload's buffer (no copy, one syscall for
+// up to the whole payload), anything else into the unused tail of a shared slab.
+import * as net from 'node:net';
+
+export interface ReadSink {
+  /** Where the next read should land, or null for "anywhere" (a slab chunk). */
+  target(): Buffer | null;
+  /** n bytes were read into the last target(). */
+  direct(n: number): void;
+  /** Bytes read into a slab chunk; views of it may be kept (the slab is never rewritten). */
+  chunk(b: Buffer): void;
+}
+
+const SLAB_BYTES = 256 * 1024;
+const READ_BYTES = 64 * 1024;
+
+/** Slab chunks: retained views keep their slab alive through the GC; bytes are never reused. */
+class Slab {
+  private buf = Buffer.allocUnsafeSlow(SLAB_BYTES);
+  private used = 0;
+  next(): Buffer {
+    if (SLAB_BYTES - this.used < READ_BYTES / 4) {
+      this.buf = Buffer.allocUnsafeSlow(SLAB_BYTES);
+      this.used = 0;
+    }
+    return this.buf.subarray(this.used, Math.min(SLAB_BYTES, this.used + READ_BYTES));
+  }
+  take(n: number): Buffer {
+    const b = this.buf.subarray(this.used, this.used + n);
+    this.used += n;
+    return b;
+  }
+}
+
+/**
+ * Re-wrap an accepted plain TCP socket (the server must use pauseOnConnect) so its reads go
+ * through `sink`. Returns the socket to use from now on; the old object must be dropped.
+ * `onError` gets what the sink throws (a protocol error, say); reading then stops.
+ */
+export function readThrough(accepted: net.Socket, sink: ReadSink, onError: (e: Error) => void): net.Socket {
+  const handle = (accepted as unknown as { _handle: unknown })._handle;
+  if (!handle) throw new Error('socket already closed');
+  (accepted as unknown as { _handle: unknown })._handle = null;
+  const slab = new Slab();
+  let direct = false, failed = false;
+  const sock = new net.Socket({
+    handle, readable: true, writable: true,
+    onread: {
+      buffer: () => {
+        const t = failed ? null : sink.target();
+        direct = t !== null;
+        return t ?? slab.next();
+      },
+      callback: (n: number) => {
+        if (failed) return false;
+        try {
+          if (direct) sink.direct(n);
+          else sink.chunk(slab.take(n));
+        } catch (e) {
+          failed = true;
+          onError(e as Error);
+          return false;
+        }
+        return true;
+      },
+    },
+  } as net.SocketConstructorOpts);
+  // The server counts the accepted object as its connection (server.close() waits for it):
+  // close that object, now without a handle, when the connection really closes.
+  sock.once('close', () => accepted.destroy());
+  return sock;
+}
