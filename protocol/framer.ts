@@ -24,6 +24,8 @@ export class FrameDecoder {
   private crcSeen = false; // once a peer checksums its frames, every later frame must be checksummed
   private chain = 0; // the last trailer: each frame's CRC continues from it (FrameSealer)
   private dest: Buffer | null = null; // the payload buffer being filled in place (directMax)
+  private sum = 0; // CRC of dest's body bytes [0, summed), taken while they are still in cache
+  private summed = 0;
 
   /**
    * `alloc` supplies the buffer a payload spanning chunks is joined into (a pool, say); the
@@ -50,6 +52,7 @@ export class FrameDecoder {
         throw new ProtocolError(`direct read of ${n} bytes outside the payload being filled`);
       }
       this.filled += n;
+      this.extendSum();
       if (this.filled === this.need) this.complete();
     } catch (e) {
       this.failed = true;
@@ -111,26 +114,40 @@ export class FrameDecoder {
         continue;
       }
       const take = Math.min(this.need - this.filled, avail);
-      if (this.filled === 0 && this.need <= this.directMax) this.dest = this.alloc(this.need);
+      if (this.filled === 0 && this.need <= this.directMax) {
+        this.dest = this.alloc(this.need);
+        this.sum = this.crc;
+        this.summed = 0;
+      }
       if (this.dest !== null) chunk.copy(this.dest, this.filled, off, off + take);
       else this.parts.push(chunk.subarray(off, off + take)); // memory follows bytes received
       this.filled += take;
       off += take;
+      this.extendSum();
       if (this.filled === this.need) this.complete();
     }
   }
 
+  /** Checksum the body bytes just received in place: reading them again later means memory. */
+  private extendSum(): void {
+    if (this.crc < 0 || this.dest === null) return;
+    const end = Math.min(this.filled, this.need - 4);
+    if (end <= this.summed) return;
+    this.sum = crc32(this.dest.subarray(this.summed, end), this.sum) >>> 0;
+    this.summed = end;
+  }
+
   private complete(): void {
-    let payload = this.dest;
+    let payload = this.dest, sum = -1;
     this.dest = null;
     if (payload === null) {
       payload = this.alloc(this.need);
       let at = 0;
       for (const p of this.parts) at += p.copy(payload, at);
       this.parts = [];
-    }
+    } else if (this.crc >= 0) sum = this.sum;
     this.filled = 0;
-    this.emit(payload);
+    this.emit(payload, sum);
   }
 
   private header(b: Buffer, o: number): void {
@@ -148,13 +165,14 @@ export class FrameDecoder {
     this.crc = flags ? crc32(b.subarray(o, o + HEADER_SIZE), this.chain) : -1;
   }
 
-  private emit(payload: Buffer): void {
+  /** `sum`: the body's CRC when already taken as it arrived (extendSum), else -1. */
+  private emit(payload: Buffer, sum = -1): void {
     const cmd = this.cmd;
     this.cmd = -1;
     this.need = 0;
     if (this.crc >= 0) {
       const body = payload.subarray(0, payload.length - 4);
-      const c = crc32(body, this.crc) >>> 0;
+      const c = sum >= 0 ? sum : crc32(body, this.crc) >>> 0;
       if (c !== payload.readUInt32LE(payload.length - 4)) throw new ProtocolError('frame checksum mismatch');
       this.chain = c;
       this.crcSeen = true;

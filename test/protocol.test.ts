@@ -582,8 +582,11 @@ describe('protocol: FrameDecoder', () => {
     fc.assert(fc.property(
       fc.array(anyMessage, { minLength: 1, maxLength: 25 }),
       fc.array(fc.integer({ min: 1, max: 5000 }), { minLength: 1, maxLength: 40 }),
-      (msgs, sizes) => {
-        const frames = msgs.map(frameOf);
+      fc.boolean(),
+      (msgs, sizes, sealed) => {
+        // sealed: every frame carries a chained CRC trailer, checked as the bytes arrive in place
+        const sealer = new (require('../protocol').FrameSealer)();
+        const frames = msgs.map((m) => (sealed ? Buffer.concat(sealer.seal([frameOf(m)])) : frameOf(m)));
         const stream = Buffer.concat(frames);
         const got: Got[] = [];
         const owned = new Set<ArrayBufferLike>();
