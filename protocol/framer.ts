@@ -1,9 +1,9 @@
 // Incremental frame splitter over arbitrary TCP chunks: a frame may be split anywhere and a
 // chunk may hold many frames. A payload inside one chunk is passed on as a zero-copy view.
-// One spanning chunks and no larger than `directMax` gets its own buffer as soon as its first
-// bytes arrive, and target() offers the rest of that buffer so the reader can receive straight
-// into it (src/net-read.ts); a larger one is joined once when its last byte arrives (memory
-// follows the bytes received, not the length a header claims). Pure: no sockets.
+// One spanning chunks and no larger than `directMax` gets its own buffer once part of it has
+// arrived, and target() offers the rest of that buffer so the reader can receive straight into
+// it (src/net-read.ts); any other is joined once when its last byte arrives. Memory follows the
+// bytes received, not the length a header claims. Pure: no sockets.
 import { crc32 } from './crc';
 import { MAGIC, HEADER_SIZE, Limits, Cmd, FLAG_CRC } from './constants';
 import { ProtocolError } from './errors';
@@ -29,11 +29,13 @@ export class FrameDecoder {
 
   /**
    * `alloc` supplies the buffer a payload spanning chunks is joined into (a pool, say); the
-   * handler then owns it. Payloads spanning chunks up to `directMax` bytes are allocated
-   * when their first bytes arrive and filled in place (0: always join at the end).
+   * handler then owns it. A payload spanning chunks, of up to `directMax` bytes, gets its
+   * buffer once `directAfter` of its bytes have arrived, and is filled in place from then on
+   * (directMax 0: always join at the end). Memory still follows bytes received, within 32x.
    */
   constructor(private readonly onFrame: FrameHandler, private readonly maxPayload: number = Limits.maxPayload,
-    private readonly alloc: (n: number) => Buffer = Buffer.allocUnsafe, private readonly directMax = 0) {}
+    private readonly alloc: (n: number) => Buffer = Buffer.allocUnsafe, private readonly directMax = 0,
+    private readonly directAfter = 32 * 1024) {}
 
   /**
    * Where the reader may put the next bytes: the unfilled rest of the payload buffer being
@@ -114,15 +116,19 @@ export class FrameDecoder {
         continue;
       }
       const take = Math.min(this.need - this.filled, avail);
-      if (this.filled === 0 && this.need <= this.directMax) {
-        this.dest = this.alloc(this.need);
-        this.sum = this.crc;
-        this.summed = 0;
-      }
       if (this.dest !== null) chunk.copy(this.dest, this.filled, off, off + take);
       else this.parts.push(chunk.subarray(off, off + take)); // memory follows bytes received
       this.filled += take;
       off += take;
+      if (this.dest === null && this.filled < this.need && this.need <= this.directMax && this.filled >= this.directAfter) {
+        // Enough of it is here to be worth its own buffer; the rest can be received in place.
+        this.dest = this.alloc(this.need);
+        let at = 0;
+        for (const p of this.parts) at += p.copy(this.dest, at);
+        this.parts = [];
+        this.sum = this.crc;
+        this.summed = 0;
+      }
       this.extendSum();
       if (this.filled === this.need) this.complete();
     }

@@ -583,7 +583,8 @@ describe('protocol: FrameDecoder', () => {
       fc.array(anyMessage, { minLength: 1, maxLength: 25 }),
       fc.array(fc.integer({ min: 1, max: 5000 }), { minLength: 1, maxLength: 40 }),
       fc.boolean(),
-      (msgs, sizes, sealed) => {
+      fc.integer({ min: 1, max: 64 }),
+      (msgs, sizes, sealed, after) => {
         // sealed: every frame carries a chained CRC trailer, checked as the bytes arrive in place
         const sealer = new (require('../protocol').FrameSealer)();
         const frames = msgs.map((m) => (sealed ? Buffer.concat(sealer.seal([frameOf(m)])) : frameOf(m)));
@@ -591,7 +592,7 @@ describe('protocol: FrameDecoder', () => {
         const got: Got[] = [];
         const owned = new Set<ArrayBufferLike>();
         const dec = new FrameDecoder((cmd, payload) => got.push({ cmd, payload: Buffer.from(payload) }), undefined,
-          (n) => { const b = Buffer.alloc(n); owned.add(b.buffer); return b; }, 1 << 20);
+          (n) => { const b = Buffer.alloc(n); owned.add(b.buffer); return b; }, 1 << 20, after);
         readAll(dec, stream, sizes);
         assert.equal(got.length, frames.length, 'frame count');
         got.forEach((g, i) => assert.deepStrictEqual(decode(g.cmd, g.payload), msgs[i], `frame ${i}`));
@@ -625,9 +626,12 @@ describe('protocol: FrameDecoder', () => {
     // a reader claiming more bytes than the target held is a ProtocolError, and the decoder is dead
     const dec3 = new FrameDecoder(() => undefined, undefined, Buffer.alloc, 1 << 20);
     dec3.chunk(frame.subarray(0, 1000));
+    assert.equal(dec3.target(1), null, 'no buffer before 32 KiB of the payload arrived');
+    dec3.chunk(frame.subarray(1000, 40000));
     const t = dec3.target()!;
+    assert.equal(t.length, frame.length - 40000);
     assert.throws(() => dec3.direct(t.length + 1), ProtocolError);
-    assert.throws(() => dec3.chunk(frame.subarray(1000)), /already failed/);
+    assert.throws(() => dec3.chunk(frame.subarray(40000)), /already failed/);
     assert.equal(dec3.target(), null);
     // without direct mode nothing is offered
     const dec4 = new FrameDecoder(() => undefined);

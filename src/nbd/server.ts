@@ -26,6 +26,8 @@ export interface NbdExport {
 }
 
 const GATHER_MIN = 64 * 1024; // writes this large reach a writev export unjoined, or are read in place
+const IN_PLACE_MAX = 1 << 20; // larger writes (rare) arrive in chunks and reach writev as such
+const IN_PLACE_AFTER = 32 * 1024; // payload bytes that must have arrived before its buffer is taken
 const MAX_INFLIGHT = 64; // requests per connection; beyond it the socket is paused
 const MAX_OPTIONS = 64; // options per handshake
 
@@ -232,6 +234,12 @@ export class NbdServer {
           phase = 'options';
           option(opt, q.take(len));
         } else if (phase === 'transmission') {
+          if (pendingWrite && !inPlace && direct && pendingWrite.length >= GATHER_MIN && pendingWrite.length <= IN_PLACE_MAX
+            && q.length >= IN_PLACE_AFTER && q.length < pendingWrite.length) {
+            // Its buffer only once some of its bytes are here: memory follows bytes received.
+            inPlace = this.pool ? this.pool.take(pendingWrite.length) : Buffer.allocUnsafeSlow(pendingWrite.length);
+            filled = 0;
+          }
           if (inPlace) {
             const r = pendingWrite!, k = Math.min(q.length, r.length - filled);
             if (k > 0) q.takeInto(inPlace, filled, k);
@@ -257,10 +265,6 @@ export class NbdServer {
           if (r.type === NbdCmd.WRITE) {
             if (r.length > MAX_REQUEST) return fatal(`write of ${r.length} bytes exceeds ${MAX_REQUEST}`);
             pendingWrite = r;
-            if (direct && r.length >= GATHER_MIN) {
-              inPlace = this.pool ? this.pool.take(r.length) : Buffer.allocUnsafeSlow(r.length);
-              filled = 0;
-            }
             continue;
           }
           exec(r);
