@@ -58,6 +58,11 @@ class AgentVolume {
   // Byte ranges being written: an overlapping write waits, so the order writes land on the
   // image is the order they are mirrored in.
   private locks: { start: number; end: number; done: Promise<void> }[] = [];
+  /** A write in progress overlaps [start, end): a new one must wait for it (lock()). */
+  locked(start: number, end: number): boolean {
+    for (const l of this.locks) if (l.start < end && start < l.end) return true;
+    return false;
+  }
   async lock(start: number, end: number): Promise<() => void> {
     for (;;) {
       const c = this.locks.find((l) => l.start < end && start < l.end);
@@ -146,6 +151,7 @@ export class ReplicationAgent {
    * write may come as the pieces it arrived in: written with writev and mirrored as they are.
    */
   async write(name: string, offset: number, data: Buffer | Buffer[]): Promise<void> {
+    if (!Array.isArray(data) && this.writeNow(name, offset, data)) return;
     const v = this.vol(name);
     let len = 0;
     if (Array.isArray(data)) for (const p of data) len += p.length;
@@ -166,6 +172,26 @@ export class ReplicationAgent {
     } finally {
       unlock();
     }
+  }
+
+  /**
+   * The same for a small write, done before returning: true when written and mirrored, false
+   * when it must go through write() (too large, or an overlapping write still in progress).
+   * Nothing can come between its pwrite and its mirror frame, so it needs no range lock.
+   */
+  writeNow(name: string, offset: number, data: Buffer): boolean {
+    const v = this.vol(name), len = data.length, t = v.spec.target;
+    if (!t.writeSync || len > SYNC_WRITE_MAX) return false;
+    this.checkRange(v, offset, offset + len);
+    if (v.locked(offset, offset + len)) return false;
+    const [first, last] = this.begin(v, offset, offset + len);
+    try {
+      t.writeSync(data, offset);
+      this.mirror(v, offset, data, len);
+    } finally {
+      this.end(v, first, last);
+    }
+    return true;
   }
 
   private checkRange(v: AgentVolume, start: number, end: number): void {

@@ -51,6 +51,7 @@ async function main(o: { logPretty?: boolean; logLevel?: string; hub: string; ex
       size: v.target.sizeBytes,
       read: (buf, off) => v.target.read(buf, off),
       write: (off, data) => agent.write(v.name, off, data),
+      writeNow: (off, data) => agent.writeNow(v.name, off, data),
       writev: (off, parts) => agent.write(v.name, off, parts),
       zero: (off, len) => agent.zero(v.name, off, len, () => writeZeroes((b, o) => v.target.write(b, o), off, len)),
       flush: () => agent.flush(v.name),

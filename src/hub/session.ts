@@ -159,6 +159,12 @@ export class AgentSession {
         this.recvSeq++;
         const now = Date.now(), last = this.recvTimes[this.recvTimes.length - 1];
         if ((!last || last.t !== now) && this.recvTimes.length < 4096) this.recvTimes.push({ seq: this.recvSeq, t: now });
+        if (!this.draining && this.queueHead === this.queue.length && this.writeNow(msg)) {
+          this.host.pool?.give(payload);
+          this.kickFlush();
+          this.pumpSoon();
+          return;
+        }
         break;
       }
       case Cmd.START_PROTECT: case Cmd.REMOTE_IO_REQ: case Cmd.WRITE_ACK: case Cmd.DIRTY_REPORT_ACK:
@@ -408,20 +414,48 @@ export class AgentSession {
     } else {
       try {
         if (!rep.target!.tryWriteSync(m.data, start)) await rep.target!.write(m.data, start);
-        rep.bytesApplied += m.data.length;
-        rep.writesApplied++;
-        rep.lastWriteOk = true;
-        this.touchedTargets.add(rep);
-        // Whole regions the write covers are now exact, unless a read of them is in flight.
-        const fullFirst = start % bm.regionSize === 0 ? first : first + 1;
-        const fullLast = end % bm.regionSize === 0 || end === bm.sizeBytes ? last : last - 1;
-        for (let r = fullFirst; r <= fullLast; r++) if (!s.inflightRegions.has(r) && bm.get(r)) bm.clearRegions(r, r);
+        this.written(s, m.data.length, start, end, first, last);
       } catch (e) {
         await this.volumeFault(s, e as Error, start, first, last);
       }
     }
     this.appliedSeq++;
     this.maybeConverged(s);
+  }
+
+  /**
+   * onWrite for a small write arriving with nothing queued before it, done before returning:
+   * no queue entry, no promise. False: it takes the queue (failover, a failed guest write, a
+   * point-in-time view to preserve, a large write, or a failed pwrite, redone and handled there).
+   */
+  private writeNow(m: ProtectedWrite): boolean {
+    const s = this.volume(m.volumeId, 'PROTECTED_WRITE');
+    const [start, end] = this.range(s, m.offsetSectors, m.sizeSectors, 'PROTECTED_WRITE');
+    const rep = s.replica, t = rep.target;
+    if (rep.failover || m.ioStatus !== IO_OK || !t || !t.canWriteSync(m.data.length)) return false;
+    const bm = s.bitmap, first = bm.regionOf(start), last = bm.regionOf(end - 1);
+    s.touch(first, last);
+    try {
+      if (!t.tryWriteSync(m.data, start)) return false;
+    } catch {
+      return false;
+    }
+    this.written(s, m.data.length, start, end, first, last);
+    this.appliedSeq++;
+    this.maybeConverged(s);
+    return true;
+  }
+
+  private written(s: VolumeSync, bytes: number, start: number, end: number, first: number, last: number): void {
+    const rep = s.replica, bm = s.bitmap;
+    rep.bytesApplied += bytes;
+    rep.writesApplied++;
+    rep.lastWriteOk = true;
+    this.touchedTargets.add(rep);
+    // Whole regions the write covers are now exact, unless a read of them is in flight.
+    const fullFirst = start % bm.regionSize === 0 ? first : first + 1;
+    const fullLast = end % bm.regionSize === 0 || end === bm.sizeBytes ? last : last - 1;
+    for (let r = fullFirst; r <= fullLast; r++) if (!s.inflightRegions.has(r) && bm.get(r)) bm.clearRegions(r, r);
   }
 
   /** The recovery volume failed (ENOSPC, EIO): keep the regions dirty, keep serving others. */
@@ -581,6 +615,17 @@ export class AgentSession {
   }
 
   /** Issue remote reads for dirty regions, up to the in-flight limit, round-robin over volumes. */
+  private pumpScheduled = false;
+  /** pump() once at the end of this turn, not once per write applied in it. */
+  private pumpSoon(): void {
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
+      this.pump();
+    });
+  }
+
   pump(): void {
     if (this.closed || this.cleanShutdown) return;
     const maxRegions = (vs: VolumeSync) => Math.max(1, Math.floor(this.cfg.maxReadBytes / vs.bitmap.regionSize));

@@ -19,6 +19,8 @@ export interface NbdExport {
   size: number;
   read(buf: Buffer, offset: number): Promise<void>;
   write(offset: number, data: Buffer): Promise<void>;
+  /** Optional: a write done before returning (true), or not attempted (false: use write()). */
+  writeNow?(offset: number, data: Buffer): boolean;
   /** Optional: a write given as the pieces it arrived in (large writes; saves joining them). */
   writev?(offset: number, parts: Buffer[]): Promise<void>;
   zero(offset: number, length: number): Promise<void>;
@@ -190,6 +192,18 @@ export class NbdServer {
         case NbdCmd.WRITE_ZEROES: {
           const release = () => { if (r.type === NbdCmd.WRITE && !Array.isArray(data)) this.pool?.give(data!); };
           if (!inRange) { release(); return done(r, NbdErr.ENOSPC); }
+          if (r.type === NbdCmd.WRITE && e.writeNow && !Array.isArray(data) && !(r.flags & CMD_FLAG_FUA)) {
+            // A small write done at once: no promise round trip before its reply.
+            let now: boolean;
+            try {
+              now = e.writeNow(r.offset, data!);
+            } catch (err) {
+              release();
+              log.error({ ...ctx(), cause: (err as Error).message }, 'NBD write failed');
+              return done(r, errnoOf(err, NbdErr.EIO));
+            }
+            if (now) { release(); return done(r, 0); }
+          }
           const p = r.type === NbdCmd.WRITE ? (Array.isArray(data) ? e.writev!(r.offset, data) : e.write(r.offset, data!)) : e.zero(r.offset, r.length);
           p.then(() => (r.flags & CMD_FLAG_FUA ? e.flush() : undefined))
             .then(() => { release(); done(r, 0); }, (err) => { release(); log.error({ ...ctx(), cause: err.message }, 'NBD write failed'); done(r, errnoOf(err, NbdErr.EIO)); });
@@ -211,7 +225,17 @@ export class NbdServer {
       }
     };
 
+    let parsing = false;
     const parse = () => {
+      if (parsing) return; // done() of a write completed inside parse: the running loop goes on
+      parsing = true;
+      try {
+        parseAll();
+      } finally {
+        parsing = false;
+      }
+    };
+    const parseAll = () => {
       for (;;) {
         if (phase === 'flags') {
           if (q.length < 4) return;
