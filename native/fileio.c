@@ -2,6 +2,7 @@
 // has neither. fadvise: the kernel's readahead turns bulk reads into large page-cache folios
 // that make every later 4 KiB write to them walk hundreds of buffer heads (ext4, Linux >= 6.16),
 // so a bulk reader opens its own fd and advises RANDOM. seek: the sync reads holes as holes.
+// misalign: where a buffer sits in memory, for O_DIRECT writes.
 #define _GNU_SOURCE
 #define NAPI_VERSION 8
 #include <node_api.h>
@@ -66,6 +67,24 @@ static napi_value crc32(napi_env env, napi_callback_info info) {
   return out;
 }
 
+// misalign(buffer, align) -> the buffer's address modulo align: O_DIRECT needs aligned memory.
+static napi_value misalign(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  void *data;
+  size_t len;
+  uint32_t align;
+  napi_value out;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 2 ||
+      napi_get_buffer_info(env, argv[0], &data, &len) != napi_ok ||
+      napi_get_value_uint32(env, argv[1], &align) != napi_ok || align == 0) {
+    napi_throw_type_error(env, NULL, "misalign(buffer, align): a Buffer and a positive integer");
+    return NULL;
+  }
+  napi_create_uint32(env, (uint32_t)((uintptr_t)data % align), &out);
+  return out;
+}
+
 static void constant(napi_env env, napi_value exports, const char *name, int32_t v) {
   napi_value n;
   napi_create_int32(env, v, &n);
@@ -80,6 +99,8 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_set_named_property(env, exports, "crc32", fn);
   napi_create_function(env, "seek", NAPI_AUTO_LENGTH, seek, NULL, &fn);
   napi_set_named_property(env, exports, "seek", fn);
+  napi_create_function(env, "misalign", NAPI_AUTO_LENGTH, misalign, NULL, &fn);
+  napi_set_named_property(env, exports, "misalign", fn);
   constant(env, exports, "CRC32_FOLDED", rephub_crc32_folded());
   constant(env, exports, "SEEK_DATA", SEEK_DATA);
   constant(env, exports, "SEEK_HOLE", SEEK_HOLE);

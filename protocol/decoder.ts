@@ -41,6 +41,11 @@ const P = {
 };
 const FIXED = { write: 24, ioReq: 28, ioRes: 16, csumRes: 20 };
 
+/** Where a PROTECTED_WRITE's data starts in its payload (to receive it aligned); 0 for others. */
+export function dataOffset(cmd: number): number {
+  return cmd === Cmd.PROTECTED_WRITE ? FIXED.write : 0;
+}
+
 function num(v: bigint | number, field: string): number {
   if (typeof v === 'number') return v;
   if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new ProtocolError(`${field} ${v} exceeds 2^53-1`);

@@ -34,7 +34,7 @@ export class FrameDecoder {
    * (directMax 0: always join at the end). Memory still follows bytes received, within 32x.
    */
   constructor(private readonly onFrame: FrameHandler, private readonly maxPayload: number = Limits.maxPayload,
-    private readonly alloc: (n: number) => Buffer = Buffer.allocUnsafe, private readonly directMax = 0,
+    private readonly alloc: (n: number, cmd: number) => Buffer = (n) => Buffer.allocUnsafe(n), private readonly directMax = 0,
     private readonly directAfter = 32 * 1024) {}
 
   /**
@@ -122,7 +122,7 @@ export class FrameDecoder {
       off += take;
       if (this.dest === null && this.filled < this.need && this.need <= this.directMax && this.filled >= this.directAfter) {
         // Enough of it is here to be worth its own buffer; the rest can be received in place.
-        this.dest = this.alloc(this.need);
+        this.dest = this.alloc(this.need, this.cmd);
         let at = 0;
         for (const p of this.parts) at += p.copy(this.dest, at);
         this.parts = [];
@@ -147,7 +147,7 @@ export class FrameDecoder {
     let payload = this.dest, sum = -1;
     this.dest = null;
     if (payload === null) {
-      payload = this.alloc(this.need);
+      payload = this.alloc(this.need, this.cmd);
       let at = 0;
       for (const p of this.parts) at += p.copy(payload, at);
       this.parts = [];

@@ -4,43 +4,58 @@
 // one for a second user (a socket write still sending it, say); give() drops one, and the
 // last returns the buffer. Buffers never given back are simply collected: the pool tracks
 // lending in a WeakMap and bounds only what it keeps idle.
+import { misalign } from '../storage/fileio';
+
 export class BufferPool {
   private free: Buffer[] = [];
-  private readonly lent = new WeakMap<object, number>(); // ArrayBuffer -> holds
+  private readonly lent = new WeakMap<object, { holds: number; base: Buffer }>(); // by ArrayBuffer
   stats = { taken: 0, reused: 0, given: 0 };
 
-  constructor(readonly bufferBytes: number, readonly maxIdle: number) {
-    if (!(bufferBytes > 0 && maxIdle >= 0)) throw new RangeError(`bad pool ${bufferBytes} x ${maxIdle}`);
+  /**
+   * With `align`, each buffer starts `align` bytes past an aligned address and take(n, skew)
+   * places byte `skew` of the view on that address: a frame's data lands aligned for O_DIRECT.
+   */
+  constructor(readonly bufferBytes: number, readonly maxIdle: number, readonly align = 0) {
+    if (!(bufferBytes > 0 && maxIdle >= 0 && align >= 0)) throw new RangeError(`bad pool ${bufferBytes} x ${maxIdle}, align ${align}`);
   }
 
   /** A buffer of n bytes; pooled when n fits a pool buffer. Contents are not cleared. */
-  take(n: number): Buffer {
+  take(n: number, skew = 0): Buffer {
     if (n > this.bufferBytes) return Buffer.allocUnsafeSlow(n);
+    if (!(skew >= 0 && skew <= this.align)) throw new RangeError(`skew ${skew} outside the pool's alignment ${this.align}`);
     this.stats.taken++;
     let b = this.free.pop();
     if (b) this.stats.reused++;
-    else b = Buffer.allocUnsafeSlow(this.bufferBytes);
-    this.lent.set(b.buffer, 1);
-    return b.subarray(0, n);
+    else b = this.fresh();
+    this.lent.set(b.buffer, { holds: 1, base: b });
+    const at = this.align - skew;
+    return b.subarray(at, at + n);
+  }
+
+  private fresh(): Buffer {
+    if (!this.align) return Buffer.allocUnsafeSlow(this.bufferBytes);
+    const raw = Buffer.allocUnsafeSlow(this.bufferBytes + 2 * this.align);
+    const m = misalign(raw, this.align); // -1 without the addon: unaligned, still correct
+    const at = m <= 0 ? 0 : this.align - m;
+    return raw.subarray(at, at + this.align + this.bufferBytes);
   }
 
   /** One more hold on a lent buffer (any view of it); false when it is not the pool's. */
   hold(view: Buffer): boolean {
-    const n = this.lent.get(view.buffer);
-    if (n === undefined) return false;
-    this.lent.set(view.buffer, n + 1);
+    const e = this.lent.get(view.buffer);
+    if (!e) return false;
+    e.holds++;
     return true;
   }
 
   /** Drop a hold on a buffer (any view of it) from take(); anything else is ignored, as is a give after the last. */
   give(view: Buffer): void {
-    const ab = view.buffer;
-    const n = this.lent.get(ab);
-    if (n === undefined) return;
-    if (n > 1) { this.lent.set(ab, n - 1); return; }
-    this.lent.delete(ab);
+    const e = this.lent.get(view.buffer);
+    if (!e) return;
+    if (--e.holds > 0) return;
+    this.lent.delete(view.buffer);
     this.stats.given++;
-    if (this.free.length < this.maxIdle) this.free.push(Buffer.from(ab, 0, this.bufferBytes));
+    if (this.free.length < this.maxIdle) this.free.push(e.base);
   }
 
   get idle(): number {

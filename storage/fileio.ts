@@ -6,6 +6,7 @@ import * as path from 'node:path';
 interface Native {
   fadvise(fd: number, offset: number, length: number, advice: number): number;
   seek(fd: number, offset: number, whence: number): number;
+  misalign?(buf: Buffer, align: number): number; // absent in an addon built before it
   RANDOM: number; DONTNEED: number; SEEK_DATA: number; SEEK_HOLE: number; ENXIO: number;
 }
 
@@ -28,6 +29,11 @@ export function adviseRandom(fd: number): number {
 /** Drop the clean cached pages of [offset, offset + length) (0 = to the end). */
 export function dropCache(fd: number, offset: number, length: number): number {
   return native ? native.fadvise(fd, offset, length, native.DONTNEED) : -1;
+}
+
+/** The buffer's address modulo `align`; -1 when unknown (no addon). */
+export function misalign(buf: Buffer, align: number): number {
+  return native?.misalign ? native.misalign(buf, align) : -1;
 }
 
 /**

@@ -1,7 +1,7 @@
 // Block targets: positioned reads/writes and flush over a regular file or block device
 // (FileVolume), or memory (MemoryVolume, for simulations). No networking here.
 import * as fs from 'node:fs';
-import { adviseRandom, dropCache, dataExtents } from './fileio';
+import { adviseRandom, dropCache, dataExtents, misalign } from './fileio';
 
 export interface BlockTarget {
   readonly sizeBytes: number;
@@ -72,11 +72,23 @@ export interface OpenOptions {
   /** Refuse a target smaller than this. */
   minSize?: number;
   readOnly?: boolean;
+  /**
+   * Large aligned writes bypass the page cache (O_DIRECT on a second fd), as a replica's
+   * pages are never read back in normal operation: no copy into the cache, no writeback later.
+   */
+  direct?: boolean;
 }
+
+/** O_DIRECT alignment of file offsets, lengths and memory: 4096 covers every common device. */
+export const DIRECT_ALIGN = 4096;
+/** Writes from this size on go direct when aligned (smaller ones gain nothing from it). */
+export const DIRECT_MIN = 256 * 1024;
 
 export class FileVolume implements BlockTarget {
   private bulkFd = -1; // opened on first readBulk, advised RANDOM
-  private constructor(readonly path: string, private fd: number, readonly sizeBytes: number) {}
+  private directFd = -1; // O_DIRECT, opened on the first direct write; -2: not available here
+  directBytes = 0; // bytes written around the page cache
+  private constructor(readonly path: string, private fd: number, readonly sizeBytes: number, private readonly direct = false) {}
 
   static open(path: string, opts: OpenOptions = {}): FileVolume {
     let fd: number;
@@ -99,7 +111,7 @@ export class FileVolume implements BlockTarget {
       fs.closeSync(fd);
       throw new VolumeError(`${path} has ${size} bytes but the protected volume has ${opts.minSize} bytes`, path);
     }
-    return new FileVolume(path, fd, size);
+    return new FileVolume(path, fd, size, !!opts.direct && !opts.readOnly);
   }
 
   private check(len: number, offset: number): void {
@@ -155,10 +167,42 @@ export class FileVolume implements BlockTarget {
 
   async write(buf: Buffer, offset: number): Promise<void> {
     this.check(buf.length, offset);
+    if (this.direct && this.canDirect(buf, offset) && await this.writeDirect(buf, offset)) return;
     let done = 0;
     while (done < buf.length) {
       done += await writeAt(this.fd, buf, done, offset + done).catch((e) => this.fail('write', offset + done, e));
     }
+  }
+
+  private canDirect(buf: Buffer, offset: number): boolean {
+    return this.directFd !== -2 && buf.length >= DIRECT_MIN && buf.length % DIRECT_ALIGN === 0
+      && offset % DIRECT_ALIGN === 0 && misalign(buf, DIRECT_ALIGN) === 0;
+  }
+
+  /**
+   * One write around the page cache; false when this file cannot take one (then never again).
+   * The kernel writes back and drops any cached pages of the range first, so buffered reads and
+   * writes stay coherent with it; fdatasync still makes it durable (a device cache flush).
+   */
+  private async writeDirect(buf: Buffer, offset: number): Promise<boolean> {
+    if (this.directFd === -1) {
+      try {
+        this.directFd = fs.openSync(`/proc/self/fd/${this.fd}`, fs.constants.O_WRONLY | fs.constants.O_DIRECT);
+      } catch {
+        this.directFd = -2; // tmpfs and others refuse O_DIRECT
+        return false;
+      }
+    }
+    let done = 0;
+    try {
+      while (done < buf.length) done += await writeAt(this.directFd, buf, done, offset + done);
+    } catch (e: any) {
+      if (e.code !== 'EINVAL' || done > 0) this.fail('write', offset + done, e);
+      this.directFd = -2; // alignment this device does not take: buffered from now on
+      return false;
+    }
+    this.directBytes += buf.length;
+    return true;
   }
 
   async writev(parts: Buffer[], offset: number): Promise<void> {
@@ -180,8 +224,8 @@ export class FileVolume implements BlockTarget {
 
   async close(): Promise<void> {
     if (this.fd < 0) return;
-    const fds = [this.fd, this.bulkFd].filter((fd) => fd >= 0);
-    this.fd = this.bulkFd = -1;
+    const fds = [this.fd, this.bulkFd, this.directFd].filter((fd) => fd >= 0);
+    this.fd = this.bulkFd = this.directFd = -1;
     await Promise.all(fds.map((fd) => new Promise<void>((res) => fs.close(fd, () => res()))));
   }
 

@@ -41,6 +41,19 @@ describe('BufferPool', () => {
     assert.equal(pool.hold(Buffer.alloc(10)), false, 'not the pool\'s');
   });
 
+  it('with align, take(n, skew) puts byte skew of the view on an aligned address', () => {
+    const { misalign } = require('../storage/fileio');
+    const pool = new BufferPool(8192, 2, 4096);
+    for (const skew of [0, 24, 4096]) {
+      const b = pool.take(5000, skew);
+      assert.equal(b.length, 5000);
+      assert.equal(misalign(b.subarray(skew), 4096), 0, `skew ${skew}`);
+      pool.give(b);
+    }
+    assert.equal(pool.idle, 1, 'the same buffer each time');
+    assert.throws(() => pool.take(10, 4097), RangeError);
+  });
+
   it('a FrameDecoder joins a payload spanning chunks into the buffer its allocator gives', () => {
     const pool = new BufferPool(8192, 4);
     const got: Buffer[] = [];

@@ -6,7 +6,8 @@ import * as http from 'node:http';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { FrameDecoder, ProtocolError, Limits } from '../../protocol';
+import { FrameDecoder, ProtocolError, Limits, dataOffset } from '../../protocol';
+import { DIRECT_ALIGN } from '../../storage/volume';
 import { BufferPool } from '../buffer-pool';
 import { StateStore } from '../../storage/state';
 import type { Logger } from '../log';
@@ -44,7 +45,7 @@ export class Hub {
   private nextSession = 1;
   private readonly cfg: SessionConfig;
   /** Join buffers for large frames (sync reads, 1 MiB writes), shared by all sessions; 16 MiB idle at most. */
-  readonly pool = new BufferPool((1 << 20) + 1024, 16);
+  readonly pool = new BufferPool((1 << 20) + 1024, 16, DIRECT_ALIGN); // write data aligned for O_DIRECT
   readonly openTarget: TargetOpener;
   private readonly maxSessions: number;
   private readonly sockets = new Set<net.Socket>();
@@ -142,7 +143,7 @@ export class Hub {
     // Frames up to a pool buffer are received in place; larger ones (rare) are joined.
     let session: AgentSession | undefined;
     const framer = new FrameDecoder((cmd, payload) => session!.receive(cmd, payload), Limits.maxPayload,
-      (n) => (n >= POOLED_FRAME_MIN ? this.pool.take(n) : Buffer.allocUnsafe(n)), this.pool.bufferBytes);
+      (n, cmd) => (n >= POOLED_FRAME_MIN ? this.pool.take(n, dataOffset(cmd)) : Buffer.allocUnsafe(n)), this.pool.bufferBytes);
     const failed = (e: unknown) => session!.fail(e instanceof ProtocolError ? e : new ProtocolError(String((e as Error).message)));
     const plain = !(sock instanceof tls.TLSSocket);
     if (plain) sock = readThrough(sock, framer, failed);

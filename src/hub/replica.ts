@@ -22,7 +22,7 @@ export interface ReplicaSpec {
 }
 
 export type TargetOpener = (path: string, sizeBytes: number) => BlockTarget;
-export const openFileTarget: TargetOpener = (path, sizeBytes) => FileVolume.open(path, { createSize: sizeBytes, minSize: sizeBytes });
+export const openFileTarget: TargetOpener = (path, sizeBytes) => FileVolume.open(path, { createSize: sizeBytes, minSize: sizeBytes, direct: true });
 
 export class Replica {
   state: ReplicaState = 'unprotected';
@@ -201,6 +201,7 @@ export class Replica {
       syncPass: this.record?.syncPass ?? 0,
       syncCursor: this.record?.syncCursor ?? 0,
       bytesApplied: this.bytesApplied,
+      bytesDirect: (this.target?.base as { directBytes?: number } | undefined)?.directBytes ?? 0, // around the page cache
       writesApplied: this.writesApplied,
       syncBytes: this.syncBytes,
       rpoLagMs: this.rpoLagMs(),
