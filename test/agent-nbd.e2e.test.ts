@@ -25,7 +25,7 @@ describe('agent shim with real NBD clients', function () {
     dir = tmpdir();
     img = path.join(dir, 'V1.img'); rep = path.join(dir, 'V1R');
     makeImage(img, size, 0.3);
-    hub = v1Hub(dir, rep);
+    hub = v1Hub(dir, rep, '--cache', 'none'); // the other end-to-end tests run the default, writeback
     await hub.start();
     agent = v1Agent(dir, img, hub.port);
     await agent.start();
@@ -66,7 +66,7 @@ describe('agent shim with real NBD clients', function () {
     run('fio', ['--name=s', '--ioengine=nbd', `--uri=${agent.uri('V1')}`, '--rw=write', '--bs=1m', '--iodepth=4', '--size=32m', '--offset=32m',
       '--verify=md5', '--do_verify=1', '--verify_state_save=0', '--output-format=terse']);
     await converged();
-    // 1 MiB guest writes arrive aligned in the hub's buffers and bypass its page cache
+    // 1 MiB guest writes arrive aligned in the hub's buffers and bypass its page cache (--cache none)
     assert.equal((await hub.volume('V1')).bytesDirect - direct0, 32 * MiB, 'every 1 MiB write went to the replica with O_DIRECT');
   });
 

@@ -4,6 +4,7 @@ import { nativeUnavailable } from '../../storage/fileio';
 import { Command, Option } from 'commander';
 import * as path from 'node:path';
 import { Hub } from '../hub/hub';
+import { openFileTarget, openDirectTarget } from '../hub/replica';
 import { LmdbStateStore } from '../../storage/state';
 import { makeLogger } from '../log';
 import { parseHostPort, parseVolSpec, parseSize, fillLaunch } from './args';
@@ -13,7 +14,7 @@ import { enabled as tlsEnabled, serverOptions } from '../security';
 const collect = (v: string, prev: string[]) => [...prev, v];
 
 async function serve(o: { logPretty?: boolean; logLevel?: string; listen: string; vol: string[]; data: string; http: string; nbd: string; regionSize: string;
-  tlsCert?: string; tlsKey?: string; tlsCa?: string; pskFile?: string; nbdTls?: boolean; commitInterval: string }) {
+  tlsCert?: string; tlsKey?: string; tlsCa?: string; pskFile?: string; nbdTls?: boolean; commitInterval: string; cache: string }) {
   if (o.logPretty) process.env.LOG_PRETTY = '1';
   const log = makeLogger('rephub', o.logLevel);
   if (nativeUnavailable()) log.warn({ cause: nativeUnavailable() }, 'native addon missing: page-cache advice, hole detection and fast frame checksums are off (slower, still correct)');
@@ -29,7 +30,9 @@ async function serve(o: { logPretty?: boolean; logLevel?: string; listen: string
   const tls = { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa, pskFile: o.pskFile };
   if (!tlsEnabled(tls)) log.warn({ listen: o.listen }, 'agent link is plaintext and unauthenticated: use --tls-* or --psk-file outside a lab');
   else serverOptions(tls); // fail fast on bad files
-  const hub = new Hub({ volumes, store, log, regionSize, layersDir: path.resolve(o.data, 'layers'), tls, nbdTls: !!o.nbdTls, session: { commitIntervalMs } });
+  if (o.cache !== 'writeback' && o.cache !== 'none') throw new Error(`--cache ${o.cache}: writeback or none`);
+  const hub = new Hub({ volumes, store, log, regionSize, layersDir: path.resolve(o.data, 'layers'), tls, nbdTls: !!o.nbdTls, session: { commitIntervalMs },
+    openTarget: o.cache === 'none' ? openDirectTarget : openFileTarget });
   const a = await hub.listen(listen.host, listen.port);
   const h = await hub.listenHttp(httpAddr.host, httpAddr.port);
   const n = await hub.listenNbd(nbdAddr.host, nbdAddr.port);
@@ -74,6 +77,7 @@ program.command('serve', { isDefault: true })
   .option('--tls-key <file>', 'hub private key (PEM)')
   .option('--tls-ca <file>', 'CA that signs agent certificates; an agent is the VM named by its certificate CN')
   .option('--psk-file <file>', 'TLS with pre-shared keys instead: identity:hexkey lines; identity = VM name')
+  .option('--cache <mode>', 'recovery volume writes: writeback (page cache) or none (large aligned writes with O_DIRECT: less CPU and no cache pollution, but each waits for the device)', 'writeback')
   .option('--commit-interval <ms>', 'group commit: at most one fdatasync of the recovery volumes per interval while writes stream in (0: back to back)', '5')
   .option('--log-pretty', 'human-readable logs instead of JSON lines')
   .option('--log-level <level>', 'trace, debug, info, warn, error', 'info')

@@ -22,7 +22,9 @@ export interface ReplicaSpec {
 }
 
 export type TargetOpener = (path: string, sizeBytes: number) => BlockTarget;
-export const openFileTarget: TargetOpener = (path, sizeBytes) => FileVolume.open(path, { createSize: sizeBytes, minSize: sizeBytes, direct: true });
+export const openFileTarget: TargetOpener = (path, sizeBytes) => FileVolume.open(path, { createSize: sizeBytes, minSize: sizeBytes });
+/** --cache none: large aligned writes bypass the page cache (O_DIRECT). */
+export const openDirectTarget: TargetOpener = (path, sizeBytes) => FileVolume.open(path, { createSize: sizeBytes, minSize: sizeBytes, direct: true });
 
 export class Replica {
   state: ReplicaState = 'unprotected';
