@@ -198,6 +198,7 @@ export class FileVolume implements BlockTarget {
       while (done < buf.length) done += await writeAt(this.directFd, buf, done, offset + done);
     } catch (e: any) {
       if (e.code !== 'EINVAL' || done > 0) this.fail('write', offset + done, e);
+      fs.closeSync(this.directFd);
       this.directFd = -2; // alignment this device does not take: buffered from now on
       return false;
     }

@@ -171,6 +171,14 @@ export class AgentSession {
       case Cmd.CHECKSUM_REQ:
         throw new ProtocolError(`command ${Cmd[msg.cmd]} goes hub->agent, not agent->hub`);
     }
+    // A small payload is a view of a socket slab (src/net-read.ts): queued as such it would pin
+    // the whole slab, uncounted by maxQueueBytes. Copy it so queued memory is what is counted.
+    if (payload.length < 65536 && payload.buffer.byteLength > 4 * payload.length) {
+      const own = Buffer.allocUnsafeSlow(payload.length);
+      payload.copy(own);
+      this.enqueue({ msg: decode(cmd, own), payload: own, bytes: own.length });
+      return;
+    }
     this.enqueue({ msg, payload, bytes: payload.length });
   }
 
