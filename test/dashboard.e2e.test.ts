@@ -24,7 +24,8 @@ describe('operator view: metrics, status CLI, live dashboard in Chromium', funct
     makeImage(img, 128 << 20, 0.8);
     const hub = new Hub({
       volumes: [{ name: 'V1', path: path.join(dir, 'V1R') }], store: new LmdbStateStore(path.join(dir, 'hub')), log: silentLogger(),
-      session: { maxInflightReads: 1, maxReadBytes: 32 << 10 }, // a slow sync, so a person could watch it
+      regionSize: 4096, // 4 KiB reads, one at a time: a sync slow enough to watch (and to see in /metrics)
+      session: { maxInflightReads: 1, maxReadBytes: 4 << 10 },
     });
     const { port } = await hub.listen('127.0.0.1', 0);
     const web = await hub.listenHttp('127.0.0.1', 0);
