@@ -122,10 +122,7 @@ export class FrameDecoder {
       off += take;
       if (this.dest === null && this.filled < this.need && this.need <= this.directMax && this.filled >= this.directAfter) {
         // Enough of it is here to be worth its own buffer; the rest can be received in place.
-        this.dest = this.alloc(this.need, this.cmd);
-        let at = 0;
-        for (const p of this.parts) at += p.copy(this.dest, at);
-        this.parts = [];
+        this.dest = this.joinParts();
         this.sum = this.crc;
         this.summed = 0;
       }
@@ -143,15 +140,20 @@ export class FrameDecoder {
     this.summed = end;
   }
 
+  /** The payload's buffer, holding the parts received so far. */
+  private joinParts(): Buffer {
+    const b = this.alloc(this.need, this.cmd);
+    let at = 0;
+    for (const p of this.parts) at += p.copy(b, at);
+    this.parts = [];
+    return b;
+  }
+
   private complete(): void {
     let payload = this.dest, sum = -1;
     this.dest = null;
-    if (payload === null) {
-      payload = this.alloc(this.need, this.cmd);
-      let at = 0;
-      for (const p of this.parts) at += p.copy(payload, at);
-      this.parts = [];
-    } else if (this.crc >= 0) sum = this.sum;
+    if (payload === null) payload = this.joinParts();
+    else if (this.crc >= 0) sum = this.sum;
     this.filled = 0;
     this.emit(payload, sum);
   }

@@ -153,10 +153,6 @@ export class GuardedTarget implements BlockTarget {
     this.onWritten?.(offset, offset + buf.length);
     await this.base.write(buf, offset);
   }
-  /** tryWriteSync would take a write of `len` bytes (it may still throw what pwrite throws). */
-  canWriteSync(len: number): boolean {
-    return !this.view && !!this.base.writeSync && len <= SYNC_WRITE_MAX;
-  }
   /** The fast path, when no view needs regions preserved first; false: use write(). */
   tryWriteSync(buf: Buffer, offset: number): boolean {
     if (this.view || !this.base.writeSync || buf.length > SYNC_WRITE_MAX) return false;

@@ -54,6 +54,18 @@ type Item = { msg: Message; payload: Buffer; bytes: number; run?: undefined } | 
 
 const SYNC_RUN_MAX = 256 * 1024;
 
+/**
+ * A payload the queue may keep: one under 64 KiB can be a view of a socket slab
+ * (src/net-read.ts; larger ones are the pool's) and, queued as such, would pin the whole slab
+ * where maxQueueBytes counts only its own bytes.
+ */
+function owned(payload: Buffer): Buffer {
+  if (payload.length >= 65536 || payload.buffer.byteLength <= 4 * payload.length) return payload;
+  const own = Buffer.allocUnsafeSlow(payload.length);
+  payload.copy(own);
+  return own;
+}
+
 export class AgentSession {
   vm = '';
   caps = 0;
@@ -139,7 +151,11 @@ export class AgentSession {
     if (this.closed) return;
     this.lastHeard = Date.now();
     this.bytesReceived += payload.length;
-    const msg = decode(cmd, payload);
+    // Only a protected write arriving with nothing queued may be applied at once (writeNow);
+    // any other frame that reaches the queue gets its own copy first (owned()).
+    const inline = cmd === Cmd.PROTECTED_WRITE && !this.draining && this.queueHead === this.queue.length;
+    if (!inline) payload = owned(payload);
+    let msg = decode(cmd, payload);
     if (msg.cmd === Cmd.HELLO && !this.firstFrame) throw new ProtocolError('HELLO is only valid as the first frame');
     if (this.firstFrame) {
       this.firstFrame = false;
@@ -159,25 +175,21 @@ export class AgentSession {
         this.recvSeq++;
         const now = Date.now(), last = this.recvTimes[this.recvTimes.length - 1];
         if ((!last || last.t !== now) && this.recvTimes.length < 4096) this.recvTimes.push({ seq: this.recvSeq, t: now });
-        if (!this.draining && this.queueHead === this.queue.length && this.writeNow(msg)) {
-          this.host.pool?.give(payload);
-          this.kickFlush();
-          this.pumpSoon();
-          return;
+        if (inline) {
+          if (this.writeNow(msg)) {
+            this.host.pool?.give(payload);
+            this.kickFlush();
+            this.pumpSoon();
+            return;
+          }
+          const own = owned(payload); // queued after all (rare): failover, a view, a large write
+          if (own !== payload) msg = decode(cmd, (payload = own));
         }
         break;
       }
       case Cmd.START_PROTECT: case Cmd.REMOTE_IO_REQ: case Cmd.WRITE_ACK: case Cmd.DIRTY_REPORT_ACK:
       case Cmd.CHECKSUM_REQ:
         throw new ProtocolError(`command ${Cmd[msg.cmd]} goes hub->agent, not agent->hub`);
-    }
-    // A small payload is a view of a socket slab (src/net-read.ts): queued as such it would pin
-    // the whole slab, uncounted by maxQueueBytes. Copy it so queued memory is what is counted.
-    if (payload.length < 65536 && payload.buffer.byteLength > 4 * payload.length) {
-      const own = Buffer.allocUnsafeSlow(payload.length);
-      payload.copy(own);
-      this.enqueue({ msg: decode(cmd, own), payload: own, bytes: own.length });
-      return;
     }
     this.enqueue({ msg, payload, bytes: payload.length });
   }
@@ -440,9 +452,9 @@ export class AgentSession {
     const s = this.volume(m.volumeId, 'PROTECTED_WRITE');
     const [start, end] = this.range(s, m.offsetSectors, m.sizeSectors, 'PROTECTED_WRITE');
     const rep = s.replica, t = rep.target;
-    if (rep.failover || m.ioStatus !== IO_OK || !t || !t.canWriteSync(m.data.length)) return false;
+    if (rep.failover || m.ioStatus !== IO_OK || !t) return false;
     const bm = s.bitmap, first = bm.regionOf(start), last = bm.regionOf(end - 1);
-    s.touch(first, last);
+    s.touch(first, last); // again if it is queued after all: the same marks
     try {
       if (!t.tryWriteSync(m.data, start)) return false;
     } catch {
@@ -622,7 +634,6 @@ export class AgentSession {
     else if (st === 'protecting' && !s.converged) this.setState(s, 'syncing');
   }
 
-  /** Issue remote reads for dirty regions, up to the in-flight limit, round-robin over volumes. */
   private pumpScheduled = false;
   /** pump() once at the end of this turn, not once per write applied in it. */
   private pumpSoon(): void {
@@ -634,6 +645,7 @@ export class AgentSession {
     });
   }
 
+  /** Issue remote reads for dirty regions, up to the in-flight limit, round-robin over volumes. */
   pump(): void {
     if (this.closed || this.cleanShutdown) return;
     const maxRegions = (vs: VolumeSync) => Math.max(1, Math.floor(this.cfg.maxReadBytes / vs.bitmap.regionSize));
