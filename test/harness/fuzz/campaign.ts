@@ -132,6 +132,23 @@ async function checkGoodConverged(run: FuzzRun, agent: ReplicationAgent, img: st
   }
 }
 
+/** Peak memory against its bound, a last crash check, the spawned hub stopped, the directory removed if all went well. */
+async function finish(o: CampaignOptions, run: FuzzRun, dir: string, t0: number): Promise<void> {
+  const { hub, res } = run;
+  const m = hub.mem();
+  if (m) res.maxRssMiB = Math.max(res.maxRssMiB, m.hwm, m.rss);
+  if (o.maxRssMiB && res.maxRssMiB > o.maxRssMiB) {
+    run.fail(`hub peak RSS ${res.maxRssMiB.toFixed(1)} MiB over the bound of ${o.maxRssMiB} MiB`);
+  }
+  run.crashed();
+  if (!o.hub) await hub.stop();
+  res.durationMs = Date.now() - t0;
+  if (!o.keep && res.failures.length === 0) {
+    fs.rmSync(dir, { recursive: true, force: true });
+    if (!o.hub) res.hubLog += ' (removed; --keep keeps it)';
+  }
+}
+
 export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
   const t0 = Date.now();
   const log = o.log ?? (() => undefined);
@@ -201,15 +218,6 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
   if (!crashed()) await checkGoodConverged(run, agent, img, recovery, goodVm);
   await agent.stop(2000);
   clearInterval(sampler);
-  const m = hub.mem();
-  if (m) res.maxRssMiB = Math.max(res.maxRssMiB, m.hwm, m.rss);
-  if (o.maxRssMiB && res.maxRssMiB > o.maxRssMiB) run.fail(`hub peak RSS ${res.maxRssMiB.toFixed(1)} MiB over the bound of ${o.maxRssMiB} MiB`);
-  crashed();
-  if (!o.hub) await hub.stop();
-  res.durationMs = Date.now() - t0;
-  if (!o.keep && res.failures.length === 0) {
-    fs.rmSync(dir, { recursive: true, force: true });
-    if (!o.hub) res.hubLog += ' (removed; --keep keeps it)';
-  }
+  await finish(o, run, dir, t0);
   return res;
 }
