@@ -5,9 +5,10 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync, spawn } from 'node:child_process';
-import { tmpdir, makeImage, sha, waitFor } from './helpers/util';
-import { HubProcess, AgentProcess, v1Hub, v1Agent } from './helpers/hub-process';
-import { CutProxy } from './helpers/proxy';
+import { tmpdir, makeImage, sha, waitFor } from './harness/util';
+import { HubProcess, v1Hub } from './harness/hub-process';
+import { AgentProcess, v1Agent } from './harness/agent-process';
+import { CutProxy } from './harness/cut-proxy';
 
 const MiB = 1 << 20;
 const run = (cmd: string, args: string[], timeout = 120_000) => execFileSync(cmd, args, { timeout, stdio: ['ignore', 'pipe', 'pipe'] }).toString();

@@ -3,7 +3,7 @@
 // random moments, and after each restart the replica compared with the image byte for byte.
 // The full campaign: node dist/tools/crash-campaign.js --kills 100 [--seed N]
 import { strict as assert } from 'node:assert';
-import { runCampaign } from '../tools/crash-campaign';
+import { runCampaign } from './harness/crash-campaign';
 
 describe('crash campaign (CI slice: 6 kills, fixed seed)', function () {
   this.timeout(180_000);

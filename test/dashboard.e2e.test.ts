@@ -11,9 +11,9 @@ import { chromium } from 'playwright-core';
 import { Hub } from '../src/hub/hub';
 import { LmdbStateStore } from '../storage/state';
 import { silentLogger } from '../src/log';
-import { tmpdir, makeImage, waitFor } from './helpers/util';
-import { startTestAgent } from './helpers/test-agent';
-import { CLI } from './helpers/hub-process';
+import { tmpdir, makeImage, waitFor } from './harness/util';
+import { startTestAgent } from './harness/test-agent';
+import { CLI } from './harness/hub-process';
 
 describe('operator view: metrics, status CLI, live dashboard in Chromium', function () {
   this.timeout(120_000);

@@ -9,8 +9,8 @@ import { randomBytes } from 'node:crypto';
 import { Hub } from '../src/hub/hub';
 import { LmdbStateStore } from '../storage/state';
 import { silentLogger } from '../src/log';
-import { tmpdir, makeImage, sha, waitFor } from './helpers/util';
-import { startTestAgent } from './helpers/test-agent';
+import { tmpdir, makeImage, sha, waitFor } from './harness/util';
+import { startTestAgent } from './harness/test-agent';
 
 describe('recovery volume on a full filesystem', function () {
   this.timeout(120_000);

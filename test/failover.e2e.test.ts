@@ -6,8 +6,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { tmpdir, makeImage, sha, waitFor } from './helpers/util';
-import { HubProcess, AgentProcess, CLI, v1Hub, v1Agent } from './helpers/hub-process';
+import { tmpdir, makeImage, sha, waitFor } from './harness/util';
+import { HubProcess, CLI, v1Hub } from './harness/hub-process';
+import { AgentProcess, v1Agent } from './harness/agent-process';
 
 const MiB = 1 << 20;
 const run = (cmd: string, args: string[], timeout = 120_000) => execFileSync(cmd, args, { timeout, stdio: ['ignore', 'pipe', 'pipe'] }).toString();

@@ -4,10 +4,10 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { runCampaign, tally, details } from '../tools/fuzz-campaign';
+import { runCampaign, tally, details } from './harness/fuzz/campaign';
 import { encodePing } from '../protocol';
-import { HubProcess } from './helpers/hub-process';
-import { tmpdir } from './helpers/util';
+import { HubProcess } from './harness/hub-process';
+import { tmpdir } from './harness/util';
 
 const MiB = 1 << 20;
 

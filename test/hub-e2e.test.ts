@@ -4,8 +4,8 @@ import { randomBytes, randomInt } from 'node:crypto';
 import { Hub } from '../src/hub/hub';
 import { LmdbStateStore } from '../storage/state';
 import { silentLogger } from '../src/log';
-import { tmpdir, makeImage, sha, waitFor } from './helpers/util';
-import { startTestAgent } from './helpers/test-agent';
+import { tmpdir, makeImage, sha, waitFor } from './harness/util';
+import { startTestAgent } from './harness/test-agent';
 
 describe('hub end to end over TCP (in-process hub, test agent)', () => {
   it('initial sync with writes during sync converges byte-equal', async () => {

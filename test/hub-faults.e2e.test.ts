@@ -4,10 +4,10 @@
 import { strict as assert } from 'node:assert';
 import * as path from 'node:path';
 import { randomBytes, randomInt } from 'node:crypto';
-import { tmpdir, makeImage, sha, waitFor } from './helpers/util';
-import { startTestAgent } from './helpers/test-agent';
-import { HubProcess, v1Hub } from './helpers/hub-process';
-import { CutProxy } from './helpers/proxy';
+import { tmpdir, makeImage, sha, waitFor } from './harness/util';
+import { startTestAgent } from './harness/test-agent';
+import { HubProcess, v1Hub } from './harness/hub-process';
+import { CutProxy } from './harness/cut-proxy';
 import type { ReplicationAgent } from '../src/agent/agent';
 
 const MiB = 1 << 20;

@@ -9,13 +9,15 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as net from 'node:net';
 import { execFileSync } from 'node:child_process';
-import { tmpdir, makeImage } from './helpers/util';
-import { HubProcess, AgentProcess, v1Hub, v1Agent } from './helpers/hub-process';
-import { FaultProxy } from '../tools/faultproxy';
+import { tmpdir, makeImage } from './harness/util';
+import { HubProcess, v1Hub } from './harness/hub-process';
+import { AgentProcess, v1Agent } from './harness/agent-process';
+import { FaultProxy } from './harness/fault-proxy';
 import {
   Cmd, Cap, PROTOCOL_VERSION, Limits, FrameDecoder, decode, encodeHello, encodeStartProtect, encodeDirtyReportAck, encodePong, encodeWriteAck,
 } from '../protocol';
-import { MiB, sleep, waitHubConverged, waitByteEqual, waitAgentClean, fmtRegions, fioOnce, FioRun } from './helpers/fault-harness';
+import { MiB, sleep } from './harness/util';
+import { waitHubConverged, waitByteEqual, waitAgentClean, fmtRegions, fioOnce, FioRun } from './harness/fault-harness';
 
 const HEARTBEAT_DEAD_MS = 3 * 2000; // hub and agent: PING every 2 s, dead after 3 silent intervals
 

@@ -11,7 +11,7 @@ import {
   SPARSE_CHUNK, encodeSparseMap, decodeSparse,
 } from '../protocol';
 import { crc32 } from '../protocol/crc';
-import { mulberry32 } from '../tools/prng';
+import { mulberry32 } from './harness/prng';
 
 const SPEC = path.join(__dirname, '../../protocol/SPEC.md');
 const ALL_CMDS = Object.values(Cmd).filter((v): v is number => typeof v === 'number');

@@ -15,7 +15,7 @@ import { FileVolume } from '../storage/volume';
 import { LmdbStateStore } from '../storage/state';
 import { clientOptions, TlsFiles } from '../src/security';
 import { parseVolSpec } from '../src/cli/args';
-import { tmpdir, makeImage, sha, waitFor } from './helpers/util';
+import { tmpdir, makeImage, sha, waitFor } from './harness/util';
 
 function capture(): { log: pino.Logger; lines: string[] } {
   const lines: string[] = [];

@@ -8,7 +8,7 @@ import { Hub } from '../src/hub/hub';
 import { MemoryStateStore } from '../storage/state';
 import { MemoryVolume } from '../storage/volume';
 import { silentLogger } from '../src/log';
-import { waitFor } from './helpers/util';
+import { waitFor } from './harness/util';
 
 describe('hub apply queue', () => {
   it('a queued write owns its payload: later changes to the socket buffer it arrived in do not reach the replica', async () => {

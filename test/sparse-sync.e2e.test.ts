@@ -6,8 +6,9 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { tmpdir } from './helpers/util';
-import { HubProcess, AgentProcess, v1Hub, v1Agent } from './helpers/hub-process';
+import { tmpdir } from './harness/util';
+import { HubProcess, v1Hub } from './harness/hub-process';
+import { AgentProcess, v1Agent } from './harness/agent-process';
 import { nativeUnavailable } from '../storage/fileio';
 
 const KiB = 1024, MiB = 1 << 20, CHUNK = 64 * KiB;

@@ -10,7 +10,7 @@ import { BufferPool } from '../src/buffer-pool';
 import { LmdbStateStore, VolumeRecord } from '../storage/state';
 import { DirtyBitmap, PAGE_BITS } from '../storage/bitmap';
 import { DirtyLog } from '../storage/dirty-log';
-import { tmpdir } from './helpers/util';
+import { tmpdir } from './harness/util';
 // the real module object (not the import-star wrapper), so a test can intercept its functions
 import realFs = require('node:fs');
 

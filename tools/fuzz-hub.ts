@@ -6,7 +6,7 @@
 // temporary directory. With --hub, the hub must have a recovery volume V1 that no agent holds
 // (and, optionally, FZ<n> volumes for owner sessions); --http is its status address, --pid lets
 // the tool sample its RSS. Exit status 0 only if every check passed; the last line is the tally.
-import { runCampaign, tally, details } from './fuzz-campaign';
+import { runCampaign, tally, details } from '../test/harness/fuzz/campaign';
 
 function arg(k: string): string | undefined {
   const i = process.argv.indexOf(`--${k}`);

@@ -1,28 +1,11 @@
 // Shared by the network-fault test and the crash campaign: a continuous NBD writer (fio's nbd
 // engine, restarted whenever it exits, pausable), convergence waits on the real processes,
-// a byte-for-byte comparison that names the regions that differ, and RSS sampling.
+// a byte-for-byte comparison that names the regions that differ.
 import * as fs from 'node:fs';
 import { spawn, ChildProcess } from 'node:child_process';
-import type { HubProcess, AgentProcess } from './hub-process';
-import { mulberry32 } from '../../tools/prng';
-
-export const MiB = 1 << 20;
-
-/** Mulberry32: a small seeded PRNG, so a campaign can be replayed from its seed. */
-export function rng(seed: number): () => number {
-  return mulberry32(seed);
-}
-
-export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-/** VmRSS of a live process in bytes, or 0. */
-export function rssBytes(pid: number | undefined): number {
-  if (!pid) return 0;
-  try {
-    const m = /VmRSS:\s+(\d+)\s+kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) * 1024 : 0;
-  } catch { return 0; }
-}
+import type { HubProcess } from './hub-process';
+import type { AgentProcess } from './agent-process';
+import { MiB, sleep } from './util';
 
 export interface DiffReport {
   equal: boolean;

@@ -1,5 +1,5 @@
 // A small agent for hub tests: the real ReplicationAgent over plain image files, driven by
-// direct write() calls instead of an NBD server.
+// direct write() calls instead of an NBD server. The fuzz campaign's good agent is one too.
 import * as path from 'node:path';
 import { ReplicationAgent } from '../../src/agent/agent';
 import { DirtyLog } from '../../storage/dirty-log';
@@ -7,7 +7,7 @@ import { FileVolume } from '../../storage/volume';
 import { silentLogger, Logger } from '../../src/log';
 
 export interface TestAgentOpts {
-  port: number; vm?: string; images: Record<string, string>; stateDir?: string; caps?: number;
+  port: number; host?: string; vm?: string; images: Record<string, string>; stateDir?: string; caps?: number;
   maxQueueBytes?: number; log?: Logger; regionSize?: number;
 }
 
@@ -19,7 +19,7 @@ export function startTestAgent(o: TestAgentOpts): ReplicationAgent {
     return { name, target, log };
   });
   const agent = new ReplicationAgent({
-    hubHost: '127.0.0.1', hubPort: o.port, vm: o.vm ?? 'vm1', volumes, log: o.log ?? silentLogger(),
+    hubHost: o.host ?? '127.0.0.1', hubPort: o.port, vm: o.vm ?? 'vm1', volumes, log: o.log ?? silentLogger(),
     caps: o.caps, maxQueueBytes: o.maxQueueBytes, reconnectMaxMs: 200,
   });
   agent.start();

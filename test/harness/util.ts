@@ -1,7 +1,12 @@
+// Small shared test utilities: temporary directories, file hashes, sparse random images, polling.
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
+
+export const MiB = 1 << 20;
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 export function tmpdir(prefix = 'rephub-test-'): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
