@@ -87,7 +87,9 @@ export class Monitor {
   snapshot() {
     const st = this.source.status();
     const heat: Record<string, number[]> = {};
-    for (const [name, cells] of Object.entries(this.source.heat(HEAT_CELLS))) heat[name] = cells.map((d) => Math.round(d * 100));
+    for (const [name, cells] of Object.entries(this.source.heat(HEAT_CELLS))) {
+      heat[name] = cells.map((d) => Math.round(d * 100)); // percent: the page draws 0..100
+    }
     return { ...st, at: Date.now(), heat };
   }
 
