@@ -58,6 +58,8 @@ describe('hub HTTP API (http-api.ts)', () => {
     assert.equal(started.status, 200);
     assert.deepEqual(calls, [['startTest', { vm: 'vm1', force: true }]]);
     assert.equal((await post(port, '/failover-test/start', '')).status, 200, 'an empty body is {}');
+    assert.equal((await post(port, '/failover-test/start', '{"vm":null}')).status, 200, 'null leaves a field out');
+    assert.deepEqual(calls.at(-1), ['startTest', { vm: undefined, force: false }]);
     const refused = await post(port, '/failover-test/stop', '{}');
     assert.deepEqual(refused, { status: 409, body: { error: 'no failover test is running' } });
     assert.deepEqual(await post(port, '/failover', '{}'), { status: 500, body: { error: 'disk on fire' } });

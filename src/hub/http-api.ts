@@ -36,14 +36,16 @@ class BadRequest extends Error {}
 
 function optionalString(b: Body, key: string): string | undefined {
   const v = b[key];
-  if (v === undefined || typeof v === 'string') return v;
+  if (v === undefined || v === null) return undefined; // JSON's way of leaving it out
+  if (typeof v === 'string') return v;
   throw new BadRequest(`${key} must be a string`);
 }
 
 function winnerOf(b: Body): 'recovery' | 'protected' | undefined {
   const v = b.winner;
+  if (v === undefined || v === null) return undefined;
   // anything else would silently mean "recovery wins" and throw the protected side's changes away
-  if (v === undefined || v === 'recovery' || v === 'protected') return v;
+  if (v === 'recovery' || v === 'protected') return v;
   throw new BadRequest('winner must be "recovery" or "protected"');
 }
 
