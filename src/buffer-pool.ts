@@ -5,6 +5,7 @@
 // last returns the buffer. Buffers never given back are simply collected: the pool tracks
 // lending in a WeakMap and bounds only what it keeps idle.
 import { misalign } from '../storage/fileio';
+import { assert } from './assert';
 
 export class BufferPool {
   private free: Buffer[] = [];
@@ -44,6 +45,7 @@ export class BufferPool {
   hold(view: Buffer): boolean {
     const e = this.lent.get(view.buffer);
     if (!e) return false;
+    assert(e.holds > 0, 'a lent buffer has a hold until its last give'); // at 0 it left `lent`
     e.holds++;
     return true;
   }
@@ -52,10 +54,12 @@ export class BufferPool {
   give(view: Buffer): void {
     const e = this.lent.get(view.buffer);
     if (!e) return;
+    assert(e.holds > 0, 'a lent buffer has a hold until its last give');
     if (--e.holds > 0) return;
     this.lent.delete(view.buffer);
     this.stats.given++;
     if (this.free.length < this.maxIdle) this.free.push(e.base);
+    assert(this.free.length <= this.maxIdle, 'idle buffers within maxIdle');
   }
 
   get idle(): number {

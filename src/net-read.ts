@@ -4,6 +4,7 @@
 // rest of a large payload is read straight into that payload's buffer (no copy, one syscall for
 // up to the whole payload), anything else into the unused tail of a shared slab.
 import * as net from 'node:net';
+import { assert } from './assert';
 
 export interface ReadSink {
   /** Where the next read should land, or null for "anywhere" (a slab chunk). */
@@ -29,6 +30,7 @@ class Slab {
     return this.buf.subarray(this.used, Math.min(SLAB_BYTES, this.used + READ_BYTES));
   }
   take(n: number): Buffer {
+    assert(n >= 0 && this.used + n <= SLAB_BYTES, 'a read lands within its slab');
     const b = this.buf.subarray(this.used, this.used + n);
     this.used += n;
     return b;

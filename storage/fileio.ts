@@ -1,25 +1,10 @@
 // posix_fadvise and SEEK_DATA/SEEK_HOLE through the optional native addon (native/fileio.c,
 // built by `npm install`). Without it advice is a no-op and every range counts as data:
 // correctness never depends on either, only speed does.
-import * as path from 'node:path';
-
-interface Native {
-  fadvise(fd: number, offset: number, length: number, advice: number): number;
-  seek(fd: number, offset: number, whence: number): number;
-  misalign?(buf: Buffer, align: number): number; // absent in an addon built before it
-  RANDOM: number; DONTNEED: number; SEEK_DATA: number; SEEK_HOLE: number; ENXIO: number;
-}
-
-let native: Native | null = null;
-let loadError = '';
-try {
-  native = require(path.join(__dirname, '..', '..', 'build', 'Release', 'rephub_native.node')) as Native;
-} catch (e: any) {
-  loadError = e.message;
-}
+import { nativeAddon as native, nativeUnavailable } from '../native/addon';
 
 /** Why advice is unavailable ('' when it is). */
-export const nativeUnavailable = (): string => (native ? '' : `native addon not built (${loadError}); run npm install`);
+export { nativeUnavailable };
 
 /** No readahead on this open file: its reads leave order-0 pages, not large folios. */
 export function adviseRandom(fd: number): number {

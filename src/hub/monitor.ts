@@ -3,12 +3,40 @@
 import * as http from 'node:http';
 import { Registry, Gauge, Counter } from 'prom-client';
 import { WebSocketServer, WebSocket } from 'ws';
-import type { Hub } from './hub';
 import { DASHBOARD_HTML } from './dashboard';
 
 const HEAT_CELLS = 256; // heat-map cells per volume
 const PUSH_MS = 500;
 const MAX_CLIENTS = 32;
+
+/** The fields of a volume's status that the metrics read (the hub's /status has more). */
+export interface VolumeStatus {
+  name: string;
+  vm: string | null;
+  state: string;
+  sizeBytes: number;
+  dirtyBytes: number;
+  bytesApplied: number;
+  writesApplied: number;
+  syncBytes: number;
+  errors: number;
+  rpoLagMs: number | null;
+  throughputBps: number;
+  syncPass: number;
+}
+
+/** What the monitor watches; the hub provides it, and the monitor knows nothing else of the hub. */
+export interface HubStatusSource {
+  /** The /status document; its other fields pass through to the dashboard. */
+  status(): { volumes: readonly VolumeStatus[] };
+  sessionsConnected(): number;
+  /** Payload bytes received from the agents connected now. */
+  receivedBytes(): number;
+  /** Each volume's dirty-bitmap density in `cells` cells, 0 to 1 ([] for a volume without a bitmap). */
+  heat(cells: number): Record<string, readonly number[]>;
+}
+
+type VolumeValue<T> = (v: VolumeStatus) => T;
 
 export class Monitor {
   readonly registry = new Registry();
@@ -16,15 +44,15 @@ export class Monitor {
   private timer?: NodeJS.Timeout;
   private lastSent = '';
 
-  constructor(private readonly hub: Hub) {
-    const vols = () => hub.status().volumes;
+  constructor(private readonly source: HubStatusSource) {
+    const vols = () => source.status().volumes;
     const r = this.registry;
-    const gauge = (name: string, help: string, value: (v: ReturnType<typeof vols>[number]) => number | null) =>
+    const gauge = (name: string, help: string, value: VolumeValue<number | null>) =>
       new Gauge({ name, help, labelNames: ['volume', 'vm'], registers: [r], collect() {
         this.reset();
         for (const v of vols()) { const x = value(v); if (x !== null) this.set({ volume: v.name, vm: v.vm ?? '' }, x); }
       } });
-    const counter = (name: string, help: string, value: (v: ReturnType<typeof vols>[number]) => number) =>
+    const counter = (name: string, help: string, value: VolumeValue<number>) =>
       new Counter({ name, help, labelNames: ['volume', 'vm'], registers: [r], collect() {
         this.reset();
         for (const v of vols()) this.inc({ volume: v.name, vm: v.vm ?? '' }, value(v));
@@ -42,10 +70,12 @@ export class Monitor {
       this.reset();
       for (const v of vols()) this.set({ volume: v.name, state: v.state }, 1);
     } });
-    new Gauge({ name: 'rephub_agents_connected', help: 'Connected agent sessions', registers: [r], collect() { this.set(hub.sessions.size); } });
+    new Gauge({ name: 'rephub_agents_connected', help: 'Connected agent sessions', registers: [r], collect() {
+      this.set(source.sessionsConnected());
+    } });
     new Counter({ name: 'rephub_received_bytes_total', help: 'Payload bytes received from connected agents', registers: [r], collect() {
       this.reset();
-      this.inc([...hub.sessions].reduce((s, x) => s + x.bytesReceived, 0));
+      this.inc(source.receivedBytes());
     } });
   }
 
@@ -55,12 +85,12 @@ export class Monitor {
 
   /** Everything the dashboard shows, heat maps included. */
   snapshot() {
-    const st = this.hub.status();
-    return {
-      ...st,
-      at: Date.now(),
-      heat: Object.fromEntries([...this.hub.replicas.values()].map((r) => [r.name, r.bitmap ? r.bitmap.density(HEAT_CELLS).map((d) => Math.round(d * 100)) : []])),
-    };
+    const st = this.source.status();
+    const heat: Record<string, number[]> = {};
+    for (const [name, cells] of Object.entries(this.source.heat(HEAT_CELLS))) {
+      heat[name] = cells.map((d) => Math.round(d * 100)); // percent: the page draws 0..100
+    }
+    return { ...st, at: Date.now(), heat };
   }
 
   attach(server: http.Server): void {

@@ -1,0 +1,160 @@
+// The hub's HTTP API: GET /status, /metrics and the dashboard; POST operator actions (failover
+// test, failover, failback) with a bounded JSON body; errors mapped to status codes (a refused
+// action 409, a bad request 400/413, a failure 500). The WebSocket feed on /ws is the monitor's:
+// it is handed the server here.
+import * as http from 'node:http';
+import * as net from 'node:net';
+import type { Logger } from '../log';
+import type { Monitor } from './monitor';
+
+const MAX_BODY_BYTES = 65536;
+const NOT_FOUND =
+  'not found: GET / (dashboard), /status, /metrics, /ws; POST /failover-test/start|stop, /failover, /failback';
+
+/** What the operator can ask for; the failover controller does it. */
+export interface OperatorActions {
+  startTest(opts: { vm?: string; force?: boolean }): Promise<unknown>;
+  stopTest(): Promise<unknown>;
+  failoverNow(opts: { force?: boolean }): Promise<unknown>;
+  failback(opts: { winner?: 'recovery' | 'protected' }): Promise<unknown>;
+}
+
+export interface HttpApiOptions {
+  /** The /status document. */
+  status(): unknown;
+  monitor: Monitor;
+  actions: OperatorActions;
+  /** True for an action refused in the current state (409), false for a failure (500). */
+  isRefusal(e: unknown): boolean;
+  log: Logger;
+}
+
+type Body = Record<string, unknown>;
+
+/** A request the body of which is wrong: answered 400 before any action runs. */
+class BadRequest extends Error {}
+
+function optionalString(b: Body, key: string): string | undefined {
+  const v = b[key];
+  if (v === undefined || v === null) return undefined; // JSON's way of leaving it out
+  if (typeof v === 'string') return v;
+  throw new BadRequest(`${key} must be a string`);
+}
+
+function winnerOf(b: Body): 'recovery' | 'protected' | undefined {
+  const v = b.winner;
+  if (v === undefined || v === null) return undefined;
+  // anything else would silently mean "recovery wins" and throw the protected side's changes away
+  if (v === 'recovery' || v === 'protected') return v;
+  throw new BadRequest('winner must be "recovery" or "protected"');
+}
+
+function routes(a: OperatorActions): Record<string, (b: Body) => Promise<unknown>> {
+  return {
+    '/failover-test/start': (b) => a.startTest({ vm: optionalString(b, 'vm'), force: !!b.force }),
+    '/failover-test/stop': () => a.stopTest(),
+    '/failover': (b) => a.failoverNow({ force: !!b.force }),
+    '/failback': (b) => a.failback({ winner: winnerOf(b) }),
+  };
+}
+
+function json(res: http.ServerResponse, code: number, v: unknown): void {
+  res.writeHead(code, { 'content-type': 'application/json' });
+  res.end(JSON.stringify(v, null, 1));
+}
+
+export class HttpApi {
+  private server?: http.Server;
+  private readonly actions: Record<string, (b: Body) => Promise<unknown>>;
+
+  constructor(private readonly opts: HttpApiOptions) {
+    this.actions = routes(opts.actions);
+  }
+
+  listen(host: string, port: number): Promise<net.AddressInfo> {
+    const server = http.createServer((req, res) => this.handle(req, res));
+    this.server = server;
+    this.opts.monitor.attach(server);
+    return new Promise((res, rej) => {
+      server.once('error', rej);
+      server.listen(port, host, () => res(server.address() as net.AddressInfo));
+    });
+  }
+
+  close(): void {
+    this.server?.close();
+  }
+
+  private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
+    const { monitor } = this.opts;
+    if (req.method === 'GET' && (req.url === '/status' || req.url === '/status/')) {
+      return json(res, 200, this.opts.status());
+    }
+    if (req.method === 'GET' && req.url === '/metrics') {
+      monitor.metrics().then(
+        (m) => {
+          res.writeHead(200, { 'content-type': monitor.registry.contentType });
+          res.end(m);
+        },
+        (e) => json(res, 500, { error: e.message }),
+      );
+      return;
+    }
+    if (req.method === 'GET' && (req.url === '/' || req.url === '/dashboard')) {
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+      res.end(monitor.dashboard());
+      return;
+    }
+    const act = req.method === 'POST' ? this.actions[req.url ?? ''] : undefined;
+    if (!act) return json(res, 404, { error: NOT_FOUND });
+    this.readBody(req, res, (body) => this.run(req.url ?? '', act, body, res));
+  }
+
+  /** Collects a JSON object body of at most MAX_BODY_BYTES; answers 413 or 400 itself. */
+  private readBody(req: http.IncomingMessage, res: http.ServerResponse, then: (b: Body) => void): void {
+    const chunks: Buffer[] = [];
+    let bytes = 0, tooLarge = false;
+    req.on('data', (c: Buffer) => {
+      if (tooLarge) return;
+      bytes += c.length;
+      if (bytes <= MAX_BODY_BYTES) return void chunks.push(c);
+      tooLarge = true;
+      chunks.length = 0;
+      res.setHeader('connection', 'close');
+      json(res, 413, { error: `body over ${MAX_BODY_BYTES} bytes` });
+      res.once('finish', () => req.destroy()); // read no more of it
+    });
+    req.on('end', () => {
+      if (tooLarge) return;
+      // decoded once: a character split between two chunks stays whole
+      const text = Buffer.concat(chunks).toString('utf8');
+      let parsed: unknown = {};
+      try {
+        parsed = text ? JSON.parse(text) : {};
+      } catch {
+        return json(res, 400, { error: 'body is not JSON' });
+      }
+      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+        return json(res, 400, { error: 'body is not a JSON object' });
+      }
+      then(parsed as Body);
+    });
+  }
+
+  private run(url: string, act: (b: Body) => Promise<unknown>, body: Body, res: http.ServerResponse): void {
+    let done: Promise<unknown>;
+    try {
+      done = act(body);
+    } catch (e) {
+      done = Promise.reject(e); // a bad field, found before the action started
+    }
+    done.then(
+      (r) => json(res, 200, r),
+      (e) => {
+        const message = e instanceof Error ? e.message : String(e);
+        this.opts.log.error({ action: url, cause: message }, 'operator action refused');
+        json(res, e instanceof BadRequest ? 400 : this.opts.isRefusal(e) ? 409 : 500, { error: message });
+      },
+    );
+  }
+}
