@@ -52,10 +52,14 @@ export class Link {
     return (this.caps & cap) !== 0;
   }
 
-  /** Our HELLO. Never sealed: the peer learns of FRAME_CRC from it. */
+  /**
+   * Our HELLO. Never sealed: the peer learns of FRAME_CRC from it. Sent after agree() (the
+   * hub's reply), it carries the agreed capabilities, as SPEC.md section 6.1 has it.
+   */
   sendHello(version = PROTOCOL_VERSION): void {
     if (this.closed) return;
-    this.io.write([encodeHello(version, this.opts.caps, Limits.maxPayload, this.opts.name)]);
+    const caps = this.agreed ? this.caps : this.opts.caps;
+    this.io.write([encodeHello(version, caps, Limits.maxPayload, this.opts.name)]);
   }
 
   /**
