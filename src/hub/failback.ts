@@ -21,7 +21,9 @@ interface Pending {
 export class WriteBack {
   private readonly pending = new Map<number, Pending>(); // by req_id
 
-  constructor(private readonly io: WriteBackIo, private readonly maxInflight: number, private readonly maxBytes: number) {}
+  constructor(
+    private readonly io: WriteBackIo, private readonly maxInflight: number, private readonly maxBytes: number,
+  ) {}
 
   /** Write `regions` of `rep`'s recovery volume to protected volume `volumeId`; the bytes moved. */
   async run(rep: Replica, volumeId: number, regions: DirtyBitmap): Promise<number> {

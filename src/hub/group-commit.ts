@@ -110,7 +110,13 @@ export class GroupCommit {
     const seq = this.appliedSeq;
     const targets = [...this.touched];
     this.touched.clear();
-    await Promise.all(targets.map((t) => t.flushRecovery()));
+    try {
+      await Promise.all(targets.map((t) => t.flushRecovery()));
+    } catch (e) {
+      // No more rounds: the next one would find nothing to flush and ack the writes that failed.
+      this.close();
+      throw e;
+    }
     if (seq > this.ackedSeq) {
       assert(seq <= this.appliedSeq && this.appliedSeq <= this.recvSeq, 'an ack never passes what was applied');
       this.ackedSeq = seq;

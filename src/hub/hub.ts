@@ -96,8 +96,8 @@ export class Hub {
   /** The session API for a transport; the TCP listener and the simulations both use it. */
   newSession(t: ConstructorParameters<typeof AgentSession>[2], identity: string | null = null): AgentSession {
     const id = this.nextSession++;
-    const s = new AgentSession(id, { replica: (n) => this.replicas.get(n), openTarget: this.openTarget, pool: this.pool },
-      t, this.cfg, this.log.child({ session: id }), identity);
+    const host = { replica: (n: string) => this.replicas.get(n), openTarget: this.openTarget, pool: this.pool };
+    const s = new AgentSession(id, host, t, this.cfg, this.log.child({ session: id }), identity);
     this.sessions.add(s);
     return s;
   }

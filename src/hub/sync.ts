@@ -3,7 +3,8 @@
 // cursor, the agent's dirty report, and when a volume has converged. It sends on a link it is
 // given and knows nothing of the session.
 import {
-  Cap, ErrorCode, SECTOR, IO_OK, IO_ZEROES, IO_SPARSE, DIRTY_FINAL, ProtocolError, decodeSparse, SparsePiece, encodeRemoteIoReqHead, encodeDirtyReportAck,
+  Cap, ErrorCode, SECTOR, IO_OK, IO_ZEROES, IO_SPARSE, DIRTY_FINAL, ProtocolError, decodeSparse, SparsePiece,
+  encodeRemoteIoReqHead, encodeDirtyReportAck,
 } from '../../protocol';
 import type { RemoteIoRes, DirtyReport } from '../../protocol';
 import type { GuardedTarget } from '../../storage/overlay';

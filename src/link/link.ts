@@ -21,7 +21,7 @@ export interface LinkOptions {
   heartbeatMs: number;
   /** Name sent in HELLO: the VM on the agent, the hub's name on the hub. */
   name: string;
-  /** The peer was silent too long: the owner closes the connection. */
+  /** The peer was silent too long: the owner closes the connection (the link is still open for a last frame). */
   onDead(silentMs: number): void;
 }
 
@@ -127,7 +127,8 @@ export class Link {
     this.heartbeat = setInterval(() => {
       const silent = this.silentMs();
       if (silent > DEAD_AFTER * ms && !this.receivePaused) {
-        this.stop();
+        // Heartbeat off, the link still open: the owner may send a last ERROR, then closes.
+        this.stopHeartbeat();
         this.opts.onDead(silent);
       } else if (this.has(Cap.PING)) this.send([encodePing(Date.now())]);
     }, ms);
@@ -137,6 +138,10 @@ export class Link {
   /** Timers off, nothing more is sent. */
   stop(): void {
     this.closed = true;
+    this.stopHeartbeat();
+  }
+
+  private stopHeartbeat(): void {
     if (this.heartbeat) clearInterval(this.heartbeat);
     this.heartbeat = null;
   }
