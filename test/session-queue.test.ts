@@ -196,3 +196,35 @@ describe('Replica state machine and ownership', () => {
     await hub.close();
   });
 });
+
+describe('hub session over the shared link', () => {
+  function open(session: object = {}) {
+    const hub = new Hub({ volumes: [], store: new MemoryStateStore(), log: silentLogger(), session });
+    const replies: { cmd: number; msg: any }[] = [];
+    let closedWith: Error | undefined;
+    const fromHub = new FrameDecoder((cmd, p) => replies.push({ cmd, msg: decode(cmd, Buffer.from(p)) }));
+    const s = hub.newSession({
+      send: (bufs) => fromHub.push(Buffer.concat(bufs)), close: (e) => { closedWith = e ?? new Error('closed'); }, pause: () => {},
+    });
+    const hello = encodeHello(1, Cap.PING | Cap.WRITE_ACK, 0, 'vm');
+    s.receive(Cmd.HELLO, hello.subarray(12));
+    return { hub, s, replies, closed: () => closedWith };
+  }
+
+  it('the hub answers HELLO with the agreed capabilities (SPEC 6.1), unsealed', async () => {
+    const t = open();
+    assert.equal(t.replies[0].cmd, Cmd.HELLO);
+    assert.equal(t.replies[0].msg.caps, Cap.PING | Cap.WRITE_ACK);
+    assert.equal(t.s.caps, Cap.PING | Cap.WRITE_ACK);
+    await t.hub.close();
+  });
+
+  it('a silent agent gets an ERROR saying so before the hub closes the connection', async () => {
+    const t = open({ heartbeatMs: 10 });
+    await waitFor('closed', () => t.closed() !== undefined, 5000, 5);
+    const last = t.replies[t.replies.length - 1];
+    assert.equal(last.cmd, Cmd.ERROR);
+    assert.match(last.msg.message, /silent for \d+ ms/);
+    await t.hub.close();
+  });
+});
