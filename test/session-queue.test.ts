@@ -176,10 +176,12 @@ describe('Replica state machine and ownership', () => {
       [['V1', 'unprotected', 'syncing', 0], ['V1', 'syncing', 'error', 0]]);
   });
 
-  it('one owner at a time; the owner of a hub volume is the session that attached it, released when it ends', async () => {
+  it('one owner at a time: the session that attached a volume, released when it ends', async () => {
     const { log, lines } = capture();
     const disk = new MemoryVolume(1 << 20);
-    const hub = new Hub({ volumes: [{ name: 'V1', path: '/mem/V1R' }], store: new MemoryStateStore(), log, openTarget: () => disk });
+    const hub = new Hub({
+      volumes: [{ name: 'V1', path: '/mem/V1R' }], store: new MemoryStateStore(), log, openTarget: () => disk,
+    });
     const session = hub.newSession({ send: () => {}, close: () => {}, pause: () => {} });
     const rep = hub.replicas.get('V1')!;
     session.receive(Cmd.HELLO, encodeHello(1, ALL_CAPS & ~Cap.FRAME_CRC, 0, 'vm').subarray(12));
@@ -204,7 +206,9 @@ describe('hub session over the shared link', () => {
     let closedWith: Error | undefined;
     const fromHub = new FrameDecoder((cmd, p) => replies.push({ cmd, msg: decode(cmd, Buffer.from(p)) }));
     const s = hub.newSession({
-      send: (bufs) => fromHub.push(Buffer.concat(bufs)), close: (e) => { closedWith = e ?? new Error('closed'); }, pause: () => {},
+      send: (bufs) => fromHub.push(Buffer.concat(bufs)),
+      close: (e) => { closedWith = e ?? new Error('closed'); },
+      pause: () => {},
     });
     const hello = encodeHello(1, Cap.PING | Cap.WRITE_ACK, 0, 'vm');
     s.receive(Cmd.HELLO, hello.subarray(12));
