@@ -9,8 +9,7 @@ import { DirtyBitmap } from '../../storage/bitmap';
 import type { StateStore } from '../../storage/state';
 import type { NbdExport } from '../nbd/server';
 import type { Logger } from '../log';
-import type { Replica, TargetOpener } from './replica';
-import type { AgentSession } from './session';
+import type { Replica, ReplicaOwner, TargetOpener } from './replica';
 
 export class FailoverError extends Error {}
 
@@ -19,7 +18,6 @@ interface FailoverRecord { volumes: string[]; since: string }
 
 export interface FailoverHost {
   replicas: Map<string, Replica>;
-  sessions: Set<AgentSession>;
   store: StateStore;
   openTarget: TargetOpener;
   layersDir: string;
@@ -61,8 +59,9 @@ export class FailoverController {
     return r;
   }
 
-  private ownerOf(r: Replica): AgentSession | undefined {
-    return [...this.h.sessions].find((s) => s.volumeByName(r.name));
+  /** The agent session that has `r` attached: the replica's one owner. */
+  private ownerOf(r: Replica): ReplicaOwner | undefined {
+    return r.owner ?? undefined;
   }
 
   private async exclusive<T>(fn: () => Promise<T>): Promise<T> {
@@ -84,7 +83,7 @@ export class FailoverController {
         throw new FailoverError(`not converged: ${notReady.map((r) => `${r.name} is ${r.state}`).join(', ')}; the view would not be a consistent point (use force to take it anyway)`);
       }
       // Freeze each VM's volumes at one point of its in-order write stream.
-      const bySession = new Map<AgentSession | undefined, Replica[]>();
+      const bySession = new Map<ReplicaOwner | undefined, Replica[]>();
       for (const r of reps) {
         const s = this.ownerOf(r);
         bySession.set(s, [...(bySession.get(s) ?? []), r]);
@@ -205,7 +204,7 @@ export class FailoverController {
       for (const r of reps) this.h.exports.delete(r.name); // the recovery VM must be gone now
       const out = [];
       for (const r of reps) {
-        const s = this.ownerOf(r)!, vs = s.volumeByName(r.name)!;
+        const s = this.ownerOf(r)!;
         const f = r.failover!;
         const union = new DirtyBitmap(r.record!.sizeBytes, r.record!.regionSize);
         for (const bm of [f.recoveryChanged.bitmap, f.protectedChanged.bitmap, r.bitmap!]) for (const [a, b] of bm.runs()) union.setRegions(a, b - 1);
@@ -215,15 +214,14 @@ export class FailoverController {
           for (const [a, b] of union.runs()) r.bitmap!.setRegions(a, b - 1);
           await r.commitDirty();
         } else {
-          moved = await s.writeBack(vs, union);
+          moved = await s.writeBack(r, union);
           for (const [a, b] of union.runs()) r.bitmap!.clearRegions(a, b - 1);
         }
         out.push({ name: r.name, movedBytes: moved, recoveryChangedBytes: f.recoveryChanged.bitmap.dirtyBytes, protectedChangedBytes: f.protectedChanged.bitmap.dirtyBytes, winner: opts.winner ?? 'recovery' });
-        f.recoveryChanged.close(); f.protectedChanged.close();
-        r.failover = null;
+        r.endFailover();
         r.record!.generation += 1;
         await this.h.store.putVolume(r.record!, true);
-        s.setState(vs, opts.winner === 'protected' ? 'syncing' : 'protecting');
+        r.setState(opts.winner === 'protected' ? 'syncing' : 'protecting');
         s.pump();
       }
       fs.rmSync(path.join(this.h.layersDir, 'failover'), { recursive: true, force: true });

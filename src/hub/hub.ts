@@ -56,10 +56,10 @@ export class Hub implements HubStatusSource {
     this.openTarget = opts.openTarget ?? openFileTarget;
     for (const spec of opts.volumes) {
       if (this.replicas.has(spec.name)) throw new Error(`volume ${spec.name} configured twice`);
-      this.replicas.set(spec.name, new Replica(spec, opts.store, opts.regionSize ?? 64 * 1024));
+      this.replicas.set(spec.name, new Replica(spec, opts.store, opts.regionSize ?? 64 * 1024, opts.log));
     }
     this.failover = new FailoverController({
-      replicas: this.replicas, sessions: this.sessions, store: opts.store, openTarget: this.openTarget,
+      replicas: this.replicas, store: opts.store, openTarget: this.openTarget,
       layersDir: opts.layersDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'rephub-layers-')),
       exports: this.exports, nbdUri: (n) => `nbd://${this.nbdAddr.host}:${this.nbdAddr.port}/${n}`, log: opts.log,
     });
@@ -105,12 +105,8 @@ export class Hub implements HubStatusSource {
   /** The session API for a transport; the TCP listener and the simulations both use it. */
   newSession(t: ConstructorParameters<typeof AgentSession>[2], identity: string | null = null): AgentSession {
     const id = this.nextSession++;
-    const s = new AgentSession(id, {
-      replica: (n) => this.replicas.get(n),
-      openTarget: this.openTarget,
-      onStateChange: (r, from) => this.log.info({ volume: r.name, from, to: r.state, dirtyBytes: r.bitmap?.dirtyBytes ?? 0 }, 'volume state'),
-      pool: this.pool,
-    }, t, this.cfg, this.log.child({ session: id }), identity);
+    const host = { replica: (n: string) => this.replicas.get(n), openTarget: this.openTarget, pool: this.pool };
+    const s = new AgentSession(id, host, t, this.cfg, this.log.child({ session: id }), identity);
     this.sessions.add(s);
     return s;
   }

@@ -1,11 +1,14 @@
-// A recovery volume on the hub: the single owner of its target, record and dirty bitmap.
-// Sessions borrow it while attached; the sync engine asks it to set/clear regions.
+// A recovery volume on the hub: the single owner of its target, record and dirty bitmap, its
+// state machine (every change goes through setState and is logged there), its statistics and
+// its one owner (the agent session that has it attached). Sessions borrow it while attached.
 import * as fs from 'node:fs';
 import { BlockTarget, FileVolume, writeZeroes } from '../../storage/volume';
 import { GuardedTarget } from '../../storage/overlay';
 import { DirtyLog } from '../../storage/dirty-log';
 import { DirtyBitmap } from '../../storage/bitmap';
 import { StateStore, VolumeRecord } from '../../storage/state';
+import type { Logger } from '../log';
+import { assert } from '../assert';
 
 export type ReplicaState = 'unprotected' | 'syncing' | 'protecting' | 'degraded' | 'stopped' | 'error' | 'failed-over';
 
@@ -21,40 +24,77 @@ export interface ReplicaSpec {
   vm?: string; // only this VM (authenticated identity) may protect it
 }
 
+/** What the hub asks of the agent session that has a replica attached. */
+export interface ReplicaOwner {
+  readonly vm: string;
+  fail(e: Error): void;
+  /** Age of the oldest write received but not yet durable on the recovery volume. */
+  rpoLagMs(): number;
+  /** Run `fn` at the current point of the VM's write stream (see ApplyQueue.barrier). */
+  barrier<T>(fn: () => Promise<T> | T): Promise<T>;
+  /** Like barrier(), at the agent's next flush marker if one comes within `waitMs`. */
+  barrierAtFlush<T>(fn: () => Promise<T> | T, waitMs: number): Promise<T>;
+  /** Failback: write `regions` of the recovery volume to the protected volume; the bytes moved. */
+  writeBack(replica: Replica, regions: DirtyBitmap): Promise<number>;
+  /** Issue remote reads for what is dirty now. */
+  pump(): void;
+}
+
 export type TargetOpener = (path: string, sizeBytes: number) => BlockTarget;
 export const openFileTarget: TargetOpener = (path, sizeBytes) => FileVolume.open(path, { createSize: sizeBytes, minSize: sizeBytes });
 /** --cache none: large aligned writes bypass the page cache (O_DIRECT). */
 export const openDirectTarget: TargetOpener = (path, sizeBytes) => FileVolume.open(path, { createSize: sizeBytes, minSize: sizeBytes, direct: true });
 
 export class Replica {
-  state: ReplicaState = 'unprotected';
   record?: VolumeRecord;
   target?: GuardedTarget;
   failover: FailoverMaps | null = null; // set while the replica is promoted
   bitmap?: DirtyBitmap;
-  owner: { vm: string; fail(e: Error): void; rpoLagMs(): number } | null = null; // the session that has it attached
-  private outOfSyncSince: number | null = Date.now(); // null while protecting
   throughputBps = 0; // bytes/s applied (mirrored writes + sync), sampled by the hub
+  private current: ReplicaState = 'unprotected';
+  private holder: ReplicaOwner | null = null; // the session that has it attached (or is attaching it)
+  private released: Promise<void> = Promise.resolve(); // the last owner's in-progress apply
+  private outOfSyncSince: number | null = Date.now(); // null while protecting
   private sampled = { at: Date.now(), bytes: 0 };
-  lastError?: string;
-  lastWriteOk = true; // the last write to the recovery volume succeeded
-  /** Resolves when the last owner's in-progress apply has finished. */
-  idle: Promise<void> = Promise.resolve();
-  bytesApplied = 0;
-  errors = 0; // failed writes/flushes of the recovery volume and failed remote reads
-  writesApplied = 0;
-  syncBytes = 0;
+  private error?: string;
+  private writeOk = true; // the last write to the recovery volume succeeded
+  private applied = 0; // bytes of protected writes applied
+  private appliedWrites = 0;
+  private faults = 0; // failed writes of the recovery volume and failed remote reads
+  private synced = 0; // bytes written by sync
   private syncBytesDropped = 0;
 
-  constructor(readonly spec: ReplicaSpec, private readonly store: StateStore, private readonly regionSize: number) {
+  constructor(
+    readonly spec: ReplicaSpec, private readonly store: StateStore, private readonly regionSize: number,
+    private readonly log: Logger,
+  ) {
     const rec = store.volume(spec.name);
     if (rec) {
       this.record = rec;
       this.bitmap = new DirtyBitmap(rec.sizeBytes, rec.regionSize);
       store.loadBitmap(spec.name, this.bitmap);
       this.bitmap.takeChangedPages();
-      this.state = rec.cleanShutdown ? 'stopped' : 'degraded';
+      this.current = rec.cleanShutdown ? 'stopped' : 'degraded';
     }
+  }
+
+  get state(): ReplicaState {
+    return this.current;
+  }
+
+  /** The agent session that has this replica attached, or is attaching it. */
+  get owner(): ReplicaOwner | null {
+    return this.holder;
+  }
+
+  /** Resolves when the last owner's in-progress apply has finished. */
+  get idle(): Promise<void> {
+    return this.released;
+  }
+
+  /** The last write to the recovery volume succeeded. */
+  get lastWriteOk(): boolean {
+    return this.writeOk;
   }
 
   get name(): string {
@@ -102,8 +142,8 @@ export class Replica {
     this.record = rec;
     await this.store.saveBitmap(this.name, this.bitmap, true);
     await this.store.putVolume(rec, true);
-    this.state = 'syncing';
-    this.lastError = undefined;
+    this.error = undefined;
+    this.setState('syncing');
     return rec;
   }
 
@@ -159,30 +199,133 @@ export class Replica {
     if (this.target) await this.target.flush();
     // Sync writes are large and leave large page-cache folios; 4 KiB protected writes into those
     // cost several times more kernel time (ext4). Once they are on disk, drop them.
-    if (this.target && this.syncBytes !== this.syncBytesDropped) {
-      this.syncBytesDropped = this.syncBytes;
+    if (this.target && this.synced !== this.syncBytesDropped) {
+      this.syncBytesDropped = this.synced;
       this.target.base.dropCache?.();
     }
-    this.record.state = this.state;
+    this.record.state = this.current;
     await this.store.saveBitmap(this.name, this.bitmap, false);
     await this.store.putVolume(this.record, false);
   }
 
-  setState(s: ReplicaState): void {
-    if (s === 'protecting') this.outOfSyncSince = null;
-    else if (this.state === 'protecting' || this.outOfSyncSince === null) this.outOfSyncSince = Date.now();
-    this.state = s;
-    if (this.record) this.record.state = s;
+  /**
+   * The one way the state changes; logged here, once. Entering protecting persists the
+   * converged bitmap at once, so a crash right after costs no resync of it.
+   */
+  setState(to: ReplicaState): void {
+    const from = this.current;
+    if (from === to) return;
+    if (to === 'protecting') this.outOfSyncSince = null;
+    else if (from === 'protecting' || this.outOfSyncSince === null) this.outOfSyncSince = Date.now();
+    this.current = to;
+    if (this.record) this.record.state = to;
+    this.log.info({ volume: this.name, from, to, dirtyBytes: this.bitmap?.dirtyBytes ?? 0 }, 'volume state');
+    if (to === 'protecting') {
+      void this.checkpoint().catch((e) => this.log.warn({ volume: this.name, cause: e.message }, 'checkpoint failed'));
+    }
+  }
+
+  /** An agent session takes the replica; the previous owner has released it (or been failed). */
+  claim(owner: ReplicaOwner): void {
+    assert(this.holder === null, 'a replica has one owner at a time');
+    this.holder = owner;
+  }
+
+  /** `owner` lets go (attach failed: nothing else to do). */
+  release(owner: ReplicaOwner): void {
+    if (this.holder === owner) this.holder = null;
+  }
+
+  /**
+   * `owner`'s connection is gone. Once what it was applying (`inFlight`) has finished, the
+   * replica is degraded unless the agent shut down cleanly; its dirty bits stay.
+   */
+  detach(owner: ReplicaOwner, inFlight: Promise<void>, cleanShutdown: boolean): void {
+    if (this.holder !== owner) return;
+    this.holder = null;
+    this.released = inFlight.then(async () => {
+      if (!cleanShutdown && this.record && this.current !== 'degraded' && !this.failover) this.setState('degraded');
+      await this.checkpoint().catch(() => undefined);
+    });
+  }
+
+  /** The agent shut down cleanly: nothing to resync next time it attaches. */
+  async stopCleanly(): Promise<void> {
+    this.record!.cleanShutdown = true;
+    this.setState('stopped');
+    await this.checkpoint();
+  }
+
+  /** Failback done: the failover maps are closed and dropped. */
+  endFailover(): void {
+    const f = this.failover;
+    if (!f) return;
+    f.recoveryChanged.close();
+    f.protectedChanged.close();
+    this.failover = null;
+  }
+
+  /** A protected write of `bytes` reached the recovery volume. */
+  recordApplied(bytes: number): void {
+    this.applied += bytes;
+    this.appliedWrites++;
+    this.writeOk = true;
+  }
+
+  /** Sync data of `bytes` reached the recovery volume. */
+  recordSyncBytes(bytes: number): void {
+    this.synced += bytes;
+    this.writeOk = true;
+  }
+
+  /** Something failed that the operator should see (attach refused, flush failed). */
+  noteError(cause: string): void {
+    this.error = cause;
+  }
+
+  /** A failure that counts in the error statistics (a failed remote read). */
+  recordFault(cause: string): void {
+    this.error = cause;
+    this.faults++;
+  }
+
+  /** The recovery volume failed a write (ENOSPC, EIO): keep the regions dirty, go to error. */
+  async writeFailed(cause: string, offset: number, first: number, last: number): Promise<void> {
+    this.recordFault(cause);
+    this.writeOk = false;
+    this.log.error({ volume: this.name, recovery: this.spec.path, offset, cause },
+      'recovery volume write failed; regions stay dirty');
+    await this.markDirty(first, last);
+    this.setState('error');
+  }
+
+  /** The recovery volume took a write again after errors: resync what failed. */
+  retryAfterError(): void {
+    assert(this.current === 'error' && this.writeOk, 'a retry follows an error and a successful write');
+    this.log.info({ volume: this.name }, 'recovery volume writable again; resyncing what failed');
+    this.error = undefined;
+    this.setState('syncing');
+  }
+
+  /** Flush the recovery volume for a group commit; a failure is shown in the status. */
+  async flushRecovery(): Promise<void> {
+    try {
+      await this.target!.flush();
+    } catch (e) {
+      this.error = (e as Error).message;
+      this.log.error({ volume: this.name, cause: this.error }, 'flush of recovery volume failed');
+      throw e;
+    }
   }
 
   /** RPO lag: protecting, the age of the oldest undurable write; otherwise time out of sync. */
   rpoLagMs(): number | null {
-    if (this.state === 'protecting') return this.owner ? this.owner.rpoLagMs() : 0;
+    if (this.current === 'protecting') return this.holder ? this.holder.rpoLagMs() : 0;
     return this.outOfSyncSince === null || !this.record ? null : Date.now() - this.outOfSyncSince;
   }
 
   sample(): void {
-    const now = Date.now(), bytes = this.bytesApplied + this.syncBytes;
+    const now = Date.now(), bytes = this.applied + this.synced;
     if (now > this.sampled.at) this.throughputBps = Math.round(((bytes - this.sampled.bytes) * 1000) / (now - this.sampled.at));
     this.sampled = { at: now, bytes };
   }
@@ -192,7 +335,7 @@ export class Replica {
     return {
       name: this.name,
       recovery: this.spec.path,
-      state: this.state,
+      state: this.current,
       volumeId: this.record?.id ?? null,
       generation: this.record?.generation ?? 0,
       vm: this.record?.vm ?? null,
@@ -202,14 +345,14 @@ export class Replica {
       dirtyRegions: bm ? bm.dirtyRegions : 0,
       syncPass: this.record?.syncPass ?? 0,
       syncCursor: this.record?.syncCursor ?? 0,
-      bytesApplied: this.bytesApplied,
+      bytesApplied: this.applied,
       bytesDirect: (this.target?.base as { directBytes?: number } | undefined)?.directBytes ?? 0, // around the page cache
-      writesApplied: this.writesApplied,
-      syncBytes: this.syncBytes,
+      writesApplied: this.appliedWrites,
+      syncBytes: this.synced,
       rpoLagMs: this.rpoLagMs(),
       throughputBps: this.throughputBps,
-      lastError: this.lastError ?? null,
-      errors: this.errors,
+      lastError: this.error ?? null,
+      errors: this.faults,
       failoverTest: this.target?.view ? { keptBytes: this.target.view.keptBytes, activeBytes: this.target.view.activeBytes } : null,
       failover: this.failover ? {
         recoveryChangedBytes: this.failover.recoveryChanged.bitmap.dirtyBytes,

@@ -21,7 +21,7 @@ export interface LinkOptions {
   heartbeatMs: number;
   /** Name sent in HELLO: the VM on the agent, the hub's name on the hub. */
   name: string;
-  /** The peer was silent too long: the owner closes the connection. */
+  /** The peer was silent too long: the owner closes the connection (the link is still open for a last frame). */
   onDead(silentMs: number): void;
 }
 
@@ -52,10 +52,14 @@ export class Link {
     return (this.caps & cap) !== 0;
   }
 
-  /** Our HELLO. Never sealed: the peer learns of FRAME_CRC from it. */
+  /**
+   * Our HELLO. Never sealed: the peer learns of FRAME_CRC from it. Sent after agree() (the
+   * hub's reply), it carries the agreed capabilities, as SPEC.md section 6.1 has it.
+   */
   sendHello(version = PROTOCOL_VERSION): void {
     if (this.closed) return;
-    this.io.write([encodeHello(version, this.opts.caps, Limits.maxPayload, this.opts.name)]);
+    const caps = this.agreed ? this.caps : this.opts.caps;
+    this.io.write([encodeHello(version, caps, Limits.maxPayload, this.opts.name)]);
   }
 
   /**
@@ -123,7 +127,8 @@ export class Link {
     this.heartbeat = setInterval(() => {
       const silent = this.silentMs();
       if (silent > DEAD_AFTER * ms && !this.receivePaused) {
-        this.stop();
+        // Heartbeat off, the link still open: the owner may send a last ERROR, then closes.
+        this.stopHeartbeat();
         this.opts.onDead(silent);
       } else if (this.has(Cap.PING)) this.send([encodePing(Date.now())]);
     }, ms);
@@ -133,6 +138,10 @@ export class Link {
   /** Timers off, nothing more is sent. */
   stop(): void {
     this.closed = true;
+    this.stopHeartbeat();
+  }
+
+  private stopHeartbeat(): void {
     if (this.heartbeat) clearInterval(this.heartbeat);
     this.heartbeat = null;
   }

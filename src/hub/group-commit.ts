@@ -1,0 +1,139 @@
+// Group commit for one agent session: the protected writes received, applied and acked
+// (numbered 1, 2, ... per connection, the implicit sequence of the protocol), the recovery
+// volumes written since their last flush, at most one flush round per commit interval, the
+// durable WRITE_ACK after it, and the RPO lag (age of the oldest write not yet durable).
+import { Cap, encodeWriteAck } from '../../protocol';
+import { assert } from '../assert';
+
+/** A recovery volume a commit flushes (a Replica). */
+export interface Flushable {
+  flushRecovery(): Promise<void>;
+}
+
+/** Where acks go: a Link satisfies it. */
+export interface AckLink {
+  send(bufs: Buffer[]): void;
+  has(cap: number): boolean;
+}
+
+const RECV_TIMES_MAX = 4096; // receive-time samples kept; older unacked writes share the oldest
+
+export class GroupCommit {
+  private recvSeq = 0; // protected writes received
+  private appliedSeq = 0; // ... applied to their recovery volumes (or recorded, failed over)
+  private ackedSeq = 0; // ... flushed and acked
+  private readonly touched = new Set<Flushable>(); // written since their last flush
+  private flushRun: Promise<void> | null = null; // the group commit under way
+  private commitTimer: NodeJS.Timeout | null = null; // the next group commit, one interval after the last
+  private lastCommitAt = -Infinity;
+  // Receive times of unacked writes, one entry per millisecond: the oldest gives the RPO lag.
+  private recvTimes: { seq: number; t: number }[] = [];
+  private closed = false;
+
+  constructor(
+    private readonly link: AckLink, private readonly intervalMs: number, private readonly onError: (e: Error) => void,
+  ) {}
+
+  get received(): number {
+    return this.recvSeq;
+  }
+
+  get acked(): number {
+    return this.ackedSeq;
+  }
+
+  /** A protected write arrived. */
+  receive(): void {
+    this.recvSeq++;
+    const now = Date.now(), times = this.recvTimes, last = times[times.length - 1];
+    if ((!last || last.t !== now) && times.length < RECV_TIMES_MAX) times.push({ seq: this.recvSeq, t: now });
+  }
+
+  /** The next received write was applied; `target` (if any) must be flushed before it is acked. */
+  applied(target: Flushable | null): void {
+    if (target) this.touched.add(target);
+    this.appliedSeq++;
+    assert(this.appliedSeq <= this.recvSeq, 'a write is applied only after it was received');
+  }
+
+  /** Age of the oldest write received but not yet durable on the recovery volume. */
+  rpoLagMs(): number {
+    if (this.recvSeq === this.ackedSeq || this.recvTimes.length === 0) return 0;
+    return Date.now() - this.recvTimes[0].t;
+  }
+
+  /** Commit what was applied: now if the last round was an interval ago, else one interval after it. */
+  kick(): void {
+    if (this.flushRun || this.commitTimer || this.closed) return;
+    if (this.appliedSeq === this.ackedSeq && this.touched.size === 0) return;
+    const wait = this.lastCommitAt + this.intervalMs - performance.now();
+    if (wait > 0) {
+      this.commitTimer = setTimeout(() => {
+        this.commitTimer = null;
+        this.kick();
+      }, Math.ceil(wait));
+      return;
+    }
+    const run = this.commitOnce().finally(() => {
+      if (this.flushRun === run) this.flushRun = null;
+      this.kick(); // writes that came in meanwhile: the next round, an interval later
+    });
+    this.flushRun = run;
+    run.catch(this.onError);
+  }
+
+  /** Flush and ack everything applied so far; waits for a group commit already under way. */
+  async flushNow(): Promise<void> {
+    while (this.flushRun) await this.flushRun.catch(() => undefined);
+    this.flushRun = this.flushLoop();
+    try {
+      await this.flushRun;
+    } finally {
+      this.flushRun = null;
+    }
+  }
+
+  /** The session ends: no more rounds. */
+  close(): void {
+    this.closed = true;
+    if (this.commitTimer) clearTimeout(this.commitTimer);
+    this.commitTimer = null;
+  }
+
+  private async flushLoop(): Promise<void> {
+    while (!this.closed && (this.appliedSeq > this.ackedSeq || this.touched.size > 0)) await this.commitOnce();
+  }
+
+  /** One group commit round: flush the volumes written so far, then ack up to there. */
+  private async commitOnce(): Promise<void> {
+    this.lastCommitAt = performance.now();
+    const seq = this.appliedSeq;
+    const targets = [...this.touched];
+    this.touched.clear();
+    try {
+      await Promise.all(targets.map((t) => t.flushRecovery()));
+    } catch (e) {
+      // No more rounds: the next one would find nothing to flush and ack the writes that failed.
+      this.close();
+      throw e;
+    }
+    if (seq > this.ackedSeq) {
+      assert(seq <= this.appliedSeq && this.appliedSeq <= this.recvSeq, 'an ack never passes what was applied');
+      this.ackedSeq = seq;
+      this.trimRecvTimes(seq);
+      if (this.link.has(Cap.WRITE_ACK)) this.link.send([encodeWriteAck(seq)]);
+    }
+  }
+
+  /** Drop receive times of acked writes; the head then stands for the oldest unacked one. */
+  private trimRecvTimes(acked: number): void {
+    const times = this.recvTimes;
+    let drop = 0;
+    while (drop + 1 < times.length && times[drop + 1].seq <= acked + 1) drop++;
+    if (drop) times.splice(0, drop);
+    if (times.length && times[0].seq <= acked) {
+      if (this.recvSeq === acked) times.length = 0;
+      else times[0] = { seq: acked + 1, t: times[0].t }; // conservative: no later than its real receive time
+    }
+  }
+}

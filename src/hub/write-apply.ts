@@ -1,0 +1,81 @@
+// Applying protected writes to recovery volumes: inline when nothing is queued before the write
+// (applyNow: no queue entry, no promise), or from the apply queue; a failed recovery volume
+// write keeps its regions dirty. Failed over, a write is only recorded until failback.
+import { SECTOR, IO_OK } from '../../protocol';
+import type { ProtectedWrite } from '../../protocol';
+import type { Replica } from './replica';
+import type { VolumeSync } from './sync';
+
+/** The session's attached volumes, by id (the SyncEngine). */
+export interface VolumeLookup {
+  volume(id: number, what: string): VolumeSync;
+}
+
+/** What counts applied writes and flushes their volumes (the GroupCommit). */
+export interface AppliedSink {
+  applied(target: Replica | null): void;
+}
+
+export class WriteApplier {
+  constructor(private readonly volumes: VolumeLookup, private readonly commit: AppliedSink) {}
+
+  /** A protected write from the apply queue. */
+  async apply(m: ProtectedWrite): Promise<void> {
+    const sync = this.volumes.volume(m.volumeId, 'PROTECTED_WRITE');
+    sync.checkExtent(m.offsetSectors, m.sizeSectors, 'PROTECTED_WRITE');
+    const start = m.offsetSectors * SECTOR, end = start + m.sizeSectors * SECTOR;
+    const rep = sync.replica, bm = sync.bitmap;
+    if (rep.failover) {
+      // Promoted replica: the protected side's writes are recorded, not applied, until failback.
+      rep.failover.protectedChanged.mark(start, end);
+      this.commit.applied(null);
+      return;
+    }
+    const first = bm.regionOf(start), last = bm.regionOf(end - 1);
+    sync.touch(first, last);
+    let target: Replica | null = null;
+    if (m.ioStatus !== IO_OK) {
+      // The guest's write failed locally; what the protected volume holds there is unknown.
+      await rep.markDirty(first, last);
+    } else {
+      try {
+        if (!rep.target!.tryWriteSync(m.data, start)) await rep.target!.write(m.data, start);
+        this.written(sync, m.data.length, start, end, first, last);
+        target = rep;
+      } catch (e) {
+        await sync.fault(e as Error, start, first, last);
+      }
+    }
+    this.commit.applied(target);
+    sync.settle();
+  }
+
+  /**
+   * apply() for a small write arriving with nothing queued before it, done before returning.
+   * False: it takes the queue (failover, a failed guest write, a point-in-time view to
+   * preserve, a large write, or a failed pwrite, redone and handled there).
+   */
+  applyNow(m: ProtectedWrite): boolean {
+    const sync = this.volumes.volume(m.volumeId, 'PROTECTED_WRITE');
+    sync.checkExtent(m.offsetSectors, m.sizeSectors, 'PROTECTED_WRITE');
+    const start = m.offsetSectors * SECTOR, end = start + m.sizeSectors * SECTOR;
+    const rep = sync.replica, t = rep.target;
+    if (rep.failover || m.ioStatus !== IO_OK || !t) return false;
+    const bm = sync.bitmap, first = bm.regionOf(start), last = bm.regionOf(end - 1);
+    sync.touch(first, last); // again if it is queued after all: the same marks
+    try {
+      if (!t.tryWriteSync(m.data, start)) return false;
+    } catch {
+      return false;
+    }
+    this.written(sync, m.data.length, start, end, first, last);
+    this.commit.applied(rep);
+    sync.settle();
+    return true;
+  }
+
+  private written(sync: VolumeSync, bytes: number, start: number, end: number, first: number, last: number): void {
+    sync.replica.recordApplied(bytes);
+    sync.written(start, end, first, last);
+  }
+}
