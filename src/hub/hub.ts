@@ -14,7 +14,8 @@ import type { Logger } from '../log';
 import { Replica, ReplicaSpec, TargetOpener, openFileTarget } from './replica';
 import { AgentSession, SessionConfig, defaultSessionConfig } from './session';
 import { FailoverController, FailoverError } from './failover';
-import { NbdServer, NbdExport } from '../nbd/server';
+import { NbdServer } from '../nbd/server';
+import { ExportRegistry } from '../nbd/exports';
 import { Monitor } from './monitor';
 import { writeBatched } from '../net-batch';
 import { readThrough } from '../net-read';
@@ -49,7 +50,7 @@ export class Hub {
   readonly openTarget: TargetOpener;
   private readonly maxSessions: number;
   private readonly sockets = new Set<net.Socket>();
-  readonly exports = new Map<string, NbdExport>();
+  readonly exports = new ExportRegistry();
   private nbd?: NbdServer;
   private nbdAddr = { host: '127.0.0.1', port: 10810 };
   readonly failover: FailoverController;
