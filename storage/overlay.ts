@@ -80,12 +80,12 @@ export class PointInTimeView implements BlockTarget {
 
   /** The test VM's writes: copy-up partial regions into the active layer; serialized. */
   write(buf: Buffer, offset: number): Promise<void> {
-    const p = this.writeChain.then(() => this.writeNow(buf, offset));
+    const p = this.writeChain.then(() => this.writeInOrder(buf, offset));
     this.writeChain = p.catch(() => undefined);
     return p;
   }
 
-  private async writeNow(buf: Buffer, offset: number): Promise<void> {
+  private async writeInOrder(buf: Buffer, offset: number): Promise<void> {
     if (offset < 0 || offset + buf.length > this.sizeBytes) throw new RangeError(`write [${offset}, ${offset + buf.length}) outside the view`);
     let done = 0;
     while (done < buf.length) {

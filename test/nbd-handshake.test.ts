@@ -2,7 +2,8 @@
 // state and action, with no socket.
 import { strict as assert } from 'node:assert';
 import {
-  initialState, clientFlags, optionHeader, handleOption, HandshakeConfig, HandshakeState, MAX_OPTIONS, TRANSMISSION_FLAGS,
+  initialState, clientFlags, optionHeader, handleOption, HandshakeConfig, HandshakeState, MAX_OPTIONS,
+  TRANSMISSION_FLAGS,
 } from '../src/nbd/handshake';
 import type { NbdExport } from '../src/nbd/exports';
 import {
@@ -35,7 +36,8 @@ function goData(name: string, infos: number[] = []): Buffer {
   infos.forEach((t, i) => b.writeUInt16BE(t, 4 + n.length + 2 + 2 * i));
   return b;
 }
-const ready = (config: HandshakeConfig): HandshakeState => clientFlags(initialState(config.tls), CF_FIXED_NEWSTYLE) as HandshakeState;
+const ready = (config: HandshakeConfig): HandshakeState =>
+  clientFlags(initialState(config.tls), CF_FIXED_NEWSTYLE) as HandshakeState;
 
 describe('NBD handshake (pure)', () => {
   it('client flags: fixed newstyle required, NO_ZEROES remembered', () => {
@@ -79,7 +81,8 @@ describe('NBD handshake (pure)', () => {
 
   for (const opt of [Opt.GO, Opt.INFO]) {
     const what = opt === Opt.GO ? 'GO' : 'INFO';
-    it(`${what}: export and block-size infos then ACK, NAME only when asked; ${what === 'GO' ? 'attaches' : 'stays in options'}`, () => {
+    const then = what === 'GO' ? 'attaches' : 'stays in options';
+    it(`${what}: export and block-size infos then ACK, NAME only when asked; ${then}`, () => {
       for (const infos of [[], [Info.NAME]]) {
         const r = handleOption(ready(plain), opt, goData('V2', infos), plain);
         assert.equal(r.action, opt === Opt.GO ? 'attach' : 'continue');
@@ -92,7 +95,8 @@ describe('NBD handshake (pure)', () => {
         assert.equal(replies[0].data.readUInt16BE(10), TRANSMISSION_FLAGS);
         assert.equal(replies[1].data.readUInt16BE(0), Info.BLOCK_SIZE);
         assert.equal(replies[1].data.readUInt32BE(10), MAX_REQUEST);
-        if (infos.length) assert.deepEqual(replies[2].data, Buffer.concat([Buffer.from([0, Info.NAME]), Buffer.from('V2')]));
+        const name = Buffer.concat([Buffer.from([0, Info.NAME]), Buffer.from('V2')]);
+        if (infos.length) assert.deepEqual(replies[2].data, name);
       }
     });
     it(`${what}: unknown export gets ERR_UNKNOWN, malformed data ERR_INVALID; the handshake goes on`, () => {
@@ -110,9 +114,11 @@ describe('NBD handshake (pure)', () => {
     const r = handleOption(ready(plain), Opt.LIST, Buffer.alloc(0), plain);
     const replies = r.replies.map(parseReply);
     assert.deepEqual(replies.map((x) => x.type), [Rep.SERVER, Rep.SERVER, Rep.ACK]);
-    assert.deepEqual(replies.slice(0, 2).map((x) => x.data.subarray(4, 4 + x.data.readUInt32BE(0)).toString()), ['V1', 'V2']);
+    const names = replies.slice(0, 2).map((x) => x.data.subarray(4, 4 + x.data.readUInt32BE(0)).toString());
+    assert.deepEqual(names, ['V1', 'V2']);
     assert.equal(r.action, 'continue');
-    assert.equal(parseReply(handleOption(ready(plain), Opt.LIST, Buffer.from('x'), plain).replies[0]).type, REP_ERR_INVALID);
+    const withData = handleOption(ready(plain), Opt.LIST, Buffer.from('x'), plain);
+    assert.equal(parseReply(withData.replies[0]).type, REP_ERR_INVALID);
   });
 
   it('ABORT: ACK, then the connection ends (allowed before STARTTLS too)', () => {

@@ -63,7 +63,8 @@ async function main(o: { logPretty?: boolean; logLevel?: string; hub: string; ex
   await new Promise<void>((res, rej) => { web.once('error', rej); web.listen(httpAddr.port, httpAddr.host, () => res()); });
   const a = await nbd.listen(nbdAddr.host, nbdAddr.port);
   agent.start();
-  log.info({ nbd: exports.names().map((n) => `nbd://${a.address}:${a.port}/${n}`), hub: o.hub, vm }, 'rephub-agent serving');
+  const uris = exports.names().map((n) => `nbd://${a.address}:${a.port}/${n}`);
+  log.info({ nbd: uris, hub: o.hub, vm }, 'rephub-agent serving');
   let stopping = false;
   const stop = async (sig: string) => {
     if (stopping) return;

@@ -8,7 +8,9 @@ import { serverGreeting, simpleReply } from '../../protocol/nbd';
 import { ByteQueue } from './byte-queue';
 import { writeBatched } from '../net-batch';
 import { readThrough } from '../net-read';
-import { HandshakeState, HandshakeConfig, initialState, clientFlags, optionHeader, handleOption, OPTION_HEADER } from './handshake';
+import {
+  HandshakeState, HandshakeConfig, initialState, clientFlags, optionHeader, handleOption, OPTION_HEADER,
+} from './handshake';
 import { Transmission, TransmissionIo, TransmissionOptions } from './transmission';
 import type { ExportRegistry, ExportUser } from './exports';
 import type { Logger } from '../log';
@@ -169,7 +171,8 @@ export class NbdConnection implements TransmissionIo, ExportUser {
     const exp = this.ctx.registry.attach(name, this);
     if (!exp) return this.fatal(`export "${name}" went away`); // cannot happen: nothing ran since the lookup
     const { pool, stats } = this.ctx;
-    this.transmission = new Transmission(exp, this.queue, this, { direct: !this.config.tls, pool, stats, log: this.log });
+    const direct = !this.config.tls;
+    this.transmission = new Transmission(exp, this.queue, this, { direct, pool, stats, log: this.log });
     this.phase = 'transmission';
     this.log.info({ export: exp.name, opt }, 'NBD client attached');
   }
