@@ -44,9 +44,10 @@ export interface TransmissionOptions {
   readonly log: Logger;
 }
 
+/** The NBD error for a failure: VolumeError carries the code in `errno`, Node's own errors in `code`. */
 export function errnoOf(e: unknown, fallback: number): number {
   const err = e as { errno?: unknown; code?: unknown } | null;
-  switch (err?.errno ?? err?.code) {
+  switch (typeof err?.errno === 'string' ? err.errno : err?.code) {
     case 'ENOSPC': return NbdErr.ENOSPC;
     case 'EIO': return NbdErr.EIO;
     case 'EROFS': case 'EPERM': case 'EACCES': return NbdErr.EPERM;
