@@ -80,12 +80,12 @@ export class PointInTimeView implements BlockTarget {
 
   /** The test VM's writes: copy-up partial regions into the active layer; serialized. */
   write(buf: Buffer, offset: number): Promise<void> {
-    const p = this.writeChain.then(() => this.writeNow(buf, offset));
+    const p = this.writeChain.then(() => this.writeInOrder(buf, offset));
     this.writeChain = p.catch(() => undefined);
     return p;
   }
 
-  private async writeNow(buf: Buffer, offset: number): Promise<void> {
+  private async writeInOrder(buf: Buffer, offset: number): Promise<void> {
     if (offset < 0 || offset + buf.length > this.sizeBytes) throw new RangeError(`write [${offset}, ${offset + buf.length}) outside the view`);
     let done = 0;
     while (done < buf.length) {
@@ -134,13 +134,12 @@ export class PointInTimeView implements BlockTarget {
 }
 
 /**
- * The recovery volume as replication sees it: a thin filter over the base target that, while a
- * point-in-time view exists, preserves regions into the view before overwriting them.
+ * The recovery volume as replication sees it: a thin filter over the base target (the file, or
+ * change-tracking filters over it) that, while a point-in-time view exists, preserves regions
+ * into the view before overwriting them.
  */
 export class GuardedTarget implements BlockTarget {
   view: PointInTimeView | null = null;
-  /** Told of every range replication writes (the hub's known-zero map listens). */
-  onWritten: ((start: number, end: number) => void) | null = null;
   constructor(readonly base: BlockTarget) {}
   get sizeBytes(): number {
     return this.base.sizeBytes;
@@ -150,13 +149,11 @@ export class GuardedTarget implements BlockTarget {
   }
   async write(buf: Buffer, offset: number): Promise<void> {
     if (this.view) await this.view.preserve(offset, offset + buf.length);
-    this.onWritten?.(offset, offset + buf.length);
     await this.base.write(buf, offset);
   }
   /** The fast path, when no view needs regions preserved first; false: use write(). */
   tryWriteSync(buf: Buffer, offset: number): boolean {
     if (this.view || !this.base.writeSync || buf.length > SYNC_WRITE_MAX) return false;
-    this.onWritten?.(offset, offset + buf.length);
     this.base.writeSync(buf, offset);
     return true;
   }

@@ -8,8 +8,10 @@ import * as path from 'node:path';
 import * as http from 'node:http';
 import { ReplicationAgent } from '../agent/agent';
 import { DirtyLog } from '../../storage/dirty-log';
-import { NbdServer, NbdExport } from '../nbd/server';
-import { FileVolume, writeZeroes } from '../../storage/volume';
+import { NbdServer } from '../nbd/server';
+import { ExportRegistry } from '../nbd/exports';
+import { MirroredExport } from './agent-export';
+import { FileVolume } from '../../storage/volume';
 import { makeLogger } from '../log';
 import { parseHostPort, checkName, checkPath, parseSize } from './args';
 import { enabled as tlsEnabled, clientOptions } from '../security';
@@ -44,19 +46,8 @@ async function main(o: { logPretty?: boolean; logLevel?: string; hub: string; ex
   const secure = tlsEnabled(files) ? clientOptions(files, vm, o.tlsServername ?? hub.host) : undefined;
   if (!secure) log.warn({ hub: o.hub }, 'agent link is plaintext and unauthenticated: use --tls-* or --psk-file outside a lab');
   const agent = new ReplicationAgent({ hubHost: hub.host, hubPort: hub.port, vm, volumes, log, maxQueueBytes: parseSize(o.maxQueue, '--max-queue'), tls: secure, seekData: o.seekData !== false });
-  const exports = new Map<string, NbdExport>();
-  for (const v of volumes) {
-    exports.set(v.name, {
-      name: v.name,
-      size: v.target.sizeBytes,
-      read: (buf, off) => v.target.read(buf, off),
-      write: (off, data) => agent.write(v.name, off, data),
-      writeNow: (off, data) => agent.writeNow(v.name, off, data),
-      writev: (off, parts) => agent.write(v.name, off, parts),
-      zero: (off, len) => agent.zero(v.name, off, len, () => writeZeroes((b, o) => v.target.write(b, o), off, len)),
-      flush: () => agent.flush(v.name),
-    });
-  }
+  const exports = new ExportRegistry();
+  for (const v of volumes) exports.add(new MirroredExport(v.name, v.target, agent));
   const nbd = new NbdServer(exports, log, undefined, agent.writePool);
   // Status first, then NBD: once a client can reach the export, the status endpoint answers too.
   const httpAddr = parseHostPort(o.http, '--http');
@@ -72,7 +63,8 @@ async function main(o: { logPretty?: boolean; logLevel?: string; hub: string; ex
   await new Promise<void>((res, rej) => { web.once('error', rej); web.listen(httpAddr.port, httpAddr.host, () => res()); });
   const a = await nbd.listen(nbdAddr.host, nbdAddr.port);
   agent.start();
-  log.info({ nbd: [...exports.keys()].map((n) => `nbd://${a.address}:${a.port}/${n}`), hub: o.hub, vm }, 'rephub-agent serving');
+  const uris = exports.names().map((n) => `nbd://${a.address}:${a.port}/${n}`);
+  log.info({ nbd: uris, hub: o.hub, vm }, 'rephub-agent serving');
   let stopping = false;
   const stop = async (sig: string) => {
     if (stopping) return;

@@ -4,10 +4,10 @@ import * as path from 'node:path';
 import * as fs from 'node:fs';
 import { PointInTimeView } from '../../storage/overlay';
 import { DirtyLog } from '../../storage/dirty-log';
-import { writeZeroes } from '../../storage/volume';
+import { TrackedTarget } from '../../storage/tracking';
 import { DirtyBitmap } from '../../storage/bitmap';
 import type { StateStore } from '../../storage/state';
-import type { NbdExport } from '../nbd/server';
+import { ExportRegistry, TargetExport } from '../nbd/exports';
 import type { Logger } from '../log';
 import type { Replica, ReplicaOwner, TargetOpener } from './replica';
 
@@ -21,7 +21,7 @@ export interface FailoverHost {
   store: StateStore;
   openTarget: TargetOpener;
   layersDir: string;
-  exports: Map<string, NbdExport>;
+  exports: ExportRegistry;
   nbdUri(name: string): string;
   log: Logger;
 }
@@ -103,14 +103,8 @@ export class FailoverController {
   private activateView(r: Replica): void {
     const target = r.ensureTarget(this.h.openTarget);
     if (!target.view) target.view = new PointInTimeView(target.base, path.join(this.h.layersDir, 'test', r.name), r.record!.regionSize);
-    const view = target.view;
-    this.h.exports.set(r.name, {
-      name: r.name, size: view.sizeBytes,
-      read: (b, o) => view.read(b, o),
-      write: (o, d) => view.write(d, o),
-      zero: (o, len) => writeZeroes((b, p) => view.write(b, p), o, len),
-      flush: () => view.flush(),
-    });
+    // The test VM's disk: the point-in-time view (COW layers) over the recovery volume.
+    this.h.exports.add(new TargetExport(r.name, target.view));
   }
 
   stopTest(): Promise<{ volumes: { name: string; keptBytes: number; testWrittenBytes: number }[] }> {
@@ -119,7 +113,7 @@ export class FailoverController {
       const out: { name: string; keptBytes: number; testWrittenBytes: number }[] = [];
       for (const name of this.test.volumes) {
         const r = this.replica(name);
-        this.h.exports.delete(name);
+        await this.h.exports.remove(name); // its clients are cut off before the layers go
         const drop = async () => {
           const view = r.target?.view;
           if (!view) return;
@@ -177,13 +171,9 @@ export class FailoverController {
     const from = r.state;
     r.setState('failed-over');
     this.h.log.info({ volume: r.name, from, to: r.state }, 'volume state');
-    this.h.exports.set(r.name, {
-      name: r.name, size,
-      read: (b, o) => target.base.read(b, o),
-      write: async (o, d) => { maps.recoveryChanged.mark(o, o + d.length); r.wrote(o, o + d.length); await target.base.write(d, o); },
-      zero: async (o, len) => { maps.recoveryChanged.mark(o, o + len); r.wrote(o, o + len); await writeZeroes((b, p) => target.base.write(b, p), o, len); },
-      flush: async () => { await target.base.flush(); maps.recoveryChanged.sync(true); },
-    });
+    // The recovery VM's disk: recovery-changed tracking over the replica's own stack below its guard
+    // (which keeps the replica's known-zero map right).
+    this.h.exports.add(new TargetExport(r.name, new TrackedTarget(target.base, maps.recoveryChanged)));
   }
 
   /**
@@ -201,7 +191,7 @@ export class FailoverController {
       if (diverged.length && !opts.winner) {
         throw new FailoverError(`both sides changed since the failover (${diverged.map((r) => `${r.name}: ${r.failover!.recoveryChanged.bitmap.dirtyBytes} bytes on the recovery side, ${r.failover!.protectedChanged.bitmap.dirtyBytes} on the protected side`).join('; ')}); choose which wins (winner recovery or protected)`);
       }
-      for (const r of reps) this.h.exports.delete(r.name); // the recovery VM must be gone now
+      for (const r of reps) await this.h.exports.remove(r.name); // the recovery VM must be gone now
       const out = [];
       for (const r of reps) {
         const s = this.ownerOf(r)!;

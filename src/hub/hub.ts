@@ -13,7 +13,8 @@ import type { Logger } from '../log';
 import { Replica, ReplicaSpec, TargetOpener, openFileTarget } from './replica';
 import { AgentSession, SessionConfig, defaultSessionConfig } from './session';
 import { FailoverController, FailoverError } from './failover';
-import { NbdServer, NbdExport } from '../nbd/server';
+import { NbdServer } from '../nbd/server';
+import { ExportRegistry } from '../nbd/exports';
 import { HubStatusSource, Monitor } from './monitor';
 import { AgentListener } from './listener';
 import { HttpApi } from './http-api';
@@ -44,7 +45,7 @@ export class Hub implements HubStatusSource {
   /** Join buffers for large frames (sync reads, 1 MiB writes), shared by all sessions; 16 MiB idle at most. */
   readonly pool = new BufferPool((1 << 20) + 1024, 16, DIRECT_ALIGN); // write data aligned for O_DIRECT
   readonly openTarget: TargetOpener;
-  readonly exports = new Map<string, NbdExport>();
+  readonly exports = new ExportRegistry();
   private nbd?: NbdServer;
   private nbdAddr = { host: '127.0.0.1', port: 10810 };
   readonly failover: FailoverController;

@@ -6,6 +6,7 @@ import { BlockTarget, FileVolume, writeZeroes } from '../../storage/volume';
 import { GuardedTarget } from '../../storage/overlay';
 import { DirtyLog } from '../../storage/dirty-log';
 import { DirtyBitmap } from '../../storage/bitmap';
+import { KnownZeroMap, TrackedTarget } from '../../storage/tracking';
 import { StateStore, VolumeRecord } from '../../storage/state';
 import type { Logger } from '../log';
 import { assert } from '../assert';
@@ -110,15 +111,7 @@ export class Replica {
     if (rec && rec.sizeBytes !== sizeBytes) {
       throw new Error(`protected volume ${this.name} is now ${sizeBytes} bytes but its replica was ${rec.sizeBytes} bytes; remove the replica's state to start over`);
     }
-    if (!this.target) {
-      const existed = fs.existsSync(this.spec.path);
-      this.target = new GuardedTarget(open(this.spec.path, sizeBytes));
-      if (!existed && this.target.base instanceof FileVolume) {
-        this.knownZero = new DirtyBitmap(sizeBytes, rec?.regionSize ?? this.regionSize);
-        this.knownZero.setAll();
-        this.target.onWritten = (a, b) => this.wrote(a, b);
-      }
-    }
+    if (!this.target) this.target = this.openTarget(open, sizeBytes, rec?.regionSize ?? this.regionSize);
     if (rec && this.failover) {
       // Promoted: the agent is back but its writes are only tracked until failback.
       rec.vm = vm;
@@ -147,11 +140,20 @@ export class Replica {
     return rec;
   }
 
+  /** Regions known to hold zeroes (a recovery volume this hub created sparse); null: none known. */
+  private knownZero: KnownZeroMap | null = null;
+
   /**
-   * Regions known to hold zeroes: set when this hub created the recovery volume sparse, lost on
-   * restart (then zeroes are written, which is merely slower). Cleared as regions are written.
+   * The recovery volume's filter stack: the guard over change tracking over the file. A file
+   * this hub creates starts known zero; every write below the guard clears what it touches.
    */
-  private knownZero: DirtyBitmap | null = null;
+  private openTarget(open: TargetOpener, sizeBytes: number, regionSize: number): GuardedTarget {
+    const existed = fs.existsSync(this.spec.path);
+    const file = open(this.spec.path, sizeBytes);
+    if (existed || !(file instanceof FileVolume)) return new GuardedTarget(file);
+    this.knownZero = new KnownZeroMap(sizeBytes, regionSize);
+    return new GuardedTarget(new TrackedTarget(file, this.knownZero));
+  }
 
   /** Make regions [first, last] zero on the recovery volume, skipping those known zero. */
   async writeZeroes(first: number, last: number): Promise<void> {
@@ -161,18 +163,8 @@ export class Replica {
 
   /** Make bytes [a, b) zero on the recovery volume; nothing is written if every region they touch is known zero. */
   async zeroBytes(a: number, b: number): Promise<void> {
-    const bm = this.bitmap!, kz = this.knownZero;
-    let known = kz !== null;
-    for (let r = bm.regionOf(a); known && r <= bm.regionOf(b - 1); r++) known = kz!.get(r);
-    if (!known) await writeZeroes((buf, o) => this.target!.write(buf, o), a, b - a);
-  }
-
-  /** Regions stop being known zero once anything writes them. */
-  wrote(start: number, end: number): void {
-    if (this.knownZero && end > start) {
-      const bm = this.knownZero;
-      bm.clearRegions(bm.regionOf(start), bm.regionOf(end - 1));
-    }
+    if (this.knownZero?.covers(a, b)) return;
+    await writeZeroes((buf, o) => this.target!.write(buf, o), a, b - a);
   }
 
   /** Open the recovery volume of a known replica without an agent (failover, failover test). */

@@ -1,0 +1,107 @@
+// What the NBD server serves: the export interface (BlockTarget's shape and argument order,
+// plus a name and zeroing), an export over any block target, and the registry that owns the
+// name -> export map and the connections attached to each, so removing an export ends them.
+import { BlockTarget, writeZeroes } from '../../storage/volume';
+
+/** A block device served by name. Same argument order as storage/volume.ts's BlockTarget. */
+export interface NbdExport {
+  readonly name: string;
+  readonly sizeBytes: number;
+  read(buf: Buffer, offset: number): Promise<void>;
+  write(buf: Buffer, offset: number): Promise<void>;
+  /** Optional: a write done before returning (true), or not attempted (false: use write()). */
+  writeNow?(buf: Buffer, offset: number): boolean;
+  /** Optional: a write given as the pieces it arrived in (large writes; saves joining them). */
+  writev?(parts: Buffer[], offset: number): Promise<void>;
+  zero(offset: number, length: number): Promise<void>;
+  flush(): Promise<void>;
+}
+
+/** The top of an export's filter stack: a block target (a view, a tracked volume) with a name. */
+export class TargetExport implements NbdExport {
+  private readonly writeTarget: (buf: Buffer, offset: number) => Promise<void>;
+
+  constructor(readonly name: string, private readonly target: BlockTarget) {
+    this.writeTarget = (buf, offset) => target.write(buf, offset); // zeroing's piece writer, made once
+  }
+
+  get sizeBytes(): number {
+    return this.target.sizeBytes;
+  }
+  read(buf: Buffer, offset: number): Promise<void> {
+    return this.target.read(buf, offset);
+  }
+  write(buf: Buffer, offset: number): Promise<void> {
+    return this.target.write(buf, offset);
+  }
+  zero(offset: number, length: number): Promise<void> {
+    return writeZeroes(this.writeTarget, offset, length);
+  }
+  flush(): Promise<void> {
+    return this.target.flush();
+  }
+}
+
+/** A connection using an export: told to end when the export goes away. */
+export interface ExportUser {
+  /** Close now; resolves once none of its requests is still running on the export. */
+  detach(reason: string): Promise<void>;
+}
+
+interface Entry {
+  readonly export: NbdExport;
+  readonly users: Set<ExportUser>;
+}
+
+/** The one owner of the exports map: add, look up, attach a connection, remove. */
+export class ExportRegistry {
+  private readonly entries = new Map<string, Entry>();
+
+  get(name: string): NbdExport | undefined {
+    return this.entries.get(name)?.export;
+  }
+
+  has(name: string): boolean {
+    return this.entries.has(name);
+  }
+
+  names(): string[] {
+    return [...this.entries.keys()];
+  }
+
+  /** Serve `exp` under its name. One already there is replaced: its connections are closed. */
+  add(exp: NbdExport): void {
+    const old = this.entries.get(exp.name);
+    this.entries.set(exp.name, { export: exp, users: new Set() });
+    if (old) void detachAll(old, 'export replaced');
+  }
+
+  /**
+   * Stop serving `name` and close every connection attached to it (a client that kept writing
+   * would diverge silently). Resolves once none of their requests still runs on the export.
+   */
+  async remove(name: string): Promise<void> {
+    const entry = this.entries.get(name);
+    if (!entry) return;
+    this.entries.delete(name);
+    await detachAll(entry, 'export removed');
+  }
+
+  /** `user` starts transmission on `name`: the export, or undefined when it is gone. */
+  attach(name: string, user: ExportUser): NbdExport | undefined {
+    const entry = this.entries.get(name);
+    entry?.users.add(user);
+    return entry?.export;
+  }
+
+  /** `user` closed on its own. */
+  detach(name: string, user: ExportUser): void {
+    this.entries.get(name)?.users.delete(user);
+  }
+}
+
+function detachAll(entry: Entry, reason: string): Promise<unknown> {
+  const users = [...entry.users];
+  entry.users.clear();
+  return Promise.all(users.map((u) => u.detach(reason)));
+}

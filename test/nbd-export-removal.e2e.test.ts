@@ -1,0 +1,123 @@
+// Removing a hub export cuts off the NBD clients attached to it: a client of a failover-test
+// view after the test stops, and a client of a promoted recovery volume after failback, must
+// see their connection closed and their next write fail (a write that still landed would be a
+// silent divergence). The client is libnbd (python3 nbd module), a real NBD client.
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { spawn, ChildProcess } from 'node:child_process';
+import { tmpdir, makeImage, sha, waitFor } from './harness/util';
+import { HubProcess, v1Hub } from './harness/hub-process';
+import { AgentProcess, v1Agent } from './harness/agent-process';
+
+const MiB = 1 << 20;
+const PYTHON = '/usr/bin/python3'; // the interpreter the distribution's libnbd bindings are built for
+
+// Attach, write 4 KiB of 0xab at 0 and flush; then, on a line on stdin, write 4 KiB of 0xcd at
+// 1 MiB and flush, and say whether that worked.
+const CLIENT = `
+import nbd, sys
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+h.pwrite(b'\\xab' * 4096, 0)
+h.flush()
+print('attached', flush=True)
+sys.stdin.readline()
+try:
+    h.pwrite(b'\\xcd' * 4096, 1048576)
+    h.flush()
+    print('wrote', flush=True)
+except nbd.Error as e:
+    print('failed:', e, flush=True)
+print('connection', 'closed' if h.aio_is_dead() or h.aio_is_closed() else 'open', flush=True)
+`;
+
+class HeldClient {
+  private readonly proc: ChildProcess;
+  private out = '';
+  constructor(uri: string) {
+    this.proc = spawn(PYTHON, ['-c', CLIENT, uri], { stdio: ['pipe', 'pipe', 'pipe'] });
+    this.proc.stdout!.on('data', (c) => (this.out += c));
+    this.proc.stderr!.on('data', (c) => (this.out += c));
+  }
+  async attached(): Promise<void> {
+    await waitFor('NBD client attached', () => this.out.includes('attached'), 30_000);
+  }
+  /** Try the second write; what the client said about it and about its connection. */
+  async writeAgain(): Promise<string> {
+    this.proc.stdin!.write('\n');
+    await waitFor('NBD client answered', () => /connection (closed|open)/.test(this.out), 30_000);
+    return this.out;
+  }
+  kill(): void {
+    this.proc.kill('SIGKILL');
+  }
+}
+
+function region(file: string, off: number, len: number): Buffer {
+  const b = Buffer.alloc(len);
+  const fd = fs.openSync(file, 'r');
+  fs.readSync(fd, b, 0, len, off);
+  fs.closeSync(fd);
+  return b;
+}
+
+describe('removing an NBD export closes its connections', function () {
+  this.timeout(180_000);
+  let dir: string, hub: HubProcess, agent: AgentProcess, img: string, rep: string, client: HeldClient | null = null;
+  const size = 16 * MiB;
+  const hubUri = (n: string) => `nbd://127.0.0.1:${hub.nbdPort}/${n}`;
+
+  beforeEach(async () => {
+    dir = tmpdir();
+    img = path.join(dir, 'V1.img'); rep = path.join(dir, 'V1R');
+    makeImage(img, size, 0.5);
+    hub = v1Hub(dir, rep);
+    await hub.start();
+    agent = v1Agent(dir, img, hub.port);
+    await agent.start();
+    await hub.converged('V1', img, rep, 60_000);
+  });
+  afterEach(async () => {
+    client?.kill();
+    client = null;
+    await agent.stop();
+    await hub.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('stopping a failover test closes the clients of its view: their next write fails', async () => {
+    const started = await hub.post('/failover-test/start');
+    assert.equal(started.status, 200, JSON.stringify(started.body));
+    client = new HeldClient(hubUri('V1'));
+    await client.attached();
+    const view = (await hub.status()).volumes[0].failoverTest;
+    assert.ok(view.activeBytes > 0, 'the first write reached the view');
+    const stopped = await hub.post('/failover-test/stop');
+    assert.equal(stopped.status, 200, JSON.stringify(stopped.body));
+    const said = await client.writeAgain();
+    assert.match(said, /failed:/, `the write after the test stopped must fail: ${said}`);
+    assert.match(said, /connection closed/, `the hub closed the connection (not merely an IO error): ${said}`);
+    assert.equal(sha(rep), sha(img), 'neither write reached the recovery volume');
+  });
+
+  it('failback closes the clients of the promoted recovery volume: their next write fails', async () => {
+    await waitFor('agent log clean', async () => await agent.clean());
+    await agent.kill9();
+    await waitFor('hub saw the agent go', async () => (await hub.status()).agents.length === 0);
+    const fo = await hub.post('/failover');
+    assert.equal(fo.status, 200, JSON.stringify(fo.body));
+    client = new HeldClient(hubUri('V1'));
+    await client.attached();
+    await agent.start();
+    await waitFor('agent attached', async () => (await hub.status()).agents.some((a: any) => a.volumes.includes('V1')));
+    const fb = await hub.post('/failback');
+    assert.equal(fb.status, 200, JSON.stringify(fb.body));
+    const said = await client.writeAgain();
+    assert.match(said, /failed:/, `the write after failback must fail: ${said}`);
+    assert.match(said, /connection closed/, `the hub closed the connection: ${said}`);
+    await hub.converged('V1', img, rep, 60_000);
+    assert.ok(region(img, 0, 4096).equals(Buffer.alloc(4096, 0xab)), 'the write before failback came back');
+    assert.ok(!region(rep, MiB, 4096).equals(Buffer.alloc(4096, 0xcd)), 'the write after failback never landed');
+  });
+});
