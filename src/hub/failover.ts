@@ -147,9 +147,7 @@ export class FailoverController {
       const out = [];
       for (const r of reps) {
         this.promote(r);
-        r.record!.generation += 1;
-        await this.h.store.putVolume(r.record!, true);
-        out.push({ name: r.name, uri: this.h.nbdUri(r.name), generation: r.record!.generation });
+        out.push({ name: r.name, uri: this.h.nbdUri(r.name), generation: await r.newGeneration() });
       }
       this.failover = { volumes: reps.map((r) => r.name), since: new Date().toISOString() };
       this.h.store.putMeta('failover', this.failover);
@@ -163,14 +161,11 @@ export class FailoverController {
     const dir = path.join(this.h.layersDir, 'failover');
     fs.mkdirSync(dir, { recursive: true });
     const size = r.record!.sizeBytes, rs = r.record!.regionSize;
-    r.failover = {
+    const maps = {
       recoveryChanged: DirtyLog.open(path.join(dir, `${r.name}.recovery.map`), size, rs, false),
       protectedChanged: DirtyLog.open(path.join(dir, `${r.name}.protected.map`), size, rs, false),
     };
-    const maps = r.failover;
-    const from = r.state;
-    r.setState('failed-over');
-    this.h.log.info({ volume: r.name, from, to: r.state }, 'volume state');
+    r.enterFailover(maps);
     // The recovery VM's disk: recovery-changed tracking over the replica's own stack below its guard
     // (which keeps the replica's known-zero map right).
     this.h.exports.add(new TargetExport(r.name, new TrackedTarget(target.base, maps.recoveryChanged)));
@@ -209,8 +204,7 @@ export class FailoverController {
         }
         out.push({ name: r.name, movedBytes: moved, recoveryChangedBytes: f.recoveryChanged.bitmap.dirtyBytes, protectedChangedBytes: f.protectedChanged.bitmap.dirtyBytes, winner: opts.winner ?? 'recovery' });
         r.endFailover();
-        r.record!.generation += 1;
-        await this.h.store.putVolume(r.record!, true);
+        await r.newGeneration();
         r.setState(opts.winner === 'protected' ? 'syncing' : 'protecting');
         s.pump();
       }

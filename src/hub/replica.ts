@@ -49,7 +49,7 @@ export const openDirectTarget: TargetOpener = (path, sizeBytes) => FileVolume.op
 export class Replica {
   record?: VolumeRecord;
   target?: GuardedTarget;
-  failover: FailoverMaps | null = null; // set while the replica is promoted
+  failover: FailoverMaps | null = null; // set while the replica is promoted (enterFailover)
   bitmap?: DirtyBitmap;
   throughputBps = 0; // bytes/s applied (mirrored writes + sync), sampled by the hub
   private current: ReplicaState = 'unprotected';
@@ -246,6 +246,21 @@ export class Replica {
     this.record!.cleanShutdown = true;
     this.setState('stopped');
     await this.checkpoint();
+  }
+
+  /** Promoted: the protected side's writes are only recorded in `maps` until failback. */
+  enterFailover(maps: FailoverMaps): void {
+    assert(this.failover === null, 'a replica is promoted once');
+    this.failover = maps;
+    this.setState('failed-over');
+  }
+
+  /** A new generation of the data (failover, failback), durable before the caller goes on. */
+  async newGeneration(): Promise<number> {
+    const rec = this.record!;
+    rec.generation += 1;
+    await this.store.putVolume(rec, true);
+    return rec.generation;
   }
 
   /** Failback done: the failover maps are closed and dropped. */
