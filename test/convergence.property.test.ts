@@ -115,7 +115,9 @@ class World {
 
   constructor(readonly sizes: number[], readonly caps: number, readonly cfg: { inflight: number; readBytes: number }) {
     this.prot = sizes.map((n) => new AgentDisk(n * RS, this.agentReads));
-    const volumes = this.prot.map((target, i) => ({ name: `V${i}`, target, log: DirtyLog.memory(target.sizeBytes, RS) }));
+    const volumes = this.prot.map((target, i) => ({
+      name: `V${i}`, target, log: DirtyLog.memory(target.sizeBytes, RS),
+    }));
     const limits = { maxQueueBytes: 64 << 20, maxPendingWrites: 65536, maxRemoteIo: 16, seekData: true };
     this.agent = new AgentCore(volumes, limits, new BufferPool(1 << 20, 16), silentLogger(), newStats());
     this.startHub();

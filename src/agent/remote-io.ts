@@ -102,7 +102,8 @@ export class RemoteIo {
    */
   private async read(link: LinkPort, v: AgentVolume, m: RemoteIoReq, offset: number, len: number): Promise<void> {
     const t = v.target, sparse = link.has(Cap.SPARSE), zeroes = link.has(Cap.ZEROES);
-    const extents = (sparse || zeroes) && this.opts.seekData && t.dataExtents ? t.dataExtents(offset, offset + len) : null;
+    const seek = (sparse || zeroes) && this.opts.seekData && t.dataExtents;
+    const extents = seek ? t.dataExtents!(offset, offset + len) : null;
     this.stats.remoteReads++;
     if (extents && extents.length === 0 && zeroes) return this.answerZeroes(link, m, len);
     const buf = this.readPool.take(len);
@@ -118,7 +119,8 @@ export class RemoteIo {
       this.stats.remoteDiskBytes += len;
     }
     if (useSparse) {
-      const present = holds.map((h, i) => h && !isZero(buf.subarray(i * SPARSE_CHUNK, Math.min((i + 1) * SPARSE_CHUNK, len))));
+      const chunk = (i: number) => buf.subarray(i * SPARSE_CHUNK, Math.min((i + 1) * SPARSE_CHUNK, len));
+      const present = holds.map((h, i) => h && !isZero(chunk(i)));
       let dataBytes = 0;
       for (let i = 0; i < n; i++) if (present[i]) dataBytes += Math.min(SPARSE_CHUNK, len - i * SPARSE_CHUNK);
       if (dataBytes === 0 && zeroes) {
@@ -128,7 +130,7 @@ export class RemoteIo {
       if (dataBytes < len) {
         const head = encodeRemoteIoResHead(m.reqId, IO_SPARSE, m.volumeId, SPARSE_MAP_BYTES + dataBytes);
         const parts = [head, encodeSparseMap(present)];
-        for (let i = 0; i < n; i++) if (present[i]) parts.push(buf.subarray(i * SPARSE_CHUNK, Math.min((i + 1) * SPARSE_CHUNK, len)));
+        for (let i = 0; i < n; i++) if (present[i]) parts.push(chunk(i));
         this.stats.remoteReadBytes += dataBytes;
         this.stats.remoteZeroBytes += len - dataBytes;
         link.send(parts, release);
@@ -184,7 +186,9 @@ function chunksHoldingData(offset: number, len: number, extents: [number, number
  * Holes read as zeroes. With a sparse answer (`holds` given) only chunks that also hold data
  * need their holes zeroed: the others are left out of the answer, neither read nor zeroed.
  */
-function zeroHoles(buf: Buffer, offset: number, len: number, extents: [number, number][], holds: boolean[] | null): void {
+function zeroHoles(
+  buf: Buffer, offset: number, len: number, extents: [number, number][], holds: boolean[] | null,
+): void {
   const zero = (a: number, b: number) => {
     if (!holds) return void buf.fill(0, a - offset, b - offset);
     for (let i = Math.floor((a - offset) / SPARSE_CHUNK); i * SPARSE_CHUNK < b - offset; i++) {
