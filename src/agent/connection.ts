@@ -1,0 +1,162 @@
+// The agent's connection to the hub: dials TCP or TLS, bounds the handshake by a deadline,
+// reconnects with exponential backoff, and puts the shared Link (HELLO, capabilities, sealing,
+// heartbeat) over the socket. Frames go to a HubChannel, which feeds the core.
+import * as net from 'node:net';
+import * as tls from 'node:tls';
+import { Cap, FrameDecoder } from '../../protocol';
+import { Link } from '../link/link';
+import { socketIo } from '../link/socket-io';
+import type { Logger } from '../log';
+import type { AgentCore } from './core';
+import type { AgentStats } from './ports';
+import { HubChannel } from './hub-channel';
+
+const BACKOFF_MIN_MS = 100;
+const END_WAIT_MS = 1000; // a clean close waits this long for the socket to drain
+
+export interface ConnectionOptions {
+  hubHost: string;
+  hubPort: number;
+  vm: string; // the name in our HELLO
+  caps: number; // offered
+  heartbeatMs: number;
+  reconnectMaxMs: number;
+  tls?: tls.ConnectionOptions; // TLS (certificates or PSK) to the hub; plaintext when absent
+}
+
+export class HubConnection {
+  private sock: net.Socket | null = null;
+  private channel: HubChannel | null = null;
+  private stopping = false;
+  private backoffMs = BACKOFF_MIN_MS;
+  private reconnectTimer: NodeJS.Timeout | null = null;
+
+  constructor(
+    private readonly opts: ConnectionOptions,
+    private readonly core: AgentCore,
+    private readonly log: Logger,
+    private readonly stats: AgentStats,
+  ) {}
+
+  /** HELLO answered (or a legacy hub assumed) on the current connection. */
+  get ready(): boolean {
+    return this.channel?.ready ?? false;
+  }
+
+  /** Agreed capabilities of the current connection (0 before the handshake). */
+  get caps(): number {
+    return this.channel?.link.caps ?? 0;
+  }
+
+  /** Bytes waiting to leave on the current connection. */
+  queuedBytes(): number {
+    return this.channel?.link.queuedBytes() ?? 0;
+  }
+
+  start(): void {
+    this.dial();
+  }
+
+  private get hub(): string {
+    return `${this.opts.hubHost}:${this.opts.hubPort}`;
+  }
+
+  private dial(): void {
+    if (this.stopping) return;
+    const o = this.opts, secure = o.tls;
+    const sock: net.Socket = secure
+      ? tls.connect({ host: o.hubHost, port: o.hubPort, ...secure })
+      : net.connect({ host: o.hubHost, port: o.hubPort });
+    sock.setNoDelay(true);
+    sock.setKeepAlive(true, 10_000);
+    const link = new Link(socketIo(sock), {
+      caps: o.caps, heartbeatMs: o.heartbeatMs, name: o.vm,
+      onDead: (silentMs) => {
+        this.log.warn({ silentMs }, 'hub silent; dropping connection');
+        sock.destroy();
+      },
+    });
+    const channel = new HubChannel(link, this.core, this.log);
+    this.sock = sock;
+    this.channel = channel;
+    this.armDeadline(sock, channel);
+    sock.on(secure ? 'secureConnect' : 'connect', () => {
+      this.stats.connects++;
+      this.log.info({ hub: this.hub }, 'connected to hub');
+      channel.hello();
+      if (o.caps & Cap.PING) link.startHeartbeat();
+    });
+    this.receiveFrom(sock, channel);
+    sock.on('error', (e: NodeJS.ErrnoException) => {
+      if (secure && /certificate|self.signed|verify|handshake|alert/i.test(e.message)) {
+        this.log.error({ cause: e.message, code: e.code }, 'hub refused or not trusted: TLS verification failed');
+      } else this.log.warn({ cause: e.message }, 'hub connection error');
+    });
+    sock.on('close', () => this.onClose(sock, channel));
+  }
+
+  /** TCP connect, TLS handshake and HELLO must all complete in time: a black-holed dial must not hang. */
+  private armDeadline(sock: net.Socket, channel: HubChannel): void {
+    const ms = 3 * this.opts.heartbeatMs;
+    const deadline = setTimeout(() => {
+      if (this.sock === sock && !channel.ready) {
+        this.log.warn({ hub: this.hub, ms }, 'hub handshake timed out; dialing again');
+        sock.destroy();
+      }
+    }, ms);
+    deadline.unref();
+    sock.once('close', () => clearTimeout(deadline));
+  }
+
+  private receiveFrom(sock: net.Socket, channel: HubChannel): void {
+    const framer = new FrameDecoder((cmd, payload) => channel.receive(cmd, payload));
+    sock.on('data', (chunk: Buffer) => {
+      channel.link.heard();
+      try {
+        framer.push(chunk);
+      } catch (e) {
+        this.log.error({ cause: (e as Error).message }, 'bad frame from hub; reconnecting');
+        sock.destroy();
+      }
+    });
+  }
+
+  private onClose(sock: net.Socket, channel: HubChannel): void {
+    if (this.sock !== sock) return;
+    const wasReady = channel.ready;
+    channel.close(); // every unacked write stays in the dirty log
+    this.sock = null;
+    this.channel = null;
+    if (this.stopping) return;
+    if (wasReady) this.backoffMs = BACKOFF_MIN_MS;
+    this.log.warn({ retryMs: this.backoffMs }, 'hub connection lost; VM keeps running, writes are logged as dirty');
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null;
+      this.dial();
+    }, this.backoffMs);
+    this.backoffMs = Math.min(this.backoffMs * 2, this.opts.reconnectMaxMs);
+  }
+
+  /** No more dialing. */
+  stopDialing(): void {
+    this.stopping = true;
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
+  }
+
+  /** Close the current connection after `goodbye` (sent only once the handshake is done). */
+  async close(goodbye: () => void): Promise<void> {
+    this.stopDialing();
+    const sock = this.sock, channel = this.channel;
+    if (sock && !sock.destroyed) {
+      if (channel?.ready) goodbye();
+      channel?.link.stop(); // no heartbeat on a closing connection
+      await new Promise<void>((res) => {
+        sock.end(() => res());
+        setTimeout(res, END_WAIT_MS).unref();
+      });
+      sock.destroy();
+    }
+    channel?.close();
+  }
+}

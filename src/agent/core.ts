@@ -1,0 +1,124 @@
+// The agent without a socket: the protected volumes, the write path, the mirror, the dirty-report
+// hand-over and remote IO, wired together. The connection hands it a link once capabilities are
+// agreed (connected), the hub's messages (receive), and the end of the connection (disconnected);
+// the property test drives it the same way over an in-memory link.
+import { Cmd, Message, ProtocolError, encodeReportVmVolumes, encodeAgentShutdown } from '../../protocol';
+import type { BufferPool } from '../buffer-pool';
+import type { Logger } from '../log';
+import { VolumeTable, AgentVolumeSpec } from './volume';
+import { RegionGate } from './region-gate';
+import { Mirror, MirrorLimits } from './mirror';
+import { Handover } from './handover';
+import { RemoteIo, RemoteIoOptions } from './remote-io';
+import { WritePath } from './write-path';
+import type { AgentStats, LinkPort } from './ports';
+
+export type CoreOptions = MirrorLimits & RemoteIoOptions;
+
+export class AgentCore {
+  readonly volumes: VolumeTable;
+  readonly writes: WritePath;
+  private readonly mirror: Mirror;
+  private readonly handover: Handover;
+  private readonly remoteIo: RemoteIo;
+  private link: LinkPort | null = null;
+
+  constructor(
+    specs: AgentVolumeSpec[],
+    opts: CoreOptions,
+    writePool: BufferPool,
+    private readonly log: Logger,
+    readonly stats: AgentStats,
+  ) {
+    this.volumes = new VolumeTable(specs);
+    const gate = new RegionGate();
+    this.handover = new Handover(this.volumes, gate, opts.maxQueueBytes, log, stats);
+    this.mirror = new Mirror(this.volumes, gate, this.handover, opts, writePool, stats);
+    this.writes = new WritePath(this.volumes, this.mirror, this.handover);
+    this.remoteIo = new RemoteIo(this.volumes, opts, log, stats);
+    gate.watch(this.writes);
+    gate.watch(this.mirror);
+    gate.watch(this.handover);
+  }
+
+  /** Capabilities are agreed (or the hub is legacy): name our volumes; the hub answers START_PROTECT. */
+  connected(link: LinkPort): void {
+    this.link = link;
+    this.mirror.attach(link);
+    this.handover.attach(link);
+    const list = this.volumes.list.map((v) => ({ name: v.name, sizeBytes: v.sizeBytes }));
+    link.send([encodeReportVmVolumes(list)]);
+  }
+
+  /** The connection is gone: everything per connection starts over; the dirty log keeps the rest. */
+  disconnected(): void {
+    this.link = null;
+    this.volumes.reset();
+    this.mirror.detach();
+    this.handover.detach();
+    this.remoteIo.detach();
+  }
+
+  get isConnected(): boolean {
+    return this.link !== null;
+  }
+
+  /** A message from the hub after the handshake (HELLO, PING and PONG are the connection's). */
+  receive(m: Message): void {
+    const link = this.link;
+    if (link === null) throw new ProtocolError(`${Cmd[m.cmd]} from hub before the handshake`);
+    switch (m.cmd) {
+      case Cmd.START_PROTECT:
+        return this.startProtect(m.name, m.volumeId);
+      case Cmd.WRITE_ACK:
+        return this.mirror.onAck(m.seq);
+      case Cmd.DIRTY_REPORT_ACK:
+        return this.handover.onReportAck(m.volumeId, m.reportId);
+      case Cmd.REMOTE_IO_REQ:
+        return this.remoteIo.request(link, m);
+      case Cmd.CHECKSUM_REQ:
+        return void this.remoteIo.checksum(link, m);
+      case Cmd.ERROR:
+        this.log.error({ code: m.code, cause: m.message }, 'hub reported an error');
+        return;
+      default:
+        throw new ProtocolError(`unexpected ${Cmd[m.cmd]} from hub`);
+    }
+  }
+
+  private startProtect(name: string, volumeId: number): void {
+    const v = this.volumes.find(name);
+    if (!v) {
+      this.log.warn({ volume: name }, 'hub asked to protect an unknown volume');
+      return;
+    }
+    this.volumes.protect(v, volumeId);
+    this.log.info({ volume: v.name, volumeId, dirtyBytes: v.log.bitmap.dirtyBytes }, 'protection started');
+    this.handover.protectStarted(v);
+  }
+
+  /** Nothing the hub still has to acknowledge: no mirrored write pending, no report in hand-over. */
+  get settled(): boolean {
+    return this.mirror.pendingWrites === 0 && !this.handover.handingOver;
+  }
+
+  /** A clean goodbye: the hub then knows no write is missing (AGENT_SHUTDOWN). */
+  sayGoodbye(): void {
+    this.link?.send([encodeAgentShutdown()]);
+  }
+
+  /** Timers off (agent stopping). */
+  stop(): void {
+    this.handover.stop();
+  }
+
+  status() {
+    return {
+      pendingWrites: this.mirror.pendingWrites,
+      volumes: this.volumes.list.map((v) => ({
+        name: v.name, volumeId: this.volumes.hubId(v), sizeBytes: v.sizeBytes, dirtyBytes: v.log.bitmap.dirtyBytes,
+        logDirtyBytes: v.log.persistedDirtyBytes,
+      })),
+    };
+  }
+}

@@ -1,0 +1,145 @@
+// The dirty-report hand-over: regions the hub must hear about by DIRTY_REPORT rather than as
+// data (the snapshot of the dirty log after START_PROTECT, writes that overflowed the link,
+// zeroed ranges). Owns per volume the owed regions, the report awaiting its acks (handing) and
+// the report ids; a report's ack clears its regions once nothing newer holds them.
+import { Cap, DIRTY_FINAL, Limits, SECTOR, encodeDirtyReport, Extent } from '../../protocol';
+import { DirtyBitmap } from '../../storage/bitmap';
+import { assert } from '../assert';
+import type { Logger } from '../log';
+import type { AgentVolume, VolumeTable } from './volume';
+import type { AgentStats, LinkPort, RegionHolder } from './ports';
+import type { RegionGate } from './region-gate';
+
+const REPORT_DELAY_MS = 10; // owed regions of a burst leave in one report
+
+export class Handover implements RegionHolder {
+  private link: LinkPort | null = null;
+  private readonly owed: DirtyBitmap[]; // by volume index: dirty regions not yet reported on this connection
+  private readonly handing: (DirtyBitmap | null)[]; // the report awaiting the hub's acks
+  private readonly reportIds: number[]; // the last report's id (never reset: ids stay unique)
+  private readonly acksAwaited: number[]; // DIRTY_REPORT frames of that report not yet acked
+  private reportTimer: NodeJS.Timeout | null = null;
+
+  constructor(
+    private readonly volumes: VolumeTable,
+    private readonly gate: RegionGate,
+    private readonly maxQueueBytes: number,
+    private readonly log: Logger,
+    private readonly stats: AgentStats,
+  ) {
+    this.owed = volumes.list.map((v) => this.emptyMap(v));
+    this.handing = volumes.list.map(() => null);
+    this.reportIds = volumes.list.map(() => 0);
+    this.acksAwaited = volumes.list.map(() => 0);
+  }
+
+  attach(link: LinkPort): void {
+    this.link = link;
+  }
+
+  /** The connection closed: the dirty log still has every region; the next one reports it all. */
+  detach(): void {
+    this.link = null;
+    for (const v of this.volumes.list) {
+      this.owed[v.index] = this.emptyMap(v);
+      this.handing[v.index] = null;
+      this.acksAwaited[v.index] = 0;
+    }
+  }
+
+  holds(v: AgentVolume, region: number): boolean {
+    const handing = this.handing[v.index];
+    return this.owed[v.index].get(region) || (handing !== null && handing.get(region));
+  }
+
+  /** Whether any report still awaits the hub's ack. */
+  get handingOver(): boolean {
+    return this.handing.some((h) => h !== null);
+  }
+
+  /** A dirty range the hub must hear about by report (overflow, zeroing). */
+  owe(v: AgentVolume, start: number, end: number): void {
+    if (this.link === null || this.volumes.hubId(v) < 0) return; // reported in full at the next connection
+    this.owed[v.index].setBytes(start, end);
+    this.scheduleReport();
+  }
+
+  /** START_PROTECT: hand the whole dirty log over (DIRTY_REPORT capability). */
+  protectStarted(v: AgentVolume): void {
+    if (this.link === null || !this.link.has(Cap.DIRTY_REPORT)) return;
+    const bitmap = v.log.bitmap, snapshot = new DirtyBitmap(bitmap.sizeBytes, bitmap.regionSize);
+    for (const [a, b] of bitmap.runs()) snapshot.setRegions(a, b - 1);
+    this.report(this.link, v, snapshot);
+  }
+
+  /** DIRTY_REPORT_ACK: once every frame of the current report is acked, its regions may be cleared. */
+  onReportAck(volumeId: number, reportId: number): void {
+    const v = this.volumes.withHubId(volumeId);
+    if (!v) return;
+    const handed = this.handing[v.index];
+    if (handed === null || reportId !== this.reportIds[v.index]) return; // stale: an older report
+    assert(this.acksAwaited[v.index] > 0, 'a report in hand-over awaits acks');
+    if (--this.acksAwaited[v.index] > 0) return;
+    this.handing[v.index] = null;
+    for (const [a, b] of handed.runs()) for (let r = a; r < b; r++) this.gate.clearIfQuiet(v, r);
+    v.log.sync();
+    this.sendOwed(v);
+  }
+
+  /** Stop the report timer (agent stopping). */
+  stop(): void {
+    if (this.reportTimer) clearTimeout(this.reportTimer);
+    this.reportTimer = null;
+  }
+
+  private scheduleReport(): void {
+    if (this.reportTimer !== null) return;
+    this.reportTimer = setTimeout(() => {
+      this.reportTimer = null;
+      for (const v of this.volumes.list) this.sendOwed(v);
+    }, REPORT_DELAY_MS);
+  }
+
+  /** Hand owed regions over in a report, once the previous report was acked and there is room. */
+  private sendOwed(v: AgentVolume): void {
+    const link = this.link, i = v.index;
+    if (link === null || this.volumes.hubId(v) < 0 || this.handing[i] !== null || this.owed[i].dirtyRegions === 0) {
+      return;
+    }
+    if (!link.has(Cap.DIRTY_REPORT)) {
+      this.owed[i] = this.emptyMap(v); // a legacy hub resyncs from its own records
+      return;
+    }
+    if (link.queuedBytes() > this.maxQueueBytes / 2) return this.scheduleReport();
+    const owed = this.owed[i];
+    this.owed[i] = this.emptyMap(v);
+    this.report(link, v, owed);
+  }
+
+  /** Send `regions` as one report, in as many DIRTY_REPORT frames as its extents need. */
+  private report(link: LinkPort, v: AgentVolume, regions: DirtyBitmap): void {
+    const i = v.index, regionSize = regions.regionSize;
+    this.handing[i] = regions;
+    this.reportIds[i] = (this.reportIds[i] + 1) >>> 0;
+    const chunks: Extent[][] = [[]];
+    let bytes = 0;
+    for (const [a, b] of regions.runs()) {
+      const start = a * regionSize, end = Math.min(b * regionSize, regions.sizeBytes);
+      if (chunks[chunks.length - 1].length === Limits.maxExtents) chunks.push([]);
+      chunks[chunks.length - 1].push({ offsetSectors: start / SECTOR, sizeSectors: (end - start) / SECTOR });
+      bytes += end - start;
+    }
+    this.acksAwaited[i] = chunks.length;
+    const volumeId = this.volumes.hubId(v);
+    chunks.forEach((c, n) => {
+      link.send([encodeDirtyReport(volumeId, this.reportIds[i], n === chunks.length - 1 ? DIRTY_FINAL : 0, c)]);
+    });
+    this.stats.reportedBytes += bytes;
+    const extents = chunks.reduce((s, c) => s + c.length, 0);
+    this.log.info({ volume: v.name, extents, bytes }, 'dirty extents reported to hub');
+  }
+
+  private emptyMap(v: AgentVolume): DirtyBitmap {
+    return new DirtyBitmap(v.sizeBytes, v.log.bitmap.regionSize);
+  }
+}

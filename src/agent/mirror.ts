@@ -1,0 +1,124 @@
+// The mirror: every completed guest write goes to the hub as one PROTECTED_WRITE with this
+// connection's next sequence number (SPEC §7.1), and stays pending until a WRITE_ACK covers it.
+// Owns the sequence numbers, the pending writes, and per region the newest seq in flight
+// (regionSeq): an ack clears a region only when no later write to it still pends.
+// Past the link's queue or pending limit a write is not sent but owed by report instead.
+import { Cap, SECTOR, IO_OK, ProtocolError, encodeProtectedWriteHead, encodeFlush } from '../../protocol';
+import type { BufferPool } from '../buffer-pool';
+import { assert } from '../assert';
+import type { AgentVolume, VolumeTable } from './volume';
+import type { AgentStats, LinkPort, RegionHolder } from './ports';
+import type { RegionGate } from './region-gate';
+
+interface Pending {
+  seq: number;
+  volume: AgentVolume;
+  first: number; // regions touched
+  last: number;
+}
+
+export interface MirrorLimits {
+  maxQueueBytes: number; // bytes waiting on the link; beyond it writes become owed regions
+  maxPendingWrites: number; // writes awaiting the hub's ack
+}
+
+/** Where writes that do not fit on the link go: the hand-over owes them to the hub by report. */
+export interface OverflowSink {
+  owe(v: AgentVolume, start: number, end: number): void;
+}
+
+const COMPACT_AFTER = 4096; // acked entries kept at the head of `pending` before it is compacted
+
+export class Mirror implements RegionHolder {
+  private link: LinkPort | null = null;
+  private sentSeq = 0;
+  private pending: Pending[] = [];
+  private pendingHead = 0;
+  private readonly regionSeq: Map<number, number>[]; // by volume index: region -> newest seq in flight
+
+  constructor(
+    private readonly volumes: VolumeTable,
+    private readonly gate: RegionGate,
+    private readonly overflow: OverflowSink,
+    private readonly limits: MirrorLimits,
+    private readonly writePool: BufferPool,
+    private readonly stats: AgentStats,
+  ) {
+    this.regionSeq = volumes.list.map(() => new Map());
+  }
+
+  /** The connection is ready (capabilities known): mirror on it from seq 1. */
+  attach(link: LinkPort): void {
+    this.link = link;
+  }
+
+  /** The connection closed: every unacked write stays in the dirty log; seqs start over. */
+  detach(): void {
+    this.link = null;
+    this.pending = [];
+    this.pendingHead = 0;
+    this.sentSeq = 0;
+    for (const m of this.regionSeq) m.clear();
+  }
+
+  holds(v: AgentVolume, region: number): boolean {
+    return this.regionSeq[v.index].has(region);
+  }
+
+  get pendingWrites(): number {
+    return this.pending.length - this.pendingHead;
+  }
+
+  /** Send a write that has just landed on the image [offset, offset + len). No allocation but the frame's. */
+  mirror(v: AgentVolume, offset: number, data: Buffer | Buffer[], len: number): void {
+    this.stats.writes++;
+    const link = this.link;
+    if (link === null) return; // not connected: the dirty log has it
+    const volumeId = this.volumes.hubId(v);
+    if (volumeId < 0) return; // not protected on this connection: the dirty log has it
+    if (link.queuedBytes() + len > this.limits.maxQueueBytes || this.pendingWrites >= this.limits.maxPendingWrites) {
+      this.stats.overflowWrites++;
+      this.overflow.owe(v, offset, offset + len);
+      return;
+    }
+    const seq = ++this.sentSeq;
+    const bitmap = v.log.bitmap, first = bitmap.regionOf(offset), last = bitmap.regionOf(offset + len - 1);
+    const n = this.pending.length;
+    assert(n === this.pendingHead || this.pending[n - 1].seq === seq - 1, 'pending writes are in seq order');
+    this.pending.push({ seq, volume: v, first, last });
+    const regionSeq = this.regionSeq[v.index];
+    for (let r = first; r <= last; r++) regionSeq.set(r, seq);
+    const head = encodeProtectedWriteHead(volumeId, offset / SECTOR, len / SECTOR, IO_OK);
+    if (Array.isArray(data)) link.send([head, ...data]);
+    else if (this.writePool.hold(data)) link.send([head, data], () => this.writePool.give(data));
+    else link.send([head, data]);
+    this.stats.mirroredBytes += len;
+  }
+
+  /** A guest flush: tell the hub which writes it covers (FLUSH capability). */
+  flush(): void {
+    if (this.link !== null && this.link.has(Cap.FLUSH)) this.link.send([encodeFlush(this.sentSeq)]);
+  }
+
+  /** WRITE_ACK: the hub holds every write up to `seq` durably. */
+  onAck(seq: number): void {
+    if (seq > this.sentSeq) {
+      throw new ProtocolError(`WRITE_ACK ${seq} beyond the ${this.sentSeq} writes sent on this connection`);
+    }
+    while (this.pendingHead < this.pending.length && this.pending[this.pendingHead].seq <= seq) {
+      const p = this.pending[this.pendingHead++];
+      const regionSeq = this.regionSeq[p.volume.index];
+      for (let r = p.first; r <= p.last; r++) {
+        const newest = regionSeq.get(r);
+        assert(newest !== undefined && newest >= p.seq, 'a region in flight names its newest write');
+        if (newest !== p.seq) continue; // a later write to it still pends
+        regionSeq.delete(r);
+        this.gate.clearIfQuiet(p.volume, r);
+      }
+    }
+    if (this.pendingHead > COMPACT_AFTER) {
+      this.pending = this.pending.slice(this.pendingHead);
+      this.pendingHead = 0;
+    }
+  }
+}

@@ -1,0 +1,122 @@
+// The guest's write path: every write, zeroing and flush the NBD server (or a test) makes on a
+// protected volume. A write marks its regions dirty in the log before it touches the image,
+// counts them busy while it lands (so no ack can clear them meanwhile), then hands the data to
+// the mirror. Owns the range locks and the busy counts.
+import { SYNC_WRITE_MAX } from '../../storage/volume';
+import { assert } from '../assert';
+import { RangeLocks } from './range-locks';
+import type { AgentVolume, VolumeTable } from './volume';
+import type { RegionHolder } from './ports';
+import type { Mirror, OverflowSink } from './mirror';
+
+export class WritePath implements RegionHolder {
+  private readonly locks: RangeLocks[]; // by volume index
+  private readonly busy: Map<number, number>[]; // by volume index: region -> writes landing on it
+
+  constructor(
+    private readonly volumes: VolumeTable,
+    private readonly mirror: Mirror,
+    private readonly owed: OverflowSink,
+  ) {
+    this.locks = volumes.list.map(() => new RangeLocks());
+    this.busy = volumes.list.map(() => new Map());
+  }
+
+  holds(v: AgentVolume, region: number): boolean {
+    return this.busy[v.index].has(region);
+  }
+
+  /**
+   * Apply a guest write to the local image and mirror it. Never waits for the hub. A large
+   * write may come as the pieces it arrived in: written with writev and mirrored as they are.
+   */
+  async write(name: string, offset: number, data: Buffer | Buffer[]): Promise<void> {
+    if (!Array.isArray(data) && this.writeNow(name, offset, data)) return;
+    const v = this.volumes.named(name);
+    let len = 0;
+    if (Array.isArray(data)) for (const p of data) len += p.length;
+    else len = data.length;
+    v.checkRange(offset, offset + len);
+    const unlock = await this.locks[v.index].lock(offset, offset + len);
+    try {
+      this.begin(v, offset, offset + len);
+      try {
+        const t = v.target;
+        if (Array.isArray(data)) await (t.writev ? t.writev(data, offset) : t.write(Buffer.concat(data, len), offset));
+        else if (t.writeSync && len <= SYNC_WRITE_MAX) t.writeSync(data, offset);
+        else await t.write(data, offset);
+        this.mirror.mirror(v, offset, data, len);
+      } finally {
+        this.end(v, offset, offset + len);
+      }
+    } finally {
+      unlock();
+    }
+  }
+
+  /**
+   * The same for a small write, done before returning: true when written and mirrored, false
+   * when it must go through write() (too large, or an overlapping write still in progress).
+   * Nothing can come between its pwrite and its mirror frame, so it needs no range lock.
+   * The hot path: no allocation, closure or promise of its own.
+   */
+  writeNow(name: string, offset: number, data: Buffer): boolean {
+    const v = this.volumes.named(name), len = data.length, t = v.target;
+    if (!t.writeSync || len > SYNC_WRITE_MAX) return false;
+    v.checkRange(offset, offset + len);
+    if (this.locks[v.index].locked(offset, offset + len)) return false;
+    this.begin(v, offset, offset + len);
+    try {
+      t.writeSync(data, offset);
+      this.mirror.mirror(v, offset, data, len);
+    } finally {
+      this.end(v, offset, offset + len);
+    }
+    return true;
+  }
+
+  /** Zeroing/trim: applied locally; the range is handed to the hub as dirty instead of as data. */
+  async zero(name: string, offset: number, length: number, apply: () => Promise<void>): Promise<void> {
+    const v = this.volumes.named(name);
+    v.checkRange(offset, offset + length);
+    const unlock = await this.locks[v.index].lock(offset, offset + length);
+    try {
+      this.begin(v, offset, offset + length);
+      try {
+        await apply();
+        this.owed.owe(v, offset, offset + length);
+      } finally {
+        this.end(v, offset, offset + length);
+      }
+    } finally {
+      unlock();
+    }
+  }
+
+  /** A guest flush: the log is durable before the data it covers can be, then the image. */
+  async flush(name: string): Promise<void> {
+    const v = this.volumes.named(name);
+    v.log.sync(true);
+    await v.target.flush();
+    this.mirror.flush();
+  }
+
+  /** Persist the regions dirty before the image changes, and keep them from being cleared meanwhile. */
+  private begin(v: AgentVolume, start: number, end: number): void {
+    v.log.mark(start, end);
+    const bitmap = v.log.bitmap, busy = this.busy[v.index];
+    for (let r = bitmap.regionOf(start), last = bitmap.regionOf(end - 1); r <= last; r++) {
+      busy.set(r, (busy.get(r) ?? 0) + 1);
+    }
+  }
+
+  private end(v: AgentVolume, start: number, end: number): void {
+    const bitmap = v.log.bitmap, busy = this.busy[v.index];
+    for (let r = bitmap.regionOf(start), last = bitmap.regionOf(end - 1); r <= last; r++) {
+      const n = busy.get(r);
+      assert(n !== undefined && n > 0, 'a write ends only on regions it made busy');
+      if (n === 1) busy.delete(r);
+      else busy.set(r, n - 1);
+    }
+  }
+}
