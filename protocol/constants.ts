@@ -35,7 +35,8 @@ export const Cap = {
   FRAME_CRC: 1 << 6, // after HELLO, frames carry a CRC-32 trailer (header flag FLAG_CRC)
   SPARSE: 1 << 7, // a remote read may be answered with io_status IO_SPARSE: a chunk map and only the non-zero chunks
 } as const;
-export const ALL_CAPS = Cap.WRITE_ACK | Cap.DIRTY_REPORT | Cap.CHECKSUM | Cap.FLUSH | Cap.PING | Cap.ZEROES | Cap.FRAME_CRC | Cap.SPARSE;
+export const ALL_CAPS =
+  Cap.WRITE_ACK | Cap.DIRTY_REPORT | Cap.CHECKSUM | Cap.FLUSH | Cap.PING | Cap.ZEROES | Cap.FRAME_CRC | Cap.SPARSE;
 
 /** Header flag: a 4-byte CRC-32 (zlib) of header + payload follows the payload (not counted in length). */
 export const FLAG_CRC = 1;

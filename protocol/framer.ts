@@ -33,9 +33,13 @@ export class FrameDecoder {
    * buffer once `directAfter` of its bytes have arrived, and is filled in place from then on
    * (directMax 0: always join at the end). Memory still follows bytes received, within 32x.
    */
-  constructor(private readonly onFrame: FrameHandler, private readonly maxPayload: number = Limits.maxPayload,
-    private readonly alloc: (n: number, cmd: number) => Buffer = (n) => Buffer.allocUnsafe(n), private readonly directMax = 0,
-    private readonly directAfter = 32 * 1024) {}
+  constructor(
+    private readonly onFrame: FrameHandler,
+    private readonly maxPayload: number = Limits.maxPayload,
+    private readonly alloc: (n: number, cmd: number) => Buffer = (n) => Buffer.allocUnsafe(n),
+    private readonly directMax = 0,
+    private readonly directAfter = 32 * 1024,
+  ) {}
 
   /**
    * Where the reader may put the next bytes: the unfilled rest of the payload buffer being
@@ -120,7 +124,12 @@ export class FrameDecoder {
       else this.parts.push(chunk.subarray(off, off + take)); // memory follows bytes received
       this.filled += take;
       off += take;
-      if (this.dest === null && this.filled < this.need && this.need <= this.directMax && this.filled >= this.directAfter) {
+      if (
+        this.dest === null &&
+        this.filled < this.need &&
+        this.need <= this.directMax &&
+        this.filled >= this.directAfter
+      ) {
         // Enough of it is here to be worth its own buffer; the rest can be received in place.
         this.dest = this.joinParts();
         this.sum = this.crc;
@@ -150,7 +159,8 @@ export class FrameDecoder {
   }
 
   private complete(): void {
-    let payload = this.dest, sum = -1;
+    let payload = this.dest,
+      sum = -1;
     this.dest = null;
     if (payload === null) payload = this.joinParts();
     else if (this.crc >= 0) sum = this.sum;

@@ -7,19 +7,74 @@ export const OPT_REPLY_MAGIC = 0x3e889045565a9n;
 export const REQUEST_MAGIC = 0x25609513;
 export const SIMPLE_REPLY_MAGIC = 0x67446698;
 
-export const HS_FIXED_NEWSTYLE = 1, HS_NO_ZEROES = 2;
-export const CF_FIXED_NEWSTYLE = 1, CF_NO_ZEROES = 2;
+export const HS_FIXED_NEWSTYLE = 1,
+  HS_NO_ZEROES = 2;
+export const CF_FIXED_NEWSTYLE = 1,
+  CF_NO_ZEROES = 2;
 
-export enum Opt { EXPORT_NAME = 1, ABORT = 2, LIST = 3, STARTTLS = 5, INFO = 6, GO = 7, STRUCTURED_REPLY = 8, LIST_META_CONTEXT = 9, SET_META_CONTEXT = 10, EXTENDED_HEADERS = 11 }
-export enum Rep { ACK = 1, SERVER = 2, INFO = 3 }
-export const REP_ERR_UNSUP = 0x80000001, REP_ERR_POLICY = 0x80000002, REP_ERR_INVALID = 0x80000003, REP_ERR_UNKNOWN = 0x80000006, REP_ERR_TLS_REQD = 0x80000005, REP_ERR_TOO_BIG = 0x8000000a;
-export enum Info { EXPORT = 0, NAME = 1, DESCRIPTION = 2, BLOCK_SIZE = 3 }
+export enum Opt {
+  EXPORT_NAME = 1,
+  ABORT = 2,
+  LIST = 3,
+  STARTTLS = 5,
+  INFO = 6,
+  GO = 7,
+  STRUCTURED_REPLY = 8,
+  LIST_META_CONTEXT = 9,
+  SET_META_CONTEXT = 10,
+  EXTENDED_HEADERS = 11,
+}
+export enum Rep {
+  ACK = 1,
+  SERVER = 2,
+  INFO = 3,
+}
+export const REP_ERR_UNSUP = 0x80000001,
+  REP_ERR_POLICY = 0x80000002,
+  REP_ERR_INVALID = 0x80000003,
+  REP_ERR_UNKNOWN = 0x80000006,
+  REP_ERR_TLS_REQD = 0x80000005,
+  REP_ERR_TOO_BIG = 0x8000000a;
+export enum Info {
+  EXPORT = 0,
+  NAME = 1,
+  DESCRIPTION = 2,
+  BLOCK_SIZE = 3,
+}
 
-export enum NbdCmd { READ = 0, WRITE = 1, DISC = 2, FLUSH = 3, TRIM = 4, CACHE = 5, WRITE_ZEROES = 6, BLOCK_STATUS = 7 }
-export const CMD_FLAG_FUA = 1, CMD_FLAG_NO_HOLE = 2;
-export const TF = { HAS_FLAGS: 1, READ_ONLY: 2, SEND_FLUSH: 4, SEND_FUA: 8, SEND_TRIM: 32, SEND_WRITE_ZEROES: 64, CAN_MULTI_CONN: 256, SEND_CACHE: 1024 } as const;
+export enum NbdCmd {
+  READ = 0,
+  WRITE = 1,
+  DISC = 2,
+  FLUSH = 3,
+  TRIM = 4,
+  CACHE = 5,
+  WRITE_ZEROES = 6,
+  BLOCK_STATUS = 7,
+}
+export const CMD_FLAG_FUA = 1,
+  CMD_FLAG_NO_HOLE = 2;
+export const TF = {
+  HAS_FLAGS: 1,
+  READ_ONLY: 2,
+  SEND_FLUSH: 4,
+  SEND_FUA: 8,
+  SEND_TRIM: 32,
+  SEND_WRITE_ZEROES: 64,
+  CAN_MULTI_CONN: 256,
+  SEND_CACHE: 1024,
+} as const;
 
-export const NbdErr = { EPERM: 1, EIO: 5, ENOMEM: 12, EINVAL: 22, ENOSPC: 28, EOVERFLOW: 75, ENOTSUP: 95, ESHUTDOWN: 108 } as const;
+export const NbdErr = {
+  EPERM: 1,
+  EIO: 5,
+  ENOMEM: 12,
+  EINVAL: 22,
+  ENOSPC: 28,
+  EOVERFLOW: 75,
+  ENOTSUP: 95,
+  ESHUTDOWN: 108,
+} as const;
 
 export const MAX_OPTION_LEN = 64 * 1024; // longest option payload we accept
 export const MAX_REQUEST = 32 * 1024 * 1024; // largest READ/WRITE payload (advertised max block size)
@@ -84,7 +139,13 @@ export function simpleReply(error: number, handle: Buffer): Buffer {
   return b;
 }
 
-export interface NbdRequest { flags: number; type: number; handle: Buffer; offset: number; length: number }
+export interface NbdRequest {
+  flags: number;
+  type: number;
+  handle: Buffer;
+  offset: number;
+  length: number;
+}
 
 /** Parse a 28-byte request header at `o`. Throws on a bad magic. */
 export function parseRequest(b: Buffer, o: number): NbdRequest {
@@ -92,8 +153,11 @@ export function parseRequest(b: Buffer, o: number): NbdRequest {
   if (magic !== REQUEST_MAGIC) throw new Error(`bad NBD request magic 0x${magic.toString(16)}`);
   const off = b.readBigUInt64BE(o + 16);
   return {
-    flags: b.readUInt16BE(o + 4), type: b.readUInt16BE(o + 6), handle: Buffer.from(b.subarray(o + 8, o + 16)),
-    offset: off > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(off), length: b.readUInt32BE(o + 24),
+    flags: b.readUInt16BE(o + 4),
+    type: b.readUInt16BE(o + 6),
+    handle: Buffer.from(b.subarray(o + 8, o + 16)),
+    offset: off > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(off),
+    length: b.readUInt32BE(o + 24),
   };
 }
 

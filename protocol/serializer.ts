@@ -23,7 +23,8 @@ function frame(cmd: Cmd, fixed: number, payloadLen = fixed): Buffer {
 
 function nameBytes(name: string): Buffer {
   const n = Buffer.from(name, 'utf8');
-  if (n.length === 0 || n.length > Limits.maxNameBytes) throw new RangeError(`name "${name}" must be 1..${Limits.maxNameBytes} bytes`);
+  if (n.length === 0 || n.length > Limits.maxNameBytes)
+    throw new RangeError(`name "${name}" must be 1..${Limits.maxNameBytes} bytes`);
   return n;
 }
 
@@ -41,7 +42,12 @@ export function encodeHello(version: number, caps: number, maxPayload: number, n
 }
 
 /** Prefix of a PROTECTED_WRITE; `dataLen` bytes of data follow (0 when ioStatus != 0). */
-export function encodeProtectedWriteHead(volumeId: number, offsetSectors: number, sizeSectors: number, ioStatus: number): Buffer {
+export function encodeProtectedWriteHead(
+  volumeId: number,
+  offsetSectors: number,
+  sizeSectors: number,
+  ioStatus: number,
+): Buffer {
   const dataLen = ioStatus === IO_OK ? sizeSectors * SECTOR : 0;
   const b = frame(Cmd.PROTECTED_WRITE, 24, 24 + dataLen);
   writeU64(b, volumeId, 12);
@@ -75,7 +81,13 @@ export function encodeStartProtect(volumeId: number, name: string): Buffer {
 }
 
 /** Prefix of a REMOTE_IO_REQ; for a write, sizeSectors*512 bytes of data follow. */
-export function encodeRemoteIoReqHead(reqId: number, sizeSectors: number, volumeId: number, offsetSectors: number, isRead: boolean): Buffer {
+export function encodeRemoteIoReqHead(
+  reqId: number,
+  sizeSectors: number,
+  volumeId: number,
+  offsetSectors: number,
+  isRead: boolean,
+): Buffer {
   const b = frame(Cmd.REMOTE_IO_REQ, 28, 28 + (isRead ? 0 : sizeSectors * SECTOR));
   b.writeUInt32LE(reqId >>> 0, 12);
   b.writeUInt32LE(sizeSectors, 16);
@@ -129,7 +141,13 @@ export function encodeDirtyReportAck(volumeId: number, reportId: number): Buffer
   return b;
 }
 
-export function encodeChecksumReq(reqId: number, regionSectors: number, volumeId: number, offsetSectors: number, count: number): Buffer {
+export function encodeChecksumReq(
+  reqId: number,
+  regionSectors: number,
+  volumeId: number,
+  offsetSectors: number,
+  count: number,
+): Buffer {
   const b = frame(Cmd.CHECKSUM_REQ, 28);
   b.writeUInt32LE(reqId >>> 0, 12);
   b.writeUInt32LE(regionSectors, 16);
@@ -167,22 +185,38 @@ export function encodeError(code: number, message: string): Buffer {
 /** Whole frame(s) for any message: for tests, vectors and cold paths. */
 export function encode(m: Message): Buffer[] {
   switch (m.cmd) {
-    case Cmd.HELLO: return [encodeHello(m.version, m.caps, m.maxPayload, m.name)];
-    case Cmd.PROTECTED_WRITE: return [encodeProtectedWriteHead(m.volumeId, m.offsetSectors, m.sizeSectors, m.ioStatus), m.data];
-    case Cmd.REPORT_VM_VOLUMES: return [encodeReportVmVolumes(m.volumes)];
-    case Cmd.START_PROTECT: return [encodeStartProtect(m.volumeId, m.name)];
-    case Cmd.REMOTE_IO_REQ: return [encodeRemoteIoReqHead(m.reqId, m.sizeSectors, m.volumeId, m.offsetSectors, m.isRead), m.data];
-    case Cmd.REMOTE_IO_RES: return [encodeRemoteIoResHead(m.reqId, m.ioStatus, m.volumeId, m.data.length), m.data];
-    case Cmd.AGENT_SHUTDOWN: return [encodeAgentShutdown()];
-    case Cmd.WRITE_ACK: return [encodeWriteAck(m.seq)];
-    case Cmd.DIRTY_REPORT: return [encodeDirtyReport(m.volumeId, m.reportId, m.flags, m.extents)];
-    case Cmd.DIRTY_REPORT_ACK: return [encodeDirtyReportAck(m.volumeId, m.reportId)];
-    case Cmd.CHECKSUM_REQ: return [encodeChecksumReq(m.reqId, m.regionSectors, m.volumeId, m.offsetSectors, m.count)];
-    case Cmd.CHECKSUM_RES: return [encodeChecksumRes(m.reqId, m.ioStatus, m.volumeId, m.digests)];
-    case Cmd.FLUSH: return [encodeFlush(m.checkpointId)];
-    case Cmd.ERROR: return [encodeError(m.code, m.message)];
-    case Cmd.PING: return [encodePing(m.nonce)];
-    case Cmd.PONG: return [encodePong(m.nonce)];
+    case Cmd.HELLO:
+      return [encodeHello(m.version, m.caps, m.maxPayload, m.name)];
+    case Cmd.PROTECTED_WRITE:
+      return [encodeProtectedWriteHead(m.volumeId, m.offsetSectors, m.sizeSectors, m.ioStatus), m.data];
+    case Cmd.REPORT_VM_VOLUMES:
+      return [encodeReportVmVolumes(m.volumes)];
+    case Cmd.START_PROTECT:
+      return [encodeStartProtect(m.volumeId, m.name)];
+    case Cmd.REMOTE_IO_REQ:
+      return [encodeRemoteIoReqHead(m.reqId, m.sizeSectors, m.volumeId, m.offsetSectors, m.isRead), m.data];
+    case Cmd.REMOTE_IO_RES:
+      return [encodeRemoteIoResHead(m.reqId, m.ioStatus, m.volumeId, m.data.length), m.data];
+    case Cmd.AGENT_SHUTDOWN:
+      return [encodeAgentShutdown()];
+    case Cmd.WRITE_ACK:
+      return [encodeWriteAck(m.seq)];
+    case Cmd.DIRTY_REPORT:
+      return [encodeDirtyReport(m.volumeId, m.reportId, m.flags, m.extents)];
+    case Cmd.DIRTY_REPORT_ACK:
+      return [encodeDirtyReportAck(m.volumeId, m.reportId)];
+    case Cmd.CHECKSUM_REQ:
+      return [encodeChecksumReq(m.reqId, m.regionSectors, m.volumeId, m.offsetSectors, m.count)];
+    case Cmd.CHECKSUM_RES:
+      return [encodeChecksumRes(m.reqId, m.ioStatus, m.volumeId, m.digests)];
+    case Cmd.FLUSH:
+      return [encodeFlush(m.checkpointId)];
+    case Cmd.ERROR:
+      return [encodeError(m.code, m.message)];
+    case Cmd.PING:
+      return [encodePing(m.nonce)];
+    case Cmd.PONG:
+      return [encodePong(m.nonce)];
   }
 }
 

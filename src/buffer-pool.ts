@@ -16,14 +16,20 @@ export class BufferPool {
    * With `align`, each buffer starts `align` bytes past an aligned address and take(n, skew)
    * places byte `skew` of the view on that address: a frame's data lands aligned for O_DIRECT.
    */
-  constructor(readonly bufferBytes: number, readonly maxIdle: number, readonly align = 0) {
-    if (!(bufferBytes > 0 && maxIdle >= 0 && align >= 0)) throw new RangeError(`bad pool ${bufferBytes} x ${maxIdle}, align ${align}`);
+  constructor(
+    readonly bufferBytes: number,
+    readonly maxIdle: number,
+    readonly align = 0,
+  ) {
+    if (!(bufferBytes > 0 && maxIdle >= 0 && align >= 0))
+      throw new RangeError(`bad pool ${bufferBytes} x ${maxIdle}, align ${align}`);
   }
 
   /** A buffer of n bytes; pooled when n fits a pool buffer. Contents are not cleared. */
   take(n: number, skew = 0): Buffer {
     if (n > this.bufferBytes) return Buffer.allocUnsafeSlow(n);
-    if (!(skew >= 0 && skew <= this.align)) throw new RangeError(`skew ${skew} outside the pool's alignment ${this.align}`);
+    if (!(skew >= 0 && skew <= this.align))
+      throw new RangeError(`skew ${skew} outside the pool's alignment ${this.align}`);
     this.stats.taken++;
     let b = this.free.pop();
     if (b) this.stats.reused++;

@@ -19,7 +19,8 @@ export function writeBatchedThen(sock: Socket, bufs: Buffer[], done?: () => void
       sock.uncork();
     });
   }
-  let ok = true, last = bufs.length - 1;
+  let ok = true,
+    last = bufs.length - 1;
   while (last >= 0 && bufs[last].length === 0) last--;
   for (let i = 0; i <= last; i++) {
     if (!bufs[i].length) continue;

@@ -47,9 +47,12 @@ export function readThrough(accepted: net.Socket, sink: ReadSink, onError: (e: E
   if (!handle) throw new Error('socket already closed');
   (accepted as unknown as { _handle: unknown })._handle = null;
   const slab = new Slab();
-  let direct = false, failed = false;
+  let direct = false,
+    failed = false;
   const sock = new net.Socket({
-    handle, readable: true, writable: true,
+    handle,
+    readable: true,
+    writable: true,
     onread: {
       buffer: () => {
         const t = failed ? null : sink.target();

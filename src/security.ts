@@ -4,20 +4,28 @@ import * as fs from 'node:fs';
 import * as tls from 'node:tls';
 import * as net from 'node:net';
 
-export interface TlsFiles { cert?: string; key?: string; ca?: string; pskFile?: string }
+export interface TlsFiles {
+  cert?: string;
+  key?: string;
+  ca?: string;
+  pskFile?: string;
+}
 
 const PSK_CIPHERS = 'PSK-AES256-GCM-SHA384:PSK-AES128-GCM-SHA256';
 
 /** PSK file: one `identity:hexkey` per line (# comments); keys of at least 16 bytes. */
 export function readPskFile(file: string): Map<string, Buffer> {
   const out = new Map<string, Buffer>();
-  fs.readFileSync(file, 'utf8').split('\n').forEach((line, i) => {
-    const l = line.trim();
-    if (!l || l.startsWith('#')) return;
-    const m = /^([A-Za-z0-9][A-Za-z0-9._-]{0,127}):([0-9a-fA-F]+)$/.exec(l);
-    if (!m || m[2].length % 2 !== 0 || m[2].length < 32) throw new Error(`${file}:${i + 1}: expected identity:hexkey with a key of at least 16 bytes`);
-    out.set(m[1], Buffer.from(m[2], 'hex'));
-  });
+  fs.readFileSync(file, 'utf8')
+    .split('\n')
+    .forEach((line, i) => {
+      const l = line.trim();
+      if (!l || l.startsWith('#')) return;
+      const m = /^([A-Za-z0-9][A-Za-z0-9._-]{0,127}):([0-9a-fA-F]+)$/.exec(l);
+      if (!m || m[2].length % 2 !== 0 || m[2].length < 32)
+        throw new Error(`${file}:${i + 1}: expected identity:hexkey with a key of at least 16 bytes`);
+      out.set(m[1], Buffer.from(m[2], 'hex'));
+    });
   if (out.size === 0) throw new Error(`${file}: no keys`);
   return out;
 }
@@ -27,14 +35,20 @@ export function enabled(f: TlsFiles): boolean {
 }
 
 /** Server options; `identityOf` tells who authenticated on a secure socket. */
-export function serverOptions(f: TlsFiles): { options: tls.TlsOptions; identityOf: (s: tls.TLSSocket) => string | null } {
+export function serverOptions(f: TlsFiles): {
+  options: tls.TlsOptions;
+  identityOf: (s: tls.TLSSocket) => string | null;
+} {
   if (f.pskFile) {
-    if (f.cert || f.key || f.ca) throw new Error('use either certificates (--tls-cert/--tls-key/--tls-ca) or --psk-file, not both');
+    if (f.cert || f.key || f.ca)
+      throw new Error('use either certificates (--tls-cert/--tls-key/--tls-ca) or --psk-file, not both');
     const keys = readPskFile(f.pskFile);
     const ids = new WeakMap<tls.TLSSocket, string>();
     return {
       options: {
-        ciphers: PSK_CIPHERS, maxVersion: 'TLSv1.2', minVersion: 'TLSv1.2',
+        ciphers: PSK_CIPHERS,
+        maxVersion: 'TLSv1.2',
+        minVersion: 'TLSv1.2',
         pskCallback: (socket: tls.TLSSocket, identity: string) => {
           const k = keys.get(identity);
           if (k) ids.set(socket, identity);
@@ -44,11 +58,16 @@ export function serverOptions(f: TlsFiles): { options: tls.TlsOptions; identityO
       identityOf: (s) => ids.get(s) ?? null,
     };
   }
-  if (!f.cert || !f.key || !f.ca) throw new Error('TLS needs --tls-cert, --tls-key and --tls-ca (the CA that signs agent certificates)');
+  if (!f.cert || !f.key || !f.ca)
+    throw new Error('TLS needs --tls-cert, --tls-key and --tls-ca (the CA that signs agent certificates)');
   return {
     options: {
-      cert: fs.readFileSync(f.cert), key: fs.readFileSync(f.key), ca: fs.readFileSync(f.ca),
-      requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2',
+      cert: fs.readFileSync(f.cert),
+      key: fs.readFileSync(f.key),
+      ca: fs.readFileSync(f.ca),
+      requestCert: true,
+      rejectUnauthorized: true,
+      minVersion: 'TLSv1.2',
     },
     identityOf: (s) => {
       const cn = s.getPeerCertificate()?.subject?.CN;
@@ -64,15 +83,22 @@ export function clientOptions(f: TlsFiles, identity: string, servername?: string
     const psk = keys.get(identity);
     if (!psk) throw new Error(`${f.pskFile}: no key for identity ${identity} (the --vm name)`);
     return {
-      ciphers: PSK_CIPHERS, maxVersion: 'TLSv1.2', minVersion: 'TLSv1.2',
+      ciphers: PSK_CIPHERS,
+      maxVersion: 'TLSv1.2',
+      minVersion: 'TLSv1.2',
       pskCallback: () => ({ psk, identity }),
       checkServerIdentity: () => undefined, // the shared key authenticates the hub
     };
   }
-  if (!f.cert || !f.key || !f.ca) throw new Error('TLS needs --tls-cert, --tls-key and --tls-ca (the CA that signs the hub certificate)');
+  if (!f.cert || !f.key || !f.ca)
+    throw new Error('TLS needs --tls-cert, --tls-key and --tls-ca (the CA that signs the hub certificate)');
   return {
-    cert: fs.readFileSync(f.cert), key: fs.readFileSync(f.key), ca: fs.readFileSync(f.ca),
-    rejectUnauthorized: true, minVersion: 'TLSv1.2',
-    servername: servername && !net.isIP(servername) ? servername : undefined, // an IP is checked against the SAN without SNI
+    cert: fs.readFileSync(f.cert),
+    key: fs.readFileSync(f.key),
+    ca: fs.readFileSync(f.ca),
+    rejectUnauthorized: true,
+    minVersion: 'TLSv1.2',
+    // an IP is checked against the SAN without SNI
+    servername: servername && !net.isIP(servername) ? servername : undefined,
   };
 }

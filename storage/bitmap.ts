@@ -15,7 +15,10 @@ export class DirtyBitmap {
   /** Pages changed since takeChangedPages(); the state store persists them. */
   private changed = new Set<number>();
 
-  constructor(readonly sizeBytes: number, readonly regionSize: number) {
+  constructor(
+    readonly sizeBytes: number,
+    readonly regionSize: number,
+  ) {
     if (!Number.isInteger(Math.log2(regionSize)) || regionSize < 4096 || regionSize > 1 << 20) {
       throw new RangeError(`region size ${regionSize} must be a power of two in 4 KiB..1 MiB`);
     }
@@ -87,7 +90,8 @@ export class DirtyBitmap {
   }
 
   private apply(first: number, last: number, dirty: boolean): void {
-    if (first < 0 || last >= this.regions || first > last) throw new RangeError(`regions ${first}..${last} outside 0..${this.regions - 1}`);
+    if (first < 0 || last >= this.regions || first > last)
+      throw new RangeError(`regions ${first}..${last} outside 0..${this.regions - 1}`);
     for (let p = Math.floor(first / PAGE_BITS); p <= Math.floor(last / PAGE_BITS); p++) {
       const bits = this.pageBits(p);
       const lo = p === Math.floor(first / PAGE_BITS) ? first % PAGE_BITS : 0;
@@ -110,7 +114,8 @@ export class DirtyBitmap {
       }
       let delta = 0;
       for (let i = lo; i <= hi; i++) {
-        const w = i >>> 5, m = 1 << (i & 31);
+        const w = i >>> 5,
+          m = 1 << (i & 31);
         const was = (page[w] & m) !== 0;
         if (was !== dirty) {
           page[w] ^= m;
@@ -144,7 +149,7 @@ export class DirtyBitmap {
 
   /** First clean region >= from, or `regions` if none. */
   nextClean(from: number): number {
-    for (let r = from; r < this.regions; ) {
+    for (let r = from; r < this.regions;) {
       const p = Math.floor(r / PAGE_BITS);
       const bits = this.pageBits(p);
       if (this.counts[p] === 0) return r;
@@ -173,16 +178,24 @@ export class DirtyBitmap {
     a = Math.max(0, a);
     b = Math.min(this.regions, b);
     let n = 0;
-    for (let r = a; r < b; ) {
-      const p = Math.floor(r / PAGE_BITS), base = p * PAGE_BITS;
+    for (let r = a; r < b;) {
+      const p = Math.floor(r / PAGE_BITS),
+        base = p * PAGE_BITS;
       const end = Math.min(b, base + this.pageBits(p));
-      const c = this.counts[p], page = this.pages[p];
-      if (c === 0 || !page) n += c === 0 ? 0 : end - r; // clean, or full
+      const c = this.counts[p],
+        page = this.pages[p];
+      if (c === 0 || !page)
+        n += c === 0 ? 0 : end - r; // clean, or full
       else if (r === base && end === base + this.pageBits(p)) n += c;
       else {
-        for (let i = r - base; i < end - base; ) {
-          if ((i & 31) === 0 && i + 32 <= end - base) { n += popcount(page[i >>> 5]); i += 32; }
-          else { if (page[i >>> 5] & (1 << (i & 31))) n++; i++; }
+        for (let i = r - base; i < end - base;) {
+          if ((i & 31) === 0 && i + 32 <= end - base) {
+            n += popcount(page[i >>> 5]);
+            i += 32;
+          } else {
+            if (page[i >>> 5] & (1 << (i & 31))) n++;
+            i++;
+          }
         }
       }
       r = end;
@@ -195,7 +208,8 @@ export class DirtyBitmap {
     const k = Math.max(1, Math.min(buckets, this.regions));
     const out: number[] = [];
     for (let i = 0; i < k; i++) {
-      const a = Math.floor((i * this.regions) / k), b = Math.floor(((i + 1) * this.regions) / k);
+      const a = Math.floor((i * this.regions) / k),
+        b = Math.floor(((i + 1) * this.regions) / k);
       out.push(b > a ? this.countRange(a, b) / (b - a) : 0);
     }
     return out;

@@ -22,7 +22,13 @@ export class DirtyLog {
   /** True when the log did not exist or did not match: history unknown, everything dirty. */
   readonly fresh: boolean;
 
-  private constructor(private fd: number | null, sizeBytes: number, regionSize: number, load: boolean, freshDirty = true) {
+  private constructor(
+    private fd: number | null,
+    sizeBytes: number,
+    regionSize: number,
+    load: boolean,
+    freshDirty = true,
+  ) {
     this.bitmap = new DirtyBitmap(sizeBytes, regionSize);
     this.disk = new DirtyBitmap(sizeBytes, regionSize);
     this.hot = new DirtyBitmap(sizeBytes, regionSize);
@@ -61,7 +67,10 @@ export class DirtyLog {
       fd = fs.openSync(path, 'r+');
       const h = Buffer.alloc(32);
       fs.readSync(fd, h, 0, 32, 0);
-      load = h.toString('latin1', 0, 8) === MAGIC && Number(h.readBigUInt64LE(8)) === sizeBytes && h.readUInt32LE(16) === regionSize;
+      load =
+        h.toString('latin1', 0, 8) === MAGIC &&
+        Number(h.readBigUInt64LE(8)) === sizeBytes &&
+        h.readUInt32LE(16) === regionSize;
     } catch (e: any) {
       if (e.code !== 'ENOENT') throw e;
       fd = fs.openSync(path, 'w+');
@@ -93,12 +102,14 @@ export class DirtyLog {
   /** Mark bytes [start, end) dirty; bits new to the file reach it before this returns. */
   mark(start: number, end: number): void {
     const bm = this.bitmap;
-    const first = bm.regionOf(start), last = bm.regionOf(end - 1);
+    const first = bm.regionOf(start),
+      last = bm.regionOf(end - 1);
     if (!allSet(bm, first, last)) bm.setRegions(first, last);
     if (!allSet(this.hot, first, last)) this.hot.setRegions(first, last);
     if (allSet(this.disk, first, last)) return; // the common case: no log IO
     const before: [number, Buffer][] = [];
-    for (let p = Math.floor(first / PAGE_BITS); p <= Math.floor(last / PAGE_BITS); p++) before.push([p, Buffer.from(this.disk.pageImage(p))]);
+    for (let p = Math.floor(first / PAGE_BITS); p <= Math.floor(last / PAGE_BITS); p++)
+      before.push([p, Buffer.from(this.disk.pageImage(p))]);
     this.disk.setRegions(first, last);
     try {
       this.persist();

@@ -19,7 +19,11 @@ export class PointInTimeView implements BlockTarget {
   writtenBytes = 0;
 
   /** Opens the layers in `dir` (created empty, or reopened after a restart). */
-  constructor(private readonly base: BlockTarget, readonly dir: string, readonly regionSize: number) {
+  constructor(
+    private readonly base: BlockTarget,
+    readonly dir: string,
+    readonly regionSize: number,
+  ) {
     fs.mkdirSync(dir, { recursive: true });
     const size = base.sizeBytes;
     this.hidden = FileVolume.open(path.join(dir, 'hidden.img'), { createSize: size, minSize: size });
@@ -46,7 +50,8 @@ export class PointInTimeView implements BlockTarget {
     let copied = false;
     for (let r = first; r <= last; r++) {
       if (hm.get(r)) continue;
-      const a = r * this.regionSize, b = Math.min(a + this.regionSize, this.sizeBytes);
+      const a = r * this.regionSize,
+        b = Math.min(a + this.regionSize, this.sizeBytes);
       const buf = Buffer.allocUnsafe(b - a);
       await this.base.read(buf, a);
       await this.hidden.write(buf, a);
@@ -55,12 +60,14 @@ export class PointInTimeView implements BlockTarget {
     }
     if (!copied) return;
     await this.hidden.flush(); // data before the map says it is there
-    for (let r = first; r <= last; r++) if (!hm.get(r)) this.hiddenMap.mark(r * this.regionSize, r * this.regionSize + 1);
+    for (let r = first; r <= last; r++)
+      if (!hm.get(r)) this.hiddenMap.mark(r * this.regionSize, r * this.regionSize + 1);
     this.hiddenMap.sync(true); // the map before the base changes
   }
 
   async read(buf: Buffer, offset: number): Promise<void> {
-    if (offset < 0 || offset + buf.length > this.sizeBytes) throw new RangeError(`read [${offset}, ${offset + buf.length}) outside the view`);
+    if (offset < 0 || offset + buf.length > this.sizeBytes)
+      throw new RangeError(`read [${offset}, ${offset + buf.length}) outside the view`);
     let done = 0;
     while (done < buf.length) {
       const pos = offset + done;
@@ -86,12 +93,14 @@ export class PointInTimeView implements BlockTarget {
   }
 
   private async writeInOrder(buf: Buffer, offset: number): Promise<void> {
-    if (offset < 0 || offset + buf.length > this.sizeBytes) throw new RangeError(`write [${offset}, ${offset + buf.length}) outside the view`);
+    if (offset < 0 || offset + buf.length > this.sizeBytes)
+      throw new RangeError(`write [${offset}, ${offset + buf.length}) outside the view`);
     let done = 0;
     while (done < buf.length) {
       const pos = offset + done;
       const r = Math.floor(pos / this.regionSize);
-      const a = r * this.regionSize, b = Math.min(a + this.regionSize, this.sizeBytes);
+      const a = r * this.regionSize,
+        b = Math.min(a + this.regionSize, this.sizeBytes);
       const n = Math.min(buf.length - done, b - pos);
       if (this.activeMap.bitmap.get(r) || (pos === a && n === b - a)) {
         await this.active.write(buf.subarray(done, done + n), pos);

@@ -65,7 +65,10 @@ export class LmdbStateStore implements StateStore {
     else this.db.putSync(['meta', key], value);
   }
   loadBitmap(name: string, bm: DirtyBitmap): void {
-    for (const { key, value } of this.db.getRange({ start: ['bm', name, 0], end: ['bm', name, Number.MAX_SAFE_INTEGER] })) {
+    for (const { key, value } of this.db.getRange({
+      start: ['bm', name, 0],
+      end: ['bm', name, Number.MAX_SAFE_INTEGER],
+    })) {
       const p = (key as any[])[2] as number;
       if (p < bm.pageCount) bm.loadPage(p, Buffer.from(value as Uint8Array));
     }

@@ -20,7 +20,10 @@ export class TrackedTarget implements BlockTarget {
   readonly dataExtents?: (start: number, end: number) => [number, number][] | null;
   readonly dropCache?: () => void;
 
-  constructor(readonly next: BlockTarget, private readonly changes: ChangeMap) {
+  constructor(
+    readonly next: BlockTarget,
+    private readonly changes: ChangeMap,
+  ) {
     // The optional paths exist exactly when the layer below has them, so callers' checks hold.
     if (next.writeSync) this.writeSync = (buf, offset) => this.syncWrite(buf, offset);
     if (next.writev) this.writev = (parts, offset) => this.gatheredWrite(parts, offset);

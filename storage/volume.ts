@@ -31,15 +31,25 @@ export interface BlockTarget {
 export const ZEROES = Buffer.alloc(1 << 20);
 
 /** Zero [offset, offset + length) in 1 MiB pieces: memory stays bounded whatever the length. */
-export async function writeZeroes(write: (buf: Buffer, offset: number) => Promise<void>, offset: number, length: number): Promise<void> {
-  for (let p = offset; p < offset + length; p += ZEROES.length) await write(ZEROES.subarray(0, Math.min(ZEROES.length, offset + length - p)), p);
+export async function writeZeroes(
+  write: (buf: Buffer, offset: number) => Promise<void>,
+  offset: number,
+  length: number,
+): Promise<void> {
+  for (let p = offset; p < offset + length; p += ZEROES.length)
+    await write(ZEROES.subarray(0, Math.min(ZEROES.length, offset + length - p)), p);
 }
 
 /** Writes up to this size go through writeSync() where a target has it. */
 export const SYNC_WRITE_MAX = 64 * 1024;
 
 export class VolumeError extends Error {
-  constructor(message: string, readonly path: string, readonly offset?: number, readonly errno?: string) {
+  constructor(
+    message: string,
+    readonly path: string,
+    readonly offset?: number,
+    readonly errno?: string,
+  ) {
     super(message);
     this.name = 'VolumeError';
   }
@@ -61,7 +71,8 @@ function skip(parts: Buffer[], n: number): Buffer[] {
 
 /** Size of a block device in bytes, from sysfs (fstat reports 0 for devices). */
 function blockDeviceSize(st: fs.Stats): number {
-  const major = Math.floor(st.rdev / 256) & 0xfff, minor = (st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00);
+  const major = Math.floor(st.rdev / 256) & 0xfff,
+    minor = (st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00);
   const sectors = fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'utf8').trim();
   return Number(sectors) * 512;
 }
@@ -88,7 +99,12 @@ export class FileVolume implements BlockTarget {
   private bulkFd = -1; // opened on first readBulk, advised RANDOM
   private directFd = -1; // O_DIRECT, opened on the first direct write; -2: not available here
   directBytes = 0; // bytes written around the page cache
-  private constructor(readonly path: string, private fd: number, readonly sizeBytes: number, private readonly direct = false) {}
+  private constructor(
+    readonly path: string,
+    private fd: number,
+    readonly sizeBytes: number,
+    private readonly direct = false,
+  ) {}
 
   static open(path: string, opts: OpenOptions = {}): FileVolume {
     let fd: number;
@@ -116,7 +132,11 @@ export class FileVolume implements BlockTarget {
 
   private check(len: number, offset: number): void {
     if (offset < 0 || offset + len > this.sizeBytes) {
-      throw new VolumeError(`IO [${offset}, ${offset + len}) outside ${this.path} (${this.sizeBytes} bytes)`, this.path, offset);
+      throw new VolumeError(
+        `IO [${offset}, ${offset + len}) outside ${this.path} (${this.sizeBytes} bytes)`,
+        this.path,
+        offset,
+      );
     }
   }
 
@@ -167,7 +187,7 @@ export class FileVolume implements BlockTarget {
 
   async write(buf: Buffer, offset: number): Promise<void> {
     this.check(buf.length, offset);
-    if (this.direct && this.canDirect(buf, offset) && await this.writeDirect(buf, offset)) return;
+    if (this.direct && this.canDirect(buf, offset) && (await this.writeDirect(buf, offset))) return;
     let done = 0;
     while (done < buf.length) {
       done += await writeAt(this.fd, buf, done, offset + done).catch((e) => this.fail('write', offset + done, e));
@@ -175,8 +195,13 @@ export class FileVolume implements BlockTarget {
   }
 
   private canDirect(buf: Buffer, offset: number): boolean {
-    return this.directFd !== -2 && buf.length >= DIRECT_MIN && buf.length % DIRECT_ALIGN === 0
-      && offset % DIRECT_ALIGN === 0 && misalign(buf, DIRECT_ALIGN) === 0;
+    return (
+      this.directFd !== -2 &&
+      buf.length >= DIRECT_MIN &&
+      buf.length % DIRECT_ALIGN === 0 &&
+      offset % DIRECT_ALIGN === 0 &&
+      misalign(buf, DIRECT_ALIGN) === 0
+    );
   }
 
   /**
@@ -212,8 +237,9 @@ export class FileVolume implements BlockTarget {
     this.check(len, offset);
     let done = 0;
     while (parts.length) {
-      const n = await new Promise<number>((res, rej) => fs.writev(this.fd, parts, offset + done, (e, w) => (e ? rej(e) : res(w))))
-        .catch((e) => this.fail('write', offset + done, e));
+      const n = await new Promise<number>((res, rej) =>
+        fs.writev(this.fd, parts, offset + done, (e, w) => (e ? rej(e) : res(w))),
+      ).catch((e) => this.fail('write', offset + done, e));
       done += n;
       parts = skip(parts, n); // a short write: go on from where it stopped
     }
@@ -244,7 +270,12 @@ export class MemoryVolume implements BlockTarget {
     this.data = Buffer.alloc(sizeBytes);
   }
   private check(len: number, offset: number): void {
-    if (offset < 0 || offset + len > this.sizeBytes) throw new VolumeError(`IO [${offset}, ${offset + len}) outside memory volume (${this.sizeBytes} bytes)`, 'memory', offset);
+    if (offset < 0 || offset + len > this.sizeBytes)
+      throw new VolumeError(
+        `IO [${offset}, ${offset + len}) outside memory volume (${this.sizeBytes} bytes)`,
+        'memory',
+        offset,
+      );
   }
   async read(buf: Buffer, offset: number): Promise<void> {
     this.check(buf.length, offset);

@@ -11,7 +11,8 @@ import { AgentProcess, v1Agent } from './harness/agent-process';
 import { CutProxy } from './harness/cut-proxy';
 
 const MiB = 1 << 20;
-const run = (cmd: string, args: string[], timeout = 120_000) => execFileSync(cmd, args, { timeout, stdio: ['ignore', 'pipe', 'pipe'] }).toString();
+const run = (cmd: string, args: string[], timeout = 120_000) =>
+  execFileSync(cmd, args, { timeout, stdio: ['ignore', 'pipe', 'pipe'] }).toString();
 
 describe('agent shim with real NBD clients', function () {
   this.timeout(300_000);
@@ -24,7 +25,8 @@ describe('agent shim with real NBD clients', function () {
 
   beforeEach(async () => {
     dir = tmpdir();
-    img = path.join(dir, 'V1.img'); rep = path.join(dir, 'V1R');
+    img = path.join(dir, 'V1.img');
+    rep = path.join(dir, 'V1R');
     makeImage(img, size, 0.3);
     hub = v1Hub(dir, rep, '--cache', 'none'); // the other end-to-end tests run the default, writeback
     await hub.start();
@@ -61,14 +63,42 @@ describe('agent shim with real NBD clients', function () {
     assert.equal(sha(img), sha(src2), 'nbdcopy (4 connections) landed on the protected image');
     await converged();
 
-    run('fio', ['--name=v', '--ioengine=nbd', `--uri=${agent.uri('V1')}`, '--rw=randwrite', '--bs=4k', '--iodepth=16', '--size=32m',
-      '--verify=crc32c', '--do_verify=1', '--verify_state_save=0', '--number_ios=4096', '--output-format=terse']);
+    run('fio', [
+      '--name=v',
+      '--ioengine=nbd',
+      `--uri=${agent.uri('V1')}`,
+      '--rw=randwrite',
+      '--bs=4k',
+      '--iodepth=16',
+      '--size=32m',
+      '--verify=crc32c',
+      '--do_verify=1',
+      '--verify_state_save=0',
+      '--number_ios=4096',
+      '--output-format=terse',
+    ]);
     const direct0 = (await hub.volume('V1')).bytesDirect;
-    run('fio', ['--name=s', '--ioengine=nbd', `--uri=${agent.uri('V1')}`, '--rw=write', '--bs=1m', '--iodepth=4', '--size=32m', '--offset=32m',
-      '--verify=md5', '--do_verify=1', '--verify_state_save=0', '--output-format=terse']);
+    run('fio', [
+      '--name=s',
+      '--ioengine=nbd',
+      `--uri=${agent.uri('V1')}`,
+      '--rw=write',
+      '--bs=1m',
+      '--iodepth=4',
+      '--size=32m',
+      '--offset=32m',
+      '--verify=md5',
+      '--do_verify=1',
+      '--verify_state_save=0',
+      '--output-format=terse',
+    ]);
     await converged();
     // 1 MiB guest writes arrive aligned in the hub's buffers and bypass its page cache (--cache none)
-    assert.equal((await hub.volume('V1')).bytesDirect - direct0, 32 * MiB, 'every 1 MiB write went to the replica with O_DIRECT');
+    assert.equal(
+      (await hub.volume('V1')).bytesDirect - direct0,
+      32 * MiB,
+      'every 1 MiB write went to the replica with O_DIRECT',
+    );
   });
 
   it('hub stalled (SIGSTOP): writes overflow the bounded queue into dirty regions, the VM never blocks', async () => {
@@ -79,9 +109,23 @@ describe('agent shim with real NBD clients', function () {
     hub.proc!.kill('SIGSTOP');
     try {
       // 48 MiB through a 1 MiB send queue to a hub that reads nothing: must complete regardless.
-      run('fio', ['--name=o', '--ioengine=nbd', `--uri=${agent.uri('V1')}`, '--rw=write', '--bs=1m', '--iodepth=4', '--size=48m'], 60_000);
+      run(
+        'fio',
+        [
+          '--name=o',
+          '--ioengine=nbd',
+          `--uri=${agent.uri('V1')}`,
+          '--rw=write',
+          '--bs=1m',
+          '--iodepth=4',
+          '--size=48m',
+        ],
+        60_000,
+      );
       const rss = Number(fs.readFileSync(`/proc/${agent.proc!.pid}/status`, 'utf8').match(/VmRSS:\s+(\d+)/)![1]) * 1024;
-      process.stdout.write(`      agent RSS with the hub stalled after 48 MiB written: ${(rss / MiB).toFixed(0)} MiB\n`);
+      process.stdout.write(
+        `      agent RSS with the hub stalled after 48 MiB written: ${(rss / MiB).toFixed(0)} MiB\n`,
+      );
       assert.ok(rss < 200 * MiB, `agent RSS ${rss} bytes`);
     } finally {
       hub.proc!.kill('SIGCONT');
@@ -93,18 +137,38 @@ describe('agent shim with real NBD clients', function () {
   });
 
   it('a tiny Linux VM writes through the guest kernel onto the export; replica byte-equal', async function () {
-    const out = run('bash', [path.join(__dirname, '../../tools/tiny-vm.sh'), agent.uri('V1'), 'rephub-e2e', '4'], 280_000);
+    const out = run(
+      'bash',
+      [path.join(__dirname, '../../tools/tiny-vm.sh'), agent.uri('V1'), 'rephub-e2e', '4'],
+      280_000,
+    );
     assert.match(out, /PASS/);
     await converged();
   });
 
   it('faults: hub stopped under load, hub kill -9, agent kill -9, link cut: each converges, resync is a delta', async () => {
     await converged();
-    const fio = (seconds: number, offset: string) => new Promise<void>((res, rej) => {
-      const p = spawn('fio', ['--name=l', '--ioengine=nbd', `--uri=${agent.uri('V1')}`, '--rw=randwrite', '--bs=64k', '--iodepth=8',
-        '--size=16m', `--offset=${offset}`, '--time_based', `--runtime=${seconds}`, '--rate=8m'], { stdio: 'ignore' });
-      p.on('exit', (c) => (c === 0 ? res() : rej(new Error(`fio exited ${c}`))));
-    });
+    const fio = (seconds: number, offset: string) =>
+      new Promise<void>((res, rej) => {
+        const p = spawn(
+          'fio',
+          [
+            '--name=l',
+            '--ioengine=nbd',
+            `--uri=${agent.uri('V1')}`,
+            '--rw=randwrite',
+            '--bs=64k',
+            '--iodepth=8',
+            '--size=16m',
+            `--offset=${offset}`,
+            '--time_based',
+            `--runtime=${seconds}`,
+            '--rate=8m',
+          ],
+          { stdio: 'ignore' },
+        );
+        p.on('exit', (c) => (c === 0 ? res() : rej(new Error(`fio exited ${c}`))));
+      });
     const syncBytes = async () => (await hub.volume('V1')).syncBytes as number;
 
     // 1. hub stopped (SIGTERM) while fio writes; the VM's writes keep completing.
@@ -134,7 +198,7 @@ describe('agent shim with real NBD clients', function () {
     await agent.kill9();
     await agent.start();
     await converged();
-    const s3 = await syncBytes() - s2;
+    const s3 = (await syncBytes()) - s2;
     process.stdout.write(`      agent kill -9: resynced ${s3} bytes after restart\n`);
 
     // 4. link cut with writes while apart, via a proxy
@@ -152,7 +216,10 @@ describe('agent shim with real NBD clients', function () {
     await converged();
     const moved = (await syncBytes()) - before;
     process.stdout.write(`      link cut: 5 MiB written while apart, ${moved} bytes resynced\n`);
-    assert.ok(moved >= 5 * MiB && moved <= 5 * MiB + 2 * 64 * 1024, `resynced ${moved} bytes for 5 MiB written while apart`);
+    assert.ok(
+      moved >= 5 * MiB && moved <= 5 * MiB + 2 * 64 * 1024,
+      `resynced ${moved} bytes for 5 MiB written while apart`,
+    );
     await agent.stop();
     proxy.close();
   });

@@ -36,7 +36,18 @@ function edges(n: number): number[] {
 function scenarioArb(): fc.Arbitrary<Scenario> {
   const regionsArb = fc.oneof(
     { arbitrary: fc.integer({ min: 1, max: 300 }), weight: 1 },
-    { arbitrary: fc.constantFrom(PAGE_BITS - 1, PAGE_BITS, PAGE_BITS + 1, 2 * PAGE_BITS, 2 * PAGE_BITS + 33, 3 * PAGE_BITS - 1, 3 * PAGE_BITS + 1), weight: 2 },
+    {
+      arbitrary: fc.constantFrom(
+        PAGE_BITS - 1,
+        PAGE_BITS,
+        PAGE_BITS + 1,
+        2 * PAGE_BITS,
+        2 * PAGE_BITS + 33,
+        3 * PAGE_BITS - 1,
+        3 * PAGE_BITS + 1,
+      ),
+      weight: 2,
+    },
     { arbitrary: fc.integer({ min: PAGE_BITS + 1, max: 100_000 }), weight: 2 },
   );
   const tailArb = fc.oneof(fc.constant(RS), fc.integer({ min: 1, max: RS }));
@@ -87,7 +98,10 @@ function modelRuns(m: Uint8Array, from: number): [number, number][] {
   const out: [number, number][] = [];
   let r = Math.max(0, from);
   while (r < m.length) {
-    if (!m[r]) { r++; continue; }
+    if (!m[r]) {
+      r++;
+      continue;
+    }
     const s = r;
     while (r < m.length && m[r]) r++;
     out.push([s, r]);
@@ -120,7 +134,8 @@ function check(bm: DirtyBitmap, m: Uint8Array, tail: number, froms: number[], ct
 
   // canonical paging: empty page -> no image, full page -> 1 byte, else the 4 KiB of bits
   for (let p = 0; p < bm.pageCount; p++) {
-    const lo = p * PAGE_BITS, hi = Math.min(n, lo + PAGE_BITS);
+    const lo = p * PAGE_BITS,
+      hi = Math.min(n, lo + PAGE_BITS);
     let c = 0;
     for (let r = lo; r < hi; r++) c += m[r];
     const img = bm.pageImage(p);
@@ -129,7 +144,8 @@ function check(bm: DirtyBitmap, m: Uint8Array, tail: number, froms: number[], ct
   }
 
   // next dirty / clean from the model
-  const nextD = new Int32Array(n + 1), nextC = new Int32Array(n + 1);
+  const nextD = new Int32Array(n + 1),
+    nextC = new Int32Array(n + 1);
   nextD[n] = -1;
   nextC[n] = n;
   for (let r = n - 1; r >= 0; r--) {
@@ -158,8 +174,14 @@ describe('DirtyBitmap', () => {
         ops.forEach((op, i) => {
           const ctx = `op ${i} ${JSON.stringify(op)}`;
           switch (op.k) {
-            case 'set': bm.setRegions(op.a, op.b); modelApply(m, op.a, op.b, 1); break;
-            case 'clear': bm.clearRegions(op.a, op.b); modelApply(m, op.a, op.b, 0); break;
+            case 'set':
+              bm.setRegions(op.a, op.b);
+              modelApply(m, op.a, op.b, 1);
+              break;
+            case 'clear':
+              bm.clearRegions(op.a, op.b);
+              modelApply(m, op.a, op.b, 0);
+              break;
             case 'bytes':
               bm.setBytes(op.s, op.e);
               if (op.e > op.s) modelApply(m, Math.floor(op.s / RS), Math.floor((op.e - 1) / RS), 1);
@@ -167,12 +189,19 @@ describe('DirtyBitmap', () => {
             case 'scatter':
               for (const o of op.offs) {
                 const r = Math.min(n - 1, op.base + o);
-                if (op.dirty) bm.setRegions(r, r); else bm.clearRegions(r, r);
+                if (op.dirty) bm.setRegions(r, r);
+                else bm.clearRegions(r, r);
                 m[r] = op.dirty ? 1 : 0;
               }
               break;
-            case 'all': bm.setAll(); m.fill(1); break;
-            case 'none': bm.clearRegions(0, n - 1); m.fill(0); break;
+            case 'all':
+              bm.setAll();
+              m.fill(1);
+              break;
+            case 'none':
+              bm.clearRegions(0, n - 1);
+              m.fill(0);
+              break;
             case 'roundtrip': {
               // persist every page, then load them into a bitmap that starts in some other state
               const imgs = Array.from({ length: bm.pageCount }, (_, p) => image(bm, p, op.raw));
@@ -189,7 +218,8 @@ describe('DirtyBitmap', () => {
           const changed = new Set(bm.takeChangedPages());
           if (op.k !== 'roundtrip') {
             for (let p = 0; p < bm.pageCount; p++) {
-              const lo = p * PAGE_BITS, hi = Math.min(n, lo + PAGE_BITS);
+              const lo = p * PAGE_BITS,
+                hi = Math.min(n, lo + PAGE_BITS);
               let differs = false;
               for (let r = lo; r < hi && !differs; r++) differs = m[r] !== taken[r];
               if (differs) assert.ok(changed.has(p), `${ctx}: page ${p} changed but not in takeChangedPages()`);
@@ -205,7 +235,12 @@ describe('DirtyBitmap', () => {
   it('rejects region ranges outside the volume without changing anything', () => {
     const bm = new DirtyBitmap(10 * RS, RS);
     bm.setRegions(2, 3);
-    for (const [a, b] of [[0, 10], [-1, 0], [5, 4], [10, 10]]) {
+    for (const [a, b] of [
+      [0, 10],
+      [-1, 0],
+      [5, 4],
+      [10, 10],
+    ]) {
       assert.throws(() => bm.setRegions(a, b), RangeError, `setRegions(${a}, ${b})`);
       assert.throws(() => bm.clearRegions(a, b), RangeError, `clearRegions(${a}, ${b})`);
     }
@@ -229,7 +264,8 @@ describe('DirtyBitmap', () => {
   });
 
   describe('memory', () => {
-    const TiB = 2 ** 40, RS64 = 64 * 1024;
+    const TiB = 2 ** 40,
+      RS64 = 64 * 1024;
 
     it('a fully dirty 1 TiB volume at 64 KiB regions holds no pages (< 8 KiB)', () => {
       const bm = new DirtyBitmap(TiB, RS64);
@@ -255,7 +291,7 @@ describe('DirtyBitmap', () => {
       assert.ok(base < 8192);
       for (let p = 0; p < 10; p++) bm.setRegions(p * PAGE_BITS, p * PAGE_BITS + PAGE_BITS / 2 - 1);
       assert.equal(bm.memoryBytes, base + 10 * PAGE_BYTES);
-      assert.equal(bm.dirtyRegions, 10 * PAGE_BITS / 2);
+      assert.equal(bm.dirtyRegions, (10 * PAGE_BITS) / 2);
       for (let p = 0; p < 10; p++) assert.equal(bm.pageImage(p).length, PAGE_BYTES);
       // every other bit of a full page: materialized
       bm.setAll();
@@ -353,7 +389,25 @@ describe('DirtyBitmap', () => {
       assert.equal(bm.regionSize, s);
       assert.equal(bm.regions, 11);
     }
-    for (const s of [0, -4096, 1, 512, 2048, 4095, 4097, 6144, 12288, 3 << 16, (1 << 20) - 1, (1 << 20) + 4096, 1 << 21, 1 << 30, 4096.5, NaN, Infinity]) {
+    for (const s of [
+      0,
+      -4096,
+      1,
+      512,
+      2048,
+      4095,
+      4097,
+      6144,
+      12288,
+      3 << 16,
+      (1 << 20) - 1,
+      (1 << 20) + 4096,
+      1 << 21,
+      1 << 30,
+      4096.5,
+      NaN,
+      Infinity,
+    ]) {
       assert.throws(() => new DirtyBitmap(1 << 30, s), RangeError, `region size ${s}`);
     }
     for (const size of [-1, 1.5, NaN, Infinity, 2 ** 53]) {
@@ -385,7 +439,13 @@ describe('DirtyBitmap', () => {
     bm.clearRegions(r, r);
     assert.equal(bm.nextClean(0), r);
     assert.equal(bm.nextDirty(r), r + 1);
-    assert.deepEqual([...bm.runs()], [[0, r], [r + 1, n]]);
+    assert.deepEqual(
+      [...bm.runs()],
+      [
+        [0, r],
+        [r + 1, n],
+      ],
+    );
   });
 
   it('a 32 TiB volume at 4 KiB regions (2^33 regions): region indexes above 2^32 do not alias low ones', () => {
@@ -404,20 +464,31 @@ describe('DirtyBitmap', () => {
 
 describe('DirtyBitmap.countRange / density (dashboard heat map)', () => {
   it('countRange equals a per-region count over random patterns and ranges', () => {
-    fc.assert(fc.property(fc.integer({ min: 1, max: 70000 }), fc.array(fc.tuple(fc.nat(70000), fc.nat(40000), fc.boolean()), { maxLength: 12 }),
-      fc.nat(70000), fc.nat(70000), (regions, ops, x, y) => {
-        const bm = new DirtyBitmap(regions * 4096, 4096);
-        for (const [a, len, set] of ops) {
-          const first = a % regions, last = Math.min(regions - 1, first + len);
-          if (set) bm.setRegions(first, last); else bm.clearRegions(first, last);
-        }
-        const a = Math.min(x, y) % (regions + 1), b = Math.min(regions, Math.max(x, y));
-        let n = 0;
-        for (let r = a; r < b; r++) if (bm.get(r)) n++;
-        assert.equal(bm.countRange(a, b), n);
-        const d = bm.density(17);
-        assert.equal(d.length, Math.min(17, regions));
-        assert.ok(d.every((v) => v >= 0 && v <= 1));
-      }), { numRuns: 200 });
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 70000 }),
+        fc.array(fc.tuple(fc.nat(70000), fc.nat(40000), fc.boolean()), { maxLength: 12 }),
+        fc.nat(70000),
+        fc.nat(70000),
+        (regions, ops, x, y) => {
+          const bm = new DirtyBitmap(regions * 4096, 4096);
+          for (const [a, len, set] of ops) {
+            const first = a % regions,
+              last = Math.min(regions - 1, first + len);
+            if (set) bm.setRegions(first, last);
+            else bm.clearRegions(first, last);
+          }
+          const a = Math.min(x, y) % (regions + 1),
+            b = Math.min(regions, Math.max(x, y));
+          let n = 0;
+          for (let r = a; r < b; r++) if (bm.get(r)) n++;
+          assert.equal(bm.countRange(a, b), n);
+          const d = bm.density(17);
+          assert.equal(d.length, Math.min(17, regions));
+          assert.ok(d.every((v) => v >= 0 && v <= 1));
+        },
+      ),
+      { numRuns: 200 },
+    );
   });
 });

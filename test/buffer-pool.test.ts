@@ -13,7 +13,8 @@ describe('BufferPool', () => {
     pool.give(b);
     pool.give(b); // a second give must not put it in the pool twice
     assert.equal(pool.idle, 1);
-    const c = pool.take(100), d = pool.take(100);
+    const c = pool.take(100),
+      d = pool.take(100);
     assert.notEqual(c.buffer, d.buffer, 'two live buffers never share memory');
     pool.give(Buffer.alloc(100)); // not from the pool
     assert.equal(pool.idle, 0);
@@ -38,7 +39,7 @@ describe('BufferPool', () => {
     pool.give(a); // after the last: ignored
     assert.equal(pool.idle, 1);
     assert.equal(pool.hold(a), false, 'idle: not lent, no hold');
-    assert.equal(pool.hold(Buffer.alloc(10)), false, 'not the pool\'s');
+    assert.equal(pool.hold(Buffer.alloc(10)), false, "not the pool's");
   });
 
   it('with align, take(n, skew) puts byte skew of the view on an aligned address', () => {
@@ -57,13 +58,17 @@ describe('BufferPool', () => {
   it('a FrameDecoder joins a payload spanning chunks into the buffer its allocator gives', () => {
     const pool = new BufferPool(8192, 4);
     const got: Buffer[] = [];
-    const fd = new FrameDecoder((_cmd, p) => got.push(p), undefined, (n) => pool.take(n));
+    const fd = new FrameDecoder(
+      (_cmd, p) => got.push(p),
+      undefined,
+      (n) => pool.take(n),
+    );
     const data = Buffer.alloc(4096, 7);
     const frame = Buffer.concat([encodeProtectedWriteHead(1, 0, 8, IO_OK), data]);
     for (let o = 0; o < frame.length; o += 1000) fd.push(frame.subarray(o, o + 1000));
     assert.equal(got.length, 1);
     assert.ok(got[0].subarray(got[0].length - 4096).equals(data));
     pool.give(got[0]);
-    assert.equal(pool.idle, 1, 'the joined payload was the pool\'s');
+    assert.equal(pool.idle, 1, "the joined payload was the pool's");
   });
 });

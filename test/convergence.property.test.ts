@@ -8,8 +8,20 @@
 import { strict as assert } from 'node:assert';
 import fc from 'fast-check';
 import {
-  Cmd, Cap, ALL_CAPS, HEADER_SIZE, SECTOR, IO_OK, IO_ZEROES, IO_SPARSE, SPARSE_CHUNK, SPARSE_MAP_BYTES,
-  encodeSparseMap, encodeRemoteIoResHead, FrameDecoder, decode,
+  Cmd,
+  Cap,
+  ALL_CAPS,
+  HEADER_SIZE,
+  SECTOR,
+  IO_OK,
+  IO_ZEROES,
+  IO_SPARSE,
+  SPARSE_CHUNK,
+  SPARSE_MAP_BYTES,
+  encodeSparseMap,
+  encodeRemoteIoResHead,
+  FrameDecoder,
+  decode,
 } from '../protocol';
 import { Hub } from '../src/hub/hub';
 import { AgentSession } from '../src/hub/session';
@@ -27,20 +39,40 @@ const RS = 4096;
 
 /** A hub incarnation's view of a disk: dead after a crash, like a killed process's fds. */
 class Fenced implements BlockTarget {
-  constructor(private readonly v: MemoryVolume, private readonly life: { dead: boolean }) {}
-  get sizeBytes() { return this.v.sizeBytes; }
-  async read(b: Buffer, o: number) { if (!this.life.dead) await this.v.read(b, o); }
-  async write(b: Buffer, o: number) { if (!this.life.dead) await this.v.write(b, o); }
+  constructor(
+    private readonly v: MemoryVolume,
+    private readonly life: { dead: boolean },
+  ) {}
+  get sizeBytes() {
+    return this.v.sizeBytes;
+  }
+  async read(b: Buffer, o: number) {
+    if (!this.life.dead) await this.v.read(b, o);
+  }
+  async write(b: Buffer, o: number) {
+    if (!this.life.dead) await this.v.write(b, o);
+  }
   async flush() {}
   async close() {}
 }
 function fencedStore(s: MemoryStateStore, life: { dead: boolean }): StateStore {
   return {
-    volume: (n) => s.volume(n), volumes: () => s.volumes(), allocateVolumeId: () => s.allocateVolumeId(),
+    volume: (n) => s.volume(n),
+    volumes: () => s.volumes(),
+    allocateVolumeId: () => s.allocateVolumeId(),
     loadBitmap: (n, bm) => s.loadBitmap(n, bm),
-    meta: (k) => s.meta(k), putMeta: (k, v) => { if (!life.dead) s.putMeta(k, v); },
-    putVolume: async (r, d) => { if (!life.dead) await s.putVolume(r); void d; },
-    saveBitmap: async (n, bm, d) => { if (!life.dead) await s.saveBitmap(n, bm); void d; },
+    meta: (k) => s.meta(k),
+    putMeta: (k, v) => {
+      if (!life.dead) s.putMeta(k, v);
+    },
+    putVolume: async (r, d) => {
+      if (!life.dead) await s.putVolume(r);
+      void d;
+    },
+    saveBitmap: async (n, bm, d) => {
+      if (!life.dead) await s.saveBitmap(n, bm);
+      void d;
+    },
     close: async () => {},
   };
 }
@@ -52,15 +84,22 @@ function fencedStore(s: MemoryStateStore, life: { dead: boolean }): StateStore {
  */
 class AgentDisk implements BlockTarget {
   readonly data: Buffer;
-  constructor(readonly sizeBytes: number, private readonly reads: (() => void)[]) {
+  constructor(
+    readonly sizeBytes: number,
+    private readonly reads: (() => void)[],
+  ) {
     this.data = Buffer.alloc(sizeBytes);
   }
   async read(b: Buffer, o: number) {
     this.data.copy(b, 0, o, o + b.length);
     await new Promise<void>((done) => this.reads.push(done));
   }
-  writeSync(b: Buffer, o: number) { b.copy(this.data, o); }
-  async write(b: Buffer, o: number) { this.writeSync(b, o); }
+  writeSync(b: Buffer, o: number) {
+    b.copy(this.data, o);
+  }
+  async write(b: Buffer, o: number) {
+    this.writeSync(b, o);
+  }
   async flush() {}
   async close() {}
 }
@@ -80,11 +119,13 @@ class SparseLink extends Link {
     if (head.readUInt16LE(4) !== Cmd.REMOTE_IO_RES) return bufs;
     const status = head.readInt32LE(HEADER_SIZE + 4);
     if (status !== IO_OK && status !== IO_ZEROES) return bufs;
-    const reqId = head.readUInt32LE(HEADER_SIZE), volumeId = Number(head.readBigUInt64LE(HEADER_SIZE + 8));
+    const reqId = head.readUInt32LE(HEADER_SIZE),
+      volumeId = Number(head.readBigUInt64LE(HEADER_SIZE + 8));
     const len = this.readBytes.get(reqId) ?? 0;
     if (reqId % 2 === 0 || len === 0) return bufs;
     const data = status === IO_OK ? Buffer.concat(bufs.slice(1)) : Buffer.alloc(len);
-    const present: boolean[] = [], parts: Buffer[] = [];
+    const present: boolean[] = [],
+      parts: Buffer[] = [];
     for (let a = 0; a < data.length; a += SPARSE_CHUNK) {
       const c = data.subarray(a, Math.min(a + SPARSE_CHUNK, data.length));
       present.push(!c.every((x) => x === 0));
@@ -97,8 +138,13 @@ class SparseLink extends Link {
 }
 
 interface Conn {
-  session: AgentSession; a2h: Buffer[]; h2a: Buffer[]; alive: boolean;
-  hubIn: FrameDecoder; agentIn: FrameDecoder; channel: HubChannel;
+  session: AgentSession;
+  a2h: Buffer[];
+  h2a: Buffer[];
+  alive: boolean;
+  hubIn: FrameDecoder;
+  agentIn: FrameDecoder;
+  channel: HubChannel;
 }
 
 class World {
@@ -113,23 +159,33 @@ class World {
   agentReads: (() => void)[] = []; // remote reads on the agent that have read their data, not yet completed
   log: string[] = [];
 
-  constructor(readonly sizes: number[], readonly caps: number, readonly cfg: { inflight: number; readBytes: number }) {
+  constructor(
+    readonly sizes: number[],
+    readonly caps: number,
+    readonly cfg: { inflight: number; readBytes: number },
+  ) {
     this.prot = sizes.map((n) => new AgentDisk(n * RS, this.agentReads));
     const volumes = this.prot.map((target, i) => ({
-      name: `V${i}`, target, log: DirtyLog.memory(target.sizeBytes, RS),
+      name: `V${i}`,
+      target,
+      log: DirtyLog.memory(target.sizeBytes, RS),
     }));
     const limits = { maxQueueBytes: 64 << 20, maxPendingWrites: 65536, maxRemoteIo: 16, seekData: true };
     this.agent = new AgentCore(volumes, limits, new BufferPool(1 << 20, 16), silentLogger(), newStats());
     this.startHub();
   }
-  get legacy() { return this.caps === 0; }
+  get legacy() {
+    return this.caps === 0;
+  }
 
   startHub() {
     this.life = { dead: false };
     const life = this.life;
     this.hub = new Hub({
-      volumes: this.sizes.map((_, i) => ({ name: `V${i}`, path: `V${i}R` })), store: fencedStore(this.store, life),
-      log: process.env.SIM_DEBUG ? makeLogger('sim', 'debug') : silentLogger(), regionSize: RS,
+      volumes: this.sizes.map((_, i) => ({ name: `V${i}`, path: `V${i}R` })),
+      store: fencedStore(this.store, life),
+      log: process.env.SIM_DEBUG ? makeLogger('sim', 'debug') : silentLogger(),
+      regionSize: RS,
       session: { maxInflightReads: this.cfg.inflight, maxReadBytes: this.cfg.readBytes, checkpointMs: 1e9 },
       openTarget: (path, size) => {
         let d = this.disks.get(path);
@@ -142,14 +198,21 @@ class World {
   connect() {
     if (this.conn) return;
     const c = {} as Conn;
-    c.a2h = []; c.h2a = []; c.alive = true;
+    c.a2h = [];
+    c.h2a = [];
+    c.alive = true;
     c.session = this.hub.newSession({
-      send: (bufs) => { if (c.alive) c.h2a.push(Buffer.concat(bufs)); },
+      send: (bufs) => {
+        if (c.alive) c.h2a.push(Buffer.concat(bufs));
+      },
       close: () => this.drop('hub closed'),
       pause: () => {},
     });
     const io = {
-      write: (bufs: Buffer[], done?: () => void) => { if (c.alive) c.a2h.push(Buffer.concat(bufs)); done?.(); },
+      write: (bufs: Buffer[], done?: () => void) => {
+        if (c.alive) c.a2h.push(Buffer.concat(bufs));
+        done?.();
+      },
       queuedBytes: () => 0,
       close: () => {},
     };
@@ -162,7 +225,8 @@ class World {
       c.channel.receive(cmd, Buffer.from(p));
     });
     this.conn = c;
-    if (this.legacy) c.channel.startLegacy(); // a seed agent: no HELLO, its volumes at once
+    if (this.legacy)
+      c.channel.startLegacy(); // a seed agent: no HELLO, its volumes at once
     else c.channel.hello();
     this.log.push('connect');
   }
@@ -185,15 +249,22 @@ class World {
 
   crashHub() {
     this.life.dead = true; // the old incarnation can no longer touch disk or store
-    if (this.conn) { this.agentLost(this.conn); this.conn = null; }
+    if (this.conn) {
+      this.agentLost(this.conn);
+      this.conn = null;
+    }
     this.legacyClean = false;
     this.startHub();
     this.log.push('hub crash');
   }
 
-  protectedNow(v: number) { return this.conn !== null && this.agent.volumes.hubId(this.agent.volumes.list[v]) >= 0; }
+  protectedNow(v: number) {
+    return this.conn !== null && this.agent.volumes.hubId(this.agent.volumes.list[v]) >= 0;
+  }
 
-  canWrite(v: number) { return !this.legacy || this.protectedNow(v); }
+  canWrite(v: number) {
+    return !this.legacy || this.protectedNow(v);
+  }
 
   write(v: number, offSec: number, lenSec: number, fill: number) {
     const size = this.prot[v].sizeBytes;
@@ -209,7 +280,11 @@ class World {
     const c = this.conn;
     if (!c) return;
     for (let i = 0; i < n && c.a2h.length && c.alive; i++) {
-      try { c.hubIn.push(c.a2h.shift()!); } catch (e) { c.session.fail(e as Error); }
+      try {
+        c.hubIn.push(c.a2h.shift()!);
+      } catch (e) {
+        c.session.fail(e as Error);
+      }
     }
   }
 
@@ -254,18 +329,36 @@ class World {
       this.deliverH2A(1000);
       await this.settle();
       const states = [...this.hub.replicas.values()].map((r) => r.state);
-      if (c.a2h.length === 0 && c.h2a.length === 0 && this.agentReads.length === 0 && states.every((s) => s === 'protecting')) {
+      if (
+        c.a2h.length === 0 &&
+        c.h2a.length === 0 &&
+        this.agentReads.length === 0 &&
+        states.every((s) => s === 'protecting')
+      ) {
         await this.settle();
         if (c.a2h.length === 0 && c.h2a.length === 0 && this.agentReads.length === 0) return;
       }
     }
-    const syncs = [...this.hub.sessions].flatMap((s) => s.volumes.map((v) => `${v.replica.name}@${s.id}:report=${v.awaitingReport}:inflight=${v.inflight.size}`));
-    throw new Error(`no convergence: ${[...this.hub.replicas.values()].map((r) => `${r.name}:${r.state}:${r.bitmap?.dirtyRegions}`).join(' ')} ${syncs.join(' ')} a2h=${this.conn?.a2h.length} h2a=${this.conn?.h2a.length}; history: ${this.log.join(', ')}`);
+    const syncs = [...this.hub.sessions].flatMap((s) =>
+      s.volumes.map((v) => `${v.replica.name}@${s.id}:report=${v.awaitingReport}:inflight=${v.inflight.size}`),
+    );
+    throw new Error(
+      `no convergence: ${[...this.hub.replicas.values()].map((r) => `${r.name}:${r.state}:${r.bitmap?.dirtyRegions}`).join(' ')} ${syncs.join(' ')} a2h=${this.conn?.a2h.length} h2a=${this.conn?.h2a.length}; history: ${this.log.join(', ')}`,
+    );
   }
 }
 
 const action = fc.oneof(
-  { weight: 6, arbitrary: fc.record({ t: fc.constant('write' as const), v: fc.nat(3), off: fc.nat(200), len: fc.integer({ min: 1, max: 24 }), fill: fc.oneof(fc.nat(255), fc.constant(0)) }) },
+  {
+    weight: 6,
+    arbitrary: fc.record({
+      t: fc.constant('write' as const),
+      v: fc.nat(3),
+      off: fc.nat(200),
+      len: fc.integer({ min: 1, max: 24 }),
+      fill: fc.oneof(fc.nat(255), fc.constant(0)),
+    }),
+  },
   { weight: 4, arbitrary: fc.record({ t: fc.constant('a2h' as const), n: fc.integer({ min: 1, max: 4 }) }) },
   { weight: 4, arbitrary: fc.record({ t: fc.constant('h2a' as const), n: fc.integer({ min: 1, max: 4 }) }) },
   { weight: 3, arbitrary: fc.record({ t: fc.constant('run' as const) }) },
@@ -283,21 +376,44 @@ async function runCase(sizes: number[], caps: number, cfg: { inflight: number; r
   w.connect();
   for (const a of actions) {
     switch (a.t) {
-      case 'write': { const v = a.v % sizes.length; if (w.canWrite(v)) w.write(v, a.off, a.len, a.fill); break; }
-      case 'a2h': await w.deliverA2H(a.n); break;
-      case 'h2a': w.deliverH2A(a.n); break;
-      case 'run': await w.settle(); break;
-      case 'readDone': w.readDone(a.pick); break;
-      case 'converge': await w.quiesce(); break; // faults after a converged state matter most
-      case 'checkpoint': for (const r of w.hub.replicas.values()) await r.checkpoint(); break;
-      case 'drop': w.drop('link'); break;
-      case 'connect': w.connect(); break;
-      case 'crash': w.crashHub(); break;
+      case 'write': {
+        const v = a.v % sizes.length;
+        if (w.canWrite(v)) w.write(v, a.off, a.len, a.fill);
+        break;
+      }
+      case 'a2h':
+        await w.deliverA2H(a.n);
+        break;
+      case 'h2a':
+        w.deliverH2A(a.n);
+        break;
+      case 'run':
+        await w.settle();
+        break;
+      case 'readDone':
+        w.readDone(a.pick);
+        break;
+      case 'converge':
+        await w.quiesce();
+        break; // faults after a converged state matter most
+      case 'checkpoint':
+        for (const r of w.hub.replicas.values()) await r.checkpoint();
+        break;
+      case 'drop':
+        w.drop('link');
+        break;
+      case 'connect':
+        w.connect();
+        break;
+      case 'crash':
+        w.crashHub();
+        break;
       case 'shutdown':
         if (w.conn) {
           await w.shutdown();
           await w.deliverA2H(100000); // everything before it, then the shutdown itself
-          await w.settle(); await w.settle();
+          await w.settle();
+          await w.settle();
           if (w.legacy) w.legacyClean = true;
           w.drop('clean shutdown');
         }
@@ -334,17 +450,43 @@ describe('convergence invariant (property-based, real sync engine, real agent co
   it(`agent with extensions: ${runs} random interleavings converge byte-equal`, async () => {
     // Always run: a region that held data is zeroed while apart and resynced by a sparse answer
     // (the hub must write the zero chunk, not skip it).
-    const zeroedWhileApart: any = [[1], ALL_CAPS, { inflight: 1, readBytes: RS },
-      [{ t: 'write', v: 0, off: 0, len: 1, fill: 1 }, { t: 'converge' }, { t: 'drop' }, { t: 'write', v: 0, off: 0, len: 1, fill: 0 }]];
+    const zeroedWhileApart: any = [
+      [1],
+      ALL_CAPS,
+      { inflight: 1, readBytes: RS },
+      [
+        { t: 'write', v: 0, off: 0, len: 1, fill: 1 },
+        { t: 'converge' },
+        { t: 'drop' },
+        { t: 'write', v: 0, off: 0, len: 1, fill: 0 },
+      ],
+    ];
     // Always run: the ack of a write arrives while a later write to its region is still on the
     // way, and the link drops before that one lands: the region must stay dirty on the agent.
-    const laterWritePends: any = [[1], ALL_CAPS, { inflight: 1, readBytes: RS },
-      [{ t: 'converge' }, { t: 'write', v: 0, off: 0, len: 1, fill: 5 }, { t: 'a2h', n: 1 }, { t: 'run' }, { t: 'run' },
-        { t: 'write', v: 0, off: 0, len: 1, fill: 6 }, { t: 'h2a', n: 4 }, { t: 'drop' }]];
-    await fc.assert(fc.asyncProperty(arb, ([sizes, caps, cfg, acts]) => runCase(sizes, caps, cfg, acts)),
-      { numRuns: runs, examples: [[zeroedWhileApart], [laterWritePends]] });
+    const laterWritePends: any = [
+      [1],
+      ALL_CAPS,
+      { inflight: 1, readBytes: RS },
+      [
+        { t: 'converge' },
+        { t: 'write', v: 0, off: 0, len: 1, fill: 5 },
+        { t: 'a2h', n: 1 },
+        { t: 'run' },
+        { t: 'run' },
+        { t: 'write', v: 0, off: 0, len: 1, fill: 6 },
+        { t: 'h2a', n: 4 },
+        { t: 'drop' },
+      ],
+    ];
+    await fc.assert(
+      fc.asyncProperty(arb, ([sizes, caps, cfg, acts]) => runCase(sizes, caps, cfg, acts)),
+      { numRuns: runs, examples: [[zeroedWhileApart], [laterWritePends]] },
+    );
   });
   it(`legacy seed agent (no HELLO): ${Math.ceil(runs / 3)} random interleavings converge byte-equal`, async () => {
-    await fc.assert(fc.asyncProperty(arb, ([sizes, , cfg, acts]) => runCase(sizes, 0, cfg, acts)), { numRuns: Math.ceil(runs / 3) });
+    await fc.assert(
+      fc.asyncProperty(arb, ([sizes, , cfg, acts]) => runCase(sizes, 0, cfg, acts)),
+      { numRuns: Math.ceil(runs / 3) },
+    );
   });
 });

@@ -11,12 +11,22 @@ describe('crash campaign (CI slice: 6 kills, fixed seed)', function () {
   it('every kill -9 of hub or agent under NBD write load converges byte-equal', async () => {
     const lines: string[] = [];
     const r = await runCampaign({
-      kills: 6, seed: 1234, rateMiB: 4, convergeTimeoutMs: 60_000,
-      out: (l) => { lines.push(l); process.stdout.write(`      ${l}\n`); },
+      kills: 6,
+      seed: 1234,
+      rateMiB: 4,
+      convergeTimeoutMs: 60_000,
+      out: (l) => {
+        lines.push(l);
+        process.stdout.write(`      ${l}\n`);
+      },
     });
     assert.equal(r.kills, 6, lines.join('\n'));
     assert.ok(r.hubKills > 0 && r.agentKills > 0, `seed 1234 kills both: hub=${r.hubKills} agent=${r.agentKills}`);
-    assert.deepEqual(r.mismatches.map((m) => ({ n: m.n, victim: m.victim, differingBytes: m.differingBytes, error: m.error })), [], `mismatches (dir ${r.dir})`);
+    assert.deepEqual(
+      r.mismatches.map((m) => ({ n: m.n, victim: m.victim, differingBytes: m.differingBytes, error: m.error })),
+      [],
+      `mismatches (dir ${r.dir})`,
+    );
     assert.equal(r.converged, 6);
     assert.equal(r.bytesLost, 0);
     assert.ok(r.guestWrites > 100, `the writer wrote through the agent: ${r.guestWrites} writes`);

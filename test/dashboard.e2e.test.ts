@@ -11,7 +11,7 @@ import { chromium } from 'playwright-core';
 import { Hub } from '../src/hub/hub';
 import { LmdbStateStore } from '../storage/state';
 import { silentLogger } from '../src/log';
-import { tmpdir, makeImage, waitFor } from './harness/util';
+import { tmpdir, makeImage } from './harness/util';
 import { startTestAgent } from './harness/test-agent';
 import { CLI } from './harness/hub-process';
 
@@ -23,15 +23,26 @@ describe('operator view: metrics, status CLI, live dashboard in Chromium', funct
     const img = path.join(dir, 'V1.img');
     makeImage(img, 128 << 20, 0.8);
     const hub = new Hub({
-      volumes: [{ name: 'V1', path: path.join(dir, 'V1R') }], store: new LmdbStateStore(path.join(dir, 'hub')), log: silentLogger(),
+      volumes: [{ name: 'V1', path: path.join(dir, 'V1R') }],
+      store: new LmdbStateStore(path.join(dir, 'hub')),
+      log: silentLogger(),
       regionSize: 4096, // 4 KiB reads, one at a time: a sync slow enough to watch (and to see in /metrics)
       session: { maxInflightReads: 1, maxReadBytes: 4 << 10 },
     });
     const { port } = await hub.listen('127.0.0.1', 0);
     const web = await hub.listenHttp('127.0.0.1', 0);
     const browser = await chromium.launch({
-      executablePath: '/usr/bin/chromium', headless: true,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      executablePath: '/usr/bin/chromium',
+      headless: true,
+      args: [
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
     });
     try {
       const page = await browser.newPage({ viewport: { width: 1000, height: 420 } });
@@ -51,7 +62,6 @@ describe('operator view: metrics, status CLI, live dashboard in Chromium', funct
         await page.screenshot({ path: process.env.SCREENSHOT_OUT.replace(/\.png$/, '-syncing.png') });
       }
 
-
       await page.waitForSelector('[data-volume="V1"] .badge.protecting', { timeout: 60_000 });
       assert.equal(await page.textContent('[data-volume="V1"] .pct'), '100.0%');
       const shot = process.env.SCREENSHOT_OUT ?? path.join(os.tmpdir(), 'rephub-dashboard.png');
@@ -63,9 +73,20 @@ describe('operator view: metrics, status CLI, live dashboard in Chromium', funct
       assert.match(m2, /rephub_volume_dirty_bytes\{volume="V1",vm="web1"\} 0/);
       assert.match(m2, /rephub_volume_sync_bytes_total\{volume="V1",vm="web1"\} [1-9]/);
 
-      const { stdout } = await promisify(execFile)(process.execPath, [CLI, 'status', '--hub', `http://127.0.0.1:${web.port}`]);
+      const { stdout } = await promisify(execFile)(process.execPath, [
+        CLI,
+        'status',
+        '--hub',
+        `http://127.0.0.1:${web.port}`,
+      ]);
       assert.match(stdout, /V1\s+protecting\s+web1\s+128\.0MiB\s+0B\s+100\.0%/);
-      const { stdout: js } = await promisify(execFile)(process.execPath, [CLI, 'status', '--json', '--hub', `http://127.0.0.1:${web.port}`]);
+      const { stdout: js } = await promisify(execFile)(process.execPath, [
+        CLI,
+        'status',
+        '--json',
+        '--hub',
+        `http://127.0.0.1:${web.port}`,
+      ]);
       const st = JSON.parse(js);
       assert.equal(st.volumes[0].rpoLagMs, 0);
       assert.equal(st.agents[0].vm, 'web1');

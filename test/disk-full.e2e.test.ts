@@ -15,18 +15,35 @@ import { startTestAgent } from './harness/test-agent';
 describe('recovery volume on a full filesystem', function () {
   this.timeout(120_000);
   let mnt = '';
-  after(() => { if (mnt) { try { execFileSync('umount', [mnt]); } catch { /* already gone */ } } });
+  after(() => {
+    if (mnt) {
+      try {
+        execFileSync('umount', [mnt]);
+      } catch {
+        /* already gone */
+      }
+    }
+  });
 
   it('ENOSPC: error state with dirty regions, the other volume unaffected, recovery when space returns', async () => {
     const dir = tmpdir();
     mnt = path.join(dir, 'small');
     fs.mkdirSync(mnt);
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=6m', 'tmpfs', mnt]); // needs root, as CI runs
-    const a = path.join(dir, 'A.img'), b = path.join(dir, 'B.img');
+    const a = path.join(dir, 'A.img'),
+      b = path.join(dir, 'B.img');
     makeImage(a, 16 << 20, 1.0); // all data: 16 MiB cannot fit in 6 MiB
     makeImage(b, 4 << 20, 0.5);
-    const ar = path.join(mnt, 'AR'), br = path.join(dir, 'BR');
-    const hub = new Hub({ volumes: [{ name: 'A', path: ar }, { name: 'B', path: br }], store: new LmdbStateStore(path.join(dir, 'hub')), log: silentLogger() });
+    const ar = path.join(mnt, 'AR'),
+      br = path.join(dir, 'BR');
+    const hub = new Hub({
+      volumes: [
+        { name: 'A', path: ar },
+        { name: 'B', path: br },
+      ],
+      store: new LmdbStateStore(path.join(dir, 'hub')),
+      log: silentLogger(),
+    });
     const { port } = await hub.listen('127.0.0.1', 0);
     const agent = startTestAgent({ port, images: { A: a, B: b } });
 

@@ -11,7 +11,8 @@ import { HubProcess, CLI, v1Hub } from './harness/hub-process';
 import { AgentProcess, v1Agent } from './harness/agent-process';
 
 const MiB = 1 << 20;
-const run = (cmd: string, args: string[], timeout = 120_000) => execFileSync(cmd, args, { timeout, stdio: ['ignore', 'pipe', 'pipe'] }).toString();
+const run = (cmd: string, args: string[], timeout = 120_000) =>
+  execFileSync(cmd, args, { timeout, stdio: ['ignore', 'pipe', 'pipe'] }).toString();
 const qio = (uri: string, ...cmds: string[]) => run('qemu-io', ['-f', 'raw', ...cmds.flatMap((c) => ['-c', c]), uri]);
 function copyOut(uri: string, file: string): string {
   run('nbdcopy', [uri, file]);
@@ -36,7 +37,8 @@ describe('failover test, failover and failback', function () {
 
   beforeEach(async () => {
     dir = tmpdir();
-    img = path.join(dir, 'V1.img'); rep = path.join(dir, 'V1R');
+    img = path.join(dir, 'V1.img');
+    rep = path.join(dir, 'V1R');
     makeImage(img, size, 0.5);
     hub = v1Hub(dir, rep);
     await hub.start();
@@ -54,8 +56,23 @@ describe('failover test, failover and failback', function () {
     qio(agent.uri('V1'), 'write -P 0xa1 4M 1M'); // pattern A at 4M before the freeze
     await converged();
     // a writer that keeps writing through the agent during the whole test (16M..32M)
-    const writer = spawn('fio', ['--name=w', '--ioengine=nbd', `--uri=${agent.uri('V1')}`, '--rw=randwrite', '--bs=64k', '--iodepth=4',
-      '--offset=16m', '--size=16m', '--time_based', '--runtime=4', '--rate=4m'], { stdio: 'ignore' });
+    const writer = spawn(
+      'fio',
+      [
+        '--name=w',
+        '--ioengine=nbd',
+        `--uri=${agent.uri('V1')}`,
+        '--rw=randwrite',
+        '--bs=64k',
+        '--iodepth=4',
+        '--offset=16m',
+        '--size=16m',
+        '--time_based',
+        '--runtime=4',
+        '--rate=4m',
+      ],
+      { stdio: 'ignore' },
+    );
     const writerDone = new Promise((r) => writer.on('exit', r));
     await new Promise((r) => setTimeout(r, 300));
 
@@ -72,15 +89,23 @@ describe('failover test, failover and failback', function () {
     await converged(); // replication went on: recovery == protected during the test
 
     assert.ok(region(rep, 4 * MiB, MiB).equals(Buffer.alloc(MiB, 0xb2)), 'recovery volume has the post-freeze write');
-    assert.ok(!region(rep, 8 * MiB, 512 * 1024).equals(Buffer.alloc(512 * 1024, 0xc3)), 'test writes never reach the recovery volume');
-    assert.ok(!region(img, 8 * MiB, 512 * 1024).equals(Buffer.alloc(512 * 1024, 0xc3)), 'test writes never reach the protected volume');
+    assert.ok(
+      !region(rep, 8 * MiB, 512 * 1024).equals(Buffer.alloc(512 * 1024, 0xc3)),
+      'test writes never reach the recovery volume',
+    );
+    assert.ok(
+      !region(img, 8 * MiB, 512 * 1024).equals(Buffer.alloc(512 * 1024, 0xc3)),
+      'test writes never reach the protected volume',
+    );
     const v2 = path.join(dir, 'view2.raw');
     copyOut(hubUri('V1'), v2);
     assert.ok(region(v2, 4 * MiB, MiB).equals(Buffer.alloc(MiB, 0xa1)), 'the view still shows the pre-freeze content');
     assert.ok(region(v2, 8 * MiB, 512 * 1024).equals(Buffer.alloc(512 * 1024, 0xc3)), 'the view shows the test writes');
     // everything else in the view is exactly the frozen content
-    const a = fs.readFileSync(path.join(dir, 'view1.raw')), b = fs.readFileSync(v2);
-    b.fill(0, 8 * MiB, 8 * MiB + 512 * 1024); a.fill(0, 8 * MiB, 8 * MiB + 512 * 1024);
+    const a = fs.readFileSync(path.join(dir, 'view1.raw')),
+      b = fs.readFileSync(v2);
+    b.fill(0, 8 * MiB, 8 * MiB + 512 * 1024);
+    a.fill(0, 8 * MiB, 8 * MiB + 512 * 1024);
     assert.ok(a.equals(b), 'view frozen outside the test-written range');
     assert.notEqual(t1, sha(img), 'the protected volume moved on meanwhile');
 
@@ -103,8 +128,19 @@ describe('failover test, failover and failback', function () {
 
   it('a tiny Linux VM launched with --launch on the test export writes through its kernel; the protected side is untouched', async () => {
     const before = sha(img);
-    const out = run(process.execPath, [CLI, 'failover-test', 'start', '--hub', `http://127.0.0.1:${hub.httpPort}`,
-      '--launch', `bash ${path.join(__dirname, '../../tools/tiny-vm.sh')} {V1} rephub-ft 4`], 280_000);
+    const out = run(
+      process.execPath,
+      [
+        CLI,
+        'failover-test',
+        'start',
+        '--hub',
+        `http://127.0.0.1:${hub.httpPort}`,
+        '--launch',
+        `bash ${path.join(__dirname, '../../tools/tiny-vm.sh')} {V1} rephub-ft 4`,
+      ],
+      280_000,
+    );
     assert.match(out, /PASS/);
     assert.equal(sha(img), before, 'protected volume untouched');
     assert.equal(sha(rep), before, 'recovery volume untouched');
@@ -115,7 +151,10 @@ describe('failover test, failover and failback', function () {
     assert.equal((await hub.post('/failover')).status, 409, 'refused while the protected site is connected');
     // nothing unacked, and the log file says so too (hot regions stay dirty there for up to two
     // log syncs): a kill -9 now leaves no false divergence
-    await waitFor('agent log clean', async () => await agent.clean() && (await agent.status()).volumes.every((v: any) => v.logDirtyBytes === 0));
+    await waitFor(
+      'agent log clean',
+      async () => (await agent.clean()) && (await agent.status()).volumes.every((v: any) => v.logDirtyBytes === 0),
+    );
     await agent.kill9(); // the protected site dies
     await waitFor('hub saw the agent go', async () => (await hub.status()).agents.length === 0);
     const fo = await hub.post('/failover');
@@ -133,7 +172,9 @@ describe('failover test, failover and failback', function () {
     const fb = await hub.post('/failback');
     assert.equal(fb.status, 200, JSON.stringify(fb.body));
     const moved = fb.body.volumes[0].movedBytes;
-    process.stdout.write(`      failback: ${moved} bytes moved for ${11 * MiB + 64 * 1024} bytes changed on the recovery side\n`);
+    process.stdout.write(
+      `      failback: ${moved} bytes moved for ${11 * MiB + 64 * 1024} bytes changed on the recovery side\n`,
+    );
     assert.equal(moved, 11 * MiB + 64 * 1024, 'only the changed regions move');
     await waitFor('byte-equal', () => sha(img) === sha(rep));
     assert.ok(region(img, 2 * MiB, 3 * MiB).equals(Buffer.alloc(3 * MiB, 0xd4)));

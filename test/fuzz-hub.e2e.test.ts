@@ -21,8 +21,17 @@ describe('fuzzing a live hub process', function () {
 
   it('20,000 hostile frames: hub alive, garbage sessions closed with the right ERROR, no hang, RSS bounded, V1 refused to claimants and byte-equal', async () => {
     const r = await runCampaign({
-      frames: 20_000, conns: 4, seed: 20240611, imageMiB: 8, fuzzVolumes: 2, silentPeers: 1,
-      bigFrames: 0, bigDirtyBytes: 3 * MiB, floodBytes: 40 * 1024, maxRssMiB: 300, hangMs: 10_000,
+      frames: 20_000,
+      conns: 4,
+      seed: 20240611,
+      imageMiB: 8,
+      fuzzVolumes: 2,
+      silentPeers: 1,
+      bigFrames: 0,
+      bigDirtyBytes: 3 * MiB,
+      floodBytes: 40 * 1024,
+      maxRssMiB: 300,
+      hangMs: 10_000,
     });
     process.stdout.write(`      ${tally(r)}\n`);
     const why = `\n${[...details(r), ...r.failures.map((f) => `  - ${f}`)].join('\n')}`;
@@ -57,11 +66,14 @@ describe('fuzzing a live hub process', function () {
       sock.pause(); // never read
       const pid = hub.proc!.pid!;
       const base = rssMiB(pid);
-      const ping = encodePing(1), n = 2_500_000; // 50 MB of PINGs
+      const ping = encodePing(1),
+        n = 2_500_000; // 50 MB of PINGs
       const flood = Buffer.allocUnsafe(n * ping.length);
       for (let i = 0; i < n; i++) ping.copy(flood, i * ping.length);
       let written = false;
-      sock.write(flood, () => { written = true; });
+      sock.write(flood, () => {
+        written = true;
+      });
       let peak = base;
       const until = Date.now() + 5000;
       let doneAt = 0;
@@ -72,14 +84,25 @@ describe('fuzzing a live hub process', function () {
         await new Promise((r) => setTimeout(r, 50));
       }
       assert.ok(hub.proc!.exitCode === null && hub.proc!.signalCode === null, 'hub alive');
-      assert.ok(peak - base < 160, `hub RSS grew from ${base.toFixed(0)} to ${peak.toFixed(0)} MiB while a peer that does not read sent 50 MB of PINGs ` +
-        '(replies are buffered without bound; a hub must stop reading from a peer that does not take its replies)');
+      assert.ok(
+        peak - base < 160,
+        `hub RSS grew from ${base.toFixed(0)} to ${peak.toFixed(0)} MiB while a peer that does not read sent 50 MB of PINGs ` +
+          '(replies are buffered without bound; a hub must stop reading from a peer that does not take its replies)',
+      );
       // Once the peer reads again, the hub answers every PING (or has dropped the peer).
       let got = 0;
-      sock.on('data', (c) => { got += c.length; });
+      sock.on('data', (c) => {
+        got += c.length;
+      });
       const closed = new Promise<void>((r) => sock.once('close', () => r()));
       sock.resume();
-      await Promise.race([closed, (async () => { while (got < flood.length) await new Promise((r) => setTimeout(r, 50)); })(), new Promise((r) => setTimeout(r, 30_000))]);
+      await Promise.race([
+        closed,
+        (async () => {
+          while (got < flood.length) await new Promise((r) => setTimeout(r, 50));
+        })(),
+        new Promise((r) => setTimeout(r, 30_000)),
+      ]);
       assert.ok(got === flood.length || sock.destroyed, `after resuming: ${got} of ${flood.length} bytes of PONGs`);
       assert.ok((await hub.status()).volumes.length === 1, 'hub still serving');
     } finally {

@@ -32,7 +32,8 @@ function violations(dirs: string[], forbidden: string[]): string[] {
   const bad: string[] = [];
   for (const file of dirs.flatMap(sources)) {
     for (const target of importsOf(file)) {
-      if (forbidden.some((f) => target === f || target.startsWith(`${f}${path.sep}`))) bad.push(`${file} imports ${target}`);
+      if (forbidden.some((f) => target === f || target.startsWith(`${f}${path.sep}`)))
+        bad.push(`${file} imports ${target}`);
     }
   }
   return bad;

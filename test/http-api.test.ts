@@ -30,17 +30,40 @@ describe('hub HTTP API (http-api.ts)', () => {
     heat: () => ({}),
   };
   const actions: OperatorActions = {
-    startTest: async (o) => { calls.push(['startTest', o]); return { volumes: [] }; },
-    stopTest: async () => { throw new Refused('no failover test is running'); },
-    failoverNow: async () => { throw new Error('disk on fire'); },
-    failback: async (o) => { calls.push(['failback', o]); return { volumes: [] }; },
+    startTest: async (o) => {
+      calls.push(['startTest', o]);
+      return { volumes: [] };
+    },
+    stopTest: async () => {
+      throw new Refused('no failover test is running');
+    },
+    failoverNow: async () => {
+      throw new Error('disk on fire');
+    },
+    failback: async (o) => {
+      calls.push(['failback', o]);
+      return { volumes: [] };
+    },
   };
   const monitor = new Monitor(source);
-  const api = new HttpApi({ status: () => source.status(), monitor, actions, isRefusal: (e) => e instanceof Refused, log: silentLogger() });
+  const api = new HttpApi({
+    status: () => source.status(),
+    monitor,
+    actions,
+    isRefusal: (e) => e instanceof Refused,
+    log: silentLogger(),
+  });
   let port = 0;
-  before(async () => { port = (await api.listen('127.0.0.1', 0)).port; });
-  after(() => { api.close(); monitor.close(); });
-  beforeEach(() => { calls.length = 0; });
+  before(async () => {
+    port = (await api.listen('127.0.0.1', 0)).port;
+  });
+  after(() => {
+    api.close();
+    monitor.close();
+  });
+  beforeEach(() => {
+    calls.length = 0;
+  });
 
   it('serves /status, /metrics from the status source, the dashboard, and 404 elsewhere', async () => {
     const base = `http://127.0.0.1:${port}`;

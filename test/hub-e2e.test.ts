@@ -10,9 +10,15 @@ import { startTestAgent } from './harness/test-agent';
 describe('hub end to end over TCP (in-process hub, test agent)', () => {
   it('initial sync with writes during sync converges byte-equal', async () => {
     const dir = tmpdir();
-    const img = path.join(dir, 'V1.img'), rep = path.join(dir, 'V1R');
+    const img = path.join(dir, 'V1.img'),
+      rep = path.join(dir, 'V1R');
     makeImage(img, 16 << 20);
-    const hub = new Hub({ volumes: [{ name: 'V1', path: rep }], store: new LmdbStateStore(path.join(dir, 'hub')), log: silentLogger(), session: { maxInflightReads: 2, maxReadBytes: 128 << 10 } });
+    const hub = new Hub({
+      volumes: [{ name: 'V1', path: rep }],
+      store: new LmdbStateStore(path.join(dir, 'hub')),
+      log: silentLogger(),
+      session: { maxInflightReads: 2, maxReadBytes: 128 << 10 },
+    });
     const { port } = await hub.listen('127.0.0.1', 0);
     const agent = startTestAgent({ port, images: { V1: img } });
     // write while the initial sync runs
@@ -32,13 +38,20 @@ describe('hub end to end over TCP (in-process hub, test agent)', () => {
 describe('hub: several agents, a misbehaving peer, a volume claimed twice', () => {
   it('a garbage peer and a second claimant are refused while two good agents converge', async () => {
     const net = await import('node:net');
-    const { encodeHello, encodeReportVmVolumes, FrameDecoder, decode, Cmd, ErrorCode, ALL_CAPS } = await import('../protocol');
+    const { encodeHello, encodeReportVmVolumes, FrameDecoder, decode, Cmd, ErrorCode, ALL_CAPS } =
+      await import('../protocol');
     const dir = tmpdir();
-    const a = path.join(dir, 'A.img'), b = path.join(dir, 'B.img');
-    makeImage(a, 8 << 20); makeImage(b, 4 << 20);
+    const a = path.join(dir, 'A.img'),
+      b = path.join(dir, 'B.img');
+    makeImage(a, 8 << 20);
+    makeImage(b, 4 << 20);
     const hub = new Hub({
-      volumes: [{ name: 'A', path: path.join(dir, 'AR') }, { name: 'B', path: path.join(dir, 'BR') }],
-      store: new LmdbStateStore(path.join(dir, 'hub')), log: silentLogger(),
+      volumes: [
+        { name: 'A', path: path.join(dir, 'AR') },
+        { name: 'B', path: path.join(dir, 'BR') },
+      ],
+      store: new LmdbStateStore(path.join(dir, 'hub')),
+      log: silentLogger(),
     });
     const { port } = await hub.listen('127.0.0.1', 0);
     await hub.listenHttp('127.0.0.1', 0);
@@ -48,7 +61,10 @@ describe('hub: several agents, a misbehaving peer, a volume claimed twice', () =
     // garbage: a bad magic closes that session only, with an ERROR frame first
     const errs: number[] = [];
     const bad = net.connect(port, '127.0.0.1');
-    const badDec = new FrameDecoder((cmd, p) => { const m = decode(cmd, p); if (m.cmd === Cmd.ERROR) errs.push(m.code); });
+    const badDec = new FrameDecoder((cmd, p) => {
+      const m = decode(cmd, p);
+      if (m.cmd === Cmd.ERROR) errs.push(m.code);
+    });
     bad.on('data', (c) => badDec.push(c));
     const badClosed = new Promise((r) => bad.on('close', r));
     bad.write(Buffer.from('GET / HTTP/1.1\r\n\r\n'));
@@ -59,7 +75,10 @@ describe('hub: several agents, a misbehaving peer, a volume claimed twice', () =
     // another VM claiming A while vmA holds it is refused, not merged
     const thief = net.connect(port, '127.0.0.1');
     const got: string[] = [];
-    const dec = new FrameDecoder((cmd, p) => { const m = decode(cmd, p); got.push(m.cmd === Cmd.ERROR ? `ERROR ${m.code}` : Cmd[m.cmd]); });
+    const dec = new FrameDecoder((cmd, p) => {
+      const m = decode(cmd, p);
+      got.push(m.cmd === Cmd.ERROR ? `ERROR ${m.code}` : Cmd[m.cmd]);
+    });
     thief.on('data', (c) => dec.push(c));
     thief.write(encodeHello(1, ALL_CAPS, 0, 'vmX'));
     thief.write(encodeReportVmVolumes([{ name: 'A', sizeBytes: 8 << 20 }]));
@@ -78,7 +97,8 @@ describe('hub: several agents, a misbehaving peer, a volume claimed twice', () =
     assert.equal(va.dirtyBytes, 0);
     assert.equal(va.vm, 'vmA');
     assert.deepEqual(st.agents.map((x) => x.vm).sort(), ['vmA', 'vmB']);
-    await agentA.stop(); await agentB.stop();
+    await agentA.stop();
+    await agentB.stop();
     await hub.close();
   });
 });
@@ -89,8 +109,13 @@ describe('hub: idle connections cannot hold the session slots', () => {
     const dir = tmpdir();
     const img = path.join(dir, 'V1.img');
     makeImage(img, 2 << 20);
-    const hub = new Hub({ volumes: [{ name: 'V1', path: path.join(dir, 'V1R') }], store: new LmdbStateStore(path.join(dir, 'hub')), log: silentLogger(),
-      maxSessions: 3, session: { handshakeMs: 300 } });
+    const hub = new Hub({
+      volumes: [{ name: 'V1', path: path.join(dir, 'V1R') }],
+      store: new LmdbStateStore(path.join(dir, 'hub')),
+      log: silentLogger(),
+      maxSessions: 3,
+      session: { handshakeMs: 300 },
+    });
     const { port } = await hub.listen('127.0.0.1', 0);
     const idle = [0, 1, 2].map(() => net.connect(port, '127.0.0.1'));
     await waitFor('slots taken', () => hub.sessions.size === 3);

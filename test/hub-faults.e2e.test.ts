@@ -29,18 +29,25 @@ describe('hub process end to end: faults', function () {
     await agent?.stop(500);
     proxy?.close();
     await hub?.stop();
-    agent = undefined; proxy = undefined;
+    agent = undefined;
+    proxy = undefined;
   });
 
   it('initial sync, link cut with writes while apart (delta resync), then clean stop', async () => {
-    const img = path.join(dir, 'V1.img'), rep = path.join(dir, 'V1R'), img2 = path.join(dir, 'V2.img'), rep2 = path.join(dir, 'V2R');
-    makeImage(img, size); makeImage(img2, 8 * MiB);
+    const img = path.join(dir, 'V1.img'),
+      rep = path.join(dir, 'V1R'),
+      img2 = path.join(dir, 'V2.img'),
+      rep2 = path.join(dir, 'V2R');
+    makeImage(img, size);
+    makeImage(img2, 8 * MiB);
     hub = new HubProcess(['--vol', `V1=${rep}`, '--vol', `V2=${rep2}`, '--data', path.join(dir, 'hub')]);
     await hub.start();
     proxy = new CutProxy(hub.port);
     agent = startTestAgent({ port: await proxy.listen(), images: { V1: img, V2: img2 }, stateDir: dir });
     await writeSome(agent, 'V1', size, 300);
-    await waitFor('both protecting', async () => (await hub.status()).volumes.every((v: any) => v.state === 'protecting'));
+    await waitFor('both protecting', async () =>
+      (await hub.status()).volumes.every((v: any) => v.state === 'protecting'),
+    );
     assert.equal(sha(img), sha(rep));
     assert.equal(sha(img2), sha(rep2));
     const before = (await hub.volume('V1')).syncBytes;
@@ -49,7 +56,10 @@ describe('hub process end to end: faults', function () {
     await waitFor('degraded', async () => (await hub.volume('V1')).state === 'degraded');
     const apart = await writeSome(agent, 'V1', size, 50, 64 * 1024); // the VM keeps running
     proxy.restore();
-    await waitFor('protecting again', async () => (await hub.volume('V1')).state === 'protecting' && (await hub.volume('V1')).dirtyBytes === 0);
+    await waitFor(
+      'protecting again',
+      async () => (await hub.volume('V1')).state === 'protecting' && (await hub.volume('V1')).dirtyBytes === 0,
+    );
     await waitFor('byte-equal', () => sha(img) === sha(rep));
     const resynced = (await hub.volume('V1')).syncBytes - before;
     // Delta, not full: at most what was written while apart (64 KiB aligned writes, 64 KiB regions).
@@ -63,12 +73,21 @@ describe('hub process end to end: faults', function () {
   });
 
   it('hub kill -9 during sync and under writes, restart resumes and converges', async () => {
-    const img = path.join(dir, 'V1.img'), rep = path.join(dir, 'V1R');
+    const img = path.join(dir, 'V1.img'),
+      rep = path.join(dir, 'V1R');
     makeImage(img, size, 0.9);
     hub = v1Hub(dir, rep);
     await hub.start();
     agent = startTestAgent({ port: hub.port, images: { V1: img }, stateDir: dir });
-    await waitFor('sync under way', async () => { const v = await hub.volume('V1'); return v.state === 'syncing' && v.dirtyBytes < size; }, 30000, 5);
+    await waitFor(
+      'sync under way',
+      async () => {
+        const v = await hub.volume('V1');
+        return v.state === 'syncing' && v.dirtyBytes < size;
+      },
+      30000,
+      5,
+    );
     await hub.kill9();
     await writeSome(agent, 'V1', size, 100); // the VM keeps running with the hub dead
     await hub.start();
@@ -84,12 +103,17 @@ describe('hub process end to end: faults', function () {
     await hub.kill9();
     await writes;
     await hub.start();
-    await waitFor('protecting after second restart', async () => (await hub.volume('V1')).state === 'protecting', 60000);
+    await waitFor(
+      'protecting after second restart',
+      async () => (await hub.volume('V1')).state === 'protecting',
+      60000,
+    );
     await waitFor('byte-equal again', () => sha(img) === sha(rep));
   });
 
   it('agent restart: the persisted dirty log brings writes made while the hub was away', async () => {
-    const img = path.join(dir, 'V1.img'), rep = path.join(dir, 'V1R');
+    const img = path.join(dir, 'V1.img'),
+      rep = path.join(dir, 'V1R');
     makeImage(img, 8 * MiB);
     hub = v1Hub(dir, rep);
     await hub.start();
@@ -100,7 +124,10 @@ describe('hub process end to end: faults', function () {
     await agent.stop(200); // agent stops too, with unsent writes only in its dirty log
     agent = startTestAgent({ port: hub.port, images: { V1: img }, stateDir: dir });
     await hub.start();
-    await waitFor('protecting', async () => (await hub.volume('V1')).state === 'protecting' && (await hub.volume('V1')).dirtyBytes === 0);
+    await waitFor(
+      'protecting',
+      async () => (await hub.volume('V1')).state === 'protecting' && (await hub.volume('V1')).dirtyBytes === 0,
+    );
     await waitFor('byte-equal', () => sha(img) === sha(rep));
   });
 });

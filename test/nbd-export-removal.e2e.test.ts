@@ -64,13 +64,19 @@ function region(file: string, off: number, len: number): Buffer {
 
 describe('removing an NBD export closes its connections', function () {
   this.timeout(180_000);
-  let dir: string, hub: HubProcess, agent: AgentProcess, img: string, rep: string, client: HeldClient | null = null;
+  let dir: string,
+    hub: HubProcess,
+    agent: AgentProcess,
+    img: string,
+    rep: string,
+    client: HeldClient | null = null;
   const size = 16 * MiB;
   const hubUri = (n: string) => `nbd://127.0.0.1:${hub.nbdPort}/${n}`;
 
   beforeEach(async () => {
     dir = tmpdir();
-    img = path.join(dir, 'V1.img'); rep = path.join(dir, 'V1R');
+    img = path.join(dir, 'V1.img');
+    rep = path.join(dir, 'V1R');
     makeImage(img, size, 0.5);
     hub = v1Hub(dir, rep);
     await hub.start();

@@ -2,25 +2,50 @@
 // state and action, with no socket.
 import { strict as assert } from 'node:assert';
 import {
-  initialState, clientFlags, optionHeader, handleOption, HandshakeConfig, HandshakeState, MAX_OPTIONS,
+  initialState,
+  clientFlags,
+  optionHeader,
+  handleOption,
+  HandshakeConfig,
+  HandshakeState,
+  MAX_OPTIONS,
   TRANSMISSION_FLAGS,
 } from '../src/nbd/handshake';
 import type { NbdExport } from '../src/nbd/exports';
 import {
-  IHAVEOPT, OPT_REPLY_MAGIC, Opt, Rep, Info, REP_ERR_UNSUP, REP_ERR_UNKNOWN, REP_ERR_INVALID, REP_ERR_TLS_REQD,
-  MAX_OPTION_LEN, MAX_REQUEST, CF_FIXED_NEWSTYLE, CF_NO_ZEROES,
+  IHAVEOPT,
+  OPT_REPLY_MAGIC,
+  Opt,
+  Rep,
+  Info,
+  REP_ERR_UNSUP,
+  REP_ERR_UNKNOWN,
+  REP_ERR_INVALID,
+  REP_ERR_TLS_REQD,
+  MAX_OPTION_LEN,
+  MAX_REQUEST,
+  CF_FIXED_NEWSTYLE,
+  CF_NO_ZEROES,
 } from '../protocol/nbd';
 
 const V1: NbdExport = {
-  name: 'V1', sizeBytes: 1 << 20,
-  read: async () => {}, write: async () => {}, zero: async () => {}, flush: async () => {},
+  name: 'V1',
+  sizeBytes: 1 << 20,
+  read: async () => {},
+  write: async () => {},
+  zero: async () => {},
+  flush: async () => {},
 };
 const V2: NbdExport = { ...V1, name: 'V2' };
 const catalog = { get: (n: string) => [V1, V2].find((e) => e.name === n), names: () => ['V1', 'V2'] };
 const plain: HandshakeConfig = { tls: false, catalog };
 const tlsRequired: HandshakeConfig = { tls: true, catalog };
 
-interface Reply { opt: number; type: number; data: Buffer }
+interface Reply {
+  opt: number;
+  type: number;
+  data: Buffer;
+}
 function parseReply(b: Buffer): Reply {
   assert.equal(b.readBigUInt64BE(0), OPT_REPLY_MAGIC);
   const len = b.readUInt32BE(16);
@@ -88,7 +113,10 @@ describe('NBD handshake (pure)', () => {
         assert.equal(r.action, opt === Opt.GO ? 'attach' : 'continue');
         assert.equal(r.export, opt === Opt.GO ? V2 : undefined);
         const replies = r.replies.map(parseReply);
-        assert.deepEqual(replies.map((x) => x.type), [...Array(infos.length ? 3 : 2).fill(Rep.INFO), Rep.ACK]);
+        assert.deepEqual(
+          replies.map((x) => x.type),
+          [...Array(infos.length ? 3 : 2).fill(Rep.INFO), Rep.ACK],
+        );
         assert.ok(replies.every((x) => x.opt === opt));
         assert.equal(replies[0].data.readUInt16BE(0), Info.EXPORT);
         assert.equal(Number(replies[0].data.readBigUInt64BE(2)), 1 << 20);
@@ -113,7 +141,10 @@ describe('NBD handshake (pure)', () => {
   it('LIST: one SERVER reply per export then ACK; data is invalid', () => {
     const r = handleOption(ready(plain), Opt.LIST, Buffer.alloc(0), plain);
     const replies = r.replies.map(parseReply);
-    assert.deepEqual(replies.map((x) => x.type), [Rep.SERVER, Rep.SERVER, Rep.ACK]);
+    assert.deepEqual(
+      replies.map((x) => x.type),
+      [Rep.SERVER, Rep.SERVER, Rep.ACK],
+    );
     const names = replies.slice(0, 2).map((x) => x.data.subarray(4, 4 + x.data.readUInt32BE(0)).toString());
     assert.deepEqual(names, ['V1', 'V2']);
     assert.equal(r.action, 'continue');

@@ -7,7 +7,7 @@ import { ByteQueue } from '../src/nbd/byte-queue';
 import { TrackedTarget, KnownZeroMap } from '../storage/tracking';
 import { MemoryVolume, VolumeError } from '../storage/volume';
 import { DirtyBitmap } from '../storage/bitmap';
-import { REQUEST_MAGIC, SIMPLE_REPLY_MAGIC, NbdCmd, NbdErr, CMD_FLAG_FUA } from '../protocol/nbd';
+import { REQUEST_MAGIC, NbdCmd, NbdErr, CMD_FLAG_FUA } from '../protocol/nbd';
 import { makeLogger } from '../src/log';
 
 function request(type: number, handle: number, offset: number, length: number, flags = 0): Buffer {
@@ -34,10 +34,20 @@ class FakeIo implements TransmissionIo {
   replyData(handle: Buffer, data: Buffer): void {
     this.replies.push({ error: 0, handle: Number(handle.readBigUInt64BE(0)), data: Buffer.from(data) });
   }
-  pause(): void { this.paused = true; }
-  resume(): void { this.paused = false; this.onResume(); }
-  end(): void { this.ended = true; }
-  fatal(why: string): void { this.fatalWhy = why; this.closed = true; }
+  pause(): void {
+    this.paused = true;
+  }
+  resume(): void {
+    this.paused = false;
+    this.onResume();
+  }
+  end(): void {
+    this.ended = true;
+  }
+  fatal(why: string): void {
+    this.fatalWhy = why;
+    this.closed = true;
+  }
 }
 
 /** An export over memory whose async writes wait until released, and with a writeNow. */
@@ -48,11 +58,20 @@ class HeldExport implements NbdExport {
   writesNow = 0;
   flushes = 0;
   useWriteNow = true;
-  get sizeBytes(): number { return this.target.sizeBytes; }
-  read(buf: Buffer, offset: number): Promise<void> { return this.target.read(buf, offset); }
+  get sizeBytes(): number {
+    return this.target.sizeBytes;
+  }
+  read(buf: Buffer, offset: number): Promise<void> {
+    return this.target.read(buf, offset);
+  }
   write(buf: Buffer, offset: number): Promise<void> {
     const copy = Buffer.from(buf);
-    return new Promise((resolve) => this.held.push(() => { copy.copy(this.target.data, offset); resolve(); }));
+    return new Promise((resolve) =>
+      this.held.push(() => {
+        copy.copy(this.target.data, offset);
+        resolve();
+      }),
+    );
   }
   writeNow(buf: Buffer, offset: number): boolean {
     if (!this.useWriteNow) return false;
@@ -64,8 +83,13 @@ class HeldExport implements NbdExport {
     this.target.data.fill(0, offset, offset + length);
     return Promise.resolve();
   }
-  flush(): Promise<void> { this.flushes++; return Promise.resolve(); }
-  release(): void { for (const h of this.held.splice(0)) h(); }
+  flush(): Promise<void> {
+    this.flushes++;
+    return Promise.resolve();
+  }
+  release(): void {
+    for (const h of this.held.splice(0)) h();
+  }
 }
 
 const tick = () => new Promise((r) => setImmediate(r));
@@ -73,10 +97,14 @@ const stats = () => ({ connections: 0, requests: 0, errors: 0 });
 const log = makeLogger('test', 'silent');
 
 function setup(exp: NbdExport = new HeldExport()) {
-  const q = new ByteQueue(), io = new FakeIo();
+  const q = new ByteQueue(),
+    io = new FakeIo();
   const t = new Transmission(exp, q, io, { direct: false, stats: stats(), log });
   io.onResume = () => t.parse();
-  const push = (...b: Buffer[]) => { for (const x of b) q.push(x); t.parse(); };
+  const push = (...b: Buffer[]) => {
+    for (const x of b) q.push(x);
+    t.parse();
+  };
   return { q, io, t, push };
 }
 
@@ -104,7 +132,10 @@ describe('NBD transmission (no socket)', () => {
     push(request(NbdCmd.WRITE, 2, (1 << 20) - 1, 2), Buffer.from([1, 1]));
     push(request(NbdCmd.READ, 3, 1 << 20, 1));
     push(request(NbdCmd.WRITE_ZEROES, 4, 1 << 20, 1));
-    assert.deepEqual(io.replies.slice(1).map((r) => r.error), [NbdErr.ENOSPC, NbdErr.EINVAL, NbdErr.ENOSPC]);
+    assert.deepEqual(
+      io.replies.slice(1).map((r) => r.error),
+      [NbdErr.ENOSPC, NbdErr.EINVAL, NbdErr.ENOSPC],
+    );
   });
 
   it(`flow control: reading pauses at ${MAX_INFLIGHT} in flight, resumes below half; one reply each`, async () => {
@@ -155,9 +186,17 @@ describe('export registry', () => {
     const detached: string[] = [];
     let finish!: () => void;
     const slow: ExportUser = {
-      detach: (why) => { detached.push(`slow ${why}`); return new Promise((r) => (finish = r)); },
+      detach: (why) => {
+        detached.push(`slow ${why}`);
+        return new Promise((r) => (finish = r));
+      },
     };
-    const other: ExportUser = { detach: (why) => { detached.push(`other ${why}`); return Promise.resolve(); } };
+    const other: ExportUser = {
+      detach: (why) => {
+        detached.push(`other ${why}`);
+        return Promise.resolve();
+      },
+    };
     assert.ok(reg.attach('V1', slow));
     assert.ok(reg.attach('V2', other));
     let removed = false;

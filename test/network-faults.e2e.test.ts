@@ -14,7 +14,17 @@ import { HubProcess, v1Hub } from './harness/hub-process';
 import { AgentProcess, v1Agent } from './harness/agent-process';
 import { FaultProxy } from './harness/fault-proxy';
 import {
-  Cmd, Cap, PROTOCOL_VERSION, Limits, FrameDecoder, decode, encodeHello, encodeStartProtect, encodeDirtyReportAck, encodePong, encodeWriteAck,
+  Cmd,
+  Cap,
+  PROTOCOL_VERSION,
+  Limits,
+  FrameDecoder,
+  decode,
+  encodeHello,
+  encodeStartProtect,
+  encodeDirtyReportAck,
+  encodePong,
+  encodeWriteAck,
 } from '../protocol';
 import { MiB, sleep } from './harness/util';
 import { waitHubConverged, waitByteEqual, waitAgentClean, fmtRegions, fioOnce, FioRun } from './harness/fault-harness';
@@ -26,11 +36,15 @@ describe('network faults between agent and hub (fault proxy, fio through the age
   const size = 64 * MiB;
   let dir: string, hub: HubProcess, agent: AgentProcess, proxy: FaultProxy, img: string, rep: string;
   const log: string[] = [];
-  const say = (s: string) => { log.push(s); process.stdout.write(`      ${s}\n`); };
+  const say = (s: string) => {
+    log.push(s);
+    process.stdout.write(`      ${s}\n`);
+  };
 
   before(async () => {
     dir = tmpdir('rephub-netfault-');
-    img = path.join(dir, 'V1.img'); rep = path.join(dir, 'V1R');
+    img = path.join(dir, 'V1.img');
+    rep = path.join(dir, 'V1R');
     makeImage(img, size, 0.3);
     hub = v1Hub(dir, rep);
     await hub.start();
@@ -47,18 +61,31 @@ describe('network faults between agent and hub (fault proxy, fio through the age
     await agent?.stop();
     await proxy?.close();
     await hub?.stop();
-    process.stdout.write(`      faults injected: ${proxy?.stats.injected} ${JSON.stringify(proxy?.stats.byKind)}; ` +
-      `proxy forwarded ${((proxy?.stats.bytesUp ?? 0) / MiB).toFixed(1)} MiB up, ${((proxy?.stats.bytesDown ?? 0) / MiB).toFixed(1)} MiB down, ` +
-      `dropped ${proxy?.stats.bytesDropped} bytes, ${proxy?.stats.resets} sockets reset\n`);
+    process.stdout.write(
+      `      faults injected: ${proxy?.stats.injected} ${JSON.stringify(proxy?.stats.byKind)}; ` +
+        `proxy forwarded ${((proxy?.stats.bytesUp ?? 0) / MiB).toFixed(1)} MiB up, ${((proxy?.stats.bytesDown ?? 0) / MiB).toFixed(1)} MiB down, ` +
+        `dropped ${proxy?.stats.bytesDropped} bytes, ${proxy?.stats.resets} sockets reset\n`,
+    );
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
 
   /** fio randwrite through the agent, rate-limited, for `seconds`. */
   function writer(seconds: number, seed: number) {
-    return fioOnce(agent.uri('V1'), [
-      '--rw=randwrite', '--bsrange=4k-128k', '--blockalign=4k', '--iodepth=8', `--size=${size}`, '--time_based', `--runtime=${seconds}`,
-      '--rate=6m', `--randseed=${seed}`,
-    ], (seconds + 30) * 1000).done;
+    return fioOnce(
+      agent.uri('V1'),
+      [
+        '--rw=randwrite',
+        '--bsrange=4k-128k',
+        '--blockalign=4k',
+        '--iodepth=8',
+        `--size=${size}`,
+        '--time_based',
+        `--runtime=${seconds}`,
+        '--rate=6m',
+        `--randseed=${seed}`,
+      ],
+      (seconds + 30) * 1000,
+    ).done;
   }
 
   /** The VM never blocks: fio ran clean, did IO, no write waited on the link. */
@@ -66,7 +93,8 @@ describe('network faults between agent and hub (fault proxy, fio through the age
     assert.equal(r.code, 0, `${what}: fio exited ${r.code}/${r.signal}: ${r.stderr}`);
     assert.ok(r.ios > 0, `${what}: fio did no IO`);
     assert.ok(r.maxClatMs < 1000, `${what}: a write took ${r.maxClatMs.toFixed(0)} ms`);
-    if (faultEnd !== undefined) assert.ok(r.endedAt <= faultEnd, `${what}: fio finished ${r.endedAt - faultEnd} ms after the fault ended`);
+    if (faultEnd !== undefined)
+      assert.ok(r.endedAt <= faultEnd, `${what}: fio finished ${r.endedAt - faultEnd} ms after the fault ended`);
   }
 
   async function hubSessions(): Promise<number[]> {
@@ -82,8 +110,16 @@ describe('network faults between agent and hub (fault proxy, fio through the age
       const st = await hub.status();
       const v = st.volumes.find((x: any) => x.name === 'V1');
       const ids = st.agents.map((a: any) => a.session);
-      if (st.agents.length === 0 || v.state === 'degraded' || (before && before.length && !before.some((b) => ids.includes(b)))) return Date.now() - t0;
-      if (Date.now() - t0 > limitMs) throw new Error(`hub still holds the dead session after ${limitMs} ms: ${JSON.stringify(st.agents)} V1 ${v.state}`);
+      if (
+        st.agents.length === 0 ||
+        v.state === 'degraded' ||
+        (before && before.length && !before.some((b) => ids.includes(b)))
+      )
+        return Date.now() - t0;
+      if (Date.now() - t0 > limitMs)
+        throw new Error(
+          `hub still holds the dead session after ${limitMs} ms: ${JSON.stringify(st.agents)} V1 ${v.state}`,
+        );
       await sleep(100);
     }
   }
@@ -96,18 +132,24 @@ describe('network faults between agent and hub (fault proxy, fio through the age
     const ms = await waitHubConverged(hub, agent, 90_000);
     const d = await waitByteEqual(img, rep, size, 10_000);
     if (!d.equal) {
-      assert.fail(`${what}: the hub reports V1 protecting with nothing dirty but the replica differs from the image: ` +
-        `${d.differingBytes} bytes in ${fmtRegions(d)}. Hub: ${JSON.stringify(await hub.volume('V1'))} Agent: ${JSON.stringify(await agent.status())}`);
+      assert.fail(
+        `${what}: the hub reports V1 protecting with nothing dirty but the replica differs from the image: ` +
+          `${d.differingBytes} bytes in ${fmtRegions(d)}. Hub: ${JSON.stringify(await hub.volume('V1'))} Agent: ${JSON.stringify(await agent.status())}`,
+      );
     }
     const a = await waitAgentClean(agent, 15_000);
     const s = a.status;
-    assert.ok(a.clean, `${what}: replica byte-equal, but 15 s later the agent still holds ${s.pendingWrites} unacked mirrored writes and ` +
-      `${s.volumes[0].dirtyBytes} dirty bytes (connected ${s.connected}, connects ${s.connects}): WRITE_ACKs of this connection do not clear them`);
+    assert.ok(
+      a.clean,
+      `${what}: replica byte-equal, but 15 s later the agent still holds ${s.pendingWrites} unacked mirrored writes and ` +
+        `${s.volumes[0].dirtyBytes} dirty bytes (connected ${s.connected}, connects ${s.connects}): WRITE_ACKs of this connection do not clear them`,
+    );
     say(`${what}: converged ${ms} ms after the fault, replica byte-equal, agent clean`);
   }
 
   it('delay 200 ms both ways: no reconnect, writes never wait, converges', async () => {
-    const sessions = await hubSessions(), connects = (await agent.status()).connects;
+    const sessions = await hubSessions(),
+      connects = (await agent.status()).connects;
     proxy.setMode({ kind: 'delay', ms: 200 });
     const t0 = Date.now();
     const r = await writer(4, 1);
@@ -122,7 +164,8 @@ describe('network faults between agent and hub (fault proxy, fio through the age
   });
 
   it('stall shorter than the heartbeat timeout (3 s): the session survives, writes never wait, converges', async () => {
-    const sessions = await hubSessions(), connects = (await agent.status()).connects;
+    const sessions = await hubSessions(),
+      connects = (await agent.status()).connects;
     const w = writer(2, 2);
     await sleep(300);
     proxy.setMode({ kind: 'stall' });
@@ -151,7 +194,10 @@ describe('network faults between agent and hub (fault proxy, fio through the age
     await sleep(end - Date.now());
     proxy.setMode({ kind: 'pass' });
     assertWriterUnblocked(r, 'long stall', end);
-    assert.ok(noticed >= HEARTBEAT_DEAD_MS - 2500, `hub dropped the session after ${noticed} ms, before its heartbeat timeout`);
+    assert.ok(
+      noticed >= HEARTBEAT_DEAD_MS - 2500,
+      `hub dropped the session after ${noticed} ms, before its heartbeat timeout`,
+    );
     say(`stall 12 s: hub noticed after ${noticed} ms; ${r.ios} writes, max latency ${r.maxClatMs.toFixed(1)} ms`);
     await assertConverged('long stall');
   });
@@ -177,7 +223,8 @@ describe('network faults between agent and hub (fault proxy, fio through the age
 
   for (const align of ['bytes', 'chunks'] as const) {
     it(`dropped bytes (drop ${align}, 1.5 s, both ways) under load: treated as a broken link, resynced, converges`, async () => {
-      const sessions = await hubSessions(), connects = (await agent.status()).connects;
+      const sessions = await hubSessions(),
+        connects = (await agent.status()).connects;
       const w = writer(5, align === 'bytes' ? 5 : 6);
       await sleep(1000);
       proxy.setMode({ kind: 'drop', align });
@@ -188,13 +235,22 @@ describe('network faults between agent and hub (fault proxy, fio through the age
       assertWriterUnblocked(r, `drop ${align}`);
       // The stream is corrupt from here: a framing error or the heartbeat must end the session.
       let noticed = -1;
-      try { noticed = await hubNoticesDead(t0, 12_000); } catch { /* reported below */ }
+      try {
+        noticed = await hubNoticesDead(t0, 12_000);
+      } catch {
+        /* reported below */
+      }
       const now = await hubSessions();
       const replaced = noticed >= 0 || !sessions.every((s) => now.includes(s));
-      say(`drop ${align}: ${r.ios} writes, max latency ${r.maxClatMs.toFixed(1)} ms; hub ${noticed >= 0 ? `dropped the session after ${noticed} ms` : replaced ? 'replaced the session (between two 100 ms polls)' : 'kept the session'}; ` +
-        `agent reconnects ${(await agent.status()).connects - connects}`);
+      say(
+        `drop ${align}: ${r.ios} writes, max latency ${r.maxClatMs.toFixed(1)} ms; hub ${noticed >= 0 ? `dropped the session after ${noticed} ms` : replaced ? 'replaced the session (between two 100 ms polls)' : 'kept the session'}; ` +
+          `agent reconnects ${(await agent.status()).connects - connects}`,
+      );
       await assertConverged(`drop ${align}`);
-      assert.ok(replaced, `drop ${align}: bytes vanished from the stream but the hub kept the session ${JSON.stringify(now)}`);
+      assert.ok(
+        replaced,
+        `drop ${align}: bytes vanished from the stream but the hub kept the session ${JSON.stringify(now)}`,
+      );
     });
   }
 
@@ -213,14 +269,18 @@ describe('network faults between agent and hub (fault proxy, fio through the age
     assert.equal(st.connected, false, 'the agent must have given up on the half-open link');
     proxy.setMode({ kind: 'pass' }); // new connections pass; the old ones stay black holes
     assertWriterUnblocked(r, 'half-open', end);
-    say(`half-open 15 s: hub noticed after ${noticed} ms; ${r.ios} writes, max latency ${r.maxClatMs.toFixed(1)} ms; ${proxy.stats.blackholed} black-holed connection(s)`);
+    say(
+      `half-open 15 s: hub noticed after ${noticed} ms; ${r.ios} writes, max latency ${r.maxClatMs.toFixed(1)} ms; ${proxy.stats.blackholed} black-holed connection(s)`,
+    );
     await assertConverged('half-open');
     assert.ok((await agent.status()).connects > connects);
   });
 
   it('a script of every fault back to back under load converges', async () => {
     const w = writer(14, 8);
-    await proxy.runScript('pass 1s, delay 50ms 1s, stall 2s, reset, drop 300ms, pass 2s, delay 300ms 2s, reset, stall 1s, pass');
+    await proxy.runScript(
+      'pass 1s, delay 50ms 1s, stall 2s, reset, drop 300ms, pass 2s, delay 300ms 2s, reset, stall 1s, pass',
+    );
     const r = await w;
     assertWriterUnblocked(r, 'script');
     await assertConverged('script');
@@ -236,9 +296,16 @@ describe('agent write acks against a scripted hub', function () {
   this.timeout(120_000);
   let dir: string, agent: AgentProcess | undefined, server: net.Server | undefined;
 
-  interface HubConn { sock: net.Socket; writes: number; n: number }
+  interface HubConn {
+    sock: net.Socket;
+    writes: number;
+    n: number;
+  }
   /** A minimal hub: HELLO, START_PROTECT for V1, acks dirty reports; `onConn` may do more. */
-  async function scriptedHub(onConn: (c: HubConn) => void, answer: (n: number) => boolean = () => true): Promise<{ port: number; conns: HubConn[] }> {
+  async function scriptedHub(
+    onConn: (c: HubConn) => void,
+    answer: (n: number) => boolean = () => true,
+  ): Promise<{ port: number; conns: HubConn[] }> {
     const conns: HubConn[] = [];
     server = net.createServer((sock) => {
       const c: HubConn = { sock, writes: 0, n: conns.length + 1 };
@@ -249,15 +316,39 @@ describe('agent write acks against a scripted hub', function () {
         const m = decode(cmd, payload);
         switch (m.cmd) {
           // only what the script needs (plain frames, no checksums): acks, reports, flush, ping
-          case Cmd.HELLO: sock.write(encodeHello(PROTOCOL_VERSION, Cap.WRITE_ACK | Cap.DIRTY_REPORT | Cap.FLUSH | Cap.PING, Limits.maxPayload, 'scripted-hub')); break;
-          case Cmd.REPORT_VM_VOLUMES: sock.write(encodeStartProtect(1, 'V1')); break;
-          case Cmd.DIRTY_REPORT: sock.write(encodeDirtyReportAck(m.volumeId, m.reportId)); break;
-          case Cmd.PROTECTED_WRITE: c.writes++; break;
-          case Cmd.PING: sock.write(encodePong(m.nonce)); break;
-          default: break;
+          case Cmd.HELLO:
+            sock.write(
+              encodeHello(
+                PROTOCOL_VERSION,
+                Cap.WRITE_ACK | Cap.DIRTY_REPORT | Cap.FLUSH | Cap.PING,
+                Limits.maxPayload,
+                'scripted-hub',
+              ),
+            );
+            break;
+          case Cmd.REPORT_VM_VOLUMES:
+            sock.write(encodeStartProtect(1, 'V1'));
+            break;
+          case Cmd.DIRTY_REPORT:
+            sock.write(encodeDirtyReportAck(m.volumeId, m.reportId));
+            break;
+          case Cmd.PROTECTED_WRITE:
+            c.writes++;
+            break;
+          case Cmd.PING:
+            sock.write(encodePong(m.nonce));
+            break;
+          default:
+            break;
         }
       });
-      sock.on('data', (d) => { try { framer.push(d); } catch { sock.destroy(); } });
+      sock.on('data', (d) => {
+        try {
+          framer.push(d);
+        } catch {
+          sock.destroy();
+        }
+      });
       onConn(c);
     });
     await new Promise<void>((r) => server!.listen(0, '127.0.0.1', r));
@@ -274,41 +365,71 @@ describe('agent write acks against a scripted hub', function () {
   }
   const dirtyBytes = async () => (await agent!.status()).volumes[0].dirtyBytes as number;
   const qemuWrite = (pattern: string, off: string, len: string) =>
-    execFileSync('qemu-io', ['-f', 'raw', '-c', `write -P ${pattern} ${off} ${len}`, agent!.uri('V1')], { timeout: 30_000, stdio: 'ignore' });
+    execFileSync('qemu-io', ['-f', 'raw', '-c', `write -P ${pattern} ${off} ${len}`, agent!.uri('V1')], {
+      timeout: 30_000,
+      stdio: 'ignore',
+    });
 
   afterEach(async () => {
     await agent?.kill9();
     server?.close();
-    agent = undefined; server = undefined;
+    agent = undefined;
+    server = undefined;
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
 
   it('after a reconnect, WRITE_ACK(1) acks the first write of the new connection', async () => {
     const hub = await scriptedHub(() => undefined);
     await startAgent(hub.port);
-    const until = async (what: string, f: () => Promise<boolean>) => { const t = Date.now(); while (!(await f())) { if (Date.now() - t > 15_000) throw new Error(what); await sleep(20); } };
+    const until = async (what: string, f: () => Promise<boolean>) => {
+      const t = Date.now();
+      while (!(await f())) {
+        if (Date.now() - t > 15_000) throw new Error(what);
+        await sleep(20);
+      }
+    };
     await until('first connection clean', async () => (await agent!.status()).connected && (await dirtyBytes()) === 0);
     qemuWrite('0x11', '0', '64k');
     await until('write 1 mirrored', async () => hub.conns[0].writes === 1);
     hub.conns[0].sock.write(encodeWriteAck(1));
     await until('write 1 acked', async () => (await dirtyBytes()) === 0);
     hub.conns[0].sock.destroy(); // the link drops; the agent reconnects
-    await until('second connection', async () => hub.conns.length === 2 && (await agent!.status()).connected && (await dirtyBytes()) === 0);
+    await until(
+      'second connection',
+      async () => hub.conns.length === 2 && (await agent!.status()).connected && (await dirtyBytes()) === 0,
+    );
     qemuWrite('0x22', '1M', '64k');
     await until('write mirrored on connection 2', async () => hub.conns[1].writes === 1);
     assert.equal(await dirtyBytes(), 64 * 1024);
     hub.conns[1].sock.write(encodeWriteAck(1)); // SPEC 7.1: this connection's write 1
     let cleared = false;
-    try { await until('ack', async () => (await dirtyBytes()) === 0); cleared = true; } catch { /* below */ }
+    try {
+      await until('ack', async () => (await dirtyBytes()) === 0);
+      cleared = true;
+    } catch {
+      /* below */
+    }
     const st = await agent!.status();
-    assert.ok(cleared, `WRITE_ACK(1) on a new connection left the agent with ${st.pendingWrites} unacked writes and ${st.volumes[0].dirtyBytes} dirty bytes: ` +
-      'the agent numbers writes across connections (sentSeq is not reset on reconnect), so acks after any reconnect never clear anything');
+    assert.ok(
+      cleared,
+      `WRITE_ACK(1) on a new connection left the agent with ${st.pendingWrites} unacked writes and ${st.volumes[0].dirtyBytes} dirty bytes: ` +
+        'the agent numbers writes across connections (sentSeq is not reset on reconnect), so acks after any reconnect never clear anything',
+    );
   });
 
   it('a WRITE_ACK beyond the writes sent (corrupted) never makes the agent forget unreplicated writes', async () => {
-    const hub = await scriptedHub(() => undefined, (n) => n === 1); // later connections: a hub that never answers
+    const hub = await scriptedHub(
+      () => undefined,
+      (n) => n === 1,
+    ); // later connections: a hub that never answers
     await startAgent(hub.port);
-    const until = async (what: string, f: () => Promise<boolean>) => { const t = Date.now(); while (!(await f())) { if (Date.now() - t > 15_000) throw new Error(what); await sleep(20); } };
+    const until = async (what: string, f: () => Promise<boolean>) => {
+      const t = Date.now();
+      while (!(await f())) {
+        if (Date.now() - t > 15_000) throw new Error(what);
+        await sleep(20);
+      }
+    };
     await until('connected and clean', async () => (await agent!.status()).connected && (await dirtyBytes()) === 0);
     qemuWrite('0x33', '2M', '1M');
     await until('write mirrored', async () => hub.conns[0].writes >= 1);
@@ -318,8 +439,11 @@ describe('agent write acks against a scripted hub', function () {
     hub.conns[0].sock.destroy();
     await until('agent saw the link drop', async () => !(await agent!.status()).connected);
     const d = await dirtyBytes();
-    assert.ok(d >= 1 * MiB, `after WRITE_ACK(2^40) for ${hub.conns[0].writes} write(s) sent, the agent's dirty log holds ${d} bytes: ` +
-      'it cleared a 1 MiB write the hub never acked durable (onAck does not check seq <= writes sent on the connection), so it is never resynced');
+    assert.ok(
+      d >= 1 * MiB,
+      `after WRITE_ACK(2^40) for ${hub.conns[0].writes} write(s) sent, the agent's dirty log holds ${d} bytes: ` +
+        'it cleared a 1 MiB write the hub never acked durable (onAck does not check seq <= writes sent on the connection), so it is never resynced',
+    );
   });
 });
 
@@ -329,7 +453,8 @@ describe('half-open link during the TLS handshake (TLS-PSK agent link)', functio
   this.timeout(180_000);
   it('the agent abandons a handshake that never completes and reconnects once the link is back', async () => {
     const dir = tmpdir('rephub-tlsfault-');
-    const img = path.join(dir, 'V1.img'), rep = path.join(dir, 'V1R');
+    const img = path.join(dir, 'V1.img'),
+      rep = path.join(dir, 'V1R');
     makeImage(img, 8 * MiB, 0.3);
     const psk = path.join(dir, 'vm1.psk');
     fs.writeFileSync(psk, 'vm1:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n');
@@ -353,12 +478,18 @@ describe('half-open link during the TLS handshake (TLS-PSK agent link)', functio
       const t1 = Date.now();
       let back = false;
       while (Date.now() - t1 < 25_000) {
-        if ((await agent.status()).connected) { back = true; break; }
+        if ((await agent.status()).connected) {
+          back = true;
+          break;
+        }
         await sleep(200);
       }
-      assert.ok(back, `25 s after the link came back the agent is still not connected: it waits on a TLS handshake that will never complete ` +
-        `(${proxy.stats.blackholed} black-holed connection(s), ${proxy.stats.accepted - accepted} dial(s) since the fault); ` +
-        'the heartbeat only starts on secureConnect and there is no connect/handshake timeout');
+      assert.ok(
+        back,
+        `25 s after the link came back the agent is still not connected: it waits on a TLS handshake that will never complete ` +
+          `(${proxy.stats.blackholed} black-holed connection(s), ${proxy.stats.accepted - accepted} dial(s) since the fault); ` +
+          'the heartbeat only starts on secureConnect and there is no connect/handshake timeout',
+      );
       await waitHubConverged(hub, agent, 60_000);
       assert.ok((await waitByteEqual(img, rep, 8 * MiB)).equal);
     } finally {

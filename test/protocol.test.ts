@@ -6,9 +6,23 @@ import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import fc from 'fast-check';
 import {
-  Cmd, Limits, HEADER_SIZE, MAGIC, SECTOR, CHECKSUM_BYTES, ErrorCode, DIRTY_FINAL,
-  encode, decode, encodeError, FrameDecoder, ProtocolError, Message,
-  SPARSE_CHUNK, encodeSparseMap, decodeSparse,
+  Cmd,
+  Limits,
+  HEADER_SIZE,
+  MAGIC,
+  SECTOR,
+  CHECKSUM_BYTES,
+  ErrorCode,
+  DIRTY_FINAL,
+  encode,
+  decode,
+  encodeError,
+  FrameDecoder,
+  ProtocolError,
+  Message,
+  SPARSE_CHUNK,
+  encodeSparseMap,
+  decodeSparse,
 } from '../protocol';
 import { crc32 } from '../protocol/crc';
 import { mulberry32 } from './harness/prng';
@@ -19,7 +33,12 @@ const ALL_CMDS = Object.values(Cmd).filter((v): v is number => typeof v === 'num
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-interface Vector { name: string; json: string; msg: Message; hex: string }
+interface Vector {
+  name: string;
+  json: string;
+  msg: Message;
+  hex: string;
+}
 
 /** JSON as written in SPEC.md: byte strings are {"hex": "..."}. */
 function fromJson(text: string): Message {
@@ -68,7 +87,10 @@ function rejects(cmd: number, payload: Buffer, what: string): void {
     threw = e;
   }
   assert.ok(threw !== null, `${what}: decoded instead of rejecting: ${got && JSON.stringify(got).slice(0, 200)}`);
-  assert.ok(isProtocolError(threw), `${what}: threw ${(threw as Error)?.name}: ${(threw as Error)?.message}, not ProtocolError`);
+  assert.ok(
+    isProtocolError(threw),
+    `${what}: threw ${(threw as Error)?.name}: ${(threw as Error)?.message}, not ProtocolError`,
+  );
   assert.equal((threw as ProtocolError).code, ErrorCode.PROTOCOL, `${what}: error code`);
 }
 
@@ -81,7 +103,10 @@ const header = (cmd: number, len: number, magic = MAGIC, flags = 0): Buffer => {
   return h;
 };
 
-interface Got { cmd: number; payload: Buffer }
+interface Got {
+  cmd: number;
+  payload: Buffer;
+}
 function collector(maxPayload?: number): { dec: FrameDecoder; frames: Got[] } {
   const frames: Got[] = [];
   const dec = new FrameDecoder((cmd, payload) => frames.push({ cmd, payload }), maxPayload);
@@ -89,7 +114,11 @@ function collector(maxPayload?: number): { dec: FrameDecoder; frames: Got[] } {
 }
 
 function expectPushThrows(dec: FrameDecoder, chunk: Buffer, what: string): void {
-  assert.throws(() => dec.push(chunk), (e: unknown) => isProtocolError(e), what);
+  assert.throws(
+    () => dec.push(chunk),
+    (e: unknown) => isProtocolError(e),
+    what,
+  );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -100,59 +129,132 @@ const u32 = fc.integer({ min: 0, max: 0xffffffff });
 const i32 = fc.integer({ min: -0x80000000, max: 0x7fffffff });
 const nonZeroI32 = i32.filter((v) => v !== 0);
 const u64 = fc.oneof(fc.maxSafeNat(), fc.constantFrom(0, 1, 0xffffffff, 2 ** 32, 2 ** 40 + 3, Number.MAX_SAFE_INTEGER));
-const ioSectors = fc.oneof(fc.integer({ min: 1, max: Limits.maxIoBytes / SECTOR }), fc.constantFrom(1, Limits.maxIoBytes / SECTOR));
+const ioSectors = fc.oneof(
+  fc.integer({ min: 1, max: Limits.maxIoBytes / SECTOR }),
+  fc.constantFrom(1, Limits.maxIoBytes / SECTOR),
+);
 const bytesOf = (n: number) => fc.uint8Array({ minLength: n, maxLength: n }).map((a) => Buffer.from(a));
 const sectorsData = (maxSectors: number, minSectors = 1) =>
   fc.integer({ min: minSectors, max: maxSectors }).chain((n) => bytesOf(n * SECTOR).map((data) => ({ n, data })));
 
 // fc.record builds null-prototype objects; the decoder returns plain ones (deepStrictEqual compares prototypes).
-const rec = <T>(model: { [K in keyof T]: fc.Arbitrary<T[K]> }): fc.Arbitrary<T> => fc.record(model).map((o) => ({ ...o }) as T);
+const rec = <T>(model: { [K in keyof T]: fc.Arbitrary<T[K]> }): fc.Arbitrary<T> =>
+  fc.record(model).map((o) => ({ ...o }) as T);
 
 const utf8Len = (s: string) => Buffer.byteLength(s, 'utf8');
 // Strings of any valid code points (no lone surrogates: those are not representable in UTF-8),
 // plus long ASCII ones to reach the byte limits. A leading U+FEFF is excluded here and tested on
 // its own below (known decoder bug).
 const str = (minBytes: number, maxBytes: number) =>
-  fc.oneof(
-    fc.string({ unit: 'binary', maxLength: Math.floor(maxBytes / 4) }),
-    fc.string({ unit: 'grapheme-ascii', minLength: Math.max(0, maxBytes - 8), maxLength: maxBytes }),
-    fc.string({ unit: 'grapheme-ascii', maxLength: maxBytes }),
-  ).filter((s) => utf8Len(s) >= minBytes && utf8Len(s) <= maxBytes && !s.startsWith('\uFEFF'));
+  fc
+    .oneof(
+      fc.string({ unit: 'binary', maxLength: Math.floor(maxBytes / 4) }),
+      fc.string({ unit: 'grapheme-ascii', minLength: Math.max(0, maxBytes - 8), maxLength: maxBytes }),
+      fc.string({ unit: 'grapheme-ascii', maxLength: maxBytes }),
+    )
+    .filter((s) => utf8Len(s) >= minBytes && utf8Len(s) <= maxBytes && !s.startsWith('\uFEFF'));
 
 const arb: Record<Cmd, fc.Arbitrary<Message>> = {
-  [Cmd.HELLO]: rec({ cmd: fc.constant(Cmd.HELLO as const), version: u16, caps: u32, maxPayload: u32, name: str(0, Limits.maxNameBytes) }),
+  [Cmd.HELLO]: rec({
+    cmd: fc.constant(Cmd.HELLO as const),
+    version: u16,
+    caps: u32,
+    maxPayload: u32,
+    name: str(0, Limits.maxNameBytes),
+  }),
   [Cmd.PROTECTED_WRITE]: fc.oneof(
-    rec({ volumeId: u64, offsetSectors: u64, d: sectorsData(4) }).map(({ volumeId, offsetSectors, d }) => (
-      { cmd: Cmd.PROTECTED_WRITE as const, volumeId, offsetSectors, sizeSectors: d.n, ioStatus: 0, data: d.data })),
-    rec({ cmd: fc.constant(Cmd.PROTECTED_WRITE as const), volumeId: u64, offsetSectors: u64, sizeSectors: ioSectors, ioStatus: nonZeroI32, data: fc.constant(Buffer.alloc(0)) }),
+    rec({ volumeId: u64, offsetSectors: u64, d: sectorsData(4) }).map(({ volumeId, offsetSectors, d }) => ({
+      cmd: Cmd.PROTECTED_WRITE as const,
+      volumeId,
+      offsetSectors,
+      sizeSectors: d.n,
+      ioStatus: 0,
+      data: d.data,
+    })),
+    rec({
+      cmd: fc.constant(Cmd.PROTECTED_WRITE as const),
+      volumeId: u64,
+      offsetSectors: u64,
+      sizeSectors: ioSectors,
+      ioStatus: nonZeroI32,
+      data: fc.constant(Buffer.alloc(0)),
+    }),
   ),
   [Cmd.REPORT_VM_VOLUMES]: rec({
     cmd: fc.constant(Cmd.REPORT_VM_VOLUMES as const),
     volumes: fc.array(rec({ name: str(1, Limits.maxNameBytes), sizeBytes: u64 }), { maxLength: 12 }),
   }),
-  [Cmd.START_PROTECT]: rec({ cmd: fc.constant(Cmd.START_PROTECT as const), volumeId: u64, name: str(1, Limits.maxNameBytes) }),
+  [Cmd.START_PROTECT]: rec({
+    cmd: fc.constant(Cmd.START_PROTECT as const),
+    volumeId: u64,
+    name: str(1, Limits.maxNameBytes),
+  }),
   [Cmd.REMOTE_IO_REQ]: fc.oneof(
-    rec({ cmd: fc.constant(Cmd.REMOTE_IO_REQ as const), reqId: u32, sizeSectors: ioSectors, volumeId: u64, offsetSectors: u64, isRead: fc.constant(true), data: fc.constant(Buffer.alloc(0)) }),
-    rec({ reqId: u32, volumeId: u64, offsetSectors: u64, d: sectorsData(4) }).map(({ reqId, volumeId, offsetSectors, d }) => (
-      { cmd: Cmd.REMOTE_IO_REQ as const, reqId, sizeSectors: d.n, volumeId, offsetSectors, isRead: false, data: d.data })),
+    rec({
+      cmd: fc.constant(Cmd.REMOTE_IO_REQ as const),
+      reqId: u32,
+      sizeSectors: ioSectors,
+      volumeId: u64,
+      offsetSectors: u64,
+      isRead: fc.constant(true),
+      data: fc.constant(Buffer.alloc(0)),
+    }),
+    rec({ reqId: u32, volumeId: u64, offsetSectors: u64, d: sectorsData(4) }).map(
+      ({ reqId, volumeId, offsetSectors, d }) => ({
+        cmd: Cmd.REMOTE_IO_REQ as const,
+        reqId,
+        sizeSectors: d.n,
+        volumeId,
+        offsetSectors,
+        isRead: false,
+        data: d.data,
+      }),
+    ),
   ),
-  [Cmd.REMOTE_IO_RES]: rec({ reqId: u32, ioStatus: i32, volumeId: u64, d: sectorsData(4, 0) }).map(({ reqId, ioStatus, volumeId, d }) => (
-    { cmd: Cmd.REMOTE_IO_RES as const, reqId, ioStatus, volumeId, data: d.data })),
+  [Cmd.REMOTE_IO_RES]: rec({ reqId: u32, ioStatus: i32, volumeId: u64, d: sectorsData(4, 0) }).map(
+    ({ reqId, ioStatus, volumeId, d }) => ({
+      cmd: Cmd.REMOTE_IO_RES as const,
+      reqId,
+      ioStatus,
+      volumeId,
+      data: d.data,
+    }),
+  ),
   [Cmd.AGENT_SHUTDOWN]: fc.constant({ cmd: Cmd.AGENT_SHUTDOWN as const }),
   [Cmd.WRITE_ACK]: rec({ cmd: fc.constant(Cmd.WRITE_ACK as const), seq: u64 }),
   [Cmd.DIRTY_REPORT]: rec({
-    cmd: fc.constant(Cmd.DIRTY_REPORT as const), volumeId: u64, reportId: u32, flags: fc.oneof(fc.constantFrom(0, DIRTY_FINAL), u32),
+    cmd: fc.constant(Cmd.DIRTY_REPORT as const),
+    volumeId: u64,
+    reportId: u32,
+    flags: fc.oneof(fc.constantFrom(0, DIRTY_FINAL), u32),
     extents: fc.array(rec({ offsetSectors: u64, sizeSectors: u64 }), { maxLength: 40 }),
   }),
   [Cmd.DIRTY_REPORT_ACK]: rec({ cmd: fc.constant(Cmd.DIRTY_REPORT_ACK as const), volumeId: u64, reportId: u32 }),
   [Cmd.CHECKSUM_REQ]: rec({
-    cmd: fc.constant(Cmd.CHECKSUM_REQ as const), reqId: u32, regionSectors: ioSectors, volumeId: u64, offsetSectors: u64,
+    cmd: fc.constant(Cmd.CHECKSUM_REQ as const),
+    reqId: u32,
+    regionSectors: ioSectors,
+    volumeId: u64,
+    offsetSectors: u64,
     count: fc.integer({ min: 1, max: Limits.maxChecksumRegions }),
   }),
   [Cmd.CHECKSUM_RES]: fc.oneof(
     rec({ reqId: u32, volumeId: u64, n: fc.integer({ min: 0, max: 64 }) }).chain(({ reqId, volumeId, n }) =>
-      bytesOf(n * CHECKSUM_BYTES).map((digests) => ({ cmd: Cmd.CHECKSUM_RES as const, reqId, ioStatus: 0, volumeId, digests }))),
-    rec({ cmd: fc.constant(Cmd.CHECKSUM_RES as const), reqId: u32, ioStatus: nonZeroI32, volumeId: u64, digests: fc.constant(Buffer.alloc(0)) }),
+      bytesOf(n * CHECKSUM_BYTES).map((digests) => ({
+        cmd: Cmd.CHECKSUM_RES as const,
+        reqId,
+        ioStatus: 0,
+        volumeId,
+        digests,
+      })),
+    ),
+    rec({
+      cmd: fc.constant(Cmd.CHECKSUM_RES as const),
+      reqId: u32,
+      ioStatus: nonZeroI32,
+      volumeId: u64,
+      digests: fc.constant(Buffer.alloc(0)),
+    }),
   ),
   [Cmd.FLUSH]: rec({ cmd: fc.constant(Cmd.FLUSH as const), checkpointId: u64 }),
   [Cmd.ERROR]: rec({ cmd: fc.constant(Cmd.ERROR as const), code: u32, message: str(0, Limits.maxErrorBytes) }),
@@ -203,7 +305,8 @@ describe('protocol: SPEC.md test vectors', () => {
   it('checksum_res vector digests are truncated SHA-256 of the regions the spec names', () => {
     const m = vec('checksum_res').msg;
     assert.equal(m.cmd, Cmd.CHECKSUM_RES);
-    const d = (fill: number) => createHash('sha256').update(Buffer.alloc(65536, fill)).digest().subarray(0, CHECKSUM_BYTES);
+    const d = (fill: number) =>
+      createHash('sha256').update(Buffer.alloc(65536, fill)).digest().subarray(0, CHECKSUM_BYTES);
     assert.deepStrictEqual((m as any).digests, Buffer.concat([d(0), d(0xff)]));
   });
 
@@ -219,29 +322,72 @@ describe('protocol: SPEC.md test vectors', () => {
 describe('protocol: round trips (fast-check)', () => {
   for (const c of ALL_CMDS) {
     it(`${Cmd[c]}: decode(encode(m)) deep-equals m and re-encodes to the same bytes`, () => {
-      fc.assert(fc.property(arb[c as Cmd], (m) => {
-        const f = frameOf(m);
-        assert.equal(f.readUInt16LE(4), c);
-        const back = decodeFrame(f);
-        assert.deepStrictEqual(back, m);
-        assert.ok(frameOf(back).equals(f), 're-encoding the decoded message changed the bytes');
-      }), { numRuns: 150 });
+      fc.assert(
+        fc.property(arb[c as Cmd], (m) => {
+          const f = frameOf(m);
+          assert.equal(f.readUInt16LE(4), c);
+          const back = decodeFrame(f);
+          assert.deepStrictEqual(back, m);
+          assert.ok(frameOf(back).equals(f), 're-encoding the decoded message changed the bytes');
+        }),
+        { numRuns: 150 },
+      );
     });
   }
 
   it('boundary values: 32 MiB write, 255-byte names, 256 volumes, 65536 extents, 4096 digests, 1024-byte error', () => {
     const big = Buffer.alloc(Limits.maxIoBytes, 0xa5);
     const cases: Message[] = [
-      { cmd: Cmd.PROTECTED_WRITE, volumeId: Number.MAX_SAFE_INTEGER, offsetSectors: Number.MAX_SAFE_INTEGER, sizeSectors: Limits.maxIoBytes / SECTOR, ioStatus: 0, data: big },
-      { cmd: Cmd.REMOTE_IO_REQ, reqId: 0xffffffff, sizeSectors: Limits.maxIoBytes / SECTOR, volumeId: 1, offsetSectors: 0, isRead: false, data: big },
+      {
+        cmd: Cmd.PROTECTED_WRITE,
+        volumeId: Number.MAX_SAFE_INTEGER,
+        offsetSectors: Number.MAX_SAFE_INTEGER,
+        sizeSectors: Limits.maxIoBytes / SECTOR,
+        ioStatus: 0,
+        data: big,
+      },
+      {
+        cmd: Cmd.REMOTE_IO_REQ,
+        reqId: 0xffffffff,
+        sizeSectors: Limits.maxIoBytes / SECTOR,
+        volumeId: 1,
+        offsetSectors: 0,
+        isRead: false,
+        data: big,
+      },
       { cmd: Cmd.REMOTE_IO_RES, reqId: 0xffffffff, ioStatus: -0x80000000, volumeId: 1, data: big },
       { cmd: Cmd.START_PROTECT, volumeId: 0, name: 'x'.repeat(255) },
       { cmd: Cmd.START_PROTECT, volumeId: 0, name: '€'.repeat(85) }, // 255 bytes of 3-byte characters
       { cmd: Cmd.HELLO, version: 0xffff, caps: 0xffffffff, maxPayload: 0xffffffff, name: '😀'.repeat(63) + 'abc' },
-      { cmd: Cmd.REPORT_VM_VOLUMES, volumes: Array.from({ length: Limits.maxVolumes }, (_, i) => ({ name: `V${i}`.padEnd(255, '.'), sizeBytes: i * SECTOR })) },
-      { cmd: Cmd.DIRTY_REPORT, volumeId: 3, reportId: 0xffffffff, flags: DIRTY_FINAL, extents: Array.from({ length: Limits.maxExtents }, (_, i) => ({ offsetSectors: i * 8, sizeSectors: 8 })) },
-      { cmd: Cmd.CHECKSUM_REQ, reqId: 1, regionSectors: Limits.maxIoBytes / SECTOR, volumeId: 1, offsetSectors: 0, count: Limits.maxChecksumRegions },
-      { cmd: Cmd.CHECKSUM_RES, reqId: 1, ioStatus: 0, volumeId: 1, digests: Buffer.alloc(Limits.maxChecksumRegions * CHECKSUM_BYTES, 7) },
+      {
+        cmd: Cmd.REPORT_VM_VOLUMES,
+        volumes: Array.from({ length: Limits.maxVolumes }, (_, i) => ({
+          name: `V${i}`.padEnd(255, '.'),
+          sizeBytes: i * SECTOR,
+        })),
+      },
+      {
+        cmd: Cmd.DIRTY_REPORT,
+        volumeId: 3,
+        reportId: 0xffffffff,
+        flags: DIRTY_FINAL,
+        extents: Array.from({ length: Limits.maxExtents }, (_, i) => ({ offsetSectors: i * 8, sizeSectors: 8 })),
+      },
+      {
+        cmd: Cmd.CHECKSUM_REQ,
+        reqId: 1,
+        regionSectors: Limits.maxIoBytes / SECTOR,
+        volumeId: 1,
+        offsetSectors: 0,
+        count: Limits.maxChecksumRegions,
+      },
+      {
+        cmd: Cmd.CHECKSUM_RES,
+        reqId: 1,
+        ioStatus: 0,
+        volumeId: 1,
+        digests: Buffer.alloc(Limits.maxChecksumRegions * CHECKSUM_BYTES, 7),
+      },
       { cmd: Cmd.ERROR, code: 0xffffffff, message: 'e'.repeat(Limits.maxErrorBytes) },
     ];
     for (const m of cases) {
@@ -338,13 +484,26 @@ describe('protocol: decoder rejects malformed payloads with ProtocolError', () =
 
     const rw = payloadOf('remote_io_req_write');
     for (const len of [0, 1, 511, 513, 1024]) {
-      rejects(Cmd.REMOTE_IO_REQ, Buffer.concat([rw.subarray(0, 28), Buffer.alloc(len)]), `REMOTE_IO_REQ write with ${len} data bytes for 1 sector`);
+      rejects(
+        Cmd.REMOTE_IO_REQ,
+        Buffer.concat([rw.subarray(0, 28), Buffer.alloc(len)]),
+        `REMOTE_IO_REQ write with ${len} data bytes for 1 sector`,
+      );
     }
-    rejects(Cmd.REMOTE_IO_REQ, Buffer.concat([payloadOf('remote_io_req_read'), Buffer.alloc(SECTOR)]), 'REMOTE_IO_REQ read carrying data');
+    rejects(
+      Cmd.REMOTE_IO_REQ,
+      Buffer.concat([payloadOf('remote_io_req_read'), Buffer.alloc(SECTOR)]),
+      'REMOTE_IO_REQ read carrying data',
+    );
 
     const rr = payloadOf('remote_io_res_write');
-    for (const len of [1, 100, 511, 513]) rejects(Cmd.REMOTE_IO_RES, Buffer.concat([rr, Buffer.alloc(len)]), `REMOTE_IO_RES with ${len} data bytes`);
-    rejects(Cmd.REMOTE_IO_RES, Buffer.concat([rr, Buffer.alloc(Limits.maxIoBytes + SECTOR)]), 'REMOTE_IO_RES with 32 MiB + 512 data');
+    for (const len of [1, 100, 511, 513])
+      rejects(Cmd.REMOTE_IO_RES, Buffer.concat([rr, Buffer.alloc(len)]), `REMOTE_IO_RES with ${len} data bytes`);
+    rejects(
+      Cmd.REMOTE_IO_RES,
+      Buffer.concat([rr, Buffer.alloc(Limits.maxIoBytes + SECTOR)]),
+      'REMOTE_IO_RES with 32 MiB + 512 data',
+    );
 
     const cr = payloadOf('checksum_res'); // 2 digests
     rejects(Cmd.CHECKSUM_RES, cr.subarray(0, 20 + CHECKSUM_BYTES), 'CHECKSUM_RES count 2 with 1 digest');
@@ -434,20 +593,32 @@ describe('protocol: decoder rejects malformed payloads with ProtocolError', () =
 
   // Every u64 field of every message: [vector, payload offset, JSON path for the accepted max].
   const U64_FIELDS: Array<[string, number, (m: any) => number]> = [
-    ['protected_write', 0, (m) => m.volumeId], ['protected_write', 8, (m) => m.offsetSectors],
-    ['protected_write_failed', 0, (m) => m.volumeId], ['protected_write_failed', 8, (m) => m.offsetSectors],
-    ['report_vm_volumes', 4, (m) => m.volumes[0].sizeBytes], ['report_vm_volumes', 16, (m) => m.volumes[1].sizeBytes],
+    ['protected_write', 0, (m) => m.volumeId],
+    ['protected_write', 8, (m) => m.offsetSectors],
+    ['protected_write_failed', 0, (m) => m.volumeId],
+    ['protected_write_failed', 8, (m) => m.offsetSectors],
+    ['report_vm_volumes', 4, (m) => m.volumes[0].sizeBytes],
+    ['report_vm_volumes', 16, (m) => m.volumes[1].sizeBytes],
     ['start_protect', 0, (m) => m.volumeId],
-    ['remote_io_req_read', 8, (m) => m.volumeId], ['remote_io_req_read', 16, (m) => m.offsetSectors],
-    ['remote_io_req_write', 8, (m) => m.volumeId], ['remote_io_req_write', 16, (m) => m.offsetSectors],
-    ['remote_io_res_read', 8, (m) => m.volumeId], ['remote_io_res_error', 8, (m) => m.volumeId],
+    ['remote_io_req_read', 8, (m) => m.volumeId],
+    ['remote_io_req_read', 16, (m) => m.offsetSectors],
+    ['remote_io_req_write', 8, (m) => m.volumeId],
+    ['remote_io_req_write', 16, (m) => m.offsetSectors],
+    ['remote_io_res_read', 8, (m) => m.volumeId],
+    ['remote_io_res_error', 8, (m) => m.volumeId],
     ['write_ack', 0, (m) => m.seq],
-    ['dirty_report', 0, (m) => m.volumeId], ['dirty_report', 20, (m) => m.extents[0].offsetSectors],
-    ['dirty_report', 28, (m) => m.extents[0].sizeSectors], ['dirty_report', 44, (m) => m.extents[1].sizeSectors],
+    ['dirty_report', 0, (m) => m.volumeId],
+    ['dirty_report', 20, (m) => m.extents[0].offsetSectors],
+    ['dirty_report', 28, (m) => m.extents[0].sizeSectors],
+    ['dirty_report', 44, (m) => m.extents[1].sizeSectors],
     ['dirty_report_ack', 0, (m) => m.volumeId],
-    ['checksum_req', 8, (m) => m.volumeId], ['checksum_req', 16, (m) => m.offsetSectors],
-    ['checksum_res', 8, (m) => m.volumeId], ['checksum_res_error', 8, (m) => m.volumeId],
-    ['flush', 0, (m) => m.checkpointId], ['ping', 0, (m) => m.nonce], ['pong', 0, (m) => m.nonce],
+    ['checksum_req', 8, (m) => m.volumeId],
+    ['checksum_req', 16, (m) => m.offsetSectors],
+    ['checksum_res', 8, (m) => m.volumeId],
+    ['checksum_res_error', 8, (m) => m.volumeId],
+    ['flush', 0, (m) => m.checkpointId],
+    ['ping', 0, (m) => m.nonce],
+    ['pong', 0, (m) => m.nonce],
   ];
 
   it('u64 values above 2^53-1 in every u64 field (2^53-1 itself is accepted)', () => {
@@ -475,28 +646,31 @@ describe('protocol: FrameDecoder', () => {
   const sample = (n: number, seed: number) => fc.sample(anyMessage, { numRuns: n, seed });
 
   it('random split points of a stream of many frames yield the identical frame sequence (fast-check)', () => {
-    fc.assert(fc.property(
-      fc.array(anyMessage, { minLength: 1, maxLength: 25 }),
-      fc.array(fc.nat(), { maxLength: 40 }),
-      (msgs, cuts) => {
-        const frames = msgs.map(frameOf);
-        const stream = Buffer.concat(frames);
-        const points = [...new Set(cuts.map((c) => c % (stream.length + 1)))].sort((a, b) => a - b);
-        const { dec, frames: got } = collector();
-        let prev = 0;
-        for (const p of [...points, stream.length]) {
-          dec.push(stream.subarray(prev, p));
-          prev = p;
-        }
-        assert.equal(got.length, frames.length, 'frame count');
-        got.forEach((g, i) => {
-          assert.equal(g.cmd, msgs[i].cmd, `frame ${i} cmd`);
-          assert.ok(g.payload.equals(frames[i].subarray(HEADER_SIZE)), `frame ${i} payload bytes`);
-          assert.deepStrictEqual(decode(g.cmd, g.payload), msgs[i], `frame ${i} message`);
-        });
-        assert.equal(dec.buffered, 0, 'nothing left buffered');
-      },
-    ), { numRuns: 200 });
+    fc.assert(
+      fc.property(
+        fc.array(anyMessage, { minLength: 1, maxLength: 25 }),
+        fc.array(fc.nat(), { maxLength: 40 }),
+        (msgs, cuts) => {
+          const frames = msgs.map(frameOf);
+          const stream = Buffer.concat(frames);
+          const points = [...new Set(cuts.map((c) => c % (stream.length + 1)))].sort((a, b) => a - b);
+          const { dec, frames: got } = collector();
+          let prev = 0;
+          for (const p of [...points, stream.length]) {
+            dec.push(stream.subarray(prev, p));
+            prev = p;
+          }
+          assert.equal(got.length, frames.length, 'frame count');
+          got.forEach((g, i) => {
+            assert.equal(g.cmd, msgs[i].cmd, `frame ${i} cmd`);
+            assert.ok(g.payload.equals(frames[i].subarray(HEADER_SIZE)), `frame ${i} payload bytes`);
+            assert.deepStrictEqual(decode(g.cmd, g.payload), msgs[i], `frame ${i} message`);
+          });
+          assert.equal(dec.buffered, 0, 'nothing left buffered');
+        },
+      ),
+      { numRuns: 200 },
+    );
   });
 
   it('many frames in one chunk', () => {
@@ -515,7 +689,10 @@ describe('protocol: FrameDecoder', () => {
     const stream = Buffer.concat(msgs.map(frameOf));
     const { dec, frames } = collector();
     const ends: number[] = [];
-    msgs.reduce((end, m) => { ends.push(end + frameOf(m).length); return ends[ends.length - 1]; }, 0);
+    msgs.reduce((end, m) => {
+      ends.push(end + frameOf(m).length);
+      return ends[ends.length - 1];
+    }, 0);
     let frameStart = 0;
     for (let i = 0; i < stream.length; i++) {
       dec.push(stream.subarray(i, i + 1));
@@ -560,7 +737,9 @@ describe('protocol: FrameDecoder', () => {
   // A reader as src/net-read.ts drives it: each read lands in target() when offered, else in a
   // chunk of its own; reads end at arbitrary points.
   function readAll(dec: FrameDecoder, stream: Buffer, sizes: number[], min = 1): number {
-    let at = 0, i = 0, directBytes = 0;
+    let at = 0,
+      i = 0,
+      directBytes = 0;
     while (at < stream.length) {
       const want = Math.max(1, sizes[i++ % sizes.length] || 1);
       const t = dec.target(min);
@@ -579,27 +758,39 @@ describe('protocol: FrameDecoder', () => {
   }
 
   it('direct mode: payloads filled in place through target() yield the identical frames (fast-check)', () => {
-    fc.assert(fc.property(
-      fc.array(anyMessage, { minLength: 1, maxLength: 25 }),
-      fc.array(fc.integer({ min: 1, max: 5000 }), { minLength: 1, maxLength: 40 }),
-      fc.boolean(),
-      fc.integer({ min: 1, max: 64 }),
-      (msgs, sizes, sealed, after) => {
-        // sealed: every frame carries a chained CRC trailer, checked as the bytes arrive in place
-        const sealer = new (require('../protocol').FrameSealer)();
-        const frames = msgs.map((m) => (sealed ? Buffer.concat(sealer.seal([frameOf(m)])) : frameOf(m)));
-        const stream = Buffer.concat(frames);
-        const got: Got[] = [];
-        const owned = new Set<ArrayBufferLike>();
-        const dec = new FrameDecoder((cmd, payload) => got.push({ cmd, payload: Buffer.from(payload) }), undefined,
-          (n) => { const b = Buffer.alloc(n); owned.add(b.buffer); return b; }, 1 << 20, after);
-        readAll(dec, stream, sizes);
-        assert.equal(got.length, frames.length, 'frame count');
-        got.forEach((g, i) => assert.deepStrictEqual(decode(g.cmd, g.payload), msgs[i], `frame ${i}`));
-        assert.equal(dec.buffered, 0);
-        assert.equal(dec.target(1), null, 'no target between frames');
-      },
-    ), { numRuns: 200 });
+    fc.assert(
+      fc.property(
+        fc.array(anyMessage, { minLength: 1, maxLength: 25 }),
+        fc.array(fc.integer({ min: 1, max: 5000 }), { minLength: 1, maxLength: 40 }),
+        fc.boolean(),
+        fc.integer({ min: 1, max: 64 }),
+        (msgs, sizes, sealed, after) => {
+          // sealed: every frame carries a chained CRC trailer, checked as the bytes arrive in place
+          const sealer = new (require('../protocol').FrameSealer)();
+          const frames = msgs.map((m) => (sealed ? Buffer.concat(sealer.seal([frameOf(m)])) : frameOf(m)));
+          const stream = Buffer.concat(frames);
+          const got: Got[] = [];
+          const owned = new Set<ArrayBufferLike>();
+          const dec = new FrameDecoder(
+            (cmd, payload) => got.push({ cmd, payload: Buffer.from(payload) }),
+            undefined,
+            (n) => {
+              const b = Buffer.alloc(n);
+              owned.add(b.buffer);
+              return b;
+            },
+            1 << 20,
+            after,
+          );
+          readAll(dec, stream, sizes);
+          assert.equal(got.length, frames.length, 'frame count');
+          got.forEach((g, i) => assert.deepStrictEqual(decode(g.cmd, g.payload), msgs[i], `frame ${i}`));
+          assert.equal(dec.buffered, 0);
+          assert.equal(dec.target(1), null, 'no target between frames');
+        },
+      ),
+      { numRuns: 200 },
+    );
   });
 
   it('direct mode: a large payload is received into its own buffer, checksum verified; reads past it are refused', () => {
@@ -610,8 +801,18 @@ describe('protocol: FrameDecoder', () => {
     const frame = Buffer.concat(sealer.seal([encodeProtectedWriteHead(1, 0, data.length / 512, 0), data]));
     let payload = null as Buffer | null;
     const allocated: Buffer[] = [];
-    const dec = new FrameDecoder((_c, p) => { payload = p; }, undefined,
-      (n) => { const b = Buffer.alloc(n); allocated.push(b); return b; }, 1 << 20);
+    const dec = new FrameDecoder(
+      (_c, p) => {
+        payload = p;
+      },
+      undefined,
+      (n) => {
+        const b = Buffer.alloc(n);
+        allocated.push(b);
+        return b;
+      },
+      1 << 20,
+    );
     const direct = readAll(dec, frame, [65536], 16 * 1024);
     assert.ok(payload, 'frame delivered');
     assert.equal(allocated.length, 1, 'one buffer for the payload, no join');
@@ -672,9 +873,18 @@ describe('protocol: FrameDecoder', () => {
   it('a header claiming 4 GB (or just over the limit) is rejected before any payload allocation', () => {
     const allocs: number[] = [];
     const orig = { alloc: Buffer.alloc, allocUnsafe: Buffer.allocUnsafe, allocUnsafeSlow: Buffer.allocUnsafeSlow };
-    Buffer.alloc = ((n: number, ...rest: any[]) => { allocs.push(n); return (orig.alloc as any)(n, ...rest); }) as any;
-    Buffer.allocUnsafe = ((n: number) => { allocs.push(n); return orig.allocUnsafe(n); }) as any;
-    Buffer.allocUnsafeSlow = ((n: number) => { allocs.push(n); return orig.allocUnsafeSlow(n); }) as any;
+    Buffer.alloc = ((n: number, ...rest: any[]) => {
+      allocs.push(n);
+      return (orig.alloc as any)(n, ...rest);
+    }) as any;
+    Buffer.allocUnsafe = ((n: number) => {
+      allocs.push(n);
+      return orig.allocUnsafe(n);
+    }) as any;
+    Buffer.allocUnsafeSlow = ((n: number) => {
+      allocs.push(n);
+      return orig.allocUnsafeSlow(n);
+    }) as any;
     const results: string[] = [];
     try {
       for (const len of [0xffffffff, 0x80000000, Limits.maxPayload + 1]) {
@@ -722,9 +932,16 @@ describe('protocol: FrameDecoder', () => {
   it('frames before a bad header are delivered; after a failure push() throws again and emits nothing', () => {
     const good = Buffer.concat([frameOf(vec('ping').msg), frameOf(vec('write_ack').msg)]);
     const { dec, frames } = collector();
-    expectPushThrows(dec, Buffer.concat([good, header(Cmd.PING, 8, 0xdeadbeef), Buffer.alloc(8)]), 'bad magic after 2 good frames');
+    expectPushThrows(
+      dec,
+      Buffer.concat([good, header(Cmd.PING, 8, 0xdeadbeef), Buffer.alloc(8)]),
+      'bad magic after 2 good frames',
+    );
     assert.equal(frames.length, 2);
-    assert.deepEqual(frames.map((f) => f.cmd), [Cmd.PING, Cmd.WRITE_ACK]);
+    assert.deepEqual(
+      frames.map((f) => f.cmd),
+      [Cmd.PING, Cmd.WRITE_ACK],
+    );
     expectPushThrows(dec, frameOf(vec('pong').msg), 'push after failure (valid frame)');
     expectPushThrows(dec, Buffer.alloc(0), 'push after failure (empty chunk)');
     expectPushThrows(dec, Buffer.from([0x52]), 'push after failure (1 byte)');
@@ -732,7 +949,9 @@ describe('protocol: FrameDecoder', () => {
   });
 
   it('an exception from the frame handler propagates and also ends the decoder', () => {
-    const dec = new FrameDecoder((cmd, payload) => { decode(cmd, payload); });
+    const dec = new FrameDecoder((cmd, payload) => {
+      decode(cmd, payload);
+    });
     const bad = Buffer.concat([header(Cmd.WRITE_ACK, 7), Buffer.alloc(7)]); // WRITE_ACK needs 8 bytes
     expectPushThrows(dec, bad, 'handler decode failure');
     expectPushThrows(dec, frameOf(vec('ping').msg), 'push after handler failure');
@@ -754,9 +973,14 @@ describe('protocol: fuzz (framer + decoder)', function () {
     const seed = Number(process.env.RPHB_FUZZ_SEED ?? 0x5eed1234);
     const rand = rng(seed);
     const int = (n: number) => Math.floor(rand() * n);
-    const corpus = [...vectors.map((v) => Buffer.from(v.hex, 'hex')), ...fc.sample(anyMessage, { numRuns: 300, seed }).map(frameOf)];
-    const interesting = [0, 1, 2, 7, 255, 256, 257, 511, 512, 513, 4095, 4096, 4097, 65535, 65536, 65537,
-      0x7fffffff, 0x80000000, 0xfffffffe, 0xffffffff];
+    const corpus = [
+      ...vectors.map((v) => Buffer.from(v.hex, 'hex')),
+      ...fc.sample(anyMessage, { numRuns: 300, seed }).map(frameOf),
+    ];
+    const interesting = [
+      0, 1, 2, 7, 255, 256, 257, 511, 512, 513, 4095, 4096, 4097, 65535, 65536, 65537, 0x7fffffff, 0x80000000,
+      0xfffffffe, 0xffffffff,
+    ];
     const KNOWN = ALL_CMDS;
 
     const mutate = (src: Buffer): Buffer => {
@@ -766,7 +990,8 @@ describe('protocol: fuzz (framer + decoder)', function () {
         case 0: // flip bytes, mostly in the payload
           for (let k = 1 + int(6); k > 0; k--) {
             if (f.length === 0) break;
-            const at = rand() < 0.8 && f.length > HEADER_SIZE ? HEADER_SIZE + int(f.length - HEADER_SIZE) : int(f.length);
+            const at =
+              rand() < 0.8 && f.length > HEADER_SIZE ? HEADER_SIZE + int(f.length - HEADER_SIZE) : int(f.length);
             f[at] ^= 1 + int(255);
           }
           break;
@@ -776,7 +1001,8 @@ describe('protocol: fuzz (framer + decoder)', function () {
         case 2: // extend
           f = Buffer.concat([f, Buffer.from(Array.from({ length: 1 + int(600) }, () => int(256)))]);
           break;
-        case 3: { // write an interesting u16/u32/u64 at a random payload offset
+        case 3: {
+          // write an interesting u16/u32/u64 at a random payload offset
           if (f.length <= HEADER_SIZE) break;
           const at = HEADER_SIZE + int(f.length - HEADER_SIZE);
           const v = interesting[int(interesting.length)];
@@ -788,7 +1014,10 @@ describe('protocol: fuzz (framer + decoder)', function () {
           break;
         }
         case 4: // random payload under a valid header of a random known command
-          f = Buffer.concat([header(KNOWN[int(KNOWN.length)], 0), Buffer.from(Array.from({ length: int(80) }, () => int(256)))]);
+          f = Buffer.concat([
+            header(KNOWN[int(KNOWN.length)], 0),
+            Buffer.from(Array.from({ length: int(80) }, () => int(256))),
+          ]);
           break;
         case 5: // a valid frame's payload under a different command id
           if (f.length >= HEADER_SIZE) f.writeUInt16LE(KNOWN[int(KNOWN.length)], 4);
@@ -804,7 +1033,8 @@ describe('protocol: fuzz (framer + decoder)', function () {
       return f;
     };
 
-    let decoded = 0, rejected = 0;
+    let decoded = 0,
+      rejected = 0;
     const started = Date.now();
     for (let i = 0; i < 20000; i++) {
       const input = mutate(corpus[int(corpus.length)]);
@@ -833,7 +1063,9 @@ describe('protocol: fuzz (framer + decoder)', function () {
           rejected++;
           continue;
         }
-        assert.fail(`case ${i} (seed ${seed}): ${(e as Error)?.name}: ${(e as Error)?.message}\ninput: ${input.toString('hex').slice(0, 4000)}`);
+        assert.fail(
+          `case ${i} (seed ${seed}): ${(e as Error)?.name}: ${(e as Error)?.message}\ninput: ${input.toString('hex').slice(0, 4000)}`,
+        );
       }
     }
     // The fuzz must exercise both outcomes to mean anything.
@@ -866,7 +1098,8 @@ describe('protocol: known bugs (fail until fixed)', () => {
       const p = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0x56, 0x31, tail]); // START_PROTECT id 1, "V1" + bad byte
       rejects(Cmd.START_PROTECT, p, `START_PROTECT name 56 31 ${tail.toString(16)}`);
     }
-    const p = Buffer.from([1, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 3, 0, 0x56, 0x31, 0xff]); // REPORT_VM_VOLUMES, 1 volume
+    const p = Buffer.from([1, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 3, 0, 0x56, 0x31, 0xff]);
+    // (REPORT_VM_VOLUMES, 1 volume)
     rejects(Cmd.REPORT_VM_VOLUMES, p, 'REPORT_VM_VOLUMES name 56 31 ff');
   });
 
@@ -883,7 +1116,13 @@ describe('protocol: known bugs (fail until fixed)', () => {
 });
 
 describe('protocol: frame checksums (FRAME_CRC)', () => {
-  const { FrameSealer, encodePing, encodeProtectedWriteHead, FrameDecoder: FD, ProtocolError: PE } = require('../protocol');
+  const {
+    FrameSealer,
+    encodePing,
+    encodeProtectedWriteHead,
+    FrameDecoder: FD,
+    ProtocolError: PE,
+  } = require('../protocol');
   const sealFrame = (bufs: Buffer[]) => new FrameSealer().seal(bufs);
   it('sealed frames pass through the framer with the trailer stripped; any flipped bit is caught', () => {
     const data = Buffer.alloc(1024, 0x5a);
@@ -929,10 +1168,21 @@ describe('IO_SPARSE read answers (protocol/sparse.ts)', () => {
   it('splits an answer into zero runs and contiguous data runs, the last chunk short', () => {
     const len = 4 * C + 8192;
     const pieces = decodeSparse(len, answer(len, [true, true, false, false, true]));
-    assert.deepEqual(pieces.map((p) => [p.offset, p.length, p.data === null]), [[0, 2 * C, false], [2 * C, 2 * C, true], [4 * C, 8192, false]]);
+    assert.deepEqual(
+      pieces.map((p) => [p.offset, p.length, p.data === null]),
+      [
+        [0, 2 * C, false],
+        [2 * C, 2 * C, true],
+        [4 * C, 8192, false],
+      ],
+    );
     assert.equal(pieces[0].data![C], 0x33 + 1, 'the second chunk follows the first in the run');
     assert.equal(pieces[2].data!.length, 8192);
-    assert.deepEqual(decodeSparse(C, answer(C, [false])).map((p) => p.data), [null], 'one absent chunk: all zero');
+    assert.deepEqual(
+      decodeSparse(C, answer(C, [false])).map((p) => p.data),
+      [null],
+      'one absent chunk: all zero',
+    );
   });
 
   it('rejects payloads that do not match their map, maps naming chunks past the read, and bad lengths', () => {
@@ -952,27 +1202,43 @@ describe('IO_SPARSE read answers (protocol/sparse.ts)', () => {
   });
 
   it('round-trips any chunk pattern of any read length', () => {
-    fc.assert(fc.property(fc.integer({ min: 1, max: 40 * 128 }), fc.array(fc.boolean(), { minLength: 40, maxLength: 40 }), (sectors, bits) => {
-      const len = sectors * SECTOR, n = Math.ceil(len / C), present = bits.slice(0, n);
-      const pieces = decodeSparse(len, answer(len, present));
-      let at = 0;
-      for (const p of pieces) {
-        assert.equal(p.offset, at);
-        for (let o = p.offset; o < p.offset + p.length; o += C) assert.equal(p.data !== null, present[o / C]);
-        at += p.length;
-      }
-      assert.equal(at, len);
-    }));
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 40 * 128 }),
+        fc.array(fc.boolean(), { minLength: 40, maxLength: 40 }),
+        (sectors, bits) => {
+          const len = sectors * SECTOR,
+            n = Math.ceil(len / C),
+            present = bits.slice(0, n);
+          const pieces = decodeSparse(len, answer(len, present));
+          let at = 0;
+          for (const p of pieces) {
+            assert.equal(p.offset, at);
+            for (let o = p.offset; o < p.offset + p.length; o += C) assert.equal(p.data !== null, present[o / C]);
+            at += p.length;
+          }
+          assert.equal(at, len);
+        },
+      ),
+    );
   });
 });
 
 describe('frame CRC-32 (protocol/crc.ts)', () => {
   it('equals zlib.crc32 for any data, offset and chained start value', () => {
     const zlib = require('node:zlib');
-    fc.assert(fc.property(fc.uint8Array({ maxLength: 5000 }), fc.nat(15), fc.integer({ min: 0, max: 0xffffffff }), (a, skip, prev) => {
-      const b = Buffer.from(a).subarray(Math.min(skip, a.length)); // unaligned starts too
-      assert.equal(crc32(b, prev), zlib.crc32(b, prev));
-    }), { numRuns: 3000 });
+    fc.assert(
+      fc.property(
+        fc.uint8Array({ maxLength: 5000 }),
+        fc.nat(15),
+        fc.integer({ min: 0, max: 0xffffffff }),
+        (a, skip, prev) => {
+          const b = Buffer.from(a).subarray(Math.min(skip, a.length)); // unaligned starts too
+          assert.equal(crc32(b, prev), zlib.crc32(b, prev));
+        },
+      ),
+      { numRuns: 3000 },
+    );
     const big = Buffer.alloc((1 << 20) + 13, 0x5c);
     assert.equal(crc32(big, 7), zlib.crc32(big, 7));
   });

@@ -5,7 +5,15 @@
 import { strict as assert } from 'node:assert';
 import pino from 'pino';
 import {
-  Cmd, Cap, ALL_CAPS, IO_OK, FrameDecoder, Message, decode, encodeHello, encodeReportVmVolumes,
+  Cmd,
+  Cap,
+  ALL_CAPS,
+  IO_OK,
+  FrameDecoder,
+  Message,
+  decode,
+  encodeHello,
+  encodeReportVmVolumes,
   encodeProtectedWriteHead,
 } from '../protocol';
 import { Hub } from '../src/hub/hub';
@@ -22,7 +30,9 @@ describe('hub apply queue', () => {
   it('a queued write owns its payload: later changes to the socket buffer it arrived in do not reach the replica', async () => {
     const disk = new MemoryVolume(1 << 20); // no writeSync: every write takes the queue
     const hub = new Hub({
-      volumes: [{ name: 'V1', path: '/mem/V1R' }], store: new MemoryStateStore(), log: silentLogger(),
+      volumes: [{ name: 'V1', path: '/mem/V1R' }],
+      store: new MemoryStateStore(),
+      log: silentLogger(),
       openTarget: () => disk,
     });
     const out: Buffer[] = [];
@@ -30,23 +40,41 @@ describe('hub apply queue', () => {
     const replies: { cmd: number; msg: any }[] = [];
     const fromHub = new FrameDecoder((cmd, p) => replies.push({ cmd, msg: decode(cmd, Buffer.from(p)) }));
     const toHub = new FrameDecoder((cmd, p) => session.receive(cmd, p));
-    const drain = () => { for (const b of out.splice(0)) fromHub.push(b); };
+    const drain = () => {
+      for (const b of out.splice(0)) fromHub.push(b);
+    };
     try {
-      toHub.push(Buffer.concat([encodeHello(1, ALL_CAPS & ~Cap.FRAME_CRC, 0, 'vm'), encodeReportVmVolumes([{ name: 'V1', sizeBytes: 1 << 20 }])]));
+      toHub.push(
+        Buffer.concat([
+          encodeHello(1, ALL_CAPS & ~Cap.FRAME_CRC, 0, 'vm'),
+          encodeReportVmVolumes([{ name: 'V1', sizeBytes: 1 << 20 }]),
+        ]),
+      );
       await waitFor('START_PROTECT', () => (drain(), replies.some((r) => r.cmd === Cmd.START_PROTECT)), 5000, 5);
       const id = replies.find((r) => r.cmd === Cmd.START_PROTECT)!.msg.volumeId;
       // Two writes in one read: the first starts applying at once, the second waits in the queue.
-      const a = Buffer.alloc(4096, 0x5a), b = Buffer.alloc(4096, 0x6b);
-      const frames = Buffer.concat([encodeProtectedWriteHead(id, 0, 8, IO_OK), a, encodeProtectedWriteHead(id, 8, 8, IO_OK), b]);
+      const a = Buffer.alloc(4096, 0x5a),
+        b = Buffer.alloc(4096, 0x6b);
+      const frames = Buffer.concat([
+        encodeProtectedWriteHead(id, 0, 8, IO_OK),
+        a,
+        encodeProtectedWriteHead(id, 8, 8, IO_OK),
+        b,
+      ]);
       const slab = Buffer.alloc(256 * 1024); // as src/net-read.ts reads: many frames share one slab
       frames.copy(slab, 100);
       toHub.push(slab.subarray(100, 100 + frames.length));
       slab.fill(0xee); // the slab's bytes change under a view (as they would if it were reused)
       const got = Buffer.alloc(8192);
-      await waitFor('both writes applied', async () => {
-        await disk.read(got, 0);
-        return !got.every((x) => x === 0) && got[8191] !== 0;
-      }, 5000, 5);
+      await waitFor(
+        'both writes applied',
+        async () => {
+          await disk.read(got, 0);
+          return !got.every((x) => x === 0) && got[8191] !== 0;
+        },
+        5000,
+        5,
+      );
       assert.ok(got.equals(Buffer.concat([a, b])), 'the replica holds the bytes as received, the queued write too');
     } finally {
       await hub.endSession(session);
@@ -55,21 +83,26 @@ describe('hub apply queue', () => {
 });
 
 describe('ApplyQueue', () => {
-  const msg = (cmd: Cmd) => ({ cmd } as unknown as Message);
+  const msg = (cmd: Cmd) => ({ cmd }) as unknown as Message;
   function make(maxBytes = 1000) {
-    const order: string[] = [], pauses: boolean[] = [], failures: Error[] = [];
+    const order: string[] = [],
+      pauses: boolean[] = [],
+      failures: Error[] = [];
     let release: (() => void) | null = null;
-    const q = new ApplyQueue({
-      apply: async (m) => {
-        order.push(`apply ${Cmd[m.cmd]}`);
-        if (m.cmd === Cmd.PROTECTED_WRITE && release === null) await new Promise<void>((r) => (release = r));
-        if (m.cmd === Cmd.ERROR) throw new Error('boom');
+    const q = new ApplyQueue(
+      {
+        apply: async (m) => {
+          order.push(`apply ${Cmd[m.cmd]}`);
+          if (m.cmd === Cmd.PROTECTED_WRITE && release === null) await new Promise<void>((r) => (release = r));
+          if (m.cmd === Cmd.ERROR) throw new Error('boom');
+        },
+        applied: () => order.push('applied'),
+        idle: () => order.push('idle'),
+        failed: (e) => failures.push(e),
+        pause: (p) => pauses.push(p),
       },
-      applied: () => order.push('applied'),
-      idle: () => order.push('idle'),
-      failed: (e) => failures.push(e),
-      pause: (p) => pauses.push(p),
-    }, maxBytes);
+      maxBytes,
+    );
     return { q, order, pauses, failures, release: () => release!() };
   }
 
@@ -77,7 +110,10 @@ describe('ApplyQueue', () => {
     const t = make(1000);
     t.q.push(msg(Cmd.PROTECTED_WRITE), Buffer.alloc(600)); // held until released
     assert.equal(t.q.idle, false);
-    const b = t.q.barrier(() => { t.order.push('barrier'); return 7; });
+    const b = t.q.barrier(() => {
+      t.order.push('barrier');
+      return 7;
+    });
     t.q.push(msg(Cmd.DIRTY_REPORT), Buffer.alloc(600));
     assert.deepEqual(t.pauses, [true], 'paused once the queue holds more than maxBytes');
     t.release();
@@ -96,8 +132,10 @@ describe('ApplyQueue', () => {
     t.q.push(msg(Cmd.DIRTY_REPORT), Buffer.alloc(8));
     await atFlush;
     await waitFor('drained', () => t.q.idle, 2000, 1);
-    assert.deepEqual(t.order.filter((o) => o !== 'applied'),
-      ['apply PROTECTED_WRITE', 'apply FLUSH', 'hook', 'apply DIRTY_REPORT', 'idle']);
+    assert.deepEqual(
+      t.order.filter((o) => o !== 'applied'),
+      ['apply PROTECTED_WRITE', 'apply FLUSH', 'hook', 'apply DIRTY_REPORT', 'idle'],
+    );
     const late = make();
     const start = Date.now();
     await late.q.barrierAtFlush(() => undefined, 20);
@@ -122,7 +160,11 @@ describe('GroupCommit', () => {
     const sent: Buffer[] = [];
     const link = { send: (b: Buffer[]) => sent.push(Buffer.concat(b)), has: (c: number) => c === Cap.WRITE_ACK };
     let flushes = 0;
-    const target = { flushRecovery: async () => { flushes++; } };
+    const target = {
+      flushRecovery: async () => {
+        flushes++;
+      },
+    };
     const errors: Error[] = [];
     const gc = new GroupCommit(link, 1, (e) => errors.push(e));
     for (let i = 0; i < 3; i++) gc.receive();
@@ -143,7 +185,8 @@ describe('GroupCommit', () => {
   });
 
   it('a failed flush acks nothing, then or later, and reports the error', async () => {
-    const sent: Buffer[] = [], errors: Error[] = [];
+    const sent: Buffer[] = [],
+      errors: Error[] = [];
     const gc = new GroupCommit({ send: (b) => sent.push(b[0]), has: () => true }, 0, (e) => errors.push(e));
     gc.receive();
     gc.applied({ flushRecovery: () => new Promise((_, reject) => setTimeout(() => reject(new Error('EIO')), 5)) });
@@ -172,15 +215,23 @@ describe('Replica state machine and ownership', () => {
     rep.setState('syncing');
     rep.setState('error');
     const states = lines.filter((l) => l.msg === 'volume state');
-    assert.deepEqual(states.map((l) => [l.volume, l.from, l.to, l.dirtyBytes]),
-      [['V1', 'unprotected', 'syncing', 0], ['V1', 'syncing', 'error', 0]]);
+    assert.deepEqual(
+      states.map((l) => [l.volume, l.from, l.to, l.dirtyBytes]),
+      [
+        ['V1', 'unprotected', 'syncing', 0],
+        ['V1', 'syncing', 'error', 0],
+      ],
+    );
   });
 
   it('one owner at a time: the session that attached a volume, released when it ends', async () => {
     const { log, lines } = capture();
     const disk = new MemoryVolume(1 << 20);
     const hub = new Hub({
-      volumes: [{ name: 'V1', path: '/mem/V1R' }], store: new MemoryStateStore(), log, openTarget: () => disk,
+      volumes: [{ name: 'V1', path: '/mem/V1R' }],
+      store: new MemoryStateStore(),
+      log,
+      openTarget: () => disk,
     });
     const session = hub.newSession({ send: () => {}, close: () => {}, pause: () => {} });
     const rep = hub.replicas.get('V1')!;
@@ -207,7 +258,9 @@ describe('hub session over the shared link', () => {
     const fromHub = new FrameDecoder((cmd, p) => replies.push({ cmd, msg: decode(cmd, Buffer.from(p)) }));
     const s = hub.newSession({
       send: (bufs) => fromHub.push(Buffer.concat(bufs)),
-      close: (e) => { closedWith = e ?? new Error('closed'); },
+      close: (e) => {
+        closedWith = e ?? new Error('closed');
+      },
       pause: () => {},
     });
     const hello = encodeHello(1, Cap.PING | Cap.WRITE_ACK, 0, 'vm');

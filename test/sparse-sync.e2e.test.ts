@@ -11,7 +11,9 @@ import { HubProcess, v1Hub } from './harness/hub-process';
 import { AgentProcess, v1Agent } from './harness/agent-process';
 import { nativeUnavailable } from '../storage/fileio';
 
-const KiB = 1024, MiB = 1 << 20, CHUNK = 64 * KiB;
+const KiB = 1024,
+  MiB = 1 << 20,
+  CHUNK = 64 * KiB;
 
 describe('sparse initial sync (SEEK_DATA + IO_SPARSE)', function () {
   this.timeout(120_000);
@@ -28,10 +30,12 @@ describe('sparse initial sync (SEEK_DATA + IO_SPARSE)', function () {
     fs.ftruncateSync(fd, size);
     let dataChunks = 0;
     for (let i = 0; i < size / CHUNK; i++) {
-      const kind = i % 5; // 0: data, 1: hole, 2: written zeroes, 3: 4 KiB of data then zeroes, 4: 4 KiB of data in a hole
+      // 0: data, 1: hole, 2: written zeroes, 3: 4 KiB of data then zeroes, 4: 4 KiB of data in a hole
+      const kind = i % 5;
       if (kind === 0) fs.writeSync(fd, randomBytes(CHUNK), 0, CHUNK, i * CHUNK);
       if (kind === 2) fs.writeSync(fd, Buffer.alloc(CHUNK), 0, CHUNK, i * CHUNK);
-      if (kind === 3) fs.writeSync(fd, Buffer.concat([randomBytes(4 * KiB), Buffer.alloc(CHUNK - 4 * KiB)]), 0, CHUNK, i * CHUNK);
+      if (kind === 3)
+        fs.writeSync(fd, Buffer.concat([randomBytes(4 * KiB), Buffer.alloc(CHUNK - 4 * KiB)]), 0, CHUNK, i * CHUNK);
       if (kind === 4) fs.writeSync(fd, randomBytes(4 * KiB), 0, 4 * KiB, i * CHUNK + 32 * KiB);
       if (kind !== 1 && kind !== 2) dataChunks++;
     }
@@ -41,7 +45,8 @@ describe('sparse initial sync (SEEK_DATA + IO_SPARSE)', function () {
 
   async function syncOnce(agentArgs: string[]): Promise<{ st: any; data: number; size: number; rep: string }> {
     dir = tmpdir();
-    const img = path.join(dir, 'V1.img'), rep = path.join(dir, 'V1R');
+    const img = path.join(dir, 'V1.img'),
+      rep = path.join(dir, 'V1R');
     const size = 64 * MiB; // more reads than pooled buffers: reuse shows stale bytes
     const data = makeSparseImage(img, size);
     hub = v1Hub(dir, rep);
@@ -60,7 +65,10 @@ describe('sparse initial sync (SEEK_DATA + IO_SPARSE)', function () {
     assert.equal(st.remoteReadBytes, data, 'only chunks holding data crossed the link');
     assert.equal(st.remoteZeroBytes, size - data);
     // holes are about 39 % of the image (kinds 1 and 4); allocated chunks, written zeroes included, are read
-    assert.ok(st.remoteDiskBytes < 0.65 * size, `holes were not read: ${st.remoteDiskBytes} of ${size} bytes read from the image`);
+    assert.ok(
+      st.remoteDiskBytes < 0.65 * size,
+      `holes were not read: ${st.remoteDiskBytes} of ${size} bytes read from the image`,
+    );
     const allocated = fs.statSync(rep).blocks * 512;
     // (file-system metadata such as an extent block may add a few KiB)
     assert.ok(allocated <= data + CHUNK, `replica allocates ${allocated} bytes for ${data} of data`);

@@ -19,7 +19,10 @@ const PAGE_BYTES = PAGE_BITS / 8;
 
 async function rejectsWithVolumeError(p: Promise<unknown>, what: string): Promise<VolumeError> {
   let err: unknown;
-  await p.then(() => assert.fail(`${what}: resolved, expected a VolumeError`), (e) => (err = e));
+  await p.then(
+    () => assert.fail(`${what}: resolved, expected a VolumeError`),
+    (e) => (err = e),
+  );
   assert.ok(err instanceof VolumeError, `${what}: rejected with ${err}, expected a VolumeError`);
   return err as VolumeError;
 }
@@ -49,7 +52,7 @@ describe('FileVolume', () => {
     assert.ok(st.blocks * 512 <= 64 * 1024, `${st.blocks} blocks allocated for a new sparse file`);
   });
 
-  it('writev lands pieces back to back, even past the kernel\'s iovec limit (short writes resume)', async () => {
+  it("writev lands pieces back to back, even past the kernel's iovec limit (short writes resume)", async () => {
     const v = openVol(path.join(dir, 'g.img'), { createSize: 4 * MiB });
     const parts = Array.from({ length: 1500 }, (_, i) => randomBytes(i % 3 === 0 ? 512 : 1536)); // IOV_MAX is 1024
     const all = Buffer.concat(parts);
@@ -73,7 +76,11 @@ describe('FileVolume', () => {
     assert.ok(ext[0][0] <= 1 * MiB && ext[0][1] >= 1 * MiB + 65536 && ext[0][1] <= 2 * MiB, JSON.stringify(ext));
     assert.ok(ext[1][0] >= 2 * MiB && ext[1][0] <= 5 * MiB && ext[1][1] >= 5 * MiB + 65536, JSON.stringify(ext));
     assert.deepEqual(v.dataExtents(2 * MiB, 4 * MiB), [], 'a hole');
-    assert.deepEqual(v.dataExtents(5 * MiB + 4096, 5 * MiB + 8192), [[5 * MiB + 4096, 5 * MiB + 8192]], 'clipped to the range');
+    assert.deepEqual(
+      v.dataExtents(5 * MiB + 4096, 5 * MiB + 8192),
+      [[5 * MiB + 4096, 5 * MiB + 8192]],
+      'clipped to the range',
+    );
   });
 
   it('opens an existing file at its own size: createSize neither truncates nor extends it', async () => {
@@ -109,7 +116,10 @@ describe('FileVolume', () => {
 
   it('a missing file without createSize is a VolumeError with ENOENT', () => {
     const p = path.join(dir, 'nope.img');
-    assert.throws(() => openVol(p), (e: unknown) => e instanceof VolumeError && e.errno === 'ENOENT' && e.path === p);
+    assert.throws(
+      () => openVol(p),
+      (e: unknown) => e instanceof VolumeError && e.errno === 'ENOENT' && e.path === p,
+    );
     assert.equal(fs.existsSync(p), false);
   });
 
@@ -149,7 +159,10 @@ describe('FileVolume', () => {
     for (const off of [0, MiB + 4096, 4 * MiB - 65536]) {
       const buf = Buffer.alloc(65536, 0xaa);
       await v.read(buf, off);
-      assert.ok(buf.every((b) => b === 0), `zeroes at ${off}`);
+      assert.ok(
+        buf.every((b) => b === 0),
+        `zeroes at ${off}`,
+      );
     }
   });
 
@@ -168,7 +181,13 @@ describe('FileVolume', () => {
     const p = path.join(dir, 'rep.img');
     const size = MiB;
     const v = openVol(p, { createSize: size });
-    const cases: [number, number][] = [[size - 10, 20], [size, 1], [-1, 10], [-4096, 4096], [2 * size, 4096]];
+    const cases: [number, number][] = [
+      [size - 10, 20],
+      [size, 1],
+      [-1, 10],
+      [-4096, 4096],
+      [2 * size, 4096],
+    ];
     for (const [off, len] of cases) {
       const e = await rejectsWithVolumeError(v.write(Buffer.alloc(len, 9), off), `write [${off}, +${len})`);
       assert.equal(e.offset, off);
@@ -177,7 +196,10 @@ describe('FileVolume', () => {
     assert.equal(fs.statSync(p).size, size);
     const tail = Buffer.alloc(10, 0xaa);
     await v.read(tail, size - 10);
-    assert.ok(tail.every((b) => b === 0), 'the rejected write left nothing behind');
+    assert.ok(
+      tail.every((b) => b === 0),
+      'the rejected write left nothing behind',
+    );
   });
 
   it('a read-only volume rejects writes with VolumeError', async () => {
@@ -193,8 +215,16 @@ describe('FileVolume', () => {
     const v = openVol(p, { createSize: 8 * MiB, direct: true });
     const model = Buffer.alloc(8 * MiB);
     const pool = new BufferPool(MiB, 2, DIRECT_ALIGN);
-    const put = async (b: Buffer, off: number) => { await v.write(b, off); b.copy(model, off); };
-    const aligned = (fill: number) => { const b = pool.take(MiB, 0); randomBytes(MiB).copy(b); b[0] = fill; return b; };
+    const put = async (b: Buffer, off: number) => {
+      await v.write(b, off);
+      b.copy(model, off);
+    };
+    const aligned = (fill: number) => {
+      const b = pool.take(MiB, 0);
+      randomBytes(MiB).copy(b);
+      b[0] = fill;
+      return b;
+    };
     await put(randomBytes(4096), MiB + 8192); // a dirty cached page inside the next direct write
     await put(aligned(1), MiB);
     assert.equal(v.directBytes, MiB, 'aligned, 1 MiB: direct');
@@ -220,7 +250,8 @@ describe('MemoryVolume behaves like FileVolume (BlockTarget contract)', () => {
   for (const kind of ['file', 'memory'] as const) {
     it(`${kind}: round trip, zeroes, and IO outside the size rejects with VolumeError`, async () => {
       const size = MiB;
-      const v: BlockTarget = kind === 'file' ? FileVolume.open(path.join(dir, 'v.img'), { createSize: size }) : new MemoryVolume(size);
+      const v: BlockTarget =
+        kind === 'file' ? FileVolume.open(path.join(dir, 'v.img'), { createSize: size }) : new MemoryVolume(size);
       try {
         const data = randomBytes(5000);
         await v.write(data, 12345);
@@ -230,7 +261,11 @@ describe('MemoryVolume behaves like FileVolume (BlockTarget contract)', () => {
         const z = Buffer.alloc(4096, 0xaa);
         await v.read(z, 65536);
         assert.ok(z.every((b) => b === 0));
-        for (const [off, len] of [[size - 10, 20], [size, 1], [-1, 10]] as [number, number][]) {
+        for (const [off, len] of [
+          [size - 10, 20],
+          [size, 1],
+          [-1, 10],
+        ] as [number, number][]) {
           await rejectsWithVolumeError(v.write(Buffer.alloc(len), off), `${kind} write [${off}, +${len})`);
           await rejectsWithVolumeError(v.read(Buffer.alloc(len), off), `${kind} read [${off}, +${len})`);
         }
@@ -255,15 +290,25 @@ describe('LmdbStateStore', () => {
     return (store = new LmdbStateStore(path.join(dir, 'hub')));
   };
   const rec = (name: string, id: number, extra: Partial<VolumeRecord> = {}): VolumeRecord => ({
-    name, id, sizeBytes: 16 * MiB + 512, regionSize: 65536, generation: 1, state: 'syncing',
-    cleanShutdown: false, syncPass: 0, syncCursor: 0, ...extra,
+    name,
+    id,
+    sizeBytes: 16 * MiB + 512,
+    regionSize: 65536,
+    generation: 1,
+    state: 'syncing',
+    cleanShutdown: false,
+    syncPass: 0,
+    syncCursor: 0,
+    ...extra,
   });
 
   it('putVolume / volume / volumes, durable and not, across reopen', async () => {
     let s = await reopen();
     assert.equal(s.volume('V1'), undefined);
     assert.deepEqual(s.volumes(), []);
-    const a = rec('V1', 1, { vm: 'vm-a' }), b = rec('V10', 2, { state: 'protecting', syncCursor: 99 }), c = rec('data disk', 3);
+    const a = rec('V1', 1, { vm: 'vm-a' }),
+      b = rec('V10', 2, { state: 'protecting', syncCursor: 99 }),
+      c = rec('data disk', 3);
     await s.putVolume(a, true);
     await s.putVolume(b, false);
     await s.putVolume(c, true);
@@ -286,7 +331,13 @@ describe('LmdbStateStore', () => {
     const names = ['V1', 'диск-1', '磁盘', '\u{1F4BE} backup', '\uffff'];
     for (const [i, n] of names.entries()) await s.putVolume(rec(n, i + 1), true);
     for (const n of names) assert.equal(s.volume(n)?.name, n);
-    assert.deepEqual(s.volumes().map((r) => r.name).sort(), [...names].sort());
+    assert.deepEqual(
+      s
+        .volumes()
+        .map((r) => r.name)
+        .sort(),
+      [...names].sort(),
+    );
   });
 
   it('allocateVolumeId increments and persists across reopen', async () => {
@@ -321,7 +372,8 @@ describe('LmdbStateStore', () => {
     const same = (b: DirtyBitmap, want: DirtyBitmap, what: string) => {
       assert.equal(b.dirtyRegions, want.dirtyRegions, `${what}: dirtyRegions`);
       assert.deepEqual([...b.runs()], [...want.runs()], `${what}: runs`);
-      for (let p = 0; p < want.pageCount; p++) assert.deepEqual(Buffer.from(b.pageImage(p)), Buffer.from(want.pageImage(p)), `${what}: page ${p}`);
+      for (let p = 0; p < want.pageCount; p++)
+        assert.deepEqual(Buffer.from(b.pageImage(p)), Buffer.from(want.pageImage(p)), `${what}: page ${p}`);
     };
     s = await reopen();
     same(load(s, 'V1'), bm, 'V1 after first save');
@@ -465,7 +517,14 @@ describe('DirtyLog', () => {
     l.mark(SIZE - 1, SIZE);
     const l2 = openLog(); // l not synced, not closed
     assert.equal(l2.fresh, false);
-    assert.deepEqual([...l2.bitmap.runs()], [[5, 6], [PAGE_BITS - 1, PAGE_BITS + 1], [REGIONS - 1, REGIONS]]);
+    assert.deepEqual(
+      [...l2.bitmap.runs()],
+      [
+        [5, 6],
+        [PAGE_BITS - 1, PAGE_BITS + 1],
+        [REGIONS - 1, REGIONS],
+      ],
+    );
     // marking an already dirty region changes nothing, and a zero-length mark marks nothing
     l.mark(5 * RS, 5 * RS + 1);
     l.mark(7 * RS, 7 * RS);
@@ -535,14 +594,22 @@ describe('DirtyLog', () => {
     // a new log
     crashAtFirstPageWrite(() => DirtyLog.open(file, SIZE, RS));
     const l = openLog();
-    assert.equal(l.bitmap.dirtyRegions, REGIONS, `new log after a crash: ${l.bitmap.dirtyRegions} of ${REGIONS} regions dirty (fresh=${l.fresh})`);
+    assert.equal(
+      l.bitmap.dirtyRegions,
+      REGIONS,
+      `new log after a crash: ${l.bitmap.dirtyRegions} of ${REGIONS} regions dirty (fresh=${l.fresh})`,
+    );
     clearAll(l);
     l.sync();
     // an existing, all clean log re-initialized for a bigger volume
     const bigger = SIZE + PAGE_BITS * RS;
     crashAtFirstPageWrite(() => DirtyLog.open(file, bigger, RS));
     const lb = openLog(bigger);
-    assert.equal(lb.bitmap.dirtyRegions, lb.bitmap.regions, `re-initialized log after a crash: ${lb.bitmap.dirtyRegions} of ${lb.bitmap.regions} regions dirty (fresh=${lb.fresh})`);
+    assert.equal(
+      lb.bitmap.dirtyRegions,
+      lb.bitmap.regions,
+      `re-initialized log after a crash: ${lb.bitmap.dirtyRegions} of ${lb.bitmap.regions} regions dirty (fresh=${lb.fresh})`,
+    );
   });
 
   it('memory(): all dirty, fresh, mark/clear/sync/close work without a file', () => {

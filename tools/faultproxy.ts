@@ -9,10 +9,15 @@ import { FaultProxy } from '../test/harness/fault-proxy';
 import { parseEndpoint, parseScript } from '../test/harness/fault-script';
 
 function main(argv: string[]): void {
-  const opt = (k: string) => { const i = argv.indexOf(`--${k}`); return i >= 0 ? argv[i + 1] : undefined; };
+  const opt = (k: string) => {
+    const i = argv.indexOf(`--${k}`);
+    return i >= 0 ? argv[i + 1] : undefined;
+  };
   if (argv.includes('--help') || argv.includes('-h')) {
-    process.stdout.write('usage: faultproxy --listen 127.0.0.1:PORT --target 127.0.0.1:PORT [--script "pass 2s, delay 200ms 2s, stall 5s, reset, drop 1s, halfopen 10s, pass"] [--loop] [--max-buffer BYTES] [--seed N]\n' +
-      'modes: pass | delay N | stall | drop [bytes|chunks] | reset | halfopen; stdin lines are steps run at once\n');
+    process.stdout.write(
+      'usage: faultproxy --listen 127.0.0.1:PORT --target 127.0.0.1:PORT [--script "pass 2s, delay 200ms 2s, stall 5s, reset, drop 1s, halfopen 10s, pass"] [--loop] [--max-buffer BYTES] [--seed N]\n' +
+        'modes: pass | delay N | stall | drop [bytes|chunks] | reset | halfopen; stdin lines are steps run at once\n',
+    );
     return;
   }
   const listen = parseEndpoint(opt('listen') ?? '127.0.0.1:0', '--listen');
@@ -22,7 +27,9 @@ function main(argv: string[]): void {
   const script = opt('script');
   const steps = script ? parseScript(script) : undefined; // parse errors before listening
   const p = new FaultProxy({
-    listen, target, maxBufferBytes: opt('max-buffer') ? Number(opt('max-buffer')) : undefined,
+    listen,
+    target,
+    maxBufferBytes: opt('max-buffer') ? Number(opt('max-buffer')) : undefined,
     seed: opt('seed') ? Number(opt('seed')) : undefined,
     log: (l) => process.stderr.write(`${new Date().toISOString()} ${l}\n`),
   });
@@ -39,12 +46,22 @@ function main(argv: string[]): void {
       const line = buf.slice(0, i).trim();
       buf = buf.slice(i + 1);
       if (!line) continue;
-      if (line === 'stats') { process.stderr.write(`${JSON.stringify(p.stats)}\n`); continue; }
-      try { void p.runScript(parseScript(line)); } catch (e) { process.stderr.write(`faultproxy: ${(e as Error).message}\n`); }
+      if (line === 'stats') {
+        process.stderr.write(`${JSON.stringify(p.stats)}\n`);
+        continue;
+      }
+      try {
+        void p.runScript(parseScript(line));
+      } catch (e) {
+        process.stderr.write(`faultproxy: ${(e as Error).message}\n`);
+      }
     }
   });
   process.stdin.on('end', () => undefined);
-  const stop = () => { process.stderr.write(`faultproxy: stats ${JSON.stringify(p.stats)}\n`); void p.close().then(() => process.exit(0)); };
+  const stop = () => {
+    process.stderr.write(`faultproxy: stats ${JSON.stringify(p.stats)}\n`);
+    void p.close().then(() => process.exit(0));
+  };
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
 }

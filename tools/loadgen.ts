@@ -14,11 +14,26 @@ import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import {
-  Cmd, ALL_CAPS, PROTOCOL_VERSION, Limits, SECTOR, IO_OK, DIRTY_FINAL, FrameDecoder, decode,
-  encodeHello, encodeReportVmVolumes, encodeProtectedWriteHead, encodeRemoteIoResHead, encodeDirtyReport,
+  Cmd,
+  ALL_CAPS,
+  PROTOCOL_VERSION,
+  Limits,
+  SECTOR,
+  IO_OK,
+  DIRTY_FINAL,
+  FrameDecoder,
+  decode,
+  encodeHello,
+  encodeReportVmVolumes,
+  encodeProtectedWriteHead,
+  encodeRemoteIoResHead,
+  encodeDirtyReport,
 } from '../protocol';
 
-const arg = (k: string, d: string) => { const i = process.argv.indexOf(`--${k}`); return i > 0 ? process.argv[i + 1] : d; };
+const arg = (k: string, d: string) => {
+  const i = process.argv.indexOf(`--${k}`);
+  return i > 0 ? process.argv[i + 1] : d;
+};
 const SECONDS = Number(arg('seconds', '5'));
 const SIZE = Number(arg('size-mib', '1024')) << 20;
 const WINDOW = Number(arg('window-mib', '64')) << 20;
@@ -30,22 +45,51 @@ async function startHub(): Promise<{ port: number; stop: () => void; dir: string
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rephub-loadgen-'));
   const port = 17000 + Math.floor(Math.random() * 1000);
   const cli = path.join(__dirname, '../src/cli/rephub.js');
-  const p = spawn(process.execPath, [cli, '--listen', `127.0.0.1:${port}`, '--http', `127.0.0.1:${port + 1000}`,
-    '--vol', `LG=${path.join(dir, 'LGR')}`, '--data', path.join(dir, 'state')], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, LOG_LEVEL: 'warn' } });
+  const p = spawn(
+    process.execPath,
+    [
+      cli,
+      '--listen',
+      `127.0.0.1:${port}`,
+      '--http',
+      `127.0.0.1:${port + 1000}`,
+      '--vol',
+      `LG=${path.join(dir, 'LGR')}`,
+      '--data',
+      path.join(dir, 'state'),
+    ],
+    { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, LOG_LEVEL: 'warn' } },
+  );
   for (let i = 0; i < 100; i++) {
-    const ok = await new Promise<boolean>((r) => { const s = net.connect(port, '127.0.0.1', () => { s.destroy(); r(true); }); s.on('error', () => r(false)); });
+    const ok = await new Promise<boolean>((r) => {
+      const s = net.connect(port, '127.0.0.1', () => {
+        s.destroy();
+        r(true);
+      });
+      s.on('error', () => r(false));
+    });
     if (ok) break;
     await new Promise((r) => setTimeout(r, 100));
   }
-  return { port, dir, stop: () => { p.kill('SIGTERM'); } };
+  return {
+    port,
+    dir,
+    stop: () => {
+      p.kill('SIGTERM');
+    },
+  };
 }
 
 async function main() {
   const given = arg('hub', '');
-  const hub = given ? { host: given.split(':')[0], port: Number(given.split(':')[1]), stop: () => {}, dir: '' } : { host: '127.0.0.1', ...(await startHub()) };
+  const hub = given
+    ? { host: given.split(':')[0], port: Number(given.split(':')[1]), stop: () => {}, dir: '' }
+    : { host: '127.0.0.1', ...(await startHub()) };
   const sock = net.connect(hub.port, hub.host);
   sock.setNoDelay(true);
-  let volId = -1, acked = 0, lastRead = Date.now();
+  let volId = -1,
+    acked = 0,
+    lastRead = Date.now();
   const zero = Buffer.alloc(Limits.maxIoBytes);
   let onAck: (() => void) | null = null;
   const framer = new FrameDecoder((cmd, payload) => {
@@ -68,13 +112,16 @@ async function main() {
   sock.write(encodeReportVmVolumes([{ name: 'LG', sizeBytes: SIZE }]));
   const syncStart = Date.now();
   while (volId < 0 || Date.now() - lastRead < 300) await new Promise((r) => setTimeout(r, 50));
-  console.log(`initial sync of ${SIZE >> 20} MiB (all zero, answered from memory): ${((Date.now() - syncStart - 300) / 1000).toFixed(2)} s`);
+  console.log(
+    `initial sync of ${SIZE >> 20} MiB (all zero, answered from memory): ${((Date.now() - syncStart - 300) / 1000).toFixed(2)} s`,
+  );
 
   let seq = 0;
   async function run(name: string, bs: number, random: boolean) {
     const data = randomBytes(bs);
     const sizes: number[] = [];
-    let off = 0, sent = 0;
+    let off = 0,
+      sent = 0;
     const t0 = process.hrtime.bigint();
     const end = Date.now() + SECONDS * 1000;
     const base = seq;
@@ -86,7 +133,8 @@ async function main() {
       sock.write(encodeProtectedWriteHead(volId, o / SECTOR, bs / SECTOR, IO_OK));
       const ok = sock.write(data);
       sock.uncork();
-      seq++; sent += bs;
+      seq++;
+      sent += bs;
       if (!ok) await new Promise((r) => sock.once('drain', r));
       sizes.push(0);
       if (sizes.length > 1000) sizes.length = 0;
@@ -94,14 +142,17 @@ async function main() {
     while (acked < seq) await new Promise<void>((r) => (onAck = r));
     const s = Number(process.hrtime.bigint() - t0) / 1e9;
     const n = seq - base;
-    console.log(`${name.padEnd(22)} ${(sent / s / 1e6).toFixed(1).padStart(8)} MB/s ${(n / s).toFixed(0).padStart(9)} writes/s  (${n} writes in ${s.toFixed(2)} s, all acked durable)`);
+    console.log(
+      `${name.padEnd(22)} ${(sent / s / 1e6).toFixed(1).padStart(8)} MB/s ${(n / s).toFixed(0).padStart(9)} writes/s  (${n} writes in ${s.toFixed(2)} s, all acked durable)`,
+    );
   }
   /** Steady RATE bytes/s in BS writes for SECONDS; the lag of each write from send to ack. */
   async function rpo() {
     const data = randomBytes(BS);
     const sentAt = new Float64Array(Math.ceil((RATE * SECONDS) / BS) + 16); // bounded: one slot per write of the run
     const base = seq;
-    let off = 0, n = 0;
+    let off = 0,
+      n = 0;
     const lags: number[] = [];
     let ackedTo = base;
     onAck = null;
@@ -111,7 +162,7 @@ async function main() {
     };
     const t0 = performance.now();
     while (n < sentAt.length - 16 && performance.now() - t0 < SECONDS * 1000) {
-      const due = Math.floor(((performance.now() - t0) / 1000) * RATE / BS) + 1; // writes due by now
+      const due = Math.floor((((performance.now() - t0) / 1000) * RATE) / BS) + 1; // writes due by now
       while (n < due && n < sentAt.length - 16) {
         if ((seq - acked) * BS >= WINDOW) break; // the window is full: the lag shows it
         sock.cork();
@@ -126,12 +177,17 @@ async function main() {
       collect();
       await new Promise((r) => setTimeout(r, 1));
     }
-    while (acked < seq) { await new Promise<void>((r) => (onAck = r)); collect(); }
+    while (acked < seq) {
+      await new Promise<void>((r) => (onAck = r));
+      collect();
+    }
     collect();
-    const late = Math.max(0, Math.floor(((performance.now() - t0) / 1000) * RATE / BS) - n);
+    const late = Math.max(0, Math.floor((((performance.now() - t0) / 1000) * RATE) / BS) - n);
     lags.sort((a, b) => a - b);
     const q = (p: number) => lags[Math.min(lags.length - 1, Math.floor(p * lags.length))].toFixed(1);
-    console.log(`RPO at ${(RATE / 1e6).toFixed(0)} MB/s in ${BS}-byte writes: ${n} writes, p50 ${q(0.5)} ms, p99 ${q(0.99)} ms, max ${q(1 - 1e-9)} ms${late ? `, fell ${late} writes behind the rate` : ''}`);
+    console.log(
+      `RPO at ${(RATE / 1e6).toFixed(0)} MB/s in ${BS}-byte writes: ${n} writes, p50 ${q(0.5)} ms, p99 ${q(0.99)} ms, max ${q(1 - 1e-9)} ms${late ? `, fell ${late} writes behind the rate` : ''}`,
+    );
   }
 
   if (RATE > 0) await rpo();
@@ -144,4 +200,7 @@ async function main() {
   if (hub.dir) setTimeout(() => fs.rmSync(hub.dir, { recursive: true, force: true }), 500);
 }
 
-main().catch((e) => { console.error(e); process.exit(1); });
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

@@ -44,14 +44,32 @@ export class ReplicationAgent {
   constructor(private readonly opts: AgentOptions) {
     // TLS records are authenticated already: frame checksums would only repeat that work
     const caps = opts.caps ?? (opts.tls ? ALL_CAPS & ~Cap.FRAME_CRC : ALL_CAPS);
-    this.core = new AgentCore(opts.volumes, {
-      maxQueueBytes: opts.maxQueueBytes ?? 64 << 20, maxPendingWrites: opts.maxPendingWrites ?? 65536,
-      maxRemoteIo: opts.maxRemoteIo ?? 16, seekData: opts.seekData ?? true,
-    }, this.writePool, opts.log, this.stats);
-    this.connection = new HubConnection({
-      hubHost: opts.hubHost, hubPort: opts.hubPort, vm: opts.vm, caps, tls: opts.tls,
-      heartbeatMs: opts.heartbeatMs ?? 2000, reconnectMaxMs: opts.reconnectMaxMs ?? 5000,
-    }, this.core, opts.log, this.stats);
+    this.core = new AgentCore(
+      opts.volumes,
+      {
+        maxQueueBytes: opts.maxQueueBytes ?? 64 << 20,
+        maxPendingWrites: opts.maxPendingWrites ?? 65536,
+        maxRemoteIo: opts.maxRemoteIo ?? 16,
+        seekData: opts.seekData ?? true,
+      },
+      this.writePool,
+      opts.log,
+      this.stats,
+    );
+    this.connection = new HubConnection(
+      {
+        hubHost: opts.hubHost,
+        hubPort: opts.hubPort,
+        vm: opts.vm,
+        caps,
+        tls: opts.tls,
+        heartbeatMs: opts.heartbeatMs ?? 2000,
+        reconnectMaxMs: opts.reconnectMaxMs ?? 5000,
+      },
+      this.core,
+      opts.log,
+      this.stats,
+    );
     this.syncTimer = setInterval(() => this.syncLogs(false), LOG_SYNC_MS);
     this.syncTimer.unref();
   }
@@ -90,8 +108,12 @@ export class ReplicationAgent {
   status() {
     const core = this.core.status();
     return {
-      vm: this.opts.vm, connected: this.connection.ready, caps: this.connection.caps,
-      queueBytes: this.connection.queuedBytes(), pendingWrites: core.pendingWrites, volumes: core.volumes,
+      vm: this.opts.vm,
+      connected: this.connection.ready,
+      caps: this.connection.caps,
+      queueBytes: this.connection.queuedBytes(),
+      pendingWrites: core.pendingWrites,
+      volumes: core.volumes,
       ...this.stats,
     };
   }

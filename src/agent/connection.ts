@@ -63,14 +63,17 @@ export class HubConnection {
 
   private dial(): void {
     if (this.stopping) return;
-    const o = this.opts, secure = o.tls;
+    const o = this.opts,
+      secure = o.tls;
     const sock: net.Socket = secure
       ? tls.connect({ host: o.hubHost, port: o.hubPort, ...secure })
       : net.connect({ host: o.hubHost, port: o.hubPort });
     sock.setNoDelay(true);
     sock.setKeepAlive(true, 10_000);
     const link = new Link(socketIo(sock), {
-      caps: o.caps, heartbeatMs: o.heartbeatMs, name: o.vm,
+      caps: o.caps,
+      heartbeatMs: o.heartbeatMs,
+      name: o.vm,
       onDead: (silentMs) => {
         this.log.warn({ silentMs }, 'hub silent; dropping connection');
         sock.destroy();
@@ -147,7 +150,8 @@ export class HubConnection {
   /** Close the current connection after `goodbye` (sent only once the handshake is done). */
   async close(goodbye: () => void): Promise<void> {
     this.stopDialing();
-    const sock = this.sock, channel = this.channel;
+    const sock = this.sock,
+      channel = this.channel;
     if (sock && !sock.destroyed) {
       if (channel?.ready) goodbye();
       channel?.link.stop(); // no heartbeat on a closing connection

@@ -116,7 +116,10 @@ export class AgentCore {
     return {
       pendingWrites: this.mirror.pendingWrites,
       volumes: this.volumes.list.map((v) => ({
-        name: v.name, volumeId: this.volumes.hubId(v), sizeBytes: v.sizeBytes, dirtyBytes: v.log.bitmap.dirtyBytes,
+        name: v.name,
+        volumeId: this.volumes.hubId(v),
+        sizeBytes: v.sizeBytes,
+        dirtyBytes: v.log.bitmap.dirtyBytes,
         logDirtyBytes: v.log.persistedDirtyBytes,
       })),
     };

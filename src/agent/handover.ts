@@ -67,7 +67,8 @@ export class Handover implements RegionHolder {
   /** START_PROTECT: hand the whole dirty log over (DIRTY_REPORT capability). */
   protectStarted(v: AgentVolume): void {
     if (this.link === null || !this.link.has(Cap.DIRTY_REPORT)) return;
-    const bitmap = v.log.bitmap, snapshot = new DirtyBitmap(bitmap.sizeBytes, bitmap.regionSize);
+    const bitmap = v.log.bitmap,
+      snapshot = new DirtyBitmap(bitmap.sizeBytes, bitmap.regionSize);
     for (const [a, b] of bitmap.runs()) snapshot.setRegions(a, b - 1);
     this.report(this.link, v, snapshot);
   }
@@ -102,7 +103,8 @@ export class Handover implements RegionHolder {
 
   /** Hand owed regions over in a report, once the previous report was acked and there is room. */
   private sendOwed(v: AgentVolume): void {
-    const link = this.link, i = v.index;
+    const link = this.link,
+      i = v.index;
     if (link === null || this.volumes.hubId(v) < 0 || this.handing[i] !== null || this.owed[i].dirtyRegions === 0) {
       return;
     }
@@ -118,13 +120,15 @@ export class Handover implements RegionHolder {
 
   /** Send `regions` as one report, in as many DIRTY_REPORT frames as its extents need. */
   private report(link: LinkPort, v: AgentVolume, regions: DirtyBitmap): void {
-    const i = v.index, regionSize = regions.regionSize;
+    const i = v.index,
+      regionSize = regions.regionSize;
     this.handing[i] = regions;
     this.reportIds[i] = (this.reportIds[i] + 1) >>> 0;
     const chunks: Extent[][] = [[]];
     let bytes = 0;
     for (const [a, b] of regions.runs()) {
-      const start = a * regionSize, end = Math.min(b * regionSize, regions.sizeBytes);
+      const start = a * regionSize,
+        end = Math.min(b * regionSize, regions.sizeBytes);
       if (chunks[chunks.length - 1].length === Limits.maxExtents) chunks.push([]);
       chunks[chunks.length - 1].push({ offsetSectors: start / SECTOR, sizeSectors: (end - start) / SECTOR });
       bytes += end - start;

@@ -82,7 +82,9 @@ export class Mirror implements RegionHolder {
       return;
     }
     const seq = ++this.sentSeq;
-    const bitmap = v.log.bitmap, first = bitmap.regionOf(offset), last = bitmap.regionOf(offset + len - 1);
+    const bitmap = v.log.bitmap,
+      first = bitmap.regionOf(offset),
+      last = bitmap.regionOf(offset + len - 1);
     const n = this.pending.length;
     assert(n === this.pendingHead || this.pending[n - 1].seq === seq - 1, 'pending writes are in seq order');
     this.pending.push({ seq, volume: v, first, last });

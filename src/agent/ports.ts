@@ -33,7 +33,15 @@ export interface AgentStats {
 
 export function newStats(): AgentStats {
   return {
-    writes: 0, mirroredBytes: 0, overflowWrites: 0, remoteReads: 0, remoteReadBytes: 0, remoteZeroBytes: 0,
-    remoteDiskBytes: 0, remoteWrites: 0, connects: 0, reportedBytes: 0,
+    writes: 0,
+    mirroredBytes: 0,
+    overflowWrites: 0,
+    remoteReads: 0,
+    remoteReadBytes: 0,
+    remoteZeroBytes: 0,
+    remoteDiskBytes: 0,
+    remoteWrites: 0,
+    connects: 0,
+    reportedBytes: 0,
   };
 }

@@ -4,8 +4,21 @@
 // how many run at once. Each answer goes out on the link its request came in on.
 import { createHash } from 'node:crypto';
 import {
-  Cap, SECTOR, IO_OK, IO_ZEROES, IO_SPARSE, SPARSE_CHUNK, SPARSE_MAP_BYTES, CHECKSUM_BYTES,
-  chunkCount, encodeSparseMap, encodeRemoteIoResHead, encodeChecksumRes, ProtocolError, RemoteIoReq, ChecksumReq,
+  Cap,
+  SECTOR,
+  IO_OK,
+  IO_ZEROES,
+  IO_SPARSE,
+  SPARSE_CHUNK,
+  SPARSE_MAP_BYTES,
+  CHECKSUM_BYTES,
+  chunkCount,
+  encodeSparseMap,
+  encodeRemoteIoResHead,
+  encodeChecksumRes,
+  ProtocolError,
+  RemoteIoReq,
+  ChecksumReq,
 } from '../../protocol';
 import { BufferPool } from '../buffer-pool';
 import { BlockTarget, ZEROES } from '../../storage/volume';
@@ -77,7 +90,8 @@ export class RemoteIo {
 
   private async run(link: LinkPort, m: RemoteIoReq): Promise<void> {
     const v = this.volumes.withHubId(m.volumeId);
-    const offset = m.offsetSectors * SECTOR, len = m.sizeSectors * SECTOR;
+    const offset = m.offsetSectors * SECTOR,
+      len = m.sizeSectors * SECTOR;
     if (!v || offset + len > v.sizeBytes) {
       this.log.error({ volumeId: m.volumeId, offset, len }, 'remote IO for unknown volume or out of range');
       link.send([encodeRemoteIoResHead(m.reqId, EINVAL, m.volumeId, 0)]);
@@ -101,14 +115,17 @@ export class RemoteIo {
    * holding non-zero data cross the link; an all-zero range is one IO_ZEROES header.
    */
   private async read(link: LinkPort, v: AgentVolume, m: RemoteIoReq, offset: number, len: number): Promise<void> {
-    const t = v.target, sparse = link.has(Cap.SPARSE), zeroes = link.has(Cap.ZEROES);
+    const t = v.target,
+      sparse = link.has(Cap.SPARSE),
+      zeroes = link.has(Cap.ZEROES);
     const seek = (sparse || zeroes) && this.opts.seekData && t.dataExtents;
     const extents = seek ? t.dataExtents!(offset, offset + len) : null;
     this.stats.remoteReads++;
     if (extents && extents.length === 0 && zeroes) return this.answerZeroes(link, m, len);
     const buf = this.readPool.take(len);
     const release = () => this.readPool.give(buf);
-    const n = chunkCount(len), useSparse = sparse && n > 1;
+    const n = chunkCount(len),
+      useSparse = sparse && n > 1;
     const holds = chunksHoldingData(offset, len, extents);
     if (extents) {
       zeroHoles(buf, offset, len, extents, useSparse ? holds : null);
@@ -152,7 +169,8 @@ export class RemoteIo {
   /** CHECKSUM_REQ: a digest per region, read in order (resync and verify compare them). */
   async checksum(link: LinkPort, m: ChecksumReq): Promise<void> {
     const v = this.volumes.withHubId(m.volumeId);
-    const regionBytes = m.regionSectors * SECTOR, start = m.offsetSectors * SECTOR;
+    const regionBytes = m.regionSectors * SECTOR,
+      start = m.offsetSectors * SECTOR;
     if (!v || start + regionBytes * m.count > v.sizeBytes) {
       link.send([encodeChecksumRes(m.reqId, EINVAL, m.volumeId, Buffer.alloc(0))]);
       return;
@@ -162,7 +180,10 @@ export class RemoteIo {
     try {
       for (let i = 0; i < m.count; i++) {
         await readBulk(v.target, buf, start + i * regionBytes);
-        createHash('sha256').update(buf).digest().copy(out, i * CHECKSUM_BYTES, 0, CHECKSUM_BYTES);
+        createHash('sha256')
+          .update(buf)
+          .digest()
+          .copy(out, i * CHECKSUM_BYTES, 0, CHECKSUM_BYTES);
       }
       link.send([encodeChecksumRes(m.reqId, IO_OK, m.volumeId, out)]);
     } catch {
@@ -175,7 +196,8 @@ export class RemoteIo {
 function chunksHoldingData(offset: number, len: number, extents: [number, number][] | null): boolean[] {
   const holds: boolean[] = [];
   for (let i = 0, e = 0, n = chunkCount(len); i < n; i++) {
-    const a = offset + i * SPARSE_CHUNK, b = Math.min(a + SPARSE_CHUNK, offset + len);
+    const a = offset + i * SPARSE_CHUNK,
+      b = Math.min(a + SPARSE_CHUNK, offset + len);
     while (extents && e < extents.length && extents[e][1] <= a) e++;
     holds.push(!extents || (e < extents.length && extents[e][0] < b));
   }
@@ -187,7 +209,11 @@ function chunksHoldingData(offset: number, len: number, extents: [number, number
  * need their holes zeroed: the others are left out of the answer, neither read nor zeroed.
  */
 function zeroHoles(
-  buf: Buffer, offset: number, len: number, extents: [number, number][], holds: boolean[] | null,
+  buf: Buffer,
+  offset: number,
+  len: number,
+  extents: [number, number][],
+  holds: boolean[] | null,
 ): void {
   const zero = (a: number, b: number) => {
     if (!holds) return void buf.fill(0, a - offset, b - offset);

@@ -61,7 +61,9 @@ export class WritePath implements RegionHolder {
    * The hot path: no allocation, closure or promise of its own.
    */
   writeNow(name: string, offset: number, data: Buffer): boolean {
-    const v = this.volumes.named(name), len = data.length, t = v.target;
+    const v = this.volumes.named(name),
+      len = data.length,
+      t = v.target;
     if (!t.writeSync || len > SYNC_WRITE_MAX) return false;
     v.checkRange(offset, offset + len);
     if (this.locks[v.index].locked(offset, offset + len)) return false;
@@ -104,14 +106,16 @@ export class WritePath implements RegionHolder {
   /** Persist the regions dirty before the image changes, and keep them from being cleared meanwhile. */
   private begin(v: AgentVolume, start: number, end: number): void {
     v.log.mark(start, end);
-    const bitmap = v.log.bitmap, busy = this.busy[v.index];
+    const bitmap = v.log.bitmap,
+      busy = this.busy[v.index];
     for (let r = bitmap.regionOf(start), last = bitmap.regionOf(end - 1); r <= last; r++) {
       busy.set(r, (busy.get(r) ?? 0) + 1);
     }
   }
 
   private end(v: AgentVolume, start: number, end: number): void {
-    const bitmap = v.log.bitmap, busy = this.busy[v.index];
+    const bitmap = v.log.bitmap,
+      busy = this.busy[v.index];
     for (let r = bitmap.regionOf(start), last = bitmap.regionOf(end - 1); r <= last; r++) {
       const n = busy.get(r);
       assert(n !== undefined && n > 0, 'a write ends only on regions it made busy');

@@ -16,7 +16,11 @@ export class MirroredExport implements NbdExport {
   private readonly writeImage: (buf: Buffer, offset: number) => Promise<void>;
 
   /** `image` is the local image the write path applies to; reads come straight from it. */
-  constructor(readonly name: string, private readonly image: BlockTarget, private readonly agent: MirroredWritePath) {
+  constructor(
+    readonly name: string,
+    private readonly image: BlockTarget,
+    private readonly agent: MirroredWritePath,
+  ) {
     this.writeImage = (buf, offset) => image.write(buf, offset); // zeroing's piece writer, made once
   }
 

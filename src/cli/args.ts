@@ -1,5 +1,7 @@
 // Validation of command-line values shared by the CLIs. Errors name the option and the value.
 import * as path from 'node:path';
+import { nativeUnavailable } from '../../storage/fileio';
+import type { Logger } from '../log';
 
 export const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
@@ -11,13 +13,15 @@ export function parseHostPort(v: string, opt: string): { host: string; port: num
 }
 
 export function checkName(name: string, what: string): string {
-  if (!NAME_RE.test(name)) throw new Error(`${what} "${name}": use 1-128 characters of A-Z a-z 0-9 . _ - (starting with a letter or digit)`);
+  if (!NAME_RE.test(name))
+    throw new Error(`${what} "${name}": use 1-128 characters of A-Z a-z 0-9 . _ - (starting with a letter or digit)`);
   return name;
 }
 
 export function checkPath(p: string, what: string): string {
   // eslint-disable-next-line no-control-regex
-  if (p.length === 0 || /[\x00-\x1f\x7f]/.test(p)) throw new Error(`${what} "${p}": empty or contains control characters`);
+  if (p.length === 0 || /[\x00-\x1f\x7f]/.test(p))
+    throw new Error(`${what} "${p}": empty or contains control characters`);
   return p;
 }
 
@@ -29,7 +33,8 @@ export function parseVolSpec(spec: string): { name: string; path: string; vm?: s
   const at = spec.lastIndexOf('@');
   if (at > 0) return { ...parseVolSpec(spec.slice(0, at)), vm: checkName(spec.slice(at + 1), '--vol VM binding') };
   const eq = spec.indexOf('=');
-  if (eq >= 0) return { name: checkName(spec.slice(0, eq), '--vol name'), path: checkPath(spec.slice(eq + 1), '--vol path') };
+  if (eq >= 0)
+    return { name: checkName(spec.slice(0, eq), '--vol name'), path: checkPath(spec.slice(eq + 1), '--vol path') };
   checkPath(spec, '--vol');
   const base = path.basename(spec).replace(/\.(img|raw|bin)$/i, '');
   const name = base.length > 1 && base.endsWith('R') ? base.slice(0, -1) : base;
@@ -39,15 +44,36 @@ export function parseVolSpec(spec: string): { name: string; path: string; vm?: s
 export function parseSize(v: string, opt: string): number {
   const m = /^(\d+)([KMGT]?)(i?B)?$/i.exec(v.trim());
   if (!m) throw new Error(`${opt}: expected a size like 65536, 64K or 1M, got "${v}"`);
-  const mul = { '': 1, K: 1 << 10, M: 1 << 20, G: 1 << 30, T: 2 ** 40 }[m[2].toUpperCase() as '' | 'K' | 'M' | 'G' | 'T'];
+  const mul = { '': 1, K: 1 << 10, M: 1 << 20, G: 1 << 30, T: 2 ** 40 }[
+    m[2].toUpperCase() as '' | 'K' | 'M' | 'G' | 'T'
+  ];
   return Number(m[1]) * mul;
 }
 
 /** Replace {V1} style placeholders with the export URIs; unknown placeholders are an error. */
 export function fillLaunch(cmd: string, uris: Record<string, string>): string {
   return cmd.replace(/\{([A-Za-z0-9._-]+)\}/g, (_, n) => {
-    if (!(n in uris)) throw new Error(`--launch uses {${n}} but the test exports only ${Object.keys(uris).map((k) => `{${k}}`).join(', ')}`);
+    if (!(n in uris))
+      throw new Error(
+        `--launch uses {${n}} but the test exports only ${Object.keys(uris)
+          .map((k) => `{${k}}`)
+          .join(', ')}`,
+      );
     return uris[n];
   });
 }
 
+/** A whole number of milliseconds, 0 to `max`. */
+export function parseMillis(v: string, flag: string, max: number): number {
+  const ms = Number(v);
+  if (!Number.isInteger(ms) || ms < 0 || ms > max) throw new Error(`${flag} ${v}: milliseconds, 0 to ${max}`);
+  return ms;
+}
+
+/** Both commands say once, at start, when they run without the native addon. */
+export function warnIfNoNative(log: Logger): void {
+  const why = nativeUnavailable();
+  if (!why) return;
+  const lost = 'page-cache advice, hole detection and fast frame checksums are off (slower, still correct)';
+  log.warn({ cause: why }, `native addon missing: ${lost}`);
+}

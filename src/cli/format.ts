@@ -11,22 +11,49 @@ export function renderStatus(st: any, bars: boolean): string {
   const rows = st.volumes.map((v: any) => {
     const pct = v.sizeBytes ? 100 * (1 - v.dirtyBytes / v.sizeBytes) : 0;
     const sync = bars ? `${'#'.repeat(Math.round(pct / 5)).padEnd(20, '.')} ${pct.toFixed(1)}%` : `${pct.toFixed(1)}%`;
-    return [v.name, v.state, v.vm ?? '-', fmt(v.sizeBytes), fmt(v.dirtyBytes), sync, String(v.syncPass), lagText(v.rpoLagMs),
-      `${fmt(v.throughputBps)}/s`, v.recovery, v.lastError ?? ''];
+    return [
+      v.name,
+      v.state,
+      v.vm ?? '-',
+      fmt(v.sizeBytes),
+      fmt(v.dirtyBytes),
+      sync,
+      String(v.syncPass),
+      lagText(v.rpoLagMs),
+      `${fmt(v.throughputBps)}/s`,
+      v.recovery,
+      v.lastError ?? '',
+    ];
   });
-  out.push(table([['VOLUME', 'STATE', 'VM', 'SIZE', 'DIRTY', 'IN SYNC', 'PASS', 'RPO LAG', 'THROUGHPUT', 'RECOVERY', 'LAST ERROR'], ...rows]));
-  out.push(`${st.agents.length} agent(s) connected${st.agents.length ? ': ' + st.agents.map((a: any) => a.vm || `session ${a.session}`).join(', ') : ''}`);
+  out.push(
+    table([
+      ['VOLUME', 'STATE', 'VM', 'SIZE', 'DIRTY', 'IN SYNC', 'PASS', 'RPO LAG', 'THROUGHPUT', 'RECOVERY', 'LAST ERROR'],
+      ...rows,
+    ]),
+  );
+  out.push(
+    `${st.agents.length} agent(s) connected${st.agents.length ? ': ' + st.agents.map((a: any) => a.vm || `session ${a.session}`).join(', ') : ''}`,
+  );
   return out.join('\n') + '\n';
 }
 
 export function fmt(n: number): string {
   const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
   let i = 0;
-  while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
+  while (n >= 1024 && i < u.length - 1) {
+    n /= 1024;
+    i++;
+  }
   return `${i ? n.toFixed(1) : n}${u[i]}`;
 }
 export function table(rows: string[][]): string {
   const w = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
-  return rows.map((r) => r.map((c, i) => c.padEnd(w[i])).join('  ').trimEnd()).join('\n');
+  return rows
+    .map((r) =>
+      r
+        .map((c, i) => c.padEnd(w[i]))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n');
 }
-

@@ -1,34 +1,47 @@
 #!/usr/bin/env node
 // rephub-agent: serves the VM's disk images over NBD and mirrors every write to the hub.
-import { nativeUnavailable } from '../../storage/fileio';
 import { Command } from 'commander';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as http from 'node:http';
-import { ReplicationAgent } from '../agent/agent';
+import { ReplicationAgent, AgentVolumeSpec } from '../agent/agent';
 import { DirtyLog } from '../../storage/dirty-log';
 import { NbdServer } from '../nbd/server';
 import { ExportRegistry } from '../nbd/exports';
 import { MirroredExport } from './agent-export';
 import { FileVolume } from '../../storage/volume';
-import { makeLogger } from '../log';
-import { parseHostPort, checkName, checkPath, parseSize } from './args';
+import { makeLogger, Logger } from '../log';
+import { parseHostPort, checkName, checkPath, parseSize, warnIfNoNative } from './args';
 import { enabled as tlsEnabled, clientOptions } from '../security';
 import { fmt, table } from './format';
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
-async function main(o: { logPretty?: boolean; logLevel?: string; hub: string; export: string[]; nbd: string; state: string; vm: string; regionSize: string; maxQueue: string; http: string;
-  tlsCert?: string; tlsKey?: string; tlsCa?: string; tlsServername?: string; pskFile?: string; seekData?: boolean }) {
-  if (o.logPretty) process.env.LOG_PRETTY = '1';
-  const log = makeLogger('rephub-agent', o.logLevel);
-  if (nativeUnavailable()) log.warn({ cause: nativeUnavailable() }, 'native addon missing: page-cache advice, hole detection and fast frame checksums are off (slower, still correct)');
-  const hub = parseHostPort(o.hub, '--hub');
-  const nbdAddr = parseHostPort(o.nbd, '--nbd');
+interface RunOptions {
+  logPretty?: boolean;
+  logLevel?: string;
+  hub: string;
+  export: string[];
+  nbd: string;
+  state: string;
+  vm: string;
+  regionSize: string;
+  maxQueue: string;
+  http: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsCa?: string;
+  tlsServername?: string;
+  pskFile?: string;
+  seekData?: boolean;
+}
+
+/** Each --export NAME=PATH opened, with its dirty log in the state directory. */
+function openVolumes(o: RunOptions, vm: string, log: Logger): AgentVolumeSpec[] {
   const regionSize = parseSize(o.regionSize, '--region-size');
-  const vm = checkName(o.vm, '--vm');
-  if (o.export.length === 0) throw new Error('give at least one --export NAME=PATH (e.g. --export V1=/var/lib/vm/V1.img)');
+  if (o.export.length === 0)
+    throw new Error('give at least one --export NAME=PATH (e.g. --export V1=/var/lib/vm/V1.img)');
   fs.mkdirSync(o.state, { recursive: true });
   const volumes = o.export.map((spec) => {
     const eq = spec.indexOf('=');
@@ -36,31 +49,63 @@ async function main(o: { logPretty?: boolean; logLevel?: string; hub: string; ex
     const name = checkName(spec.slice(0, eq), '--export name');
     const file = checkPath(spec.slice(eq + 1), '--export path');
     const target = FileVolume.open(file);
-    if (target.sizeBytes % 512 !== 0 || target.sizeBytes === 0) throw new Error(`--export ${name}: ${file} is ${target.sizeBytes} bytes, not a positive multiple of 512`);
+    if (target.sizeBytes % 512 !== 0 || target.sizeBytes === 0)
+      throw new Error(`--export ${name}: ${file} is ${target.sizeBytes} bytes, not a positive multiple of 512`);
     const dlog = DirtyLog.open(path.join(o.state, `${vm}.${name}.dirty`), target.sizeBytes, regionSize);
-    log.info({ volume: name, image: file, sizeBytes: target.sizeBytes, dirtyBytes: dlog.bitmap.dirtyBytes, freshLog: dlog.fresh }, 'protected volume');
+    const ctx = { volume: name, image: file, sizeBytes: target.sizeBytes, dirtyBytes: dlog.bitmap.dirtyBytes };
+    log.info({ ...ctx, freshLog: dlog.fresh }, 'protected volume');
     return { name, target, log: dlog };
   });
-  if (new Set(volumes.map((v) => v.name)).size !== volumes.length) throw new Error('--export: a volume name is given twice');
-  const files = { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa, pskFile: o.pskFile };
-  const secure = tlsEnabled(files) ? clientOptions(files, vm, o.tlsServername ?? hub.host) : undefined;
-  if (!secure) log.warn({ hub: o.hub }, 'agent link is plaintext and unauthenticated: use --tls-* or --psk-file outside a lab');
-  const agent = new ReplicationAgent({ hubHost: hub.host, hubPort: hub.port, vm, volumes, log, maxQueueBytes: parseSize(o.maxQueue, '--max-queue'), tls: secure, seekData: o.seekData !== false });
-  const exports = new ExportRegistry();
-  for (const v of volumes) exports.add(new MirroredExport(v.name, v.target, agent));
-  const nbd = new NbdServer(exports, log, undefined, agent.writePool);
-  // Status first, then NBD: once a client can reach the export, the status endpoint answers too.
-  const httpAddr = parseHostPort(o.http, '--http');
+  if (new Set(volumes.map((v) => v.name)).size !== volumes.length)
+    throw new Error('--export: a volume name is given twice');
+  return volumes;
+}
+
+/** GET /status of the agent, listening before the NBD exports so it answers once they do. */
+async function serveStatus(addr: string, status: () => object): Promise<http.Server> {
+  const httpAddr = parseHostPort(addr, '--http');
   const web = http.createServer((req, res) => {
     if (req.method === 'GET' && req.url === '/status') {
       res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ ...agent.status(), nbd: nbd.stats }, null, 1));
+      res.end(JSON.stringify(status(), null, 1));
     } else {
       res.writeHead(404, { 'content-type': 'text/plain' });
       res.end('not found: try GET /status\n');
     }
   });
-  await new Promise<void>((res, rej) => { web.once('error', rej); web.listen(httpAddr.port, httpAddr.host, () => res()); });
+  await new Promise<void>((res, rej) => {
+    web.once('error', rej);
+    web.listen(httpAddr.port, httpAddr.host, () => res());
+  });
+  return web;
+}
+
+async function main(o: RunOptions) {
+  if (o.logPretty) process.env.LOG_PRETTY = '1';
+  const log = makeLogger('rephub-agent', o.logLevel);
+  warnIfNoNative(log);
+  const hub = parseHostPort(o.hub, '--hub');
+  const nbdAddr = parseHostPort(o.nbd, '--nbd');
+  const vm = checkName(o.vm, '--vm');
+  const volumes = openVolumes(o, vm, log);
+  const files = { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa, pskFile: o.pskFile };
+  const secure = tlsEnabled(files) ? clientOptions(files, vm, o.tlsServername ?? hub.host) : undefined;
+  if (!secure)
+    log.warn({ hub: o.hub }, 'agent link is plaintext and unauthenticated: use --tls-* or --psk-file outside a lab');
+  const agent = new ReplicationAgent({
+    hubHost: hub.host,
+    hubPort: hub.port,
+    vm,
+    volumes,
+    log,
+    maxQueueBytes: parseSize(o.maxQueue, '--max-queue'),
+    tls: secure,
+    seekData: o.seekData !== false,
+  });
+  const exports = new ExportRegistry();
+  for (const v of volumes) exports.add(new MirroredExport(v.name, v.target, agent));
+  const nbd = new NbdServer(exports, log, undefined, agent.writePool);
+  const web = await serveStatus(o.http, () => ({ ...agent.status(), nbd: nbd.stats }));
   const a = await nbd.listen(nbdAddr.host, nbdAddr.port);
   agent.start();
   const uris = exports.names().map((n) => `nbd://${a.address}:${a.port}/${n}`);
@@ -73,7 +118,10 @@ async function main(o: { logPretty?: boolean; logLevel?: string; hub: string; ex
     await nbd.close();
     web.close();
     await agent.stop();
-    for (const v of volumes) { v.log.close(); await v.target.close(); }
+    for (const v of volumes) {
+      v.log.close();
+      await v.target.close();
+    }
     process.exit(0);
   };
   process.on('SIGINT', () => void stop('SIGINT'));
@@ -81,13 +129,21 @@ async function main(o: { logPretty?: boolean; logLevel?: string; hub: string; ex
 }
 
 const program = new Command('rephub-agent')
-  .description('rephub agent: serves protected volumes over NBD (qemu -drive file=nbd://127.0.0.1:10809/V1) and mirrors every write to the hub')
+  .description(
+    'rephub agent: serves protected volumes over NBD (qemu -drive file=nbd://127.0.0.1:10809/V1) and mirrors every write to the hub',
+  )
   .showHelpAfterError();
 
-program.command('run', { isDefault: true })
+program
+  .command('run', { isDefault: true })
   .description('serve and mirror (the default command)')
   .option('--hub <host:port>', 'hub address', '127.0.0.1:7000')
-  .option('--export <name=path>', 'protected volume: NAME=PATH of a raw image or block device; repeat for more', collect, [])
+  .option(
+    '--export <name=path>',
+    'protected volume: NAME=PATH of a raw image or block device; repeat for more',
+    collect,
+    [],
+  )
   .option('--nbd <host:port>', 'NBD listen address', '127.0.0.1:10809')
   .option('--state <dir>', 'directory for the persistent dirty logs', './rephub-agent-state')
   .option('--vm <name>', 'VM name reported to the hub', os.hostname().replace(/[^A-Za-z0-9._-]/g, '-') || 'vm')
@@ -99,12 +155,24 @@ program.command('run', { isDefault: true })
   .option('--tls-key <file>', 'agent private key (PEM)')
   .option('--tls-ca <file>', 'CA that signs the hub certificate (PEM)')
   .option('--tls-servername <name>', 'name to verify in the hub certificate (default: the --hub host)')
-  .option('--psk-file <file>', 'TLS with a pre-shared key instead of certificates: identity:hexkey lines; identity = --vm')
+  .option(
+    '--psk-file <file>',
+    'TLS with a pre-shared key instead of certificates: identity:hexkey lines; identity = --vm',
+  )
   .option('--max-queue <bytes>', 'mirror bytes buffered towards the hub; beyond it writes become dirty regions', '64M')
-  .option('--no-seek-data', 'do not trust SEEK_DATA/SEEK_HOLE to find holes (a file system with a hole-reporting bug): read everything; zero chunks are still not sent')
-  .action((o) => main(o).catch((e) => { process.stderr.write(`rephub-agent: ${e.message}\n`); process.exit(2); }));
+  .option(
+    '--no-seek-data',
+    'do not trust SEEK_DATA/SEEK_HOLE to find holes (a file system with a hole-reporting bug): read everything; zero chunks are still not sent',
+  )
+  .action((o) =>
+    main(o).catch((e) => {
+      process.stderr.write(`rephub-agent: ${e.message}\n`);
+      process.exit(2);
+    }),
+  );
 
-program.command('status')
+program
+  .command('status')
   .description("show this agent's side: hub connection, send queue, dirty bytes per volume")
   .option('--agent <url>', 'agent status URL', 'http://127.0.0.1:10899')
   .option('--json', 'print JSON for scripts')
@@ -112,9 +180,25 @@ program.command('status')
     const url = o.agent.replace(/\/$/, '') + '/status';
     try {
       const st: any = await (await fetch(url)).json();
-      if (o.json) { process.stdout.write(JSON.stringify(st, null, 2) + '\n'); return; }
-      process.stdout.write(`VM ${st.vm}: hub ${st.connected ? 'connected' : 'NOT connected'}, send queue ${fmt(st.queueBytes)}, ${st.pendingWrites} writes awaiting the hub's ack, ${st.overflowWrites} overflowed into dirty regions\n`);
-      process.stdout.write(table([['VOLUME', 'VOLUME ID', 'SIZE', 'DIRTY', 'IN LOG FILE'], ...st.volumes.map((v: any) => [v.name, String(v.volumeId), fmt(v.sizeBytes), fmt(v.dirtyBytes), fmt(v.logDirtyBytes)])]) + '\n');
+      if (o.json) {
+        process.stdout.write(JSON.stringify(st, null, 2) + '\n');
+        return;
+      }
+      process.stdout.write(
+        `VM ${st.vm}: hub ${st.connected ? 'connected' : 'NOT connected'}, send queue ${fmt(st.queueBytes)}, ${st.pendingWrites} writes awaiting the hub's ack, ${st.overflowWrites} overflowed into dirty regions\n`,
+      );
+      process.stdout.write(
+        table([
+          ['VOLUME', 'VOLUME ID', 'SIZE', 'DIRTY', 'IN LOG FILE'],
+          ...st.volumes.map((v: any) => [
+            v.name,
+            String(v.volumeId),
+            fmt(v.sizeBytes),
+            fmt(v.dirtyBytes),
+            fmt(v.logDirtyBytes),
+          ]),
+        ]) + '\n',
+      );
     } catch (e: any) {
       process.stderr.write(`rephub-agent: cannot reach ${url}: ${e.cause?.message ?? e.message}\n`);
       process.exit(2);

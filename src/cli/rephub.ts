@@ -1,42 +1,77 @@
 #!/usr/bin/env node
 // rephub: the replication hub (default command) and its operator subcommands.
-import { nativeUnavailable } from '../../storage/fileio';
 import { Command, Option } from 'commander';
 import * as path from 'node:path';
 import { Hub } from '../hub/hub';
 import { openFileTarget, openDirectTarget } from '../hub/replica';
 import { LmdbStateStore } from '../../storage/state';
 import { makeLogger } from '../log';
-import { parseHostPort, parseVolSpec, parseSize, fillLaunch } from './args';
+import { parseHostPort, parseVolSpec, parseSize, parseMillis, fillLaunch, warnIfNoNative } from './args';
 import { renderStatus } from './format';
 import { enabled as tlsEnabled, serverOptions } from '../security';
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
-async function serve(o: { logPretty?: boolean; logLevel?: string; listen: string; vol: string[]; data: string; http: string; nbd: string; regionSize: string;
-  tlsCert?: string; tlsKey?: string; tlsCa?: string; pskFile?: string; nbdTls?: boolean; commitInterval: string; cache: string }) {
+async function serve(o: {
+  logPretty?: boolean;
+  logLevel?: string;
+  listen: string;
+  vol: string[];
+  data: string;
+  http: string;
+  nbd: string;
+  regionSize: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsCa?: string;
+  pskFile?: string;
+  nbdTls?: boolean;
+  commitInterval: string;
+  cache: string;
+}) {
   if (o.logPretty) process.env.LOG_PRETTY = '1';
   const log = makeLogger('rephub', o.logLevel);
-  if (nativeUnavailable()) log.warn({ cause: nativeUnavailable() }, 'native addon missing: page-cache advice, hole detection and fast frame checksums are off (slower, still correct)');
+  warnIfNoNative(log);
   const listen = parseHostPort(o.listen, '--listen');
   const httpAddr = parseHostPort(o.http, '--http');
   const nbdAddr = parseHostPort(o.nbd, '--nbd');
   const regionSize = parseSize(o.regionSize, '--region-size');
-  const commitIntervalMs = Number(o.commitInterval);
-  if (!Number.isInteger(commitIntervalMs) || commitIntervalMs < 0 || commitIntervalMs > 1000) throw new Error(`--commit-interval ${o.commitInterval}: milliseconds, 0 to 1000`);
+  const commitIntervalMs = parseMillis(o.commitInterval, '--commit-interval', 1000);
   if (o.vol.length === 0) throw new Error('give at least one --vol (e.g. --vol V1R)');
   const volumes = o.vol.map(parseVolSpec);
   const store = new LmdbStateStore(path.resolve(o.data));
   const tls = { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa, pskFile: o.pskFile };
-  if (!tlsEnabled(tls)) log.warn({ listen: o.listen }, 'agent link is plaintext and unauthenticated: use --tls-* or --psk-file outside a lab');
+  if (!tlsEnabled(tls))
+    log.warn(
+      { listen: o.listen },
+      'agent link is plaintext and unauthenticated: use --tls-* or --psk-file outside a lab',
+    );
   else serverOptions(tls); // fail fast on bad files
   if (o.cache !== 'writeback' && o.cache !== 'none') throw new Error(`--cache ${o.cache}: writeback or none`);
-  const hub = new Hub({ volumes, store, log, regionSize, layersDir: path.resolve(o.data, 'layers'), tls, nbdTls: !!o.nbdTls, session: { commitIntervalMs },
-    openTarget: o.cache === 'none' ? openDirectTarget : openFileTarget });
+  const hub = new Hub({
+    volumes,
+    store,
+    log,
+    regionSize,
+    layersDir: path.resolve(o.data, 'layers'),
+    tls,
+    nbdTls: !!o.nbdTls,
+    session: { commitIntervalMs },
+    openTarget: o.cache === 'none' ? openDirectTarget : openFileTarget,
+  });
   const a = await hub.listen(listen.host, listen.port);
   const h = await hub.listenHttp(httpAddr.host, httpAddr.port);
   const n = await hub.listenNbd(nbdAddr.host, nbdAddr.port);
-  log.info({ listen: `${a.address}:${a.port}`, http: `http://${h.address}:${h.port}/status`, nbd: `${n.address}:${n.port}`, data: path.resolve(o.data), volumes }, 'rephub listening');
+  log.info(
+    {
+      listen: `${a.address}:${a.port}`,
+      http: `http://${h.address}:${h.port}/status`,
+      nbd: `${n.address}:${n.port}`,
+      data: path.resolve(o.data),
+      volumes,
+    },
+    'rephub listening',
+  );
   const stop = async (sig: string) => {
     log.info({ signal: sig }, 'shutting down');
     await hub.close();
@@ -49,11 +84,19 @@ async function serve(o: { logPretty?: boolean; logLevel?: string; listen: string
 async function status(o: { hub: string; json?: boolean; watch?: boolean }) {
   const url = o.hub.replace(/\/$/, '') + '/status';
   const get = async () => {
-    const res = await fetch(url).catch((e) => { throw new Error(`cannot reach ${url}: ${e.cause?.message ?? e.message}`); });
+    const res = await fetch(url).catch((e) => {
+      throw new Error(`cannot reach ${url}: ${e.cause?.message ?? e.message}`);
+    });
     return (await res.json()) as any;
   };
-  if (o.json) { process.stdout.write(JSON.stringify(await get(), null, 2) + '\n'); return; }
-  if (!o.watch) { process.stdout.write(renderStatus(await get(), false)); return; }
+  if (o.json) {
+    process.stdout.write(JSON.stringify(await get(), null, 2) + '\n');
+    return;
+  }
+  if (!o.watch) {
+    process.stdout.write(renderStatus(await get(), false));
+    return;
+  }
   for (;;) {
     const text = renderStatus(await get(), true);
     process.stdout.write('\x1b[H\x1b[2J' + text + `\n(every 1 s; Ctrl-C to quit)\n`);
@@ -62,29 +105,57 @@ async function status(o: { hub: string; json?: boolean; watch?: boolean }) {
 }
 
 const program = new Command('rephub')
-  .description('rephub: block replication hub. Keeps recovery volumes converged with the protected volumes of VM agents.')
+  .description(
+    'rephub: block replication hub. Keeps recovery volumes converged with the protected volumes of VM agents.',
+  )
   .showHelpAfterError();
 
-program.command('serve', { isDefault: true })
+program
+  .command('serve', { isDefault: true })
   .description('run the hub (the default command)')
   .option('--listen <host:port>', 'address for agent connections', '0.0.0.0:7000')
-  .option('--vol <spec>', 'recovery volume: V1R (file V1R protects agent volume V1) or V1=/path/to/V1R.img; append @VM to bind it to one VM; repeat for more', collect, [])
-  .option('--data <dir>', 'directory for hub state (LMDB: volume ids, generations, dirty bitmaps, sync cursors)', './rephub-data')
-  .option('--http <host:port>', 'status and operator endpoint (GET /status, POST /failover-test/start ...)', '127.0.0.1:7080')
+  .option(
+    '--vol <spec>',
+    'recovery volume: V1R (file V1R protects agent volume V1) or V1=/path/to/V1R.img; append @VM to bind it to one VM; repeat for more',
+    collect,
+    [],
+  )
+  .option(
+    '--data <dir>',
+    'directory for hub state (LMDB: volume ids, generations, dirty bitmaps, sync cursors)',
+    './rephub-data',
+  )
+  .option(
+    '--http <host:port>',
+    'status and operator endpoint (GET /status, POST /failover-test/start ...)',
+    '127.0.0.1:7080',
+  )
   .option('--nbd <host:port>', 'NBD exports for failover test and failover', '127.0.0.1:10810')
   .addOption(new Option('--region-size <bytes>', 'dirty-bitmap region size for new replicas, 4K..1M').default('64K'))
   .option('--tls-cert <file>', 'hub certificate (PEM); with --tls-key and --tls-ca: TLS with mutual authentication')
   .option('--tls-key <file>', 'hub private key (PEM)')
   .option('--tls-ca <file>', 'CA that signs agent certificates; an agent is the VM named by its certificate CN')
   .option('--psk-file <file>', 'TLS with pre-shared keys instead: identity:hexkey lines; identity = VM name')
-  .option('--cache <mode>', 'recovery volume writes: writeback (page cache) or none (large aligned writes with O_DIRECT: less CPU and no cache pollution, but each waits for the device)', 'writeback')
-  .option('--commit-interval <ms>', 'group commit: at most one fdatasync of the recovery volumes per interval while writes stream in (0: back to back)', '5')
+  .option(
+    '--cache <mode>',
+    'recovery volume writes: writeback (page cache) or none (large aligned writes with O_DIRECT: less CPU and no cache pollution, but each waits for the device)',
+    'writeback',
+  )
+  .option(
+    '--commit-interval <ms>',
+    'group commit: at most one fdatasync of the recovery volumes per interval while writes stream in (0: back to back)',
+    '5',
+  )
   .option('--log-pretty', 'human-readable logs instead of JSON lines')
   .option('--log-level <level>', 'trace, debug, info, warn, error', 'info')
-  .option('--nbd-tls', 'require TLS (STARTTLS) on the NBD exports, with the --tls-cert/--tls-key certificate; with --tls-ca clients need certificates too')
+  .option(
+    '--nbd-tls',
+    'require TLS (STARTTLS) on the NBD exports, with the --tls-cert/--tls-key certificate; with --tls-ca clients need certificates too',
+  )
   .action(serve);
 
-program.command('status')
+program
+  .command('status')
   .description("show the hub's volumes and agents")
   .option('--hub <url>', 'hub status URL', 'http://127.0.0.1:7080')
   .option('--json', 'print JSON for scripts')
@@ -93,14 +164,21 @@ program.command('status')
 
 async function post(hub: string, action: string, body: object): Promise<any> {
   const url = hub.replace(/\/$/, '') + action;
-  const res = await fetch(url, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json' } })
-    .catch((e) => { throw new Error(`cannot reach ${url}: ${e.cause?.message ?? e.message}`); });
+  const res = await fetch(url, {
+    method: 'POST',
+    body: JSON.stringify(body),
+    headers: { 'content-type': 'application/json' },
+  }).catch((e) => {
+    throw new Error(`cannot reach ${url}: ${e.cause?.message ?? e.message}`);
+  });
   const out: any = await res.json();
   if (!res.ok) throw new Error(out.error ?? `HTTP ${res.status}`);
   return out;
 }
 
-const ft = program.command('failover-test').description('boot-test the replica from a point-in-time view while replication goes on');
+const ft = program
+  .command('failover-test')
+  .description('boot-test the replica from a point-in-time view while replication goes on');
 ft.command('start')
   .description('freeze a consistent point-in-time view of the recovery volumes and export it over NBD')
   .option('--hub <url>', 'hub operator URL', 'http://127.0.0.1:7080')
@@ -110,7 +188,10 @@ ft.command('start')
   .action(async (o) => {
     const r = await post(o.hub, '/failover-test/start', { vm: o.vm, force: !!o.force });
     const uris: Record<string, string> = {};
-    for (const v of r.volumes) { uris[v.name] = v.uri; process.stdout.write(`${v.name}\t${v.uri}\n`); }
+    for (const v of r.volumes) {
+      uris[v.name] = v.uri;
+      process.stdout.write(`${v.name}\t${v.uri}\n`);
+    }
     if (!o.launch) return;
     const { spawn } = await import('node:child_process');
     const log = makeLogger('rephub');
@@ -126,9 +207,13 @@ ft.command('stop')
   .option('--hub <url>', 'hub operator URL', 'http://127.0.0.1:7080')
   .action(async (o) => {
     const r = await post(o.hub, '/failover-test/stop', {});
-    for (const v of r.volumes) process.stdout.write(`${v.name}\tdiscarded (kept ${v.keptBytes} bytes of point-in-time data, test wrote ${v.testWrittenBytes} bytes)\n`);
+    for (const v of r.volumes)
+      process.stdout.write(
+        `${v.name}\tdiscarded (kept ${v.keptBytes} bytes of point-in-time data, test wrote ${v.testWrittenBytes} bytes)\n`,
+      );
   });
-program.command('failover')
+program
+  .command('failover')
   .description('the protected site is gone: promote the recovery volumes and export them read-write over NBD')
   .option('--hub <url>', 'hub operator URL', 'http://127.0.0.1:7080')
   .option('--force', 'fail over although an agent of the protected site is still connected')
@@ -136,13 +221,19 @@ program.command('failover')
     const r = await post(o.hub, '/failover', { force: !!o.force });
     for (const v of r.volumes) process.stdout.write(`${v.name}\t${v.uri}\tgeneration ${v.generation}\n`);
   });
-program.command('failback')
+program
+  .command('failback')
   .description('the protected site is back: write back only the changed regions, then protect in the normal direction')
   .option('--hub <url>', 'hub operator URL', 'http://127.0.0.1:7080')
-  .addOption(new Option('--winner <side>', 'when both sides changed: whose changes win').choices(['recovery', 'protected']))
+  .addOption(
+    new Option('--winner <side>', 'when both sides changed: whose changes win').choices(['recovery', 'protected']),
+  )
   .action(async (o) => {
     const r = await post(o.hub, '/failback', { winner: o.winner });
-    for (const v of r.volumes) process.stdout.write(`${v.name}\tmoved ${v.movedBytes} bytes; changed on recovery side ${v.recoveryChangedBytes}, on protected side ${v.protectedChangedBytes}; winner ${v.winner}\n`);
+    for (const v of r.volumes)
+      process.stdout.write(
+        `${v.name}\tmoved ${v.movedBytes} bytes; changed on recovery side ${v.recoveryChangedBytes}, on protected side ${v.protectedChangedBytes}; winner ${v.winner}\n`,
+      );
   });
 
 program.parseAsync().catch((e) => {

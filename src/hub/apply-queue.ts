@@ -36,7 +36,10 @@ export class ApplyQueue {
   private current: Promise<void> = Promise.resolve(); // the drain under way
   private flushHooks: (() => Promise<void>)[] = [];
 
-  constructor(private readonly handler: ApplyHandler, private readonly maxBytes: number) {
+  constructor(
+    private readonly handler: ApplyHandler,
+    private readonly maxBytes: number,
+  ) {
     assert(maxBytes > 0, 'the apply queue has room for something');
   }
 
@@ -57,9 +60,16 @@ export class ApplyQueue {
    */
   barrier<T>(fn: () => Promise<T> | T): Promise<T> {
     return new Promise((resolve, reject) => {
-      this.enqueue({ bytes: 0, run: async () => {
-        try { resolve(await fn()); } catch (e) { reject(e); }
-      } });
+      this.enqueue({
+        bytes: 0,
+        run: async () => {
+          try {
+            resolve(await fn());
+          } catch (e) {
+            reject(e);
+          }
+        },
+      });
     });
   }
 
@@ -74,7 +84,11 @@ export class ApplyQueue {
         if (done) return;
         done = true;
         clearTimeout(timer);
-        try { resolve(await fn()); } catch (e) { reject(e); }
+        try {
+          resolve(await fn());
+        } catch (e) {
+          reject(e);
+        }
       };
       const timer = setTimeout(() => {
         if (done) return;

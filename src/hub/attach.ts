@@ -23,7 +23,11 @@ type Reported = ReportVmVolumes['volumes'][number];
 export class VolumeAttach {
   private readonly claimed = new Set<Replica>(); // replicas this session owns (attached or attaching)
 
-  constructor(private readonly host: AttachHost, private readonly log: Logger, private readonly sessionId: number) {}
+  constructor(
+    private readonly host: AttachHost,
+    private readonly log: Logger,
+    private readonly sessionId: number,
+  ) {}
 
   /** REPORT_VM_VOLUMES from VM `vm`; `trust`: the agent will hand over its own dirty extents. */
   async report(m: ReportVmVolumes, vm: string, trust: boolean): Promise<void> {
@@ -42,7 +46,8 @@ export class VolumeAttach {
 
   /** The replica `v` names if this session may take it now; refusals are answered here. */
   private authorize(v: Reported, vm: string): Replica | null {
-    const rep = this.host.replica(v.name), me = this.host.owner;
+    const rep = this.host.replica(v.name),
+      me = this.host.owner;
     const ctx = { session: this.sessionId, vm, volume: v.name, sizeBytes: v.sizeBytes };
     if (!rep) {
       this.log.warn(ctx, 'agent reported a volume the hub has no recovery volume for; not protected');
@@ -83,8 +88,16 @@ export class VolumeAttach {
       const rec = await rep.attach(v.sizeBytes, this.host.openTarget, trust, vm);
       if (this.host.isClosed()) return false;
       const sync = new VolumeSync(rep, rec.id, trust);
-      this.log.info({ ...ctx, volumeId: rec.id, generation: rec.generation, dirtyBytes: rep.bitmap!.dirtyBytes,
-        recovery: rep.spec.path }, 'protection started');
+      this.log.info(
+        {
+          ...ctx,
+          volumeId: rec.id,
+          generation: rec.generation,
+          dirtyBytes: rep.bitmap!.dirtyBytes,
+          recovery: rep.spec.path,
+        },
+        'protection started',
+      );
       this.host.attached(sync);
       this.host.send([encodeStartProtect(rec.id, v.name)]);
       sync.settle(); // nothing to resync (e.g. legacy agent after a clean shutdown)

@@ -22,18 +22,22 @@ export class WriteBack {
   private readonly pending = new Map<number, Pending>(); // by req_id
 
   constructor(
-    private readonly io: WriteBackIo, private readonly maxInflight: number, private readonly maxBytes: number,
+    private readonly io: WriteBackIo,
+    private readonly maxInflight: number,
+    private readonly maxBytes: number,
   ) {}
 
   /** Write `regions` of `rep`'s recovery volume to protected volume `volumeId`; the bytes moved. */
   async run(rep: Replica, volumeId: number, regions: DirtyBitmap): Promise<number> {
-    const regionSize = regions.regionSize, max = Math.max(1, Math.floor(this.maxBytes / regionSize));
+    const regionSize = regions.regionSize,
+      max = Math.max(1, Math.floor(this.maxBytes / regionSize));
     let moved = 0;
     const inflight = new Set<Promise<void>>();
     for (const [a, b] of regions.runs()) {
       for (let r = a; r < b; r += max) {
         if (this.io.isClosed()) throw new Error(`agent session for ${rep.name} closed during failback`);
-        const start = r * regionSize, end = Math.min(Math.min(b, r + max) * regionSize, regions.sizeBytes);
+        const start = r * regionSize,
+          end = Math.min(Math.min(b, r + max) * regionSize, regions.sizeBytes);
         const data = Buffer.allocUnsafe(end - start);
         await rep.target!.base.read(data, start);
         const reqId = this.io.nextReqId();

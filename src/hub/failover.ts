@@ -13,8 +13,15 @@ import type { Replica, ReplicaOwner, TargetOpener } from './replica';
 
 export class FailoverError extends Error {}
 
-interface TestRecord { volumes: string[]; startedAt: string; vm: string | null }
-interface FailoverRecord { volumes: string[]; since: string }
+interface TestRecord {
+  volumes: string[];
+  startedAt: string;
+  vm: string | null;
+}
+interface FailoverRecord {
+  volumes: string[];
+  since: string;
+}
 
 export interface FailoverHost {
   replicas: Map<string, Replica>;
@@ -67,20 +74,32 @@ export class FailoverController {
   private async exclusive<T>(fn: () => Promise<T>): Promise<T> {
     if (this.busy) throw new FailoverError('another failover operation is in progress');
     this.busy = true;
-    try { return await fn(); } finally { this.busy = false; }
+    try {
+      return await fn();
+    } finally {
+      this.busy = false;
+    }
   }
 
   // ---- failover test ----
 
-  startTest(opts: { vm?: string; force?: boolean; flushWaitMs?: number }): Promise<{ volumes: { name: string; uri: string }[] }> {
+  startTest(opts: {
+    vm?: string;
+    force?: boolean;
+    flushWaitMs?: number;
+  }): Promise<{ volumes: { name: string; uri: string }[] }> {
     return this.exclusive(async () => {
-      if (this.test) throw new FailoverError(`a failover test is already running (since ${this.test.startedAt}); stop it first`);
+      if (this.test)
+        throw new FailoverError(`a failover test is already running (since ${this.test.startedAt}); stop it first`);
       if (this.failover) throw new FailoverError('the hub is failed over; a failover test makes no sense now');
       const reps = [...this.h.replicas.values()].filter((r) => r.record && (!opts.vm || r.record.vm === opts.vm));
-      if (reps.length === 0) throw new FailoverError(opts.vm ? `no replicated volumes of VM ${opts.vm}` : 'no replicated volumes yet');
+      if (reps.length === 0)
+        throw new FailoverError(opts.vm ? `no replicated volumes of VM ${opts.vm}` : 'no replicated volumes yet');
       const notReady = reps.filter((r) => r.state !== 'protecting' && r.state !== 'stopped');
       if (notReady.length && !opts.force) {
-        throw new FailoverError(`not converged: ${notReady.map((r) => `${r.name} is ${r.state}`).join(', ')}; the view would not be a consistent point (use force to take it anyway)`);
+        throw new FailoverError(
+          `not converged: ${notReady.map((r) => `${r.name} is ${r.state}`).join(', ')}; the view would not be a consistent point (use force to take it anyway)`,
+        );
       }
       // Freeze each VM's volumes at one point of its in-order write stream.
       const bySession = new Map<ReplicaOwner | undefined, Replica[]>();
@@ -89,7 +108,9 @@ export class FailoverController {
         bySession.set(s, [...(bySession.get(s) ?? []), r]);
       }
       for (const [s, rs] of bySession) {
-        const activate = () => { for (const r of rs) this.activateView(r); };
+        const activate = () => {
+          for (const r of rs) this.activateView(r);
+        };
         if (s) await s.barrierAtFlush(activate, opts.flushWaitMs ?? 2000);
         else activate();
       }
@@ -102,7 +123,8 @@ export class FailoverController {
 
   private activateView(r: Replica): void {
     const target = r.ensureTarget(this.h.openTarget);
-    if (!target.view) target.view = new PointInTimeView(target.base, path.join(this.h.layersDir, 'test', r.name), r.record!.regionSize);
+    if (!target.view)
+      target.view = new PointInTimeView(target.base, path.join(this.h.layersDir, 'test', r.name), r.record!.regionSize);
     // The test VM's disk: the point-in-time view (COW layers) over the recovery volume.
     this.h.exports.add(new TargetExport(r.name, target.view));
   }
@@ -142,7 +164,9 @@ export class FailoverController {
       if (reps.length === 0) throw new FailoverError('no replicated volumes');
       const connected = reps.filter((r) => this.ownerOf(r));
       if (connected.length && !opts.force) {
-        throw new FailoverError(`the protected site is still connected for ${connected.map((r) => r.name).join(', ')}: failing over now splits the brain (use force if it is really gone)`);
+        throw new FailoverError(
+          `the protected site is still connected for ${connected.map((r) => r.name).join(', ')}: failing over now splits the brain (use force if it is really gone)`,
+        );
       }
       const out = [];
       for (const r of reps) {
@@ -160,7 +184,8 @@ export class FailoverController {
     const target = r.ensureTarget(this.h.openTarget);
     const dir = path.join(this.h.layersDir, 'failover');
     fs.mkdirSync(dir, { recursive: true });
-    const size = r.record!.sizeBytes, rs = r.record!.regionSize;
+    const size = r.record!.sizeBytes,
+      rs = r.record!.regionSize;
     const maps = {
       recoveryChanged: DirtyLog.open(path.join(dir, `${r.name}.recovery.map`), size, rs, false),
       protectedChanged: DirtyLog.open(path.join(dir, `${r.name}.protected.map`), size, rs, false),
@@ -181,10 +206,18 @@ export class FailoverController {
       if (!this.failover) throw new FailoverError('not failed over: nothing to fail back');
       const reps = this.failover.volumes.map((n) => this.replica(n));
       const missing = reps.filter((r) => !this.ownerOf(r));
-      if (missing.length) throw new FailoverError(`the protected site's agent is not connected for ${missing.map((r) => r.name).join(', ')}`);
-      const diverged = reps.filter((r) => r.failover!.protectedChanged.bitmap.dirtyRegions > 0 && r.failover!.recoveryChanged.bitmap.dirtyRegions > 0);
+      if (missing.length)
+        throw new FailoverError(
+          `the protected site's agent is not connected for ${missing.map((r) => r.name).join(', ')}`,
+        );
+      const diverged = reps.filter(
+        (r) =>
+          r.failover!.protectedChanged.bitmap.dirtyRegions > 0 && r.failover!.recoveryChanged.bitmap.dirtyRegions > 0,
+      );
       if (diverged.length && !opts.winner) {
-        throw new FailoverError(`both sides changed since the failover (${diverged.map((r) => `${r.name}: ${r.failover!.recoveryChanged.bitmap.dirtyBytes} bytes on the recovery side, ${r.failover!.protectedChanged.bitmap.dirtyBytes} on the protected side`).join('; ')}); choose which wins (winner recovery or protected)`);
+        throw new FailoverError(
+          `both sides changed since the failover (${diverged.map((r) => `${r.name}: ${r.failover!.recoveryChanged.bitmap.dirtyBytes} bytes on the recovery side, ${r.failover!.protectedChanged.bitmap.dirtyBytes} on the protected side`).join('; ')}); choose which wins (winner recovery or protected)`,
+        );
       }
       for (const r of reps) await this.h.exports.remove(r.name); // the recovery VM must be gone now
       const out = [];
@@ -192,7 +225,8 @@ export class FailoverController {
         const s = this.ownerOf(r)!;
         const f = r.failover!;
         const union = new DirtyBitmap(r.record!.sizeBytes, r.record!.regionSize);
-        for (const bm of [f.recoveryChanged.bitmap, f.protectedChanged.bitmap, r.bitmap!]) for (const [a, b] of bm.runs()) union.setRegions(a, b - 1);
+        for (const bm of [f.recoveryChanged.bitmap, f.protectedChanged.bitmap, r.bitmap!])
+          for (const [a, b] of bm.runs()) union.setRegions(a, b - 1);
         let moved = 0;
         if (opts.winner === 'protected') {
           // Resync protected -> recovery over everything either side touched.
@@ -202,7 +236,13 @@ export class FailoverController {
           moved = await s.writeBack(r, union);
           for (const [a, b] of union.runs()) r.bitmap!.clearRegions(a, b - 1);
         }
-        out.push({ name: r.name, movedBytes: moved, recoveryChangedBytes: f.recoveryChanged.bitmap.dirtyBytes, protectedChangedBytes: f.protectedChanged.bitmap.dirtyBytes, winner: opts.winner ?? 'recovery' });
+        out.push({
+          name: r.name,
+          movedBytes: moved,
+          recoveryChangedBytes: f.recoveryChanged.bitmap.dirtyBytes,
+          protectedChangedBytes: f.protectedChanged.bitmap.dirtyBytes,
+          winner: opts.winner ?? 'recovery',
+        });
         r.endFailover();
         await r.newGeneration();
         r.setState(opts.winner === 'protected' ? 'syncing' : 'protecting');

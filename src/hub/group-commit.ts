@@ -31,7 +31,9 @@ export class GroupCommit {
   private closed = false;
 
   constructor(
-    private readonly link: AckLink, private readonly intervalMs: number, private readonly onError: (e: Error) => void,
+    private readonly link: AckLink,
+    private readonly intervalMs: number,
+    private readonly onError: (e: Error) => void,
   ) {}
 
   get received(): number {
@@ -45,7 +47,9 @@ export class GroupCommit {
   /** A protected write arrived. */
   receive(): void {
     this.recvSeq++;
-    const now = Date.now(), times = this.recvTimes, last = times[times.length - 1];
+    const now = Date.now(),
+      times = this.recvTimes,
+      last = times[times.length - 1];
     if ((!last || last.t !== now) && times.length < RECV_TIMES_MAX) times.push({ seq: this.recvSeq, t: now });
   }
 

@@ -113,7 +113,8 @@ export class HttpApi {
   /** Collects a JSON object body of at most MAX_BODY_BYTES; answers 413 or 400 itself. */
   private readBody(req: http.IncomingMessage, res: http.ServerResponse, then: (b: Body) => void): void {
     const chunks: Buffer[] = [];
-    let bytes = 0, tooLarge = false;
+    let bytes = 0,
+      tooLarge = false;
     req.on('data', (c: Buffer) => {
       if (tooLarge) return;
       bytes += c.length;
@@ -128,7 +129,7 @@ export class HttpApi {
       if (tooLarge) return;
       // decoded once: a character split between two chunks stays whole
       const text = Buffer.concat(chunks).toString('utf8');
-      let parsed: unknown = {};
+      let parsed: unknown;
       try {
         parsed = text ? JSON.parse(text) : {};
       } catch {

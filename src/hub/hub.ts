@@ -60,9 +60,13 @@ export class Hub implements HubStatusSource {
       this.replicas.set(spec.name, new Replica(spec, opts.store, opts.regionSize ?? 64 * 1024, opts.log));
     }
     this.failover = new FailoverController({
-      replicas: this.replicas, store: opts.store, openTarget: this.openTarget,
+      replicas: this.replicas,
+      store: opts.store,
+      openTarget: this.openTarget,
       layersDir: opts.layersDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'rephub-layers-')),
-      exports: this.exports, nbdUri: (n) => `nbd://${this.nbdAddr.host}:${this.nbdAddr.port}/${n}`, log: opts.log,
+      exports: this.exports,
+      nbdUri: (n) => `nbd://${this.nbdAddr.host}:${this.nbdAddr.port}/${n}`,
+      log: opts.log,
     });
     this.failover.restore();
     this.monitor = new Monitor(this);
@@ -81,7 +85,9 @@ export class Hub implements HubStatusSource {
       isRefusal: (e) => e instanceof FailoverError,
       log: opts.log,
     });
-    this.sampler = setInterval(() => { for (const r of this.replicas.values()) r.sample(); }, 1000);
+    this.sampler = setInterval(() => {
+      for (const r of this.replicas.values()) r.sample();
+    }, 1000);
     this.sampler.unref();
   }
 
@@ -91,7 +97,12 @@ export class Hub implements HubStatusSource {
     if (this.opts.nbdTls) {
       const f = this.opts.tls;
       if (!f?.cert || !f.key) throw new Error('NBD TLS needs the hub certificate (--tls-cert and --tls-key)');
-      nbdTls = { cert: fs.readFileSync(f.cert), key: fs.readFileSync(f.key), ca: f.ca ? fs.readFileSync(f.ca) : undefined, requestCert: !!f.ca };
+      nbdTls = {
+        cert: fs.readFileSync(f.cert),
+        key: fs.readFileSync(f.key),
+        ca: f.ca ? fs.readFileSync(f.ca) : undefined,
+        requestCert: !!f.ca,
+      };
     }
     this.nbd = new NbdServer(this.exports, this.log.child({ part: 'nbd' }), nbdTls);
     const a = await this.nbd.listen(host, port);
@@ -127,8 +138,12 @@ export class Hub implements HubStatusSource {
       ...this.failover.status(),
       volumes: [...this.replicas.values()].map((r) => r.status()),
       agents: [...this.sessions].map((s) => ({
-        session: s.id, vm: s.vm, caps: s.caps, since: new Date(s.started).toISOString(),
-        volumes: s.volumes.map((v) => v.replica.name), bytesReceived: s.bytesReceived,
+        session: s.id,
+        vm: s.vm,
+        caps: s.caps,
+        since: new Date(s.started).toISOString(),
+        volumes: s.volumes.map((v) => v.replica.name),
+        bytesReceived: s.bytesReceived,
       })),
     };
   }

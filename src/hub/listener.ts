@@ -111,7 +111,7 @@ export class AgentListener<S extends AgentEndpoint> {
       return;
     }
     // Frames up to a pool buffer are received in place; larger ones (rare) are joined.
-    let session: S | undefined;
+    let session: S | undefined; // eslint-disable-line prefer-const -- the framer's callback needs it declared first
     const framer = new FrameDecoder(
       (cmd, payload) => session!.receive(cmd, payload),
       Limits.maxPayload,
@@ -127,14 +127,22 @@ export class AgentListener<S extends AgentEndpoint> {
     this.sockets.add(sock);
     // Flow control both ways: stop reading when the session's apply queue is full, and when
     // the peer does not read what we send (so a peer that never reads cannot grow our memory).
-    let inPaused = false, outPaused = false;
+    let inPaused = false,
+      outPaused = false;
     const flow = () => (inPaused || outPaused ? sock.pause() : sock.resume());
     const io = socketIo(sock, (blocked) => {
       outPaused = blocked;
       flow();
     });
     session = this.host.open(
-      { send: (bufs) => io.write(bufs), close: () => io.close(), pause: (p) => { inPaused = p; flow(); } },
+      {
+        send: (bufs) => io.write(bufs),
+        close: () => io.close(),
+        pause: (p) => {
+          inPaused = p;
+          flow();
+        },
+      },
       identity,
     );
     assert(this.host.sessionCount() <= maxSessions, 'agent sessions within maxSessions');

@@ -42,9 +42,11 @@ export interface ReplicaOwner {
 }
 
 export type TargetOpener = (path: string, sizeBytes: number) => BlockTarget;
-export const openFileTarget: TargetOpener = (path, sizeBytes) => FileVolume.open(path, { createSize: sizeBytes, minSize: sizeBytes });
+export const openFileTarget: TargetOpener = (path, sizeBytes) =>
+  FileVolume.open(path, { createSize: sizeBytes, minSize: sizeBytes });
 /** --cache none: large aligned writes bypass the page cache (O_DIRECT). */
-export const openDirectTarget: TargetOpener = (path, sizeBytes) => FileVolume.open(path, { createSize: sizeBytes, minSize: sizeBytes, direct: true });
+export const openDirectTarget: TargetOpener = (path, sizeBytes) =>
+  FileVolume.open(path, { createSize: sizeBytes, minSize: sizeBytes, direct: true });
 
 export class Replica {
   record?: VolumeRecord;
@@ -66,7 +68,9 @@ export class Replica {
   private syncBytesDropped = 0;
 
   constructor(
-    readonly spec: ReplicaSpec, private readonly store: StateStore, private readonly regionSize: number,
+    readonly spec: ReplicaSpec,
+    private readonly store: StateStore,
+    private readonly regionSize: number,
     private readonly log: Logger,
   ) {
     const rec = store.volume(spec.name);
@@ -109,7 +113,9 @@ export class Replica {
   async attach(sizeBytes: number, open: TargetOpener, trustAgentReport: boolean, vm: string): Promise<VolumeRecord> {
     let rec = this.record;
     if (rec && rec.sizeBytes !== sizeBytes) {
-      throw new Error(`protected volume ${this.name} is now ${sizeBytes} bytes but its replica was ${rec.sizeBytes} bytes; remove the replica's state to start over`);
+      throw new Error(
+        `protected volume ${this.name} is now ${sizeBytes} bytes but its replica was ${rec.sizeBytes} bytes; remove the replica's state to start over`,
+      );
     }
     if (!this.target) this.target = this.openTarget(open, sizeBytes, rec?.regionSize ?? this.regionSize);
     if (rec && this.failover) {
@@ -119,8 +125,16 @@ export class Replica {
     }
     if (!rec || !this.bitmap) {
       rec = {
-        name: this.name, id: this.store.allocateVolumeId(), sizeBytes, regionSize: this.regionSize, generation: 0,
-        state: 'syncing', cleanShutdown: false, syncPass: 0, syncCursor: 0, vm,
+        name: this.name,
+        id: this.store.allocateVolumeId(),
+        sizeBytes,
+        regionSize: this.regionSize,
+        generation: 0,
+        state: 'syncing',
+        cleanShutdown: false,
+        syncPass: 0,
+        syncCursor: 0,
+        vm,
       };
       this.bitmap = new DirtyBitmap(sizeBytes, this.regionSize);
       this.bitmap.setAll(); // a new replica knows nothing: full initial sync
@@ -157,7 +171,8 @@ export class Replica {
 
   /** Make regions [first, last] zero on the recovery volume, skipping those known zero. */
   async writeZeroes(first: number, last: number): Promise<void> {
-    const rs = this.bitmap!.regionSize, size = this.bitmap!.sizeBytes;
+    const rs = this.bitmap!.regionSize,
+      size = this.bitmap!.sizeBytes;
     for (let r = first; r <= last; r++) await this.zeroBytes(r * rs, Math.min((r + 1) * rs, size));
   }
 
@@ -300,8 +315,10 @@ export class Replica {
   async writeFailed(cause: string, offset: number, first: number, last: number): Promise<void> {
     this.recordFault(cause);
     this.writeOk = false;
-    this.log.error({ volume: this.name, recovery: this.spec.path, offset, cause },
-      'recovery volume write failed; regions stay dirty');
+    this.log.error(
+      { volume: this.name, recovery: this.spec.path, offset, cause },
+      'recovery volume write failed; regions stay dirty',
+    );
     await this.markDirty(first, last);
     this.setState('error');
   }
@@ -332,8 +349,10 @@ export class Replica {
   }
 
   sample(): void {
-    const now = Date.now(), bytes = this.applied + this.synced;
-    if (now > this.sampled.at) this.throughputBps = Math.round(((bytes - this.sampled.bytes) * 1000) / (now - this.sampled.at));
+    const now = Date.now(),
+      bytes = this.applied + this.synced;
+    if (now > this.sampled.at)
+      this.throughputBps = Math.round(((bytes - this.sampled.bytes) * 1000) / (now - this.sampled.at));
     this.sampled = { at: now, bytes };
   }
 
@@ -353,18 +372,23 @@ export class Replica {
       syncPass: this.record?.syncPass ?? 0,
       syncCursor: this.record?.syncCursor ?? 0,
       bytesApplied: this.applied,
-      bytesDirect: (this.target?.base as { directBytes?: number } | undefined)?.directBytes ?? 0, // around the page cache
+      // written around the page cache (O_DIRECT)
+      bytesDirect: (this.target?.base as { directBytes?: number } | undefined)?.directBytes ?? 0,
       writesApplied: this.appliedWrites,
       syncBytes: this.synced,
       rpoLagMs: this.rpoLagMs(),
       throughputBps: this.throughputBps,
       lastError: this.error ?? null,
       errors: this.faults,
-      failoverTest: this.target?.view ? { keptBytes: this.target.view.keptBytes, activeBytes: this.target.view.activeBytes } : null,
-      failover: this.failover ? {
-        recoveryChangedBytes: this.failover.recoveryChanged.bitmap.dirtyBytes,
-        protectedChangedBytes: this.failover.protectedChanged.bitmap.dirtyBytes,
-      } : null,
+      failoverTest: this.target?.view
+        ? { keptBytes: this.target.view.keptBytes, activeBytes: this.target.view.activeBytes }
+        : null,
+      failover: this.failover
+        ? {
+            recoveryChangedBytes: this.failover.recoveryChanged.bitmap.dirtyBytes,
+            protectedChangedBytes: this.failover.protectedChanged.bitmap.dirtyBytes,
+          }
+        : null,
     };
   }
 }

@@ -3,7 +3,15 @@
 // protected write with nothing queued before it), the handshake and the session's lifecycle;
 // the apply queue, group commit, sync engine, attach and failback each own their own part.
 import {
-  Cmd, Cap, ALL_CAPS, ErrorCode, PROTOCOL_VERSION, decode, Message, ProtocolError, encodeError,
+  Cmd,
+  Cap,
+  ALL_CAPS,
+  ErrorCode,
+  PROTOCOL_VERSION,
+  decode,
+  Message,
+  ProtocolError,
+  encodeError,
 } from '../../protocol';
 import type { Hello } from '../../protocol';
 import type { DirtyBitmap } from '../../storage/bitmap';
@@ -33,8 +41,15 @@ export interface SessionConfig {
 }
 
 export const defaultSessionConfig: SessionConfig = {
-  hubName: 'rephub', caps: ALL_CAPS, maxInflightReads: 16, maxReadBytes: 1 << 20,
-  maxQueueBytes: 64 << 20, checkpointMs: 5000, heartbeatMs: 2000, handshakeMs: 10_000, commitIntervalMs: 5,
+  hubName: 'rephub',
+  caps: ALL_CAPS,
+  maxInflightReads: 16,
+  maxReadBytes: 1 << 20,
+  maxQueueBytes: 64 << 20,
+  checkpointMs: 5000,
+  heartbeatMs: 2000,
+  handshakeMs: 10_000,
+  commitIntervalMs: 5,
 };
 
 export interface SessionHost {
@@ -93,39 +108,61 @@ export class AgentSession implements ReplicaOwner {
   private readonly handshakeTimer: NodeJS.Timeout;
 
   constructor(
-    readonly id: number, private readonly host: SessionHost, private readonly t: Transport,
-    private readonly cfg: SessionConfig, private readonly log: Logger,
+    readonly id: number,
+    private readonly host: SessionHost,
+    private readonly t: Transport,
+    private readonly cfg: SessionConfig,
+    private readonly log: Logger,
     /** Who the link authenticated (certificate CN or PSK identity); null on a plaintext link. */
     readonly identity: string | null = null,
   ) {
     if (identity) this.vm = identity;
     this.link = new Link(transportIo(t), {
-      caps: cfg.caps, heartbeatMs: cfg.heartbeatMs, name: cfg.hubName,
+      caps: cfg.caps,
+      heartbeatMs: cfg.heartbeatMs,
+      name: cfg.hubName,
       onDead: (silent) => this.fail(new Error(`agent silent for ${silent} ms: connection presumed dead`)),
     });
-    this.queue = new ApplyQueue({
-      apply: (m) => this.apply(m),
-      applied: (payload) => this.host.pool?.give(payload),
-      idle: () => {
-        this.commit.kick();
-        this.sync.pump();
+    this.queue = new ApplyQueue(
+      {
+        apply: (m) => this.apply(m),
+        applied: (payload) => this.host.pool?.give(payload),
+        idle: () => {
+          this.commit.kick();
+          this.sync.pump();
+        },
+        failed: (e) => this.fail(e),
+        pause: (p) => {
+          this.link.pauseReceive(p);
+          this.t.pause(p);
+        },
       },
-      failed: (e) => this.fail(e),
-      pause: (p) => {
-        this.link.pauseReceive(p);
-        this.t.pause(p);
-      },
-    }, cfg.maxQueueBytes);
+      cfg.maxQueueBytes,
+    );
     this.commit = new GroupCommit(this.link, cfg.commitIntervalMs, (e) => this.fail(e));
     this.sync = new SyncEngine(this.link, cfg, log);
     this.writes = new WriteApplier(this.sync, this.commit);
-    this.attach = new VolumeAttach({
-      owner: this, replica: (n) => host.replica(n), openTarget: host.openTarget, send: (bufs) => this.link.send(bufs),
-      isClosed: () => this.closed, attached: (sync) => this.sync.add(sync),
-    }, log, id);
-    this.writeBacks = new WriteBack({
-      send: (bufs) => this.link.send(bufs), nextReqId: () => this.sync.allocReqId(), isClosed: () => this.closed,
-    }, cfg.maxInflightReads, cfg.maxReadBytes);
+    this.attach = new VolumeAttach(
+      {
+        owner: this,
+        replica: (n) => host.replica(n),
+        openTarget: host.openTarget,
+        send: (bufs) => this.link.send(bufs),
+        isClosed: () => this.closed,
+        attached: (sync) => this.sync.add(sync),
+      },
+      log,
+      id,
+    );
+    this.writeBacks = new WriteBack(
+      {
+        send: (bufs) => this.link.send(bufs),
+        nextReqId: () => this.sync.allocReqId(),
+        isClosed: () => this.closed,
+      },
+      cfg.maxInflightReads,
+      cfg.maxReadBytes,
+    );
     this.checkpointTimer = setInterval(() => void this.sync.checkpoint(), cfg.checkpointMs);
     this.checkpointTimer.unref();
     // An idle or half-open connection must not hold one of the hub's session slots forever.
@@ -168,8 +205,10 @@ export class AgentSession implements ReplicaOwner {
       case Cmd.PONG:
         return;
       case Cmd.ERROR:
-        this.log.warn({ session: this.id, vm: this.vm, code: msg.code, cause: msg.message.slice(0, 256) },
-          'agent reported an error');
+        this.log.warn(
+          { session: this.id, vm: this.vm, code: msg.code, cause: msg.message.slice(0, 256) },
+          'agent reported an error',
+        );
         return;
       case Cmd.PROTECTED_WRITE:
         this.commit.receive();
@@ -184,7 +223,10 @@ export class AgentSession implements ReplicaOwner {
           if (own !== payload) msg = decode(cmd, (payload = own));
         }
         break;
-      case Cmd.START_PROTECT: case Cmd.REMOTE_IO_REQ: case Cmd.WRITE_ACK: case Cmd.DIRTY_REPORT_ACK:
+      case Cmd.START_PROTECT:
+      case Cmd.REMOTE_IO_REQ:
+      case Cmd.WRITE_ACK:
+      case Cmd.DIRTY_REPORT_ACK:
       case Cmd.CHECKSUM_REQ:
         throw new ProtocolError(`command ${Cmd[msg.cmd]} goes hub->agent, not agent->hub`);
     }
@@ -200,8 +242,10 @@ export class AgentSession implements ReplicaOwner {
 
   private onHello(h: Hello): void {
     if (this.identity && h.name !== this.identity) {
-      throw new ProtocolError(`HELLO names VM "${h.name}" but the link authenticated "${this.identity}"`,
-        ErrorCode.UNAUTHORIZED);
+      throw new ProtocolError(
+        `HELLO names VM "${h.name}" but the link authenticated "${this.identity}"`,
+        ErrorCode.UNAUTHORIZED,
+      );
     }
     this.vm = h.name;
     this.link.agree(h.caps);
@@ -272,7 +316,9 @@ export class AgentSession implements ReplicaOwner {
     this.log.error({ session: this.id, vm: this.vm, cause: e.message }, 'closing agent session');
     try {
       this.link.send([encodeError(code, e.message)]);
-    } catch { /* transport already gone */ }
+    } catch {
+      /* transport already gone */
+    }
     this.link.close(e);
     void this.detach();
   }
@@ -289,8 +335,16 @@ export class AgentSession implements ReplicaOwner {
     this.writeBacks.cancel(new Error('agent session closed'));
     const inFlight = this.queue.close(); // leftover barriers run once it is done
     const released = this.attach.release(inFlight, this.cleanShutdown);
-    this.log.info({ session: this.id, vm: this.vm, clean: this.cleanShutdown, received: this.commit.received,
-      acked: this.commit.acked }, 'agent session closed');
+    this.log.info(
+      {
+        session: this.id,
+        vm: this.vm,
+        clean: this.cleanShutdown,
+        received: this.commit.received,
+        acked: this.commit.acked,
+      },
+      'agent session closed',
+    );
     await released;
   }
 }

@@ -3,8 +3,18 @@
 // cursor, the agent's dirty report, and when a volume has converged. It sends on a link it is
 // given and knows nothing of the session.
 import {
-  Cap, ErrorCode, SECTOR, IO_OK, IO_ZEROES, IO_SPARSE, DIRTY_FINAL, ProtocolError, decodeSparse, SparsePiece,
-  encodeRemoteIoReqHead, encodeDirtyReportAck,
+  Cap,
+  ErrorCode,
+  SECTOR,
+  IO_OK,
+  IO_ZEROES,
+  IO_SPARSE,
+  DIRTY_FINAL,
+  ProtocolError,
+  decodeSparse,
+  SparsePiece,
+  encodeRemoteIoReqHead,
+  encodeDirtyReportAck,
 } from '../../protocol';
 import type { RemoteIoRes, DirtyReport } from '../../protocol';
 import type { GuardedTarget } from '../../storage/overlay';
@@ -43,7 +53,11 @@ export class VolumeSync {
   awaitingReport: boolean; // agent's dirty-extent hand-over not complete yet
   retryAt = 0; // after a failed remote read, back off until this time (ms)
 
-  constructor(readonly replica: Replica, readonly volumeId: number, awaitingReport: boolean) {
+  constructor(
+    readonly replica: Replica,
+    readonly volumeId: number,
+    awaitingReport: boolean,
+  ) {
     this.awaitingReport = awaitingReport;
   }
 
@@ -57,11 +71,14 @@ export class VolumeSync {
 
   /** Throws unless [offset, offset + size) in sectors lies inside the volume. */
   checkExtent(offsetSectors: number, sizeSectors: number, what: string): void {
-    const start = offsetSectors * SECTOR, end = start + sizeSectors * SECTOR;
+    const start = offsetSectors * SECTOR,
+      end = start + sizeSectors * SECTOR;
     const size = this.replica.record!.sizeBytes;
     if (end > size || !Number.isSafeInteger(end)) {
-      throw new ProtocolError(`${what} [${start}, ${end}) outside volume ${this.replica.name} (${size} bytes)`,
-        ErrorCode.OUT_OF_RANGE);
+      throw new ProtocolError(
+        `${what} [${start}, ${end}) outside volume ${this.replica.name} (${size} bytes)`,
+        ErrorCode.OUT_OF_RANGE,
+      );
     }
   }
 
@@ -154,7 +171,11 @@ export class SyncEngine {
     this.pump();
   };
 
-  constructor(private readonly link: SyncLink, private readonly cfg: SyncConfig, private readonly log: Logger) {}
+  constructor(
+    private readonly link: SyncLink,
+    private readonly cfg: SyncConfig,
+    private readonly log: Logger,
+  ) {}
 
   /** A req_id for a REMOTE_IO_REQ; remote reads and failback writes share the numbering. */
   allocReqId(): number {
@@ -199,7 +220,8 @@ export class SyncEngine {
   /** Issue remote reads for dirty regions, up to the in-flight limit, round-robin over volumes. */
   pump(): void {
     if (this.stopped) return;
-    const max = this.cfg.maxInflightReads, now = Date.now();
+    const max = this.cfg.maxInflightReads,
+      now = Date.now();
     let progress = true;
     while (progress && this.reads.size < max) {
       progress = false;
@@ -217,10 +239,12 @@ export class SyncEngine {
 
   /** One remote read of the next dirty run of `sync`; false when it has none to issue. */
   private issue(sync: VolumeSync): boolean {
-    const bm = sync.bitmap, regionSize = bm.regionSize;
+    const bm = sync.bitmap,
+      regionSize = bm.regionSize;
     const run = sync.nextRun(Math.max(1, Math.floor(this.cfg.maxReadBytes / regionSize)));
     if (!run) return false;
-    const start = run[0] * regionSize, end = Math.min((run[1] + 1) * regionSize, bm.sizeBytes);
+    const start = run[0] * regionSize,
+      end = Math.min((run[1] + 1) * regionSize, bm.sizeBytes);
     const read: InflightRead = { reqId: this.allocReqId(), sync, first: run[0], last: run[1], touched: new Set() };
     sync.begin(read);
     this.reads.set(read.reqId, read);
@@ -249,14 +273,18 @@ export class SyncEngine {
     }
     this.reads.delete(m.reqId);
     sync.end(read);
-    const bm = sync.bitmap, regionSize = bm.regionSize;
-    const start = read.first * regionSize, end = Math.min((read.last + 1) * regionSize, bm.sizeBytes);
+    const bm = sync.bitmap,
+      regionSize = bm.regionSize;
+    const start = read.first * regionSize,
+      end = Math.min((read.last + 1) * regionSize, bm.sizeBytes);
     const zeroes = m.ioStatus === IO_ZEROES && this.link.has(Cap.ZEROES) && m.data.length === 0;
     const sparse = m.ioStatus === IO_SPARSE && this.link.has(Cap.SPARSE);
     if (m.ioStatus !== IO_OK && !zeroes && !sparse) {
       sync.replica.recordFault(`remote read at ${start} failed on the agent: io_status ${m.ioStatus}`);
-      this.log.error({ volume: sync.replica.name, offset: start, ioStatus: m.ioStatus },
-        'remote read failed on the agent; region stays dirty');
+      this.log.error(
+        { volume: sync.replica.name, offset: start, ioStatus: m.ioStatus },
+        'remote read failed on the agent; region stays dirty',
+      );
       sync.retryAt = Date.now() + RETRY_MS;
       return;
     }
@@ -271,9 +299,16 @@ export class SyncEngine {
 
   /** Write the regions of `read` that no protected write touched since it was issued. */
   private async writeAnswer(
-    read: InflightRead, data: Buffer, zeroes: boolean, pieces: SparsePiece[] | null, start: number,
+    read: InflightRead,
+    data: Buffer,
+    zeroes: boolean,
+    pieces: SparsePiece[] | null,
+    start: number,
   ): Promise<void> {
-    const sync = read.sync, rep = sync.replica, bm = sync.bitmap, regionSize = bm.regionSize;
+    const sync = read.sync,
+      rep = sync.replica,
+      bm = sync.bitmap,
+      regionSize = bm.regionSize;
     let r = read.first;
     while (r <= read.last) {
       if (read.touched.has(r) || !bm.get(r)) {
@@ -282,7 +317,8 @@ export class SyncEngine {
       }
       let e = r;
       while (e + 1 <= read.last && !read.touched.has(e + 1) && bm.get(e + 1)) e++;
-      const a = r * regionSize, b = Math.min((e + 1) * regionSize, bm.sizeBytes);
+      const a = r * regionSize,
+        b = Math.min((e + 1) * regionSize, bm.sizeBytes);
       try {
         if (pieces) await this.writeSparse(rep, pieces, start, a, b);
         else if (!zeroes) await rep.target!.write(data.subarray(a - start, b - start), a);
@@ -323,7 +359,8 @@ export class SyncEngine {
     for (const zero of [true, false]) {
       for (const p of pieces) {
         if ((p.data === null) !== zero) continue;
-        const pa = Math.max(a, start + p.offset), pb = Math.min(b, start + p.offset + p.length);
+        const pa = Math.max(a, start + p.offset),
+          pb = Math.min(b, start + p.offset + p.length);
         if (pa >= pb) continue;
         if (p.data) await this.writeRun(rep.target!, p.data.subarray(pa - start - p.offset, pb - start - p.offset), pa);
         else await rep.zeroBytes(pa, pb);
@@ -334,12 +371,14 @@ export class SyncEngine {
   /** The agent's dirty extents on reconnect: resync them (or, failed over, record them). */
   async onDirtyReport(m: DirtyReport): Promise<void> {
     const sync = this.volume(m.volumeId, 'DIRTY_REPORT');
-    const bm = sync.bitmap, failover = sync.replica.failover;
+    const bm = sync.bitmap,
+      failover = sync.replica.failover;
     let bytes = 0;
     for (const e of m.extents) {
       if (e.sizeSectors === 0) continue;
       sync.checkExtent(e.offsetSectors, e.sizeSectors, 'DIRTY_REPORT extent');
-      const start = e.offsetSectors * SECTOR, end = start + e.sizeSectors * SECTOR;
+      const start = e.offsetSectors * SECTOR,
+        end = start + e.sizeSectors * SECTOR;
       bytes += end - start;
       if (failover) {
         failover.protectedChanged.mark(start, end);
@@ -360,8 +399,9 @@ export class SyncEngine {
   /** Persist cleared bits and cursors of every volume, then go on reading. */
   async checkpoint(): Promise<void> {
     for (const sync of this.volumes.values()) {
-      await sync.replica.checkpoint().catch((e) => this.log.warn({ volume: sync.replica.name, cause: e.message },
-        'checkpoint failed'));
+      await sync.replica
+        .checkpoint()
+        .catch((e) => this.log.warn({ volume: sync.replica.name, cause: e.message }, 'checkpoint failed'));
     }
     this.pump();
   }

@@ -17,21 +17,27 @@ export interface AppliedSink {
 }
 
 export class WriteApplier {
-  constructor(private readonly volumes: VolumeLookup, private readonly commit: AppliedSink) {}
+  constructor(
+    private readonly volumes: VolumeLookup,
+    private readonly commit: AppliedSink,
+  ) {}
 
   /** A protected write from the apply queue. */
   async apply(m: ProtectedWrite): Promise<void> {
     const sync = this.volumes.volume(m.volumeId, 'PROTECTED_WRITE');
     sync.checkExtent(m.offsetSectors, m.sizeSectors, 'PROTECTED_WRITE');
-    const start = m.offsetSectors * SECTOR, end = start + m.sizeSectors * SECTOR;
-    const rep = sync.replica, bm = sync.bitmap;
+    const start = m.offsetSectors * SECTOR,
+      end = start + m.sizeSectors * SECTOR;
+    const rep = sync.replica,
+      bm = sync.bitmap;
     if (rep.failover) {
       // Promoted replica: the protected side's writes are recorded, not applied, until failback.
       rep.failover.protectedChanged.mark(start, end);
       this.commit.applied(null);
       return;
     }
-    const first = bm.regionOf(start), last = bm.regionOf(end - 1);
+    const first = bm.regionOf(start),
+      last = bm.regionOf(end - 1);
     sync.touch(first, last);
     let target: Replica | null = null;
     if (m.ioStatus !== IO_OK) {
@@ -58,10 +64,14 @@ export class WriteApplier {
   applyNow(m: ProtectedWrite): boolean {
     const sync = this.volumes.volume(m.volumeId, 'PROTECTED_WRITE');
     sync.checkExtent(m.offsetSectors, m.sizeSectors, 'PROTECTED_WRITE');
-    const start = m.offsetSectors * SECTOR, end = start + m.sizeSectors * SECTOR;
-    const rep = sync.replica, t = rep.target;
+    const start = m.offsetSectors * SECTOR,
+      end = start + m.sizeSectors * SECTOR;
+    const rep = sync.replica,
+      t = rep.target;
     if (rep.failover || m.ioStatus !== IO_OK || !t) return false;
-    const bm = sync.bitmap, first = bm.regionOf(start), last = bm.regionOf(end - 1);
+    const bm = sync.bitmap,
+      first = bm.regionOf(start),
+      last = bm.regionOf(end - 1);
     sync.touch(first, last); // again if it is queued after all: the same marks
     try {
       if (!t.tryWriteSync(m.data, start)) return false;

@@ -38,7 +38,10 @@ export class Link {
   private heartbeat: NodeJS.Timeout | null = null;
   private closed = false;
 
-  constructor(private readonly io: LinkIo, private readonly opts: LinkOptions) {
+  constructor(
+    private readonly io: LinkIo,
+    private readonly opts: LinkOptions,
+  ) {
     assert(opts.heartbeatMs > 0, 'heartbeat interval must be positive');
   }
 

@@ -22,14 +22,18 @@ export class ByteQueue {
       out.push(c.subarray(this.head, this.head + k));
       n -= k;
       this.head += k;
-      if (this.head === c.length) { this.chunks.shift(); this.head = 0; }
+      if (this.head === c.length) {
+        this.chunks.shift();
+        this.head = 0;
+      }
     }
     return out;
   }
 
   /** Remove the next n bytes (n <= length) by copying them into dest at `at`. */
   takeInto(dest: Buffer, at: number, n: number): void {
-    if (n > this.length || at + n > dest.length) throw new RangeError(`take ${n} of ${this.length} into ${dest.length - at}`);
+    if (n > this.length || at + n > dest.length)
+      throw new RangeError(`take ${n} of ${this.length} into ${dest.length - at}`);
     this.length -= n;
     while (n > 0) {
       const c = this.chunks[0];
@@ -38,7 +42,10 @@ export class ByteQueue {
       at += k;
       n -= k;
       this.head += k;
-      if (this.head === c.length) { this.chunks.shift(); this.head = 0; }
+      if (this.head === c.length) {
+        this.chunks.shift();
+        this.head = 0;
+      }
     }
   }
 
@@ -50,7 +57,10 @@ export class ByteQueue {
     if (first && first.length - this.head >= n) {
       const out = first.subarray(this.head, this.head + n);
       this.head += n;
-      if (this.head === first.length) { this.chunks.shift(); this.head = 0; }
+      if (this.head === first.length) {
+        this.chunks.shift();
+        this.head = 0;
+      }
       return out;
     }
     const out = Buffer.allocUnsafe(n);
@@ -61,7 +71,10 @@ export class ByteQueue {
       c.copy(out, filled, this.head, this.head + k);
       filled += k;
       this.head += k;
-      if (this.head === c.length) { this.chunks.shift(); this.head = 0; }
+      if (this.head === c.length) {
+        this.chunks.shift();
+        this.head = 0;
+      }
     }
     return out;
   }

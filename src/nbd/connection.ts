@@ -9,7 +9,13 @@ import { ByteQueue } from './byte-queue';
 import { writeBatched } from '../net-batch';
 import { readThrough } from '../net-read';
 import {
-  HandshakeState, HandshakeConfig, initialState, clientFlags, optionHeader, handleOption, OPTION_HEADER,
+  HandshakeState,
+  HandshakeConfig,
+  initialState,
+  clientFlags,
+  optionHeader,
+  handleOption,
+  OPTION_HEADER,
 } from './handshake';
 import { Transmission, TransmissionIo, TransmissionOptions } from './transmission';
 import type { ExportRegistry, ExportUser } from './exports';
@@ -33,23 +39,37 @@ export class NbdConnection implements TransmissionIo, ExportUser {
   private option: { opt: number; length: number } | null = null; // header read, data awaited
   private transmission: Transmission | null = null;
   private parsing = false;
-  private readonly onChunk = (c: Buffer) => { this.queue.push(c); this.parse(); };
+  private readonly onChunk = (c: Buffer) => {
+    this.queue.push(c);
+    this.parse();
+  };
   /** The accepted socket object (the server destroys it on close); STARTTLS does not change it. */
   readonly socket: net.Socket;
 
   /** `raw` is a freshly accepted socket, paused when there is no TLS. */
-  constructor(raw: net.Socket, private readonly ctx: ConnectionContext, private readonly log: Logger) {
+  constructor(
+    raw: net.Socket,
+    private readonly ctx: ConnectionContext,
+    private readonly log: Logger,
+  ) {
     const tlsRequired = ctx.tls !== undefined;
     this.handshake = initialState(tlsRequired);
     this.config = { tls: tlsRequired, catalog: ctx.registry };
     // Without TLS, reads land where the bytes go: the rest of a large write's payload straight
     // into its buffer (src/net-read.ts). STARTTLS needs the plain 'data' path to hand over.
     if (!tlsRequired) {
-      this.sock = readThrough(raw, {
-        target: () => (this.phase === 'transmission' ? this.transmission!.readTarget() : null),
-        direct: (n) => { this.transmission!.readDirect(n); this.parse(); },
-        chunk: this.onChunk,
-      }, (e) => this.fatal(e.message));
+      this.sock = readThrough(
+        raw,
+        {
+          target: () => (this.phase === 'transmission' ? this.transmission!.readTarget() : null),
+          direct: (n) => {
+            this.transmission!.readDirect(n);
+            this.parse();
+          },
+          chunk: this.onChunk,
+        },
+        (e) => this.fatal(e.message),
+      );
     } else {
       this.sock = raw;
       raw.on('data', this.onChunk);
@@ -178,14 +198,20 @@ export class NbdConnection implements TransmissionIo, ExportUser {
   }
 
   private startTls(): void {
-    const raw = this.sock, opts = this.ctx.tls!;
+    const raw = this.sock,
+      opts = this.ctx.tls!;
     raw.removeListener('data', this.onChunk);
     const ts = new tls.TLSSocket(raw, {
-      isServer: true, secureContext: tls.createSecureContext(opts),
-      requestCert: !!opts.requestCert, rejectUnauthorized: !!opts.requestCert,
+      isServer: true,
+      secureContext: tls.createSecureContext(opts),
+      requestCert: !!opts.requestCert,
+      rejectUnauthorized: !!opts.requestCert,
     });
     ts.on('secure', () => this.log.info('NBD connection upgraded to TLS'));
-    ts.on('error', (e) => { this.log.warn({ cause: e.message }, 'NBD TLS handshake failed'); raw.destroy(); });
+    ts.on('error', (e) => {
+      this.log.warn({ cause: e.message }, 'NBD TLS handshake failed');
+      raw.destroy();
+    });
     ts.on('data', this.onChunk);
     this.sock = ts;
   }

@@ -21,7 +21,10 @@ export interface NbdExport {
 export class TargetExport implements NbdExport {
   private readonly writeTarget: (buf: Buffer, offset: number) => Promise<void>;
 
-  constructor(readonly name: string, private readonly target: BlockTarget) {
+  constructor(
+    readonly name: string,
+    private readonly target: BlockTarget,
+  ) {
     this.writeTarget = (buf, offset) => target.write(buf, offset); // zeroing's piece writer, made once
   }
 

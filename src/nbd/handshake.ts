@@ -3,9 +3,25 @@
 // + next state + what the connection must do). No socket here; test/nbd-handshake.test.ts
 // drives it directly.
 import {
-  optReply, infoExport, infoBlockSize, infoName, exportNameReply, parseGo,
-  IHAVEOPT, CF_FIXED_NEWSTYLE, CF_NO_ZEROES, Opt, Rep, Info, REP_ERR_UNSUP, REP_ERR_UNKNOWN, REP_ERR_INVALID,
-  REP_ERR_TLS_REQD, TF, MAX_OPTION_LEN, MAX_REQUEST,
+  optReply,
+  infoExport,
+  infoBlockSize,
+  infoName,
+  exportNameReply,
+  parseGo,
+  IHAVEOPT,
+  CF_FIXED_NEWSTYLE,
+  CF_NO_ZEROES,
+  Opt,
+  Rep,
+  Info,
+  REP_ERR_UNSUP,
+  REP_ERR_UNKNOWN,
+  REP_ERR_INVALID,
+  REP_ERR_TLS_REQD,
+  TF,
+  MAX_OPTION_LEN,
+  MAX_REQUEST,
 } from '../../protocol/nbd';
 import type { NbdExport } from './exports';
 
@@ -61,7 +77,8 @@ export function clientFlags(state: HandshakeState, flags: number): HandshakeStat
 /** A 16-byte option header: the option and its data length, or the reason to close. */
 export function optionHeader(h: Buffer): { opt: number; length: number } | string {
   if (h.readBigUInt64BE(0) !== IHAVEOPT) return 'bad option magic';
-  const opt = h.readUInt32BE(8), length = h.readUInt32BE(12);
+  const opt = h.readUInt32BE(8),
+    length = h.readUInt32BE(12);
   if (length > MAX_OPTION_LEN) return `option ${opt} of ${length} bytes is too long`;
   return { opt, length };
 }

@@ -22,8 +22,12 @@ export class NbdServer {
    * given (the export may hold() it past its promise, a mirror still sending it, say).
    * Removing an export from `exports` closes the connections attached to it.
    */
-  constructor(private readonly exports: ExportRegistry, private readonly log: Logger,
-    private readonly tls?: NbdTlsOptions, private readonly pool?: BufferPool) {}
+  constructor(
+    private readonly exports: ExportRegistry,
+    private readonly log: Logger,
+    private readonly tls?: NbdTlsOptions,
+    private readonly pool?: BufferPool,
+  ) {}
 
   listen(host: string, port: number): Promise<net.AddressInfo> {
     this.server = net.createServer({ pauseOnConnect: !this.tls }, (s) => this.accept(s));

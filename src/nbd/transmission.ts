@@ -3,7 +3,13 @@
 // dispatched to the export, one simple reply per request with its errno, and flow control
 // (at most MAX_INFLIGHT requests running; beyond it the connection stops reading).
 import {
-  parseRequest, NbdCmd, NbdErr, CMD_FLAG_FUA, MAX_REQUEST, REQUEST_HEADER, NbdRequest,
+  parseRequest,
+  NbdCmd,
+  NbdErr,
+  CMD_FLAG_FUA,
+  MAX_REQUEST,
+  REQUEST_HEADER,
+  NbdRequest,
 } from '../../protocol/nbd';
 import { assert } from '../assert';
 import type { ByteQueue } from './byte-queue';
@@ -48,11 +54,18 @@ export interface TransmissionOptions {
 export function errnoOf(e: unknown, fallback: number): number {
   const err = e as { errno?: unknown; code?: unknown } | null;
   switch (typeof err?.errno === 'string' ? err.errno : err?.code) {
-    case 'ENOSPC': return NbdErr.ENOSPC;
-    case 'EIO': return NbdErr.EIO;
-    case 'EROFS': case 'EPERM': case 'EACCES': return NbdErr.EPERM;
-    case 'ENOMEM': return NbdErr.ENOMEM;
-    default: return fallback;
+    case 'ENOSPC':
+      return NbdErr.ENOSPC;
+    case 'EIO':
+      return NbdErr.EIO;
+    case 'EROFS':
+    case 'EPERM':
+    case 'EACCES':
+      return NbdErr.EPERM;
+    case 'ENOMEM':
+      return NbdErr.ENOMEM;
+    default:
+      return fallback;
   }
 }
 
@@ -65,8 +78,12 @@ export class Transmission {
   private filled = 0;
   private idleWaiters: (() => void)[] = [];
 
-  constructor(readonly exp: NbdExport, private readonly queue: ByteQueue, private readonly io: TransmissionIo,
-    private readonly opts: TransmissionOptions) {}
+  constructor(
+    readonly exp: NbdExport,
+    private readonly queue: ByteQueue,
+    private readonly io: TransmissionIo,
+    private readonly opts: TransmissionOptions,
+  ) {}
 
   /** Resolves once no request is running on the export. */
   idle(): Promise<void> {
@@ -76,7 +93,8 @@ export class Transmission {
 
   /** Where the next socket read should land: the rest of an in-place payload, or null. */
   readTarget(): Buffer | null {
-    const r = this.pendingWrite, buf = this.inPlace;
+    const r = this.pendingWrite,
+      buf = this.inPlace;
     if (!r || !buf || this.closing || this.queue.length !== 0 || r.length - this.filled < DIRECT_READ_MIN) return null;
     return buf.subarray(this.filled, r.length);
   }
@@ -96,12 +114,19 @@ export class Transmission {
         continue;
       }
       if (this.inflight >= MAX_INFLIGHT) {
-        if (!this.paused) { this.paused = true; this.io.pause(); }
+        if (!this.paused) {
+          this.paused = true;
+          this.io.pause();
+        }
         return;
       }
       if (q.length < REQUEST_HEADER) return;
       let r: NbdRequest;
-      try { r = parseRequest(q.take(REQUEST_HEADER), 0); } catch (e) { return this.io.fatal((e as Error).message); }
+      try {
+        r = parseRequest(q.take(REQUEST_HEADER), 0);
+      } catch (e) {
+        return this.io.fatal((e as Error).message);
+      }
       if (r.type === NbdCmd.WRITE) {
         if (r.length > MAX_REQUEST) return this.io.fatal(`write of ${r.length} bytes exceeds ${MAX_REQUEST}`);
         this.pendingWrite = r;
@@ -113,9 +138,16 @@ export class Transmission {
 
   /** The pending write's payload: true once it is all here and dispatched. */
   private receivePayload(): boolean {
-    const r = this.pendingWrite!, q = this.queue;
-    if (!this.inPlace && this.opts.direct && r.length >= GATHER_MIN && r.length <= IN_PLACE_MAX
-      && q.length >= IN_PLACE_AFTER && q.length < r.length) {
+    const r = this.pendingWrite!,
+      q = this.queue;
+    if (
+      !this.inPlace &&
+      this.opts.direct &&
+      r.length >= GATHER_MIN &&
+      r.length <= IN_PLACE_MAX &&
+      q.length >= IN_PLACE_AFTER &&
+      q.length < r.length
+    ) {
       // Its buffer only once some of its bytes are here: memory follows bytes received.
       this.inPlace = this.opts.pool ? this.opts.pool.take(r.length) : Buffer.allocUnsafeSlow(r.length);
       this.filled = 0;
@@ -153,7 +185,10 @@ export class Transmission {
         if (!inRange) return this.done(r, NbdErr.ENOSPC);
         return this.settle(r, this.exp.zero(r.offset, r.length), undefined);
       case NbdCmd.FLUSH:
-        this.exp.flush().then(() => this.done(r, 0), (err) => this.failed(r, err, 'NBD flush failed'));
+        this.exp.flush().then(
+          () => this.done(r, 0),
+          (err) => this.failed(r, err, 'NBD flush failed'),
+        );
         return;
       case NbdCmd.TRIM:
         // Advisory: the data may stay as it is, so nothing changes and nothing is mirrored.
@@ -170,7 +205,10 @@ export class Transmission {
 
   private read(r: NbdRequest): void {
     const buf = Buffer.allocUnsafe(r.length);
-    this.exp.read(buf, r.offset).then(() => this.done(r, 0, buf), (err) => this.failed(r, err, 'NBD read failed'));
+    this.exp.read(buf, r.offset).then(
+      () => this.done(r, 0, buf),
+      (err) => this.failed(r, err, 'NBD read failed'),
+    );
   }
 
   private write(r: NbdRequest, data: Buffer | Buffer[], inRange: boolean): void {
@@ -198,9 +236,16 @@ export class Transmission {
 
   /** A write or zeroing under way: flushed when FUA asks, then its buffer released and replied. */
   private settle(r: NbdRequest, p: Promise<void>, data: Buffer | Buffer[] | undefined): void {
-    p.then(() => (r.flags & CMD_FLAG_FUA ? this.exp.flush() : undefined))
-      .then(() => { this.release(data); this.done(r, 0); },
-        (err) => { this.release(data); this.failed(r, err, 'NBD write failed'); });
+    p.then(() => (r.flags & CMD_FLAG_FUA ? this.exp.flush() : undefined)).then(
+      () => {
+        this.release(data);
+        this.done(r, 0);
+      },
+      (err) => {
+        this.release(data);
+        this.failed(r, err, 'NBD write failed');
+      },
+    );
   }
 
   /** A payload buffer taken from the pool goes back once the export is done with it. */

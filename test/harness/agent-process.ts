@@ -33,13 +33,31 @@ export class AgentProcess {
     if (!this.nbdPort) this.nbdPort = await freePort();
     if (!this.httpPort) this.httpPort = await freePort();
     this.stderr = '';
-    const args = [AGENT_CLI, '--nbd', `127.0.0.1:${this.nbdPort}`, '--http', `127.0.0.1:${this.httpPort}`, ...this.args];
+    const args = [
+      AGENT_CLI,
+      '--nbd',
+      `127.0.0.1:${this.nbdPort}`,
+      '--http',
+      `127.0.0.1:${this.httpPort}`,
+      ...this.args,
+    ];
     this.proc = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-    this.proc.stderr!.on('data', (d) => { this.stderr = (this.stderr + d).slice(-20000); });
-    await waitFor('agent NBD listening', () => new Promise<boolean>((r) => {
-      const s = net.connect(this.nbdPort, '127.0.0.1', () => { s.destroy(); r(true); });
-      s.on('error', () => r(false));
-    }), 15000, 50);
+    this.proc.stderr!.on('data', (d) => {
+      this.stderr = (this.stderr + d).slice(-20000);
+    });
+    await waitFor(
+      'agent NBD listening',
+      () =>
+        new Promise<boolean>((r) => {
+          const s = net.connect(this.nbdPort, '127.0.0.1', () => {
+            s.destroy();
+            r(true);
+          });
+          s.on('error', () => r(false));
+        }),
+      15000,
+      50,
+    );
   }
 
   kill9(): Promise<void> {
@@ -53,6 +71,15 @@ export class AgentProcess {
 
 /** An agent of VM vm1 exporting `img` as V1 to the hub at `hubPort`, its dirty logs under dir/agent. */
 export function v1Agent(dir: string, img: string, hubPort: number, ...extra: string[]): AgentProcess {
-  const args = ['--hub', `127.0.0.1:${hubPort}`, '--export', `V1=${img}`, '--state', path.join(dir, 'agent'), '--vm', 'vm1'];
+  const args = [
+    '--hub',
+    `127.0.0.1:${hubPort}`,
+    '--export',
+    `V1=${img}`,
+    '--state',
+    path.join(dir, 'agent'),
+    '--vm',
+    'vm1',
+  ];
   return new AgentProcess([...args, ...extra]);
 }

@@ -9,7 +9,9 @@ export function memoryOf(pid: number | undefined): { rssBytes: number; peakBytes
     const s = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
     const kb = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+)\\s+kB`).exec(s)?.[1] ?? 0);
     return { rssBytes: kb('VmRSS') * 1024, peakBytes: kb('VmHWM') * 1024 };
-  } catch { return null; }
+  } catch {
+    return null;
+  }
 }
 
 /** VmRSS of a live process in bytes, or 0. */
@@ -26,7 +28,10 @@ export function endProcess(p: ChildProcess | undefined, signal: NodeJS.Signals, 
   if (!running(p)) return Promise.resolve();
   return new Promise<void>((r) => {
     const t = setTimeout(() => p.kill('SIGKILL'), killAfterMs);
-    p.once('exit', () => { clearTimeout(t); r(); });
+    p.once('exit', () => {
+      clearTimeout(t);
+      r();
+    });
     p.kill(signal);
   });
 }

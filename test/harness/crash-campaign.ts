@@ -1,9 +1,10 @@
 // Crash campaign: hub and agent as real processes (the CLIs) on a temp dir with a 64 MiB image,
 // a real NBD client writing through the agent all along (fio's nbd engine: randwrite of random
 // or zero data and randtrimwrite, rate limited, restarted whenever it exits), and N times in a row
-// a kill -9 of the hub or the agent (seeded random choice, at a random moment 0.2-2 s into the load). After each restart the
-// writer keeps going a random 0-1 s (resync under load), then pauses; once the hub reports the
-// volume converged, the image and the replica are compared byte for byte, then the writer resumes.
+// a kill -9 of the hub or the agent (seeded random choice, at a random moment 0.2-2 s into the
+// load). After each restart the writer keeps going a random 0-1 s (resync under load), then
+// pauses; once the hub reports the volume converged, the image and the replica are compared byte
+// for byte, then the writer resumes.
 // RSS (VmRSS) of hub and agent is sampled throughout.
 // The run itself; its command line is tools/crash-campaign.ts, its CI slice test/crash-campaign.e2e.test.ts.
 import * as fs from 'node:fs';
@@ -13,7 +14,14 @@ import { HubProcess } from './hub-process';
 import { AgentProcess } from './agent-process';
 import { rssBytes } from './child';
 import { mulberry32 } from './prng';
-import { waitHubConverged, waitByteEqual, waitAgentClean, fmtRegions, ContinuousWriter, DiffReport } from './fault-harness';
+import {
+  waitHubConverged,
+  waitByteEqual,
+  waitAgentClean,
+  fmtRegions,
+  ContinuousWriter,
+  DiffReport,
+} from './fault-harness';
 
 export interface CampaignOptions {
   kills: number;
@@ -25,7 +33,7 @@ export interface CampaignOptions {
   keep?: boolean; // keep the temp dir even when all is well
   out?: (line: string) => void;
   verbose?: boolean;
-  /** Probability that a kill is not followed by the convergence check: the next kill then hits mid-resync. Default 0. */
+  /** Probability that a kill is not followed by the convergence check (the next kill then hits mid-resync); 0. */
   chain?: number;
   /** Detector self-check: after kill N converges, overwrite 4 KiB of the replica behind the hub's back. */
   corruptReplicaAt?: number;
@@ -71,7 +79,13 @@ export interface CampaignResult {
 }
 
 /** The measurements of one kill round, before its outcome is known. */
-interface Round { n: number; victim: 'hub' | 'agent'; afterMs: number; restartMs: number; loadAfterMs: number }
+interface Round {
+  n: number;
+  victim: 'hub' | 'agent';
+  afterMs: number;
+  restartMs: number;
+  loadAfterMs: number;
+}
 
 /** One campaign: owns the processes, the writer, the counters and the log lines. */
 class CrashCampaign {
@@ -112,7 +126,10 @@ class CrashCampaign {
     this.rand = mulberry32(o.seed);
     this.wrand = mulberry32((o.seed ^ 0x9e3779b9) >>> 0);
     this.hub = new HubProcess(['--vol', `V1=${this.rep}`, '--data', path.join(this.dir, 'hub')]);
-    this.writer = new ContinuousWriter(() => this.agent!.uri('V1'), () => this.writerArgs());
+    this.writer = new ContinuousWriter(
+      () => this.agent!.uri('V1'),
+      () => this.writerArgs(),
+    );
   }
 
   /**
@@ -121,17 +138,25 @@ class CrashCampaign {
    * handed to the hub as dirty regions). Sector-granular sizes and offsets cross 64 KiB regions.
    */
   private writerArgs(): string[] {
-    const k = this.wrand(), rate = this.rate;
+    const k = this.wrand(),
+      rate = this.rate;
     const mix = k < 0.6 ? ['--rw=randwrite'] : k < 0.8 ? ['--rw=randwrite', '--zero_buffers'] : ['--rw=randtrimwrite'];
     return [
-      ...mix, '--bsrange=512-128k', '--blockalign=512', '--iodepth=8', `--size=${this.size}`,
-      '--time_based', `--runtime=${2 + Math.floor(this.wrand() * 4)}`, `--rate=${rate}m,${rate}m,${rate}m`,
+      ...mix,
+      '--bsrange=512-128k',
+      '--blockalign=512',
+      '--iodepth=8',
+      `--size=${this.size}`,
+      '--time_based',
+      `--runtime=${2 + Math.floor(this.wrand() * 4)}`,
+      `--rate=${rate}m,${rate}m,${rate}m`,
       `--randseed=${1 + Math.floor(this.wrand() * 1e9)}`,
     ];
   }
 
   sampleRss(): void {
-    const hub = this.hub.proc, agent = this.agent?.proc;
+    const hub = this.hub.proc,
+      agent = this.agent?.proc;
     this.maxHub = Math.max(this.maxHub, rssBytes(hub?.exitCode === null ? hub.pid : undefined));
     this.maxAgent = Math.max(this.maxAgent, rssBytes(agent?.exitCode === null ? agent.pid : undefined));
   }
@@ -139,13 +164,23 @@ class CrashCampaign {
   /** Hub and agent up, the initial sync converged byte-equal. */
   async setUp(): Promise<void> {
     await this.hub.start();
-    this.agent = new AgentProcess(['--hub', `127.0.0.1:${this.hub.port}`, '--export', `V1=${this.img}`,
-      '--state', path.join(this.dir, 'agent'), '--vm', 'vm1']);
+    this.agent = new AgentProcess([
+      '--hub',
+      `127.0.0.1:${this.hub.port}`,
+      '--export',
+      `V1=${this.img}`,
+      '--state',
+      path.join(this.dir, 'agent'),
+      '--vm',
+      'vm1',
+    ]);
     await this.agent.start();
     await waitHubConverged(this.hub, this.agent, this.convergeTimeout);
     const d0 = await waitByteEqual(this.img, this.rep, this.size);
     if (!d0.equal) throw new Error(`initial sync not byte-equal: ${fmtRegions(d0)}`);
-    this.out(`crash campaign: seed=${this.o.seed} kills=${this.o.kills} image=${this.size / MiB}MiB rate=${this.rate}MiB/s dir=${this.dir}`);
+    this.out(
+      `crash campaign: seed=${this.o.seed} kills=${this.o.kills} image=${this.size / MiB}MiB rate=${this.rate}MiB/s dir=${this.dir}`,
+    );
   }
 
   /** Load, kill -9 a seeded victim, restart it, load during the resync. */
@@ -164,7 +199,8 @@ class CrashCampaign {
     }
     await proc.kill9();
     if (victim === 'agent') this.writer.interrupt(); // its NBD connection is gone
-    if (victim === 'hub') this.hubKills++; else this.agentKills++;
+    if (victim === 'hub') this.hubKills++;
+    else this.agentKills++;
     const tr = Date.now();
     await proc.start();
     const restartMs = Date.now() - tr;
@@ -174,11 +210,20 @@ class CrashCampaign {
 
   /** The writer paused: wait for convergence, then compare byte for byte and read both sides' state. */
   async check(r: Round): Promise<KillRecord> {
-    const hub = this.hub, agent = this.agent!;
+    const hub = this.hub,
+      agent = this.agent!;
     await this.writer.pause();
     const rec: KillRecord = {
-      ...r, convergeMs: -1, equal: false, differingBytes: 0, regions: [],
-      agentClean: false, agentPending: 0, agentDirtyBytes: 0, hubSyncBytes: 0, writes: 0,
+      ...r,
+      convergeMs: -1,
+      equal: false,
+      differingBytes: 0,
+      regions: [],
+      agentClean: false,
+      agentPending: 0,
+      agentDirtyBytes: 0,
+      hubSyncBytes: 0,
+      writes: 0,
     };
     try {
       rec.convergeMs = await waitHubConverged(hub, agent, this.convergeTimeout);
@@ -214,8 +259,10 @@ class CrashCampaign {
   }
 
   roundHead(r: Round): string {
-    return `kill ${String(r.n).padStart(3)}/${this.o.kills} ${r.victim.padEnd(5)} after ${(r.afterMs / 1000).toFixed(2)}s load: ` +
-      `restart ${(r.restartMs / 1000).toFixed(2)}s, +${(r.loadAfterMs / 1000).toFixed(2)}s load, `;
+    return (
+      `kill ${String(r.n).padStart(3)}/${this.o.kills} ${r.victim.padEnd(5)} after ${(r.afterMs / 1000).toFixed(2)}s load: ` +
+      `restart ${(r.restartMs / 1000).toFixed(2)}s, +${(r.loadAfterMs / 1000).toFixed(2)}s load, `
+    );
   }
 
   /** Count the round and print its line (and, on a mismatch, what both sides say). */
@@ -234,21 +281,31 @@ class CrashCampaign {
       this.bytesLost += rec.differingBytes;
       await this.reportMismatch(head, rec);
     } else {
-      this.out(`${head}converged in ${(rec.convergeMs / 1000).toFixed(2)}s, byte-equal` +
-        (rec.agentClean ? '' : `; agent not clean: ${rec.agentPending} unacked writes, ${(rec.agentDirtyBytes / MiB).toFixed(1)} MiB dirty`));
+      this.out(
+        `${head}converged in ${(rec.convergeMs / 1000).toFixed(2)}s, byte-equal` +
+          (rec.agentClean
+            ? ''
+            : `; agent not clean: ${rec.agentPending} unacked writes, ${(rec.agentDirtyBytes / MiB).toFixed(1)} MiB dirty`),
+      );
     }
     if (this.o.verbose && !rec.equal) this.out(this.agent!.stderr.slice(-4000));
   }
 
   private async reportMismatch(head: string, rec: KillRecord): Promise<void> {
-    const hub = this.hub, agent = this.agent!;
+    const hub = this.hub,
+      agent = this.agent!;
     const diff = { equal: false, differingBytes: rec.differingBytes, regions: rec.regions };
-    this.out(`${head}converged in ${(rec.convergeMs / 1000).toFixed(2)}s, MISMATCH: ${rec.differingBytes} bytes differ ` +
-      `in ${rec.regions.length} run(s): ${fmtRegions(diff, 12)}`);
-    const hubSt = await hub.volume('V1').catch(() => null), agSt = await agent.status().catch(() => null);
+    this.out(
+      `${head}converged in ${(rec.convergeMs / 1000).toFixed(2)}s, MISMATCH: ${rec.differingBytes} bytes differ ` +
+        `in ${rec.regions.length} run(s): ${fmtRegions(diff, 12)}`,
+    );
+    const hubSt = await hub.volume('V1').catch(() => null),
+      agSt = await agent.status().catch(() => null);
     this.out(`    hub V1: ${JSON.stringify(hubSt)}`);
     this.out(`    agent: ${JSON.stringify(agSt)}`);
-    this.out(`    sequence so far: ${this.records.map((r) => `${r.victim}@${r.afterMs}ms+${r.loadAfterMs}ms`).join(' ')}`);
+    this.out(
+      `    sequence so far: ${this.records.map((r) => `${r.victim}@${r.afterMs}ms+${r.loadAfterMs}ms`).join(' ')}`,
+    );
     fs.writeFileSync(path.join(this.dir, `mismatch-${rec.n}.hub.log`), hub.stderr);
     fs.writeFileSync(path.join(this.dir, `mismatch-${rec.n}.agent.log`), agent.stderr);
   }
@@ -269,35 +326,57 @@ class CrashCampaign {
   }
 
   aborted(e: Error): void {
-    const hub = this.hub, agent = this.agent;
+    const hub = this.hub,
+      agent = this.agent;
     this.failed = true;
     this.out(`crash campaign: aborted: ${e.stack}`);
     fs.writeFileSync(path.join(this.dir, 'aborted.hub.log'), hub.stderr);
     fs.writeFileSync(path.join(this.dir, 'aborted.agent.log'), agent?.stderr ?? '');
     this.out(`    hub exit ${hub.proc?.exitCode ?? hub.proc?.signalCode}, stderr tail: ${hub.stderr.slice(-1500)}`);
-    this.out(`    agent exit ${agent?.proc?.exitCode ?? agent?.proc?.signalCode}, stderr tail: ${(agent?.stderr ?? '').slice(-1500)}`);
+    this.out(
+      `    agent exit ${agent?.proc?.exitCode ?? agent?.proc?.signalCode}, stderr tail: ${(agent?.stderr ?? '').slice(-1500)}`,
+    );
   }
 
   /** The tally lines, and the result. */
   summary(): CampaignResult {
-    const o = this.o, writer = this.writer;
+    const o = this.o,
+      writer = this.writer;
     const kills = this.hubKills + this.agentKills;
-    const maxHubRssMiB = Math.round(this.maxHub / MiB), maxAgentRssMiB = Math.round(this.maxAgent / MiB);
-    const tally = `crash campaign: kills=${kills} (hub=${this.hubKills} agent=${this.agentKills}) converged=${this.converged} ` +
+    const maxHubRssMiB = Math.round(this.maxHub / MiB),
+      maxAgentRssMiB = Math.round(this.maxAgent / MiB);
+    const tally =
+      `crash campaign: kills=${kills} (hub=${this.hubKills} agent=${this.agentKills}) converged=${this.converged} ` +
       `bytes_lost=${this.bytesLost} maxHubRssMiB=${maxHubRssMiB} maxAgentRssMiB=${maxAgentRssMiB}`;
     const checks = kills - this.chained;
     const ok = !this.failed && this.converged === checks && kills === o.kills;
     const elapsedMs = Date.now() - this.t0;
     this.out(tally);
-    this.out(`crash campaign: seed=${o.seed} elapsed=${(elapsedMs / 1000).toFixed(0)}s writer_runs=${writer.runs} ` +
-      `(failed ${writer.failedRuns}) guest_writes=${this.totalWrites} agent_not_clean_after_converge=${this.agentNotClean} ` +
-      `chained=${this.chained} checks=${checks} mismatches=${this.mismatches.length}${ok && !o.keep ? '' : ` dir=${this.dir}`}`);
+    this.out(
+      `crash campaign: seed=${o.seed} elapsed=${(elapsedMs / 1000).toFixed(0)}s writer_runs=${writer.runs} ` +
+        `(failed ${writer.failedRuns}) guest_writes=${this.totalWrites} agent_not_clean_after_converge=${this.agentNotClean} ` +
+        `chained=${this.chained} checks=${checks} mismatches=${this.mismatches.length}${ok && !o.keep ? '' : ` dir=${this.dir}`}`,
+    );
     if (ok && !o.keep) fs.rmSync(this.dir, { recursive: true, force: true });
     return {
-      seed: o.seed, kills, hubKills: this.hubKills, agentKills: this.agentKills, converged: this.converged,
-      bytesLost: this.bytesLost, mismatches: this.mismatches, agentNotClean: this.agentNotClean, maxHubRssMiB, maxAgentRssMiB,
-      writerRuns: writer.runs, writerFailedRuns: writer.failedRuns, guestWrites: this.totalWrites, elapsedMs, dir: this.dir,
-      records: this.records, tally, ok,
+      seed: o.seed,
+      kills,
+      hubKills: this.hubKills,
+      agentKills: this.agentKills,
+      converged: this.converged,
+      bytesLost: this.bytesLost,
+      mismatches: this.mismatches,
+      agentNotClean: this.agentNotClean,
+      maxHubRssMiB,
+      maxAgentRssMiB,
+      writerRuns: writer.runs,
+      writerFailedRuns: writer.failedRuns,
+      guestWrites: this.totalWrites,
+      elapsedMs,
+      dir: this.dir,
+      records: this.records,
+      tally,
+      ok,
     };
   }
 }

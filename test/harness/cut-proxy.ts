@@ -8,13 +8,27 @@ export class CutProxy {
   port = 0;
   constructor(private readonly target: number) {
     this.server = net.createServer((c) => {
-      if (!this.up) { c.destroy(); return; }
+      if (!this.up) {
+        c.destroy();
+        return;
+      }
       const u = net.connect(this.target, '127.0.0.1');
-      c.setNoDelay(true); u.setNoDelay(true);
-      this.conns.add(c); this.conns.add(u);
-      c.pipe(u); u.pipe(c);
-      const end = () => { c.destroy(); u.destroy(); this.conns.delete(c); this.conns.delete(u); };
-      c.on('error', end); u.on('error', end); c.on('close', end); u.on('close', end);
+      c.setNoDelay(true);
+      u.setNoDelay(true);
+      this.conns.add(c);
+      this.conns.add(u);
+      c.pipe(u);
+      u.pipe(c);
+      const end = () => {
+        c.destroy();
+        u.destroy();
+        this.conns.delete(c);
+        this.conns.delete(u);
+      };
+      c.on('error', end);
+      u.on('error', end);
+      c.on('close', end);
+      u.on('close', end);
     });
   }
   async listen(): Promise<number> {

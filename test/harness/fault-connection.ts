@@ -29,7 +29,10 @@ export interface FaultHost {
   forget(c: Conn): void;
 }
 
-interface Item { buf: Buffer; at: number }
+interface Item {
+  buf: Buffer;
+  at: number;
+}
 
 /** One direction of one connection. */
 class Pipe {
@@ -43,13 +46,23 @@ class Pipe {
   private ended = false;
   dropping: 'bytes' | 'chunks' | null = null; // the drop window this pipe is in, if any
 
-  constructor(readonly conn: Conn, readonly src: net.Socket, readonly dst: net.Socket, readonly up: boolean) {}
+  constructor(
+    readonly conn: Conn,
+    readonly src: net.Socket,
+    readonly dst: net.Socket,
+    readonly up: boolean,
+  ) {}
 
-  get p(): FaultHost { return this.conn.proxy; }
+  get p(): FaultHost {
+    return this.conn.proxy;
+  }
 
   onData(chunk: Buffer): void {
     const p = this.p;
-    if (this.conn.dead || this.conn.gone) { p.stats.bytesDropped += chunk.length; return; }
+    if (this.conn.dead || this.conn.gone) {
+      p.stats.bytesDropped += chunk.length;
+      return;
+    }
     const mode = p.mode;
     if (mode.kind === 'drop') {
       if (this.dropping === null) {
@@ -75,7 +88,10 @@ class Pipe {
         chunk = chunk.subarray(k);
       }
     }
-    if (mode.kind === 'reset') { p.stats.bytesDropped += chunk.length; return; } // about to be reset
+    if (mode.kind === 'reset') {
+      p.stats.bytesDropped += chunk.length;
+      return;
+    } // about to be reset
     this.enqueue(chunk, mode.kind === 'delay' ? mode.ms : 0);
   }
 
@@ -96,7 +112,11 @@ class Pipe {
       const it = this.q[this.qHead];
       const wait = it.at - Date.now();
       if (wait > 0) {
-        if (!this.timer) this.timer = setTimeout(() => { this.timer = null; this.pump(); }, wait);
+        if (!this.timer)
+          this.timer = setTimeout(() => {
+            this.timer = null;
+            this.pump();
+          }, wait);
         break;
       }
       this.qHead++;
@@ -106,11 +126,17 @@ class Pipe {
       const ok = this.dst.write(it.buf);
       if (!ok) {
         this.waitingDrain = true;
-        this.dst.once('drain', () => { this.waitingDrain = false; this.pump(); });
+        this.dst.once('drain', () => {
+          this.waitingDrain = false;
+          this.pump();
+        });
         break;
       }
     }
-    if (this.qHead > 1024 || this.qHead === this.q.length) { this.q = this.q.slice(this.qHead); this.qHead = 0; }
+    if (this.qHead > 1024 || this.qHead === this.q.length) {
+      this.q = this.q.slice(this.qHead);
+      this.qHead = 0;
+    }
     if (this.srcPaused && !this.waitingDrain && this.qBytes <= this.p.maxBuffer / 2) {
       this.srcPaused = false;
       if (!this.conn.dead) this.src.resume();
@@ -132,7 +158,9 @@ class Pipe {
     this.qBytes = 0;
   }
 
-  get done(): boolean { return this.ended; }
+  get done(): boolean {
+    return this.ended;
+  }
 }
 
 export class Conn {
@@ -143,7 +171,12 @@ export class Conn {
   gone = false; // torn down
   private connecting = false;
 
-  constructor(readonly proxy: FaultHost, readonly id: number, readonly client: net.Socket, readonly server: net.Socket) {
+  constructor(
+    readonly proxy: FaultHost,
+    readonly id: number,
+    readonly client: net.Socket,
+    readonly server: net.Socket,
+  ) {
     this.up = new Pipe(this, client, server, true);
     this.down = new Pipe(this, server, client, false);
     for (const s of [client, server]) {
@@ -166,7 +199,10 @@ export class Conn {
   /** Connect to the target now, unless the link is stalled (then when it resumes). */
   maybeConnect(): void {
     if (this.connecting || this.dead || this.gone || this.proxy.mode.kind === 'stall') return;
-    if (this.client.destroyed) { this.teardown(false); return; } // gave up while the link was stalled
+    if (this.client.destroyed) {
+      this.teardown(false);
+      return;
+    } // gave up while the link was stalled
     this.connecting = true;
     this.server.connect(this.proxy.target.port, this.proxy.target.host);
   }
@@ -183,23 +219,38 @@ export class Conn {
     const from = s === this.client ? this.up : this.down;
     const to = s === this.client ? this.down : this.up;
     to.discard(); // nobody to deliver to any more
-    if (this.proxy.mode.kind === 'stall') { this.proxy.deferClose(this); from.eof = true; return; }
-    if (hadError) { this.teardown(true); return; } // pass the RST on
+    if (this.proxy.mode.kind === 'stall') {
+      this.proxy.deferClose(this);
+      from.eof = true;
+      return;
+    }
+    if (hadError) {
+      this.teardown(true);
+      return;
+    } // pass the RST on
     from.eof = true;
     from.pump();
-    if (!this.targetUp && other === this.server) { this.teardown(false); return; }
+    if (!this.targetUp && other === this.server) {
+      this.teardown(false);
+      return;
+    }
     this.checkDone();
   }
 
   checkDone(): void {
-    const cGone = this.client.destroyed, sGone = this.server.destroyed || !this.targetUp;
-    if ((this.up.done || cGone) && (this.down.done || sGone) && (cGone || sGone || (this.up.done && this.down.done))) this.teardown(false);
+    const cGone = this.client.destroyed,
+      sGone = this.server.destroyed || !this.targetUp;
+    if ((this.up.done || cGone) && (this.down.done || sGone) && (cGone || sGone || (this.up.done && this.down.done)))
+      this.teardown(false);
   }
 
   /** After a stall: what was held goes out, closes held meanwhile take effect. */
   resume(): void {
     if (this.dead || this.gone) return;
-    if (!this.targetUp) { this.maybeConnect(); return; }
+    if (!this.targetUp) {
+      this.maybeConnect();
+      return;
+    }
     this.up.pump();
     this.down.pump();
     if (this.client.destroyed || this.server.destroyed) {
@@ -224,8 +275,10 @@ export class Conn {
     this.down.discard();
     for (const s of [this.client, this.server]) {
       if (s.destroyed) continue;
-      if (rst && (s !== this.server || this.targetUp)) { s.resetAndDestroy(); this.proxy.stats.resets++; }
-      else s.destroy();
+      if (rst && (s !== this.server || this.targetUp)) {
+        s.resetAndDestroy();
+        this.proxy.stats.resets++;
+      } else s.destroy();
     }
     this.proxy.forget(this);
   }

@@ -37,7 +37,17 @@ export class FaultProxy extends EventEmitter implements FaultHost {
   private scriptGen = 0;
   private resetTimer: NodeJS.Timeout | null = null;
   port = 0;
-  readonly stats: FaultStats = { accepted: 0, active: 0, blackholed: 0, bytesUp: 0, bytesDown: 0, bytesDropped: 0, resets: 0, injected: 0, byKind: {} };
+  readonly stats: FaultStats = {
+    accepted: 0,
+    active: 0,
+    blackholed: 0,
+    bytesUp: 0,
+    bytesDown: 0,
+    bytesDropped: 0,
+    resets: 0,
+    injected: 0,
+    byKind: {},
+  };
   /** Every step applied, with its time: for test reports. */
   readonly history: { at: number; step: string }[] = [];
 
@@ -53,7 +63,9 @@ export class FaultProxy extends EventEmitter implements FaultHost {
     this.logf = o.log ?? (() => undefined);
   }
 
-  get mode(): FaultMode { return this.modeNow; }
+  get mode(): FaultMode {
+    return this.modeNow;
+  }
 
   async listen(): Promise<number> {
     this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (c) => this.accept(c));
@@ -68,7 +80,8 @@ export class FaultProxy extends EventEmitter implements FaultHost {
   private accept(c: net.Socket): void {
     this.stats.accepted++;
     if (this.modeNow.kind === 'reset' || this.conns.size >= this.maxConns) {
-      if (this.conns.size >= this.maxConns) this.logf(`faultproxy: ${this.conns.size} connections, limit reached; new one reset`);
+      if (this.conns.size >= this.maxConns)
+        this.logf(`faultproxy: ${this.conns.size} connections, limit reached; new one reset`);
       c.on('error', () => undefined);
       c.resetAndDestroy();
       this.stats.resets++;
@@ -78,11 +91,17 @@ export class FaultProxy extends EventEmitter implements FaultHost {
     const conn = new Conn(this, this.nextId++, c, s);
     this.conns.add(conn);
     this.stats.active = this.conns.size;
-    if (this.modeNow.kind === 'halfopen') { conn.blackhole(); this.countBlackholed(); return; }
+    if (this.modeNow.kind === 'halfopen') {
+      conn.blackhole();
+      this.countBlackholed();
+      return;
+    }
     conn.maybeConnect();
   }
 
-  deferClose(c: Conn): void { this.deferred.add(c); }
+  deferClose(c: Conn): void {
+    this.deferred.add(c);
+  }
 
   forget(c: Conn): void {
     this.conns.delete(c);
@@ -109,7 +128,10 @@ export class FaultProxy extends EventEmitter implements FaultHost {
 
   private apply(mode: FaultMode): void {
     const prev = this.modeNow;
-    if (this.resetTimer) { clearTimeout(this.resetTimer); this.resetTimer = null; }
+    if (this.resetTimer) {
+      clearTimeout(this.resetTimer);
+      this.resetTimer = null;
+    }
     this.history.push({ at: Date.now(), step: describeMode(mode) });
     if (this.history.length > 1000) this.history.splice(0, this.history.length - 1000);
     if (mode.kind !== 'pass') {
@@ -142,7 +164,10 @@ export class FaultProxy extends EventEmitter implements FaultHost {
   /** Reset (RST) every connection, black-holed ones too, without changing the mode. */
   resetAll(): number {
     let n = 0;
-    for (const c of [...this.conns]) { c.teardown(true); n++; }
+    for (const c of [...this.conns]) {
+      c.teardown(true);
+      n++;
+    }
     return n;
   }
 
@@ -163,12 +188,16 @@ export class FaultProxy extends EventEmitter implements FaultHost {
    */
   async runScript(script: string | FaultStep[], loop = false): Promise<void> {
     const steps = typeof script === 'string' ? parseScript(script) : script;
-    if (loop && !steps.some((st) => st.ms !== undefined)) throw new Error('fault script: --loop needs at least one step with a duration');
+    if (loop && !steps.some((st) => st.ms !== undefined))
+      throw new Error('fault script: --loop needs at least one step with a duration');
     const gen = ++this.scriptGen;
     do {
       for (const st of steps) {
         if (gen !== this.scriptGen) return;
-        if (st.mode.kind === 'reset' && st.ms === undefined) { this.reset(); continue; }
+        if (st.mode.kind === 'reset' && st.ms === undefined) {
+          this.reset();
+          continue;
+        }
         this.apply(st.mode);
         if (st.ms !== undefined) await new Promise((r) => setTimeout(r, st.ms).unref());
       }

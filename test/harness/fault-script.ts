@@ -24,14 +24,22 @@ export type FaultMode =
   | { kind: 'reset' }
   | { kind: 'halfopen' };
 
-export interface Endpoint { host: string; port: number }
+export interface Endpoint {
+  host: string;
+  port: number;
+}
 
-export interface FaultStep { mode: FaultMode; ms?: number; text: string }
+export interface FaultStep {
+  mode: FaultMode;
+  ms?: number;
+  text: string;
+}
 
 const LOOPBACK = /^(127\.\d{1,3}\.\d{1,3}\.\d{1,3}|::1|localhost)$/;
 
 export function assertLoopback(e: Endpoint, what: string): void {
-  if (!LOOPBACK.test(e.host)) throw new Error(`${what}: ${e.host} is not a loopback address; the fault proxy is for loopback tests only`);
+  if (!LOOPBACK.test(e.host))
+    throw new Error(`${what}: ${e.host} is not a loopback address; the fault proxy is for loopback tests only`);
 }
 
 export function parseEndpoint(v: string, what: string): Endpoint {
@@ -67,19 +75,41 @@ export function parseScript(script: string): FaultStep[] {
     const bad = () => new Error(`fault script: cannot parse step "${text}"`);
     let mode: FaultMode, ms: number | undefined;
     switch (word.toLowerCase()) {
-      case 'pass': mode = { kind: 'pass' }; ms = times[0]; if (words.length || times.length > 1) throw bad(); break;
-      case 'stall': mode = { kind: 'stall' }; ms = times[0]; if (words.length || times.length > 1) throw bad(); break;
-      case 'halfopen': case 'half-open': mode = { kind: 'halfopen' }; ms = times[0]; if (words.length || times.length > 1) throw bad(); break;
-      case 'reset': mode = { kind: 'reset' }; ms = times[0]; if (words.length || times.length > 1) throw bad(); break;
+      case 'pass':
+        mode = { kind: 'pass' };
+        ms = times[0];
+        if (words.length || times.length > 1) throw bad();
+        break;
+      case 'stall':
+        mode = { kind: 'stall' };
+        ms = times[0];
+        if (words.length || times.length > 1) throw bad();
+        break;
+      case 'halfopen':
+      case 'half-open':
+        mode = { kind: 'halfopen' };
+        ms = times[0];
+        if (words.length || times.length > 1) throw bad();
+        break;
+      case 'reset':
+        mode = { kind: 'reset' };
+        ms = times[0];
+        if (words.length || times.length > 1) throw bad();
+        break;
       case 'delay':
         if (times.length < 1 || times.length > 2 || words.length) throw bad();
-        mode = { kind: 'delay', ms: times[0] }; ms = times[1]; break;
+        mode = { kind: 'delay', ms: times[0] };
+        ms = times[1];
+        break;
       case 'drop': {
         const align = words[0] ?? 'bytes';
         if ((align !== 'bytes' && align !== 'chunks') || words.length > 1 || times.length > 1) throw bad();
-        mode = { kind: 'drop', align }; ms = times[0]; break;
+        mode = { kind: 'drop', align };
+        ms = times[0];
+        break;
       }
-      default: throw bad();
+      default:
+        throw bad();
     }
     steps.push({ mode, ms, text });
   }
@@ -88,8 +118,11 @@ export function parseScript(script: string): FaultStep[] {
 
 export function describeMode(m: FaultMode): string {
   switch (m.kind) {
-    case 'delay': return `delay ${m.ms}ms`;
-    case 'drop': return `drop ${m.align}`;
-    default: return m.kind;
+    case 'delay':
+      return `delay ${m.ms}ms`;
+    case 'drop':
+      return `drop ${m.align}`;
+    default:
+      return m.kind;
   }
 }

@@ -18,7 +18,10 @@ export interface HubProcessOptions {
   startTimeoutMs?: number;
 }
 
-export interface ProcessExit { code: number | null; signal: string | null }
+export interface ProcessExit {
+  code: number | null;
+  signal: string | null;
+}
 
 export class HubProcess {
   proc?: ChildProcess;
@@ -34,7 +37,10 @@ export class HubProcess {
   private httpHost = '127.0.0.1';
   private ending = false; // stop() or kill9() under way: the exit is not a crash
 
-  constructor(readonly args: string[], readonly opts: HubProcessOptions = {}) {}
+  constructor(
+    readonly args: string[],
+    readonly opts: HubProcessOptions = {},
+  ) {}
 
   /** A hub already running elsewhere: never started or stopped here. */
   static foreign(host: string, port: number, http: string, pid?: number): HubProcess {
@@ -50,11 +56,16 @@ export class HubProcess {
     return h;
   }
 
-
   /** The status endpoint as HOST:PORT. */
-  get http(): string { return `${this.httpHost}:${this.httpPort}`; }
-  get pid(): number | undefined { return this.proc?.pid ?? this.foreignPid; }
-  get logFile(): string { return this.opts.logFile ?? (this.isForeign ? '(foreign hub)' : '(stderr)'); }
+  get http(): string {
+    return `${this.httpHost}:${this.httpPort}`;
+  }
+  get pid(): number | undefined {
+    return this.proc?.pid ?? this.foreignPid;
+  }
+  get logFile(): string {
+    return this.opts.logFile ?? (this.isForeign ? '(foreign hub)' : '(stderr)');
+  }
 
   async post(action: string, body: object = {}): Promise<{ status: number; body: any }> {
     const r = await fetch(`http://${this.http}${action}`, { method: 'POST', body: JSON.stringify(body) });
@@ -67,24 +78,39 @@ export class HubProcess {
     if (!this.nbdPort) this.nbdPort = await freePort();
     this.stderr = '';
     this.exit = null;
-    const args = [CLI, '--listen', `127.0.0.1:${this.port}`, '--http', `127.0.0.1:${this.httpPort}`,
-      '--nbd', `127.0.0.1:${this.nbdPort}`, ...this.args];
+    const args = [
+      CLI,
+      '--listen',
+      `127.0.0.1:${this.port}`,
+      '--http',
+      `127.0.0.1:${this.httpPort}`,
+      '--nbd',
+      `127.0.0.1:${this.nbdPort}`,
+      ...this.args,
+    ];
     this.ending = false;
     const proc = this.spawnLogged(args);
     this.proc = proc;
-    proc.on('exit', (code, signal) => { if (proc === this.proc && !this.ending) this.exit = { code, signal }; });
+    proc.on('exit', (code, signal) => {
+      if (proc === this.proc && !this.ending) this.exit = { code, signal };
+    });
     await this.waitListening(proc);
   }
-
 
   private spawnLogged(args: string[]): ChildProcess {
     if (!this.opts.logFile) {
       const proc = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-      proc.stderr!.on('data', (d) => { this.stderr = (this.stderr + d).slice(-20000); });
+      proc.stderr!.on('data', (d) => {
+        this.stderr = (this.stderr + d).slice(-20000);
+      });
       return proc;
     }
     const fd = fs.openSync(this.opts.logFile, 'a');
-    try { return spawn(process.execPath, args, { stdio: ['ignore', 'ignore', fd] }); } finally { fs.closeSync(fd); }
+    try {
+      return spawn(process.execPath, args, { stdio: ['ignore', 'ignore', fd] });
+    } finally {
+      fs.closeSync(fd);
+    }
   }
 
   /** Until /status answers; fails at once if the process exits first (with its log tail). */
@@ -96,8 +122,15 @@ export class HubProcess {
         const how = this.exit ?? { code: proc.exitCode, signal: proc.signalCode };
         throw new Error(`hub exited at start (${JSON.stringify(how)}): ${this.logTail()}`);
       }
-      if (await this.status().then(() => true, () => false)) return;
-      if (Date.now() > until) throw new Error(`timed out waiting for hub listening (${timeoutMs} ms): ${this.logTail(5)}`);
+      if (
+        await this.status().then(
+          () => true,
+          () => false,
+        )
+      )
+        return;
+      if (Date.now() > until)
+        throw new Error(`timed out waiting for hub listening (${timeoutMs} ms): ${this.logTail(5)}`);
       await sleep(50);
     }
   }
@@ -110,10 +143,15 @@ export class HubProcess {
 
   /** The volume protecting with nothing dirty, and its replica byte-equal to the image. */
   async converged(name: string, img: string, rep: string, timeoutMs = 60_000): Promise<void> {
-    await waitFor(`${name} protecting and clean`, async () => {
-      const v = await this.volume(name);
-      return v.state === 'protecting' && v.dirtyBytes === 0;
-    }, timeoutMs, 50);
+    await waitFor(
+      `${name} protecting and clean`,
+      async () => {
+        const v = await this.volume(name);
+        return v.state === 'protecting' && v.dirtyBytes === 0;
+      },
+      timeoutMs,
+      50,
+    );
     await waitFor(`${name} byte-equal`, () => sha(img) === sha(rep), 30_000, 100);
   }
 
@@ -131,7 +169,11 @@ export class HubProcess {
   logTail(n = 30): string {
     let text = this.stderr;
     if (this.opts.logFile) {
-      try { text = fs.readFileSync(this.opts.logFile, 'utf8'); } catch { return ''; }
+      try {
+        text = fs.readFileSync(this.opts.logFile, 'utf8');
+      } catch {
+        return '';
+      }
     }
     return text.trim().split('\n').slice(-n).join('\n');
   }

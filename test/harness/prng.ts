@@ -20,24 +20,34 @@ export class Rng {
   }
 
   /** A float in [0, 1). */
-  float(): number { return this.u32() / 4294967296; }
+  float(): number {
+    return this.u32() / 4294967296;
+  }
 
   /** Integer in [0, n), n up to 2^53. */
   int(n: number): number {
     if (n <= 4294967296) return Math.floor(this.float() * n);
-    return Math.floor((this.u32() * 4294967296 + this.u32()) / 18446744073709551616 * n);
+    return Math.floor(((this.u32() * 4294967296 + this.u32()) / 18446744073709551616) * n);
   }
 
-  between(lo: number, hi: number): number { return lo + this.int(hi - lo + 1); }
-  chance(p: number): boolean { return this.float() < p; }
-  pick<T>(a: readonly T[]): T { return a[this.int(a.length)]; }
+  between(lo: number, hi: number): number {
+    return lo + this.int(hi - lo + 1);
+  }
+  chance(p: number): boolean {
+    return this.float() < p;
+  }
+  pick<T>(a: readonly T[]): T {
+    return a[this.int(a.length)];
+  }
 
   weighted<K extends string>(w: Partial<Record<K, number>>): K {
     const e = Object.entries(w) as [K, number][];
     let t = 0;
     for (const [, v] of e) t += Math.max(0, v);
     let x = this.float() * t;
-    for (const [k, v] of e) { if ((x -= Math.max(0, v)) < 0) return k; }
+    for (const [k, v] of e) {
+      if ((x -= Math.max(0, v)) < 0) return k;
+    }
     return e[e.length - 1][0];
   }
 
@@ -50,7 +60,9 @@ export class Rng {
   }
 
   /** An independent stream for a worker: its sequence does not depend on how much the parent draws later. */
-  fork(tag: number): Rng { return new Rng((this.u32() ^ Math.imul(tag + 1, 0x9e3779b1)) >>> 0); }
+  fork(tag: number): Rng {
+    return new Rng((this.u32() ^ Math.imul(tag + 1, 0x9e3779b1)) >>> 0);
+  }
 }
 
 /** The bare stream of floats in [0, 1) (same sequence as the classic mulberry32 for the seed). */

@@ -20,7 +20,10 @@ export function sha(file: string, size?: number): string {
   const total = size ?? fs.fstatSync(fd).size;
   while (off < total) {
     const n = fs.readSync(fd, buf, 0, Math.min(buf.length, total - off), off);
-    if (n === 0) { h.update(Buffer.alloc(total - off)); break; }
+    if (n === 0) {
+      h.update(Buffer.alloc(total - off));
+      break;
+    }
     h.update(buf.subarray(0, n));
     off += n;
   }
@@ -34,7 +37,8 @@ export function makeImage(file: string, bytes: number, fillRatio = 0.5, seed?: B
   fs.ftruncateSync(fd, bytes);
   const blk = 64 * 1024;
   for (let off = 0; off < bytes; off += blk) {
-    if (Math.random() < fillRatio) fs.writeSync(fd, seed ?? randomBytes(Math.min(blk, bytes - off)), 0, Math.min(blk, bytes - off), off);
+    if (Math.random() < fillRatio)
+      fs.writeSync(fd, seed ?? randomBytes(Math.min(blk, bytes - off)), 0, Math.min(blk, bytes - off), off);
   }
   fs.closeSync(fd);
 }
@@ -46,8 +50,11 @@ export async function waitFor<T>(what: string, fn: () => T | Promise<T>, timeout
     try {
       const v = await fn();
       if (v) return v;
-    } catch (e) { last = e; }
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > until)
+      throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
     await new Promise((r) => setTimeout(r, everyMs));
   }
 }

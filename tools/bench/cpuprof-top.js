@@ -16,4 +16,5 @@ for (const node of p.nodes) {
   self.set(key, (self.get(key) || 0) + t);
 }
 const rows = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, n);
-for (const [k, t] of rows) console.log(`${((100 * t) / total).toFixed(1).padStart(5)}%  ${(t / 1000).toFixed(0).padStart(7)} ms  ${k}`);
+for (const [k, t] of rows)
+  console.log(`${((100 * t) / total).toFixed(1).padStart(5)}%  ${(t / 1000).toFixed(0).padStart(7)} ms  ${k}`);

@@ -9,13 +9,28 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import {
-  Cmd, ALL_CAPS, PROTOCOL_VERSION, Limits, IO_ZEROES, DIRTY_FINAL, FrameDecoder, decode,
-  encodeHello, encodeReportVmVolumes, encodeRemoteIoResHead, encodeDirtyReport,
+  Cmd,
+  ALL_CAPS,
+  PROTOCOL_VERSION,
+  Limits,
+  IO_ZEROES,
+  DIRTY_FINAL,
+  FrameDecoder,
+  decode,
+  encodeHello,
+  encodeReportVmVolumes,
+  encodeRemoteIoResHead,
+  encodeDirtyReport,
 } from '../../protocol';
 import { DirtyBitmap } from '../../storage/bitmap';
 
-const arg = (k: string, d: string) => { const i = process.argv.indexOf(`--${k}`); return i > 0 ? process.argv[i + 1] : d; };
-const N = Number(arg('volumes', '64')), TIB = Number(arg('tib', '1')), SECONDS = Number(arg('seconds', '20'));
+const arg = (k: string, d: string) => {
+  const i = process.argv.indexOf(`--${k}`);
+  return i > 0 ? process.argv[i + 1] : d;
+};
+const N = Number(arg('volumes', '64')),
+  TIB = Number(arg('tib', '1')),
+  SECONDS = Number(arg('seconds', '20'));
 const SIZE = TIB * 2 ** 40;
 
 function rssMiB(pid: number): number {
@@ -27,9 +42,22 @@ async function main() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rephub-mem-'));
   const port = 17300 + Math.floor(Math.random() * 500);
   const vols = Array.from({ length: N }, (_, i) => `M${i}`);
-  const hub = spawn(process.execPath, [path.join(__dirname, '../../src/cli/rephub.js'), '--listen', `127.0.0.1:${port}`,
-    '--http', `127.0.0.1:${port + 1}`, '--nbd', `127.0.0.1:${port + 2}`, '--data', path.join(dir, 'state'),
-    ...vols.flatMap((v) => ['--vol', `${v}=${path.join(dir, v + 'R')}`])], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, LOG_LEVEL: 'warn' } });
+  const hub = spawn(
+    process.execPath,
+    [
+      path.join(__dirname, '../../src/cli/rephub.js'),
+      '--listen',
+      `127.0.0.1:${port}`,
+      '--http',
+      `127.0.0.1:${port + 1}`,
+      '--nbd',
+      `127.0.0.1:${port + 2}`,
+      '--data',
+      path.join(dir, 'state'),
+      ...vols.flatMap((v) => ['--vol', `${v}=${path.join(dir, v + 'R')}`]),
+    ],
+    { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, LOG_LEVEL: 'warn' } },
+  );
   await new Promise((r) => setTimeout(r, 800));
   const base = rssMiB(hub.pid!);
   const sock = net.connect(port, '127.0.0.1');
@@ -38,7 +66,10 @@ async function main() {
   const framer = new FrameDecoder((cmd, p) => {
     const m = decode(cmd, p);
     if (m.cmd === Cmd.START_PROTECT) sock.write(encodeDirtyReport(m.volumeId, 1, DIRTY_FINAL, []));
-    else if (m.cmd === Cmd.REMOTE_IO_REQ) { reads++; sock.write(encodeRemoteIoResHead(m.reqId, IO_ZEROES, m.volumeId, 0)); }
+    else if (m.cmd === Cmd.REMOTE_IO_REQ) {
+      reads++;
+      sock.write(encodeRemoteIoResHead(m.reqId, IO_ZEROES, m.volumeId, 0));
+    }
   });
   sock.on('data', (c) => framer.push(c));
   await new Promise((r) => sock.once('connect', r));
@@ -52,12 +83,21 @@ async function main() {
   const st: any = await (await fetch(`http://127.0.0.1:${port + 1}/status`)).json();
   const synced = st.volumes.reduce((s: number, v: any) => s + (v.sizeBytes - v.dirtyBytes), 0);
   // the bitmap's own cost per TiB: all dirty (collapsed pages) and half dirty (materialized)
-  const full = new DirtyBitmap(2 ** 40, 65536); full.setAll();
-  const half = new DirtyBitmap(2 ** 40, 65536); for (let r = 0; r < half.regions; r += 2) half.setRegions(r, r);
-  console.log(`hub with ${N} x ${TIB} TiB volumes: RSS at start ${base.toFixed(0)} MiB, max over ${SECONDS} s of syncing ${max.toFixed(0)} MiB; ${reads} remote reads answered, ${(synced / 2 ** 30).toFixed(1)} GiB synced`);
-  console.log(`bitmap memory per TiB at 64 KiB regions: ${(full.memoryBytes / 1024).toFixed(1)} KiB all dirty or clean, ${(half.memoryBytes / 2 ** 20).toFixed(2)} MiB when every page is partly dirty`);
+  const full = new DirtyBitmap(2 ** 40, 65536);
+  full.setAll();
+  const half = new DirtyBitmap(2 ** 40, 65536);
+  for (let r = 0; r < half.regions; r += 2) half.setRegions(r, r);
+  console.log(
+    `hub with ${N} x ${TIB} TiB volumes: RSS at start ${base.toFixed(0)} MiB, max over ${SECONDS} s of syncing ${max.toFixed(0)} MiB; ${reads} remote reads answered, ${(synced / 2 ** 30).toFixed(1)} GiB synced`,
+  );
+  console.log(
+    `bitmap memory per TiB at 64 KiB regions: ${(full.memoryBytes / 1024).toFixed(1)} KiB all dirty or clean, ${(half.memoryBytes / 2 ** 20).toFixed(2)} MiB when every page is partly dirty`,
+  );
   sock.destroy();
   hub.kill('SIGTERM');
   setTimeout(() => fs.rmSync(dir, { recursive: true, force: true }), 1000);
 }
-main().catch((e) => { console.error(e); process.exit(1); });
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

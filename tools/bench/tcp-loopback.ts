@@ -6,15 +6,22 @@
 import * as net from 'node:net';
 import { spawn } from 'node:child_process';
 
-const arg = (k: string, d: string) => { const i = process.argv.indexOf(`--${k}`); return i > 0 ? process.argv[i + 1] : d; };
+const arg = (k: string, d: string) => {
+  const i = process.argv.indexOf(`--${k}`);
+  return i > 0 ? process.argv[i + 1] : d;
+};
 
 if (process.argv.includes('--sink')) {
   const srv = net.createServer((s) => {
     s.setNoDelay(true);
-    let bytes = 0, t0 = 0;
-    s.on('data', (c) => { if (!t0) t0 = performance.now(); bytes += c.length; });
+    let bytes = 0,
+      t0 = 0;
+    s.on('data', (c) => {
+      if (!t0) t0 = performance.now();
+      bytes += c.length;
+    });
     s.on('end', () => {
-      process.stdout.write(`${((bytes / (performance.now() - t0)) * 1000 / 1e6).toFixed(0)}\n`);
+      process.stdout.write(`${(((bytes / (performance.now() - t0)) * 1000) / 1e6).toFixed(0)}\n`);
       srv.close();
     });
   });

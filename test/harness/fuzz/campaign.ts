@@ -29,7 +29,11 @@ export { tally, details } from './result';
 const FUZZ_VOLUME_BYTES = 4 * MiB;
 
 /** The hub to attack: the one given, or a new process with V1 and FZ1.. recovery volumes. */
-async function hubUnderTest(o: CampaignOptions, dir: string, goodVolume: string): Promise<{ hub: HubProcess; fuzzVolumes: string[] }> {
+async function hubUnderTest(
+  o: CampaignOptions,
+  dir: string,
+  goodVolume: string,
+): Promise<{ hub: HubProcess; fuzzVolumes: string[] }> {
   if (o.hub) {
     const hub = HubProcess.foreign(o.hub.host, o.hub.port, o.hub.http, o.hub.pid);
     const st = await hub.status();
@@ -37,8 +41,11 @@ async function hubUnderTest(o: CampaignOptions, dir: string, goodVolume: string)
   }
   const fuzzVolumes = Array.from({ length: o.fuzzVolumes ?? Math.min(4, o.conns) }, (_, i) => `FZ${i + 1}`);
   const vols = [goodVolume, ...fuzzVolumes].flatMap((n) => ['--vol', `${n}=${path.join(dir, `${n}R`)}`]);
-  const hub = new HubProcess([...vols, '--data', path.join(dir, 'state')],
-    { logFile: path.join(dir, 'hub.log'), statusTimeoutMs: 5000, startTimeoutMs: 20_000 });
+  const hub = new HubProcess([...vols, '--data', path.join(dir, 'state')], {
+    logFile: path.join(dir, 'hub.log'),
+    statusTimeoutMs: 5000,
+    startTimeoutMs: 20_000,
+  });
   await hub.start();
   return { hub, fuzzVolumes };
 }
@@ -48,18 +55,26 @@ function makeGoodImage(file: string, size: number, rng: Rng): void {
   const fd = fs.openSync(file, 'w');
   fs.ftruncateSync(fd, size);
   for (let off = 0; off < size; off += 64 * 1024) {
-    if (rng.chance(0.5)) fs.writeSync(fd, rng.bytes(Math.min(64 * 1024, size - off)), 0, Math.min(64 * 1024, size - off), off);
+    if (rng.chance(0.5))
+      fs.writeSync(fd, rng.bytes(Math.min(64 * 1024, size - off)), 0, Math.min(64 * 1024, size - off), off);
   }
   fs.closeSync(fd);
 }
 
 /** Until the hub says the good agent's VM protects the volume and the agent has its volume id. */
-async function waitProtected(hub: HubProcess, agent: ReplicationAgent, goodVolume: string, goodVm: string, crashed: () => boolean) {
+async function waitProtected(
+  hub: HubProcess,
+  agent: ReplicationAgent,
+  goodVolume: string,
+  goodVm: string,
+  crashed: () => boolean,
+) {
   const until = Date.now() + 60_000;
   for (;;) {
     const v = await hub.volume(goodVolume).catch(() => null);
     if (v && v.vm === goodVm && v.state === 'protecting' && agent.status().volumes[0].volumeId >= 0) return;
-    if (Date.now() > until || crashed()) throw new Error(`good agent did not get ${goodVolume} protected: ${JSON.stringify(v)}`);
+    if (Date.now() > until || crashed())
+      throw new Error(`good agent did not get ${goodVolume} protected: ${JSON.stringify(v)}`);
     await sleep(50);
   }
 }
@@ -90,17 +105,28 @@ async function checkHubReleased(run: FuzzRun, goodVm: string): Promise<void> {
     if (agents.length === 1 && agents[0].vm === goodVm) break;
     if (Date.now() > until) {
       res.lingering = agents.filter((a) => a.vm !== goodVm).length;
-      run.fail(`hub still holds ${res.lingering} fuzz session(s) after the campaign: ${JSON.stringify(agents.map((a) => a.vm))}`);
+      run.fail(
+        `hub still holds ${res.lingering} fuzz session(s) after the campaign: ${JSON.stringify(agents.map((a) => a.vm))}`,
+      );
       break;
     }
     await sleep(100);
   }
   for (const name of run.ctx.fuzzVolumes) {
     const peer = new Peer(hub.host, hub.port);
-    if (!(await peer.ok)) { run.crashed(); break; }
+    if (!(await peer.ok)) {
+      run.crashed();
+      break;
+    }
     await peer.write(encodeReportVmVolumes([{ name, sizeBytes: FUZZ_VOLUME_BYTES }]));
-    const ok = await peer.until(() => peer.msgs.some((x) => x.cmd === Cmd.START_PROTECT && x.name === name), run.hangMs);
-    if (!ok) run.fail(`${name} cannot be claimed after the campaign (owner leaked?): ${peer.msgs.map((x) => Cmd[x.cmd]).join(',')}`);
+    const ok = await peer.until(
+      () => peer.msgs.some((x) => x.cmd === Cmd.START_PROTECT && x.name === name),
+      run.hangMs,
+    );
+    if (!ok)
+      run.fail(
+        `${name} cannot be claimed after the campaign (owner leaked?): ${peer.msgs.map((x) => Cmd[x.cmd]).join(',')}`,
+      );
     await peer.write(encodeAgentShutdown());
     peer.fin();
     await peer.until(() => peer.closed, run.hangMs);
@@ -109,30 +135,49 @@ async function checkHubReleased(run: FuzzRun, goodVm: string): Promise<void> {
 }
 
 /** The good agent converged: nothing pending or dirty on either side, and the volume byte-equal. */
-async function checkGoodConverged(run: FuzzRun, agent: ReplicationAgent, img: string, recovery: string, goodVm: string) {
+async function checkGoodConverged(
+  run: FuzzRun,
+  agent: ReplicationAgent,
+  img: string,
+  recovery: string,
+  goodVm: string,
+) {
   const { hub, res, o } = run;
   const goodVolume = run.ctx.goodVolume;
   const until = Date.now() + (o.convergeMs ?? 60_000);
-  let last = '';
+  let last: string;
   for (;;) {
-    const a = agent.status(), v = await hub.volume(goodVolume).catch(() => null);
-    last = `agent connected=${a.connected} pending=${a.pendingWrites} dirty=${a.volumes[0].dirtyBytes}; ` +
+    const a = agent.status(),
+      v = await hub.volume(goodVolume).catch(() => null);
+    last =
+      `agent connected=${a.connected} pending=${a.pendingWrites} dirty=${a.volumes[0].dirtyBytes}; ` +
       `hub ${goodVolume} state=${v?.state} vm=${v?.vm} dirtyBytes=${v?.dirtyBytes}`;
     const agentClean = a.connected && a.pendingWrites === 0 && a.volumes[0].dirtyBytes === 0;
     if (agentClean && v && v.state === 'protecting' && v.dirtyBytes === 0 && v.vm === goodVm) {
       const [x, y] = [sha(img), sha(recovery)];
       if (x === y) {
-        res.good = { ...res.good, converged: true, detail: `${goodVolume} protecting, dirtyBytes 0, sha256 ${x.slice(0, 16)}… on both sides` };
+        res.good = {
+          ...res.good,
+          converged: true,
+          detail: `${goodVolume} protecting, dirtyBytes 0, sha256 ${x.slice(0, 16)}… on both sides`,
+        };
         return;
       }
       last += `; sha ${x.slice(0, 12)} != ${y.slice(0, 12)}`;
     }
-    if (Date.now() > until || run.crashed()) { res.good.detail = last; run.fail(`good session did not converge: ${last}`); return; }
+    if (Date.now() > until || run.crashed()) {
+      res.good.detail = last;
+      run.fail(`good session did not converge: ${last}`);
+      return;
+    }
     await sleep(200);
   }
 }
 
-/** Peak memory against its bound, a last crash check, the spawned hub stopped, the directory removed if all went well. */
+/**
+ * Peak memory against its bound, a last crash check, the spawned hub stopped, the directory
+ * removed if all went well.
+ */
 async function finish(o: CampaignOptions, run: FuzzRun, dir: string, t0: number): Promise<void> {
   const { hub, res } = run;
   const m = hub.mem();
@@ -172,7 +217,10 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
   };
   const sampler = setInterval(() => {
     const m = hub.mem();
-    if (m) { res.rssSamples++; res.maxRssMiB = Math.max(res.maxRssMiB, m.rss); }
+    if (m) {
+      res.rssSamples++;
+      res.maxRssMiB = Math.max(res.maxRssMiB, m.rss);
+    }
     crashed();
   }, 100);
 
@@ -186,24 +234,41 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
   try {
     await waitProtected(hub, agent, goodVolume, goodVm, crashed);
   } catch (e) {
-    clearInterval(sampler); await agent.stop(500); await hub.stop(); throw e;
+    clearInterval(sampler);
+    await agent.stop(500);
+    await hub.stop();
+    throw e;
   }
   const goodVolumeId = agent.status().volumes[0].volumeId;
   const recovery: string = (await hub.volume(goodVolume)).recovery;
-  log(`fuzz: good agent protects ${goodVolume} (${size / MiB} MiB, volume id ${goodVolumeId}); ` +
-    `${o.conns} fuzz connections, ${o.frames} frames, seed ${o.seed}`);
+  log(
+    `fuzz: good agent protects ${goodVolume} (${size / MiB} MiB, volume id ${goodVolumeId}); ` +
+      `${o.conns} fuzz connections, ${o.frames} frames, seed ${o.seed}`,
+  );
   const writer = startGoodWriter(agent, goodVolume, size, root.fork(2000), res);
 
   // --- workers ---
   const ctx: FuzzCtx = {
-    goodVolume, goodVolumeId, goodVm, fuzzVolumes, fuzzVolumeBytes: FUZZ_VOLUME_BYTES, pool: root.fork(3000).bytes(2 * MiB),
+    goodVolume,
+    goodVolumeId,
+    goodVm,
+    fuzzVolumes,
+    fuzzVolumeBytes: FUZZ_VOLUME_BYTES,
+    pool: root.fork(3000).bytes(2 * MiB),
   };
   const run = new FuzzRun(o, res, hub, ctx, size, crashed);
-  const progress = setInterval(() => log(`fuzz: ${run.frames} frames, ${res.sessions} sessions, ${res.closedWithError} closed ` +
-    `with ERROR, rss ${hub.mem()?.rss.toFixed(0) ?? '?'} MiB, good writes ${res.good.writes}`), 5000);
+  const progress = setInterval(
+    () =>
+      log(
+        `fuzz: ${run.frames} frames, ${res.sessions} sessions, ${res.closedWithError} closed ` +
+          `with ERROR, rss ${hub.mem()?.rss.toFixed(0) ?? '?'} MiB, good writes ${res.good.writes}`,
+      ),
+    5000,
+  );
   // Silent peers take ~3 heartbeat intervals each: they run beside the workers from the start.
   const silent = Array.from({ length: o.silentPeers ?? 2 }, (_, i) =>
-    silentSession(run, root.fork(500 + i)).catch((e) => run.fail(`silent: fuzzer error: ${(e as Error).stack}`)));
+    silentSession(run, root.fork(500 + i)).catch((e) => run.fail(`silent: fuzzer error: ${(e as Error).stack}`)),
+  );
   await Promise.all(Array.from({ length: o.conns }, (_, i) => worker(run, i, root.fork(i))));
   await Promise.all(silent);
   clearInterval(progress);

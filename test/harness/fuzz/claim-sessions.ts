@@ -1,8 +1,19 @@
 // Fuzz sessions that claim volumes: an owner takes a fuzz volume (FZ<n>) and attacks with the
 // volume id in hand; a claimant from another VM asks for the good agent's volume and must be refused.
 import {
-  Cmd, Cap, ALL_CAPS, ErrorCode, Limits, SECTOR, IO_OK, DIRTY_FINAL, Message,
-  encodeHello, encodeReportVmVolumes, encodeProtectedWriteHead, encodeDirtyReport,
+  Cmd,
+  Cap,
+  ALL_CAPS,
+  ErrorCode,
+  Limits,
+  SECTOR,
+  IO_OK,
+  DIRTY_FINAL,
+  Message,
+  encodeHello,
+  encodeReportVmVolumes,
+  encodeProtectedWriteHead,
+  encodeDirtyReport,
 } from '../../../protocol';
 import type { Rng } from '../prng';
 import { HubModel, OwnedVolume } from './hub-model';
@@ -20,7 +31,8 @@ export async function ownerSession(run: FuzzRun, rng: Rng, worker: number): Prom
   const peer = await run.connect();
   if (!peer) return;
   res.owners++;
-  const g = new FrameGen(rng, ctx), m = new HubModel(ctx);
+  const g = new FrameGen(rng, ctx),
+    m = new HubModel(ctx);
   m.claiming = name;
   const first: Buffer[] = [];
   if (rng.chance(0.6)) {
@@ -31,10 +43,22 @@ export async function ownerSession(run: FuzzRun, rng: Rng, worker: number): Prom
   const unknown = rng.chance(0.2) ? [{ name: g.name(20, 'unk-'), sizeBytes: 4096 }] : [];
   first.push(encodeReportVmVolumes([{ name, sizeBytes: ctx.fuzzVolumeBytes }, ...unknown]));
   await run.sendFrames(peer, m, first);
-  const got = await peer.until(() => peer.closed || peer.msgs.some((x) =>
-    (x.cmd === Cmd.START_PROTECT && x.name === name) || (x.cmd === Cmd.ERROR && x.code === ErrorCode.VOLUME_REFUSED)), hangMs);
+  const got = await peer.until(
+    () =>
+      peer.closed ||
+      peer.msgs.some(
+        (x) =>
+          (x.cmd === Cmd.START_PROTECT && x.name === name) ||
+          (x.cmd === Cmd.ERROR && x.code === ErrorCode.VOLUME_REFUSED),
+      ),
+    hangMs,
+  );
   const sp = peer.msgs.find((x): x is StartProtect => x.cmd === Cmd.START_PROTECT && x.name === name);
-  if (!got) { run.judge('owner', peer, m, null, false, 'hub'); peer.destroy(); return; }
+  if (!got) {
+    run.judge('owner', peer, m, null, false, 'hub');
+    peer.destroy();
+    return;
+  }
   if (sp) {
     m.owned.set(sp.volumeId, { id: sp.volumeId, name, sizeBytes: ctx.fuzzVolumeBytes } as OwnedVolume);
     await peer.until(() => peer.msgs.some((x) => x.cmd === Cmd.REMOTE_IO_REQ), 30);
@@ -43,7 +67,9 @@ export async function ownerSession(run: FuzzRun, rng: Rng, worker: number): Prom
   const parts: Buffer[] = [];
   if (sp && m.caps & Cap.DIRTY_REPORT && rng.chance(0.7)) {
     const d = encodeDirtyReport(sp.volumeId, 1, DIRTY_FINAL, []);
-    m.feed(d); parts.push(d); run.frames++;
+    m.feed(d);
+    parts.push(d);
+    run.frames++;
   }
   const opts = { maxFrames: Math.max(2, run.o.frames - run.frames), allowBig: false, maxPad: 256 * 1024, junk: true };
   const built = compose(rng, g, m, opts, run.budget);
@@ -69,7 +95,8 @@ export async function claimantSession(run: FuzzRun, rng: Rng): Promise<void> {
   const peer = await run.connect();
   if (!peer) return;
   res.claimants++;
-  const g = new FrameGen(rng, ctx), m = new HubModel(ctx);
+  const g = new FrameGen(rng, ctx),
+    m = new HubModel(ctx);
   const out: Buffer[] = [];
   if (rng.chance(0.7)) {
     const caps = rng.pick([ALL_CAPS, 0, Cap.WRITE_ACK | Cap.DIRTY_REPORT]);
@@ -79,9 +106,14 @@ export async function claimantSession(run: FuzzRun, rng: Rng): Promise<void> {
   if (rng.chance(0.3)) vols.push({ name: g.name(20, 'unk-'), sizeBytes: 4096 });
   out.push(encodeReportVmVolumes(rng.chance(0.5) ? vols : vols.reverse()));
   await run.sendFrames(peer, m, out);
-  const refusal = () => peer.errors().some((e) => e.code === ErrorCode.VOLUME_REFUSED && e.message.includes(goodVolume));
+  const refusal = () =>
+    peer.errors().some((e) => e.code === ErrorCode.VOLUME_REFUSED && e.message.includes(goodVolume));
   const refused = await peer.until(() => peer.closed || refusal(), hangMs);
-  if (!refused) { run.judge('claimant', peer, m, null, false, 'hub'); peer.destroy(); return; }
+  if (!refused) {
+    run.judge('claimant', peer, m, null, false, 'hub');
+    peer.destroy();
+    return;
+  }
   if (refusal()) res.claimantsRefused++;
   else run.fail(`claimant: closed without refusing ${goodVolume}`);
   // Then use the good agent's volume id: unknown on this connection.

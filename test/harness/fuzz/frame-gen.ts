@@ -2,10 +2,31 @@
 // frames in the wrong direction, and raw headers. Hostile items (mutations and malformed frames)
 // are in hostile-frames.ts. Everything derives from the worker's seeded Rng.
 import {
-  Cmd, ALL_CAPS, Limits, MAGIC, HEADER_SIZE, SECTOR, IO_OK, DIRTY_FINAL, CHECKSUM_BYTES,
-  encodeHello, encodeReportVmVolumes, encodeProtectedWriteHead, encodeStartProtect, encodeRemoteIoReqHead,
-  encodeRemoteIoResHead, encodeAgentShutdown, encodeWriteAck, encodeFlush, encodePing, encodePong,
-  encodeDirtyReport, encodeDirtyReportAck, encodeChecksumReq, encodeChecksumRes, encodeError,
+  Cmd,
+  ALL_CAPS,
+  Limits,
+  MAGIC,
+  HEADER_SIZE,
+  SECTOR,
+  IO_OK,
+  DIRTY_FINAL,
+  CHECKSUM_BYTES,
+  encodeHello,
+  encodeReportVmVolumes,
+  encodeProtectedWriteHead,
+  encodeStartProtect,
+  encodeRemoteIoReqHead,
+  encodeRemoteIoResHead,
+  encodeAgentShutdown,
+  encodeWriteAck,
+  encodeFlush,
+  encodePing,
+  encodePong,
+  encodeDirtyReport,
+  encodeDirtyReportAck,
+  encodeChecksumReq,
+  encodeChecksumRes,
+  encodeError,
 } from '../../../protocol';
 import type { Rng } from '../prng';
 import type { HubModel, FuzzCtx } from './hub-model';
@@ -22,10 +43,32 @@ export function header(cmd: number, len: number, magic = MAGIC, flags = 0): Buff
 export const rawFrame = (cmd: number, payload: Buffer): Buffer => Buffer.concat([header(cmd, payload.length), payload]);
 
 export const U53 = Number.MAX_SAFE_INTEGER;
-const CHARS = ['a', 'Z', '0', '-', '_', '.', ' ', 'é', 'ß', '中', '文', '😀', '\u200b', '\ufeff', 'Ω', '\u0001', '/', '\\'];
+const CHARS = [
+  'a',
+  'Z',
+  '0',
+  '-',
+  '_',
+  '.',
+  ' ',
+  'é',
+  'ß',
+  '中',
+  '文',
+  '😀',
+  '\u200b',
+  '\ufeff',
+  'Ω',
+  '\u0001',
+  '/',
+  '\\',
+];
 
 export class FrameGen {
-  constructor(readonly rng: Rng, readonly ctx: FuzzCtx) {}
+  constructor(
+    readonly rng: Rng,
+    readonly ctx: FuzzCtx,
+  ) {}
 
   /** A valid UTF-8 name of 1..max bytes (never the good agent's VM name). */
   name(max = 40, prefix = ''): string {
@@ -43,7 +86,10 @@ export class FrameGen {
 
   data(bytes: number): Buffer {
     const pool = this.ctx.pool;
-    if (bytes <= pool.length) { const o = this.rng.int(pool.length - bytes + 1); return pool.subarray(o, o + bytes); }
+    if (bytes <= pool.length) {
+      const o = this.rng.int(pool.length - bytes + 1);
+      return pool.subarray(o, o + bytes);
+    }
     return Buffer.alloc(bytes, 0x5a);
   }
 
@@ -55,31 +101,56 @@ export class FrameGen {
     return encodeHello(version, caps, maxPayload, r.chance(0.1) ? '' : this.name(60, 'fz-'));
   }
 
-  ping(): Buffer { return encodePing(this.rng.int(U53 + 1)); }
+  ping(): Buffer {
+    return encodePing(this.rng.int(U53 + 1));
+  }
 
   /** A frame the hub accepts in the model's current state (seed + extension commands, agent->hub). */
   valid(m: HubModel): Buffer {
     const r = this.rng;
     const owner = m.owned.size > 0;
     const k = r.weighted({
-      ping: 30, pong: 6, flush: 8, csum: 4, error: 1.5, report: 2, shutdown: owner ? 0.3 : 1,
-      write: owner ? 30 : 0, writeFail: owner ? 3 : 0, dirty: owner ? 6 : 0, iores: owner && m.reads.size > 0 ? 12 : 0,
+      ping: 30,
+      pong: 6,
+      flush: 8,
+      csum: 4,
+      error: 1.5,
+      report: 2,
+      shutdown: owner ? 0.3 : 1,
+      write: owner ? 30 : 0,
+      writeFail: owner ? 3 : 0,
+      dirty: owner ? 6 : 0,
+      iores: owner && m.reads.size > 0 ? 12 : 0,
     });
     switch (k) {
-      case 'ping': return this.ping();
-      case 'pong': return encodePong(r.int(U53 + 1));
-      case 'flush': return encodeFlush(r.int(U53 + 1));
+      case 'ping':
+        return this.ping();
+      case 'pong':
+        return encodePong(r.int(U53 + 1));
+      case 'flush':
+        return encodeFlush(r.int(U53 + 1));
       case 'csum': {
         const ok = r.chance(0.7);
-        return encodeChecksumRes(r.u32(), ok ? IO_OK : -r.between(1, 125), r.int(1000), ok ? this.data(CHECKSUM_BYTES * r.int(5)) : Buffer.alloc(0));
+        return encodeChecksumRes(
+          r.u32(),
+          ok ? IO_OK : -r.between(1, 125),
+          r.int(1000),
+          ok ? this.data(CHECKSUM_BYTES * r.int(5)) : Buffer.alloc(0),
+        );
       }
-      case 'error': return encodeError(r.between(1, 9), r.chance(0.5) ? this.name(80) : '');
+      case 'error':
+        return encodeError(r.between(1, 9), r.chance(0.5) ? this.name(80) : '');
       case 'report': {
-        const vols = Array.from({ length: r.int(3) }, () => ({ name: this.name(30, 'unk-'), sizeBytes: SECTOR * r.between(1, 1 << 20) }));
+        const vols = Array.from({ length: r.int(3) }, () => ({
+          name: this.name(30, 'unk-'),
+          sizeBytes: SECTOR * r.between(1, 1 << 20),
+        }));
         return encodeReportVmVolumes(vols);
       }
-      case 'shutdown': return encodeAgentShutdown();
-      case 'write': case 'writeFail': {
+      case 'shutdown':
+        return encodeAgentShutdown();
+      case 'write':
+      case 'writeFail': {
         const v = r.pick([...m.owned.values()]);
         const sectors = v.sizeBytes / SECTOR;
         const size = r.chance(0.8) ? r.between(1, 16) : r.between(1, Math.min(256, sectors));
@@ -109,15 +180,26 @@ export class FrameGen {
   wrongDirection(): Buffer {
     const r = this.rng;
     switch (r.int(5)) {
-      case 0: return encodeStartProtect(r.int(1000), this.name(20));
+      case 0:
+        return encodeStartProtect(r.int(1000), this.name(20));
       case 1: {
-        const read = r.chance(0.6), size = r.between(1, 64);
+        const read = r.chance(0.6),
+          size = r.between(1, 64);
         const h = encodeRemoteIoReqHead(r.u32(), size, r.int(1000), r.int(1 << 20), read);
         return read ? h : Buffer.concat([h, this.data(size * SECTOR)]);
       }
-      case 2: return encodeWriteAck(r.int(U53 + 1));
-      case 3: return encodeDirtyReportAck(r.int(1000), r.u32());
-      default: return encodeChecksumReq(r.u32(), r.between(1, 65536), r.int(1000), r.int(1 << 20), r.between(1, Limits.maxChecksumRegions));
+      case 2:
+        return encodeWriteAck(r.int(U53 + 1));
+      case 3:
+        return encodeDirtyReportAck(r.int(1000), r.u32());
+      default:
+        return encodeChecksumReq(
+          r.u32(),
+          r.between(1, 65536),
+          r.int(1000),
+          r.int(1 << 20),
+          r.between(1, Limits.maxChecksumRegions),
+        );
     }
   }
 
@@ -134,7 +216,14 @@ export class FrameGen {
   unknownVolumeId(m: HubModel): number {
     const r = this.rng;
     for (;;) {
-      const id = r.pick([this.ctx.goodVolumeId, 0, U53, r.int(1000), r.int(U53 + 1), Math.max(0, ...m.owned.keys()) + 1]);
+      const id = r.pick([
+        this.ctx.goodVolumeId,
+        0,
+        U53,
+        r.int(1000),
+        r.int(U53 + 1),
+        Math.max(0, ...m.owned.keys()) + 1,
+      ]);
       if (!m.owned.has(id)) return id;
     }
   }

@@ -3,7 +3,18 @@
 // Pure: no sockets. The frames it judges come from frame-gen.ts and hostile-frames.ts.
 import { crc32 } from 'node:zlib';
 import {
-  FLAG_CRC, Cmd, ALL_CAPS, ErrorCode, Limits, MAGIC, HEADER_SIZE, SECTOR, IO_OK, decode, Message, ProtocolError,
+  FLAG_CRC,
+  Cmd,
+  ALL_CAPS,
+  ErrorCode,
+  Limits,
+  MAGIC,
+  HEADER_SIZE,
+  SECTOR,
+  IO_OK,
+  decode,
+  Message,
+  ProtocolError,
 } from '../../../protocol';
 
 export interface FuzzCtx {
@@ -15,7 +26,11 @@ export interface FuzzCtx {
   pool: Buffer; // random data for writes and read answers (>= 1 MiB)
 }
 
-export interface OwnedVolume { id: number; name: string; sizeBytes: number }
+export interface OwnedVolume {
+  id: number;
+  name: string;
+  sizeBytes: number;
+}
 
 /** The hub's answer the model predicts for a stream: its first fatal error, or none. */
 export interface Expected {
@@ -27,7 +42,13 @@ export interface Expected {
 }
 
 const KNOWN = new Set<number>(Object.values(Cmd).filter((v): v is number => typeof v === 'number'));
-const HUB_TO_AGENT = new Set<number>([Cmd.START_PROTECT, Cmd.REMOTE_IO_REQ, Cmd.WRITE_ACK, Cmd.DIRTY_REPORT_ACK, Cmd.CHECKSUM_REQ]);
+const HUB_TO_AGENT = new Set<number>([
+  Cmd.START_PROTECT,
+  Cmd.REMOTE_IO_REQ,
+  Cmd.WRITE_ACK,
+  Cmd.DIRTY_REPORT_ACK,
+  Cmd.CHECKSUM_REQ,
+]);
 
 /**
  * The hub's receive path for one connection, as the spec and the reference hub define it: the
@@ -66,7 +87,9 @@ export class HubModel {
 
   constructor(readonly ctx: FuzzCtx) {}
 
-  get done(): boolean { return this.error !== null || this.taint !== null; }
+  get done(): boolean {
+    return this.error !== null || this.taint !== null;
+  }
 
   /** Bytes the hub still waits for to complete the current frame, or null at a frame boundary. */
   get waiting(): { header: number } | { payload: number } | null {
@@ -85,7 +108,6 @@ export class HubModel {
     }
   }
 
-
   private consume(b: Buffer, base: number, track: (off: number) => void): void {
     let off = 0;
     while (off < b.length && !this.error) {
@@ -94,34 +116,56 @@ export class HubModel {
         b.copy(this.hdr, this.hdrFill, off, off + take);
         this.hdrFill += take;
         off += take;
-        track(off); this.at = base + off;
+        track(off);
+        this.at = base + off;
         if (this.hdrFill < HEADER_SIZE) return;
         this.hdrFill = 0;
-        const magic = this.hdr.readUInt32LE(0), cmd = this.hdr.readUInt16LE(4), flags = this.hdr.readUInt16LE(6), len = this.hdr.readUInt32LE(8);
+        const magic = this.hdr.readUInt32LE(0),
+          cmd = this.hdr.readUInt16LE(4),
+          flags = this.hdr.readUInt16LE(6),
+          len = this.hdr.readUInt32LE(8);
         // SPEC §3 receiver rules, in order, on the header alone.
-        if (magic !== MAGIC) return this.fatal(ErrorCode.PROTOCOL, `bad magic 0x${magic.toString(16).padStart(8, '0')}`, 'header: magic');
+        if (magic !== MAGIC)
+          return this.fatal(ErrorCode.PROTOCOL, `bad magic 0x${magic.toString(16).padStart(8, '0')}`, 'header: magic');
         if (!KNOWN.has(cmd)) return this.fatal(ErrorCode.PROTOCOL, `unknown command ${cmd}`, 'header: cmd');
-        if (flags & ~FLAG_CRC) return this.fatal(ErrorCode.PROTOCOL, `reserved flags 0x${flags.toString(16)} set`, 'header: flags');
-        if (len > Limits.maxPayload) return this.fatal(ErrorCode.PROTOCOL, `payload ${len} bytes exceeds limit ${Limits.maxPayload}`, 'header: length');
-        if (!flags && this.crcSeen) return this.fatal(ErrorCode.PROTOCOL, 'frame without checksum after checksums began', 'header: crc');
+        if (flags & ~FLAG_CRC)
+          return this.fatal(ErrorCode.PROTOCOL, `reserved flags 0x${flags.toString(16)} set`, 'header: flags');
+        if (len > Limits.maxPayload)
+          return this.fatal(
+            ErrorCode.PROTOCOL,
+            `payload ${len} bytes exceeds limit ${Limits.maxPayload}`,
+            'header: length',
+          );
+        if (!flags && this.crcSeen)
+          return this.fatal(ErrorCode.PROTOCOL, 'frame without checksum after checksums began', 'header: crc');
         this.cmd = cmd;
         this.need = len + (flags ? 4 : 0);
         this.hcrc = flags ? crc32(this.hdr, this.chain) : -1;
-        if (this.need === 0) { this.cmd = -1; this.frame(cmd, Buffer.alloc(0)); continue; }
+        if (this.need === 0) {
+          this.cmd = -1;
+          this.frame(cmd, Buffer.alloc(0));
+          continue;
+        }
       }
       const take = Math.min(this.need - this.filled, b.length - off);
       this.body.push(b.subarray(off, off + take));
       this.filled += take;
       off += take;
-      track(off); this.at = base + off;
+      track(off);
+      this.at = base + off;
       if (this.filled === this.need) {
         let p = Buffer.concat(this.body, this.need);
         const cmd = this.cmd;
-        this.cmd = -1; this.need = 0; this.filled = 0; this.body = [];
-        if (this.hcrc >= 0) { // FLAG_CRC frame: the hub verifies the trailer before anything else
+        this.cmd = -1;
+        this.need = 0;
+        this.filled = 0;
+        this.body = [];
+        if (this.hcrc >= 0) {
+          // FLAG_CRC frame: the hub verifies the trailer before anything else
           const body = p.subarray(0, p.length - 4);
           const c = crc32(body, this.hcrc) >>> 0;
-          if (c !== p.readUInt32LE(p.length - 4)) return this.fatal(ErrorCode.PROTOCOL, 'frame checksum mismatch', 'header: crc');
+          if (c !== p.readUInt32LE(p.length - 4))
+            return this.fatal(ErrorCode.PROTOCOL, 'frame checksum mismatch', 'header: crc');
           this.chain = c;
           this.crcSeen = true;
           p = body;
@@ -146,7 +190,8 @@ export class HubModel {
   }
 
   private inRange(v: OwnedVolume, offsetSectors: number, sizeSectors: number): boolean {
-    const start = offsetSectors * SECTOR, end = start + sizeSectors * SECTOR;
+    const start = offsetSectors * SECTOR,
+      end = start + sizeSectors * SECTOR;
     return end <= v.sizeBytes && Number.isSafeInteger(end);
   }
 
@@ -159,27 +204,48 @@ export class HubModel {
       const code = e instanceof ProtocolError ? e.code : ErrorCode.PROTOCOL;
       return this.fatal(code, (e as Error).message, `decode ${Cmd[cmd]}`);
     }
-    if (m.cmd === Cmd.HELLO && !this.first) return this.fatal(ErrorCode.PROTOCOL, 'HELLO is only valid as the first frame', 'HELLO not first');
+    if (m.cmd === Cmd.HELLO && !this.first)
+      return this.fatal(ErrorCode.PROTOCOL, 'HELLO is only valid as the first frame', 'HELLO not first');
     if (this.first) {
       this.first = false;
-      if (m.cmd === Cmd.HELLO) { this.hello = m; this.caps = m.caps & ALL_CAPS; }
+      if (m.cmd === Cmd.HELLO) {
+        this.hello = m;
+        this.caps = m.caps & ALL_CAPS;
+      }
     }
-    if (HUB_TO_AGENT.has(m.cmd)) return this.fatal(ErrorCode.PROTOCOL, `command ${Cmd[m.cmd]} goes hub->agent, not agent->hub`, 'wrong direction');
+    if (HUB_TO_AGENT.has(m.cmd))
+      return this.fatal(ErrorCode.PROTOCOL, `command ${Cmd[m.cmd]} goes hub->agent, not agent->hub`, 'wrong direction');
     switch (m.cmd) {
-      case Cmd.PING: this.pings.push(m.nonce); return;
+      case Cmd.PING:
+        this.pings.push(m.nonce);
+        return;
       case Cmd.PROTECTED_WRITE: {
         const v = this.owned.get(m.volumeId);
-        if (!v) return this.later(ErrorCode.UNKNOWN_VOLUME, { message: `PROTECTED_WRITE for unknown volume id ${m.volumeId}` }, 'write: unknown volume');
+        if (!v)
+          return this.later(
+            ErrorCode.UNKNOWN_VOLUME,
+            { message: `PROTECTED_WRITE for unknown volume id ${m.volumeId}` },
+            'write: unknown volume',
+          );
         if (!this.inRange(v, m.offsetSectors, m.sizeSectors)) {
-          const start = m.offsetSectors * SECTOR, end = start + m.sizeSectors * SECTOR;
-          return this.later(ErrorCode.OUT_OF_RANGE, { prefix: `PROTECTED_WRITE [${start}, ${end}) outside volume ${v.name}` }, 'write: out of range');
+          const start = m.offsetSectors * SECTOR,
+            end = start + m.sizeSectors * SECTOR;
+          return this.later(
+            ErrorCode.OUT_OF_RANGE,
+            { prefix: `PROTECTED_WRITE [${start}, ${end}) outside volume ${v.name}` },
+            'write: out of range',
+          );
         }
         return;
       }
       case Cmd.REPORT_VM_VOLUMES:
         for (const v of m.volumes) {
           if (v.name === this.ctx.goodVolume) this.sentV1Report = true;
-          else if (this.ctx.fuzzVolumes.includes(v.name) && v.name !== this.claiming && ![...this.owned.values()].some((o) => o.name === v.name)) {
+          else if (
+            this.ctx.fuzzVolumes.includes(v.name) &&
+            v.name !== this.claiming &&
+            ![...this.owned.values()].some((o) => o.name === v.name)
+          ) {
             this.taint ??= `report names fuzz volume ${v.name}`;
           }
         }
@@ -188,24 +254,51 @@ export class HubModel {
         const rd = this.reads.get(m.reqId);
         if (!rd) {
           // Ids the hub may have issued since the batch was built cannot be judged.
-          if (this.owned.size > 0 && m.reqId <= this.maxReqSeen + 4096) { this.taint ??= `REMOTE_IO_RES for req ${m.reqId} maybe issued`; return; }
-          return this.later(ErrorCode.PROTOCOL, { message: `REMOTE_IO_RES for unknown req_id ${m.reqId}` }, 'remote io: unknown req_id');
+          if (this.owned.size > 0 && m.reqId <= this.maxReqSeen + 4096) {
+            this.taint ??= `REMOTE_IO_RES for req ${m.reqId} maybe issued`;
+            return;
+          }
+          return this.later(
+            ErrorCode.PROTOCOL,
+            { message: `REMOTE_IO_RES for unknown req_id ${m.reqId}` },
+            'remote io: unknown req_id',
+          );
         }
-        if (m.volumeId !== rd.volumeId) return this.later(ErrorCode.PROTOCOL, { message: `REMOTE_IO_RES ${m.reqId}: volume id ${m.volumeId}, request was for ${rd.volumeId}` }, 'remote io: wrong volume');
+        if (m.volumeId !== rd.volumeId)
+          return this.later(
+            ErrorCode.PROTOCOL,
+            { message: `REMOTE_IO_RES ${m.reqId}: volume id ${m.volumeId}, request was for ${rd.volumeId}` },
+            'remote io: wrong volume',
+          );
         this.reads.delete(m.reqId);
         if (m.ioStatus !== IO_OK) return;
-        if (m.data.length !== rd.bytes) return this.later(ErrorCode.PROTOCOL, { message: `REMOTE_IO_RES ${m.reqId}: ${m.data.length} bytes, requested ${rd.bytes}` }, 'remote io: wrong length');
+        if (m.data.length !== rd.bytes)
+          return this.later(
+            ErrorCode.PROTOCOL,
+            { message: `REMOTE_IO_RES ${m.reqId}: ${m.data.length} bytes, requested ${rd.bytes}` },
+            'remote io: wrong length',
+          );
         return;
       }
       case Cmd.DIRTY_REPORT: {
         this.sentDirtyReport = true;
         const v = this.owned.get(m.volumeId);
-        if (!v) return this.later(ErrorCode.UNKNOWN_VOLUME, { message: `DIRTY_REPORT for unknown volume id ${m.volumeId}` }, 'dirty report: unknown volume');
+        if (!v)
+          return this.later(
+            ErrorCode.UNKNOWN_VOLUME,
+            { message: `DIRTY_REPORT for unknown volume id ${m.volumeId}` },
+            'dirty report: unknown volume',
+          );
         for (const e of m.extents) {
           if (e.sizeSectors === 0) continue;
           if (!this.inRange(v, e.offsetSectors, e.sizeSectors)) {
-            const start = e.offsetSectors * SECTOR, end = start + e.sizeSectors * SECTOR;
-            return this.later(ErrorCode.OUT_OF_RANGE, { prefix: `DIRTY_REPORT extent [${start}, ${end}) outside volume ${v.name}` }, 'dirty report: out of range');
+            const start = e.offsetSectors * SECTOR,
+              end = start + e.sizeSectors * SECTOR;
+            return this.later(
+              ErrorCode.OUT_OF_RANGE,
+              { prefix: `DIRTY_REPORT extent [${start}, ${end}) outside volume ${v.name}` },
+              'dirty report: out of range',
+            );
           }
         }
         return;

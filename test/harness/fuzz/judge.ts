@@ -5,22 +5,38 @@ import type { HubModel, Expected } from './hub-model';
 import type { Peer } from './peer';
 import { CampaignResult, fail, bump } from './result';
 
-export interface JudgeCtx { res: CampaignResult; hangMs: number; goodVolume: string }
+export interface JudgeCtx {
+  res: CampaignResult;
+  hangMs: number;
+  goodVolume: string;
+}
 
 /** Check a finished session (`ended`: it closed within hangMs) and count it. */
 export function judge(
-  j: JudgeCtx, sc: string, peer: Peer, m: HubModel, expect: Expected | null, ended: boolean, endedBy: 'hub' | 'fin',
+  j: JudgeCtx,
+  sc: string,
+  peer: Peer,
+  m: HubModel,
+  expect: Expected | null,
+  ended: boolean,
+  endedBy: 'hub' | 'fin',
 ): void {
   const res = j.res;
   res.sessions++;
   bump(res.scenarios, sc);
-  if (peer.badFrame) { res.hubBadFrames++; fail(res, `${sc}: hub sent a malformed frame: ${peer.badFrame}`); }
+  if (peer.badFrame) {
+    res.hubBadFrames++;
+    fail(res, `${sc}: hub sent a malformed frame: ${peer.badFrame}`);
+  }
   for (const e of peer.errors()) bump(res.errorCodes, String(e.code));
   const term = peer.terminal();
   if (!ended) {
     res.hangs++;
-    fail(res, `${sc}: hang: ${endedBy === 'fin' ? 'not closed within' : 'neither closed nor answered within'} ${j.hangMs} ms ` +
-      `(expected ${expect ? `ERROR ${expect.code} ${expect.message ?? expect.prefix ?? ''} (${expect.why})` : 'close after FIN'})`);
+    fail(
+      res,
+      `${sc}: hang: ${endedBy === 'fin' ? 'not closed within' : 'neither closed nor answered within'} ${j.hangMs} ms ` +
+        `(expected ${expect ? `ERROR ${expect.code} ${expect.message ?? expect.prefix ?? ''} (${expect.why})` : 'close after FIN'})`,
+    );
   }
   if (ended && term) res.closedWithError++;
   if (ended && !term && endedBy === 'fin') res.closedAfterFin++;
@@ -32,12 +48,22 @@ export function judge(
 /** What the hub sent: HELLO only in reply to a valid first HELLO, nothing beyond the agreed caps. */
 function checkReplies(j: JudgeCtx, sc: string, peer: Peer, m: HubModel): void {
   const res = j.res;
-  const violation = (what: string) => { res.protocolViolations++; fail(res, `${sc}: ${what}`); };
+  const violation = (what: string) => {
+    res.protocolViolations++;
+    fail(res, `${sc}: ${what}`);
+  };
   // HELLO: only as the reply to a valid first HELLO, once, with min(version) and a subset of our caps.
   const hellos = peer.msgs.filter((x): x is Extract<Message, { cmd: Cmd.HELLO }> => x.cmd === Cmd.HELLO);
   if (m.hello) {
     if (hellos.length !== 1 || peer.msgs[0]?.cmd !== Cmd.HELLO) {
-      violation(`hub reply to HELLO: ${peer.msgs.slice(0, 3).map((x) => Cmd[x.cmd]).join(',') || 'none'}`);
+      violation(
+        `hub reply to HELLO: ${
+          peer.msgs
+            .slice(0, 3)
+            .map((x) => Cmd[x.cmd])
+            .join(',') || 'none'
+        }`,
+      );
     } else {
       const h = hellos[0];
       if (h.version !== Math.max(1, Math.min(PROTOCOL_VERSION, m.hello.version))) {
@@ -55,7 +81,8 @@ function checkReplies(j: JudgeCtx, sc: string, peer: Peer, m: HubModel): void {
     if (x.cmd === Cmd.PING && !(caps & Cap.PING)) violation('hub PING without the cap');
     if (x.cmd === Cmd.CHECKSUM_REQ && !(caps & Cap.CHECKSUM)) violation('CHECKSUM_REQ without the cap');
     // §6.1: never to a legacy agent
-    if (x.cmd === Cmd.DIRTY_REPORT_ACK && !(caps & Cap.DIRTY_REPORT)) bump(res.observations, 'dirtyReportAckWithoutCap');
+    if (x.cmd === Cmd.DIRTY_REPORT_ACK && !(caps & Cap.DIRTY_REPORT))
+      bump(res.observations, 'dirtyReportAckWithoutCap');
     if (x.cmd === Cmd.START_PROTECT) {
       if (x.name === j.goodVolume) {
         res.claimantStartProtect++;
@@ -78,32 +105,51 @@ function checkEnding(res: CampaignResult, sc: string, peer: Peer, m: HubModel, e
     bump(res.predicted, expect.why);
     if (!term) {
       res.missingError++;
-      fail(res, `${sc}: closed without an ERROR frame; expected ${expect.code} ${expect.message ?? expect.prefix ?? ''} ` +
-        `(${expect.why})${peer.reset ? ' [connection reset]' : ''}`);
+      fail(
+        res,
+        `${sc}: closed without an ERROR frame; expected ${expect.code} ${expect.message ?? expect.prefix ?? ''} ` +
+          `(${expect.why})${peer.reset ? ' [connection reset]' : ''}`,
+      );
     } else if (!m.taint) {
-      const textOk = expect.message !== undefined ? term.message === expect.message
-        : expect.prefix !== undefined ? term.message.startsWith(expect.prefix) : true;
+      const textOk =
+        expect.message !== undefined
+          ? term.message === expect.message
+          : expect.prefix !== undefined
+            ? term.message.startsWith(expect.prefix)
+            : true;
       if (term.code !== expect.code || !textOk) {
         res.mismatches++;
-        fail(res, `${sc}: hub ERROR ${term.code} "${term.message}", model expected ${expect.code} ` +
-          `"${expect.message ?? expect.prefix}" (${expect.why})`);
+        fail(
+          res,
+          `${sc}: hub ERROR ${term.code} "${term.message}", model expected ${expect.code} ` +
+            `"${expect.message ?? expect.prefix}" (${expect.why})`,
+        );
       }
     }
   } else if (term && !m.taint) {
     res.mismatches++;
-    fail(res, `${sc}: hub ERROR ${term.code} "${term.message}" where the model predicted no error${m.taint ? ` (tainted: ${m.taint})` : ''}`);
+    fail(
+      res,
+      `${sc}: hub ERROR ${term.code} "${term.message}" where the model predicted no error${m.taint ? ` (tainted: ${m.taint})` : ''}`,
+    );
   }
   // Every PING the hub decoded before the error is answered, in order, before the ERROR frame;
   // none behind the fatal frame is.
   if (m.taint) return;
   const cut = term ? peer.msgs.indexOf(term) : peer.msgs.length;
-  const pongs = peer.msgs.slice(0, cut).filter((x) => x.cmd === Cmd.PONG).map((x) => (x as { nonce: number }).nonce);
+  const pongs = peer.msgs
+    .slice(0, cut)
+    .filter((x) => x.cmd === Cmd.PONG)
+    .map((x) => (x as { nonce: number }).nonce);
   const want = m.pings;
   let ok = pongs.length === want.length;
   for (let i = 0; ok && i < want.length; i++) ok = pongs[i] === want[i];
   if (!ok) {
     res.pongMissing++;
-    fail(res, `${sc}: ${want.length} PINGs before the error, ${pongs.length} PONGs before it ` +
-      `(first difference at ${pongs.findIndex((p, i) => p !== want[i])})`);
+    fail(
+      res,
+      `${sc}: ${want.length} PINGs before the error, ${pongs.length} PONGs before it ` +
+        `(first difference at ${pongs.findIndex((p, i) => p !== want[i])})`,
+    );
   }
 }

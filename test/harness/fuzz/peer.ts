@@ -14,27 +14,50 @@ export class Peer {
   ok: Promise<boolean>;
   private wake: (() => void)[] = [];
 
-  constructor(host: string, port: number, private readonly onReply?: (m: Message) => void) {
+  constructor(
+    host: string,
+    port: number,
+    private readonly onReply?: (m: Message) => void,
+  ) {
     const sock = net.connect({ host, port });
     this.sock = sock;
     sock.setNoDelay(true);
     const dec = new FrameDecoder((cmd, p) => {
       let m: Message;
-      try { m = decode(cmd, p); } catch (e) { this.badFrame ??= `${Cmd[cmd] ?? cmd}: ${(e as Error).message}`; return; }
+      try {
+        m = decode(cmd, p);
+      } catch (e) {
+        this.badFrame ??= `${Cmd[cmd] ?? cmd}: ${(e as Error).message}`;
+        return;
+      }
       this.msgs.push(m);
       this.onReply?.(m);
     });
     sock.on('data', (c) => {
       if (this.badFrame) return;
-      try { dec.push(c); } catch (e) { this.badFrame = (e as Error).message; }
+      try {
+        dec.push(c);
+      } catch (e) {
+        this.badFrame = (e as Error).message;
+      }
       this.notify();
     });
-    sock.on('error', () => { this.reset = true; });
-    sock.on('close', () => { this.closed = true; this.notify(); });
-    this.ok = new Promise((r) => { sock.once('connect', () => r(true)); sock.once('close', () => r(false)); });
+    sock.on('error', () => {
+      this.reset = true;
+    });
+    sock.on('close', () => {
+      this.closed = true;
+      this.notify();
+    });
+    this.ok = new Promise((r) => {
+      sock.once('connect', () => r(true));
+      sock.once('close', () => r(false));
+    });
   }
 
-  private notify(): void { for (const w of this.wake.splice(0)) w(); }
+  private notify(): void {
+    for (const w of this.wake.splice(0)) w();
+  }
 
   /** Wait until `pred` holds or `ms` passed; true if it holds. */
   async until(pred: () => boolean, ms: number): Promise<boolean> {
@@ -44,7 +67,10 @@ export class Peer {
       if (left <= 0) return false;
       await new Promise<void>((r) => {
         const t = setTimeout(r, Math.min(left, 250));
-        this.wake.push(() => { clearTimeout(t); r(); });
+        this.wake.push(() => {
+          clearTimeout(t);
+          r();
+        });
       });
     }
     return true;
@@ -57,9 +83,19 @@ export class Peer {
     });
   }
 
-  errors(): ErrorMsg[] { return this.msgs.filter((m): m is ErrorMsg => m.cmd === Cmd.ERROR); }
+  errors(): ErrorMsg[] {
+    return this.msgs.filter((m): m is ErrorMsg => m.cmd === Cmd.ERROR);
+  }
   /** The error that ended the session: the last one that is not a (non-fatal) refusal. */
-  terminal(): ErrorMsg | undefined { return this.errors().filter((e) => e.code !== ErrorCode.VOLUME_REFUSED).pop(); }
-  fin(): void { if (!this.sock.destroyed) this.sock.end(); }
-  destroy(): void { this.sock.destroy(); }
+  terminal(): ErrorMsg | undefined {
+    return this.errors()
+      .filter((e) => e.code !== ErrorCode.VOLUME_REFUSED)
+      .pop();
+  }
+  fin(): void {
+    if (!this.sock.destroyed) this.sock.end();
+  }
+  destroy(): void {
+    this.sock.destroy();
+  }
 }

@@ -24,10 +24,17 @@ export class FuzzRun {
     readonly crashed: () => boolean,
   ) {
     this.hangMs = o.hangMs ?? 10_000;
-    this.budget = { bigFrames: o.bigFrames ?? 4, bigActive: 0, bigDirty: { bigBytes: o.bigDirtyBytes ?? 24 * (1 << 20) }, bigSent: 0 };
+    this.budget = {
+      bigFrames: o.bigFrames ?? 4,
+      bigActive: 0,
+      bigDirty: { bigBytes: o.bigDirtyBytes ?? 24 * (1 << 20) },
+      bigSent: 0,
+    };
   }
 
-  fail(what: string): void { fail(this.res, what); }
+  fail(what: string): void {
+    fail(this.res, what);
+  }
 
   /** A new connection to the hub, or null if it cannot connect (then the hub is checked for a crash). */
   async connect(): Promise<Peer | null> {
@@ -39,7 +46,12 @@ export class FuzzRun {
 
   /** Feed the model and send frames written one by one (handshakes). */
   async sendFrames(peer: Peer, m: HubModel, frames: Buffer[]): Promise<void> {
-    for (const b of frames) { m.feed(b); this.frames++; this.res.bytes += b.length; await peer.write(b); }
+    for (const b of frames) {
+      m.feed(b);
+      this.frames++;
+      this.res.bytes += b.length;
+      await peer.write(b);
+    }
   }
 
   judge(sc: string, peer: Peer, m: HubModel, expect: Expected | null, ended: boolean, endedBy: 'hub' | 'fin'): void {
@@ -59,7 +71,8 @@ export class FuzzRun {
       ended = await peer.until(() => peer.closed, this.hangMs);
       this.judge(sc, peer, m, m.error, ended, 'hub');
     } else {
-      if (rng.chance(0.3)) await new Promise((r) => setTimeout(r, rng.int(300))); // the hub holds the partial frame meanwhile
+      // the hub holds the partial frame meanwhile
+      if (rng.chance(0.3)) await new Promise((r) => setTimeout(r, rng.int(300)));
       peer.fin();
       ended = await peer.until(() => peer.closed, this.hangMs);
       this.judge(sc, peer, m, m.error, ended, 'fin');

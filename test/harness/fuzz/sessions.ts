@@ -15,7 +15,8 @@ import type { FuzzRun } from './run';
 async function streamSession(run: FuzzRun, rng: Rng, sc: string, trickle: boolean): Promise<void> {
   const peer = await run.connect();
   if (!peer) return;
-  const g = new FrameGen(rng, run.ctx), m = new HubModel(run.ctx);
+  const g = new FrameGen(rng, run.ctx),
+    m = new HubModel(run.ctx);
   if (rng.chance(0.6)) await run.sendFrames(peer, m, [g.hello()]);
   const maxFrames = trickle ? 60 : Math.max(2, run.o.frames - run.frames);
   const opts = { maxFrames, allowBig: !trickle && run.o.frames >= 100_000, maxPad: 256 * 1024, junk: !trickle };
@@ -27,7 +28,8 @@ async function streamSession(run: FuzzRun, rng: Rng, sc: string, trickle: boolea
 async function truncatedSession(run: FuzzRun, rng: Rng): Promise<void> {
   const peer = await run.connect();
   if (!peer) return;
-  const g = new FrameGen(rng, run.ctx), m = new HubModel(run.ctx);
+  const g = new FrameGen(rng, run.ctx),
+    m = new HubModel(run.ctx);
   const f = rng.chance(0.7) ? g.hello() : g.anyFrame(m);
   const cut = rng.chance(0.6) ? rng.int(Math.min(12, f.length)) : rng.between(12, Math.max(12, f.length - 1));
   await run.sendFrames(peer, m, [f.subarray(0, cut)]);
@@ -48,7 +50,8 @@ async function truncatedSession(run: FuzzRun, rng: Rng): Promise<void> {
 export async function silentSession(run: FuzzRun, rng: Rng): Promise<void> {
   const peer = await run.connect();
   if (!peer) return;
-  const g = new FrameGen(rng, run.ctx), m = new HubModel(run.ctx);
+  const g = new FrameGen(rng, run.ctx),
+    m = new HubModel(run.ctx);
   await run.sendFrames(peer, m, [encodeHello(1, ALL_CAPS, Limits.maxPayload, g.name(20, 'silent-'))]);
   const ended = await peer.until(() => peer.closed, Math.max(run.hangMs, 15_000));
   const t = peer.terminal();
@@ -64,18 +67,25 @@ async function floodSession(run: FuzzRun, rng: Rng): Promise<void> {
   if (!peer) return;
   run.res.floods++;
   peer.sock.pause();
-  const g = new FrameGen(rng, run.ctx), m = new HubModel(run.ctx);
+  const g = new FrameGen(rng, run.ctx),
+    m = new HubModel(run.ctx);
   const n = Math.max(1, Math.min(Math.floor((run.o.floodBytes ?? 512 * 1024) / 20), run.o.frames - run.frames));
   const pings = Buffer.concat(Array.from({ length: n }, () => g.ping()));
-  m.feed(pings); run.frames += n;
+  m.feed(pings);
+  run.frames += n;
   run.res.bytes += pings.length;
   void peer.write(pings);
   await sleep(rng.between(50, 500));
   peer.sock.resume();
   const all = await peer.until(() => peer.closed || peer.msgs.length >= n, run.hangMs);
   run.res.floodPongs += peer.msgs.filter((x) => x.cmd === Cmd.PONG).length;
-  if (!all) { run.judge('flood', peer, m, null, false, 'hub'); peer.destroy(); return; }
-  m.feed(KILL_HEADER); run.frames++;
+  if (!all) {
+    run.judge('flood', peer, m, null, false, 'hub');
+    peer.destroy();
+    return;
+  }
+  m.feed(KILL_HEADER);
+  run.frames++;
   await run.finishStream('flood', rng, peer, m, { parts: [KILL_HEADER], frames: 0, end: 'error', big: false }, false);
 }
 
@@ -87,20 +97,44 @@ export async function worker(run: FuzzRun, i: number, rng: Rng): Promise<void> {
   const volumes = run.ctx.fuzzVolumes.length;
   let first = true;
   while (run.frames < run.o.frames && !run.crashed()) {
-    let sc = first ? FIRST[i % FIRST.length] : rng.weighted({
-      stream: 64, trickle: 6, owner: volumes ? 10 : 0, claimant: 5, truncated: 7, flood: run.floodActive === 0 ? 0.4 : 0,
-    });
+    let sc = first
+      ? FIRST[i % FIRST.length]
+      : rng.weighted({
+          stream: 64,
+          trickle: 6,
+          owner: volumes ? 10 : 0,
+          claimant: 5,
+          truncated: 7,
+          flood: run.floodActive === 0 ? 0.4 : 0,
+        });
     first = false;
     if (sc === 'owner' && !volumes) sc = 'stream';
     if (sc === 'flood' && run.floodActive > 0) sc = 'stream';
     try {
       switch (sc) {
-        case 'stream': await streamSession(run, rng, 'stream', false); break;
-        case 'trickle': await streamSession(run, rng, 'trickle', true); break;
-        case 'owner': await ownerSession(run, rng, i); break;
-        case 'claimant': await claimantSession(run, rng); break;
-        case 'truncated': await truncatedSession(run, rng); break;
-        case 'flood': run.floodActive++; try { await floodSession(run, rng); } finally { run.floodActive--; } break;
+        case 'stream':
+          await streamSession(run, rng, 'stream', false);
+          break;
+        case 'trickle':
+          await streamSession(run, rng, 'trickle', true);
+          break;
+        case 'owner':
+          await ownerSession(run, rng, i);
+          break;
+        case 'claimant':
+          await claimantSession(run, rng);
+          break;
+        case 'truncated':
+          await truncatedSession(run, rng);
+          break;
+        case 'flood':
+          run.floodActive++;
+          try {
+            await floodSession(run, rng);
+          } finally {
+            run.floodActive--;
+          }
+          break;
       }
     } catch (e) {
       run.fail(`${sc}: fuzzer error: ${(e as Error).stack}`);

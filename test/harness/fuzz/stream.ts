@@ -8,7 +8,14 @@ import { FrameGen, KILL_HEADER } from './frame-gen';
 import { hostileFrame } from './hostile-frames';
 
 /** A composed stream: its bytes, frame count, and how it must end (hub ERROR+close, or our FIN). */
-export type Built = { parts: Buffer[]; frames: number; end: 'error' | 'fin'; big: boolean; cut?: number; junk?: Buffer };
+export type Built = {
+  parts: Buffer[];
+  frames: number;
+  end: 'error' | 'fin';
+  big: boolean;
+  cut?: number;
+  junk?: Buffer;
+};
 
 /** The campaign-wide budgets a stream draws from (shared by every worker). */
 export interface StreamBudget {
@@ -18,14 +25,24 @@ export interface StreamBudget {
   bigSent: number; // big frames sent so far
 }
 
-export interface ComposeOpts { maxFrames: number; allowBig: boolean; maxPad: number; junk: boolean }
+export interface ComposeOpts {
+  maxFrames: number;
+  allowBig: boolean;
+  maxPad: number;
+  junk: boolean;
+}
 
 /** Build a stream ending in a predictable way: fatal error, or a frame left incomplete (then FIN). */
 export function compose(rng: Rng, g: FrameGen, m: HubModel, opts: ComposeOpts, budget: StreamBudget): Built {
   const parts: Buffer[] = [];
   const base = m.pos; // cut offsets are relative to this stream
   let n = 0;
-  const add = (b: Buffer, counts = true) => { if (!b.length) return; parts.push(b); if (counts) n++; m.feed(b); };
+  const add = (b: Buffer, counts = true) => {
+    if (!b.length) return;
+    parts.push(b);
+    if (counts) n++;
+    m.feed(b);
+  };
   const prefix = rng.chance(0.35) ? rng.int(4) : rng.chance(0.7) ? rng.between(4, 120) : rng.between(120, 1500);
   const limit = Math.max(1, Math.min(prefix, opts.maxFrames - 1));
   for (let i = 0; i < limit && !m.done; i++) add(g.valid(m));
@@ -38,7 +55,10 @@ export function compose(rng: Rng, g: FrameGen, m: HubModel, opts: ComposeOpts, b
       if (w.payload <= opts.maxPad) add(rng.bytes(w.payload), false);
       else if (opts.allowBig && budget.bigFrames > 0 && budget.bigActive === 0 && !m.taint) {
         // One at a time: the hub reassembles up to 32 MiB + 64 of payload.
-        budget.bigFrames--; budget.bigSent++; budget.bigActive++; big = true;
+        budget.bigFrames--;
+        budget.bigSent++;
+        budget.bigActive++;
+        big = true;
         add(Buffer.alloc(w.payload, 0x33), false);
       } else return { parts, frames: n, end: 'fin', big };
     }
@@ -57,7 +77,10 @@ export async function send(peer: Peer, built: Built, rng: Rng, trickle: boolean)
   // Streams are cut just past the byte the model says ends the session (see Built).
   if (built.cut !== undefined && built.cut >= 0) all = all.subarray(0, built.cut);
   if (built.junk) all = Buffer.concat([all, built.junk]);
-  if (!trickle) { await peer.write(all); return all.length; }
+  if (!trickle) {
+    await peer.write(all);
+    return all.length;
+  }
   // Small pieces with pauses: the hub's framer sees frames split at every possible place.
   let off = 0;
   while (off < all.length && !peer.closed) {

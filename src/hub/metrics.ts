@@ -1,0 +1,96 @@
+// The hub's Prometheus metrics, read from a HubStatusSource at each scrape: per volume (applied
+// and sync bytes, writes, dirty bytes, RPO lag, throughput, state, errors) and per hub.
+import { Registry, Gauge, Counter } from 'prom-client';
+import type { HubStatusSource, VolumeStatus } from './status-source';
+
+type VolumeValue<T> = (v: VolumeStatus) => T;
+
+/** Register every metric of the hub on `r`. */
+export function registerMetrics(r: Registry, source: HubStatusSource): void {
+  registerVolumeMetrics(r, source);
+  registerHubMetrics(r, source);
+}
+
+function registerVolumeMetrics(r: Registry, source: HubStatusSource): void {
+  const vols = () => source.status().volumes;
+  const gauge = (name: string, help: string, value: VolumeValue<number | null>) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: ['volume', 'vm'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const v of vols()) {
+          const x = value(v);
+          if (x !== null) this.set({ volume: v.name, vm: v.vm ?? '' }, x);
+        }
+      },
+    });
+  const counter = (name: string, help: string, value: VolumeValue<number>) =>
+    new Counter({
+      name,
+      help,
+      labelNames: ['volume', 'vm'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const v of vols()) this.inc({ volume: v.name, vm: v.vm ?? '' }, value(v));
+      },
+    });
+  counter(
+    'rephub_volume_applied_bytes_total',
+    'Bytes of mirrored protected writes applied to the recovery volume',
+    (v) => v.bytesApplied,
+  );
+  counter('rephub_volume_applied_writes_total', 'Mirrored protected writes applied', (v) => v.writesApplied);
+  counter(
+    'rephub_volume_sync_bytes_total',
+    'Bytes copied by initial sync and resync (remote reads)',
+    (v) => v.syncBytes,
+  );
+  counter(
+    'rephub_volume_errors_total',
+    'Recovery volume write/flush failures and failed remote reads',
+    (v) => v.errors,
+  );
+  gauge('rephub_volume_dirty_bytes', 'Bytes of regions that may differ from the protected volume', (v) => v.dirtyBytes);
+  gauge('rephub_volume_size_bytes', 'Volume size', (v) => v.sizeBytes);
+  gauge(
+    'rephub_volume_rpo_lag_seconds',
+    'Age of the oldest write not yet durable on the hub (time out of sync when not protecting)',
+    (v) => (v.rpoLagMs === null ? null : v.rpoLagMs / 1000),
+  );
+  gauge('rephub_volume_throughput_bytes_per_second', 'Bytes applied per second, last sample', (v) => v.throughputBps);
+  gauge('rephub_volume_sync_pass', 'Sync pass number', (v) => v.syncPass);
+  new Gauge({
+    name: 'rephub_volume_state',
+    help: 'Current state (1 for the state the volume is in)',
+    labelNames: ['volume', 'state'],
+    registers: [r],
+    collect() {
+      this.reset();
+      for (const v of vols()) this.set({ volume: v.name, state: v.state }, 1);
+    },
+  });
+}
+
+function registerHubMetrics(r: Registry, source: HubStatusSource): void {
+  new Gauge({
+    name: 'rephub_agents_connected',
+    help: 'Connected agent sessions',
+    registers: [r],
+    collect() {
+      this.set(source.sessionsConnected());
+    },
+  });
+  new Counter({
+    name: 'rephub_received_bytes_total',
+    help: 'Payload bytes received from connected agents',
+    registers: [r],
+    collect() {
+      this.reset();
+      this.inc(source.receivedBytes());
+    },
+  });
+}

@@ -1,0 +1,29 @@
+// What the operator's view (monitor, metrics) reads of a hub: an interface the hub satisfies,
+// so neither imports the hub.
+
+/** The fields of a volume's status that the metrics read (the hub's /status has more). */
+export interface VolumeStatus {
+  name: string;
+  vm: string | null;
+  state: string;
+  sizeBytes: number;
+  dirtyBytes: number;
+  bytesApplied: number;
+  writesApplied: number;
+  syncBytes: number;
+  errors: number;
+  rpoLagMs: number | null;
+  throughputBps: number;
+  syncPass: number;
+}
+
+/** What the monitor watches; the hub provides it, and the monitor knows nothing else of the hub. */
+export interface HubStatusSource {
+  /** The /status document; its other fields pass through to the dashboard. */
+  status(): { volumes: readonly VolumeStatus[] };
+  sessionsConnected(): number;
+  /** Payload bytes received from the agents connected now. */
+  receivedBytes(): number;
+  /** Each volume's dirty-bitmap density in `cells` cells, 0 to 1 ([] for a volume without a bitmap). */
+  heat(cells: number): Record<string, readonly number[]>;
+}
