@@ -66,6 +66,8 @@ export class Replica {
   private faults = 0; // failed writes of the recovery volume and failed remote reads
   private synced = 0; // bytes written by sync
   private syncBytesDropped = 0;
+  /** Regions known to hold zeroes (a recovery volume this hub created sparse); null: none known. */
+  private knownZero: KnownZeroMap | null = null;
 
   constructor(
     readonly spec: ReplicaSpec,
@@ -153,9 +155,6 @@ export class Replica {
     this.setState('syncing');
     return rec;
   }
-
-  /** Regions known to hold zeroes (a recovery volume this hub created sparse); null: none known. */
-  private knownZero: KnownZeroMap | null = null;
 
   /**
    * The recovery volume's filter stack: the guard over change tracking over the file. A file
