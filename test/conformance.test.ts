@@ -245,6 +245,21 @@ describe('conformance: the hub enforces SPEC.md receiver rules', function () {
     });
   });
 
+  describe('§5.3 REPORT_VM_VOLUMES', () => {
+    it('a volume the hub has no recovery volume for is refused by name, and the session stays open', async () => {
+      const a = await RawAgent.open(port);
+      a.send(encodeHello(1, PLAIN, Limits.maxPayload, 'bad-vm'));
+      a.send(encodeReportVmVolumes([{ name: 'NOPE', sizeBytes: SIZE }]));
+      const e = await waitFor('VOLUME_REFUSED', () => a.of(Cmd.ERROR).find((m) => m.code === ErrorCode.VOLUME_REFUSED));
+      assert.match(e!.message, /NOPE/);
+      a.send(encodeReportVmVolumes([{ name: 'X', sizeBytes: SIZE }]));
+      assert.ok((await a.volumeId('X')) >= 0, 'the same session goes on to protect a known volume');
+      assert.equal(a.closed, false);
+      a.destroy();
+      await goodUnaffected();
+    });
+  });
+
   describe('§11 heartbeat timeout', () => {
     it('a silent agent with PING negotiated is closed with ERROR TIMEOUT, not IO', async () => {
       const a = await RawAgent.open(port);
