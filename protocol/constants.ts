@@ -53,7 +53,11 @@ export enum ErrorCode {
   IO = 5,
   SHUTTING_DOWN = 6,
   UNAUTHORIZED = 7, // HELLO name differs from the authenticated identity, or volume bound to another VM
+  TIMEOUT = 8, // the peer was silent past the dead-peer timeout (SPEC.md section 11), or never finished its handshake
 }
+
+/** The smallest max_payload a HELLO may announce (SPEC.md 6.3): any hub->agent frame but a remote write fits. */
+export const MIN_MAX_PAYLOAD = 4096;
 
 /** Hard limits: a frame over any of them closes the session before any large allocation. */
 export const Limits = {

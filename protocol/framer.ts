@@ -21,7 +21,11 @@ export class FrameDecoder {
   private filled = 0;
   private failed = false;
   private crc = -1; // header CRC of the current frame when it carries a trailer, else -1
-  private crcSeen = false; // once a peer checksums its frames, every later frame must be checksummed
+  // Checksum policy: 'peer' (once the peer checksums a frame, every later one must be), 'off' (a
+  // checksummed frame is an error: FRAME_CRC not agreed yet) or 'on' (every frame must be). The
+  // owner switches it as its handshake goes (SPEC.md section 3.1); frames already passed on are not rechecked.
+  private policy: 'peer' | 'off' | 'on' = 'peer';
+  private crcSeen = false;
   private chain = 0; // the last trailer: each frame's CRC continues from it (FrameSealer)
   private dest: Buffer | null = null; // the payload buffer being filled in place (directMax)
   private sum = 0; // CRC of dest's body bytes [0, summed), taken while they are still in cache
@@ -64,6 +68,16 @@ export class FrameDecoder {
       this.failed = true;
       throw e;
     }
+  }
+
+  /** FRAME_CRC is not agreed (yet): a frame with FLAG_CRC from now on is a protocol error. */
+  refuseChecksums(): void {
+    this.policy = 'off';
+  }
+
+  /** FRAME_CRC is agreed and the peer seals from here on: a frame without FLAG_CRC is a protocol error. */
+  requireChecksums(): void {
+    this.policy = 'on';
   }
 
   /** Same as push(): the ReadSink name for bytes received into a chunk of the reader's own. */
@@ -177,6 +191,12 @@ export class FrameDecoder {
     if (flags & ~FLAG_CRC) throw new ProtocolError(`reserved flags 0x${flags.toString(16)} set`);
     const len = b.readUInt32LE(o + 8);
     if (len > this.maxPayload) throw new ProtocolError(`payload ${len} bytes exceeds limit ${this.maxPayload}`);
+    if (flags && this.policy === 'off') {
+      throw new ProtocolError(`${Cmd[cmd]} frame carries a checksum (FLAG_CRC) but FRAME_CRC was not agreed`);
+    }
+    if (!flags && this.policy === 'on') {
+      throw new ProtocolError(`${Cmd[cmd]} frame without checksum (FLAG_CRC) although FRAME_CRC was agreed`);
+    }
     if (!flags && this.crcSeen) throw new ProtocolError('frame without checksum after checksums began');
     this.cmd = cmd;
     this.need = len + (flags ? 4 : 0);

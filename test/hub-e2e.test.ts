@@ -38,7 +38,7 @@ describe('hub end to end over TCP (in-process hub, test agent)', () => {
 describe('hub: several agents, a misbehaving peer, a volume claimed twice', () => {
   it('a garbage peer and a second claimant are refused while two good agents converge', async () => {
     const net = await import('node:net');
-    const { encodeHello, encodeReportVmVolumes, FrameDecoder, decode, Cmd, ErrorCode, ALL_CAPS } =
+    const { encodeHello, encodeReportVmVolumes, FrameDecoder, decode, Cmd, Cap, ErrorCode, ALL_CAPS, Limits } =
       await import('../protocol');
     const dir = tmpdir();
     const a = path.join(dir, 'A.img'),
@@ -80,7 +80,7 @@ describe('hub: several agents, a misbehaving peer, a volume claimed twice', () =
       got.push(m.cmd === Cmd.ERROR ? `ERROR ${m.code}` : Cmd[m.cmd]);
     });
     thief.on('data', (c) => dec.push(c));
-    thief.write(encodeHello(1, ALL_CAPS, 0, 'vmX'));
+    thief.write(encodeHello(1, ALL_CAPS & ~Cap.FRAME_CRC, Limits.maxPayload, 'vmX')); // plain frames follow
     thief.write(encodeReportVmVolumes([{ name: 'A', sizeBytes: 8 << 20 }]));
     await waitFor('refusal', () => got.includes(`ERROR ${ErrorCode.VOLUME_REFUSED}`));
     assert.ok(!got.includes('START_PROTECT'));

@@ -8,6 +8,7 @@ import {
   Cmd,
   Cap,
   ALL_CAPS,
+  Limits,
   IO_OK,
   FrameDecoder,
   Message,
@@ -46,7 +47,7 @@ describe('hub apply queue', () => {
     try {
       toHub.push(
         Buffer.concat([
-          encodeHello(1, ALL_CAPS & ~Cap.FRAME_CRC, 0, 'vm'),
+          encodeHello(1, ALL_CAPS & ~Cap.FRAME_CRC, Limits.maxPayload, 'vm'),
           encodeReportVmVolumes([{ name: 'V1', sizeBytes: 1 << 20 }]),
         ]),
       );
@@ -235,7 +236,7 @@ describe('Replica state machine and ownership', () => {
     });
     const session = hub.newSession({ send: () => {}, close: () => {}, pause: () => {} });
     const rep = hub.replicas.get('V1')!;
-    session.receive(Cmd.HELLO, encodeHello(1, ALL_CAPS & ~Cap.FRAME_CRC, 0, 'vm').subarray(12));
+    session.receive(Cmd.HELLO, encodeHello(1, ALL_CAPS & ~Cap.FRAME_CRC, Limits.maxPayload, 'vm').subarray(12));
     session.receive(Cmd.REPORT_VM_VOLUMES, encodeReportVmVolumes([{ name: 'V1', sizeBytes: 1 << 20 }]).subarray(12));
     await waitFor('attached', () => session.volumes.length === 1, 5000, 2);
     assert.equal(rep.owner, session);
@@ -263,7 +264,7 @@ describe('hub session over the shared link', () => {
       },
       pause: () => {},
     });
-    const hello = encodeHello(1, Cap.PING | Cap.WRITE_ACK, 0, 'vm');
+    const hello = encodeHello(1, Cap.PING | Cap.WRITE_ACK, Limits.maxPayload, 'vm');
     s.receive(Cmd.HELLO, hello.subarray(12));
     return { hub, s, replies, closed: () => closedWith };
   }

@@ -16,6 +16,7 @@ import { randomBytes } from 'node:crypto';
 import {
   Cmd,
   ALL_CAPS,
+  Cap,
   PROTOCOL_VERSION,
   Limits,
   SECTOR,
@@ -108,7 +109,7 @@ async function main() {
   });
   sock.on('data', (c) => framer.push(c));
   await new Promise<void>((r) => sock.once('connect', () => r()));
-  sock.write(encodeHello(PROTOCOL_VERSION, ALL_CAPS, Limits.maxPayload, 'loadgen'));
+  sock.write(encodeHello(PROTOCOL_VERSION, ALL_CAPS & ~Cap.FRAME_CRC, Limits.maxPayload, 'loadgen'));
   sock.write(encodeReportVmVolumes([{ name: 'LG', sizeBytes: SIZE }]));
   const syncStart = Date.now();
   while (volId < 0 || Date.now() - lastRead < 300) await new Promise((r) => setTimeout(r, 50));

@@ -50,7 +50,9 @@ export class VolumeAttach {
       me = this.host.owner;
     const ctx = { session: this.sessionId, vm, volume: v.name, sizeBytes: v.sizeBytes };
     if (!rep) {
-      this.log.warn(ctx, 'agent reported a volume the hub has no recovery volume for; not protected');
+      // Answered, not ignored (SPEC.md 5.3): an agent waiting for START_PROTECT would wait forever.
+      this.log.warn(ctx, 'agent reported a volume the hub has no recovery volume for; refused');
+      this.refuse(ErrorCode.VOLUME_REFUSED, `volume ${v.name}: the hub has no recovery volume of that name`);
       return null;
     }
     if (rep.spec.vm && rep.spec.vm !== vm) {

@@ -19,6 +19,8 @@ export interface SessionTransport {
   send(bufs: Buffer[]): void;
   close(reason?: Error): void;
   pause(paused: boolean): void;
+  /** FRAME_CRC was agreed: from the next frame on, every frame must carry FLAG_CRC. */
+  requireChecksums(): void;
 }
 
 /** What the listener needs of a session: somewhere to put frames and failures. */
@@ -118,6 +120,7 @@ export class AgentListener<S extends AgentEndpoint> {
       (n, cmd) => (n >= POOLED_FRAME_MIN ? pool.take(n, dataOffset(cmd)) : Buffer.allocUnsafe(n)),
       pool.bufferBytes,
     );
+    framer.refuseChecksums(); // until the session agrees FRAME_CRC (SPEC.md 3.1)
     const failed = (e: unknown) =>
       session!.fail(e instanceof ProtocolError ? e : new ProtocolError(String((e as Error).message)));
     const plain = !(sock instanceof tls.TLSSocket);
@@ -142,6 +145,7 @@ export class AgentListener<S extends AgentEndpoint> {
           inPaused = p;
           flow();
         },
+        requireChecksums: () => framer.requireChecksums(),
       },
       identity,
     );

@@ -25,6 +25,7 @@ import { SyncEngine, VolumeSync } from './sync';
 import { WriteApplier } from './write-apply';
 import { VolumeAttach } from './attach';
 import { WriteBack } from './failback';
+import { checkHello, checkIntake, unsolicitedChecksumRes } from './receive-rules';
 
 export interface SessionConfig {
   hubName: string;
@@ -63,6 +64,8 @@ export interface Transport {
   send(bufs: Buffer[]): void;
   close(reason?: Error): void;
   pause(paused: boolean): void;
+  /** FRAME_CRC was agreed: the framer in front of receive() now refuses unsealed frames (SPEC.md 3.1). */
+  requireChecksums?(): void;
 }
 
 /**
@@ -97,6 +100,7 @@ export class AgentSession implements ReplicaOwner {
   private reported = false;
   private closed = false;
   private cleanShutdown = false;
+  private shutDown = false; // AGENT_SHUTDOWN received: nothing but PING/PONG/ERROR may follow
   private readonly link: Link;
   private readonly queue: ApplyQueue;
   private readonly commit: GroupCommit;
@@ -121,7 +125,8 @@ export class AgentSession implements ReplicaOwner {
       caps: cfg.caps,
       heartbeatMs: cfg.heartbeatMs,
       name: cfg.hubName,
-      onDead: (silent) => this.fail(new Error(`agent silent for ${silent} ms: connection presumed dead`)),
+      onDead: (silent) =>
+        this.fail(new ProtocolError(`agent silent for ${silent} ms: connection presumed dead`, ErrorCode.TIMEOUT)),
     });
     this.queue = new ApplyQueue(
       {
@@ -167,7 +172,9 @@ export class AgentSession implements ReplicaOwner {
     this.checkpointTimer.unref();
     // An idle or half-open connection must not hold one of the hub's session slots forever.
     this.handshakeTimer = setTimeout(() => {
-      if (!this.reported) this.fail(new ProtocolError(`no REPORT_VM_VOLUMES within ${cfg.handshakeMs} ms`));
+      if (!this.reported) {
+        this.fail(new ProtocolError(`no REPORT_VM_VOLUMES within ${cfg.handshakeMs} ms`, ErrorCode.TIMEOUT));
+      }
     }, cfg.handshakeMs);
     this.handshakeTimer.unref();
   }
@@ -197,6 +204,8 @@ export class AgentSession implements ReplicaOwner {
     let msg = decode(cmd, payload);
     if (this.firstFrame) this.onFirstFrame(msg);
     else if (msg.cmd === Cmd.HELLO) throw new ProtocolError('HELLO is only valid as the first frame');
+    if (this.shutDown || msg.cmd !== Cmd.PROTECTED_WRITE) checkIntake(msg.cmd, this.caps, this.shutDown);
+    if (msg.cmd === Cmd.AGENT_SHUTDOWN) this.shutDown = true;
     switch (msg.cmd) {
       case Cmd.HELLO:
         return this.onHello(msg);
@@ -241,6 +250,7 @@ export class AgentSession implements ReplicaOwner {
   }
 
   private onHello(h: Hello): void {
+    checkHello(h);
     if (this.identity && h.name !== this.identity) {
       throw new ProtocolError(
         `HELLO names VM "${h.name}" but the link authenticated "${this.identity}"`,
@@ -250,7 +260,9 @@ export class AgentSession implements ReplicaOwner {
     this.vm = h.name;
     this.link.agree(h.caps);
     // Our reply carries the agreed capabilities and is never sealed; every frame after it is.
-    this.link.sendHello(Math.max(1, Math.min(PROTOCOL_VERSION, h.version)));
+    this.link.sendHello(Math.min(PROTOCOL_VERSION, h.version));
+    // The agent seals every frame it sends after it received this reply, and sends none before.
+    if (this.link.has(Cap.FRAME_CRC)) this.t.requireChecksums?.();
     this.log.info({ session: this.id, vm: this.vm, version: h.version, caps: this.caps }, 'agent hello');
     if (this.link.has(Cap.PING)) this.link.startHeartbeat();
   }
@@ -273,7 +285,7 @@ export class AgentSession implements ReplicaOwner {
       case Cmd.AGENT_SHUTDOWN:
         return this.onShutdown();
       case Cmd.CHECKSUM_RES:
-        return; // only solicited by verify; none outstanding yet
+        return unsolicitedChecksumRes(m); // verify's hook: settle the outstanding CHECKSUM_REQ m.reqId
       default:
         throw new ProtocolError(`unexpected ${Cmd[m.cmd] ?? m.cmd}`);
     }

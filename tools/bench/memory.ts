@@ -11,6 +11,7 @@ import { spawn } from 'node:child_process';
 import {
   Cmd,
   ALL_CAPS,
+  Cap,
   PROTOCOL_VERSION,
   Limits,
   IO_ZEROES,
@@ -73,7 +74,7 @@ async function main() {
   });
   sock.on('data', (c) => framer.push(c));
   await new Promise((r) => sock.once('connect', r));
-  sock.write(encodeHello(PROTOCOL_VERSION, ALL_CAPS, Limits.maxPayload, 'memvm'));
+  sock.write(encodeHello(PROTOCOL_VERSION, ALL_CAPS & ~Cap.FRAME_CRC, Limits.maxPayload, 'memvm'));
   sock.write(encodeReportVmVolumes(vols.map((name) => ({ name, sizeBytes: SIZE }))));
   let max = 0;
   for (let t = 0; t < SECONDS; t++) {

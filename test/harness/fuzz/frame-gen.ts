@@ -4,6 +4,7 @@
 import {
   Cmd,
   ALL_CAPS,
+  Cap,
   Limits,
   MAGIC,
   HEADER_SIZE,
@@ -96,7 +97,9 @@ export class FrameGen {
   hello(): Buffer {
     const r = this.rng;
     const version = r.chance(0.85) ? 1 : r.pick([0, 2, 7, 0xffff]);
-    const caps = r.chance(0.5) ? ALL_CAPS : r.chance(0.5) ? r.u32() : r.int(32);
+    // Mostly without FRAME_CRC: this generator does not seal, so an agreed FRAME_CRC ends the stream at once.
+    let caps = r.chance(0.5) ? ALL_CAPS : r.chance(0.5) ? r.u32() : r.int(32);
+    if (r.chance(0.95)) caps &= ~Cap.FRAME_CRC;
     const maxPayload = r.chance(0.8) ? Limits.maxPayload : r.u32();
     return encodeHello(version, caps, maxPayload, r.chance(0.1) ? '' : this.name(60, 'fz-'));
   }
@@ -108,18 +111,21 @@ export class FrameGen {
   /** A frame the hub accepts in the model's current state (seed + extension commands, agent->hub). */
   valid(m: HubModel): Buffer {
     const r = this.rng;
-    const owner = m.owned.size > 0;
+    // Commands the agent may send now: after AGENT_SHUTDOWN only the heartbeat and ERROR, and
+    // extension commands only with their capability (a CHECKSUM_RES is never solicited here).
+    const owner = m.owned.size > 0 && !m.shutDown,
+      open = !m.shutDown;
     const k = r.weighted({
       ping: 30,
       pong: 6,
-      flush: 8,
-      csum: 4,
+      flush: open && m.caps & Cap.FLUSH ? 8 : 0,
+      csum: open ? 0.3 : 0,
       error: 1.5,
-      report: 2,
-      shutdown: owner ? 0.3 : 1,
+      report: open ? 2 : 0,
+      shutdown: !open ? 0 : owner ? 0.3 : 1,
       write: owner ? 30 : 0,
       writeFail: owner ? 3 : 0,
-      dirty: owner ? 6 : 0,
+      dirty: owner && m.caps & Cap.DIRTY_REPORT ? 6 : 0,
       iores: owner && m.reads.size > 0 ? 12 : 0,
     });
     switch (k) {

@@ -6,6 +6,8 @@ import {
   FLAG_CRC,
   Cmd,
   ALL_CAPS,
+  Cap,
+  MIN_MAX_PAYLOAD,
   ErrorCode,
   Limits,
   MAGIC,
@@ -41,6 +43,13 @@ export interface Expected {
   why: string;
 }
 
+/** Agent->hub commands that need a negotiated capability (SPEC §4). */
+const NEEDS = new Map<number, number>([
+  [Cmd.DIRTY_REPORT, Cap.DIRTY_REPORT],
+  [Cmd.FLUSH, Cap.FLUSH],
+  [Cmd.CHECKSUM_RES, Cap.CHECKSUM],
+]);
+
 const KNOWN = new Set<number>(Object.values(Cmd).filter((v): v is number => typeof v === 'number'));
 const HUB_TO_AGENT = new Set<number>([
   Cmd.START_PROTECT,
@@ -60,7 +69,8 @@ export class HubModel {
   private hdr = Buffer.alloc(HEADER_SIZE);
   private hdrFill = 0;
   private hcrc = -1;
-  private crcSeen = false;
+  // FRAME_CRC (SPEC §3.1): refused until agreed in the hub's HELLO reply, then required.
+  private crcRequired = false;
   private chain = 0;
   private cmd = -1;
   private need = 0;
@@ -83,6 +93,7 @@ export class HubModel {
   pos = 0;
   errorAt = -1;
   sentDirtyReport = false;
+  shutDown = false; // AGENT_SHUTDOWN seen: only PING, PONG and ERROR may follow (SPEC §5.7)
   sentV1Report = false;
 
   constructor(readonly ctx: FuzzCtx) {}
@@ -136,8 +147,18 @@ export class HubModel {
             `payload ${len} bytes exceeds limit ${Limits.maxPayload}`,
             'header: length',
           );
-        if (!flags && this.crcSeen)
-          return this.fatal(ErrorCode.PROTOCOL, 'frame without checksum after checksums began', 'header: crc');
+        if (flags && !this.crcRequired)
+          return this.fatal(
+            ErrorCode.PROTOCOL,
+            `${Cmd[cmd]} frame carries a checksum (FLAG_CRC) but FRAME_CRC was not agreed`,
+            'header: crc not agreed',
+          );
+        if (!flags && this.crcRequired)
+          return this.fatal(
+            ErrorCode.PROTOCOL,
+            `${Cmd[cmd]} frame without checksum (FLAG_CRC) although FRAME_CRC was agreed`,
+            'header: crc missing',
+          );
         this.cmd = cmd;
         this.need = len + (flags ? 4 : 0);
         this.hcrc = flags ? crc32(this.hdr, this.chain) : -1;
@@ -167,7 +188,6 @@ export class HubModel {
           if (c !== p.readUInt32LE(p.length - 4))
             return this.fatal(ErrorCode.PROTOCOL, 'frame checksum mismatch', 'header: crc');
           this.chain = c;
-          this.crcSeen = true;
           p = body;
         }
         this.frame(cmd, p);
@@ -206,12 +226,36 @@ export class HubModel {
     }
     if (m.cmd === Cmd.HELLO && !this.first)
       return this.fatal(ErrorCode.PROTOCOL, 'HELLO is only valid as the first frame', 'HELLO not first');
-    if (this.first) {
-      this.first = false;
-      if (m.cmd === Cmd.HELLO) {
-        this.hello = m;
-        this.caps = m.caps & ALL_CAPS;
-      }
+    if (this.first) this.first = false;
+    // SPEC §5.7 and §4: nothing but the heartbeat and ERROR after AGENT_SHUTDOWN; no extension
+    // command without its capability (PING is answered even so).
+    if (this.shutDown && m.cmd !== Cmd.PING && m.cmd !== Cmd.PONG && m.cmd !== Cmd.ERROR)
+      return this.fatal(
+        ErrorCode.PROTOCOL,
+        `${Cmd[m.cmd]} after AGENT_SHUTDOWN: the agent said it was done`,
+        'after shutdown',
+      );
+    const need = NEEDS.get(m.cmd);
+    if (need !== undefined && !(this.caps & need))
+      return this.fatal(
+        ErrorCode.PROTOCOL,
+        `${Cmd[m.cmd]} sent without its capability (negotiated caps 0x${this.caps.toString(16)})`,
+        'no capability',
+      );
+    if (m.cmd === Cmd.AGENT_SHUTDOWN) this.shutDown = true;
+    if (m.cmd === Cmd.HELLO) {
+      // SPEC §6.1, §6.3: versions start at 1; max_payload at least 4096.
+      if (m.version < 1)
+        return this.fatal(ErrorCode.PROTOCOL, `HELLO version ${m.version}: versions start at 1`, 'hello version');
+      if (m.maxPayload < MIN_MAX_PAYLOAD)
+        return this.fatal(
+          ErrorCode.PROTOCOL,
+          `HELLO max_payload ${m.maxPayload} is below the minimum ${MIN_MAX_PAYLOAD}`,
+          'hello max_payload',
+        );
+      this.hello = m;
+      this.caps = m.caps & ALL_CAPS;
+      this.crcRequired = (this.caps & Cap.FRAME_CRC) !== 0;
     }
     if (HUB_TO_AGENT.has(m.cmd))
       return this.fatal(ErrorCode.PROTOCOL, `command ${Cmd[m.cmd]} goes hub->agent, not agent->hub`, 'wrong direction');
@@ -303,8 +347,10 @@ export class HubModel {
         }
         return;
       }
+      case Cmd.CHECKSUM_RES: // the hub sends no CHECKSUM_REQ to a fuzz session: never solicited
+        return this.later(ErrorCode.PROTOCOL, { prefix: `CHECKSUM_RES req_id ${m.reqId} ` }, 'unsolicited checksum');
       default:
-        return; // HELLO, PONG, ERROR, FLUSH, AGENT_SHUTDOWN, CHECKSUM_RES: accepted
+        return; // HELLO, PONG, ERROR, FLUSH, AGENT_SHUTDOWN: accepted
     }
   }
 }

@@ -55,8 +55,13 @@ export async function silentSession(run: FuzzRun, rng: Rng): Promise<void> {
   await run.sendFrames(peer, m, [encodeHello(1, ALL_CAPS, Limits.maxPayload, g.name(20, 'silent-'))]);
   const ended = await peer.until(() => peer.closed, Math.max(run.hangMs, 15_000));
   const t = peer.terminal();
-  if (ended && t && t.code === ErrorCode.IO) run.res.silentDropped++;
-  const expect = { code: ErrorCode.IO, prefix: 'agent silent for ', sync: false, why: 'heartbeat: 3 silent intervals' };
+  if (ended && t && t.code === ErrorCode.TIMEOUT) run.res.silentDropped++;
+  const expect = {
+    code: ErrorCode.TIMEOUT,
+    prefix: 'agent silent for ',
+    sync: false,
+    why: 'heartbeat: 3 silent intervals',
+  };
   run.judge('silent', peer, m, expect, ended, 'hub');
   peer.destroy();
 }

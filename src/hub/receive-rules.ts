@@ -1,0 +1,50 @@
+// The hub's receiver rules for frames an agent sends in the wrong place (SPEC.md sections 4, 5.7,
+// 5.12, 6): a command whose capability was not negotiated, a frame after AGENT_SHUTDOWN, a HELLO
+// the spec does not allow. Pure checks on the frame and the session's handshake state; each
+// violation is a ProtocolError that closes that session only. Kept apart so session.ts stays
+// intake and dispatch.
+import { Cap, Cmd, MIN_MAX_PAYLOAD, ProtocolError } from '../../protocol';
+import type { ChecksumRes, Hello } from '../../protocol';
+
+/** The capability an agent->hub command needs (SPEC.md section 4); 0 for base commands. */
+const NEEDS: Partial<Record<Cmd, number>> = {
+  [Cmd.DIRTY_REPORT]: Cap.DIRTY_REPORT,
+  [Cmd.FLUSH]: Cap.FLUSH,
+  [Cmd.CHECKSUM_RES]: Cap.CHECKSUM,
+};
+
+/** Frames still allowed after AGENT_SHUTDOWN: the heartbeat and a last word. */
+const AFTER_SHUTDOWN = new Set<number>([Cmd.PING, Cmd.PONG, Cmd.ERROR]);
+
+/**
+ * Check one agent->hub frame against the handshake state, in arrival order (before it is
+ * queued). `caps`: the negotiated capabilities (0 for a legacy agent); `shutDown`: an
+ * AGENT_SHUTDOWN arrived earlier on this connection. PING is answered even without the cap.
+ */
+export function checkIntake(cmd: Cmd, caps: number, shutDown: boolean): void {
+  if (shutDown && !AFTER_SHUTDOWN.has(cmd)) {
+    throw new ProtocolError(`${Cmd[cmd]} after AGENT_SHUTDOWN: the agent said it was done`);
+  }
+  const need = NEEDS[cmd];
+  if (need !== undefined && (caps & need) === 0) {
+    throw new ProtocolError(`${Cmd[cmd]} sent without its capability (negotiated caps 0x${caps.toString(16)})`);
+  }
+}
+
+/** The agent's HELLO: version 1 or later, and a max_payload the hub's frames fit in (SPEC.md 6.1, 6.3). */
+export function checkHello(h: Hello): void {
+  if (h.version < 1) throw new ProtocolError(`HELLO version ${h.version}: versions start at 1`);
+  if (h.maxPayload < MIN_MAX_PAYLOAD) {
+    throw new ProtocolError(`HELLO max_payload ${h.maxPayload} is below the minimum ${MIN_MAX_PAYLOAD}`);
+  }
+}
+
+/**
+ * A CHECKSUM_RES whose req_id matches no outstanding CHECKSUM_REQ (SPEC.md 5.12). The hub sends
+ * CHECKSUM_REQ only while verifying; until then every answer is unsolicited.
+ */
+export function unsolicitedChecksumRes(m: ChecksumRes): never {
+  throw new ProtocolError(
+    `CHECKSUM_RES req_id ${m.reqId} for volume id ${m.volumeId} matches no outstanding CHECKSUM_REQ`,
+  );
+}
