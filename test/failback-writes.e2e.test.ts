@@ -140,4 +140,47 @@ describe('failback keeps protected writes and takes a winner per volume', functi
     assert.equal(sha(img('V2')), sha(rep('V2')));
     assert.equal((await hub.status()).failover, null, 'no volume left failed over');
   });
+
+  it('scenario 9: a hub killed during failback keeps the volumes already failed back; failback runs again for the rest', async () => {
+    await setUp(['V1', 'V2']);
+    await waitFor(
+      'agent log clean',
+      async () => (await agent.clean()) && (await agent.status()).volumes.every((v: any) => v.logDirtyBytes === 0),
+    );
+    await agent.kill9();
+    await waitFor('hub saw the agent go', async () => (await hub.status()).agents.length === 0);
+    assert.equal((await hub.post('/failover')).status, 200);
+    qio(hubUri('V1'), 'write -P 0x31 2M 1M', 'flush');
+    qio(hubUri('V2'), 'write -P 0x32 0 48M', 'flush'); // a long write-back for V2
+    await agent.start();
+    await waitFor('agent attached', async () => (await hub.status()).agents.some((a: any) => a.volumes.includes('V2')));
+    proxy!.setMode({ kind: 'delay', ms: 150 });
+    const fb = hub.post('/failback').catch(() => null); // the hub dies before answering
+    await waitFor(
+      'V1 failed back, V2 not yet',
+      async () => {
+        const f = (await hub.status()).failover;
+        return f !== null && f.volumes.length === 1 && f.volumes[0] === 'V2';
+      },
+      60_000,
+      10,
+    );
+    await hub.kill9();
+    await fb;
+    proxy!.setMode({ kind: 'pass' });
+    await hub.start();
+    assert.notEqual((await hub.volume('V1')).state, 'failed-over', 'V1 stays failed back after the crash');
+    assert.equal((await hub.volume('V2')).state, 'failed-over', 'V2 is still failed over: failback can run again');
+    await waitFor('agent attached again', async () =>
+      (await hub.status()).agents.some((a: any) => a.volumes.includes('V2')),
+    );
+    const again = await hub.post('/failback');
+    assert.equal(again.status, 200, JSON.stringify(again.body));
+    for (const n of ['V1', 'V2']) await hub.converged(n, img(n), rep(n), 60_000);
+    assert.ok(region(img('V1'), 2 * MiB, MiB).equals(Buffer.alloc(MiB, 0x31)), 'V1: the recovery VM write came back');
+    assert.ok(
+      region(img('V2'), 0, 48 * MiB).equals(Buffer.alloc(48 * MiB, 0x32)),
+      'V2: the recovery VM write came back',
+    );
+  });
 });
