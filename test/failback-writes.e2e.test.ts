@@ -20,7 +20,7 @@ const runAsync = async (cmd: string, args: string[]) => {
   try {
     return (await promisify(execFile)(cmd, args, { timeout: 120_000 })).stdout;
   } catch (e: any) {
-    throw new Error(`${e.message} ${e.stderr ?? ''}`);
+    throw new Error(`${e.message} ${e.stderr ?? ''}`, { cause: e });
   }
 };
 const qio = (uri: string, ...cmds: string[]) => run('qemu-io', ['-f', 'raw', ...cmds.flatMap((c) => ['-c', c]), uri]);
