@@ -87,7 +87,13 @@ describe('hub HTTP API (http-api.ts)', () => {
     assert.deepEqual(refused, { status: 409, body: { error: 'no failover test is running' } });
     assert.deepEqual(await post(port, '/failover', '{}'), { status: 500, body: { error: 'disk on fire' } });
     assert.equal((await post(port, '/failback', '{"winner":"protected"}')).status, 200);
-    assert.deepEqual(calls.at(-1), ['failback', { winner: 'protected' }]);
+    assert.deepEqual(calls.at(-1), ['failback', { winner: 'protected', force: false }]);
+    assert.equal(
+      (await post(port, '/failback', '{"winner":{"V1":"recovery","V2":"protected"},"force":true}')).status,
+      200,
+    );
+    assert.deepEqual(calls.at(-1), ['failback', { winner: { V1: 'recovery', V2: 'protected' }, force: true }]);
+    assert.equal((await post(port, '/failback', '{"winner":{"V1":"left"}}')).status, 400, 'an unknown side per volume');
   });
 
   it('refuses a body that is not a JSON object, or a bad field, with 400 and runs nothing', async () => {

@@ -1,4 +1,5 @@
-// Removing a hub export cuts off the NBD clients attached to it: a client of a failover-test
+// Removing a hub export (failover-test stop, failback) is refused while NBD clients are attached,
+// naming the export and the count; with force it cuts them off: a client of a failover-test
 // view after the test stops, and a client of a promoted recovery volume after failback, must
 // see their connection closed and their next write fail (a write that still landed would be a
 // silent divergence). The client is libnbd (python3 nbd module), a real NBD client.
@@ -62,7 +63,7 @@ function region(file: string, off: number, len: number): Buffer {
   return b;
 }
 
-describe('removing an NBD export closes its connections', function () {
+describe('removing an NBD export: refused while clients are attached, force closes them', function () {
   this.timeout(180_000);
   let dir: string,
     hub: HubProcess,
@@ -99,7 +100,11 @@ describe('removing an NBD export closes its connections', function () {
     await client.attached();
     const view = (await hub.status()).volumes[0].failoverTest;
     assert.ok(view.activeBytes > 0, 'the first write reached the view');
-    const stopped = await hub.post('/failover-test/stop');
+    const refused = await hub.post('/failover-test/stop');
+    assert.equal(refused.status, 409, 'refused while a client is attached: ' + JSON.stringify(refused.body));
+    assert.match(refused.body.error, /V1 \(1 client\)/, 'the refusal names the export and its client count');
+    assert.ok((await hub.status()).failoverTest, 'the test still runs after the refusal');
+    const stopped = await hub.post('/failover-test/stop', { force: true });
     assert.equal(stopped.status, 200, JSON.stringify(stopped.body));
     const said = await client.writeAgain();
     assert.match(said, /failed:/, `the write after the test stopped must fail: ${said}`);
@@ -117,7 +122,11 @@ describe('removing an NBD export closes its connections', function () {
     await client.attached();
     await agent.start();
     await waitFor('agent attached', async () => (await hub.status()).agents.some((a: any) => a.volumes.includes('V1')));
-    const fb = await hub.post('/failback');
+    const refused = await hub.post('/failback');
+    assert.equal(refused.status, 409, 'refused while a client is attached: ' + JSON.stringify(refused.body));
+    assert.match(refused.body.error, /V1 \(1 client\)/, 'the refusal names the export and its client count');
+    assert.equal((await hub.volume('V1')).state, 'failed-over', 'still failed over after the refusal');
+    const fb = await hub.post('/failback', { force: true });
     assert.equal(fb.status, 200, JSON.stringify(fb.body));
     const said = await client.writeAgain();
     assert.match(said, /failed:/, `the write after failback must fail: ${said}`);

@@ -35,7 +35,7 @@ export class AgentCore {
     this.handover = new Handover(this.volumes, gate, opts.maxQueueBytes, log, stats);
     this.mirror = new Mirror(this.volumes, gate, this.handover, opts, writePool, stats);
     this.writes = new WritePath(this.volumes, this.mirror, this.handover);
-    this.remoteIo = new RemoteIo(this.volumes, opts, log, stats);
+    this.remoteIo = new RemoteIo(this.volumes, opts, log, stats, this.writes);
     gate.watch(this.writes);
     gate.watch(this.mirror);
     gate.watch(this.handover);

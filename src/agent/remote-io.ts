@@ -1,7 +1,8 @@
 // The hub's remote IO on the protected volumes: reads for sync and resync (holes found with
 // SEEK_DATA are not read; zero data is answered as IO_ZEROES or left out of an IO_SPARSE
-// answer), writes for failback, and region checksums. Owns the bounded queue of requests and
-// how many run at once. Each answer goes out on the link its request came in on.
+// answer), writes for failback (ordered with guest writes, durable before answered), and region
+// checksums. Owns the bounded queue of requests and how many run at once. Each answer goes out
+// on the link its request came in on.
 import { createHash } from 'node:crypto';
 import {
   Cap,
@@ -36,6 +37,11 @@ export interface RemoteIoOptions {
   seekData: boolean; // find holes with SEEK_DATA/SEEK_HOLE
 }
 
+/** The guest writes' range locks (write-path.ts): failback writes take them too. */
+export interface RangeHolder {
+  lockRange(v: AgentVolume, start: number, end: number): Promise<() => void>;
+}
+
 interface Queued {
   link: LinkPort;
   req: RemoteIoReq;
@@ -65,6 +71,7 @@ export class RemoteIo {
     private readonly opts: RemoteIoOptions,
     private readonly log: Logger,
     private readonly stats: AgentStats,
+    private readonly ranges: RangeHolder,
   ) {}
 
   /** The connection closed: requests not started are dropped (those running answer into the void). */
@@ -99,14 +106,28 @@ export class RemoteIo {
     }
     try {
       if (m.isRead) await this.read(link, v, m, offset, len);
-      else {
-        await v.target.write(m.data, offset);
-        this.stats.remoteWrites++;
-        link.send([encodeRemoteIoResHead(m.reqId, IO_OK, m.volumeId, 0)]);
-      }
+      else await this.write(link, v, m, offset, len);
     } catch (e) {
       this.log.error({ volume: v.name, offset, len, cause: (e as Error).message }, 'remote IO failed');
       link.send([encodeRemoteIoResHead(m.reqId, EIO, m.volumeId, 0)]);
+    }
+  }
+
+  /**
+   * A failback write. Under the guest writes' range lock: a guest write to the range lands
+   * before it and is mirrored before its answer, or lands after it and is mirrored after (the
+   * hub relies on that order to keep the newer write). Durable before the answer, because the
+   * hub forgets what it wrote back once answered.
+   */
+  private async write(link: LinkPort, v: AgentVolume, m: RemoteIoReq, offset: number, len: number): Promise<void> {
+    const unlock = await this.ranges.lockRange(v, offset, offset + len);
+    try {
+      await v.target.write(m.data, offset);
+      await v.target.flush();
+      this.stats.remoteWrites++;
+      link.send([encodeRemoteIoResHead(m.reqId, IO_OK, m.volumeId, 0)]);
+    } finally {
+      unlock();
     }
   }
 

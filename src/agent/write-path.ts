@@ -95,6 +95,14 @@ export class WritePath implements RegionHolder {
     }
   }
 
+  /**
+   * Hold [start, end) of `v` as a guest write does: failback's remote writes (remote-io.ts) and
+   * guest writes then land on the image in the order their frames leave on the link.
+   */
+  lockRange(v: AgentVolume, start: number, end: number): Promise<() => void> {
+    return this.locks[v.index].lock(start, end);
+  }
+
   /** A guest flush: the log is durable before the data it covers can be, then the image. */
   async flush(name: string): Promise<void> {
     const v = this.volumes.named(name);

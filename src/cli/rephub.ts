@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // rephub: the replication hub (default command) and its operator subcommands.
-import { Command, Option } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import * as path from 'node:path';
 import { Hub } from '../hub/hub';
 import { openFileTarget, openDirectTarget } from '../hub/replica';
@@ -176,6 +176,24 @@ async function post(hub: string, action: string, body: object): Promise<any> {
   return out;
 }
 
+// ---- --winner: one side, or NAME=side pairs ----
+function parseWinner(v: string): string | Record<string, string> {
+  const side = (x: string, what: string) => {
+    if (x === 'recovery' || x === 'protected') return x;
+    throw new InvalidArgumentError(`${what} must be recovery or protected, not "${x}"`);
+  };
+  if (!v.includes('=')) return side(v, '--winner');
+  const out: Record<string, string> = {};
+  for (const pair of v.split(',')) {
+    const i = pair.indexOf('=');
+    const name = pair.slice(0, i).trim();
+    if (i <= 0 || !name) throw new InvalidArgumentError(`"${pair}" is not VOLUME=side`);
+    if (name in out) throw new InvalidArgumentError(`volume ${name} named twice`);
+    out[name] = side(pair.slice(i + 1).trim(), `the winner of ${name}`);
+  }
+  return out;
+}
+
 const ft = program
   .command('failover-test')
   .description('boot-test the replica from a point-in-time view while replication goes on');
@@ -205,8 +223,9 @@ ft.command('start')
 ft.command('stop')
   .description('shut the test exports and discard the test layers')
   .option('--hub <url>', 'hub operator URL', 'http://127.0.0.1:7080')
+  .option('--force', 'disconnect NBD clients still attached to the views (refused otherwise)')
   .action(async (o) => {
-    const r = await post(o.hub, '/failover-test/stop', {});
+    const r = await post(o.hub, '/failover-test/stop', { force: !!o.force });
     for (const v of r.volumes)
       process.stdout.write(
         `${v.name}\tdiscarded (kept ${v.keptBytes} bytes of point-in-time data, test wrote ${v.testWrittenBytes} bytes)\n`,
@@ -225,11 +244,14 @@ program
   .command('failback')
   .description('the protected site is back: write back only the changed regions, then protect in the normal direction')
   .option('--hub <url>', 'hub operator URL', 'http://127.0.0.1:7080')
-  .addOption(
-    new Option('--winner <side>', 'when both sides changed: whose changes win').choices(['recovery', 'protected']),
+  .option(
+    '--winner <side>',
+    'when both sides changed: whose changes win, recovery or protected, for all volumes or per volume (V1=recovery,V2=protected)',
+    parseWinner,
   )
+  .option('--force', 'disconnect NBD clients still attached to the promoted volumes (refused otherwise)')
   .action(async (o) => {
-    const r = await post(o.hub, '/failback', { winner: o.winner });
+    const r = await post(o.hub, '/failback', { winner: o.winner, force: !!o.force });
     for (const v of r.volumes)
       process.stdout.write(
         `${v.name}\tmoved ${v.movedBytes} bytes; changed on recovery side ${v.recoveryChangedBytes}, on protected side ${v.protectedChangedBytes}; winner ${v.winner}\n`,

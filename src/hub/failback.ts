@@ -1,10 +1,11 @@
 // Failback write-back for one agent session: regions of a recovery volume written to the
 // protected volume with remote IO writes (is_read=0), a bounded number in flight, each settled
-// by its REMOTE_IO_RES. Owns the write-backs waiting for their answer.
+// by its REMOTE_IO_RES (which the agent sends once the write is durable). Owns the write-backs
+// waiting for their answer.
 import { SECTOR, IO_OK, encodeRemoteIoReqHead } from '../../protocol';
 import type { RemoteIoRes } from '../../protocol';
 import type { DirtyBitmap } from '../../storage/bitmap';
-import type { Replica } from './replica';
+import type { FailbackWatcher, Replica } from './replica';
 
 export interface WriteBackIo {
   send(bufs: Buffer[]): void;
@@ -14,6 +15,9 @@ export interface WriteBackIo {
 }
 
 interface Pending {
+  first: number; // regions written
+  last: number;
+  watch: FailbackWatcher;
   resolve(): void;
   reject(e: Error): void;
 }
@@ -27,8 +31,11 @@ export class WriteBack {
     private readonly maxBytes: number,
   ) {}
 
-  /** Write `regions` of `rep`'s recovery volume to protected volume `volumeId`; the bytes moved. */
-  async run(rep: Replica, volumeId: number, regions: DirtyBitmap): Promise<number> {
+  /**
+   * Write `regions` of `rep`'s recovery volume to protected volume `volumeId`; the bytes moved.
+   * `watch` hears of each answer as it is applied, in stream order.
+   */
+  async run(rep: Replica, volumeId: number, regions: DirtyBitmap, watch: FailbackWatcher): Promise<number> {
     const regionSize = regions.regionSize,
       max = Math.max(1, Math.floor(this.maxBytes / regionSize));
     let moved = 0;
@@ -41,7 +48,11 @@ export class WriteBack {
         const data = Buffer.allocUnsafe(end - start);
         await rep.target!.base.read(data, start);
         const reqId = this.io.nextReqId();
-        const done = new Promise<void>((resolve, reject) => this.pending.set(reqId, { resolve, reject }));
+        const first = r,
+          last = Math.min(b, r + max) - 1;
+        const done = new Promise<void>((resolve, reject) =>
+          this.pending.set(reqId, { first, last, watch, resolve, reject }),
+        );
         this.io.send([encodeRemoteIoReqHead(reqId, (end - start) / SECTOR, volumeId, start / SECTOR, false), data]);
         moved += end - start;
         const p = done.finally(() => inflight.delete(p));
@@ -58,8 +69,10 @@ export class WriteBack {
     const p = this.pending.get(m.reqId);
     if (!p) return false;
     this.pending.delete(m.reqId);
-    if (m.ioStatus === IO_OK) p.resolve();
-    else p.reject(new Error(`remote write on the protected volume failed: io_status ${m.ioStatus}`));
+    if (m.ioStatus === IO_OK) {
+      p.watch.settled(p.first, p.last); // now, before the next frame is applied: stream order
+      p.resolve();
+    } else p.reject(new Error(`remote write on the protected volume failed: io_status ${m.ioStatus}`));
     return true;
   }
 

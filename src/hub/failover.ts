@@ -5,11 +5,14 @@ import * as fs from 'node:fs';
 import { PointInTimeView } from '../../storage/overlay';
 import { DirtyLog } from '../../storage/dirty-log';
 import { TrackedTarget } from '../../storage/tracking';
-import { DirtyBitmap } from '../../storage/bitmap';
 import type { StateStore } from '../../storage/state';
 import { ExportRegistry, TargetExport } from '../nbd/exports';
 import type { Logger } from '../log';
 import type { Replica, ReplicaOwner, TargetOpener } from './replica';
+import { failBackVolume, Side, VolumeFailbackResult } from './failback-volume';
+
+/** Whose changes win at failback: one side for every volume, or one per volume. */
+export type Winner = Side | Record<string, Side>;
 
 export class FailoverError extends Error {}
 
@@ -129,13 +132,18 @@ export class FailoverController {
     this.h.exports.add(new TargetExport(r.name, target.view));
   }
 
-  stopTest(): Promise<{ volumes: { name: string; keptBytes: number; testWrittenBytes: number }[] }> {
+  /** Refused while NBD clients use the views, unless `force`: they are disconnected first. */
+  stopTest(
+    opts: { force?: boolean } = {},
+  ): Promise<{ volumes: { name: string; keptBytes: number; testWrittenBytes: number }[] }> {
     return this.exclusive(async () => {
       if (!this.test) throw new FailoverError('no failover test is running');
+      this.refuseAttached(this.test.volumes, opts.force, 'stopping the failover test');
+      // its clients are cut off before the layers go (all at once: none can attach in between)
+      await Promise.all(this.test.volumes.map((n) => this.h.exports.remove(n)));
       const out: { name: string; keptBytes: number; testWrittenBytes: number }[] = [];
       for (const name of this.test.volumes) {
         const r = this.replica(name);
-        await this.h.exports.remove(name); // its clients are cut off before the layers go
         const drop = async () => {
           const view = r.target?.view;
           if (!view) return;
@@ -189,6 +197,7 @@ export class FailoverController {
     const maps = {
       recoveryChanged: DirtyLog.open(path.join(dir, `${r.name}.recovery.map`), size, rs, false),
       protectedChanged: DirtyLog.open(path.join(dir, `${r.name}.protected.map`), size, rs, false),
+      failingBack: null,
     };
     r.enterFailover(maps);
     // The recovery VM's disk: recovery-changed tracking over the replica's own stack below its guard
@@ -199,12 +208,16 @@ export class FailoverController {
   /**
    * The original site is back: make the protected volumes equal to the recovery volumes by
    * writing back only regions either side changed (plus what the hub never received), then
-   * resume protection. `winner: 'protected'` instead throws the recovery side's changes away.
+   * resume protection. A volume whose winner is 'protected' throws the recovery side's changes
+   * away instead. Volume by volume (failback-volume.ts), each leaving the failover record only
+   * once it is done: a crash in between leaves the rest failed over, and failback runs again.
    */
-  failback(opts: { winner?: 'recovery' | 'protected' }): Promise<{ volumes: object[] }> {
+  failback(opts: { winner?: Winner; force?: boolean }): Promise<{ volumes: VolumeFailbackResult[] }> {
     return this.exclusive(async () => {
       if (!this.failover) throw new FailoverError('not failed over: nothing to fail back');
-      const reps = this.failover.volumes.map((n) => this.replica(n));
+      const names = this.failover.volumes;
+      const reps = names.map((n) => this.replica(n));
+      const winners = winnersOf(names, opts.winner);
       const missing = reps.filter((r) => !this.ownerOf(r));
       if (missing.length)
         throw new FailoverError(
@@ -212,47 +225,73 @@ export class FailoverController {
         );
       const diverged = reps.filter(
         (r) =>
-          r.failover!.protectedChanged.bitmap.dirtyRegions > 0 && r.failover!.recoveryChanged.bitmap.dirtyRegions > 0,
+          !winners.has(r.name) &&
+          r.failover!.protectedChanged.bitmap.dirtyRegions > 0 &&
+          r.failover!.recoveryChanged.bitmap.dirtyRegions > 0,
       );
-      if (diverged.length && !opts.winner) {
+      if (diverged.length) {
         throw new FailoverError(
-          `both sides changed since the failover (${diverged.map((r) => `${r.name}: ${r.failover!.recoveryChanged.bitmap.dirtyBytes} bytes on the recovery side, ${r.failover!.protectedChanged.bitmap.dirtyBytes} on the protected side`).join('; ')}); choose which wins (winner recovery or protected)`,
+          `both sides changed since the failover (${diverged.map((r) => `${r.name}: ${r.failover!.recoveryChanged.bitmap.dirtyBytes} bytes on the recovery side, ${r.failover!.protectedChanged.bitmap.dirtyBytes} on the protected side`).join('; ')}); choose which wins (winner recovery or protected, for all or per volume: V1=recovery,V2=protected)`,
         );
       }
-      for (const r of reps) await this.h.exports.remove(r.name); // the recovery VM must be gone now
-      const out = [];
+      this.refuseAttached(names, opts.force, 'failback');
+      await Promise.all(names.map((n) => this.h.exports.remove(n))); // the recovery VM must be gone now
+      const out: VolumeFailbackResult[] = [];
       for (const r of reps) {
-        const s = this.ownerOf(r)!;
-        const f = r.failover!;
-        const union = new DirtyBitmap(r.record!.sizeBytes, r.record!.regionSize);
-        for (const bm of [f.recoveryChanged.bitmap, f.protectedChanged.bitmap, r.bitmap!])
-          for (const [a, b] of bm.runs()) union.setRegions(a, b - 1);
-        let moved = 0;
-        if (opts.winner === 'protected') {
-          // Resync protected -> recovery over everything either side touched.
-          for (const [a, b] of union.runs()) r.bitmap!.setRegions(a, b - 1);
-          await r.commitDirty();
-        } else {
-          moved = await s.writeBack(r, union);
-          for (const [a, b] of union.runs()) r.bitmap!.clearRegions(a, b - 1);
-        }
-        out.push({
-          name: r.name,
-          movedBytes: moved,
-          recoveryChangedBytes: f.recoveryChanged.bitmap.dirtyBytes,
-          protectedChangedBytes: f.protectedChanged.bitmap.dirtyBytes,
-          winner: opts.winner ?? 'recovery',
-        });
-        r.endFailover();
-        await r.newGeneration();
-        r.setState(opts.winner === 'protected' ? 'syncing' : 'protecting');
-        s.pump();
+        const done = await failBackVolume(r, this.ownerOf(r)!, winners.get(r.name) ?? 'recovery');
+        await this.finishFailback(r, done.winner);
+        out.push(done);
       }
-      fs.rmSync(path.join(this.h.layersDir, 'failover'), { recursive: true, force: true });
-      this.h.store.putMeta('failover', undefined);
-      this.failover = null;
       this.h.log.warn({ volumes: out }, 'FAILBACK done: protection resumed in the normal direction');
       return { volumes: out };
     });
   }
+
+  /** Step 3 of a volume's failback: its maps go (files first), then it leaves the failover record. */
+  private async finishFailback(r: Replica, winner: Side): Promise<void> {
+    r.endFailover();
+    await r.newGeneration();
+    r.setState(winner === 'protected' || r.bitmap!.dirtyRegions > 0 ? 'syncing' : 'protecting');
+    for (const side of ['recovery', 'protected'])
+      fs.rmSync(path.join(this.h.layersDir, 'failover', `${r.name}.${side}.map`), { force: true });
+    const left = this.failover!.volumes.filter((n) => n !== r.name);
+    this.failover = left.length ? { ...this.failover!, volumes: left } : null;
+    this.h.store.putMeta('failover', this.failover ?? undefined);
+    this.h.log.info({ volume: r.name, winner, left }, 'failback of the volume done');
+    this.ownerOf(r)?.pump();
+  }
+
+  /** Exports about to go must have no NBD client left, unless `force` (they are cut off then). */
+  private refuseAttached(names: string[], force: boolean | undefined, what: string): void {
+    const held = names.map((n) => ({ n, c: this.h.exports.attachedClients(n) })).filter((x) => x.c > 0);
+    if (held.length === 0) return;
+    const list = held.map(({ n, c }) => `${n} (${c} client${c === 1 ? '' : 's'})`).join(', ');
+    if (!force)
+      throw new FailoverError(
+        `${what} refused: NBD clients are still attached to ${list}; shut them down, or use force to disconnect them`,
+      );
+    this.h.log.warn({ volumes: held.map((x) => x.n), action: what }, `${what}: disconnecting NBD clients of ${list}`);
+  }
+}
+
+/** The winner of each volume: one side for all, or a side per named volume (checked). */
+function winnersOf(volumes: string[], w: Winner | undefined): Map<string, Side> {
+  const out = new Map<string, Side>();
+  const isSide = (v: unknown): v is Side => v === 'recovery' || v === 'protected';
+  if (w === undefined) return out;
+  if (typeof w === 'string') {
+    if (!isSide(w)) throw new FailoverError(`winner must be "recovery" or "protected", not ${JSON.stringify(w)}`);
+    for (const n of volumes) out.set(n, w);
+    return out;
+  }
+  for (const [n, side] of Object.entries(w)) {
+    if (!volumes.includes(n))
+      throw new FailoverError(
+        `winner names volume ${n}, which is not failed over (failed over: ${volumes.join(', ')})`,
+      );
+    if (!isSide(side))
+      throw new FailoverError(`winner of ${n} must be "recovery" or "protected", not ${JSON.stringify(side)}`);
+    out.set(n, side);
+  }
+  return out;
 }

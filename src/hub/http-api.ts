@@ -14,9 +14,9 @@ const NOT_FOUND =
 /** What the operator can ask for; the failover controller does it. */
 export interface OperatorActions {
   startTest(opts: { vm?: string; force?: boolean }): Promise<unknown>;
-  stopTest(): Promise<unknown>;
+  stopTest(opts: { force?: boolean }): Promise<unknown>;
   failoverNow(opts: { force?: boolean }): Promise<unknown>;
-  failback(opts: { winner?: 'recovery' | 'protected' }): Promise<unknown>;
+  failback(opts: { winner?: Side | Record<string, Side>; force?: boolean }): Promise<unknown>;
 }
 
 export interface HttpApiOptions {
@@ -41,20 +41,31 @@ function optionalString(b: Body, key: string): string | undefined {
   throw new BadRequest(`${key} must be a string`);
 }
 
-function winnerOf(b: Body): 'recovery' | 'protected' | undefined {
+type Side = 'recovery' | 'protected';
+
+/** winner: one side for every volume, or an object naming a side per volume (names checked later). */
+function winnerOf(b: Body): Side | Record<string, Side> | undefined {
   const v = b.winner;
   if (v === undefined || v === null) return undefined;
   // anything else would silently mean "recovery wins" and throw the protected side's changes away
-  if (v === 'recovery' || v === 'protected') return v;
-  throw new BadRequest('winner must be "recovery" or "protected"');
+  const isSide = (x: unknown): x is Side => x === 'recovery' || x === 'protected';
+  if (isSide(v)) return v;
+  if (typeof v !== 'object' || Array.isArray(v))
+    throw new BadRequest('winner must be "recovery", "protected" or an object of volume name -> side');
+  const out: Record<string, Side> = {};
+  for (const [name, side] of Object.entries(v)) {
+    if (!isSide(side)) throw new BadRequest(`winner of volume ${name} must be "recovery" or "protected"`);
+    out[name] = side;
+  }
+  return out;
 }
 
 function routes(a: OperatorActions): Record<string, (b: Body) => Promise<unknown>> {
   return {
     '/failover-test/start': (b) => a.startTest({ vm: optionalString(b, 'vm'), force: !!b.force }),
-    '/failover-test/stop': () => a.stopTest(),
+    '/failover-test/stop': (b) => a.stopTest({ force: !!b.force }),
     '/failover': (b) => a.failoverNow({ force: !!b.force }),
-    '/failback': (b) => a.failback({ winner: winnerOf(b) }),
+    '/failback': (b) => a.failback({ winner: winnerOf(b), force: !!b.force }),
   };
 }
 

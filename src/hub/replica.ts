@@ -17,6 +17,16 @@ export type ReplicaState = 'unprotected' | 'syncing' | 'protecting' | 'degraded'
 export interface FailoverMaps {
   recoveryChanged: DirtyLog; // written by the recovery VM
   protectedChanged: DirtyLog; // written on the protected side (mirrored or reported) meanwhile
+  /** Set while failback writes back (winner recovery): protected writes are applied again. */
+  failingBack: FailbackWatcher | null;
+}
+
+/** Failback's view of the write stream (failback-volume.ts's FailbackWatch). */
+export interface FailbackWatcher {
+  /** A protected write to regions [first, last] is applied, in stream order, during failback. */
+  protectedWrite(first: number, last: number): void;
+  /** The agent durably wrote back regions [first, last] (answered in stream order). */
+  settled(first: number, last: number): void;
 }
 
 export interface ReplicaSpec {
@@ -36,7 +46,7 @@ export interface ReplicaOwner {
   /** Like barrier(), at the agent's next flush marker if one comes within `waitMs`. */
   barrierAtFlush<T>(fn: () => Promise<T> | T, waitMs: number): Promise<T>;
   /** Failback: write `regions` of the recovery volume to the protected volume; the bytes moved. */
-  writeBack(replica: Replica, regions: DirtyBitmap): Promise<number>;
+  writeBack(replica: Replica, regions: DirtyBitmap, watch: FailbackWatcher): Promise<number>;
   /** Issue remote reads for what is dirty now. */
   pump(): void;
 }
@@ -275,6 +285,22 @@ export class Replica {
     rec.generation += 1;
     await this.store.putVolume(rec, true);
     return rec.generation;
+  }
+
+  /**
+   * Failback starts writing back (at a point of the write stream): protected writes are applied
+   * from now on and reported to `watch`. The replica's own dirty bits (what the hub never
+   * received) move to the recovery-changed map first, so a crash in failback still finds them.
+   */
+  beginFailback(watch: FailbackWatcher): void {
+    const f = this.failover,
+      bm = this.bitmap!;
+    assert(f !== null && f.failingBack === null, 'failback starts once, on a promoted replica');
+    for (const [a, b] of bm.runs())
+      f.recoveryChanged.mark(a * bm.regionSize, Math.min(b * bm.regionSize, bm.sizeBytes));
+    bm.clearRegions(0, bm.regionOf(bm.sizeBytes - 1));
+    f.failingBack = watch;
+    this.log.info({ volume: this.name }, 'failback: writing back; protected writes are applied again');
   }
 
   /** Failback done: the failover maps are closed and dropped. */

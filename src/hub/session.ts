@@ -18,7 +18,7 @@ import type { DirtyBitmap } from '../../storage/bitmap';
 import type { Logger } from '../log';
 import type { BufferPool } from '../buffer-pool';
 import { Link, LinkIo } from '../link/link';
-import type { Replica, ReplicaOwner, TargetOpener } from './replica';
+import type { FailbackWatcher, Replica, ReplicaOwner, TargetOpener } from './replica';
 import { ApplyQueue } from './apply-queue';
 import { GroupCommit } from './group-commit';
 import { SyncEngine, VolumeSync } from './sync';
@@ -310,11 +310,11 @@ export class AgentSession implements ReplicaOwner {
   }
 
   /** Failback of `replica`'s `regions`; waits for an attach of it still being applied. */
-  async writeBack(replica: Replica, regions: DirtyBitmap): Promise<number> {
+  async writeBack(replica: Replica, regions: DirtyBitmap, watch: FailbackWatcher): Promise<number> {
     let sync = this.sync.of(replica);
     if (!sync) sync = await this.queue.barrier(() => this.sync.of(replica));
     if (!sync) throw new Error(`volume ${replica.name} is not attached to the agent session of VM ${this.vm}`);
-    return this.writeBacks.run(replica, sync.volumeId, regions);
+    return this.writeBacks.run(replica, sync.volumeId, regions, watch);
   }
 
   pump(): void {

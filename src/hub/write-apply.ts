@@ -1,6 +1,7 @@
 // Applying protected writes to recovery volumes: inline when nothing is queued before the write
 // (applyNow: no queue entry, no promise), or from the apply queue; a failed recovery volume
-// write keeps its regions dirty. Failed over, a write is only recorded until failback.
+// write keeps its regions dirty. Failed over, a write is only recorded until failback starts
+// writing back; then it is applied and reported to failback too (failback-volume.ts).
 import { SECTOR, IO_OK } from '../../protocol';
 import type { ProtectedWrite } from '../../protocol';
 import type { Replica } from './replica';
@@ -30,14 +31,16 @@ export class WriteApplier {
       end = start + m.sizeSectors * SECTOR;
     const rep = sync.replica,
       bm = sync.bitmap;
-    if (rep.failover) {
-      // Promoted replica: the protected side's writes are recorded, not applied, until failback.
-      rep.failover.protectedChanged.mark(start, end);
-      this.commit.applied(null);
-      return;
-    }
     const first = bm.regionOf(start),
       last = bm.regionOf(end - 1);
+    if (rep.failover) {
+      // Promoted replica: the protected side's writes are recorded, not applied, until failback
+      // writes back; from then on they are applied too, and failback hears of each (in order).
+      rep.failover.protectedChanged.mark(start, end);
+      const back = rep.failover.failingBack;
+      if (!back) return this.commit.applied(null);
+      back.protectedWrite(first, last);
+    }
     sync.touch(first, last);
     let target: Replica | null = null;
     if (m.ioStatus !== IO_OK) {

@@ -72,6 +72,11 @@ export class ExportRegistry {
     return [...this.entries.keys()];
   }
 
+  /** How many NBD connections are attached to `name` now (0 when it is not served). */
+  attachedClients(name: string): number {
+    return this.entries.get(name)?.users.size ?? 0;
+  }
+
   /** Serve `exp` under its name. One already there is replaced: its connections are closed. */
   add(exp: NbdExport): void {
     const old = this.entries.get(exp.name);
