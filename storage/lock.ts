@@ -37,7 +37,7 @@ function holderPid(file: string): number | undefined {
   }
 }
 
-function flockLock(file: string, what: string): FileLock {
+export function flockLock(file: string, what: string): FileLock {
   const a = nativeAddon!;
   // A device (a recovery volume on a block device) is locked itself, opened read-only and never
   // written: the pid goes only into a lock file of our own.
@@ -82,7 +82,7 @@ function alive(pid: number): boolean {
  * process in another pid namespace or on another host (shared storage), and a lock file left by
  * a crash stays on disk. It still stops the common mistake: a second hub started by hand.
  */
-function pidFileLock(file: string, what: string): FileLock {
+export function pidFileLock(file: string, what: string): FileLock {
   for (let attempt = 0; ; attempt++) {
     // a bound: each turn cleared one stale file; a third means someone keeps recreating it
     if (attempt >= 3) throw new LockHeldError(file, what, holderPid(file));
@@ -127,14 +127,23 @@ export const dataLockPath = (dataDir: string): string => path.join(dataDir, 'rep
  * target share one lock. (Two hard links to one file still have two lock files.)
  */
 export function volumeLockPath(volumePath: string): string {
-  let real: string;
-  try {
-    real = fs.realpathSync(volumePath);
-    if (fs.statSync(real).isBlockDevice() && nativeAddon?.flock) return real;
-  } catch {
-    real = path.join(fs.realpathSync(path.dirname(path.resolve(volumePath))), path.basename(volumePath));
-  }
+  const real = resolveVolume(volumePath);
+  if (nativeAddon?.flock && fs.statSync(real, { throwIfNoEntry: false })?.isBlockDevice()) return real;
   return `${real}.lock`;
+}
+
+/** realpath, also for a volume not created yet, through a symlink that dangles until then. */
+function resolveVolume(volumePath: string): string {
+  let p = path.resolve(volumePath);
+  for (let hops = 0; hops < 40; hops++) {
+    try {
+      return fs.realpathSync(p);
+    } catch {
+      if (!fs.lstatSync(p, { throwIfNoEntry: false })?.isSymbolicLink()) break;
+      p = path.resolve(path.dirname(p), fs.readlinkSync(p));
+    }
+  }
+  return path.join(fs.realpathSync(path.dirname(p)), path.basename(p));
 }
 
 /**
