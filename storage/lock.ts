@@ -15,8 +15,10 @@ export class LockHeldError extends Error {
     readonly pid: number | undefined,
   ) {
     super(
-      `${what} is in use by another process${pid ? ` (pid ${pid})` : ''}: lock ${lockPath} is held; ` +
-        'two hubs on the same state or recovery volume would overwrite each other',
+      pid === process.pid
+        ? `${what} is given twice to this hub (lock ${lockPath})`
+        : `${what} is in use by another process${pid ? ` (pid ${pid})` : ''}: lock ${lockPath} is held; ` +
+            'two hubs on the same state or recovery volume would overwrite each other',
     );
   }
 }
@@ -76,39 +78,44 @@ function alive(pid: number): boolean {
 }
 
 /**
- * Without the addon: an O_EXCL pid file, taken over when its pid is gone. Weaker than flock: a
- * pid reused by an unrelated process after kill -9 keeps the lock held (the operator must remove
- * the file), two contenders clearing the same stale file at once can both win, a pid names no
- * process in another pid namespace or on another host (shared storage), and a lock file left by
- * a crash stays on disk. It still stops the common mistake: a second hub started by hand.
+ * Without the addon: a pid file, created whole (written beside it, then link(2)ed into place,
+ * which fails if the file exists: an O_EXCL create that is never seen half written), and taken
+ * over when its pid is gone. Weaker than flock: a pid reused by an unrelated process after
+ * kill -9 keeps the lock held (the operator must remove the file), two contenders clearing the
+ * same stale file at once can both win, a pid names no process in another pid namespace or on
+ * another host (shared storage), and a lock file left by a crash stays on disk. It still stops
+ * the common mistake: a second hub started by hand.
  */
 export function pidFileLock(file: string, what: string): FileLock {
-  for (let attempt = 0; ; attempt++) {
-    // a bound: each turn cleared one stale file; a third means someone keeps recreating it
-    if (attempt >= 3) throw new LockHeldError(file, what, holderPid(file));
-    let fd: number;
-    try {
-      fd = fs.openSync(file, 'wx', 0o644);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+  const tmp = `${file}.${process.pid}.tmp`;
+  fs.writeFileSync(tmp, `${process.pid}\n`, { mode: 0o644 });
+  try {
+    for (let attempt = 0; ; attempt++) {
+      // a bound: each turn cleared one stale file; a third means someone keeps recreating it
+      if (attempt >= 3) throw new LockHeldError(file, what, holderPid(file));
+      try {
+        fs.linkSync(tmp, file);
+        break;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      }
       const pid = holderPid(file);
       if (pid !== undefined && (pid === process.pid || alive(pid))) throw new LockHeldError(file, what, pid);
-      fs.rmSync(file, { force: true }); // stale: its hub is gone (or it was never written)
-      continue;
+      fs.rmSync(file, { force: true }); // stale: its hub is gone (or the file is not ours at all)
     }
-    fs.writeSync(fd, `${process.pid}\n`);
-    fs.closeSync(fd);
-    let held = true;
-    return {
-      path: file,
-      kind: 'pidfile',
-      release() {
-        if (!held) return;
-        held = false;
-        if (holderPid(file) === process.pid) fs.rmSync(file, { force: true });
-      },
-    };
+  } finally {
+    fs.rmSync(tmp, { force: true });
   }
+  let held = true;
+  return {
+    path: file,
+    kind: 'pidfile',
+    release() {
+      if (!held) return;
+      held = false;
+      if (holderPid(file) === process.pid) fs.rmSync(file, { force: true });
+    },
+  };
 }
 
 /** Takes the exclusive lock on `file` (created if missing) or throws LockHeldError. */

@@ -6,7 +6,7 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { tmpdir, makeImage } from './harness/util';
 import { HubProcess, CLI, v1Hub } from './harness/hub-process';
 import { AgentProcess, v1Agent } from './harness/agent-process';
@@ -16,20 +16,38 @@ const MiB = 1 << 20;
 const qio = (uri: string, cmd: string) =>
   execFileSync('qemu-io', ['-f', 'raw', '-c', cmd, uri], { timeout: 60_000, stdio: ['ignore', 'pipe', 'pipe'] });
 
+/**
+ * A process run to its exit without blocking the event loop (a blocked loop lets the server
+ * close the test's idle keep-alive socket unseen); killed after `timeoutMs`.
+ */
+function runToExit(
+  args: string[],
+  timeoutMs: number,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<{ status: number | null; out: string; stderr: string }> {
+  const p = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '',
+    stderr = '';
+  p.stdout.on('data', (d) => (out += d));
+  p.stderr.on('data', (d) => (stderr += d));
+  const timer = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
+  return new Promise((resolve) =>
+    p.on('close', (status) => {
+      clearTimeout(timer);
+      resolve({ status, out: out + stderr, stderr });
+    }),
+  );
+}
+
 /** A hub run to its exit (a refused one exits at once; one that starts is killed after 10 s). */
 async function runHub(...args: string[]): Promise<{ status: number | null; stderr: string }> {
-  const ports = ['--listen', '--http', '--nbd'];
   const addr: string[] = [];
-  for (const p of ports) addr.push(p, `127.0.0.1:${await freePort()}`);
-  const r = spawnSync(process.execPath, [CLI, ...addr, ...args], { timeout: 10_000, encoding: 'utf8' });
-  return { status: r.status, stderr: r.stderr };
+  for (const p of ['--listen', '--http', '--nbd']) addr.push(p, `127.0.0.1:${await freePort()}`);
+  return runToExit([CLI, ...addr, ...args], 10_000);
 }
 
 /** The CLI as an operator runs it. */
-function cli(...args: string[]): { status: number | null; out: string } {
-  const r = spawnSync(process.execPath, [CLI, ...args], { timeout: 30_000, encoding: 'utf8' });
-  return { status: r.status, out: r.stdout + r.stderr };
-}
+const cli = (...args: string[]) => runToExit([CLI, ...args], 30_000);
 
 describe('hub lock on --data and recovery volumes, operator API token', function () {
   this.timeout(180_000);
@@ -115,20 +133,20 @@ describe('hub lock on --data and recovery volumes, operator API token', function
     const url = `http://127.0.0.1:${hub.httpPort}`;
     const wrong = path.join(dir, 'wrong-token');
     fs.writeFileSync(wrong, 'nope\n', { mode: 0o600 });
-    const refused = cli('failover-test', 'start', '--hub', url, '--admin-token-file', wrong);
+    const refused = await cli('failover-test', 'start', '--hub', url, '--admin-token-file', wrong);
     assert.notEqual(refused.status, 0);
     assert.match(refused.out, /Authorization: Bearer/);
     assert.equal((await hub.status()).failoverTest, null);
-    const missing = cli('failover-test', 'start', '--hub', url, '--admin-token-file', path.join(dir, 'none'));
+    const missing = await cli('failover-test', 'start', '--hub', url, '--admin-token-file', path.join(dir, 'none'));
     assert.notEqual(missing.status, 0);
     assert.match(missing.out, /admin token file .*none/);
-    const ok = cli('failover-test', 'start', '--hub', url, '--admin-token-file', hub.adminTokenFile);
+    const ok = await cli('failover-test', 'start', '--hub', url, '--admin-token-file', hub.adminTokenFile);
     assert.equal(ok.status, 0, ok.out);
     assert.match(ok.out, /^V1\tnbd:\/\//m);
     assert.notEqual((await hub.status()).failoverTest, null);
-    const r = spawnSync(process.execPath, [CLI, 'failover-test', 'stop', '--hub', url], {
-      env: { ...process.env, REPHUB_ADMIN_TOKEN_FILE: hub.adminTokenFile },
-      encoding: 'utf8',
+    const r = await runToExit([CLI, 'failover-test', 'stop', '--hub', url], 30_000, {
+      ...process.env,
+      REPHUB_ADMIN_TOKEN_FILE: hub.adminTokenFile,
     });
     assert.equal(r.status, 0, r.stderr);
     assert.equal((await hub.status()).failoverTest, null);
