@@ -10,6 +10,12 @@ export interface NativeAddon {
   fadvise(fd: number, offset: number, length: number, advice: number): number;
   seek(fd: number, offset: number, whence: number): number;
   misalign?(buf: Buffer, align: number): number; // absent in an addon built before it
+  /** flock(2): 0 or -errno; absent in an addon built before it. */
+  flock?(fd: number, operation: number): number;
+  LOCK_EX?: number;
+  LOCK_NB?: number;
+  LOCK_UN?: number;
+  EWOULDBLOCK?: number;
   crc32(data: Buffer, prev: number): number;
   CRC32_FOLDED: number; // non-zero when the CPU has carry-less multiply folding
   RANDOM: number;

@@ -2,13 +2,15 @@
 // has neither. fadvise: the kernel's readahead turns bulk reads into large page-cache folios
 // that make every later 4 KiB write to them walk hundreds of buffer heads (ext4, Linux >= 6.16),
 // so a bulk reader opens its own fd and advises RANDOM. seek: the sync reads holes as holes.
-// misalign: where a buffer sits in memory, for O_DIRECT writes.
+// misalign: where a buffer sits in memory, for O_DIRECT writes. flock: the hub's exclusive lock
+// on its --data directory and recovery volumes, which the kernel drops when the process dies.
 #define _GNU_SOURCE
 #define NAPI_VERSION 8
 #include <node_api.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 static napi_value fadvise(napi_env env, napi_callback_info info) {
@@ -85,6 +87,26 @@ static napi_value misalign(napi_env env, napi_callback_info info) {
   return out;
 }
 
+// flock(fd, operation) -> 0, or -errno (EWOULDBLOCK: LOCK_NB and another open file holds it).
+// The lock belongs to the open file description, so it lasts while fd is open and ends with the
+// process however it ends (kill -9 included): no stale lock blocks a restart.
+static napi_value flock_(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int32_t fd, op;
+  napi_value out;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 2 ||
+      napi_get_value_int32(env, argv[0], &fd) != napi_ok || napi_get_value_int32(env, argv[1], &op) != napi_ok) {
+    napi_throw_type_error(env, NULL, "flock(fd, operation): two integers");
+    return NULL;
+  }
+  int r;
+  do r = flock(fd, op);
+  while (r < 0 && errno == EINTR);
+  napi_create_int32(env, r < 0 ? -errno : 0, &out);
+  return out;
+}
+
 static void constant(napi_env env, napi_value exports, const char *name, int32_t v) {
   napi_value n;
   napi_create_int32(env, v, &n);
@@ -101,6 +123,12 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_set_named_property(env, exports, "seek", fn);
   napi_create_function(env, "misalign", NAPI_AUTO_LENGTH, misalign, NULL, &fn);
   napi_set_named_property(env, exports, "misalign", fn);
+  napi_create_function(env, "flock", NAPI_AUTO_LENGTH, flock_, NULL, &fn);
+  napi_set_named_property(env, exports, "flock", fn);
+  constant(env, exports, "LOCK_EX", LOCK_EX);
+  constant(env, exports, "LOCK_NB", LOCK_NB);
+  constant(env, exports, "LOCK_UN", LOCK_UN);
+  constant(env, exports, "EWOULDBLOCK", EWOULDBLOCK);
   constant(env, exports, "CRC32_FOLDED", rephub_crc32_folded());
   constant(env, exports, "SEEK_DATA", SEEK_DATA);
   constant(env, exports, "SEEK_HOLE", SEEK_HOLE);

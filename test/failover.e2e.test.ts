@@ -136,6 +136,8 @@ describe('failover test, failover and failback', function () {
         'start',
         '--hub',
         `http://127.0.0.1:${hub.httpPort}`,
+        '--admin-token-file',
+        hub.adminTokenFile,
         '--launch',
         `bash ${path.join(__dirname, '../../tools/tiny-vm.sh')} {V1} rephub-ft 4`,
       ],

@@ -1,6 +1,7 @@
 // The hub's HTTP API on its own, over a fake status source and fake operator actions: routes,
 // the body checks (a non-object body or a bad field is a 400 before any action runs), the body
-// limit (413), and the mapping of a refused action to 409 and a failure to 500.
+// limit (413), the mapping of a refused action to 409 and a failure to 500, and the operator
+// gate: no token or a wrong one is 401, a content type other than JSON 415, and nothing runs.
 import { strict as assert } from 'node:assert';
 import * as http from 'node:http';
 import { HttpApi, OperatorActions } from '../src/hub/http-api';
@@ -9,9 +10,17 @@ import { silentLogger } from '../src/log';
 
 class Refused extends Error {}
 
-function post(port: number, url: string, body: string | Buffer): Promise<{ status: number; body: any }> {
+const TOKEN = 'sesame-0123456789abcdef';
+const GOOD = { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' };
+
+function post(
+  port: number,
+  url: string,
+  body: string | Buffer,
+  headers: http.OutgoingHttpHeaders = GOOD,
+): Promise<{ status: number; body: any }> {
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port, path: url, method: 'POST' }, (res) => {
+    const req = http.request({ host: '127.0.0.1', port, path: url, method: 'POST', headers }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c) => chunks.push(c));
       res.on('end', () => resolve({ status: res.statusCode!, body: JSON.parse(Buffer.concat(chunks).toString()) }));
@@ -51,6 +60,7 @@ describe('hub HTTP API (http-api.ts)', () => {
     monitor,
     actions,
     isRefusal: (e) => e instanceof Refused,
+    adminToken: TOKEN,
     log: silentLogger(),
   });
   let port = 0;
@@ -117,5 +127,34 @@ describe('hub HTTP API (http-api.ts)', () => {
     const small = 'vm-é-' + 'ü'.repeat(20000);
     assert.equal((await post(port, '/failover-test/start', JSON.stringify({ vm: small }))).status, 200);
     assert.deepEqual(calls, [['startTest', { vm: small, force: false }]]);
+  });
+
+  it('refuses a POST without the admin token (401) or without a JSON content type (415), and runs nothing', async () => {
+    const json = { 'content-type': 'application/json' };
+    const cases: [http.OutgoingHttpHeaders, number][] = [
+      [json, 401],
+      [{ ...json, authorization: 'Bearer wrong' }, 401],
+      [{ ...json, authorization: `Bearer ${TOKEN}x` }, 401],
+      [{ ...json, authorization: TOKEN }, 401], // not a bearer credential
+      [{ ...json, authorization: `Basic ${TOKEN}` }, 401],
+      [{ authorization: `Bearer ${TOKEN}` }, 415],
+      [{ authorization: `Bearer ${TOKEN}`, 'content-type': 'text/plain' }, 415],
+      [{ authorization: `Bearer ${TOKEN}`, 'content-type': 'application/x-www-form-urlencoded' }, 415],
+      [{}, 401], // what a cross-site form post carries
+    ];
+    for (const [headers, code] of cases) {
+      for (const url of ['/failover-test/start', '/failback', '/failover', '/no-such-action']) {
+        const r = await post(port, url, '{}', headers);
+        assert.equal(r.status, code, `${url} ${JSON.stringify(headers)}`);
+        assert.equal(typeof r.body.error, 'string');
+      }
+    }
+    assert.deepEqual(calls, []);
+    const ok = await post(port, '/failover-test/start', '{}', {
+      authorization: `bearer  ${TOKEN}`,
+      'content-type': 'Application/JSON; charset=utf-8',
+    });
+    assert.equal(ok.status, 200, 'scheme and media type are case-insensitive, parameters allowed');
+    assert.equal((await fetch(`http://127.0.0.1:${port}/status`)).status, 200, 'GET stays open');
   });
 });

@@ -23,6 +23,7 @@ Try:
   node dist/src/cli/rephub.js status
   qemu-io -f raw -c 'write -P 0x5a 0 1M' nbd://127.0.0.1:10809/V1
   cmp $D/V1.img $D/V1R && echo replica equal
+  node dist/src/cli/rephub.js failover-test start --admin-token-file $D/hub-state/admin-token
   qemu-system-x86_64 -m 512 -drive file=nbd://127.0.0.1:10809/V1,format=raw,if=virtio ...
 Ctrl-C to stop.
 MSG

@@ -9,6 +9,13 @@ import { makeLogger } from '../log';
 import { parseHostPort, parseVolSpec, parseSize, parseMillis, fillLaunch, warnIfNoNative } from './args';
 import { renderStatus } from './format';
 import { enabled as tlsEnabled, serverOptions } from '../security';
+import { FileLock, LockHeldError, lockHubState } from '../../storage/lock';
+import { TOKEN_FILE_ENV, cliTokenFile, hubToken, readTokenFile, readableByOthers } from './admin-token';
+import type { Logger } from '../log';
+
+/** Exit codes of `rephub serve`: documented in --help. */
+const EXIT_START_FAILED = 2;
+const EXIT_LOCKED = 3;
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
@@ -28,6 +35,7 @@ async function serve(o: {
   nbdTls?: boolean;
   commitInterval: string;
   cache: string;
+  adminTokenFile?: string;
 }) {
   if (o.logPretty) process.env.LOG_PRETTY = '1';
   const log = makeLogger('rephub', o.logLevel);
@@ -39,14 +47,9 @@ async function serve(o: {
   const commitIntervalMs = parseMillis(o.commitInterval, '--commit-interval', 1000);
   if (o.vol.length === 0) throw new Error('give at least one --vol (e.g. --vol V1R)');
   const volumes = o.vol.map(parseVolSpec);
+  const { locks, adminToken } = claimHubState(o.data, volumes, o.adminTokenFile, log);
   const store = new LmdbStateStore(path.resolve(o.data));
-  const tls = { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa, pskFile: o.pskFile };
-  if (!tlsEnabled(tls))
-    log.warn(
-      { listen: o.listen },
-      'agent link is plaintext and unauthenticated: use --tls-* or --psk-file outside a lab',
-    );
-  else serverOptions(tls); // fail fast on bad files
+  const tls = checkTls(o, log);
   if (o.cache !== 'writeback' && o.cache !== 'none') throw new Error(`--cache ${o.cache}: writeback or none`);
   const hub = new Hub({
     volumes,
@@ -58,6 +61,7 @@ async function serve(o: {
     nbdTls: !!o.nbdTls,
     session: { commitIntervalMs },
     openTarget: o.cache === 'none' ? openDirectTarget : openFileTarget,
+    adminToken,
   });
   const a = await hub.listen(listen.host, listen.port);
   const h = await hub.listenHttp(httpAddr.host, httpAddr.port);
@@ -75,10 +79,52 @@ async function serve(o: {
   const stop = async (sig: string) => {
     log.info({ signal: sig }, 'shutting down');
     await hub.close();
+    for (const l of locks) l.release();
     process.exit(0);
   };
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGTERM', () => void stop('SIGTERM'));
+}
+
+function checkTls(
+  o: { tlsCert?: string; tlsKey?: string; tlsCa?: string; pskFile?: string; listen: string },
+  log: Logger,
+) {
+  const tls = { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa, pskFile: o.pskFile };
+  if (!tlsEnabled(tls))
+    log.warn(
+      { listen: o.listen },
+      'agent link is plaintext and unauthenticated: use --tls-* or --psk-file outside a lab',
+    );
+  else serverOptions(tls); // fail fast on bad files
+  return tls;
+}
+
+/**
+ * Before anything opens LMDB or a recovery volume: this hub's exclusive locks on --data and on
+ * each recovery volume (held until the process ends), then the operator API's admin token.
+ */
+function claimHubState(
+  data: string,
+  volumes: { path: string }[],
+  tokenFile: string | undefined,
+  log: Logger,
+): { locks: FileLock[]; adminToken: string } {
+  const dataDir = path.resolve(data);
+  const locks = lockHubState(
+    dataDir,
+    volumes.map((v) => v.path),
+  );
+  if (locks[0].kind === 'pidfile')
+    log.warn(
+      { lock: locks[0].path },
+      'native addon missing: --data is locked with a pid file, which is weaker than flock',
+    );
+  const t = hubToken(tokenFile, dataDir);
+  if (t.created) log.info({ adminTokenFile: t.file }, 'created the admin token for operator actions (mode 0600)');
+  else if (readableByOthers(t.file))
+    log.warn({ adminTokenFile: t.file }, 'the admin token file is readable by other users: chmod 600 it');
+  return { locks, adminToken: t.token };
 }
 
 async function status(o: { hub: string; json?: boolean; watch?: boolean }) {
@@ -152,6 +198,16 @@ program
     '--nbd-tls',
     'require TLS (STARTTLS) on the NBD exports, with the --tls-cert/--tls-key certificate; with --tls-ca clients need certificates too',
   )
+  .option(
+    '--admin-token-file <file>',
+    'token that operator actions (POST: failover-test, failover, failback) must send as "Authorization: Bearer"; default: DATA/admin-token, created (mode 0600) if missing',
+  )
+  .addHelpText(
+    'after',
+    `
+Exit codes: 0 stopped by SIGINT/SIGTERM; ${EXIT_START_FAILED} bad arguments or a failure at start (an unreadable or empty --admin-token-file);
+${EXIT_LOCKED} another process holds --data (DATA/rephub.lock) or a recovery volume (PATH.lock, or the block device itself).`,
+  )
   .action(serve);
 
 program
@@ -162,12 +218,26 @@ program
   .option('--watch', 'redraw every second, with progress bars')
   .action(status);
 
+// ---- operator actions (POST): each subcommand takes --admin-token-file through tokenOption ----
+
+let adminTokenFile: string | undefined; // the running subcommand's --admin-token-file, if given
+
+const TOKEN_HELP = `the hub's admin token (default: $${TOKEN_FILE_ENV}, else ./rephub-data/admin-token, the hub's default under --data)`;
+
+/** Adds --admin-token-file to a subcommand that POSTs. */
+function tokenOption(cmd: Command): Command {
+  return cmd.option('--admin-token-file <file>', TOKEN_HELP).hook('preAction', (_, c) => {
+    adminTokenFile = c.opts().adminTokenFile;
+  });
+}
+
 async function post(hub: string, action: string, body: object): Promise<any> {
   const url = hub.replace(/\/$/, '') + action;
+  const token = readTokenFile(cliTokenFile(adminTokenFile));
   const res = await fetch(url, {
     method: 'POST',
     body: JSON.stringify(body),
-    headers: { 'content-type': 'application/json' },
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
   }).catch((e) => {
     throw new Error(`cannot reach ${url}: ${e.cause?.message ?? e.message}`);
   });
@@ -197,7 +267,7 @@ function parseWinner(v: string): string | Record<string, string> {
 const ft = program
   .command('failover-test')
   .description('boot-test the replica from a point-in-time view while replication goes on');
-ft.command('start')
+tokenOption(ft.command('start'))
   .description('freeze a consistent point-in-time view of the recovery volumes and export it over NBD')
   .option('--hub <url>', 'hub operator URL', 'http://127.0.0.1:7080')
   .option('--vm <name>', 'only the volumes of this VM')
@@ -220,7 +290,7 @@ ft.command('start')
     log.info({ cmd, exitCode: code }, 'recovery VM exited; the test views stay until `rephub failover-test stop`');
     process.exitCode = code ?? 1;
   });
-ft.command('stop')
+tokenOption(ft.command('stop'))
   .description('shut the test exports and discard the test layers')
   .option('--hub <url>', 'hub operator URL', 'http://127.0.0.1:7080')
   .option('--force', 'disconnect NBD clients still attached to the views (refused otherwise)')
@@ -231,8 +301,7 @@ ft.command('stop')
         `${v.name}\tdiscarded (kept ${v.keptBytes} bytes of point-in-time data, test wrote ${v.testWrittenBytes} bytes)\n`,
       );
   });
-program
-  .command('failover')
+tokenOption(program.command('failover'))
   .description('the protected site is gone: promote the recovery volumes and export them read-write over NBD')
   .option('--hub <url>', 'hub operator URL', 'http://127.0.0.1:7080')
   .option('--force', 'fail over although an agent of the protected site is still connected')
@@ -240,8 +309,7 @@ program
     const r = await post(o.hub, '/failover', { force: !!o.force });
     for (const v of r.volumes) process.stdout.write(`${v.name}\t${v.uri}\tgeneration ${v.generation}\n`);
   });
-program
-  .command('failback')
+tokenOption(program.command('failback'))
   .description('the protected site is back: write back only the changed regions, then protect in the normal direction')
   .option('--hub <url>', 'hub operator URL', 'http://127.0.0.1:7080')
   .option(
@@ -260,5 +328,5 @@ program
 
 program.parseAsync().catch((e) => {
   process.stderr.write(`rephub: ${e.message}\n`);
-  process.exit(2);
+  process.exit(e instanceof LockHeldError ? EXIT_LOCKED : EXIT_START_FAILED);
 });

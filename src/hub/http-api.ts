@@ -1,7 +1,9 @@
 // The hub's HTTP API: GET /status, /metrics and the dashboard; POST operator actions (failover
 // test, failover, failback) with a bounded JSON body; errors mapped to status codes (a refused
-// action 409, a bad request 400/413, a failure 500). The WebSocket feed on /ws is the monitor's:
+// action 409, a bad request 400/413, a failure 500). Every POST first passes operatorGate (the
+// admin token and a JSON content type, 401/415). The WebSocket feed on /ws is the monitor's:
 // it is handed the server here.
+import * as crypto from 'node:crypto';
 import * as http from 'node:http';
 import * as net from 'node:net';
 import type { Logger } from '../log';
@@ -26,6 +28,8 @@ export interface HttpApiOptions {
   actions: OperatorActions;
   /** True for an action refused in the current state (409), false for a failure (500). */
   isRefusal(e: unknown): boolean;
+  /** The bearer token every POST must carry (rephub --admin-token-file). */
+  adminToken: string;
   log: Logger;
 }
 
@@ -69,6 +73,29 @@ function routes(a: OperatorActions): Record<string, (b: Body) => Promise<unknown
   };
 }
 
+const digest = (s: string): Buffer => crypto.createHash('sha256').update(s).digest();
+
+/**
+ * The one check every POST passes before its body is read: `Authorization: Bearer <token>`
+ * (compared in constant time, over digests so the length leaks nothing either) and
+ * `content-type: application/json`. A browser's cross-site simple request can carry neither, so
+ * a web page open on the hub host cannot trigger an action. Returns the refusal, or null.
+ */
+export function operatorGate(
+  req: http.IncomingMessage,
+  tokenDigest: Buffer,
+): { code: 401 | 415; error: string } | null {
+  const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
+  if (!m || !crypto.timingSafeEqual(digest(m[1]), tokenDigest))
+    return {
+      code: 401,
+      error: 'operator actions need "Authorization: Bearer <token>" with the token of rephub --admin-token-file',
+    };
+  const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
+  if (type !== 'application/json') return { code: 415, error: 'operator actions take content-type: application/json' };
+  return null;
+}
+
 function json(res: http.ServerResponse, code: number, v: unknown): void {
   res.writeHead(code, { 'content-type': 'application/json' });
   res.end(JSON.stringify(v, null, 1));
@@ -77,9 +104,12 @@ function json(res: http.ServerResponse, code: number, v: unknown): void {
 export class HttpApi {
   private server?: http.Server;
   private readonly actions: Record<string, (b: Body) => Promise<unknown>>;
+  private readonly tokenDigest: Buffer;
 
   constructor(private readonly opts: HttpApiOptions) {
+    if (!opts.adminToken) throw new Error('the operator API needs a non-empty admin token');
     this.actions = routes(opts.actions);
+    this.tokenDigest = digest(opts.adminToken);
   }
 
   listen(host: string, port: number): Promise<net.AddressInfo> {
@@ -115,6 +145,14 @@ export class HttpApi {
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
       res.end(monitor.dashboard());
       return;
+    }
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      const refused = operatorGate(req, this.tokenDigest); // before the route: every POST, even a later one
+      if (refused) {
+        res.setHeader('connection', 'close'); // its body is never read
+        this.opts.log.warn({ action: req.url, code: refused.code }, 'operator request refused');
+        return json(res, refused.code, { error: refused.error });
+      }
     }
     const act = req.method === 'POST' ? this.actions[req.url ?? ''] : undefined;
     if (!act) return json(res, 404, { error: NOT_FOUND });

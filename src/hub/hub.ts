@@ -1,6 +1,7 @@
 // The hub process: composes the replicas, the state store, the sessions, the failover
 // controller, the agent listener (listener.ts), the HTTP API (http-api.ts), the monitor and the
 // NBD exports, and owns their lifecycle (start, sampling, orderly close).
+import * as crypto from 'node:crypto';
 import * as net from 'node:net';
 import type { TlsFiles } from '../security';
 import * as fs from 'node:fs';
@@ -33,6 +34,8 @@ export interface HubOptions {
   tls?: TlsFiles;
   /** Require TLS (NBD STARTTLS) on the hub's NBD exports, with the --tls-* certificates. */
   nbdTls?: boolean;
+  /** Bearer token of the operator API's POSTs (default: a random one, see `adminToken`). */
+  adminToken?: string;
 }
 
 export class Hub implements HubStatusSource {
@@ -51,6 +54,8 @@ export class Hub implements HubStatusSource {
   readonly failover: FailoverController;
   readonly monitor: Monitor;
   private sampler: NodeJS.Timeout;
+  /** The operator API's token; random unless given, so an embedded hub is never open. */
+  readonly adminToken: string;
 
   constructor(private readonly opts: HubOptions) {
     this.cfg = { ...defaultSessionConfig, ...opts.session };
@@ -78,11 +83,13 @@ export class Hub implements HubStatusSource {
       },
       { maxSessions: opts.maxSessions ?? 64, tls: opts.tls, pool: this.pool, log: opts.log },
     );
+    this.adminToken = opts.adminToken || crypto.randomBytes(32).toString('hex');
     this.httpApi = new HttpApi({
       status: () => this.status(),
       monitor: this.monitor,
       actions: this.failover,
       isRefusal: (e) => e instanceof FailoverError,
+      adminToken: this.adminToken,
       log: opts.log,
     });
     this.sampler = setInterval(() => {

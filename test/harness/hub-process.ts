@@ -67,8 +67,27 @@ export class HubProcess {
     return this.opts.logFile ?? (this.isForeign ? '(foreign hub)' : '(stderr)');
   }
 
-  async post(action: string, body: object = {}): Promise<{ status: number; body: any }> {
-    const r = await fetch(`http://${this.http}${action}`, { method: 'POST', body: JSON.stringify(body) });
+  /** The admin token file the hub reads: --admin-token-file, else its default under --data. */
+  get adminTokenFile(): string {
+    const arg = (name: string) => {
+      const i = this.args.lastIndexOf(name);
+      return i >= 0 ? this.args[i + 1] : undefined;
+    };
+    return path.resolve(arg('--admin-token-file') ?? path.join(arg('--data') ?? './rephub-data', 'admin-token'));
+  }
+
+  /** An operator action as the CLI sends it: the admin token and a JSON body. */
+  post(action: string, body: object = {}): Promise<{ status: number; body: any }> {
+    const token = fs.readFileSync(this.adminTokenFile, 'utf8').trim();
+    return this.postRaw(action, JSON.stringify(body), {
+      authorization: `Bearer ${token}`,
+      'content-type': 'application/json',
+    });
+  }
+
+  /** A POST with exactly these headers (tests of the operator gate). */
+  async postRaw(action: string, body: string, headers: Record<string, string>): Promise<{ status: number; body: any }> {
+    const r = await fetch(`http://${this.http}${action}`, { method: 'POST', body, headers });
     return { status: r.status, body: await r.json() };
   }
 
