@@ -113,7 +113,8 @@ describe('failback keeps protected writes and takes a winner per volume', functi
       (await hub.status()).volumes.every((v: any) => v.failover.protectedChangedBytes > 0),
     );
     const hubUrl = `http://127.0.0.1:${hub.httpPort}`;
-    const cli = (...args: string[]) => runAsync(process.execPath, [CLI, 'failback', '--hub', hubUrl, ...args]);
+    const cli = (...args: string[]) =>
+      runAsync(process.execPath, [CLI, 'failback', '--hub', hubUrl, '--admin-token-file', hub.adminTokenFile, ...args]);
     // bad input: clear errors, nothing done
     await assert.rejects(cli('--winner', 'V1=recovery,V2=sideways'), /the winner of V2 must be recovery or protected/);
     await assert.rejects(
