@@ -76,7 +76,7 @@ export class RecordedFile {
     const out = Buffer.from(this.durable);
     for (const w of this.pending) {
       // Split at page boundaries of the file: each piece lands or not.
-      for (let a = w.pos; a < w.pos + w.data.length; ) {
+      for (let a = w.pos; a < w.pos + w.data.length;) {
         const b = Math.min(w.pos + w.data.length, (Math.floor(a / PL_PAGE) + 1) * PL_PAGE);
         this.stats.cutPending++;
         if (how === 'all' || (how === 'random' && rng.int(2) === 1)) {
