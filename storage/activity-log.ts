@@ -42,6 +42,12 @@ export class ActivityLog {
     return this.slotOf.has(extent);
   }
 
+  /** A write into `extent` is in flight. */
+  held(extent: number): boolean {
+    const s = this.slotOf.get(extent);
+    return s !== undefined && this.holds[s] > 0;
+  }
+
   /** A write into `extent`: false when it is not hot. `hold`: the write lands later (landed()). */
   touch(extent: number, hold: boolean): boolean {
     const s = this.slotOf.get(extent);

@@ -196,7 +196,7 @@ export class DirtyLog {
   /** Make room: drop the least recently written extent, after syncing the image if need be. */
   private evict(lo: number, hi: number): void {
     let e = this.al.victim(lo, hi, true);
-    if (e < 0 && this.imageSync) {
+    if (e < 0 && (this.imageSync || this.file === null)) {
       this.syncImage();
       e = this.al.victim(lo, hi, true);
     }
@@ -228,8 +228,11 @@ export class DirtyLog {
   }
 
   private syncImage(): void {
-    if (!this.imageSync) return;
-    this.imageSync();
+    // A log in memory survives nothing: any restart resyncs everything, so order nothing.
+    if (this.file !== null) {
+      if (!this.imageSync) return;
+      this.imageSync();
+    }
     this.al.imageSynced();
     this.wideVolatile = false;
   }
@@ -260,7 +263,8 @@ export class DirtyLog {
     this.bitmap.takeChangedPages(); // the file follows `disk`
     if (exact) {
       this.syncImage();
-      for (const e of this.al.extents()) this.cool(e);
+      // A write still in flight (a close racing it) keeps its extent dirty in the file.
+      for (const e of this.al.extents()) if (!this.al.held(e)) this.cool(e);
     } else if (this.al.size > 0) {
       const n = this.extentRegions;
       const quiet = (e: number) => this.bitmap.countRange(e * n, this.extentLast(e) + 1) === 0;
