@@ -12,7 +12,10 @@ export const AL_MAX_EXTENTS = 256;
 export interface ActivityLogOptions {
   /** Bytes per extent: a multiple of the region size (default 4 MiB). */
   extentBytes?: number;
-  /** Most extents hot at once: the resync after a crash is at most this many extents (default 256). */
+  /**
+   * Most extents hot at once: the resync after a crash is at most this many extents (default
+   * 256). 0: no activity log, exact bits (the default for a log opened with freshDirty false).
+   */
   maxExtents?: number;
 }
 

@@ -23,6 +23,12 @@ export class DirtyLog {
   private readonly extentRegions: number;
   /** Makes the image's landed writes durable (the image's fdatasync); null: none (memory). */
   private imageSync: (() => void) | null = null;
+  /**
+   * No activity log: the file names exactly the marked regions, each made durable as it is
+   * first marked (a page write and an fdatasync). For change maps (failover's, the failover
+   * test's overlay), whose bits say where data is, so that a superset would be wrong or costly.
+   */
+  private readonly exactMarks: boolean;
   /** A wide range was marked since the last image sync: its bits are not held by hot extents. */
   private wideVolatile = false;
   /** True when the log did not exist or did not match: history unknown, everything dirty. */
@@ -42,7 +48,9 @@ export class DirtyLog {
     if (extentBytes % regionSize !== 0)
       throw new RangeError(`activity-log extent of ${extentBytes} bytes: not a multiple of the region size`);
     this.extentRegions = extentBytes / regionSize;
-    this.al = new ActivityLog(opts.maxExtents ?? AL_MAX_EXTENTS);
+    // A change map (opened clean, freshDirty false) keeps exact bits unless told otherwise.
+    this.exactMarks = opts.maxExtents === 0 || (!freshDirty && opts.maxExtents === undefined);
+    this.al = new ActivityLog(this.exactMarks ? 4 : (opts.maxExtents ?? AL_MAX_EXTENTS));
     this.fresh = !load;
     if (load && file !== null) {
       const page = Buffer.alloc(PAGE_BYTES);
@@ -159,6 +167,7 @@ export class DirtyLog {
 
   /** A held write reached the image. */
   landed(start: number, end: number): void {
+    if (this.exactMarks) return;
     const e0 = Math.floor(this.bitmap.regionOf(start) / this.extentRegions),
       e1 = Math.floor(this.bitmap.regionOf(end - 1) / this.extentRegions);
     if (this.wide(e0, e1)) {
@@ -175,6 +184,13 @@ export class DirtyLog {
 
   /** The slow path: make the range's extents hot (or, for a wide range, its regions) durably. */
   private markCold(first: number, last: number, e0: number, e1: number, hold: boolean): void {
+    if (this.exactMarks) {
+      if (this.disk.countRange(first, last + 1) === last - first + 1) return; // durable already
+      this.disk.setRegions(first, last);
+      this.persist();
+      this.file?.sync();
+      return;
+    }
     if (this.wide(e0, e1)) {
       this.wideVolatile = true;
       this.disk.setRegions(first, last);
