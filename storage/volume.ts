@@ -19,6 +19,11 @@ export interface BlockTarget {
    * that it leaves no large page-cache folios under the guest's small writes (storage/fadvise).
    */
   readBulk?(buf: Buffer, offset: number): Promise<void>;
+  /**
+   * Optional synchronous fdatasync: the dirty log's activity log calls it, rarely, when it must
+   * know every landed write durable before a bit may go clean (src/agent/write-path.ts wires it).
+   */
+  flushSync?(): void;
   /** Optional gathered write: the pieces land back to back from offset. */
   writev?(parts: Buffer[], offset: number): Promise<void>;
   /** Optional: the data extents within [start, end) (holes excluded), or null when unknown. */
@@ -247,6 +252,14 @@ export class FileVolume implements BlockTarget {
 
   flush(): Promise<void> {
     return new Promise((res, rej) => fs.fdatasync(this.fd, (e) => (e ? rej(this.wrap('flush', 0, e)) : res())));
+  }
+
+  flushSync(): void {
+    try {
+      fs.fdatasyncSync(this.fd);
+    } catch (e) {
+      this.fail('flush', 0, e as NodeJS.ErrnoException);
+    }
   }
 
   async close(): Promise<void> {

@@ -467,44 +467,79 @@ describe('DirtyLog', () => {
     assert.equal(l4.bitmap.get(REGIONS - 2), true);
   });
 
-  it('a region written since the last sync stays dirty in the file through the next sync; close() is exact', () => {
+  const EXT = 64; // regions per 4 MiB activity-log extent at 64 KiB regions
+
+  it('a write makes its extent hot: the whole extent dirty in the file until quiet and flushed; close() is exact', () => {
     const l = openLog();
     clearAll(l);
-    l.sync();
-    l.sync(); // the fresh log's all-dirty state has now aged out of the file
+    l.sync(); // the fresh log's all-dirty state was not hot: cleared at once
     assert.equal(openLog().bitmap.dirtyRegions, 0);
     l.mark(3 * RS, 3 * RS + 4096);
+    assert.deepEqual([...openLog().bitmap.runs()], [[0, EXT]], 'the extent is durably dirty before the write');
+    assert.equal(l.hotExtents, 1);
     l.clear(3); // acked at once
     assert.equal(l.bitmap.dirtyRegions, 0, 'the truth is clean');
-    assert.equal(l.persistedDirtyBytes, RS, 'the file still names it');
-    l.mark(3 * RS + 8192, 3 * RS + 12288); // hot again: dirty in the file already, so no log IO
-    l.clear(3);
     l.sync();
-    assert.deepEqual([...openLog().bitmap.runs()], [[3, 4]], 'kept through the first sync (hot)');
+    assert.deepEqual([...openLog().bitmap.runs()], [[0, EXT]], 'kept: the image write may not be durable yet');
+    const upTo = l.imageFlushStarting();
+    l.mark(5 * RS, 5 * RS + 1); // written while the image flush runs: not covered by it
+    l.clear(5);
+    l.imageFlushed(upTo);
     l.sync();
-    assert.equal(openLog().bitmap.dirtyRegions, 0, 'cleared by the second sync (not written since)');
+    assert.equal(l.hotExtents, 1, 'a write after the flush started keeps the extent hot');
+    l.imageFlushed(l.imageFlushStarting());
+    l.sync();
+    assert.equal(l.hotExtents, 0, 'quiet and durable: cold');
+    assert.equal(openLog().bitmap.dirtyRegions, 0);
     assert.equal(l.persistedDirtyBytes, 0);
     l.mark(9 * RS, 9 * RS + 1);
+    l.mark(2 * EXT * RS, 2 * EXT * RS + 1); // another extent
     l.clear(9);
+    l.mark(2 * EXT * RS + 5, 2 * EXT * RS + 6);
+    assert.equal(l.hotExtents, 2);
     l.close(); // a clean close writes the truth
     logs.splice(logs.indexOf(l), 1);
-    assert.equal(openLog().bitmap.dirtyRegions, 0, 'exact after close');
+    assert.deepEqual([...openLog().bitmap.runs()], [[2 * EXT, 2 * EXT + 1]], 'exact after close');
   });
 
-  it('a failed log write leaves no claim of bits the file lacks: the next mark writes them again', () => {
+  it('the activity log is bounded: a new extent evicts the least recently written one', () => {
+    const l = DirtyLog.open(file, SIZE, RS, true, { maxExtents: 4 });
+    logs.push(l);
+    let imageSyncs = 0;
+    l.orderAfter(() => imageSyncs++);
+    clearAll(l);
+    l.sync();
+    for (let e = 0; e < 4; e++) l.mark(e * EXT * RS, e * EXT * RS + 1);
+    assert.equal(l.hotExtents, 4);
+    l.mark(1 * EXT * RS + 7, 1 * EXT * RS + 8); // extent 1 used again: extent 0 is now the oldest
+    l.mark(9 * EXT * RS, 9 * EXT * RS + 1);
+    assert.equal(l.hotExtents, 4, 'never more than the limit');
+    assert.equal(imageSyncs, 1, 'no extent was durable in the image: synced once before evicting');
+    const runs = [...openLog().bitmap.runs()];
+    assert.deepEqual(runs, [
+      [0, 1], // extent 0 went cold, but region 0 is still dirty (not acked)
+      [EXT, 4 * EXT],
+      [9 * EXT, 10 * EXT],
+    ]);
+  });
+
+  it('a failed log write leaves the extent cold: the next mark writes it again', () => {
     const l = openLog();
     clearAll(l);
     l.sync();
-    l.sync();
-    const fd = (l as any).fd;
-    const ro = fs.openSync(file, 'r');
-    (l as any).fd = ro; // writes now fail with EBADF
-    assert.throws(() => l.mark(7 * RS, 7 * RS + 1), /EBADF/);
-    assert.equal(l.persistedDirtyBytes, 0, 'the file has no new bit, and the log does not pretend it has');
-    (l as any).fd = fd;
-    fs.closeSync(ro);
+    const file0 = (l as any).file;
+    (l as any).file = {
+      ...file0,
+      write: () => {
+        throw new Error('EIO (test)');
+      },
+      sync: () => {},
+    };
+    assert.throws(() => l.mark(7 * RS, 7 * RS + 1), /EIO/);
+    assert.equal(l.hotExtents, 0, 'not hot: the file may lack its bits');
+    (l as any).file = file0;
     l.mark(7 * RS, 7 * RS + 1); // retried: reaches the file
-    assert.deepEqual([...openLog().bitmap.runs()], [[7, 8]]);
+    assert.deepEqual([...openLog().bitmap.runs()], [[0, EXT]]);
   });
 
   it('mark() persists immediately: a reopen without sync() sees the new bits', () => {
@@ -520,9 +555,9 @@ describe('DirtyLog', () => {
     assert.deepEqual(
       [...l2.bitmap.runs()],
       [
-        [5, 6],
-        [PAGE_BITS - 1, PAGE_BITS + 1],
-        [REGIONS - 1, REGIONS],
+        [0, EXT], // each write's whole extent
+        [PAGE_BITS - EXT, PAGE_BITS + EXT],
+        [Math.floor((REGIONS - 1) / EXT) * EXT, REGIONS],
       ],
     );
     // marking an already dirty region changes nothing, and a zero-length mark marks nothing

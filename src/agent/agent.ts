@@ -40,6 +40,7 @@ export class ReplicationAgent {
   private readonly core: AgentCore;
   private readonly connection: HubConnection;
   private readonly syncTimer: NodeJS.Timeout;
+  private flushingImages = false; // a background image flush round is under way
 
   constructor(private readonly opts: AgentOptions) {
     // TLS records are authenticated already: frame checksums would only repeat that work
@@ -70,7 +71,7 @@ export class ReplicationAgent {
       opts.log,
       this.stats,
     );
-    this.syncTimer = setInterval(() => this.syncLogs(false), LOG_SYNC_MS);
+    this.syncTimer = setInterval(() => void this.flushImages().then(() => this.syncLogs(false)), LOG_SYNC_MS);
     this.syncTimer.unref();
   }
 
@@ -129,6 +130,32 @@ export class ReplicationAgent {
     await this.connection.close(() => this.core.sayGoodbye());
     this.core.stop();
     this.syncLogs(true);
+  }
+
+  /**
+   * A hot extent goes cold only after an image flush that began after its last write. A guest
+   * that never flushes would keep every extent hot, and each new one would then cost an image
+   * sync on the event loop: flush the images with hot extents in the background, one round at
+   * a time.
+   */
+  private async flushImages(): Promise<void> {
+    if (this.flushingImages) return;
+    this.flushingImages = true;
+    try {
+      for (const v of this.opts.volumes) {
+        if (v.log.hotExtents === 0) continue;
+        const upTo = v.log.imageFlushStarting();
+        await v.target.flush();
+        v.log.imageFlushed(upTo);
+      }
+    } catch (e) {
+      this.log.warn(
+        { cause: (e as Error).message },
+        'background flush of a protected image failed; its extents stay hot',
+      );
+    } finally {
+      this.flushingImages = false;
+    }
   }
 
   private syncLogs(durable: boolean): void {

@@ -20,6 +20,12 @@ export class WritePath implements RegionHolder {
   ) {
     this.locks = volumes.list.map(() => new RangeLocks());
     this.busy = volumes.list.map(() => new Map());
+    // The log lets an extent go cold, or a bit go clean, only once the image holds its writes
+    // durably: it may have to sync the image itself (a full activity log, a clean close).
+    for (const v of volumes.list) {
+      const t = v.target;
+      if (t.flushSync) v.log.orderAfter(() => t.flushSync!());
+    }
   }
 
   holds(v: AgentVolume, region: number): boolean {
@@ -39,7 +45,7 @@ export class WritePath implements RegionHolder {
     v.checkRange(offset, offset + len);
     const unlock = await this.locks[v.index].lock(offset, offset + len);
     try {
-      this.begin(v, offset, offset + len);
+      this.begin(v, offset, offset + len, true);
       try {
         const t = v.target;
         if (Array.isArray(data)) await (t.writev ? t.writev(data, offset) : t.write(Buffer.concat(data, len), offset));
@@ -47,7 +53,7 @@ export class WritePath implements RegionHolder {
         else await t.write(data, offset);
         this.mirror.mirror(v, offset, data, len);
       } finally {
-        this.end(v, offset, offset + len);
+        this.end(v, offset, offset + len, true);
       }
     } finally {
       unlock();
@@ -67,12 +73,12 @@ export class WritePath implements RegionHolder {
     if (!t.writeSync || len > SYNC_WRITE_MAX) return false;
     v.checkRange(offset, offset + len);
     if (this.locks[v.index].locked(offset, offset + len)) return false;
-    this.begin(v, offset, offset + len);
+    this.begin(v, offset, offset + len, false);
     try {
       t.writeSync(data, offset);
       this.mirror.mirror(v, offset, data, len);
     } finally {
-      this.end(v, offset, offset + len);
+      this.end(v, offset, offset + len, false);
     }
     return true;
   }
@@ -83,12 +89,12 @@ export class WritePath implements RegionHolder {
     v.checkRange(offset, offset + length);
     const unlock = await this.locks[v.index].lock(offset, offset + length);
     try {
-      this.begin(v, offset, offset + length);
+      this.begin(v, offset, offset + length, true);
       try {
         await apply();
         this.owed.owe(v, offset, offset + length);
       } finally {
-        this.end(v, offset, offset + length);
+        this.end(v, offset, offset + length, true);
       }
     } finally {
       unlock();
@@ -103,17 +109,26 @@ export class WritePath implements RegionHolder {
     return this.locks[v.index].lock(start, end);
   }
 
-  /** A guest flush: the log is durable before the data it covers can be, then the image. */
+  /**
+   * A guest flush: the log is durable before the image flush returns (its marks already were
+   * before each write), then the image; once it completed, the extents written before it may
+   * go cold.
+   */
   async flush(name: string): Promise<void> {
     const v = this.volumes.named(name);
+    const upTo = v.log.imageFlushStarting();
     v.log.sync(true);
     await v.target.flush();
+    v.log.imageFlushed(upTo);
     this.mirror.flush();
   }
 
-  /** Persist the regions dirty before the image changes, and keep them from being cleared meanwhile. */
-  private begin(v: AgentVolume, start: number, end: number): void {
-    v.log.mark(start, end);
+  /**
+   * Persist the regions dirty before the image changes (durably: the activity log), and keep
+   * them from being cleared meanwhile. `held`: the image write completes later (end() says so).
+   */
+  private begin(v: AgentVolume, start: number, end: number, held: boolean): void {
+    v.log.mark(start, end, held);
     const bitmap = v.log.bitmap,
       busy = this.busy[v.index];
     for (let r = bitmap.regionOf(start), last = bitmap.regionOf(end - 1); r <= last; r++) {
@@ -121,7 +136,8 @@ export class WritePath implements RegionHolder {
     }
   }
 
-  private end(v: AgentVolume, start: number, end: number): void {
+  private end(v: AgentVolume, start: number, end: number, held: boolean): void {
+    if (held) v.log.landed(start, end);
     const bitmap = v.log.bitmap,
       busy = this.busy[v.index];
     for (let r = bitmap.regionOf(start), last = bitmap.regionOf(end - 1); r <= last; r++) {
