@@ -272,7 +272,20 @@ export class SyncEngine {
       throw new ProtocolError(`REMOTE_IO_RES ${m.reqId}: volume id ${m.volumeId}, request was for ${sync.volumeId}`);
     }
     this.reads.delete(m.reqId);
-    sync.end(read);
+    try {
+      await this.answer(read, m);
+    } finally {
+      // Its regions stay in flight until the answer is written: a pump meanwhile (checkpoint
+      // timer, verify) must not issue a second read of them.
+      sync.end(read);
+    }
+    sync.settle();
+    this.pump(); // keep the pipeline full while responses stream in
+  }
+
+  /** Check a remote read's answer and write what is still wanted of it. */
+  private async answer(read: InflightRead, m: RemoteIoRes): Promise<void> {
+    const sync = read.sync;
     const bm = sync.bitmap,
       regionSize = bm.regionSize;
     const start = read.first * regionSize,
@@ -293,8 +306,6 @@ export class SyncEngine {
     }
     const pieces = sparse ? decodeSparse(end - start, m.data) : null;
     await this.writeAnswer(read, m.data, zeroes, pieces, start);
-    sync.settle();
-    this.pump(); // keep the pipeline full while responses stream in
   }
 
   /** Write the regions of `read` that no protected write touched since it was issued. */
