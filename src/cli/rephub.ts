@@ -7,28 +7,34 @@ import { openFileTarget, openDirectTarget } from '../hub/replica';
 import { LmdbStateStore } from '../../storage/state';
 import { makeLogger } from '../log';
 import { parseHostPort, parseVolSpec, parseSize, parseMillis, fillLaunch, warnIfNoNative } from './args';
+import { parseDuration } from './args';
 import { renderStatus } from './format';
+import { verifyCommand } from './verify-command';
 import { enabled as tlsEnabled, serverOptions } from '../security';
+
+type VerifyFlags = { verifyRate: string; verifyEvery: string };
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
-async function serve(o: {
-  logPretty?: boolean;
-  logLevel?: string;
-  listen: string;
-  vol: string[];
-  data: string;
-  http: string;
-  nbd: string;
-  regionSize: string;
-  tlsCert?: string;
-  tlsKey?: string;
-  tlsCa?: string;
-  pskFile?: string;
-  nbdTls?: boolean;
-  commitInterval: string;
-  cache: string;
-}) {
+async function serve(
+  o: VerifyFlags & {
+    logPretty?: boolean;
+    logLevel?: string;
+    listen: string;
+    vol: string[];
+    data: string;
+    http: string;
+    nbd: string;
+    regionSize: string;
+    tlsCert?: string;
+    tlsKey?: string;
+    tlsCa?: string;
+    pskFile?: string;
+    nbdTls?: boolean;
+    commitInterval: string;
+    cache: string;
+  },
+) {
   if (o.logPretty) process.env.LOG_PRETTY = '1';
   const log = makeLogger('rephub', o.logLevel);
   warnIfNoNative(log);
@@ -58,6 +64,7 @@ async function serve(o: {
     nbdTls: !!o.nbdTls,
     session: { commitIntervalMs },
     openTarget: o.cache === 'none' ? openDirectTarget : openFileTarget,
+    verify: verifyOptions(o),
   });
   const a = await hub.listen(listen.host, listen.port);
   const h = await hub.listenHttp(httpAddr.host, httpAddr.port);
@@ -72,6 +79,11 @@ async function serve(o: {
     },
     'rephub listening',
   );
+  stopOnSignals(hub, log);
+}
+
+/** SIGINT and SIGTERM close the hub in order (sessions, checkpoints, store). */
+function stopOnSignals(hub: Hub, log: ReturnType<typeof makeLogger>): void {
   const stop = async (sig: string) => {
     log.info({ signal: sig }, 'shutting down');
     await hub.close();
@@ -79,6 +91,14 @@ async function serve(o: {
   };
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGTERM', () => void stop('SIGTERM'));
+}
+
+/** --verify-rate and --verify-every. */
+function verifyOptions(o: VerifyFlags) {
+  return {
+    rateBytesPerSecond: parseSize(o.verifyRate, '--verify-rate'),
+    everyMs: parseDuration(o.verifyEvery, '--verify-every'),
+  };
 }
 
 async function status(o: { hub: string; json?: boolean; watch?: boolean }) {
@@ -151,6 +171,12 @@ program
   .option(
     '--nbd-tls',
     'require TLS (STARTTLS) on the NBD exports, with the --tls-cert/--tls-key certificate; with --tls-ca clients need certificates too',
+  )
+  .option('--verify-rate <bytes/s>', 'online verify scan rate per hub, bytes per second (0: unlimited)', '100M')
+  .option(
+    '--verify-every <duration>',
+    'periodic scrub: verify every attached volume (and resync what differs) every DURATION, e.g. 1d or 6h',
+    'off',
   )
   .action(serve);
 
@@ -234,6 +260,20 @@ program
       process.stdout.write(
         `${v.name}\tmoved ${v.movedBytes} bytes; changed on recovery side ${v.recoveryChangedBytes}, on protected side ${v.protectedChangedBytes}; winner ${v.winner}\n`,
       );
+  });
+
+program
+  .command('verify')
+  .description(
+    'compare the recovery volumes with the protected volumes online (region checksums; no volume data crosses the link); exit 0 equal, 1 mismatches found, 2 error',
+  )
+  .option('--hub <url>', 'hub operator URL', 'http://127.0.0.1:7080')
+  .option('--vm <name>', 'only the volumes of this VM')
+  .option('--volume <name>', 'only this volume')
+  .option('--report-only', 'only report mismatched regions; do not mark them for resync')
+  .option('--json', 'print JSON for scripts')
+  .action(async (o) => {
+    process.exitCode = await verifyCommand(o, post);
   });
 
 program.parseAsync().catch((e) => {

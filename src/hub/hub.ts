@@ -18,6 +18,7 @@ import { ExportRegistry } from '../nbd/exports';
 import { HubStatusSource, Monitor } from './monitor';
 import { AgentListener } from './listener';
 import { HttpApi } from './http-api';
+import { VerifyRefused, VerifyScheduler } from './verify-scheduler';
 
 export interface HubOptions {
   volumes: ReplicaSpec[];
@@ -33,6 +34,8 @@ export interface HubOptions {
   tls?: TlsFiles;
   /** Require TLS (NBD STARTTLS) on the hub's NBD exports, with the --tls-* certificates. */
   nbdTls?: boolean;
+  /** Online verify: scan rate in bytes/s (0: unlimited) and the periodic scrub interval (0: off). */
+  verify?: { rateBytesPerSecond: number; everyMs: number };
 }
 
 export class Hub implements HubStatusSource {
@@ -50,6 +53,7 @@ export class Hub implements HubStatusSource {
   private nbdAddr = { host: '127.0.0.1', port: 10810 };
   readonly failover: FailoverController;
   readonly monitor: Monitor;
+  readonly verifier: VerifyScheduler;
   private sampler: NodeJS.Timeout;
 
   constructor(private readonly opts: HubOptions) {
@@ -69,6 +73,20 @@ export class Hub implements HubStatusSource {
       log: opts.log,
     });
     this.failover.restore();
+    this.verifier = new VerifyScheduler(
+      {
+        replicas: () => this.replicas.values(),
+        attached: (r) => {
+          for (const s of this.sessions) {
+            const sync = s.volumes.find((v) => v.replica === r);
+            if (sync) return { engine: s.verifier, sync };
+          }
+          return null;
+        },
+      },
+      opts.verify ?? { rateBytesPerSecond: 0, everyMs: 0 },
+      opts.log.child({ part: 'verify' }),
+    );
     this.monitor = new Monitor(this);
     this.listener = new AgentListener<AgentSession>(
       {
@@ -82,8 +100,9 @@ export class Hub implements HubStatusSource {
       status: () => this.status(),
       monitor: this.monitor,
       actions: this.failover,
-      isRefusal: (e) => e instanceof FailoverError,
+      isRefusal: (e) => e instanceof FailoverError || e instanceof VerifyRefused,
       log: opts.log,
+      verify: (req) => this.verifier.start(req),
     });
     this.sampler = setInterval(() => {
       for (const r of this.replicas.values()) r.sample();
@@ -117,7 +136,12 @@ export class Hub implements HubStatusSource {
   /** The session API for a transport; the TCP listener and the simulations both use it. */
   newSession(t: ConstructorParameters<typeof AgentSession>[2], identity: string | null = null): AgentSession {
     const id = this.nextSession++;
-    const host = { replica: (n: string) => this.replicas.get(n), openTarget: this.openTarget, pool: this.pool };
+    const host = {
+      replica: (n: string) => this.replicas.get(n),
+      openTarget: this.openTarget,
+      pool: this.pool,
+      verifyPacer: this.verifier.pacer,
+    };
     const s = new AgentSession(id, host, t, this.cfg, this.log.child({ session: id }), identity);
     this.sessions.add(s);
     return s;
@@ -136,7 +160,7 @@ export class Hub implements HubStatusSource {
   status() {
     return {
       ...this.failover.status(),
-      volumes: [...this.replicas.values()].map((r) => r.status()),
+      volumes: [...this.replicas.values()].map((r) => ({ ...r.status(), verify: this.verifier.report(r.name) })),
       agents: [...this.sessions].map((s) => ({
         session: s.id,
         vm: s.vm,
@@ -173,6 +197,7 @@ export class Hub implements HubStatusSource {
   async close(): Promise<void> {
     this.listener.stopAccepting();
     this.monitor.close();
+    this.verifier.close();
     clearInterval(this.sampler);
     this.httpApi.close();
     await this.nbd?.close();

@@ -25,6 +25,7 @@ import { SyncEngine, VolumeSync } from './sync';
 import { WriteApplier } from './write-apply';
 import { VolumeAttach } from './attach';
 import { WriteBack } from './failback';
+import { VerifyEngine, VerifyPacer } from './verify';
 
 export interface SessionConfig {
   hubName: string;
@@ -57,6 +58,8 @@ export interface SessionHost {
   openTarget: TargetOpener;
   /** Where large received frames were joined (see hub.ts); their payloads go back once applied. */
   pool?: BufferPool;
+  /** The hub's verify scan-rate limit, shared by its sessions (none when absent). */
+  verifyPacer?: VerifyPacer;
 }
 
 export interface Transport {
@@ -104,6 +107,8 @@ export class AgentSession implements ReplicaOwner {
   private readonly writes: WriteApplier;
   private readonly attach: VolumeAttach;
   private readonly writeBacks: WriteBack;
+  /** Online verify of this session's volumes (verify.ts); the hub starts runs on it. */
+  readonly verifier: VerifyEngine;
   private readonly checkpointTimer: NodeJS.Timeout;
   private readonly handshakeTimer: NodeJS.Timeout;
 
@@ -162,6 +167,14 @@ export class AgentSession implements ReplicaOwner {
       },
       cfg.maxInflightReads,
       cfg.maxReadBytes,
+    );
+    this.verifier = new VerifyEngine(
+      this.link,
+      host.verifyPacer ?? new VerifyPacer(0),
+      {
+        resync: () => this.sync.pumpSoon(),
+      },
+      log,
     );
     this.checkpointTimer = setInterval(() => void this.sync.checkpoint(), cfg.checkpointMs);
     this.checkpointTimer.unref();
@@ -273,7 +286,7 @@ export class AgentSession implements ReplicaOwner {
       case Cmd.AGENT_SHUTDOWN:
         return this.onShutdown();
       case Cmd.CHECKSUM_RES:
-        return; // only solicited by verify; none outstanding yet
+        return this.verifier.onChecksumRes(m);
       default:
         throw new ProtocolError(`unexpected ${Cmd[m.cmd] ?? m.cmd}`);
     }
@@ -331,6 +344,7 @@ export class AgentSession implements ReplicaOwner {
     clearTimeout(this.handshakeTimer);
     this.link.stop();
     this.sync.stop();
+    this.verifier.stop();
     this.commit.close();
     this.writeBacks.cancel(new Error('agent session closed'));
     const inFlight = this.queue.close(); // leftover barriers run once it is done
