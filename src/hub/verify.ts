@@ -340,7 +340,7 @@ export class VerifyEngine {
       'verify: the recovery volume differs from the protected volume',
     );
     if (reportOnly) return;
-    await sync.replica.markDirty(r, r);
+    await sync.replica.markDiffering(r, r);
     sync.settle();
     this.hooks.resync();
   }
