@@ -253,7 +253,7 @@ export class VerifyEngine {
     if (run.running && (run.cursor < run.regions || run.inflight > 0 || run.round.length > 0)) return;
     if (run.running && run.recheck.size + run.suspects.size > 0 && run.rounds < MAX_ROUNDS) {
       run.rounds++;
-      run.round = [...run.recheck, ...run.suspects].sort((a, b) => a - b);
+      run.round = [...new Set([...run.recheck, ...run.suspects])].sort((a, b) => a - b); // a suspect may be inconclusive too
       run.notBefore = Date.now() + RECHECK_MS;
       this.later(RECHECK_MS);
       return;
