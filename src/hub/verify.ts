@@ -108,6 +108,11 @@ export class VerifyRun {
     else if (rep.mismatches.length < MAX_RANGES) rep.mismatches.push({ offset, length });
   }
 
+  /** Regions still to check again, each once (a suspect may be inconclusive too), in order. */
+  pending(): number[] {
+    return [...new Set([...this.recheck, ...this.suspects])].sort((a, b) => a - b);
+  }
+
   equal(r: number): void {
     this.report.checkedBytes += this.bytesOf(r);
   }
@@ -116,7 +121,7 @@ export class VerifyRun {
     if (!this.running) return;
     this.report.state = error ? 'failed' : 'done';
     this.report.error = error;
-    this.report.unverifiedRegions = error ? 0 : this.recheck.size + this.suspects.size;
+    this.report.unverifiedRegions = error ? 0 : this.pending().length;
     this.report.finishedAt = new Date().toISOString();
   }
 }
@@ -253,7 +258,7 @@ export class VerifyEngine {
     if (run.running && (run.cursor < run.regions || run.inflight > 0 || run.round.length > 0)) return;
     if (run.running && run.recheck.size + run.suspects.size > 0 && run.rounds < MAX_ROUNDS) {
       run.rounds++;
-      run.round = [...new Set([...run.recheck, ...run.suspects])].sort((a, b) => a - b); // a suspect may be inconclusive too
+      run.round = run.pending();
       run.notBefore = Date.now() + RECHECK_MS;
       this.later(RECHECK_MS);
       return;
