@@ -8,7 +8,7 @@ import { Cmd, Cap, CHECKSUM_BYTES, HEADER_SIZE, IO_OK, decode } from '../protoco
 import type { ChecksumReq } from '../protocol';
 import { DirtyBitmap } from '../storage/bitmap';
 import { VolumeSync } from '../src/hub/sync';
-import { VerifyEngine, VerifyPacer, VerifyRun } from '../src/hub/verify';
+import { VerifyEngine, VerifyPacer, VerifyRun, MAX_RANGES } from '../src/hub/verify';
 import type { Replica } from '../src/hub/replica';
 import { silentLogger } from '../src/log';
 import { waitFor } from './harness/util';
@@ -133,6 +133,20 @@ describe('verify engine: the inconclusive rule', () => {
     assert.equal(t.sent.length, 3, 'one check per region and round');
     assert.equal(t.run.report.mismatchedRegions, 1, 'the region was still suspect');
     assert.deepEqual(t.marked, [], 'report-only');
+  });
+
+  it('mismatched ranges are kept in offset order, adjacent ones merged, the lowest MAX_RANGES kept', () => {
+    const run = new VerifyRun(1, 'V1', 1000 * REGION, REGION, true);
+    for (const r of [5, 3, 4, 9, 7, 8, 1]) run.mismatch(r);
+    assert.deepEqual(run.report.mismatches, [
+      { offset: 1 * REGION, length: REGION },
+      { offset: 3 * REGION, length: 3 * REGION },
+      { offset: 7 * REGION, length: 3 * REGION },
+    ]);
+    for (let r = 999; r >= 20; r -= 2) run.mismatch(r);
+    assert.equal(run.report.mismatches.length, MAX_RANGES);
+    assert.equal(run.report.mismatches[3].offset, 21 * REGION);
+    assert.equal(run.report.mismatchedRegions, 7 + 490);
   });
 
   it('a session that closes ends its runs as failed', () => {

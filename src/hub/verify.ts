@@ -103,9 +103,22 @@ export class VerifyRun {
       length = this.bytesOf(r);
     rep.mismatchedRegions++;
     rep.checkedBytes += length;
-    const last = rep.mismatches[rep.mismatches.length - 1];
-    if (last && last.offset + last.length === offset) last.length += length;
-    else if (rep.mismatches.length < MAX_RANGES) rep.mismatches.push({ offset, length });
+    // In offset order (answers and re-checks confirm regions in any order), adjacent ones merged.
+    const list = rep.mismatches;
+    let i = 0;
+    while (i < list.length && list[i].offset < offset) i++;
+    const before = list[i - 1],
+      after = list[i];
+    if (before && before.offset + before.length === offset) {
+      before.length += length;
+      if (after && after.offset === offset + length) before.length += list.splice(i, 1)[0].length;
+    } else if (after && after.offset === offset + length) {
+      after.offset = offset;
+      after.length += length;
+    } else {
+      list.splice(i, 0, { offset, length });
+      if (list.length > MAX_RANGES) list.pop(); // the lowest offsets are kept
+    }
   }
 
   /** Regions still to check again, each once (a suspect may be inconclusive too), in order. */
