@@ -303,8 +303,15 @@ export class HubModel {
         }
         return;
       }
+      case Cmd.CHECKSUM_RES:
+        // The hub asks for checksums only while a verify runs, and none runs during a fuzz campaign.
+        return this.later(
+          ErrorCode.PROTOCOL,
+          { message: `CHECKSUM_RES for unknown req_id ${m.reqId}` },
+          'checksum: unknown req_id',
+        );
       default:
-        return; // HELLO, PONG, ERROR, FLUSH, AGENT_SHUTDOWN, CHECKSUM_RES: accepted
+        return; // HELLO, PONG, ERROR, FLUSH, AGENT_SHUTDOWN: accepted
     }
   }
 }
