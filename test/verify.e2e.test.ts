@@ -160,6 +160,20 @@ describe('rephub verify (online, real hub and agent)', function () {
     assert.equal(cmp(img, rep), 0);
   });
 
+  it('--verify-every scrubs periodically: the corruption is found and repaired with no operator', async () => {
+    await agent.stop();
+    await hub.stop();
+    hub = v1Hub(dir, rep, '--verify-every', '1s', '--verify-rate', '64M');
+    await hub.start();
+    agent = v1Agent(dir, img, hub.port);
+    await agent.start();
+    await hub.converged('V1', img, rep, 60_000);
+    corrupt(rep, CORRUPT);
+    await waitFor('a scrub found the 3 ranges', async () => (await hub.volume('V1')).verify?.mismatchedRegions === 3);
+    await hub.converged('V1', img, rep, 60_000);
+    assert.equal(cmp(img, rep), 0, 'repaired');
+  });
+
   it('POST /verify validates its body and names what is not there', async () => {
     const bad = await hub.post('/verify', { reportOnly: 'yes' });
     assert.equal(bad.status, 400);

@@ -168,14 +168,7 @@ export class AgentSession implements ReplicaOwner {
       cfg.maxInflightReads,
       cfg.maxReadBytes,
     );
-    this.verifier = new VerifyEngine(
-      this.link,
-      host.verifyPacer ?? new VerifyPacer(0),
-      {
-        resync: () => this.sync.pumpSoon(),
-      },
-      log,
-    );
+    this.verifier = new VerifyEngine(this.link, host.verifyPacer ?? new VerifyPacer(0), log);
     this.checkpointTimer = setInterval(() => void this.sync.checkpoint(), cfg.checkpointMs);
     this.checkpointTimer.unref();
     // An idle or half-open connection must not hold one of the hub's session slots forever.

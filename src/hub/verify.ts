@@ -149,15 +149,10 @@ interface Check {
   touched: Set<number>; // regions a protected write or dirty report touched while in flight
 }
 
-/** Where the engine sends, and what it tells the sync engine. */
+/** Where the engine sends. */
 export interface VerifyLink {
   send(bufs: Buffer[]): void;
   has(cap: number): boolean;
-}
-
-export interface VerifyHooks {
-  /** Regions were marked dirty: let the sync engine resync them. */
-  resync(): void;
 }
 
 /** The verify runs of one agent session and their checks in flight. */
@@ -171,7 +166,6 @@ export class VerifyEngine {
   constructor(
     private readonly link: VerifyLink,
     private readonly pacer: VerifyPacer,
-    private readonly hooks: VerifyHooks,
     private readonly log: Logger,
   ) {}
 
@@ -360,6 +354,7 @@ export class VerifyEngine {
     if (reportOnly) return;
     await sync.replica.markDiffering(r, r);
     sync.settle();
-    this.hooks.resync();
+    // No pump from here: the apply queue pumps the sync engine once it drains. A read issued now
+    // could land on a region whose earlier read's answer is still being written.
   }
 }
