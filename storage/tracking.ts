@@ -93,6 +93,11 @@ export class KnownZeroMap implements ChangeMap {
     map.clearRegions(map.regionOf(start), map.regionOf(end - 1));
   }
 
+  /** Regions [first, last] were found to hold something else (verify): no longer known zero. */
+  forget(first: number, last: number): void {
+    this.regions.clearRegions(first, last);
+  }
+
   /** True when every region [start, end) touches is known zero. */
   covers(start: number, end: number): boolean {
     const map = this.regions;

@@ -77,3 +77,15 @@ export function warnIfNoNative(log: Logger): void {
   const lost = 'page-cache advice, hole detection and fast frame checksums are off (slower, still correct)';
   log.warn({ cause: why }, `native addon missing: ${lost}`);
 }
+
+/** A duration like 30s, 10m, 6h or 1d (a bare number is seconds), in milliseconds; `off` or 0 is 0. */
+export function parseDuration(v: string, opt: string): number {
+  if (v === 'off') return 0;
+  const m = /^(\d+)(ms|s|m|h|d)?$/.exec(v.trim());
+  if (!m) throw new Error(`${opt}: expected a duration like 30s, 10m, 6h or 1d (or off), got "${v}"`);
+  const mul = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h' | 'd'];
+  const ms = Number(m[1]) * mul;
+  if (ms !== 0 && ms < 1000) throw new Error(`${opt} ${v}: at least 1s`);
+  if (ms > 2 ** 31 - 1) throw new Error(`${opt} ${v}: at most 24d`);
+  return ms;
+}

@@ -7,7 +7,9 @@ import { openFileTarget, openDirectTarget } from '../hub/replica';
 import { LmdbStateStore } from '../../storage/state';
 import { makeLogger } from '../log';
 import { parseHostPort, parseVolSpec, parseSize, parseMillis, fillLaunch, warnIfNoNative } from './args';
+import { parseDuration } from './args';
 import { renderStatus } from './format';
+import { verifyCommand } from './verify-command';
 import { enabled as tlsEnabled, serverOptions } from '../security';
 import { FileLock, LockHeldError, lockHubState } from '../../storage/lock';
 import { TOKEN_FILE_ENV, cliTokenFile, hubToken, readTokenFile, readableByOthers } from './admin-token';
@@ -17,26 +19,30 @@ import type { Logger } from '../log';
 const EXIT_START_FAILED = 2;
 const EXIT_LOCKED = 3;
 
+type VerifyFlags = { verifyRate: string; verifyEvery: string };
+
 const collect = (v: string, prev: string[]) => [...prev, v];
 
-async function serve(o: {
-  logPretty?: boolean;
-  logLevel?: string;
-  listen: string;
-  vol: string[];
-  data: string;
-  http: string;
-  nbd: string;
-  regionSize: string;
-  tlsCert?: string;
-  tlsKey?: string;
-  tlsCa?: string;
-  pskFile?: string;
-  nbdTls?: boolean;
-  commitInterval: string;
-  cache: string;
-  adminTokenFile?: string;
-}) {
+async function serve(
+  o: VerifyFlags & {
+    logPretty?: boolean;
+    logLevel?: string;
+    listen: string;
+    vol: string[];
+    data: string;
+    http: string;
+    nbd: string;
+    regionSize: string;
+    tlsCert?: string;
+    tlsKey?: string;
+    tlsCa?: string;
+    pskFile?: string;
+    nbdTls?: boolean;
+    commitInterval: string;
+    cache: string;
+    adminTokenFile?: string;
+  },
+) {
   if (o.logPretty) process.env.LOG_PRETTY = '1';
   const log = makeLogger('rephub', o.logLevel);
   warnIfNoNative(log);
@@ -62,6 +68,7 @@ async function serve(o: {
     session: { commitIntervalMs },
     openTarget: o.cache === 'none' ? openDirectTarget : openFileTarget,
     adminToken,
+    verify: verifyOptions(o),
   });
   const a = await hub.listen(listen.host, listen.port);
   const h = await hub.listenHttp(httpAddr.host, httpAddr.port);
@@ -76,6 +83,11 @@ async function serve(o: {
     },
     'rephub listening',
   );
+  stopOnSignals(hub, locks, log);
+}
+
+/** SIGINT and SIGTERM close the hub in order (sessions, checkpoints, store), then drop its locks. */
+function stopOnSignals(hub: Hub, locks: FileLock[], log: ReturnType<typeof makeLogger>): void {
   const stop = async (sig: string) => {
     log.info({ signal: sig }, 'shutting down');
     await hub.close();
@@ -125,6 +137,14 @@ function claimHubState(
   else if (readableByOthers(t.file))
     log.warn({ adminTokenFile: t.file }, 'the admin token file is readable by other users: chmod 600 it');
   return { locks, adminToken: t.token };
+}
+
+/** --verify-rate and --verify-every. */
+function verifyOptions(o: VerifyFlags) {
+  return {
+    rateBytesPerSecond: parseSize(o.verifyRate, '--verify-rate'),
+    everyMs: parseDuration(o.verifyEvery, '--verify-every'),
+  };
 }
 
 async function status(o: { hub: string; json?: boolean; watch?: boolean }) {
@@ -197,6 +217,12 @@ program
   .option(
     '--nbd-tls',
     'require TLS (STARTTLS) on the NBD exports, with the --tls-cert/--tls-key certificate; with --tls-ca clients need certificates too',
+  )
+  .option('--verify-rate <bytes/s>', 'online verify scan rate per hub, bytes per second (0: unlimited)', '100M')
+  .option(
+    '--verify-every <duration>',
+    'periodic scrub: verify every attached volume (and resync what differs) every DURATION, e.g. 1d or 6h',
+    'off',
   )
   .option(
     '--admin-token-file <file>',
@@ -324,6 +350,19 @@ tokenOption(program.command('failback'))
       process.stdout.write(
         `${v.name}\tmoved ${v.movedBytes} bytes; changed on recovery side ${v.recoveryChangedBytes}, on protected side ${v.protectedChangedBytes}; winner ${v.winner}\n`,
       );
+  });
+
+tokenOption(program.command('verify'))
+  .description(
+    'compare the recovery volumes with the protected volumes online (region checksums; no volume data crosses the link); exit 0 equal, 1 mismatches found, 2 error',
+  )
+  .option('--hub <url>', 'hub operator URL', 'http://127.0.0.1:7080')
+  .option('--vm <name>', 'only the volumes of this VM')
+  .option('--volume <name>', 'only this volume')
+  .option('--report-only', 'only report mismatched regions; do not mark them for resync')
+  .option('--json', 'print JSON for scripts')
+  .action(async (o) => {
+    process.exitCode = await verifyCommand(o, post);
   });
 
 program.parseAsync().catch((e) => {

@@ -23,6 +23,7 @@ canvas{width:100%;height:28px;border-radius:4px;background:#263040;image-renderi
 <script>
 const fmt=(n)=>{const u=['B','KiB','MiB','GiB','TiB'];let i=0;while(n>=1024&&i<4){n/=1024;i++}return (i?n.toFixed(1):n)+' '+u[i]};
 const lag=(ms)=>ms===null?'never in sync':ms<1000?ms+' ms':(ms/1000).toFixed(1)+' s';
+const verified=(r)=>!r?'never':r.state==='running'?'running, '+(100*r.checkedBytes/r.sizeBytes).toFixed(0)+'%':r.state==='failed'?'failed: '+r.error:r.mismatchedRegions?r.mismatchedRegions+' regions differed'+(r.reportOnly?'':' (resynced)'):'equal, '+r.finishedAt;
 const esc=(s)=>String(s).replace(/[&<>"]/g,(c)=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
 function heat(canvas,cells){const w=cells.length||1;canvas.width=w;canvas.height=1;const c=canvas.getContext('2d');
  const img=c.createImageData(w,1);cells.forEach((d,i)=>{const t=d/100;img.data.set([Math.round(40+210*t),Math.round(185-110*t),Math.round(80-40*t),255],i*4)});c.putImageData(img,0,0)}
@@ -34,7 +35,8 @@ function render(s){
   '<div class="bar"><div style="width:'+pct.toFixed(1)+'%"></div></div>'+
   '<dl><dt>in sync</dt><dd class="pct">'+pct.toFixed(1)+'%</dd><dt>dirty</dt><dd>'+fmt(v.dirtyBytes)+' of '+fmt(v.sizeBytes)+'</dd>'+
   '<dt>RPO lag</dt><dd>'+lag(v.rpoLagMs)+'</dd><dt>throughput</dt><dd>'+fmt(v.throughputBps)+'/s</dd>'+
-  '<dt>pass</dt><dd>'+v.syncPass+'</dd><dt>recovery</dt><dd>'+esc(v.recovery)+'</dd></dl>'+
+  '<dt>pass</dt><dd>'+v.syncPass+'</dd><dt>recovery</dt><dd>'+esc(v.recovery)+'</dd>'+
+  '<dt>verify</dt><dd class="verify" style="grid-column:span 3">'+esc(verified(v.verify))+'</dd></dl>'+
   '<canvas title="dirty bitmap: green clean, red dirty"></canvas>'+(v.lastError?'<div class="err">'+esc(v.lastError)+'</div>':'')+'</div>'}).join('');
  main.querySelectorAll('canvas').forEach((c,i)=>heat(c,s.heat[s.volumes[i].name]||[]));
  document.getElementById('agents').textContent=s.agents.length+' agent(s): '+s.agents.map((a)=>a.vm||('session '+a.session)).join(', ');

@@ -11,7 +11,7 @@ import type { Monitor } from './monitor';
 
 const MAX_BODY_BYTES = 65536;
 const NOT_FOUND =
-  'not found: GET / (dashboard), /status, /metrics, /ws; POST /failover-test/start|stop, /failover, /failback';
+  'not found: GET / (dashboard), /status, /metrics, /ws; POST /failover-test/start|stop, /failover, /failback, /verify';
 
 /** What the operator can ask for; the failover controller does it. */
 export interface OperatorActions {
@@ -31,6 +31,8 @@ export interface HttpApiOptions {
   /** The bearer token every POST must carry (rephub --admin-token-file). */
   adminToken: string;
   log: Logger;
+  /** POST /verify: start an online verify (verify-scheduler.ts); absent, the route is not served. */
+  verify?: (req: { vm?: string; volume?: string; reportOnly?: boolean }) => unknown;
 }
 
 type Body = Record<string, unknown>;
@@ -96,6 +98,17 @@ export function operatorGate(
   return null;
 }
 
+/** POST /verify { vm?, volume?, reportOnly? }: starts the verify and answers at once with its ids. */
+function verifyRoute(verify: NonNullable<HttpApiOptions['verify']>): Record<string, (b: Body) => Promise<unknown>> {
+  return {
+    '/verify': async (b) => {
+      const r = b.reportOnly;
+      if (r !== undefined && r !== null && typeof r !== 'boolean') throw new BadRequest('reportOnly must be a boolean');
+      return verify({ vm: optionalString(b, 'vm'), volume: optionalString(b, 'volume'), reportOnly: r === true });
+    },
+  };
+}
+
 function json(res: http.ServerResponse, code: number, v: unknown): void {
   res.writeHead(code, { 'content-type': 'application/json' });
   res.end(JSON.stringify(v, null, 1));
@@ -108,7 +121,7 @@ export class HttpApi {
 
   constructor(private readonly opts: HttpApiOptions) {
     if (!opts.adminToken) throw new Error('the operator API needs a non-empty admin token');
-    this.actions = routes(opts.actions);
+    this.actions = { ...routes(opts.actions), ...(opts.verify ? verifyRoute(opts.verify) : {}) };
     this.tokenDigest = digest(opts.adminToken);
   }
 

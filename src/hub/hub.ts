@@ -19,6 +19,7 @@ import { ExportRegistry } from '../nbd/exports';
 import { HubStatusSource, Monitor } from './monitor';
 import { AgentListener } from './listener';
 import { HttpApi } from './http-api';
+import { VerifyRefused, VerifyScheduler } from './verify-scheduler';
 
 export interface HubOptions {
   volumes: ReplicaSpec[];
@@ -36,6 +37,8 @@ export interface HubOptions {
   nbdTls?: boolean;
   /** Bearer token of the operator API's POSTs (default: a random one, see `adminToken`). */
   adminToken?: string;
+  /** Online verify: scan rate in bytes/s (0: unlimited) and the periodic scrub interval (0: off). */
+  verify?: { rateBytesPerSecond: number; everyMs: number };
 }
 
 export class Hub implements HubStatusSource {
@@ -53,6 +56,7 @@ export class Hub implements HubStatusSource {
   private nbdAddr = { host: '127.0.0.1', port: 10810 };
   readonly failover: FailoverController;
   readonly monitor: Monitor;
+  readonly verifier: VerifyScheduler;
   private sampler: NodeJS.Timeout;
   /** The operator API's token; random unless given, so an embedded hub is never open. */
   readonly adminToken: string;
@@ -74,6 +78,20 @@ export class Hub implements HubStatusSource {
       log: opts.log,
     });
     this.failover.restore();
+    this.verifier = new VerifyScheduler(
+      {
+        replicas: () => this.replicas.values(),
+        attached: (r) => {
+          for (const s of this.sessions) {
+            const sync = s.volumes.find((v) => v.replica === r);
+            if (sync) return { engine: s.verifier, sync };
+          }
+          return null;
+        },
+      },
+      opts.verify ?? { rateBytesPerSecond: 0, everyMs: 0 },
+      opts.log.child({ part: 'verify' }),
+    );
     this.monitor = new Monitor(this);
     this.listener = new AgentListener<AgentSession>(
       {
@@ -88,9 +106,10 @@ export class Hub implements HubStatusSource {
       status: () => this.status(),
       monitor: this.monitor,
       actions: this.failover,
-      isRefusal: (e) => e instanceof FailoverError,
+      isRefusal: (e) => e instanceof FailoverError || e instanceof VerifyRefused,
       adminToken: this.adminToken,
       log: opts.log,
+      verify: (req) => this.verifier.start(req),
     });
     this.sampler = setInterval(() => {
       for (const r of this.replicas.values()) r.sample();
@@ -124,7 +143,12 @@ export class Hub implements HubStatusSource {
   /** The session API for a transport; the TCP listener and the simulations both use it. */
   newSession(t: ConstructorParameters<typeof AgentSession>[2], identity: string | null = null): AgentSession {
     const id = this.nextSession++;
-    const host = { replica: (n: string) => this.replicas.get(n), openTarget: this.openTarget, pool: this.pool };
+    const host = {
+      replica: (n: string) => this.replicas.get(n),
+      openTarget: this.openTarget,
+      pool: this.pool,
+      verifyPacer: this.verifier.pacer,
+    };
     const s = new AgentSession(id, host, t, this.cfg, this.log.child({ session: id }), identity);
     this.sessions.add(s);
     return s;
@@ -143,7 +167,7 @@ export class Hub implements HubStatusSource {
   status() {
     return {
       ...this.failover.status(),
-      volumes: [...this.replicas.values()].map((r) => r.status()),
+      volumes: [...this.replicas.values()].map((r) => ({ ...r.status(), verify: this.verifier.report(r.name) })),
       agents: [...this.sessions].map((s) => ({
         session: s.id,
         vm: s.vm,
@@ -180,6 +204,7 @@ export class Hub implements HubStatusSource {
   async close(): Promise<void> {
     this.listener.stopAccepting();
     this.monitor.close();
+    this.verifier.close();
     clearInterval(this.sampler);
     this.httpApi.close();
     await this.nbd?.close();

@@ -63,6 +63,7 @@ function registerVolumeMetrics(r: Registry, source: HubStatusSource): void {
   );
   gauge('rephub_volume_throughput_bytes_per_second', 'Bytes applied per second, last sample', (v) => v.throughputBps);
   gauge('rephub_volume_sync_pass', 'Sync pass number', (v) => v.syncPass);
+  registerVerifyMetrics(gauge);
   new Gauge({
     name: 'rephub_volume_state',
     help: 'Current state (1 for the state the volume is in)',
@@ -93,4 +94,23 @@ function registerHubMetrics(r: Registry, source: HubStatusSource): void {
       this.inc(source.receivedBytes());
     },
   });
+}
+
+/** The last online verify of each volume (none before the first). */
+function registerVerifyMetrics(
+  gauge: (name: string, help: string, value: VolumeValue<number | null>) => unknown,
+): void {
+  gauge('rephub_volume_verify_running', 'An online verify of the volume is running (1) or not (0)', (v) =>
+    v.verify ? Number(v.verify.state === 'running') : null,
+  );
+  gauge(
+    'rephub_volume_verify_checked_bytes',
+    'Bytes compared by the last (or running) online verify',
+    (v) => v.verify?.checkedBytes ?? null,
+  );
+  gauge(
+    'rephub_volume_verify_mismatched_regions',
+    'Regions the last (or running) online verify found different on the two sides',
+    (v) => v.verify?.mismatchedRegions ?? null,
+  );
 }

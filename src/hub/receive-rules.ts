@@ -4,7 +4,7 @@
 // violation is a ProtocolError that closes that session only. Kept apart so session.ts stays
 // intake and dispatch.
 import { Cap, Cmd, MIN_MAX_PAYLOAD, ProtocolError } from '../../protocol';
-import type { ChecksumRes, Hello } from '../../protocol';
+import type { Hello } from '../../protocol';
 
 /** The capability an agent->hub command needs (SPEC.md section 4); 0 for base commands. */
 const NEEDS: Partial<Record<Cmd, number>> = {
@@ -37,14 +37,4 @@ export function checkHello(h: Hello): void {
   if (h.maxPayload < MIN_MAX_PAYLOAD) {
     throw new ProtocolError(`HELLO max_payload ${h.maxPayload} is below the minimum ${MIN_MAX_PAYLOAD}`);
   }
-}
-
-/**
- * A CHECKSUM_RES whose req_id matches no outstanding CHECKSUM_REQ (SPEC.md 5.12). The hub sends
- * CHECKSUM_REQ only while verifying; until then every answer is unsolicited.
- */
-export function unsolicitedChecksumRes(m: ChecksumRes): never {
-  throw new ProtocolError(
-    `CHECKSUM_RES req_id ${m.reqId} for volume id ${m.volumeId} matches no outstanding CHECKSUM_REQ`,
-  );
 }

@@ -204,6 +204,12 @@ export class Replica {
     await this.store.saveBitmap(this.name, this.bitmap!, true);
   }
 
+  /** Verify found regions [first, last] different: dirty, and no longer trusted to be zero. */
+  async markDiffering(first: number, last: number): Promise<void> {
+    this.knownZero?.forget(first, last);
+    await this.markDirty(first, last);
+  }
+
   /** Commit bits set directly on the bitmap before the caller relies on them. */
   async commitDirty(): Promise<void> {
     await this.store.saveBitmap(this.name, this.bitmap!, true);

@@ -25,7 +25,8 @@ import { SyncEngine, VolumeSync } from './sync';
 import { WriteApplier } from './write-apply';
 import { VolumeAttach } from './attach';
 import { WriteBack } from './failback';
-import { checkHello, checkIntake, unsolicitedChecksumRes } from './receive-rules';
+import { checkHello, checkIntake } from './receive-rules';
+import { VerifyEngine, VerifyPacer } from './verify';
 
 export interface SessionConfig {
   hubName: string;
@@ -58,6 +59,8 @@ export interface SessionHost {
   openTarget: TargetOpener;
   /** Where large received frames were joined (see hub.ts); their payloads go back once applied. */
   pool?: BufferPool;
+  /** The hub's verify scan-rate limit, shared by its sessions (none when absent). */
+  verifyPacer?: VerifyPacer;
 }
 
 export interface Transport {
@@ -108,6 +111,8 @@ export class AgentSession implements ReplicaOwner {
   private readonly writes: WriteApplier;
   private readonly attach: VolumeAttach;
   private readonly writeBacks: WriteBack;
+  /** Online verify of this session's volumes (verify.ts); the hub starts runs on it. */
+  readonly verifier: VerifyEngine;
   private readonly checkpointTimer: NodeJS.Timeout;
   private readonly handshakeTimer: NodeJS.Timeout;
 
@@ -168,6 +173,7 @@ export class AgentSession implements ReplicaOwner {
       cfg.maxInflightReads,
       cfg.maxReadBytes,
     );
+    this.verifier = new VerifyEngine(this.link, host.verifyPacer ?? new VerifyPacer(0), log);
     this.checkpointTimer = setInterval(() => void this.sync.checkpoint(), cfg.checkpointMs);
     this.checkpointTimer.unref();
     // An idle or half-open connection must not hold one of the hub's session slots forever.
@@ -285,7 +291,7 @@ export class AgentSession implements ReplicaOwner {
       case Cmd.AGENT_SHUTDOWN:
         return this.onShutdown();
       case Cmd.CHECKSUM_RES:
-        return unsolicitedChecksumRes(m); // verify's hook: settle the outstanding CHECKSUM_REQ m.reqId
+        return this.verifier.onChecksumRes(m);
       default:
         throw new ProtocolError(`unexpected ${Cmd[m.cmd] ?? m.cmd}`);
     }
@@ -343,6 +349,7 @@ export class AgentSession implements ReplicaOwner {
     clearTimeout(this.handshakeTimer);
     this.link.stop();
     this.sync.stop();
+    this.verifier.stop();
     this.commit.close();
     this.writeBacks.cancel(new Error('agent session closed'));
     const inFlight = this.queue.close(); // leftover barriers run once it is done

@@ -15,6 +15,8 @@ export interface VolumeStatus {
   rpoLagMs: number | null;
   throughputBps: number;
   syncPass: number;
+  /** The last online verify (hub/verify.ts), null before the first. */
+  verify?: { state: string; checkedBytes: number; mismatchedRegions: number } | null;
 }
 
 /** What the monitor watches; the hub provides it, and the monitor knows nothing else of the hub. */

@@ -52,6 +52,8 @@ export class VolumeSync {
   readonly inflightRegions = new Set<number>();
   awaitingReport: boolean; // agent's dirty-extent hand-over not complete yet
   retryAt = 0; // after a failed remote read, back off until this time (ms)
+  /** Set while a verify runs (verify.ts): told of every touch, as reads in flight are. */
+  watch: ((first: number, last: number) => void) | null = null;
 
   constructor(
     readonly replica: Replica,
@@ -121,6 +123,7 @@ export class VolumeSync {
 
   /** A protected write to regions [first, last] was applied: reads of them are now stale. */
   touch(first: number, last: number): void {
+    if (this.watch !== null) this.watch(first, last);
     if (this.inflight.size === 0) return;
     for (const read of this.inflight.values()) {
       if (read.last < first || read.first > last) continue;

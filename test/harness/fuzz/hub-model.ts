@@ -347,8 +347,13 @@ export class HubModel {
         }
         return;
       }
-      case Cmd.CHECKSUM_RES: // the hub sends no CHECKSUM_REQ to a fuzz session: never solicited
-        return this.later(ErrorCode.PROTOCOL, { prefix: `CHECKSUM_RES req_id ${m.reqId} ` }, 'unsolicited checksum');
+      case Cmd.CHECKSUM_RES:
+        // The hub asks for checksums only while a verify runs, and none runs during a fuzz campaign.
+        return this.later(
+          ErrorCode.PROTOCOL,
+          { message: `CHECKSUM_RES for unknown req_id ${m.reqId}` },
+          'checksum: unknown req_id',
+        );
       default:
         return; // HELLO, PONG, ERROR, FLUSH, AGENT_SHUTDOWN: accepted
     }
