@@ -24,7 +24,7 @@ function verifyCli(hub: HubProcess, ...args: string[]): Promise<CliResult> {
   return new Promise((resolve) => {
     execFile(
       process.execPath,
-      [CLI, 'verify', '--hub', `http://${hub.http}`, ...args],
+      [CLI, 'verify', '--hub', `http://${hub.http}`, '--admin-token-file', hub.adminTokenFile, ...args],
       { timeout: 120_000 },
       (err, stdout, stderr) => resolve({ code: err ? ((err as any).code ?? null) : 0, stdout, stderr }),
     );

@@ -291,7 +291,11 @@ export class VerifyEngine {
   /** The agent's digests, applied after every write it sent before them. */
   async onChecksumRes(m: ChecksumRes): Promise<void> {
     const c = this.checks.get(m.reqId);
-    if (!c) throw new ProtocolError(`CHECKSUM_RES for unknown req_id ${m.reqId}`);
+    if (!c) {
+      // SPEC 5.12: an answer that matches no outstanding CHECKSUM_REQ is a protocol error.
+      const what = `CHECKSUM_RES req_id ${m.reqId} for volume id ${m.volumeId}`;
+      throw new ProtocolError(`${what} matches no outstanding CHECKSUM_REQ`);
+    }
     if (m.volumeId !== c.sync.volumeId) {
       throw new ProtocolError(`CHECKSUM_RES ${m.reqId}: volume id ${m.volumeId}, request was for ${c.sync.volumeId}`);
     }

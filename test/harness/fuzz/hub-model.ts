@@ -351,7 +351,7 @@ export class HubModel {
         // The hub asks for checksums only while a verify runs, and none runs during a fuzz campaign.
         return this.later(
           ErrorCode.PROTOCOL,
-          { message: `CHECKSUM_RES for unknown req_id ${m.reqId}` },
+          { prefix: `CHECKSUM_RES req_id ${m.reqId} ` },
           'checksum: unknown req_id',
         );
       default:
