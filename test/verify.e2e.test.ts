@@ -75,8 +75,17 @@ function fio(uri: string, seconds: number) {
     ],
     { stdio: 'ignore' },
   );
-  return new Promise<number | null>((r) => p.on('exit', r));
+  writers.add(p);
+  return new Promise<number | null>((r) =>
+    p.on('exit', (code) => {
+      writers.delete(p);
+      r(code);
+    }),
+  );
 }
+
+// fio's nbd engine spins when its server goes away: a test that fails mid-write must not leave one.
+const writers = new Set<ReturnType<typeof spawn>>();
 
 describe('rephub verify (online, real hub and agent)', function () {
   this.timeout(300_000);
@@ -95,6 +104,7 @@ describe('rephub verify (online, real hub and agent)', function () {
     await hub.converged('V1', img, rep, 60_000);
   });
   afterEach(async () => {
+    for (const w of writers) w.kill('SIGKILL');
     await agent.stop();
     await hub.stop();
     fs.rmSync(dir, { recursive: true, force: true });
