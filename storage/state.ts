@@ -15,6 +15,9 @@ export interface VolumeRecord {
   generation: number; // bumped each time a new protection session starts on this replica
   state: string;
   cleanShutdown: boolean; // last session ended with AGENT_SHUTDOWN and everything applied
+  // The last session's agent could not report its dirty extents (legacy): if it ended any other
+  // way than cleanly, no later agent's report can name what it wrote (SPEC 13).
+  untrustedSession?: boolean;
   syncPass: number;
   syncCursor: number; // region index the sync sweep had reached
   vm?: string;

@@ -286,3 +286,35 @@ describe('hub session over the shared link', () => {
     await t.hub.close();
   });
 });
+
+describe('what the hub resyncs after a legacy session (SPEC 13)', () => {
+  const size = 1 << 20,
+    regionSize = 65536;
+
+  /** A replica attached by a first agent, converged and checkpointed, then the hub restarts. */
+  async function restartAfter(firstTrusted: boolean, secondTrusted: boolean): Promise<number> {
+    const store = new MemoryStateStore(),
+      disk = new MemoryVolume(size),
+      spec = { name: 'V1', path: '/mem/V1R' };
+    const first = new Replica(spec, store, regionSize, silentLogger());
+    await first.attach(size, () => disk, firstTrusted, 'vm');
+    first.bitmap!.clearRegions(0, size / regionSize - 1); // the initial sync is done
+    await first.checkpoint(); // then the connection dies, or the hub: no AGENT_SHUTDOWN
+    const second = new Replica(spec, store, regionSize, silentLogger());
+    await second.attach(size, () => disk, secondTrusted, 'vm');
+    return second.bitmap!.dirtyBytes;
+  }
+
+  it('after a legacy session ended uncleanly, a v1 agent that reports its dirty extents still gets a full resync', async () => {
+    assert.equal(await restartAfter(false, true), size, 'the legacy agent wrote what no dirty log holds');
+  });
+
+  it('after a v1 session ended uncleanly, the next v1 agent resyncs only the delta it reports', async () => {
+    assert.equal(await restartAfter(true, true), 0);
+  });
+
+  it('a legacy agent after any unclean end resyncs everything', async () => {
+    assert.equal(await restartAfter(true, false), size);
+    assert.equal(await restartAfter(false, false), size);
+  });
+});

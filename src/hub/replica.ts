@@ -150,12 +150,14 @@ export class Replica {
       };
       this.bitmap = new DirtyBitmap(sizeBytes, this.regionSize);
       this.bitmap.setAll(); // a new replica knows nothing: full initial sync
-    } else if (!rec.cleanShutdown && !trustAgentReport) {
-      // A legacy agent cannot tell us what it wrote while we were apart.
+    } else if (!rec.cleanShutdown && (!trustAgentReport || rec.untrustedSession)) {
+      // A legacy agent cannot tell us what it wrote while we were apart, and after a legacy
+      // session ended uncleanly no agent can: its writes are in nobody's dirty log.
       this.bitmap.setAll();
     }
     rec.generation += 1;
     rec.cleanShutdown = false;
+    rec.untrustedSession = !trustAgentReport; // durable below, before any write is applied
     rec.state = 'syncing';
     rec.vm = vm;
     this.record = rec;
