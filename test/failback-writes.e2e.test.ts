@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFile, execFileSync } from 'node:child_process';
 import { promisify } from 'node:util';
-import { tmpdir, makeImage, sha, waitFor } from './harness/util';
+import { tmpdir, makeImage, sha, waitFor, readRegion } from './harness/util';
 import { HubProcess, CLI, v1Hub } from './harness/hub-process';
 import { AgentProcess, v1Agent } from './harness/agent-process';
 import { FaultProxy } from './harness/fault-proxy';
@@ -24,13 +24,6 @@ const runAsync = async (cmd: string, args: string[]) => {
   }
 };
 const qio = (uri: string, ...cmds: string[]) => run('qemu-io', ['-f', 'raw', ...cmds.flatMap((c) => ['-c', c]), uri]);
-function region(file: string, off: number, len: number): Buffer {
-  const b = Buffer.alloc(len);
-  const fd = fs.openSync(file, 'r');
-  fs.readSync(fd, b, 0, len, off);
-  fs.closeSync(fd);
-  return b;
-}
 /** Offset of the first differing byte, or -1. */
 function firstDiff(a: string, b: string): number {
   const x = fs.readFileSync(a),
@@ -92,13 +85,16 @@ describe('failback keeps protected writes and takes a winner per volume', functi
     const done = await fb;
     assert.equal(done.status, 200, JSON.stringify(done.body));
     proxy!.setMode({ kind: 'pass' });
-    assert.ok(region(img('V1'), 60 * MiB, 64 * 1024).equals(Buffer.alloc(64 * 1024, 0xe7)), 'the guest kept its write');
+    assert.ok(
+      readRegion(img('V1'), 60 * MiB, 64 * 1024).equals(Buffer.alloc(64 * 1024, 0xe7)),
+      'the guest kept its write',
+    );
     await waitFor('V1 protecting and clean', async () => {
       const v = await hub.volume('V1');
       return v.state === 'protecting' && v.dirtyBytes === 0 && (await agent.clean());
     });
     assert.equal(firstDiff(img('V1'), rep('V1')), -1, 'the recovery volume equals the protected volume (cmp)');
-    assert.ok(region(rep('V1'), 0, 48 * MiB).equals(Buffer.alloc(48 * MiB, 0x5a)), 'the write-back is there too');
+    assert.ok(readRegion(rep('V1'), 0, 48 * MiB).equals(Buffer.alloc(48 * MiB, 0x5a)), 'the write-back is there too');
   });
 
   it('--winner per volume: V1=recovery keeps the recovery VM writes, V2=protected keeps the protected VM writes', async () => {
@@ -134,10 +130,13 @@ describe('failback keeps protected writes and takes a winner per volume', functi
     assert.match(out, /V1\t.*winner recovery/);
     assert.match(out, /V2\t.*winner protected/);
     for (const n of ['V1', 'V2']) await hub.converged(n, img(n), rep(n), 60_000);
-    assert.ok(region(img('V1'), MiB, MiB).equals(Buffer.alloc(MiB, 0x11)), 'V1: the recovery side won');
-    assert.ok(!region(img('V1'), 10 * MiB, MiB).equals(Buffer.alloc(MiB, 0x22)), 'V1: protected change rolled back');
-    assert.ok(region(rep('V2'), 10 * MiB, MiB).equals(Buffer.alloc(MiB, 0x22)), 'V2: the protected side won');
-    assert.ok(!region(rep('V2'), MiB, MiB).equals(Buffer.alloc(MiB, 0x11)), 'V2: recovery change thrown away');
+    assert.ok(readRegion(img('V1'), MiB, MiB).equals(Buffer.alloc(MiB, 0x11)), 'V1: the recovery side won');
+    assert.ok(
+      !readRegion(img('V1'), 10 * MiB, MiB).equals(Buffer.alloc(MiB, 0x22)),
+      'V1: protected change rolled back',
+    );
+    assert.ok(readRegion(rep('V2'), 10 * MiB, MiB).equals(Buffer.alloc(MiB, 0x22)), 'V2: the protected side won');
+    assert.ok(!readRegion(rep('V2'), MiB, MiB).equals(Buffer.alloc(MiB, 0x11)), 'V2: recovery change thrown away');
     assert.equal(sha(img('V2')), sha(rep('V2')));
     assert.equal((await hub.status()).failover, null, 'no volume left failed over');
   });
@@ -178,9 +177,12 @@ describe('failback keeps protected writes and takes a winner per volume', functi
     const again = await hub.post('/failback');
     assert.equal(again.status, 200, JSON.stringify(again.body));
     for (const n of ['V1', 'V2']) await hub.converged(n, img(n), rep(n), 60_000);
-    assert.ok(region(img('V1'), 2 * MiB, MiB).equals(Buffer.alloc(MiB, 0x31)), 'V1: the recovery VM write came back');
     assert.ok(
-      region(img('V2'), 0, 48 * MiB).equals(Buffer.alloc(48 * MiB, 0x32)),
+      readRegion(img('V1'), 2 * MiB, MiB).equals(Buffer.alloc(MiB, 0x31)),
+      'V1: the recovery VM write came back',
+    );
+    assert.ok(
+      readRegion(img('V2'), 0, 48 * MiB).equals(Buffer.alloc(48 * MiB, 0x32)),
       'V2: the recovery VM write came back',
     );
   });

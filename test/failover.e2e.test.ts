@@ -6,9 +6,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { tmpdir, makeImage, sha, waitFor } from './harness/util';
-import { HubProcess, CLI, v1Hub } from './harness/hub-process';
-import { AgentProcess, v1Agent } from './harness/agent-process';
+import { sha, waitFor, readRegion } from './harness/util';
+import { startProtectedPair } from './harness/pair';
+import { HubProcess, CLI } from './harness/hub-process';
+import { AgentProcess } from './harness/agent-process';
 
 const MiB = 1 << 20;
 const run = (cmd: string, args: string[], timeout = 120_000) =>
@@ -18,14 +19,6 @@ function copyOut(uri: string, file: string): string {
   run('nbdcopy', [uri, file]);
   return sha(file);
 }
-function region(file: string, off: number, len: number): Buffer {
-  const b = Buffer.alloc(len);
-  const fd = fs.openSync(file, 'r');
-  fs.readSync(fd, b, 0, len, off);
-  fs.closeSync(fd);
-  return b;
-}
-
 describe('failover test, failover and failback', function () {
   this.timeout(300_000);
   let dir: string, hub: HubProcess, agent: AgentProcess, img: string, rep: string;
@@ -36,15 +29,7 @@ describe('failover test, failover and failback', function () {
   }
 
   beforeEach(async () => {
-    dir = tmpdir();
-    img = path.join(dir, 'V1.img');
-    rep = path.join(dir, 'V1R');
-    makeImage(img, size, 0.5);
-    hub = v1Hub(dir, rep);
-    await hub.start();
-    agent = v1Agent(dir, img, hub.port);
-    await agent.start();
-    await converged();
+    ({ dir, img, rep, hub, agent } = await startProtectedPair(size));
   });
   afterEach(async () => {
     await agent.stop();
@@ -88,19 +73,28 @@ describe('failover test, failover and failback', function () {
     await writerDone;
     await converged(); // replication went on: recovery == protected during the test
 
-    assert.ok(region(rep, 4 * MiB, MiB).equals(Buffer.alloc(MiB, 0xb2)), 'recovery volume has the post-freeze write');
     assert.ok(
-      !region(rep, 8 * MiB, 512 * 1024).equals(Buffer.alloc(512 * 1024, 0xc3)),
+      readRegion(rep, 4 * MiB, MiB).equals(Buffer.alloc(MiB, 0xb2)),
+      'recovery volume has the post-freeze write',
+    );
+    assert.ok(
+      !readRegion(rep, 8 * MiB, 512 * 1024).equals(Buffer.alloc(512 * 1024, 0xc3)),
       'test writes never reach the recovery volume',
     );
     assert.ok(
-      !region(img, 8 * MiB, 512 * 1024).equals(Buffer.alloc(512 * 1024, 0xc3)),
+      !readRegion(img, 8 * MiB, 512 * 1024).equals(Buffer.alloc(512 * 1024, 0xc3)),
       'test writes never reach the protected volume',
     );
     const v2 = path.join(dir, 'view2.raw');
     copyOut(hubUri('V1'), v2);
-    assert.ok(region(v2, 4 * MiB, MiB).equals(Buffer.alloc(MiB, 0xa1)), 'the view still shows the pre-freeze content');
-    assert.ok(region(v2, 8 * MiB, 512 * 1024).equals(Buffer.alloc(512 * 1024, 0xc3)), 'the view shows the test writes');
+    assert.ok(
+      readRegion(v2, 4 * MiB, MiB).equals(Buffer.alloc(MiB, 0xa1)),
+      'the view still shows the pre-freeze content',
+    );
+    assert.ok(
+      readRegion(v2, 8 * MiB, 512 * 1024).equals(Buffer.alloc(512 * 1024, 0xc3)),
+      'the view shows the test writes',
+    );
     // everything else in the view is exactly the frozen content
     const a = fs.readFileSync(path.join(dir, 'view1.raw')),
       b = fs.readFileSync(v2);
@@ -179,8 +173,8 @@ describe('failover test, failover and failback', function () {
     );
     assert.equal(moved, 11 * MiB + 64 * 1024, 'only the changed regions move');
     await waitFor('byte-equal', () => sha(img) === sha(rep));
-    assert.ok(region(img, 2 * MiB, 3 * MiB).equals(Buffer.alloc(3 * MiB, 0xd4)));
-    assert.ok(region(img, 24 * MiB, 8 * MiB).equals(Buffer.alloc(8 * MiB)), 'the zeroed range came back as zeroes');
+    assert.ok(readRegion(img, 2 * MiB, 3 * MiB).equals(Buffer.alloc(3 * MiB, 0xd4)));
+    assert.ok(readRegion(img, 24 * MiB, 8 * MiB).equals(Buffer.alloc(8 * MiB)), 'the zeroed range came back as zeroes');
     await converged();
     qio(agent.uri('V1'), 'write -P 0xe6 0 1M'); // protection in the normal direction again
     await converged();
@@ -198,8 +192,8 @@ describe('failover test, failover and failback', function () {
     const fb = await hub.post('/failback', { winner: 'recovery' });
     assert.equal(fb.status, 200, JSON.stringify(fb.body));
     await waitFor('byte-equal', () => sha(img) === sha(rep));
-    assert.ok(region(img, 1 * MiB, MiB).equals(Buffer.alloc(MiB, 0x11)), 'recovery side won');
-    assert.ok(!region(img, 10 * MiB, MiB).equals(Buffer.alloc(MiB, 0x22)), 'protected change was rolled back');
+    assert.ok(readRegion(img, 1 * MiB, MiB).equals(Buffer.alloc(MiB, 0x11)), 'recovery side won');
+    assert.ok(!readRegion(img, 10 * MiB, MiB).equals(Buffer.alloc(MiB, 0x22)), 'protected change was rolled back');
     await converged();
     void createHash;
   });

@@ -5,11 +5,11 @@
 // silent divergence). The client is libnbd (python3 nbd module), a real NBD client.
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { spawn, ChildProcess } from 'node:child_process';
-import { tmpdir, makeImage, sha, waitFor } from './harness/util';
-import { HubProcess, v1Hub } from './harness/hub-process';
-import { AgentProcess, v1Agent } from './harness/agent-process';
+import { sha, waitFor, readRegion } from './harness/util';
+import { startProtectedPair } from './harness/pair';
+import { HubProcess } from './harness/hub-process';
+import { AgentProcess } from './harness/agent-process';
 
 const MiB = 1 << 20;
 const PYTHON = '/usr/bin/python3'; // the interpreter the distribution's libnbd bindings are built for
@@ -55,14 +55,6 @@ class HeldClient {
   }
 }
 
-function region(file: string, off: number, len: number): Buffer {
-  const b = Buffer.alloc(len);
-  const fd = fs.openSync(file, 'r');
-  fs.readSync(fd, b, 0, len, off);
-  fs.closeSync(fd);
-  return b;
-}
-
 describe('removing an NBD export: refused while clients are attached, force closes them', function () {
   this.timeout(180_000);
   let dir: string,
@@ -75,15 +67,7 @@ describe('removing an NBD export: refused while clients are attached, force clos
   const hubUri = (n: string) => `nbd://127.0.0.1:${hub.nbdPort}/${n}`;
 
   beforeEach(async () => {
-    dir = tmpdir();
-    img = path.join(dir, 'V1.img');
-    rep = path.join(dir, 'V1R');
-    makeImage(img, size, 0.5);
-    hub = v1Hub(dir, rep);
-    await hub.start();
-    agent = v1Agent(dir, img, hub.port);
-    await agent.start();
-    await hub.converged('V1', img, rep, 60_000);
+    ({ dir, img, rep, hub, agent } = await startProtectedPair(size));
   });
   afterEach(async () => {
     client?.kill();
@@ -132,7 +116,7 @@ describe('removing an NBD export: refused while clients are attached, force clos
     assert.match(said, /failed:/, `the write after failback must fail: ${said}`);
     assert.match(said, /connection closed/, `the hub closed the connection: ${said}`);
     await hub.converged('V1', img, rep, 60_000);
-    assert.ok(region(img, 0, 4096).equals(Buffer.alloc(4096, 0xab)), 'the write before failback came back');
-    assert.ok(!region(rep, MiB, 4096).equals(Buffer.alloc(4096, 0xcd)), 'the write after failback never landed');
+    assert.ok(readRegion(img, 0, 4096).equals(Buffer.alloc(4096, 0xab)), 'the write before failback came back');
+    assert.ok(!readRegion(rep, MiB, 4096).equals(Buffer.alloc(4096, 0xcd)), 'the write after failback never landed');
   });
 });

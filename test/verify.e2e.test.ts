@@ -5,9 +5,9 @@
 // converged volume's verify moves no volume data across the link.
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { execFile, spawn, spawnSync } from 'node:child_process';
-import { tmpdir, makeImage, waitFor, MiB } from './harness/util';
+import { waitFor, MiB } from './harness/util';
+import { startProtectedPair } from './harness/pair';
 import { HubProcess, CLI, v1Hub } from './harness/hub-process';
 import { AgentProcess, v1Agent } from './harness/agent-process';
 
@@ -93,15 +93,7 @@ describe('rephub verify (online, real hub and agent)', function () {
   const size = 32 * MiB;
 
   beforeEach(async () => {
-    dir = tmpdir();
-    img = path.join(dir, 'V1.img');
-    rep = path.join(dir, 'V1R');
-    makeImage(img, size, 0.5);
-    hub = v1Hub(dir, rep);
-    await hub.start();
-    agent = v1Agent(dir, img, hub.port);
-    await agent.start();
-    await hub.converged('V1', img, rep, 60_000);
+    ({ dir, img, rep, hub, agent } = await startProtectedPair(size));
   });
   afterEach(async () => {
     for (const w of writers) w.kill('SIGKILL');

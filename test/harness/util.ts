@@ -58,3 +58,12 @@ export async function waitFor<T>(what: string, fn: () => T | Promise<T>, timeout
     await new Promise((r) => setTimeout(r, everyMs));
   }
 }
+
+/** `len` bytes of `file` at `off`, read straight from the file (a replica, an image, a view). */
+export function readRegion(file: string, off: number, len: number): Buffer {
+  const b = Buffer.alloc(len);
+  const fd = fs.openSync(file, 'r');
+  fs.readSync(fd, b, 0, len, off);
+  fs.closeSync(fd);
+  return b;
+}
