@@ -149,6 +149,11 @@ export class DirtyLog {
     return this.al.size;
   }
 
+  /** Most extents hot at once. */
+  get maxHotExtents(): number {
+    return this.al.maxExtents;
+  }
+
   /**
    * Mark bytes [start, end) dirty, durably in the file before this returns. `hold`: the image
    * write lands later, asynchronously; call landed() with the same range then. The common case

@@ -10,6 +10,7 @@ import { AgentCore } from './core';
 import { HubConnection } from './connection';
 import { AgentStats, newStats } from './ports';
 import type { AgentVolumeSpec } from './volume';
+import type { DirtyLog } from '../../storage/dirty-log';
 
 export type { AgentVolumeSpec } from './volume';
 
@@ -30,6 +31,9 @@ export interface AgentOptions {
 }
 
 const LOG_SYNC_MS = 1000; // cleared dirty bits reach the log file this often
+// The kernel writes dirty pages back within 30 s anyway (vm.dirty_expire_centisecs), so an
+// image flush this often costs little more than the device cache flush.
+const IDLE_FLUSH_MS = 30_000;
 const STOP_POLL_MS = 5;
 
 export class ReplicationAgent {
@@ -41,6 +45,7 @@ export class ReplicationAgent {
   private readonly connection: HubConnection;
   private readonly syncTimer: NodeJS.Timeout;
   private flushingImages = false; // a background image flush round is under way
+  private readonly lastImageFlush = new Map<string, number>(); // volume -> when its background flush began
 
   constructor(private readonly opts: AgentOptions) {
     // TLS records are authenticated already: frame checksums would only repeat that work
@@ -135,15 +140,18 @@ export class ReplicationAgent {
   /**
    * A hot extent goes cold only after an image flush that began after its last write. A guest
    * that never flushes would keep every extent hot, and each new one would then cost an image
-   * sync on the event loop: flush the images with hot extents in the background, one round at
-   * a time.
+   * sync on the event loop: flush the images in the background, one round at a time. Not every
+   * second: while the activity log is less than half full, a hot extent costs nothing (only a
+   * larger resync after a crash) and each flush costs the agent system time, so only every
+   * IDLE_FLUSH_MS, which lets extents written once and left alone go cold.
    */
   private async flushImages(): Promise<void> {
     if (this.flushingImages) return;
     this.flushingImages = true;
     try {
       for (const v of this.opts.volumes) {
-        if (v.log.hotExtents === 0) continue;
+        if (!this.imageFlushDue(v.name, v.log)) continue;
+        this.lastImageFlush.set(v.name, Date.now());
         const upTo = v.log.imageFlushStarting();
         await v.target.flush();
         v.log.imageFlushed(upTo);
@@ -156,6 +164,12 @@ export class ReplicationAgent {
     } finally {
       this.flushingImages = false;
     }
+  }
+
+  private imageFlushDue(name: string, log: DirtyLog): boolean {
+    if (log.hotExtents === 0) return false;
+    if (log.hotExtents * 2 > log.maxHotExtents) return true;
+    return Date.now() - (this.lastImageFlush.get(name) ?? 0) >= IDLE_FLUSH_MS;
   }
 
   private syncLogs(durable: boolean): void {
