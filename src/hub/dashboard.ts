@@ -37,7 +37,7 @@ function render(s){
   '<dt>RPO lag</dt><dd>'+lag(v.rpoLagMs)+'</dd><dt>throughput</dt><dd>'+fmt(v.throughputBps)+'/s</dd>'+
   '<dt>pass</dt><dd>'+v.syncPass+'</dd><dt>recovery</dt><dd>'+esc(v.recovery)+'</dd>'+
   '<dt>verify</dt><dd class="verify" style="grid-column:span 3">'+esc(verified(v.verify))+'</dd></dl>'+
-  '<canvas title="dirty bitmap: green clean, red dirty"></canvas>'+(v.lastError?'<div class="err">'+esc(v.lastError)+'</div>':'')+'</div>'}).join('');
+  '<canvas title="dirty bitmap: green clean, red dirty"></canvas>'+(v.alarm&&v.alarm.active?'<div class="err alarm">ENCRYPTION ALARM since '+esc(v.alarm.since)+': the guest is overwriting its data with random-looking bytes</div>':'')+(v.lastError?'<div class="err">'+esc(v.lastError)+'</div>':'')+'</div>'}).join('');
  main.querySelectorAll('canvas').forEach((c,i)=>heat(c,s.heat[s.volumes[i].name]||[]));
  document.getElementById('agents').textContent=s.agents.length+' agent(s): '+s.agents.map((a)=>a.vm||('session '+a.session)).join(', ');
 }

@@ -64,6 +64,7 @@ function registerVolumeMetrics(r: Registry, source: HubStatusSource): void {
   gauge('rephub_volume_throughput_bytes_per_second', 'Bytes applied per second, last sample', (v) => v.throughputBps);
   gauge('rephub_volume_sync_pass', 'Sync pass number', (v) => v.syncPass);
   registerVerifyMetrics(gauge);
+  registerAlarmMetrics(gauge, counter);
   new Gauge({
     name: 'rephub_volume_state',
     help: 'Current state (1 for the state the volume is in)',
@@ -112,5 +113,19 @@ function registerVerifyMetrics(
     'rephub_volume_verify_mismatched_regions',
     'Regions the last (or running) online verify found different on the two sides',
     (v) => v.verify?.mismatchedRegions ?? null,
+  );
+}
+
+function registerAlarmMetrics(
+  gauge: (name: string, help: string, value: VolumeValue<number | null>) => unknown,
+  counter: (name: string, help: string, value: VolumeValue<number>) => unknown,
+): void {
+  gauge(
+    'rephub_volume_encryption_alarm',
+    'The guest is overwriting its data with random-looking bytes (1), or not (0)',
+    (v) => (v.alarm ? Number(v.alarm.active) : null),
+  );
+  counter('rephub_volume_encryption_alarms_total', 'Encryption alarms raised since the hub started', (v) =>
+    v.alarm ? v.alarm.raised : 0,
   );
 }

@@ -10,6 +10,7 @@ import { KnownZeroMap, TrackedTarget } from '../../storage/tracking';
 import { StateStore, VolumeRecord } from '../../storage/state';
 import type { Logger } from '../log';
 import { assert } from '../assert';
+import { EncryptionAlarm } from './encryption-alarm';
 
 export type ReplicaState = 'unprotected' | 'syncing' | 'protecting' | 'degraded' | 'stopped' | 'error' | 'failed-over';
 
@@ -64,6 +65,8 @@ export class Replica {
   failover: FailoverMaps | null = null; // set while the replica is promoted (enterFailover)
   bitmap?: DirtyBitmap;
   throughputBps = 0; // bytes/s applied (mirrored writes + sync), sampled by the hub
+  /** Scores protected writes for a guest that starts encrypting its disk (ticked by sample()). */
+  readonly alarm: EncryptionAlarm;
   private current: ReplicaState = 'unprotected';
   private holder: ReplicaOwner | null = null; // the session that has it attached (or is attaching it)
   private released: Promise<void> = Promise.resolve(); // the last owner's in-progress apply
@@ -85,6 +88,7 @@ export class Replica {
     private readonly regionSize: number,
     private readonly log: Logger,
   ) {
+    this.alarm = new EncryptionAlarm(undefined, (active, start, rateBps) => this.alarmChanged(active, start, rateBps));
     const rec = store.volume(spec.name);
     if (rec) {
       this.record = rec;
@@ -381,12 +385,23 @@ export class Replica {
     return this.outOfSyncSince === null || !this.record ? null : Date.now() - this.outOfSyncSince;
   }
 
+  /** Told when the encryption alarm rises or ends (the journal tags the last clean point). */
+  onAlarm: ((active: boolean, start: number) => void) | null = null;
+
+  private alarmChanged(active: boolean, start: number, rateBps: number): void {
+    const ctx = { volume: this.name, vm: this.record?.vm, since: new Date(start).toISOString(), rateBps };
+    if (active) this.log.error(ctx, 'encryption alarm: the guest is overwriting its data with random-looking bytes');
+    else this.log.warn(ctx, 'encryption alarm ended: overwrites with random-looking bytes back to normal');
+    this.onAlarm?.(active, start);
+  }
+
   sample(): void {
     const now = Date.now(),
       bytes = this.applied + this.synced;
     if (now > this.sampled.at)
       this.throughputBps = Math.round(((bytes - this.sampled.bytes) * 1000) / (now - this.sampled.at));
     this.sampled = { at: now, bytes };
+    this.alarm.tick(now);
   }
 
   status() {
@@ -413,6 +428,7 @@ export class Replica {
       throughputBps: this.throughputBps,
       lastError: this.error ?? null,
       errors: this.faults,
+      alarm: this.alarm.status(),
       failoverTest: this.target?.view
         ? { keptBytes: this.target.view.keptBytes, activeBytes: this.target.view.activeBytes }
         : null,

@@ -17,6 +17,8 @@ export interface VolumeStatus {
   syncPass: number;
   /** The last online verify (hub/verify.ts), null before the first. */
   verify?: { state: string; checkedBytes: number; mismatchedRegions: number } | null;
+  /** The encryption alarm (hub/encryption-alarm.ts). */
+  alarm?: { active: boolean; raised: number; since: string | null };
 }
 
 /** What the monitor watches; the hub provides it, and the monitor knows nothing else of the hub. */

@@ -43,6 +43,7 @@ export class WriteApplier {
     }
     sync.touch(first, last);
     let target: Replica | null = null;
+    if (m.ioStatus === IO_OK && rep.alarm.due(m.data.length)) await scoreWrite(rep, m.data, start);
     if (m.ioStatus !== IO_OK) {
       // The guest's write failed locally; what the protected volume holds there is unknown.
       await rep.markDirty(first, last);
@@ -72,6 +73,7 @@ export class WriteApplier {
     const rep = sync.replica,
       t = rep.target;
     if (rep.failover || m.ioStatus !== IO_OK || !t) return false;
+    if (rep.alarm.due(m.data.length)) return false; // scored on the queue's path: it reads
     const bm = sync.bitmap,
       first = bm.regionOf(start),
       last = bm.regionOf(end - 1);
@@ -89,6 +91,18 @@ export class WriteApplier {
 
   private written(sync: VolumeSync, bytes: number, start: number, end: number, first: number, last: number): void {
     sync.replica.recordApplied(bytes);
+    sync.replica.alarm.count(bytes);
     sync.written(start, end, first, last);
   }
+}
+
+/** Score a write for the encryption alarm against what it overwrites (read before it lands). */
+async function scoreWrite(rep: Replica, data: Buffer, start: number): Promise<void> {
+  const old = Buffer.allocUnsafe(Math.min(data.length, rep.alarm.sampleBytes));
+  try {
+    await rep.target!.read(old, start);
+  } catch {
+    return rep.alarm.score(data, Buffer.alloc(0)); // unscored: the write itself reports the fault
+  }
+  rep.alarm.score(data, old);
 }
