@@ -80,7 +80,10 @@ export class JournalTarget implements BlockTarget {
     if (r) {
       const [a, b, j] = r;
       const n = b - a;
-      const img = n <= SCRATCH_BYTES ? (this.scratch ??= Buffer.allocUnsafeSlow(SCRATCH_BYTES)).subarray(0, n) : Buffer.allocUnsafe(n);
+      const img =
+        n <= SCRATCH_BYTES
+          ? (this.scratch ??= Buffer.allocUnsafeSlow(SCRATCH_BYTES)).subarray(0, n)
+          : Buffer.allocUnsafe(n);
       try {
         this.readBefore(img, a);
         this.record(j, a, img);

@@ -114,7 +114,10 @@ export class Journal {
 
   /** Append the before-image of [offset, offset + data.length) of volume `vol`; its data position. */
   appendBefore(vol: number, offset: number, data: Buffer): number {
-    const at = this.append({ type: RecordType.BEFORE, sub: vol, arg: offset, time: Date.now(), payloadBytes: data.length }, data);
+    const at = this.append(
+      { type: RecordType.BEFORE, sub: vol, arg: offset, time: Date.now(), payloadBytes: data.length },
+      data,
+    );
     this.capturedSincePoint += data.length;
     for (const l of this.listeners) l(vol, offset, data.length, at);
     return at;
@@ -124,7 +127,10 @@ export class Journal {
   appendCheckpoint(kind: CheckpointKind, label = '', time = Date.now()): Checkpoint {
     const id = this.nextId++;
     const payload = Buffer.from(label.slice(0, 256), 'utf8');
-    const at = this.append({ type: RecordType.CHECKPOINT, sub: KINDS.indexOf(kind), arg: id, time, payloadBytes: payload.length }, payload);
+    const at = this.append(
+      { type: RecordType.CHECKPOINT, sub: KINDS.indexOf(kind), arg: id, time, payloadBytes: payload.length },
+      payload,
+    );
     const p: Checkpoint = { id, time, kind, pos: at + payload.length };
     if (label) p.label = label;
     this.addPoint(p);
@@ -142,7 +148,10 @@ export class Journal {
     this.dropPoints(n);
     this.epoch++;
     this.capturedSincePoint = 0;
-    this.opts.warn?.({ dir: this.dir, dropped: n, cause: e.message }, 'journal: a before-image was not recorded; every point dropped');
+    this.opts.warn?.(
+      { dir: this.dir, dropped: n, cause: e.message },
+      'journal: a before-image was not recorded; every point dropped',
+    );
   }
 
   /** Every record appended so far is durable once this resolves (fdatasync, coalesced). */

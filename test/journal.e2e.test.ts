@@ -66,7 +66,13 @@ describe('journal: point-in-time recovery (e2e)', function () {
       copies.push({ id: cp.id, file: path.join(p.dir, `copy-${cp.id}.img`) });
       fs.copyFileSync(p.img, copies[i].file); // no writer runs meanwhile
     }
-    const tag = JSON.parse(execFileSync(process.execPath, [CLI, 'checkpoint', '--vm', 'vm1', '--label', 'before upgrade', '--hub', `http://${p.hub.http}`], { encoding: 'utf8', env: { ...process.env, REPHUB_ADMIN_TOKEN_FILE: p.hub.adminTokenFile } }).split('\t')[0]);
+    const tag = JSON.parse(
+      execFileSync(
+        process.execPath,
+        [CLI, 'checkpoint', '--vm', 'vm1', '--label', 'before upgrade', '--hub', `http://${p.hub.http}`],
+        { encoding: 'utf8', env: { ...process.env, REPHUB_ADMIN_TOKEN_FILE: p.hub.adminTokenFile } },
+      ).split('\t')[0],
+    );
     assert.ok(points(p).some((c) => c.id === tag && c.kind === 'tag' && c.label === 'before upgrade'));
 
     for (const c of copies) {
@@ -91,7 +97,18 @@ describe('journal: point-in-time recovery (e2e)', function () {
           return false;
         }
       });
-      rephub(p, 'restore', '--vm', 'vm1', '--volume', 'V1', '--at', String(copies[2].id), '--to', `nbd://127.0.0.1:${port}/T`);
+      rephub(
+        p,
+        'restore',
+        '--vm',
+        'vm1',
+        '--volume',
+        'V1',
+        '--at',
+        String(copies[2].id),
+        '--to',
+        `nbd://127.0.0.1:${port}/T`,
+      );
       assert.equal(sha(target), sha(copies[2].file), 'restored over NBD byte-exact');
     } finally {
       await endProcess(nbd, 'SIGTERM');
@@ -101,7 +118,12 @@ describe('journal: point-in-time recovery (e2e)', function () {
     const listed = points(p).map((c) => c.id);
     await p.hub.kill9();
     await p.hub.start();
-    assert.deepEqual(points(p).map((c) => c.id).slice(0, listed.length), listed);
+    assert.deepEqual(
+      points(p)
+        .map((c) => c.id)
+        .slice(0, listed.length),
+      listed,
+    );
     for (const c of [copies[0], copies[5]]) {
       const out = path.join(p.dir, `after-kill-${c.id}.img`);
       rephub(p, 'restore', '--vm', 'vm1', '--volume', 'V1', '--at', String(c.id), '--to', out);

@@ -22,9 +22,21 @@ export function journalServeOptions(cmd: Command): Command {
   return cmd
     .option('--no-journal', 'keep no journal: recovery only to the present (no checkpoints, no restore --at)')
     .option('--journal-dir <dir>', 'where the per-VM journals of before-images live (default: DATA/journal)')
-    .option('--journal-retention <duration>', 'keep checkpoints this long, e.g. 1h, 1d (the newest is never dropped by age)', '1h')
-    .option('--journal-size <bytes>', 'journal bytes per VM; over it the oldest segments and their checkpoints go', '8G')
-    .option('--checkpoint-interval <duration>', 'a checkpoint at least this often while writes flow (also one per guest flush)', '5s');
+    .option(
+      '--journal-retention <duration>',
+      'keep checkpoints this long, e.g. 1h, 1d (the newest is never dropped by age)',
+      '1h',
+    )
+    .option(
+      '--journal-size <bytes>',
+      'journal bytes per VM; over it the oldest segments and their checkpoints go',
+      '8G',
+    )
+    .option(
+      '--checkpoint-interval <duration>',
+      'a checkpoint at least this often while writes flow (also one per guest flush)',
+      '5s',
+    );
 }
 
 export function journalConfig(o: JournalFlags, data: string): JournalConfig | undefined {
@@ -76,7 +88,8 @@ export function addJournalCommands(program: Command, tokenOption: (c: Command) =
       if (o.json) return void process.stdout.write(JSON.stringify(r, null, 2) + '\n');
       for (const j of r) {
         process.stdout.write(`VM ${j.vm}: ${j.checkpoints.length} checkpoints\n`);
-        for (const c of j.checkpoints) process.stdout.write(`  ${c.id}\t${c.time}\t${c.kind}${c.label ? '\t' + c.label : ''}\n`);
+        for (const c of j.checkpoints)
+          process.stdout.write(`  ${c.id}\t${c.time}\t${c.kind}${c.label ? '\t' + c.label : ''}\n`);
       }
     });
   tokenOption(program.command('checkpoint'))
@@ -86,7 +99,8 @@ export function addJournalCommands(program: Command, tokenOption: (c: Command) =
     .requiredOption('--label <text>', 'the tag')
     .action(async (o) => {
       const r = await post(o.hub, '/checkpoint', { vm: o.vm, label: o.label });
-      if (r.pending) process.stdout.write(`tag "${o.label}" pending: it goes on the next consistent point of ${o.vm}\n`);
+      if (r.pending)
+        process.stdout.write(`tag "${o.label}" pending: it goes on the next consistent point of ${o.vm}\n`);
       else process.stdout.write(`${r.checkpoint.id}\t${new Date(r.checkpoint.time).toISOString()}\ttag\t${o.label}\n`);
     });
   tokenOption(program.command('restore'))
@@ -103,6 +117,8 @@ export function addJournalCommands(program: Command, tokenOption: (c: Command) =
       const body = res.body!;
       const n = o.to.startsWith('nbd://') ? await writeToNbd(body, o.to, size) : await writeToFile(body, o.to, size);
       if (n !== size) throw new Error(`restore of ${o.volume} cut short: ${n} of ${size} bytes (see the hub's log)`);
-      process.stdout.write(`${o.volume}\tcheckpoint ${cp.id} (${cp.time}, ${cp.kind}${cp.label ? ', ' + cp.label : ''})\t${size} bytes to ${o.to}\n`);
+      process.stdout.write(
+        `${o.volume}\tcheckpoint ${cp.id} (${cp.time}, ${cp.kind}${cp.label ? ', ' + cp.label : ''})\t${size} bytes to ${o.to}\n`,
+      );
     });
 }

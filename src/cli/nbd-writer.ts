@@ -53,7 +53,11 @@ class Reader {
 function parseUri(uri: string): { host: string; port: number; name: string } {
   const u = new URL(uri);
   if (u.protocol !== 'nbd:') throw new Error(`${uri}: not an nbd:// URI`);
-  return { host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port || 10809), name: decodeURIComponent(u.pathname.slice(1)) };
+  return {
+    host: u.hostname.replace(/^\[|\]$/g, ''),
+    port: Number(u.port || 10809),
+    name: decodeURIComponent(u.pathname.slice(1)),
+  };
 }
 
 async function handshake(sock: net.Socket, rd: Reader, name: string): Promise<number> {
@@ -78,7 +82,8 @@ async function handshake(sock: net.Socket, rd: Reader, name: string): Promise<nu
     if (h.readBigUInt64BE(0) !== BigInt(REPLY_MAGIC)) throw new Error('bad NBD option reply');
     const type = h.readUInt32BE(12),
       data = await rd.read(h.readUInt32BE(16));
-    if (type & 0x80000000) throw new Error(`NBD export "${name}" refused: ${data.toString('utf8', 4) || 'error ' + type}`);
+    if (type & 0x80000000)
+      throw new Error(`NBD export "${name}" refused: ${data.toString('utf8', 4) || 'error ' + type}`);
     if (type === REP_INFO && data.readUInt16BE(0) === 0) size = Number(data.readBigUInt64BE(2));
     if (type === REP_ACK) break;
   }
@@ -97,7 +102,11 @@ function request(type: number, handle: number, offset: number, length: number): 
 }
 
 /** Write the stream to the export from offset 0, flush, disconnect; the bytes written. */
-export async function writeToNbd(body: AsyncIterable<Uint8Array> | ReadableStream<Uint8Array>, uri: string, size: number): Promise<number> {
+export async function writeToNbd(
+  body: AsyncIterable<Uint8Array> | ReadableStream<Uint8Array>,
+  uri: string,
+  size: number,
+): Promise<number> {
   const { host, port, name } = parseUri(uri);
   const sock = net.connect(port, host);
   await new Promise<void>((res, rej) => sock.once('connect', res).once('error', rej));

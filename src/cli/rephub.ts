@@ -27,23 +27,23 @@ const collect = (v: string, prev: string[]) => [...prev, v];
 async function serve(
   o: VerifyFlags &
     JournalFlags & {
-    logPretty?: boolean;
-    logLevel?: string;
-    listen: string;
-    vol: string[];
-    data: string;
-    http: string;
-    nbd: string;
-    regionSize: string;
-    tlsCert?: string;
-    tlsKey?: string;
-    tlsCa?: string;
-    pskFile?: string;
-    nbdTls?: boolean;
-    commitInterval: string;
-    cache: string;
-    adminTokenFile?: string;
-  },
+      logPretty?: boolean;
+      logLevel?: string;
+      listen: string;
+      vol: string[];
+      data: string;
+      http: string;
+      nbd: string;
+      regionSize: string;
+      tlsCert?: string;
+      tlsKey?: string;
+      tlsCa?: string;
+      pskFile?: string;
+      nbdTls?: boolean;
+      commitInterval: string;
+      cache: string;
+      adminTokenFile?: string;
+    },
 ) {
   if (o.logPretty) process.env.LOG_PRETTY = '1';
   const log = makeLogger('rephub', o.logLevel);

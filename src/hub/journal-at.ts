@@ -8,7 +8,18 @@ export interface At {
   time?: number;
 }
 
-const UNITS: Record<string, number> = { s: 1000, sec: 1000, second: 1000, m: 60_000, min: 60_000, minute: 60_000, h: 3_600_000, hour: 3_600_000, d: 86_400_000, day: 86_400_000 };
+const UNITS: Record<string, number> = {
+  s: 1000,
+  sec: 1000,
+  second: 1000,
+  m: 60_000,
+  min: 60_000,
+  minute: 60_000,
+  h: 3_600_000,
+  hour: 3_600_000,
+  d: 86_400_000,
+  day: 86_400_000,
+};
 
 export function parseAt(at: string, now: number): At {
   const v = at.trim();
@@ -21,6 +32,7 @@ export function parseAt(at: string, now: number): At {
     return { time: now - Number(rel[1]) * unit };
   }
   const t = /^\d{4}-\d{2}-\d{2}/.test(v) ? Date.parse(v) : NaN;
-  if (Number.isNaN(t)) throw new Error(`--at "${at}": expected a checkpoint id, an ISO 8601 time, "10 min ago" or latest`);
+  if (Number.isNaN(t))
+    throw new Error(`--at "${at}": expected a checkpoint id, an ISO 8601 time, "10 min ago" or latest`);
   return { time: t };
 }

@@ -41,7 +41,8 @@ export class HubJournals {
     private readonly log: Logger,
   ) {
     fs.mkdirSync(cfg.dir, { recursive: true });
-    for (const d of fs.readdirSync(cfg.dir, { withFileTypes: true })) if (d.isDirectory()) this.journal(decodeURIComponent(d.name));
+    for (const d of fs.readdirSync(cfg.dir, { withFileTypes: true }))
+      if (d.isDirectory()) this.journal(decodeURIComponent(d.name));
     this.timer = setInterval(() => this.tick(), Math.min(TICK_MS_MAX, Math.max(50, cfg.intervalMs / 5)));
     this.timer.unref();
   }
@@ -145,7 +146,13 @@ export class HubJournals {
     const now = Date.now();
     return [...this.journals.entries()].map(([vm, j]) => {
       const pts = j.points();
-      return { vm, bytes: j.bytes, points: pts.length, oldestPointAgeMs: pts.length ? now - pts[0].time : null, drops: j.drops };
+      return {
+        vm,
+        bytes: j.bytes,
+        points: pts.length,
+        oldestPointAgeMs: pts.length ? now - pts[0].time : null,
+        drops: j.drops,
+      };
     });
   }
 
@@ -173,7 +180,8 @@ export class HubJournals {
     const now = Date.now();
     for (const [vm, j] of this.journals) {
       const dropped = j.enforce(now, this.cfg.retentionMs, this.cfg.maxBytes);
-      if (dropped) this.log.info({ vm, dropped, drops: j.drops, bytes: j.bytes }, 'journal retention dropped the oldest points');
+      if (dropped)
+        this.log.info({ vm, dropped, drops: j.drops, bytes: j.bytes }, 'journal retention dropped the oldest points');
       const pts = j.points();
       const last = pts.length ? pts[pts.length - 1].time : 0;
       if (j.capturedSincePoint === 0 || now - last < this.cfg.intervalMs) continue;
