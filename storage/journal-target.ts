@@ -49,6 +49,11 @@ export class JournalTarget implements BlockTarget {
     return this.next.sizeBytes;
   }
 
+  /** The file's bytes written around the page cache (a statistic read through the stack). */
+  get directBytes(): number | undefined {
+    return (this.next as { directBytes?: number }).directBytes;
+  }
+
   get binding(): JournalBinding | null {
     return this.bound ?? (this.bound = this.resolve());
   }
