@@ -14,6 +14,7 @@ import { enabled as tlsEnabled, serverOptions } from '../security';
 import { FileLock, LockHeldError, lockHubState } from '../../storage/lock';
 import { TOKEN_FILE_ENV, cliTokenFile, hubToken, readTokenFile, readableByOthers } from './admin-token';
 import type { Logger } from '../log';
+import { JournalFlags, addJournalCommands, journalConfig, journalServeOptions } from './journal-command';
 
 /** Exit codes of `rephub serve`: documented in --help. */
 const EXIT_START_FAILED = 2;
@@ -24,24 +25,25 @@ type VerifyFlags = { verifyRate: string; verifyEvery: string };
 const collect = (v: string, prev: string[]) => [...prev, v];
 
 async function serve(
-  o: VerifyFlags & {
-    logPretty?: boolean;
-    logLevel?: string;
-    listen: string;
-    vol: string[];
-    data: string;
-    http: string;
-    nbd: string;
-    regionSize: string;
-    tlsCert?: string;
-    tlsKey?: string;
-    tlsCa?: string;
-    pskFile?: string;
-    nbdTls?: boolean;
-    commitInterval: string;
-    cache: string;
-    adminTokenFile?: string;
-  },
+  o: VerifyFlags &
+    JournalFlags & {
+      logPretty?: boolean;
+      logLevel?: string;
+      listen: string;
+      vol: string[];
+      data: string;
+      http: string;
+      nbd: string;
+      regionSize: string;
+      tlsCert?: string;
+      tlsKey?: string;
+      tlsCa?: string;
+      pskFile?: string;
+      nbdTls?: boolean;
+      commitInterval: string;
+      cache: string;
+      adminTokenFile?: string;
+    },
 ) {
   if (o.logPretty) process.env.LOG_PRETTY = '1';
   const log = makeLogger('rephub', o.logLevel);
@@ -69,6 +71,7 @@ async function serve(
     openTarget: o.cache === 'none' ? openDirectTarget : openFileTarget,
     adminToken,
     verify: verifyOptions(o),
+    journal: journalConfig(o, o.data),
   });
   const a = await hub.listen(listen.host, listen.port);
   const h = await hub.listenHttp(httpAddr.host, httpAddr.port);
@@ -176,8 +179,7 @@ const program = new Command('rephub')
   )
   .showHelpAfterError();
 
-program
-  .command('serve', { isDefault: true })
+journalServeOptions(program.command('serve', { isDefault: true }))
   .description('run the hub (the default command)')
   .option('--listen <host:port>', 'address for agent connections', '0.0.0.0:7000')
   .option(
@@ -257,7 +259,8 @@ function tokenOption(cmd: Command): Command {
   });
 }
 
-async function post(hub: string, action: string, body: object): Promise<any> {
+/** POST an operator action; `raw`: the Response itself (a streamed answer), checked for success. */
+async function post(hub: string, action: string, body: object, raw = false): Promise<any> {
   const url = hub.replace(/\/$/, '') + action;
   const token = readTokenFile(cliTokenFile(adminTokenFile));
   const res = await fetch(url, {
@@ -267,6 +270,7 @@ async function post(hub: string, action: string, body: object): Promise<any> {
   }).catch((e) => {
     throw new Error(`cannot reach ${url}: ${e.cause?.message ?? e.message}`);
   });
+  if (raw && res.ok) return res;
   const out: any = await res.json();
   if (!res.ok) throw new Error(out.error ?? `HTTP ${res.status}`);
   return out;
@@ -364,6 +368,8 @@ tokenOption(program.command('verify'))
   .action(async (o) => {
     process.exitCode = await verifyCommand(o, post);
   });
+
+addJournalCommands(program, tokenOption, post);
 
 program.parseAsync().catch((e) => {
   process.stderr.write(`rephub: ${e.message}\n`);

@@ -11,7 +11,7 @@ import type { Monitor } from './monitor';
 
 const MAX_BODY_BYTES = 65536;
 const NOT_FOUND =
-  'not found: GET / (dashboard), /status, /metrics, /ws; POST /failover-test/start|stop, /failover, /failback, /verify';
+  'not found: GET / (dashboard), /status, /metrics, /ws, /checkpoints; POST /failover-test/start|stop, /failover, /failback, /verify, /checkpoint, /restore';
 
 /** What the operator can ask for; the failover controller does it. */
 export interface OperatorActions {
@@ -33,14 +33,24 @@ export interface HttpApiOptions {
   log: Logger;
   /** POST /verify: start an online verify (verify-scheduler.ts); absent, the route is not served. */
   verify?: (req: { vm?: string; volume?: string; reportOnly?: boolean }) => unknown;
+  /** More routes (the journal's, src/hub/journal-api.ts): GETs by path, JSON POSTs, streamed POSTs. */
+  more?: MoreRoutes;
 }
 
-type Body = Record<string, unknown>;
+export interface MoreRoutes {
+  /** The GET document for `path`, or undefined when it is not one of these routes. */
+  get(path: string, query: URLSearchParams): unknown;
+  post: Record<string, (b: Body) => Promise<unknown>>;
+  /** POSTs that write their own response (a volume's bytes). */
+  stream: Record<string, (b: Body, res: http.ServerResponse) => Promise<void>>;
+}
+
+export type Body = Record<string, unknown>;
 
 /** A request the body of which is wrong: answered 400 before any action runs. */
-class BadRequest extends Error {}
+export class BadRequest extends Error {}
 
-function optionalString(b: Body, key: string): string | undefined {
+export function optionalString(b: Body, key: string): string | undefined {
   const v = b[key];
   if (v === undefined || v === null) return undefined; // JSON's way of leaving it out
   if (typeof v === 'string') return v;
@@ -121,7 +131,7 @@ export class HttpApi {
 
   constructor(private readonly opts: HttpApiOptions) {
     if (!opts.adminToken) throw new Error('the operator API needs a non-empty admin token');
-    this.actions = { ...routes(opts.actions), ...(opts.verify ? verifyRoute(opts.verify) : {}) };
+    this.actions = { ...routes(opts.actions), ...(opts.verify ? verifyRoute(opts.verify) : {}), ...opts.more?.post };
     this.tokenDigest = digest(opts.adminToken);
   }
 
@@ -167,6 +177,11 @@ export class HttpApi {
         return json(res, refused.code, { error: refused.error });
       }
     }
+    const url = new URL(req.url ?? '/', 'http://hub');
+    const got = req.method === 'GET' ? this.opts.more?.get(url.pathname, url.searchParams) : undefined;
+    if (got !== undefined) return json(res, 200, got);
+    const stream = req.method === 'POST' ? this.opts.more?.stream[req.url ?? ''] : undefined;
+    if (stream) return this.readBody(req, res, (body) => this.run(req.url ?? '', (b) => stream(b, res), body, res));
     const act = req.method === 'POST' ? this.actions[req.url ?? ''] : undefined;
     if (!act) return json(res, 404, { error: NOT_FOUND });
     this.readBody(req, res, (body) => this.run(req.url ?? '', act, body, res));
@@ -212,9 +227,10 @@ export class HttpApi {
       done = Promise.reject(e); // a bad field, found before the action started
     }
     done.then(
-      (r) => json(res, 200, r),
+      (r) => (res.headersSent ? undefined : json(res, 200, r)),
       (e) => {
         const message = e instanceof Error ? e.message : String(e);
+        if (res.headersSent) return void res.destroy(e as Error); // mid-stream: the client sees it cut short
         this.opts.log.error({ action: url, cause: message }, 'operator action refused');
         json(res, e instanceof BadRequest ? 400 : this.opts.isRefusal(e) ? 409 : 500, { error: message });
       },

@@ -20,6 +20,9 @@ import { HubStatusSource, Monitor } from './monitor';
 import { AgentListener } from './listener';
 import { HttpApi } from './http-api';
 import { VerifyRefused, VerifyScheduler } from './verify-scheduler';
+import { HubJournals, JournalConfig, JournalRefused } from './journal';
+import { journalRoutes } from './journal-api';
+import { registerJournalMetrics } from './journal-metrics';
 
 export interface HubOptions {
   volumes: ReplicaSpec[];
@@ -39,6 +42,8 @@ export interface HubOptions {
   adminToken?: string;
   /** Online verify: scan rate in bytes/s (0: unlimited) and the periodic scrub interval (0: off). */
   verify?: { rateBytesPerSecond: number; everyMs: number };
+  /** The per-VM journal of checkpoints (point-in-time recovery); off when absent. */
+  journal?: JournalConfig;
 }
 
 export class Hub implements HubStatusSource {
@@ -60,6 +65,7 @@ export class Hub implements HubStatusSource {
   private sampler: NodeJS.Timeout;
   /** The operator API's token; random unless given, so an embedded hub is never open. */
   readonly adminToken: string;
+  readonly journals?: HubJournals;
 
   constructor(private readonly opts: HubOptions) {
     this.cfg = { ...defaultSessionConfig, ...opts.session };
@@ -67,6 +73,11 @@ export class Hub implements HubStatusSource {
     for (const spec of opts.volumes) {
       if (this.replicas.has(spec.name)) throw new Error(`volume ${spec.name} configured twice`);
       this.replicas.set(spec.name, new Replica(spec, opts.store, opts.regionSize ?? 64 * 1024, opts.log));
+    }
+    if (opts.journal) {
+      const journals = new HubJournals(opts.journal, this.replicas, opts.log.child({ part: 'journal' }));
+      for (const r of this.replicas.values()) r.targetFilter = journals.filterFor(r);
+      this.journals = journals;
     }
     this.failover = new FailoverController({
       replicas: this.replicas,
@@ -93,6 +104,7 @@ export class Hub implements HubStatusSource {
       opts.log.child({ part: 'verify' }),
     );
     this.monitor = new Monitor(this);
+    if (this.journals) registerJournalMetrics(this.monitor.registry, this.journals);
     this.listener = new AgentListener<AgentSession>(
       {
         open: (transport, identity) => this.newSession(transport, identity),
@@ -106,10 +118,11 @@ export class Hub implements HubStatusSource {
       status: () => this.status(),
       monitor: this.monitor,
       actions: this.failover,
-      isRefusal: (e) => e instanceof FailoverError || e instanceof VerifyRefused,
+      isRefusal: (e) => e instanceof FailoverError || e instanceof VerifyRefused || e instanceof JournalRefused,
       adminToken: this.adminToken,
       log: opts.log,
       verify: (req) => this.verifier.start(req),
+      more: this.journals ? journalRoutes(this.journals) : undefined,
     });
     this.sampler = setInterval(() => {
       for (const r of this.replicas.values()) r.sample();
@@ -148,6 +161,7 @@ export class Hub implements HubStatusSource {
       openTarget: this.openTarget,
       pool: this.pool,
       verifyPacer: this.verifier.pacer,
+      onFlushMarker: (vm: string) => this.journals?.onFlushMarker(vm),
     };
     const s = new AgentSession(id, host, t, this.cfg, this.log.child({ session: id }), identity);
     this.sessions.add(s);
@@ -176,6 +190,7 @@ export class Hub implements HubStatusSource {
         volumes: s.volumes.map((v) => v.replica.name),
         bytesReceived: s.bytesReceived,
       })),
+      journals: this.journals?.status(),
     };
   }
 
@@ -214,6 +229,7 @@ export class Hub implements HubStatusSource {
       await r.checkpoint().catch(() => undefined);
       await r.target?.close();
     }
+    this.journals?.close();
     await this.opts.store.close();
   }
 }

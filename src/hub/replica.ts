@@ -63,6 +63,8 @@ export class Replica {
   record?: VolumeRecord;
   target?: GuardedTarget;
   failover: FailoverMaps | null = null; // set while the replica is promoted (enterFailover)
+  /** A filter put between the guard and the file (the journal's capture, src/hub/journal.ts). */
+  targetFilter?: (t: BlockTarget) => BlockTarget;
   bitmap?: DirtyBitmap;
   throughputBps = 0; // bytes/s applied (mirrored writes + sync), sampled by the hub
   /** Scores protected writes for a guest that starts encrypting its disk (ticked by sample()). */
@@ -179,9 +181,10 @@ export class Replica {
   private openTarget(open: TargetOpener, sizeBytes: number, regionSize: number): GuardedTarget {
     const existed = fs.existsSync(this.spec.path);
     const file = open(this.spec.path, sizeBytes);
-    if (existed || !(file instanceof FileVolume)) return new GuardedTarget(file);
+    const filter = this.targetFilter ?? ((t: BlockTarget) => t);
+    if (existed || !(file instanceof FileVolume)) return new GuardedTarget(filter(file));
     this.knownZero = new KnownZeroMap(sizeBytes, regionSize);
-    return new GuardedTarget(new TrackedTarget(file, this.knownZero));
+    return new GuardedTarget(filter(new TrackedTarget(file, this.knownZero)));
   }
 
   /** Make regions [first, last] zero on the recovery volume, skipping those known zero. */

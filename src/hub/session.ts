@@ -61,6 +61,8 @@ export interface SessionHost {
   pool?: BufferPool;
   /** The hub's verify scan-rate limit, shared by its sessions (none when absent). */
   verifyPacer?: VerifyPacer;
+  /** The agent's FLUSH marker was applied (a journal checkpoint, src/hub/journal.ts). */
+  onFlushMarker?(vm: string): void;
 }
 
 export interface Transport {
@@ -287,6 +289,7 @@ export class AgentSession implements ReplicaOwner {
       case Cmd.DIRTY_REPORT:
         return this.sync.onDirtyReport(m);
       case Cmd.FLUSH: // the queue runs its flush hooks after this
+        this.host.onFlushMarker?.(this.vm);
         return this.commit.kick();
       case Cmd.AGENT_SHUTDOWN:
         return this.onShutdown();

@@ -1,0 +1,124 @@
+// The journal's command line: the hub's --journal-* and --checkpoint-interval options, and the
+// operator subcommands `rephub checkpoints`, `rephub checkpoint` and `rephub restore`, which talk
+// to a running hub (GET /checkpoints, POST /checkpoint, POST /restore).
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Command } from 'commander';
+import type { JournalConfig } from '../hub/journal';
+import { parseDuration, parseSize } from './args';
+import { writeToNbd } from './nbd-writer';
+
+type Post = (hub: string, action: string, body: object, raw?: boolean) => Promise<any>;
+
+export interface JournalFlags {
+  journal: boolean;
+  journalDir?: string;
+  journalRetention: string;
+  journalSize: string;
+  checkpointInterval: string;
+}
+
+export function journalServeOptions(cmd: Command): Command {
+  return cmd
+    .option('--no-journal', 'keep no journal: recovery only to the present (no checkpoints, no restore --at)')
+    .option('--journal-dir <dir>', 'where the per-VM journals of before-images live (default: DATA/journal)')
+    .option(
+      '--journal-retention <duration>',
+      'keep checkpoints this long, e.g. 1h, 1d (the newest is never dropped by age)',
+      '1h',
+    )
+    .option(
+      '--journal-size <bytes>',
+      'journal bytes per VM; over it the oldest segments and their checkpoints go',
+      '8G',
+    )
+    .option(
+      '--checkpoint-interval <duration>',
+      'a checkpoint at least this often while writes flow (also one per guest flush)',
+      '5s',
+    );
+}
+
+export function journalConfig(o: JournalFlags, data: string): JournalConfig | undefined {
+  if (!o.journal) return undefined;
+  const retentionMs = parseDuration(o.journalRetention, '--journal-retention');
+  const intervalMs = parseDuration(o.checkpointInterval, '--checkpoint-interval');
+  const maxBytes = parseSize(o.journalSize, '--journal-size');
+  if (retentionMs <= 0 || intervalMs <= 0) throw new Error('--journal-retention and --checkpoint-interval must be > 0');
+  if (maxBytes < 4 << 20) throw new Error('--journal-size must be at least 4M');
+  return { dir: path.resolve(o.journalDir ?? path.join(data, 'journal')), retentionMs, maxBytes, intervalMs };
+}
+
+async function get(hub: string, what: string): Promise<any> {
+  const url = hub.replace(/\/$/, '') + what;
+  const res = await fetch(url).catch((e) => {
+    throw new Error(`cannot reach ${url}: ${e.cause?.message ?? e.message}`);
+  });
+  const out: any = await res.json();
+  if (!res.ok) throw new Error(out.error ?? `HTTP ${res.status}`);
+  return out;
+}
+
+/** Stream the restore answer into a file (written in place: a device or an image keeps its size). */
+async function writeToFile(body: ReadableStream<Uint8Array>, file: string, size: number): Promise<number> {
+  const fd = fs.openSync(file, fs.existsSync(file) ? 'r+' : 'w+');
+  let pos = 0;
+  try {
+    for await (const chunk of body as any as AsyncIterable<Uint8Array>) {
+      fs.writeSync(fd, chunk, 0, chunk.length, pos);
+      pos += chunk.length;
+    }
+    if (fs.fstatSync(fd).isFile() && fs.fstatSync(fd).size < size) fs.ftruncateSync(fd, size);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  return pos;
+}
+
+export function addJournalCommands(program: Command, tokenOption: (c: Command) => Command, post: Post): void {
+  program
+    .command('checkpoints')
+    .description("list the journal's consistent checkpoints (per VM: id, time, kind, label)")
+    .option('--hub <url>', 'hub URL', 'http://127.0.0.1:7080')
+    .option('--vm <name>', 'only this VM')
+    .option('--json', 'print JSON for scripts')
+    .action(async (o) => {
+      const r: any[] = await get(o.hub, '/checkpoints' + (o.vm ? `?vm=${encodeURIComponent(o.vm)}` : ''));
+      if (o.json) return void process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+      for (const j of r) {
+        process.stdout.write(`VM ${j.vm}: ${j.checkpoints.length} checkpoints\n`);
+        for (const c of j.checkpoints)
+          process.stdout.write(`  ${c.id}\t${c.time}\t${c.kind}${c.label ? '\t' + c.label : ''}\n`);
+      }
+    });
+  tokenOption(program.command('checkpoint'))
+    .description('tag the next consistent point of a VM (for example before an upgrade)')
+    .option('--hub <url>', 'hub operator URL', 'http://127.0.0.1:7080')
+    .requiredOption('--vm <name>', 'the VM')
+    .requiredOption('--label <text>', 'the tag')
+    .action(async (o) => {
+      const r = await post(o.hub, '/checkpoint', { vm: o.vm, label: o.label });
+      if (r.pending)
+        process.stdout.write(`tag "${o.label}" pending: it goes on the next consistent point of ${o.vm}\n`);
+      else process.stdout.write(`${r.checkpoint.id}\t${new Date(r.checkpoint.time).toISOString()}\ttag\t${o.label}\n`);
+    });
+  tokenOption(program.command('restore'))
+    .description('write a volume as of a checkpoint to a file or an NBD export')
+    .option('--hub <url>', 'hub operator URL', 'http://127.0.0.1:7080')
+    .requiredOption('--vm <name>', 'the VM')
+    .requiredOption('--volume <name>', 'the volume (e.g. V1)')
+    .option('--at <point>', 'checkpoint id, ISO 8601 time, "10 min ago", or latest', 'latest')
+    .requiredOption('--to <target>', 'a file (written in place) or nbd://host:port/export')
+    .action(async (o) => {
+      const res: Response = await post(o.hub, '/restore', { vm: o.vm, volume: o.volume, at: o.at }, true);
+      const size = Number(res.headers.get('content-length'));
+      const cp = JSON.parse(res.headers.get('x-rephub-checkpoint') ?? '{}');
+      const body = res.body!;
+      const n = o.to.startsWith('nbd://') ? await writeToNbd(body, o.to, size) : await writeToFile(body, o.to, size);
+      if (n !== size) throw new Error(`restore of ${o.volume} cut short: ${n} of ${size} bytes (see the hub's log)`);
+      process.stdout.write(
+        `${o.volume}\tcheckpoint ${cp.id} (${cp.time}, ${cp.kind}${cp.label ? ', ' + cp.label : ''})\t${size} bytes to ${o.to}\n`,
+      );
+    });
+}

@@ -1,0 +1,54 @@
+// The journal's routes on the hub's HTTP API: GET /checkpoints[?vm=] lists the points, POST
+// /checkpoint {vm, label} tags the next consistent point, POST /restore {vm, volume, at} answers
+// the volume's bytes as of that point (application/octet-stream, content-length the volume's
+// size, x-rephub-checkpoint the point). Both POSTs pass the operator gate first (http-api.ts).
+import type * as http from 'node:http';
+import { BadRequest, Body, MoreRoutes, optionalString } from './http-api';
+import type { HubJournals } from './journal';
+import { iso } from './journal';
+
+const CHUNK_BYTES = 1 << 20;
+
+function required(b: Body, key: string): string {
+  const v = optionalString(b, key);
+  if (!v) throw new BadRequest(`${key} is required`);
+  return v;
+}
+
+/** Write the volume as of the point to `res`, a chunk at a time, waiting for the socket to drain. */
+async function restore(journals: HubJournals, b: Body, res: http.ServerResponse): Promise<void> {
+  const vm = required(b, 'vm'),
+    volume = required(b, 'volume'),
+    at = optionalString(b, 'at') ?? 'latest';
+  const cp = journals.resolve(vm, at);
+  const view = journals.view(vm, volume, cp);
+  try {
+    const size = view.sizeBytes;
+    res.writeHead(200, {
+      'content-type': 'application/octet-stream',
+      'content-length': String(size),
+      'x-rephub-checkpoint': JSON.stringify({ id: cp.id, time: iso(cp.time), kind: cp.kind, label: cp.label }),
+    });
+    for (let off = 0; off < size; off += CHUNK_BYTES) {
+      if (res.destroyed) throw new Error(`restore of ${volume}: the client went away at offset ${off}`);
+      const buf = Buffer.allocUnsafe(Math.min(CHUNK_BYTES, size - off));
+      await view.read(buf, off);
+      if (!res.write(buf)) await new Promise<void>((r) => res.once('drain', r).once('close', r));
+    }
+    res.end();
+  } finally {
+    await view.close();
+  }
+}
+
+export function journalRoutes(journals: HubJournals): MoreRoutes {
+  return {
+    get: (path, query) => (path === '/checkpoints' ? journals.list(query.get('vm') ?? undefined) : undefined),
+    post: {
+      '/checkpoint': async (b) => journals.tag(required(b, 'vm'), required(b, 'label')),
+    },
+    stream: {
+      '/restore': (b, res) => restore(journals, b, res),
+    },
+  };
+}

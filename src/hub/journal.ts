@@ -1,0 +1,194 @@
+// The hub's journals, one per VM (storage/journal.ts): which VM a recovery volume records into,
+// the consistent points (at each agent FLUSH marker, every --checkpoint-interval while writes
+// flow, and tags on demand), retention, and the point-in-time views that restore reads. A point
+// is taken only at a point of the VM's applied stream where every one of its volumes is
+// protecting: during a resync the volume is torn, and the last point before it stays the newest.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { BlockTarget } from '../../storage/volume';
+import { FileVolume } from '../../storage/volume';
+import { Checkpoint, Journal } from '../../storage/journal';
+import { JournalBinding, JournalTarget } from '../../storage/journal-target';
+import { JournalView } from '../../storage/journal-view';
+import type { CheckpointKind } from '../../storage/journal-format';
+import type { Logger } from '../log';
+import type { Replica } from './replica';
+import { parseAt } from './journal-at';
+
+export interface JournalConfig {
+  dir: string;
+  /** Points older than this are dropped (the newest never is by age). */
+  retentionMs: number;
+  /** Journal bytes per VM; over it the oldest segments (and their points) go. */
+  maxBytes: number;
+  /** A point at least this often while writes flow. */
+  intervalMs: number;
+  segmentBytes?: number;
+}
+
+export class JournalRefused extends Error {}
+
+const TICK_MS_MAX = 1000;
+
+export class HubJournals {
+  private readonly journals = new Map<string, Journal>(); // by VM
+  private readonly pendingTags = new Map<string, string>(); // VM -> label for its next point
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    readonly cfg: JournalConfig,
+    private readonly replicas: Map<string, Replica>,
+    private readonly log: Logger,
+  ) {
+    fs.mkdirSync(cfg.dir, { recursive: true });
+    for (const d of fs.readdirSync(cfg.dir, { withFileTypes: true }))
+      if (d.isDirectory()) this.journal(decodeURIComponent(d.name));
+    this.timer = setInterval(() => this.tick(), Math.min(TICK_MS_MAX, Math.max(50, cfg.intervalMs / 5)));
+    this.timer.unref();
+  }
+
+  /** The capture filter for a replica's stack; it binds to its VM's journal once the VM is known. */
+  filterFor(r: Replica): (t: BlockTarget) => BlockTarget {
+    return (t) => new JournalTarget(t, r.spec.path, () => this.bind(r));
+  }
+
+  /** The journal of `vm`, opened (and recovered) on first use. */
+  journal(vm: string): Journal {
+    let j = this.journals.get(vm);
+    if (!j) {
+      const dir = path.join(this.cfg.dir, encodeURIComponent(vm));
+      j = Journal.open(dir, {
+        segmentBytes: this.cfg.segmentBytes ?? Math.min(64 << 20, Math.max(1 << 20, Math.floor(this.cfg.maxBytes / 8))),
+        warn: (f, m) => this.log.warn({ vm, ...f }, m),
+      });
+      this.journals.set(vm, j);
+      this.log.info({ vm, dir, points: j.points().length, bytes: j.bytes }, 'journal open');
+    }
+    return j;
+  }
+
+  /** Every VM with a journal on disk or open. */
+  vms(): string[] {
+    return [...this.journals.keys()];
+  }
+
+  /** The agent's FLUSH marker was applied: a point, if anything was written since the last. */
+  onFlushMarker(vm: string): void {
+    this.point(vm, 'flush');
+  }
+
+  /** Tag the next consistent point of `vm` (now, if it is at one). */
+  tag(vm: string, label: string): { pending: boolean; checkpoint?: Checkpoint } {
+    if (!label) throw new JournalRefused('a tag needs a label');
+    const mine = this.volumesOf(vm);
+    if (mine.length === 0 && !this.journals.has(vm)) throw new JournalRefused(`no volume of VM ${vm} is known`);
+    this.pendingTags.set(vm, label);
+    const cp = this.point(vm, 'tag');
+    return cp ? { pending: false, checkpoint: cp } : { pending: true };
+  }
+
+  /** Run at a point of `vm`'s stream; null when it is not consistent now (or nothing changed). */
+  point(vm: string, kind: CheckpointKind): Checkpoint | null {
+    const label = this.pendingTags.get(vm);
+    const vols = this.volumesOf(vm);
+    if (vols.length === 0 || !vols.every((r) => r.state === 'protecting' && !r.failover)) return null;
+    const j = this.journal(vm);
+    for (const r of vols) j.volumeIndex(r.name); // a volume that has not written yet is part of the point too
+    if (label === undefined && j.capturedSincePoint === 0 && j.points().length > 0) return null;
+    const cp = j.appendCheckpoint(label !== undefined ? 'tag' : kind, label);
+    this.pendingTags.delete(vm);
+    this.log.debug({ vm, checkpoint: cp.id, kind: cp.kind, label: cp.label }, 'checkpoint');
+    return cp;
+  }
+
+  /** Resolve `at` (an id, an ISO time, "10 min ago", or latest) to a point of `vm`. */
+  resolve(vm: string, at: string): Checkpoint {
+    const j = this.journals.get(vm);
+    const pts = j?.points() ?? [];
+    if (pts.length === 0) throw new JournalRefused(`VM ${vm} has no checkpoints`);
+    let want;
+    try {
+      want = parseAt(at, Date.now());
+    } catch (e) {
+      throw new JournalRefused((e as Error).message);
+    }
+    let cp: Checkpoint | undefined;
+    if (want.latest) cp = pts[pts.length - 1];
+    else if (want.id !== undefined) cp = pts.find((p) => p.id === want.id);
+    else for (const p of pts) if (p.time <= want.time!) cp = p;
+    if (!cp) throw new JournalRefused(`VM ${vm}: no checkpoint at ${at} (oldest ${pts[0].id} at ${iso(pts[0].time)})`);
+    return cp;
+  }
+
+  /** A read-only view of `volume` of `vm` at point `cp`; close it when done. */
+  view(vm: string, volume: string, cp: Checkpoint): JournalView {
+    const r = this.replicas.get(volume);
+    const j = this.journals.get(vm);
+    if (!r || !j) throw new JournalRefused(`volume ${volume} of VM ${vm} is unknown`);
+    if (r.state === 'failed-over' || r.failover) throw new JournalRefused(`volume ${volume} is failed over`);
+    const vol = j.volumeIndex(volume);
+    const size = r.record?.sizeBytes;
+    if (size === undefined) throw new JournalRefused(`volume ${volume} has never been protected`);
+    const base: BlockTarget = r.target ?? FileVolume.open(r.spec.path, { readOnly: true });
+    return new JournalView(base, j, vol, cp);
+  }
+
+  list(vm?: string): { vm: string; checkpoints: object[] }[] {
+    return [...this.journals.entries()]
+      .filter(([name]) => vm === undefined || name === vm)
+      .map(([name, j]) => ({
+        vm: name,
+        checkpoints: j.points().map((p) => ({ id: p.id, time: iso(p.time), kind: p.kind, label: p.label })),
+      }));
+  }
+
+  status(): { vm: string; bytes: number; points: number; oldestPointAgeMs: number | null; drops: number }[] {
+    const now = Date.now();
+    return [...this.journals.entries()].map(([vm, j]) => {
+      const pts = j.points();
+      return {
+        vm,
+        bytes: j.bytes,
+        points: pts.length,
+        oldestPointAgeMs: pts.length ? now - pts[0].time : null,
+        drops: j.drops,
+      };
+    });
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+    for (const j of this.journals.values()) j.close();
+    this.journals.clear();
+  }
+
+  private bind(r: Replica): JournalBinding | null {
+    const vm = r.owner?.vm || r.record?.vm;
+    if (!vm) return null;
+    const j = this.journal(vm);
+    return { journal: j, vol: j.volumeIndex(r.name) };
+  }
+
+  private volumesOf(vm: string): Replica[] {
+    const out: Replica[] = [];
+    for (const r of this.replicas.values()) if ((r.owner?.vm || r.record?.vm) === vm) out.push(r);
+    return out;
+  }
+
+  /** Retention, and an interval point for each VM that wrote since its last point. */
+  private tick(): void {
+    const now = Date.now();
+    for (const [vm, j] of this.journals) {
+      const dropped = j.enforce(now, this.cfg.retentionMs, this.cfg.maxBytes);
+      if (dropped)
+        this.log.info({ vm, dropped, drops: j.drops, bytes: j.bytes }, 'journal retention dropped the oldest points');
+      const pts = j.points();
+      const last = pts.length ? pts[pts.length - 1].time : 0;
+      if (j.capturedSincePoint === 0 || now - last < this.cfg.intervalMs) continue;
+      const owner = this.volumesOf(vm).find((r) => r.owner)?.owner;
+      if (owner) owner.barrier(() => this.point(vm, 'interval')).catch(() => undefined);
+    }
+  }
+}
+
+export const iso = (t: number): string => new Date(t).toISOString();

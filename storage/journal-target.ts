@@ -1,0 +1,155 @@
+// The journal's capture filter in a recovery volume's stack: before a range of the volume is
+// overwritten for the first time since the VM's last checkpoint, its current content (the
+// before-image, widened to whole journal blocks) is appended to the VM's journal. The append
+// is a page-cache write issued before the overwrite; flush() syncs the journal before the
+// volume, so a group commit never makes an overwrite durable ahead of its before-image.
+import * as fs from 'node:fs';
+import type { BlockTarget } from './volume';
+import type { Journal } from './journal';
+import { JOURNAL_BLOCK } from './journal-format';
+
+/** The journal and volume index a recovery volume records into. */
+export interface JournalBinding {
+  journal: Journal;
+  vol: number;
+}
+
+const SEEN_MAX = 1 << 18; // blocks remembered per epoch; past it every write is recorded again
+const SCRATCH_BYTES = 64 * 1024 + 2 * JOURNAL_BLOCK; // a synchronous (small) write, widened
+
+export class JournalTarget implements BlockTarget {
+  readonly writeSync?: (buf: Buffer, offset: number) => void;
+  readonly writev?: (parts: Buffer[], offset: number) => Promise<void>;
+  readonly readBulk?: (buf: Buffer, offset: number) => Promise<void>;
+  readonly dataExtents?: (start: number, end: number) => [number, number][] | null;
+  readonly dropCache?: () => void;
+  readonly flushSync?: () => void;
+  private bound: JournalBinding | null = null;
+  private readFd = -1; // our own descriptor for before-images: reads the same page cache
+  private readonly seen = new Set<number>(); // blocks recorded in the current epoch
+  private seenEpoch = -1;
+  private scratch: Buffer | null = null;
+  capturedBytes = 0;
+
+  /** `resolve` names the journal once the volume's VM is known (null: not yet, record nothing). */
+  constructor(
+    private readonly next: BlockTarget,
+    readonly path: string,
+    private readonly resolve: () => JournalBinding | null,
+  ) {
+    if (next.writeSync) this.writeSync = (buf, offset) => this.syncWrite(buf, offset);
+    if (next.writev) this.writev = (parts, offset) => this.gatheredWrite(parts, offset);
+    if (next.readBulk) this.readBulk = (buf, offset) => next.readBulk!(buf, offset);
+    if (next.dataExtents) this.dataExtents = (start, end) => next.dataExtents!(start, end);
+    if (next.dropCache) this.dropCache = () => next.dropCache!();
+    if (next.flushSync) this.flushSync = () => next.flushSync!();
+  }
+
+  get sizeBytes(): number {
+    return this.next.sizeBytes;
+  }
+
+  /** The file's bytes written around the page cache (a statistic read through the stack). */
+  get directBytes(): number | undefined {
+    return (this.next as { directBytes?: number }).directBytes;
+  }
+
+  get binding(): JournalBinding | null {
+    return this.bound ?? (this.bound = this.resolve());
+  }
+
+  read(buf: Buffer, offset: number): Promise<void> {
+    return this.next.read(buf, offset);
+  }
+
+  async write(buf: Buffer, offset: number): Promise<void> {
+    await this.capture(offset, offset + buf.length);
+    await this.next.write(buf, offset);
+  }
+
+  /** The journal first (its before-images), then the volume: the undo record is never behind. */
+  async flush(): Promise<void> {
+    const b = this.bound;
+    if (b) await b.journal.sync().catch((e: Error) => b.journal.lostHistory(e)); // never fails the volume
+    await this.next.flush();
+  }
+
+  async close(): Promise<void> {
+    if (this.readFd >= 0) fs.closeSync(this.readFd);
+    this.readFd = -1;
+    await this.next.close();
+  }
+
+  private syncWrite(buf: Buffer, offset: number): void {
+    const r = this.range(offset, offset + buf.length);
+    if (r) {
+      const [a, b, j] = r;
+      const n = b - a;
+      const img =
+        n <= SCRATCH_BYTES
+          ? (this.scratch ??= Buffer.allocUnsafeSlow(SCRATCH_BYTES)).subarray(0, n)
+          : Buffer.allocUnsafe(n);
+      try {
+        this.readBefore(img, a);
+        this.record(j, a, img);
+      } catch (e) {
+        j.journal.lostHistory(e as Error);
+      }
+    }
+    this.next.writeSync!(buf, offset);
+  }
+
+  private async gatheredWrite(parts: Buffer[], offset: number): Promise<void> {
+    let n = 0;
+    for (const p of parts) n += p.length;
+    await this.capture(offset, offset + n);
+    await this.next.writev!(parts, offset);
+  }
+
+  private async capture(start: number, end: number): Promise<void> {
+    const r = this.range(start, end);
+    if (!r) return;
+    const [a, b, j] = r;
+    const img = Buffer.allocUnsafe(b - a);
+    try {
+      await new Promise<void>((res, rej) =>
+        fs.read(this.fd(), img, 0, img.length, a, (e, got) => (e ? rej(e) : (img.fill(0, got), res()))),
+      );
+      this.record(j, a, img);
+    } catch (e) {
+      j.journal.lostHistory(e as Error); // replication goes on without the past
+    }
+  }
+
+  /** The widened range to record, or null (no journal yet, or every block recorded this epoch). */
+  private range(start: number, end: number): [number, number, JournalBinding] | null {
+    const j = this.binding;
+    if (!j || end <= start) return null;
+    if (this.seenEpoch !== j.journal.epoch) {
+      this.seen.clear();
+      this.seenEpoch = j.journal.epoch;
+    }
+    const first = Math.floor(start / JOURNAL_BLOCK),
+      last = Math.floor((end - 1) / JOURNAL_BLOCK);
+    let all = true;
+    for (let k = first; k <= last && all; k++) all = this.seen.has(k);
+    if (all) return null;
+    if (this.seen.size + (last - first + 1) <= SEEN_MAX) for (let k = first; k <= last; k++) this.seen.add(k);
+    return [first * JOURNAL_BLOCK, Math.min((last + 1) * JOURNAL_BLOCK, this.sizeBytes), j];
+  }
+
+  private record(j: JournalBinding, offset: number, img: Buffer): void {
+    j.journal.appendBefore(j.vol, offset, img);
+    this.capturedBytes += img.length;
+  }
+
+  private readBefore(img: Buffer, offset: number): void {
+    const got = fs.readSync(this.fd(), img, 0, img.length, offset);
+    if (got < img.length) img.fill(0, got);
+  }
+
+  private fd(): number {
+    if (this.readFd < 0) this.readFd = fs.openSync(this.path, 'r');
+    return this.readFd;
+  }
+}

@@ -1,0 +1,379 @@
+// A VM's journal on the hub: an undo log of before-images in append-only segments, and the
+// consistent points (checkpoints) of the VM's write stream between them. Owns the segment files,
+// the volume table, the in-memory list of points (bounded), pins of readers, and retention.
+// Volume content at point C = the present volume overlaid with, per block, the oldest
+// before-image recorded after C (storage/journal-view.ts). Records are written with one pwrite
+// each (no user-space buffer: a kill -9 loses nothing appended); sync() makes them durable.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import {
+  CheckpointKind,
+  HEADER_BYTES,
+  KINDS,
+  RecordHeader,
+  RecordType,
+  crcMatches,
+  decodeHeader,
+  encodeHeader,
+  offsetOf,
+  position,
+  segmentName,
+  segmentNumber,
+  segmentOf,
+} from './journal-format';
+
+export interface Checkpoint {
+  id: number;
+  /** Milliseconds since the epoch. */
+  time: number;
+  kind: CheckpointKind;
+  label?: string;
+  /** Where the records after the point start. */
+  pos: number;
+}
+
+export interface JournalOptions {
+  /** A segment is closed (and synced) once it holds this many bytes. */
+  segmentBytes: number;
+  /** Points kept in memory at most; beyond it the oldest go (counted as drops). */
+  maxPoints?: number;
+  /** Told of a torn tail cut off, and similar repairs at open. */
+  warn?: (fields: object, msg: string) => void;
+}
+
+/** A before-image was appended: volume, its byte range and where its bytes are in the journal. */
+export type BeforeListener = (vol: number, offset: number, length: number, dataPos: number) => void;
+
+interface Segment {
+  n: number;
+  fd: number;
+  bytes: number;
+}
+
+const MAX_POINTS = 100_000;
+
+export class Journal {
+  private readonly segments: Segment[] = [];
+  private readonly volumeNames: string[] = [];
+  private pts: Checkpoint[] = [];
+  private nextId = 1;
+  /** Bumped at every point: a volume's first write of an epoch records its before-image. */
+  epoch = 0;
+  /** Before-image bytes appended since the last point (writes are flowing). */
+  capturedSincePoint = 0;
+  drops = 0;
+  private readonly pins = new Map<number, number>(); // position -> readers holding it
+  private readonly listeners = new Set<BeforeListener>();
+  private syncRun: Promise<void> | null = null;
+  private syncAgain = false;
+  private readonly header = Buffer.alloc(HEADER_BYTES);
+  private readonly maxPoints: number;
+
+  private constructor(
+    readonly dir: string,
+    private readonly opts: JournalOptions,
+  ) {
+    this.maxPoints = opts.maxPoints ?? MAX_POINTS;
+    assert(opts.segmentBytes >= 1 << 20 && opts.segmentBytes < 2 ** 32, 'a segment is 1 MiB..4 GiB');
+  }
+
+  /** Open (or create) the journal in `dir`: segments scanned, a torn tail cut off. */
+  static open(dir: string, opts: JournalOptions): Journal {
+    fs.mkdirSync(dir, { recursive: true });
+    const j = new Journal(dir, opts);
+    j.loadVolumes();
+    const names = fs
+      .readdirSync(dir)
+      .map(segmentNumber)
+      .filter((n): n is number => n !== null)
+      .sort((a, b) => a - b);
+    for (const [i, n] of names.entries()) j.recover(n, i === names.length - 1);
+    if (j.segments.length === 0) j.newSegment(1);
+    return j;
+  }
+
+  /** The index of a volume in this journal's table, added (durably) the first time. */
+  volumeIndex(name: string): number {
+    let i = this.volumeNames.indexOf(name);
+    if (i >= 0) return i;
+    i = this.volumeNames.push(name) - 1;
+    const file = path.join(this.dir, 'volumes.json'),
+      tmp = file + '.tmp';
+    const fd = fs.openSync(tmp, 'w');
+    fs.writeSync(fd, JSON.stringify({ volumes: this.volumeNames }));
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+    fs.renameSync(tmp, file);
+    this.syncDir();
+    return i;
+  }
+
+  volumeName(i: number): string | undefined {
+    return this.volumeNames[i];
+  }
+
+  /** Append the before-image of [offset, offset + data.length) of volume `vol`; its data position. */
+  appendBefore(vol: number, offset: number, data: Buffer): number {
+    const at = this.append(
+      { type: RecordType.BEFORE, sub: vol, arg: offset, time: Date.now(), payloadBytes: data.length },
+      data,
+    );
+    this.capturedSincePoint += data.length;
+    for (const l of this.listeners) l(vol, offset, data.length, at);
+    return at;
+  }
+
+  /** Append a consistent point: everything recorded after it is newer than it. */
+  appendCheckpoint(kind: CheckpointKind, label = '', time = Date.now()): Checkpoint {
+    const id = this.nextId++;
+    const payload = Buffer.from(label.slice(0, 256), 'utf8');
+    const at = this.append(
+      { type: RecordType.CHECKPOINT, sub: KINDS.indexOf(kind), arg: id, time, payloadBytes: payload.length },
+      payload,
+    );
+    const p: Checkpoint = { id, time, kind, pos: at + payload.length };
+    if (label) p.label = label;
+    this.addPoint(p);
+    this.epoch++;
+    this.capturedSincePoint = 0;
+    return p;
+  }
+
+  /**
+   * A before-image could not be recorded (a full or failing journal disk): every point is lost,
+   * since each needs all records after it. Replication goes on; the next point starts afresh.
+   */
+  lostHistory(e: Error): void {
+    const n = this.pts.length;
+    this.dropPoints(n);
+    this.epoch++;
+    this.capturedSincePoint = 0;
+    this.opts.warn?.(
+      { dir: this.dir, dropped: n, cause: e.message },
+      'journal: a before-image was not recorded; every point dropped',
+    );
+  }
+
+  /** Every record appended so far is durable once this resolves (fdatasync, coalesced). */
+  sync(): Promise<void> {
+    if (this.syncRun) {
+      this.syncAgain = true;
+      return this.syncRun;
+    }
+    const fd = this.current.fd;
+    const run = new Promise<void>((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res())));
+    this.syncRun = run.finally(() => {
+      this.syncRun = null;
+      if (this.syncAgain) {
+        this.syncAgain = false;
+        return this.sync();
+      }
+    });
+    return this.syncRun;
+  }
+
+  /** The points, oldest first. */
+  points(): readonly Checkpoint[] {
+    return this.pts;
+  }
+
+  get bytes(): number {
+    let n = 0;
+    for (const s of this.segments) n += s.bytes;
+    return n;
+  }
+
+  /** Where the next record goes. */
+  get end(): number {
+    const s = this.current;
+    return position(s.n, s.bytes);
+  }
+
+  /** Call `fn` for each record from `from` to the current end, in order (headers only). */
+  scan(from: number, fn: (h: RecordHeader, dataPos: number) => void): void {
+    const hdr = Buffer.alloc(HEADER_BYTES);
+    for (const s of this.segments) {
+      if (s.n < segmentOf(from)) continue;
+      let off = s.n === segmentOf(from) ? offsetOf(from) : 0;
+      while (off + HEADER_BYTES <= s.bytes) {
+        fs.readSync(s.fd, hdr, 0, HEADER_BYTES, off);
+        const h = decodeHeader(hdr);
+        assert(h !== null, 'a record inside the journal has a header');
+        fn(h, position(s.n, off + HEADER_BYTES));
+        off += HEADER_BYTES + h.payloadBytes;
+      }
+    }
+  }
+
+  /** Read journal bytes at a data position (inside one record). */
+  read(buf: Buffer, pos: number): Promise<void> {
+    const s = this.segment(segmentOf(pos));
+    return new Promise((res, rej) =>
+      fs.read(s.fd, buf, 0, buf.length, offsetOf(pos), (e, n) =>
+        e ? rej(e) : n === buf.length ? res() : rej(new Error(`journal ${this.dir}: short read at ${pos}`)),
+      ),
+    );
+  }
+
+  onBefore(l: BeforeListener): () => void {
+    this.listeners.add(l);
+    return () => this.listeners.delete(l);
+  }
+
+  /** Keep every segment from `pos` on until the returned function is called (a reader uses them). */
+  pin(pos: number): () => void {
+    this.pins.set(pos, (this.pins.get(pos) ?? 0) + 1);
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      const n = this.pins.get(pos)! - 1;
+      if (n) this.pins.set(pos, n);
+      else this.pins.delete(pos);
+    };
+  }
+
+  /**
+   * Retention: drop points older than `retentionMs` (never the newest: it may be the last
+   * consistent point before a resync), then the oldest segments while over `maxBytes`, then
+   * segments no point needs. Never blocks appends. Returns the points dropped.
+   */
+  enforce(now: number, retentionMs: number, maxBytes: number): number {
+    let dropped = 0;
+    let old = 0;
+    while (old < this.pts.length - 1 && now - this.pts[old].time > retentionMs) old++;
+    this.dropPoints(old);
+    dropped += old;
+    while (this.segments.length > 1 && this.bytes > maxBytes && !this.pinned(this.segments[0].n)) {
+      this.deleteOldest();
+      dropped += this.dropBefore(position(this.segments[0].n, 0));
+    }
+    const keepFrom = this.pts.length ? segmentOf(this.pts[0].pos) : this.current.n;
+    while (this.segments.length > 1 && this.segments[0].n < keepFrom && !this.pinned(this.segments[0].n))
+      this.deleteOldest();
+    return dropped;
+  }
+
+  close(): void {
+    for (const s of this.segments) fs.closeSync(s.fd);
+    this.segments.length = 0;
+  }
+
+  // ---- internals ----
+
+  private get current(): Segment {
+    return this.segments[this.segments.length - 1];
+  }
+
+  private segment(n: number): Segment {
+    const s = this.segments.find((x) => x.n === n);
+    if (!s) throw new Error(`journal ${this.dir}: segment ${n} was dropped`);
+    return s;
+  }
+
+  private append(h: RecordHeader, payload: Buffer): number {
+    if (this.current.bytes + HEADER_BYTES + payload.length > this.opts.segmentBytes) this.roll();
+    const s = this.current;
+    encodeHeader(this.header, h, payload);
+    const n = fs.writevSync(s.fd, [this.header, payload], s.bytes);
+    if (n !== HEADER_BYTES + payload.length) throw new Error(`journal ${this.dir}: short append (${n} bytes)`);
+    const at = position(s.n, s.bytes + HEADER_BYTES);
+    s.bytes += n;
+    return at;
+  }
+
+  /** Close the current segment durably and start the next: only the last segment can be torn. */
+  private roll(): void {
+    fs.fdatasyncSync(this.current.fd);
+    this.newSegment(this.current.n + 1);
+  }
+
+  private newSegment(n: number): void {
+    const fd = fs.openSync(path.join(this.dir, segmentName(n)), 'w+');
+    this.segments.push({ n, fd, bytes: 0 });
+    this.syncDir();
+  }
+
+  private syncDir(): void {
+    const d = fs.openSync(this.dir, 'r');
+    try {
+      fs.fsyncSync(d);
+    } finally {
+      fs.closeSync(d);
+    }
+  }
+
+  private loadVolumes(): void {
+    const file = path.join(this.dir, 'volumes.json');
+    if (!fs.existsSync(file)) return;
+    const v = JSON.parse(fs.readFileSync(file, 'utf8')).volumes;
+    if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) throw new Error(`${file}: no volume table`);
+    this.volumeNames.push(...v);
+  }
+
+  /** Walk segment `n`'s records; the first bad one (torn tail) and all after it are cut off. */
+  private recover(n: number, last: boolean): void {
+    const file = path.join(this.dir, segmentName(n));
+    const fd = fs.openSync(file, 'r+');
+    const size = fs.fstatSync(fd).size;
+    const hdr = Buffer.alloc(HEADER_BYTES);
+    let off = 0;
+    while (off + HEADER_BYTES <= size) {
+      fs.readSync(fd, hdr, 0, HEADER_BYTES, off);
+      const h = decodeHeader(hdr);
+      if (!h || off + HEADER_BYTES + h.payloadBytes > size) break;
+      const payload = Buffer.alloc(h.type === RecordType.CHECKPOINT || last ? h.payloadBytes : 0);
+      if (payload.length) fs.readSync(fd, payload, 0, payload.length, off + HEADER_BYTES);
+      if (payload.length === h.payloadBytes && !crcMatches(hdr, payload)) break;
+      off += HEADER_BYTES + h.payloadBytes;
+      if (h.type === RecordType.CHECKPOINT) this.recoverPoint(h, payload, position(n, off));
+    }
+    if (off < size) {
+      this.opts.warn?.({ segment: file, offset: off, cutBytes: size - off }, 'journal: torn or bad tail cut off');
+      fs.ftruncateSync(fd, off);
+      fs.fdatasyncSync(fd);
+    }
+    this.segments.push({ n, fd, bytes: off });
+  }
+
+  private recoverPoint(h: RecordHeader, payload: Buffer, pos: number): void {
+    const p: Checkpoint = { id: h.arg, time: h.time, kind: KINDS[h.sub] ?? 'interval', pos };
+    if (payload.length) p.label = payload.toString('utf8');
+    this.addPoint(p);
+    this.nextId = Math.max(this.nextId, h.arg + 1);
+  }
+
+  private addPoint(p: Checkpoint): void {
+    if (this.pts.length >= this.maxPoints) this.dropPoints(1);
+    this.pts.push(p);
+  }
+
+  private dropPoints(k: number): void {
+    if (k <= 0) return;
+    this.pts = this.pts.slice(k);
+    this.drops += k;
+  }
+
+  private dropBefore(pos: number): number {
+    let k = 0;
+    while (k < this.pts.length && this.pts[k].pos < pos) k++;
+    this.dropPoints(k);
+    return k;
+  }
+
+  private pinned(n: number): boolean {
+    for (const p of this.pins.keys()) if (segmentOf(p) <= n) return true;
+    return false;
+  }
+
+  private deleteOldest(): void {
+    const s = this.segments.shift()!;
+    fs.closeSync(s.fd);
+    fs.unlinkSync(path.join(this.dir, segmentName(s.n)));
+  }
+}
+
+/** storage/ imports nothing from src/: its own cheap invariant check (as src/assert.ts). */
+function assert(cond: unknown, message: string): asserts cond {
+  if (!cond) throw new Error(`invariant broken: ${message}`);
+}
