@@ -140,6 +140,23 @@ export class Journal {
   }
 
   /**
+   * Re-mark an existing point (an encryption alarm's last clean point before the spike): a
+   * CHECKPOINT record naming an id already known changes that point's kind and label.
+   */
+  remark(id: number, kind: CheckpointKind, label: string): Checkpoint | null {
+    const p = this.pts.find((q) => q.id === id);
+    if (!p) return null;
+    const payload = Buffer.from(label.slice(0, 256), 'utf8');
+    this.append(
+      { type: RecordType.CHECKPOINT, sub: KINDS.indexOf(kind), arg: id, time: p.time, payloadBytes: payload.length },
+      payload,
+    );
+    p.kind = kind;
+    if (label) p.label = label;
+    return p;
+  }
+
+  /**
    * A before-image could not be recorded (a full or failing journal disk): every point is lost,
    * since each needs all records after it. Replication goes on; the next point starts afresh.
    */
@@ -337,6 +354,14 @@ export class Journal {
   }
 
   private recoverPoint(h: RecordHeader, payload: Buffer, pos: number): void {
+    const known = h.arg < this.nextId ? this.pts.find((q) => q.id === h.arg) : undefined;
+    if (known) {
+      // remark(): the point keeps its place in the stream, with a new kind and label.
+      known.kind = KINDS[h.sub] ?? known.kind;
+      if (payload.length) known.label = payload.toString('utf8');
+      return;
+    }
+    if (h.arg < this.nextId) return; // a remark of a point dropped since
     const p: Checkpoint = { id: h.arg, time: h.time, kind: KINDS[h.sub] ?? 'interval', pos };
     if (payload.length) p.label = payload.toString('utf8');
     this.addPoint(p);

@@ -76,7 +76,13 @@ export class Hub implements HubStatusSource {
     }
     if (opts.journal) {
       const journals = new HubJournals(opts.journal, this.replicas, opts.log.child({ part: 'journal' }));
-      for (const r of this.replicas.values()) r.targetFilter = journals.filterFor(r);
+      for (const r of this.replicas.values()) {
+        r.targetFilter = journals.filterFor(r);
+        r.onAlarm = (active, start) => {
+          const vm = r.owner?.vm || r.record?.vm;
+          if (active && vm) journals.lastClean(vm, r.name, start);
+        };
+      }
       this.journals = journals;
     }
     this.failover = new FailoverController({

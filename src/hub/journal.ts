@@ -101,6 +101,23 @@ export class HubJournals {
     return cp;
   }
 
+  /**
+   * An encryption alarm on one of `vm`'s volumes: its last point before the suspicious run
+   * began becomes `last-clean`, the point to recover to.
+   */
+  lastClean(vm: string, volume: string, before: number): Checkpoint | null {
+    const j = this.journals.get(vm);
+    const pts = j?.points() ?? [];
+    let cp: Checkpoint | undefined;
+    for (const p of pts) if (p.time < before) cp = p;
+    const label = `before the encryption alarm on ${volume} at ${iso(before)}`;
+    const marked = cp && j!.remark(cp.id, 'last-clean', label);
+    if (marked) this.log.warn({ vm, volume, checkpoint: marked.id, time: iso(marked.time) }, 'last clean point tagged');
+    else
+      this.log.error({ vm, volume }, 'encryption alarm: no checkpoint before the suspicious writes to tag last-clean');
+    return marked || null;
+  }
+
   /** Resolve `at` (an id, an ISO time, "10 min ago", or latest) to a point of `vm`. */
   resolve(vm: string, at: string): Checkpoint {
     const j = this.journals.get(vm);
