@@ -89,7 +89,7 @@ export class ChecksumSync {
     const bm = sync.bitmap;
     const tail = bm.sizeBytes % bm.regionSize !== 0 && last === bm.regions - 1;
     if (tail && first < last) last--;
-    const blockBytes = tail ? bm.sizeBytes - last * bm.regionSize : bm.regionSize;
+    const blockBytes = tail && first === last ? bm.sizeBytes - last * bm.regionSize : bm.regionSize;
     const plan = this.plan(sync, 'regions', first, last, blockBytes);
     this.send(plan);
     return last;
@@ -164,7 +164,10 @@ export class ChecksumSync {
       if (m.ioStatus !== IO_OK) {
         const offset = plan.first * sync.bitmap.regionSize;
         rep.recordFault(`checksum at ${offset} failed on the agent: io_status ${m.ioStatus}`);
-        this.log.error({ volume: rep.name, offset, ioStatus: m.ioStatus }, 'checksum resync: the agent could not checksum; reading whole');
+        this.log.error(
+          { volume: rep.name, offset, ioStatus: m.ioStatus },
+          'checksum resync: the agent could not checksum; reading whole',
+        );
         for (let r = plan.first; r <= plan.last; r++) if (sync.bitmap.get(r)) sync.readWhole.add(r);
       } else if (!rep.failover && rep.target && !this.stopped) {
         carried = await this.compared(plan, m.digests);
@@ -236,7 +239,8 @@ export class ChecksumSync {
       if (b < from) continue;
       const s = base + Math.max(a, from) * plan.blockBytes,
         e = Math.min(base + (b + 1) * plan.blockBytes, bm.sizeBytes);
-      for (let at = s; at < e; at += this.host.maxReadBytes) read.pieces.push([at, Math.min(e, at + this.host.maxReadBytes)]);
+      for (let at = s; at < e; at += this.host.maxReadBytes)
+        read.pieces.push([at, Math.min(e, at + this.host.maxReadBytes)]);
     }
     assert(read.pieces.length > 0, 'a region that differs has a block that differs');
     this.ready.push(read);
@@ -266,7 +270,10 @@ export class ChecksumSync {
     const ans = checkAnswer(m, start, end, (cap) => this.host.has(cap));
     if (!ans) {
       rep.recordFault(`remote read at ${start} failed on the agent: io_status ${m.ioStatus}`);
-      this.log.error({ volume: rep.name, offset: start, ioStatus: m.ioStatus }, 'remote read failed on the agent; region stays dirty');
+      this.log.error(
+        { volume: rep.name, offset: start, ioStatus: m.ioStatus },
+        'remote read failed on the agent; region stays dirty',
+      );
       for (let r = bm.regionOf(start); r <= bm.regionOf(end - 1); r++) plan.failed.add(r);
       sync.retryAt = Date.now() + RETRY_MS;
       return;

@@ -24,7 +24,12 @@ export interface ReadAnswer {
  * Check the answer to a read of [start, end): null when the agent could not read (io_status
  * < 0, or an answer form not negotiated); a ProtocolError when its length is wrong.
  */
-export function checkAnswer(m: RemoteIoRes, start: number, end: number, has: (cap: number) => boolean): ReadAnswer | null {
+export function checkAnswer(
+  m: RemoteIoRes,
+  start: number,
+  end: number,
+  has: (cap: number) => boolean,
+): ReadAnswer | null {
   const zeroes = m.ioStatus === IO_ZEROES && has(Cap.ZEROES) && m.data.length === 0;
   const sparse = m.ioStatus === IO_SPARSE && has(Cap.SPARSE);
   if (m.ioStatus !== IO_OK && !zeroes && !sparse) return null;
@@ -41,7 +46,7 @@ export async function writeRange(rep: Replica, ans: ReadAnswer, a: number, b: nu
   if (ans.pieces) return writeSparse(rep, ans.pieces, ans.start, a, b);
   if (!ans.zeroes) return rep.target!.write(ans.data.subarray(a - ans.start, b - ans.start), a);
   const regionSize = rep.bitmap!.regionSize;
-  for (let at = a; at < b; ) {
+  for (let at = a; at < b;) {
     const next = Math.min(b, (Math.floor(at / regionSize) + 1) * regionSize);
     await rep.zeroBytes(at, next); // nothing written where the replica is known zero
     at = next;

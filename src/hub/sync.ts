@@ -3,7 +3,15 @@
 // checkpoints. A volume the hub cannot vouch for is compared by checksum first
 // (checksum-sync.ts); each volume's reads in flight and cursor are its VolumeSync's
 // (volume-sync.ts). It sends on a link it is given and knows nothing of the session.
-import { Cap, SECTOR, DIRTY_FINAL, ProtocolError, ErrorCode, encodeRemoteIoReqHead, encodeDirtyReportAck } from '../../protocol';
+import {
+  Cap,
+  SECTOR,
+  DIRTY_FINAL,
+  ProtocolError,
+  ErrorCode,
+  encodeRemoteIoReqHead,
+  encodeDirtyReportAck,
+} from '../../protocol';
 import type { RemoteIoRes, DirtyReport, ChecksumRes } from '../../protocol';
 import type { Logger } from '../log';
 import { assert } from '../assert';

@@ -152,4 +152,3 @@ export class VolumeSync {
     else if (st === 'protecting' && !this.converged) rep.setState('syncing');
   }
 }
-
