@@ -236,6 +236,7 @@ export class Replica {
       'checksum resync: every region is compared with the protected volume; only what differs is copied',
     );
     if (this.current === 'protecting') this.setState('syncing');
+    this.holder?.pump(); // an attached session compares at once
   }
 
   private newChecksumResync(reason: string): ChecksumResyncRecord {
