@@ -21,6 +21,19 @@ export interface VolumeRecord {
   syncPass: number;
   syncCursor: number; // region index the sync sweep had reached
   vm?: string;
+  // Set (durably, with every bit dirty) when the hub cannot vouch for the recovery volume's
+  // data: dirty regions are compared by checksum before any data moves (hub/checksum-sync.ts).
+  // Kept, with finishedAt, as the last one's summary once the bitmap is clean.
+  checksumResync?: ChecksumResyncRecord;
+}
+
+export interface ChecksumResyncRecord {
+  reason: string;
+  startedAt: string; // ISO time
+  finishedAt: string | null; // null while the volume syncs by checksum
+  comparedBytes: number; // bytes of regions compared by digest
+  matchedBytes: number; // of those, found equal: cleared with no data moved
+  movedBytes: number; // bytes read from the protected volume meanwhile
 }
 
 export interface StateStore {

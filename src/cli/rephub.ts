@@ -184,7 +184,7 @@ journalServeOptions(program.command('serve', { isDefault: true }))
   .option('--listen <host:port>', 'address for agent connections', '0.0.0.0:7000')
   .option(
     '--vol <spec>',
-    'recovery volume: V1R (file V1R protects agent volume V1) or V1=/path/to/V1R.img; append @VM to bind it to one VM; repeat for more',
+    'recovery volume: V1R (file V1R protects agent volume V1) or V1=/path/to/V1R.img; append @VM to bind it to one VM; repeat for more. A missing file is created sparse and synced in full; an existing file with data the hub has no record of (seeded from a backup or an earlier copy, lost hub state) is synced by checksum, automatically: only the 4 KiB blocks that differ are copied, never a blind copy over it',
     collect,
     [],
   )

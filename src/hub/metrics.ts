@@ -54,6 +54,7 @@ function registerVolumeMetrics(r: Registry, source: HubStatusSource): void {
     'Recovery volume write/flush failures and failed remote reads',
     (v) => v.errors,
   );
+  registerChecksumMetrics(counter);
   gauge('rephub_volume_dirty_bytes', 'Bytes of regions that may differ from the protected volume', (v) => v.dirtyBytes);
   gauge('rephub_volume_size_bytes', 'Volume size', (v) => v.sizeBytes);
   gauge(
@@ -127,5 +128,19 @@ function registerAlarmMetrics(
   );
   counter('rephub_volume_encryption_alarms_total', 'Encryption alarms raised since the hub started', (v) =>
     v.alarm ? v.alarm.raised : 0,
+  );
+}
+
+/** Checksum resync (hub/checksum-sync.ts): bytes compared by digest against bytes that had to move. */
+function registerChecksumMetrics(counter: (name: string, help: string, value: VolumeValue<number>) => unknown): void {
+  counter(
+    'rephub_volume_checksum_compared_bytes_total',
+    'Checksum resync: bytes of regions compared by digest (no data moved for those found equal)',
+    (v) => v.checksumComparedBytes ?? 0,
+  );
+  counter(
+    'rephub_volume_checksum_moved_bytes_total',
+    'Checksum resync: bytes read from the protected volume because they differed (or were written meanwhile)',
+    (v) => v.checksumMovedBytes ?? 0,
   );
 }

@@ -7,7 +7,7 @@ import { GuardedTarget } from '../../storage/overlay';
 import { DirtyLog } from '../../storage/dirty-log';
 import { DirtyBitmap } from '../../storage/bitmap';
 import { KnownZeroMap, TrackedTarget } from '../../storage/tracking';
-import { StateStore, VolumeRecord } from '../../storage/state';
+import { ChecksumResyncRecord, StateStore, VolumeRecord } from '../../storage/state';
 import type { Logger } from '../log';
 import { assert } from '../assert';
 import { EncryptionAlarm } from './encryption-alarm';
@@ -83,6 +83,9 @@ export class Replica {
   private syncBytesDropped = 0;
   /** Regions known to hold zeroes (a recovery volume this hub created sparse); null: none known. */
   private knownZero: KnownZeroMap | null = null;
+  /** The recovery volume existed with data when it was opened: the hub cannot vouch for it. */
+  private seeded = false;
+  private checksumTotals = { compared: 0, moved: 0 }; // since the hub started, for /metrics
 
   constructor(
     readonly spec: ReplicaSpec,
@@ -156,6 +159,8 @@ export class Replica {
       };
       this.bitmap = new DirtyBitmap(sizeBytes, this.regionSize);
       this.bitmap.setAll(); // a new replica knows nothing: full initial sync
+      // A file that already held data (a backup, an earlier copy, lost hub state): compare, never copy blindly.
+      if (this.seeded) rec.checksumResync = this.newChecksumResync('seeded replica: the recovery volume held data');
     } else if (!rec.cleanShutdown && (!trustAgentReport || rec.untrustedSession)) {
       // A legacy agent cannot tell us what it wrote while we were apart, and after a legacy
       // session ended uncleanly no agent can: its writes are in nobody's dirty log.
@@ -182,6 +187,8 @@ export class Replica {
     const existed = fs.existsSync(this.spec.path);
     const file = open(this.spec.path, sizeBytes);
     const filter = this.targetFilter ?? ((t: BlockTarget) => t);
+    // An existing file with no data extents (all holes) holds nothing to vouch for.
+    this.seeded = existed && (!(file instanceof FileVolume) || file.dataExtents(0, sizeBytes)?.length !== 0);
     if (existed || !(file instanceof FileVolume)) return new GuardedTarget(filter(file));
     this.knownZero = new KnownZeroMap(sizeBytes, regionSize);
     return new GuardedTarget(filter(new TrackedTarget(file, this.knownZero)));
@@ -205,6 +212,66 @@ export class Replica {
     if (!this.record) throw new Error(`volume ${this.name} has never been protected: no replica to use`);
     if (!this.target) this.target = new GuardedTarget(open(this.spec.path, this.record.sizeBytes));
     return this.target;
+  }
+
+  /** The running checksum resync (the volume syncs by comparing digests first), or null. */
+  get checksumResync(): ChecksumResyncRecord | null {
+    const c = this.record?.checksumResync;
+    return c && c.finishedAt === null ? c : null;
+  }
+
+  /**
+   * The hub cannot vouch for the recovery volume's data (seeded elsewhere, an identity that
+   * differs): every region is compared by checksum before data moves. The flag and the bits
+   * are committed before this returns (both stores write synchronously when durable).
+   */
+  beginChecksumResync(reason: string): void {
+    const rec = this.record,
+      bm = this.bitmap;
+    assert(rec !== undefined && bm !== undefined, 'a checksum resync is of a replica with a record');
+    rec.checksumResync = this.newChecksumResync(reason);
+    bm.setAll();
+    this.knownZero?.forget(0, bm.regions - 1); // the data is not what the hub wrote
+    const failed = (e: Error) => {
+      this.noteError(`cannot persist the checksum resync: ${e.message}`);
+      this.log.error({ volume: this.name, cause: e.message }, 'cannot persist the checksum resync');
+    };
+    void this.store.saveBitmap(this.name, bm, true).catch(failed);
+    void this.store.putVolume(rec, true).catch(failed);
+    this.log.warn(
+      { volume: this.name, recovery: this.spec.path, reason, dirtyBytes: bm.dirtyBytes },
+      'checksum resync: every region is compared with the protected volume; only what differs is copied',
+    );
+    if (this.current === 'protecting') this.setState('syncing');
+    this.holder?.pump(); // an attached session compares at once
+  }
+
+  private newChecksumResync(reason: string): ChecksumResyncRecord {
+    const at = new Date().toISOString();
+    return { reason, startedAt: at, finishedAt: null, comparedBytes: 0, matchedBytes: 0, movedBytes: 0 };
+  }
+
+  /** Bytes compared by digest (`matched` of them equal), or read, during the checksum resync. */
+  recordChecksumResync(compared: number, matched: number, moved: number): void {
+    const c = this.checksumResync;
+    if (!c) return;
+    c.comparedBytes += compared;
+    c.matchedBytes += matched;
+    c.movedBytes += moved;
+    this.checksumTotals.compared += compared;
+    this.checksumTotals.moved += moved;
+  }
+
+  /** The bitmap is clean: the checksum resync is done (persisted with the next checkpoint). */
+  endChecksumResync(): void {
+    const c = this.checksumResync;
+    if (!c) return;
+    assert(this.bitmap!.dirtyRegions === 0, 'a checksum resync ends with a clean bitmap');
+    c.finishedAt = new Date().toISOString();
+    this.log.info(
+      { volume: this.name, comparedBytes: c.comparedBytes, matchedBytes: c.matchedBytes, movedBytes: c.movedBytes },
+      'checksum resync done',
+    );
   }
 
   /** Regions turned dirty are committed before the caller goes on. */
@@ -427,6 +494,10 @@ export class Replica {
       bytesDirect: (this.target?.base as { directBytes?: number } | undefined)?.directBytes ?? 0,
       writesApplied: this.appliedWrites,
       syncBytes: this.synced,
+      syncMode: this.checksumResync ? 'checksum' : 'copy',
+      checksumResync: this.record?.checksumResync ?? null, // the running one, or the last one
+      checksumComparedBytes: this.checksumTotals.compared, // since the hub started (metrics)
+      checksumMovedBytes: this.checksumTotals.moved,
       rpoLagMs: this.rpoLagMs(),
       throughputBps: this.throughputBps,
       lastError: this.error ?? null,

@@ -175,7 +175,9 @@ export class AgentSession implements ReplicaOwner {
       cfg.maxInflightReads,
       cfg.maxReadBytes,
     );
-    this.verifier = new VerifyEngine(this.link, host.verifyPacer ?? new VerifyPacer(0), log);
+    // One req_id sequence for every request, so a CHECKSUM_RES finds its engine (resync or verify).
+    const pacer = host.verifyPacer ?? new VerifyPacer(0);
+    this.verifier = new VerifyEngine(this.link, pacer, log, () => this.sync.allocReqId());
     this.checkpointTimer = setInterval(() => void this.sync.checkpoint(), cfg.checkpointMs);
     this.checkpointTimer.unref();
     // An idle or half-open connection must not hold one of the hub's session slots forever.
@@ -294,6 +296,7 @@ export class AgentSession implements ReplicaOwner {
       case Cmd.AGENT_SHUTDOWN:
         return this.onShutdown();
       case Cmd.CHECKSUM_RES:
+        if (this.sync.ownsChecksum(m.reqId)) return this.sync.onChecksumRes(m);
         return this.verifier.onChecksumRes(m);
       default:
         throw new ProtocolError(`unexpected ${Cmd[m.cmd] ?? m.cmd}`);

@@ -15,6 +15,9 @@ export interface VolumeStatus {
   rpoLagMs: number | null;
   throughputBps: number;
   syncPass: number;
+  /** Checksum resync since the hub started: bytes compared by digest, and bytes read because they differed. */
+  checksumComparedBytes?: number;
+  checksumMovedBytes?: number;
   /** The last online verify (hub/verify.ts), null before the first. */
   verify?: { state: string; checkedBytes: number; mismatchedRegions: number } | null;
   /** The encryption alarm (hub/encryption-alarm.ts). */

@@ -6,12 +6,12 @@
 // checked again later; a region that differs is checked once more before it counts as a
 // mismatch (a write can reach the agent's image before its mirror frame leaves). Owns the checks
 // in flight and the regions they saw touched; each volume's run (VerifyRun) owns its results.
-import { createHash } from 'node:crypto';
-import { Cap, CHECKSUM_BYTES, IO_OK, SECTOR, ProtocolError, encodeChecksumReq } from '../../protocol';
+import { Cap, IO_OK, SECTOR, ProtocolError, encodeChecksumReq } from '../../protocol';
 import type { ChecksumRes } from '../../protocol';
 import type { Logger } from '../log';
 import { assert } from '../assert';
 import type { VolumeSync } from './sync';
+import { checkChecksumRes, digestMatches } from './digests';
 
 const RUN_REGIONS = 16; // regions per CHECKSUM_REQ (1 MiB at the default 64 KiB region)
 const MAX_INFLIGHT = 4; // CHECKSUM_REQs in flight per session
@@ -159,7 +159,6 @@ export interface VerifyLink {
 export class VerifyEngine {
   private readonly checks = new Map<number, Check>(); // by req_id
   private readonly runs = new Map<VolumeSync, VerifyRun>();
-  private nextReqId = 1;
   private timer: NodeJS.Timeout | null = null;
   private stopped = false;
 
@@ -167,7 +166,14 @@ export class VerifyEngine {
     private readonly link: VerifyLink,
     private readonly pacer: VerifyPacer,
     private readonly log: Logger,
+    /** req_ids: shared with the sync engine's checksum resync, so an answer finds its request. */
+    private readonly allocReqId: () => number = counter(),
   ) {}
+
+  /** A CHECKSUM_REQ of this engine is in flight under `reqId`. */
+  owns(reqId: number): boolean {
+    return this.checks.has(reqId);
+  }
 
   /** Verify `sync`'s volume; the run's report says how it ends. */
   start(sync: VolumeSync, run: VerifyRun): void {
@@ -249,7 +255,7 @@ export class VerifyEngine {
       count = 1;
     }
     const regionBytes = run.bytesOf(first);
-    const c: Check = { reqId: this.nextReqId++ >>> 0, run, sync, first, count, regionBytes, touched: new Set() };
+    const c: Check = { reqId: this.allocReqId(), run, sync, first, count, regionBytes, touched: new Set() };
     assert(first + count <= run.regions && regionBytes > 0, 'a check covers regions of the volume');
     this.checks.set(c.reqId, c);
     run.inflight++;
@@ -296,14 +302,7 @@ export class VerifyEngine {
       const what = `CHECKSUM_RES req_id ${m.reqId} for volume id ${m.volumeId}`;
       throw new ProtocolError(`${what} matches no outstanding CHECKSUM_REQ`);
     }
-    if (m.volumeId !== c.sync.volumeId) {
-      throw new ProtocolError(`CHECKSUM_RES ${m.reqId}: volume id ${m.volumeId}, request was for ${c.sync.volumeId}`);
-    }
-    if (m.ioStatus === IO_OK && m.digests.length !== c.count * CHECKSUM_BYTES) {
-      throw new ProtocolError(
-        `CHECKSUM_RES ${m.reqId}: ${m.digests.length / CHECKSUM_BYTES} digests, asked ${c.count}`,
-      );
-    }
+    checkChecksumRes(m, c.sync.volumeId, c.count);
     this.checks.delete(m.reqId);
     c.run.inflight--;
     if (c.run.running && m.ioStatus !== IO_OK) {
@@ -332,8 +331,7 @@ export class VerifyEngine {
       }
       run.recheck.delete(r);
       await target.read(buf, r * run.regionSize);
-      const ours = createHash('sha256').update(buf).digest();
-      if (ours.compare(digests, i * CHECKSUM_BYTES, (i + 1) * CHECKSUM_BYTES, 0, CHECKSUM_BYTES) === 0) {
+      if (digestMatches(buf, digests, i)) {
         run.suspects.delete(r);
         run.equal(r);
       } else if (!run.suspects.has(r)) {
@@ -361,4 +359,10 @@ export class VerifyEngine {
     // No pump from here: the apply queue pumps the sync engine once it drains. A read issued now
     // could land on a region whose earlier read's answer is still being written.
   }
+}
+
+/** req_ids from 1 (an engine on its own, as in unit tests). */
+function counter(): () => number {
+  let next = 1;
+  return () => next++ >>> 0;
 }
