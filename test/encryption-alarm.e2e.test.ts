@@ -80,6 +80,12 @@ describe('encryption alarm, end to end', function () {
     console.log(`      alarm raised ${secs.toFixed(1)} s after the attack began`);
     assert.ok(Date.parse(v.alarm.since) <= Date.now() && Date.parse(v.alarm.since) >= t0 - 2000, 'dated at the spike');
     assert.match(hub.logTail(200), /encryption alarm/);
+    // The journal's last point before the suspicious run is tagged last-clean.
+    const list = await (await fetch(`http://127.0.0.1:${hub.httpPort}/checkpoints?vm=vm1`)).json();
+    const points: { kind: string; time: string }[] = (list as any[]).flatMap((j: any) => j.checkpoints);
+    const clean = points.find((p) => p.kind === 'last-clean');
+    assert.ok(clean, `a last-clean point: ${JSON.stringify(list).slice(0, 400)}`);
+    assert.ok(Date.parse(clean.time) < Date.parse(v.alarm.since), 'from before the suspicious writes');
     const metrics = await (await fetch(`http://127.0.0.1:${hub.httpPort}/metrics`)).text();
     assert.match(metrics, /rephub_volume_encryption_alarm\{[^}]*volume="V1"[^}]*\} 1/);
   });
