@@ -37,19 +37,19 @@ export const nbdUri = (volume: string, socket: string) => `nbd+unix:///${volume}
  */
 export function checkImage(probe: Probe, file: string, label: string, given: string | undefined): ImageProbe {
   const p = probe(file);
-  if (p.error !== undefined) throw new Error(`${label}: cannot open ${file}: ${p.error}`);
-  if (p.kind === 'missing') throw new Error(`${label}: ${file}: no such file`);
-  if (p.kind === 'other') throw new Error(`${label}: ${file} is not a regular file or block device`);
+  if (p.error !== undefined) throw new Error(`${label}: cannot open the image: ${p.error}`);
+  if (p.kind === 'missing') throw new Error(`${label}: the image does not exist`);
+  if (p.kind === 'other') throw new Error(`${label}: the image is not a regular file or block device`);
   const format = given ?? p.format ?? 'raw';
   if (format !== 'raw')
     throw new Error(
       `${label}: a writable ${format} image cannot be protected (only raw images are; ` +
         `convert it with qemu-img convert -O raw, or give it readonly=on or snapshot=on to run it unprotected)`,
     );
-  if (p.writable === false) throw new Error(`${label}: ${file} is not writable (readonly=on runs it unprotected)`);
-  const size = p.sizeBytes ?? 0;
-  if (size === 0 || size % 512 !== 0)
-    throw new Error(`${label}: ${file} is ${size} bytes, not a positive multiple of 512`);
+  if (p.writable === false) throw new Error(`${label}: the image is not writable (readonly=on runs it unprotected)`);
+  const size = p.sizeBytes;
+  if (size !== undefined && (size === 0 || size % 512 !== 0))
+    throw new Error(`${label}: the image is ${size} bytes, not a positive multiple of 512`);
   return p;
 }
 
