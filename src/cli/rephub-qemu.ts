@@ -59,21 +59,18 @@ function runtimeDir(): string {
   return fs.mkdtempSync(path.join(base, 'rephub-qemu-'));
 }
 
-/** One TCP connect: a warning, never a reason to stop the VM. */
-function probeHub(plan: QemuPlan): void {
+/** One TCP connect: resolves with a warning, never a reason to stop the VM. */
+function probeHub(plan: QemuPlan): Promise<string | undefined> {
   const { host, port } = plan.repagent;
-  const s = net.connect({ host, port, timeout: HUB_PROBE_MS });
-  const warn = (why: string) =>
-    say(
-      `warning: hub ${host}:${port} unreachable (${why}); VM ${plan.vm} boots anyway, its writes are kept as dirty regions until the hub is back`,
-    );
-  s.on('connect', () => s.destroy());
-  s.on('timeout', () => {
-    s.destroy();
-    warn(`no answer in ${HUB_PROBE_MS / 1000} s`);
+  const warning = (why: string) =>
+    `warning: hub ${host}:${port} unreachable (${why}); VM ${plan.vm} boots anyway, its writes are kept as dirty regions until the hub is back`;
+  return new Promise((resolve) => {
+    const s = net.connect({ host, port, timeout: HUB_PROBE_MS });
+    s.on('connect', () => (s.destroy(), resolve(undefined)));
+    s.on('timeout', () => (s.destroy(), resolve(warning(`no answer in ${HUB_PROBE_MS / 1000} s`))));
+    s.on('error', (e: NodeJS.ErrnoException) => resolve(warning(e.code ?? e.message)));
+    s.unref();
   });
-  s.on('error', (e: NodeJS.ErrnoException) => warn(e.code ?? e.message));
-  s.unref();
 }
 
 function exitStatus(code: number | null, signal: NodeJS.Signals | null): number {
@@ -95,11 +92,7 @@ async function run(argv: string[]): Promise<number> {
   };
   const cleanup = () => fs.rmSync(dir, { recursive: true, force: true });
   const agent = new QemuAgent(agentArgs(plan, paths), paths.logFile);
-  const vols = plan.disks.map((d) => `${d.volume}=${d.image}`).join(', ');
-  say(
-    `VM ${plan.vm}: protecting ${vols} through hub ${plan.repagent.host}:${plan.repagent.port} (agent log ${paths.logFile})`,
-  );
-  probeHub(plan);
+  const hubWarning = probeHub(plan); // said once the agent serves: an agent error is the one line otherwise
   const early = () => void agent.stop().then(() => (cleanup(), process.exit(130)));
   for (const sig of FORWARDED) process.once(sig, early);
   try {
@@ -109,6 +102,11 @@ async function run(argv: string[]): Promise<number> {
     throw new Error(`${describe(plan, (e as Error).message)}; QEMU not started`, { cause: e });
   }
   for (const sig of FORWARDED) process.removeListener(sig, early);
+  void hubWarning.then((w) => w && say(w));
+  const vols = plan.disks.map((d) => `${d.volume}=${d.image}`).join(', ');
+  say(
+    `VM ${plan.vm}: protecting ${vols} through hub ${plan.repagent.host}:${plan.repagent.port} (agent log ${paths.logFile})`,
+  );
   const status = await runQemu(qemu, plan.rewrite(paths.socket), agent);
   const stopped = await agent.stop();
   if (stopped.killed) say(`warning: the agent did not stop within 30 s and was killed; log: ${paths.logFile}`);
