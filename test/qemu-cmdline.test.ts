@@ -287,7 +287,7 @@ describe('planning and rewriting a QEMU command line', () => {
       'node-name': 'libvirt-1-storage',
       driver: 'nbd',
       server: { type: 'unix', path: SOCK },
-      export: 'libvirt-1-format',
+      export: 'web1', // libvirt's node names change with the domain: the image names the volume
       'auto-read-only': true,
       discard: 'unmap',
     });

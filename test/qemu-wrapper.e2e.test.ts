@@ -271,4 +271,70 @@ exit 3
       }
     });
   });
+
+  it("--help documents -repagent in QEMU's -help style", async () => {
+    const r = await rephubQemu(['--help']);
+    assert.equal(r.code, 0);
+    assert.match(r.stdout, /^usage: rephub-qemu QEMU-BINARY \[qemu options\] -repagent host\[:port\]/);
+    assert.match(r.stdout, /\n-repagent host\[:port\]\[,psk-file=file\]\[,tls-cert=file,tls-key=file,tls-ca=file\]\n/);
+    assert.match(r.stdout, /\n {16}replicate the VM's disks to the rephub hub at host:port \(default port 7000\)\n/);
+  });
+
+  it('libvirt: the emulator script runs QEMU unchanged without -repagent, through rephub-qemu with it', async () => {
+    const img = path.join(dir, 'web1.img');
+    fs.writeFileSync(img, Buffer.alloc(0));
+    fs.truncateSync(img, 4 * MiB);
+    const ran = path.join(dir, 'qemu-ran');
+    const fake = path.join(dir, 'fake-qemu');
+    // Finds the rewritten JSON file node and writes through it with a real NBD client.
+    fs.writeFileSync(
+      fake,
+      `#!/bin/bash
+printf '%s\\n' "$@" > '${ran}'
+for a in "$@"; do
+  case $a in *'"driver":"nbd"'*)
+    s=$(sed 's/.*"path":"\\([^"]*\\)".*/\\1/' <<<"$a"); e=$(sed 's/.*"export":"\\([^"]*\\)".*/\\1/' <<<"$a")
+    qemu-io -f raw -c 'write -P 0x5a 0 64k' "nbd+unix:///$e?socket=$s" >/dev/null || exit 9;;
+  esac
+done
+`,
+      { mode: 0o755 },
+    );
+    const script = path.join(TOOLS, 'libvirt/qemu-repagent.sh');
+    const env = { ...process.env, REPHUB_QEMU_BINARY: fake, REPHUB_QEMU: `${process.execPath} ${CLI}` };
+    const probeArgs = [
+      '-S',
+      '-no-user-config',
+      '-nodefaults',
+      '-nographic',
+      '-machine',
+      'none,accel=tcg',
+      '-qmp',
+      'stdio',
+    ];
+    execFileSync('sh', [script, ...probeArgs], { env });
+    assert.deepEqual(fs.readFileSync(ran, 'utf8').trim().split('\n'), probeArgs, 'a capability probe runs QEMU as is');
+
+    const hub = new HubProcess(['--vol', `web1=${dir}/web1R`, '--data', path.join(dir, 'hub')]);
+    await hub.start();
+    try {
+      const storage = { driver: 'file', filename: img, 'node-name': 'libvirt-1-storage', 'auto-read-only': true };
+      const format = '{"node-name":"libvirt-1-format","read-only":false,"driver":"raw","file":"libvirt-1-storage"}';
+      const domain = ['-name', 'guest=web1,debug-threads=on', '-S', '-blockdev', JSON.stringify(storage)];
+      domain.push('-blockdev', format, '-device', 'virtio-blk-pci,drive=libvirt-1-format,id=virtio-disk0');
+      const extra = ['-repagent', `127.0.0.1:${hub.port},state=${dir}/agent`]; // <qemu:commandline>
+      execFileSync('sh', [script, ...domain, ...extra], { env, stdio: 'ignore' });
+      const got = fs.readFileSync(ran, 'utf8').trim().split('\n');
+      assert.equal(got.length, domain.length);
+      const node = JSON.parse(got[4]);
+      assert.deepEqual([node.driver, node.export, node['node-name']], ['nbd', 'web1', 'libvirt-1-storage']);
+      assert.equal(got[6], format);
+      const v = await hub.volume('web1');
+      assert.deepEqual([v.vm, v.state], ['web1', 'stopped']);
+      assert.ok(readRegion(img, 0, 64 * 1024).equals(Buffer.alloc(64 * 1024, 0x5a)));
+      assert.equal(sha(`${dir}/web1R`), sha(img));
+    } finally {
+      await hub.stop();
+    }
+  });
 });

@@ -15,6 +15,8 @@ interface Node {
 const PROTOCOLS = new Set(['file', 'host_device']);
 /** Options of a file node that mean the same on the NBD node that replaces it. */
 const KEEP = ['node-name', 'cache', 'read-only', 'auto-read-only', 'discard', 'detect-zeroes', 'force-share'];
+/** libvirt's generated node names (libvirt-1-format) change with the domain: the image names the volume. */
+const LIBVIRT_NODE = /^libvirt-\d+-(format|storage)$/;
 /** Keys by which one node refers to another. */
 const CHILD_KEYS = ['file', 'backing', 'data-file', 'image', 'child'];
 
@@ -64,8 +66,8 @@ function planParent(ctx: PlanContext, parent: Node, file: Tree, child: Node | un
     return;
   }
   checkImage(ctx.probe, image, label, format);
-  const own = parent.tree['node-name'] ?? file['node-name'];
-  const volume = volumeName(typeof own === 'string' ? own : undefined, image, label);
+  const own = [parent.tree['node-name'], file['node-name']].find((n) => typeof n === 'string' && !LIBVIRT_NODE.test(n));
+  const volume = volumeName(own as string | undefined, image, label);
   ctx.disks.push({ volume, image, what: label });
   if (child) ctx.edits.set(child.at, (socket) => formatBlockdev(nbdNode(file, volume, socket), child.json));
   else
