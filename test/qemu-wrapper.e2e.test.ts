@@ -7,7 +7,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync, spawn } from 'node:child_process';
-import { tmpdir, sha, waitFor, readRegion, MiB } from './harness/util';
+import { tmpdir, sha, waitFor, readRegion, sleep, MiB } from './harness/util';
 import { HubProcess } from './harness/hub-process';
 import { freePort } from './harness/ports';
 
@@ -42,16 +42,12 @@ function rephubQemu(args: string[], onSpawn?: (pid: number) => void, timeoutMs =
 
 const lines = (s: string) => s.split('\n').filter((l) => l.length > 0);
 
-/** An initramfs whose init writes pattern A to /dev/vda, flushes, then B to /dev/vdb, and powers off. */
-function twoDiskInitrd(dir: string): string {
+/** An initramfs whose init waits for /dev/vda and /dev/vdb, runs `body`, and powers off. */
+function twoDiskInitrd(dir: string, body: string): string {
   if (!fs.existsSync(`${CACHE}/vmlinuz`)) execFileSync('bash', [path.join(TOOLS, 'tiny-vm.sh'), '--build']);
   const root = path.join(dir, 'root');
   execFileSync('cp', ['-a', `${CACHE}/root`, root]);
   const mods = 'virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk';
-  const put = (disk: string, tag: string) =>
-    `pattern "${tag}-$SEED" "$MIB" | dd of=/dev/${disk} bs=1M iflag=fullblock oflag=direct conv=fsync 2>/tmp/dd.err || FAIL=1
-sync
-${tag}=$(dd if=/dev/${disk} bs=1M count="$MIB" iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)`;
   fs.writeFileSync(
     path.join(root, 'init'),
     `#!/bin/busybox sh
@@ -60,10 +56,7 @@ mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 for m in ${mods}; do insmod /lib/modules/$m.ko; done
 i=0; while { [ ! -b /dev/vda ] || [ ! -b /dev/vdb ]; } && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 for kv in $(cat /proc/cmdline); do case $kv in tv.seed=*) SEED=\${kv#*=};; tv.mib=*) MIB=\${kv#*=};; esac; done
-FAIL=0
-${put('vda', 'A')}
-${put('vdb', 'B')}
-echo "TINYVM-RESULT fail=$FAIL a=$A b=$B"
+${body}
 poweroff -f
 `,
     { mode: 0o755 },
@@ -72,6 +65,53 @@ poweroff -f
   execFileSync('bash', ['-c', `cd '${root}' && find . | cpio -o -H newc --quiet | gzip -1 > '${initrd}'`]);
   return initrd;
 }
+
+/** Pattern A to /dev/vda, flushed, then B to /dev/vdb, flushed; each read back and hashed. */
+const PATTERNS = ['vda:A', 'vdb:B']
+  .map((x) => x.split(':'))
+  .map(
+    ([disk, tag]) =>
+      `pattern "${tag}-$SEED" "$MIB" | dd of=/dev/${disk} bs=1M iflag=fullblock oflag=direct conv=fsync 2>/tmp/dd.err || FAIL=1
+sync
+${tag}=$(dd if=/dev/${disk} bs=1M count="$MIB" iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)`,
+  )
+  .join('\n')
+  .concat('\necho "TINYVM-RESULT fail=$FAIL a=$A b=$B"');
+
+/** Steps 0..STEPS-1: 64 KiB "A<i>" at chunk i of vda, flushed, then "B<i>" at chunk i of vdb, flushed. */
+const STEPS = 24;
+const CHUNK = 64 * 1024;
+const ORDERED = `chunk() { busybox awk -v t="$1" 'BEGIN { for (i = 0; i < 128; i++) printf "%-511s\\n", t }'; }
+i=0; while [ $i -lt ${STEPS} ]; do
+  chunk "A$i" | dd of=/dev/vda bs=64k seek=$i count=1 iflag=fullblock oflag=direct conv=fsync,notrunc 2>/dev/null
+  chunk "B$i" | dd of=/dev/vdb bs=64k seek=$i count=1 iflag=fullblock oflag=direct conv=fsync,notrunc 2>/dev/null
+  sleep 0.2; i=$((i+1))
+done
+echo "TINYVM-RESULT ordered steps=$i"`;
+/** The tiny VM, TCG, with d1 as drive id=disk1 and d2 (volume: its base name) on virtio. */
+const vmArgs = (initrd: string, seed: string, d1: string, d2: string, repagent: string) => [
+  'qemu-system-x86_64',
+  ...['-accel', 'tcg', '-cpu', 'max', '-m', '256', '-smp', '1', '-nographic', '-no-reboot', '-nic', 'none'],
+  ...['-kernel', `${CACHE}/vmlinuz`, '-initrd', initrd],
+  ...['-append', `console=ttyS0 panic=-1 quiet tv.seed=${seed} tv.mib=4`],
+  ...['-drive', `file=${d1},format=raw,if=virtio,id=disk1,cache=writeback`, '--drive', `file=${d2},if=virtio`],
+  ...['-name', 'guest=web1,debug-threads=on', '-repagent', repagent],
+];
+
+/** `len` bytes at the start of an NBD export, read with libnbd. */
+const readNbd = (uri: string, len: number): Buffer =>
+  execFileSync(
+    '/usr/bin/python3',
+    [
+      '-c',
+      'import sys, nbd\nh = nbd.NBD(); h.connect_uri(sys.argv[1]); sys.stdout.buffer.write(h.pread(int(sys.argv[2]), 0)); h.shutdown()',
+      uri,
+      String(len),
+    ],
+    { maxBuffer: len + MiB },
+  );
+
+const chunkOf = (tag: string) => Buffer.from(`${tag.padEnd(511)}\n`.repeat(128));
 
 const patternSha = (tag: string, mib: number) =>
   execFileSync('bash', ['-c', `busybox sh ${CACHE}/root/bin/pattern '${tag}' ${mib} | sha256sum | cut -d' ' -f1`])
@@ -104,37 +144,9 @@ describe('rephub-qemu: the seed command line, -repagent HUB', function () {
     ]);
     await hub.start();
     try {
-      const initrd = twoDiskInitrd(dir);
+      const initrd = twoDiskInitrd(dir, `FAIL=0\n${PATTERNS}`);
       const seed = 'rq-e2e';
-      const r = await rephubQemu([
-        'qemu-system-x86_64',
-        '-accel',
-        'tcg',
-        '-cpu',
-        'max',
-        '-m',
-        '256',
-        '-smp',
-        '1',
-        '-nographic',
-        '-no-reboot',
-        '-nic',
-        'none',
-        '-kernel',
-        `${CACHE}/vmlinuz`,
-        '-initrd',
-        initrd,
-        '-append',
-        `console=ttyS0 panic=-1 quiet tv.seed=${seed} tv.mib=4`,
-        '-drive',
-        `file=${d1},format=raw,if=virtio,id=disk1,cache=writeback`,
-        '--drive',
-        `file=${d2},if=virtio`,
-        '-name',
-        'guest=web1,debug-threads=on',
-        '-repagent',
-        `127.0.0.1:${hub.port},state=${dir}/agent`,
-      ]);
+      const r = await rephubQemu(vmArgs(initrd, seed, d1, d2, `127.0.0.1:${hub.port},state=${dir}/agent`));
       assert.equal(r.code, 0, `${r.stderr}\n${r.stdout.slice(-2000)}`);
       const [a, b] = [patternSha(`A-${seed}`, 4), patternSha(`B-${seed}`, 4)];
       assert.match(r.stdout, new RegExp(`TINYVM-RESULT fail=0 a=${a} b=${b}`), r.stdout.slice(-2000));
@@ -153,6 +165,56 @@ describe('rephub-qemu: the seed command line, -repagent HUB', function () {
       assert.equal(sha(`${dir}/dataR`), sha(d2), 'data replica byte-equal');
       assert.ok(readRegion(`${dir}/dataR`, 12 * MiB, MiB).equals(Buffer.alloc(MiB, 0x6b)));
       assert.equal(fs.readdirSync(path.join(dir, 'agent')).filter((f) => f.endsWith('.dirty')).length, 2);
+    } finally {
+      await hub.stop();
+    }
+  });
+
+  it('write order across the two disks: no failover-test view ever holds B<i> without A<i>', async () => {
+    const d1 = path.join(dir, 'sys.img');
+    const d2 = path.join(dir, 'data.img');
+    for (const d of [d1, d2]) fs.writeFileSync(d, Buffer.alloc(0));
+    fs.truncateSync(d1, 4 * MiB);
+    fs.truncateSync(d2, 4 * MiB);
+    const hub = new HubProcess(['--vol', `disk1=${dir}/sysR`, '--vol', `data=${dir}/dataR`, '--data', `${dir}/hub`]);
+    await hub.start();
+    try {
+      const initrd = twoDiskInitrd(dir, ORDERED);
+      let finished = false;
+      const run = rephubQemu(vmArgs(initrd, 'order', d1, d2, `127.0.0.1:${hub.port},state=${dir}/agent`)).finally(
+        () => (finished = true),
+      );
+      const len = STEPS * CHUNK;
+      const zero = Buffer.alloc(CHUNK);
+      const progress: number[] = [];
+      while (!finished) {
+        const started = await hub.post('/failover-test/start', { vm: 'web1' });
+        if (started.status !== 200) {
+          await sleep(50); // not converged yet, or no session: try again
+          continue;
+        }
+        const views = started.body.volumes as { name: string; uri: string }[];
+        const uri = (n: string) => views.find((v) => v.name === n)!.uri;
+        const [v1, v2] = [readNbd(uri('disk1'), len), readNbd(uri('data'), len)];
+        assert.equal((await hub.post('/failover-test/stop', {})).status, 200);
+        let bs = 0;
+        for (let i = 0; i < STEPS; i++) {
+          const b = v2.subarray(i * CHUNK, (i + 1) * CHUNK);
+          if (b.equals(zero)) continue;
+          bs++;
+          const a = v1.subarray(i * CHUNK, (i + 1) * CHUNK);
+          assert.ok(a.equals(chunkOf(`A${i}`)), `view ${progress.length}: disk 2 has step ${i}, disk 1 does not`);
+        }
+        progress.push(bs);
+      }
+      const r = await run;
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, new RegExp(`TINYVM-RESULT ordered steps=${STEPS}`));
+      assert.ok(progress.length > 0, 'at least one view was taken while the VM ran');
+      process.stdout.write(`      views taken while the guest wrote (B steps seen in each): ${progress.join(' ')}\n`);
+      for (let i = 0; i < STEPS; i++) assert.ok(readRegion(`${dir}/dataR`, i * CHUNK, CHUNK).equals(chunkOf(`B${i}`)));
+      assert.equal(sha(`${dir}/sysR`), sha(d1));
+      assert.equal(sha(`${dir}/dataR`), sha(d2));
     } finally {
       await hub.stop();
     }
