@@ -5,11 +5,13 @@
 # prints both checksums and powers off. The host then reads the export over NBD (libnbd)
 # and checks all checksums agree. Exit 0 = pass.
 # Usage: tiny-vm.sh NBD_URI SEED [MIB]     (MIB = pattern size in MiB, default 4)
+#        tiny-vm.sh --build                 (only build the cache, for tests that boot their own init)
 # Env:   ACCEL=tcg|kvm (default tcg)   VM_TIMEOUT=120 (seconds)
 # Needs: qemu-system-x86 busybox-static cpio python3-libnbd (install-tools.sh), and a
 #        done "apt-get update" (the kernel .deb is fetched once with apt-get download).
 # DESTRUCTIVE: overwrites the first MIB MiB of the export.
 set -euo pipefail
+BUILD_ONLY=; [ "${1:-}" = --build ] && { BUILD_ONLY=1; set -- x x; }
 URI=${1:?usage: $0 nbd://host:port/export seed [mib]}
 SEED=${2:?usage: $0 nbd://host:port/export seed [mib]}
 MIB=${3:-4}
@@ -63,6 +65,7 @@ EOF
   rm -rf "$W/dl"
 }
 [ -s "$W/vmlinuz" ] && [ -s "$W/initrd.gz" ] || build
+[ -n "$BUILD_ONLY" ] && exit 0
 
 # TCG by default: it boots here in ~3 s. /dev/kvm exists on this sandbox, but a guest
 # under it hung right after "Probing EDD" (nested KVM), so KVM is opt-in only.

@@ -15,6 +15,7 @@ import { makeLogger, Logger } from '../log';
 import { parseHostPort, checkName, checkPath, parseSize, warnIfNoNative } from './args';
 import { enabled as tlsEnabled, clientOptions } from '../security';
 import { fmt, table } from './format';
+import { parseListenAddr, ListenAddr } from './listen-addr';
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
@@ -35,6 +36,7 @@ interface RunOptions {
   tlsServername?: string;
   pskFile?: string;
   seekData?: boolean;
+  readyFd?: string;
 }
 
 /** Each --export NAME=PATH opened, with its dirty log in the state directory. */
@@ -62,8 +64,9 @@ function openVolumes(o: RunOptions, vm: string, log: Logger): AgentVolumeSpec[] 
 }
 
 /** GET /status of the agent, listening before the NBD exports so it answers once they do. */
-async function serveStatus(addr: string, status: () => object): Promise<http.Server> {
-  const httpAddr = parseHostPort(addr, '--http');
+async function serveStatus(addr: string, status: () => object): Promise<http.Server | undefined> {
+  if (addr === 'off') return undefined;
+  const httpAddr = parseListenAddr(addr, '--http');
   const web = http.createServer((req, res) => {
     if (req.method === 'GET' && req.url === '/status') {
       res.writeHead(200, { 'content-type': 'application/json' });
@@ -75,9 +78,32 @@ async function serveStatus(addr: string, status: () => object): Promise<http.Ser
   });
   await new Promise<void>((res, rej) => {
     web.once('error', rej);
-    web.listen(httpAddr.port, httpAddr.host, () => res());
+    if (httpAddr.kind === 'unix') web.listen(httpAddr.path, () => res());
+    else web.listen(httpAddr.port, httpAddr.host, () => res());
   });
   return web;
+}
+
+/** Listens on TCP or a UNIX socket; the URIs a client uses for each export. */
+async function listenNbd(nbd: NbdServer, at: ListenAddr, names: string[]): Promise<string[]> {
+  if (at.kind === 'unix') {
+    await nbd.listenUnix(at.path);
+    return names.map((n) => `nbd+unix:///${n}?socket=${at.path}`);
+  }
+  const a = await nbd.listen(at.host, at.port);
+  return names.map((n) => `nbd://${a.address}:${a.port}/${n}`);
+}
+
+function parseReadyFd(v: string): number {
+  const fd = Number(v);
+  if (!Number.isInteger(fd) || fd < 3 || fd > 1023) throw new Error(`--ready-fd ${v}: a descriptor number, 3 to 1023`);
+  return fd;
+}
+
+/** s6-style readiness: one line on the descriptor, then close it, once every export is served. */
+function notifyReady(fd: number): void {
+  fs.writeSync(fd, 'ready\n');
+  fs.closeSync(fd);
 }
 
 async function main(o: RunOptions) {
@@ -85,7 +111,8 @@ async function main(o: RunOptions) {
   const log = makeLogger('rephub-agent', o.logLevel);
   warnIfNoNative(log);
   const hub = parseHostPort(o.hub, '--hub');
-  const nbdAddr = parseHostPort(o.nbd, '--nbd');
+  const nbdAddr = parseListenAddr(o.nbd, '--nbd');
+  const readyFd = o.readyFd === undefined ? undefined : parseReadyFd(o.readyFd);
   const vm = checkName(o.vm, '--vm');
   const volumes = openVolumes(o, vm, log);
   const files = { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa, pskFile: o.pskFile };
@@ -106,17 +133,17 @@ async function main(o: RunOptions) {
   for (const v of volumes) exports.add(new MirroredExport(v.name, v.target, agent));
   const nbd = new NbdServer(exports, log, undefined, agent.writePool);
   const web = await serveStatus(o.http, () => ({ ...agent.status(), nbd: nbd.stats }));
-  const a = await nbd.listen(nbdAddr.host, nbdAddr.port);
+  const uris = await listenNbd(nbd, nbdAddr, exports.names());
   agent.start();
-  const uris = exports.names().map((n) => `nbd://${a.address}:${a.port}/${n}`);
   log.info({ nbd: uris, hub: o.hub, vm }, 'rephub-agent serving');
+  if (readyFd !== undefined) notifyReady(readyFd);
   let stopping = false;
   const stop = async (sig: string) => {
     if (stopping) return;
     stopping = true;
     log.info({ signal: sig }, 'stopping: draining mirror, sending AGENT_SHUTDOWN');
     await nbd.close();
-    web.close();
+    web?.close();
     await agent.stop();
     for (const v of volumes) {
       v.log.close();
@@ -144,11 +171,16 @@ program
     collect,
     [],
   )
-  .option('--nbd <host:port>', 'NBD listen address', '127.0.0.1:10809')
+  .option(
+    '--nbd <host:port|unix:path>',
+    'NBD listen address: TCP, or a UNIX socket (unix:/run/x/nbd.sock)',
+    '127.0.0.1:10809',
+  )
   .option('--state <dir>', 'directory for the persistent dirty logs', './rephub-agent-state')
   .option('--vm <name>', 'VM name reported to the hub', os.hostname().replace(/[^A-Za-z0-9._-]/g, '-') || 'vm')
   .option('--region-size <bytes>', 'dirty-log region size, 4K..1M', '64K')
-  .option('--http <host:port>', 'agent status endpoint (GET /status)', '127.0.0.1:10899')
+  .option('--http <host:port|unix:path|off>', 'agent status endpoint (GET /status)', '127.0.0.1:10899')
+  .option('--ready-fd <n>', 'write "ready" and a newline to descriptor N once every export is served, then close it')
   .option('--log-pretty', 'human-readable logs instead of JSON lines')
   .option('--log-level <level>', 'trace, debug, info, warn, error', 'info')
   .option('--tls-cert <file>', 'agent certificate (PEM); its CN must be the --vm name')

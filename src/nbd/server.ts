@@ -3,6 +3,7 @@
 // connections; connection.ts, handshake.ts and transmission.ts own the protocol phases.
 // Requests on a connection run concurrently and each reply goes out as soon as its request
 // is done (TCP_NODELAY, nothing held back).
+import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { NbdConnection, NbdTlsOptions } from './connection';
 import type { ExportRegistry } from './exports';
@@ -30,10 +31,25 @@ export class NbdServer {
   ) {}
 
   listen(host: string, port: number): Promise<net.AddressInfo> {
+    return this.listenOn({ port, host }) as Promise<net.AddressInfo>;
+  }
+
+  /**
+   * A UNIX socket at `path` (QEMU: nbd+unix:///NAME?socket=PATH). A socket file already there
+   * is replaced, as QEMU's own listeners do (a killed server leaves one); any other file there
+   * is an error, never removed.
+   */
+  async listenUnix(path: string): Promise<string> {
+    removeStaleSocket(path);
+    await this.listenOn({ path });
+    return path;
+  }
+
+  private listenOn(where: net.ListenOptions): Promise<net.AddressInfo | string | null> {
     this.server = net.createServer({ pauseOnConnect: !this.tls }, (s) => this.accept(s));
     return new Promise((res, rej) => {
       this.server!.once('error', rej);
-      this.server!.listen(port, host, () => res(this.server!.address() as net.AddressInfo));
+      this.server!.listen(where, () => res(this.server!.address()));
     });
   }
 
@@ -44,7 +60,9 @@ export class NbdServer {
 
   private accept(raw: net.Socket): void {
     const id = this.nextConn++;
-    const log = this.log.child({ nbdConn: id, peer: `${raw.remoteAddress}:${raw.remotePort}` });
+    // A UNIX socket's peer has no address: name the connection by its id alone.
+    const peer = raw.remoteAddress === undefined ? 'unix' : `${raw.remoteAddress}:${raw.remotePort}`;
+    const log = this.log.child({ nbdConn: id, peer });
     this.stats.connections++;
     const ctx = { registry: this.exports, tls: this.tls, pool: this.pool, stats: this.stats };
     const conn = new NbdConnection(raw, ctx, log);
@@ -53,4 +71,15 @@ export class NbdServer {
     sock.on('close', () => this.conns.delete(sock));
     conn.start();
   }
+}
+
+function removeStaleSocket(path: string): void {
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(path);
+  } catch {
+    return;
+  }
+  if (!st.isSocket()) throw new Error(`${path} exists and is not a socket: not replacing it`);
+  fs.unlinkSync(path);
 }

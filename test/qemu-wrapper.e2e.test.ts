@@ -1,0 +1,402 @@
+// rephub-qemu end to end: a tiny Linux VM (TCG) with two raw disks booted through
+// `rephub-qemu qemu-system-x86_64 … -repagent 127.0.0.1:PORT` against a real hub; and, with a
+// fake QEMU that records whether it ran, the errors that must keep QEMU from starting, an
+// unreachable hub that must not (a real NBD client writes through the rewritten disk), and
+// SIGTERM going to QEMU first.
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { execFileSync, spawn } from 'node:child_process';
+import { tmpdir, sha, waitFor, readRegion, sleep, MiB } from './harness/util';
+import { HubProcess } from './harness/hub-process';
+import { freePort } from './harness/ports';
+
+const CLI = path.join(__dirname, '../src/cli/rephub-qemu.js');
+const TOOLS = path.join(__dirname, '../../tools');
+const CACHE = '/tmp/tiny-vm'; // tools/tiny-vm.sh's build: kernel, busybox, virtio modules
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function rephubQemu(args: string[], onSpawn?: (pid: number) => void, timeoutMs = 240_000): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d) => (stdout += d));
+    p.stderr.on('data', (d) => (stderr += d));
+    const t = setTimeout(() => {
+      p.kill('SIGKILL');
+      reject(new Error(`rephub-qemu timed out: ${stderr}`));
+    }, timeoutMs);
+    p.on('exit', (code) => {
+      clearTimeout(t);
+      resolve({ code, stdout, stderr });
+    });
+    if (onSpawn) onSpawn(p.pid!);
+  });
+}
+
+const lines = (s: string) => s.split('\n').filter((l) => l.length > 0);
+
+/** An initramfs whose init waits for /dev/vda and /dev/vdb, runs `body`, and powers off. */
+function twoDiskInitrd(dir: string, body: string): string {
+  if (!fs.existsSync(`${CACHE}/vmlinuz`)) execFileSync('bash', [path.join(TOOLS, 'tiny-vm.sh'), '--build']);
+  const root = path.join(dir, 'root');
+  execFileSync('cp', ['-a', `${CACHE}/root`, root]);
+  const mods = 'virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk';
+  fs.writeFileSync(
+    path.join(root, 'init'),
+    `#!/bin/busybox sh
+/bin/busybox --install -s /bin; export PATH=/bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+for m in ${mods}; do insmod /lib/modules/$m.ko; done
+i=0; while { [ ! -b /dev/vda ] || [ ! -b /dev/vdb ]; } && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+for kv in $(cat /proc/cmdline); do case $kv in tv.seed=*) SEED=\${kv#*=};; tv.mib=*) MIB=\${kv#*=};; esac; done
+${body}
+poweroff -f
+`,
+    { mode: 0o755 },
+  );
+  const initrd = path.join(dir, 'initrd.gz');
+  execFileSync('bash', ['-c', `cd '${root}' && find . | cpio -o -H newc --quiet | gzip -1 > '${initrd}'`]);
+  return initrd;
+}
+
+/** Pattern A to /dev/vda, flushed, then B to /dev/vdb, flushed; each read back and hashed. */
+const PATTERNS = ['vda:A', 'vdb:B']
+  .map((x) => x.split(':'))
+  .map(
+    ([disk, tag]) =>
+      `pattern "${tag}-$SEED" "$MIB" | dd of=/dev/${disk} bs=1M iflag=fullblock oflag=direct conv=fsync 2>/tmp/dd.err || FAIL=1
+sync
+${tag}=$(dd if=/dev/${disk} bs=1M count="$MIB" iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)`,
+  )
+  .join('\n')
+  .concat('\necho "TINYVM-RESULT fail=$FAIL a=$A b=$B"');
+
+/** Steps 0..STEPS-1: 64 KiB "A<i>" at chunk i of vda, flushed, then "B<i>" at chunk i of vdb, flushed. */
+const STEPS = 24;
+const CHUNK = 64 * 1024;
+const ORDERED = `chunk() { busybox awk -v t="$1" 'BEGIN { for (i = 0; i < 128; i++) printf "%-511s\\n", t }'; }
+i=0; while [ $i -lt ${STEPS} ]; do
+  chunk "A$i" | dd of=/dev/vda bs=64k seek=$i count=1 iflag=fullblock oflag=direct conv=fsync,notrunc 2>/dev/null
+  chunk "B$i" | dd of=/dev/vdb bs=64k seek=$i count=1 iflag=fullblock oflag=direct conv=fsync,notrunc 2>/dev/null
+  sleep 0.2; i=$((i+1))
+done
+echo "TINYVM-RESULT ordered steps=$i"`;
+/** The tiny VM, TCG, with d1 as drive id=disk1 and d2 (volume: its base name) on virtio. */
+const vmArgs = (initrd: string, seed: string, d1: string, d2: string, repagent: string) => [
+  'qemu-system-x86_64',
+  ...['-accel', 'tcg', '-cpu', 'max', '-m', '256', '-smp', '1', '-nographic', '-no-reboot', '-nic', 'none'],
+  ...['-kernel', `${CACHE}/vmlinuz`, '-initrd', initrd],
+  ...['-append', `console=ttyS0 panic=-1 quiet tv.seed=${seed} tv.mib=4`],
+  ...['-drive', `file=${d1},format=raw,if=virtio,id=disk1,cache=writeback`, '--drive', `file=${d2},if=virtio`],
+  ...['-name', 'guest=web1,debug-threads=on', '-repagent', repagent],
+];
+
+/** `len` bytes at the start of an NBD export, read with libnbd. */
+const readNbd = (uri: string, len: number): Buffer =>
+  execFileSync(
+    '/usr/bin/python3',
+    [
+      '-c',
+      'import sys, nbd\nh = nbd.NBD(); h.connect_uri(sys.argv[1]); sys.stdout.buffer.write(h.pread(int(sys.argv[2]), 0)); h.shutdown()',
+      uri,
+      String(len),
+    ],
+    { maxBuffer: len + MiB },
+  );
+
+const chunkOf = (tag: string) => Buffer.from(`${tag.padEnd(511)}\n`.repeat(128));
+
+const patternSha = (tag: string, mib: number) =>
+  execFileSync('bash', ['-c', `busybox sh ${CACHE}/root/bin/pattern '${tag}' ${mib} | sha256sum | cut -d' ' -f1`])
+    .toString()
+    .trim();
+
+describe('rephub-qemu: the seed command line, -repagent HUB', function () {
+  this.timeout(300_000);
+  let dir: string;
+  beforeEach(() => (dir = tmpdir('rephub-qemu-')));
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('boots a VM with two raw disks; the guest writes both; both replicas byte-equal, one VM, stopped cleanly', async () => {
+    const d1 = path.join(dir, 'sys.img');
+    const d2 = path.join(dir, 'data.img');
+    for (const d of [d1, d2]) fs.writeFileSync(d, Buffer.alloc(0));
+    fs.truncateSync(d1, 16 * MiB);
+    fs.truncateSync(d2, 16 * MiB);
+    // data the guest does not touch: the initial sync has to carry it
+    const fd = fs.openSync(d2, 'r+');
+    fs.writeSync(fd, Buffer.alloc(MiB, 0x6b), 0, MiB, 12 * MiB);
+    fs.closeSync(fd);
+    const hub = new HubProcess([
+      '--vol',
+      `disk1=${dir}/sysR`,
+      '--vol',
+      `data=${dir}/dataR`,
+      '--data',
+      path.join(dir, 'hub'),
+    ]);
+    await hub.start();
+    try {
+      const initrd = twoDiskInitrd(dir, `FAIL=0\n${PATTERNS}`);
+      const seed = 'rq-e2e';
+      const r = await rephubQemu(vmArgs(initrd, seed, d1, d2, `127.0.0.1:${hub.port},state=${dir}/agent`));
+      assert.equal(r.code, 0, `${r.stderr}\n${r.stdout.slice(-2000)}`);
+      const [a, b] = [patternSha(`A-${seed}`, 4), patternSha(`B-${seed}`, 4)];
+      assert.match(r.stdout, new RegExp(`TINYVM-RESULT fail=0 a=${a} b=${b}`), r.stdout.slice(-2000));
+      assert.equal(sha(d1, 4 * MiB), a, 'the guest wrote disk 1 through the agent');
+      assert.equal(sha(d2, 4 * MiB), b, 'the guest wrote disk 2 through the agent');
+      assert.doesNotMatch(r.stderr, /warning|error/i, r.stderr);
+      const st = await hub.status();
+      const vols = st.volumes.filter((v: any) => ['disk1', 'data'].includes(v.name));
+      assert.equal(vols.length, 2);
+      for (const v of vols) {
+        assert.equal(v.vm, 'web1', `${v.name} under VM web1`);
+        assert.equal(v.state, 'stopped', `${v.name} stopped cleanly (AGENT_SHUTDOWN)`);
+        assert.equal(v.dirtyBytes, 0, `${v.name} clean`);
+      }
+      assert.equal(sha(`${dir}/sysR`), sha(d1), 'disk1 replica byte-equal');
+      assert.equal(sha(`${dir}/dataR`), sha(d2), 'data replica byte-equal');
+      assert.ok(readRegion(`${dir}/dataR`, 12 * MiB, MiB).equals(Buffer.alloc(MiB, 0x6b)));
+      assert.equal(fs.readdirSync(path.join(dir, 'agent')).filter((f) => f.endsWith('.dirty')).length, 2);
+    } finally {
+      await hub.stop();
+    }
+  });
+
+  it('write order across the two disks: no failover-test view ever holds B<i> without A<i>', async () => {
+    const d1 = path.join(dir, 'sys.img');
+    const d2 = path.join(dir, 'data.img');
+    for (const d of [d1, d2]) fs.writeFileSync(d, Buffer.alloc(0));
+    fs.truncateSync(d1, 4 * MiB);
+    fs.truncateSync(d2, 4 * MiB);
+    const hub = new HubProcess(['--vol', `disk1=${dir}/sysR`, '--vol', `data=${dir}/dataR`, '--data', `${dir}/hub`]);
+    await hub.start();
+    try {
+      const initrd = twoDiskInitrd(dir, ORDERED);
+      let finished = false;
+      const run = rephubQemu(vmArgs(initrd, 'order', d1, d2, `127.0.0.1:${hub.port},state=${dir}/agent`)).finally(
+        () => (finished = true),
+      );
+      const len = STEPS * CHUNK;
+      const zero = Buffer.alloc(CHUNK);
+      const progress: number[] = [];
+      while (!finished) {
+        const started = await hub.post('/failover-test/start', { vm: 'web1' });
+        if (started.status !== 200) {
+          await sleep(50); // not converged yet, or no session: try again
+          continue;
+        }
+        const views = started.body.volumes as { name: string; uri: string }[];
+        const uri = (n: string) => views.find((v) => v.name === n)!.uri;
+        const [v1, v2] = [readNbd(uri('disk1'), len), readNbd(uri('data'), len)];
+        assert.equal((await hub.post('/failover-test/stop', {})).status, 200);
+        let bs = 0;
+        for (let i = 0; i < STEPS; i++) {
+          const b = v2.subarray(i * CHUNK, (i + 1) * CHUNK);
+          if (b.equals(zero)) continue;
+          bs++;
+          const a = v1.subarray(i * CHUNK, (i + 1) * CHUNK);
+          assert.ok(a.equals(chunkOf(`A${i}`)), `view ${progress.length}: disk 2 has step ${i}, disk 1 does not`);
+        }
+        progress.push(bs);
+      }
+      const r = await run;
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, new RegExp(`TINYVM-RESULT ordered steps=${STEPS}`));
+      assert.ok(progress.length > 0, 'at least one view was taken while the VM ran');
+      process.stdout.write(`      views taken while the guest wrote (B steps seen in each): ${progress.join(' ')}\n`);
+      for (let i = 0; i < STEPS; i++) assert.ok(readRegion(`${dir}/dataR`, i * CHUNK, CHUNK).equals(chunkOf(`B${i}`)));
+      assert.equal(sha(`${dir}/sysR`), sha(d1));
+      assert.equal(sha(`${dir}/dataR`), sha(d2));
+    } finally {
+      await hub.stop();
+    }
+  });
+
+  describe('with a fake QEMU that records whether it ran', () => {
+    let fake: string, ran: string, img: string;
+    beforeEach(() => {
+      ran = path.join(dir, 'qemu-ran');
+      img = path.join(dir, 'web1.img');
+      fs.writeFileSync(img, Buffer.alloc(0));
+      fs.truncateSync(img, 4 * MiB);
+      fake = path.join(dir, 'fake-qemu');
+      // Writes 64 KiB of 0x5a through each rewritten disk with a real NBD client (qemu-io),
+      // then exits 3 (or waits, with FAKE_QEMU_WAIT); on SIGTERM it writes 0x77 through the
+      // last disk, records the signal and exits 0.
+      fs.writeFileSync(
+        fake,
+        `#!/bin/bash
+printf '%s\\n' "$@" > '${ran}'
+for a in "$@"; do
+  case $a in file=nbd+unix*) u=\${a#file=}; u=\${u%%,*}; qemu-io -f raw -c 'write -P 0x5a 0 64k' "$u" >/dev/null || exit 9;; esac
+done
+# On SIGTERM the agent must still serve: one more write, then record the signal.
+trap 'qemu-io -f raw -c "write -P 0x77 64k 64k" "$u" >/dev/null && echo TERM >> "${ran}.sig"; exit 0' TERM
+[ -n "$FAKE_QEMU_WAIT" ] && { touch "${ran}.waiting"; while :; do sleep 0.1; done; }
+exit 3
+`,
+        { mode: 0o755 },
+      );
+    });
+
+    const refused = async (args: string[], re: RegExp) => {
+      const r = await rephubQemu([fake, '-drive', `file=${img},format=raw`, ...args]);
+      assert.equal(r.code, 2, r.stderr);
+      assert.deepEqual(lines(r.stderr).length, 1, r.stderr);
+      assert.match(r.stderr, re);
+      assert.ok(!fs.existsSync(ran), 'QEMU never started');
+    };
+
+    it('a bad -repagent value: one error line, QEMU never started', async () => {
+      await refused(['-repagent', '127.0.0.1:99999'], /^rephub-qemu: -repagent "127\.0\.0\.1:99999": port 99999/);
+      await refused(['-repagent', 'h2,tls-cert=/c'], /tls-cert, tls-key and tls-ca go together/);
+      await refused(['-repagent'], /-repagent needs a value/);
+    });
+
+    it('a missing image: one error line naming the disk, QEMU never started', async () => {
+      await refused(
+        ['-drive', `file=${dir}/gone.img,format=raw,id=data`, '-repagent', '127.0.0.1:7000'],
+        /^rephub-qemu: -drive id=data \(.*gone\.img\): the image does not exist\n$/,
+      );
+    });
+
+    it('a writable qcow2: refused with one line, QEMU never started', async () => {
+      const q = path.join(dir, 'q.qcow2');
+      execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', q, '16M']);
+      await refused(
+        ['-drive', `file=${q}`, '-repagent', '127.0.0.1:7000'],
+        /a writable qcow2 image cannot be protected/,
+      );
+    });
+
+    it('the agent failing at start: one error line naming the disk and the cause, QEMU never started', async () => {
+      const state = path.join(dir, 'state');
+      fs.mkdirSync(path.join(state, 'web1.web1.dirty'), { recursive: true }); // the dirty log cannot be opened
+      await refused(
+        ['-repagent', `127.0.0.1:7000,state=${state}`],
+        /^rephub-qemu: -drive #1 \(.*web1\.img\): the agent cannot serve it: .*EISDIR.*; QEMU not started\n$/,
+      );
+      const blocker = path.join(dir, 'not-a-dir');
+      fs.writeFileSync(blocker, 'x');
+      await refused(['-repagent', `127.0.0.1:7000,state=${blocker}/s`], /^rephub-qemu: .*ENOTDIR.*QEMU not started\n$/);
+    });
+
+    it('an unreachable hub: one warning line, QEMU runs on the NBD socket, its exit status is returned', async () => {
+      const port = await freePort(); // nothing listens there
+      const r = await rephubQemu([fake, '-drive', `file=${img},format=raw,id=sys`, '-repagent', `127.0.0.1:${port}`]);
+      assert.equal(r.code, 3, r.stderr);
+      const warnings = lines(r.stderr).filter((l) => /warning/.test(l));
+      assert.equal(warnings.length, 1, r.stderr);
+      assert.match(warnings[0], new RegExp(`hub 127\\.0\\.0\\.1:${port} unreachable \\(ECONNREFUSED\\)`));
+      const args = fs.readFileSync(ran, 'utf8').trim().split('\n');
+      assert.equal(args.length, 2);
+      assert.match(args[1], /^file=nbd\+unix:\/\/\/sys\?socket=\/.*\/nbd\.sock,format=raw,id=sys$/);
+      assert.ok(readRegion(img, 0, 64 * 1024).equals(Buffer.alloc(64 * 1024, 0x5a)), 'the write reached the image');
+      const sock = /socket=([^,]+)/.exec(args[1])![1];
+      assert.ok(!fs.existsSync(path.dirname(sock)), 'the private runtime directory is removed');
+    });
+
+    it('SIGTERM goes to QEMU first; then the agent says goodbye: the hub shows the volume stopped', async () => {
+      const hub = new HubProcess(['--vol', `web1=${dir}/web1R`, '--data', path.join(dir, 'hub')]);
+      await hub.start();
+      try {
+        let pid = 0;
+        process.env.FAKE_QEMU_WAIT = '1';
+        const done = rephubQemu(
+          [fake, '-drive', `file=${img},format=raw`, '-repagent', `127.0.0.1:${hub.port}`],
+          (p) => {
+            pid = p;
+          },
+        );
+        delete process.env.FAKE_QEMU_WAIT;
+        await waitFor('fake QEMU running', () => fs.existsSync(`${ran}.waiting`), 60_000, 50);
+        await waitFor('web1 protecting', async () => (await hub.volume('web1'))?.state === 'protecting', 60_000, 50);
+        process.kill(pid, 'SIGTERM');
+        const r = await done;
+        assert.equal(r.code, 0, r.stderr);
+        assert.equal(fs.readFileSync(`${ran}.sig`, 'utf8'), 'TERM\n', 'QEMU got SIGTERM while the agent served');
+        assert.ok(readRegion(img, 64 * 1024, 64 * 1024).equals(Buffer.alloc(64 * 1024, 0x77)));
+        const v = await hub.volume('web1');
+        assert.equal(v.state, 'stopped');
+        assert.equal(v.vm, 'web1');
+        assert.equal(sha(`${dir}/web1R`), sha(img));
+      } finally {
+        await hub.stop();
+      }
+    });
+  });
+
+  it("--help documents -repagent in QEMU's -help style", async () => {
+    const r = await rephubQemu(['--help']);
+    assert.equal(r.code, 0);
+    assert.match(r.stdout, /^usage: rephub-qemu QEMU-BINARY \[qemu options\] -repagent host\[:port\]/);
+    assert.match(r.stdout, /\n-repagent host\[:port\]\[,psk-file=file\]\[,tls-cert=file,tls-key=file,tls-ca=file\]\n/);
+    assert.match(r.stdout, /\n {16}replicate the VM's disks to the rephub hub at host:port \(default port 7000\)\n/);
+  });
+
+  it('libvirt: the emulator script runs QEMU unchanged without -repagent, through rephub-qemu with it', async () => {
+    const img = path.join(dir, 'web1.img');
+    fs.writeFileSync(img, Buffer.alloc(0));
+    fs.truncateSync(img, 4 * MiB);
+    const ran = path.join(dir, 'qemu-ran');
+    const fake = path.join(dir, 'fake-qemu');
+    // Finds the rewritten JSON file node and writes through it with a real NBD client.
+    fs.writeFileSync(
+      fake,
+      `#!/bin/bash
+printf '%s\\n' "$@" > '${ran}'
+for a in "$@"; do
+  case $a in *'"driver":"nbd"'*)
+    s=$(sed 's/.*"path":"\\([^"]*\\)".*/\\1/' <<<"$a"); e=$(sed 's/.*"export":"\\([^"]*\\)".*/\\1/' <<<"$a")
+    qemu-io -f raw -c 'write -P 0x5a 0 64k' "nbd+unix:///$e?socket=$s" >/dev/null || exit 9;;
+  esac
+done
+`,
+      { mode: 0o755 },
+    );
+    const script = path.join(TOOLS, 'libvirt/qemu-repagent.sh');
+    const env = { ...process.env, REPHUB_QEMU_BINARY: fake, REPHUB_QEMU: `${process.execPath} ${CLI}` };
+    const probeArgs = [
+      '-S',
+      '-no-user-config',
+      '-nodefaults',
+      '-nographic',
+      '-machine',
+      'none,accel=tcg',
+      '-qmp',
+      'stdio',
+    ];
+    execFileSync('sh', [script, ...probeArgs], { env });
+    assert.deepEqual(fs.readFileSync(ran, 'utf8').trim().split('\n'), probeArgs, 'a capability probe runs QEMU as is');
+
+    const hub = new HubProcess(['--vol', `web1=${dir}/web1R`, '--data', path.join(dir, 'hub')]);
+    await hub.start();
+    try {
+      const storage = { driver: 'file', filename: img, 'node-name': 'libvirt-1-storage', 'auto-read-only': true };
+      const format = '{"node-name":"libvirt-1-format","read-only":false,"driver":"raw","file":"libvirt-1-storage"}';
+      const domain = ['-name', 'guest=web1,debug-threads=on', '-S', '-blockdev', JSON.stringify(storage)];
+      domain.push('-blockdev', format, '-device', 'virtio-blk-pci,drive=libvirt-1-format,id=virtio-disk0');
+      const extra = ['-repagent', `127.0.0.1:${hub.port},state=${dir}/agent`]; // <qemu:commandline>
+      execFileSync('sh', [script, ...domain, ...extra], { env, stdio: 'ignore' });
+      const got = fs.readFileSync(ran, 'utf8').trim().split('\n');
+      assert.equal(got.length, domain.length);
+      const node = JSON.parse(got[4]);
+      assert.deepEqual([node.driver, node.export, node['node-name']], ['nbd', 'web1', 'libvirt-1-storage']);
+      assert.equal(got[6], format);
+      const v = await hub.volume('web1');
+      assert.deepEqual([v.vm, v.state], ['web1', 'stopped']);
+      assert.ok(readRegion(img, 0, 64 * 1024).equals(Buffer.alloc(64 * 1024, 0x5a)));
+      assert.equal(sha(`${dir}/web1R`), sha(img));
+    } finally {
+      await hub.stop();
+    }
+  });
+});
