@@ -8,6 +8,7 @@ import type { AgentCore } from './core';
 
 export class HubChannel {
   private closed = false;
+  private sentHello = false;
 
   constructor(
     readonly link: Link,
@@ -22,7 +23,13 @@ export class HubChannel {
 
   /** Our HELLO, the first frame on a new connection. */
   hello(): void {
+    this.sentHello = true;
     this.link.sendHello();
+  }
+
+  /** Our HELLO went out: the dial itself is done. */
+  get helloSent(): boolean {
+    return this.sentHello;
   }
 
   /** The agent speaks first without HELLO (a seed agent): no extensions, the core starts now. */
