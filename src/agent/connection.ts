@@ -39,9 +39,9 @@ export class HubConnection {
     private readonly stats: AgentStats,
   ) {}
 
-  /** HELLO answered (or a legacy hub assumed) on the current connection. */
+  /** HELLO answered (or a legacy hub assumed) on the current connection, and the hub has spoken. */
   get ready(): boolean {
-    return this.channel?.ready ?? false;
+    return (this.channel?.ready && this.channel.spoken) ?? false;
   }
 
   /** Agreed capabilities of the current connection (0 before the handshake). */
@@ -125,6 +125,15 @@ export class HubConnection {
       if (this.sock !== sock || channel.ready || sock.destroyed) return;
       this.log.warn({ hub: this.hub, ms }, 'hub sent nothing after our HELLO; assuming a seed hub (no extensions)');
       channel.startLegacy();
+      // A seed hub answers our volume report (START_PROTECT); a black hole (a half-open link)
+      // answers nothing, and must not hold us forever now that no heartbeat runs.
+      const answer = setTimeout(() => {
+        if (this.sock !== sock || channel.spoken || sock.destroyed) return;
+        this.log.warn({ hub: this.hub, ms }, 'hub answered nothing to our volume report either; dialing again');
+        sock.destroy();
+      }, ms);
+      answer.unref();
+      sock.once('close', () => clearTimeout(answer));
     }, ms);
     wait.unref();
     sock.once('close', () => clearTimeout(wait));
