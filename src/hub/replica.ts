@@ -89,6 +89,7 @@ export class Replica {
     if (rec) {
       this.record = rec;
       this.bitmap = new DirtyBitmap(rec.sizeBytes, rec.regionSize);
+      this.bitmap.holdClearsUntilFlush();
       store.loadBitmap(spec.name, this.bitmap);
       this.bitmap.takeChangedPages();
       this.current = rec.cleanShutdown ? 'stopped' : 'degraded';
@@ -149,6 +150,7 @@ export class Replica {
         vm,
       };
       this.bitmap = new DirtyBitmap(sizeBytes, this.regionSize);
+      this.bitmap.holdClearsUntilFlush();
       this.bitmap.setAll(); // a new replica knows nothing: full initial sync
     } else if (!rec.cleanShutdown && (!trustAgentReport || rec.untrustedSession)) {
       // A legacy agent cannot tell us what it wrote while we were apart, and after a legacy
@@ -220,7 +222,7 @@ export class Replica {
   /** Flush data, then persist cleared bits and the record (lazily, superset-safe). */
   async checkpoint(): Promise<void> {
     if (!this.record || !this.bitmap) return;
-    if (this.target) await this.target.flush();
+    if (this.target) await this.flushTarget();
     // Sync writes are large and leave large page-cache folios; 4 KiB protected writes into those
     // cost several times more kernel time (ext4). Once they are on disk, drop them.
     if (this.target && this.synced !== this.syncBytesDropped) {
@@ -367,12 +369,20 @@ export class Replica {
   /** Flush the recovery volume for a group commit; a failure is shown in the status. */
   async flushRecovery(): Promise<void> {
     try {
-      await this.target!.flush();
+      await this.flushTarget();
     } catch (e) {
       this.error = (e as Error).message;
       this.log.error({ volume: this.name, cause: this.error }, 'flush of recovery volume failed');
       throw e;
     }
+  }
+
+  /** Flush the recovery volume; the bits cleared before it began may then be persisted clean. */
+  private async flushTarget(): Promise<void> {
+    const bm = this.bitmap,
+      epoch = bm?.beginFlush() ?? 0;
+    await this.target!.flush();
+    bm?.flushed(epoch);
   }
 
   /** RPO lag: protecting, the age of the oldest undurable write; otherwise time out of sync. */
