@@ -71,6 +71,7 @@ export class Replica {
   private sampled = { at: Date.now(), bytes: 0 };
   private error?: string;
   private writeOk = true; // the last write to the recovery volume succeeded
+  private flushOk = true; // ... and its last flush: no retry out of error before both
   private applied = 0; // bytes of protected writes applied
   private appliedWrites = 0;
   private faults = 0; // failed writes of the recovery volume and failed remote reads
@@ -110,9 +111,9 @@ export class Replica {
     return this.released;
   }
 
-  /** The last write to the recovery volume succeeded. */
+  /** The last write to the recovery volume succeeded, and so did its last flush. */
   get lastWriteOk(): boolean {
-    return this.writeOk;
+    return this.writeOk && this.flushOk;
   }
 
   get name(): string {
@@ -366,14 +367,26 @@ export class Replica {
     this.setState('syncing');
   }
 
-  /** Flush the recovery volume for a group commit; a failure is shown in the status. */
+  /**
+   * Flush the recovery volume for a group commit. A failure is this volume's alone, as a write
+   * fault is: what was written since the last good flush may be gone (the page cache may drop
+   * it), so the whole volume turns dirty, durably, before the commit acks; the volume goes to
+   * error and resyncs once it takes writes again. The session and its other volumes go on.
+   */
   async flushRecovery(): Promise<void> {
     try {
       await this.flushTarget();
     } catch (e) {
-      this.error = (e as Error).message;
-      this.log.error({ volume: this.name, cause: this.error }, 'flush of recovery volume failed');
-      throw e;
+      const cause = (e as Error).message;
+      this.recordFault(cause);
+      this.flushOk = false;
+      this.log.error(
+        { volume: this.name, recovery: this.spec.path, offset: 0, cause },
+        'flush of recovery volume failed; the whole volume is resynced once it takes writes again',
+      );
+      const bm = this.bitmap!;
+      await this.markDirty(0, bm.regions - 1); // an LMDB failure here still fails the session
+      this.setState('error');
     }
   }
 
@@ -382,6 +395,7 @@ export class Replica {
     const bm = this.bitmap,
       epoch = bm?.beginFlush() ?? 0;
     await this.target!.flush();
+    this.flushOk = true;
     bm?.flushed(epoch);
   }
 
