@@ -1,7 +1,7 @@
 // The agent's connection to the hub: dials TCP or TLS, bounds the dial by a deadline, waits a
 // bounded time for the hub's first frame (a silent seed hub then gets the seed protocol on the
-// same connection, SPEC §6.1), reconnects with exponential backoff, and puts the shared Link (HELLO, capabilities, sealing,
-// heartbeat) over the socket. Frames go to a HubChannel, which feeds the core.
+// same connection, SPEC §6.1), reconnects with exponential backoff, and puts the shared Link
+// (HELLO, capabilities, sealing, heartbeat) over the socket. Frames go to a HubChannel, which feeds the core.
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { Cap, FrameDecoder } from '../../protocol';
