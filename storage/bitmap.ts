@@ -6,6 +6,8 @@
 
 export const PAGE_BITS = 32768;
 const WORDS = PAGE_BITS / 32;
+/** Flush epochs with clears awaiting their flush; more (flushes that keep failing) share the newest. */
+const MAX_HELD_EPOCHS = 8;
 
 export class DirtyBitmap {
   readonly regions: number;
@@ -14,6 +16,12 @@ export class DirtyBitmap {
   private total = 0;
   /** Pages changed since takeChangedPages(); the state store persists them. */
   private changed = new Set<number>();
+  /**
+   * With holdClearsUntilFlush(): regions cleared in memory whose data is not yet covered by a
+   * completed flush, per flush epoch (oldest first). The persisted form keeps them dirty.
+   */
+  private held: { epoch: number; mask: DirtyBitmap }[] | null = null;
+  private epoch = 0;
 
   constructor(
     readonly sizeBytes: number,
@@ -99,6 +107,7 @@ export class DirtyBitmap {
       const c = this.counts[p];
       if ((dirty && c === bits) || (!dirty && c === 0)) continue;
       this.changed.add(p);
+      if (!dirty && this.held) this.holdClears(p, lo, hi); // before the bits change
       if (lo === 0 && hi === bits - 1) {
         // whole page: collapse to a count
         this.pages[p] = undefined;
@@ -215,19 +224,86 @@ export class DirtyBitmap {
     return out;
   }
 
+  /**
+   * The hub's recovery bitmap: a bit cleared because data reached the recovery volume's page
+   * cache stays dirty in the persisted form (pageImage) until a flush that began after the clear
+   * has completed, so no commit of other marks (a dirty report, a write fault) makes it clean on
+   * disk ahead of its data. Marks before data, clears after it.
+   */
+  holdClearsUntilFlush(): void {
+    this.held ??= [];
+  }
+
+  /** A data flush begins: it covers the clears made so far. Pass the result to flushed(). */
+  beginFlush(): number {
+    return this.epoch++;
+  }
+
+  /** The flush begun as `epoch` completed: the clears it covers may be persisted. */
+  flushed(epoch: number): void {
+    const held = this.held;
+    if (!held) return;
+    while (held.length > 0 && held[0].epoch <= epoch) {
+      const { mask } = held.shift()!;
+      for (let p = 0; p < mask.pages.length; p++) if (mask.counts[p] > 0) this.changed.add(p);
+    }
+  }
+
+  /** Regions cleared but not yet covered by a flush (for tests and status). */
+  get heldClears(): number {
+    let n = 0;
+    for (const h of this.held ?? []) n += h.mask.dirtyRegions;
+    return n;
+  }
+
+  private holdClears(p: number, lo: number, hi: number): void {
+    const held = this.held!;
+    let last = held[held.length - 1];
+    if (!last || last.epoch !== this.epoch) {
+      if (held.length >= MAX_HELD_EPOCHS)
+        last.epoch = this.epoch; // later: covered by a later flush only
+      else held.push((last = { epoch: this.epoch, mask: new DirtyBitmap(this.sizeBytes, this.regionSize) }));
+    }
+    const base = p * PAGE_BITS;
+    if (this.counts[p] === this.pageBits(p)) return last.mask.setRegions(base + lo, base + hi);
+    for (let i = lo; i <= hi; i++) if (this.get(base + i)) last.mask.setRegions(base + i, base + i);
+  }
+
   takeChangedPages(): number[] {
     const c = [...this.changed];
     this.changed = new Set();
     return c;
   }
 
-  /** Persisted form of one page: empty buffer = clean, 1 byte 0xff = full, else the bits. */
+  /**
+   * Persisted form of one page: empty buffer = clean, 1 byte 0xff = full, else the bits. With
+   * clears held until a flush, those regions are still dirty here.
+   */
   pageImage(p: number): Buffer {
+    const held = this.held;
+    if (held && held.some((h) => h.mask.counts[p] > 0)) {
+      const u = new DirtyBitmap(this.sizeBytes, this.regionSize);
+      for (const bm of [this, ...held.map((h) => h.mask)]) u.orPage(bm, p);
+      return u.pageImage(p);
+    }
     const c = this.counts[p];
     if (c === 0) return Buffer.alloc(0);
     const page = this.pages[p];
     if (!page) return Buffer.from([0xff]);
     return Buffer.from(page.buffer, page.byteOffset, page.byteLength);
+  }
+
+  /** This page |= page p of `o` (same geometry). */
+  private orPage(o: DirtyBitmap, p: number): void {
+    const c = o.counts[p];
+    if (c === 0) return;
+    const base = p * PAGE_BITS,
+      page = o.pages[p];
+    if (!page) return this.setRegions(base, base + o.pageBits(p) - 1);
+    for (let w = 0; w < WORDS; w++) {
+      const v = page[w];
+      if (v !== 0) for (let b = 0; b < 32; b++) if (v & (1 << b)) this.setRegions(base + w * 32 + b, base + w * 32 + b);
+    }
   }
 
   loadPage(p: number, img: Buffer): void {

@@ -1,6 +1,7 @@
-// The agent's connection to the hub: dials TCP or TLS, bounds the handshake by a deadline,
-// reconnects with exponential backoff, and puts the shared Link (HELLO, capabilities, sealing,
-// heartbeat) over the socket. Frames go to a HubChannel, which feeds the core.
+// The agent's connection to the hub: dials TCP or TLS, bounds the dial by a deadline, waits a
+// bounded time for the hub's first frame (a silent seed hub then gets the seed protocol on the
+// same connection, SPEC §6.1), reconnects with exponential backoff, and puts the shared Link
+// (HELLO, capabilities, sealing, heartbeat) over the socket. Frames go to a HubChannel, which feeds the core.
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { Cap, FrameDecoder } from '../../protocol';
@@ -38,9 +39,9 @@ export class HubConnection {
     private readonly stats: AgentStats,
   ) {}
 
-  /** HELLO answered (or a legacy hub assumed) on the current connection. */
+  /** HELLO answered (or a legacy hub assumed) on the current connection, and the hub has spoken. */
   get ready(): boolean {
-    return this.channel?.ready ?? false;
+    return (this.channel?.ready && this.channel.spoken) ?? false;
   }
 
   /** Agreed capabilities of the current connection (0 before the handshake). */
@@ -87,6 +88,7 @@ export class HubConnection {
       this.stats.connects++;
       this.log.info({ hub: this.hub }, 'connected to hub');
       channel.hello();
+      this.awaitFirstFrame(sock, channel);
       if (o.caps & Cap.PING) link.startHeartbeat();
     });
     this.receiveFrom(sock, channel);
@@ -98,17 +100,43 @@ export class HubConnection {
     sock.on('close', () => this.onClose(sock, channel));
   }
 
-  /** TCP connect, TLS handshake and HELLO must all complete in time: a black-holed dial must not hang. */
+  /** TCP connect and TLS handshake must complete in time: a black-holed dial must not hang. */
   private armDeadline(sock: net.Socket, channel: HubChannel): void {
     const ms = 3 * this.opts.heartbeatMs;
     const deadline = setTimeout(() => {
-      if (this.sock === sock && !channel.ready) {
-        this.log.warn({ hub: this.hub, ms }, 'hub handshake timed out; dialing again');
+      if (this.sock === sock && !channel.ready && !channel.helloSent) {
+        this.log.warn({ hub: this.hub, ms }, 'hub connect timed out; dialing again');
         sock.destroy();
       }
     }, ms);
     deadline.unref();
     sock.once('close', () => clearTimeout(deadline));
+  }
+
+  /**
+   * After our HELLO, the hub's first frame must come within the dead-peer timeout. A seed hub
+   * drops the unknown HELLO and waits for REPORT_VM_VOLUMES, saying nothing: dialing again would
+   * never get past it, so the connection goes on as a legacy one (caps = 0, SPEC §6.1); a hub
+   * HELLO after that is a protocol error (HubChannel.receive).
+   */
+  private awaitFirstFrame(sock: net.Socket, channel: HubChannel): void {
+    const ms = 3 * this.opts.heartbeatMs;
+    const wait = setTimeout(() => {
+      if (this.sock !== sock || channel.ready || sock.destroyed) return;
+      this.log.warn({ hub: this.hub, ms }, 'hub sent nothing after our HELLO; assuming a seed hub (no extensions)');
+      channel.startLegacy();
+      // A seed hub answers our volume report (START_PROTECT); a black hole (a half-open link)
+      // answers nothing, and must not hold us forever now that no heartbeat runs.
+      const answer = setTimeout(() => {
+        if (this.sock !== sock || channel.spoken || sock.destroyed) return;
+        this.log.warn({ hub: this.hub, ms }, 'hub answered nothing to our volume report either; dialing again');
+        sock.destroy();
+      }, ms);
+      answer.unref();
+      sock.once('close', () => clearTimeout(answer));
+    }, ms);
+    wait.unref();
+    sock.once('close', () => clearTimeout(wait));
   }
 
   private receiveFrom(sock: net.Socket, channel: HubChannel): void {

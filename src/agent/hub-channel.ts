@@ -8,6 +8,8 @@ import type { AgentCore } from './core';
 
 export class HubChannel {
   private closed = false;
+  private sentHello = false;
+  private heardFrame = false;
 
   constructor(
     readonly link: Link,
@@ -22,7 +24,18 @@ export class HubChannel {
 
   /** Our HELLO, the first frame on a new connection. */
   hello(): void {
+    this.sentHello = true;
     this.link.sendHello();
+  }
+
+  /** The hub sent a frame on this connection (a seed hub speaks first with START_PROTECT). */
+  get spoken(): boolean {
+    return this.heardFrame;
+  }
+
+  /** Our HELLO went out: the dial itself is done. */
+  get helloSent(): boolean {
+    return this.sentHello;
   }
 
   /** The agent speaks first without HELLO (a seed agent): no extensions, the core starts now. */
@@ -33,6 +46,7 @@ export class HubChannel {
 
   /** One frame from the hub; throws ProtocolError on a message out of place. */
   receive(cmd: number, payload: Buffer): void {
+    this.heardFrame = true;
     const m = decode(cmd, payload);
     if (m.cmd === Cmd.HELLO) {
       if (this.link.isAgreed) throw new ProtocolError('second HELLO from hub');

@@ -76,6 +76,7 @@ export class Replica {
   private sampled = { at: Date.now(), bytes: 0 };
   private error?: string;
   private writeOk = true; // the last write to the recovery volume succeeded
+  private flushOk = true; // ... and its last flush: no retry out of error before both
   private applied = 0; // bytes of protected writes applied
   private appliedWrites = 0;
   private faults = 0; // failed writes of the recovery volume and failed remote reads
@@ -98,6 +99,7 @@ export class Replica {
     if (rec) {
       this.record = rec;
       this.bitmap = new DirtyBitmap(rec.sizeBytes, rec.regionSize);
+      this.bitmap.holdClearsUntilFlush();
       store.loadBitmap(spec.name, this.bitmap);
       this.bitmap.takeChangedPages();
       this.current = rec.cleanShutdown ? 'stopped' : 'degraded';
@@ -118,9 +120,9 @@ export class Replica {
     return this.released;
   }
 
-  /** The last write to the recovery volume succeeded. */
+  /** The last write to the recovery volume succeeded, and so did its last flush. */
   get lastWriteOk(): boolean {
-    return this.writeOk;
+    return this.writeOk && this.flushOk;
   }
 
   get name(): string {
@@ -158,6 +160,7 @@ export class Replica {
         vm,
       };
       this.bitmap = new DirtyBitmap(sizeBytes, this.regionSize);
+      this.bitmap.holdClearsUntilFlush();
       this.bitmap.setAll(); // a new replica knows nothing: full initial sync
       // A file that already held data (a backup, an earlier copy, lost hub state): compare, never copy blindly.
       if (this.seeded) rec.checksumResync = this.newChecksumResync('seeded replica: the recovery volume held data');
@@ -294,7 +297,7 @@ export class Replica {
   /** Flush data, then persist cleared bits and the record (lazily, superset-safe). */
   async checkpoint(): Promise<void> {
     if (!this.record || !this.bitmap) return;
-    if (this.target) await this.target.flush();
+    if (this.target) await this.flushTarget();
     // Sync writes are large and leave large page-cache folios; 4 KiB protected writes into those
     // cost several times more kernel time (ext4). Once they are on disk, drop them.
     if (this.target && this.synced !== this.syncBytesDropped) {
@@ -438,15 +441,36 @@ export class Replica {
     this.setState('syncing');
   }
 
-  /** Flush the recovery volume for a group commit; a failure is shown in the status. */
+  /**
+   * Flush the recovery volume for a group commit. A failure is this volume's alone, as a write
+   * fault is: what was written since the last good flush may be gone (the page cache may drop
+   * it), so the whole volume turns dirty, durably, before the commit acks; the volume goes to
+   * error and resyncs once it takes writes again. The session and its other volumes go on.
+   */
   async flushRecovery(): Promise<void> {
     try {
-      await this.target!.flush();
+      await this.flushTarget();
     } catch (e) {
-      this.error = (e as Error).message;
-      this.log.error({ volume: this.name, cause: this.error }, 'flush of recovery volume failed');
-      throw e;
+      const cause = (e as Error).message;
+      this.recordFault(cause);
+      this.flushOk = false;
+      this.log.error(
+        { volume: this.name, recovery: this.spec.path, offset: 0, cause },
+        'flush of recovery volume failed; the whole volume is resynced once it takes writes again',
+      );
+      const bm = this.bitmap!;
+      await this.markDirty(0, bm.regions - 1); // an LMDB failure here still fails the session
+      this.setState('error');
     }
+  }
+
+  /** Flush the recovery volume; the bits cleared before it began may then be persisted clean. */
+  private async flushTarget(): Promise<void> {
+    const bm = this.bitmap,
+      epoch = bm?.beginFlush() ?? 0;
+    await this.target!.flush();
+    this.flushOk = true;
+    bm?.flushed(epoch);
   }
 
   /** RPO lag: protecting, the age of the oldest undurable write; otherwise time out of sync. */

@@ -128,6 +128,9 @@ export class Link {
     const ms = this.opts.heartbeatMs;
     this.lastHeard = Date.now();
     this.heartbeat = setInterval(() => {
+      // A peer without PING (a legacy seed hub) may rightly say nothing for hours: TCP keepalive
+      // covers it, not the dead-peer rule.
+      if (this.agreed && !this.has(Cap.PING)) return this.stopHeartbeat();
       const silent = this.silentMs();
       if (silent > DEAD_AFTER * ms && !this.receivePaused) {
         // Heartbeat off, the link still open: the owner may send a last ERROR, then closes.
