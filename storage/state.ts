@@ -6,6 +6,7 @@ import { open, RootDatabase } from 'lmdb';
 import * as path from 'node:path';
 import * as fs from 'node:fs';
 import { DirtyBitmap } from './bitmap';
+import type { StoredFingerprint } from './volume-identity';
 
 export interface VolumeRecord {
   name: string; // protected volume name as the agent reports it
@@ -21,6 +22,10 @@ export interface VolumeRecord {
   syncPass: number;
   syncCursor: number; // region index the sync sweep had reached
   vm?: string;
+  // Identity (SPEC.md 5.14): the protected volume's UUID this record's data follows, and the
+  // recovery file's fingerprint (exact when `clean`: saved at a clean hub stop, after the last write).
+  peerUuid?: string;
+  recoveryFile?: { path: string; fp: StoredFingerprint; clean: boolean };
 }
 
 export interface StateStore {

@@ -260,6 +260,20 @@ const arb: Record<Cmd, fc.Arbitrary<Message>> = {
   [Cmd.ERROR]: rec({ cmd: fc.constant(Cmd.ERROR as const), code: u32, message: str(0, Limits.maxErrorBytes) }),
   [Cmd.PING]: rec({ cmd: fc.constant(Cmd.PING as const), nonce: u64 }),
   [Cmd.PONG]: rec({ cmd: fc.constant(Cmd.PONG as const), nonce: u64 }),
+  [Cmd.IDENTITY]: rec({
+    cmd: fc.constant(Cmd.IDENTITY as const),
+    instanceId: fc.uint8Array({ minLength: 16, maxLength: 16 }).map((u) => Buffer.from(u)),
+    volumes: fc.uniqueArray(
+      rec({
+        name: str(1, 255),
+        lineage: fc.array(
+          fc.uint8Array({ minLength: 16, maxLength: 16 }).map((u) => Buffer.from(u)),
+          { minLength: 1, maxLength: 4 },
+        ),
+      }),
+      { selector: (v) => v.name, maxLength: 5 },
+    ),
+  }),
 };
 const anyMessage: fc.Arbitrary<Message> = fc.oneof(...ALL_CMDS.map((c) => arb[c as Cmd]));
 

@@ -213,6 +213,7 @@ export class Hub implements HubStatusSource {
     for (const r of this.replicas.values()) {
       await r.checkpoint().catch(() => undefined);
       await r.target?.close();
+      await r.saveCleanIdentity().catch(() => undefined);
     }
     await this.opts.store.close();
   }

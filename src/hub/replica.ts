@@ -10,6 +10,7 @@ import { KnownZeroMap, TrackedTarget } from '../../storage/tracking';
 import { StateStore, VolumeRecord } from '../../storage/state';
 import type { Logger } from '../log';
 import { assert } from '../assert';
+import { peerChange, recoveryFileChange, recoveryFileNow } from './replica-identity';
 
 export type ReplicaState = 'unprotected' | 'syncing' | 'protecting' | 'degraded' | 'stopped' | 'error' | 'failed-over';
 
@@ -38,6 +39,9 @@ export interface ReplicaSpec {
 /** What the hub asks of the agent session that has a replica attached. */
 export interface ReplicaOwner {
   readonly vm: string;
+  /** The agent process's instance id (cap IDENTITY), null without it; and its address. */
+  readonly instance: string | null;
+  readonly peer: string;
   fail(e: Error): void;
   /** Age of the oldest write received but not yet durable on the recovery volume. */
   rpoLagMs(): number;
@@ -92,7 +96,18 @@ export class Replica {
       store.loadBitmap(spec.name, this.bitmap);
       this.bitmap.takeChangedPages();
       this.current = rec.cleanShutdown ? 'stopped' : 'degraded';
+      this.checkIdentity(recoveryFileChange(rec, spec.path));
     }
+  }
+
+  /** An identity comparison found `reason`: logged once here, and the volume resynced by checksums. */
+  private checkIdentity(reason: string | null): void {
+    if (reason === null) return;
+    this.log.error(
+      { volume: this.name, recovery: this.spec.path, reason },
+      'recovery volume cannot be proven equal to the protected volume; checksum resync',
+    );
+    this.beginChecksumResync(reason);
   }
 
   get state(): ReplicaState {
@@ -122,7 +137,13 @@ export class Replica {
    * Open (or create) the recovery volume for an agent reporting `sizeBytes`, and work out what
    * must be resynced. `trustAgentReport`: the agent will report its own dirty extents.
    */
-  async attach(sizeBytes: number, open: TargetOpener, trustAgentReport: boolean, vm: string): Promise<VolumeRecord> {
+  async attach(
+    sizeBytes: number,
+    open: TargetOpener,
+    trustAgentReport: boolean,
+    vm: string,
+    lineage: Buffer[] | null = null,
+  ): Promise<VolumeRecord> {
     let rec = this.record;
     if (rec && rec.sizeBytes !== sizeBytes) {
       throw new Error(
@@ -135,6 +156,7 @@ export class Replica {
       rec.vm = vm;
       return rec;
     }
+    if (rec) this.checkIdentity(peerChange(rec, lineage));
     if (!rec || !this.bitmap) {
       rec = {
         name: this.name,
@@ -160,6 +182,8 @@ export class Replica {
     rec.untrustedSession = !trustAgentReport; // durable below, before any write is applied
     rec.state = 'syncing';
     rec.vm = vm;
+    if (lineage) rec.peerUuid = lineage[0].toString('hex'); // durable below, after the bitmap
+    rec.recoveryFile = recoveryFileNow(this.spec.path, false); // written from now on: inexact
     this.record = rec;
     await this.store.saveBitmap(this.name, this.bitmap, true);
     await this.store.putVolume(rec, true);
@@ -196,7 +220,11 @@ export class Replica {
   /** Open the recovery volume of a known replica without an agent (failover, failover test). */
   ensureTarget(open: TargetOpener): GuardedTarget {
     if (!this.record) throw new Error(`volume ${this.name} has never been protected: no replica to use`);
-    if (!this.target) this.target = new GuardedTarget(open(this.spec.path, this.record.sizeBytes));
+    if (!this.target) {
+      this.target = new GuardedTarget(open(this.spec.path, this.record.sizeBytes));
+      this.record.recoveryFile = recoveryFileNow(this.spec.path, false); // written from now on: inexact
+      void this.store.putVolume(this.record, true);
+    }
     return this.target;
   }
 
@@ -423,5 +451,24 @@ export class Replica {
           }
         : null,
     };
+  }
+
+  /** Hub stopping cleanly, the recovery file closed: its fingerprint is exact now. */
+  async saveCleanIdentity(): Promise<void> {
+    if (!this.record) return;
+    const now = recoveryFileNow(this.spec.path, true);
+    if (!now) return;
+    this.record.recoveryFile = now;
+    await this.store.putVolume(this.record, true);
+  }
+
+  // i3-ident placeholder: replaced by i3-csync's beginChecksumResync
+  beginChecksumResync(reason: string): void {
+    const bm = this.bitmap;
+    if (!bm) return;
+    this.log.info({ volume: this.name, reason }, 'checksum resync: every region dirty until compared');
+    this.knownZero?.forget(0, bm.regions - 1);
+    bm.setAll();
+    void this.store.saveBitmap(this.name, bm, true);
   }
 }
