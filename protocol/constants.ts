@@ -22,7 +22,7 @@ export enum Cmd {
   ERROR = 22,
   PING = 23,
   PONG = 24,
-  IDENTITY = 25, // agent->hub, cap IDENTITY: instance id and volume identities (SPEC.md 5.14)
+  IDENTITY = 25, // agent->hub, cap IDENTITY: instance id and volume identities (SPEC.md 5.16)
 }
 
 /** Capability bits exchanged in HELLO; the session uses the intersection. */

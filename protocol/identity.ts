@@ -1,4 +1,4 @@
-// The IDENTITY frame (cap IDENTITY, agent->hub, SPEC.md 5.14): the agent process's instance id
+// The IDENTITY frame (cap IDENTITY, agent->hub, SPEC.md 5.16): the agent process's instance id
 // and, per protected volume, its identity lineage (the current volume UUID, then its ancestors).
 // Pure codec: bytes in, message out, ProtocolError on anything malformed.
 import { Cmd, HEADER_SIZE, Limits } from './constants';

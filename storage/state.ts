@@ -22,7 +22,7 @@ export interface VolumeRecord {
   syncPass: number;
   syncCursor: number; // region index the sync sweep had reached
   vm?: string;
-  // Identity (SPEC.md 5.14): the protected volume's UUID this record's data follows, and the
+  // Identity (SPEC.md 5.16): the protected volume's UUID this record's data follows, and the
   // recovery file's fingerprint (exact when `clean`: saved at a clean hub stop, after the last write).
   peerUuid?: string;
   recoveryFile?: { path: string; fp: StoredFingerprint; clean: boolean };

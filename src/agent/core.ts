@@ -62,7 +62,7 @@ export class AgentCore {
     this.mirror.attach(link);
     this.handover.attach(link);
     if (link.has(Cap.IDENTITY)) {
-      // Before the report: the hub compares identities before it answers (SPEC.md 5.14).
+      // Before the report: the hub compares identities before it answers (SPEC.md 5.16).
       const ids = this.volumes.list.map((v) => ({ name: v.name, lineage: v.log.lineage }));
       link.send([encodeIdentity(this.instanceId, ids)]);
     }

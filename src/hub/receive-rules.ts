@@ -41,7 +41,7 @@ export function checkHello(h: Hello): void {
 }
 
 /**
- * IDENTITY's place (SPEC.md 5.14): once, before the first REPORT_VM_VOLUMES; with IDENTITY agreed,
+ * IDENTITY's place (SPEC.md 5.16): once, before the first REPORT_VM_VOLUMES; with IDENTITY agreed,
  * no REPORT_VM_VOLUMES before it. `identified`: an IDENTITY arrived; `reported`: a report did.
  */
 export function checkIdentityOrder(cmd: Cmd, caps: number, identified: boolean, reported: boolean): void {

@@ -1,5 +1,5 @@
 // What a recovery volume's record says about identity, and the comparisons the replica makes
-// with it (SPEC.md 5.14, as DRBD's generation identifiers): the protected volume's lineage the
+// with it (SPEC.md 5.16, as DRBD's generation identifiers): the protected volume's lineage the
 // record follows (`peerUuid`), and the recovery file's fingerprint (`recoveryFile`), exact only
 // when saved at a clean hub stop. Each comparison answers a reason in words, or null.
 import type { VolumeRecord } from '../../storage/state';
@@ -24,11 +24,12 @@ export function peerChange(rec: VolumeRecord, lineage: Buffer[] | null): string 
 export function recoveryFileChange(rec: VolumeRecord, path: string): string | null {
   const now = fingerprintOf(path);
   const known = rec.recoveryFile;
+  // A record from before identities, or a target that is not a file (tests' memory volumes).
+  if (!known) return null;
   if (now === null) {
-    // A record with data and no file: the file is gone, or --vol names a new path.
-    return rec.generation > 0 ? `recovery file ${path} does not exist, but the record says it held data` : null;
+    // The record's file held data and this path holds nothing: the file is gone, or --vol names a new path.
+    return `recovery file ${path} does not exist, but the record says ${known.path} held the replica's data`;
   }
-  if (!known) return null; // a record from before identities
   const moved = known.path !== path ? ` (the record knew ${known.path})` : '';
   const change = fileChange(loadFingerprint(known.fp), now, known.clean);
   if (change === null) return null;
