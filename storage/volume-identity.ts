@@ -27,6 +27,9 @@ export function fingerprintOf(path: string): Fingerprint | null {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
     throw e;
   }
+  // A block device: its node's inode and times change with every boot (devtmpfs) and say nothing of
+  // the data; the device number is what names it. Writes behind our back are not visible here.
+  if (st.isBlockDevice()) return { dev: 0n, ino: st.rdev, size: 0n, mtimeNs: 0n, ctimeNs: 0n };
   return { dev: st.dev, ino: st.ino, size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs };
 }
 
