@@ -154,7 +154,11 @@ program
   )
   .option('--nbd <host:port>', 'NBD listen address', '127.0.0.1:10809')
   .option('--state <dir>', 'directory for the persistent dirty logs', './rephub-agent-state')
-  .option('--vm <name>', 'VM name reported to the hub', os.hostname().replace(/[^A-Za-z0-9._-]/g, '-') || 'vm')
+  .option(
+    '--vm <name>',
+    'VM name reported to the hub; a cloned host with the same name, running at the same time, is refused the volumes this one holds',
+    os.hostname().replace(/[^A-Za-z0-9._-]/g, '-') || 'vm',
+  )
   .option('--region-size <bytes>', 'dirty-log region size, 4K..1M', '64K')
   .option('--http <host:port>', 'agent status endpoint (GET /status)', '127.0.0.1:10899')
   .option('--log-pretty', 'human-readable logs instead of JSON lines')
