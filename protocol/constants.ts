@@ -22,6 +22,7 @@ export enum Cmd {
   ERROR = 22,
   PING = 23,
   PONG = 24,
+  IDENTITY = 25, // agent->hub, cap IDENTITY: instance id and volume identities (SPEC.md 5.16)
 }
 
 /** Capability bits exchanged in HELLO; the session uses the intersection. */
@@ -34,9 +35,18 @@ export const Cap = {
   ZEROES: 1 << 5, // a remote read of all-zero data may be answered with io_status IO_ZEROES and no data
   FRAME_CRC: 1 << 6, // after HELLO, frames carry a CRC-32 trailer (header flag FLAG_CRC)
   SPARSE: 1 << 7, // a remote read may be answered with io_status IO_SPARSE: a chunk map and only the non-zero chunks
+  IDENTITY: 1 << 8, // the agent sends IDENTITY (instance id, volume UUIDs) before REPORT_VM_VOLUMES
 } as const;
 export const ALL_CAPS =
-  Cap.WRITE_ACK | Cap.DIRTY_REPORT | Cap.CHECKSUM | Cap.FLUSH | Cap.PING | Cap.ZEROES | Cap.FRAME_CRC | Cap.SPARSE;
+  Cap.WRITE_ACK |
+  Cap.DIRTY_REPORT |
+  Cap.CHECKSUM |
+  Cap.FLUSH |
+  Cap.PING |
+  Cap.ZEROES |
+  Cap.FRAME_CRC |
+  Cap.SPARSE |
+  Cap.IDENTITY;
 
 /** Header flag: a 4-byte CRC-32 (zlib) of header + payload follows the payload (not counted in length). */
 export const FLAG_CRC = 1;

@@ -4,6 +4,7 @@ import { Parser } from 'binary-parser';
 import { Cmd, Limits, SECTOR, CHECKSUM_BYTES, IO_OK } from './constants';
 import { ProtocolError } from './errors';
 import type { Message, VolumeInfo, Extent } from './messages';
+import { decodeIdentity } from './identity';
 
 const le = () => new Parser().endianness('little');
 // Names are raw bytes here, decoded strictly below: binary-parser's string() uses a default TextDecoder,
@@ -116,6 +117,8 @@ export function decode(cmd: number, payload: Buffer): Message {
       return decodeFlush(payload);
     case Cmd.ERROR:
       return decodeError(payload);
+    case Cmd.IDENTITY:
+      return decodeIdentity(payload);
     case Cmd.PING:
     case Cmd.PONG:
       return decodeNonce(cmd, payload);

@@ -5,3 +5,4 @@ export * from './decoder';
 export * from './serializer';
 export * from './framer';
 export * from './sparse';
+export * from './identity';

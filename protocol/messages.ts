@@ -1,6 +1,7 @@
 // Decoded message shapes. Offsets and sizes are in 512-byte sectors on the wire (as in the
 // seed); volume ids are u64 on the wire and JS numbers here (checked <= 2^53-1 by the decoder).
 import { Cmd } from './constants';
+import type { Identity } from './identity';
 
 export interface Hello {
   cmd: Cmd.HELLO;
@@ -118,4 +119,5 @@ export type Message =
   | Flush
   | ErrorMsg
   | Ping
-  | Pong;
+  | Pong
+  | Identity;

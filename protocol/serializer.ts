@@ -4,6 +4,7 @@
 import { crc32 } from './crc';
 import { Cmd, MAGIC, HEADER_SIZE, SECTOR, Limits, CHECKSUM_BYTES, IO_OK, FLAG_CRC } from './constants';
 import type { Message, VolumeInfo, Extent } from './messages';
+import { encodeIdentity } from './identity';
 
 /** u64 field from a JS number (callers hold values <= 2^53-1): two u32 writes, no BigInt. */
 function writeU64(b: Buffer, v: number, o: number): number {
@@ -217,6 +218,8 @@ export function encode(m: Message): Buffer[] {
       return [encodePing(m.nonce)];
     case Cmd.PONG:
       return [encodePong(m.nonce)];
+    case Cmd.IDENTITY:
+      return [encodeIdentity(m.instanceId, m.volumes)];
   }
 }
 

@@ -6,8 +6,11 @@
 // a write outside makes its extent hot with a page write and an fdatasync before it returns.
 // Extents go cold lazily (at sync) once quiet and durable in the image. After a crash, every
 // region of every extent that was hot reads dirty. A clean close writes the exact bitmap.
-// File layout: 4 KiB header, then one 4 KiB page of bits per 32768 regions.
+// File layout: 4 KiB header, then one 4 KiB page of bits per 32768 regions. The header also
+// keeps the protected volume's identity (storage/volume-identity.ts): its UUID lineage and the
+// image's fingerprint, exact only after a clean close.
 import { DirtyBitmap, PAGE_BITS } from './bitmap';
+import { Fingerprint, LogIdentity, newUuid, openImage, readLogIdentity, writeLogIdentity } from './volume-identity';
 import { ActivityLog, ActivityLogOptions, AL_EXTENT_BYTES, AL_MAX_EXTENTS } from './activity-log';
 import { FdLogFile, LogFile } from './log-file';
 
@@ -33,6 +36,10 @@ export class DirtyLog {
   private wideVolatile = false;
   /** True when the log did not exist or did not match: history unknown, everything dirty. */
   readonly fresh: boolean;
+  /** The identity the header held at open (null: none, or fresh). */
+  readonly previous: LogIdentity | null;
+  /** This run's lineage (current UUID first); set by beginRun, random for a log in memory. */
+  private runLineage: Buffer[] | null = null;
 
   private constructor(
     private file: LogFile | null,
@@ -41,7 +48,9 @@ export class DirtyLog {
     load: boolean,
     freshDirty: boolean,
     opts: ActivityLogOptions,
+    private readonly header: Buffer = Buffer.alloc(PAGE_BYTES),
   ) {
+    this.previous = load ? readLogIdentity(header) : null;
     this.bitmap = new DirtyBitmap(sizeBytes, regionSize);
     this.disk = new DirtyBitmap(sizeBytes, regionSize);
     const extentBytes = opts.extentBytes ?? Math.max(AL_EXTENT_BYTES, regionSize);
@@ -103,11 +112,11 @@ export class DirtyLog {
     opts: ActivityLogOptions = {},
   ): DirtyLog {
     let load = false;
+    const h = Buffer.alloc(PAGE_BYTES);
     if (existed) {
-      const h = Buffer.alloc(32);
       const n = file.read(h, 0);
       load =
-        n === 32 &&
+        n >= 32 &&
         h.toString('latin1', 0, 8) === MAGIC &&
         Number(h.readBigUInt64LE(8)) === sizeBytes &&
         h.readUInt32LE(16) === regionSize;
@@ -121,14 +130,38 @@ export class DirtyLog {
       const full = Buffer.alloc(PAGE_BYTES, 0xff);
       if (freshDirty) for (let p = 0; p < pages; p++) file.write(full, PAGE_BYTES * (p + 1));
       file.sync();
-      const h = Buffer.alloc(PAGE_BYTES);
+      h.fill(0);
       h.write(MAGIC, 0, 'latin1');
       h.writeBigUInt64LE(BigInt(sizeBytes), 8);
       h.writeUInt32LE(regionSize, 16);
       file.write(h, 0);
       file.sync();
     }
-    return new DirtyLog(file, sizeBytes, regionSize, load, freshDirty, opts);
+    return new DirtyLog(file, sizeBytes, regionSize, load, freshDirty, opts, h);
+  }
+
+  /**
+   * The agent starts a run on the image whose fingerprint is `image` (before any write to it):
+   * decide the lineage (a new current UUID; the ancestors kept only if the image is the one the
+   * log knew) and write it, marked unclean, durably. `change`: what was found changed, or null.
+   */
+  beginRun(image: Fingerprint): { lineage: Buffer[]; change: string | null } {
+    const r = openImage(this.previous, this.fresh, image);
+    this.runLineage = r.lineage;
+    this.writeIdentity({ clean: false, lineage: r.lineage, image });
+    return r;
+  }
+
+  /** This run's lineage, current UUID first. */
+  get lineage(): Buffer[] {
+    return (this.runLineage ??= [newUuid()]);
+  }
+
+  private writeIdentity(id: LogIdentity): void {
+    if (this.file === null) return;
+    writeLogIdentity(this.header, id);
+    this.file.write(this.header, 0);
+    this.file.sync();
   }
 
   /**
@@ -295,8 +328,11 @@ export class DirtyLog {
     if (durable) this.file?.sync();
   }
 
-  close(): void {
+  /** Clean close; `image` (the image's fingerprint, read now that it is synced) is kept as exact. */
+  close(image?: () => Fingerprint | null): void {
     this.sync(true, true);
+    const fp = image?.();
+    if (fp && this.runLineage) this.writeIdentity({ clean: true, lineage: this.runLineage, image: fp });
     this.file?.close();
     this.file = null;
   }

@@ -6,6 +6,7 @@ import { open, RootDatabase } from 'lmdb';
 import * as path from 'node:path';
 import * as fs from 'node:fs';
 import { DirtyBitmap } from './bitmap';
+import type { StoredFingerprint } from './volume-identity';
 
 export interface VolumeRecord {
   name: string; // protected volume name as the agent reports it
@@ -25,6 +26,10 @@ export interface VolumeRecord {
   // data: dirty regions are compared by checksum before any data moves (hub/checksum-sync.ts).
   // Kept, with finishedAt, as the last one's summary once the bitmap is clean.
   checksumResync?: ChecksumResyncRecord;
+  // Identity (SPEC.md 5.16): the protected volume's UUID this record's data follows, and the
+  // recovery file's fingerprint (exact when `clean`: saved at a clean hub stop, after the last write).
+  peerUuid?: string;
+  recoveryFile?: { path: string; fp: StoredFingerprint; clean: boolean };
 }
 
 export interface ChecksumResyncRecord {

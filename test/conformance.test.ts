@@ -25,6 +25,7 @@ import {
   encodeProtectedWriteHead,
   encodeRemoteIoResHead,
   encodeReportVmVolumes,
+  encodeIdentity,
   DIRTY_FINAL,
 } from '../protocol';
 import { Hub } from '../src/hub/hub';
@@ -242,6 +243,58 @@ describe('conformance: the hub enforces SPEC.md receiver rules', function () {
           .every((b) => b !== 0xab),
         'the write after AGENT_SHUTDOWN did not reach the replica',
       );
+    });
+  });
+
+  describe('§5.16 IDENTITY', () => {
+    const inst = (b: number) => Buffer.alloc(16, b);
+    const ids = (instance: Buffer) => encodeIdentity(instance, [{ name: 'X', lineage: [Buffer.alloc(16, 0x11)] }]);
+    const hello = (a: RawAgent) => a.send(encodeHello(1, PLAIN | Cap.IDENTITY, Limits.maxPayload, 'bad-vm'));
+
+    it('IDENTITY without IDENTITY is a protocol error', async () => {
+      const a = await RawAgent.open(port);
+      a.send(encodeHello(1, PLAIN, Limits.maxPayload, 'bad-vm'), ids(inst(1)));
+      await expectClosed(a, ErrorCode.PROTOCOL, /IDENTITY sent without its capability/);
+    });
+
+    it('with IDENTITY agreed, REPORT_VM_VOLUMES before IDENTITY is a protocol error', async () => {
+      const a = await RawAgent.open(port);
+      hello(a);
+      a.send(encodeReportVmVolumes([{ name: 'X', sizeBytes: SIZE }]));
+      await expectClosed(a, ErrorCode.PROTOCOL, /REPORT_VM_VOLUMES before IDENTITY/);
+    });
+
+    it('a second IDENTITY is a protocol error', async () => {
+      const a = await RawAgent.open(port);
+      hello(a);
+      a.send(ids(inst(1)), ids(inst(1)));
+      await expectClosed(a, ErrorCode.PROTOCOL, /second IDENTITY/);
+    });
+
+    it('another live agent process is refused a held volume; a reconnect of the holder takes it over', async () => {
+      const holder = await RawAgent.open(port);
+      hello(holder);
+      holder.send(ids(inst(0xa1)), encodeReportVmVolumes([{ name: 'X', sizeBytes: SIZE }]));
+      await holder.volumeId('X');
+      const twin = await RawAgent.open(port);
+      hello(twin);
+      twin.send(ids(inst(0xb2)), encodeReportVmVolumes([{ name: 'X', sizeBytes: SIZE }]));
+      const e = await waitFor('VOLUME_REFUSED', () =>
+        twin.of(Cmd.ERROR).find((m) => m.code === ErrorCode.VOLUME_REFUSED),
+      );
+      assert.match(
+        e!.message,
+        /volume X: held by another live agent a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1, connected from 127\.0\.0\.1:\d+/,
+      );
+      assert.equal(twin.closed, false, 'a refusal is not fatal');
+      assert.equal(holder.closed, false, 'the holder keeps the volume');
+      const again = await RawAgent.open(port); // the holder's process, reconnecting over a half-dead link
+      hello(again);
+      again.send(ids(inst(0xa1)), encodeReportVmVolumes([{ name: 'X', sizeBytes: SIZE }]));
+      assert.ok((await again.volumeId('X')) >= 0, 'the same instance takes over at once');
+      await waitFor('the old session is replaced', () => holder.closed, 15_000, 5);
+      for (const a of [twin, again]) a.destroy();
+      await goodUnaffected();
     });
   });
 

@@ -80,7 +80,7 @@ describe('hub: several agents, a misbehaving peer, a volume claimed twice', () =
       got.push(m.cmd === Cmd.ERROR ? `ERROR ${m.code}` : Cmd[m.cmd]);
     });
     thief.on('data', (c) => dec.push(c));
-    thief.write(encodeHello(1, ALL_CAPS & ~Cap.FRAME_CRC, Limits.maxPayload, 'vmX')); // plain frames follow
+    thief.write(encodeHello(1, ALL_CAPS & ~Cap.FRAME_CRC & ~Cap.IDENTITY, Limits.maxPayload, 'vmX')); // plain frames, no IDENTITY
     thief.write(encodeReportVmVolumes([{ name: 'A', sizeBytes: 8 << 20 }]));
     await waitFor('refusal', () => got.includes(`ERROR ${ErrorCode.VOLUME_REFUSED}`));
     assert.ok(!got.includes('START_PROTECT'));

@@ -260,6 +260,20 @@ const arb: Record<Cmd, fc.Arbitrary<Message>> = {
   [Cmd.ERROR]: rec({ cmd: fc.constant(Cmd.ERROR as const), code: u32, message: str(0, Limits.maxErrorBytes) }),
   [Cmd.PING]: rec({ cmd: fc.constant(Cmd.PING as const), nonce: u64 }),
   [Cmd.PONG]: rec({ cmd: fc.constant(Cmd.PONG as const), nonce: u64 }),
+  [Cmd.IDENTITY]: rec({
+    cmd: fc.constant(Cmd.IDENTITY as const),
+    instanceId: fc.uint8Array({ minLength: 16, maxLength: 16 }).map((u) => Buffer.from(u)),
+    volumes: fc.uniqueArray(
+      rec({
+        name: str(1, 255),
+        lineage: fc.array(
+          fc.uint8Array({ minLength: 16, maxLength: 16 }).map((u) => Buffer.from(u)),
+          { minLength: 1, maxLength: 4 },
+        ),
+      }),
+      { selector: (v) => v.name, maxLength: 5 },
+    ),
+  }),
 };
 const anyMessage: fc.Arbitrary<Message> = fc.oneof(...ALL_CMDS.map((c) => arb[c as Cmd]));
 
@@ -636,7 +650,7 @@ describe('protocol: decoder rejects malformed payloads with ProtocolError', () =
     // the table covers every u64-bearing command
     const covered = new Set(U64_FIELDS.map(([n]) => vec(n).msg.cmd));
     for (const c of ALL_CMDS) {
-      if ([Cmd.HELLO, Cmd.AGENT_SHUTDOWN, Cmd.ERROR].includes(c)) continue;
+      if ([Cmd.HELLO, Cmd.AGENT_SHUTDOWN, Cmd.ERROR, Cmd.IDENTITY].includes(c)) continue; // no u64 fields
       assert.ok(covered.has(c), `no u64 rejection case for ${Cmd[c]}`);
     }
   });
@@ -845,7 +859,7 @@ describe('protocol: FrameDecoder', () => {
     ['byte-swapped magic', header(Cmd.PING, 8, 0x52504842)],
     ['unknown cmd 0', header(0, 8)],
     ['unknown cmd 8', header(8, 8)],
-    ['unknown cmd 25', header(25, 8)],
+    ['unknown cmd 26', header(26, 8)],
     ['unknown cmd 0xffff', header(0xffff, 8)],
     ['reserved flag 2', header(Cmd.PING, 8, MAGIC, 2)],
     ['nonzero flags 0x8000', header(Cmd.PING, 8, MAGIC, 0x8000)],

@@ -47,7 +47,7 @@ describe('hub apply queue', () => {
     try {
       toHub.push(
         Buffer.concat([
-          encodeHello(1, ALL_CAPS & ~Cap.FRAME_CRC, Limits.maxPayload, 'vm'),
+          encodeHello(1, ALL_CAPS & ~Cap.FRAME_CRC & ~Cap.IDENTITY, Limits.maxPayload, 'vm'),
           encodeReportVmVolumes([{ name: 'V1', sizeBytes: 1 << 20 }]),
         ]),
       );
@@ -236,7 +236,10 @@ describe('Replica state machine and ownership', () => {
     });
     const session = hub.newSession({ send: () => {}, close: () => {}, pause: () => {} });
     const rep = hub.replicas.get('V1')!;
-    session.receive(Cmd.HELLO, encodeHello(1, ALL_CAPS & ~Cap.FRAME_CRC, Limits.maxPayload, 'vm').subarray(12));
+    session.receive(
+      Cmd.HELLO,
+      encodeHello(1, ALL_CAPS & ~Cap.FRAME_CRC & ~Cap.IDENTITY, Limits.maxPayload, 'vm').subarray(12),
+    );
     session.receive(Cmd.REPORT_VM_VOLUMES, encodeReportVmVolumes([{ name: 'V1', sizeBytes: 1 << 20 }]).subarray(12));
     await waitFor('attached', () => session.volumes.length === 1, 5000, 2);
     assert.equal(rep.owner, session);

@@ -2,7 +2,17 @@
 // hand-over and remote IO, wired together. The connection hands it a link once capabilities are
 // agreed (connected), the hub's messages (receive), and the end of the connection (disconnected);
 // the property test drives it the same way over an in-memory link.
-import { Cmd, Message, ProtocolError, encodeReportVmVolumes, encodeAgentShutdown } from '../../protocol';
+import { randomBytes } from 'node:crypto';
+import {
+  Cap,
+  Cmd,
+  ErrorCode,
+  Message,
+  ProtocolError,
+  encodeReportVmVolumes,
+  encodeAgentShutdown,
+} from '../../protocol';
+import { encodeIdentity } from '../../protocol';
 import type { BufferPool } from '../buffer-pool';
 import type { Logger } from '../log';
 import { VolumeTable, AgentVolumeSpec } from './volume';
@@ -12,6 +22,7 @@ import { Handover } from './handover';
 import { RemoteIo, RemoteIoOptions } from './remote-io';
 import { WritePath } from './write-path';
 import type { AgentStats, LinkPort } from './ports';
+import { Refusals } from './refusals';
 
 export type CoreOptions = MirrorLimits & RemoteIoOptions;
 
@@ -22,6 +33,9 @@ export class AgentCore {
   private readonly handover: Handover;
   private readonly remoteIo: RemoteIo;
   private link: LinkPort | null = null;
+  /** This agent process, as the hub tells a reconnect from another live agent (cap IDENTITY). */
+  readonly instanceId = randomBytes(16);
+  private readonly refusals: Refusals;
 
   constructor(
     specs: AgentVolumeSpec[],
@@ -39,6 +53,7 @@ export class AgentCore {
     gate.watch(this.writes);
     gate.watch(this.mirror);
     gate.watch(this.handover);
+    this.refusals = new Refusals(log, () => this.report(true));
   }
 
   /** Capabilities are agreed (or the hub is legacy): name our volumes; the hub answers START_PROTECT. */
@@ -46,13 +61,27 @@ export class AgentCore {
     this.link = link;
     this.mirror.attach(link);
     this.handover.attach(link);
-    const list = this.volumes.list.map((v) => ({ name: v.name, sizeBytes: v.sizeBytes }));
-    link.send([encodeReportVmVolumes(list)]);
+    if (link.has(Cap.IDENTITY)) {
+      // Before the report: the hub compares identities before it answers (SPEC.md 5.16).
+      const ids = this.volumes.list.map((v) => ({ name: v.name, lineage: v.log.lineage }));
+      link.send([encodeIdentity(this.instanceId, ids)]);
+    }
+    this.report(false);
+  }
+
+  /** REPORT_VM_VOLUMES of every volume (`unprotectedOnly`: those not protected yet); false if none. */
+  private report(unprotectedOnly: boolean): boolean {
+    if (this.link === null) return false;
+    const vols = this.volumes.list.filter((v) => !unprotectedOnly || this.volumes.hubId(v) < 0);
+    if (vols.length === 0) return false;
+    this.link.send([encodeReportVmVolumes(vols.map((v) => ({ name: v.name, sizeBytes: v.sizeBytes })))]);
+    return true;
   }
 
   /** The connection is gone: everything per connection starts over; the dirty log keeps the rest. */
   disconnected(): void {
     this.link = null;
+    this.refusals.reset();
     this.volumes.reset();
     this.mirror.detach();
     this.handover.detach();
@@ -79,6 +108,7 @@ export class AgentCore {
       case Cmd.CHECKSUM_REQ:
         return void this.remoteIo.checksum(link, m);
       case Cmd.ERROR:
+        if (m.code === ErrorCode.VOLUME_REFUSED) return this.refusals.refused(m.code, m.message);
         this.log.error({ code: m.code, cause: m.message }, 'hub reported an error');
         return;
       default:
@@ -110,6 +140,7 @@ export class AgentCore {
   /** Timers off (agent stopping). */
   stop(): void {
     this.handover.stop();
+    this.refusals.reset();
   }
 
   status() {

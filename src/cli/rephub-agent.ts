@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import * as http from 'node:http';
 import { ReplicationAgent, AgentVolumeSpec } from '../agent/agent';
 import { DirtyLog } from '../../storage/dirty-log';
+import { fingerprintOf } from '../../storage/volume-identity';
 import { NbdServer } from '../nbd/server';
 import { ExportRegistry } from '../nbd/exports';
 import { MirroredExport } from './agent-export';
@@ -40,7 +41,7 @@ interface RunOptions {
 }
 
 /** Each --export NAME=PATH opened, with its dirty log in the state directory. */
-function openVolumes(o: RunOptions, vm: string, log: Logger): AgentVolumeSpec[] {
+function openVolumes(o: RunOptions, vm: string, log: Logger): (AgentVolumeSpec & { image: string })[] {
   const regionSize = parseSize(o.regionSize, '--region-size');
   if (o.export.length === 0)
     throw new Error('give at least one --export NAME=PATH (e.g. --export V1=/var/lib/vm/V1.img)');
@@ -55,8 +56,15 @@ function openVolumes(o: RunOptions, vm: string, log: Logger): AgentVolumeSpec[] 
       throw new Error(`--export ${name}: ${file} is ${target.sizeBytes} bytes, not a positive multiple of 512`);
     const dlog = DirtyLog.open(path.join(o.state, `${vm}.${name}.dirty`), target.sizeBytes, regionSize);
     const ctx = { volume: name, image: file, sizeBytes: target.sizeBytes, dirtyBytes: dlog.bitmap.dirtyBytes };
-    log.info({ ...ctx, freshLog: dlog.fresh }, 'protected volume');
-    return { name, target, log: dlog };
+    // Before any write reaches the image: is it the image the log knew? (storage/volume-identity.ts)
+    const { lineage, change } = dlog.beginRun(fingerprintOf(file)!);
+    if (change)
+      log.error(
+        { ...ctx, change, uuid: lineage[0].toString('hex') },
+        'protected image is not the one this dirty log knew: new volume identity; the hub will resync it by checksums',
+      );
+    log.info({ ...ctx, freshLog: dlog.fresh, uuid: lineage[0].toString('hex') }, 'protected volume');
+    return { name, target, log: dlog, image: file };
   });
   if (new Set(volumes.map((v) => v.name)).size !== volumes.length)
     throw new Error('--export: a volume name is given twice');
@@ -146,7 +154,7 @@ async function main(o: RunOptions) {
     web?.close();
     await agent.stop();
     for (const v of volumes) {
-      v.log.close();
+      v.log.close(() => fingerprintOf(v.image)); // the image is synced: its fingerprint is exact now
       await v.target.close();
     }
     process.exit(0);
@@ -177,7 +185,11 @@ program
     '127.0.0.1:10809',
   )
   .option('--state <dir>', 'directory for the persistent dirty logs', './rephub-agent-state')
-  .option('--vm <name>', 'VM name reported to the hub', os.hostname().replace(/[^A-Za-z0-9._-]/g, '-') || 'vm')
+  .option(
+    '--vm <name>',
+    'VM name reported to the hub; a cloned host with the same name, running at the same time, is refused the volumes this one holds',
+    os.hostname().replace(/[^A-Za-z0-9._-]/g, '-') || 'vm',
+  )
   .option('--region-size <bytes>', 'dirty-log region size, 4K..1M', '64K')
   .option('--http <host:port|unix:path|off>', 'agent status endpoint (GET /status)', '127.0.0.1:10899')
   .option('--ready-fd <n>', 'write "ready" and a newline to descriptor N once every export is served, then close it')

@@ -1,6 +1,8 @@
 // Volume attach and authorization for one agent session: which reported volumes it may protect
 // (binding to a VM, one owner at a time, a reconnect of the same VM taking over, sizes), the
-// attach itself, and letting go of every claimed replica when the session ends.
+// attach itself, and letting go of every claimed replica when the session ends. With cap
+// IDENTITY, a volume held by a live session of another agent process (same VM name: a cloned
+// host) is refused, not taken over; a reconnect of the same process still takes over.
 import { ErrorCode, SECTOR, encodeError, encodeStartProtect } from '../../protocol';
 import type { ReportVmVolumes } from '../../protocol';
 import type { Logger } from '../log';
@@ -16,6 +18,8 @@ export interface AttachHost {
   isClosed(): boolean;
   /** A volume is attached: it joins the sync engine. */
   attached(sync: VolumeSync): void;
+  /** The volume's identity lineage from the agent's IDENTITY (current UUID first); null without one. */
+  lineage(name: string): Buffer[] | null;
 }
 
 type Reported = ReportVmVolumes['volumes'][number];
@@ -61,6 +65,16 @@ export class VolumeAttach {
       return null;
     }
     const held = rep.owner;
+    if (held && held !== me && held.instance && me.instance && held.instance !== me.instance) {
+      // Two live agent processes claim it (cloned hosts, same --vm): the holder keeps it.
+      const holder = `held by another live agent ${held.instance}, connected from ${held.peer}`;
+      this.log.warn(
+        { ...ctx, instance: me.instance, holder: held.instance, holderPeer: held.peer },
+        `volume ${holder}; refused`,
+      );
+      this.refuse(ErrorCode.VOLUME_REFUSED, `volume ${v.name}: ${holder}`);
+      return null;
+    }
     if (held && held !== me && vm !== '' && held.vm === vm) {
       // The same VM reconnected before the hub noticed its old connection die: take over.
       this.log.warn(ctx, 'volume held by an older session of the same VM; replacing it');
@@ -72,6 +86,10 @@ export class VolumeAttach {
       return null;
     }
     if (rep.owner === me) return null;
+    if (me.instance && !this.host.lineage(v.name)) {
+      this.refuse(ErrorCode.VOLUME_REFUSED, `volume ${v.name}: not named in the agent's IDENTITY`);
+      return null;
+    }
     if (v.sizeBytes % SECTOR !== 0 || v.sizeBytes === 0) {
       this.refuse(ErrorCode.VOLUME_REFUSED, `volume ${v.name}: size ${v.sizeBytes} is not a positive multiple of 512`);
       return null;
@@ -87,7 +105,7 @@ export class VolumeAttach {
     await rep.idle; // a previous session's last apply must land first
     if (this.host.isClosed()) return false;
     try {
-      const rec = await rep.attach(v.sizeBytes, this.host.openTarget, trust, vm);
+      const rec = await rep.attach(v.sizeBytes, this.host.openTarget, trust, vm, this.host.lineage(v.name));
       if (this.host.isClosed()) return false;
       const sync = new VolumeSync(rep, rec.id, trust);
       this.log.info(

@@ -234,6 +234,7 @@ export class Hub implements HubStatusSource {
     for (const r of this.replicas.values()) {
       await r.checkpoint().catch(() => undefined);
       await r.target?.close();
+      await r.saveCleanIdentity().catch(() => undefined);
     }
     this.journals?.close();
     await this.opts.store.close();

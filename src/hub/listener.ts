@@ -21,6 +21,8 @@ export interface SessionTransport {
   pause(paused: boolean): void;
   /** FRAME_CRC was agreed: from the next frame on, every frame must carry FLAG_CRC. */
   requireChecksums(): void;
+  /** The peer's address (host:port). */
+  readonly peer: string;
 }
 
 /** What the listener needs of a session: somewhere to put frames and failures. */
@@ -146,6 +148,7 @@ export class AgentListener<S extends AgentEndpoint> {
           flow();
         },
         requireChecksums: () => framer.requireChecksums(),
+        peer,
       },
       identity,
     );

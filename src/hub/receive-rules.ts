@@ -11,6 +11,7 @@ const NEEDS: Partial<Record<Cmd, number>> = {
   [Cmd.DIRTY_REPORT]: Cap.DIRTY_REPORT,
   [Cmd.FLUSH]: Cap.FLUSH,
   [Cmd.CHECKSUM_RES]: Cap.CHECKSUM,
+  [Cmd.IDENTITY]: Cap.IDENTITY,
 };
 
 /** Frames still allowed after AGENT_SHUTDOWN: the heartbeat and a last word. */
@@ -36,5 +37,18 @@ export function checkHello(h: Hello): void {
   if (h.version < 1) throw new ProtocolError(`HELLO version ${h.version}: versions start at 1`);
   if (h.maxPayload < MIN_MAX_PAYLOAD) {
     throw new ProtocolError(`HELLO max_payload ${h.maxPayload} is below the minimum ${MIN_MAX_PAYLOAD}`);
+  }
+}
+
+/**
+ * IDENTITY's place (SPEC.md 5.16): once, before the first REPORT_VM_VOLUMES; with IDENTITY agreed,
+ * no REPORT_VM_VOLUMES before it. `identified`: an IDENTITY arrived; `reported`: a report did.
+ */
+export function checkIdentityOrder(cmd: Cmd, caps: number, identified: boolean, reported: boolean): void {
+  if (cmd === Cmd.IDENTITY && (identified || reported)) {
+    throw new ProtocolError(identified ? 'second IDENTITY on one connection' : 'IDENTITY after REPORT_VM_VOLUMES');
+  }
+  if (cmd === Cmd.REPORT_VM_VOLUMES && (caps & Cap.IDENTITY) !== 0 && !identified) {
+    throw new ProtocolError('REPORT_VM_VOLUMES before IDENTITY, with IDENTITY negotiated');
   }
 }

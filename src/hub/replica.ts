@@ -11,6 +11,9 @@ import { ChecksumResyncRecord, StateStore, VolumeRecord } from '../../storage/st
 import type { Logger } from '../log';
 import { assert } from '../assert';
 import { EncryptionAlarm } from './encryption-alarm';
+import { ReplicaStats } from './replica-stats';
+import { replicaStatus } from './replica-status';
+import { peerChange, recoveryFileChange, recoveryFileNow } from './replica-identity';
 
 export type ReplicaState = 'unprotected' | 'syncing' | 'protecting' | 'degraded' | 'stopped' | 'error' | 'failed-over';
 
@@ -39,6 +42,9 @@ export interface ReplicaSpec {
 /** What the hub asks of the agent session that has a replica attached. */
 export interface ReplicaOwner {
   readonly vm: string;
+  /** The agent process's instance id (cap IDENTITY), null without it; and its address. */
+  readonly instance: string | null;
+  readonly peer: string;
   fail(e: Error): void;
   /** Age of the oldest write received but not yet durable on the recovery volume. */
   rpoLagMs(): number;
@@ -66,27 +72,20 @@ export class Replica {
   /** A filter put between the guard and the file (the journal's capture, src/hub/journal.ts). */
   targetFilter?: (t: BlockTarget) => BlockTarget;
   bitmap?: DirtyBitmap;
-  throughputBps = 0; // bytes/s applied (mirrored writes + sync), sampled by the hub
+  readonly stats = new ReplicaStats();
   /** Scores protected writes for a guest that starts encrypting its disk (ticked by sample()). */
   readonly alarm: EncryptionAlarm;
   private current: ReplicaState = 'unprotected';
   private holder: ReplicaOwner | null = null; // the session that has it attached (or is attaching it)
   private released: Promise<void> = Promise.resolve(); // the last owner's in-progress apply
   private outOfSyncSince: number | null = Date.now(); // null while protecting
-  private sampled = { at: Date.now(), bytes: 0 };
   private error?: string;
   private writeOk = true; // the last write to the recovery volume succeeded
   private flushOk = true; // ... and its last flush: no retry out of error before both
-  private applied = 0; // bytes of protected writes applied
-  private appliedWrites = 0;
-  private faults = 0; // failed writes of the recovery volume and failed remote reads
-  private synced = 0; // bytes written by sync
-  private syncBytesDropped = 0;
   /** Regions known to hold zeroes (a recovery volume this hub created sparse); null: none known. */
   private knownZero: KnownZeroMap | null = null;
   /** The recovery volume existed with data when it was opened: the hub cannot vouch for it. */
   private seeded = false;
-  private checksumTotals = { compared: 0, moved: 0 }; // since the hub started, for /metrics
 
   constructor(
     readonly spec: ReplicaSpec,
@@ -103,7 +102,18 @@ export class Replica {
       store.loadBitmap(spec.name, this.bitmap);
       this.bitmap.takeChangedPages();
       this.current = rec.cleanShutdown ? 'stopped' : 'degraded';
+      this.checkIdentity(recoveryFileChange(rec, spec.path));
     }
+  }
+
+  /** An identity comparison found `reason`: logged once here, and the volume resynced by checksums. */
+  private checkIdentity(reason: string | null): void {
+    if (reason === null) return;
+    this.log.error(
+      { volume: this.name, recovery: this.spec.path, reason },
+      'recovery volume cannot be proven equal to the protected volume; checksum resync',
+    );
+    this.beginChecksumResync(reason);
   }
 
   get state(): ReplicaState {
@@ -133,7 +143,13 @@ export class Replica {
    * Open (or create) the recovery volume for an agent reporting `sizeBytes`, and work out what
    * must be resynced. `trustAgentReport`: the agent will report its own dirty extents.
    */
-  async attach(sizeBytes: number, open: TargetOpener, trustAgentReport: boolean, vm: string): Promise<VolumeRecord> {
+  async attach(
+    sizeBytes: number,
+    open: TargetOpener,
+    trustAgentReport: boolean,
+    vm: string,
+    lineage: Buffer[] | null = null,
+  ): Promise<VolumeRecord> {
     let rec = this.record;
     if (rec && rec.sizeBytes !== sizeBytes) {
       throw new Error(
@@ -146,6 +162,7 @@ export class Replica {
       rec.vm = vm;
       return rec;
     }
+    if (rec) this.checkIdentity(peerChange(rec, lineage));
     if (!rec || !this.bitmap) {
       rec = {
         name: this.name,
@@ -174,6 +191,8 @@ export class Replica {
     rec.untrustedSession = !trustAgentReport; // durable below, before any write is applied
     rec.state = 'syncing';
     rec.vm = vm;
+    if (lineage) rec.peerUuid = lineage[0].toString('hex'); // durable below, after the bitmap
+    rec.recoveryFile = recoveryFileNow(this.spec.path, false); // written from now on: inexact
     this.record = rec;
     await this.store.saveBitmap(this.name, this.bitmap, true);
     await this.store.putVolume(rec, true);
@@ -213,7 +232,11 @@ export class Replica {
   /** Open the recovery volume of a known replica without an agent (failover, failover test). */
   ensureTarget(open: TargetOpener): GuardedTarget {
     if (!this.record) throw new Error(`volume ${this.name} has never been protected: no replica to use`);
-    if (!this.target) this.target = new GuardedTarget(open(this.spec.path, this.record.sizeBytes));
+    if (!this.target) {
+      this.target = new GuardedTarget(open(this.spec.path, this.record.sizeBytes));
+      this.record.recoveryFile = recoveryFileNow(this.spec.path, false); // written from now on: inexact
+      void this.store.putVolume(this.record, true);
+    }
     return this.target;
   }
 
@@ -261,8 +284,8 @@ export class Replica {
     c.comparedBytes += compared;
     c.matchedBytes += matched;
     c.movedBytes += moved;
-    this.checksumTotals.compared += compared;
-    this.checksumTotals.moved += moved;
+    this.stats.checksumCompared += compared;
+    this.stats.checksumMoved += moved;
   }
 
   /** The bitmap is clean: the checksum resync is done (persisted with the next checkpoint). */
@@ -300,8 +323,8 @@ export class Replica {
     if (this.target) await this.flushTarget();
     // Sync writes are large and leave large page-cache folios; 4 KiB protected writes into those
     // cost several times more kernel time (ext4). Once they are on disk, drop them.
-    if (this.target && this.synced !== this.syncBytesDropped) {
-      this.syncBytesDropped = this.synced;
+    if (this.target && this.stats.synced !== this.stats.syncedAtDrop) {
+      this.stats.syncedAtDrop = this.stats.synced;
       this.target.base.dropCache?.();
     }
     this.record.state = this.current;
@@ -399,14 +422,14 @@ export class Replica {
 
   /** A protected write of `bytes` reached the recovery volume. */
   recordApplied(bytes: number): void {
-    this.applied += bytes;
-    this.appliedWrites++;
+    this.stats.applied += bytes;
+    this.stats.appliedWrites++;
     this.writeOk = true;
   }
 
   /** Sync data of `bytes` reached the recovery volume. */
   recordSyncBytes(bytes: number): void {
-    this.synced += bytes;
+    this.stats.synced += bytes;
     this.writeOk = true;
   }
 
@@ -418,7 +441,7 @@ export class Replica {
   /** A failure that counts in the error statistics (a failed remote read). */
   recordFault(cause: string): void {
     this.error = cause;
-    this.faults++;
+    this.stats.faults++;
   }
 
   /** The recovery volume failed a write (ENOSPC, EIO): keep the regions dirty, go to error. */
@@ -490,52 +513,21 @@ export class Replica {
   }
 
   sample(): void {
-    const now = Date.now(),
-      bytes = this.applied + this.synced;
-    if (now > this.sampled.at)
-      this.throughputBps = Math.round(((bytes - this.sampled.bytes) * 1000) / (now - this.sampled.at));
-    this.sampled = { at: now, bytes };
+    const now = Date.now();
+    this.stats.sample(now);
     this.alarm.tick(now);
   }
 
-  status() {
-    const bm = this.bitmap;
-    return {
-      name: this.name,
-      recovery: this.spec.path,
-      state: this.current,
-      volumeId: this.record?.id ?? null,
-      generation: this.record?.generation ?? 0,
-      vm: this.record?.vm ?? null,
-      sizeBytes: this.record?.sizeBytes ?? 0,
-      regionSize: this.record?.regionSize ?? this.regionSize,
-      dirtyBytes: bm ? bm.dirtyBytes : 0,
-      dirtyRegions: bm ? bm.dirtyRegions : 0,
-      syncPass: this.record?.syncPass ?? 0,
-      syncCursor: this.record?.syncCursor ?? 0,
-      bytesApplied: this.applied,
-      // written around the page cache (O_DIRECT)
-      bytesDirect: (this.target?.base as { directBytes?: number } | undefined)?.directBytes ?? 0,
-      writesApplied: this.appliedWrites,
-      syncBytes: this.synced,
-      syncMode: this.checksumResync ? 'checksum' : 'copy',
-      checksumResync: this.record?.checksumResync ?? null, // the running one, or the last one
-      checksumComparedBytes: this.checksumTotals.compared, // since the hub started (metrics)
-      checksumMovedBytes: this.checksumTotals.moved,
-      rpoLagMs: this.rpoLagMs(),
-      throughputBps: this.throughputBps,
-      lastError: this.error ?? null,
-      errors: this.faults,
-      alarm: this.alarm.status(),
-      failoverTest: this.target?.view
-        ? { keptBytes: this.target.view.keptBytes, activeBytes: this.target.view.activeBytes }
-        : null,
-      failover: this.failover
-        ? {
-            recoveryChangedBytes: this.failover.recoveryChanged.bitmap.dirtyBytes,
-            protectedChangedBytes: this.failover.protectedChanged.bitmap.dirtyBytes,
-          }
-        : null,
-    };
+  status(): ReturnType<typeof replicaStatus> {
+    return replicaStatus(this, this.record?.regionSize ?? this.regionSize, this.error ?? null);
+  }
+
+  /** Hub stopping cleanly, the recovery file closed: its fingerprint is exact now. */
+  async saveCleanIdentity(): Promise<void> {
+    if (!this.record) return;
+    const now = recoveryFileNow(this.spec.path, true);
+    if (!now) return;
+    this.record.recoveryFile = now;
+    await this.store.putVolume(this.record, true);
   }
 }

@@ -13,7 +13,7 @@ import {
   ProtocolError,
   encodeError,
 } from '../../protocol';
-import type { Hello } from '../../protocol';
+import type { Hello, Identity } from '../../protocol';
 import type { DirtyBitmap } from '../../storage/bitmap';
 import type { Logger } from '../log';
 import type { BufferPool } from '../buffer-pool';
@@ -25,7 +25,7 @@ import { SyncEngine, VolumeSync } from './sync';
 import { WriteApplier } from './write-apply';
 import { VolumeAttach } from './attach';
 import { WriteBack } from './failback';
-import { checkHello, checkIntake } from './receive-rules';
+import { checkHello, checkIdentityOrder, checkIntake } from './receive-rules';
 import { VerifyEngine, VerifyPacer } from './verify';
 
 export interface SessionConfig {
@@ -71,6 +71,8 @@ export interface Transport {
   pause(paused: boolean): void;
   /** FRAME_CRC was agreed: the framer in front of receive() now refuses unsealed frames (SPEC.md 3.1). */
   requireChecksums?(): void;
+  /** The agent's address (host:port), for messages naming who holds a volume. */
+  readonly peer?: string;
 }
 
 /**
@@ -106,6 +108,11 @@ export class AgentSession implements ReplicaOwner {
   private closed = false;
   private cleanShutdown = false;
   private shutDown = false; // AGENT_SHUTDOWN received: nothing but PING/PONG/ERROR may follow
+  private reportSeen = false; // a REPORT_VM_VOLUMES arrived (intake order)
+  /** The agent process's instance id (cap IDENTITY), hex; null without it. */
+  instance: string | null = null;
+  /** Each volume's identity lineage from IDENTITY (current UUID first); null before it or without the cap. */
+  private lineages: Map<string, Buffer[]> | null = null;
   private readonly link: Link;
   private readonly queue: ApplyQueue;
   private readonly commit: GroupCommit;
@@ -162,6 +169,7 @@ export class AgentSession implements ReplicaOwner {
         send: (bufs) => this.link.send(bufs),
         isClosed: () => this.closed,
         attached: (sync) => this.sync.add(sync),
+        lineage: (name) => this.lineages?.get(name) ?? null,
       },
       log,
       id,
@@ -187,6 +195,11 @@ export class AgentSession implements ReplicaOwner {
       }
     }, cfg.handshakeMs);
     this.handshakeTimer.unref();
+  }
+
+  /** The agent's address, as a refusal names who holds a volume. */
+  get peer(): string {
+    return this.t.peer ?? 'an unknown address';
   }
 
   /** Capabilities agreed with the agent (0 before its HELLO, and for a legacy agent). */
@@ -216,6 +229,10 @@ export class AgentSession implements ReplicaOwner {
     else if (msg.cmd === Cmd.HELLO) throw new ProtocolError('HELLO is only valid as the first frame');
     if (this.shutDown || msg.cmd !== Cmd.PROTECTED_WRITE) checkIntake(msg.cmd, this.caps, this.shutDown);
     if (msg.cmd === Cmd.AGENT_SHUTDOWN) this.shutDown = true;
+    if (msg.cmd === Cmd.IDENTITY || msg.cmd === Cmd.REPORT_VM_VOLUMES) {
+      checkIdentityOrder(msg.cmd, this.caps, this.lineages !== null, this.reportSeen);
+      this.reportSeen ||= msg.cmd === Cmd.REPORT_VM_VOLUMES;
+    }
     switch (msg.cmd) {
       case Cmd.HELLO:
         return this.onHello(msg);
@@ -223,6 +240,8 @@ export class AgentSession implements ReplicaOwner {
         return this.link.pong(msg.nonce);
       case Cmd.PONG:
         return;
+      case Cmd.IDENTITY: // session metadata, before any report: kept at once, never queued
+        return this.onIdentity(msg);
       case Cmd.ERROR:
         this.log.warn(
           { session: this.id, vm: this.vm, code: msg.code, cause: msg.message.slice(0, 256) },
@@ -257,6 +276,13 @@ export class AgentSession implements ReplicaOwner {
     if (msg.cmd === Cmd.HELLO) return;
     this.link.legacy();
     this.log.info({ session: this.id }, 'agent sent no HELLO: legacy seed protocol, no extensions');
+  }
+
+  private onIdentity(m: Identity): void {
+    this.instance = m.instanceId.toString('hex');
+    this.lineages = new Map(m.volumes.map((v) => [v.name, v.lineage]));
+    const volumes = m.volumes.map((v) => ({ volume: v.name, uuid: v.lineage[0].toString('hex') }));
+    this.log.info({ session: this.id, vm: this.vm, instance: this.instance, volumes }, 'agent identity');
   }
 
   private onHello(h: Hello): void {

@@ -37,7 +37,12 @@ export async function ownerSession(run: FuzzRun, rng: Rng, worker: number): Prom
   const first: Buffer[] = [];
   if (rng.chance(0.6)) {
     // unsealed frames follow: no FRAME_CRC
-    const caps = rng.pick([ALL_CAPS & ~Cap.FRAME_CRC, Cap.WRITE_ACK | Cap.DIRTY_REPORT, 0, rng.int(32)]);
+    const caps = rng.pick([
+      ALL_CAPS & ~Cap.FRAME_CRC & ~Cap.IDENTITY,
+      Cap.WRITE_ACK | Cap.DIRTY_REPORT,
+      0,
+      rng.int(32),
+    ]);
     // A name of its own: a second session of the same VM would legitimately take the volume over.
     first.push(encodeHello(1, caps, Limits.maxPayload, `fz-owner-${worker}-${++run.owners}`));
   }
@@ -100,7 +105,8 @@ export async function claimantSession(run: FuzzRun, rng: Rng): Promise<void> {
     m = new HubModel(ctx);
   const out: Buffer[] = [];
   if (rng.chance(0.7)) {
-    const caps = rng.pick([ALL_CAPS & ~Cap.FRAME_CRC, 0, Cap.WRITE_ACK | Cap.DIRTY_REPORT]); // unsealed frames follow
+    // unsealed frames follow, and no IDENTITY
+    const caps = rng.pick([ALL_CAPS & ~Cap.FRAME_CRC & ~Cap.IDENTITY, 0, Cap.WRITE_ACK | Cap.DIRTY_REPORT]);
     out.push(encodeHello(1, caps, Limits.maxPayload, rng.chance(0.2) ? '' : g.name(30, 'claimant-')));
   }
   const vols = [{ name: goodVolume, sizeBytes: rng.chance(0.8) ? size : size + SECTOR * rng.between(1, 64) }];

@@ -48,6 +48,7 @@ const NEEDS = new Map<number, number>([
   [Cmd.DIRTY_REPORT, Cap.DIRTY_REPORT],
   [Cmd.FLUSH, Cap.FLUSH],
   [Cmd.CHECKSUM_RES, Cap.CHECKSUM],
+  [Cmd.IDENTITY, Cap.IDENTITY],
 ]);
 
 const KNOWN = new Set<number>(Object.values(Cmd).filter((v): v is number => typeof v === 'number'));
@@ -80,6 +81,8 @@ export class HubModel {
   first = true;
   hello: Extract<Message, { cmd: Cmd.HELLO }> | null = null; // valid HELLO as first frame
   caps = 0;
+  private identified = false; // an IDENTITY arrived
+  private reportSeen = false; // a REPORT_VM_VOLUMES arrived
   error: Expected | null = null;
   /** The model cannot predict the rest (a mutated frame may have claimed a volume, ...). */
   taint: string | null = null;
@@ -243,6 +246,21 @@ export class HubModel {
         'no capability',
       );
     if (m.cmd === Cmd.AGENT_SHUTDOWN) this.shutDown = true;
+    // SPEC §5.16: IDENTITY once, before any report; with IDENTITY agreed, no report before it.
+    if (m.cmd === Cmd.IDENTITY && (this.identified || this.reportSeen))
+      return this.fatal(
+        ErrorCode.PROTOCOL,
+        this.identified ? 'second IDENTITY on one connection' : 'IDENTITY after REPORT_VM_VOLUMES',
+        'identity order',
+      );
+    if (m.cmd === Cmd.REPORT_VM_VOLUMES && this.caps & Cap.IDENTITY && !this.identified)
+      return this.fatal(
+        ErrorCode.PROTOCOL,
+        'REPORT_VM_VOLUMES before IDENTITY, with IDENTITY negotiated',
+        'identity order',
+      );
+    if (m.cmd === Cmd.IDENTITY) this.identified = true;
+    if (m.cmd === Cmd.REPORT_VM_VOLUMES) this.reportSeen = true;
     if (m.cmd === Cmd.HELLO) {
       // SPEC §6.1, §6.3: versions start at 1; max_payload at least 4096.
       if (m.version < 1)

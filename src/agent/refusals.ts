@@ -1,0 +1,44 @@
+// Volumes the hub refused on this connection (VOLUME_REFUSED: held by another live agent, no
+// recovery volume, a size mismatch): each cause logged once as an error, then the volumes not yet
+// protected are reported again after a backoff (1 s doubling to 30 s), never in a tight loop.
+// The retry lives as long as the connection; a reconnect starts over.
+import type { Logger } from '../log';
+
+const FIRST_RETRY_MS = 1000;
+const MAX_RETRY_MS = 30_000;
+const MAX_REMEMBERED = 256; // distinct refusal messages logged at error level, then at debug
+
+export class Refusals {
+  private delayMs = FIRST_RETRY_MS;
+  private timer: NodeJS.Timeout | null = null;
+  private readonly logged = new Set<string>();
+
+  constructor(
+    private readonly log: Logger,
+    /** Report again the volumes not protected yet (REPORT_VM_VOLUMES); false when none are left. */
+    private readonly reportAgain: () => boolean,
+  ) {}
+
+  /** The hub refused a volume with `message`. */
+  refused(code: number, message: string): void {
+    const first = !this.logged.has(message);
+    if (first && this.logged.size < MAX_REMEMBERED) this.logged.add(message);
+    const ctx = { code, cause: message, retryInMs: this.delayMs };
+    if (first) this.log.error(ctx, 'hub refused a volume; it stays unprotected here, retrying with backoff');
+    else this.log.debug(ctx, 'hub refused a volume again');
+    if (this.timer) return;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      if (!this.reportAgain()) this.delayMs = FIRST_RETRY_MS;
+    }, this.delayMs);
+    this.timer.unref();
+    this.delayMs = Math.min(this.delayMs * 2, MAX_RETRY_MS);
+  }
+
+  /** The connection is gone (or the agent stops): no retry on it. */
+  reset(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    this.delayMs = FIRST_RETRY_MS;
+  }
+}
