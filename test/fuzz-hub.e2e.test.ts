@@ -61,6 +61,9 @@ describe('fuzzing a live hub process', function () {
     const hub = new HubProcess(['--vol', `V1=${path.join(dir, 'V1R')}`, '--data', path.join(dir, 'hub')]);
     await hub.start();
     const sock = net.connect(hub.port, '127.0.0.1');
+    // The hub may drop the flooder (e.g. at its 10 s handshake deadline on a slow machine): our
+    // unfinished write then fails with EPIPE, an outcome the test accepts (see below).
+    sock.on('error', () => {});
     try {
       await new Promise<void>((r) => sock.once('connect', () => r()));
       sock.pause(); // never read
