@@ -8,8 +8,9 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { tmpdir, makeImage, waitFor, MiB, readRegion } from './harness/util';
+import { fioWriter, killWriters } from './harness/fio';
 import { HubProcess, v1Hub } from './harness/hub-process';
 import { AgentProcess, v1Agent } from './harness/agent-process';
 import { FaultProxy } from './harness/fault-proxy';
@@ -71,32 +72,8 @@ function seededPair(dir: string, size: number, seed: number): { img: string; rep
 }
 
 function fio(uri: string, seconds: number) {
-  const p = spawn(
-    'fio',
-    [
-      '--name=w',
-      '--ioengine=nbd',
-      `--uri=${uri}`,
-      '--rw=randwrite',
-      '--bsrange=4k-64k',
-      '--iodepth=4',
-      '--offset=32m',
-      '--size=32m',
-      '--time_based',
-      `--runtime=${seconds}`,
-      '--rate=4m',
-    ],
-    { stdio: 'ignore' },
-  );
-  writers.add(p);
-  return new Promise<number | null>((r) =>
-    p.on('exit', (code) => {
-      writers.delete(p);
-      r(code);
-    }),
-  );
+  return fioWriter(uri, seconds, ['--bsrange=4k-64k', '--offset=32m', '--size=32m']);
 }
-const writers = new Set<ReturnType<typeof spawn>>();
 
 describe('checksum resync of a seeded replica (real hub and agent)', function () {
   this.timeout(300_000);
@@ -113,7 +90,7 @@ describe('checksum resync of a seeded replica (real hub and agent)', function ()
     await proxy.listen();
   });
   afterEach(async () => {
-    for (const w of writers) w.kill('SIGKILL');
+    killWriters();
     await agent?.stop();
     agent = undefined;
     await hub.stop();

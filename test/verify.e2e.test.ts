@@ -5,8 +5,9 @@
 // converged volume's verify moves no volume data across the link.
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import { execFile, spawn, spawnSync } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { waitFor, MiB } from './harness/util';
+import { fioWriter, killWriters } from './harness/fio';
 import { startProtectedPair } from './harness/pair';
 import { HubProcess, CLI, v1Hub } from './harness/hub-process';
 import { AgentProcess, v1Agent } from './harness/agent-process';
@@ -58,34 +59,8 @@ function listed(out: string): { offset: number; length: number }[] {
 }
 
 function fio(uri: string, seconds: number) {
-  const p = spawn(
-    'fio',
-    [
-      '--name=w',
-      '--ioengine=nbd',
-      `--uri=${uri}`,
-      '--rw=randwrite',
-      '--bs=64k',
-      '--iodepth=4',
-      '--offset=16m',
-      '--size=16m',
-      '--time_based',
-      `--runtime=${seconds}`,
-      '--rate=4m',
-    ],
-    { stdio: 'ignore' },
-  );
-  writers.add(p);
-  return new Promise<number | null>((r) =>
-    p.on('exit', (code) => {
-      writers.delete(p);
-      r(code);
-    }),
-  );
+  return fioWriter(uri, seconds, ['--bs=64k', '--offset=16m', '--size=16m']);
 }
-
-// fio's nbd engine spins when its server goes away: a test that fails mid-write must not leave one.
-const writers = new Set<ReturnType<typeof spawn>>();
 
 describe('rephub verify (online, real hub and agent)', function () {
   this.timeout(300_000);
@@ -96,7 +71,7 @@ describe('rephub verify (online, real hub and agent)', function () {
     ({ dir, img, rep, hub, agent } = await startProtectedPair(size));
   });
   afterEach(async () => {
-    for (const w of writers) w.kill('SIGKILL');
+    killWriters();
     await agent.stop();
     await hub.stop();
     fs.rmSync(dir, { recursive: true, force: true });
