@@ -6,15 +6,14 @@
 // Its exit status is QEMU's. The command-line work is src/qemu/'s pure functions.
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { planQemu, QemuPlan } from '../qemu/plan';
 import { probeImage } from '../qemu/probe';
 import { QemuAgent, agentArgs } from './qemu-agent';
 import { UNIX_PATH_MAX } from './listen-addr';
+import { probeHub, watchRefusal } from './qemu-hub-check';
 
-const HUB_PROBE_MS = 3000;
 const FORWARDED = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 
 export const HELP = `usage: rephub-qemu QEMU-BINARY [qemu options] -repagent host[:port][,...]
@@ -59,20 +58,6 @@ function runtimeDir(): string {
   return fs.mkdtempSync(path.join(base, 'rephub-qemu-'));
 }
 
-/** One TCP connect: resolves with a warning, never a reason to stop the VM. */
-function probeHub(plan: QemuPlan): Promise<string | undefined> {
-  const { host, port } = plan.repagent;
-  const warning = (why: string) =>
-    `warning: hub ${host}:${port} unreachable (${why}); VM ${plan.vm} boots anyway, its writes are kept as dirty regions until the hub is back`;
-  return new Promise((resolve) => {
-    const s = net.connect({ host, port, timeout: HUB_PROBE_MS });
-    s.on('connect', () => (s.destroy(), resolve(undefined)));
-    s.on('timeout', () => (s.destroy(), resolve(warning(`no answer in ${HUB_PROBE_MS / 1000} s`))));
-    s.on('error', (e: NodeJS.ErrnoException) => resolve(warning(e.code ?? e.message)));
-    s.unref();
-  });
-}
-
 function exitStatus(code: number | null, signal: NodeJS.Signals | null): number {
   if (code !== null) return code;
   return 128 + (signal ? (os.constants.signals[signal] ?? 0) : 0);
@@ -102,12 +87,15 @@ async function run(argv: string[]): Promise<number> {
     throw new Error(`${describe(plan, (e as Error).message)}; QEMU not started`, { cause: e });
   }
   for (const sig of FORWARDED) process.removeListener(sig, early);
-  void hubWarning.then((w) => w && say(w));
+  let qemuGone = false;
+  // one warning at most: the hub unreachable, else the hub refusing the agent in the first seconds
+  void hubWarning.then((w) => w ?? watchRefusal(plan, paths.httpSocket, () => qemuGone)).then((w) => w && say(w));
   const vols = plan.disks.map((d) => `${d.volume}=${d.image}`).join(', ');
   say(
     `VM ${plan.vm}: protecting ${vols} through hub ${plan.repagent.host}:${plan.repagent.port} (agent log ${paths.logFile})`,
   );
   const status = await runQemu(qemu, plan.rewrite(paths.socket), agent);
+  qemuGone = true;
   const stopped = await agent.stop();
   if (stopped.killed) say(`warning: the agent did not stop within 30 s and was killed; log: ${paths.logFile}`);
   else if (stopped.code !== 0) say(`warning: the agent exited with status ${stopped.code}; log: ${paths.logFile}`);
@@ -125,6 +113,7 @@ function describe(plan: QemuPlan, cause: string): string {
 function runQemu(qemu: string, args: string[], agent: QemuAgent): Promise<number> {
   return new Promise((resolve) => {
     const child = spawn(qemu, args, { stdio: 'inherit' });
+    if (child.pid !== undefined) agent.qemuStarted(child.pid);
     const forward = (sig: NodeJS.Signals) => child.kill(sig);
     for (const sig of FORWARDED) process.on(sig, forward);
     let done = false;
