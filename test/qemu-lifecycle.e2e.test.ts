@@ -10,9 +10,16 @@ import { execFileSync } from 'node:child_process';
 import { tmpdir, sha, waitFor, readRegion, MiB } from './harness/util';
 import { HubProcess } from './harness/hub-process';
 import { AgentProcess } from './harness/agent-process';
-import { rephubQemu, lines } from './harness/qemu-vm';
+import { rephubQemu, lines, twoDiskInitrd, vmArgs } from './harness/qemu-vm';
 
 const KiB64 = 64 * 1024;
+const chunkOf = (tag: string) => Buffer.from(`${tag.padEnd(511)}\n`.repeat(128));
+/** A to vda, flushed; then it waits for GO on the read-only vdc (the test's signal); then B to vdb, flushed. */
+const ORPHAN = `chunk() { busybox awk -v t="$1" 'BEGIN { for (i = 0; i < 128; i++) printf "%-511s\\n", t }'; }
+chunk A | dd of=/dev/vda bs=64k count=1 iflag=fullblock oflag=direct conv=fsync,notrunc 2>/dev/null
+until [ "$(dd if=/dev/vdc bs=512 count=1 iflag=direct 2>/dev/null | head -c 2)" = GO ]; do sleep 0.1; done
+chunk B | dd of=/dev/vdb bs=64k count=1 iflag=fullblock oflag=direct conv=fsync,notrunc 2>/dev/null
+echo "TINYVM-RESULT orphan done"`;
 
 /** Whether process `pid` exists and is not a zombie. */
 function alive(pid: number): boolean {
@@ -95,6 +102,48 @@ h.pwrite(b'\\x66' * ${KiB64}, 2 * ${KiB64}); h.flush(); h.shutdown()
       assert.equal(v.state, 'stopped', 'AGENT_SHUTDOWN: a clean stop, no resync owed');
       assert.equal(v.dirtyBytes, 0);
       assert.equal(sha(`${dir}/web1R`), sha(img), 'the replica holds the write made after rephub-qemu died');
+    } finally {
+      await hub.stop();
+    }
+  });
+
+  it('a real VM: rephub-qemu SIGKILLed mid-run, the guest writes on, the agent stops cleanly after poweroff', async () => {
+    const [d1, d2, go] = ['sys.img', 'data.img', 'go.img'].map((f) => path.join(dir, f));
+    for (const d of [d1, d2, go]) fs.writeFileSync(d, Buffer.alloc(0));
+    for (const d of [d1, d2, go]) fs.truncateSync(d, 4 * MiB);
+    const hub = new HubProcess(['--vol', `disk1=${dir}/sysR`, '--vol', `data=${dir}/dataR`, '--data', `${dir}/hub`]);
+    await hub.start();
+    try {
+      const args = vmArgs(twoDiskInitrd(dir, ORPHAN), 'orphan', d1, d2, `127.0.0.1:${hub.port},state=${dir}/agent`);
+      args.push('-drive', `file=${go},format=raw,if=virtio,readonly=on`);
+      let pid = 0;
+      const done = rephubQemu(args, (p) => (pid = p));
+      await waitFor('the guest wrote A', () => readRegion(d1, 0, KiB64).equals(chunkOf('A')), 240_000, 100);
+      const kids = children(pid);
+      const agent = kids.find((k) => /rephub-agent\.js/.test(k.args))!;
+      const qemu = kids.find((k) => /qemu-system/.test(k.args))!;
+      assert.ok(agent && qemu, JSON.stringify(kids));
+      process.kill(pid, 'SIGKILL');
+      await done;
+      const log = path.join(dir, 'agent', 'web1.agent.log');
+      await waitFor(
+        'the agent saw its parent go',
+        () => fs.readFileSync(log, 'utf8').includes('parent process'),
+        30_000,
+      );
+      assert.ok(alive(agent.pid) && alive(qemu.pid), 'QEMU runs on, and the agent serves it');
+      const fd = fs.openSync(go, 'r+');
+      fs.writeSync(fd, 'GO', 0);
+      fs.closeSync(fd);
+      await waitFor('QEMU powered off', () => !alive(qemu.pid), 240_000, 100);
+      await waitFor('the agent stops after QEMU', () => !alive(agent.pid), 60_000, 50);
+      assert.ok(readRegion(d2, 0, KiB64).equals(chunkOf('B')), 'the guest wrote B after rephub-qemu died');
+      for (const name of ['disk1', 'data']) {
+        const v = await hub.volume(name);
+        assert.deepEqual([v.vm, v.state, v.dirtyBytes], ['web1', 'stopped', 0], name);
+      }
+      assert.equal(sha(`${dir}/sysR`), sha(d1));
+      assert.equal(sha(`${dir}/dataR`), sha(d2), 'the replica holds what the guest wrote after the kill');
     } finally {
       await hub.stop();
     }

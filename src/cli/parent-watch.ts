@@ -51,16 +51,25 @@ export class ParentWatch {
   private text = '';
   private timer?: NodeJS.Timeout;
   private orphaned = false;
+  private readonly pipe: net.Socket;
 
   constructor(
     fd: number,
     private readonly deps: ParentWatchDeps,
   ) {
-    const pipe = new net.Socket({ fd, readable: true, writable: false });
+    const pipe = (this.pipe = new net.Socket({ fd, readable: true, writable: false }));
     pipe.on('data', (d: Buffer) => this.heard(d));
     pipe.on('end', () => this.parentGone());
     pipe.on('error', () => this.parentGone());
     pipe.on('close', () => this.parentGone());
+  }
+
+  /** The agent stops for another reason: no more watching. */
+  close(): void {
+    this.orphaned = true;
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    this.pipe.destroy();
   }
 
   /** `qemu PID` lines from the parent; anything else is logged and ignored. */

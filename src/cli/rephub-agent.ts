@@ -149,9 +149,11 @@ async function main(o: RunOptions) {
   log.info({ nbd: uris, hub: o.hub, vm }, 'rephub-agent serving');
   if (readyFd !== undefined) notifyReady(readyFd);
   let stopping = false;
+  let watch: ParentWatch | undefined;
   const stop = async (why: string) => {
     if (stopping) return;
     stopping = true;
+    watch?.close();
     log.info({ signal: why }, 'stopping: draining mirror, sending AGENT_SHUTDOWN');
     await nbd.close();
     web?.close();
@@ -165,7 +167,11 @@ async function main(o: RunOptions) {
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGTERM', () => void stop('SIGTERM'));
   if (parentFd !== undefined)
-    new ParentWatch(parentFd, { openConnections: () => nbd.openConnections, stop: (why) => void stop(why), log });
+    watch = new ParentWatch(parentFd, {
+      openConnections: () => nbd.openConnections,
+      stop: (why) => void stop(why),
+      log,
+    });
 }
 
 const program = new Command('rephub-agent')
@@ -240,6 +246,7 @@ program
       process.stdout.write(
         `VM ${st.vm}: hub ${st.connected ? 'connected' : 'NOT connected'}, send queue ${fmt(st.queueBytes)}, ${st.pendingWrites} writes awaiting the hub's ack, ${st.overflowWrites} overflowed into dirty regions\n`,
       );
+      if (st.refusal) process.stdout.write(`hub refused this agent at ${st.refusal.at}: ${st.refusal.cause}\n`);
       process.stdout.write(
         table([
           ['VOLUME', 'VOLUME ID', 'SIZE', 'DIRTY', 'IN LOG FILE'],

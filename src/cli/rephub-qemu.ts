@@ -39,7 +39,9 @@ Replication options:
                 not protected, passed through with one line each: read-only, media=cdrom,
                 snapshot=on or -snapshot, network URLs, -hda/-cdrom shorthands
                 refused: a writable qcow2 (or other non-raw) image
-                a hub that is down does not stop the VM: its writes are kept as dirty regions
+                a hub that is down, or refuses the agent (a wrong key, no such volume), does
+                not stop the VM: one warning line; its writes are kept as dirty regions
+                if rephub-qemu is killed, the agent serves QEMU on until QEMU exits
 `;
 
 const say = (line: string) => process.stderr.write(`rephub-qemu: ${line}\n`);
