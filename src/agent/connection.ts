@@ -26,6 +26,13 @@ export interface ConnectionOptions {
   tls?: tls.ConnectionOptions; // TLS (certificates or PSK) to the hub; plaintext when absent
 }
 
+/** OpenSSL's multi-line error as one line: the alert the hub sent, when it sent one. */
+function tlsCause(message: string): string {
+  const alert = /alert ([a-z ]+?)(?::|$)/im.exec(message)?.[1];
+  if (alert) return `TLS alert "${alert}" from the hub (a PSK or certificate it does not accept?)`;
+  return `TLS: ${message.split('\n')[0]}`;
+}
+
 export class HubConnection {
   private sock: net.Socket | null = null;
   private channel: HubChannel | null = null;
@@ -105,7 +112,7 @@ export class HubConnection {
     sock.on('error', (e: NodeJS.ErrnoException) => {
       if (secure && /certificate|self.signed|verify|handshake|alert/i.test(e.message)) {
         this.log.error({ cause: e.message, code: e.code }, 'hub refused or not trusted: TLS verification failed');
-        this.refusedDial = { cause: `TLS: ${e.message}`, atMs: Date.now() };
+        this.refusedDial = { cause: tlsCause(e.message), atMs: Date.now() };
         tlsRefused = true;
       } else this.log.warn({ cause: e.message }, 'hub connection error');
     });

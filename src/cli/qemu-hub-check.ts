@@ -72,7 +72,8 @@ export async function watchRefusal(
   while (Date.now() < until && !done()) {
     const st = await agentStatus(socketPath);
     if (st?.refusal) {
-      return `warning: hub ${host}:${port} refused the agent: ${st.refusal.cause}; ${dirty(plan.vm)}`;
+      const cause = st.refusal.cause.replace(/\s+/g, ' ').trim(); // one line, whatever the hub said
+      return `warning: hub ${host}:${port} refused the agent: ${cause}; ${dirty(plan.vm)}`;
     }
     const vols = st?.volumes ?? [];
     if (vols.length > 0 && vols.every((v) => v.volumeId !== null && v.volumeId >= 0)) return undefined;
