@@ -66,7 +66,12 @@ h.pwrite(b'\\x66' * ${KiB64}, 2 * ${KiB64}); h.flush(); h.shutdown()
       { mode: 0o755 },
     );
   });
-  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+  let orphans: number[] = []; // what a failing test must not leave running: the agent, QEMU
+  afterEach(() => {
+    for (const p of orphans) if (alive(p)) process.kill(p, 'SIGKILL');
+    orphans = [];
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
 
   it('rephub-qemu SIGKILLed: the agent serves QEMU on, then stops cleanly once QEMU exits', async () => {
     const hub = new HubProcess(['--vol', `web1=${dir}/web1R`, '--data', path.join(dir, 'hub')]);
@@ -83,6 +88,7 @@ h.pwrite(b'\\x66' * ${KiB64}, 2 * ${KiB64}); h.flush(); h.shutdown()
       const agent = kids.find((k) => /rephub-agent\.js/.test(k.args))!;
       const qemu = kids.find((k) => k.args.includes(fake))!;
       assert.ok(agent && qemu, JSON.stringify(kids));
+      orphans = [agent.pid, qemu.pid];
       process.kill(pid, 'SIGKILL');
       const r = await done;
       assert.equal(r.code, null, 'rephub-qemu was killed');
@@ -123,6 +129,7 @@ h.pwrite(b'\\x66' * ${KiB64}, 2 * ${KiB64}); h.flush(); h.shutdown()
       const agent = kids.find((k) => /rephub-agent\.js/.test(k.args))!;
       const qemu = kids.find((k) => /qemu-system/.test(k.args))!;
       assert.ok(agent && qemu, JSON.stringify(kids));
+      orphans = [agent.pid, qemu.pid];
       process.kill(pid, 'SIGKILL');
       await done;
       const log = path.join(dir, 'agent', 'web1.agent.log');
@@ -167,6 +174,7 @@ h.pwrite(b'\\x66' * ${KiB64}, 2 * ${KiB64}); h.flush(); h.shutdown()
       await waitFor('QEMU running', () => fs.existsSync(`${ran}.waiting`), 60_000, 50);
       const agent = children(pid).find((k) => /rephub-agent\.js/.test(k.args))!;
       const qemu = children(pid).find((k) => k.args.includes(quick))!;
+      orphans = [agent.pid, qemu.pid];
       process.kill(pid, 'SIGKILL');
       await done;
       await waitFor(
