@@ -60,7 +60,9 @@ uri = next(a[5:].split(',')[0] for a in sys.argv[1:] if a.startswith('file=nbd+u
 h = nbd.NBD(); h.connect_uri(uri)
 h.pwrite(b'\\x5a' * ${KiB64}, 0); h.flush()
 open('${ran}.waiting', 'w').close()
-while not os.path.exists('${ran}.go'): time.sleep(0.05)
+while not os.path.exists('${ran}.go'):
+    if not os.path.isdir('${dir}'): sys.exit(1)  # the test is over: leave nothing behind
+    time.sleep(0.05)
 h.pwrite(b'\\x66' * ${KiB64}, 2 * ${KiB64}); h.flush(); h.shutdown()
 `,
       { mode: 0o755 },
@@ -162,9 +164,13 @@ h.pwrite(b'\\x66' * ${KiB64}, 2 * ${KiB64}); h.flush(); h.shutdown()
     try {
       // a QEMU that never opens its disks: only its pid (told on the parent pipe) holds the agent
       const quick = path.join(dir, 'quick-qemu');
-      fs.writeFileSync(quick, `#!/bin/sh\ntouch '${ran}.waiting'\nwhile [ ! -e '${ran}.go' ]; do sleep 0.05; done\n`, {
-        mode: 0o755,
-      });
+      fs.writeFileSync(
+        quick,
+        `#!/bin/sh\ntouch '${ran}.waiting'\nwhile [ ! -e '${ran}.go' ] && [ -d '${dir}' ]; do sleep 0.05; done\n`,
+        {
+          mode: 0o755,
+        },
+      );
       const log = path.join(dir, 'agent', 'web1.agent.log');
       let pid = 0;
       const done = rephubQemu(
