@@ -1,5 +1,6 @@
 // rephub-qemu end to end: a tiny Linux VM (TCG) with two raw disks booted through
-// `rephub-qemu qemu-system-x86_64 … -repagent 127.0.0.1:PORT` against a real hub; and, with a
+// `rephub-qemu qemu-system-x86_64 … -repagent 127.0.0.1:PORT` against a real hub (and the write
+// order across its disks in every failover-test view and every journal point); and, with a
 // fake QEMU that records whether it ran, the errors that must keep QEMU from starting, an
 // unreachable hub that must not (a real NBD client writes through the rewritten disk), and
 // SIGTERM going to QEMU first.
