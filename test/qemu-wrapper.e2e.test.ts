@@ -1,70 +1,17 @@
 // rephub-qemu end to end: a tiny Linux VM (TCG) with two raw disks booted through
-// `rephub-qemu qemu-system-x86_64 … -repagent 127.0.0.1:PORT` against a real hub; and, with a
+// `rephub-qemu qemu-system-x86_64 … -repagent 127.0.0.1:PORT` against a real hub (and the write
+// order across its disks in every failover-test view and every journal point); and, with a
 // fake QEMU that records whether it ran, the errors that must keep QEMU from starting, an
 // unreachable hub that must not (a real NBD client writes through the rewritten disk), and
 // SIGTERM going to QEMU first.
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { tmpdir, sha, waitFor, readRegion, sleep, MiB } from './harness/util';
-import { HubProcess } from './harness/hub-process';
+import { HubProcess, CLI as HUB_CLI } from './harness/hub-process';
 import { freePort } from './harness/ports';
-
-const CLI = path.join(__dirname, '../src/cli/rephub-qemu.js');
-const TOOLS = path.join(__dirname, '../../tools');
-const CACHE = '/tmp/tiny-vm'; // tools/tiny-vm.sh's build: kernel, busybox, virtio modules
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function rephubQemu(args: string[], onSpawn?: (pid: number) => void, timeoutMs = 240_000): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d) => (stdout += d));
-    p.stderr.on('data', (d) => (stderr += d));
-    const t = setTimeout(() => {
-      p.kill('SIGKILL');
-      reject(new Error(`rephub-qemu timed out: ${stderr}`));
-    }, timeoutMs);
-    p.on('exit', (code) => {
-      clearTimeout(t);
-      resolve({ code, stdout, stderr });
-    });
-    if (onSpawn) onSpawn(p.pid!);
-  });
-}
-
-const lines = (s: string) => s.split('\n').filter((l) => l.length > 0);
-
-/** An initramfs whose init waits for /dev/vda and /dev/vdb, runs `body`, and powers off. */
-function twoDiskInitrd(dir: string, body: string): string {
-  if (!fs.existsSync(`${CACHE}/vmlinuz`)) execFileSync('bash', [path.join(TOOLS, 'tiny-vm.sh'), '--build']);
-  const root = path.join(dir, 'root');
-  execFileSync('cp', ['-a', `${CACHE}/root`, root]);
-  const mods = 'virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk';
-  fs.writeFileSync(
-    path.join(root, 'init'),
-    `#!/bin/busybox sh
-/bin/busybox --install -s /bin; export PATH=/bin
-mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-for m in ${mods}; do insmod /lib/modules/$m.ko; done
-i=0; while { [ ! -b /dev/vda ] || [ ! -b /dev/vdb ]; } && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
-for kv in $(cat /proc/cmdline); do case $kv in tv.seed=*) SEED=\${kv#*=};; tv.mib=*) MIB=\${kv#*=};; esac; done
-${body}
-poweroff -f
-`,
-    { mode: 0o755 },
-  );
-  const initrd = path.join(dir, 'initrd.gz');
-  execFileSync('bash', ['-c', `cd '${root}' && find . | cpio -o -H newc --quiet | gzip -1 > '${initrd}'`]);
-  return initrd;
-}
+import { CACHE, CLI, TOOLS, rephubQemu, lines, twoDiskInitrd, vmArgs } from './harness/qemu-vm';
 
 /** Pattern A to /dev/vda, flushed, then B to /dev/vdb, flushed; each read back and hashed. */
 const PATTERNS = ['vda:A', 'vdb:B']
@@ -88,16 +35,6 @@ i=0; while [ $i -lt ${STEPS} ]; do
   sleep 0.2; i=$((i+1))
 done
 echo "TINYVM-RESULT ordered steps=$i"`;
-/** The tiny VM, TCG, with d1 as drive id=disk1 and d2 (volume: its base name) on virtio. */
-const vmArgs = (initrd: string, seed: string, d1: string, d2: string, repagent: string) => [
-  'qemu-system-x86_64',
-  ...['-accel', 'tcg', '-cpu', 'max', '-m', '256', '-smp', '1', '-nographic', '-no-reboot', '-nic', 'none'],
-  ...['-kernel', `${CACHE}/vmlinuz`, '-initrd', initrd],
-  ...['-append', `console=ttyS0 panic=-1 quiet tv.seed=${seed} tv.mib=4`],
-  ...['-drive', `file=${d1},format=raw,if=virtio,id=disk1,cache=writeback`, '--drive', `file=${d2},if=virtio`],
-  ...['-name', 'guest=web1,debug-threads=on', '-repagent', repagent],
-];
-
 /** `len` bytes at the start of an NBD export, read with libnbd. */
 const readNbd = (uri: string, len: number): Buffer =>
   execFileSync(
@@ -112,6 +49,36 @@ const readNbd = (uri: string, len: number): Buffer =>
   );
 
 const chunkOf = (tag: string) => Buffer.from(`${tag.padEnd(511)}\n`.repeat(128));
+
+/**
+ * How many steps disk 2 holds in this picture of the VM, asserting each step's B comes with its
+ * A, and that every chunk is either untouched or whole.
+ */
+function stepsOf(v1: Buffer, v2: Buffer, what: string): number {
+  const zero = Buffer.alloc(CHUNK);
+  let bs = 0;
+  for (let i = 0; i < STEPS; i++) {
+    const [a, b] = [v1.subarray(i * CHUNK, (i + 1) * CHUNK), v2.subarray(i * CHUNK, (i + 1) * CHUNK)];
+    assert.ok(a.equals(zero) || a.equals(chunkOf(`A${i}`)), `${what}: disk 1 step ${i} torn`);
+    assert.ok(b.equals(zero) || b.equals(chunkOf(`B${i}`)), `${what}: disk 2 step ${i} torn`);
+    if (b.equals(zero)) continue;
+    bs++;
+    assert.ok(a.equals(chunkOf(`A${i}`)), `${what}: disk 2 has step ${i}, disk 1 does not`);
+  }
+  return bs;
+}
+
+/** The first `len` bytes of a volume of VM web1 as of checkpoint `id`, through POST /restore. */
+async function restoreAt(hub: HubProcess, volume: string, id: number, len: number): Promise<Buffer> {
+  const token = fs.readFileSync(hub.adminTokenFile, 'utf8').trim();
+  const r = await fetch(`http://${hub.http}/restore`, {
+    method: 'POST',
+    body: JSON.stringify({ vm: 'web1', volume, at: String(id) }),
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+  });
+  assert.equal(r.status, 200, `restore ${volume} at ${id}: ${r.status}`);
+  return Buffer.from(await r.arrayBuffer()).subarray(0, len);
+}
 
 const patternSha = (tag: string, mib: number) =>
   execFileSync('bash', ['-c', `busybox sh ${CACHE}/root/bin/pattern '${tag}' ${mib} | sha256sum | cut -d' ' -f1`])
@@ -170,7 +137,7 @@ describe('rephub-qemu: the seed command line, -repagent HUB', function () {
     }
   });
 
-  it('write order across the two disks: no failover-test view ever holds B<i> without A<i>', async () => {
+  it('write order across the two disks: no failover-test view and no journal point holds B<i> without A<i>', async () => {
     const d1 = path.join(dir, 'sys.img');
     const d2 = path.join(dir, 'data.img');
     for (const d of [d1, d2]) fs.writeFileSync(d, Buffer.alloc(0));
@@ -185,7 +152,6 @@ describe('rephub-qemu: the seed command line, -repagent HUB', function () {
         () => (finished = true),
       );
       const len = STEPS * CHUNK;
-      const zero = Buffer.alloc(CHUNK);
       const progress: number[] = [];
       while (!finished) {
         const started = await hub.post('/failover-test/start', { vm: 'web1' });
@@ -197,15 +163,7 @@ describe('rephub-qemu: the seed command line, -repagent HUB', function () {
         const uri = (n: string) => views.find((v) => v.name === n)!.uri;
         const [v1, v2] = [readNbd(uri('disk1'), len), readNbd(uri('data'), len)];
         assert.equal((await hub.post('/failover-test/stop', {})).status, 200);
-        let bs = 0;
-        for (let i = 0; i < STEPS; i++) {
-          const b = v2.subarray(i * CHUNK, (i + 1) * CHUNK);
-          if (b.equals(zero)) continue;
-          bs++;
-          const a = v1.subarray(i * CHUNK, (i + 1) * CHUNK);
-          assert.ok(a.equals(chunkOf(`A${i}`)), `view ${progress.length}: disk 2 has step ${i}, disk 1 does not`);
-        }
-        progress.push(bs);
+        progress.push(stepsOf(v1, v2, `view ${progress.length}`));
       }
       const r = await run;
       assert.equal(r.code, 0, r.stderr);
@@ -215,6 +173,39 @@ describe('rephub-qemu: the seed command line, -repagent HUB', function () {
       for (let i = 0; i < STEPS; i++) assert.ok(readRegion(`${dir}/dataR`, i * CHUNK, CHUNK).equals(chunkOf(`B${i}`)));
       assert.equal(sha(`${dir}/sysR`), sha(d1));
       assert.equal(sha(`${dir}/dataR`), sha(d2));
+
+      // every journal point of the VM, both volumes restored through the hub's /restore
+      const journal = (await (await fetch(`http://${hub.http}/checkpoints?vm=web1`)).json()) as any[];
+      const points: { id: number; kind: string }[] = journal[0].checkpoints;
+      const seen: number[] = [];
+      for (const p of points) {
+        const [v1, v2] = [await restoreAt(hub, 'disk1', p.id, len), await restoreAt(hub, 'data', p.id, len)];
+        seen.push(stepsOf(v1, v2, `checkpoint ${p.id} (${p.kind})`));
+      }
+      process.stdout.write(`      journal points (B steps in each): ${seen.join(' ')}\n`);
+      // a point at each guest flush: the journal saw the VM part-way, not only before and after
+      assert.ok(points.filter((p) => p.kind === 'flush').length >= STEPS, `flush points: ${JSON.stringify(points)}`);
+      assert.ok(
+        seen.some((n) => n > 0 && n < STEPS),
+        `some point holds part of the steps: ${seen.join(' ')}`,
+      );
+      assert.equal(seen[seen.length - 1], STEPS, 'the newest point holds every step');
+      // the CLI's restore of a middle point agrees with the API's
+      const mid = points[Math.floor(points.length / 2)];
+      const out = path.join(dir, 'mid-data.img');
+      execFileSync(
+        process.execPath,
+        [HUB_CLI, 'restore', '--hub', `http://${hub.http}`, '--vm', 'web1'].concat([
+          '--volume',
+          'data',
+          '--at',
+          String(mid.id),
+          '--to',
+          out,
+        ]),
+        { env: { ...process.env, REPHUB_ADMIN_TOKEN_FILE: hub.adminTokenFile }, stdio: 'ignore' },
+      );
+      assert.ok(readRegion(out, 0, len).equals(await restoreAt(hub, 'data', mid.id, len)));
     } finally {
       await hub.stop();
     }

@@ -113,9 +113,13 @@ export class ReplicationAgent {
 
   status() {
     const core = this.core.status();
+    const dial = this.connection.lastRefusal;
+    const refusal = !dial || (core.refusal && core.refusal.atMs > dial.atMs) ? core.refusal : dial;
     return {
       vm: this.opts.vm,
       connected: this.connection.ready,
+      // the newest time the hub would not have us (TLS/PSK, VOLUME_REFUSED, UNAUTHORIZED), or null
+      refusal: refusal && { code: refusal.code, cause: refusal.cause, at: new Date(refusal.atMs).toISOString() },
       caps: this.connection.caps,
       queueBytes: this.connection.queuedBytes(),
       pendingWrites: core.pendingWrites,

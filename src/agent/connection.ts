@@ -11,6 +11,7 @@ import type { Logger } from '../log';
 import type { AgentCore } from './core';
 import type { AgentStats } from './ports';
 import { HubChannel } from './hub-channel';
+import type { HubRefusal } from './refusals';
 
 const BACKOFF_MIN_MS = 100;
 const END_WAIT_MS = 1000; // a clean close waits this long for the socket to drain
@@ -25,12 +26,21 @@ export interface ConnectionOptions {
   tls?: tls.ConnectionOptions; // TLS (certificates or PSK) to the hub; plaintext when absent
 }
 
+/** OpenSSL's multi-line error as one line: the alert the hub sent, when it sent one. */
+function tlsCause(message: string): string {
+  const alert = /alert ([a-z ]+?)(?::|$)/im.exec(message)?.[1];
+  if (alert) return `TLS alert "${alert}" from the hub (a PSK or certificate it does not accept?)`;
+  return `TLS: ${message.split('\n')[0]}`;
+}
+
 export class HubConnection {
   private sock: net.Socket | null = null;
   private channel: HubChannel | null = null;
   private stopping = false;
   private backoffMs = BACKOFF_MIN_MS;
   private reconnectTimer: NodeJS.Timeout | null = null;
+  /** The newest dial the hub accepted over TCP but not as a peer (TLS, PSK): for status. */
+  private refusedDial: HubRefusal | null = null;
 
   constructor(
     private readonly opts: ConnectionOptions,
@@ -56,6 +66,10 @@ export class HubConnection {
 
   start(): void {
     this.dial();
+  }
+
+  get lastRefusal(): HubRefusal | null {
+    return this.refusedDial;
   }
 
   private get hub(): string {
@@ -84,6 +98,9 @@ export class HubConnection {
     this.sock = sock;
     this.channel = channel;
     this.armDeadline(sock, channel);
+    let tcpUp = false; // the hub accepted the TCP connection: a close before HELLO is then its refusal
+    let tlsRefused = false;
+    sock.once('connect', () => (tcpUp = true));
     sock.on(secure ? 'secureConnect' : 'connect', () => {
       this.stats.connects++;
       this.log.info({ hub: this.hub }, 'connected to hub');
@@ -95,9 +112,18 @@ export class HubConnection {
     sock.on('error', (e: NodeJS.ErrnoException) => {
       if (secure && /certificate|self.signed|verify|handshake|alert/i.test(e.message)) {
         this.log.error({ cause: e.message, code: e.code }, 'hub refused or not trusted: TLS verification failed');
+        this.refusedDial = { cause: tlsCause(e.message), atMs: Date.now() };
+        tlsRefused = true;
       } else this.log.warn({ cause: e.message }, 'hub connection error');
     });
-    sock.on('close', () => this.onClose(sock, channel));
+    sock.on('close', () => {
+      if (tcpUp && !tlsRefused && !channel.ready && !this.stopping)
+        this.refusedDial = {
+          cause: `the hub closed the connection before answering HELLO${secure ? '' : ' (does it want TLS or a PSK?)'}`,
+          atMs: Date.now(),
+        };
+      this.onClose(sock, channel);
+    });
   }
 
   /** TCP connect and TLS handshake must complete in time: a black-holed dial must not hang. */

@@ -109,6 +109,7 @@ export class AgentCore {
         return void this.remoteIo.checksum(link, m);
       case Cmd.ERROR:
         if (m.code === ErrorCode.VOLUME_REFUSED) return this.refusals.refused(m.code, m.message);
+        if (m.code === ErrorCode.UNAUTHORIZED) this.refusals.note(m.code, m.message);
         this.log.error({ code: m.code, cause: m.message }, 'hub reported an error');
         return;
       default:
@@ -146,6 +147,7 @@ export class AgentCore {
   status() {
     return {
       pendingWrites: this.mirror.pendingWrites,
+      refusal: this.refusals.last,
       volumes: this.volumes.list.map((v) => ({
         name: v.name,
         volumeId: this.volumes.hubId(v),

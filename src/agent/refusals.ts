@@ -1,8 +1,17 @@
 // Volumes the hub refused on this connection (VOLUME_REFUSED: held by another live agent, no
 // recovery volume, a size mismatch): each cause logged once as an error, then the volumes not yet
 // protected are reported again after a backoff (1 s doubling to 30 s), never in a tight loop.
-// The retry lives as long as the connection; a reconnect starts over.
+// The retry lives as long as the connection; a reconnect starts over. The newest refusal (this
+// one's, or an UNAUTHORIZED the hub answered) is kept for the agent's /status, where rephub-qemu
+// looks for it in the first seconds.
 import type { Logger } from '../log';
+
+/** Why the hub would not have us, the newest time it said so. */
+export interface HubRefusal {
+  code?: number; // the hub's ERROR code; none for a refusal seen as a failed handshake
+  cause: string;
+  atMs: number;
+}
 
 const FIRST_RETRY_MS = 1000;
 const MAX_RETRY_MS = 30_000;
@@ -12,6 +21,7 @@ export class Refusals {
   private delayMs = FIRST_RETRY_MS;
   private timer: NodeJS.Timeout | null = null;
   private readonly logged = new Set<string>();
+  private newest: HubRefusal | null = null;
 
   constructor(
     private readonly log: Logger,
@@ -21,6 +31,7 @@ export class Refusals {
 
   /** The hub refused a volume with `message`. */
   refused(code: number, message: string): void {
+    this.note(code, message);
     const first = !this.logged.has(message);
     if (first && this.logged.size < MAX_REMEMBERED) this.logged.add(message);
     const ctx = { code, cause: message, retryInMs: this.delayMs };
@@ -33,6 +44,15 @@ export class Refusals {
     }, this.delayMs);
     this.timer.unref();
     this.delayMs = Math.min(this.delayMs * 2, MAX_RETRY_MS);
+  }
+
+  /** Keep the newest refusal for status (no retry: the caller decides that). */
+  note(code: number, message: string): void {
+    this.newest = { code, cause: message, atMs: Date.now() };
+  }
+
+  get last(): HubRefusal | null {
+    return this.newest;
   }
 
   /** The connection is gone (or the agent stops): no retry on it. */

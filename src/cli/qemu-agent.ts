@@ -2,7 +2,9 @@
 // operator runs), started with one export per tapped disk on a UNIX socket, awaited until it
 // says every export is served (--ready-fd), and stopped with SIGTERM once QEMU has exited, so
 // that it drains its mirror and sends AGENT_SHUTDOWN. It runs in a process group of its own:
-// a terminal's Ctrl-C reaches QEMU, and the agent stops only after QEMU is gone.
+// a terminal's Ctrl-C reaches QEMU, and the agent stops only after QEMU is gone. A second pipe
+// (the agent's --parent-fd) tells it QEMU's pid and, by its EOF, that rephub-qemu is gone: a
+// SIGKILLed rephub-qemu leaves QEMU running, and the agent then serves it until it exits.
 import { spawn, ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -25,7 +27,7 @@ export function agentArgs(plan: QemuPlan, p: AgentPaths): string[] {
   const r = plan.repagent;
   const host = r.host.includes(':') ? `[${r.host}]` : r.host;
   const args = ['run', '--hub', `${host}:${r.port}`, '--vm', plan.vm, '--nbd', `unix:${p.socket}`];
-  args.push('--http', `unix:${p.httpSocket}`, '--state', p.state, '--ready-fd', '3');
+  args.push('--http', `unix:${p.httpSocket}`, '--state', p.state, '--ready-fd', '3', '--parent-fd', '4');
   for (const d of plan.disks) args.push('--export', `${d.volume}=${d.image}`);
   const tls: Array<[string, string | undefined]> = [
     ['--psk-file', r.pskFile],
@@ -63,7 +65,7 @@ export class QemuAgent {
     this.logStart = fs.fstatSync(fd).size;
     try {
       this.proc = spawn(process.execPath, [AGENT_CLI, ...this.args], {
-        stdio: ['ignore', fd, fd, 'pipe'],
+        stdio: ['ignore', fd, fd, 'pipe', 'pipe'],
         detached: true,
       });
     } finally {
@@ -134,6 +136,14 @@ export class QemuAgent {
       await this.exited;
     }
     return { ...this.exitInfo!, killed: late };
+  }
+
+  /** Tells the agent QEMU's pid, so that it serves QEMU on if rephub-qemu dies. */
+  qemuStarted(pid: number): void {
+    const pipe = this.proc?.stdio[4] as NodeJS.WritableStream | undefined;
+    if (!pipe || this.exitInfo) return;
+    pipe.on('error', () => undefined); // an agent gone already: its exit is reported elsewhere
+    pipe.write(`qemu ${pid}\n`);
   }
 
   /** Called once if the agent exits on its own while QEMU runs. */

@@ -17,6 +17,7 @@ import { parseHostPort, checkName, checkPath, parseSize, warnIfNoNative } from '
 import { enabled as tlsEnabled, clientOptions } from '../security';
 import { fmt, table } from './format';
 import { parseListenAddr, ListenAddr } from './listen-addr';
+import { ParentWatch, parseParentFd } from './parent-watch';
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
@@ -38,6 +39,7 @@ interface RunOptions {
   pskFile?: string;
   seekData?: boolean;
   readyFd?: string;
+  parentFd?: string;
 }
 
 /** Each --export NAME=PATH opened, with its dirty log in the state directory. */
@@ -121,6 +123,7 @@ async function main(o: RunOptions) {
   const hub = parseHostPort(o.hub, '--hub');
   const nbdAddr = parseListenAddr(o.nbd, '--nbd');
   const readyFd = o.readyFd === undefined ? undefined : parseReadyFd(o.readyFd);
+  const parentFd = o.parentFd === undefined ? undefined : parseParentFd(o.parentFd);
   const vm = checkName(o.vm, '--vm');
   const volumes = openVolumes(o, vm, log);
   const files = { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa, pskFile: o.pskFile };
@@ -146,10 +149,12 @@ async function main(o: RunOptions) {
   log.info({ nbd: uris, hub: o.hub, vm }, 'rephub-agent serving');
   if (readyFd !== undefined) notifyReady(readyFd);
   let stopping = false;
-  const stop = async (sig: string) => {
+  let watch: ParentWatch | undefined;
+  const stop = async (why: string) => {
     if (stopping) return;
     stopping = true;
-    log.info({ signal: sig }, 'stopping: draining mirror, sending AGENT_SHUTDOWN');
+    watch?.close();
+    log.info({ signal: why }, 'stopping: draining mirror, sending AGENT_SHUTDOWN');
     await nbd.close();
     web?.close();
     await agent.stop();
@@ -161,6 +166,12 @@ async function main(o: RunOptions) {
   };
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGTERM', () => void stop('SIGTERM'));
+  if (parentFd !== undefined)
+    watch = new ParentWatch(parentFd, {
+      openConnections: () => nbd.openConnections,
+      stop: (why) => void stop(why),
+      log,
+    });
 }
 
 const program = new Command('rephub-agent')
@@ -193,6 +204,10 @@ program
   .option('--region-size <bytes>', 'dirty-log region size, 4K..1M', '64K')
   .option('--http <host:port|unix:path|off>', 'agent status endpoint (GET /status)', '127.0.0.1:10899')
   .option('--ready-fd <n>', 'write "ready" and a newline to descriptor N once every export is served, then close it')
+  .option(
+    '--parent-fd <n>',
+    'a pipe from the parent (rephub-qemu): at its EOF, serve on until NBD clients and the QEMU it named are gone, then stop as on SIGTERM',
+  )
   .option('--log-pretty', 'human-readable logs instead of JSON lines')
   .option('--log-level <level>', 'trace, debug, info, warn, error', 'info')
   .option('--tls-cert <file>', 'agent certificate (PEM); its CN must be the --vm name')
@@ -231,6 +246,7 @@ program
       process.stdout.write(
         `VM ${st.vm}: hub ${st.connected ? 'connected' : 'NOT connected'}, send queue ${fmt(st.queueBytes)}, ${st.pendingWrites} writes awaiting the hub's ack, ${st.overflowWrites} overflowed into dirty regions\n`,
       );
+      if (st.refusal) process.stdout.write(`hub refused this agent at ${st.refusal.at}: ${st.refusal.cause}\n`);
       process.stdout.write(
         table([
           ['VOLUME', 'VOLUME ID', 'SIZE', 'DIRTY', 'IN LOG FILE'],

@@ -6,15 +6,14 @@
 // Its exit status is QEMU's. The command-line work is src/qemu/'s pure functions.
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { planQemu, QemuPlan } from '../qemu/plan';
 import { probeImage } from '../qemu/probe';
 import { QemuAgent, agentArgs } from './qemu-agent';
 import { UNIX_PATH_MAX } from './listen-addr';
+import { probeHub, watchRefusal } from './qemu-hub-check';
 
-const HUB_PROBE_MS = 3000;
 const FORWARDED = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 
 export const HELP = `usage: rephub-qemu QEMU-BINARY [qemu options] -repagent host[:port][,...]
@@ -40,7 +39,9 @@ Replication options:
                 not protected, passed through with one line each: read-only, media=cdrom,
                 snapshot=on or -snapshot, network URLs, -hda/-cdrom shorthands
                 refused: a writable qcow2 (or other non-raw) image
-                a hub that is down does not stop the VM: its writes are kept as dirty regions
+                a hub that is down, or refuses the agent (a wrong key, no such volume), does
+                not stop the VM: one warning line; its writes are kept as dirty regions
+                if rephub-qemu is killed, the agent serves QEMU on until QEMU exits
 `;
 
 const say = (line: string) => process.stderr.write(`rephub-qemu: ${line}\n`);
@@ -57,20 +58,6 @@ function runtimeDir(): string {
   const xdg = process.env.XDG_RUNTIME_DIR;
   const base = xdg && fits(xdg) && fs.existsSync(xdg) ? xdg : fits(os.tmpdir()) ? os.tmpdir() : '/tmp';
   return fs.mkdtempSync(path.join(base, 'rephub-qemu-'));
-}
-
-/** One TCP connect: resolves with a warning, never a reason to stop the VM. */
-function probeHub(plan: QemuPlan): Promise<string | undefined> {
-  const { host, port } = plan.repagent;
-  const warning = (why: string) =>
-    `warning: hub ${host}:${port} unreachable (${why}); VM ${plan.vm} boots anyway, its writes are kept as dirty regions until the hub is back`;
-  return new Promise((resolve) => {
-    const s = net.connect({ host, port, timeout: HUB_PROBE_MS });
-    s.on('connect', () => (s.destroy(), resolve(undefined)));
-    s.on('timeout', () => (s.destroy(), resolve(warning(`no answer in ${HUB_PROBE_MS / 1000} s`))));
-    s.on('error', (e: NodeJS.ErrnoException) => resolve(warning(e.code ?? e.message)));
-    s.unref();
-  });
 }
 
 function exitStatus(code: number | null, signal: NodeJS.Signals | null): number {
@@ -102,12 +89,15 @@ async function run(argv: string[]): Promise<number> {
     throw new Error(`${describe(plan, (e as Error).message)}; QEMU not started`, { cause: e });
   }
   for (const sig of FORWARDED) process.removeListener(sig, early);
-  void hubWarning.then((w) => w && say(w));
+  let qemuGone = false;
+  // one warning at most: the hub unreachable, else the hub refusing the agent in the first seconds
+  void hubWarning.then((w) => w ?? watchRefusal(plan, paths.httpSocket, () => qemuGone)).then((w) => w && say(w));
   const vols = plan.disks.map((d) => `${d.volume}=${d.image}`).join(', ');
   say(
     `VM ${plan.vm}: protecting ${vols} through hub ${plan.repagent.host}:${plan.repagent.port} (agent log ${paths.logFile})`,
   );
   const status = await runQemu(qemu, plan.rewrite(paths.socket), agent);
+  qemuGone = true;
   const stopped = await agent.stop();
   if (stopped.killed) say(`warning: the agent did not stop within 30 s and was killed; log: ${paths.logFile}`);
   else if (stopped.code !== 0) say(`warning: the agent exited with status ${stopped.code}; log: ${paths.logFile}`);
@@ -125,6 +115,7 @@ function describe(plan: QemuPlan, cause: string): string {
 function runQemu(qemu: string, args: string[], agent: QemuAgent): Promise<number> {
   return new Promise((resolve) => {
     const child = spawn(qemu, args, { stdio: 'inherit' });
+    if (child.pid !== undefined) agent.qemuStarted(child.pid);
     const forward = (sig: NodeJS.Signals) => child.kill(sig);
     for (const sig of FORWARDED) process.on(sig, forward);
     let done = false;

@@ -30,6 +30,11 @@ export class NbdServer {
     private readonly pool?: BufferPool,
   ) {}
 
+  /** Clients connected now. */
+  get openConnections(): number {
+    return this.conns.size;
+  }
+
   listen(host: string, port: number): Promise<net.AddressInfo> {
     return this.listenOn({ port, host }) as Promise<net.AddressInfo>;
   }
