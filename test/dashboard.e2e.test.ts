@@ -87,19 +87,30 @@ describe('operator view: metrics, status CLI, live dashboard in Chromium', funct
         undefined,
         { timeout: 30_000 },
       );
-      const ids = await page.$$eval('.timeline[data-vm="web1"] line.cp', (ls) => ls.map((l) => l.getAttribute('data-id')));
+      const ids = await page.$$eval('.timeline[data-vm="web1"] line.cp', (ls) =>
+        ls.map((l) => l.getAttribute('data-id')),
+      );
       const st0 = (await (await fetch(`http://127.0.0.1:${web.port}/status`)).json()) as any;
       assert.equal(st0.journals[0].vm, 'web1');
       assert.ok(ids.length >= 3 && ids.length === st0.journals[0].points, `${ids.length} drawn`);
-      const xs = await page.$$eval('.timeline[data-vm="web1"] line.cp', (ls) => ls.map((l) => Number(l.getAttribute('x1'))));
-      assert.ok(xs.every((x, i) => x >= 0 && x <= 1000 && (i === 0 || x >= xs[i - 1])), `in time order: ${xs}`);
+      const xs = await page.$$eval('.timeline[data-vm="web1"] line.cp', (ls) =>
+        ls.map((l) => Number(l.getAttribute('x1'))),
+      );
+      assert.ok(
+        xs.every((x, i) => x >= 0 && x <= 1000 && (i === 0 || x >= xs[i - 1])),
+        `in time order: ${xs}`,
+      );
       await page.waitForFunction(
         'document.querySelector(\'.timeline .hist[data-volume="V1"] polyline.tput\')?.getAttribute("points").split(" ").length > 5',
         undefined,
         { timeout: 30_000 },
       );
       const lbl = await page.textContent('.timeline .hist[data-volume="V1"]');
-      assert.match(lbl ?? '', /RPO lag, max .*throughput, max [1-9][\d.]* (B|KiB|MiB)\/s/s, 'the throughput of the writes shows');
+      assert.match(
+        lbl ?? '',
+        /RPO lag, max .*throughput, max [1-9][\d.]* (B|KiB|MiB)\/s/s,
+        'the throughput of the writes shows',
+      );
       assert.ok(await page.$('.timeline .hist[data-volume="V1"] polyline.rpo'), 'the RPO lag is plotted');
       await page.screenshot({ path: shot.replace(/\.png$/, '-timeline.png') });
 

@@ -27,9 +27,13 @@ function points(pair: ProtectedPair): any[] {
 }
 
 async function writeAndFlush(p: ProtectedPair, pattern: number): Promise<void> {
-  execFileSync('qemu-io', ['-f', 'raw', '-c', `write -P ${pattern} ${pattern * MiB} 256k`, '-c', 'flush', p.agent.uri('V1')], {
-    timeout: 60_000,
-  });
+  execFileSync(
+    'qemu-io',
+    ['-f', 'raw', '-c', `write -P ${pattern} ${pattern * MiB} 256k`, '-c', 'flush', p.agent.uri('V1')],
+    {
+      timeout: 60_000,
+    },
+  );
   await waitFor('agent clean', () => p.agent.clean());
 }
 
@@ -67,7 +71,9 @@ describe('journal: a power loss is never silent (e2e)', function () {
     assert.match(metrics, /rephub_journal_power_loss\{vm="vm1"\} 1/);
     assert.match(metrics, new RegExp(`rephub_journal_power_loss_dropped_points\\{vm="vm1"\\} ${before.length}`));
     assert.match(p.hub.stderr, /points cannot be proven after a power loss/);
-    assert.throws(() => rephub(p, 'restore', '--vm', 'vm1', '--volume', 'V1', '--at', String(before[0]), '--to', '/dev/null'));
+    assert.throws(() =>
+      rephub(p, 'restore', '--vm', 'vm1', '--volume', 'V1', '--at', String(before[0]), '--to', '/dev/null'),
+    );
 
     // the agent reconnects; the next flush is a new point, restorable byte-exact
     await p.hub.converged('V1', p.img, p.rep, 60_000);

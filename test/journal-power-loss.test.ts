@@ -19,7 +19,7 @@ function fill(j: Journal, n: number): number[] {
   const v = j.volumeIndex('V1');
   const ids = [];
   for (let i = 0; i < n; i++) {
-    j.appendBefore(v, i * 4096, Buffer.alloc(4096, i));
+    j.appendBefore(v, i * 65536, Buffer.alloc(65536, i));
     ids.push(j.appendCheckpoint('flush').id);
   }
   return ids;

@@ -77,7 +77,12 @@ export class History {
         lag.push(worst < 0 ? null : worst);
         tput.push(k ? Math.round(sum / k) : 0);
       }
-      out[name] = { t0: this.lastAt - (have - 1) * this.stepMs, stepMs: per * this.stepMs, rpoLagMs: lag, throughputBps: tput };
+      out[name] = {
+        t0: this.lastAt - (have - 1) * this.stepMs,
+        stepMs: per * this.stepMs,
+        rpoLagMs: lag,
+        throughputBps: tput,
+      };
     }
     return out;
   }
