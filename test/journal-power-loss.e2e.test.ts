@@ -71,6 +71,7 @@ describe('journal: a power loss is never silent (e2e)', function () {
     assert.match(metrics, /rephub_journal_power_loss\{vm="vm1"\} 1/);
     assert.match(metrics, new RegExp(`rephub_journal_power_loss_dropped_points\\{vm="vm1"\\} ${before.length}`));
     assert.match(p.hub.stderr, /points cannot be proven after a power loss/);
+    assert.match(rephub(p, 'status'), /journal vm1: 0 checkpoints.*JOURNAL POWER LOSS.*cannot be proven/);
     assert.throws(() =>
       rephub(p, 'restore', '--vm', 'vm1', '--volume', 'V1', '--at', String(before[0]), '--to', '/dev/null'),
     );

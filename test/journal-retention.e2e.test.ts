@@ -58,6 +58,8 @@ describe('journal: full drops the oldest, never blocks replication (e2e)', funct
     assert.match(metrics, /rephub_journal_bytes\{vm="vm1"\} \d/);
     assert.match(p.hub.stderr, /journal retention dropped the oldest points/);
 
+    const human = rephub(p, 'status');
+    assert.match(human, /journal vm1: \d+ checkpoints, oldest [\d.]+m?s ago, [\d.]+\w+, [1-9]\d* dropped/);
     const pts = JSON.parse(rephub(p, 'checkpoints', '--vm', 'vm1', '--json'))[0].checkpoints;
     assert.ok(pts.length < 24, `${pts.length} points kept of 24`);
     const out = path.join(p.dir, 'latest.img');

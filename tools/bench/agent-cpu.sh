@@ -6,7 +6,8 @@
 #   HUB=0: the agent alone; FILL=1: an image of random data (the sync then writes the replica);
 #   HUBARGS: extra hub options (--commit-interval 50, say); DROP=1: drop the page cache after the initial sync (shows what the sync's cached pages cost).
 #   RSS=1: also the hub's peak and current RSS (VmHWM, VmRSS of /proc/PID/status) after the run,
-#   and MiB/s; PORT=17800: the base of the ports used (hub, hub http +80, agent nbd +9, agent http +90).
+#   MiB/s, and the protected writes the hub applied by then of those fio made (the rest overflowed
+#   the agent's queue into dirty regions, to be resynced: a hub that cannot keep up); PORT=17800: the base of the ports used (hub, hub http +80, agent nbd +9, agent http +90).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPS=${1:-3}; SECS=${SECS:-5}; BS=${BS:-4k}; QD=${QD:-16}; RW=${RW:-randwrite}; HUB=${HUB:-1}
@@ -37,7 +38,7 @@ for rep in $(seq "$REPS"); do
   us() { echo "scale=1; $1 * 1000000 / $TCK / $n" | bc; }
   extra=""
   if [ "${RSS:-0}" = 1 ] && [ -n "$HP" ]; then
-    extra=" MiB/s $(jq -r '.jobs[0].write.bw/1024|floor' "$W/r.json") hubHWM_KiB $(kib $HP VmHWM) hubRSS_KiB $(kib $HP VmRSS)"
+    extra=" MiB/s $(jq -r '.jobs[0].write.bw/1024|floor' "$W/r.json") hubHWM_KiB $(kib $HP VmHWM) hubRSS_KiB $(kib $HP VmRSS) hubApplied $(curl -s 127.0.0.1:$HUBH/status | jq '.volumes[0].writesApplied') of $n"
   fi
   echo "rep $rep $RW bs=$BS qd=$QD hub=$HUB:$extra $iops IOPS; CPU us/write: agent $(us $((au1 - au0)))+$(us $((as1 - as0)))sys hub $(us $((hu1 - hu0)))+$(us $((hs1 - hs0)))sys fio $(echo "scale=1; $f * 1000000 / $n" | bc)"
   kill -INT $AP; sleep 0.5; [ -n "$HP" ] && kill -INT $HP; sleep 0.5

@@ -12,8 +12,8 @@ echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq "$ROUNDS"); do
   for cfg in on off; do
     args=""; [ $cfg = off ] && args="--no-journal"
-    HUBARGS="$args" tools/bench/agent-cpu.sh 1 | sed "s/^/$cfg 4k /" | tee -a "$OUT"
-    HUBARGS="$args" BS=1m QD=4 RW=write tools/bench/agent-cpu.sh 1 | sed "s/^/$cfg 1m /" | tee -a "$OUT"
+    HUBARGS="$args" bash tools/bench/agent-cpu.sh 1 | sed "s/^/$cfg 4k /" | tee -a "$OUT"
+    HUBARGS="$args" BS=1m QD=4 RW=write bash tools/bench/agent-cpu.sh 1 | sed "s/^/$cfg 1m /" | tee -a "$OUT"
   done
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
