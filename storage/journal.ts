@@ -21,6 +21,7 @@ import {
   segmentNumber,
   segmentOf,
 } from './journal-format';
+import { checkMark, writeMark } from './journal-mark';
 
 export interface Checkpoint {
   id: number;
@@ -39,6 +40,11 @@ export interface JournalOptions {
   maxPoints?: number;
   /** Told of a torn tail cut off, and similar repairs at open. */
   warn?: (fields: object, msg: string) => void;
+  /**
+   * This boot of the machine (storage/journal-mark.ts). Given, the journal is marked open under
+   * it, and a journal left open under another boot (a power cut) drops every point at open.
+   */
+  bootId?: string;
 }
 
 /** A before-image was appended: volume, its byte range and where its bytes are in the journal. */
@@ -62,6 +68,8 @@ export class Journal {
   /** Before-image bytes appended since the last point (writes are flowing). */
   capturedSincePoint = 0;
   drops = 0;
+  /** Found open across a power cut at open: when, under which boot it was open, points dropped. */
+  powerLoss: { at: number; bootId: string | null; dropped: number } | null = null;
   private readonly pins = new Map<number, number>(); // position -> readers holding it
   private readonly listeners = new Set<BeforeListener>();
   private syncRun: Promise<void> | null = null;
@@ -87,8 +95,11 @@ export class Journal {
       .map(segmentNumber)
       .filter((n): n is number => n !== null)
       .sort((a, b) => a - b);
+    const mark = opts.bootId === undefined ? null : checkMark(dir, opts.bootId);
     for (const [i, n] of names.entries()) j.recover(n, i === names.length - 1);
+    if (mark?.powerLoss) j.discardAll(mark.recordedBootId);
     if (j.segments.length === 0) j.newSegment(1);
+    if (opts.bootId !== undefined) writeMark(dir, opts.bootId, false); // before the first append of this run
     return j;
   }
 
@@ -271,7 +282,12 @@ export class Journal {
     return dropped;
   }
 
+  /** Close; with a boot id, every record is made durable first and the journal marked clean. */
   close(): void {
+    if (this.opts.bootId !== undefined && this.segments.length) {
+      fs.fdatasyncSync(this.current.fd); // earlier segments were synced when closed
+      writeMark(this.dir, this.opts.bootId, true);
+    }
     for (const s of this.segments) fs.closeSync(s.fd);
     this.segments.length = 0;
   }
@@ -280,6 +296,22 @@ export class Journal {
 
   private get current(): Segment {
     return this.segments[this.segments.length - 1];
+  }
+
+  /**
+   * After a power cut no point can be proven (each needs every record after it, and the last
+   * ones may not have reached the disk ahead of the overwrites they undo): every segment goes,
+   * and the journal starts afresh in the next segment number. Ids keep counting up.
+   */
+  private discardAll(bootId: string | null): void {
+    const n = this.pts.length;
+    const next = this.segments.length ? this.current.n + 1 : 1;
+    while (this.segments.length) this.deleteOldest();
+    this.dropPoints(n);
+    this.powerLoss = { at: Date.now(), bootId, dropped: n };
+    this.epoch++;
+    this.capturedSincePoint = 0;
+    this.newSegment(next);
   }
 
   private segment(n: number): Segment {

@@ -1,6 +1,8 @@
 // The operator's view against a live hub and agent: /metrics in Prometheus format, the status
 // CLI, and the dashboard in a real headless Chromium (playwright-core) watching a volume go
-// from syncing to protecting, with its dirty-bitmap heat map filling in.
+// from syncing to protecting, with its dirty-bitmap heat map filling in; then the VM's guest
+// flushes make checkpoints, drawn on its timeline, with the RPO lag and throughput history
+// plotted under it.
 import { strict as assert } from 'node:assert';
 import * as path from 'node:path';
 import * as fs from 'node:fs';
@@ -28,6 +30,7 @@ describe('operator view: metrics, status CLI, live dashboard in Chromium', funct
       log: silentLogger(),
       regionSize: 4096, // 4 KiB reads, one at a time: a sync slow enough to watch (and to see in /metrics)
       session: { maxInflightReads: 1, maxReadBytes: 4 << 10 },
+      journal: { dir: path.join(dir, 'journal'), retentionMs: 3600_000, maxBytes: 64 << 20, intervalMs: 1000 },
     });
     const { port } = await hub.listen('127.0.0.1', 0);
     const web = await hub.listenHttp('127.0.0.1', 0);
@@ -72,6 +75,44 @@ describe('operator view: metrics, status CLI, live dashboard in Chromium', funct
       assert.match(m2, /rephub_volume_state\{volume="V1",state="protecting"\} 1/);
       assert.match(m2, /rephub_volume_dirty_bytes\{volume="V1",vm="web1"\} 0/);
       assert.match(m2, /rephub_volume_sync_bytes_total\{volume="V1",vm="web1"\} [1-9]/);
+
+      // the timeline: three guest flushes, three checkpoints drawn; the history plotted under it
+      for (let i = 0; i < 3; i++) {
+        await agent.write('V1', i * (1 << 20), Buffer.alloc(256 << 10, 0x40 + i));
+        await agent.flush('V1');
+        await new Promise((r) => setTimeout(r, 1100));
+      }
+      await page.waitForFunction(
+        'document.querySelectorAll(\'.timeline[data-vm="web1"] svg.cps line.cp\').length >= 3',
+        undefined,
+        { timeout: 30_000 },
+      );
+      const ids = await page.$$eval('.timeline[data-vm="web1"] line.cp', (ls) =>
+        ls.map((l) => l.getAttribute('data-id')),
+      );
+      const st0 = (await (await fetch(`http://127.0.0.1:${web.port}/status`)).json()) as any;
+      assert.equal(st0.journals[0].vm, 'web1');
+      assert.ok(ids.length >= 3 && ids.length === st0.journals[0].points, `${ids.length} drawn`);
+      const xs = await page.$$eval('.timeline[data-vm="web1"] line.cp', (ls) =>
+        ls.map((l) => Number(l.getAttribute('x1'))),
+      );
+      assert.ok(
+        xs.every((x, i) => x >= 0 && x <= 1000 && (i === 0 || x >= xs[i - 1])),
+        `in time order: ${xs}`,
+      );
+      await page.waitForFunction(
+        'document.querySelector(\'.timeline .hist[data-volume="V1"] polyline.tput\')?.getAttribute("points").split(" ").length > 5',
+        undefined,
+        { timeout: 30_000 },
+      );
+      const lbl = await page.textContent('.timeline .hist[data-volume="V1"]');
+      assert.match(
+        lbl ?? '',
+        /RPO lag, max .*throughput, max [1-9][\d.]* (B|KiB|MiB)\/s/s,
+        'the throughput of the writes shows',
+      );
+      assert.ok(await page.$('.timeline .hist[data-volume="V1"] polyline.rpo'), 'the RPO lag is plotted');
+      await page.screenshot({ path: shot.replace(/\.png$/, '-timeline.png') });
 
       const { stdout } = await promisify(execFile)(process.execPath, [
         CLI,

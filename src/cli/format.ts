@@ -31,10 +31,20 @@ export function renderStatus(st: any, bars: boolean): string {
       ...rows,
     ]),
   );
+  for (const j of st.journals ?? []) out.push(journalLine(j));
   out.push(
     `${st.agents.length} agent(s) connected${st.agents.length ? ': ' + st.agents.map((a: any) => a.vm || `session ${a.session}`).join(', ') : ''}`,
   );
   return out.join('\n') + '\n';
+}
+
+/** One VM journal: its points, the oldest one's age, its size, the drops, and a power loss. */
+function journalLine(j: any): string {
+  const age = j.oldestPointAgeMs === null ? 'none' : `oldest ${lagText(j.oldestPointAgeMs)} ago`;
+  const lost = j.powerLoss
+    ? ` JOURNAL POWER LOSS at ${j.powerLoss.at}: ${j.powerLoss.message} (${j.powerLoss.droppedPoints} dropped)`
+    : '';
+  return `journal ${j.vm}: ${j.points} checkpoints, ${age}, ${fmt(j.bytes)}, ${j.drops} dropped${lost}`;
 }
 
 export function fmt(n: number): string {

@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Command } from 'commander';
 import type { JournalConfig } from '../hub/journal';
+import { currentBootId } from '../../storage/journal-mark';
 import { parseDuration, parseSize } from './args';
 import { writeToNbd } from './nbd-writer';
 
@@ -47,7 +48,10 @@ export function journalConfig(o: JournalFlags, data: string): JournalConfig | un
   const maxBytes = parseSize(o.journalSize, '--journal-size');
   if (retentionMs <= 0 || intervalMs <= 0) throw new Error('--journal-retention and --checkpoint-interval must be > 0');
   if (maxBytes < 4 << 20) throw new Error('--journal-size must be at least 4M');
-  return { dir: path.resolve(o.journalDir ?? path.join(data, 'journal')), retentionMs, maxBytes, intervalMs };
+  // REPHUB_BOOT_ID_FILE stands in for the kernel's boot id: the power-loss tests fake a reboot with it.
+  const bootFile = process.env.REPHUB_BOOT_ID_FILE;
+  const bootId = bootFile ? currentBootId(bootFile) : undefined;
+  return { dir: path.resolve(o.journalDir ?? path.join(data, 'journal')), retentionMs, maxBytes, intervalMs, bootId };
 }
 
 async function get(hub: string, what: string): Promise<any> {

@@ -1,4 +1,7 @@
-// The live dashboard: one static page, no framework. It opens /ws and redraws on each push.
+// The live dashboard: one static page, no framework. It opens /ws and redraws on each push: a
+// banner for an active encryption alarm (and a journal that lost its points to a power cut),
+// each VM's checkpoints on a timeline with its volumes' RPO lag and throughput of the last hour
+// plotted under it on the same time axis, and a card per volume.
 export const DASHBOARD_HTML = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>rephub</title>
 <meta name="viewport" content="width=device-width,initial-scale=1">
@@ -17,8 +20,14 @@ main{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:
 dl{display:grid;grid-template-columns:auto 1fr auto 1fr;gap:2px 10px;margin:8px 0}dt{color:var(--dim)}dd{margin:0}
 canvas{width:100%;height:28px;border-radius:4px;background:#263040;image-rendering:pixelated}
 .err{color:var(--bad);margin-top:6px}footer{color:var(--dim);padding:0 20px 16px}
+.banner{margin:12px 20px 0;padding:10px 14px;border-radius:8px;background:var(--bad);color:#0f1419;font-weight:600}.banner.warn{background:var(--sync)}
+#timelines{display:grid;gap:14px;padding:16px 20px 0}.lbl{color:var(--dim);font-size:12px}
+.timeline svg{display:block;width:100%;background:#263040;border-radius:4px;margin:4px 0}.cps{height:24px}.hist svg{height:40px}
+.axis{stroke:#3a4656;stroke-width:1}.cp{stroke:var(--info);stroke-width:3}.cp-flush{stroke:var(--ok)}.cp-tag{stroke:#d2a8ff}.cp-last-clean{stroke:var(--bad);stroke-width:5}
+.rpo{stroke:var(--sync);stroke-width:2;vector-effect:non-scaling-stroke}.tput{stroke:var(--info);stroke-width:2;vector-effect:non-scaling-stroke}
 </style></head><body>
 <header><h1>rephub</h1><span id="conn">connecting…</span><span id="mode"></span></header>
+<div id="banners"></div><section id="timelines"></section>
 <main id="vols"></main><footer id="agents"></footer>
 <script>
 const fmt=(n)=>{const u=['B','KiB','MiB','GiB','TiB'];let i=0;while(n>=1024&&i<4){n/=1024;i++}return (i?n.toFixed(1):n)+' '+u[i]};
@@ -27,7 +36,25 @@ const verified=(r)=>!r?'never':r.state==='running'?'running, '+(100*r.checkedByt
 const esc=(s)=>String(s).replace(/[&<>"]/g,(c)=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
 function heat(canvas,cells){const w=cells.length||1;canvas.width=w;canvas.height=1;const c=canvas.getContext('2d');
  const img=c.createImageData(w,1);cells.forEach((d,i)=>{const t=d/100;img.data.set([Math.round(40+210*t),Math.round(185-110*t),Math.round(80-40*t),255],i*4)});c.putImageData(img,0,0)}
+function spark(vals,t0,step,from,span,cls){let max=0;vals.forEach((v)=>{if(v!==null&&v>max)max=v});const pts=[];
+ vals.forEach((v,i)=>{const x=(t0+i*step-from)/span*1000;if(v===null||x<0)return;pts.push(x.toFixed(1)+','+(38-(max?v/max:0)*36).toFixed(1))});
+ return {max,svg:'<polyline class="'+cls+'" fill="none" points="'+pts.join(' ')+'"/>'}}
+function timelines(s){const now=s.at,tl=s.timeline||{},hist=s.history||{},vms={};
+ s.volumes.forEach((v)=>{if(v.vm)(vms[v.vm]=vms[v.vm]||[]).push(v)});Object.keys(tl).forEach((k)=>{vms[k]=vms[k]||[]});
+ let oldest=now-60000;Object.values(hist).forEach((h)=>{if(h.t0<oldest)oldest=h.t0});Object.values(tl).forEach((c)=>{if(c.length&&c[0].t<oldest)oldest=c[0].t});
+ const from=Math.max(oldest,now-3600000),span=Math.max(1,now-from);
+ return Object.keys(vms).map((vm)=>{const cps=tl[vm]||[];
+  const ticks=cps.map((c)=>{const x=((c.t-from)/span*1000).toFixed(1);return '<line class="cp cp-'+esc(c.kind)+'" data-id="'+c.id+'" x1="'+x+'" x2="'+x+'" y1="2" y2="22"><title>#'+c.id+' '+esc(c.kind)+' '+new Date(c.t).toISOString()+(c.label?' '+esc(c.label):'')+'</title></line>'}).join('');
+  const rows=vms[vm].map((v)=>{const h=hist[v.name];if(!h)return '';const r=spark(h.rpoLagMs,h.t0,h.stepMs,from,span,'rpo'),t=spark(h.throughputBps,h.t0,h.stepMs,from,span,'tput');
+   return '<div class="hist" data-volume="'+esc(v.name)+'"><span class="lbl">'+esc(v.name)+' RPO lag, max '+lag(r.max)+'</span><svg viewBox="0 0 1000 40" preserveAspectRatio="none">'+r.svg+'</svg>'+
+    '<span class="lbl">'+esc(v.name)+' throughput, max '+fmt(t.max)+'/s</span><svg viewBox="0 0 1000 40" preserveAspectRatio="none">'+t.svg+'</svg></div>'}).join('');
+  return '<div class="card timeline" data-vm="'+esc(vm)+'"><div class="top"><span class="name">'+esc(vm)+'</span><span class="lbl"><span class="ncp">'+cps.length+'</span> checkpoints in the last '+lag(span)+'</span></div>'+
+   '<svg class="cps" viewBox="0 0 1000 24" preserveAspectRatio="none"><line class="axis" x1="0" x2="1000" y1="12" y2="12"/>'+ticks+'</svg>'+rows+'</div>'}).join('')}
+function banners(s){const a=s.volumes.filter((v)=>v.alarm&&v.alarm.active).map((v)=>'<div class="banner alarm-banner" data-volume="'+esc(v.name)+'">ENCRYPTION ALARM on '+esc(v.name)+(v.vm?' of '+esc(v.vm):'')+' since '+esc(v.alarm.since)+': recover to its last-clean checkpoint</div>');
+ (s.journals||[]).filter((j)=>j.powerLoss).forEach((j)=>a.push('<div class="banner warn">Journal of '+esc(j.vm)+': '+esc(j.powerLoss.message)+' ('+j.powerLoss.droppedPoints+' dropped at '+esc(j.powerLoss.at)+')</div>'));return a.join('')}
 function render(s){
+ document.getElementById('banners').innerHTML=banners(s);
+ document.getElementById('timelines').innerHTML=timelines(s);
  document.getElementById('mode').textContent=s.failover?'FAILED OVER since '+s.failover.since:s.failoverTest?'failover test running since '+s.failoverTest.startedAt:'';
  const main=document.getElementById('vols');
  main.innerHTML=s.volumes.map((v)=>{const pct=v.sizeBytes?100*(1-v.dirtyBytes/v.sizeBytes):0;return '<div class="card" data-volume="'+esc(v.name)+'">'+

@@ -222,6 +222,10 @@ export class Hub implements HubStatusSource {
     return out;
   }
 
+  checkpoints(spanMs: number, max: number): Record<string, { id: number; t: number; kind: string; label?: string }[]> {
+    return this.journals?.recent(spanMs, max) ?? {};
+  }
+
   async close(): Promise<void> {
     this.listener.stopAccepting();
     this.monitor.close();

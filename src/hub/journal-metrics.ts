@@ -1,5 +1,5 @@
 // The journal's Prometheus metrics, per VM, read from the journals at each scrape: bytes,
-// points, the oldest point's age, and the points retention dropped.
+// points, the oldest point's age, the points retention dropped, and a power loss found at start.
 import { Counter, Gauge, Registry } from 'prom-client';
 import type { HubJournals } from './journal';
 
@@ -35,4 +35,12 @@ export function registerJournalMetrics(r: Registry, journals: HubJournals): void
       for (const s of journals.status()) this.inc({ vm: s.vm }, s.drops);
     },
   });
+  gauge(
+    'rephub_journal_power_loss',
+    'The journal was open across a power loss: its points cannot be proven and were all dropped at start (1)',
+    (s) => (s.powerLoss ? 1 : 0),
+  );
+  gauge('rephub_journal_power_loss_dropped_points', 'Checkpoints dropped at start after a power loss', (s) =>
+    s.powerLoss ? s.powerLoss.droppedPoints : 0,
+  );
 }

@@ -13,6 +13,7 @@ import { JournalView } from '../../storage/journal-view';
 import type { CheckpointKind } from '../../storage/journal-format';
 import type { Logger } from '../log';
 import type { Replica } from './replica';
+import { currentBootId } from '../../storage/journal-mark';
 import { parseAt } from './journal-at';
 
 export interface JournalConfig {
@@ -24,9 +25,21 @@ export interface JournalConfig {
   /** A point at least this often while writes flow. */
   intervalMs: number;
   segmentBytes?: number;
+  /** This boot of the machine (default: the kernel's boot id); a power cut is a change of it. */
+  bootId?: string;
 }
 
 export class JournalRefused extends Error {}
+
+export interface JournalStatus {
+  vm: string;
+  bytes: number;
+  points: number;
+  oldestPointAgeMs: number | null;
+  drops: number;
+  /** The journal was open across a power cut: every point it had was dropped at start. */
+  powerLoss: { at: string; droppedPoints: number; message: string } | null;
+}
 
 const TICK_MS_MAX = 1000;
 
@@ -34,12 +47,14 @@ export class HubJournals {
   private readonly journals = new Map<string, Journal>(); // by VM
   private readonly pendingTags = new Map<string, string>(); // VM -> label for its next point
   private readonly timer: NodeJS.Timeout;
+  private readonly bootId: string;
 
   constructor(
     readonly cfg: JournalConfig,
     private readonly replicas: Map<string, Replica>,
     private readonly log: Logger,
   ) {
+    this.bootId = cfg.bootId ?? currentBootId();
     fs.mkdirSync(cfg.dir, { recursive: true });
     for (const d of fs.readdirSync(cfg.dir, { withFileTypes: true }))
       if (d.isDirectory()) this.journal(decodeURIComponent(d.name));
@@ -60,7 +75,13 @@ export class HubJournals {
       j = Journal.open(dir, {
         segmentBytes: this.cfg.segmentBytes ?? Math.min(64 << 20, Math.max(1 << 20, Math.floor(this.cfg.maxBytes / 8))),
         warn: (f, m) => this.log.warn({ vm, ...f }, m),
+        bootId: this.bootId,
       });
+      if (j.powerLoss)
+        this.log.error(
+          { vm, dir, droppedPoints: j.powerLoss.dropped, openUnderBoot: j.powerLoss.bootId, bootId: this.bootId },
+          'journal: points cannot be proven after a power loss; every point dropped',
+        );
       this.journals.set(vm, j);
       this.log.info({ vm, dir, points: j.points().length, bytes: j.bytes }, 'journal open');
     }
@@ -159,18 +180,37 @@ export class HubJournals {
       }));
   }
 
-  status(): { vm: string; bytes: number; points: number; oldestPointAgeMs: number | null; drops: number }[] {
+  status(): JournalStatus[] {
     const now = Date.now();
     return [...this.journals.entries()].map(([vm, j]) => {
       const pts = j.points();
+      const pl = j.powerLoss;
       return {
         vm,
         bytes: j.bytes,
         points: pts.length,
         oldestPointAgeMs: pts.length ? now - pts[0].time : null,
         drops: j.drops,
+        powerLoss: pl && {
+          at: iso(pl.at),
+          droppedPoints: pl.dropped,
+          message: 'points cannot be proven after a power loss',
+        },
       };
     });
+  }
+
+  /** The newest `max` points of each VM within the last `spanMs` (the dashboard's timeline). */
+  recent(spanMs: number, max: number): Record<string, { id: number; t: number; kind: string; label?: string }[]> {
+    const out: Record<string, { id: number; t: number; kind: string; label?: string }[]> = {};
+    const from = Date.now() - spanMs;
+    for (const [vm, j] of this.journals) {
+      const pts = j.points();
+      let i = pts.length;
+      while (i > 0 && pts.length - i < max && pts[i - 1].time >= from) i--;
+      out[vm] = pts.slice(i).map((p) => ({ id: p.id, t: p.time, kind: p.kind, label: p.label }));
+    }
+    return out;
   }
 
   close(): void {

@@ -1,5 +1,6 @@
 // The operator's view of a hub: Prometheus metrics, and a live dashboard fed over WebSocket
-// (state, progress, RPO lag, throughput, and a heat map of each volume's dirty bitmap).
+// (state, progress, RPO lag, throughput, a heat map of each volume's dirty bitmap, each VM's
+// checkpoints on a timeline, and the last hour of RPO lag and throughput, sampled here).
 import * as http from 'node:http';
 import { Registry } from 'prom-client';
 import { registerMetrics } from './metrics';
@@ -8,19 +9,28 @@ import type { HubStatusSource } from './status-source';
 export type { HubStatusSource, VolumeStatus } from './status-source';
 import { WebSocketServer, WebSocket } from 'ws';
 import { DASHBOARD_HTML } from './dashboard';
+import { History } from './history';
 
 const HEAT_CELLS = 256; // heat-map cells per volume
 const PUSH_MS = 500;
 const MAX_CLIENTS = 32;
+const SAMPLE_MS = 1000; // the history's step
+const HISTORY_POINTS = 360; // points per series on the page (an hour in 10 s buckets)
+const TIMELINE_MS = 3600_000; // the timeline's span: the history's hour
+const TIMELINE_POINTS = 500; // checkpoints per VM on the page, the newest
 
 export class Monitor {
   readonly registry = new Registry();
   private wss?: WebSocketServer;
   private timer?: NodeJS.Timeout;
   private lastSent = '';
+  readonly history = new History(SAMPLE_MS);
+  private readonly sampler: NodeJS.Timeout;
 
   constructor(private readonly source: HubStatusSource) {
     registerMetrics(this.registry, source);
+    this.sampler = setInterval(() => this.history.sample(Date.now(), this.source.status().volumes), SAMPLE_MS);
+    this.sampler.unref();
   }
 
   metrics(): Promise<string> {
@@ -34,7 +44,13 @@ export class Monitor {
     for (const [name, cells] of Object.entries(this.source.heat(HEAT_CELLS))) {
       heat[name] = cells.map((d) => Math.round(d * 100)); // percent: the page draws 0..100
     }
-    return { ...st, at: Date.now(), heat };
+    return {
+      ...st,
+      at: Date.now(),
+      heat,
+      history: this.history.series(HISTORY_POINTS),
+      timeline: this.source.checkpoints?.(TIMELINE_MS, TIMELINE_POINTS) ?? {},
+    };
   }
 
   attach(server: http.Server): void {
@@ -68,6 +84,7 @@ export class Monitor {
   }
 
   close(): void {
+    clearInterval(this.sampler);
     if (this.timer) clearInterval(this.timer);
     for (const c of this.wss?.clients ?? []) c.terminate();
     this.wss?.close();

@@ -33,4 +33,6 @@ export interface HubStatusSource {
   receivedBytes(): number;
   /** Each volume's dirty-bitmap density in `cells` cells, 0 to 1 ([] for a volume without a bitmap). */
   heat(cells: number): Record<string, readonly number[]>;
+  /** Each VM's newest checkpoints (at most `max`) of the last `spanMs`; absent without a journal. */
+  checkpoints?(spanMs: number, max: number): Record<string, { id: number; t: number; kind: string; label?: string }[]>;
 }

@@ -13,12 +13,13 @@ export interface ProtectedPair {
   agent: AgentProcess;
 }
 
-export async function startProtectedPair(sizeBytes: number): Promise<ProtectedPair> {
+/** `hubArgs`: extra hub options (--journal-size, say). */
+export async function startProtectedPair(sizeBytes: number, hubArgs: string[] = []): Promise<ProtectedPair> {
   const dir = tmpdir();
   const img = path.join(dir, 'V1.img'),
     rep = path.join(dir, 'V1R');
   makeImage(img, sizeBytes, 0.5);
-  const hub = v1Hub(dir, rep);
+  const hub = v1Hub(dir, rep, ...hubArgs);
   await hub.start();
   const agent = v1Agent(dir, img, hub.port);
   await agent.start();

@@ -5,10 +5,15 @@
 # Usage: tools/bench/agent-cpu.sh [REPS]   Env: SECS=5 BS=4k QD=16 RW=randwrite HUB=1 PROF=0
 #   HUB=0: the agent alone; FILL=1: an image of random data (the sync then writes the replica);
 #   HUBARGS: extra hub options (--commit-interval 50, say); DROP=1: drop the page cache after the initial sync (shows what the sync's cached pages cost).
+#   RSS=1: also the hub's peak and current RSS (VmHWM, VmRSS of /proc/PID/status) after the run,
+#   MiB/s, and the protected writes the hub applied by then of those fio made (the rest overflowed
+#   the agent's queue into dirty regions, to be resynced: a hub that cannot keep up); PORT=17800: the base of the ports used (hub, hub http +80, agent nbd +9, agent http +90).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPS=${1:-3}; SECS=${SECS:-5}; BS=${BS:-4k}; QD=${QD:-16}; RW=${RW:-randwrite}; HUB=${HUB:-1}
-TCK=$(getconf CLK_TCK)
+TCK=$(getconf CLK_TCK); PORT=${PORT:-17800}
+HUBP=$PORT; HUBH=$((PORT + 80)); NBDP=$((PORT + 9)); AGH=$((PORT + 90))
+kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 cpu() { awk '{print $14" "$15}' "/proc/$1/stat"; }
 for rep in $(seq "$REPS"); do
   W=$(mktemp -d /tmp/rephub-cpu.XXXX)
@@ -16,22 +21,26 @@ for rep in $(seq "$REPS"); do
   if [ -n "${FILL:-}" ]; then head -c 256M /dev/urandom > "$W/V1.img"; else truncate -s 256M "$W/V1.img"; fi
   HP=""
   if [ "$HUB" = 1 ]; then
-    LOG_LEVEL=warn node "${P[@]}" dist/src/cli/rephub.js --listen 127.0.0.1:17800 --http 127.0.0.1:17880 --vol "V1=$W/V1R" --data "$W/hub" ${HUBARGS:-} 2>"$W/hub.log" & HP=$!
+    LOG_LEVEL=warn node "${P[@]}" dist/src/cli/rephub.js --listen 127.0.0.1:$HUBP --http 127.0.0.1:$HUBH --vol "V1=$W/V1R" --data "$W/hub" ${HUBARGS:-} 2>"$W/hub.log" & HP=$!
     sleep 0.5
   fi
-  LOG_LEVEL=warn node "${P[@]}" dist/src/cli/rephub-agent.js --hub 127.0.0.1:17800 --export "V1=$W/V1.img" --nbd 127.0.0.1:17809 --http 127.0.0.1:17890 --state "$W/ast" --vm q 2>"$W/agent.log" & AP=$!
+  LOG_LEVEL=warn node "${P[@]}" dist/src/cli/rephub-agent.js --hub 127.0.0.1:$HUBP --export "V1=$W/V1.img" --nbd 127.0.0.1:$NBDP --http 127.0.0.1:$AGH --state "$W/ast" --vm q 2>"$W/agent.log" & AP=$!
   sleep 0.3
-  for _ in $(seq 100); do nbdinfo --can connect nbd://127.0.0.1:17809/V1 2>/dev/null && break; sleep 0.1; done
-  if [ "$HUB" = 1 ]; then for _ in $(seq 100); do curl -s 127.0.0.1:17880/status | grep -q '"state": "protecting"' && break; sleep 0.1; done; fi
+  for _ in $(seq 100); do nbdinfo --can connect nbd://127.0.0.1:$NBDP/V1 2>/dev/null && break; sleep 0.1; done
+  if [ "$HUB" = 1 ]; then for _ in $(seq 100); do curl -s 127.0.0.1:$HUBH/status | grep -q '"state": "protecting"' && break; sleep 0.1; done; fi
   [ -n "${DROP:-}" ] && { sync; echo 1 > /proc/sys/vm/drop_caches; }
   read au0 as0 < <(cpu $AP); hu0=0; hs0=0; [ -n "$HP" ] && read hu0 hs0 < <(cpu $HP)
-  /usr/bin/time -f '%U %S' -o "$W/fio.time" fio --name=r --ioengine=nbd --uri=nbd://127.0.0.1:17809/V1 --rw="$RW" --bs="$BS" --iodepth="$QD" \
+  /usr/bin/time -f '%U %S' -o "$W/fio.time" fio --name=r --ioengine=nbd --uri=nbd://127.0.0.1:$NBDP/V1 --rw="$RW" --bs="$BS" --iodepth="$QD" \
     --size=256m --time_based --runtime="$SECS" --output-format=json --output="$W/r.json" >/dev/null 2>&1
   read au1 as1 < <(cpu $AP); hu1=0; hs1=0; [ -n "$HP" ] && read hu1 hs1 < <(cpu $HP)
   n=$(jq -r '.jobs[0].write.total_ios' "$W/r.json"); iops=$(jq -r '.jobs[0].write.iops|floor' "$W/r.json")
   f=$(awk '{print $1+$2}' "$W/fio.time")
   us() { echo "scale=1; $1 * 1000000 / $TCK / $n" | bc; }
-  echo "rep $rep $RW bs=$BS qd=$QD hub=$HUB: $iops IOPS; CPU us/write: agent $(us $((au1 - au0)))+$(us $((as1 - as0)))sys hub $(us $((hu1 - hu0)))+$(us $((hs1 - hs0)))sys fio $(echo "scale=1; $f * 1000000 / $n" | bc)"
+  extra=""
+  if [ "${RSS:-0}" = 1 ] && [ -n "$HP" ]; then
+    extra=" MiB/s $(jq -r '.jobs[0].write.bw/1024|floor' "$W/r.json") hubHWM_KiB $(kib $HP VmHWM) hubRSS_KiB $(kib $HP VmRSS) hubApplied $(curl -s 127.0.0.1:$HUBH/status | jq '.volumes[0].writesApplied') of $n"
+  fi
+  echo "rep $rep $RW bs=$BS qd=$QD hub=$HUB:$extra $iops IOPS; CPU us/write: agent $(us $((au1 - au0)))+$(us $((as1 - as0)))sys hub $(us $((hu1 - hu0)))+$(us $((hs1 - hs0)))sys fio $(echo "scale=1; $f * 1000000 / $n" | bc)"
   kill -INT $AP; sleep 0.5; [ -n "$HP" ] && kill -INT $HP; sleep 0.5
   [ "${PROF:-0}" = 1 ] && echo "profiles in $W/prof" || rm -rf "$W"
 done
