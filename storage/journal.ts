@@ -51,6 +51,7 @@ interface Segment {
 }
 
 const MAX_POINTS = 100_000;
+const EMPTY = Buffer.alloc(0);
 
 export class Journal {
   private readonly segments: Segment[] = [];
@@ -169,6 +170,21 @@ export class Journal {
       { dir: this.dir, dropped: n, cause: e.message },
       'journal: a before-image was not recorded; every point dropped',
     );
+  }
+
+  /**
+   * The volumes were rolled back to point `id` (failover --at): every newer point is dropped,
+   * durably (a DROP record, synced). The records after `id` stay: they still hold, for every
+   * block changed since, its content at `id` and older points. Returns the points dropped.
+   */
+  dropAfter(id: number): number {
+    const k = this.pts.findIndex((p) => p.id === id);
+    assert(k >= 0, `point ${id} is in the journal`);
+    const n = this.pts.length - k - 1;
+    this.append({ type: RecordType.DROP, sub: 0, arg: id, time: Date.now(), payloadBytes: 0 }, EMPTY);
+    fs.fdatasyncSync(this.current.fd);
+    this.dropNewer(id);
+    return n;
   }
 
   /** Every record appended so far is durable once this resolves (fdatasync, coalesced). */
@@ -344,6 +360,7 @@ export class Journal {
       if (payload.length === h.payloadBytes && !crcMatches(hdr, payload)) break;
       off += HEADER_BYTES + h.payloadBytes;
       if (h.type === RecordType.CHECKPOINT) this.recoverPoint(h, payload, position(n, off));
+      else if (h.type === RecordType.DROP) this.dropNewer(h.arg);
     }
     if (off < size) {
       this.opts.warn?.({ segment: file, offset: off, cutBytes: size - off }, 'journal: torn or bad tail cut off');
@@ -377,6 +394,11 @@ export class Journal {
     if (k <= 0) return;
     this.pts = this.pts.slice(k);
     this.drops += k;
+  }
+
+  /** Points newer than `id` go; they are not counted as retention drops (they were never wanted). */
+  private dropNewer(id: number): void {
+    this.pts = this.pts.filter((p) => p.id <= id);
   }
 
   private dropBefore(pos: number): number {

@@ -150,6 +150,15 @@ export class HubJournals {
     return new JournalView(base, j, vol, cp);
   }
 
+  /** `vm`'s volumes were rolled back to `cp` (failover --at): its newer points are gone, durably. */
+  rolledBackTo(vm: string, cp: Checkpoint): void {
+    const dropped = this.journal(vm).dropAfter(cp.id);
+    this.log.warn(
+      { vm, checkpoint: cp.id, time: iso(cp.time), dropped },
+      'journal: the points newer than the promoted one are dropped (the recovery volumes were rolled back to it)',
+    );
+  }
+
   list(vm?: string): { vm: string; checkpoints: object[] }[] {
     return [...this.journals.entries()]
       .filter(([name]) => vm === undefined || name === vm)
