@@ -12,8 +12,6 @@ import { ExportRegistry, TargetExport } from '../nbd/exports';
 import type { Logger } from '../log';
 import type { Replica, ReplicaOwner, TargetOpener } from './replica';
 import { failBackVolume, Side, VolumeFailbackResult, Winner, winnersOf } from './failback-volume';
-
-export type { Winner };
 import type { JournalView } from '../../storage/journal-view';
 import type { HubJournals } from './journal';
 import {
@@ -28,6 +26,7 @@ import {
 } from './failover-at';
 
 export { FailoverError };
+export type { Winner };
 
 interface TestRecord {
   volumes: string[];
@@ -298,8 +297,7 @@ export class FailoverController {
     r.enterFailover(maps);
   }
 
-  /** The recovery VM's disk: recovery-changed tracking over the replica's own stack below its guard
-   * (which keeps the replica's known-zero map right). */
+  /** The recovery VM's disk: recovery-changed tracking over the replica's stack below its guard. */
   private exportPromoted(name: string): void {
     const r = this.replica(name);
     this.h.exports.add(new TargetExport(r.name, new TrackedTarget(r.target!.base, r.failover!.recoveryChanged)));
