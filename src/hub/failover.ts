@@ -110,12 +110,7 @@ export class FailoverController {
       const r = this.replica(name),
         vm = r.record?.vm ?? '';
       if (points[vm] === undefined) continue;
-      const point = this.h.journals?.vms().includes(vm)
-        ? (this.h.journals
-            .journal(vm)
-            .points()
-            .find((p) => p.id === points[vm]) ?? null)
-        : null;
+      const point = this.h.journals?.pointOf(vm, points[vm]) ?? null;
       if (point) choices.push({ vm, volumes: [r], point });
       else this.h.log.error({ volume: name, vm, checkpoint: points[vm] }, 'the checkpoint of the volume is gone');
     }

@@ -137,6 +137,16 @@ export class HubJournals {
     return cp;
   }
 
+  /** Point `id` of `vm`, or null when it is not (or no longer) in the journal. */
+  pointOf(vm: string, id: number): Checkpoint | null {
+    return (
+      this.journals
+        .get(vm)
+        ?.points()
+        .find((p) => p.id === id) ?? null
+    );
+  }
+
   /** A read-only view of `volume` of `vm` at point `cp`; close it when done. */
   view(vm: string, volume: string, cp: Checkpoint): JournalView {
     const r = this.replicas.get(volume);
