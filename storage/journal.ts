@@ -10,6 +10,7 @@ import {
   CheckpointKind,
   HEADER_BYTES,
   KINDS,
+  MAX_PAYLOAD,
   RecordHeader,
   RecordType,
   crcMatches,
@@ -115,6 +116,7 @@ export class Journal {
 
   /** Append the before-image of [offset, offset + data.length) of volume `vol`; its data position. */
   appendBefore(vol: number, offset: number, data: Buffer): number {
+    assert(data.length <= MAX_PAYLOAD, `a before-image record holds at most ${MAX_PAYLOAD} bytes`);
     const at = this.append(
       { type: RecordType.BEFORE, sub: vol, arg: offset, time: Date.now(), payloadBytes: data.length },
       data,

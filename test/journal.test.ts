@@ -246,3 +246,31 @@ describe('journal rollback (failover --at)', () => {
     j.close();
   });
 });
+
+describe('journal capture of large writes', () => {
+  it('a write over one record (3 MiB) is split: the journal reopens whole and a view reads the point', async () => {
+    const dir = tmpdir();
+    const size = 8 * MiB;
+    const file = path.join(dir, 'V1R');
+    fs.writeFileSync(file, Buffer.alloc(size, 0x31));
+    const jdir = path.join(dir, 'journal');
+    let j = Journal.open(jdir, { segmentBytes: 16 * MiB });
+    const vol = FileVolume.open(file);
+    const t = new JournalTarget(vol, file, () => ({ journal: j, vol: j.volumeIndex('V1') }));
+    const cp = j.appendCheckpoint('flush');
+    await t.write(Buffer.alloc(3 * MiB, 0x77), MiB + 512);
+    j.appendCheckpoint('flush');
+    const view = new JournalView(vol, j, 0, cp);
+    const got = Buffer.alloc(size);
+    await view.read(got, 0);
+    await view.close();
+    assert.ok(got.equals(Buffer.alloc(size, 0x31)), 'the view reads the point before the large write');
+    j.close();
+    const warned: object[] = [];
+    j = Journal.open(jdir, { segmentBytes: 16 * MiB, warn: (f) => warned.push(f) });
+    assert.deepEqual(warned, [], 'nothing cut off at reopen');
+    assert.equal(j.points().length, 2);
+    await t.close();
+    j.close();
+  });
+});
