@@ -114,6 +114,14 @@ describe('failover and failover test at a journal checkpoint (e2e)', function ()
         const got = copyOut(n, path.join(dir, `view-${c.id}-${n}.raw`));
         assert.equal(sha(got), sha(c.files[n]), `checkpoint ${c.id} of ${n} through failover-test --at`);
       }
+      if (c === copies[2]) {
+        // a hub kill -9 in the middle of the test: the view comes back at its point
+        await hub.kill9();
+        await hub.start();
+        const again = copyOut('V1', path.join(dir, `view-${c.id}-V1-again.raw`));
+        assert.equal(sha(again), sha(c.files.V1), `checkpoint ${c.id} after a hub restart`);
+        await waitFor('agent back', async () => (await hub.status()).agents.length === 1, 60_000);
+      }
       // the test VM writes into the view's COW layer, never into the recovery volume
       qio(hubUri('V2'), `write -P 0x99 ${MiB} 64k`);
       const st = (await hub.status()).failoverTest;
@@ -134,6 +142,9 @@ describe('failover and failover test at a journal checkpoint (e2e)', function ()
     assert.equal(points().at(-1).id, target.id, 'the points newer than the promoted one are gone');
     for (const n of names)
       assert.equal(sha(copyOut(n, path.join(dir, `promoted-${n}.raw`))), sha(target.files[n]), `${n} promoted`);
+    await hub.kill9(); // the failover record, its point and its maps survive
+    await hub.start();
+    assert.equal(sha(copyOut('V1', path.join(dir, 'promoted-again.raw'))), sha(target.files.V1), 'after a restart');
 
     // the recovery VM writes; failback brings the protected side to the promoted point plus that
     qio(hubUri('V1'), `write -P 0x5c ${20 * MiB + 4096} 300k`, 'flush');
