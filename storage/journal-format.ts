@@ -15,6 +15,8 @@ export const enum RecordType {
   BEFORE = 1,
   /** A consistent point of the VM's write stream: every record after it is newer. */
   CHECKPOINT = 2,
+  /** Every point newer than checkpoint `arg` is gone (the volume was rolled back to it: failover --at). */
+  DROP = 3,
 }
 
 export type CheckpointKind = 'flush' | 'interval' | 'tag' | 'last-clean';
@@ -22,9 +24,9 @@ export const KINDS: readonly CheckpointKind[] = ['flush', 'interval', 'tag', 'la
 
 export interface RecordHeader {
   type: RecordType;
-  /** BEFORE: the volume's index in the journal's volume table. CHECKPOINT: the kind's index. */
+  /** BEFORE: the volume's index in the journal's volume table. CHECKPOINT: the kind's index. DROP: 0. */
   sub: number;
-  /** BEFORE: byte offset in the volume. CHECKPOINT: the checkpoint id. */
+  /** BEFORE: byte offset in the volume. CHECKPOINT: the checkpoint id. DROP: the newest point kept. */
   arg: number;
   /** Milliseconds since the epoch when it was appended. */
   time: number;
@@ -52,7 +54,7 @@ export function decodeHeader(buf: Buffer): RecordHeader | null {
   if (buf.length < HEADER_BYTES || buf.readUInt32LE(0) !== RECORD_MAGIC) return null;
   const payloadBytes = buf.readUInt32LE(8),
     type = buf.readUInt8(12);
-  if (payloadBytes > MAX_PAYLOAD || (type !== RecordType.BEFORE && type !== RecordType.CHECKPOINT)) return null;
+  if (payloadBytes > MAX_PAYLOAD || type < RecordType.BEFORE || type > RecordType.DROP) return null;
   return { type, sub: buf.readUInt16LE(14), arg: buf.readDoubleLE(16), time: buf.readDoubleLE(24), payloadBytes };
 }
 

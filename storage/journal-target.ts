@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import type { BlockTarget } from './volume';
 import type { Journal } from './journal';
-import { JOURNAL_BLOCK } from './journal-format';
+import { JOURNAL_BLOCK, MAX_PAYLOAD } from './journal-format';
 
 /** The journal and volume index a recovery volume records into. */
 export interface JournalBinding {
@@ -15,6 +15,7 @@ export interface JournalBinding {
 }
 
 const SEEN_MAX = 1 << 18; // blocks remembered per epoch; past it every write is recorded again
+const RECORD_BYTES_MAX = MAX_PAYLOAD - (MAX_PAYLOAD % JOURNAL_BLOCK) - JOURNAL_BLOCK; // whole blocks, 1 MiB + 4 KiB
 const SCRATCH_BYTES = 64 * 1024 + 2 * JOURNAL_BLOCK; // a synchronous (small) write, widened
 
 export class JournalTarget implements BlockTarget {
@@ -139,7 +140,9 @@ export class JournalTarget implements BlockTarget {
   }
 
   private record(j: JournalBinding, offset: number, img: Buffer): void {
-    j.journal.appendBefore(j.vol, offset, img);
+    // a record holds at most MAX_PAYLOAD: a larger write (a 2 MiB NBD write, a resync read) is split
+    for (let o = 0; o < img.length; o += RECORD_BYTES_MAX)
+      j.journal.appendBefore(j.vol, offset + o, img.subarray(o, Math.min(img.length, o + RECORD_BYTES_MAX)));
     this.capturedBytes += img.length;
   }
 

@@ -71,6 +71,28 @@ export class JournalView implements BlockTarget {
     this.unpin();
   }
 
+  /**
+   * Runs [first, end) of journal blocks changed since the point (those the journal holds older
+   * content for), in order: what a rollback to the point writes back.
+   */
+  *changedRuns(): Generator<[number, number]> {
+    let start = -1,
+      prev = -2;
+    for (const page of [...this.pages.keys()].sort((a, b) => a - b)) {
+      const p = this.pages.get(page)!;
+      for (let i = 0; i < PAGE_BLOCKS; i++) {
+        if (!p[i]) continue;
+        const b = page * PAGE_BLOCKS + i;
+        if (b !== prev + 1) {
+          if (start >= 0) yield [start, prev + 1];
+          start = b;
+        }
+        prev = b;
+      }
+    }
+    if (start >= 0) yield [start, prev + 1];
+  }
+
   /** The first record after the point for each block wins; later ones are newer content. */
   private note(offset: number, length: number, dataPos: number): void {
     const first = Math.floor(offset / JOURNAL_BLOCK),

@@ -63,7 +63,7 @@ describe('failover test, failover and failback', function () {
 
     const started = await hub.post('/failover-test/start');
     assert.equal(started.status, 200, JSON.stringify(started.body));
-    assert.deepEqual(started.body.volumes, [{ name: 'V1', uri: hubUri('V1') }]);
+    assert.deepEqual(started.body.volumes, [{ name: 'V1', uri: hubUri('V1'), checkpoint: null }]); // the present
     const again = await hub.post('/failover-test/start');
     assert.equal(again.status, 409, 'a second test is refused');
 

@@ -89,10 +89,13 @@ describe('hub HTTP API (http-api.ts)', () => {
   it('runs an action with the body fields it takes; a refusal is 409, a failure 500', async () => {
     const started = await post(port, '/failover-test/start', JSON.stringify({ vm: 'vm1', force: 1 }));
     assert.equal(started.status, 200);
-    assert.deepEqual(calls, [['startTest', { vm: 'vm1', force: true }]]);
+    assert.deepEqual(calls, [['startTest', { vm: 'vm1', force: true, at: undefined }]]);
     assert.equal((await post(port, '/failover-test/start', '')).status, 200, 'an empty body is {}');
     assert.equal((await post(port, '/failover-test/start', '{"vm":null}')).status, 200, 'null leaves a field out');
-    assert.deepEqual(calls.at(-1), ['startTest', { vm: undefined, force: false }]);
+    assert.deepEqual(calls.at(-1), ['startTest', { vm: undefined, force: false, at: undefined }]);
+    assert.equal((await post(port, '/failover-test/start', '{"at":"10 min ago"}')).status, 200);
+    assert.deepEqual(calls.at(-1), ['startTest', { vm: undefined, force: false, at: '10 min ago' }]);
+    assert.equal((await post(port, '/failover-test/start', '{"at":7}')).status, 400, 'at is a string');
     const refused = await post(port, '/failover-test/stop', '{}');
     assert.deepEqual(refused, { status: 409, body: { error: 'no failover test is running' } });
     assert.deepEqual(await post(port, '/failover', '{}'), { status: 500, body: { error: 'disk on fire' } });
@@ -126,7 +129,7 @@ describe('hub HTTP API (http-api.ts)', () => {
     assert.equal((await post(port, '/failover-test/start', JSON.stringify({ vm }))).status, 413);
     const small = 'vm-é-' + 'ü'.repeat(20000);
     assert.equal((await post(port, '/failover-test/start', JSON.stringify({ vm: small }))).status, 200);
-    assert.deepEqual(calls, [['startTest', { vm: small, force: false }]]);
+    assert.deepEqual(calls, [['startTest', { vm: small, force: false, at: undefined }]]);
   });
 
   it('refuses a POST without the admin token (401) or without a JSON content type (415), and runs nothing', async () => {

@@ -170,6 +170,21 @@ describe('rephub-qemu: the seed command line, -repagent HUB', function () {
       assert.match(r.stdout, new RegExp(`TINYVM-RESULT ordered steps=${STEPS}`));
       assert.ok(progress.length > 0, 'at least one view was taken while the VM ran');
       process.stdout.write(`      views taken while the guest wrote (B steps seen in each): ${progress.join(' ')}\n`);
+      // every journal point too: failover-test --at each checkpoint holds no B<i> without A<i>
+      const listed: any = await (await fetch(`http://${hub.http}/checkpoints?vm=web1`)).json();
+      const ids: number[] = listed[0].checkpoints.map((c: any) => c.id);
+      assert.ok(ids.length >= 2, `checkpoints at the guest's flushes (${ids.length})`);
+      const viewed: number[] = [];
+      for (const id of ids) {
+        const started = await hub.post('/failover-test/start', { vm: 'web1', at: String(id) });
+        assert.equal(started.status, 200, JSON.stringify(started.body));
+        const views = started.body.volumes as { name: string; uri: string }[];
+        const uri = (n: string) => views.find((v) => v.name === n)!.uri;
+        const [v1, v2] = [readNbd(uri('disk1'), len), readNbd(uri('data'), len)];
+        assert.equal((await hub.post('/failover-test/stop', {})).status, 200);
+        viewed.push(stepsOf(v1, v2, `checkpoint ${id} through failover-test --at`));
+      }
+      assert.ok(new Set(viewed).size >= 2, `the points hold different moments (B steps: ${viewed.join(' ')})`);
       for (let i = 0; i < STEPS; i++) assert.ok(readRegion(`${dir}/dataR`, i * CHUNK, CHUNK).equals(chunkOf(`B${i}`)));
       assert.equal(sha(`${dir}/sysR`), sha(d1));
       assert.equal(sha(`${dir}/dataR`), sha(d2));

@@ -334,14 +334,21 @@ tokenOption(ft.command('start'))
   .description('freeze a consistent point-in-time view of the recovery volumes and export it over NBD')
   .option('--hub <url>', 'hub operator URL', 'http://127.0.0.1:7080')
   .option('--vm <name>', 'only the volumes of this VM')
-  .option('--force', 'take the view even if a volume is not converged')
+  .option(
+    '--at <point>',
+    'view the volumes as of a journal checkpoint: an id, an ISO 8601 time, "10 min ago" or latest (nothing is copied)',
+  )
+  .option(
+    '--force',
+    'take the view even if a volume is not converged (a torn replica, without a journal checkpoint to fall back to)',
+  )
   .option('--launch <cmd>', 'start the recovery VM: {V1} style placeholders become the export URIs')
   .action(async (o) => {
-    const r = await post(o.hub, '/failover-test/start', { vm: o.vm, force: !!o.force });
+    const r = await post(o.hub, '/failover-test/start', { vm: o.vm, force: !!o.force, at: o.at });
     const uris: Record<string, string> = {};
     for (const v of r.volumes) {
       uris[v.name] = v.uri;
-      process.stdout.write(`${v.name}\t${v.uri}\n`);
+      process.stdout.write(`${v.name}\t${v.uri}${atText(v.checkpoint)}\n`);
     }
     if (!o.launch) return;
     const { spawn } = await import('node:child_process');
@@ -367,11 +374,27 @@ tokenOption(ft.command('stop'))
 tokenOption(program.command('failover'))
   .description('the protected site is gone: promote the recovery volumes and export them read-write over NBD')
   .option('--hub <url>', 'hub operator URL', 'http://127.0.0.1:7080')
-  .option('--force', 'fail over although an agent of the protected site is still connected')
+  .option(
+    '--at <point>',
+    'promote a journal checkpoint (an id, an ISO 8601 time, "10 min ago" or latest): the recovery volumes are rolled back to it, its newer checkpoints dropped, and failback treats everything after it as changed',
+  )
+  .option('--vm <name>', 'the VM --at refers to (needed when the hub protects several)')
+  .option(
+    '--force',
+    'fail over although an agent of the protected site is still connected, or a volume is torn by a resync with no checkpoint to fall back to',
+  )
   .action(async (o) => {
-    const r = await post(o.hub, '/failover', { force: !!o.force });
-    for (const v of r.volumes) process.stdout.write(`${v.name}\t${v.uri}\tgeneration ${v.generation}\n`);
+    const r = await post(o.hub, '/failover', { force: !!o.force, at: o.at, vm: o.vm });
+    for (const v of r.volumes)
+      process.stdout.write(
+        `${v.name}\t${v.uri}\tgeneration ${v.generation}${atText(v.checkpoint)}${v.rolledBackBytes ? `\trolled back ${v.rolledBackBytes} bytes` : ''}\n`,
+      );
   });
+
+/** ", at checkpoint ID (TIME)" for a volume taken at a journal checkpoint. */
+function atText(cp: { id: number; time: string } | null | undefined): string {
+  return cp ? `\tat checkpoint ${cp.id} (${cp.time})` : '';
+}
 tokenOption(program.command('failback'))
   .description('the protected site is back: write back only the changed regions, then protect in the normal direction')
   .option('--hub <url>', 'hub operator URL', 'http://127.0.0.1:7080')

@@ -17,8 +17,11 @@
 import { DirtyBitmap } from '../../storage/bitmap';
 import { assert } from '../assert';
 import type { Replica, ReplicaOwner } from './replica';
+import { FailoverError } from './failover-at';
 
 export type Side = 'recovery' | 'protected';
+/** Whose changes win at failback: one side for every volume, or one per volume. */
+export type Winner = Side | Record<string, Side>;
 
 /** Write-back passes before giving up on a region the protected VM keeps rewriting. */
 const MAX_PASSES = 16;
@@ -108,6 +111,28 @@ export async function failBackVolume(r: Replica, s: ReplicaOwner, winner: Side):
         `failback of ${r.name}: the protected VM kept rewriting regions being written back (${MAX_PASSES} passes); stop it and run failback again`,
       );
     out.movedBytes += await s.writeBack(r, regions, w);
+  }
+  return out;
+}
+
+/** The winner of each volume: one side for all, or a side per named volume (checked). */
+export function winnersOf(volumes: string[], w: Winner | undefined): Map<string, Side> {
+  const out = new Map<string, Side>();
+  const isSide = (v: unknown): v is Side => v === 'recovery' || v === 'protected';
+  if (w === undefined) return out;
+  if (typeof w === 'string') {
+    if (!isSide(w)) throw new FailoverError(`winner must be "recovery" or "protected", not ${JSON.stringify(w)}`);
+    for (const n of volumes) out.set(n, w);
+    return out;
+  }
+  for (const [n, side] of Object.entries(w)) {
+    if (!volumes.includes(n))
+      throw new FailoverError(
+        `winner names volume ${n}, which is not failed over (failed over: ${volumes.join(', ')})`,
+      );
+    if (!isSide(side))
+      throw new FailoverError(`winner of ${n} must be "recovery" or "protected", not ${JSON.stringify(side)}`);
+    out.set(n, side);
   }
   return out;
 }

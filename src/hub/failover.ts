@@ -1,5 +1,7 @@
 // Failover test, failover and failback: what replication is for. Owns the hub's NBD exports
-// and the hub-wide mode records (persisted in the state store, restored on restart).
+// and the hub-wide mode records (persisted in the state store, restored on restart). Taking
+// them at a journal checkpoint (--at, or a torn replica's last consistent point) is
+// failover-at.ts's.
 import * as path from 'node:path';
 import * as fs from 'node:fs';
 import { PointInTimeView } from '../../storage/overlay';
@@ -9,21 +11,37 @@ import type { StateStore } from '../../storage/state';
 import { ExportRegistry, TargetExport } from '../nbd/exports';
 import type { Logger } from '../log';
 import type { Replica, ReplicaOwner, TargetOpener } from './replica';
-import { failBackVolume, Side, VolumeFailbackResult } from './failback-volume';
+import { failBackVolume, Side, VolumeFailbackResult, Winner, winnersOf } from './failback-volume';
+import type { JournalView } from '../../storage/journal-view';
+import type { HubJournals } from './journal';
+import {
+  FailoverError,
+  PointChoice,
+  PointViews,
+  choosePoints,
+  openViews,
+  pointsOf,
+  rollBack,
+  volumesAt,
+} from './failover-at';
 
-/** Whose changes win at failback: one side for every volume, or one per volume. */
-export type Winner = Side | Record<string, Side>;
-
-export class FailoverError extends Error {}
+export { FailoverError };
+export type { Winner };
 
 interface TestRecord {
   volumes: string[];
   startedAt: string;
   vm: string | null;
+  /** VM -> the checkpoint its volumes are viewed at (absent: the moment the test started). */
+  points?: Record<string, number>;
 }
 interface FailoverRecord {
   volumes: string[];
   since: string;
+  /** VM -> the checkpoint its volumes were promoted at (rolled back to). */
+  points?: Record<string, number>;
+  /** Volumes whose rollback to their point is done (a restart redoes the others). */
+  rolledBack?: string[];
 }
 
 export interface FailoverHost {
@@ -34,29 +52,69 @@ export interface FailoverHost {
   exports: ExportRegistry;
   nbdUri(name: string): string;
   log: Logger;
+  /** The per-VM journals (absent with --no-journal): points to test and fail over at. */
+  journals?: HubJournals;
 }
 
 export class FailoverController {
   private test: TestRecord | null = null;
   private failover: FailoverRecord | null = null;
   private busy = false;
+  private readonly pointViews: PointViews;
 
-  constructor(private readonly h: FailoverHost) {}
+  constructor(private readonly h: FailoverHost) {
+    this.pointViews = new PointViews(h.layersDir);
+  }
 
   /** Reopen a test or a failover that was under way when the hub stopped. */
   restore(): void {
     const t = this.h.store.meta<TestRecord>('failoverTest');
     if (t) {
-      for (const name of t.volumes) this.activateView(this.replica(name));
+      const views = this.recordedViews(t.volumes, t.points);
+      for (const name of t.volumes) {
+        const v = views.get(name);
+        if (v) this.exportAt(this.replica(name), v);
+        else if (!t.points?.[this.replica(name).record?.vm ?? '']) this.activateView(this.replica(name));
+      }
       this.test = t;
-      this.h.log.info({ volumes: t.volumes }, 'failover test restored after restart');
+      this.h.log.info({ volumes: t.volumes, points: t.points }, 'failover test restored after restart');
     }
     const f = this.h.store.meta<FailoverRecord>('failover');
     if (f) {
-      for (const name of f.volumes) this.promote(this.replica(name));
+      const rolled = f.rolledBack ?? [];
+      const views = this.recordedViews(
+        f.volumes.filter((n) => !rolled.includes(n)),
+        f.points,
+      );
+      for (const name of f.volumes) {
+        this.promote(this.replica(name));
+        if (!f.points?.[this.replica(name).record?.vm ?? ''] || rolled.includes(name)) this.exportPromoted(name);
+      }
       this.failover = f;
-      this.h.log.info({ volumes: f.volumes }, 'failover restored after restart');
+      this.h.log.info({ volumes: f.volumes, points: f.points }, 'failover restored after restart');
+      if (views.size)
+        void this.exclusive(() => this.rollBackAll(views)).catch((e: Error) =>
+          this.h.log.error(
+            { volumes: [...views.keys()], cause: e.message },
+            'failover: rollback to the checkpoint failed',
+          ),
+        );
     }
+  }
+
+  /** The journal views a restart reopens for `names` at their VMs' recorded points. */
+  private recordedViews(names: string[], points: Record<string, number> | undefined): Map<string, JournalView> {
+    if (!points) return new Map();
+    const choices: PointChoice[] = [];
+    for (const name of names) {
+      const r = this.replica(name),
+        vm = r.record?.vm ?? '';
+      if (points[vm] === undefined) continue;
+      const point = this.h.journals?.pointOf(vm, points[vm]) ?? null;
+      if (point) choices.push({ vm, volumes: [r], point });
+      else this.h.log.error({ volume: name, vm, checkpoint: points[vm] }, 'the checkpoint of the volume is gone');
+    }
+    return openViews(this.h.journals, choices, (r) => r.ensureTarget(this.h.openTarget));
   }
 
   status() {
@@ -90,7 +148,8 @@ export class FailoverController {
     vm?: string;
     force?: boolean;
     flushWaitMs?: number;
-  }): Promise<{ volumes: { name: string; uri: string }[] }> {
+    at?: string;
+  }): Promise<{ volumes: { name: string; uri: string; checkpoint: object | null }[] }> {
     return this.exclusive(async () => {
       if (this.test)
         throw new FailoverError(`a failover test is already running (since ${this.test.startedAt}); stop it first`);
@@ -98,15 +157,20 @@ export class FailoverController {
       const reps = [...this.h.replicas.values()].filter((r) => r.record && (!opts.vm || r.record.vm === opts.vm));
       if (reps.length === 0)
         throw new FailoverError(opts.vm ? `no replicated volumes of VM ${opts.vm}` : 'no replicated volumes yet');
-      const notReady = reps.filter((r) => r.state !== 'protecting' && r.state !== 'stopped');
+      const choices = choosePoints(reps, opts, this.h.journals, 'failover test', this.h.log);
+      const present = choices.filter((c) => !c.point).flatMap((c) => c.volumes);
+      const notReady = present.filter((r) => r.state !== 'protecting' && r.state !== 'stopped');
       if (notReady.length && !opts.force) {
         throw new FailoverError(
           `not converged: ${notReady.map((r) => `${r.name} is ${r.state}`).join(', ')}; the view would not be a consistent point (use force to take it anyway)`,
         );
       }
-      // Freeze each VM's volumes at one point of its in-order write stream.
+      // Volumes at a checkpoint: the journal's view, already fixed at its point.
+      const views = openViews(this.h.journals, choices, (r) => r.ensureTarget(this.h.openTarget));
+      for (const [name, v] of views) this.exportAt(this.replica(name), v);
+      // The others: freeze each VM's volumes at one point of its in-order write stream.
       const bySession = new Map<ReplicaOwner | undefined, Replica[]>();
-      for (const r of reps) {
+      for (const r of present) {
         const s = this.ownerOf(r);
         bySession.set(s, [...(bySession.get(s) ?? []), r]);
       }
@@ -117,10 +181,12 @@ export class FailoverController {
         if (s) await s.barrierAtFlush(activate, opts.flushWaitMs ?? 2000);
         else activate();
       }
+      const points = pointsOf(choices);
       this.test = { volumes: reps.map((r) => r.name), startedAt: new Date().toISOString(), vm: opts.vm ?? null };
+      if (points) this.test.points = points;
       this.h.store.putMeta('failoverTest', this.test);
-      this.h.log.info({ volumes: this.test.volumes }, 'failover test started: point-in-time views exported');
-      return { volumes: reps.map((r) => ({ name: r.name, uri: this.h.nbdUri(r.name) })) };
+      this.h.log.info({ volumes: this.test.volumes, points }, 'failover test started: point-in-time views exported');
+      return { volumes: volumesAt(choices, (n) => this.h.nbdUri(n)) };
     });
   }
 
@@ -130,6 +196,11 @@ export class FailoverController {
       target.view = new PointInTimeView(target.base, path.join(this.h.layersDir, 'test', r.name), r.record!.regionSize);
     // The test VM's disk: the point-in-time view (COW layers) over the recovery volume.
     this.h.exports.add(new TargetExport(r.name, target.view));
+  }
+
+  /** The test VM's disk at a checkpoint: a COW layer over the journal's view (nothing copied). */
+  private exportAt(r: Replica, view: JournalView): void {
+    this.h.exports.add(new TargetExport(r.name, this.pointViews.add(r.name, view, r.record!.regionSize)));
   }
 
   /** Refused while NBD clients use the views, unless `force`: they are disconnected first. */
@@ -143,6 +214,10 @@ export class FailoverController {
       await Promise.all(this.test.volumes.map((n) => this.h.exports.remove(n)));
       const out: { name: string; keptBytes: number; testWrittenBytes: number }[] = [];
       for (const name of this.test.volumes) {
+        if (this.pointViews.has(name)) {
+          out.push(await this.pointViews.discard(name)); // replication never wrote into it
+          continue;
+        }
         const r = this.replica(name);
         const drop = async () => {
           const view = r.target?.view;
@@ -164,7 +239,11 @@ export class FailoverController {
 
   // ---- failover and failback ----
 
-  failoverNow(opts: { force?: boolean }): Promise<{ volumes: { name: string; uri: string; generation: number }[] }> {
+  /**
+   * Promote the recovery volumes. At a checkpoint (`at`, or the newest consistent one of a VM
+   * with a torn volume) its volumes are rolled back to it first and exported only then.
+   */
+  failoverNow(opts: { force?: boolean; at?: string; vm?: string }): Promise<{ volumes: object[] }> {
     return this.exclusive(async () => {
       if (this.test) throw new FailoverError('a failover test is running; stop it first');
       if (this.failover) throw new FailoverError(`already failed over (since ${this.failover.since})`);
@@ -176,20 +255,31 @@ export class FailoverController {
           `the protected site is still connected for ${connected.map((r) => r.name).join(', ')}: failing over now splits the brain (use force if it is really gone)`,
         );
       }
-      const out = [];
+      const choices = choosePoints(reps, opts, this.h.journals, 'failover', this.h.log);
+      const views = openViews(this.h.journals, choices, (r) => r.ensureTarget(this.h.openTarget)); // before promotion
+      const generations = new Map<string, number>();
       for (const r of reps) {
         this.promote(r);
-        out.push({ name: r.name, uri: this.h.nbdUri(r.name), generation: await r.newGeneration() });
+        if (!views.has(r.name)) this.exportPromoted(r.name);
+        generations.set(r.name, await r.newGeneration());
       }
       this.failover = { volumes: reps.map((r) => r.name), since: new Date().toISOString() };
-      this.h.store.putMeta('failover', this.failover);
+      const points = pointsOf(choices);
+      if (points) Object.assign(this.failover, { points, rolledBack: [] });
+      this.h.store.putMeta('failover', this.failover); // before any rollback: a restart redoes it
+      const rolled = await this.rollBackAll(views);
+      const out = volumesAt(choices, (n) => this.h.nbdUri(n)).map((v) => ({
+        ...v,
+        generation: generations.get(v.name),
+        rolledBackBytes: rolled.get(v.name) ?? 0,
+      }));
       this.h.log.warn({ volumes: out }, 'FAILOVER: recovery volumes promoted and exported read-write');
       return { volumes: out };
     });
   }
 
   private promote(r: Replica): void {
-    const target = r.ensureTarget(this.h.openTarget);
+    r.ensureTarget(this.h.openTarget);
     const dir = path.join(this.h.layersDir, 'failover');
     fs.mkdirSync(dir, { recursive: true });
     const size = r.record!.sizeBytes,
@@ -200,9 +290,40 @@ export class FailoverController {
       failingBack: null,
     };
     r.enterFailover(maps);
-    // The recovery VM's disk: recovery-changed tracking over the replica's own stack below its guard
-    // (which keeps the replica's known-zero map right).
-    this.h.exports.add(new TargetExport(r.name, new TrackedTarget(target.base, maps.recoveryChanged)));
+  }
+
+  /** The recovery VM's disk: recovery-changed tracking over the replica's stack below its guard. */
+  private exportPromoted(name: string): void {
+    const r = this.replica(name);
+    this.h.exports.add(new TargetExport(r.name, new TrackedTarget(r.target!.base, r.failover!.recoveryChanged)));
+  }
+
+  /**
+   * Roll each promoted volume of `views` back to its point (failover-at.ts), newer points of
+   * its VM dropped first; each is exported once done, and recorded done. The bytes per volume.
+   */
+  private async rollBackAll(views: Map<string, JournalView>): Promise<Map<string, number>> {
+    const bytes = new Map<string, number>();
+    try {
+      const dropped = new Set<string>();
+      for (const [name, view] of views) {
+        const r = this.replica(name),
+          vm = r.record!.vm ?? '';
+        if (!dropped.has(vm)) this.h.journals!.rolledBackTo(vm, view.point);
+        dropped.add(vm);
+        bytes.set(name, await rollBack(r, view, r.failover!.recoveryChanged));
+        this.failover!.rolledBack = [...(this.failover!.rolledBack ?? []), name];
+        this.h.store.putMeta('failover', this.failover);
+        this.exportPromoted(name);
+        this.h.log.warn(
+          { volume: name, vm, checkpoint: view.point.id, rolledBackBytes: bytes.get(name) },
+          'failover: recovery volume rolled back to the checkpoint; failback treats everything after it as changed',
+        );
+      }
+    } finally {
+      for (const v of views.values()) await v.close();
+    }
+    return bytes;
   }
 
   /**
@@ -272,26 +393,4 @@ export class FailoverController {
       );
     this.h.log.warn({ volumes: held.map((x) => x.n), action: what }, `${what}: disconnecting NBD clients of ${list}`);
   }
-}
-
-/** The winner of each volume: one side for all, or a side per named volume (checked). */
-function winnersOf(volumes: string[], w: Winner | undefined): Map<string, Side> {
-  const out = new Map<string, Side>();
-  const isSide = (v: unknown): v is Side => v === 'recovery' || v === 'protected';
-  if (w === undefined) return out;
-  if (typeof w === 'string') {
-    if (!isSide(w)) throw new FailoverError(`winner must be "recovery" or "protected", not ${JSON.stringify(w)}`);
-    for (const n of volumes) out.set(n, w);
-    return out;
-  }
-  for (const [n, side] of Object.entries(w)) {
-    if (!volumes.includes(n))
-      throw new FailoverError(
-        `winner names volume ${n}, which is not failed over (failed over: ${volumes.join(', ')})`,
-      );
-    if (!isSide(side))
-      throw new FailoverError(`winner of ${n} must be "recovery" or "protected", not ${JSON.stringify(side)}`);
-    out.set(n, side);
-  }
-  return out;
 }

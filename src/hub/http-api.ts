@@ -15,9 +15,11 @@ const NOT_FOUND =
 
 /** What the operator can ask for; the failover controller does it. */
 export interface OperatorActions {
-  startTest(opts: { vm?: string; force?: boolean }): Promise<unknown>;
+  /** `at`: a checkpoint id, a time or latest (the journal's point-in-time view). */
+  startTest(opts: { vm?: string; force?: boolean; at?: string }): Promise<unknown>;
   stopTest(opts: { force?: boolean }): Promise<unknown>;
-  failoverNow(opts: { force?: boolean }): Promise<unknown>;
+  /** `at`: promote that checkpoint of `vm` (the recovery volumes are rolled back to it). */
+  failoverNow(opts: { force?: boolean; at?: string; vm?: string }): Promise<unknown>;
   failback(opts: { winner?: Side | Record<string, Side>; force?: boolean }): Promise<unknown>;
 }
 
@@ -78,9 +80,10 @@ function winnerOf(b: Body): Side | Record<string, Side> | undefined {
 
 function routes(a: OperatorActions): Record<string, (b: Body) => Promise<unknown>> {
   return {
-    '/failover-test/start': (b) => a.startTest({ vm: optionalString(b, 'vm'), force: !!b.force }),
+    '/failover-test/start': (b) =>
+      a.startTest({ vm: optionalString(b, 'vm'), force: !!b.force, at: optionalString(b, 'at') }),
     '/failover-test/stop': (b) => a.stopTest({ force: !!b.force }),
-    '/failover': (b) => a.failoverNow({ force: !!b.force }),
+    '/failover': (b) => a.failoverNow({ force: !!b.force, at: optionalString(b, 'at'), vm: optionalString(b, 'vm') }),
     '/failback': (b) => a.failback({ winner: winnerOf(b), force: !!b.force }),
   };
 }

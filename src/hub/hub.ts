@@ -93,6 +93,7 @@ export class Hub implements HubStatusSource {
       exports: this.exports,
       nbdUri: (n) => `nbd://${this.nbdAddr.host}:${this.nbdAddr.port}/${n}`,
       log: opts.log,
+      journals: this.journals,
     });
     this.failover.restore();
     this.verifier = new VerifyScheduler(

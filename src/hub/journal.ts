@@ -158,6 +158,16 @@ export class HubJournals {
     return cp;
   }
 
+  /** Point `id` of `vm`, or null when it is not (or no longer) in the journal. */
+  pointOf(vm: string, id: number): Checkpoint | null {
+    return (
+      this.journals
+        .get(vm)
+        ?.points()
+        .find((p) => p.id === id) ?? null
+    );
+  }
+
   /** A read-only view of `volume` of `vm` at point `cp`; close it when done. */
   view(vm: string, volume: string, cp: Checkpoint): JournalView {
     const r = this.replicas.get(volume);
@@ -169,6 +179,15 @@ export class HubJournals {
     if (size === undefined) throw new JournalRefused(`volume ${volume} has never been protected`);
     const base: BlockTarget = r.target ?? FileVolume.open(r.spec.path, { readOnly: true });
     return new JournalView(base, j, vol, cp);
+  }
+
+  /** `vm`'s volumes were rolled back to `cp` (failover --at): its newer points are gone, durably. */
+  rolledBackTo(vm: string, cp: Checkpoint): void {
+    const dropped = this.journal(vm).dropAfter(cp.id);
+    this.log.warn(
+      { vm, checkpoint: cp.id, time: iso(cp.time), dropped },
+      'journal: the points newer than the promoted one are dropped (the recovery volumes were rolled back to it)',
+    );
   }
 
   list(vm?: string): { vm: string; checkpoints: object[] }[] {

@@ -233,7 +233,9 @@ export class Replica {
   ensureTarget(open: TargetOpener): GuardedTarget {
     if (!this.record) throw new Error(`volume ${this.name} has never been protected: no replica to use`);
     if (!this.target) {
-      this.target = new GuardedTarget(open(this.spec.path, this.record.sizeBytes));
+      // the journal's capture too: a promoted volume's writes must keep the older points right
+      const filter = this.targetFilter ?? ((t: BlockTarget) => t);
+      this.target = new GuardedTarget(filter(open(this.spec.path, this.record.sizeBytes)));
       this.record.recoveryFile = recoveryFileNow(this.spec.path, false); // written from now on: inexact
       void this.store.putVolume(this.record, true);
     }
