@@ -153,7 +153,7 @@ export async function startCeph(pool = 'rbd', storeBytes = 2 << 30): Promise<Cep
       .readdirSync(path.join(dir, 'log'))
       .map((f) => fs.readFileSync(path.join(dir, 'log', f), 'utf8').slice(-2000));
     cluster.stop();
-    throw new Error(`${(e as Error).message}\n${logs.join('\n')}`);
+    throw new Error(`${(e as Error).message}\n${logs.join('\n')}`, { cause: e });
   }
   return cluster;
 }
