@@ -43,6 +43,10 @@ static struct {
   int (*rbd_aio_flush)(rbd_image_t, rbd_completion_t);
   ssize_t (*rbd_aio_get_return_value)(rbd_completion_t);
   void (*rbd_aio_release)(rbd_completion_t);
+  int (*rbd_metadata_get)(rbd_image_t, const char *, char *, size_t *);
+  int (*rbd_metadata_set)(rbd_image_t, const char *, const char *);
+  int (*rbd_lock_get_owners)(rbd_image_t, int *, char **, size_t *);
+  void (*rbd_lock_get_owners_cleanup)(char **, size_t);
 } L;
 static char load_error[512];
 static int loaded; // 0 not tried, 1 ok, -1 failed
@@ -65,7 +69,8 @@ static int load_librbd(void) {
   SYM(rbd, rbd_open) SYM(rbd, rbd_create) SYM(rbd, rbd_close) SYM(rbd, rbd_get_size) SYM(rbd, rbd_lock_acquire)
   SYM(rbd, rbd_lock_release) SYM(rbd, rbd_is_exclusive_lock_owner) SYM(rbd, rbd_aio_create_completion)
   SYM(rbd, rbd_aio_write) SYM(rbd, rbd_aio_read) SYM(rbd, rbd_aio_flush) SYM(rbd, rbd_aio_get_return_value)
-  SYM(rbd, rbd_aio_release)
+  SYM(rbd, rbd_aio_release) SYM(rbd, rbd_metadata_get) SYM(rbd, rbd_metadata_set) SYM(rbd, rbd_lock_get_owners)
+  SYM(rbd, rbd_lock_get_owners_cleanup)
 #undef SYM
   return loaded = 1;
 }
@@ -398,6 +403,90 @@ static napi_value aio(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// ---- image metadata and lock owners (async work) ----
+// meta(handle, kind, key, value) -> Promise<string|null>: kind 0 get key (null when unset),
+// 1 set key to value, 2 the exclusive lock's owners (space-separated; '' when none).
+#define META_MAX 4096
+typedef struct {
+  Image *img;
+  int kind;
+  char key[256], value[META_MAX];
+  int r;
+  napi_deferred deferred;
+  napi_async_work work;
+} MetaJob;
+
+static void meta_execute(napi_env env, void *data) {
+  (void)env;
+  MetaJob *j = data;
+  if (j->kind == 0) {
+    size_t len = sizeof j->value;
+    j->r = L.rbd_metadata_get(j->img->image, j->key, j->value, &len);
+  } else if (j->kind == 1) {
+    j->r = L.rbd_metadata_set(j->img->image, j->key, j->value);
+  } else {
+    char *owners[8];
+    size_t n = 8;
+    int mode = 0;
+    j->value[0] = 0;
+    j->r = L.rbd_lock_get_owners(j->img->image, &mode, owners, &n);
+    if (j->r == -ENOENT) j->r = 0, n = 0; // no owner
+    if (j->r >= 0) {
+      for (size_t i = 0; i < n; i++) {
+        size_t used = strlen(j->value);
+        snprintf(j->value + used, sizeof j->value - used, "%s%s", i ? " " : "", owners[i]);
+      }
+      if (n) L.rbd_lock_get_owners_cleanup(owners, n);
+      j->r = 0;
+    }
+  }
+}
+
+static void meta_complete(napi_env env, napi_status status, void *data) {
+  (void)status;
+  MetaJob *j = data;
+  napi_value v;
+  if (j->kind == 0 && j->r == -ENOENT) {
+    napi_get_null(env, &v);
+    napi_resolve_deferred(env, j->deferred, v);
+  } else if (j->r < 0) {
+    char what[320];
+    snprintf(what, sizeof what, j->kind == 2 ? "lock owners" : "%s metadata %s", j->kind ? "set" : "get", j->key);
+    napi_reject_deferred(env, j->deferred, make_error(env, what, j->r));
+  } else {
+    if (j->kind == 1) napi_get_null(env, &v);
+    else napi_create_string_utf8(env, j->value, NAPI_AUTO_LENGTH, &v);
+    napi_resolve_deferred(env, j->deferred, v);
+  }
+  napi_delete_async_work(env, j->work);
+  free(j);
+}
+
+static napi_value meta(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4], promise, name;
+  int32_t kind;
+  MetaJob *j = calloc(1, sizeof *j);
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 4 ||
+      napi_get_value_int32(env, argv[1], &kind) != napi_ok || kind < 0 || kind > 2 ||
+      get_string(env, argv[2], j->key, sizeof j->key) || get_string(env, argv[3], j->value, sizeof j->value)) {
+    free(j);
+    napi_throw_type_error(env, NULL, "meta(handle, kind, key, value): key and value strings");
+    return NULL;
+  }
+  j->img = get_image(env, argv[0]);
+  if (!j->img) {
+    free(j);
+    return NULL;
+  }
+  j->kind = kind;
+  napi_create_string_utf8(env, "rbd meta", NAPI_AUTO_LENGTH, &name);
+  napi_create_promise(env, &j->deferred, &promise);
+  napi_create_async_work(env, NULL, name, meta_execute, meta_complete, j, &j->work);
+  napi_queue_async_work(env, j->work);
+  return promise;
+}
+
 // size(handle) -> bytes
 static napi_value size_(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -421,7 +510,7 @@ static napi_value init(napi_env env, napi_value exports) {
   static const struct {
     const char *name;
     napi_callback fn;
-  } fns[] = {{"open", rbd_open_}, {"job", image_job}, {"aio", aio}, {"size", size_}, {"available", available}};
+  } fns[] = {{"open", rbd_open_}, {"job", image_job}, {"aio", aio}, {"size", size_}, {"available", available}, {"meta", meta}};
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
     napi_value f;
     napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &f);

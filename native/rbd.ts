@@ -28,6 +28,14 @@ export interface RbdAddon {
   /** Start an aio; cb gets the bytes done or -errno. Throws when it cannot be started. */
   aio(h: RbdHandle, op: RbdOp, buf: Buffer | null, offset: number, cb: (result: number) => void): void;
   size(h: RbdHandle): number;
+  /** kind 0: image metadata `key` (null when unset); 1: set it to `value`; 2: the lock's owners ('' none). */
+  meta(h: RbdHandle, kind: RbdMeta, key: string, value: string | null): Promise<string | null>;
+}
+
+export const enum RbdMeta {
+  Get = 0,
+  Set = 1,
+  LockOwners = 2,
 }
 
 function load(): { addon: RbdAddon | null; error: string } {

@@ -2,7 +2,7 @@
 // writes and flushes are librbd aio, so the event loop never waits on the cluster. Flush maps
 // to rbd_aio_flush. `rbd:POOL/IMAGE[:conf=PATH][:id=USER]` names one, as QEMU's rbd: driver does.
 import { BlockTarget, VolumeError } from './volume';
-import { rbdAddon, rbdUnavailable, RbdHandle, RbdJob, RbdOp } from '../native/rbd';
+import { rbdAddon, rbdUnavailable, RbdHandle, RbdJob, RbdMeta, RbdOp } from '../native/rbd';
 
 export interface RbdSpec {
   pool: string;
@@ -40,6 +40,8 @@ export class RbdVolume implements BlockTarget {
     readonly spec: RbdSpec,
     private readonly h: RbdHandle,
     readonly sizeBytes: number,
+    /** This open created the image (it held nothing before). */
+    readonly created: boolean,
   ) {}
 
   /** Open (creating at createSize when missing and createSize > 0); takes no lock. */
@@ -47,8 +49,33 @@ export class RbdVolume implements BlockTarget {
     const why = rbdUnavailable();
     if (why) throw new VolumeError(`${rbdName(spec)}: ${why}`, rbdName(spec));
     const user = spec.user === null ? null : `client.${spec.user}`;
-    const h = await rbdAddon!.open(spec.conf, user, spec.pool, spec.image, createSize);
-    return new RbdVolume(spec, h, rbdAddon!.size(h));
+    const open = (size: number) => rbdAddon!.open(spec.conf, user, spec.pool, spec.image, size);
+    let created = false;
+    let h: RbdHandle;
+    try {
+      h = await open(0);
+    } catch (e) {
+      // Missing: create it. Another creator racing us is fenced by the exclusive lock the hub
+      // takes next; `created` then only means a full sync instead of a checksum resync.
+      if ((e as { errno?: number }).errno !== -ENOENT || createSize <= 0) throw e;
+      h = await open(createSize);
+      created = true;
+    }
+    return new RbdVolume(spec, h, rbdAddon!.size(h), created);
+  }
+
+  /** The image's metadata `key` (null when unset). */
+  metaGet(key: string): Promise<string | null> {
+    return rbdAddon!.meta(this.h, RbdMeta.Get, key, null);
+  }
+
+  async metaSet(key: string, value: string): Promise<void> {
+    await rbdAddon!.meta(this.h, RbdMeta.Set, key, value);
+  }
+
+  /** Who holds the image's exclusive lock ('' when nobody), for error messages. */
+  async lockOwners(): Promise<string> {
+    return (await rbdAddon!.meta(this.h, RbdMeta.LockOwners, '', null)) ?? '';
   }
 
   get path(): string {
@@ -118,6 +145,7 @@ export class RbdVolume implements BlockTarget {
 }
 
 const OP_NAMES = ['read', 'write', 'flush'];
+const ENOENT = 2;
 
 function errnoText(r: number): string {
   return r < 0 ? `errno ${-r}` : `short read (${r} bytes)`;

@@ -40,20 +40,27 @@ export class FailoverController {
   private test: TestRecord | null = null;
   private failover: FailoverRecord | null = null;
   private busy = false;
+  /** Settles once restore() has reopened what was under way (recovery volumes open asynchronously). */
+  ready: Promise<void> = Promise.resolve();
 
   constructor(private readonly h: FailoverHost) {}
 
-  /** Reopen a test or a failover that was under way when the hub stopped. */
-  restore(): void {
+  /** Reopen a test or a failover that was under way when the hub stopped (see `ready`). */
+  restore(): Promise<void> {
+    this.ready = this.reopen();
+    return this.ready;
+  }
+
+  private async reopen(): Promise<void> {
     const t = this.h.store.meta<TestRecord>('failoverTest');
     if (t) {
-      for (const name of t.volumes) this.activateView(this.replica(name));
+      for (const name of t.volumes) await this.activateView(this.replica(name));
       this.test = t;
       this.h.log.info({ volumes: t.volumes }, 'failover test restored after restart');
     }
     const f = this.h.store.meta<FailoverRecord>('failover');
     if (f) {
-      for (const name of f.volumes) this.promote(this.replica(name));
+      for (const name of f.volumes) await this.promote(this.replica(name));
       this.failover = f;
       this.h.log.info({ volumes: f.volumes }, 'failover restored after restart');
     }
@@ -78,6 +85,7 @@ export class FailoverController {
     if (this.busy) throw new FailoverError('another failover operation is in progress');
     this.busy = true;
     try {
+      await this.ready;
       return await fn();
     } finally {
       this.busy = false;
@@ -111,6 +119,9 @@ export class FailoverController {
         bySession.set(s, [...(bySession.get(s) ?? []), r]);
       }
       for (const [s, rs] of bySession) {
+        // The recovery volumes open first (an RBD image asynchronously), so that the views
+        // themselves are taken at one point of the stream, with no wait between them.
+        for (const r of rs) await r.ensureTarget(this.h.openTarget);
         const activate = () => {
           for (const r of rs) this.activateView(r);
         };
@@ -124,8 +135,9 @@ export class FailoverController {
     });
   }
 
-  private activateView(r: Replica): void {
-    const target = r.ensureTarget(this.h.openTarget);
+  private activateView(r: Replica): void | Promise<void> {
+    if (!r.target) return r.ensureTarget(this.h.openTarget).then(() => this.activateView(r));
+    const target = r.target;
     if (!target.view)
       target.view = new PointInTimeView(target.base, path.join(this.h.layersDir, 'test', r.name), r.record!.regionSize);
     // The test VM's disk: the point-in-time view (COW layers) over the recovery volume.
@@ -178,7 +190,7 @@ export class FailoverController {
       }
       const out = [];
       for (const r of reps) {
-        this.promote(r);
+        await this.promote(r);
         out.push({ name: r.name, uri: this.h.nbdUri(r.name), generation: await r.newGeneration() });
       }
       this.failover = { volumes: reps.map((r) => r.name), since: new Date().toISOString() };
@@ -188,8 +200,8 @@ export class FailoverController {
     });
   }
 
-  private promote(r: Replica): void {
-    const target = r.ensureTarget(this.h.openTarget);
+  private async promote(r: Replica): Promise<void> {
+    const target = await r.ensureTarget(this.h.openTarget);
     const dir = path.join(this.h.layersDir, 'failover');
     fs.mkdirSync(dir, { recursive: true });
     const size = r.record!.sizeBytes,

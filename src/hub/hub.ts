@@ -94,7 +94,7 @@ export class Hub implements HubStatusSource {
       nbdUri: (n) => `nbd://${this.nbdAddr.host}:${this.nbdAddr.port}/${n}`,
       log: opts.log,
     });
-    this.failover.restore();
+    void this.failover.restore().catch(() => undefined); // listen() reports a failure
     this.verifier = new VerifyScheduler(
       {
         replicas: () => this.replicas.values(),
@@ -180,7 +180,8 @@ export class Hub implements HubStatusSource {
   }
 
   /** Accept agents (TCP, or TLS with --tls-* / --psk-file). */
-  listen(host: string, port: number): Promise<net.AddressInfo> {
+  async listen(host: string, port: number): Promise<net.AddressInfo> {
+    await this.failover.ready; // a failover or test under way at the last stop is reopened first
     return this.listener.listen(host, port);
   }
 

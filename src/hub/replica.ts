@@ -14,6 +14,8 @@ import { EncryptionAlarm } from './encryption-alarm';
 import { ReplicaStats } from './replica-stats';
 import { replicaStatus } from './replica-status';
 import { peerChange, recoveryFileChange, recoveryFileNow } from './replica-identity';
+import { RbdVolume } from '../../storage/rbd-volume';
+import { claimRbd, isRbdPath } from './rbd-target';
 
 export type ReplicaState = 'unprotected' | 'syncing' | 'protecting' | 'degraded' | 'stopped' | 'error' | 'failed-over';
 
@@ -58,7 +60,8 @@ export interface ReplicaOwner {
   pump(): void;
 }
 
-export type TargetOpener = (path: string, sizeBytes: number) => BlockTarget;
+/** Opens a recovery volume; files open synchronously, RBD images (rbd-target.ts) asynchronously. */
+export type TargetOpener = (path: string, sizeBytes: number) => BlockTarget | Promise<BlockTarget>;
 export const openFileTarget: TargetOpener = (path, sizeBytes) =>
   FileVolume.open(path, { createSize: sizeBytes, minSize: sizeBytes });
 /** --cache none: large aligned writes bypass the page cache (O_DIRECT). */
@@ -86,6 +89,8 @@ export class Replica {
   private knownZero: KnownZeroMap | null = null;
   /** The recovery volume existed with data when it was opened: the hub cannot vouch for it. */
   private seeded = false;
+  /** The claim token this hub wrote into its RBD image (rbd-target.ts), for the record. */
+  private claimToken: string | undefined;
 
   constructor(
     readonly spec: ReplicaSpec,
@@ -156,7 +161,7 @@ export class Replica {
         `protected volume ${this.name} is now ${sizeBytes} bytes but its replica was ${rec.sizeBytes} bytes; remove the replica's state to start over`,
       );
     }
-    if (!this.target) this.target = this.openTarget(open, sizeBytes, rec?.regionSize ?? this.regionSize);
+    if (!this.target) this.target = await this.openTarget(open, sizeBytes, rec?.regionSize ?? this.regionSize);
     if (rec && this.failover) {
       // Promoted: the agent is back but its writes are only tracked until failback.
       rec.vm = vm;
@@ -193,6 +198,7 @@ export class Replica {
     rec.vm = vm;
     if (lineage) rec.peerUuid = lineage[0].toString('hex'); // durable below, after the bitmap
     rec.recoveryFile = recoveryFileNow(this.spec.path, false); // written from now on: inexact
+    if (this.claimToken) rec.rbdClaim = this.claimToken; // durable below, before any write
     this.record = rec;
     await this.store.saveBitmap(this.name, this.bitmap, true);
     await this.store.putVolume(rec, true);
@@ -205,10 +211,16 @@ export class Replica {
    * The recovery volume's filter stack: the guard over change tracking over the file. A file
    * this hub creates starts known zero; every write below the guard clears what it touches.
    */
-  private openTarget(open: TargetOpener, sizeBytes: number, regionSize: number): GuardedTarget {
-    const existed = fs.existsSync(this.spec.path);
-    const file = open(this.spec.path, sizeBytes);
+  private async openTarget(open: TargetOpener, sizeBytes: number, regionSize: number): Promise<GuardedTarget> {
+    const existed = !isRbdPath(this.spec.path) && fs.existsSync(this.spec.path);
+    const file = await open(this.spec.path, sizeBytes);
     const filter = this.targetFilter ?? ((t: BlockTarget) => t);
+    if (file instanceof RbdVolume) {
+      // An image this open did not create may hold anything: the hub cannot vouch for it.
+      this.seeded = !file.created;
+      await this.claimImage(file);
+      return new GuardedTarget(filter(file));
+    }
     // An existing file with no data extents (all holes) holds nothing to vouch for.
     this.seeded = existed && (!(file instanceof FileVolume) || file.dataExtents(0, sizeBytes)?.length !== 0);
     if (existed || !(file instanceof FileVolume)) return new GuardedTarget(filter(file));
@@ -229,11 +241,33 @@ export class Replica {
     await writeZeroes((buf, o) => this.target!.write(buf, o), a, b - a);
   }
 
+  /**
+   * Claim an RBD image for this replica's record before anything is written to it: another
+   * hub's writes since the record's claim (a takeover) mean a checksum resync. Closed on failure.
+   */
+  private async claimImage(vol: RbdVolume): Promise<void> {
+    try {
+      const c = await claimRbd(vol, this.record);
+      this.claimToken = c.token;
+      if (this.record) this.record.rbdClaim = c.token;
+      this.checkIdentity(c.reason);
+    } catch (e) {
+      await vol.close().catch(() => undefined);
+      throw e;
+    }
+  }
+
   /** Open the recovery volume of a known replica without an agent (failover, failover test). */
-  ensureTarget(open: TargetOpener): GuardedTarget {
+  async ensureTarget(open: TargetOpener): Promise<GuardedTarget> {
     if (!this.record) throw new Error(`volume ${this.name} has never been protected: no replica to use`);
     if (!this.target) {
-      this.target = new GuardedTarget(open(this.spec.path, this.record.sizeBytes));
+      const base = await open(this.spec.path, this.record.sizeBytes);
+      if (base instanceof RbdVolume) await this.claimImage(base);
+      if (this.target) {
+        await base.close(); // opened meanwhile by another caller: keep that one
+        return this.target;
+      }
+      this.target = new GuardedTarget(base);
       this.record.recoveryFile = recoveryFileNow(this.spec.path, false); // written from now on: inexact
       void this.store.putVolume(this.record, true);
     }
@@ -370,7 +404,21 @@ export class Replica {
     this.released = inFlight.then(async () => {
       if (!cleanShutdown && this.record && this.current !== 'degraded' && !this.failover) this.setState('degraded');
       await this.checkpoint().catch(() => undefined);
+      await this.letGoOfImage();
     });
+  }
+
+  /**
+   * An RBD image nobody here uses any more (no agent, no failover, no test view) is closed, which
+   * releases its exclusive lock: the agent may have moved to another hub, which must take it.
+   * The next attach opens and claims it again.
+   */
+  private async letGoOfImage(): Promise<void> {
+    const t = this.target;
+    if (!t || !isRbdPath(this.spec.path) || this.holder || this.failover || t.view) return;
+    this.target = undefined;
+    await t.close().catch((e) => this.log.warn({ volume: this.name, cause: e.message }, 'closing the RBD image failed'));
+    this.log.info({ volume: this.name, recovery: this.spec.path }, 'RBD image released: another hub may take it');
   }
 
   /** The agent shut down cleanly: nothing to resync next time it attaches. */
