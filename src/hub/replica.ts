@@ -417,8 +417,17 @@ export class Replica {
     const t = this.target;
     if (!t || !isRbdPath(this.spec.path) || this.holder || this.failover || t.view) return;
     this.target = undefined;
-    await t.close().catch((e) => this.log.warn({ volume: this.name, cause: e.message }, 'closing the RBD image failed'));
-    this.log.info({ volume: this.name, recovery: this.spec.path }, 'RBD image released: another hub may take it');
+    try {
+      await t.close();
+      this.log.info({ volume: this.name, recovery: this.spec.path }, 'RBD image released: another hub may take it');
+    } catch (e) {
+      // Still open (IO in flight): keep it, lock and all, rather than leak it.
+      this.target ??= t;
+      this.log.warn(
+        { volume: this.name, recovery: this.spec.path, cause: (e as Error).message },
+        'cannot close the RBD image',
+      );
+    }
   }
 
   /** The agent shut down cleanly: nothing to resync next time it attaches. */

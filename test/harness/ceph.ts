@@ -54,6 +54,9 @@ osd objectstore = memstore
 memstore device bytes = ${storeBytes}
 osd op num shards = 2
 osd op num threads per shard = 2
+# A client that died (a hub killed with -9) keeps an image's exclusive lock until its watch
+# times out; 30 s by default, shorter here so that takeover tests wait less.
+osd client watch timeout = 10
 `;
 }
 
