@@ -9,6 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { parseRbdSpec, RbdVolume } from '../../storage/rbd-volume';
 import { BlockTarget, VolumeError } from '../../storage/volume';
 import type { VolumeRecord } from '../../storage/state';
+import type { Logger } from '../log';
 
 /** The image metadata key of the claim. */
 export const CLAIM_KEY = 'rephub.claim';
@@ -74,4 +75,39 @@ export async function claimRbd(
   if (!rec || (known === undefined && found === null) || known === found) return { token, reason: null };
   const why = found === null ? 'the image carries no claim (recreated?)' : `another hub claimed it (${found})`;
   return { token, reason: `RBD image ${vol.path} changed since this hub's record (claim ${known ?? 'none'}): ${why}` };
+}
+
+/** A recovery volume opened; `claim` for an RBD image (null for a file). */
+export interface OpenedRecovery {
+  target: BlockTarget;
+  claim: { created: boolean; token: string; reason: string | null } | null;
+}
+
+/** Open a recovery volume with `open`; an RBD image is claimed for `rec` (closed if that fails). */
+export async function openClaimed(
+  open: Opener,
+  path: string,
+  sizeBytes: number,
+  rec: VolumeRecord | undefined,
+): Promise<OpenedRecovery> {
+  const target = await open(path, sizeBytes);
+  if (!(target instanceof RbdVolume)) return { target, claim: null };
+  try {
+    return { target, claim: { created: target.created, ...(await claimRbd(target, rec)) } };
+  } catch (e) {
+    await target.close().catch(() => undefined);
+    throw e;
+  }
+}
+
+/** Close an image nobody here uses (releasing its lock); false when it is still open (IO in flight). */
+export async function releaseImage(t: BlockTarget, log: Logger, volume: string, path: string): Promise<boolean> {
+  try {
+    await t.close();
+    log.info({ volume, recovery: path }, 'RBD image released: another hub may take it');
+    return true;
+  } catch (e) {
+    log.warn({ volume, recovery: path, cause: (e as Error).message }, 'cannot close the RBD image; it stays open');
+    return false;
+  }
 }

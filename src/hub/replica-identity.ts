@@ -2,7 +2,7 @@
 // with it (SPEC.md 5.16, as DRBD's generation identifiers): the protected volume's lineage the
 // record follows (`peerUuid`), and the recovery file's fingerprint (`recoveryFile`), exact only
 // when saved at a clean hub stop. Each comparison answers a reason in words, or null.
-import type { VolumeRecord } from '../../storage/state';
+import type { ChecksumResyncRecord, VolumeRecord } from '../../storage/state';
 import { fileChange, fingerprintOf, loadFingerprint, storeFingerprint } from '../../storage/volume-identity';
 import { isRbdPath } from './rbd-target';
 
@@ -43,4 +43,10 @@ export function recoveryFileNow(path: string, clean: boolean): VolumeRecord['rec
   if (isRbdPath(path)) return undefined; // not a file: never stat an rbd: name
   const fp = fingerprintOf(path);
   return fp ? { path, fp: storeFingerprint(fp), clean } : undefined;
+}
+
+/** The record of a checksum resync starting now: the answer to an identity that differs. */
+export function newChecksumResync(reason: string): ChecksumResyncRecord {
+  const at = new Date().toISOString();
+  return { reason, startedAt: at, finishedAt: null, comparedBytes: 0, matchedBytes: 0, movedBytes: 0 };
 }

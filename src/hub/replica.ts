@@ -4,7 +4,6 @@
 import * as fs from 'node:fs';
 import { BlockTarget, FileVolume, writeZeroes } from '../../storage/volume';
 import { GuardedTarget } from '../../storage/overlay';
-import { DirtyLog } from '../../storage/dirty-log';
 import { DirtyBitmap } from '../../storage/bitmap';
 import { KnownZeroMap, TrackedTarget } from '../../storage/tracking';
 import { ChecksumResyncRecord, StateStore, VolumeRecord } from '../../storage/state';
@@ -13,27 +12,13 @@ import { assert } from '../assert';
 import { EncryptionAlarm } from './encryption-alarm';
 import { ReplicaStats } from './replica-stats';
 import { replicaStatus } from './replica-status';
-import { peerChange, recoveryFileChange, recoveryFileNow } from './replica-identity';
-import { RbdVolume } from '../../storage/rbd-volume';
-import { claimRbd, isRbdPath } from './rbd-target';
+import { newChecksumResync, peerChange, recoveryFileChange, recoveryFileNow } from './replica-identity';
+import { isRbdPath, openClaimed, releaseImage } from './rbd-target';
 
 export type ReplicaState = 'unprotected' | 'syncing' | 'protecting' | 'degraded' | 'stopped' | 'error' | 'failed-over';
 
-/** Failover bookkeeping: what each side wrote since the replica was promoted. */
-export interface FailoverMaps {
-  recoveryChanged: DirtyLog; // written by the recovery VM
-  protectedChanged: DirtyLog; // written on the protected side (mirrored or reported) meanwhile
-  /** Set while failback writes back (winner recovery): protected writes are applied again. */
-  failingBack: FailbackWatcher | null;
-}
-
-/** Failback's view of the write stream (failback-volume.ts's FailbackWatch). */
-export interface FailbackWatcher {
-  /** A protected write to regions [first, last] is applied, in stream order, during failback. */
-  protectedWrite(first: number, last: number): void;
-  /** The agent durably wrote back regions [first, last] (answered in stream order). */
-  settled(first: number, last: number): void;
-}
+import type { FailbackWatcher, FailoverMaps } from './failover-maps';
+export type { FailbackWatcher, FailoverMaps } from './failover-maps';
 
 export interface ReplicaSpec {
   name: string; // protected volume name the agent reports (V1)
@@ -185,7 +170,7 @@ export class Replica {
       this.bitmap.holdClearsUntilFlush();
       this.bitmap.setAll(); // a new replica knows nothing: full initial sync
       // A file that already held data (a backup, an earlier copy, lost hub state): compare, never copy blindly.
-      if (this.seeded) rec.checksumResync = this.newChecksumResync('seeded replica: the recovery volume held data');
+      if (this.seeded) rec.checksumResync = newChecksumResync('seeded replica: the recovery volume held data');
     } else if (!rec.cleanShutdown && (!trustAgentReport || rec.untrustedSession)) {
       // A legacy agent cannot tell us what it wrote while we were apart, and after a legacy
       // session ended uncleanly no agent can: its writes are in nobody's dirty log.
@@ -213,14 +198,9 @@ export class Replica {
    */
   private async openTarget(open: TargetOpener, sizeBytes: number, regionSize: number): Promise<GuardedTarget> {
     const existed = !isRbdPath(this.spec.path) && fs.existsSync(this.spec.path);
-    const file = await open(this.spec.path, sizeBytes);
+    const file = await this.openBase(open, sizeBytes);
     const filter = this.targetFilter ?? ((t: BlockTarget) => t);
-    if (file instanceof RbdVolume) {
-      // An image this open did not create may hold anything: the hub cannot vouch for it.
-      this.seeded = !file.created;
-      await this.claimImage(file);
-      return new GuardedTarget(filter(file));
-    }
+    if (isRbdPath(this.spec.path)) return new GuardedTarget(filter(file));
     // An existing file with no data extents (all holes) holds nothing to vouch for.
     this.seeded = existed && (!(file instanceof FileVolume) || file.dataExtents(0, sizeBytes)?.length !== 0);
     if (existed || !(file instanceof FileVolume)) return new GuardedTarget(filter(file));
@@ -242,32 +222,25 @@ export class Replica {
   }
 
   /**
-   * Claim an RBD image for this replica's record before anything is written to it: another
-   * hub's writes since the record's claim (a takeover) mean a checksum resync. Closed on failure.
+   * Open the recovery volume. An RBD image is claimed for the record before anything is written
+   * (rbd-target.ts): one this open did not create may hold anything (seeded), and another hub's
+   * writes since the record's claim (a takeover) mean a checksum resync.
    */
-  private async claimImage(vol: RbdVolume): Promise<void> {
-    try {
-      const c = await claimRbd(vol, this.record);
-      this.claimToken = c.token;
-      if (this.record) this.record.rbdClaim = c.token;
-      this.checkIdentity(c.reason);
-    } catch (e) {
-      await vol.close().catch(() => undefined);
-      throw e;
-    }
+  private async openBase(open: TargetOpener, sizeBytes: number): Promise<BlockTarget> {
+    const o = await openClaimed(open, this.spec.path, sizeBytes, this.record);
+    if (!o.claim) return o.target;
+    this.seeded = !o.claim.created;
+    this.claimToken = o.claim.token;
+    if (this.record) this.record.rbdClaim = o.claim.token;
+    this.checkIdentity(o.claim.reason);
+    return o.target;
   }
 
   /** Open the recovery volume of a known replica without an agent (failover, failover test). */
   async ensureTarget(open: TargetOpener): Promise<GuardedTarget> {
     if (!this.record) throw new Error(`volume ${this.name} has never been protected: no replica to use`);
     if (!this.target) {
-      const base = await open(this.spec.path, this.record.sizeBytes);
-      if (base instanceof RbdVolume) await this.claimImage(base);
-      if (this.target) {
-        await base.close(); // opened meanwhile by another caller: keep that one
-        return this.target;
-      }
-      this.target = new GuardedTarget(base);
+      this.target = new GuardedTarget(await this.openBase(open, this.record.sizeBytes));
       this.record.recoveryFile = recoveryFileNow(this.spec.path, false); // written from now on: inexact
       void this.store.putVolume(this.record, true);
     }
@@ -289,7 +262,7 @@ export class Replica {
     const rec = this.record,
       bm = this.bitmap;
     assert(rec !== undefined && bm !== undefined, 'a checksum resync is of a replica with a record');
-    rec.checksumResync = this.newChecksumResync(reason);
+    rec.checksumResync = newChecksumResync(reason);
     bm.setAll();
     this.knownZero?.forget(0, bm.regions - 1); // the data is not what the hub wrote
     const failed = (e: Error) => {
@@ -304,11 +277,6 @@ export class Replica {
     );
     if (this.current === 'protecting') this.setState('syncing');
     this.holder?.pump(); // an attached session compares at once
-  }
-
-  private newChecksumResync(reason: string): ChecksumResyncRecord {
-    const at = new Date().toISOString();
-    return { reason, startedAt: at, finishedAt: null, comparedBytes: 0, matchedBytes: 0, movedBytes: 0 };
   }
 
   /** Bytes compared by digest (`matched` of them equal), or read, during the checksum resync. */
@@ -404,30 +372,14 @@ export class Replica {
     this.released = inFlight.then(async () => {
       if (!cleanShutdown && this.record && this.current !== 'degraded' && !this.failover) this.setState('degraded');
       await this.checkpoint().catch(() => undefined);
-      await this.letGoOfImage();
+      // An RBD image nobody here uses any more (no agent, failover or test view) is closed,
+      // releasing its exclusive lock: the agent may have moved to another hub, which must take
+      // it. The next attach opens and claims it again. One still open (IO in flight) is kept.
+      const t = this.target;
+      if (!t || !isRbdPath(this.spec.path) || this.holder || this.failover || t.view) return;
+      this.target = undefined;
+      if (!(await releaseImage(t, this.log, this.name, this.spec.path))) this.target ??= t;
     });
-  }
-
-  /**
-   * An RBD image nobody here uses any more (no agent, no failover, no test view) is closed, which
-   * releases its exclusive lock: the agent may have moved to another hub, which must take it.
-   * The next attach opens and claims it again.
-   */
-  private async letGoOfImage(): Promise<void> {
-    const t = this.target;
-    if (!t || !isRbdPath(this.spec.path) || this.holder || this.failover || t.view) return;
-    this.target = undefined;
-    try {
-      await t.close();
-      this.log.info({ volume: this.name, recovery: this.spec.path }, 'RBD image released: another hub may take it');
-    } catch (e) {
-      // Still open (IO in flight): keep it, lock and all, rather than leak it.
-      this.target ??= t;
-      this.log.warn(
-        { volume: this.name, recovery: this.spec.path, cause: (e as Error).message },
-        'cannot close the RBD image',
-      );
-    }
   }
 
   /** The agent shut down cleanly: nothing to resync next time it attaches. */
