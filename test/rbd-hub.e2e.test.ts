@@ -172,7 +172,55 @@ describe('recovery volumes on Ceph RBD, hub takeover', function () {
     await converged(hubA, agent);
     await second.stop();
   });
+
+  it('failover test, failover (the promoted image also read straight from rbd: by qemu-img) and failback, on RBD', async () => {
+    const hubUri = `nbd://127.0.0.1:${hubA.nbdPort}/V1`;
+    qioWrite(agent, 'V1', 0x11, 4 * MiB);
+    await converged(hubA, agent);
+    const before = path.join(dir, 'V1.before');
+    fs.copyFileSync(imgs.V1, before);
+    const t = await hubA.post('/failover-test/start', { vm: 'vm1' });
+    assert.equal(t.status, 200, JSON.stringify(t.body));
+    qioWrite(agent, 'V1', 0x22, 6 * MiB); // after the freeze: not in the view
+    await converged(hubA, agent); // replication goes on under the test
+    assert.equal(copyOut(hubUri, path.join(dir, 'view.raw')), sha(before), 'the view is the frozen point');
+    assert.equal((await hubA.post('/failover-test/stop', {})).status, 200);
+
+    await agent.stop(); // the protected site goes away (cleanly)
+    const fo = await hubA.post('/failover', {});
+    assert.equal(fo.status, 200, JSON.stringify(fo.body));
+    execFileSync('qemu-io', ['-f', 'raw', '-c', `write -P 0x33 ${8 * MiB} 512k`, hubUri], { stdio: 'ignore' });
+    const promoted = copyOut(hubUri, path.join(dir, 'promoted.raw'));
+    const direct = path.join(dir, 'direct.raw');
+    execFileSync('qemu-img', [
+      'convert',
+      '-f',
+      'raw',
+      '-O',
+      'raw',
+      `rbd:${ceph.pool}/vm1-v1:conf=${ceph.conf}`,
+      direct,
+    ]);
+    assert.equal(sha(direct), promoted, 'QEMU reading rbd: sees the promoted volume');
+
+    await agent.start();
+    await waitFor('agent attached to hub A', async () => (await hubA.status()).agents.length === 1);
+    const fb = await hubA.post('/failback', {});
+    assert.equal(fb.status, 200, JSON.stringify(fb.body));
+    await converged(hubA, agent);
+    const back = Buffer.alloc(512 * 1024);
+    const fd = fs.openSync(imgs.V1, 'r');
+    fs.readSync(fd, back, 0, back.length, 8 * MiB);
+    fs.closeSync(fd);
+    assert.ok(back.equals(Buffer.alloc(back.length, 0x33)), 'the recovery side write came back');
+  });
 });
+
+function copyOut(uri: string, file: string): string {
+  fs.rmSync(file, { force: true });
+  execFileSync('nbdcopy', [uri, file], { timeout: 120_000 });
+  return sha(file);
+}
 
 function qioWrite(agent: AgentProcess, v: string, pattern: number, offset: number): void {
   execFileSync('qemu-io', ['-f', 'raw', '-c', `write -P ${pattern} ${offset} 256k`, agent.uri(v)], {
