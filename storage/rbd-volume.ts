@@ -11,9 +11,14 @@ export interface RbdSpec {
   user: string | null; // cephx id without "client." (QEMU's id=)
 }
 
+/** `name` is an RBD image's (`rbd:…`), not a file's: never stat or open it as a path. */
+export function isRbdName(name: string): boolean {
+  return name.startsWith('rbd:');
+}
+
 /** Parse `rbd:POOL/IMAGE[:conf=PATH][:id=USER]`; null when `s` is not an rbd: name. */
 export function parseRbdSpec(s: string): RbdSpec | null {
-  if (!s.startsWith('rbd:')) return null;
+  if (!isRbdName(s)) return null;
   const [head, ...opts] = s.slice(4).split(':');
   const m = /^([^/\s]+)\/([^/\s@]+)$/.exec(head);
   if (!m) throw new Error(`${s}: expected rbd:POOL/IMAGE[:conf=PATH][:id=USER]`);

@@ -125,7 +125,9 @@ describe('recovery volumes on Ceph RBD, hub takeover', function () {
       assert.ok(v.checksumResync, `${v.name}: a checksum resync ran (${JSON.stringify(v)})`);
     }
     const log = fs.readFileSync(path.join(dir, 'hubB.log'), 'utf8');
-    assert.match(log, /exclusive lock is held by/, "hub B waited for the dead hub's lock, and said so");
+    // hub B broke the dead hub's locks: its client is blocklisted, so it could never write again
+    assert.match(ceph.run('ceph', 'osd', 'blocklist', 'ls'), /127\.0\.0\.1/, 'the dead hub is fenced');
+    assert.doesNotMatch(log, /before-image was not recorded/, 'the journal captures through librbd');
     console.log(
       `      takeover: converged ${Date.now() - t0} ms after the kill; checksum resync`,
       JSON.stringify(st.volumes.map((v: any) => ({ name: v.name, ...v.checksumResync }))),
@@ -167,7 +169,7 @@ describe('recovery volumes on Ceph RBD, hub takeover', function () {
       const v = (await hubB.status()).volumes.find((x: any) => x.name === 'V1');
       return /exclusive lock is held by/.test(v?.lastError ?? '');
     });
-    assert.match(second.stderr, /exclusive lock is held by/, 'the second agent is told why');
+    await waitFor('the second agent is told why', () => /exclusive lock is held by/.test(second.stderr));
     qioWrite(agent, 'V1', 0x77, 2 * MiB);
     await converged(hubA, agent);
     await second.stop();
@@ -204,7 +206,10 @@ describe('recovery volumes on Ceph RBD, hub takeover', function () {
     assert.equal(sha(direct), promoted, 'QEMU reading rbd: sees the promoted volume');
 
     await agent.start();
-    await waitFor('agent attached to hub A', async () => (await hubA.status()).agents.length === 1);
+    await waitFor(
+      "the agent's volumes attached to hub A",
+      async () => (await hubA.status()).agents[0]?.volumes.length === VOLS.length,
+    );
     const fb = await hubA.post('/failback', {});
     assert.equal(fb.status, 200, JSON.stringify(fb.body));
     await converged(hubA, agent);

@@ -6,7 +6,7 @@
 // another token than its record's knows that another hub (or a recreated image) changed the data
 // since: its bitmap cannot vouch for it, and the volume is resynced by checksums.
 import { randomUUID } from 'node:crypto';
-import { parseRbdSpec, RbdVolume } from '../../storage/rbd-volume';
+import { isRbdName, parseRbdSpec, RbdVolume } from '../../storage/rbd-volume';
 import { BlockTarget, VolumeError } from '../../storage/volume';
 import type { VolumeRecord } from '../../storage/state';
 import type { Logger } from '../log';
@@ -17,9 +17,7 @@ export const CLAIM_KEY = 'rephub.claim';
 type Opener = (path: string, sizeBytes: number) => BlockTarget | Promise<BlockTarget>;
 
 /** `path` names an RBD image (`rbd:POOL/IMAGE…`), not a file: never stat it. */
-export function isRbdPath(path: string): boolean {
-  return path.startsWith('rbd:');
-}
+export const isRbdPath = isRbdName;
 
 /** A file opener that also opens `rbd:` names (through librbd, locked). */
 export function withRbd(files: Opener): Opener {
