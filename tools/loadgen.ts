@@ -56,6 +56,8 @@ async function startHub(): Promise<{ port: number; stop: () => void; dir: string
       `127.0.0.1:${port}`,
       '--http',
       `127.0.0.1:${port + 1000}`,
+      '--nbd', // not the default port: another hub on this host may hold it
+      `127.0.0.1:${port + 2000}`,
       '--vol',
       `LG=${RECOVERY || path.join(dir, 'LGR')}`,
       '--data',
