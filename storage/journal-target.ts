@@ -3,6 +3,7 @@
 // before-image, widened to whole journal blocks) is appended to the VM's journal. The append
 // is a page-cache write issued before the overwrite; flush() syncs the journal before the
 // volume, so a group commit never makes an overwrite durable ahead of its before-image.
+import { isRbdName } from './rbd-volume';
 import * as fs from 'node:fs';
 import type { BlockTarget } from './volume';
 import type { Journal } from './journal';
@@ -113,9 +114,12 @@ export class JournalTarget implements BlockTarget {
     const [a, b, j] = r;
     const img = Buffer.allocUnsafe(b - a);
     try {
-      await new Promise<void>((res, rej) =>
-        fs.read(this.fd(), img, 0, img.length, a, (e, got) => (e ? rej(e) : (img.fill(0, got), res()))),
-      );
+      // An RBD image is read through its own target (librbd); a file through our descriptor.
+      if (isRbdName(this.path)) await this.next.read(img, a);
+      else
+        await new Promise<void>((res, rej) =>
+          fs.read(this.fd(), img, 0, img.length, a, (e, got) => (e ? rej(e) : (img.fill(0, got), res()))),
+        );
       this.record(j, a, img);
     } catch (e) {
       j.journal.lostHistory(e as Error); // replication goes on without the past

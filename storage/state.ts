@@ -30,6 +30,9 @@ export interface VolumeRecord {
   // recovery file's fingerprint (exact when `clean`: saved at a clean hub stop, after the last write).
   peerUuid?: string;
   recoveryFile?: { path: string; fp: StoredFingerprint; clean: boolean };
+  // A recovery volume on RBD: the claim token this hub last wrote into the image's metadata
+  // (src/hub/rbd-target.ts); another token there means another hub wrote the image since.
+  rbdClaim?: string;
 }
 
 export interface ChecksumResyncRecord {

@@ -7,6 +7,7 @@
 // sending it to the ack that covers it): p50, p99, max. Not a test: numbers only.
 //   node dist/tools/loadgen.js [--hub HOST:PORT] [--seconds 5] [--size-mib 1024] [--window-mib 64]
 //                              [--workload 4k|1m|both] [--rate-mbps MB/s --bs BYTES]
+//                              [--recovery PATH]  (the recovery volume, e.g. rbd:POOL/IMAGE:conf=F; default a file)
 import * as net from 'node:net';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -41,6 +42,7 @@ const WINDOW = Number(arg('window-mib', '64')) << 20;
 const RATE = Number(arg('rate-mbps', '0')) * 1e6; // bytes/s; 0 = as fast as the window allows
 const BS = Number(arg('bs', String(1 << 20)));
 const WORKLOAD = arg('workload', 'both'); // 4k | 1m | both
+const RECOVERY = arg('recovery', ''); // '' = a file in the hub's temp dir
 
 async function startHub(): Promise<{ port: number; stop: () => void; dir: string }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rephub-loadgen-'));
@@ -54,8 +56,10 @@ async function startHub(): Promise<{ port: number; stop: () => void; dir: string
       `127.0.0.1:${port}`,
       '--http',
       `127.0.0.1:${port + 1000}`,
+      '--nbd', // not the default port: another hub on this host may hold it
+      `127.0.0.1:${port + 2000}`,
       '--vol',
-      `LG=${path.join(dir, 'LGR')}`,
+      `LG=${RECOVERY || path.join(dir, 'LGR')}`,
       '--data',
       path.join(dir, 'state'),
     ],

@@ -7,7 +7,7 @@ import { Cap, ALL_CAPS } from '../../protocol';
 import { BufferPool } from '../buffer-pool';
 import type { Logger } from '../log';
 import { AgentCore } from './core';
-import { HubConnection } from './connection';
+import { HubAddress, HubConnection } from './connection';
 import { AgentStats, newStats } from './ports';
 import type { AgentVolumeSpec } from './volume';
 import type { DirtyLog } from '../../storage/dirty-log';
@@ -17,6 +17,8 @@ export type { AgentVolumeSpec } from './volume';
 export interface AgentOptions {
   hubHost: string;
   hubPort: number;
+  /** Further hubs to move to, in turn, when the current one is gone (connection.ts). */
+  moreHubs?: HubAddress[];
   vm: string;
   volumes: AgentVolumeSpec[];
   log: Logger;
@@ -66,6 +68,7 @@ export class ReplicationAgent {
       {
         hubHost: opts.hubHost,
         hubPort: opts.hubPort,
+        moreHubs: opts.moreHubs,
         vm: opts.vm,
         caps,
         tls: opts.tls,

@@ -1,6 +1,7 @@
 // The agent's connection to the hub: dials TCP or TLS, bounds the dial by a deadline, waits a
 // bounded time for the hub's first frame (a silent seed hub then gets the seed protocol on the
-// same connection, SPEC §6.1), reconnects with exponential backoff, and puts the shared Link
+// same connection, SPEC §6.1), reconnects with exponential backoff (moving round the hub list:
+// a hub that is gone is replaced by the next, and the agent comes back the same way), and puts the shared Link
 // (HELLO, capabilities, sealing, heartbeat) over the socket. Frames go to a HubChannel, which feeds the core.
 import * as net from 'node:net';
 import * as tls from 'node:tls';
@@ -16,9 +17,19 @@ import type { HubRefusal } from './refusals';
 const BACKOFF_MIN_MS = 100;
 const END_WAIT_MS = 1000; // a clean close waits this long for the socket to drain
 
+export interface HubAddress {
+  host: string;
+  port: number;
+}
+
+/** At most this many hubs in a list (--hub h1:7000,h2:7000,...). */
+export const MAX_HUBS = 16;
+
 export interface ConnectionOptions {
   hubHost: string;
   hubPort: number;
+  /** Further hubs (interchangeable, in front of shared recovery volumes): each loss moves to the next. */
+  moreHubs?: HubAddress[];
   vm: string; // the name in our HELLO
   caps: number; // offered
   heartbeatMs: number;
@@ -41,13 +52,18 @@ export class HubConnection {
   private reconnectTimer: NodeJS.Timeout | null = null;
   /** The newest dial the hub accepted over TCP but not as a peer (TLS, PSK): for status. */
   private refusedDial: HubRefusal | null = null;
+  private readonly hubs: HubAddress[];
+  private at = 0; // the hub dialed now (index into hubs)
 
   constructor(
     private readonly opts: ConnectionOptions,
     private readonly core: AgentCore,
     private readonly log: Logger,
     private readonly stats: AgentStats,
-  ) {}
+  ) {
+    this.hubs = [{ host: opts.hubHost, port: opts.hubPort }, ...(opts.moreHubs ?? [])];
+    if (this.hubs.length > MAX_HUBS) throw new Error(`at most ${MAX_HUBS} hubs, got ${this.hubs.length}`);
+  }
 
   /** HELLO answered (or a legacy hub assumed) on the current connection, and the hub has spoken. */
   get ready(): boolean {
@@ -73,16 +89,16 @@ export class HubConnection {
   }
 
   private get hub(): string {
-    return `${this.opts.hubHost}:${this.opts.hubPort}`;
+    const h = this.hubs[this.at];
+    return `${h.host}:${h.port}`;
   }
 
   private dial(): void {
     if (this.stopping) return;
     const o = this.opts,
-      secure = o.tls;
-    const sock: net.Socket = secure
-      ? tls.connect({ host: o.hubHost, port: o.hubPort, ...secure })
-      : net.connect({ host: o.hubHost, port: o.hubPort });
+      secure = o.tls,
+      { host, port } = this.hubs[this.at];
+    const sock: net.Socket = secure ? tls.connect({ host, port, ...secure }) : net.connect({ host, port });
     sock.setNoDelay(true);
     sock.setKeepAlive(true, 10_000);
     const link = new Link(socketIo(sock), {
@@ -186,7 +202,13 @@ export class HubConnection {
     this.channel = null;
     if (this.stopping) return;
     if (wasReady) this.backoffMs = BACKOFF_MIN_MS;
-    this.log.warn({ retryMs: this.backoffMs }, 'hub connection lost; VM keeps running, writes are logged as dirty');
+    const lost = this.hub;
+    // The hub is gone (or never answered): the next one in the list gets the next dial.
+    this.at = (this.at + 1) % this.hubs.length;
+    this.log.warn(
+      { hub: lost, next: this.hub, retryMs: this.backoffMs },
+      'hub connection lost; VM keeps running, writes are logged as dirty',
+    );
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null;
       this.dial();

@@ -12,6 +12,15 @@ export function parseHostPort(v: string, opt: string): { host: string; port: num
   return { host: m[1].replace(/^\[|\]$/g, ''), port };
 }
 
+/** `--hub h1:7000,h2:7000`: one or more hub addresses (at most 16), none twice. */
+export function parseHubList(v: string): { host: string; port: number }[] {
+  const hubs = v.split(',').map((h) => parseHostPort(h.trim(), '--hub'));
+  if (hubs.length > 16) throw new Error(`--hub: at most 16 hubs, got ${hubs.length}`);
+  const seen = new Set(hubs.map((h) => `${h.host}:${h.port}`));
+  if (seen.size !== hubs.length) throw new Error(`--hub "${v}": a hub is named twice`);
+  return hubs;
+}
+
 export function checkName(name: string, what: string): string {
   if (!NAME_RE.test(name))
     throw new Error(`${what} "${name}": use 1-128 characters of A-Z a-z 0-9 . _ - (starting with a letter or digit)`);

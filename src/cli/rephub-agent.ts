@@ -13,7 +13,7 @@ import { ExportRegistry } from '../nbd/exports';
 import { MirroredExport } from './agent-export';
 import { FileVolume } from '../../storage/volume';
 import { makeLogger, Logger } from '../log';
-import { parseHostPort, checkName, checkPath, parseSize, warnIfNoNative } from './args';
+import { parseHubList, checkName, checkPath, parseSize, warnIfNoNative } from './args';
 import { enabled as tlsEnabled, clientOptions } from '../security';
 import { fmt, table } from './format';
 import { parseListenAddr, ListenAddr } from './listen-addr';
@@ -120,19 +120,22 @@ async function main(o: RunOptions) {
   if (o.logPretty) process.env.LOG_PRETTY = '1';
   const log = makeLogger('rephub-agent', o.logLevel);
   warnIfNoNative(log);
-  const hub = parseHostPort(o.hub, '--hub');
+  const [hub, ...moreHubs] = parseHubList(o.hub);
   const nbdAddr = parseListenAddr(o.nbd, '--nbd');
   const readyFd = o.readyFd === undefined ? undefined : parseReadyFd(o.readyFd);
   const parentFd = o.parentFd === undefined ? undefined : parseParentFd(o.parentFd);
   const vm = checkName(o.vm, '--vm');
   const volumes = openVolumes(o, vm, log);
   const files = { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa, pskFile: o.pskFile };
-  const secure = tlsEnabled(files) ? clientOptions(files, vm, o.tlsServername ?? hub.host) : undefined;
+  // With several hubs, each is verified by its own host name unless --tls-servername names one for all.
+  const servername = o.tlsServername ?? (moreHubs.length ? undefined : hub.host);
+  const secure = tlsEnabled(files) ? clientOptions(files, vm, servername) : undefined;
   if (!secure)
     log.warn({ hub: o.hub }, 'agent link is plaintext and unauthenticated: use --tls-* or --psk-file outside a lab');
   const agent = new ReplicationAgent({
     hubHost: hub.host,
     hubPort: hub.port,
+    moreHubs,
     vm,
     volumes,
     log,
@@ -183,7 +186,11 @@ const program = new Command('rephub-agent')
 program
   .command('run', { isDefault: true })
   .description('serve and mirror (the default command)')
-  .option('--hub <host:port>', 'hub address', '127.0.0.1:7000')
+  .option(
+    '--hub <host:port,...>',
+    'hub address; several (h1:7000,h2:7000, at most 16): when the hub is gone the agent moves to the next, with backoff, and round again',
+    '127.0.0.1:7000',
+  )
   .option(
     '--export <name=path>',
     'protected volume: NAME=PATH of a raw image or block device; repeat for more',

@@ -5,6 +5,9 @@ import * as path from 'node:path';
 import * as http from 'node:http';
 import { Hub } from '../hub/hub';
 import { openFileTarget, openDirectTarget } from '../hub/replica';
+import { isRbdPath, withRbd } from '../hub/rbd-target';
+import { parseRbdSpec } from '../../storage/rbd-volume';
+import { rbdUnavailable } from '../../native/rbd';
 import { LmdbStateStore } from '../../storage/state';
 import { makeLogger } from '../log';
 import { parseHostPort, parseVolSpec, parseSize, parseMillis, fillLaunch, warnIfNoNative } from './args';
@@ -56,6 +59,7 @@ async function serve(
   const commitIntervalMs = parseMillis(o.commitInterval, '--commit-interval', 1000);
   if (o.vol.length === 0) throw new Error('give at least one --vol (e.g. --vol V1R)');
   const volumes = o.vol.map(parseVolSpec);
+  checkRbdVolumes(volumes);
   const { locks, adminToken } = claimHubState(o.data, volumes, o.adminTokenFile, log);
   const store = new LmdbStateStore(path.resolve(o.data));
   const tls = checkTls(o, log);
@@ -69,7 +73,7 @@ async function serve(
     tls,
     nbdTls: !!o.nbdTls,
     session: { commitIntervalMs },
-    openTarget: o.cache === 'none' ? openDirectTarget : openFileTarget,
+    openTarget: withRbd(o.cache === 'none' ? openDirectTarget : openFileTarget),
     adminToken,
     verify: verifyOptions(o),
     journal: journalConfig(o, o.data),
@@ -127,9 +131,10 @@ function claimHubState(
   log: Logger,
 ): { locks: FileLock[]; adminToken: string } {
   const dataDir = path.resolve(data);
+  // An RBD image is fenced by its exclusive lock, taken when it is opened (hub/rbd-target.ts).
   const locks = lockHubState(
     dataDir,
-    volumes.map((v) => v.path),
+    volumes.filter((v) => !isRbdPath(v.path)).map((v) => v.path),
   );
   if (locks[0].kind === 'pidfile')
     log.warn(
@@ -141,6 +146,14 @@ function claimHubState(
   else if (readableByOthers(t.file))
     log.warn({ adminTokenFile: t.file }, 'the admin token file is readable by other users: chmod 600 it');
   return { locks, adminToken: t.token };
+}
+
+/** `rbd:` volumes: well formed, and librbd loadable, before the hub starts. */
+function checkRbdVolumes(volumes: { name: string; path: string }[]): void {
+  const rbd = volumes.filter((v) => isRbdPath(v.path));
+  for (const v of rbd) parseRbdSpec(v.path); // throws a clear error
+  const why = rbd.length ? rbdUnavailable() : '';
+  if (why) throw new Error(`--vol ${rbd[0].name}=${rbd[0].path}: ${why}`);
 }
 
 /** --verify-rate and --verify-every. */
@@ -185,7 +198,7 @@ journalServeOptions(program.command('serve', { isDefault: true }))
   .option('--listen <host:port>', 'address for agent connections', '0.0.0.0:7000')
   .option(
     '--vol <spec>',
-    'recovery volume: V1R (file V1R protects agent volume V1) or V1=/path/to/V1R.img; append @VM to bind it to one VM; repeat for more. A missing file is created sparse and synced in full; an existing file with data the hub has no record of (seeded from a backup or an earlier copy, lost hub state) is synced by checksum, automatically: only the 4 KiB blocks that differ are copied, never a blind copy over it',
+    'recovery volume: V1R (file V1R protects agent volume V1) or V1=/path/to/V1R.img; append @VM to bind it to one VM; repeat for more. A missing file is created sparse and synced in full; an existing file with data the hub has no record of (seeded from a backup or an earlier copy, lost hub state) is synced by checksum, automatically: only the 4 KiB blocks that differ are copied, never a blind copy over it. V1=rbd:POOL/IMAGE[:conf=/etc/ceph/ceph.conf][:id=USER]: a Ceph RBD image (librbd), created at the protected volume size if missing, opened with the exclusive lock of the image while an agent is attached (a second hub is refused it until this one lets go); an image another hub wrote since the record of this hub is resynced by checksum',
     collect,
     [],
   )

@@ -97,18 +97,18 @@ function newestPoint(journals: HubJournals | undefined, vm: string): Checkpoint 
 }
 
 /** Each volume of `choices` that has a point: its journal view, opened before any is promoted. */
-export function openViews(
+export async function openViews(
   journals: HubJournals | undefined,
   choices: PointChoice[],
-  ensureTarget: (r: Replica) => void,
-): Map<string, JournalView> {
+  ensureTarget: (r: Replica) => Promise<unknown>,
+): Promise<Map<string, JournalView>> {
   const views = new Map<string, JournalView>();
   try {
     for (const c of choices) {
       if (!c.point) continue;
       assert(journals !== undefined, 'a point comes from a journal');
       for (const r of c.volumes) {
-        ensureTarget(r); // the view's present is the replica's own stack, journal capture included
+        await ensureTarget(r); // the view's present is the replica's own stack, journal capture included
         views.set(r.name, journals.view(c.vm, r.name, c.point));
       }
     }

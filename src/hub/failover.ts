@@ -61,20 +61,27 @@ export class FailoverController {
   private failover: FailoverRecord | null = null;
   private busy = false;
   private readonly pointViews: PointViews;
+  /** Settles once restore() has reopened what was under way (recovery volumes open asynchronously). */
+  ready: Promise<void> = Promise.resolve();
 
   constructor(private readonly h: FailoverHost) {
     this.pointViews = new PointViews(h.layersDir);
   }
 
-  /** Reopen a test or a failover that was under way when the hub stopped. */
-  restore(): void {
+  /** Reopen a test or a failover that was under way when the hub stopped (see `ready`). */
+  restore(): Promise<void> {
+    this.ready = this.reopen();
+    return this.ready;
+  }
+
+  private async reopen(): Promise<void> {
     const t = this.h.store.meta<TestRecord>('failoverTest');
     if (t) {
-      const views = this.recordedViews(t.volumes, t.points);
+      const views = await this.recordedViews(t.volumes, t.points);
       for (const name of t.volumes) {
         const v = views.get(name);
         if (v) this.exportAt(this.replica(name), v);
-        else if (!t.points?.[this.replica(name).record?.vm ?? '']) this.activateView(this.replica(name));
+        else if (!t.points?.[this.replica(name).record?.vm ?? '']) await this.activateView(this.replica(name));
       }
       this.test = t;
       this.h.log.info({ volumes: t.volumes, points: t.points }, 'failover test restored after restart');
@@ -82,12 +89,12 @@ export class FailoverController {
     const f = this.h.store.meta<FailoverRecord>('failover');
     if (f) {
       const rolled = f.rolledBack ?? [];
-      const views = this.recordedViews(
+      const views = await this.recordedViews(
         f.volumes.filter((n) => !rolled.includes(n)),
         f.points,
       );
       for (const name of f.volumes) {
-        this.promote(this.replica(name));
+        await this.promote(this.replica(name));
         if (!f.points?.[this.replica(name).record?.vm ?? ''] || rolled.includes(name)) this.exportPromoted(name);
       }
       this.failover = f;
@@ -103,7 +110,10 @@ export class FailoverController {
   }
 
   /** The journal views a restart reopens for `names` at their VMs' recorded points. */
-  private recordedViews(names: string[], points: Record<string, number> | undefined): Map<string, JournalView> {
+  private async recordedViews(
+    names: string[],
+    points: Record<string, number> | undefined,
+  ): Promise<Map<string, JournalView>> {
     if (!points) return new Map();
     const choices: PointChoice[] = [];
     for (const name of names) {
@@ -136,6 +146,7 @@ export class FailoverController {
     if (this.busy) throw new FailoverError('another failover operation is in progress');
     this.busy = true;
     try {
+      await this.ready;
       return await fn();
     } finally {
       this.busy = false;
@@ -166,7 +177,7 @@ export class FailoverController {
         );
       }
       // Volumes at a checkpoint: the journal's view, already fixed at its point.
-      const views = openViews(this.h.journals, choices, (r) => r.ensureTarget(this.h.openTarget));
+      const views = await openViews(this.h.journals, choices, (r) => r.ensureTarget(this.h.openTarget));
       for (const [name, v] of views) this.exportAt(this.replica(name), v);
       // The others: freeze each VM's volumes at one point of its in-order write stream.
       const bySession = new Map<ReplicaOwner | undefined, Replica[]>();
@@ -175,6 +186,9 @@ export class FailoverController {
         bySession.set(s, [...(bySession.get(s) ?? []), r]);
       }
       for (const [s, rs] of bySession) {
+        // The recovery volumes open first (an RBD image asynchronously), so that the views
+        // themselves are taken at one point of the stream, with no wait between them.
+        for (const r of rs) await r.ensureTarget(this.h.openTarget);
         const activate = () => {
           for (const r of rs) this.activateView(r);
         };
@@ -190,8 +204,9 @@ export class FailoverController {
     });
   }
 
-  private activateView(r: Replica): void {
-    const target = r.ensureTarget(this.h.openTarget);
+  private activateView(r: Replica): void | Promise<void> {
+    if (!r.target) return r.ensureTarget(this.h.openTarget).then(() => this.activateView(r));
+    const target = r.target;
     if (!target.view)
       target.view = new PointInTimeView(target.base, path.join(this.h.layersDir, 'test', r.name), r.record!.regionSize);
     // The test VM's disk: the point-in-time view (COW layers) over the recovery volume.
@@ -256,10 +271,11 @@ export class FailoverController {
         );
       }
       const choices = choosePoints(reps, opts, this.h.journals, 'failover', this.h.log);
-      const views = openViews(this.h.journals, choices, (r) => r.ensureTarget(this.h.openTarget)); // before promotion
+      // the views open before promotion
+      const views = await openViews(this.h.journals, choices, (r) => r.ensureTarget(this.h.openTarget));
       const generations = new Map<string, number>();
       for (const r of reps) {
-        this.promote(r);
+        await this.promote(r);
         if (!views.has(r.name)) this.exportPromoted(r.name);
         generations.set(r.name, await r.newGeneration());
       }
@@ -278,8 +294,8 @@ export class FailoverController {
     });
   }
 
-  private promote(r: Replica): void {
-    r.ensureTarget(this.h.openTarget);
+  private async promote(r: Replica): Promise<void> {
+    await r.ensureTarget(this.h.openTarget);
     const dir = path.join(this.h.layersDir, 'failover');
     fs.mkdirSync(dir, { recursive: true });
     const size = r.record!.sizeBytes,

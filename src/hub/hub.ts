@@ -95,7 +95,7 @@ export class Hub implements HubStatusSource {
       log: opts.log,
       journals: this.journals,
     });
-    this.failover.restore();
+    void this.failover.restore().catch(() => undefined); // listen() reports a failure
     this.verifier = new VerifyScheduler(
       {
         replicas: () => this.replicas.values(),
@@ -181,7 +181,8 @@ export class Hub implements HubStatusSource {
   }
 
   /** Accept agents (TCP, or TLS with --tls-* / --psk-file). */
-  listen(host: string, port: number): Promise<net.AddressInfo> {
+  async listen(host: string, port: number): Promise<net.AddressInfo> {
+    await this.failover.ready; // a failover or test under way at the last stop is reopened first
     return this.listener.listen(host, port);
   }
 

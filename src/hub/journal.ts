@@ -3,6 +3,7 @@
 // flow, and tags on demand), retention, and the point-in-time views that restore reads. A point
 // is taken only at a point of the VM's applied stream where every one of its volumes is
 // protecting: during a resync the volume is torn, and the last point before it stays the newest.
+import { isRbdPath } from './rbd-target';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { BlockTarget } from '../../storage/volume';
@@ -177,6 +178,8 @@ export class HubJournals {
     const vol = j.volumeIndex(volume);
     const size = r.record?.sizeBytes;
     if (size === undefined) throw new JournalRefused(`volume ${volume} has never been protected`);
+    if (!r.target && isRbdPath(r.spec.path))
+      throw new JournalRefused(`volume ${volume}: its RBD image is open only while an agent is attached here`);
     const base: BlockTarget = r.target ?? FileVolume.open(r.spec.path, { readOnly: true });
     return new JournalView(base, j, vol, cp);
   }

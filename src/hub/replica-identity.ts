@@ -2,8 +2,9 @@
 // with it (SPEC.md 5.16, as DRBD's generation identifiers): the protected volume's lineage the
 // record follows (`peerUuid`), and the recovery file's fingerprint (`recoveryFile`), exact only
 // when saved at a clean hub stop. Each comparison answers a reason in words, or null.
-import type { VolumeRecord } from '../../storage/state';
+import type { ChecksumResyncRecord, VolumeRecord } from '../../storage/state';
 import { fileChange, fingerprintOf, loadFingerprint, storeFingerprint } from '../../storage/volume-identity';
+import { isRbdPath } from './rbd-target';
 
 /**
  * The agent presents `lineage` (current UUID first): the record's data follows it if the UUID
@@ -22,6 +23,7 @@ export function peerChange(rec: VolumeRecord, lineage: Buffer[] | null): string 
 
 /** At hub start (and first open): is `path` the recovery file the record knew? */
 export function recoveryFileChange(rec: VolumeRecord, path: string): string | null {
+  if (isRbdPath(path)) return null; // an image's identity is its claim (rbd-target.ts), checked at open
   const now = fingerprintOf(path);
   const known = rec.recoveryFile;
   // A record from before identities, or a target that is not a file (tests' memory volumes).
@@ -38,6 +40,13 @@ export function recoveryFileChange(rec: VolumeRecord, path: string): string | nu
 
 /** The recovery file's fingerprint now, for the record; `clean`: saved after the hub's last write. */
 export function recoveryFileNow(path: string, clean: boolean): VolumeRecord['recoveryFile'] {
+  if (isRbdPath(path)) return undefined; // not a file: never stat an rbd: name
   const fp = fingerprintOf(path);
   return fp ? { path, fp: storeFingerprint(fp), clean } : undefined;
+}
+
+/** The record of a checksum resync starting now: the answer to an identity that differs. */
+export function newChecksumResync(reason: string): ChecksumResyncRecord {
+  const at = new Date().toISOString();
+  return { reason, startedAt: at, finishedAt: null, comparedBytes: 0, matchedBytes: 0, movedBytes: 0 };
 }

@@ -4,7 +4,6 @@
 import * as fs from 'node:fs';
 import { BlockTarget, FileVolume, writeZeroes } from '../../storage/volume';
 import { GuardedTarget } from '../../storage/overlay';
-import { DirtyLog } from '../../storage/dirty-log';
 import { DirtyBitmap } from '../../storage/bitmap';
 import { KnownZeroMap, TrackedTarget } from '../../storage/tracking';
 import { ChecksumResyncRecord, StateStore, VolumeRecord } from '../../storage/state';
@@ -13,25 +12,13 @@ import { assert } from '../assert';
 import { EncryptionAlarm } from './encryption-alarm';
 import { ReplicaStats } from './replica-stats';
 import { replicaStatus } from './replica-status';
-import { peerChange, recoveryFileChange, recoveryFileNow } from './replica-identity';
+import { newChecksumResync, peerChange, recoveryFileChange, recoveryFileNow } from './replica-identity';
+import { isRbdPath, openClaimed, releaseImage } from './rbd-target';
 
 export type ReplicaState = 'unprotected' | 'syncing' | 'protecting' | 'degraded' | 'stopped' | 'error' | 'failed-over';
 
-/** Failover bookkeeping: what each side wrote since the replica was promoted. */
-export interface FailoverMaps {
-  recoveryChanged: DirtyLog; // written by the recovery VM
-  protectedChanged: DirtyLog; // written on the protected side (mirrored or reported) meanwhile
-  /** Set while failback writes back (winner recovery): protected writes are applied again. */
-  failingBack: FailbackWatcher | null;
-}
-
-/** Failback's view of the write stream (failback-volume.ts's FailbackWatch). */
-export interface FailbackWatcher {
-  /** A protected write to regions [first, last] is applied, in stream order, during failback. */
-  protectedWrite(first: number, last: number): void;
-  /** The agent durably wrote back regions [first, last] (answered in stream order). */
-  settled(first: number, last: number): void;
-}
+import type { FailbackWatcher, FailoverMaps } from './failover-maps';
+export type { FailbackWatcher, FailoverMaps } from './failover-maps';
 
 export interface ReplicaSpec {
   name: string; // protected volume name the agent reports (V1)
@@ -58,7 +45,8 @@ export interface ReplicaOwner {
   pump(): void;
 }
 
-export type TargetOpener = (path: string, sizeBytes: number) => BlockTarget;
+/** Opens a recovery volume; files open synchronously, RBD images (rbd-target.ts) asynchronously. */
+export type TargetOpener = (path: string, sizeBytes: number) => BlockTarget | Promise<BlockTarget>;
 export const openFileTarget: TargetOpener = (path, sizeBytes) =>
   FileVolume.open(path, { createSize: sizeBytes, minSize: sizeBytes });
 /** --cache none: large aligned writes bypass the page cache (O_DIRECT). */
@@ -86,6 +74,8 @@ export class Replica {
   private knownZero: KnownZeroMap | null = null;
   /** The recovery volume existed with data when it was opened: the hub cannot vouch for it. */
   private seeded = false;
+  /** The claim token this hub wrote into its RBD image (rbd-target.ts), for the record. */
+  private claimToken: string | undefined;
 
   constructor(
     readonly spec: ReplicaSpec,
@@ -156,7 +146,7 @@ export class Replica {
         `protected volume ${this.name} is now ${sizeBytes} bytes but its replica was ${rec.sizeBytes} bytes; remove the replica's state to start over`,
       );
     }
-    if (!this.target) this.target = this.openTarget(open, sizeBytes, rec?.regionSize ?? this.regionSize);
+    if (!this.target) this.target = await this.openTarget(open, sizeBytes, rec?.regionSize ?? this.regionSize);
     if (rec && this.failover) {
       // Promoted: the agent is back but its writes are only tracked until failback.
       rec.vm = vm;
@@ -180,7 +170,7 @@ export class Replica {
       this.bitmap.holdClearsUntilFlush();
       this.bitmap.setAll(); // a new replica knows nothing: full initial sync
       // A file that already held data (a backup, an earlier copy, lost hub state): compare, never copy blindly.
-      if (this.seeded) rec.checksumResync = this.newChecksumResync('seeded replica: the recovery volume held data');
+      if (this.seeded) rec.checksumResync = newChecksumResync('seeded replica: the recovery volume held data');
     } else if (!rec.cleanShutdown && (!trustAgentReport || rec.untrustedSession)) {
       // A legacy agent cannot tell us what it wrote while we were apart, and after a legacy
       // session ended uncleanly no agent can: its writes are in nobody's dirty log.
@@ -193,6 +183,7 @@ export class Replica {
     rec.vm = vm;
     if (lineage) rec.peerUuid = lineage[0].toString('hex'); // durable below, after the bitmap
     rec.recoveryFile = recoveryFileNow(this.spec.path, false); // written from now on: inexact
+    if (this.claimToken) rec.rbdClaim = this.claimToken; // durable below, before any write
     this.record = rec;
     await this.store.saveBitmap(this.name, this.bitmap, true);
     await this.store.putVolume(rec, true);
@@ -205,10 +196,11 @@ export class Replica {
    * The recovery volume's filter stack: the guard over change tracking over the file. A file
    * this hub creates starts known zero; every write below the guard clears what it touches.
    */
-  private openTarget(open: TargetOpener, sizeBytes: number, regionSize: number): GuardedTarget {
-    const existed = fs.existsSync(this.spec.path);
-    const file = open(this.spec.path, sizeBytes);
+  private async openTarget(open: TargetOpener, sizeBytes: number, regionSize: number): Promise<GuardedTarget> {
+    const existed = !isRbdPath(this.spec.path) && fs.existsSync(this.spec.path);
+    const file = await this.openBase(open, sizeBytes);
     const filter = this.targetFilter ?? ((t: BlockTarget) => t);
+    if (isRbdPath(this.spec.path)) return new GuardedTarget(filter(file));
     // An existing file with no data extents (all holes) holds nothing to vouch for.
     this.seeded = existed && (!(file instanceof FileVolume) || file.dataExtents(0, sizeBytes)?.length !== 0);
     if (existed || !(file instanceof FileVolume)) return new GuardedTarget(filter(file));
@@ -229,13 +221,28 @@ export class Replica {
     await writeZeroes((buf, o) => this.target!.write(buf, o), a, b - a);
   }
 
+  /**
+   * Open the recovery volume. An RBD image is claimed for the record before anything is written
+   * (rbd-target.ts): one this open did not create may hold anything (seeded), and another hub's
+   * writes since the record's claim (a takeover) mean a checksum resync.
+   */
+  private async openBase(open: TargetOpener, sizeBytes: number): Promise<BlockTarget> {
+    const o = await openClaimed(open, this.spec.path, sizeBytes, this.record);
+    if (!o.claim) return o.target;
+    this.seeded = !o.claim.created;
+    this.claimToken = o.claim.token;
+    if (this.record) this.record.rbdClaim = o.claim.token;
+    this.checkIdentity(o.claim.reason);
+    return o.target;
+  }
+
   /** Open the recovery volume of a known replica without an agent (failover, failover test). */
-  ensureTarget(open: TargetOpener): GuardedTarget {
+  async ensureTarget(open: TargetOpener): Promise<GuardedTarget> {
     if (!this.record) throw new Error(`volume ${this.name} has never been protected: no replica to use`);
     if (!this.target) {
       // the journal's capture too: a promoted volume's writes must keep the older points right
       const filter = this.targetFilter ?? ((t: BlockTarget) => t);
-      this.target = new GuardedTarget(filter(open(this.spec.path, this.record.sizeBytes)));
+      this.target = new GuardedTarget(filter(await this.openBase(open, this.record.sizeBytes)));
       this.record.recoveryFile = recoveryFileNow(this.spec.path, false); // written from now on: inexact
       void this.store.putVolume(this.record, true);
     }
@@ -257,7 +264,7 @@ export class Replica {
     const rec = this.record,
       bm = this.bitmap;
     assert(rec !== undefined && bm !== undefined, 'a checksum resync is of a replica with a record');
-    rec.checksumResync = this.newChecksumResync(reason);
+    rec.checksumResync = newChecksumResync(reason);
     bm.setAll();
     this.knownZero?.forget(0, bm.regions - 1); // the data is not what the hub wrote
     const failed = (e: Error) => {
@@ -272,11 +279,6 @@ export class Replica {
     );
     if (this.current === 'protecting') this.setState('syncing');
     this.holder?.pump(); // an attached session compares at once
-  }
-
-  private newChecksumResync(reason: string): ChecksumResyncRecord {
-    const at = new Date().toISOString();
-    return { reason, startedAt: at, finishedAt: null, comparedBytes: 0, matchedBytes: 0, movedBytes: 0 };
   }
 
   /** Bytes compared by digest (`matched` of them equal), or read, during the checksum resync. */
@@ -372,6 +374,13 @@ export class Replica {
     this.released = inFlight.then(async () => {
       if (!cleanShutdown && this.record && this.current !== 'degraded' && !this.failover) this.setState('degraded');
       await this.checkpoint().catch(() => undefined);
+      // An RBD image nobody here uses any more (no agent, failover or test view) is closed,
+      // releasing its exclusive lock: the agent may have moved to another hub, which must take
+      // it. The next attach opens and claims it again. One still open (IO in flight) is kept.
+      const t = this.target;
+      if (!t || !isRbdPath(this.spec.path) || this.holder || this.failover || t.view) return;
+      this.target = undefined;
+      if (!(await releaseImage(t, this.log, this.name, this.spec.path))) this.target ??= t;
     });
   }
 
