@@ -151,7 +151,8 @@ describe('failover and failover test at a journal checkpoint (e2e)', function ()
     const expected = fs.readFileSync(target.files.V1);
     expected.fill(0x5c, 20 * MiB + 4096, 20 * MiB + 4096 + 300 * 1024);
     await agent.start();
-    await waitFor('agent attached', async () => (await hub.status()).agents.length === 1);
+    // attached: the session has both volumes (a connected session may still be attaching them)
+    await waitFor('agent attached', async () => (await hub.status()).agents[0]?.volumes.length === names.length);
     const fb = await hub.post('/failback');
     assert.equal(fb.status, 200, JSON.stringify(fb.body));
     assert.ok(fs.readFileSync(img('V1')).equals(expected), 'V1: the promoted point plus the recovery VM write');
