@@ -10,6 +10,7 @@ import { ChecksumResyncRecord, StateStore, VolumeRecord } from '../../storage/st
 import type { Logger } from '../log';
 import { assert } from '../assert';
 import { EncryptionAlarm } from './encryption-alarm';
+import { AlarmReader } from './alarm-reader';
 import { ReplicaStats } from './replica-stats';
 import { replicaStatus } from './replica-status';
 import { newChecksumResync, peerChange, recoveryFileChange, recoveryFileNow } from './replica-identity';
@@ -19,12 +20,9 @@ export type ReplicaState = 'unprotected' | 'syncing' | 'protecting' | 'degraded'
 
 import type { FailbackWatcher, FailoverMaps } from './failover-maps';
 export type { FailbackWatcher, FailoverMaps } from './failover-maps';
-
-export interface ReplicaSpec {
-  name: string; // protected volume name the agent reports (V1)
-  path: string; // recovery volume file or device (V1R)
-  vm?: string; // only this VM (authenticated identity) may protect it
-}
+import type { ReplicaSpec, TargetOpener } from './replica-spec';
+export { openDirectTarget, openFileTarget } from './replica-spec';
+export type { ReplicaSpec, TargetOpener } from './replica-spec';
 
 /** What the hub asks of the agent session that has a replica attached. */
 export interface ReplicaOwner {
@@ -45,14 +43,6 @@ export interface ReplicaOwner {
   pump(): void;
 }
 
-/** Opens a recovery volume; files open synchronously, RBD images (rbd-target.ts) asynchronously. */
-export type TargetOpener = (path: string, sizeBytes: number) => BlockTarget | Promise<BlockTarget>;
-export const openFileTarget: TargetOpener = (path, sizeBytes) =>
-  FileVolume.open(path, { createSize: sizeBytes, minSize: sizeBytes });
-/** --cache none: large aligned writes bypass the page cache (O_DIRECT). */
-export const openDirectTarget: TargetOpener = (path, sizeBytes) =>
-  FileVolume.open(path, { createSize: sizeBytes, minSize: sizeBytes, direct: true });
-
 export class Replica {
   record?: VolumeRecord;
   target?: GuardedTarget;
@@ -63,6 +53,8 @@ export class Replica {
   readonly stats = new ReplicaStats();
   /** Scores protected writes for a guest that starts encrypting its disk (ticked by sample()). */
   readonly alarm: EncryptionAlarm;
+  /** Reads what a sampled write overwrites, inline (alarm-reader.ts). */
+  readonly alarmReader: AlarmReader;
   private current: ReplicaState = 'unprotected';
   private holder: ReplicaOwner | null = null; // the session that has it attached (or is attaching it)
   private released: Promise<void> = Promise.resolve(); // the last owner's in-progress apply
@@ -83,6 +75,7 @@ export class Replica {
     private readonly regionSize: number,
     private readonly log: Logger,
   ) {
+    this.alarmReader = new AlarmReader(spec.path, 4096);
     this.alarm = new EncryptionAlarm(undefined, (active, start, rateBps) => this.alarmChanged(active, start, rateBps));
     const rec = store.volume(spec.name);
     if (rec) {

@@ -73,7 +73,11 @@ export class WriteApplier {
     const rep = sync.replica,
       t = rep.target;
     if (rep.failover || m.ioStatus !== IO_OK || !t) return false;
-    if (rep.alarm.due(m.data.length)) return false; // scored on the queue's path: it reads
+    if (rep.alarm.due(m.data.length)) {
+      const old = rep.alarmReader.read(start, Math.min(m.data.length, rep.alarm.sampleBytes));
+      if (!old) return false; // scored on the queue's path, which reads asynchronously
+      rep.alarm.score(m.data, old);
+    }
     const bm = sync.bitmap,
       first = bm.regionOf(start),
       last = bm.regionOf(end - 1);
@@ -98,7 +102,10 @@ export class WriteApplier {
 
 /** Score a write for the encryption alarm against what it overwrites (read before it lands). */
 async function scoreWrite(rep: Replica, data: Buffer, start: number): Promise<void> {
-  const old = Buffer.allocUnsafe(Math.min(data.length, rep.alarm.sampleBytes));
+  const n = Math.min(data.length, rep.alarm.sampleBytes);
+  const inline = rep.alarmReader.read(start, n);
+  if (inline) return rep.alarm.score(data, inline);
+  const old = Buffer.allocUnsafe(n);
   try {
     await rep.target!.read(old, start);
   } catch {

@@ -1,0 +1,17 @@
+// What a recovery volume is (its name, path and VM binding) and how it is opened: files
+// synchronously, RBD images (rbd-target.ts) asynchronously.
+import { BlockTarget, FileVolume } from '../../storage/volume';
+
+export interface ReplicaSpec {
+  name: string; // protected volume name the agent reports (V1)
+  path: string; // recovery volume file or device (V1R)
+  vm?: string; // only this VM (authenticated identity) may protect it
+}
+
+/** Opens a recovery volume; files open synchronously, RBD images (rbd-target.ts) asynchronously. */
+export type TargetOpener = (path: string, sizeBytes: number) => BlockTarget | Promise<BlockTarget>;
+export const openFileTarget: TargetOpener = (path, sizeBytes) =>
+  FileVolume.open(path, { createSize: sizeBytes, minSize: sizeBytes });
+/** --cache none: large aligned writes bypass the page cache (O_DIRECT). */
+export const openDirectTarget: TargetOpener = (path, sizeBytes) =>
+  FileVolume.open(path, { createSize: sizeBytes, minSize: sizeBytes, direct: true });
