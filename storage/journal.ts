@@ -24,15 +24,8 @@ import {
 } from './journal-format';
 import { checkMark, writeMark } from './journal-mark';
 
-export interface Checkpoint {
-  id: number;
-  /** Milliseconds since the epoch. */
-  time: number;
-  kind: CheckpointKind;
-  label?: string;
-  /** Where the records after the point start. */
-  pos: number;
-}
+import { Checkpoint, PointList } from './journal-points';
+export type { Checkpoint } from './journal-points';
 
 export interface JournalOptions {
   /** A segment is closed (and synced) once it holds this many bytes. */
@@ -64,13 +57,11 @@ const SCAN_WINDOW_BYTES = 64 * 1024;
 export class Journal {
   private readonly segments: Segment[] = [];
   private readonly volumeNames: string[] = [];
-  private pts: Checkpoint[] = [];
-  private nextId = 1;
+  private readonly pts: PointList;
   /** Bumped at every point: a volume's first write of an epoch records its before-image. */
   epoch = 0;
   /** Before-image bytes appended since the last point (writes are flowing). */
   capturedSincePoint = 0;
-  drops = 0;
   /** Found open across a power cut at open: when, under which boot it was open, points dropped. */
   powerLoss: { at: number; bootId: string | null; dropped: number } | null = null;
   private readonly pins = new Map<number, number>(); // position -> readers holding it
@@ -78,13 +69,12 @@ export class Journal {
   private syncRun: Promise<void> | null = null;
   private syncAgain = false;
   private readonly header = Buffer.alloc(HEADER_BYTES);
-  private readonly maxPoints: number;
 
   private constructor(
     readonly dir: string,
     private readonly opts: JournalOptions,
   ) {
-    this.maxPoints = opts.maxPoints ?? MAX_POINTS;
+    this.pts = new PointList(opts.maxPoints ?? MAX_POINTS);
     assert(opts.segmentBytes >= 1 << 20 && opts.segmentBytes < 2 ** 32, 'a segment is 1 MiB..4 GiB');
   }
 
@@ -140,7 +130,7 @@ export class Journal {
 
   /** Append a consistent point: everything recorded after it is newer than it. */
   appendCheckpoint(kind: CheckpointKind, label = '', time = Date.now()): Checkpoint {
-    const id = this.nextId++;
+    const id = this.pts.newId();
     const payload = Buffer.from(label.slice(0, 256), 'utf8');
     const at = this.append(
       { type: RecordType.CHECKPOINT, sub: KINDS.indexOf(kind), arg: id, time, payloadBytes: payload.length },
@@ -148,7 +138,7 @@ export class Journal {
     );
     const p: Checkpoint = { id, time, kind, pos: at + payload.length };
     if (label) p.label = label;
-    this.addPoint(p);
+    this.pts.add(p);
     this.epoch++;
     this.capturedSincePoint = 0;
     return p;
@@ -159,7 +149,7 @@ export class Journal {
    * CHECKPOINT record naming an id already known changes that point's kind and label.
    */
   remark(id: number, kind: CheckpointKind, label: string): Checkpoint | null {
-    const p = this.pts.find((q) => q.id === id);
+    const p = this.pts.find(id);
     if (!p) return null;
     const payload = Buffer.from(label.slice(0, 256), 'utf8');
     this.append(
@@ -177,7 +167,7 @@ export class Journal {
    */
   lostHistory(e: Error): void {
     const n = this.pts.length;
-    this.dropPoints(n);
+    this.pts.dropOldest(n);
     this.epoch++;
     this.capturedSincePoint = 0;
     this.opts.warn?.(
@@ -192,12 +182,12 @@ export class Journal {
    * block changed since, its content at `id` and older points. Returns the points dropped.
    */
   dropAfter(id: number): number {
-    const k = this.pts.findIndex((p) => p.id === id);
+    const k = this.pts.all.findIndex((p) => p.id === id);
     assert(k >= 0, `point ${id} is in the journal`);
     const n = this.pts.length - k - 1;
     this.append({ type: RecordType.DROP, sub: 0, arg: id, time: Date.now(), payloadBytes: 0 }, EMPTY);
     fs.fdatasyncSync(this.current.fd);
-    this.dropNewer(id);
+    this.pts.dropNewer(id);
     return n;
   }
 
@@ -221,7 +211,7 @@ export class Journal {
 
   /** The points, oldest first. */
   points(): readonly Checkpoint[] {
-    return this.pts;
+    return this.pts.all;
   }
 
   get bytes(): number {
@@ -297,15 +287,12 @@ export class Journal {
    */
   enforce(now: number, retentionMs: number, maxBytes: number): number {
     let dropped = 0;
-    let old = 0;
-    while (old < this.pts.length - 1 && now - this.pts[old].time > retentionMs) old++;
-    this.dropPoints(old);
-    dropped += old;
+    dropped += this.pts.dropOlderThan(now, retentionMs);
     while (this.segments.length > 1 && this.bytes > maxBytes && !this.pinned(this.segments[0].n)) {
       this.deleteOldest();
-      dropped += this.dropBefore(position(this.segments[0].n, 0));
+      dropped += this.pts.dropBefore(position(this.segments[0].n, 0));
     }
-    const keepFrom = this.pts.length ? segmentOf(this.pts[0].pos) : this.current.n;
+    const keepFrom = this.pts.length ? segmentOf(this.pts.all[0].pos) : this.current.n;
     while (this.segments.length > 1 && this.segments[0].n < keepFrom && !this.pinned(this.segments[0].n))
       this.deleteOldest();
     return dropped;
@@ -336,7 +323,7 @@ export class Journal {
     const n = this.pts.length;
     const next = this.segments.length ? this.current.n + 1 : 1;
     while (this.segments.length) this.deleteOldest();
-    this.dropPoints(n);
+    this.pts.dropOldest(n);
     this.powerLoss = { at: Date.now(), bootId, dropped: n };
     this.epoch++;
     this.capturedSincePoint = 0;
@@ -405,7 +392,7 @@ export class Journal {
       if (payload.length === h.payloadBytes && !crcMatches(hdr, payload)) break;
       off += HEADER_BYTES + h.payloadBytes;
       if (h.type === RecordType.CHECKPOINT) this.recoverPoint(h, payload, position(n, off));
-      else if (h.type === RecordType.DROP) this.dropNewer(h.arg);
+      else if (h.type === RecordType.DROP) this.pts.dropNewer(h.arg);
     }
     if (off < size) {
       this.opts.warn?.({ segment: file, offset: off, cutBytes: size - off }, 'journal: torn or bad tail cut off');
@@ -416,41 +403,12 @@ export class Journal {
   }
 
   private recoverPoint(h: RecordHeader, payload: Buffer, pos: number): void {
-    const known = h.arg < this.nextId ? this.pts.find((q) => q.id === h.arg) : undefined;
-    if (known) {
-      // remark(): the point keeps its place in the stream, with a new kind and label.
-      known.kind = KINDS[h.sub] ?? known.kind;
-      if (payload.length) known.label = payload.toString('utf8');
-      return;
-    }
-    if (h.arg < this.nextId) return; // a remark of a point dropped since
-    const p: Checkpoint = { id: h.arg, time: h.time, kind: KINDS[h.sub] ?? 'interval', pos };
-    if (payload.length) p.label = payload.toString('utf8');
-    this.addPoint(p);
-    this.nextId = Math.max(this.nextId, h.arg + 1);
+    this.pts.recover(h.arg, h.time, KINDS[h.sub], payload.length ? payload.toString('utf8') : '', pos);
   }
 
-  private addPoint(p: Checkpoint): void {
-    if (this.pts.length >= this.maxPoints) this.dropPoints(1);
-    this.pts.push(p);
-  }
-
-  private dropPoints(k: number): void {
-    if (k <= 0) return;
-    this.pts = this.pts.slice(k);
-    this.drops += k;
-  }
-
-  /** Points newer than `id` go; they are not counted as retention drops (they were never wanted). */
-  private dropNewer(id: number): void {
-    this.pts = this.pts.filter((p) => p.id <= id);
-  }
-
-  private dropBefore(pos: number): number {
-    let k = 0;
-    while (k < this.pts.length && this.pts[k].pos < pos) k++;
-    this.dropPoints(k);
-    return k;
+  /** Points dropped oldest first (retention, size cap, lost history). */
+  get drops(): number {
+    return this.pts.drops;
   }
 
   private pinned(n: number): boolean {

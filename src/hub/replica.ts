@@ -1,6 +1,12 @@
 // A recovery volume on the hub: the single owner of its target, record and dirty bitmap, its
 // state machine (every change goes through setState and is logged there), its statistics and
 // its one owner (the agent session that has it attached). Sessions borrow it while attached.
+// Over 450 lines on purpose, for now: what is left here all changes the replica's private state
+// (state machine, health flags, known zeroes, RBD claim, checksum-resync flag) and would need
+// that state exposed to move out. What reads it only already lives beside it: replica-spec.ts
+// (spec, openers), replica-stats.ts, replica-status.ts, replica-identity.ts (comparisons),
+// failover-maps.ts, alarm-reader.ts. Next seam: the attach/open path (attach, openTarget,
+// openBase, ensureTarget) as a class owning `seeded`, `knownZero` and the claim token.
 import * as fs from 'node:fs';
 import { BlockTarget, FileVolume, writeZeroes } from '../../storage/volume';
 import { GuardedTarget } from '../../storage/overlay';
