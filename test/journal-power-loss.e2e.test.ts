@@ -8,23 +8,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { sha, waitFor } from './harness/util';
-import { CLI } from './harness/hub-process';
-import { startProtectedPair, ProtectedPair } from './harness/pair';
+import { startProtectedPair, ProtectedPair, rephub, points } from './harness/pair';
 
 const MiB = 1 << 20;
-
-function rephub(pair: ProtectedPair, ...args: string[]): string {
-  return execFileSync(process.execPath, [CLI, ...args, '--hub', `http://${pair.hub.http}`], {
-    encoding: 'utf8',
-    timeout: 60_000,
-    env: { ...process.env, REPHUB_ADMIN_TOKEN_FILE: pair.hub.adminTokenFile },
-  });
-}
-
-function points(pair: ProtectedPair): any[] {
-  const out = JSON.parse(rephub(pair, 'checkpoints', '--vm', 'vm1', '--json'));
-  return out.length ? out[0].checkpoints : [];
-}
 
 async function writeAndFlush(p: ProtectedPair, pattern: number): Promise<void> {
   execFileSync(

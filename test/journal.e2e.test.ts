@@ -10,25 +10,12 @@ import * as path from 'node:path';
 import { execFileSync, spawn } from 'node:child_process';
 import { sha, waitFor } from './harness/util';
 import { CLI } from './harness/hub-process';
-import { startProtectedPair, ProtectedPair } from './harness/pair';
+import { startProtectedPair, ProtectedPair, rephub, points } from './harness/pair';
 import { freePort } from './harness/ports';
 import { endProcess } from './harness/child';
 
 const MiB = 1 << 20;
 const SIZE = 32 * MiB;
-
-function rephub(pair: ProtectedPair, ...args: string[]): string {
-  return execFileSync(process.execPath, [CLI, ...args, '--hub', `http://${pair.hub.http}`], {
-    encoding: 'utf8',
-    timeout: 60_000,
-    env: { ...process.env, REPHUB_ADMIN_TOKEN_FILE: pair.hub.adminTokenFile },
-  });
-}
-
-function points(pair: ProtectedPair): any[] {
-  const out = JSON.parse(rephub(pair, 'checkpoints', '--vm', 'vm1', '--json'));
-  return out.length ? out[0].checkpoints : [];
-}
 
 describe('journal: point-in-time recovery (e2e)', function () {
   this.timeout(300_000);

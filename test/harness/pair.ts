@@ -2,7 +2,8 @@
 // its recovery volume, an agent process serving the image, both converged.
 import * as path from 'node:path';
 import { tmpdir, makeImage } from './util';
-import { HubProcess, v1Hub } from './hub-process';
+import { execFileSync } from 'node:child_process';
+import { CLI, HubProcess, v1Hub } from './hub-process';
 import { AgentProcess, v1Agent } from './agent-process';
 
 export interface ProtectedPair {
@@ -25,4 +26,19 @@ export async function startProtectedPair(sizeBytes: number, hubArgs: string[] = 
   await agent.start();
   await hub.converged('V1', img, rep, 60_000);
   return { dir, img, rep, hub, agent };
+}
+
+/** Run the rephub CLI against the pair's hub (operator token included); its stdout. */
+export function rephub(pair: ProtectedPair, ...args: string[]): string {
+  return execFileSync(process.execPath, [CLI, ...args, '--hub', `http://${pair.hub.http}`], {
+    encoding: 'utf8',
+    timeout: 60_000,
+    env: { ...process.env, REPHUB_ADMIN_TOKEN_FILE: pair.hub.adminTokenFile },
+  });
+}
+
+/** The journal's checkpoints of VM vm1, as `rephub checkpoints --json` lists them. */
+export function points(pair: ProtectedPair): any[] {
+  const out = JSON.parse(rephub(pair, 'checkpoints', '--vm', 'vm1', '--json'));
+  return out.length ? out[0].checkpoints : [];
 }
