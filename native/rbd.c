@@ -171,6 +171,10 @@ static void open_execute(napi_env env, void *data) {
   // Bounded waits: a cluster that is down fails the open instead of hanging it for minutes.
   L.rados_conf_set(img->cluster, "client_mount_timeout", "15");
   L.rados_conf_set(img->cluster, "rados_mon_op_timeout", "15");
+  // rbd_aio_write copies the data before it returns, whatever ceph.conf says: the hub hands a
+  // write over and reuses its buffer (storage/write-window.ts) while the write is in flight.
+  j->step = "set rbd_disable_zero_copy_writes";
+  if ((r = L.rados_conf_set(img->cluster, "rbd_disable_zero_copy_writes", "true")) < 0) goto fail1;
   j->step = "connect to the Ceph cluster";
   if ((r = L.rados_connect(img->cluster)) < 0) goto fail1;
   j->step = "open the pool";

@@ -6,6 +6,8 @@
 // is older than the last completed image flush, and no write holds it. After a crash, every
 // region of every extent that was hot reads as dirty from the file. No IO here.
 
+import { assert } from './assert';
+
 export const AL_EXTENT_BYTES = 4 << 20;
 export const AL_MAX_EXTENTS = 256;
 
@@ -137,9 +139,4 @@ export class ActivityLog {
     this.extentAt.fill(-1);
     this.holds.fill(0);
   }
-}
-
-/** storage/ imports nothing from src/: its own cheap invariant check (as src/assert.ts). */
-function assert(cond: unknown, message: string): asserts cond {
-  if (!cond) throw new Error(`invariant broken: ${message}`);
 }

@@ -25,6 +25,7 @@ import {
 import { checkMark, writeMark } from './journal-mark';
 
 import { Checkpoint, PointList } from './journal-points';
+import { assert } from './assert';
 export type { Checkpoint } from './journal-points';
 
 export interface JournalOptions {
@@ -421,9 +422,4 @@ export class Journal {
     fs.closeSync(s.fd);
     fs.unlinkSync(path.join(this.dir, segmentName(s.n)));
   }
-}
-
-/** storage/ imports nothing from src/: its own cheap invariant check (as src/assert.ts). */
-function assert(cond: unknown, message: string): asserts cond {
-  if (!cond) throw new Error(`invariant broken: ${message}`);
 }

@@ -1,7 +1,11 @@
 // A recovery volume in a Ceph RBD image, through librbd in user space (native/rbd.c): reads,
 // writes and flushes are librbd aio, so the event loop never waits on the cluster. Flush maps
-// to rbd_aio_flush. `rbd:POOL/IMAGE[:conf=PATH][:id=USER]` names one, as QEMU's rbd: driver does.
+// to rbd_aio_flush. Writes go through a window (write-window.ts): several in flight, landed
+// before any flush completes; librbd copies each at submit (native/rbd.c forces it), so the
+// caller may reuse its buffer once write() returns.
+// `rbd:POOL/IMAGE[:conf=PATH][:id=USER]` names one, as QEMU's rbd: driver does.
 import { BlockTarget, VolumeError } from './volume';
+import { WriteWindow } from './write-window';
 import { rbdAddon, rbdUnavailable, RbdHandle, RbdJob, RbdMeta, RbdOp } from '../native/rbd';
 
 export interface RbdSpec {
@@ -41,6 +45,7 @@ export function rbdName(spec: RbdSpec): string {
 
 export class RbdVolume implements BlockTarget {
   private closed = false;
+  private readonly window = new WriteWindow();
   private constructor(
     readonly spec: RbdSpec,
     private readonly h: RbdHandle,
@@ -100,34 +105,42 @@ export class RbdVolume implements BlockTarget {
     return (await rbdAddon!.job(this.h, RbdJob.IsOwner)) === 1;
   }
 
-  read(buf: Buffer, offset: number): Promise<void> {
+  async read(buf: Buffer, offset: number): Promise<void> {
+    await this.window.settled(offset, offset + buf.length);
     return this.io(RbdOp.Read, buf, offset);
   }
 
+  /** Resolves once the write is on its way; a failure to land surfaces at the next flush. */
   write(buf: Buffer, offset: number): Promise<void> {
-    return this.io(RbdOp.Write, buf, offset);
+    const outside = this.outside(buf.length, offset);
+    if (outside) return Promise.reject(outside);
+    return this.window.add(offset, buf.length, () => this.io(RbdOp.Write, buf, offset));
   }
 
-  flush(): Promise<void> {
+  async flush(): Promise<void> {
+    await this.window.drain();
     return this.io(RbdOp.Flush, null, 0);
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await rbdAddon!.job(this.h, RbdJob.Close);
+    await this.window.drain().finally(() => rbdAddon!.job(this.h, RbdJob.Close));
+  }
+
+  private outside(len: number, offset: number): VolumeError | null {
+    if (offset >= 0 && offset + len <= this.sizeBytes) return null;
+    return new VolumeError(
+      `${this.path}: ${len} bytes at ${offset} outside the image (${this.sizeBytes})`,
+      this.path,
+      offset,
+    );
   }
 
   private io(op: RbdOp, buf: Buffer | null, offset: number): Promise<void> {
     const len = buf ? buf.length : 0;
-    if (buf && (offset < 0 || offset + len > this.sizeBytes))
-      return Promise.reject(
-        new VolumeError(
-          `${this.path}: ${len} bytes at ${offset} outside the image (${this.sizeBytes})`,
-          this.path,
-          offset,
-        ),
-      );
+    const outside = buf && this.outside(len, offset);
+    if (outside) return Promise.reject(outside);
     return new Promise((resolve, reject) => {
       const done = (r: number) => {
         if (r < 0 || (buf && op === RbdOp.Read && r !== len))

@@ -62,6 +62,7 @@ async function startHub(): Promise<{ port: number; stop: () => void; dir: string
       `LG=${RECOVERY || path.join(dir, 'LGR')}`,
       '--data',
       path.join(dir, 'state'),
+      ...(process.env.HUB_ARGS ?? '').split(' ').filter(Boolean), // e.g. HUB_ARGS=--no-journal
     ],
     { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, LOG_LEVEL: 'warn' } },
   );
@@ -113,7 +114,7 @@ async function main() {
   });
   sock.on('data', (c) => framer.push(c));
   await new Promise<void>((r) => sock.once('connect', () => r()));
-  sock.write(encodeHello(PROTOCOL_VERSION, ALL_CAPS & ~Cap.FRAME_CRC, Limits.maxPayload, 'loadgen'));
+  sock.write(encodeHello(PROTOCOL_VERSION, ALL_CAPS & ~Cap.FRAME_CRC & ~Cap.IDENTITY, Limits.maxPayload, 'loadgen'));
   sock.write(encodeReportVmVolumes([{ name: 'LG', sizeBytes: SIZE }]));
   const syncStart = Date.now();
   while (volId < 0 || Date.now() - lastRead < 300) await new Promise((r) => setTimeout(r, 50));
