@@ -1,6 +1,9 @@
 #!/usr/bin/env node
 // rephub: the replication hub (default command) and its operator subcommands.
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { quietOnEpipe } from './stdout-epipe';
+import { VERSION } from './version';
+import { addEventsCommand } from './events-command';
 import * as path from 'node:path';
 import * as http from 'node:http';
 import { Hub } from '../hub/hub';
@@ -77,6 +80,7 @@ async function serve(
     adminToken,
     verify: verifyOptions(o),
     journal: journalConfig(o, o.data),
+    version: VERSION,
   });
   const a = await hub.listen(listen.host, listen.port);
   const h = await hub.listenHttp(httpAddr.host, httpAddr.port);
@@ -187,6 +191,7 @@ async function status(o: { hub: string; json?: boolean; watch?: boolean }) {
   }
 }
 
+quietOnEpipe();
 const program = new Command('rephub')
   .description(
     'rephub: block replication hub. Keeps recovery volumes converged with the protected volumes of VM agents.',
@@ -251,6 +256,8 @@ Exit codes: 0 stopped by SIGINT/SIGTERM; ${EXIT_START_FAILED} bad arguments or a
 ${EXIT_LOCKED} another process holds --data (DATA/rephub.lock) or a recovery volume (PATH.lock, or the block device itself).`,
   )
   .action(serve);
+
+addEventsCommand(program);
 
 program
   .command('status')
