@@ -138,8 +138,10 @@ describe('operator metrics and status (e2e)', function () {
     }
   });
 
-  it("agent /metrics: mirrored writes and bytes, link, in flight, dirty bytes per volume", async () => {
-    execFileSync('qemu-io', ['-f', 'raw', '-c', 'write -P 7 0 1M', '-c', 'flush', agent.uri('V1')], { stdio: 'ignore' });
+  it('agent /metrics: mirrored writes and bytes, link, in flight, dirty bytes per volume', async () => {
+    execFileSync('qemu-io', ['-f', 'raw', '-c', 'write -P 7 0 1M', '-c', 'flush', agent.uri('V1')], {
+      stdio: 'ignore',
+    });
     await waitFor('agent clean', () => agent.clean(), 30_000, 50);
     const m = samples(await agentMetrics());
     assert.ok(value(m.get('rephub_agent_mirrored_bytes_total')![0]) >= MiB);
@@ -169,7 +171,9 @@ describe('operator metrics and status (e2e)', function () {
     const dash = fs.readFileSync(path.join(ROOT, 'contrib/grafana/rephub.json'), 'utf8');
     const exprs = [...dash.matchAll(/"expr": "((?:[^"\\]|\\.)*)"/g)].map((m) => JSON.parse(`"${m[1]}"`) as string);
     assert.ok(exprs.length >= 10);
-    const used = new Set(exprs.flatMap((e) => [...e.matchAll(/\b(rephub_\w+|process_\w+|nodejs_\w+)/g)].map((m) => m[1])));
+    const used = new Set(
+      exprs.flatMap((e) => [...e.matchAll(/\b(rephub_\w+|process_\w+|nodejs_\w+)/g)].map((m) => m[1])),
+    );
     const missing = [...used].filter((n) => !live.has(n));
     assert.deepEqual(missing, []);
   });

@@ -32,24 +32,66 @@ export function statusDocument(st: AgentStatusFacts & Record<string, unknown>): 
 function registerAgentMetrics(r: Registry, status: () => AgentStatusFacts): void {
   const hub = (name: string, help: string, value: (s: AgentStatusFacts) => number, kind: 'gauge' | 'counter') =>
     kind === 'gauge'
-      ? new Gauge({ name, help, labelNames: ['vm'], registers: [r], collect() {
-          const s = status();
-          this.reset();
-          this.set({ vm: s.vm }, value(s));
-        } })
-      : new Counter({ name, help, labelNames: ['vm'], registers: [r], collect() {
-          const s = status();
-          this.reset();
-          this.inc({ vm: s.vm }, value(s));
-        } });
+      ? new Gauge({
+          name,
+          help,
+          labelNames: ['vm'],
+          registers: [r],
+          collect() {
+            const s = status();
+            this.reset();
+            this.set({ vm: s.vm }, value(s));
+          },
+        })
+      : new Counter({
+          name,
+          help,
+          labelNames: ['vm'],
+          registers: [r],
+          collect() {
+            const s = status();
+            this.reset();
+            this.inc({ vm: s.vm }, value(s));
+          },
+        });
   hub('rephub_agent_mirrored_writes_total', 'Guest writes mirrored to the hub', (s) => s.writes, 'counter');
-  hub('rephub_agent_mirrored_bytes_total', 'Bytes of guest writes mirrored to the hub', (s) => s.mirroredBytes, 'counter');
-  hub('rephub_agent_overflow_writes_total', 'Writes that found the send queue full and became dirty regions', (s) => s.overflowWrites, 'counter');
-  hub('rephub_agent_remote_read_bytes_total', 'Bytes the hub read back for its sync (remote reads)', (s) => s.remoteReadBytes, 'counter');
-  hub('rephub_agent_connects_total', 'Connections to a hub made (the first and every reconnect)', (s) => s.connects, 'counter');
+  hub(
+    'rephub_agent_mirrored_bytes_total',
+    'Bytes of guest writes mirrored to the hub',
+    (s) => s.mirroredBytes,
+    'counter',
+  );
+  hub(
+    'rephub_agent_overflow_writes_total',
+    'Writes that found the send queue full and became dirty regions',
+    (s) => s.overflowWrites,
+    'counter',
+  );
+  hub(
+    'rephub_agent_remote_read_bytes_total',
+    'Bytes the hub read back for its sync (remote reads)',
+    (s) => s.remoteReadBytes,
+    'counter',
+  );
+  hub(
+    'rephub_agent_connects_total',
+    'Connections to a hub made (the first and every reconnect)',
+    (s) => s.connects,
+    'counter',
+  );
   hub('rephub_agent_hub_connected', 'The link to the hub is up (1) or not (0)', (s) => Number(s.connected), 'gauge');
-  hub('rephub_agent_pending_writes', 'Mirrored writes awaiting the hub durable ack (in flight)', (s) => s.pendingWrites, 'gauge');
+  hub(
+    'rephub_agent_pending_writes',
+    'Mirrored writes awaiting the hub durable ack (in flight)',
+    (s) => s.pendingWrites,
+    'gauge',
+  );
   hub('rephub_agent_queue_bytes', 'Bytes queued towards the hub, not yet sent', (s) => s.queueBytes, 'gauge');
+  registerVolumeMetrics(r, status);
+}
+
+/** Per protected volume: dirty bytes, size, whether the hub protects it now. */
+function registerVolumeMetrics(r: Registry, status: () => AgentStatusFacts): void {
   const volume = (name: string, help: string, value: (v: AgentStatusFacts['volumes'][number]) => number) =>
     new Gauge({
       name,

@@ -51,7 +51,9 @@ function follow(url: string, json: boolean): Promise<never> {
 export function addEventsCommand(program: Command): void {
   program
     .command('events')
-    .description('stream what changes on the hub (volume states, agents, checkpoints, alarms, verify, failover), one line each')
+    .description(
+      'stream what changes on the hub (volume states, agents, checkpoints, alarms, verify, failover), one line each',
+    )
     .option('--hub <url>', 'hub status URL', 'http://127.0.0.1:7080')
     .option('--json', 'print the JSON lines for scripts')
     .action((o: { hub: string; json?: boolean }) =>

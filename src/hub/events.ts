@@ -93,11 +93,7 @@ export class EventBus {
 }
 
 /** GET /events: newline-delimited JSON, chunked, until the client goes or is dropped. */
-export function serveEvents(
-  bus: EventBus,
-  exists: () => [EventObject, EventFields][],
-  res: http.ServerResponse,
-): void {
+export function serveEvents(bus: EventBus, exists: () => [EventObject, EventFields][], res: http.ServerResponse): void {
   const sink: EventSink = {
     write: (line) => void res.write(line),
     get unreadBytes() {
@@ -108,7 +104,9 @@ export function serveEvents(
   res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
   const unsubscribe = bus.subscribe(sink, exists());
   if (!unsubscribe) {
-    res.end(JSON.stringify({ action: 'destroy', object: 'stream', reason: `over ${MAX_SUBSCRIBERS} subscribers` }) + '\n');
+    res.end(
+      JSON.stringify({ action: 'destroy', object: 'stream', reason: `over ${MAX_SUBSCRIBERS} subscribers` }) + '\n',
+    );
     return;
   }
   res.on('close', unsubscribe);

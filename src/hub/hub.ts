@@ -143,10 +143,16 @@ export class Hub implements HubStatusSource {
       more: this.journals ? journalRoutes(this.journals) : undefined,
       events: (res) => serveEvents(this.events, () => existing(this.replicas.values(), this.sessions), res),
     });
-    this.sampler = setInterval(() => {
+    this.sampler = this.startSampling();
+  }
+
+  /** Each replica's counters and alarm, sampled every second. */
+  private startSampling(): NodeJS.Timeout {
+    const t = setInterval(() => {
       for (const r of this.replicas.values()) r.sample();
     }, 1000);
-    this.sampler.unref();
+    t.unref();
+    return t;
   }
 
   /** NBD exports of the hub: failover-test views and, after failover, the recovery volumes. */

@@ -71,6 +71,11 @@ function registerVolumeMetrics(r: Registry, source: HubStatusSource): void {
   );
   registerVerifyMetrics(gauge);
   registerAlarmMetrics(gauge, counter);
+  registerStateMetric(r, vols);
+}
+
+/** Every state a volume can be in as its own 0/1 series, as kube-state-metrics does. */
+function registerStateMetric(r: Registry, vols: () => readonly VolumeStatus[]): void {
   new Gauge({
     name: 'rephub_volume_state',
     help: `Volume state: one series per state, 1 for the state the volume is in, 0 for the others (${VOLUME_STATE_NAMES.join(', ')}; docs/STATUS.md)`,
@@ -79,7 +84,8 @@ function registerVolumeMetrics(r: Registry, source: HubStatusSource): void {
     collect() {
       this.reset();
       for (const v of vols()) {
-        for (const state of VOLUME_STATE_NAMES) this.set({ volume: v.name, vm: v.vm ?? '', state }, Number(v.state === state));
+        for (const state of VOLUME_STATE_NAMES)
+          this.set({ volume: v.name, vm: v.vm ?? '', state }, Number(v.state === state));
       }
     },
   });

@@ -244,10 +244,7 @@ export class AgentSession implements ReplicaOwner {
       case Cmd.IDENTITY: // session metadata, before any report: kept at once, never queued
         return this.onIdentity(msg);
       case Cmd.ERROR:
-        this.log.warn(
-          { vm: this.vm, code: msg.code, cause: msg.message.slice(0, 256) },
-          'agent reported an error',
-        );
+        this.log.warn({ vm: this.vm, code: msg.code, cause: msg.message.slice(0, 256) }, 'agent reported an error');
         return;
       case Cmd.PROTECTED_WRITE:
         this.commit.receive();
