@@ -15,7 +15,7 @@ import {
 import { encodeIdentity } from '../../protocol';
 import type { BufferPool } from '../buffer-pool';
 import type { Logger } from '../log';
-import { VolumeTable, AgentVolumeSpec } from './volume';
+import { VolumeTable, AgentVolume, AgentVolumeSpec } from './volume';
 import { RegionGate } from './region-gate';
 import { Mirror, MirrorLimits } from './mirror';
 import { Handover } from './handover';
@@ -124,6 +124,7 @@ export class AgentCore {
       return;
     }
     this.volumes.protect(v, volumeId);
+    this.refusals.protectedNow(v.name);
     this.log.info({ volume: v.name, volumeId, dirtyBytes: v.log.bitmap.dirtyBytes }, 'protection started');
     this.handover.protectStarted(v);
   }
@@ -144,12 +145,22 @@ export class AgentCore {
     this.refusals.reset();
   }
 
+  /** protected, refused (and why), waiting for the hub's answer, or disconnected. */
+  private volumeState(v: AgentVolume): { state: string; refusal: { cause: string; at: string } | null } {
+    const r = this.refusals.of(v.name);
+    const refusal = r && { cause: r.cause, at: new Date(r.atMs).toISOString() };
+    if (this.volumes.hubId(v) >= 0) return { state: 'protected', refusal: null };
+    if (r) return { state: 'refused', refusal };
+    return { state: this.link ? 'waiting' : 'disconnected', refusal: null };
+  }
+
   status() {
     return {
       pendingWrites: this.mirror.pendingWrites,
       refusal: this.refusals.last,
       volumes: this.volumes.list.map((v) => ({
         name: v.name,
+        ...this.volumeState(v),
         volumeId: this.volumes.hubId(v),
         sizeBytes: v.sizeBytes,
         dirtyBytes: v.log.bitmap.dirtyBytes,

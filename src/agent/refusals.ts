@@ -22,6 +22,8 @@ export class Refusals {
   private timer: NodeJS.Timeout | null = null;
   private readonly logged = new Set<string>();
   private newest: HubRefusal | null = null;
+  /** The newest refusal of each volume (SPEC 5.3: the text names it), until the hub protects it. */
+  private readonly byVolume = new Map<string, HubRefusal>();
 
   constructor(
     private readonly log: Logger,
@@ -32,6 +34,9 @@ export class Refusals {
   /** The hub refused a volume with `message`. */
   refused(code: number, message: string): void {
     this.note(code, message);
+    const volume = /^volume (\S+?)(?::|\s|$)/.exec(message)?.[1];
+    if (volume !== undefined && (this.byVolume.has(volume) || this.byVolume.size < MAX_REMEMBERED))
+      this.byVolume.set(volume, this.newest!);
     const first = !this.logged.has(message);
     if (first && this.logged.size < MAX_REMEMBERED) this.logged.add(message);
     const ctx = { code, cause: message, retryInMs: this.delayMs };
@@ -53,6 +58,16 @@ export class Refusals {
 
   get last(): HubRefusal | null {
     return this.newest;
+  }
+
+  /** Why the hub refused `volume` last, or null (none since it was last protected). */
+  of(volume: string): HubRefusal | null {
+    return this.byVolume.get(volume) ?? null;
+  }
+
+  /** The hub protects `volume` now: its refusal is over. */
+  protectedNow(volume: string): void {
+    this.byVolume.delete(volume);
   }
 
   /** The connection is gone (or the agent stops): no retry on it. */

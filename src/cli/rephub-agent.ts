@@ -1,10 +1,10 @@
 #!/usr/bin/env node
 // rephub-agent: serves the VM's disk images over NBD and mirrors every write to the hub.
 import { Command } from 'commander';
+import { quietOnEpipe } from './stdout-epipe';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import * as http from 'node:http';
 import { ReplicationAgent, AgentVolumeSpec } from '../agent/agent';
 import { DirtyLog } from '../../storage/dirty-log';
 import { fingerprintOf } from '../../storage/volume-identity';
@@ -15,8 +15,9 @@ import { FileVolume } from '../../storage/volume';
 import { makeLogger, Logger } from '../log';
 import { parseHubList, checkName, checkPath, parseSize, warnIfNoNative } from './args';
 import { enabled as tlsEnabled, clientOptions } from '../security';
-import { fmt, table } from './format';
 import { parseListenAddr, ListenAddr } from './listen-addr';
+import { serveAgentHttp } from './agent-http';
+import { renderAgentStatus } from './agent-status';
 import { ParentWatch, parseParentFd } from './parent-watch';
 
 const collect = (v: string, prev: string[]) => [...prev, v];
@@ -73,27 +74,6 @@ function openVolumes(o: RunOptions, vm: string, log: Logger): (AgentVolumeSpec &
   return volumes;
 }
 
-/** GET /status of the agent, listening before the NBD exports so it answers once they do. */
-async function serveStatus(addr: string, status: () => object): Promise<http.Server | undefined> {
-  if (addr === 'off') return undefined;
-  const httpAddr = parseListenAddr(addr, '--http');
-  const web = http.createServer((req, res) => {
-    if (req.method === 'GET' && req.url === '/status') {
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify(status(), null, 1));
-    } else {
-      res.writeHead(404, { 'content-type': 'text/plain' });
-      res.end('not found: try GET /status\n');
-    }
-  });
-  await new Promise<void>((res, rej) => {
-    web.once('error', rej);
-    if (httpAddr.kind === 'unix') web.listen(httpAddr.path, () => res());
-    else web.listen(httpAddr.port, httpAddr.host, () => res());
-  });
-  return web;
-}
-
 /** Listens on TCP or a UNIX socket; the URIs a client uses for each export. */
 async function listenNbd(nbd: NbdServer, at: ListenAddr, names: string[]): Promise<string[]> {
   if (at.kind === 'unix') {
@@ -146,7 +126,7 @@ async function main(o: RunOptions) {
   const exports = new ExportRegistry();
   for (const v of volumes) exports.add(new MirroredExport(v.name, v.target, agent));
   const nbd = new NbdServer(exports, log, undefined, agent.writePool);
-  const web = await serveStatus(o.http, () => ({ ...agent.status(), nbd: nbd.stats }));
+  const web = await serveAgentHttp(o.http, () => ({ ...agent.status(), nbd: nbd.stats }));
   const uris = await listenNbd(nbd, nbdAddr, exports.names());
   agent.start();
   log.info({ nbd: uris, hub: o.hub, vm }, 'rephub-agent serving');
@@ -177,6 +157,7 @@ async function main(o: RunOptions) {
     });
 }
 
+quietOnEpipe();
 const program = new Command('rephub-agent')
   .description(
     'rephub agent: serves protected volumes over NBD (qemu -drive file=nbd://127.0.0.1:10809/V1) and mirrors every write to the hub',
@@ -250,22 +231,7 @@ program
         process.stdout.write(JSON.stringify(st, null, 2) + '\n');
         return;
       }
-      process.stdout.write(
-        `VM ${st.vm}: hub ${st.connected ? 'connected' : 'NOT connected'}, send queue ${fmt(st.queueBytes)}, ${st.pendingWrites} writes awaiting the hub's ack, ${st.overflowWrites} overflowed into dirty regions\n`,
-      );
-      if (st.refusal) process.stdout.write(`hub refused this agent at ${st.refusal.at}: ${st.refusal.cause}\n`);
-      process.stdout.write(
-        table([
-          ['VOLUME', 'VOLUME ID', 'SIZE', 'DIRTY', 'IN LOG FILE'],
-          ...st.volumes.map((v: any) => [
-            v.name,
-            String(v.volumeId),
-            fmt(v.sizeBytes),
-            fmt(v.dirtyBytes),
-            fmt(v.logDirtyBytes),
-          ]),
-        ]) + '\n',
-      );
+      process.stdout.write(renderAgentStatus(st));
     } catch (e: any) {
       process.stderr.write(`rephub-agent: cannot reach ${url}: ${e.cause?.message ?? e.message}\n`);
       process.exit(2);

@@ -1,6 +1,10 @@
 #!/usr/bin/env node
 // rephub: the replication hub (default command) and its operator subcommands.
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { quietOnEpipe } from './stdout-epipe';
+import { VERSION } from './version';
+import { addEventsCommand } from './events-command';
+import { addStatusCommand } from './status-command';
 import * as path from 'node:path';
 import * as http from 'node:http';
 import { Hub } from '../hub/hub';
@@ -12,7 +16,6 @@ import { LmdbStateStore } from '../../storage/state';
 import { makeLogger } from '../log';
 import { parseHostPort, parseVolSpec, parseSize, parseMillis, fillLaunch, warnIfNoNative } from './args';
 import { parseDuration } from './args';
-import { renderStatus } from './format';
 import { verifyCommand } from './verify-command';
 import { enabled as tlsEnabled, serverOptions } from '../security';
 import { FileLock, LockHeldError, lockHubState } from '../../storage/lock';
@@ -77,6 +80,7 @@ async function serve(
     adminToken,
     verify: verifyOptions(o),
     journal: journalConfig(o, o.data),
+    version: VERSION,
   });
   const a = await hub.listen(listen.host, listen.port);
   const h = await hub.listenHttp(httpAddr.host, httpAddr.port);
@@ -164,29 +168,7 @@ function verifyOptions(o: VerifyFlags) {
   };
 }
 
-async function status(o: { hub: string; json?: boolean; watch?: boolean }) {
-  const url = o.hub.replace(/\/$/, '') + '/status';
-  const get = async () => {
-    const res = await fetch(url).catch((e) => {
-      throw new Error(`cannot reach ${url}: ${e.cause?.message ?? e.message}`);
-    });
-    return (await res.json()) as any;
-  };
-  if (o.json) {
-    process.stdout.write(JSON.stringify(await get(), null, 2) + '\n');
-    return;
-  }
-  if (!o.watch) {
-    process.stdout.write(renderStatus(await get(), false));
-    return;
-  }
-  for (;;) {
-    const text = renderStatus(await get(), true);
-    process.stdout.write('\x1b[H\x1b[2J' + text + `\n(every 1 s; Ctrl-C to quit)\n`);
-    await new Promise((r) => setTimeout(r, 1000));
-  }
-}
-
+quietOnEpipe();
 const program = new Command('rephub')
   .description(
     'rephub: block replication hub. Keeps recovery volumes converged with the protected volumes of VM agents.',
@@ -252,13 +234,8 @@ ${EXIT_LOCKED} another process holds --data (DATA/rephub.lock) or a recovery vol
   )
   .action(serve);
 
-program
-  .command('status')
-  .description("show the hub's volumes and agents")
-  .option('--hub <url>', 'hub status URL', 'http://127.0.0.1:7080')
-  .option('--json', 'print JSON for scripts')
-  .option('--watch', 'redraw every second, with progress bars')
-  .action(status);
+addEventsCommand(program);
+addStatusCommand(program);
 
 // ---- operator actions (POST): each subcommand takes --admin-token-file through tokenOption ----
 

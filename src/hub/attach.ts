@@ -29,8 +29,7 @@ export class VolumeAttach {
 
   constructor(
     private readonly host: AttachHost,
-    private readonly log: Logger,
-    private readonly sessionId: number,
+    private readonly log: Logger, // the session's: it names the session
   ) {}
 
   /** REPORT_VM_VOLUMES from VM `vm`; `trust`: the agent will hand over its own dirty extents. */
@@ -52,7 +51,7 @@ export class VolumeAttach {
   private authorize(v: Reported, vm: string): Replica | null {
     const rep = this.host.replica(v.name),
       me = this.host.owner;
-    const ctx = { session: this.sessionId, vm, volume: v.name, sizeBytes: v.sizeBytes };
+    const ctx = { vm, volume: v.name, sizeBytes: v.sizeBytes }; // the session is in the logger
     if (!rep) {
       // Answered, not ignored (SPEC.md 5.3): an agent waiting for START_PROTECT would wait forever.
       this.log.warn(ctx, 'agent reported a volume the hub has no recovery volume for; refused');
@@ -99,7 +98,7 @@ export class VolumeAttach {
 
   /** Claim and attach `rep`; false when the session closed meanwhile (stop handling the report). */
   private async attach(rep: Replica, v: Reported, vm: string, trust: boolean): Promise<boolean> {
-    const ctx = { session: this.sessionId, vm, volume: v.name, sizeBytes: v.sizeBytes };
+    const ctx = { vm, volume: v.name, sizeBytes: v.sizeBytes }; // the session is in the logger
     rep.claim(this.host.owner);
     this.claimed.add(rep);
     await rep.idle; // a previous session's last apply must land first

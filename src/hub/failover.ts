@@ -54,6 +54,8 @@ export interface FailoverHost {
   log: Logger;
   /** The per-VM journals (absent with --no-journal): points to test and fail over at. */
   journals?: HubJournals;
+  /** Told of each step as it is done (the hub's event bus): its name and the volumes, comma-separated. */
+  step?(name: string, volumes: string): void;
 }
 
 export class FailoverController {
@@ -200,6 +202,7 @@ export class FailoverController {
       if (points) this.test.points = points;
       this.h.store.putMeta('failoverTest', this.test);
       this.h.log.info({ volumes: this.test.volumes, points }, 'failover test started: point-in-time views exported');
+      this.h.step?.('test-started', this.test.volumes.join(','));
       return { volumes: volumesAt(choices, (n) => this.h.nbdUri(n)) };
     });
   }
@@ -247,6 +250,7 @@ export class FailoverController {
       }
       this.h.store.putMeta('failoverTest', undefined);
       this.h.log.info({ volumes: out }, 'failover test stopped: layers discarded');
+      this.h.step?.('test-stopped', this.test?.volumes.join(',') ?? '');
       this.test = null;
       return { volumes: out };
     });
@@ -290,6 +294,7 @@ export class FailoverController {
         rolledBackBytes: rolled.get(v.name) ?? 0,
       }));
       this.h.log.warn({ volumes: out }, 'FAILOVER: recovery volumes promoted and exported read-write');
+      this.h.step?.('promoted', out.map((v) => v.name).join(','));
       return { volumes: out };
     });
   }
@@ -380,6 +385,7 @@ export class FailoverController {
         out.push(done);
       }
       this.h.log.warn({ volumes: out }, 'FAILBACK done: protection resumed in the normal direction');
+      this.h.step?.('failback-done', out.map((v) => v.name).join(','));
       return { volumes: out };
     });
   }
@@ -395,6 +401,7 @@ export class FailoverController {
     this.failover = left.length ? { ...this.failover!, volumes: left } : null;
     this.h.store.putMeta('failover', this.failover ?? undefined);
     this.h.log.info({ volume: r.name, winner, left }, 'failback of the volume done');
+    this.h.step?.(`failback-volume-done-${winner}-wins`, r.name);
     this.ownerOf(r)?.pump();
   }
 

@@ -11,7 +11,7 @@ import type { Monitor } from './monitor';
 
 const MAX_BODY_BYTES = 65536;
 const NOT_FOUND =
-  'not found: GET / (dashboard), /status, /metrics, /ws, /checkpoints; POST /failover-test/start|stop, /failover, /failback, /verify, /checkpoint, /restore';
+  'not found: GET / (dashboard), /status, /metrics, /events, /ws, /checkpoints; POST /failover-test/start|stop, /failover, /failback, /verify, /checkpoint, /restore';
 
 /** What the operator can ask for; the failover controller does it. */
 export interface OperatorActions {
@@ -37,6 +37,8 @@ export interface HttpApiOptions {
   verify?: (req: { vm?: string; volume?: string; reportOnly?: boolean }) => unknown;
   /** More routes (the journal's, src/hub/journal-api.ts): GETs by path, JSON POSTs, streamed POSTs. */
   more?: MoreRoutes;
+  /** GET /events: the event stream (events.ts), answered by the handler itself. */
+  events?: (res: http.ServerResponse) => void;
 }
 
 export interface MoreRoutes {
@@ -167,6 +169,7 @@ export class HttpApi {
       );
       return;
     }
+    if (req.method === 'GET' && req.url === '/events' && this.opts.events) return this.opts.events(res);
     if (req.method === 'GET' && (req.url === '/' || req.url === '/dashboard')) {
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
       res.end(monitor.dashboard());

@@ -23,6 +23,9 @@ import { VerifyRefused, VerifyScheduler } from './verify-scheduler';
 import { HubJournals, JournalConfig, JournalRefused } from './journal';
 import { journalRoutes } from './journal-api';
 import { registerJournalMetrics } from './journal-metrics';
+import { EventBus, serveEvents } from './events';
+import { existing, failoverStep, feedEvents, sessionEvent } from './hub-events';
+import { STATUS_SCHEMA, capNames } from '../status-schema';
 
 export interface HubOptions {
   volumes: ReplicaSpec[];
@@ -44,6 +47,8 @@ export interface HubOptions {
   verify?: { rateBytesPerSecond: number; everyMs: number };
   /** The per-VM journal of checkpoints (point-in-time recovery); off when absent. */
   journal?: JournalConfig;
+  /** The rephub version, for /status and rephub_build_info (cli/version.ts). */
+  version?: string;
 }
 
 export class Hub implements HubStatusSource {
@@ -66,6 +71,10 @@ export class Hub implements HubStatusSource {
   /** The operator API's token; random unless given, so an embedded hub is never open. */
   readonly adminToken: string;
   readonly journals?: HubJournals;
+  /** What changed, as it changes (GET /events). */
+  readonly events = new EventBus();
+  /** Payload bytes received by sessions that ended: with the live ones', rephub_received_bytes_total. */
+  private endedSessionBytes = 0;
 
   constructor(private readonly opts: HubOptions) {
     this.cfg = { ...defaultSessionConfig, ...opts.session };
@@ -94,6 +103,7 @@ export class Hub implements HubStatusSource {
       nbdUri: (n) => `nbd://${this.nbdAddr.host}:${this.nbdAddr.port}/${n}`,
       log: opts.log,
       journals: this.journals,
+      step: (name, volumes) => failoverStep(this.events, name, volumes),
     });
     void this.failover.restore().catch(() => undefined); // listen() reports a failure
     this.verifier = new VerifyScheduler(
@@ -110,7 +120,8 @@ export class Hub implements HubStatusSource {
       opts.verify ?? { rateBytesPerSecond: 0, everyMs: 0 },
       opts.log.child({ part: 'verify' }),
     );
-    this.monitor = new Monitor(this);
+    feedEvents(this.events, { replicas: this.replicas.values(), journals: this.journals, verifier: this.verifier });
+    this.monitor = new Monitor(this, opts.version ?? 'unknown');
     if (this.journals) registerJournalMetrics(this.monitor.registry, this.journals);
     this.listener = new AgentListener<AgentSession>(
       {
@@ -130,11 +141,18 @@ export class Hub implements HubStatusSource {
       log: opts.log,
       verify: (req) => this.verifier.start(req),
       more: this.journals ? journalRoutes(this.journals) : undefined,
+      events: (res) => serveEvents(this.events, () => existing(this.replicas.values(), this.sessions), res),
     });
-    this.sampler = setInterval(() => {
+    this.sampler = this.startSampling();
+  }
+
+  /** Each replica's counters and alarm, sampled every second. */
+  private startSampling(): NodeJS.Timeout {
+    const t = setInterval(() => {
       for (const r of this.replicas.values()) r.sample();
     }, 1000);
-    this.sampler.unref();
+    t.unref();
+    return t;
   }
 
   /** NBD exports of the hub: failover-test views and, after failover, the recovery volumes. */
@@ -169,6 +187,7 @@ export class Hub implements HubStatusSource {
       pool: this.pool,
       verifyPacer: this.verifier.pacer,
       onFlushMarker: (vm: string) => this.journals?.onFlushMarker(vm),
+      onHello: (sn: AgentSession) => sessionEvent(this.events, 'create', sn),
     };
     const s = new AgentSession(id, host, t, this.cfg, this.log.child({ session: id }), identity);
     this.sessions.add(s);
@@ -176,7 +195,10 @@ export class Hub implements HubStatusSource {
   }
 
   endSession(s: AgentSession): Promise<void> {
-    this.sessions.delete(s);
+    if (this.sessions.delete(s)) {
+      this.endedSessionBytes += s.bytesReceived;
+      sessionEvent(this.events, 'destroy', s);
+    }
     return s.detach();
   }
 
@@ -188,12 +210,15 @@ export class Hub implements HubStatusSource {
 
   status() {
     return {
+      schema: STATUS_SCHEMA,
+      version: this.opts.version ?? 'unknown',
       ...this.failover.status(),
       volumes: [...this.replicas.values()].map((r) => ({ ...r.status(), verify: this.verifier.report(r.name) })),
       agents: [...this.sessions].map((s) => ({
         session: s.id,
         vm: s.vm,
-        caps: s.caps,
+        caps: capNames(s.caps),
+        capsMask: s.caps,
         since: new Date(s.started).toISOString(),
         volumes: s.volumes.map((v) => v.replica.name),
         bytesReceived: s.bytesReceived,
@@ -213,7 +238,7 @@ export class Hub implements HubStatusSource {
   }
 
   receivedBytes(): number {
-    let n = 0;
+    let n = this.endedSessionBytes;
     for (const s of this.sessions) n += s.bytesReceived;
     return n;
   }
@@ -230,6 +255,7 @@ export class Hub implements HubStatusSource {
 
   async close(): Promise<void> {
     this.listener.stopAccepting();
+    this.events.close();
     this.monitor.close();
     this.verifier.close();
     clearInterval(this.sampler);

@@ -94,6 +94,9 @@ export class HubJournals {
     return [...this.journals.keys()];
   }
 
+  /** Told of every new checkpoint and every one tagged last-clean (the hub's event bus). */
+  onCheckpoint: ((vm: string, cp: Checkpoint) => void) | null = null;
+
   /** The agent's FLUSH marker was applied: a point, if anything was written since the last. */
   onFlushMarker(vm: string): void {
     this.point(vm, 'flush');
@@ -120,6 +123,7 @@ export class HubJournals {
     const cp = j.appendCheckpoint(label !== undefined ? 'tag' : kind, label);
     this.pendingTags.delete(vm);
     this.log.debug({ vm, checkpoint: cp.id, kind: cp.kind, label: cp.label }, 'checkpoint');
+    this.onCheckpoint?.(vm, cp);
     return cp;
   }
 

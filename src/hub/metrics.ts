@@ -2,6 +2,7 @@
 // and sync bytes, writes, dirty bytes, RPO lag, throughput, state, errors) and per hub.
 import { Registry, Gauge, Counter } from 'prom-client';
 import type { HubStatusSource, VolumeStatus } from './status-source';
+import { VOLUME_STATE_NAMES } from './volume-states';
 
 type VolumeValue<T> = (v: VolumeStatus) => T;
 
@@ -63,17 +64,29 @@ function registerVolumeMetrics(r: Registry, source: HubStatusSource): void {
     (v) => (v.rpoLagMs === null ? null : v.rpoLagMs / 1000),
   );
   gauge('rephub_volume_throughput_bytes_per_second', 'Bytes applied per second, last sample', (v) => v.throughputBps);
-  gauge('rephub_volume_sync_pass', 'Sync pass number', (v) => v.syncPass);
+  gauge(
+    'rephub_volume_sync_pass',
+    'Sync passes that found work: sweeps over the dirty bitmap, start to end (since the volume was created)',
+    (v) => v.syncPass,
+  );
   registerVerifyMetrics(gauge);
   registerAlarmMetrics(gauge, counter);
+  registerStateMetric(r, vols);
+}
+
+/** Every state a volume can be in as its own 0/1 series, as kube-state-metrics does. */
+function registerStateMetric(r: Registry, vols: () => readonly VolumeStatus[]): void {
   new Gauge({
     name: 'rephub_volume_state',
-    help: 'Current state (1 for the state the volume is in)',
-    labelNames: ['volume', 'state'],
+    help: `Volume state: one series per state, 1 for the state the volume is in, 0 for the others (${VOLUME_STATE_NAMES.join(', ')}; docs/STATUS.md)`,
+    labelNames: ['volume', 'vm', 'state'],
     registers: [r],
     collect() {
       this.reset();
-      for (const v of vols()) this.set({ volume: v.name, state: v.state }, 1);
+      for (const v of vols()) {
+        for (const state of VOLUME_STATE_NAMES)
+          this.set({ volume: v.name, vm: v.vm ?? '', state }, Number(v.state === state));
+      }
     },
   });
 }
@@ -89,7 +102,7 @@ function registerHubMetrics(r: Registry, source: HubStatusSource): void {
   });
   new Counter({
     name: 'rephub_received_bytes_total',
-    help: 'Payload bytes received from connected agents',
+    help: 'Payload bytes received from agents since the hub started (ended sessions included)',
     registers: [r],
     collect() {
       this.reset();

@@ -4,6 +4,7 @@
 import * as http from 'node:http';
 import { Registry } from 'prom-client';
 import { registerMetrics } from './metrics';
+import { registerProcessMetrics } from '../process-metrics';
 import type { HubStatusSource } from './status-source';
 
 export type { HubStatusSource, VolumeStatus } from './status-source';
@@ -27,8 +28,12 @@ export class Monitor {
   readonly history = new History(SAMPLE_MS);
   private readonly sampler: NodeJS.Timeout;
 
-  constructor(private readonly source: HubStatusSource) {
+  constructor(
+    private readonly source: HubStatusSource,
+    version = 'unknown',
+  ) {
     registerMetrics(this.registry, source);
+    registerProcessMetrics(this.registry, version);
     this.sampler = setInterval(() => this.history.sample(Date.now(), this.source.status().volumes), SAMPLE_MS);
     this.sampler.unref();
   }

@@ -22,7 +22,8 @@ import { replicaStatus } from './replica-status';
 import { newChecksumResync, peerChange, recoveryFileChange, recoveryFileNow } from './replica-identity';
 import { isRbdPath, openClaimed, releaseImage } from './rbd-target';
 
-export type ReplicaState = 'unprotected' | 'syncing' | 'protecting' | 'degraded' | 'stopped' | 'error' | 'failed-over';
+import type { ReplicaState } from './volume-states';
+export type { ReplicaState } from './volume-states';
 
 import type { FailbackWatcher, FailoverMaps } from './failover-maps';
 export type { FailbackWatcher, FailoverMaps } from './failover-maps';
@@ -347,6 +348,7 @@ export class Replica {
     this.current = to;
     if (this.record) this.record.state = to;
     this.log.info({ volume: this.name, from, to, dirtyBytes: this.bitmap?.dirtyBytes ?? 0 }, 'volume state');
+    this.onState?.(from, to);
     if (to === 'protecting') {
       void this.checkpoint().catch((e) => this.log.warn({ volume: this.name, cause: e.message }, 'checkpoint failed'));
     }
@@ -511,6 +513,9 @@ export class Replica {
     if (this.current === 'protecting') return this.holder ? this.holder.rpoLagMs() : 0;
     return this.outOfSyncSince === null || !this.record ? null : Date.now() - this.outOfSyncSince;
   }
+
+  /** Told of every state change, after it is made (the hub's event bus). */
+  onState: ((from: ReplicaState, to: ReplicaState) => void) | null = null;
 
   /** Told when the encryption alarm rises or ends (the journal tags the last clean point). */
   onAlarm: ((active: boolean, start: number) => void) | null = null;

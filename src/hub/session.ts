@@ -63,6 +63,8 @@ export interface SessionHost {
   verifyPacer?: VerifyPacer;
   /** The agent's FLUSH marker was applied (a journal checkpoint, src/hub/journal.ts). */
   onFlushMarker?(vm: string): void;
+  /** The agent said who it is (HELLO), or sent a legacy first frame (the hub's event bus). */
+  onHello?(s: AgentSession): void;
 }
 
 export interface Transport {
@@ -172,7 +174,6 @@ export class AgentSession implements ReplicaOwner {
         lineage: (name) => this.lineages?.get(name) ?? null,
       },
       log,
-      id,
     );
     this.writeBacks = new WriteBack(
       {
@@ -243,10 +244,7 @@ export class AgentSession implements ReplicaOwner {
       case Cmd.IDENTITY: // session metadata, before any report: kept at once, never queued
         return this.onIdentity(msg);
       case Cmd.ERROR:
-        this.log.warn(
-          { session: this.id, vm: this.vm, code: msg.code, cause: msg.message.slice(0, 256) },
-          'agent reported an error',
-        );
+        this.log.warn({ vm: this.vm, code: msg.code, cause: msg.message.slice(0, 256) }, 'agent reported an error');
         return;
       case Cmd.PROTECTED_WRITE:
         this.commit.receive();
@@ -275,14 +273,15 @@ export class AgentSession implements ReplicaOwner {
     this.firstFrame = false;
     if (msg.cmd === Cmd.HELLO) return;
     this.link.legacy();
-    this.log.info({ session: this.id }, 'agent sent no HELLO: legacy seed protocol, no extensions');
+    this.log.info('agent sent no HELLO: legacy seed protocol, no extensions');
+    this.host.onHello?.(this);
   }
 
   private onIdentity(m: Identity): void {
     this.instance = m.instanceId.toString('hex');
     this.lineages = new Map(m.volumes.map((v) => [v.name, v.lineage]));
     const volumes = m.volumes.map((v) => ({ volume: v.name, uuid: v.lineage[0].toString('hex') }));
-    this.log.info({ session: this.id, vm: this.vm, instance: this.instance, volumes }, 'agent identity');
+    this.log.info({ vm: this.vm, instance: this.instance, volumes }, 'agent identity');
   }
 
   private onHello(h: Hello): void {
@@ -299,7 +298,8 @@ export class AgentSession implements ReplicaOwner {
     this.link.sendHello(Math.min(PROTOCOL_VERSION, h.version));
     // The agent seals every frame it sends after it received this reply, and sends none before.
     if (this.link.has(Cap.FRAME_CRC)) this.t.requireChecksums?.();
-    this.log.info({ session: this.id, vm: this.vm, version: h.version, caps: this.caps }, 'agent hello');
+    this.log.info({ vm: this.vm, version: h.version, caps: this.caps }, 'agent hello');
+    this.host.onHello?.(this);
     if (this.link.has(Cap.PING)) this.link.startHeartbeat();
   }
 
@@ -332,7 +332,7 @@ export class AgentSession implements ReplicaOwner {
   private async onShutdown(): Promise<void> {
     this.cleanShutdown = true;
     this.sync.stop();
-    this.log.info({ session: this.id, vm: this.vm }, 'agent shutdown');
+    this.log.info({ vm: this.vm }, 'agent shutdown');
     await this.commit.flushNow();
     for (const sync of this.sync.list()) {
       if (!sync.replica.failover) await sync.replica.stopCleanly();
@@ -363,7 +363,7 @@ export class AgentSession implements ReplicaOwner {
   fail(e: Error): void {
     if (this.closed) return;
     const code = e instanceof ProtocolError ? e.code : ErrorCode.IO;
-    this.log.error({ session: this.id, vm: this.vm, cause: e.message }, 'closing agent session');
+    this.log.error({ vm: this.vm, cause: e.message }, 'closing agent session');
     try {
       this.link.send([encodeError(code, e.message)]);
     } catch {
@@ -388,7 +388,6 @@ export class AgentSession implements ReplicaOwner {
     const released = this.attach.release(inFlight, this.cleanShutdown);
     this.log.info(
       {
-        session: this.id,
         vm: this.vm,
         clean: this.cleanShutdown,
         received: this.commit.received,

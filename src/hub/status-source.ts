@@ -29,7 +29,7 @@ export interface HubStatusSource {
   /** The /status document; its other fields pass through to the dashboard. */
   status(): { volumes: readonly VolumeStatus[] };
   sessionsConnected(): number;
-  /** Payload bytes received from the agents connected now. */
+  /** Payload bytes received from agents since the hub started: never falls (ended sessions included). */
   receivedBytes(): number;
   /** Each volume's dirty-bitmap density in `cells` cells, 0 to 1 ([] for a volume without a bitmap). */
   heat(cells: number): Record<string, readonly number[]>;

@@ -65,7 +65,9 @@ export class VerifyScheduler {
       if (!run) {
         run = new VerifyRun(this.nextId++, r.name, r.record.sizeBytes, r.bitmap.regionSize, !!req.reportOnly);
         this.runs.set(r.name, run);
+        run.onFinish = (rep) => this.onResult?.(r.name, rep);
         at.engine.start(at.sync, run);
+        this.onResult?.(r.name, run.report);
       }
       out.volumes.push({ name: r.name, vm: r.record.vm ?? null, id: run.report.id });
     }
@@ -75,6 +77,9 @@ export class VerifyScheduler {
     }
     return out;
   }
+
+  /** Told of each run's start and end (the hub's event bus). */
+  onResult: ((volume: string, report: VerifyReport) => void) | null = null;
 
   /** The last verify of volume `name`, or null if none ran since the hub started. */
   report(name: string): VerifyReport | null {

@@ -130,12 +130,16 @@ export class VerifyRun {
     this.report.checkedBytes += this.bytesOf(r);
   }
 
+  /** Told once, when the run ends (the hub's event bus, through the scheduler). */
+  onFinish: ((report: VerifyReport) => void) | null = null;
+
   finish(error: string | null): void {
     if (!this.running) return;
     this.report.state = error ? 'failed' : 'done';
     this.report.error = error;
     this.report.unverifiedRegions = error ? 0 : this.pending().length;
     this.report.finishedAt = new Date().toISOString();
+    this.onFinish?.(this.report);
   }
 }
 

@@ -30,6 +30,8 @@ export class VolumeSync {
   readonly readWhole = new Set<number>();
   /** The agent cannot checksum: the fallback to whole reads is logged once per session. */
   checksumFallbackLogged = false;
+  /** The sweep under way has issued a run, so it is counted in the record's syncPass. */
+  private passCounted = false;
   /** Set while a verify runs (verify.ts): told of every touch, as reads in flight are. */
   watch: ((first: number, last: number) => void) | null = null;
 
@@ -77,11 +79,15 @@ export class VolumeSync {
         let end = r + 1;
         while (end < bm.regions && end - r < maxRegions && bm.get(end) && !this.inflightRegions.has(end)) end++;
         rec.syncCursor = end;
+        // A pass is counted by the first run it issues: a wrap that finds nothing (every dirty
+        // region already in flight) is no pass, however often the engine asks.
+        if (!this.passCounted) rec.syncPass += 1;
+        this.passCounted = true;
         return [r, end - 1];
       }
       if (wrapped === 0) {
         rec.syncCursor = 0;
-        rec.syncPass += 1; // another pass over what writes re-dirtied
+        this.passCounted = false; // the next run found starts a new pass over what writes re-dirtied
       }
     }
     return null;
