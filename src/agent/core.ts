@@ -23,8 +23,10 @@ import { RemoteIo, RemoteIoOptions } from './remote-io';
 import { WritePath } from './write-path';
 import type { AgentStats, LinkPort } from './ports';
 import { Refusals } from './refusals';
+import { LinkPacer, PacerOptions } from '../link/pacer';
 
-export type CoreOptions = MirrorLimits & RemoteIoOptions;
+/** `pacer`: the --max-rate cap on the link; none: frames go straight to the link. */
+export type CoreOptions = MirrorLimits & RemoteIoOptions & { pacer?: PacerOptions };
 
 export class AgentCore {
   readonly volumes: VolumeTable;
@@ -36,6 +38,7 @@ export class AgentCore {
   /** This agent process, as the hub tells a reconnect from another live agent (cap IDENTITY). */
   readonly instanceId = randomBytes(16);
   private readonly refusals: Refusals;
+  private readonly pacer: LinkPacer | null;
 
   constructor(
     specs: AgentVolumeSpec[],
@@ -54,10 +57,12 @@ export class AgentCore {
     gate.watch(this.mirror);
     gate.watch(this.handover);
     this.refusals = new Refusals(log, () => this.report(true));
+    this.pacer = opts.pacer ? new LinkPacer(opts.pacer) : null;
   }
 
   /** Capabilities are agreed (or the hub is legacy): name our volumes; the hub answers START_PROTECT. */
-  connected(link: LinkPort): void {
+  connected(direct: LinkPort): void {
+    const link = this.pacer ? this.pacer.attach(direct) : direct;
     this.link = link;
     this.mirror.attach(link);
     this.handover.attach(link);
@@ -86,6 +91,7 @@ export class AgentCore {
     this.mirror.detach();
     this.handover.detach();
     this.remoteIo.detach();
+    this.pacer?.detach();
   }
 
   get isConnected(): boolean {
@@ -148,6 +154,7 @@ export class AgentCore {
     return {
       pendingWrites: this.mirror.pendingWrites,
       refusal: this.refusals.last,
+      bandwidth: this.pacer ? this.pacer.status() : null,
       volumes: this.volumes.list.map((v) => ({
         name: v.name,
         volumeId: this.volumes.hubId(v),
