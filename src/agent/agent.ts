@@ -130,7 +130,9 @@ export class ReplicationAgent {
       caps: this.connection.caps,
       queueBytes: this.connection.queuedBytes(),
       pendingWrites: core.pendingWrites,
+      ackLagMs: core.ackLagMs,
       bandwidth: core.bandwidth,
+      resync: core.resync,
       volumes: core.volumes,
       ...this.stats,
     };

@@ -2,6 +2,7 @@
 // --max-rate, --resync-share and --max-resync-rate (link/pacer.ts), the hub's --max-resync-rate
 // (hub/resync-controller.ts). Sizes go through the same parser as every other size flag.
 import type { PacerOptions } from '../link/pacer';
+import { ResyncRateLimit } from '../hub/resync-rate';
 import { parseSize } from './args';
 
 export interface AgentBandwidthFlags {
@@ -37,4 +38,10 @@ export function agentBandwidth(o: AgentBandwidthFlags): PacerOptions | undefined
     return undefined;
   }
   return { maxRate, resyncShare, maxResyncRate };
+}
+
+/** The hub's --max-resync-rate, one limit for all its sessions; undefined for none. */
+export function hubResyncLimit(v: string): ResyncRateLimit | undefined {
+  const rate = parseRate(v, '--max-resync-rate');
+  return rate ? new ResyncRateLimit(rate) : undefined;
 }

@@ -23,6 +23,7 @@ import { VerifyRefused, VerifyScheduler } from './verify-scheduler';
 import { HubJournals, JournalConfig, JournalRefused } from './journal';
 import { journalRoutes } from './journal-api';
 import { registerJournalMetrics } from './journal-metrics';
+import { registerResyncMetrics } from './resync-metrics';
 
 export interface HubOptions {
   volumes: ReplicaSpec[];
@@ -112,6 +113,7 @@ export class Hub implements HubStatusSource {
     );
     this.monitor = new Monitor(this);
     if (this.journals) registerJournalMetrics(this.monitor.registry, this.journals);
+    registerResyncMetrics(this.monitor.registry, this.cfg.resyncRate?.bytesPerSecond ?? 0, this.sessions);
     this.listener = new AgentListener<AgentSession>(
       {
         open: (transport, identity) => this.newSession(transport, identity),
@@ -197,7 +199,10 @@ export class Hub implements HubStatusSource {
         since: new Date(s.started).toISOString(),
         volumes: s.volumes.map((v) => v.replica.name),
         bytesReceived: s.bytesReceived,
+        rpoLagMs: s.rpoLagMs(),
+        resync: s.resyncStatus(),
       })),
+      bandwidth: { maxResyncRateBytesPerSec: this.cfg.resyncRate?.bytesPerSecond ?? 0 },
       journals: this.journals?.status(),
     };
   }
