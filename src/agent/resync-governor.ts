@@ -42,8 +42,10 @@ export const TARGET_DELAY_MS = 100; // queueing delay resync may add to a write
 export const PROBE_MS = 100; // a delay probe this often while resync flows
 const ACTIVE_MS = 1000; // resync counts as flowing this long after its last answer
 const BASE_EPOCH_MS = 10_000; // the base round trip is the least of the last two epochs
-const START_RATE = 8 << 20;
-const MAX_RATE = 4 << 30; // no ceiling given: still a number
+const START_RATE_FLOORS = 2; // start at twice the floor, then grow while the queue stays short
+const GAIN = 0.1; // growth per sample at zero delay
+const CUT_EVERY_MAX_MS = 300; // cut at least this often while the delay stays over target
+const MAX_RATE = 2 ** 32; // no ceiling given: still a number (4 GiB/s)
 const BURST_MS = 20;
 const MAX_HELD = 4096; // answers held; remote IO's slots bound it far lower
 
@@ -85,7 +87,7 @@ export class ResyncGovernor {
     this.now = opts.now ?? (() => Date.now());
     this.setTimer = opts.setTimer ?? ((fn, ms) => setTimeout(fn, ms));
     this.clearTimer = opts.clearTimer ?? ((t) => clearTimeout(t as NodeJS.Timeout));
-    this.rate = Math.min(this.ceil, Math.max(opts.floorRate, START_RATE));
+    this.rate = Math.min(this.ceil, opts.floorRate * START_RATE_FLOORS);
     this.tokensAt = this.baseEpochAt = this.now();
   }
 
@@ -123,13 +125,14 @@ export class ResyncGovernor {
     this.rttMs = rtt;
     this.delayMs = delay;
     if (delay > this.target) {
-      // Once per round trip: the samples right after a cut still see the queue it is draining.
-      if (now - this.lastCutAt < Math.max(rtt, PROBE_MS)) return;
+      // Once per round trip (the samples right after a cut still see the queue it drains), but
+      // a long queue is cut again soon; the cut is deeper the further the delay is over target.
+      if (now - this.lastCutAt < Math.min(Math.max(rtt, PROBE_MS), CUT_EVERY_MAX_MS)) return;
       this.lastCutAt = now;
       this.cuts++;
-      this.rate = Math.max(this.opts.floorRate, this.rate / 2);
+      this.rate = Math.max(this.opts.floorRate, this.rate * Math.max(0.1, Math.min(0.7, this.target / delay)));
     } else if (now - this.lastAnswerAt <= ACTIVE_MS) {
-      this.rate = Math.min(this.ceil, this.rate * (1 + 0.25 * (1 - delay / this.target)));
+      this.rate = Math.min(this.ceil, this.rate * (1 + GAIN * (1 - delay / this.target)));
     }
   }
 
