@@ -70,7 +70,7 @@ describe('bandwidth control (fault proxy as a capped link, fio through the agent
     const w = writer('256k');
     const lags: { agent: number; hub: number }[] = [];
     let syncing = 0,
-      state = '';
+      state: string | undefined;
     const t0 = Date.now();
     for (;;) {
       const [a, h] = await Promise.all([agent!.status(), hub!.status()]);
