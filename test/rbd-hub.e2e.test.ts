@@ -5,9 +5,10 @@
 // takes the images' exclusive locks once the dead one's watch expires, resyncs by checksums (it
 // has no record of the images) and converges byte-equal, and the agent later comes back to the
 // first hub the same way. Two hubs for one VM: only the one holding the locks writes; the other
-// refuses with a message naming the lock. Each comparison is `rbd export` against the images.
+// refuses with a message naming the lock. Verify runs against the images, and finds a change made
+// behind the hub's back. Each comparison is `rbd export` against the images.
 import { strict as assert } from 'node:assert';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { startCeph, CephCluster } from './harness/ceph';
@@ -219,7 +220,36 @@ describe('recovery volumes on Ceph RBD, hub takeover', function () {
     fs.closeSync(fd);
     assert.ok(back.equals(Buffer.alloc(back.length, 0x33)), 'the recovery side write came back');
   });
+
+  it("verify on RBD: converged images verify equal; a change made behind the hub's back is found, resynced and verified equal", async () => {
+    await converged(hubA, agent);
+    const clean = verifyCli(hubA);
+    assert.equal(clean.code, 0, `verify of converged images: ${clean.stdout}${clean.stderr}`);
+    // 64 KiB written into the protected image file itself, not through the agent: nothing mirrors it.
+    const fd = fs.openSync(imgs.V2, 'r+');
+    fs.writeSync(fd, Buffer.alloc(64 * 1024, 0x5c), 0, 64 * 1024, 5 * MiB);
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+    assert.notEqual(rbdSha('V2'), sha(imgs.V2), 'the image and the replica differ');
+    const found = verifyCli(hubA);
+    assert.equal(found.code, 1, `verify must report the difference: ${found.stdout}${found.stderr}`);
+    assert.match(found.stdout, /V2\tmismatch\toffset \d+\tlength \d+/);
+    assert.doesNotMatch(found.stdout, /V1\tmismatch/);
+    await converged(hubA, agent); // the mismatched region was resynced: rbd export equals the image
+    const again = verifyCli(hubA);
+    assert.equal(again.code, 0, `verify after the resync: ${again.stdout}${again.stderr}`);
+  });
 });
+
+function verifyCli(hub: HubProcess): { code: number | null; stdout: string; stderr: string } {
+  const cli = path.join(__dirname, '../src/cli/rephub.js');
+  const r = spawnSync(
+    process.execPath,
+    [cli, 'verify', '--hub', `http://${hub.http}`, '--admin-token-file', hub.adminTokenFile],
+    { encoding: 'utf8', timeout: 180_000 },
+  );
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
 
 function copyOut(uri: string, file: string): string {
   fs.rmSync(file, { force: true });

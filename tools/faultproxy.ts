@@ -15,7 +15,7 @@ function main(argv: string[]): void {
   };
   if (argv.includes('--help') || argv.includes('-h')) {
     process.stdout.write(
-      'usage: faultproxy --listen 127.0.0.1:PORT --target 127.0.0.1:PORT [--script "pass 2s, delay 200ms 2s, stall 5s, reset, drop 1s, halfopen 10s, pass"] [--loop] [--max-buffer BYTES] [--seed N]\n' +
+      'usage: faultproxy --listen 127.0.0.1:PORT --target 127.0.0.1:PORT [--script "pass 2s, delay 200ms 2s, stall 5s, reset, drop 1s, halfopen 10s, pass"] [--loop] [--max-buffer BYTES] [--rate BYTES_PER_SEC] [--seed N]\n' +
         'modes: pass | delay N | stall | drop [bytes|chunks] | reset | halfopen; stdin lines are steps run at once\n',
     );
     return;
@@ -31,6 +31,7 @@ function main(argv: string[]): void {
     target,
     maxBufferBytes: opt('max-buffer') ? Number(opt('max-buffer')) : undefined,
     seed: opt('seed') ? Number(opt('seed')) : undefined,
+    rateBytesPerSec: opt('rate') ? Number(opt('rate')) : undefined,
     log: (l) => process.stderr.write(`${new Date().toISOString()} ${l}\n`),
   });
   void p.listen().then((port) => {

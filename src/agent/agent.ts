@@ -11,6 +11,7 @@ import { HubAddress, HubConnection } from './connection';
 import { AgentStats, newStats } from './ports';
 import type { AgentVolumeSpec } from './volume';
 import type { DirtyLog } from '../../storage/dirty-log';
+import type { PacerOptions } from '../link/pacer';
 
 export type { AgentVolumeSpec } from './volume';
 
@@ -30,6 +31,8 @@ export interface AgentOptions {
   reconnectMaxMs?: number;
   heartbeatMs?: number; // PING interval; the link is declared dead after 3 silent intervals
   tls?: tls.ConnectionOptions; // TLS (certificates or PSK) to the hub; plaintext when absent
+  /** --max-rate, --resync-share, --max-resync-rate (link/pacer.ts); no cap when absent. */
+  bandwidth?: PacerOptions;
 }
 
 const LOG_SYNC_MS = 1000; // cleared dirty bits reach the log file this often
@@ -59,6 +62,7 @@ export class ReplicationAgent {
         maxPendingWrites: opts.maxPendingWrites ?? 65536,
         maxRemoteIo: opts.maxRemoteIo ?? 16,
         seekData: opts.seekData ?? true,
+        pacer: opts.bandwidth,
       },
       this.writePool,
       opts.log,
@@ -126,6 +130,9 @@ export class ReplicationAgent {
       caps: this.connection.caps,
       queueBytes: this.connection.queuedBytes(),
       pendingWrites: core.pendingWrites,
+      ackLagMs: core.ackLagMs,
+      bandwidth: core.bandwidth,
+      resync: core.resync,
       volumes: core.volumes,
       ...this.stats,
     };

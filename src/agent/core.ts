@@ -11,6 +11,7 @@ import {
   ProtocolError,
   encodeReportVmVolumes,
   encodeAgentShutdown,
+  encodePing,
 } from '../../protocol';
 import { encodeIdentity } from '../../protocol';
 import type { BufferPool } from '../buffer-pool';
@@ -23,8 +24,14 @@ import { RemoteIo, RemoteIoOptions } from './remote-io';
 import { WritePath } from './write-path';
 import type { AgentStats, LinkPort } from './ports';
 import { Refusals } from './refusals';
+import { LinkPacer, PacerOptions } from '../link/pacer';
+import { ResyncGovernor } from './resync-governor';
+import { AckLag, SAMPLE_MS } from './ack-lag';
 
-export type CoreOptions = MirrorLimits & RemoteIoOptions;
+/** `pacer`: the --max-rate cap on the link; none: frames go straight to the link. */
+export type CoreOptions = MirrorLimits & RemoteIoOptions & { pacer?: PacerOptions };
+
+const FLOOR_RATE = 1 << 20; // resync's least rate without --max-rate (DRBD's c-min-rate is 250 KiB/s)
 
 export class AgentCore {
   readonly volumes: VolumeTable;
@@ -36,6 +43,12 @@ export class AgentCore {
   /** This agent process, as the hub tells a reconnect from another live agent (cap IDENTITY). */
   readonly instanceId = randomBytes(16);
   private readonly refusals: Refusals;
+  private readonly pacer: LinkPacer | null;
+  private readonly governor: ResyncGovernor;
+  /** The link as remote IO sees it: its answers go through the governor (sendBulk). */
+  private bulkLink: LinkPort | null = null;
+  private readonly ackLag = new AckLag();
+  private readonly lagTimer: NodeJS.Timeout;
 
   constructor(
     specs: AgentVolumeSpec[],
@@ -54,11 +67,35 @@ export class AgentCore {
     gate.watch(this.mirror);
     gate.watch(this.handover);
     this.refusals = new Refusals(log, () => this.report(true));
+    const p = opts.pacer;
+    this.pacer = p ? new LinkPacer(p) : null;
+    this.governor = new ResyncGovernor({
+      floorRate: p ? Math.max(64 << 10, p.resyncShare * p.maxRate) : FLOOR_RATE,
+      ceilRate: p ? p.maxResyncRate || p.maxRate : 0,
+    });
+    this.lagTimer = setInterval(() => {
+      if (this.link !== null) this.ackLag.sample(this.mirror.sent, Date.now());
+    }, SAMPLE_MS);
+    this.lagTimer.unref();
+  }
+
+  /** Age of the oldest mirrored write the hub has not acked (ms), link queue included. */
+  ackLagMs(): number {
+    return this.ackLag.lagMs(this.mirror.oldestPending, Date.now());
   }
 
   /** Capabilities are agreed (or the hub is legacy): name our volumes; the hub answers START_PROTECT. */
-  connected(link: LinkPort): void {
+  connected(direct: LinkPort): void {
+    const link = this.pacer ? this.pacer.attach(direct) : direct;
     this.link = link;
+    const gov = this.governor;
+    this.bulkLink = {
+      send: (bufs, done) => link.send(bufs, done),
+      sendBulk: (bufs, done) => gov.send(link, bufs, done),
+      queuedBytes: () => link.queuedBytes(),
+      has: (cap) => link.has(cap),
+    };
+    gov.probe = link.has(Cap.PING) ? () => link.send([encodePing(Date.now())]) : null;
     this.mirror.attach(link);
     this.handover.attach(link);
     if (link.has(Cap.IDENTITY)) {
@@ -86,6 +123,15 @@ export class AgentCore {
     this.mirror.detach();
     this.handover.detach();
     this.remoteIo.detach();
+    this.governor.detach();
+    this.ackLag.reset();
+    this.pacer?.detach();
+    this.bulkLink = null;
+  }
+
+  /** A PONG: the round trip of a PING is the resync governor's delay sample. */
+  pong(nonce: number): void {
+    this.governor.sample(nonce);
   }
 
   get isConnected(): boolean {
@@ -104,9 +150,9 @@ export class AgentCore {
       case Cmd.DIRTY_REPORT_ACK:
         return this.handover.onReportAck(m.volumeId, m.reportId);
       case Cmd.REMOTE_IO_REQ:
-        return this.remoteIo.request(link, m);
+        return this.remoteIo.request(this.bulkLink ?? link, m);
       case Cmd.CHECKSUM_REQ:
-        return void this.remoteIo.checksum(link, m);
+        return void this.remoteIo.checksum(this.bulkLink ?? link, m);
       case Cmd.ERROR:
         if (m.code === ErrorCode.VOLUME_REFUSED) return this.refusals.refused(m.code, m.message);
         if (m.code === ErrorCode.UNAUTHORIZED) this.refusals.note(m.code, m.message);
@@ -141,6 +187,7 @@ export class AgentCore {
 
   /** Timers off (agent stopping). */
   stop(): void {
+    clearInterval(this.lagTimer);
     this.handover.stop();
     this.refusals.reset();
   }
@@ -157,7 +204,10 @@ export class AgentCore {
   status() {
     return {
       pendingWrites: this.mirror.pendingWrites,
+      ackLagMs: this.ackLagMs(),
       refusal: this.refusals.last,
+      bandwidth: this.pacer ? this.pacer.status() : null,
+      resync: this.governor.status(),
       volumes: this.volumes.list.map((v) => ({
         name: v.name,
         ...this.volumeState(v),

@@ -56,7 +56,7 @@ export class HubChannel {
     }
     if (!this.link.isAgreed) this.startLegacy(); // a hub that answers without HELLO speaks the seed protocol
     if (m.cmd === Cmd.PING) return this.link.pong(m.nonce);
-    if (m.cmd === Cmd.PONG) return;
+    if (m.cmd === Cmd.PONG) return this.core.pong(m.nonce);
     this.core.receive(m);
   }
 

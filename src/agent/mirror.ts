@@ -65,6 +65,14 @@ export class Mirror implements RegionHolder {
     return this.regionSeq[v.index].has(region);
   }
 
+  /** Writes sent on this connection, and the oldest one not acked yet (0: none): for the ack lag. */
+  get sent(): number {
+    return this.sentSeq;
+  }
+  get oldestPending(): number {
+    return this.pendingHead < this.pending.length ? this.pending[this.pendingHead].seq : 0;
+  }
+
   get pendingWrites(): number {
     return this.pending.length - this.pendingHead;
   }

@@ -6,6 +6,8 @@ import type { AgentVolume } from './volume';
 export interface LinkPort {
   /** One frame out; `done` runs once its buffers are free (sent, or the link is gone). */
   send(bufs: Buffer[], done?: () => void): void;
+  /** A resync answer (the hub's reads, checksums): paced below mirrored writes under --max-rate (link/pacer.ts). */
+  sendBulk?(bufs: Buffer[], done?: () => void): void;
   /** Bytes waiting to leave: the mirror's back-pressure signal. */
   queuedBytes(): number;
   /** Whether a capability was agreed on this connection. */

@@ -60,6 +60,21 @@ function readBulk(t: BlockTarget, buf: Buffer, offset: number): Promise<void> {
   return t.readBulk ? t.readBulk(buf, offset) : t.read(buf, offset);
 }
 
+/**
+ * A read or checksum answer, as resync traffic. Under a pacer it resolves once the answer has
+ * left the pacer, so a remote IO's slot (maxRemoteIo) is held until then: the pacer never
+ * holds more than maxRemoteIo answers. Without one, it is sent at once, as before.
+ */
+function answer(link: LinkPort, bufs: Buffer[], done?: () => void): Promise<void> | void {
+  if (!link.sendBulk) return link.send(bufs, done);
+  return new Promise((resolve) =>
+    link.sendBulk!(bufs, () => {
+      done?.();
+      resolve();
+    }),
+  );
+}
+
 export class RemoteIo {
   private active = 0;
   private queue: Queued[] = [];
@@ -171,20 +186,19 @@ export class RemoteIo {
         for (let i = 0; i < n; i++) if (present[i]) parts.push(chunk(i));
         this.stats.remoteReadBytes += dataBytes;
         this.stats.remoteZeroBytes += len - dataBytes;
-        link.send(parts, release);
-        return;
+        return answer(link, parts, release);
       }
     } else if (zeroes && isZero(buf)) {
       release();
       return this.answerZeroes(link, m, len);
     }
     this.stats.remoteReadBytes += len;
-    link.send([encodeRemoteIoResHead(m.reqId, IO_OK, m.volumeId, len), buf], release);
+    return answer(link, [encodeRemoteIoResHead(m.reqId, IO_OK, m.volumeId, len), buf], release);
   }
 
-  private answerZeroes(link: LinkPort, m: RemoteIoReq, len: number): void {
+  private answerZeroes(link: LinkPort, m: RemoteIoReq, len: number): Promise<void> | void {
     this.stats.remoteZeroBytes += len; // nothing crosses the link for a hole
-    link.send([encodeRemoteIoResHead(m.reqId, IO_ZEROES, m.volumeId, 0)]);
+    return answer(link, [encodeRemoteIoResHead(m.reqId, IO_ZEROES, m.volumeId, 0)]);
   }
 
   /** CHECKSUM_REQ: a digest per region, read in order (resync and verify compare them). */
@@ -206,7 +220,7 @@ export class RemoteIo {
           .digest()
           .copy(out, i * CHECKSUM_BYTES, 0, CHECKSUM_BYTES);
       }
-      link.send([encodeChecksumRes(m.reqId, IO_OK, m.volumeId, out)]);
+      await answer(link, [encodeChecksumRes(m.reqId, IO_OK, m.volumeId, out)]);
     } catch {
       link.send([encodeChecksumRes(m.reqId, EIO, m.volumeId, Buffer.alloc(0))]);
     }

@@ -14,6 +14,7 @@ import { MirroredExport } from './agent-export';
 import { FileVolume } from '../../storage/volume';
 import { makeLogger, Logger } from '../log';
 import { parseHubList, checkName, checkPath, parseSize, warnIfNoNative } from './args';
+import { AgentBandwidthFlags, agentBandwidth } from './bandwidth-flags';
 import { enabled as tlsEnabled, clientOptions } from '../security';
 import { parseListenAddr, ListenAddr } from './listen-addr';
 import { serveAgentHttp } from './agent-http';
@@ -22,7 +23,7 @@ import { ParentWatch, parseParentFd } from './parent-watch';
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
-interface RunOptions {
+type RunOptions = {
   logPretty?: boolean;
   logLevel?: string;
   hub: string;
@@ -41,7 +42,7 @@ interface RunOptions {
   seekData?: boolean;
   readyFd?: string;
   parentFd?: string;
-}
+} & AgentBandwidthFlags;
 
 /** Each --export NAME=PATH opened, with its dirty log in the state directory. */
 function openVolumes(o: RunOptions, vm: string, log: Logger): (AgentVolumeSpec & { image: string })[] {
@@ -105,6 +106,7 @@ async function main(o: RunOptions) {
   const readyFd = o.readyFd === undefined ? undefined : parseReadyFd(o.readyFd);
   const parentFd = o.parentFd === undefined ? undefined : parseParentFd(o.parentFd);
   const vm = checkName(o.vm, '--vm');
+  const bandwidth = agentBandwidth(o);
   const volumes = openVolumes(o, vm, log);
   const files = { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa, pskFile: o.pskFile };
   // With several hubs, each is verified by its own host name unless --tls-servername names one for all.
@@ -122,6 +124,7 @@ async function main(o: RunOptions) {
     maxQueueBytes: parseSize(o.maxQueue, '--max-queue'),
     tls: secure,
     seekData: o.seekData !== false,
+    bandwidth,
   });
   const exports = new ExportRegistry();
   for (const v of volumes) exports.add(new MirroredExport(v.name, v.target, agent));
@@ -207,6 +210,9 @@ program
     'TLS with a pre-shared key instead of certificates: identity:hexkey lines; identity = --vm',
   )
   .option('--max-queue <bytes>', 'mirror bytes buffered towards the hub; beyond it writes become dirty regions', '64M')
+  .option('--max-rate <bytes/s>', 'cap on the link to the hub, e.g. 50M (0: none)', '0')
+  .option('--resync-share <percent>', 'share of --max-rate resync keeps while mirrored writes want more', '30')
+  .option('--max-resync-rate <bytes/s>', 'resync at most this much of --max-rate (0: all writes leave)', '0')
   .option(
     '--no-seek-data',
     'do not trust SEEK_DATA/SEEK_HOLE to find holes (a file system with a hole-reporting bug): read everything; zero chunks are still not sent',

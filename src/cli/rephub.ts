@@ -14,8 +14,8 @@ import { parseRbdSpec } from '../../storage/rbd-volume';
 import { rbdUnavailable } from '../../native/rbd';
 import { LmdbStateStore } from '../../storage/state';
 import { makeLogger } from '../log';
-import { parseHostPort, parseVolSpec, parseSize, parseMillis, fillLaunch, warnIfNoNative } from './args';
-import { parseDuration } from './args';
+import { parseHostPort, parseVolSpec, parseSize, parseMillis, fillLaunch, warnIfNoNative, parseDuration } from './args';
+import { hubResyncLimit } from './bandwidth-flags';
 import { verifyCommand } from './verify-command';
 import { enabled as tlsEnabled, serverOptions } from '../security';
 import { FileLock, LockHeldError, lockHubState } from '../../storage/lock';
@@ -27,7 +27,7 @@ import { JournalFlags, addJournalCommands, journalConfig, journalServeOptions } 
 const EXIT_START_FAILED = 2;
 const EXIT_LOCKED = 3;
 
-type VerifyFlags = { verifyRate: string; verifyEvery: string };
+type VerifyFlags = { verifyRate: string; verifyEvery: string; maxResyncRate: string };
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
@@ -75,7 +75,7 @@ async function serve(
     layersDir: path.resolve(o.data, 'layers'),
     tls,
     nbdTls: !!o.nbdTls,
-    session: { commitIntervalMs },
+    session: { commitIntervalMs, resyncRate: hubResyncLimit(o.maxResyncRate) },
     openTarget: withRbd(o.cache === 'none' ? openDirectTarget : openFileTarget),
     adminToken,
     verify: verifyOptions(o),
@@ -216,6 +216,7 @@ journalServeOptions(program.command('serve', { isDefault: true }))
     '--nbd-tls',
     'require TLS (STARTTLS) on the NBD exports, with the --tls-cert/--tls-key certificate; with --tls-ca clients need certificates too',
   )
+  .option('--max-resync-rate <bytes/s>', 'resync bytes/s all agents together send this hub (0: no cap)', '0')
   .option('--verify-rate <bytes/s>', 'online verify scan rate per hub, bytes per second (0: unlimited)', '100M')
   .option(
     '--verify-every <duration>',

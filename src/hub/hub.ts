@@ -26,6 +26,7 @@ import { registerJournalMetrics } from './journal-metrics';
 import { EventBus, serveEvents } from './events';
 import { existing, failoverStep, feedEvents, sessionEvent } from './hub-events';
 import { STATUS_SCHEMA, capNames } from '../status-schema';
+import { registerResyncMetrics } from './resync-metrics';
 
 export interface HubOptions {
   volumes: ReplicaSpec[];
@@ -123,6 +124,7 @@ export class Hub implements HubStatusSource {
     feedEvents(this.events, { replicas: this.replicas.values(), journals: this.journals, verifier: this.verifier });
     this.monitor = new Monitor(this, opts.version ?? 'unknown');
     if (this.journals) registerJournalMetrics(this.monitor.registry, this.journals);
+    registerResyncMetrics(this.monitor.registry, this.cfg.resyncRate?.bytesPerSecond ?? 0, this.sessions);
     this.listener = new AgentListener<AgentSession>(
       {
         open: (transport, identity) => this.newSession(transport, identity),
@@ -222,7 +224,10 @@ export class Hub implements HubStatusSource {
         since: new Date(s.started).toISOString(),
         volumes: s.volumes.map((v) => v.replica.name),
         bytesReceived: s.bytesReceived,
+        rpoLagMs: s.rpoLagMs(),
+        resync: s.resyncStatus(),
       })),
+      bandwidth: { maxResyncRateBytesPerSec: this.cfg.resyncRate?.bytesPerSecond ?? 0 },
       journals: this.journals?.status(),
     };
   }

@@ -27,6 +27,7 @@ import { VolumeAttach } from './attach';
 import { WriteBack } from './failback';
 import { checkHello, checkIdentityOrder, checkIntake } from './receive-rules';
 import { VerifyEngine, VerifyPacer } from './verify';
+import type { ResyncRateLimit } from './resync-rate';
 
 export interface SessionConfig {
   hubName: string;
@@ -40,6 +41,8 @@ export interface SessionConfig {
   // Group commit: at most one fdatasync round per interval while writes stream in (an explicit
   // flush never waits). Fewer commits cost less CPU on both sides; acks wait at most this long.
   commitIntervalMs: number;
+  /** --max-resync-rate: one limit shared by every session of the hub (resync-rate.ts); none when absent. */
+  resyncRate?: ResyncRateLimit;
 }
 
 export const defaultSessionConfig: SessionConfig = {
@@ -214,6 +217,12 @@ export class AgentSession implements ReplicaOwner {
 
   rpoLagMs(): number {
     return this.commit.rpoLagMs();
+  }
+
+  /** Resync bytes per second received lately, and the hub's cap (0: none). */
+  resyncStatus() {
+    const limit = this.cfg.resyncRate;
+    return { rateBytesPerSec: this.sync.meter.rate(Date.now()), maxRateBytesPerSec: limit ? limit.bytesPerSecond : 0 };
   }
 
   /** One complete frame from the framer. Throws ProtocolError for a bad one. */

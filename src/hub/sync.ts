@@ -20,6 +20,7 @@ import { VolumeSync, RETRY_MS } from './volume-sync';
 import type { InflightRead } from './volume-sync';
 import { ChecksumSync } from './checksum-sync';
 import { checkAnswer, writeRange, ReadAnswer } from './sync-write';
+import { RateMeter, ResyncRateLimit } from './resync-rate';
 
 export { VolumeSync } from './volume-sync';
 export type { InflightRead } from './volume-sync';
@@ -33,6 +34,7 @@ export interface SyncLink {
 export interface SyncConfig {
   maxInflightReads: number; // remote reads in flight per session
   maxReadBytes: number; // largest remote read
+  resyncRate?: ResyncRateLimit; // the hub-wide --max-resync-rate, shared by sessions
 }
 
 /** The session's volumes and their remote reads, round-robin under one in-flight limit. */
@@ -44,6 +46,8 @@ export class SyncEngine {
   private pumpScheduled = false;
   private retryTimer: NodeJS.Timeout | null = null;
   private readonly checksums: ChecksumSync;
+  /** Resync bytes answered (what crossed the link), for /status and /metrics. */
+  readonly meter = new RateMeter();
   private readonly runPump = (): void => {
     this.pumpScheduled = false;
     this.pump();
@@ -109,9 +113,12 @@ export class SyncEngine {
     if (this.stopped) return;
     const max = this.cfg.maxInflightReads,
       now = Date.now();
+    const limit = this.cfg.resyncRate;
     let progress = true;
     while (progress && this.inflight < max) {
       progress = false;
+      const wait = limit ? limit.wait(now) : 0;
+      if (wait > 0) return this.retryLater(wait); // --max-resync-rate
       if (this.checksums.issueReady()) {
         progress = true; // plans holding regions go first: they end sooner
         continue;
@@ -192,6 +199,7 @@ export class SyncEngine {
   /** The answer to one of our remote reads: write what no protected write overtook, clear it. */
   async onRemoteIoRes(m: RemoteIoRes): Promise<void> {
     if (this.checksums.ownsRead(m.reqId)) {
+      this.meter.add(m.data.length, Date.now());
       await this.checksums.onRemoteIoRes(m);
       return this.answered(m.volumeId);
     }
@@ -203,6 +211,9 @@ export class SyncEngine {
       throw new ProtocolError(`REMOTE_IO_RES ${m.reqId}: volume id ${m.volumeId}, request was for ${sync.volumeId}`);
     }
     this.reads.delete(m.reqId);
+    const now = Date.now();
+    this.meter.add(m.data.length, now);
+    this.cfg.resyncRate?.spend(m.data.length, now);
     try {
       await this.answer(read, m);
     } finally {

@@ -22,6 +22,8 @@ export interface FaultHost {
   readonly stats: FaultStats;
   readonly maxBuffer: number;
   readonly target: Endpoint;
+  /** Bytes/s each direction of each connection forwards at most (0: no limit), a capped link. */
+  readonly rateBytesPerSec: number;
   rand(): number;
   /** A close arrived while stalled: take it into account when the stall ends. */
   deferClose(c: Conn): void;
@@ -45,6 +47,8 @@ class Pipe {
   eof = false; // the source is finished: end the destination once the queue is out
   private ended = false;
   dropping: 'bytes' | 'chunks' | null = null; // the drop window this pipe is in, if any
+  private tokens = 0; // rate limit: bytes this pipe may forward now (negative: a debt)
+  private tokensAt = Date.now();
 
   constructor(
     readonly conn: Conn,
@@ -110,7 +114,7 @@ class Pipe {
     if (this.p.mode.kind === 'stall' || !this.conn.targetUp || this.waitingDrain) return;
     while (this.qHead < this.q.length) {
       const it = this.q[this.qHead];
-      const wait = it.at - Date.now();
+      const wait = Math.max(it.at - Date.now(), this.rateWait());
       if (wait > 0) {
         if (!this.timer)
           this.timer = setTimeout(() => {
@@ -121,6 +125,7 @@ class Pipe {
       }
       this.qHead++;
       this.qBytes -= it.buf.length;
+      this.tokens -= it.buf.length;
       if (this.up) this.p.stats.bytesUp += it.buf.length;
       else this.p.stats.bytesDown += it.buf.length;
       const ok = this.dst.write(it.buf);
@@ -146,6 +151,16 @@ class Pipe {
       this.dst.end();
       this.conn.checkDone();
     }
+  }
+
+  /** Milliseconds until the rate limit lets the next chunk go (0: now, or no limit). */
+  private rateWait(): number {
+    const rate = this.p.rateBytesPerSec;
+    if (!rate) return 0;
+    const now = Date.now();
+    this.tokens = Math.min(rate / 50, this.tokens + ((now - this.tokensAt) * rate) / 1000); // 20 ms burst
+    this.tokensAt = now;
+    return this.tokens >= 0 ? 0 : Math.ceil((-this.tokens * 1000) / rate);
   }
 
   /** Forget everything held (black hole, reset, close). */

@@ -2,6 +2,7 @@
 // modes switched at run time, passes, delays, stalls, drops bytes, resets connections or turns
 // them half-open. Every buffer is bounded: a pipe holds at most maxBufferBytes, beyond that the
 // source socket is paused (TCP backpressure reaches the sender, as on a congested link).
+// With rateBytesPerSec each direction forwards at most that fast: a capped link.
 // The modes and the script syntax: fault-script.ts; the per-connection plumbing: fault-connection.ts;
 // the command line: tools/faultproxy.ts.
 import * as net from 'node:net';
@@ -18,6 +19,7 @@ export interface FaultProxyOptions {
   maxBufferBytes?: number; // per direction per connection, default 4 MiB
   maxConnections?: number; // open + black-holed connections; beyond, new ones are reset (default 128)
   seed?: number; // drop offsets
+  rateBytesPerSec?: number; // each direction of each connection at most this fast (default: no limit)
   log?: (line: string) => void;
 }
 
@@ -25,6 +27,7 @@ export class FaultProxy extends EventEmitter implements FaultHost {
   readonly target: Endpoint;
   private readonly listenAt: Endpoint;
   readonly maxBuffer: number;
+  readonly rateBytesPerSec: number;
   private readonly maxConns: number;
   private server?: net.Server;
   private readonly conns = new Set<Conn>();
@@ -58,6 +61,7 @@ export class FaultProxy extends EventEmitter implements FaultHost {
     assertLoopback(this.target, 'target');
     assertLoopback(this.listenAt, 'listen');
     this.maxBuffer = o.maxBufferBytes ?? 4 << 20;
+    this.rateBytesPerSec = o.rateBytesPerSec ?? 0;
     this.maxConns = o.maxConnections ?? 128;
     this.rand = mulberry32(o.seed ?? Date.now());
     this.logf = o.log ?? (() => undefined);

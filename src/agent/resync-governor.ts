@@ -1,0 +1,180 @@
+// The resync controller (DRBD's c-plan-ahead, in the LEDBAT manner): resync answers (the hub's
+// remote reads and checksums) leave at an adaptive rate so that the queue they build on the
+// link, which every mirrored write behind them waits in, stays near TARGET_DELAY_MS. Owns that
+// rate, the answers held back by it, and the delay samples.
+//
+// Why here and not on the hub: the agent is the sender on the link that fills up. It measures
+// the queueing delay a write sent now would see directly, as the round trip of a PING (the same
+// socket, the same proxy or router queue, the hub's intake) minus the smallest round trip seen
+// lately; the hub's own RPO lag starts when a write arrives, so it cannot see the link's queue,
+// and a hub-side window would need the link rate, which only the sender knows. No wire change:
+// PING carries a millisecond timestamp already (SPEC 5.15). Mirrored writes never pass through
+// here: the write path is not touched.
+//
+// Limits: answers held at most maxRemoteIo (a remote IO's slot is held until its answer has
+// left, remote-io.ts); rate between `floorRate` (resync always progresses: c-min-rate) and
+// `ceilRate` (c-max-rate).
+import { assert } from '../assert';
+
+export interface GovernorOptions {
+  floorRate: number; // bytes/s resync always gets
+  ceilRate: number; // bytes/s at most (0: no ceiling)
+  targetDelayMs?: number;
+  now?: () => number; // ms clock (tests)
+  setTimer?: (fn: () => void, ms: number) => unknown;
+  clearTimer?: (t: unknown) => void;
+}
+
+/** Where answers go out: the pacer (its resync class) or the link. */
+export interface BulkOut {
+  send(bufs: Buffer[], done?: () => void): void;
+  sendBulk?(bufs: Buffer[], done?: () => void): void;
+}
+
+interface Held {
+  out: BulkOut;
+  bufs: Buffer[];
+  done: (() => void) | undefined;
+  bytes: number;
+}
+
+export const TARGET_DELAY_MS = 100; // queueing delay resync may add to a write
+export const PROBE_MS = 100; // a delay probe this often while resync flows
+const ACTIVE_MS = 1000; // resync counts as flowing this long after its last answer
+const BASE_EPOCH_MS = 10_000; // the base round trip is the least of the last two epochs
+const START_RATE_FLOORS = 2; // start at twice the floor, then grow while the queue stays short
+const GAIN = 0.1; // growth per sample at zero delay
+const CUT_EVERY_MAX_MS = 300; // cut at least this often while the delay stays over target
+const MAX_RATE = 2 ** 32; // no ceiling given: still a number (4 GiB/s)
+const BURST_MS = 20;
+const MAX_HELD = 4096; // answers held; remote IO's slots bound it far lower
+
+export class ResyncGovernor {
+  rate: number;
+  private tokens = 0;
+  private tokensAt: number;
+  private readonly held: Held[] = [];
+  private heldBytes = 0;
+  private timer: unknown = null;
+  private lastAnswerAt = -Infinity;
+  private lastProbeAt = -Infinity;
+  private lastCutAt = -Infinity;
+  private baseEpochAt: number;
+  private baseNow = Infinity;
+  private basePrev = Infinity;
+  /** The newest sample: round trip and queueing delay (ms). */
+  rttMs: number | null = null;
+  delayMs: number | null = null;
+  cuts = 0;
+  sentBytes = 0;
+  /** Sends a PING (its nonce: this clock's now); null without the PING capability. */
+  probe: (() => void) | null = null;
+  private readonly target: number;
+  private readonly ceil: number;
+  private readonly now: () => number;
+  private readonly setTimer: (fn: () => void, ms: number) => unknown;
+  private readonly clearTimer: (t: unknown) => void;
+  private readonly wake = (): void => {
+    this.timer = null;
+    this.release();
+  };
+
+  constructor(readonly opts: GovernorOptions) {
+    assert(opts.floorRate > 0, 'resync always has a positive floor rate');
+    this.ceil = opts.ceilRate > 0 ? opts.ceilRate : MAX_RATE;
+    assert(this.ceil >= opts.floorRate, 'the resync ceiling is not below its floor');
+    this.target = opts.targetDelayMs ?? TARGET_DELAY_MS;
+    this.now = opts.now ?? (() => Date.now());
+    this.setTimer = opts.setTimer ?? ((fn, ms) => setTimeout(fn, ms));
+    this.clearTimer = opts.clearTimer ?? ((t) => clearTimeout(t as NodeJS.Timeout));
+    this.rate = Math.min(this.ceil, opts.floorRate * START_RATE_FLOORS);
+    this.tokensAt = this.baseEpochAt = this.now();
+  }
+
+  /** One resync answer: out now if the rate allows, else held in order. */
+  send(out: BulkOut, bufs: Buffer[], done?: () => void): void {
+    let bytes = 0;
+    for (const b of bufs) bytes += b.length;
+    assert(this.held.length < MAX_HELD, 'resync answers held are bounded by the remote IO slots');
+    this.held.push({ out, bufs, done, bytes });
+    this.heldBytes += bytes;
+    this.lastAnswerAt = this.now();
+    this.release();
+  }
+
+  /** A PING is due as a delay probe (resync flows and the last probe is PROBE_MS old). */
+  private probeDue(): boolean {
+    const now = this.now();
+    if (now - this.lastAnswerAt > ACTIVE_MS || now - this.lastProbeAt < PROBE_MS) return false;
+    this.lastProbeAt = now;
+    return true;
+  }
+
+  /** A PONG for a PING sent at `sentAt` (ms, this clock): one delay sample; the rate follows it. */
+  sample(sentAt: number): void {
+    const now = this.now(),
+      rtt = now - sentAt;
+    if (!(rtt >= 0 && rtt < 60_000)) return; // not one of ours, or from another clock
+    if (now - this.baseEpochAt > BASE_EPOCH_MS) {
+      this.basePrev = this.baseNow;
+      this.baseNow = Infinity;
+      this.baseEpochAt = now;
+    }
+    this.baseNow = Math.min(this.baseNow, rtt);
+    const delay = rtt - Math.min(this.baseNow, this.basePrev);
+    this.rttMs = rtt;
+    this.delayMs = delay;
+    if (delay > this.target) {
+      // Once per round trip (the samples right after a cut still see the queue it drains), but
+      // a long queue is cut again soon; the cut is deeper the further the delay is over target.
+      if (now - this.lastCutAt < Math.min(Math.max(rtt, PROBE_MS), CUT_EVERY_MAX_MS)) return;
+      this.lastCutAt = now;
+      this.cuts++;
+      this.rate = Math.max(this.opts.floorRate, this.rate * Math.max(0.1, Math.min(0.7, this.target / delay)));
+    } else if (now - this.lastAnswerAt <= ACTIVE_MS) {
+      this.rate = Math.min(this.ceil, this.rate * (1 + GAIN * (1 - delay / this.target)));
+    }
+  }
+
+  /** The connection ended: held answers are released unsent (the hub reads them again). */
+  detach(): void {
+    if (this.timer !== null) this.clearTimer(this.timer);
+    this.timer = null;
+    const held = this.held.splice(0);
+    this.heldBytes = 0;
+    for (const h of held) h.done?.();
+  }
+
+  private release(): void {
+    const now = this.now(),
+      burst = Math.max(256 << 10, (this.rate * BURST_MS) / 1000);
+    this.tokens = Math.min(burst, this.tokens + ((now - this.tokensAt) * this.rate) / 1000);
+    this.tokensAt = now;
+    while (this.held.length > 0 && this.tokens >= 0) {
+      const h = this.held.shift()!;
+      this.heldBytes -= h.bytes;
+      this.tokens -= h.bytes;
+      this.sentBytes += h.bytes;
+      if (h.out.sendBulk) h.out.sendBulk(h.bufs, h.done);
+      else h.out.send(h.bufs, h.done);
+    }
+    if (this.held.length > 0 && this.timer === null) {
+      this.timer = this.setTimer(this.wake, Math.max(1, Math.ceil((-this.tokens * 1000) / this.rate)));
+    }
+    if (this.probe !== null && this.probeDue()) this.probe();
+  }
+
+  status() {
+    return {
+      rateBytesPerSec: Math.round(this.rate),
+      floorBytesPerSec: this.opts.floorRate,
+      ceilBytesPerSec: this.opts.ceilRate,
+      targetDelayMs: this.target,
+      rttMs: this.rttMs,
+      queueDelayMs: this.delayMs,
+      cuts: this.cuts,
+      sentBytes: this.sentBytes,
+      heldBytes: this.heldBytes,
+    };
+  }
+}

@@ -1,0 +1,139 @@
+// The agent's bandwidth control on a fake clock: the link pacer (--max-rate, writes first, the
+// resync share) and the resync governor (PING round trips in, resync rate out).
+import { strict as assert } from 'node:assert';
+import { LinkPacer } from '../src/link/pacer';
+import { ResyncGovernor, TARGET_DELAY_MS } from '../src/agent/resync-governor';
+
+/** A clock and timers that move only when told. */
+function fakeClock() {
+  let now = 0;
+  const timers: { at: number; fn: () => void }[] = [];
+  return {
+    now: () => now,
+    setTimer: (fn: () => void, ms: number) => {
+      const t = { at: now + ms, fn };
+      timers.push(t);
+      return t;
+    },
+    clearTimer: (t: unknown) => {
+      const i = timers.indexOf(t as never);
+      if (i >= 0) timers.splice(i, 1);
+    },
+    advance(ms: number) {
+      const end = now + ms;
+      for (;;) {
+        timers.sort((a, b) => a.at - b.at);
+        const t = timers[0];
+        if (!t || t.at > end) break;
+        timers.shift();
+        now = Math.max(now, t.at);
+        t.fn();
+      }
+      now = end;
+    },
+  };
+}
+
+function sink() {
+  const sent: { bytes: number; bulk: boolean }[] = [];
+  return {
+    sent,
+    link: {
+      send: (bufs: Buffer[], done?: () => void) => {
+        sent.push({ bytes: bufs.reduce((n, b) => n + b.length, 0), bulk: bufs[0][0] === 1 });
+        done?.();
+      },
+      queuedBytes: () => 0,
+      has: () => true,
+    },
+  };
+}
+
+const frame = (n: number, bulk: boolean) => [Buffer.alloc(n, bulk ? 1 : 0)];
+const MiB = 1 << 20;
+
+describe('link pacer (--max-rate)', () => {
+  it('sends at once under the rate, and never more than the rate plus one burst', () => {
+    const c = fakeClock(),
+      s = sink();
+    const p = new LinkPacer({ maxRate: 4 * MiB, resyncShare: 0.3, maxResyncRate: 0, ...c }).attach(s.link);
+    p.send(frame(4096, false));
+    assert.equal(s.sent.length, 1, 'an idle pacer holds nothing');
+    for (let sec = 0; sec < 10; sec++) {
+      for (let i = 0; i < 100; i++) p.send(frame(64 << 10, false)); // 6.25 MiB offered per second
+      c.advance(1000);
+    }
+    const total = s.sent.reduce((n, f) => n + f.bytes, 0);
+    assert.ok(total <= 10 * 4 * MiB + 256 * 1024 + (64 << 10), `sent ${total} in 10 s at 4 MiB/s`);
+    assert.ok(total >= 9 * 4 * MiB, `the cap is used (${total})`);
+    assert.ok(p.queuedBytes() > 0, 'what does not fit waits, counted for the mirror');
+    p.detach();
+    assert.equal(p.queuedBytes(), 0);
+  });
+
+  it('writes go first, resync keeps its share under contention and takes the idle link', () => {
+    const c = fakeClock(),
+      s = sink();
+    const p = new LinkPacer({ maxRate: 10 * MiB, resyncShare: 0.3, maxResyncRate: 0, ...c }).attach(s.link);
+    for (let t = 0; t < 5000; t += 10) {
+      for (let i = 0; i < 2; i++) p.send(frame(64 << 10, false)); // 12.5 MiB/s of writes: more than the link
+      if (p.heldResyncBytes < 4 * MiB) p.sendBulk(frame(1 << 20, true));
+      c.advance(10);
+    }
+    const bulk = s.sent.filter((f) => f.bulk).reduce((n, f) => n + f.bytes, 0);
+    const writes = s.sent.filter((f) => !f.bulk).reduce((n, f) => n + f.bytes, 0);
+    assert.ok(
+      bulk >= 0.25 * (bulk + writes) && bulk <= 0.4 * (bulk + writes),
+      `resync share ${bulk / (bulk + writes)}`,
+    );
+    const before = bulk;
+    p.detach();
+    p.attach(s.link);
+    for (let t = 0; t < 2000; t += 10) {
+      if (p.heldResyncBytes < 4 * MiB) p.sendBulk(frame(1 << 20, true));
+      c.advance(10);
+    }
+    const idle = s.sent.filter((f) => f.bulk).reduce((n, f) => n + f.bytes, 0) - before;
+    assert.ok(idle >= 1.8 * 10 * MiB, `resync alone uses the link (${idle} in 2 s)`);
+  });
+});
+
+describe('resync governor', () => {
+  it('cuts the resync rate while the link queue is long, to its floor at worst, and grows it back', () => {
+    const c = fakeClock(),
+      s = sink();
+    const g = new ResyncGovernor({ floorRate: MiB, ceilRate: 20 * MiB, ...c });
+    g.send(s.link, frame(1 << 20, true));
+    const start = g.rate;
+    g.sample(c.now() - 5); // base round trip 5 ms
+    c.advance(PROBE);
+    for (let i = 0; i < 20; i++) {
+      g.send(s.link, frame(4096, true));
+      g.sample(c.now() - 5 - 4 * TARGET_DELAY_MS);
+      c.advance(PROBE);
+    }
+    assert.ok(g.rate < start && g.rate >= MiB, `cut to ${g.rate}`);
+    assert.equal(g.rate, MiB, 'a long queue drives it to the floor');
+    for (let i = 0; i < 100; i++) {
+      g.send(s.link, frame(4096, true));
+      g.sample(c.now() - 5);
+      c.advance(PROBE);
+    }
+    assert.equal(g.rate, 20 * MiB, 'a short queue lets it grow to the ceiling');
+  });
+
+  it('holds answers to its rate and releases them in order; detach releases what it held', () => {
+    const c = fakeClock(),
+      s = sink();
+    const g = new ResyncGovernor({ floorRate: MiB, ceilRate: MiB, ...c });
+    let done = 0;
+    for (let i = 0; i < 8; i++) g.send(s.link, frame(1 << 20, true), () => done++);
+    assert.ok(s.sent.length <= 2, 'a burst at most');
+    c.advance(3000);
+    assert.ok(s.sent.length >= 3 && s.sent.length <= 5, `about 1 MiB/s: ${s.sent.length} in 3 s`);
+    g.detach();
+    assert.equal(done, 8, 'every answer released, sent or not');
+  });
+});
+
+const PROBE = 100;
