@@ -18,6 +18,7 @@ import { enabled as tlsEnabled, clientOptions } from '../security';
 import { fmt, table } from './format';
 import { parseListenAddr, ListenAddr } from './listen-addr';
 import { ParentWatch, parseParentFd } from './parent-watch';
+import { VERSION } from './version';
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
@@ -181,6 +182,7 @@ const program = new Command('rephub-agent')
   .description(
     'rephub agent: serves protected volumes over NBD (qemu -drive file=nbd://127.0.0.1:10809/V1) and mirrors every write to the hub',
   )
+  .version(VERSION)
   .showHelpAfterError();
 
 program

@@ -19,6 +19,7 @@ import { FileLock, LockHeldError, lockHubState } from '../../storage/lock';
 import { TOKEN_FILE_ENV, cliTokenFile, hubToken, readTokenFile, readableByOthers } from './admin-token';
 import type { Logger } from '../log';
 import { JournalFlags, addJournalCommands, journalConfig, journalServeOptions } from './journal-command';
+import { VERSION } from './version';
 
 /** Exit codes of `rephub serve`: documented in --help. */
 const EXIT_START_FAILED = 2;
@@ -191,6 +192,7 @@ const program = new Command('rephub')
   .description(
     'rephub: block replication hub. Keeps recovery volumes converged with the protected volumes of VM agents.',
   )
+  .version(VERSION)
   .showHelpAfterError();
 
 journalServeOptions(program.command('serve', { isDefault: true }))
