@@ -20,6 +20,7 @@ import { parseListenAddr, ListenAddr } from './listen-addr';
 import { serveAgentHttp } from './agent-http';
 import { renderAgentStatus } from './agent-status';
 import { ParentWatch, parseParentFd } from './parent-watch';
+import { VERSION } from './version';
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
@@ -165,6 +166,7 @@ const program = new Command('rephub-agent')
   .description(
     'rephub agent: serves protected volumes over NBD (qemu -drive file=nbd://127.0.0.1:10809/V1) and mirrors every write to the hub',
   )
+  .version(VERSION)
   .showHelpAfterError();
 
 program

@@ -13,10 +13,12 @@ import { probeImage } from '../qemu/probe';
 import { QemuAgent, agentArgs } from './qemu-agent';
 import { UNIX_PATH_MAX } from './listen-addr';
 import { probeHub, watchRefusal } from './qemu-hub-check';
+import { VERSION } from './version';
 
 const FORWARDED = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 
 export const HELP = `usage: rephub-qemu QEMU-BINARY [qemu options] -repagent host[:port][,...]
+       rephub-qemu --version
 
 Runs QEMU with the VM's writable raw disks replicated to a rephub hub: the one option
 below is taken out, every other argument goes to QEMU unchanged.
@@ -139,6 +141,10 @@ function runQemu(qemu: string, args: string[], agent: QemuAgent): Promise<number
 }
 
 function main(argv: string[]): void {
+  if (argv[0] === '--version' || argv[0] === '-V') {
+    process.stdout.write(`${VERSION}\n`);
+    process.exit(0);
+  }
   if (argv.length === 0 || ['-h', '-help', '--help'].includes(argv[0])) {
     process.stdout.write(HELP);
     process.exit(argv.length === 0 ? 1 : 0);

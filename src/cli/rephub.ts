@@ -173,6 +173,7 @@ const program = new Command('rephub')
   .description(
     'rephub: block replication hub. Keeps recovery volumes converged with the protected volumes of VM agents.',
   )
+  .version(VERSION)
   .showHelpAfterError();
 
 journalServeOptions(program.command('serve', { isDefault: true }))

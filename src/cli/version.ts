@@ -1,15 +1,18 @@
-// The package's version, read from package.json at run time (dist/src/cli/ is three levels
-// below the package root, in a checkout and in an installed package alike).
+// The package's version, for --version and anything else that reports it. Read at run time from
+// the package.json that ships beside dist/ (dist/src/cli/ is three levels below it), so a checkout
+// and an installed package both report their own, and no build step has to stamp it.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 function readVersion(): string {
+  const file = path.join(__dirname, '..', '..', '..', 'package.json');
   try {
-    const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '../../../package.json'), 'utf8'));
-    return typeof pkg.version === 'string' ? pkg.version : 'unknown';
+    const v = (JSON.parse(fs.readFileSync(file, 'utf8')) as { version?: unknown }).version;
+    return typeof v === 'string' ? v : 'unknown';
   } catch {
-    return 'unknown';
+    return 'unknown'; // --version must never be what stops a daemon from starting
   }
 }
 
-export const VERSION: string = readVersion();
+/** The version in package.json, or "unknown" when that file is missing or unreadable. */
+export const VERSION = readVersion();
