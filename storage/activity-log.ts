@@ -19,6 +19,13 @@ export interface ActivityLogOptions {
    * 256). 0: no activity log, exact bits (the default for a log opened with freshDirty false).
    */
   maxExtents?: number;
+  /**
+   * While the log is at most half full, a quiet extent goes cold only once nothing was written
+   * into it for this long (default 0: at the first sync that finds it quiet and durable). A
+   * cold extent's next write costs a log write and an fdatasync on the writer's path, so an
+   * extent written every few hundred milliseconds should stay hot, as DRBD's do until evicted.
+   */
+  coolIdleMs?: number;
 }
 
 export class ActivityLog {
@@ -89,11 +96,19 @@ export class ActivityLog {
     return this.extentAt[s] >= 0 && this.holds[s] === 0 && this.stamp[s] <= this.durableUpTo;
   }
 
-  /** Hot extents that may go cold now; `quiet(extent)`: no region of it is dirty. */
-  coolable(quiet: (extent: number) => boolean): number[] {
+  /** The write clock: a stamp to compare with later (coolable's `writtenUpTo`). */
+  get now(): number {
+    return this.clock;
+  }
+
+  /**
+   * Hot extents that may go cold now; `quiet(extent)`: no region of it is dirty;
+   * `writtenUpTo`: only extents last written at or before this clock value.
+   */
+  coolable(quiet: (extent: number) => boolean, writtenUpTo = Infinity): number[] {
     const out: number[] = [];
     for (let s = 0; s < this.maxExtents; s++)
-      if (this.settled(s) && quiet(this.extentAt[s])) out.push(this.extentAt[s]);
+      if (this.settled(s) && this.stamp[s] <= writtenUpTo && quiet(this.extentAt[s])) out.push(this.extentAt[s]);
     return out;
   }
 

@@ -4,7 +4,8 @@
 // The ordering comes from an activity log as DRBD's (storage/activity-log.ts): the file holds
 // the truth plus every region of each "hot" extent. A write into a hot extent costs no log IO;
 // a write outside makes its extent hot with a page write and an fdatasync before it returns.
-// Extents go cold lazily (at sync) once quiet and durable in the image. After a crash, every
+// Extents go cold lazily (at sync) once quiet and durable in the image (and, with coolIdleMs,
+// idle that long). After a crash, every
 // region of every extent that was hot reads dirty. A clean close writes the exact bitmap.
 // File layout: 4 KiB header, then one 4 KiB page of bits per 32768 regions. The header also
 // keeps the protected volume's identity (storage/volume-identity.ts): its UUID lineage and the
@@ -32,6 +33,11 @@ export class DirtyLog {
    * test's overlay), whose bits say where data is, so that a superset would be wrong or costly.
    */
   private readonly exactMarks: boolean;
+  /** See ActivityLogOptions.coolIdleMs; 0: cool any quiet, durable extent. */
+  private readonly coolIdleMs: number;
+  /** The write clock at a sync (and when): extents not written since may cool coolIdleMs later. */
+  private idleMark = { clock: 0, at: 0 };
+  private coolUpTo = 0; // extents last written at or before this clock value have been idle long enough
   /** A wide range was marked since the last image sync: its bits are not held by hot extents. */
   private wideVolatile = false;
   /** True when the log did not exist or did not match: history unknown, everything dirty. */
@@ -60,6 +66,8 @@ export class DirtyLog {
     // A change map (opened clean, freshDirty false) keeps exact bits unless told otherwise.
     this.exactMarks = opts.maxExtents === 0 || (!freshDirty && opts.maxExtents === undefined);
     this.al = new ActivityLog(this.exactMarks ? 4 : (opts.maxExtents ?? AL_MAX_EXTENTS));
+    this.coolIdleMs = opts.coolIdleMs ?? 0;
+    if (!(this.coolIdleMs >= 0)) throw new RangeError(`activity-log idle time ${opts.coolIdleMs} ms: must be >= 0`);
     this.fresh = !load;
     if (load && file !== null) {
       const page = Buffer.alloc(PAGE_BYTES);
@@ -322,10 +330,25 @@ export class DirtyLog {
     } else if (this.al.size > 0) {
       const n = this.extentRegions;
       const quiet = (e: number) => this.bitmap.countRange(e * n, this.extentLast(e) + 1) === 0;
-      for (const e of this.al.coolable(quiet)) this.cool(e);
+      for (const e of this.al.coolable(quiet, this.idleUpTo())) this.cool(e);
     }
     this.persist(exact);
     if (durable) this.file?.sync();
+  }
+
+  /**
+   * The newest write stamp an extent may carry and still go cold now: every stamp while the log
+   * is over half full (room matters more than a log write), else the stamp of a sync at least
+   * coolIdleMs ago.
+   */
+  private idleUpTo(): number {
+    if (this.coolIdleMs === 0 || this.al.size * 2 > this.al.maxExtents) return Infinity;
+    const now = Date.now();
+    if (now - this.idleMark.at >= this.coolIdleMs) {
+      this.coolUpTo = this.idleMark.clock;
+      this.idleMark = { clock: this.al.now, at: now };
+    }
+    return this.coolUpTo;
   }
 
   /** Clean close; `image` (the image's fingerprint, read now that it is synced) is kept as exact. */

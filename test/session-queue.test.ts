@@ -185,6 +185,31 @@ describe('GroupCommit', () => {
     gc.close();
   });
 
+  it('while flushes are slow, rounds start at least four round durations apart', async () => {
+    const roundStarts = async (intervalMs: number) => {
+      const starts: number[] = [];
+      const target = {
+        flushRecovery: () => {
+          starts.push(performance.now());
+          return new Promise<void>((r) => setTimeout(r, 15));
+        },
+      };
+      const gc = new GroupCommit({ send: () => {}, has: () => true }, intervalMs, (e) => assert.fail(e));
+      for (let i = 0; i < 3; i++) {
+        gc.receive();
+        gc.applied(target);
+        gc.kick();
+        await waitFor(`round ${i + 1}`, () => gc.acked === i + 1, 5000, 1);
+      }
+      gc.close();
+      return starts;
+    };
+    const slow = await roundStarts(1);
+    // the first round took >= 15 ms, so the next starts >= 60 ms after it (not 1 ms)
+    assert.ok(slow[1] - slow[0] >= 59, `rounds ${(slow[1] - slow[0]).toFixed(1)} ms apart`);
+    assert.ok(slow[2] - slow[1] >= 59, `rounds ${(slow[2] - slow[1]).toFixed(1)} ms apart`);
+  });
+
   it('a failed flush acks nothing, then or later, and reports the error', async () => {
     const sent: Buffer[] = [],
       errors: Error[] = [];

@@ -502,6 +502,34 @@ describe('DirtyLog', () => {
     assert.deepEqual([...openLog().bitmap.runs()], [[2 * EXT, 2 * EXT + 1]], 'exact after close');
   });
 
+  it('with coolIdleMs, a quiet durable extent stays hot until idle that long (unless the log is over half full)', async () => {
+    const l = DirtyLog.open(file, SIZE, RS, true, { maxExtents: 16, coolIdleMs: 40 });
+    logs.push(l);
+    l.orderAfter(() => {});
+    clearAll(l);
+    l.sync();
+    const writeAcked = (e: number) => {
+      l.mark(e * EXT * RS, e * EXT * RS + 4096);
+      l.clear(e * EXT);
+    };
+    writeAcked(0);
+    writeAcked(1);
+    l.imageFlushed(l.imageFlushStarting());
+    l.sync();
+    assert.equal(l.hotExtents, 2, 'quiet and durable, but written just now: still hot');
+    await new Promise((r) => setTimeout(r, 60));
+    writeAcked(1); // extent 1 written again: not idle
+    l.imageFlushed(l.imageFlushStarting());
+    l.sync();
+    assert.equal(l.hotExtents, 1, 'extent 0, idle for longer than coolIdleMs, went cold');
+    assert.deepEqual([...openLog().bitmap.runs()], [[EXT, 2 * EXT]], 'the file keeps only the hot extent');
+    // over half full: room first, idle or not
+    for (let e = 2; e < 10; e++) writeAcked(e);
+    l.imageFlushed(l.imageFlushStarting());
+    l.sync();
+    assert.equal(l.hotExtents, 0, 'over half full: every quiet durable extent went cold at once');
+  });
+
   it('the activity log is bounded: a new extent evicts the least recently written one', () => {
     const l = DirtyLog.open(file, SIZE, RS, true, { maxExtents: 4 });
     logs.push(l);

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# mirror-bench-ab.sh — ../shared/tools/mirror-bench.sh adapted for before/after runs (issue 17):
+# a second rephub, "rephubB", runs from another built checkout (BASE=DIR, default
+# /work/wt/ispeed-base), CPU microseconds per written MiB of each server's processes (user+sys
+# from /proc: hub+agent, qemu-storage-daemon+qemu-nbd, ...) under each result, ports 263xx (so
+# that it can run beside the original), no build step (run `npx tsc -p .` in both first).
+# Example: SECS=4 JOBS="4k-randwrite-1-fsync 1m-write-4" SERVERS="rephub rephubB qemu-bg qemu-nbd" \
+#          bash tools/bench/mirror-bench-ab.sh 2
+# The original's description:
+# mirror-bench.sh — side by side in one run, servers that keep a second copy of every write:
+#   rephub      rephub-agent serving the image, mirroring to a rephub hub (both on loopback)
+#   qemu-bg     qemu-storage-daemon + blockdev-mirror copy-mode=background to qemu-nbd (async)
+#   qemu-sync   the same with copy-mode=write-blocking (active mirror, synchronous)
+# and, for the ceiling, servers that keep one copy: qemu-nbd and nbdkit's file plugin.
+# Same fio jobs (nbd engine) on each, rounds interleaved, medians; after each rephub and QEMU
+# round the two copies are compared.
+# Usage (from the project root, after `npm install`):  bash ../shared/tools/mirror-bench.sh [ROUNDS]
+# Env: SIZE_MIB=256 SECS=5 JOBS="4k-randwrite-16 1m-write-4" (also e.g. 4k-randwrite-1-fsync: a flush after each write) SERVERS="rephub qemu-bg qemu-sync qemu-nbd nbdkit"
+#      REPHUB_HUB_ARGS= REPHUB_AGENT_ARGS= (extra flags)
+set -uo pipefail
+ROUNDS=${1:-3}; SIZE_MIB=${SIZE_MIB:-256}; SECS=${SECS:-5}
+JOBS=${JOBS:-"4k-randwrite-16 1m-write-4"}
+SERVERS=${SERVERS:-"rephub qemu-bg qemu-sync qemu-nbd nbdkit"}
+HERE=${PEER_TOOLS:-/work/shared/tools} # qemu-mirror-peer.sh
+ROOT=$PWD
+[ -f "$ROOT/package.json" ] || { echo "run from the project root" >&2; exit 2; }
+:
+bin() { node -p "require('$ROOT/package.json').bin['$1']"; }
+HUB="node $ROOT/$(bin rephub)"; AGENT="node $ROOT/$(bin rephub-agent)"
+BASE=${BASE:-/work/wt/ispeed-base}
+W=$(mktemp -d /tmp/mirror-bench.XXXX); PIDS=()
+stop_all() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; sleep 0.5
+             for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done; PIDS=(); }
+trap 'stop_all; rm -rf "$W"' EXIT
+wait_nbd() { for _ in $(seq 200); do nbdinfo --can connect "$1" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+fio_job() { # uri job -> number (IOPS for 4k, MiB/s for 1m); job BS-RW-QD[-fsync]: -fsync flushes after every write
+  local j=$2 extra=
+  [[ $j == *-fsync ]] && { extra=--fsync=1; j=${j%-fsync}; }
+  local bs=${j%%-*} rest=${j#*-}; local rw=${rest%-*} qd=${rest##*-}
+  timeout 120 fio --name=b --ioengine=nbd --uri="$1" --rw="$rw" --bs="$bs" --iodepth="$qd" $extra \
+    --size="${SIZE_MIB}m" --time_based --runtime="$SECS" --output-format=json --output="$W/fio.json" \
+    >/dev/null 2>&1 || { echo 0; return; }
+  if [ "$bs" = 4k ]; then jq -r '.jobs[0].write.iops|floor' "$W/fio.json"
+  else jq -r '.jobs[0].write.bw/1024|floor' "$W/fio.json"; fi
+}
+start_server() { # name -> sets URI; servers' pids in PIDS
+  local d="$W/$1"; rm -rf "$d"; mkdir -p "$d"
+  case $1 in
+  rephub|rephubB)
+    local HUB=$HUB AGENT=$AGENT; [ $1 = rephubB ] && { HUB="node $BASE/dist/src/cli/rephub.js"; AGENT="node $BASE/dist/src/cli/rephub-agent.js"; }
+    truncate -s "${SIZE_MIB}M" "$d/V1.img"
+    LOG_LEVEL=warn $HUB --listen 127.0.0.1:26300 --http 127.0.0.1:26380 --vol "V1=$d/V1R" --data "$d/hub" --nbd 127.0.0.1:26350 ${REPHUB_HUB_ARGS:-} 2>"$d/hub.log" & PIDS+=($!)
+    sleep 0.3
+    LOG_LEVEL=warn $AGENT --hub 127.0.0.1:26300 --export "V1=$d/V1.img" --nbd 127.0.0.1:26309 --state "$d/ast" --vm bench --http 127.0.0.1:26390 ${REPHUB_AGENT_ARGS:-} 2>"$d/agent.log" & PIDS+=($!)
+    wait_nbd nbd://127.0.0.1:26309/V1 || return 1
+    for _ in $(seq 300); do curl -s 127.0.0.1:26380/status | grep -q '"protecting"' && break; sleep 0.1; done
+    URI=nbd://127.0.0.1:26309/V1 ;;
+  qemu-bg|qemu-sync)
+    local mode=background; [ "$1" = qemu-sync ] && mode=write-blocking
+    MODE=$mode bash "$HERE/qemu-mirror-peer.sh" start "$d" 26320 "$SIZE_MIB" >"$d/uri" || return 1
+    URI=$(cat "$d/uri") ;;
+  qemu-nbd)
+    truncate -s "${SIZE_MIB}M" "$d/q.img"
+    qemu-nbd --persistent --shared=8 -f raw -x V1 -b 127.0.0.1 -p 26330 "$d/q.img" 2>"$d/log" & PIDS+=($!)
+    wait_nbd nbd://127.0.0.1:26330/V1 && URI=nbd://127.0.0.1:26330/V1 ;;
+  nbdkit)
+    truncate -s "${SIZE_MIB}M" "$d/k.img"
+    nbdkit -f -i 127.0.0.1 -p 26340 --exportname=V1 file "$d/k.img" 2>"$d/log" & PIDS+=($!)
+    wait_nbd nbd://127.0.0.1:26340/V1 && URI=nbd://127.0.0.1:26340/V1 ;;
+  esac
+}
+stop_server() { # name -> sets EQ: "equal in Ns" (copies equal N s after the last write) / "DIFFER" / "-"
+  local d="$W/$1" t0; t0=$(date +%s.%N)
+  case $1 in
+  rephub|rephubB)
+    local ok=DIFFER
+    for _ in $(seq 600); do cmp -s "$d/V1.img" "$d/V1R" && { ok=equal; break; }; sleep 0.05; done
+    [ $ok = equal ] && ok="equal in $(echo "$(date +%s.%N) - $t0" | bc | xargs printf '%.1f')s"
+    stop_all; EQ=$ok ;;
+  qemu-bg|qemu-sync) EQ=$(bash "$HERE/qemu-mirror-peer.sh" stop "$d" | sed 's/copies //') ;;
+  *) stop_all; EQ=- ;;
+  esac
+}
+TCK=$(getconf CLK_TCK)
+srv_pids() { case $1 in qemu-bg|qemu-sync) cat "$W/$1/qsd.pid" "$W/$1/tgt.pid";; *) printf '%s\n' "${PIDS[@]}";; esac; }
+ticks() { local t=0 p; for p in $(srv_pids "$1"); do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat 2>/dev/null || echo 0))); done; echo $t; }
+declare -A R M C
+for r in $(seq "$ROUNDS"); do
+  for s in $SERVERS; do
+    URI=; start_server "$s" || { echo "round $r: $s did not start" >&2; stop_all; continue; }
+    uri=$URI
+    line="round $r $s:"
+    for j in $JOBS; do t0=$(ticks "$s"); v=$(fio_job "$uri" "$j"); t1=$(ticks "$s")
+      mib=$(jq -r '.jobs[0].write.io_bytes/1048576' "$W/fio.json" 2>/dev/null || echo 0)
+      c=$(echo "scale=0; ($t1 - $t0) * 1000000 / $TCK / ($mib + 0.001)" | bc)
+      R[$s.$j]+="$v "; C[$s.$j]+="$c "; line+=" $j=$v (${c}us/MiB)"; done
+    stop_server "$s"; echo "$line copies=$EQ"
+  done
+done
+med() { printf '%s\n' $1 | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+echo
+printf '%-16s' job; for s in $SERVERS; do printf '%12s' "$s"; done; printf '   rephub/qemu-bg  rephub/qemu-sync  rephub/qemu-nbd\n'
+for j in $JOBS; do
+  printf '%-16s' "$j"
+  for s in $SERVERS; do M[$s]=$(med "${R[$s.$j]:-0}"); printf '%12s' "${M[$s]}"; done
+  ratio() { [ -n "${M[$1]:-}" ] && [ "${M[$1]}" != 0 ] && echo "scale=2; ${M[rephub]:-0} / ${M[$1]}" | bc || echo -; }
+  printf '   %14s  %16s  %15s\n' "$(ratio qemu-bg)" "$(ratio qemu-sync)" "$(ratio qemu-nbd)"
+  printf '%-16s' "  cpu us/MiB"; for s in $SERVERS; do printf '%12s' "$(med "${C[$s.$j]:-0}")"; done; echo
+done
