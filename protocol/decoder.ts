@@ -97,6 +97,8 @@ export function decode(cmd: number, payload: Buffer): Message {
       return decodeReportVmVolumes(payload);
     case Cmd.START_PROTECT:
       return decodeStartProtect(payload);
+    case Cmd.STOP_PROTECT:
+      return decodeStopProtect(payload);
     case Cmd.REMOTE_IO_REQ:
       return decodeRemoteIoReq(payload);
     case Cmd.REMOTE_IO_RES:
@@ -173,11 +175,18 @@ function decodeReportVmVolumes(payload: Buffer): Message {
 }
 
 function decodeStartProtect(payload: Buffer): Message {
-  const cmd = Cmd.START_PROTECT;
   const r = parse(P.startProtect, payload, 'START_PROTECT');
   exact(payload, 10 + r.nameLen, 'START_PROTECT');
   checkName('', r.nameLen, 'START_PROTECT');
-  return { cmd, volumeId: num(r.volumeId, 'volume_id'), name: utf8(r.name, 'START_PROTECT') };
+  return { cmd: Cmd.START_PROTECT, volumeId: num(r.volumeId, 'volume_id'), name: utf8(r.name, 'START_PROTECT') };
+}
+
+/** STOP_PROTECT has START_PROTECT's layout (SPEC.md 5.17). */
+function decodeStopProtect(payload: Buffer): Message {
+  const r = parse(P.startProtect, payload, 'STOP_PROTECT');
+  exact(payload, 10 + r.nameLen, 'STOP_PROTECT');
+  checkName('', r.nameLen, 'STOP_PROTECT');
+  return { cmd: Cmd.STOP_PROTECT, volumeId: num(r.volumeId, 'volume_id'), name: utf8(r.name, 'STOP_PROTECT') };
 }
 
 function decodeRemoteIoReq(payload: Buffer): Message {

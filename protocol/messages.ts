@@ -31,6 +31,12 @@ export interface StartProtect {
   volumeId: number;
   name: string;
 }
+/** Same layout as START_PROTECT: the volume the agent stops mirroring on this connection. */
+export interface StopProtect {
+  cmd: Cmd.STOP_PROTECT;
+  volumeId: number;
+  name: string;
+}
 export interface RemoteIoReq {
   cmd: Cmd.REMOTE_IO_REQ;
   reqId: number;
@@ -108,6 +114,7 @@ export type Message =
   | ProtectedWrite
   | ReportVmVolumes
   | StartProtect
+  | StopProtect
   | RemoteIoReq
   | RemoteIoRes
   | AgentShutdown

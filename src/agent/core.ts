@@ -72,7 +72,9 @@ export class AgentCore {
   /** REPORT_VM_VOLUMES of every volume (`unprotectedOnly`: those not protected yet); false if none. */
   private report(unprotectedOnly: boolean): boolean {
     if (this.link === null) return false;
-    const vols = this.volumes.list.filter((v) => !unprotectedOnly || this.volumes.hubId(v) < 0);
+    const vols = this.volumes.list.filter(
+      (v) => !unprotectedOnly || (this.volumes.hubId(v) < 0 && !this.volumes.isRemoved(v)),
+    );
     if (vols.length === 0) return false;
     this.link.send([encodeReportVmVolumes(vols.map((v) => ({ name: v.name, sizeBytes: v.sizeBytes })))]);
     return true;
@@ -99,6 +101,8 @@ export class AgentCore {
     switch (m.cmd) {
       case Cmd.START_PROTECT:
         return this.startProtect(m.name, m.volumeId);
+      case Cmd.STOP_PROTECT:
+        return this.stopProtect(m.name, m.volumeId);
       case Cmd.WRITE_ACK:
         return this.mirror.onAck(m.seq);
       case Cmd.DIRTY_REPORT_ACK:
@@ -126,6 +130,24 @@ export class AgentCore {
     this.volumes.protect(v, volumeId);
     this.log.info({ volume: v.name, volumeId, dirtyBytes: v.log.bitmap.dirtyBytes }, 'protection started');
     this.handover.protectStarted(v);
+  }
+
+  /**
+   * The operator removed the volume from protection on the hub: no more mirroring of it on this
+   * connection (its writes stay in the dirty log, as for any unprotected volume), and no report
+   * of it again until the next connection. Its other volumes go on.
+   */
+  private stopProtect(name: string, volumeId: number): void {
+    const v = this.volumes.withHubId(volumeId);
+    if (!v || v.name !== name) {
+      this.log.warn({ volume: name, volumeId }, 'hub stopped protection of a volume not protected here; ignored');
+      return;
+    }
+    this.volumes.unprotect(v);
+    this.log.warn(
+      { volume: v.name, volumeId, dirtyBytes: v.log.bitmap.dirtyBytes },
+      'hub removed the volume from protection; no longer mirrored (the dirty log keeps recording its writes)',
+    );
   }
 
   /** Nothing the hub still has to acknowledge: no mirrored write pending, no report in hand-over. */

@@ -14,6 +14,7 @@ import { parseHostPort, parseVolSpec, parseSize, parseMillis, fillLaunch, warnIf
 import { parseDuration } from './args';
 import { renderStatus } from './format';
 import { verifyCommand } from './verify-command';
+import { addVolumeCommands } from './volume-command';
 import { enabled as tlsEnabled, serverOptions } from '../security';
 import { FileLock, LockHeldError, lockHubState } from '../../storage/lock';
 import { TOKEN_FILE_ENV, cliTokenFile, hubToken, readTokenFile, readableByOthers } from './admin-token';
@@ -439,6 +440,7 @@ tokenOption(program.command('verify'))
   });
 
 addJournalCommands(program, tokenOption, post);
+addVolumeCommands(program, tokenOption, post);
 
 program.parseAsync().catch((e) => {
   process.stderr.write(`rephub: ${e.message}\n`);

@@ -22,7 +22,11 @@ import { replicaStatus } from './replica-status';
 import { newChecksumResync, peerChange, recoveryFileChange, recoveryFileNow } from './replica-identity';
 import { isRbdPath, openClaimed, releaseImage } from './rbd-target';
 
-export type ReplicaState = 'unprotected' | 'syncing' | 'protecting' | 'degraded' | 'stopped' | 'error' | 'failed-over';
+export type ReplicaState =
+  'unprotected' | 'syncing' | 'protecting' | 'degraded' | 'stopped' | 'error' | 'failed-over' | 'paused';
+
+/** What the operator holds a volume in (volume-ops.ts): writes are not applied, nothing is read. */
+export type VolumeHold = 'paused' | 'removed';
 
 import type { FailbackWatcher, FailoverMaps } from './failover-maps';
 export type { FailbackWatcher, FailoverMaps } from './failover-maps';
@@ -61,6 +65,8 @@ export class Replica {
   readonly alarm: EncryptionAlarm;
   /** Reads what a sampled write overwrites, inline (alarm-reader.ts). */
   readonly alarmReader: AlarmReader;
+  /** Paused or removed by the operator (volume-ops.ts, volume-set.ts); null while replicating. */
+  hold: VolumeHold | null = null;
   private current: ReplicaState = 'unprotected';
   private holder: ReplicaOwner | null = null; // the session that has it attached (or is attaching it)
   private released: Promise<void> = Promise.resolve(); // the last owner's in-progress apply
@@ -84,13 +90,16 @@ export class Replica {
     this.alarmReader = new AlarmReader(spec.path, 4096);
     this.alarm = new EncryptionAlarm(undefined, (active, start, rateBps) => this.alarmChanged(active, start, rateBps));
     const rec = store.volume(spec.name);
-    if (rec) {
+    // Removed by the operator, configured again: a new replica over the kept file (seeded: compared first).
+    if (rec?.removed) log.warn({ volume: spec.name }, 'volume was removed from protection; protecting it anew');
+    if (rec && !rec.removed) {
       this.record = rec;
       this.bitmap = new DirtyBitmap(rec.sizeBytes, rec.regionSize);
       this.bitmap.holdClearsUntilFlush();
       store.loadBitmap(spec.name, this.bitmap);
       this.bitmap.takeChangedPages();
       this.current = rec.cleanShutdown ? 'stopped' : 'degraded';
+      if (rec.paused) [this.hold, this.current] = ['paused', 'paused'];
       this.checkIdentity(recoveryFileChange(rec, spec.path));
     }
   }
@@ -340,6 +349,7 @@ export class Replica {
    * converged bitmap at once, so a crash right after costs no resync of it.
    */
   setState(to: ReplicaState): void {
+    if (this.hold === 'paused' && to !== 'failed-over' && to !== 'error') to = 'paused'; // until resumed
     const from = this.current;
     if (from === to) return;
     if (to === 'protecting') this.outOfSyncSince = null;
@@ -350,6 +360,22 @@ export class Replica {
     if (to === 'protecting') {
       void this.checkpoint().catch((e) => this.log.warn({ volume: this.name, cause: e.message }, 'checkpoint failed'));
     }
+  }
+
+  /**
+   * The operator pauses (`hold` 'paused'), resumes (null) or removes the volume; the record says
+   * so durably before this returns (a paused volume stays paused across a hub restart).
+   */
+  async setHold(hold: VolumeHold | null): Promise<void> {
+    const rec = this.record;
+    this.hold = hold;
+    if (rec) {
+      rec.paused = hold === 'paused' || undefined;
+      rec.removed = hold === 'removed' || undefined;
+      await this.store.putVolume(rec, true);
+    }
+    if (hold === 'paused') return this.setState('paused');
+    if (hold === null) this.setState(this.holder ? 'syncing' : rec?.cleanShutdown ? 'stopped' : 'degraded');
   }
 
   /** An agent session takes the replica; the previous owner has released it (or been failed). */

@@ -12,6 +12,7 @@ import {
   Message,
   ProtocolError,
   encodeError,
+  encodeStopProtect,
 } from '../../protocol';
 import type { Hello, Identity } from '../../protocol';
 import type { DirtyBitmap } from '../../storage/bitmap';
@@ -262,6 +263,7 @@ export class AgentSession implements ReplicaOwner {
         }
         break;
       case Cmd.START_PROTECT:
+      case Cmd.STOP_PROTECT:
       case Cmd.REMOTE_IO_REQ:
       case Cmd.WRITE_ACK:
       case Cmd.DIRTY_REPORT_ACK:
@@ -308,7 +310,7 @@ export class AgentSession implements ReplicaOwner {
     switch (m.cmd) {
       case Cmd.REPORT_VM_VOLUMES:
         this.reported = true;
-        return this.attach.report(m, this.vm, this.link.has(Cap.DIRTY_REPORT) && this.link.has(Cap.WRITE_ACK));
+        return this.attach.report(m, this.vm, this.trustsReports);
       case Cmd.PROTECTED_WRITE:
         return this.writes.apply(m);
       case Cmd.REMOTE_IO_RES:
@@ -356,7 +358,43 @@ export class AgentSession implements ReplicaOwner {
   }
 
   pump(): void {
+    for (const v of this.sync.list()) v.settle(); // a volume resumed with nothing dirty is protecting at once
     this.sync.pump();
+  }
+
+  /** The agent will hand over its own dirty extents (DIRTY_REPORT and WRITE_ACK agreed). */
+  private get trustsReports(): boolean {
+    return this.link.has(Cap.DIRTY_REPORT) && this.link.has(Cap.WRITE_ACK);
+  }
+
+  /** A volume was added to the hub (volume-set.ts): attach it if this agent reported it, in stream order. */
+  offer(name: string): Promise<boolean> {
+    if (this.closed) return Promise.resolve(false);
+    return this.queue.barrier(() => this.attach.offer(name, this.vm, this.trustsReports));
+  }
+
+  /**
+   * The operator removed `replica` (volume-set.ts): at this point of the write stream the session
+   * lets go of it and tells the agent to stop mirroring it; later frames for its id are dropped.
+   */
+  async removeVolume(replica: Replica): Promise<void> {
+    if (this.closed) return;
+    await this.queue.barrier(() => {
+      const sync = this.sync.of(replica);
+      if (!sync) return;
+      this.sync.retire(sync);
+      this.attach.forget(replica);
+      const ctx = { session: this.id, vm: this.vm, volume: replica.name, volumeId: sync.volumeId };
+      if (this.link.has(Cap.STOP_PROTECT)) {
+        this.link.send([encodeStopProtect(sync.volumeId, replica.name)]);
+        this.log.info(ctx, 'agent told to stop mirroring the removed volume (STOP_PROTECT)');
+      } else {
+        this.log.warn(
+          ctx,
+          'agent lacks STOP_PROTECT: its writes of the removed volume are dropped until it reconnects',
+        );
+      }
+    });
   }
 
   /** Protocol or internal failure: tell the peer, close this session only. */
