@@ -37,6 +37,12 @@ export interface StopProtect {
   volumeId: number;
   name: string;
 }
+/** Hub->agent: what size is the volume now (the hub's size in sizeBytes)? Agent->hub: the answer. */
+export interface VolumeSize {
+  cmd: Cmd.VOLUME_SIZE;
+  volumeId: number;
+  sizeBytes: number;
+}
 export interface RemoteIoReq {
   cmd: Cmd.REMOTE_IO_REQ;
   reqId: number;
@@ -115,6 +121,7 @@ export type Message =
   | ReportVmVolumes
   | StartProtect
   | StopProtect
+  | VolumeSize
   | RemoteIoReq
   | RemoteIoRes
   | AgentShutdown

@@ -86,6 +86,14 @@ export function encodeStopProtect(volumeId: number, name: string): Buffer {
   return encodeStartProtect(volumeId, name, Cmd.STOP_PROTECT);
 }
 
+/** VOLUME_SIZE (SPEC.md 5.18): the same frame both ways. */
+export function encodeVolumeSize(volumeId: number, sizeBytes: number): Buffer {
+  const b = frame(Cmd.VOLUME_SIZE, 16);
+  writeU64(b, volumeId, 12);
+  writeU64(b, sizeBytes, 20);
+  return b;
+}
+
 /** Prefix of a REMOTE_IO_REQ; for a write, sizeSectors*512 bytes of data follow. */
 export function encodeRemoteIoReqHead(
   reqId: number,
@@ -201,6 +209,8 @@ export function encode(m: Message): Buffer[] {
       return [encodeStartProtect(m.volumeId, m.name)];
     case Cmd.STOP_PROTECT:
       return [encodeStopProtect(m.volumeId, m.name)];
+    case Cmd.VOLUME_SIZE:
+      return [encodeVolumeSize(m.volumeId, m.sizeBytes)];
     case Cmd.REMOTE_IO_REQ:
       return [encodeRemoteIoReqHead(m.reqId, m.sizeSectors, m.volumeId, m.offsetSectors, m.isRead), m.data];
     case Cmd.REMOTE_IO_RES:

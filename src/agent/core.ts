@@ -11,6 +11,8 @@ import {
   ProtocolError,
   encodeReportVmVolumes,
   encodeAgentShutdown,
+  encodeVolumeSize,
+  SECTOR,
 } from '../../protocol';
 import { encodeIdentity } from '../../protocol';
 import type { BufferPool } from '../buffer-pool';
@@ -103,6 +105,8 @@ export class AgentCore {
         return this.startProtect(m.name, m.volumeId);
       case Cmd.STOP_PROTECT:
         return this.stopProtect(m.name, m.volumeId);
+      case Cmd.VOLUME_SIZE:
+        return this.volumeSize(link, m.volumeId);
       case Cmd.WRITE_ACK:
         return this.mirror.onAck(m.seq);
       case Cmd.DIRTY_REPORT_ACK:
@@ -148,6 +152,28 @@ export class AgentCore {
       { volume: v.name, volumeId, dirtyBytes: v.log.bitmap.dirtyBytes },
       'hub removed the volume from protection; no longer mirrored (the dirty log keeps recording its writes)',
     );
+  }
+
+  /**
+   * The hub asks for the volume's size (an online resize, SPEC.md 5.18). An image that grew
+   * underneath is taken now, before anything else is sent: the dirty log and the hand-over map
+   * cover the new regions, and the answer goes out ahead of any write to the new space.
+   */
+  private volumeSize(link: LinkPort, volumeId: number): void {
+    const v = this.volumes.withHubId(volumeId);
+    if (!v) return link.send([encodeVolumeSize(volumeId, 0)]);
+    const before = v.sizeBytes;
+    const grow = (v.target as { refreshSize?: (align: number) => number }).refreshSize;
+    const found = grow ? grow.call(v.target, SECTOR) : before;
+    const ctx = { volume: v.name, volumeId, sizeBytes: before, imageBytes: found };
+    if (v.sizeBytes > before) {
+      v.log.grow(v.sizeBytes);
+      this.handover.grow(v);
+      this.log.info(ctx, 'volume grew online; the hub syncs the new space');
+    } else if (found < before) {
+      this.log.error(ctx, 'image is smaller than the volume: a shrink is not supported; the volume keeps its size');
+    }
+    link.send([encodeVolumeSize(volumeId, found)]);
   }
 
   /** Nothing the hub still has to acknowledge: no mirrored write pending, no report in hand-over. */

@@ -22,14 +22,12 @@ import { replicaStatus } from './replica-status';
 import { newChecksumResync, peerChange, recoveryFileChange, recoveryFileNow } from './replica-identity';
 import { isRbdPath, openClaimed, releaseImage } from './rbd-target';
 
-export type ReplicaState =
-  'unprotected' | 'syncing' | 'protecting' | 'degraded' | 'stopped' | 'error' | 'failed-over' | 'paused';
-
-/** What the operator holds a volume in (volume-ops.ts): writes are not applied, nothing is read. */
-export type VolumeHold = 'paused' | 'removed';
+import type { ReplicaState, VolumeHold } from './replica-state';
+export type { ReplicaState, VolumeHold } from './replica-state';
 
 import type { FailbackWatcher, FailoverMaps } from './failover-maps';
 export type { FailbackWatcher, FailoverMaps } from './failover-maps';
+import { growRecoveryFile } from './replica-spec';
 import type { ReplicaSpec, TargetOpener } from './replica-spec';
 export { openDirectTarget, openFileTarget } from './replica-spec';
 export type { ReplicaSpec, TargetOpener } from './replica-spec';
@@ -56,7 +54,7 @@ export interface ReplicaOwner {
 export class Replica {
   record?: VolumeRecord;
   target?: GuardedTarget;
-  failover: FailoverMaps | null = null; // set while the replica is promoted (enterFailover)
+  failover: FailoverMaps | null = null; // set while the replica is promoted (replica-failover.ts)
   /** A filter put between the guard and the file (the journal's capture, src/hub/journal.ts). */
   targetFilter?: (t: BlockTarget) => BlockTarget;
   bitmap?: DirtyBitmap;
@@ -85,7 +83,7 @@ export class Replica {
     readonly spec: ReplicaSpec,
     private readonly store: StateStore,
     private readonly regionSize: number,
-    private readonly log: Logger,
+    readonly log: Logger,
   ) {
     this.alarmReader = new AlarmReader(spec.path, 4096);
     this.alarm = new EncryptionAlarm(undefined, (active, start, rateBps) => this.alarmChanged(active, start, rateBps));
@@ -214,13 +212,6 @@ export class Replica {
     if (existed || !(file instanceof FileVolume)) return new GuardedTarget(filter(file));
     this.knownZero = new KnownZeroMap(sizeBytes, regionSize);
     return new GuardedTarget(filter(new TrackedTarget(file, this.knownZero)));
-  }
-
-  /** Make regions [first, last] zero on the recovery volume, skipping those known zero. */
-  async writeZeroes(first: number, last: number): Promise<void> {
-    const rs = this.bitmap!.regionSize,
-      size = this.bitmap!.sizeBytes;
-    for (let r = first; r <= last; r++) await this.zeroBytes(r * rs, Math.min((r + 1) * rs, size));
   }
 
   /** Make bytes [a, b) zero on the recovery volume; nothing is written if every region they touch is known zero. */
@@ -370,12 +361,33 @@ export class Replica {
     const rec = this.record;
     this.hold = hold;
     if (rec) {
-      rec.paused = hold === 'paused' || undefined;
-      rec.removed = hold === 'removed' || undefined;
+      Object.assign(rec, { paused: hold === 'paused' || undefined, removed: hold === 'removed' || undefined });
       await this.store.putVolume(rec, true);
     }
     if (hold === 'paused') return this.setState('paused');
     if (hold === null) this.setState(this.holder ? 'syncing' : rec?.cleanShutdown ? 'stopped' : 'degraded');
+  }
+
+  /**
+   * The protected volume grew (an online resize, volume-resize.ts, applied in stream order):
+   * the recovery file, the bitmap and the record grow, and only the new regions (with the old
+   * last one, if it was partial) turn dirty, durably before the record names the new size.
+   */
+  async grow(sizeBytes: number, open: TargetOpener): Promise<void> {
+    const rec = this.record!,
+      bm = this.bitmap!,
+      firstNew = bm.regionOf(rec.sizeBytes);
+    assert(sizeBytes > rec.sizeBytes && !isRbdPath(this.spec.path), 'a file replica with a record grows');
+    await this.checkpoint(); // flushed: the old stack closes with no clear held
+    await this.target?.close();
+    growRecoveryFile(this.spec.path, sizeBytes);
+    bm.grow(sizeBytes);
+    bm.setRegions(firstNew, bm.regions - 1);
+    await this.store.saveBitmap(this.name, bm, true);
+    [rec.sizeBytes, this.knownZero] = [sizeBytes, null]; // the map was sized for the old volume
+    await this.store.putVolume(rec, true);
+    this.target = await this.openTarget(open, sizeBytes, rec.regionSize);
+    this.setState('syncing');
   }
 
   /** An agent session takes the replica; the previous owner has released it (or been failed). */
@@ -416,44 +428,12 @@ export class Replica {
     await this.checkpoint();
   }
 
-  /** Promoted: the protected side's writes are only recorded in `maps` until failback. */
-  enterFailover(maps: FailoverMaps): void {
-    assert(this.failover === null, 'a replica is promoted once');
-    this.failover = maps;
-    this.setState('failed-over');
-  }
-
   /** A new generation of the data (failover, failback), durable before the caller goes on. */
   async newGeneration(): Promise<number> {
     const rec = this.record!;
     rec.generation += 1;
     await this.store.putVolume(rec, true);
     return rec.generation;
-  }
-
-  /**
-   * Failback starts writing back (at a point of the write stream): protected writes are applied
-   * from now on and reported to `watch`. The replica's own dirty bits (what the hub never
-   * received) move to the recovery-changed map first, so a crash in failback still finds them.
-   */
-  beginFailback(watch: FailbackWatcher): void {
-    const f = this.failover,
-      bm = this.bitmap!;
-    assert(f !== null && f.failingBack === null, 'failback starts once, on a promoted replica');
-    for (const [a, b] of bm.runs())
-      f.recoveryChanged.mark(a * bm.regionSize, Math.min(b * bm.regionSize, bm.sizeBytes));
-    bm.clearRegions(0, bm.regionOf(bm.sizeBytes - 1));
-    f.failingBack = watch;
-    this.log.info({ volume: this.name }, 'failback: writing back; protected writes are applied again');
-  }
-
-  /** Failback done: the failover maps are closed and dropped. */
-  endFailover(): void {
-    const f = this.failover;
-    if (!f) return;
-    f.recoveryChanged.close();
-    f.protectedChanged.close();
-    this.failover = null;
   }
 
   /** A protected write of `bytes` reached the recovery volume. */

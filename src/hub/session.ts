@@ -28,6 +28,8 @@ import { VolumeAttach } from './attach';
 import { WriteBack } from './failback';
 import { checkHello, checkIdentityOrder, checkIntake } from './receive-rules';
 import { VerifyEngine, VerifyPacer } from './verify';
+import { ResizeResult, SizeQueries, applyVolumeSize } from './volume-resize';
+import { VolumeRefused } from './volume-set';
 
 export interface SessionConfig {
   hubName: string;
@@ -121,6 +123,7 @@ export class AgentSession implements ReplicaOwner {
   private readonly writes: WriteApplier;
   private readonly attach: VolumeAttach;
   private readonly writeBacks: WriteBack;
+  private readonly sizes: SizeQueries;
   /** Online verify of this session's volumes (verify.ts); the hub starts runs on it. */
   readonly verifier: VerifyEngine;
   private readonly checkpointTimer: NodeJS.Timeout;
@@ -184,6 +187,7 @@ export class AgentSession implements ReplicaOwner {
       cfg.maxInflightReads,
       cfg.maxReadBytes,
     );
+    this.sizes = new SizeQueries((bufs) => this.link.send(bufs));
     // One req_id sequence for every request, so a CHECKSUM_RES finds its engine (resync or verify).
     const pacer = host.verifyPacer ?? new VerifyPacer(0);
     this.verifier = new VerifyEngine(this.link, pacer, log, () => this.sync.allocReqId());
@@ -323,6 +327,8 @@ export class AgentSession implements ReplicaOwner {
         return this.commit.kick();
       case Cmd.AGENT_SHUTDOWN:
         return this.onShutdown();
+      case Cmd.VOLUME_SIZE:
+        return this.onVolumeSize(m.volumeId, m.sizeBytes);
       case Cmd.CHECKSUM_RES:
         if (this.sync.ownsChecksum(m.reqId)) return this.sync.onChecksumRes(m);
         return this.verifier.onChecksumRes(m);
@@ -365,6 +371,30 @@ export class AgentSession implements ReplicaOwner {
   /** The agent will hand over its own dirty extents (DIRTY_REPORT and WRITE_ACK agreed). */
   private get trustsReports(): boolean {
     return this.link.has(Cap.DIRTY_REPORT) && this.link.has(Cap.WRITE_ACK);
+  }
+
+  /** Ask the agent for `replica`'s size; its answer, applied in stream order, grows it (volume-resize.ts). */
+  askSize(replica: Replica): Promise<ResizeResult> {
+    const sync = this.sync.of(replica);
+    if (!sync || this.closed) return Promise.reject(new VolumeRefused(`volume ${replica.name} is not attached here`));
+    if (!this.link.has(Cap.RESIZE))
+      return Promise.reject(
+        new VolumeRefused(`the agent of VM ${this.vm} cannot resize online (no RESIZE capability)`),
+      );
+    return this.sizes.ask(sync.volumeId, replica);
+  }
+
+  /** VOLUME_SIZE from the agent: before any later frame, the replica grows (or a shrink is refused). */
+  private async onVolumeSize(volumeId: number, found: number): Promise<void> {
+    const sync = this.sync.volume(volumeId, 'VOLUME_SIZE');
+    const rep = sync.replica;
+    if (rep.hold === 'removed' || found === 0) return this.sizes.settle(volumeId, null, new VolumeRefused('no size'));
+    try {
+      this.sizes.settle(volumeId, await applyVolumeSize(rep, found, this.host.openTarget, this.log), null);
+    } catch (e) {
+      if (!(e instanceof VolumeRefused)) throw e; // the recovery volume could not grow: the session fails
+      this.sizes.settle(volumeId, null, e);
+    }
   }
 
   /** A volume was added to the hub (volume-set.ts): attach it if this agent reported it, in stream order. */
@@ -422,6 +452,7 @@ export class AgentSession implements ReplicaOwner {
     this.verifier.stop();
     this.commit.close();
     this.writeBacks.cancel(new Error('agent session closed'));
+    this.sizes.cancel();
     const inFlight = this.queue.close(); // leftover barriers run once it is done
     const released = this.attach.release(inFlight, this.cleanShutdown);
     this.log.info(

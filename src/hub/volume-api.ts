@@ -1,10 +1,11 @@
-// The volume operations on the hub's HTTP API: POST /volume/pause, /volume/resume and
-// /volume/remove, each with {"volume": NAME}. Like every POST they pass the operator gate
+// The volume operations on the hub's HTTP API: POST /volume/pause, /volume/resume,
+// /volume/remove and /volume/resize, each with {"volume": NAME}. Like every POST they pass the operator gate
 // first (admin token, JSON; http-api.ts); an unknown volume or a wrong state is a VolumeRefused
 // (409), logged with the volume and the cause by the API.
 import { BadRequest, Body, MoreRoutes, optionalString } from './http-api';
 import { VolumeHost, removeVolume } from './volume-set';
 import { pauseVolume, resumeVolume } from './volume-ops';
+import { resizeVolume } from './volume-resize';
 
 function volumeOf(b: Body): string {
   const v = optionalString(b, 'volume');
@@ -19,6 +20,7 @@ export function volumeRoutes(hub: VolumeHost): MoreRoutes {
       '/volume/pause': (b) => pauseVolume(hub, volumeOf(b)),
       '/volume/resume': (b) => resumeVolume(hub, volumeOf(b)),
       '/volume/remove': (b) => removeVolume(hub, volumeOf(b)),
+      '/volume/resize': (b) => resizeVolume(hub, volumeOf(b)),
     },
     stream: {},
   };

@@ -6,6 +6,15 @@
 import type { Logger } from '../log';
 import type { Replica, ReplicaSpec } from './replica';
 
+/** What a resize answers (volume-resize.ts). */
+export interface ResizeResult {
+  name: string;
+  state: string;
+  oldSizeBytes: number;
+  sizeBytes: number;
+  dirtyBytes: number;
+}
+
 /** An operation refused in the volume's current state, or for a volume the hub does not have (HTTP 409). */
 export class VolumeRefused extends Error {}
 
@@ -15,6 +24,8 @@ export interface VolumeSession {
   offer(name: string): Promise<boolean>;
   /** Stop protecting `replica` on this session, at the current point of the write stream. */
   removeVolume(replica: Replica): Promise<void>;
+  /** Ask the agent for `replica`'s size and grow it (volume-resize.ts). */
+  askSize(replica: Replica): Promise<ResizeResult>;
 }
 
 /** What the volume set needs of the hub (Hub satisfies it). */
