@@ -76,6 +76,8 @@ export async function removeVolume(hub: VolumeHost, name: string): Promise<{ nam
   const rep = replicaNamed(hub, name);
   refuseInFailover(hub, name, 'remove', true);
   if (rep.hold === 'removed') throw new VolumeRefused(`volume ${name} is being removed`);
+  if (rep.checksumResync && rep.owner)
+    throw new VolumeRefused(`volume ${name} is being compared by a checksum resync; remove it once that ends`);
   const owner = rep.owner;
   await rep.setHold('removed');
   for (const s of hub.sessions) if ((s as unknown) === owner) await s.removeVolume(rep);
