@@ -23,6 +23,8 @@ export enum Cmd {
   PING = 23,
   PONG = 24,
   IDENTITY = 25, // agent->hub, cap IDENTITY: instance id and volume identities (SPEC.md 5.16)
+  STOP_PROTECT = 26, // hub->agent, cap STOP_PROTECT: the operator removed the volume from protection (SPEC.md 5.17)
+  VOLUME_SIZE = 27, // both ways, cap RESIZE: hub asks for the image's size, the agent answers it, grown (SPEC.md 5.18)
 }
 
 /** Capability bits exchanged in HELLO; the session uses the intersection. */
@@ -36,6 +38,8 @@ export const Cap = {
   FRAME_CRC: 1 << 6, // after HELLO, frames carry a CRC-32 trailer (header flag FLAG_CRC)
   SPARSE: 1 << 7, // a remote read may be answered with io_status IO_SPARSE: a chunk map and only the non-zero chunks
   IDENTITY: 1 << 8, // the agent sends IDENTITY (instance id, volume UUIDs) before REPORT_VM_VOLUMES
+  STOP_PROTECT: 1 << 9, // the hub may send STOP_PROTECT: mirror that volume no more on this connection
+  RESIZE: 1 << 10, // VOLUME_SIZE: the hub asks, the agent grows the volume online and answers its size
 } as const;
 export const ALL_CAPS =
   Cap.WRITE_ACK |
@@ -46,7 +50,9 @@ export const ALL_CAPS =
   Cap.ZEROES |
   Cap.FRAME_CRC |
   Cap.SPARSE |
-  Cap.IDENTITY;
+  Cap.IDENTITY |
+  Cap.STOP_PROTECT |
+  Cap.RESIZE;
 
 /** Header flag: a 4-byte CRC-32 (zlib) of header + payload follows the payload (not counted in length). */
 export const FLAG_CRC = 1;

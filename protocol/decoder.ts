@@ -43,6 +43,7 @@ const P = {
       length: 'count',
     }),
   dirtyAck: le().uint64('volumeId').uint32('reportId'),
+  volumeSize: le().uint64('volumeId').uint64('sizeBytes'),
   csumReq: le().uint32('reqId').uint32('regionSectors').uint64('volumeId').uint64('offsetSectors').uint32('count'),
   csumRes: le().uint32('reqId').int32('ioStatus').uint64('volumeId').uint32('count'),
   error: le().uint32('code').uint16('msgLen').buffer('message', { length: 'msgLen' }),
@@ -97,6 +98,10 @@ export function decode(cmd: number, payload: Buffer): Message {
       return decodeReportVmVolumes(payload);
     case Cmd.START_PROTECT:
       return decodeStartProtect(payload);
+    case Cmd.STOP_PROTECT:
+      return decodeStopProtect(payload);
+    case Cmd.VOLUME_SIZE:
+      return decodeVolumeSize(payload);
     case Cmd.REMOTE_IO_REQ:
       return decodeRemoteIoReq(payload);
     case Cmd.REMOTE_IO_RES:
@@ -173,11 +178,18 @@ function decodeReportVmVolumes(payload: Buffer): Message {
 }
 
 function decodeStartProtect(payload: Buffer): Message {
-  const cmd = Cmd.START_PROTECT;
   const r = parse(P.startProtect, payload, 'START_PROTECT');
   exact(payload, 10 + r.nameLen, 'START_PROTECT');
   checkName('', r.nameLen, 'START_PROTECT');
-  return { cmd, volumeId: num(r.volumeId, 'volume_id'), name: utf8(r.name, 'START_PROTECT') };
+  return { cmd: Cmd.START_PROTECT, volumeId: num(r.volumeId, 'volume_id'), name: utf8(r.name, 'START_PROTECT') };
+}
+
+/** STOP_PROTECT has START_PROTECT's layout (SPEC.md 5.17). */
+function decodeStopProtect(payload: Buffer): Message {
+  const r = parse(P.startProtect, payload, 'STOP_PROTECT');
+  exact(payload, 10 + r.nameLen, 'STOP_PROTECT');
+  checkName('', r.nameLen, 'STOP_PROTECT');
+  return { cmd: Cmd.STOP_PROTECT, volumeId: num(r.volumeId, 'volume_id'), name: utf8(r.name, 'STOP_PROTECT') };
 }
 
 function decodeRemoteIoReq(payload: Buffer): Message {
@@ -240,6 +252,12 @@ function decodeDirtyReport(payload: Buffer): Message {
     sizeSectors: num(e.sizeSectors, 'size_sectors'),
   }));
   return { cmd, volumeId: num(r.volumeId, 'volume_id'), reportId: r.reportId, flags: r.flags, extents };
+}
+
+function decodeVolumeSize(payload: Buffer): Message {
+  exact(payload, 16, 'VOLUME_SIZE');
+  const r = P.volumeSize.parse(payload) as any;
+  return { cmd: Cmd.VOLUME_SIZE, volumeId: num(r.volumeId, 'volume_id'), sizeBytes: num(r.sizeBytes, 'size_bytes') };
 }
 
 function decodeDirtyReportAck(payload: Buffer): Message {

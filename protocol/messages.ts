@@ -31,6 +31,18 @@ export interface StartProtect {
   volumeId: number;
   name: string;
 }
+/** Same layout as START_PROTECT: the volume the agent stops mirroring on this connection. */
+export interface StopProtect {
+  cmd: Cmd.STOP_PROTECT;
+  volumeId: number;
+  name: string;
+}
+/** Hub->agent: what size is the volume now (the hub's size in sizeBytes)? Agent->hub: the answer. */
+export interface VolumeSize {
+  cmd: Cmd.VOLUME_SIZE;
+  volumeId: number;
+  sizeBytes: number;
+}
 export interface RemoteIoReq {
   cmd: Cmd.REMOTE_IO_REQ;
   reqId: number;
@@ -108,6 +120,8 @@ export type Message =
   | ProtectedWrite
   | ReportVmVolumes
   | StartProtect
+  | StopProtect
+  | VolumeSize
   | RemoteIoReq
   | RemoteIoRes
   | AgentShutdown

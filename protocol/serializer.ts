@@ -72,12 +72,25 @@ export function encodeReportVmVolumes(volumes: VolumeInfo[]): Buffer {
   return b;
 }
 
-export function encodeStartProtect(volumeId: number, name: string): Buffer {
+export function encodeStartProtect(volumeId: number, name: string, cmd = Cmd.START_PROTECT): Buffer {
   const n = nameBytes(name);
-  const b = frame(Cmd.START_PROTECT, 10 + n.length);
+  const b = frame(cmd, 10 + n.length);
   writeU64(b, volumeId, 12);
   b.writeUInt16LE(n.length, 20);
   n.copy(b, 22);
+  return b;
+}
+
+/** STOP_PROTECT: START_PROTECT's layout under its own command (SPEC.md 5.17). */
+export function encodeStopProtect(volumeId: number, name: string): Buffer {
+  return encodeStartProtect(volumeId, name, Cmd.STOP_PROTECT);
+}
+
+/** VOLUME_SIZE (SPEC.md 5.18): the same frame both ways. */
+export function encodeVolumeSize(volumeId: number, sizeBytes: number): Buffer {
+  const b = frame(Cmd.VOLUME_SIZE, 16);
+  writeU64(b, volumeId, 12);
+  writeU64(b, sizeBytes, 20);
   return b;
 }
 
@@ -194,6 +207,10 @@ export function encode(m: Message): Buffer[] {
       return [encodeReportVmVolumes(m.volumes)];
     case Cmd.START_PROTECT:
       return [encodeStartProtect(m.volumeId, m.name)];
+    case Cmd.STOP_PROTECT:
+      return [encodeStopProtect(m.volumeId, m.name)];
+    case Cmd.VOLUME_SIZE:
+      return [encodeVolumeSize(m.volumeId, m.sizeBytes)];
     case Cmd.REMOTE_IO_REQ:
       return [encodeRemoteIoReqHead(m.reqId, m.sizeSectors, m.volumeId, m.offsetSectors, m.isRead), m.data];
     case Cmd.REMOTE_IO_RES:

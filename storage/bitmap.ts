@@ -10,9 +10,9 @@ const WORDS = PAGE_BITS / 32;
 const MAX_HELD_EPOCHS = 8;
 
 export class DirtyBitmap {
-  readonly regions: number;
+  regions: number; // changes only through grow()
   private readonly pages: (Uint32Array | undefined)[];
-  private readonly counts: Uint32Array;
+  private counts: Uint32Array;
   private total = 0;
   /** Pages changed since takeChangedPages(); the state store persists them. */
   private changed = new Set<number>();
@@ -24,7 +24,7 @@ export class DirtyBitmap {
   private epoch = 0;
 
   constructor(
-    readonly sizeBytes: number,
+    public sizeBytes: number, // changes only through grow()
     readonly regionSize: number,
   ) {
     if (!Number.isInteger(Math.log2(regionSize)) || regionSize < 4096 || regionSize > 1 << 20) {
@@ -35,6 +35,32 @@ export class DirtyBitmap {
     const n = Math.ceil(this.regions / PAGE_BITS);
     this.pages = new Array(n);
     this.counts = new Uint32Array(n);
+  }
+
+  /**
+   * The volume grew to `sizeBytes` (an online resize): the new regions start clean, the old keep
+   * their bits. A last page held as a bare count ("full") would read the new regions dirty once
+   * it covers more of them, so it is materialized first.
+   */
+  grow(sizeBytes: number): void {
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes < this.sizeBytes)
+      throw new RangeError(`a bitmap grows: ${sizeBytes} bytes is less than ${this.sizeBytes}`);
+    const lastP = this.pages.length - 1,
+      c = lastP >= 0 ? this.counts[lastP] : 0;
+    if (c > 0 && !this.pages[lastP] && c < PAGE_BITS) {
+      const page = new Uint32Array(WORDS);
+      fillBits(page, 0, c - 1);
+      this.pages[lastP] = page;
+    }
+    if (lastP >= 0) this.changed.add(lastP);
+    this.sizeBytes = sizeBytes;
+    this.regions = Math.ceil(sizeBytes / this.regionSize);
+    const n = Math.ceil(this.regions / PAGE_BITS);
+    const counts = new Uint32Array(n);
+    counts.set(this.counts);
+    this.counts = counts;
+    this.pages.length = n;
+    for (const h of this.held ?? []) h.mask.grow(sizeBytes);
   }
 
   get dirtyRegions(): number {

@@ -149,6 +149,25 @@ export class DirtyLog {
   }
 
   /**
+   * The protected volume grew to `sizeBytes` (online resize): the new regions are clean here (the
+   * hub syncs the new space itself). The file gains their pages (zeros) before the header names
+   * the new size: a crash in between leaves a header that does not match the image, which opens
+   * as fresh (all dirty), never as clean.
+   */
+  grow(sizeBytes: number): void {
+    if (sizeBytes === this.bitmap.sizeBytes) return;
+    this.bitmap.grow(sizeBytes);
+    this.disk.grow(sizeBytes);
+    if (this.file === null) return void this.disk.takeChangedPages();
+    this.file.truncate(PAGE_BYTES * (1 + this.disk.pageCount));
+    this.persist(true); // the old last page again: a full one was written all ones, new regions included
+    this.file.sync();
+    this.header.writeBigUInt64LE(BigInt(sizeBytes), 8);
+    this.file.write(this.header, 0);
+    this.file.sync();
+  }
+
+  /**
    * The agent starts a run on the image whose fingerprint is `image` (before any write to it):
    * decide the lineage (a new current UUID; the ancestors kept only if the image is the one the
    * log knew) and write it, marked unclean, durably. `change`: what was found changed, or null.

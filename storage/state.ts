@@ -33,6 +33,10 @@ export interface VolumeRecord {
   // A recovery volume on RBD: the claim token this hub last wrote into the image's metadata
   // (src/hub/rbd-target.ts); another token there means another hub wrote the image since.
   rbdClaim?: string;
+  // The operator paused the volume (writes only mark the bitmap) or removed it from protection
+  // (src/hub/volume-ops.ts); a removed record is ignored when the volume is configured again.
+  paused?: boolean;
+  removed?: boolean;
 }
 
 export interface ChecksumResyncRecord {

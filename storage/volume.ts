@@ -107,9 +107,22 @@ export class FileVolume implements BlockTarget {
   private constructor(
     readonly path: string,
     private fd: number,
-    readonly sizeBytes: number,
+    public sizeBytes: number, // grows only through refreshSize()
     private readonly direct = false,
   ) {}
+
+  /**
+   * The file (or device) may have grown underneath (an online resize): take its size now if
+   * larger. Returns the size found (rounded down to `align`), which may be smaller (a shrink:
+   * never taken here).
+   */
+  refreshSize(align = 1): number {
+    const st = fs.fstatSync(this.fd);
+    let size = st.isBlockDevice() ? blockDeviceSize(st) : st.size;
+    size -= size % align; // a partial tail is not part of the volume
+    if (size > this.sizeBytes) this.sizeBytes = size;
+    return size;
+  }
 
   static open(path: string, opts: OpenOptions = {}): FileVolume {
     let fd: number;

@@ -2,7 +2,11 @@
 // (memory), the persisted page images and the constructor's validation.
 import { strict as assert } from 'node:assert';
 import fc from 'fast-check';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { DirtyBitmap, PAGE_BITS } from '../storage/bitmap';
+import { DirtyLog } from '../storage/dirty-log';
 
 const RS = 4096;
 const PAGE_BYTES = PAGE_BITS / 8;
@@ -490,5 +494,57 @@ describe('DirtyBitmap.countRange / density (dashboard heat map)', () => {
       ),
       { numRuns: 200 },
     );
+  });
+});
+
+describe('DirtyBitmap.grow and DirtyLog.grow (online resize)', () => {
+  it('old bits are kept, new regions start clean, a full last page stays exact; persisted images agree', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 3 * PAGE_BITS }),
+        fc.integer({ min: 1, max: 2 * PAGE_BITS }),
+        fc.array(fc.tuple(fc.nat(), fc.nat(), fc.boolean()), { maxLength: 8 }),
+        (regions, more, ops) => {
+          const bm = new DirtyBitmap(regions * RS - 512, RS); // a partial last region too
+          const model: boolean[] = new Array(regions).fill(false);
+          for (const [x, y, dirty] of ops) {
+            const a = x % regions,
+              b = a + (y % (regions - a));
+            if (dirty) bm.setRegions(a, b);
+            else bm.clearRegions(a, b);
+            for (let r = a; r <= b; r++) model[r] = dirty;
+          }
+          if (ops.length === 0) bm.setAll(); // the "full last page as a count" case
+          if (ops.length === 0) model.fill(true);
+          bm.grow((regions + more) * RS);
+          assert.equal(bm.regions, regions + more);
+          for (let r = 0; r < regions + more; r++) assert.equal(bm.get(r), r < regions && model[r], `region ${r}`);
+          assert.equal(bm.dirtyRegions, model.filter(Boolean).length);
+          const copy = new DirtyBitmap(bm.sizeBytes, RS);
+          for (let p = 0; p < bm.pageCount; p++) copy.loadPage(p, bm.pageImage(p));
+          for (let r = 0; r < bm.regions; r++) assert.equal(copy.get(r), bm.get(r), `persisted region ${r}`);
+        },
+      ),
+      { numRuns: 60 },
+    );
+  });
+
+  it('a grown dirty log reopens at the new size with its old bits and clean new regions', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rephub-grow-'));
+    const file = path.join(dir, 'V1.dlog');
+    try {
+      const size = PAGE_BITS * RS; // one full page of regions
+      const log = DirtyLog.open(file, size, RS); // fresh: all dirty
+      log.grow(size + 8 * RS);
+      log.sync(true);
+      log.close();
+      const again = DirtyLog.open(file, size + 8 * RS, RS);
+      assert.equal(again.fresh, false, 'the header names the new size');
+      assert.equal(again.bitmap.countRange(0, PAGE_BITS), PAGE_BITS);
+      assert.equal(again.bitmap.countRange(PAGE_BITS, PAGE_BITS + 8), 0, 'the new regions are clean');
+      again.close();
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

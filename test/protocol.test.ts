@@ -189,6 +189,16 @@ const arb: Record<Cmd, fc.Arbitrary<Message>> = {
     volumeId: u64,
     name: str(1, Limits.maxNameBytes),
   }),
+  [Cmd.STOP_PROTECT]: rec({
+    cmd: fc.constant(Cmd.STOP_PROTECT as const),
+    volumeId: u64,
+    name: str(1, Limits.maxNameBytes),
+  }),
+  [Cmd.VOLUME_SIZE]: rec({
+    cmd: fc.constant(Cmd.VOLUME_SIZE as const),
+    volumeId: u64,
+    sizeBytes: u64,
+  }),
   [Cmd.REMOTE_IO_REQ]: fc.oneof(
     rec({
       cmd: fc.constant(Cmd.REMOTE_IO_REQ as const),
@@ -421,7 +431,7 @@ describe('protocol: round trips (fast-check)', () => {
 
 describe('protocol: decoder rejects malformed payloads with ProtocolError', () => {
   it('unknown command ids', () => {
-    for (const c of [0, 8, 9, 15, 25, 26, 0x100, 0xffff]) rejects(c, Buffer.alloc(8), `cmd ${c}`);
+    for (const c of [0, 8, 9, 15, 25, 26, 27, 28, 0x100, 0xffff]) rejects(c, Buffer.alloc(8), `cmd ${c}`);
   });
 
   it('every truncation of every vector payload', () => {
@@ -547,6 +557,8 @@ describe('protocol: decoder rejects malformed payloads with ProtocolError', () =
     rejects(Cmd.START_PROTECT, sp(0xffff), 'START_PROTECT 65535-byte name');
     rejects(Cmd.START_PROTECT, sp(255, 10), 'START_PROTECT name_len past the payload');
     assert.equal((decode(Cmd.START_PROTECT, sp(255)) as any).name, 'a'.repeat(255));
+    rejects(Cmd.STOP_PROTECT, sp(0), 'STOP_PROTECT empty name');
+    rejects(Cmd.STOP_PROTECT, sp(255, 10), 'STOP_PROTECT name_len past the payload');
 
     const rv = (nameLen: number) => {
       const p = Buffer.alloc(4 + 10 + nameLen, 0x62);
@@ -614,6 +626,9 @@ describe('protocol: decoder rejects malformed payloads with ProtocolError', () =
     ['report_vm_volumes', 4, (m) => m.volumes[0].sizeBytes],
     ['report_vm_volumes', 16, (m) => m.volumes[1].sizeBytes],
     ['start_protect', 0, (m) => m.volumeId],
+    ['stop_protect', 0, (m) => m.volumeId],
+    ['volume_size', 0, (m) => m.volumeId],
+    ['volume_size', 8, (m) => m.sizeBytes],
     ['remote_io_req_read', 8, (m) => m.volumeId],
     ['remote_io_req_read', 16, (m) => m.offsetSectors],
     ['remote_io_req_write', 8, (m) => m.volumeId],
@@ -859,7 +874,7 @@ describe('protocol: FrameDecoder', () => {
     ['byte-swapped magic', header(Cmd.PING, 8, 0x52504842)],
     ['unknown cmd 0', header(0, 8)],
     ['unknown cmd 8', header(8, 8)],
-    ['unknown cmd 26', header(26, 8)],
+    ['unknown cmd 28', header(28, 8)],
     ['unknown cmd 0xffff', header(0xffff, 8)],
     ['reserved flag 2', header(Cmd.PING, 8, MAGIC, 2)],
     ['nonzero flags 0x8000', header(Cmd.PING, 8, MAGIC, 0x8000)],

@@ -12,6 +12,8 @@ import {
   encodeReportVmVolumes,
   encodeAgentShutdown,
   encodePing,
+  encodeVolumeSize,
+  SECTOR,
 } from '../../protocol';
 import { encodeIdentity } from '../../protocol';
 import type { BufferPool } from '../buffer-pool';
@@ -109,7 +111,9 @@ export class AgentCore {
   /** REPORT_VM_VOLUMES of every volume (`unprotectedOnly`: those not protected yet); false if none. */
   private report(unprotectedOnly: boolean): boolean {
     if (this.link === null) return false;
-    const vols = this.volumes.list.filter((v) => !unprotectedOnly || this.volumes.hubId(v) < 0);
+    const vols = this.volumes.list.filter(
+      (v) => !unprotectedOnly || (this.volumes.hubId(v) < 0 && !this.volumes.isRemoved(v)),
+    );
     if (vols.length === 0) return false;
     this.link.send([encodeReportVmVolumes(vols.map((v) => ({ name: v.name, sizeBytes: v.sizeBytes })))]);
     return true;
@@ -145,6 +149,10 @@ export class AgentCore {
     switch (m.cmd) {
       case Cmd.START_PROTECT:
         return this.startProtect(m.name, m.volumeId);
+      case Cmd.STOP_PROTECT:
+        return this.stopProtect(m.name, m.volumeId);
+      case Cmd.VOLUME_SIZE:
+        return this.volumeSize(link, m.volumeId);
       case Cmd.WRITE_ACK:
         return this.mirror.onAck(m.seq);
       case Cmd.DIRTY_REPORT_ACK:
@@ -173,6 +181,46 @@ export class AgentCore {
     this.refusals.protectedNow(v.name);
     this.log.info({ volume: v.name, volumeId, dirtyBytes: v.log.bitmap.dirtyBytes }, 'protection started');
     this.handover.protectStarted(v);
+  }
+
+  /**
+   * The operator removed the volume from protection on the hub: no more mirroring of it on this
+   * connection (its writes stay in the dirty log, as for any unprotected volume), and no report
+   * of it again until the next connection. Its other volumes go on.
+   */
+  private stopProtect(name: string, volumeId: number): void {
+    const v = this.volumes.withHubId(volumeId);
+    if (!v || v.name !== name) {
+      this.log.warn({ volume: name, volumeId }, 'hub stopped protection of a volume not protected here; ignored');
+      return;
+    }
+    this.volumes.unprotect(v);
+    this.log.warn(
+      { volume: v.name, volumeId, dirtyBytes: v.log.bitmap.dirtyBytes },
+      'hub removed the volume from protection; no longer mirrored (the dirty log keeps recording its writes)',
+    );
+  }
+
+  /**
+   * The hub asks for the volume's size (an online resize, SPEC.md 5.18). An image that grew
+   * underneath is taken now, before anything else is sent: the dirty log and the hand-over map
+   * cover the new regions, and the answer goes out ahead of any write to the new space.
+   */
+  private volumeSize(link: LinkPort, volumeId: number): void {
+    const v = this.volumes.withHubId(volumeId);
+    if (!v) return link.send([encodeVolumeSize(volumeId, 0)]);
+    const before = v.sizeBytes;
+    const grow = (v.target as { refreshSize?: (align: number) => number }).refreshSize;
+    const found = grow ? grow.call(v.target, SECTOR) : before;
+    const ctx = { volume: v.name, volumeId, sizeBytes: before, imageBytes: found };
+    if (v.sizeBytes > before) {
+      v.log.grow(v.sizeBytes);
+      this.handover.grow(v);
+      this.log.info(ctx, 'volume grew online; the hub syncs the new space');
+    } else if (found < before) {
+      this.log.error(ctx, 'image is smaller than the volume: a shrink is not supported; the volume keeps its size');
+    }
+    link.send([encodeVolumeSize(volumeId, found)]);
   }
 
   /** Nothing the hub still has to acknowledge: no mirrored write pending, no report in hand-over. */

@@ -47,6 +47,11 @@ export class Handover implements RegionHolder {
     }
   }
 
+  /** `v` grew (online resize): what is owed covers the new regions too (clean). */
+  grow(v: AgentVolume): void {
+    this.owed[v.index].grow(v.sizeBytes);
+  }
+
   holds(v: AgentVolume, region: number): boolean {
     const handing = this.handing[v.index];
     return this.owed[v.index].get(region) || (handing !== null && handing.get(region));

@@ -41,6 +41,7 @@ export class VolumeTable {
   private readonly byName = new Map<string, AgentVolume>();
   private readonly byHubId = new Map<number, AgentVolume>();
   private readonly hubIds: number[]; // by index; -1 while not protected on this connection
+  private readonly removed = new Set<AgentVolume>(); // the hub stopped them (STOP_PROTECT) on this connection
 
   constructor(specs: AgentVolumeSpec[]) {
     this.list = specs.map((s, i) => new AgentVolume(i, s));
@@ -73,8 +74,20 @@ export class VolumeTable {
     this.byHubId.set(volumeId, v);
   }
 
+  /** The hub stopped protecting `v` (STOP_PROTECT): unprotected, and not reported again on this connection. */
+  unprotect(v: AgentVolume): void {
+    this.byHubId.delete(this.hubIds[v.index]);
+    this.hubIds[v.index] = -1;
+    this.removed.add(v);
+  }
+
+  isRemoved(v: AgentVolume): boolean {
+    return this.removed.has(v);
+  }
+
   /** The connection closed: ids are per connection. */
   reset(): void {
+    this.removed.clear();
     this.byHubId.clear();
     this.hubIds.fill(-1);
   }

@@ -17,6 +17,7 @@ import { makeLogger } from '../log';
 import { parseHostPort, parseVolSpec, parseSize, parseMillis, fillLaunch, warnIfNoNative, parseDuration } from './args';
 import { hubResyncLimit } from './bandwidth-flags';
 import { verifyCommand } from './verify-command';
+import { addVolumeCommands } from './volume-command';
 import { enabled as tlsEnabled, serverOptions } from '../security';
 import { FileLock, LockHeldError, lockHubState } from '../../storage/lock';
 import { TOKEN_FILE_ENV, cliTokenFile, hubToken, readTokenFile, readableByOthers } from './admin-token';
@@ -418,6 +419,7 @@ tokenOption(program.command('verify'))
   });
 
 addJournalCommands(program, tokenOption, post);
+addVolumeCommands(program, tokenOption, post);
 
 program.parseAsync().catch((e) => {
   process.stderr.write(`rephub: ${e.message}\n`);

@@ -3,7 +3,7 @@
 // attach itself, and letting go of every claimed replica when the session ends. With cap
 // IDENTITY, a volume held by a live session of another agent process (same VM name: a cloned
 // host) is refused, not taken over; a reconnect of the same process still takes over.
-import { ErrorCode, SECTOR, encodeError, encodeStartProtect } from '../../protocol';
+import { Cmd, ErrorCode, SECTOR, encodeError, encodeStartProtect } from '../../protocol';
 import type { ReportVmVolumes } from '../../protocol';
 import type { Logger } from '../log';
 import type { Replica, ReplicaOwner, TargetOpener } from './replica';
@@ -24,8 +24,12 @@ export interface AttachHost {
 
 type Reported = ReportVmVolumes['volumes'][number];
 
+const MAX_UNKNOWN = 1024; // reported names without a recovery volume kept per session
+
 export class VolumeAttach {
   private readonly claimed = new Set<Replica>(); // replicas this session owns (attached or attaching)
+  /** Reported volumes the hub had no recovery volume for, kept to offer one added later (volume-set.ts). */
+  private readonly unknown = new Map<string, Reported>();
 
   constructor(
     private readonly host: AttachHost,
@@ -39,6 +43,22 @@ export class VolumeAttach {
       if (!rep) continue;
       if (!(await this.attach(rep, v, vm, trust))) return;
     }
+  }
+
+  /** A volume `name` was added to the hub: attach it if this agent reported it; true if it did. */
+  async offer(name: string, vm: string, trust: boolean): Promise<boolean> {
+    const v = this.unknown.get(name);
+    if (!v || this.host.isClosed()) return false;
+    this.unknown.delete(name);
+    this.log.info({ vm, volume: name }, 'offering the added volume to the connected agent');
+    await this.report({ cmd: Cmd.REPORT_VM_VOLUMES, volumes: [v] }, vm, trust);
+    return this.claimed.has(this.host.replica(name)!);
+  }
+
+  /** The operator removed `rep` (volume-set.ts): this session no longer owns it. */
+  forget(rep: Replica): void {
+    rep.release(this.host.owner);
+    this.claimed.delete(rep);
   }
 
   /** The session ended: each claimed replica degrades (unless `clean`) once `inFlight` is done. */
@@ -55,6 +75,7 @@ export class VolumeAttach {
     if (!rep) {
       // Answered, not ignored (SPEC.md 5.3): an agent waiting for START_PROTECT would wait forever.
       this.log.warn(ctx, 'agent reported a volume the hub has no recovery volume for; refused');
+      if (this.unknown.size < MAX_UNKNOWN) this.unknown.set(v.name, v);
       this.refuse(ErrorCode.VOLUME_REFUSED, `volume ${v.name}: the hub has no recovery volume of that name`);
       return null;
     }

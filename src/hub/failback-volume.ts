@@ -18,6 +18,7 @@ import { DirtyBitmap } from '../../storage/bitmap';
 import { assert } from '../assert';
 import type { Replica, ReplicaOwner } from './replica';
 import { FailoverError } from './failover-at';
+import { beginFailback, endFailover } from './replica-failover';
 
 export type Side = 'recovery' | 'protected';
 /** Whose changes win at failback: one side for every volume, or one per volume. */
@@ -96,11 +97,11 @@ export async function failBackVolume(r: Replica, s: ReplicaOwner, winner: Side):
       // Resync protected -> recovery over everything either side touched; durable before the maps go.
       for (const [a, b] of union.runs()) r.bitmap!.setRegions(a, b - 1);
       await r.commitDirty();
-      r.endFailover(); // here, in the stream: every later protected write is applied normally
+      endFailover(r); // here, in the stream: every later protected write is applied normally
       return;
     }
     watch = new FailbackWatch(union);
-    r.beginFailback(watch);
+    beginFailback(r, watch);
   });
   if (winner === 'protected') return out;
   assert(watch !== null, 'winner recovery watches the write stream');

@@ -11,6 +11,7 @@ import type { StateStore } from '../../storage/state';
 import { ExportRegistry, TargetExport } from '../nbd/exports';
 import type { Logger } from '../log';
 import type { Replica, ReplicaOwner, TargetOpener } from './replica';
+import { endFailover, enterFailover } from './replica-failover';
 import { failBackVolume, Side, VolumeFailbackResult, Winner, winnersOf } from './failback-volume';
 import type { JournalView } from '../../storage/journal-view';
 import type { HubJournals } from './journal';
@@ -310,7 +311,7 @@ export class FailoverController {
       protectedChanged: DirtyLog.open(path.join(dir, `${r.name}.protected.map`), size, rs, false),
       failingBack: null,
     };
-    r.enterFailover(maps);
+    enterFailover(r, maps);
   }
 
   /** The recovery VM's disk: recovery-changed tracking over the replica's stack below its guard. */
@@ -392,7 +393,7 @@ export class FailoverController {
 
   /** Step 3 of a volume's failback: its maps go (files first), then it leaves the failover record. */
   private async finishFailback(r: Replica, winner: Side): Promise<void> {
-    r.endFailover();
+    endFailover(r);
     await r.newGeneration();
     r.setState(winner === 'protected' || r.bitmap!.dirtyRegions > 0 ? 'syncing' : 'protecting');
     for (const side of ['recovery', 'protected'])

@@ -27,6 +27,8 @@ import { EventBus, serveEvents } from './events';
 import { existing, failoverStep, feedEvents, sessionEvent } from './hub-events';
 import { STATUS_SCHEMA, capNames } from '../status-schema';
 import { registerResyncMetrics } from './resync-metrics';
+import { VolumeRefused, addVolume, removeVolume } from './volume-set';
+import { mergeRoutes, volumeRoutes } from './volume-api';
 
 export interface HubOptions {
   volumes: ReplicaSpec[];
@@ -80,20 +82,10 @@ export class Hub implements HubStatusSource {
   constructor(private readonly opts: HubOptions) {
     this.cfg = { ...defaultSessionConfig, ...opts.session };
     this.openTarget = opts.openTarget ?? openFileTarget;
+    if (opts.journal) this.journals = new HubJournals(opts.journal, this.replicas, opts.log.child({ part: 'journal' }));
     for (const spec of opts.volumes) {
       if (this.replicas.has(spec.name)) throw new Error(`volume ${spec.name} configured twice`);
-      this.replicas.set(spec.name, new Replica(spec, opts.store, opts.regionSize ?? 64 * 1024, opts.log));
-    }
-    if (opts.journal) {
-      const journals = new HubJournals(opts.journal, this.replicas, opts.log.child({ part: 'journal' }));
-      for (const r of this.replicas.values()) {
-        r.targetFilter = journals.filterFor(r);
-        r.onAlarm = (active, start) => {
-          const vm = r.owner?.vm || r.record?.vm;
-          if (active && vm) journals.lastClean(vm, r.name, start);
-        };
-      }
-      this.journals = journals;
+      this.adopt(spec);
     }
     this.failover = new FailoverController({
       replicas: this.replicas,
@@ -138,11 +130,15 @@ export class Hub implements HubStatusSource {
       status: () => this.status(),
       monitor: this.monitor,
       actions: this.failover,
-      isRefusal: (e) => e instanceof FailoverError || e instanceof VerifyRefused || e instanceof JournalRefused,
+      isRefusal: (e) =>
+        e instanceof FailoverError ||
+        e instanceof VerifyRefused ||
+        e instanceof JournalRefused ||
+        e instanceof VolumeRefused,
       adminToken: this.adminToken,
       log: opts.log,
       verify: (req) => this.verifier.start(req),
-      more: this.journals ? journalRoutes(this.journals) : undefined,
+      more: mergeRoutes(volumeRoutes(this), this.journals ? journalRoutes(this.journals) : undefined),
       events: (res) => serveEvents(this.events, () => existing(this.replicas.values(), this.sessions), res),
     });
     this.sampler = this.startSampling();
@@ -155,6 +151,37 @@ export class Hub implements HubStatusSource {
     }, 1000);
     t.unref();
     return t;
+  }
+
+  /** A new replica for `spec`, wired to the journal and the alarm (configured and added volumes alike). */
+  adopt(spec: ReplicaSpec): Replica {
+    const r = new Replica(spec, this.opts.store, this.opts.regionSize ?? 64 * 1024, this.opts.log);
+    const journals = this.journals;
+    if (journals) {
+      r.targetFilter = journals.filterFor(r);
+      r.onAlarm = (active, start) => {
+        const vm = r.owner?.vm || r.record?.vm;
+        if (active && vm) journals.lastClean(vm, r.name, start);
+      };
+    }
+    this.replicas.set(spec.name, r);
+    return r;
+  }
+
+  /** Volumes in the failover test and in the failover now (the volume operations refuse those). */
+  failoverVolumes(): { test: string[]; failover: string[] } {
+    const st = this.failover.status();
+    return { test: st.failoverTest?.volumes ?? [], failover: st.failover?.volumes ?? [] };
+  }
+
+  /** Protect a new volume while running (config reload); offered at once to a connected agent. */
+  addVolume(spec: ReplicaSpec): ReturnType<typeof addVolume> {
+    return addVolume(this, spec);
+  }
+
+  /** Stop protecting `name` (operator, config reload); its recovery file is kept untouched. */
+  removeVolume(name: string): ReturnType<typeof removeVolume> {
+    return removeVolume(this, name);
   }
 
   /** NBD exports of the hub: failover-test views and, after failover, the recovery volumes. */

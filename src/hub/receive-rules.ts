@@ -12,6 +12,7 @@ const NEEDS: Partial<Record<Cmd, number>> = {
   [Cmd.FLUSH]: Cap.FLUSH,
   [Cmd.CHECKSUM_RES]: Cap.CHECKSUM,
   [Cmd.IDENTITY]: Cap.IDENTITY,
+  [Cmd.VOLUME_SIZE]: Cap.RESIZE,
 };
 
 /** Frames still allowed after AGENT_SHUTDOWN: the heartbeat and a last word. */

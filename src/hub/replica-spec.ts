@@ -1,5 +1,6 @@
 // What a recovery volume is (its name, path and VM binding) and how it is opened: files
 // synchronously, RBD images (rbd-target.ts) asynchronously.
+import * as fs from 'node:fs';
 import { BlockTarget, FileVolume } from '../../storage/volume';
 
 export interface ReplicaSpec {
@@ -15,3 +16,14 @@ export const openFileTarget: TargetOpener = (path, sizeBytes) =>
 /** --cache none: large aligned writes bypass the page cache (O_DIRECT). */
 export const openDirectTarget: TargetOpener = (path, sizeBytes) =>
   FileVolume.open(path, { createSize: sizeBytes, minSize: sizeBytes, direct: true });
+
+/** A recovery file grows to `sizeBytes` (sparse) for an online resize; a device must be that large already. */
+export function growRecoveryFile(path: string, sizeBytes: number): void {
+  const fd = fs.openSync(path, 'r+');
+  try {
+    const st = fs.fstatSync(fd);
+    if (st.isFile() && st.size < sizeBytes) fs.ftruncateSync(fd, sizeBytes);
+  } finally {
+    fs.closeSync(fd);
+  }
+}

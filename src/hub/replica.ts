@@ -22,14 +22,13 @@ import { replicaStatus } from './replica-status';
 import { newChecksumResync, peerChange, recoveryFileChange, recoveryFileNow } from './replica-identity';
 import { isRbdPath, openClaimed, releaseImage } from './rbd-target';
 
-import type { ReplicaState } from './volume-states';
-export type { ReplicaState } from './volume-states';
+import type { ReplicaState, VolumeHold } from './replica-state';
+export type { ReplicaState, VolumeHold } from './replica-state';
 
 import type { FailbackWatcher, FailoverMaps } from './failover-maps';
 export type { FailbackWatcher, FailoverMaps } from './failover-maps';
-import type { ReplicaSpec, TargetOpener } from './replica-spec';
-export { openDirectTarget, openFileTarget } from './replica-spec';
-export type { ReplicaSpec, TargetOpener } from './replica-spec';
+import { growRecoveryFile, type ReplicaSpec, type TargetOpener } from './replica-spec';
+export { openDirectTarget, openFileTarget, type ReplicaSpec, type TargetOpener } from './replica-spec';
 
 /** What the hub asks of the agent session that has a replica attached. */
 export interface ReplicaOwner {
@@ -53,7 +52,7 @@ export interface ReplicaOwner {
 export class Replica {
   record?: VolumeRecord;
   target?: GuardedTarget;
-  failover: FailoverMaps | null = null; // set while the replica is promoted (enterFailover)
+  failover: FailoverMaps | null = null; // set while the replica is promoted (replica-failover.ts)
   /** A filter put between the guard and the file (the journal's capture, src/hub/journal.ts). */
   targetFilter?: (t: BlockTarget) => BlockTarget;
   bitmap?: DirtyBitmap;
@@ -62,6 +61,8 @@ export class Replica {
   readonly alarm: EncryptionAlarm;
   /** Reads what a sampled write overwrites, inline (alarm-reader.ts). */
   readonly alarmReader: AlarmReader;
+  /** Paused or removed by the operator (volume-ops.ts, volume-set.ts); null while replicating. */
+  hold: VolumeHold | null = null;
   private current: ReplicaState = 'unprotected';
   private holder: ReplicaOwner | null = null; // the session that has it attached (or is attaching it)
   private released: Promise<void> = Promise.resolve(); // the last owner's in-progress apply
@@ -80,18 +81,21 @@ export class Replica {
     readonly spec: ReplicaSpec,
     private readonly store: StateStore,
     private readonly regionSize: number,
-    private readonly log: Logger,
+    readonly log: Logger,
   ) {
     this.alarmReader = new AlarmReader(spec.path, 4096);
     this.alarm = new EncryptionAlarm(undefined, (active, start, rateBps) => this.alarmChanged(active, start, rateBps));
     const rec = store.volume(spec.name);
-    if (rec) {
+    // Removed by the operator, configured again: a new replica over the kept file (seeded: compared first).
+    if (rec?.removed) log.warn({ volume: spec.name }, 'volume was removed from protection; protecting it anew');
+    if (rec && !rec.removed) {
       this.record = rec;
       this.bitmap = new DirtyBitmap(rec.sizeBytes, rec.regionSize);
       this.bitmap.holdClearsUntilFlush();
       store.loadBitmap(spec.name, this.bitmap);
       this.bitmap.takeChangedPages();
       this.current = rec.cleanShutdown ? 'stopped' : 'degraded';
+      if (rec.paused) [this.hold, this.current] = ['paused', 'paused'];
       this.checkIdentity(recoveryFileChange(rec, spec.path));
     }
   }
@@ -206,13 +210,6 @@ export class Replica {
     if (existed || !(file instanceof FileVolume)) return new GuardedTarget(filter(file));
     this.knownZero = new KnownZeroMap(sizeBytes, regionSize);
     return new GuardedTarget(filter(new TrackedTarget(file, this.knownZero)));
-  }
-
-  /** Make regions [first, last] zero on the recovery volume, skipping those known zero. */
-  async writeZeroes(first: number, last: number): Promise<void> {
-    const rs = this.bitmap!.regionSize,
-      size = this.bitmap!.sizeBytes;
-    for (let r = first; r <= last; r++) await this.zeroBytes(r * rs, Math.min((r + 1) * rs, size));
   }
 
   /** Make bytes [a, b) zero on the recovery volume; nothing is written if every region they touch is known zero. */
@@ -341,6 +338,7 @@ export class Replica {
    * converged bitmap at once, so a crash right after costs no resync of it.
    */
   setState(to: ReplicaState): void {
+    if (this.hold === 'paused' && to !== 'failed-over' && to !== 'error') to = 'paused'; // until resumed
     const from = this.current;
     if (from === to) return;
     if (to === 'protecting') this.outOfSyncSince = null;
@@ -352,6 +350,43 @@ export class Replica {
     if (to === 'protecting') {
       void this.checkpoint().catch((e) => this.log.warn({ volume: this.name, cause: e.message }, 'checkpoint failed'));
     }
+  }
+
+  /**
+   * The operator pauses (`hold` 'paused'), resumes (null) or removes the volume; the record says
+   * so durably before this returns (a paused volume stays paused across a hub restart).
+   */
+  async setHold(hold: VolumeHold | null): Promise<void> {
+    const rec = this.record;
+    this.hold = hold;
+    if (rec) {
+      Object.assign(rec, { paused: hold === 'paused' || undefined, removed: hold === 'removed' || undefined });
+      await this.store.putVolume(rec, true);
+    }
+    if (hold === 'paused') return this.setState('paused');
+    if (hold === null) this.setState(this.holder ? 'syncing' : rec?.cleanShutdown ? 'stopped' : 'degraded');
+  }
+
+  /**
+   * The protected volume grew (an online resize, volume-resize.ts, applied in stream order):
+   * the recovery file, the bitmap and the record grow, and only the new regions (with the old
+   * last one, if it was partial) turn dirty, durably before the record names the new size.
+   */
+  async grow(sizeBytes: number, open: TargetOpener): Promise<void> {
+    const rec = this.record!,
+      bm = this.bitmap!,
+      firstNew = bm.regionOf(rec.sizeBytes);
+    assert(sizeBytes > rec.sizeBytes && !isRbdPath(this.spec.path), 'a file replica with a record grows');
+    await this.checkpoint(); // flushed: the old stack closes with no clear held
+    await this.target?.close();
+    growRecoveryFile(this.spec.path, sizeBytes);
+    bm.grow(sizeBytes);
+    bm.setRegions(firstNew, bm.regions - 1);
+    await this.store.saveBitmap(this.name, bm, true);
+    [rec.sizeBytes, this.knownZero] = [sizeBytes, null]; // the map was sized for the old volume
+    await this.store.putVolume(rec, true);
+    this.target = await this.openTarget(open, sizeBytes, rec.regionSize);
+    this.setState('syncing');
   }
 
   /** An agent session takes the replica; the previous owner has released it (or been failed). */
@@ -392,44 +427,12 @@ export class Replica {
     await this.checkpoint();
   }
 
-  /** Promoted: the protected side's writes are only recorded in `maps` until failback. */
-  enterFailover(maps: FailoverMaps): void {
-    assert(this.failover === null, 'a replica is promoted once');
-    this.failover = maps;
-    this.setState('failed-over');
-  }
-
   /** A new generation of the data (failover, failback), durable before the caller goes on. */
   async newGeneration(): Promise<number> {
     const rec = this.record!;
     rec.generation += 1;
     await this.store.putVolume(rec, true);
     return rec.generation;
-  }
-
-  /**
-   * Failback starts writing back (at a point of the write stream): protected writes are applied
-   * from now on and reported to `watch`. The replica's own dirty bits (what the hub never
-   * received) move to the recovery-changed map first, so a crash in failback still finds them.
-   */
-  beginFailback(watch: FailbackWatcher): void {
-    const f = this.failover,
-      bm = this.bitmap!;
-    assert(f !== null && f.failingBack === null, 'failback starts once, on a promoted replica');
-    for (const [a, b] of bm.runs())
-      f.recoveryChanged.mark(a * bm.regionSize, Math.min(b * bm.regionSize, bm.sizeBytes));
-    bm.clearRegions(0, bm.regionOf(bm.sizeBytes - 1));
-    f.failingBack = watch;
-    this.log.info({ volume: this.name }, 'failback: writing back; protected writes are applied again');
-  }
-
-  /** Failback done: the failover maps are closed and dropped. */
-  endFailover(): void {
-    const f = this.failover;
-    if (!f) return;
-    f.recoveryChanged.close();
-    f.protectedChanged.close();
-    this.failover = null;
   }
 
   /** A protected write of `bytes` reached the recovery volume. */

@@ -2,18 +2,8 @@
 // through a Link over the Transport. Owns intake and dispatch (the inline fast path for a
 // protected write with nothing queued before it), the handshake and the session's lifecycle;
 // the apply queue, group commit, sync engine, attach and failback each own their own part.
-import {
-  Cmd,
-  Cap,
-  ALL_CAPS,
-  ErrorCode,
-  PROTOCOL_VERSION,
-  decode,
-  Message,
-  ProtocolError,
-  encodeError,
-} from '../../protocol';
-import type { Hello, Identity } from '../../protocol';
+import { Cmd, Cap, ALL_CAPS, ErrorCode, PROTOCOL_VERSION, decode, Message } from '../../protocol';
+import { ProtocolError, encodeError, encodeStopProtect, type Hello, type Identity } from '../../protocol';
 import type { DirtyBitmap } from '../../storage/bitmap';
 import type { Logger } from '../log';
 import type { BufferPool } from '../buffer-pool';
@@ -28,6 +18,8 @@ import { WriteBack } from './failback';
 import { checkHello, checkIdentityOrder, checkIntake } from './receive-rules';
 import { VerifyEngine, VerifyPacer } from './verify';
 import type { ResyncRateLimit } from './resync-rate';
+import { ResizeResult, SizeQueries, applyVolumeSize } from './volume-resize';
+import { VolumeRefused } from './volume-set';
 
 export interface SessionConfig {
   hubName: string;
@@ -125,6 +117,7 @@ export class AgentSession implements ReplicaOwner {
   private readonly writes: WriteApplier;
   private readonly attach: VolumeAttach;
   private readonly writeBacks: WriteBack;
+  private readonly sizes: SizeQueries;
   /** Online verify of this session's volumes (verify.ts); the hub starts runs on it. */
   readonly verifier: VerifyEngine;
   private readonly checkpointTimer: NodeJS.Timeout;
@@ -187,6 +180,7 @@ export class AgentSession implements ReplicaOwner {
       cfg.maxInflightReads,
       cfg.maxReadBytes,
     );
+    this.sizes = new SizeQueries((bufs) => this.link.send(bufs));
     // One req_id sequence for every request, so a CHECKSUM_RES finds its engine (resync or verify).
     const pacer = host.verifyPacer ?? new VerifyPacer(0);
     this.verifier = new VerifyEngine(this.link, pacer, log, () => this.sync.allocReqId());
@@ -269,6 +263,7 @@ export class AgentSession implements ReplicaOwner {
         }
         break;
       case Cmd.START_PROTECT:
+      case Cmd.STOP_PROTECT:
       case Cmd.REMOTE_IO_REQ:
       case Cmd.WRITE_ACK:
       case Cmd.DIRTY_REPORT_ACK:
@@ -317,7 +312,7 @@ export class AgentSession implements ReplicaOwner {
     switch (m.cmd) {
       case Cmd.REPORT_VM_VOLUMES:
         this.reported = true;
-        return this.attach.report(m, this.vm, this.link.has(Cap.DIRTY_REPORT) && this.link.has(Cap.WRITE_ACK));
+        return this.attach.report(m, this.vm, this.trustsReports);
       case Cmd.PROTECTED_WRITE:
         return this.writes.apply(m);
       case Cmd.REMOTE_IO_RES:
@@ -330,6 +325,8 @@ export class AgentSession implements ReplicaOwner {
         return this.commit.kick();
       case Cmd.AGENT_SHUTDOWN:
         return this.onShutdown();
+      case Cmd.VOLUME_SIZE:
+        return this.onVolumeSize(m.volumeId, m.sizeBytes);
       case Cmd.CHECKSUM_RES:
         if (this.sync.ownsChecksum(m.reqId)) return this.sync.onChecksumRes(m);
         return this.verifier.onChecksumRes(m);
@@ -365,7 +362,67 @@ export class AgentSession implements ReplicaOwner {
   }
 
   pump(): void {
+    for (const v of this.sync.list()) v.settle(); // a volume resumed with nothing dirty is protecting at once
     this.sync.pump();
+  }
+
+  /** The agent will hand over its own dirty extents (DIRTY_REPORT and WRITE_ACK agreed). */
+  private get trustsReports(): boolean {
+    return this.link.has(Cap.DIRTY_REPORT) && this.link.has(Cap.WRITE_ACK);
+  }
+
+  /** Ask the agent for `replica`'s size; its answer, applied in stream order, grows it (volume-resize.ts). */
+  askSize(replica: Replica): Promise<ResizeResult> {
+    const sync = this.sync.of(replica);
+    if (!sync || this.closed) return Promise.reject(new VolumeRefused(`volume ${replica.name} is not attached here`));
+    if (!this.link.has(Cap.RESIZE))
+      return Promise.reject(
+        new VolumeRefused(`the agent of VM ${this.vm} cannot resize online (no RESIZE capability)`),
+      );
+    return this.sizes.ask(sync.volumeId, replica);
+  }
+
+  /** VOLUME_SIZE from the agent: before any later frame, the replica grows (or a shrink is refused). */
+  private async onVolumeSize(volumeId: number, found: number): Promise<void> {
+    const sync = this.sync.volume(volumeId, 'VOLUME_SIZE');
+    const rep = sync.replica;
+    if (rep.hold === 'removed' || found === 0) return this.sizes.settle(volumeId, null, new VolumeRefused('no size'));
+    try {
+      this.sizes.settle(volumeId, await applyVolumeSize(rep, found, this.host.openTarget, this.log), null);
+    } catch (e) {
+      if (!(e instanceof VolumeRefused)) throw e; // the recovery volume could not grow: the session fails
+      this.sizes.settle(volumeId, null, e);
+    }
+  }
+
+  /** A volume was added to the hub (volume-set.ts): attach it if this agent reported it, in stream order. */
+  offer(name: string): Promise<boolean> {
+    if (this.closed) return Promise.resolve(false);
+    return this.queue.barrier(() => this.attach.offer(name, this.vm, this.trustsReports));
+  }
+
+  /**
+   * The operator removed `replica` (volume-set.ts): at this point of the write stream the session
+   * lets go of it and tells the agent to stop mirroring it; later frames for its id are dropped.
+   */
+  async removeVolume(replica: Replica): Promise<void> {
+    if (this.closed) return;
+    await this.queue.barrier(() => {
+      const sync = this.sync.of(replica);
+      if (!sync) return;
+      this.sync.retire(sync);
+      this.attach.forget(replica);
+      const ctx = { session: this.id, vm: this.vm, volume: replica.name, volumeId: sync.volumeId };
+      if (this.link.has(Cap.STOP_PROTECT)) {
+        this.link.send([encodeStopProtect(sync.volumeId, replica.name)]);
+        this.log.info(ctx, 'agent told to stop mirroring the removed volume (STOP_PROTECT)');
+      } else {
+        this.log.warn(
+          ctx,
+          'agent lacks STOP_PROTECT: its writes of the removed volume are dropped until it reconnects',
+        );
+      }
+    });
   }
 
   /** Protocol or internal failure: tell the peer, close this session only. */
@@ -393,6 +450,7 @@ export class AgentSession implements ReplicaOwner {
     this.verifier.stop();
     this.commit.close();
     this.writeBacks.cancel(new Error('agent session closed'));
+    this.sizes.cancel();
     const inFlight = this.queue.close(); // leftover barriers run once it is done
     const released = this.attach.release(inFlight, this.cleanShutdown);
     this.log.info(

@@ -41,6 +41,8 @@ export interface SyncConfig {
 export class SyncEngine {
   private readonly volumes = new Map<number, VolumeSync>(); // by volume id
   private readonly reads = new Map<number, InflightRead>(); // by req_id
+  /** Volumes removed by the operator (retire): their late frames are dropped, at most one per volume. */
+  private readonly retired = new Map<number, VolumeSync>();
   private nextReqId = 1;
   private stopped = false;
   private pumpScheduled = false;
@@ -86,11 +88,21 @@ export class SyncEngine {
     return undefined;
   }
 
-  /** The attached volume with this id; a ProtocolError for any other id. */
+  /** The attached (or retired) volume with this id; a ProtocolError for any other id. */
   volume(id: number, what: string): VolumeSync {
-    const sync = this.volumes.get(id);
+    const sync = this.volumes.get(id) ?? this.retired.get(id);
     if (!sync) throw new ProtocolError(`${what} for unknown volume id ${id}`, ErrorCode.UNKNOWN_VOLUME);
     return sync;
+  }
+
+  /**
+   * The operator removed `sync`'s volume (volume-set.ts): no more reads of it; frames the agent
+   * sent before it heard STOP_PROTECT still find the id and are dropped (the replica's hold).
+   */
+  retire(sync: VolumeSync): void {
+    assert(sync.replica.hold === 'removed', 'only a removed volume is retired');
+    this.volumes.delete(sync.volumeId);
+    this.retired.set(sync.volumeId, sync);
   }
 
   /** No more reads: the session is closing or the agent shut down. */
@@ -125,7 +137,8 @@ export class SyncEngine {
       }
       for (const sync of this.volumes.values()) {
         if (this.inflight >= max) break;
-        if (sync.replica.failover || sync.awaitingReport) continue; // the agent's report comes first: no wasted reads
+        // the agent's report comes first: no wasted reads; a held volume is read only once resumed
+        if (sync.replica.failover || sync.replica.hold !== null || sync.awaitingReport) continue;
         if (sync.retryAt > now) {
           this.retryLater(sync.retryAt - now);
           continue;
@@ -215,7 +228,7 @@ export class SyncEngine {
     this.meter.add(m.data.length, now);
     this.cfg.resyncRate?.spend(m.data.length, now);
     try {
-      await this.answer(read, m);
+      if (sync.replica.hold !== 'removed') await this.answer(read, m);
     } finally {
       // Its regions stay in flight until the answer is written: a pump meanwhile (checkpoint
       // timer, verify) must not issue a second read of them.
@@ -292,6 +305,7 @@ export class SyncEngine {
   /** The agent's dirty extents on reconnect: resync them (or, failed over, record them). */
   async onDirtyReport(m: DirtyReport): Promise<void> {
     const sync = this.volume(m.volumeId, 'DIRTY_REPORT');
+    if (sync.replica.hold === 'removed') return this.link.send([encodeDirtyReportAck(m.volumeId, m.reportId)]);
     const bm = sync.bitmap,
       failover = sync.replica.failover;
     let bytes = 0;

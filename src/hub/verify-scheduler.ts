@@ -56,6 +56,10 @@ export class VerifyScheduler {
       throw new VerifyRefused(`no volume matches${req.vm ? ` VM ${req.vm}` : ''}${req.volume ? ` ${req.volume}` : ''}`);
     }
     for (const r of matching) {
+      if (r.hold === 'paused') {
+        out.skipped.push({ name: r.name, reason: 'paused: its recovery volume is behind by design' });
+        continue;
+      }
       const at = this.targets.attached(r);
       if (!at || !r.record || !r.bitmap) {
         out.skipped.push({ name: r.name, reason: 'not attached to an agent' });

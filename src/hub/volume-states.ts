@@ -10,6 +10,8 @@ export const VOLUME_STATES = {
   stopped: 'the agent shut down cleanly: nothing differs that the hub does not know of',
   error: 'the recovery volume failed a write or flush: its regions stay dirty, other volumes go on',
   'failed-over': 'promoted by failover: the recovery volume is the one in use, replication is stopped',
+  paused:
+    'paused by the operator (rephub volume pause): writes are not applied, their regions are marked dirty; resume resyncs them',
 } as const;
 
 export type ReplicaState = keyof typeof VOLUME_STATES;

@@ -150,7 +150,7 @@ export class VolumeSync {
   /** Move the replica between syncing and protecting (and out of error) as the volume converges. */
   settle(): void {
     const rep = this.replica;
-    if (rep.failover) return;
+    if (rep.failover || rep.hold === 'removed') return;
     if (rep.state === 'error' && this.retryAt <= Date.now() && rep.lastWriteOk) rep.retryAfterError();
     const st = rep.state;
     if (this.converged && rep.checksumResync) rep.endChecksumResync();

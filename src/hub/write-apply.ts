@@ -41,6 +41,7 @@ export class WriteApplier {
       if (!back) return this.commit.applied(null);
       back.protectedWrite(first, last);
     }
+    if (rep.hold !== null) return this.held(sync, first, last);
     sync.touch(first, last);
     let target: Replica | null = null;
     if (m.ioStatus === IO_OK && rep.alarm.due(m.data.length)) await scoreWrite(rep, m.data, start);
@@ -72,7 +73,7 @@ export class WriteApplier {
       end = start + m.sizeSectors * SECTOR;
     const rep = sync.replica,
       t = rep.target;
-    if (rep.failover || m.ioStatus !== IO_OK || !t) return false;
+    if (rep.failover || rep.hold !== null || m.ioStatus !== IO_OK || !t) return false;
     if (rep.alarm.due(m.data.length)) {
       const old = rep.alarmReader.read(start, Math.min(m.data.length, rep.alarm.sampleBytes));
       if (!old) return false; // scored on the queue's path, which reads asynchronously
@@ -91,6 +92,22 @@ export class WriteApplier {
     this.commit.applied(rep);
     sync.settle();
     return true;
+  }
+
+  /**
+   * A write to a held volume is not applied. Paused: its regions turn dirty, durably before the
+   * write is acked (the agent then forgets it), so a resume, even after a hub restart, reads them.
+   * Removed (writes sent before the agent heard STOP_PROTECT): dropped, acked.
+   */
+  private async held(sync: VolumeSync, first: number, last: number): Promise<void> {
+    const rep = sync.replica;
+    if (rep.hold === 'paused') {
+      sync.touch(first, last); // a read in flight over them is stale now
+      let clean = false;
+      for (let r = first; r <= last && !clean; r++) clean = !sync.bitmap.get(r);
+      if (clean) await rep.markDirty(first, last); // an LMDB commit only for newly dirty regions
+    }
+    this.commit.applied(null);
   }
 
   private written(sync: VolumeSync, bytes: number, start: number, end: number, first: number, last: number): void {
