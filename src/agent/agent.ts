@@ -131,17 +131,23 @@ export class ReplicationAgent {
     };
   }
 
-  /** Clean stop: wait (bounded) for outstanding acks, send AGENT_SHUTDOWN, close. */
-  async stop(timeoutMs = 5000): Promise<void> {
+  /**
+   * Clean stop: wait (bounded) for outstanding acks, send AGENT_SHUTDOWN, close. Resolves false
+   * when the drain timed out with the hub connected and writes still unacked (the dirty log keeps
+   * them: the next run hands them over), true otherwise.
+   */
+  async stop(timeoutMs = 5000): Promise<boolean> {
     this.connection.stopDialing();
     clearInterval(this.syncTimer);
     const until = Date.now() + timeoutMs;
     while (this.connection.ready && !this.core.settled && Date.now() < until) {
       await new Promise((r) => setTimeout(r, STOP_POLL_MS));
     }
+    const drained = !this.connection.ready || this.core.settled;
     await this.connection.close(() => this.core.sayGoodbye());
     this.core.stop();
     this.syncLogs(true);
+    return drained;
   }
 
   /**

@@ -18,10 +18,15 @@ import { enabled as tlsEnabled, clientOptions } from '../security';
 import { fmt, table } from './format';
 import { parseListenAddr, ListenAddr } from './listen-addr';
 import { ParentWatch, parseParentFd } from './parent-watch';
+import { agentConfigCheck, checkAgentOptions, defaultStateDir, loadAgentConfig, reloadAgentConfig } from './agent-settings';
+import { EXIT_CODES_HELP, EXIT_OK, EXIT_RUNTIME, EXIT_START, EXIT_USAGE, ExitError } from './exit-codes';
+import { exitWith, usageErrorsExit2 } from './exit-codes';
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
 interface RunOptions {
+  config?: string;
+  check?: boolean;
   logPretty?: boolean;
   logLevel?: string;
   hub: string;
@@ -116,7 +121,26 @@ function notifyReady(fd: number): void {
   fs.closeSync(fd);
 }
 
-async function main(o: RunOptions) {
+/** Settings checked (exit 2 with one line per problem), then the daemon; `--check` stops after the checks. */
+async function run(cmd: Command): Promise<void> {
+  if (cmd.opts().check) {
+    process.exitCode = agentConfigCheck(cmd);
+    return;
+  }
+  const { cfg, problems } = loadAgentConfig(cmd);
+  if (problems.ok) checkAgentOptions(cmd, cfg, problems, true);
+  if (!problems.ok) throw new ExitError(problems.lines.join('\n'), EXIT_USAGE);
+  await main(cmd.opts() as RunOptions, cmd, cfg?.file);
+}
+
+/** Listening on `flag`'s address, or exit 3 naming it. */
+function listening<T>(flag: string, at: string, p: Promise<T>): Promise<T> {
+  return p.catch((e) => {
+    throw new ExitError(`${flag} ${at}: ${(e as Error).message}`, EXIT_START);
+  });
+}
+
+async function main(o: RunOptions, cmd: Command, config: string | undefined) {
   if (o.logPretty) process.env.LOG_PRETTY = '1';
   const log = makeLogger('rephub-agent', o.logLevel);
   warnIfNoNative(log);
@@ -146,10 +170,10 @@ async function main(o: RunOptions) {
   const exports = new ExportRegistry();
   for (const v of volumes) exports.add(new MirroredExport(v.name, v.target, agent));
   const nbd = new NbdServer(exports, log, undefined, agent.writePool);
-  const web = await serveStatus(o.http, () => ({ ...agent.status(), nbd: nbd.stats }));
-  const uris = await listenNbd(nbd, nbdAddr, exports.names());
+  const web = await listening('--http', o.http, serveStatus(o.http, () => ({ ...agent.status(), nbd: nbd.stats })));
+  const uris = await listening('--nbd', o.nbd, listenNbd(nbd, nbdAddr, exports.names()));
   agent.start();
-  log.info({ nbd: uris, hub: o.hub, vm }, 'rephub-agent serving');
+  log.info({ nbd: uris, hub: o.hub, vm, state: path.resolve(o.state), config }, 'rephub-agent serving');
   if (readyFd !== undefined) notifyReady(readyFd);
   let stopping = false;
   let watch: ParentWatch | undefined;
@@ -160,15 +184,36 @@ async function main(o: RunOptions) {
     log.info({ signal: why }, 'stopping: draining mirror, sending AGENT_SHUTDOWN');
     await nbd.close();
     web?.close();
-    await agent.stop();
+    const drained = await agent.stop(DRAIN_MS);
+    if (!drained)
+      log.error(
+        { timeoutMs: DRAIN_MS, pendingWrites: agent.status().pendingWrites },
+        'stop: the drain timed out with writes the hub has not acked; the dirty log keeps them for the next run',
+      );
+    let failed = drained ? 0 : 1;
     for (const v of volumes) {
-      v.log.close(() => fingerprintOf(v.image)); // the image is synced: its fingerprint is exact now
-      await v.target.close();
+      try {
+        v.log.close(() => fingerprintOf(v.image)); // the image is synced: its fingerprint is exact now
+        await v.target.close();
+      } catch (e) {
+        failed++;
+        log.error({ volume: v.name, cause: (e as Error).message }, 'stop: closing the volume failed');
+      }
     }
-    process.exit(0);
+    const code = failed ? EXIT_RUNTIME : EXIT_OK;
+    (failed ? log.error.bind(log) : log.info.bind(log))({ exitCode: code }, 'rephub-agent stopped');
+    process.exit(code);
   };
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGHUP', () => {
+    log.info({ signal: 'SIGHUP', config }, 'SIGHUP: reloading the config file');
+    try {
+      reloadAgentConfig(cmd, log);
+    } catch (e) {
+      log.error({ cause: (e as Error).message }, 'config reload failed; nothing changed');
+    }
+  });
   if (parentFd !== undefined)
     watch = new ParentWatch(parentFd, {
       openConnections: () => nbd.openConnections,
@@ -177,15 +222,24 @@ async function main(o: RunOptions) {
     });
 }
 
+/** How long a stop waits for the hub to ack what was mirrored (systemd's TimeoutStopSec must exceed it). */
+const DRAIN_MS = 5000;
+
 const program = new Command('rephub-agent')
   .description(
     'rephub agent: serves protected volumes over NBD (qemu -drive file=nbd://127.0.0.1:10809/V1) and mirrors every write to the hub',
   )
   .showHelpAfterError();
+usageErrorsExit2(program);
 
-program
+const runCmd = program
   .command('run', { isDefault: true })
   .description('serve and mirror (the default command)')
+  .option(
+    '--config <file>',
+    'TOML file of these options, keys named like the flags (hub = "h1:7000", export = ["V1=/var/lib/vm/V1.img"]); flags given here win over it; SIGHUP reads it again (log-level applies; other changes are logged and need a restart)',
+  )
+  .option('--check', 'check the options and --config file (paths, key files) and exit: 0 if fine, 2 otherwise')
   .option(
     '--hub <host:port,...>',
     'hub address; several (h1:7000,h2:7000, at most 16): when the hub is gone the agent moves to the next, with backoff, and round again',
@@ -202,7 +256,11 @@ program
     'NBD listen address: TCP, or a UNIX socket (unix:/run/x/nbd.sock)',
     '127.0.0.1:10809',
   )
-  .option('--state <dir>', 'directory for the persistent dirty logs', './rephub-agent-state')
+  .option(
+    '--state <dir>',
+    'directory for the persistent dirty logs; the default is $STATE_DIRECTORY (systemd StateDirectory=) when set, else ./rephub-agent-state',
+    defaultStateDir(),
+  )
   .option(
     '--vm <name>',
     'VM name reported to the hub; a cloned host with the same name, running at the same time, is refused the volumes this one holds',
@@ -216,7 +274,7 @@ program
     'a pipe from the parent (rephub-qemu): at its EOF, serve on until NBD clients and the QEMU it named are gone, then stop as on SIGTERM',
   )
   .option('--log-pretty', 'human-readable logs instead of JSON lines')
-  .option('--log-level <level>', 'trace, debug, info, warn, error', 'info')
+  .option('--log-level <level>', 'trace, debug, info, warn, error (default: $LOG_LEVEL, else info)')
   .option('--tls-cert <file>', 'agent certificate (PEM); its CN must be the --vm name')
   .option('--tls-key <file>', 'agent private key (PEM)')
   .option('--tls-ca <file>', 'CA that signs the hub certificate (PEM)')
@@ -230,12 +288,18 @@ program
     '--no-seek-data',
     'do not trust SEEK_DATA/SEEK_HOLE to find holes (a file system with a hole-reporting bug): read everything; zero chunks are still not sent',
   )
-  .action((o) =>
-    main(o).catch((e) => {
-      process.stderr.write(`rephub-agent: ${e.message}\n`);
-      process.exit(2);
-    }),
-  );
+  .addHelpText('after', EXIT_CODES_HELP)
+  .action((_o, cmd: Command) => run(cmd).catch((e) => exitWith('rephub-agent', e, EXIT_START)));
+
+program
+  .command('config')
+  .description('config file tools')
+  .command('check <file>')
+  .description('check a --config file and what it names (images, --state, key files); one line per problem; exit 0 or 2')
+  .action((file: string) => {
+    runCmd.setOptionValueWithSource('config', file, 'cli');
+    process.exitCode = agentConfigCheck(runCmd);
+  });
 
 program
   .command('status')

@@ -70,21 +70,8 @@ export class Hub implements HubStatusSource {
   constructor(private readonly opts: HubOptions) {
     this.cfg = { ...defaultSessionConfig, ...opts.session };
     this.openTarget = opts.openTarget ?? openFileTarget;
-    for (const spec of opts.volumes) {
-      if (this.replicas.has(spec.name)) throw new Error(`volume ${spec.name} configured twice`);
-      this.replicas.set(spec.name, new Replica(spec, opts.store, opts.regionSize ?? 64 * 1024, opts.log));
-    }
-    if (opts.journal) {
-      const journals = new HubJournals(opts.journal, this.replicas, opts.log.child({ part: 'journal' }));
-      for (const r of this.replicas.values()) {
-        r.targetFilter = journals.filterFor(r);
-        r.onAlarm = (active, start) => {
-          const vm = r.owner?.vm || r.record?.vm;
-          if (active && vm) journals.lastClean(vm, r.name, start);
-        };
-      }
-      this.journals = journals;
-    }
+    if (opts.journal) this.journals = new HubJournals(opts.journal, this.replicas, opts.log.child({ part: 'journal' }));
+    for (const spec of opts.volumes) this.addReplica(spec);
     this.failover = new FailoverController({
       replicas: this.replicas,
       store: opts.store,
@@ -135,6 +122,22 @@ export class Hub implements HubStatusSource {
       for (const r of this.replicas.values()) r.sample();
     }, 1000);
     this.sampler.unref();
+  }
+
+  /** A recovery volume joins: at start, and a reload's added volume (hub/volume-set.ts). */
+  addReplica(spec: ReplicaSpec): Replica {
+    if (this.replicas.has(spec.name)) throw new Error(`volume ${spec.name} configured twice`);
+    const r = new Replica(spec, this.opts.store, this.opts.regionSize ?? 64 * 1024, this.opts.log);
+    this.replicas.set(spec.name, r);
+    const journals = this.journals;
+    if (journals) {
+      r.targetFilter = journals.filterFor(r);
+      r.onAlarm = (active, start) => {
+        const vm = r.owner?.vm || r.record?.vm;
+        if (active && vm) journals.lastClean(vm, r.name, start);
+      };
+    }
+    return r;
   }
 
   /** NBD exports of the hub: failover-test views and, after failover, the recovery volumes. */
@@ -228,21 +231,42 @@ export class Hub implements HubStatusSource {
     return this.journals?.recent(spanMs, max) ?? {};
   }
 
-  async close(): Promise<void> {
+  /**
+   * Orderly stop: listeners, sessions, each replica's checkpoint, target and clean identity, the
+   * journals, the store. Each step is logged; a failed step is logged with its cause and the stop
+   * goes on. Resolves with the number of failed steps (the daemon exits non-zero on any).
+   */
+  async close(): Promise<number> {
+    const log = this.log.child({ part: 'stop' });
+    let failed = 0;
+    const step = async (what: string, ctx: object, fn: () => unknown) => {
+      try {
+        await fn();
+      } catch (e) {
+        failed++;
+        log.error({ ...ctx, cause: (e as Error).message }, `stop: ${what} failed`);
+      }
+    };
     this.listener.stopAccepting();
     this.monitor.close();
     this.verifier.close();
     clearInterval(this.sampler);
     this.httpApi.close();
-    await this.nbd?.close();
+    await step('closing the NBD exports', {}, () => this.nbd?.close());
+    const sessions = this.sessions.size;
     this.listener.dropAll();
-    await Promise.all([...this.sessions].map((s) => this.endSession(s)));
+    await step('closing agent sessions', {}, () => Promise.all([...this.sessions].map((s) => this.endSession(s))));
+    log.info({ sessions }, 'stop: agent sessions closed');
     for (const r of this.replicas.values()) {
-      await r.checkpoint().catch(() => undefined);
-      await r.target?.close();
-      await r.saveCleanIdentity().catch(() => undefined);
+      const ctx = { volume: r.name, path: r.spec.path };
+      await step('saving the checkpoint', ctx, () => r.checkpoint());
+      await step('closing the recovery volume', ctx, () => r.target?.close());
+      await step('saving the clean identity', ctx, () => r.saveCleanIdentity());
     }
-    this.journals?.close();
-    await this.opts.store.close();
+    log.info({ volumes: this.replicas.size, failed }, 'stop: checkpoints saved, recovery volumes closed');
+    await step('closing the journals', {}, () => this.journals?.close());
+    await step('closing the state store', {}, () => this.opts.store.close());
+    log.info({ failed }, 'stop: state store closed');
+    return failed;
   }
 }
