@@ -80,7 +80,7 @@ export function checkAgentOptions(cmd: Command, cfg: ConfigFile | undefined, p: 
 /** `rephub-agent config check FILE` or `--config FILE --check`: problems on stdout; 0 when none, else 2. */
 export function agentConfigCheck(cmd: Command): number {
   const { cfg, problems } = loadAgentConfig(cmd);
-  if (problems.ok) checkAgentOptions(cmd, cfg, problems, false);
+  if (cfg || !cmd.opts().config) checkAgentOptions(cmd, cfg, problems, false);
   for (const line of problems.lines) process.stdout.write(line + '\n');
   if (problems.ok) process.stdout.write(`${cfg?.file ?? 'options'}: OK\n`);
   return problems.ok ? 0 : 2;

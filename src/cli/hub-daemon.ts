@@ -62,6 +62,7 @@ export async function serveHub(cmd: Command): Promise<void> {
   if (cmd.opts().logPretty) process.env.LOG_PRETTY = '1';
   const log = makeLogger('rephub', logLevel);
   warnIfNoNative(log);
+  log.debug({ settings: { ...s, adminTokenFile: s.adminTokenFile }, config: cfg?.file }, 'settings resolved');
   if (!tlsOn(s)) log.warn({ listen: `${s.listen.host}:${s.listen.port}` }, PLAINTEXT);
   const { locks, volumeLocks, adminToken } = atStart(() => claimHubState(s, log));
   const store = atStart(() => new LmdbStateStore(s.dataDir));

@@ -128,7 +128,7 @@ async function run(cmd: Command): Promise<void> {
     return;
   }
   const { cfg, problems } = loadAgentConfig(cmd);
-  if (problems.ok) checkAgentOptions(cmd, cfg, problems, true);
+  if (cfg || !cmd.opts().config) checkAgentOptions(cmd, cfg, problems, true);
   if (!problems.ok) throw new ExitError(problems.lines.join('\n'), EXIT_USAGE);
   await main(cmd.opts() as RunOptions, cmd, cfg?.file);
 }
