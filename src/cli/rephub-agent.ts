@@ -184,10 +184,10 @@ async function main(o: RunOptions, cmd: Command, config: string | undefined) {
     log.info({ signal: why }, 'stopping: draining mirror, sending AGENT_SHUTDOWN');
     await nbd.close();
     web?.close();
-    const drained = await agent.stop(DRAIN_MS);
+    const { drained, pendingWrites } = await agent.stop(DRAIN_MS);
     if (!drained)
       log.error(
-        { timeoutMs: DRAIN_MS, pendingWrites: agent.status().pendingWrites },
+        { timeoutMs: DRAIN_MS, pendingWrites },
         'stop: the drain timed out with writes the hub has not acked; the dirty log keeps them for the next run',
       );
     let failed = drained ? 0 : 1;
