@@ -119,10 +119,15 @@ describe('daemon signals: SIGHUP reload, SIGTERM steps (real processes)', functi
   it('SIGTERM on the hub logs each step and a last line with exit code 0', async () => {
     await startAgent();
     await hub.converged('V1', img('V1'), rep('V1'));
-    let code = exitOf(hub.proc!);
+    const code = exitOf(hub.proc!);
     hub.proc!.kill('SIGTERM');
     assert.equal(await code, 0);
-    for (const step of ['shutting down', 'stop: agent sessions closed', 'stop: state store closed', 'stop: locks released'])
+    for (const step of [
+      'shutting down',
+      'stop: agent sessions closed',
+      'stop: state store closed',
+      'stop: locks released',
+    ])
       assert.match(hub.stderr, new RegExp(`"msg":"${step}"`));
     assert.match(hub.stderr, /"exitCode":0,"failed":0,"msg":"rephub stopped"\}\n$/);
   });

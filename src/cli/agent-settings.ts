@@ -63,7 +63,8 @@ export function checkAgentOptions(cmd: Command, cfg: ConfigFile | undefined, p: 
   p.run(() => parseRegionSize(o.regionSize, label('regionSize')));
   p.run(() => parseSize(o.maxQueue, label('maxQueue')));
   const exports = o.export as string[];
-  if (exports.length === 0) p.add(`${label('export')}: give at least one NAME=PATH (e.g. --export V1=/var/lib/vm/V1.img)`);
+  if (exports.length === 0)
+    p.add(`${label('export')}: give at least one NAME=PATH (e.g. --export V1=/var/lib/vm/V1.img)`);
   const names = new Set<string>();
   for (const spec of exports) {
     const v = p.run(() => checkExport(spec, label('export')));
@@ -72,7 +73,12 @@ export function checkAgentOptions(cmd: Command, cfg: ConfigFile | undefined, p: 
   }
   p.run(() => checkStateDir(o.state, label('state'), create));
   const files = { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa, pskFile: o.pskFile };
-  const tlsLabels = { tlsCert: label('tlsCert'), tlsKey: label('tlsKey'), tlsCa: label('tlsCa'), pskFile: label('pskFile') };
+  const tlsLabels = {
+    tlsCert: label('tlsCert'),
+    tlsKey: label('tlsKey'),
+    tlsCa: label('tlsCa'),
+    pskFile: label('pskFile'),
+  };
   checkTlsFiles(files, tlsLabels, p);
   if (p.ok && vm && hubs && tlsEnabled(files)) p.run(() => clientOptions(files, vm, hubs[0].host));
 }

@@ -87,7 +87,12 @@ export function resolveHubSettings(
   const volumes = checkVolumes(o.vol, label('vol'), p);
   const dataDir = p.run(() => checkStateDir(o.data, label('data'), create));
   const tls = { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa, pskFile: o.pskFile };
-  const tlsLabels = { tlsCert: label('tlsCert'), tlsKey: label('tlsKey'), tlsCa: label('tlsCa'), pskFile: label('pskFile') };
+  const tlsLabels = {
+    tlsCert: label('tlsCert'),
+    tlsKey: label('tlsKey'),
+    tlsCa: label('tlsCa'),
+    pskFile: label('pskFile'),
+  };
   checkTlsFiles(tls, tlsLabels, p);
   if (p.ok && tlsEnabled(tls)) p.run(() => serverOptions(tls)); // combinations: cert+key+ca, or psk alone
   if (o.nbdTls && (!o.tlsCert || !o.tlsKey))
@@ -130,13 +135,15 @@ export function checkVolumes(specs: string[], label: string, p: Problems): VolSp
   }
   const out: VolSpec[] = [];
   for (const s of specs) {
-    const named = <T>(fn: () => T) => () => {
-      try {
-        return fn();
-      } catch (e) {
-        throw new Error(`${label} ${s}: ${(e as Error).message}`, { cause: e });
-      }
-    };
+    const named =
+      <T>(fn: () => T) =>
+      () => {
+        try {
+          return fn();
+        } catch (e) {
+          throw new Error(`${label} ${s}: ${(e as Error).message}`, { cause: e });
+        }
+      };
     const v = p.run(named(() => parseVolSpec(s)));
     if (!v) continue;
     if (out.some((x) => x.name === v.name)) p.add(`${label} ${s}: volume ${v.name} is named twice`);

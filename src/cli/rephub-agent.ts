@@ -18,9 +18,9 @@ import { enabled as tlsEnabled, clientOptions } from '../security';
 import { fmt, table } from './format';
 import { parseListenAddr, ListenAddr } from './listen-addr';
 import { ParentWatch, parseParentFd } from './parent-watch';
-import { agentConfigCheck, checkAgentOptions, defaultStateDir, loadAgentConfig, reloadAgentConfig } from './agent-settings';
-import { EXIT_CODES_HELP, EXIT_OK, EXIT_RUNTIME, EXIT_START, EXIT_USAGE, ExitError } from './exit-codes';
-import { exitWith, usageErrorsExit2 } from './exit-codes';
+import { agentConfigCheck, checkAgentOptions, defaultStateDir, loadAgentConfig } from './agent-settings';
+import { EXIT_CODES_HELP, EXIT_START, EXIT_USAGE, ExitError, exitWith, usageErrorsExit2 } from './exit-codes';
+import { agentSignals } from './agent-stop';
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
@@ -170,50 +170,17 @@ async function main(o: RunOptions, cmd: Command, config: string | undefined) {
   const exports = new ExportRegistry();
   for (const v of volumes) exports.add(new MirroredExport(v.name, v.target, agent));
   const nbd = new NbdServer(exports, log, undefined, agent.writePool);
-  const web = await listening('--http', o.http, serveStatus(o.http, () => ({ ...agent.status(), nbd: nbd.stats })));
+  const web = await listening(
+    '--http',
+    o.http,
+    serveStatus(o.http, () => ({ ...agent.status(), nbd: nbd.stats })),
+  );
   const uris = await listening('--nbd', o.nbd, listenNbd(nbd, nbdAddr, exports.names()));
   agent.start();
   log.info({ nbd: uris, hub: o.hub, vm, state: path.resolve(o.state), config }, 'rephub-agent serving');
   if (readyFd !== undefined) notifyReady(readyFd);
-  let stopping = false;
   let watch: ParentWatch | undefined;
-  const stop = async (why: string) => {
-    if (stopping) return;
-    stopping = true;
-    watch?.close();
-    log.info({ signal: why }, 'stopping: draining mirror, sending AGENT_SHUTDOWN');
-    await nbd.close();
-    web?.close();
-    const { drained, pendingWrites } = await agent.stop(DRAIN_MS);
-    if (!drained)
-      log.error(
-        { timeoutMs: DRAIN_MS, pendingWrites },
-        'stop: the drain timed out with writes the hub has not acked; the dirty log keeps them for the next run',
-      );
-    let failed = drained ? 0 : 1;
-    for (const v of volumes) {
-      try {
-        v.log.close(() => fingerprintOf(v.image)); // the image is synced: its fingerprint is exact now
-        await v.target.close();
-      } catch (e) {
-        failed++;
-        log.error({ volume: v.name, cause: (e as Error).message }, 'stop: closing the volume failed');
-      }
-    }
-    const code = failed ? EXIT_RUNTIME : EXIT_OK;
-    (failed ? log.error.bind(log) : log.info.bind(log))({ exitCode: code }, 'rephub-agent stopped');
-    process.exit(code);
-  };
-  process.on('SIGINT', () => void stop('SIGINT'));
-  process.on('SIGTERM', () => void stop('SIGTERM'));
-  process.on('SIGHUP', () => {
-    log.info({ signal: 'SIGHUP', config }, 'SIGHUP: reloading the config file');
-    try {
-      reloadAgentConfig(cmd, log);
-    } catch (e) {
-      log.error({ cause: (e as Error).message }, 'config reload failed; nothing changed');
-    }
-  });
+  const stop = agentSignals({ nbd, web, agent, volumes, log, cmd, config, closing: () => watch?.close() });
   if (parentFd !== undefined)
     watch = new ParentWatch(parentFd, {
       openConnections: () => nbd.openConnections,
@@ -221,9 +188,6 @@ async function main(o: RunOptions, cmd: Command, config: string | undefined) {
       log,
     });
 }
-
-/** How long a stop waits for the hub to ack what was mirrored (systemd's TimeoutStopSec must exceed it). */
-const DRAIN_MS = 5000;
 
 const program = new Command('rephub-agent')
   .description(
@@ -295,7 +259,9 @@ program
   .command('config')
   .description('config file tools')
   .command('check <file>')
-  .description('check a --config file and what it names (images, --state, key files); one line per problem; exit 0 or 2')
+  .description(
+    'check a --config file and what it names (images, --state, key files); one line per problem; exit 0 or 2',
+  )
   .action((file: string) => {
     runCmd.setOptionValueWithSource('config', file, 'cli');
     process.exitCode = agentConfigCheck(runCmd);

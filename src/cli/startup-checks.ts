@@ -47,8 +47,7 @@ export function checkVolumePath(file: string, label: string): void {
   const st = fs.statSync(abs, { throwIfNoEntry: false });
   if (st) {
     if (st.isDirectory()) throw new Error(`${label}: ${abs} is a directory, not a file or block device`);
-    if (!st.isFile() && !st.isBlockDevice())
-      throw new Error(`${label}: ${abs} is not a regular file or block device`);
+    if (!st.isFile() && !st.isBlockDevice()) throw new Error(`${label}: ${abs} is not a regular file or block device`);
     try {
       // open, not access(): root passes access(W_OK) on a read-only mount or an immutable file
       fs.closeSync(fs.openSync(abs, fs.constants.O_RDWR));
