@@ -256,6 +256,22 @@ describe('config file and start-up checks (real processes)', function () {
     assert.match(r.out, new RegExp(`^hub in ${agood}: expected HOST:PORT`, 'm'));
   });
 
+  it('without --data the hub keeps its state in $STATE_DIRECTORY (systemd) and logs the absolute path', async () => {
+    const state = path.join(dir, 'state');
+    fs.mkdirSync(state);
+    const hub = new HubProcess(['--vol', `V1=${path.join(dir, 'V1R')}`]);
+    process.env.STATE_DIRECTORY = state;
+    try {
+      await hub.start();
+    } finally {
+      delete process.env.STATE_DIRECTORY;
+    }
+    await hub.stop();
+    assert.ok(fs.existsSync(path.join(state, 'rephub.lock')), 'the lock is under $STATE_DIRECTORY');
+    assert.ok(fs.existsSync(path.join(state, 'admin-token')));
+    assert.match(hub.stderr, new RegExp(`"data":"${state}".*"msg":"rephub listening"`));
+  });
+
   it('--log-level wins over LOG_LEVEL, LOG_LEVEL over the default', async () => {
     const vol = ['--vol', `V1=${path.join(dir, 'V1R')}`, '--data', path.join(dir, 'hub')];
     const started = async (env: NodeJS.ProcessEnv, extra: string[]) => {
