@@ -164,6 +164,33 @@ describe('config file and start-up checks (real processes)', function () {
     assert.equal(await listening(nbd), false);
   });
 
+  it('an address in use: the hub and the agent exit 3 naming the flag and the address', async () => {
+    const busy = net.createServer().listen(ports.listen, '127.0.0.1');
+    await new Promise((r) => busy.once('listening', r));
+    try {
+      const r = await run([CLI, ...addr(), '--vol', `V1=${path.join(dir, 'V1R')}`, '--data', path.join(dir, 'hub')]);
+      assert.equal(r.status, 3, r.err);
+      assert.match(r.err, new RegExp(`^rephub: --listen 127.0.0.1:${ports.listen}: .*EADDRINUSE`, 'm'));
+      const img = path.join(dir, 'A.img');
+      makeImage(img, MiB, 0);
+      const a = await run([
+        AGENT_CLI,
+        '--nbd',
+        `127.0.0.1:${ports.listen}`,
+        '--http',
+        'off',
+        '--export',
+        `V1=${img}`,
+        '--state',
+        path.join(dir, 'ast'),
+      ]);
+      assert.equal(a.status, 3, a.err);
+      assert.match(a.err, new RegExp(`^rephub-agent: --nbd 127.0.0.1:${ports.listen}: .*EADDRINUSE`, 'm'));
+    } finally {
+      busy.close();
+    }
+  });
+
   it('a TOML config drives a hub and an agent to protecting; flags win over the file', async () => {
     const img = path.join(dir, 'V1.img');
     const rep = path.join(dir, 'V1R');
