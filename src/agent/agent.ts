@@ -138,17 +138,24 @@ export class ReplicationAgent {
     };
   }
 
-  /** Clean stop: wait (bounded) for outstanding acks, send AGENT_SHUTDOWN, close. */
-  async stop(timeoutMs = 5000): Promise<void> {
+  /**
+   * Clean stop: wait (bounded) for outstanding acks, send AGENT_SHUTDOWN, close. `drained` is
+   * false when the drain timed out with the hub connected and `pendingWrites` still unacked (the
+   * dirty log keeps them: the next run hands them over).
+   */
+  async stop(timeoutMs = 5000): Promise<{ drained: boolean; pendingWrites: number }> {
     this.connection.stopDialing();
     clearInterval(this.syncTimer);
     const until = Date.now() + timeoutMs;
     while (this.connection.ready && !this.core.settled && Date.now() < until) {
       await new Promise((r) => setTimeout(r, STOP_POLL_MS));
     }
+    const drained = !this.connection.ready || this.core.settled;
+    const pendingWrites = this.core.status().pendingWrites;
     await this.connection.close(() => this.core.sayGoodbye());
     this.core.stop();
     this.syncLogs(true);
+    return { drained, pendingWrites };
   }
 
   /**

@@ -59,6 +59,14 @@ export function parseSize(v: string, opt: string): number {
   return Number(m[1]) * mul;
 }
 
+/** A dirty-bitmap region size: a power of two, 4K..1M. */
+export function parseRegionSize(v: string, opt: string): number {
+  const n = parseSize(v, opt);
+  if (n < 4096 || n > 1 << 20 || (n & (n - 1)) !== 0)
+    throw new Error(`${opt} ${v}: a power of two from 4K to 1M (4096..1048576 bytes)`);
+  return n;
+}
+
 /** Replace {V1} style placeholders with the export URIs; unknown placeholders are an error. */
 export function fillLaunch(cmd: string, uris: Record<string, string>): string {
   return cmd.replace(/\{([A-Za-z0-9._-]+)\}/g, (_, n) => {

@@ -41,7 +41,7 @@ export function agentBandwidth(o: AgentBandwidthFlags): PacerOptions | undefined
 }
 
 /** The hub's --max-resync-rate, one limit for all its sessions; undefined for none. */
-export function hubResyncLimit(v: string): ResyncRateLimit | undefined {
-  const rate = parseRate(v, '--max-resync-rate');
+export function hubResyncLimit(v: string, flag = '--max-resync-rate'): ResyncRateLimit | undefined {
+  const rate = parseRate(v, flag);
   return rate ? new ResyncRateLimit(rate) : undefined;
 }

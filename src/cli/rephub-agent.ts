@@ -1,7 +1,6 @@
 #!/usr/bin/env node
 // rephub-agent: serves the VM's disk images over NBD and mirrors every write to the hub.
 import { Command } from 'commander';
-import { quietOnEpipe } from './stdout-epipe';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -14,13 +13,17 @@ import { MirroredExport } from './agent-export';
 import { FileVolume } from '../../storage/volume';
 import { makeLogger, Logger } from '../log';
 import { parseHubList, checkName, checkPath, parseSize, warnIfNoNative } from './args';
-import { AgentBandwidthFlags, agentBandwidth } from './bandwidth-flags';
 import { enabled as tlsEnabled, clientOptions } from '../security';
-import { parseListenAddr, ListenAddr } from './listen-addr';
+import { AgentBandwidthFlags, agentBandwidth } from './bandwidth-flags';
 import { serveAgentHttp } from './agent-http';
 import { renderAgentStatus } from './agent-status';
-import { ParentWatch, parseParentFd } from './parent-watch';
+import { quietOnEpipe } from './stdout-epipe';
 import { VERSION } from './version';
+import { parseListenAddr, ListenAddr } from './listen-addr';
+import { ParentWatch, parseParentFd } from './parent-watch';
+import { agentConfigCheck, checkAgentOptions, defaultStateDir, loadAgentConfig } from './agent-settings';
+import { EXIT_CODES_HELP, EXIT_START, EXIT_USAGE, ExitError, exitWith, usageErrorsExit2 } from './exit-codes';
+import { agentSignals } from './agent-stop';
 
 // An extent of the activity log goes cold only after this long without writes: a guest writing it
 // again soon would pay a log write and an fdatasync on its write path (issue 17: half the writes
@@ -29,7 +32,9 @@ const COOL_IDLE_MS = 2000;
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
-type RunOptions = {
+type RunOptions = AgentBandwidthFlags & {
+  config?: string;
+  check?: boolean;
   logPretty?: boolean;
   logLevel?: string;
   hub: string;
@@ -48,7 +53,7 @@ type RunOptions = {
   seekData?: boolean;
   readyFd?: string;
   parentFd?: string;
-} & AgentBandwidthFlags;
+};
 
 /** Each --export NAME=PATH opened, with its dirty log in the state directory. */
 function openVolumes(o: RunOptions, vm: string, log: Logger): (AgentVolumeSpec & { image: string })[] {
@@ -105,7 +110,26 @@ function notifyReady(fd: number): void {
   fs.closeSync(fd);
 }
 
-async function main(o: RunOptions) {
+/** Settings checked (exit 2 with one line per problem), then the daemon; `--check` stops after the checks. */
+async function run(cmd: Command): Promise<void> {
+  if (cmd.opts().check) {
+    process.exitCode = agentConfigCheck(cmd);
+    return;
+  }
+  const { cfg, problems } = loadAgentConfig(cmd);
+  if (cfg || !cmd.opts().config) checkAgentOptions(cmd, cfg, problems, true);
+  if (!problems.ok) throw new ExitError(problems.lines.join('\n'), EXIT_USAGE);
+  await main(cmd.opts() as RunOptions, cmd, cfg?.file);
+}
+
+/** Listening on `flag`'s address, or exit 3 naming it. */
+function listening<T>(flag: string, at: string, p: Promise<T>): Promise<T> {
+  return p.catch((e) => {
+    throw new ExitError(`${flag} ${at}: ${(e as Error).message}`, EXIT_START);
+  });
+}
+
+async function main(o: RunOptions, cmd: Command, config: string | undefined) {
   if (o.logPretty) process.env.LOG_PRETTY = '1';
   const log = makeLogger('rephub-agent', o.logLevel);
   warnIfNoNative(log);
@@ -137,29 +161,17 @@ async function main(o: RunOptions) {
   const exports = new ExportRegistry();
   for (const v of volumes) exports.add(new MirroredExport(v.name, v.target, agent));
   const nbd = new NbdServer(exports, log, undefined, agent.writePool);
-  const web = await serveAgentHttp(o.http, () => ({ ...agent.status(), nbd: nbd.stats }));
-  const uris = await listenNbd(nbd, nbdAddr, exports.names());
+  const web = await listening(
+    '--http',
+    o.http,
+    serveAgentHttp(o.http, () => ({ ...agent.status(), nbd: nbd.stats })),
+  );
+  const uris = await listening('--nbd', o.nbd, listenNbd(nbd, nbdAddr, exports.names()));
   agent.start();
-  log.info({ nbd: uris, hub: o.hub, vm }, 'rephub-agent serving');
+  log.info({ nbd: uris, hub: o.hub, vm, state: path.resolve(o.state), config }, 'rephub-agent serving');
   if (readyFd !== undefined) notifyReady(readyFd);
-  let stopping = false;
   let watch: ParentWatch | undefined;
-  const stop = async (why: string) => {
-    if (stopping) return;
-    stopping = true;
-    watch?.close();
-    log.info({ signal: why }, 'stopping: draining mirror, sending AGENT_SHUTDOWN');
-    await nbd.close();
-    web?.close();
-    await agent.stop();
-    for (const v of volumes) {
-      v.log.close(() => fingerprintOf(v.image)); // the image is synced: its fingerprint is exact now
-      await v.target.close();
-    }
-    process.exit(0);
-  };
-  process.on('SIGINT', () => void stop('SIGINT'));
-  process.on('SIGTERM', () => void stop('SIGTERM'));
+  const stop = agentSignals({ nbd, web, agent, volumes, log, cmd, config, closing: () => watch?.close() });
   if (parentFd !== undefined)
     watch = new ParentWatch(parentFd, {
       openConnections: () => nbd.openConnections,
@@ -175,10 +187,16 @@ const program = new Command('rephub-agent')
   )
   .version(VERSION)
   .showHelpAfterError();
+usageErrorsExit2(program);
 
-program
+const runCmd = program
   .command('run', { isDefault: true })
   .description('serve and mirror (the default command)')
+  .option(
+    '--config <file>',
+    'TOML file of these options, keys named like the flags (hub = "h1:7000", export = ["V1=/var/lib/vm/V1.img"]); flags given here win over it; SIGHUP reads it again (log-level applies; other changes are logged and need a restart)',
+  )
+  .option('--check', 'check the options and --config file (paths, key files) and exit: 0 if fine, 2 otherwise')
   .option(
     '--hub <host:port,...>',
     'hub address; several (h1:7000,h2:7000, at most 16): when the hub is gone the agent moves to the next, with backoff, and round again',
@@ -195,7 +213,11 @@ program
     'NBD listen address: TCP, or a UNIX socket (unix:/run/x/nbd.sock)',
     '127.0.0.1:10809',
   )
-  .option('--state <dir>', 'directory for the persistent dirty logs', './rephub-agent-state')
+  .option(
+    '--state <dir>',
+    'directory for the persistent dirty logs; the default is $STATE_DIRECTORY (systemd StateDirectory=) when set, else ./rephub-agent-state',
+    defaultStateDir(),
+  )
   .option(
     '--vm <name>',
     'VM name reported to the hub; a cloned host with the same name, running at the same time, is refused the volumes this one holds',
@@ -209,7 +231,7 @@ program
     'a pipe from the parent (rephub-qemu): at its EOF, serve on until NBD clients and the QEMU it named are gone, then stop as on SIGTERM',
   )
   .option('--log-pretty', 'human-readable logs instead of JSON lines')
-  .option('--log-level <level>', 'trace, debug, info, warn, error', 'info')
+  .option('--log-level <level>', 'trace, debug, info, warn, error (default: $LOG_LEVEL, else info)')
   .option('--tls-cert <file>', 'agent certificate (PEM); its CN must be the --vm name')
   .option('--tls-key <file>', 'agent private key (PEM)')
   .option('--tls-ca <file>', 'CA that signs the hub certificate (PEM)')
@@ -226,12 +248,20 @@ program
     '--no-seek-data',
     'do not trust SEEK_DATA/SEEK_HOLE to find holes (a file system with a hole-reporting bug): read everything; zero chunks are still not sent',
   )
-  .action((o) =>
-    main(o).catch((e) => {
-      process.stderr.write(`rephub-agent: ${e.message}\n`);
-      process.exit(2);
-    }),
-  );
+  .addHelpText('after', EXIT_CODES_HELP)
+  .action((_o, cmd: Command) => run(cmd).catch((e) => exitWith('rephub-agent', e, EXIT_START)));
+
+program
+  .command('config')
+  .description('config file tools')
+  .command('check <file>')
+  .description(
+    'check a --config file and what it names (images, --state, key files); one line per problem; exit 0 or 2',
+  )
+  .action((file: string) => {
+    runCmd.setOptionValueWithSource('config', file, 'cli');
+    process.exitCode = agentConfigCheck(runCmd);
+  });
 
 program
   .command('status')

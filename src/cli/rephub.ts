@@ -1,184 +1,40 @@
 #!/usr/bin/env node
 // rephub: the replication hub (default command) and its operator subcommands.
 import { Command, InvalidArgumentError, Option } from 'commander';
+import * as http from 'node:http';
+import { makeLogger } from '../log';
+import { fillLaunch } from './args';
 import { quietOnEpipe } from './stdout-epipe';
 import { VERSION } from './version';
 import { addEventsCommand } from './events-command';
 import { addStatusCommand } from './status-command';
-import * as path from 'node:path';
-import * as http from 'node:http';
-import { Hub } from '../hub/hub';
-import { openFileTarget, openDirectTarget } from '../hub/replica';
-import { isRbdPath, withRbd } from '../hub/rbd-target';
-import { parseRbdSpec } from '../../storage/rbd-volume';
-import { rbdUnavailable } from '../../native/rbd';
-import { LmdbStateStore } from '../../storage/state';
-import { makeLogger } from '../log';
-import { parseHostPort, parseVolSpec, parseSize, parseMillis, fillLaunch, warnIfNoNative, parseDuration } from './args';
-import { hubResyncLimit } from './bandwidth-flags';
-import { verifyCommand } from './verify-command';
 import { addVolumeCommands } from './volume-command';
-import { enabled as tlsEnabled, serverOptions } from '../security';
-import { FileLock, LockHeldError, lockHubState } from '../../storage/lock';
-import { TOKEN_FILE_ENV, cliTokenFile, hubToken, readTokenFile, readableByOthers } from './admin-token';
-import type { Logger } from '../log';
-import { JournalFlags, addJournalCommands, journalConfig, journalServeOptions } from './journal-command';
-
-/** Exit codes of `rephub serve`: documented in --help. */
-const EXIT_START_FAILED = 2;
-const EXIT_LOCKED = 3;
-
-type VerifyFlags = { verifyRate: string; verifyEvery: string; maxResyncRate: string };
+import { verifyCommand } from './verify-command';
+import { LockHeldError } from '../../storage/lock';
+import { TOKEN_FILE_ENV, cliTokenFile, readTokenFile } from './admin-token';
+import { addJournalCommands, journalServeOptions } from './journal-command';
+import { EXIT_CODES_HELP, EXIT_START, EXIT_USAGE, exitWith, usageErrorsExit2 } from './exit-codes';
+import { configCheck, serveHub } from './hub-daemon';
+import { defaultDataDir } from './hub-settings';
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
-async function serve(
-  o: VerifyFlags &
-    JournalFlags & {
-      logPretty?: boolean;
-      logLevel?: string;
-      listen: string;
-      vol: string[];
-      data: string;
-      http: string;
-      nbd: string;
-      regionSize: string;
-      tlsCert?: string;
-      tlsKey?: string;
-      tlsCa?: string;
-      pskFile?: string;
-      nbdTls?: boolean;
-      commitInterval: string;
-      cache: string;
-      adminTokenFile?: string;
-    },
-) {
-  if (o.logPretty) process.env.LOG_PRETTY = '1';
-  const log = makeLogger('rephub', o.logLevel);
-  warnIfNoNative(log);
-  const listen = parseHostPort(o.listen, '--listen');
-  const httpAddr = parseHostPort(o.http, '--http');
-  const nbdAddr = parseHostPort(o.nbd, '--nbd');
-  const regionSize = parseSize(o.regionSize, '--region-size');
-  const commitIntervalMs = parseMillis(o.commitInterval, '--commit-interval', 1000);
-  if (o.vol.length === 0) throw new Error('give at least one --vol (e.g. --vol V1R)');
-  const volumes = o.vol.map(parseVolSpec);
-  checkRbdVolumes(volumes);
-  const { locks, adminToken } = claimHubState(o.data, volumes, o.adminTokenFile, log);
-  const store = new LmdbStateStore(path.resolve(o.data));
-  const tls = checkTls(o, log);
-  if (o.cache !== 'writeback' && o.cache !== 'none') throw new Error(`--cache ${o.cache}: writeback or none`);
-  const hub = new Hub({
-    volumes,
-    store,
-    log,
-    regionSize,
-    layersDir: path.resolve(o.data, 'layers'),
-    tls,
-    nbdTls: !!o.nbdTls,
-    session: { commitIntervalMs, resyncRate: hubResyncLimit(o.maxResyncRate) },
-    openTarget: withRbd(o.cache === 'none' ? openDirectTarget : openFileTarget),
-    adminToken,
-    verify: verifyOptions(o),
-    journal: journalConfig(o, o.data),
-    version: VERSION,
-  });
-  const a = await hub.listen(listen.host, listen.port);
-  const h = await hub.listenHttp(httpAddr.host, httpAddr.port);
-  const n = await hub.listenNbd(nbdAddr.host, nbdAddr.port);
-  log.info(
-    {
-      listen: `${a.address}:${a.port}`,
-      http: `http://${h.address}:${h.port}/status`,
-      nbd: `${n.address}:${n.port}`,
-      data: path.resolve(o.data),
-      volumes,
-    },
-    'rephub listening',
-  );
-  stopOnSignals(hub, locks, log);
-}
-
-/** SIGINT and SIGTERM close the hub in order (sessions, checkpoints, store), then drop its locks. */
-function stopOnSignals(hub: Hub, locks: FileLock[], log: ReturnType<typeof makeLogger>): void {
-  const stop = async (sig: string) => {
-    log.info({ signal: sig }, 'shutting down');
-    await hub.close();
-    for (const l of locks) l.release();
-    process.exit(0);
-  };
-  process.on('SIGINT', () => void stop('SIGINT'));
-  process.on('SIGTERM', () => void stop('SIGTERM'));
-}
-
-function checkTls(
-  o: { tlsCert?: string; tlsKey?: string; tlsCa?: string; pskFile?: string; listen: string },
-  log: Logger,
-) {
-  const tls = { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa, pskFile: o.pskFile };
-  if (!tlsEnabled(tls))
-    log.warn(
-      { listen: o.listen },
-      'agent link is plaintext and unauthenticated: use --tls-* or --psk-file outside a lab',
-    );
-  else serverOptions(tls); // fail fast on bad files
-  return tls;
-}
-
-/**
- * Before anything opens LMDB or a recovery volume: this hub's exclusive locks on --data and on
- * each recovery volume (held until the process ends), then the operator API's admin token.
- */
-function claimHubState(
-  data: string,
-  volumes: { path: string }[],
-  tokenFile: string | undefined,
-  log: Logger,
-): { locks: FileLock[]; adminToken: string } {
-  const dataDir = path.resolve(data);
-  // An RBD image is fenced by its exclusive lock, taken when it is opened (hub/rbd-target.ts).
-  const locks = lockHubState(
-    dataDir,
-    volumes.filter((v) => !isRbdPath(v.path)).map((v) => v.path),
-  );
-  if (locks[0].kind === 'pidfile')
-    log.warn(
-      { lock: locks[0].path },
-      'native addon missing: --data is locked with a pid file, which is weaker than flock',
-    );
-  const t = hubToken(tokenFile, dataDir);
-  if (t.created) log.info({ adminTokenFile: t.file }, 'created the admin token for operator actions (mode 0600)');
-  else if (readableByOthers(t.file))
-    log.warn({ adminTokenFile: t.file }, 'the admin token file is readable by other users: chmod 600 it');
-  return { locks, adminToken: t.token };
-}
-
-/** `rbd:` volumes: well formed, and librbd loadable, before the hub starts. */
-function checkRbdVolumes(volumes: { name: string; path: string }[]): void {
-  const rbd = volumes.filter((v) => isRbdPath(v.path));
-  for (const v of rbd) parseRbdSpec(v.path); // throws a clear error
-  const why = rbd.length ? rbdUnavailable() : '';
-  if (why) throw new Error(`--vol ${rbd[0].name}=${rbd[0].path}: ${why}`);
-}
-
-/** --verify-rate and --verify-every. */
-function verifyOptions(o: VerifyFlags) {
-  return {
-    rateBytesPerSecond: parseSize(o.verifyRate, '--verify-rate'),
-    everyMs: parseDuration(o.verifyEvery, '--verify-every'),
-  };
-}
-
 quietOnEpipe();
+
 const program = new Command('rephub')
   .description(
     'rephub: block replication hub. Keeps recovery volumes converged with the protected volumes of VM agents.',
   )
   .version(VERSION)
   .showHelpAfterError();
+usageErrorsExit2(program);
 
-journalServeOptions(program.command('serve', { isDefault: true }))
+const serve = journalServeOptions(program.command('serve', { isDefault: true }))
   .description('run the hub (the default command)')
+  .option(
+    '--config <file>',
+    'TOML file of these options, keys named like the flags (region-size = "64K", vol = ["V1R", "V2R"], journal = false); flags given here win over it; SIGHUP reads it again (volumes added start, removed ones stop; other keys need a restart)',
+  )
   .option('--listen <host:port>', 'address for agent connections', '0.0.0.0:7000')
   .option(
     '--vol <spec>',
@@ -188,8 +44,8 @@ journalServeOptions(program.command('serve', { isDefault: true }))
   )
   .option(
     '--data <dir>',
-    'directory for hub state (LMDB: volume ids, generations, dirty bitmaps, sync cursors)',
-    './rephub-data',
+    'directory for hub state (LMDB: volume ids, generations, dirty bitmaps, sync cursors); the default is $STATE_DIRECTORY (systemd StateDirectory=) when set, else ./rephub-data',
+    defaultDataDir(),
   )
   .option(
     '--http <host:port>',
@@ -213,12 +69,11 @@ journalServeOptions(program.command('serve', { isDefault: true }))
     '5',
   )
   .option('--log-pretty', 'human-readable logs instead of JSON lines')
-  .option('--log-level <level>', 'trace, debug, info, warn, error', 'info')
+  .option('--log-level <level>', 'trace, debug, info, warn, error (default: $LOG_LEVEL, else info)')
   .option(
     '--nbd-tls',
     'require TLS (STARTTLS) on the NBD exports, with the --tls-cert/--tls-key certificate; with --tls-ca clients need certificates too',
   )
-  .option('--max-resync-rate <bytes/s>', 'resync bytes/s all agents together send this hub (0: no cap)', '0')
   .option('--verify-rate <bytes/s>', 'online verify scan rate per hub, bytes per second (0: unlimited)', '100M')
   .option(
     '--verify-every <duration>',
@@ -229,13 +84,20 @@ journalServeOptions(program.command('serve', { isDefault: true }))
     '--admin-token-file <file>',
     'token that operator actions (POST: failover-test, failover, failback) must send as "Authorization: Bearer"; default: DATA/admin-token, created (mode 0600) if missing',
   )
-  .addHelpText(
-    'after',
-    `
-Exit codes: 0 stopped by SIGINT/SIGTERM; ${EXIT_START_FAILED} bad arguments or a failure at start (an unreadable or empty --admin-token-file);
-${EXIT_LOCKED} another process holds --data (DATA/rephub.lock) or a recovery volume (PATH.lock, or the block device itself).`,
+  .option('--max-resync-rate <bytes/s>', 'resync bytes/s all agents together send this hub (0: no cap)', '0')
+  .addHelpText('after', EXIT_CODES_HELP)
+  .action((_o, cmd: Command) => serveHub(cmd));
+
+program
+  .command('config')
+  .description('config file tools')
+  .command('check <file>')
+  .description(
+    'check a --config file (and what it names: volume paths, --data, key files) without starting; one line per problem, exit 0 if none, 2 otherwise',
   )
-  .action(serve);
+  .action((file: string) => {
+    process.exitCode = configCheck(serve, file);
+  });
 
 addEventsCommand(program);
 addStatusCommand(program);
@@ -421,7 +283,4 @@ tokenOption(program.command('verify'))
 addJournalCommands(program, tokenOption, post);
 addVolumeCommands(program, tokenOption, post);
 
-program.parseAsync().catch((e) => {
-  process.stderr.write(`rephub: ${e.message}\n`);
-  process.exit(e instanceof LockHeldError ? EXIT_LOCKED : EXIT_START_FAILED);
-});
+program.parseAsync().catch((e) => exitWith('rephub', e, e instanceof LockHeldError ? EXIT_START : EXIT_USAGE));

@@ -285,22 +285,43 @@ export class Hub implements HubStatusSource {
     return this.journals?.recent(spanMs, max) ?? {};
   }
 
-  async close(): Promise<void> {
+  /**
+   * Orderly stop: listeners, sessions, each replica's checkpoint, target and clean identity, the
+   * journals, the store. Each step is logged; a failed step is logged with its cause and the stop
+   * goes on. Resolves with the number of failed steps (the daemon exits non-zero on any).
+   */
+  async close(): Promise<number> {
+    const log = this.log.child({ part: 'stop' });
+    let failed = 0;
+    const step = async (what: string, ctx: object, fn: () => unknown) => {
+      try {
+        await fn();
+      } catch (e) {
+        failed++;
+        log.error({ ...ctx, cause: (e as Error).message }, `stop: ${what} failed`);
+      }
+    };
     this.listener.stopAccepting();
     this.events.close();
     this.monitor.close();
     this.verifier.close();
     clearInterval(this.sampler);
     this.httpApi.close();
-    await this.nbd?.close();
+    await step('closing the NBD exports', {}, () => this.nbd?.close());
+    const sessions = this.sessions.size;
     this.listener.dropAll();
-    await Promise.all([...this.sessions].map((s) => this.endSession(s)));
+    await step('closing agent sessions', {}, () => Promise.all([...this.sessions].map((s) => this.endSession(s))));
+    log.info({ sessions }, 'stop: agent sessions closed');
     for (const r of this.replicas.values()) {
-      await r.checkpoint().catch(() => undefined);
-      await r.target?.close();
-      await r.saveCleanIdentity().catch(() => undefined);
+      const ctx = { volume: r.name, path: r.spec.path };
+      await step('saving the checkpoint', ctx, () => r.checkpoint());
+      await step('closing the recovery volume', ctx, () => r.target?.close());
+      await step('saving the clean identity', ctx, () => r.saveCleanIdentity());
     }
-    this.journals?.close();
-    await this.opts.store.close();
+    log.info({ volumes: this.replicas.size, failed }, 'stop: checkpoints saved, recovery volumes closed');
+    await step('closing the journals', {}, () => this.journals?.close());
+    await step('closing the state store', {}, () => this.opts.store.close());
+    log.info({ failed }, 'stop: state store closed');
+    return failed;
   }
 }
