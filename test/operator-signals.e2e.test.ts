@@ -78,8 +78,11 @@ describe('daemon signals: SIGHUP reload, SIGTERM steps (real processes)', functi
     hub.proc!.kill('SIGHUP');
     await waitFor('V2 added and V1 removed', async () => JSON.stringify(await names()) === '["V2"]', 30_000);
     await hub.converged('V2', img('V2'), rep('V2'));
-    assert.match(hub.stderr, /"volume":"V2".*"msg":"volume added: waiting for its agent"/);
-    assert.match(hub.stderr, /"volume":"V1".*"msg":"volume removed: stopped, its record kept"/);
+    assert.match(hub.stderr, /"volume":"V2".*"msg":"volume added to protection"/);
+    assert.match(
+      hub.stderr,
+      /"volume":"V1".*"msg":"volume removed from protection; its recovery volume is kept on disk untouched"/,
+    );
     assert.match(hub.stderr, /"key":"commitIntervalMs".*"msg":"config reload: changed; needs a restart"/);
     assert.ok(fs.existsSync(rep('V1')), 'the removed recovery volume is left on disk');
     // V1 written while removed: added back, it resumes from its record and converges

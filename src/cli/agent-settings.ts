@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import { checkName, checkPath, parseHubList, parseRegionSize, parseSize } from './args';
 import { parseListenAddr } from './listen-addr';
+import { AgentBandwidthFlags, agentBandwidth, parsePercent, parseRate } from './bandwidth-flags';
 import { checkLogLevel, Logger } from '../log';
 import { clientOptions, enabled as tlsEnabled } from '../security';
 import { ConfigFile, applyConfig, optionLabel, readConfigFile, relabel } from './config-file';
@@ -62,6 +63,12 @@ export function checkAgentOptions(cmd: Command, cfg: ConfigFile | undefined, p: 
   const vm = p.run(() => checkName(o.vm, label('vm')));
   p.run(() => parseRegionSize(o.regionSize, label('regionSize')));
   p.run(() => parseSize(o.maxQueue, label('maxQueue')));
+  const rates = [
+    p.run(() => parseRate(o.maxRate, label('maxRate'))),
+    p.run(() => parsePercent(o.resyncShare, label('resyncShare'))),
+    p.run(() => parseRate(o.maxResyncRate, label('maxResyncRate'))),
+  ];
+  if (rates.every((r) => r !== undefined)) p.run(() => agentBandwidth(o as AgentBandwidthFlags)); // the combination
   const exports = o.export as string[];
   if (exports.length === 0)
     p.add(`${label('export')}: give at least one NAME=PATH (e.g. --export V1=/var/lib/vm/V1.img)`);

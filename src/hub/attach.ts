@@ -30,6 +30,7 @@ export class VolumeAttach {
   private readonly claimed = new Set<Replica>(); // replicas this session owns (attached or attaching)
   /** Reported volumes the hub had no recovery volume for, kept to offer one added later (volume-set.ts). */
   private readonly unknown = new Map<string, Reported>();
+  private readonly reported = new Map<string, Reported>(); // as the agent reported them, for a re-add
 
   constructor(
     private readonly host: AttachHost,
@@ -39,6 +40,7 @@ export class VolumeAttach {
   /** REPORT_VM_VOLUMES from VM `vm`; `trust`: the agent will hand over its own dirty extents. */
   async report(m: ReportVmVolumes, vm: string, trust: boolean): Promise<void> {
     for (const v of m.volumes) {
+      if (this.reported.size < MAX_UNKNOWN) this.reported.set(v.name, v);
       const rep = this.authorize(v, vm);
       if (!rep) continue;
       if (!(await this.attach(rep, v, vm, trust))) return;
@@ -59,6 +61,9 @@ export class VolumeAttach {
   forget(rep: Replica): void {
     rep.release(this.host.owner);
     this.claimed.delete(rep);
+    // The agent still has the volume (and logs its writes): a later add offers it again.
+    const v = this.reported.get(rep.name);
+    if (v && this.unknown.size < MAX_UNKNOWN) this.unknown.set(v.name, v);
   }
 
   /** The session ended: each claimed replica degrades (unless `clean`) once `inFlight` is done. */

@@ -412,7 +412,7 @@ export class AgentSession implements ReplicaOwner {
       if (!sync) return;
       this.sync.retire(sync);
       this.attach.forget(replica);
-      const ctx = { session: this.id, vm: this.vm, volume: replica.name, volumeId: sync.volumeId };
+      const ctx = { vm: this.vm, volume: replica.name, volumeId: sync.volumeId }; // this.log names the session
       if (this.link.has(Cap.STOP_PROTECT)) {
         this.link.send([encodeStopProtect(sync.volumeId, replica.name)]);
         this.log.info(ctx, 'agent told to stop mirroring the removed volume (STOP_PROTECT)');
