@@ -35,6 +35,17 @@ describe('recovery volumes on Ceph RBD, hub takeover', function () {
       makeImage(imgs[v], SIZE, 0.5);
     }
   });
+  afterEach(function () {
+    if (this.currentTest?.state !== 'failed') return;
+    // The logs go with the directory: show the errors and the last lines of each before they do.
+    for (const f of fs.readdirSync(dir).filter((n) => n.endsWith('.log'))) {
+      const lines = fs.readFileSync(path.join(dir, f), 'utf8').trim().split('\n');
+      const errors = lines.filter((l) => /"level":(50|60)/.test(l));
+      console.error(
+        `--- ${f}: ${errors.length} error lines, then the last 15 lines\n${[...errors.slice(-10), ...lines.slice(-15)].join('\n')}`,
+      );
+    }
+  });
   after(async () => {
     for (const p of procs) await p.stop().catch(() => undefined);
     ceph?.stop();
