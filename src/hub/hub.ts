@@ -22,6 +22,7 @@ import { HttpApi } from './http-api';
 import { VerifyRefused, VerifyScheduler } from './verify-scheduler';
 import { HubJournals, JournalConfig, JournalRefused } from './journal';
 import { journalRoutes } from './journal-api';
+import { RestoreExports } from './restore-export';
 import { registerJournalMetrics } from './journal-metrics';
 import { EventBus, serveEvents } from './events';
 import { existing, failoverStep, feedEvents, sessionEvent } from './hub-events';
@@ -71,6 +72,7 @@ export class Hub implements HubStatusSource {
   /** The operator API's token; random unless given, so an embedded hub is never open. */
   readonly adminToken: string;
   readonly journals?: HubJournals;
+  private readonly restores?: RestoreExports; // restore over NBD: point-in-time exports of their own
   /** What changed, as it changes (GET /events). */
   readonly events = new EventBus();
   /** Payload bytes received by sessions that ended: with the live ones', rephub_received_bytes_total. */
@@ -132,6 +134,14 @@ export class Hub implements HubStatusSource {
       { maxSessions: opts.maxSessions ?? 64, tls: opts.tls, pool: this.pool, log: opts.log },
     );
     this.adminToken = opts.adminToken || crypto.randomBytes(32).toString('hex');
+    const nbdUri = (n: string) => `nbd://${this.nbdAddr.host}:${this.nbdAddr.port}/${encodeURIComponent(n)}`;
+    const rlog = opts.log.child({ part: 'restore' });
+    if (this.journals)
+      this.restores = new RestoreExports(this.journals, {
+        exports: this.exports,
+        nbdUri: (n) => (this.opts.nbdTls || !this.nbd ? null : nbdUri(n)),
+        log: rlog,
+      });
     this.httpApi = new HttpApi({
       status: () => this.status(),
       monitor: this.monitor,
@@ -140,7 +150,7 @@ export class Hub implements HubStatusSource {
       adminToken: this.adminToken,
       log: opts.log,
       verify: (req) => this.verifier.start(req),
-      more: this.journals ? journalRoutes(this.journals) : undefined,
+      more: this.journals ? journalRoutes(this.journals, this.restores) : undefined,
       events: (res) => serveEvents(this.events, () => existing(this.replicas.values(), this.sessions), res),
     });
     this.sampler = this.startSampling();
@@ -260,6 +270,7 @@ export class Hub implements HubStatusSource {
     this.verifier.close();
     clearInterval(this.sampler);
     this.httpApi.close();
+    await this.restores?.close();
     await this.nbd?.close();
     this.listener.dropAll();
     await Promise.all([...this.sessions].map((s) => this.endSession(s)));
