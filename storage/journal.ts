@@ -21,6 +21,7 @@ import {
   segmentName,
   segmentNumber,
   segmentOf,
+  ZERO_PAYLOAD_BYTES,
 } from './journal-format';
 import { checkMark, writeMark } from './journal-mark';
 
@@ -42,7 +43,10 @@ export interface JournalOptions {
   bootId?: string;
 }
 
-/** A before-image was appended: volume, its byte range and where its bytes are in the journal. */
+/**
+ * A before-image was appended: volume, its byte range and where its bytes are in the journal
+ * (ZERO_POS: the range was zero, and the journal holds no bytes for it).
+ */
 export type BeforeListener = (vol: number, offset: number, length: number, dataPos: number) => void;
 
 interface Segment {
@@ -51,6 +55,8 @@ interface Segment {
   bytes: number;
 }
 
+/** The data position of a before-image that was all zero (a ZERO record: no bytes to read). */
+export const ZERO_POS = -1;
 const MAX_POINTS = 100_000;
 const EMPTY = Buffer.alloc(0);
 const SCAN_WINDOW_BYTES = 64 * 1024;
@@ -70,6 +76,7 @@ export class Journal {
   private syncRun: Promise<void> | null = null;
   private syncAgain = false;
   private readonly header = Buffer.alloc(HEADER_BYTES);
+  private readonly zeroLength = Buffer.alloc(ZERO_PAYLOAD_BYTES); // a ZERO record's payload, reused
 
   private constructor(
     readonly dir: string,
@@ -127,6 +134,21 @@ export class Journal {
     this.capturedSincePoint += data.length;
     for (const l of this.listeners) l(vol, offset, data.length, at);
     return at;
+  }
+
+  /**
+   * [offset, offset + length) of volume `vol` was zero before this overwrite: a 36-byte record in
+   * place of the zeros (no read of the volume, no payload to write or sync).
+   */
+  appendZero(vol: number, offset: number, length: number): void {
+    assert(length > 0 && length <= 2 ** 32 - 1, 'a zero range fits a u32');
+    this.zeroLength.writeUInt32LE(length, 0);
+    this.append(
+      { type: RecordType.ZERO, sub: vol, arg: offset, time: Date.now(), payloadBytes: ZERO_PAYLOAD_BYTES },
+      this.zeroLength,
+    );
+    this.capturedSincePoint += length;
+    for (const l of this.listeners) l(vol, offset, length, ZERO_POS);
   }
 
   /** Append a consistent point: everything recorded after it is newer than it. */
@@ -228,11 +250,12 @@ export class Journal {
   }
 
   /**
-   * Call `fn` for each record from `from` to the current end, in order (headers only). Headers
+   * Call `fn` for each record from `from` to the current end, in order (headers only; a ZERO
+   * record's `zeroBytes`, its range's length, read with it). Headers
    * are read through a 64 KiB window: small records cost one read per window, not one each (a
    * view of a 10-minute-old point scans hundreds of thousands of them).
    */
-  scan(from: number, fn: (h: RecordHeader, dataPos: number) => void): void {
+  scan(from: number, fn: (h: RecordHeader, dataPos: number, zeroBytes: number) => void): void {
     const win = Buffer.allocUnsafe(SCAN_WINDOW_BYTES);
     for (const s of this.segments) {
       if (s.n < segmentOf(from)) continue;
@@ -240,14 +263,17 @@ export class Journal {
       let at = 0,
         got = 0; // the window holds the segment's bytes [at, at + got)
       while (off + HEADER_BYTES <= s.bytes) {
-        if (off < at || off + HEADER_BYTES > at + got) {
+        // the window holds the header and a ZERO record's 4-byte payload after it
+        const need = HEADER_BYTES + ZERO_PAYLOAD_BYTES;
+        if (off < at || Math.min(off + need, s.bytes) > at + got) {
           at = off;
           got = fs.readSync(s.fd, win, 0, Math.min(win.length, s.bytes - off), off);
           assert(got >= HEADER_BYTES, `journal ${this.dir}: segment ${s.n} is shorter than its records`);
         }
         const h = decodeHeader(win.subarray(off - at, off - at + HEADER_BYTES));
         assert(h !== null, 'a record inside the journal has a header');
-        fn(h, position(s.n, off + HEADER_BYTES));
+        const zero = h.type === RecordType.ZERO ? win.readUInt32LE(off - at + HEADER_BYTES) : 0;
+        fn(h, position(s.n, off + HEADER_BYTES), zero);
         off += HEADER_BYTES + h.payloadBytes;
       }
     }
