@@ -178,7 +178,9 @@ export class Hub implements HubStatusSource {
         requestCert: !!f.ca,
       };
     }
-    this.nbd = new NbdServer(this.exports, this.log.child({ part: 'nbd' }), nbdTls);
+    // reads reuse pooled buffers (nbdcopy's 256 KiB requests; 16 MiB idle at most): restore reads a whole volume
+    const readPool = new BufferPool(256 << 10, 64);
+    this.nbd = new NbdServer(this.exports, this.log.child({ part: 'nbd' }), nbdTls, undefined, readPool);
     const a = await this.nbd.listen(host, port);
     this.nbdAddr = { host: a.address.includes(':') ? `[${a.address}]` : a.address, port: a.port };
     return a;
