@@ -134,14 +134,7 @@ export class Hub implements HubStatusSource {
       { maxSessions: opts.maxSessions ?? 64, tls: opts.tls, pool: this.pool, log: opts.log },
     );
     this.adminToken = opts.adminToken || crypto.randomBytes(32).toString('hex');
-    const nbdUri = (n: string) => `nbd://${this.nbdAddr.host}:${this.nbdAddr.port}/${encodeURIComponent(n)}`;
-    const rlog = opts.log.child({ part: 'restore' });
-    if (this.journals)
-      this.restores = new RestoreExports(this.journals, {
-        exports: this.exports,
-        nbdUri: (n) => (this.opts.nbdTls || !this.nbd ? null : nbdUri(n)),
-        log: rlog,
-      });
+    this.restores = this.journals && this.restoreExports(this.journals);
     this.httpApi = new HttpApi({
       status: () => this.status(),
       monitor: this.monitor,
@@ -154,6 +147,18 @@ export class Hub implements HubStatusSource {
       events: (res) => serveEvents(this.events, () => existing(this.replicas.values(), this.sessions), res),
     });
     this.sampler = this.startSampling();
+  }
+
+  /** Restore over NBD: exports of their own on this hub's NBD server (plaintext only). */
+  private restoreExports(journals: HubJournals): RestoreExports {
+    return new RestoreExports(journals, {
+      exports: this.exports,
+      nbdUri: (n) =>
+        this.opts.nbdTls || !this.nbd
+          ? null
+          : `nbd://${this.nbdAddr.host}:${this.nbdAddr.port}/${encodeURIComponent(n)}`,
+      log: this.opts.log.child({ part: 'restore' }),
+    });
   }
 
   /** Each replica's counters and alarm, sampled every second. */
