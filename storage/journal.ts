@@ -75,6 +75,9 @@ export class Journal {
   private readonly listeners = new Set<BeforeListener>();
   private syncRun: Promise<void> | null = null;
   private syncAgain = false;
+  private syncedTo = 0; // journal position up to which every record is durable
+  private syncScheduled = false;
+  private syncFailed: Error | null = null;
   private readonly header = Buffer.alloc(HEADER_BYTES);
   private readonly zeroLength = Buffer.alloc(ZERO_PAYLOAD_BYTES); // a ZERO record's payload, reused
 
@@ -132,6 +135,7 @@ export class Journal {
       data,
     );
     this.capturedSincePoint += data.length;
+    this.syncSoon();
     for (const l of this.listeners) l(vol, offset, data.length, at);
     return at;
   }
@@ -148,6 +152,7 @@ export class Journal {
       this.zeroLength,
     );
     this.capturedSincePoint += length;
+    this.syncSoon();
     for (const l of this.listeners) l(vol, offset, length, ZERO_POS);
   }
 
@@ -214,23 +219,52 @@ export class Journal {
     return n;
   }
 
-  /** Every record appended so far is durable once this resolves (fdatasync, coalesced). */
+  /**
+   * Every record appended so far is durable once this resolves (fdatasync, coalesced). Appends
+   * start one on their own at the end of their event-loop turn (group commit for the journal):
+   * by the time the volume's group commit asks, the before-images are mostly durable already,
+   * so the volume's fdatasync no longer waits behind a whole journal fdatasync.
+   */
   sync(): Promise<void> {
+    if (this.syncFailed) {
+      const e = this.syncFailed; // an early sync failed: its error is the next caller's
+      this.syncFailed = null;
+      return Promise.reject(e);
+    }
+    if (this.syncedTo >= this.end) return Promise.resolve();
     if (this.syncRun) {
       this.syncAgain = true;
       return this.syncRun;
     }
-    const fd = this.current.fd;
+    const fd = this.current.fd,
+      upTo = this.end;
     const run = new Promise<void>((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res())));
-    this.syncRun = run.finally(() => {
-      this.syncRun = null;
-      if (this.syncAgain) {
-        this.syncAgain = false;
-        return this.sync();
-      }
-    });
+    this.syncRun = run
+      .then(() => {
+        this.syncedTo = Math.max(this.syncedTo, upTo);
+      })
+      .finally(() => {
+        this.syncRun = null;
+        if (this.syncAgain) {
+          this.syncAgain = false;
+          return this.sync();
+        }
+      });
     return this.syncRun;
   }
+
+  /** An early sync after this turn's appends (one per turn; its failure goes to the next sync()). */
+  private syncSoon(): void {
+    if (this.syncScheduled) return;
+    this.syncScheduled = true;
+    setImmediate(this.earlySync);
+  }
+
+  private readonly earlySync = (): void => {
+    this.syncScheduled = false;
+    if (this.segments.length === 0) return; // closed
+    this.sync().catch((e: Error) => (this.syncFailed = e));
+  };
 
   /** The points, oldest first. */
   points(): readonly Checkpoint[] {
