@@ -17,16 +17,25 @@ export const enum RecordType {
   CHECKPOINT = 2,
   /** Every point newer than checkpoint `arg` is gone (the volume was rolled back to it: failover --at). */
   DROP = 3,
+  /**
+   * [offset, offset + length) of a volume was known zero just before it was overwritten (a
+   * region never written on a replica this hub created): a BEFORE record without the zeros.
+   * The payload is the length (u32).
+   */
+  ZERO = 4,
 }
+
+/** A ZERO record's payload: the length of the zero range. */
+export const ZERO_PAYLOAD_BYTES = 4;
 
 export type CheckpointKind = 'flush' | 'interval' | 'tag' | 'last-clean';
 export const KINDS: readonly CheckpointKind[] = ['flush', 'interval', 'tag', 'last-clean'];
 
 export interface RecordHeader {
   type: RecordType;
-  /** BEFORE: the volume's index in the journal's volume table. CHECKPOINT: the kind's index. DROP: 0. */
+  /** BEFORE, ZERO: the volume's index in the journal's volume table. CHECKPOINT: the kind's index. DROP: 0. */
   sub: number;
-  /** BEFORE: byte offset in the volume. CHECKPOINT: the checkpoint id. DROP: the newest point kept. */
+  /** BEFORE, ZERO: byte offset in the volume. CHECKPOINT: the checkpoint id. DROP: the newest point kept. */
   arg: number;
   /** Milliseconds since the epoch when it was appended. */
   time: number;
@@ -54,7 +63,7 @@ export function decodeHeader(buf: Buffer): RecordHeader | null {
   if (buf.length < HEADER_BYTES || buf.readUInt32LE(0) !== RECORD_MAGIC) return null;
   const payloadBytes = buf.readUInt32LE(8),
     type = buf.readUInt8(12);
-  if (payloadBytes > MAX_PAYLOAD || type < RecordType.BEFORE || type > RecordType.DROP) return null;
+  if (payloadBytes > MAX_PAYLOAD || type < RecordType.BEFORE || type > RecordType.ZERO) return null;
   return { type, sub: buf.readUInt16LE(14), arg: buf.readDoubleLE(16), time: buf.readDoubleLE(24), payloadBytes };
 }
 

@@ -2,12 +2,15 @@
 // overwritten for the first time since the VM's last checkpoint, its current content (the
 // before-image, widened to whole journal blocks) is appended to the VM's journal. The append
 // is a page-cache write issued before the overwrite; flush() syncs the journal before the
-// volume, so a group commit never makes an overwrite durable ahead of its before-image.
+// volume, so a group commit never makes an overwrite durable ahead of its before-image. A range
+// the known-zero map under it vouches for (never written on a replica this hub created) is
+// recorded as a ZERO record: no read, no payload.
 import { isRbdName } from './rbd-volume';
 import * as fs from 'node:fs';
 import type { BlockTarget } from './volume';
 import type { Journal } from './journal';
 import { JOURNAL_BLOCK, MAX_PAYLOAD } from './journal-format';
+import { KnownZeroMap, TrackedTarget } from './tracking';
 
 /** The journal and volume index a recovery volume records into. */
 export interface JournalBinding {
@@ -31,6 +34,8 @@ export class JournalTarget implements BlockTarget {
   private readonly seen = new Set<number>(); // blocks recorded in the current epoch
   private seenEpoch = -1;
   private scratch: Buffer | null = null;
+  /** The change map under us that knows the zero regions of a fresh replica, if any. */
+  private readonly zeros: KnownZeroMap | null;
   capturedBytes = 0;
 
   /** `resolve` names the journal once the volume's VM is known (null: not yet, record nothing). */
@@ -45,6 +50,8 @@ export class JournalTarget implements BlockTarget {
     if (next.dataExtents) this.dataExtents = (start, end) => next.dataExtents!(start, end);
     if (next.dropCache) this.dropCache = () => next.dropCache!();
     if (next.flushSync) this.flushSync = () => next.flushSync!();
+    const below = next instanceof TrackedTarget ? next.changes : null;
+    this.zeros = below instanceof KnownZeroMap ? below : null;
   }
 
   get sizeBytes(): number {
@@ -87,18 +94,31 @@ export class JournalTarget implements BlockTarget {
     if (r) {
       const [a, b, j] = r;
       const n = b - a;
-      const img =
-        n <= SCRATCH_BYTES
-          ? (this.scratch ??= Buffer.allocUnsafeSlow(SCRATCH_BYTES)).subarray(0, n)
-          : Buffer.allocUnsafe(n);
-      try {
-        this.readBefore(img, a);
-        this.record(j, a, img);
-      } catch (e) {
-        j.journal.lostHistory(e as Error);
+      if (this.zeros?.covers(a, b)) this.recordZero(j, a, n);
+      else {
+        const img =
+          n <= SCRATCH_BYTES
+            ? (this.scratch ??= Buffer.allocUnsafeSlow(SCRATCH_BYTES)).subarray(0, n)
+            : Buffer.allocUnsafe(n);
+        try {
+          this.readBefore(img, a);
+          this.record(j, a, img);
+        } catch (e) {
+          j.journal.lostHistory(e as Error);
+        }
       }
     }
     this.next.writeSync!(buf, offset);
+  }
+
+  /** [a, a + n) was never written since the replica was created: a ZERO record, nothing read. */
+  private recordZero(j: JournalBinding, a: number, n: number): void {
+    try {
+      j.journal.appendZero(j.vol, a, n);
+      this.capturedBytes += n;
+    } catch (e) {
+      j.journal.lostHistory(e as Error);
+    }
   }
 
   private async gatheredWrite(parts: Buffer[], offset: number): Promise<void> {
@@ -112,6 +132,7 @@ export class JournalTarget implements BlockTarget {
     const r = this.range(start, end);
     if (!r) return;
     const [a, b, j] = r;
+    if (this.zeros?.covers(a, b)) return this.recordZero(j, a, b - a);
     const img = Buffer.allocUnsafe(b - a);
     try {
       // An RBD image is read through its own target (librbd); a file through our descriptor.

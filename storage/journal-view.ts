@@ -6,12 +6,14 @@
 // allocated pages, bounded by the volume's size.
 import type { BlockTarget } from './volume';
 import type { Checkpoint, Journal } from './journal';
+import { ZERO_POS } from './journal';
 import { JOURNAL_BLOCK, RecordType } from './journal-format';
 
 const PAGE_BLOCKS = 1024; // index entries per page (4 MiB of volume, 8 KiB of memory)
+const ZERO_AT = -1; // index entry of a block that was zero at the point (a ZERO record)
 
 export class JournalView implements BlockTarget {
-  private readonly pages = new Map<number, Float64Array>(); // block -> journal position + 1 (0: none)
+  private readonly pages = new Map<number, Float64Array>(); // block -> journal position + 1 (0: none, -1: zero)
   private readonly unpin: () => void;
   private readonly unlisten: () => void;
   journaledBlocks = 0;
@@ -26,8 +28,10 @@ export class JournalView implements BlockTarget {
     this.unlisten = journal.onBefore((v, offset, length, dataPos) => {
       if (v === this.vol) this.note(offset, length, dataPos);
     });
-    journal.scan(point.pos, (h, dataPos) => {
-      if (h.type === RecordType.BEFORE && h.sub === vol) this.note(h.arg, h.payloadBytes, dataPos);
+    journal.scan(point.pos, (h, dataPos, zeroBytes) => {
+      if (h.sub !== vol) return;
+      if (h.type === RecordType.BEFORE) this.note(h.arg, h.payloadBytes, dataPos);
+      else if (h.type === RecordType.ZERO) this.note(h.arg, zeroBytes, ZERO_POS);
     });
   }
 
@@ -44,7 +48,8 @@ export class JournalView implements BlockTarget {
         block = Math.floor(pos / JOURNAL_BLOCK);
       let n = Math.min(buf.length - done, (block + 1) * JOURNAL_BLOCK - pos);
       const at = this.lookup(block);
-      if (at) {
+      if (at === ZERO_AT) buf.fill(0, done, done + n);
+      else if (at) {
         await this.journal.read(buf.subarray(done, done + n), at - 1 + (pos - block * JOURNAL_BLOCK));
       } else {
         // a run of blocks the journal has nothing for comes from the present volume in one read
@@ -103,7 +108,7 @@ export class JournalView implements BlockTarget {
       if (!p) this.pages.set(page, (p = new Float64Array(PAGE_BLOCKS)));
       const i = b % PAGE_BLOCKS;
       if (p[i]) continue;
-      p[i] = dataPos + (b * JOURNAL_BLOCK - offset) + 1;
+      p[i] = dataPos === ZERO_POS ? ZERO_AT : dataPos + (b * JOURNAL_BLOCK - offset) + 1;
       this.journaledBlocks++;
     }
   }
@@ -121,7 +126,8 @@ export class JournalView implements BlockTarget {
       if (!at) continue;
       const a = Math.max(pos, b * JOURNAL_BLOCK),
         e = Math.min(pos + piece.length, (b + 1) * JOURNAL_BLOCK);
-      await this.journal.read(piece.subarray(a - pos, e - pos), at - 1 + (a - b * JOURNAL_BLOCK));
+      if (at === ZERO_AT) piece.fill(0, a - pos, e - pos);
+      else await this.journal.read(piece.subarray(a - pos, e - pos), at - 1 + (a - b * JOURNAL_BLOCK));
     }
   }
 }

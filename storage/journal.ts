@@ -21,6 +21,7 @@ import {
   segmentName,
   segmentNumber,
   segmentOf,
+  ZERO_PAYLOAD_BYTES,
 } from './journal-format';
 import { checkMark, writeMark } from './journal-mark';
 
@@ -42,7 +43,10 @@ export interface JournalOptions {
   bootId?: string;
 }
 
-/** A before-image was appended: volume, its byte range and where its bytes are in the journal. */
+/**
+ * A before-image was appended: volume, its byte range and where its bytes are in the journal
+ * (ZERO_POS: the range was zero, and the journal holds no bytes for it).
+ */
 export type BeforeListener = (vol: number, offset: number, length: number, dataPos: number) => void;
 
 interface Segment {
@@ -51,6 +55,8 @@ interface Segment {
   bytes: number;
 }
 
+/** The data position of a before-image that was all zero (a ZERO record: no bytes to read). */
+export const ZERO_POS = -1;
 const MAX_POINTS = 100_000;
 const EMPTY = Buffer.alloc(0);
 const SCAN_WINDOW_BYTES = 64 * 1024;
@@ -69,7 +75,11 @@ export class Journal {
   private readonly listeners = new Set<BeforeListener>();
   private syncRun: Promise<void> | null = null;
   private syncAgain = false;
+  private syncedTo = 0; // journal position up to which every record is durable
+  private syncScheduled = false;
+  private syncFailed: Error | null = null;
   private readonly header = Buffer.alloc(HEADER_BYTES);
+  private readonly zeroLength = Buffer.alloc(ZERO_PAYLOAD_BYTES); // a ZERO record's payload, reused
 
   private constructor(
     readonly dir: string,
@@ -125,8 +135,25 @@ export class Journal {
       data,
     );
     this.capturedSincePoint += data.length;
+    this.syncSoon();
     for (const l of this.listeners) l(vol, offset, data.length, at);
     return at;
+  }
+
+  /**
+   * [offset, offset + length) of volume `vol` was zero before this overwrite: a 36-byte record in
+   * place of the zeros (no read of the volume, no payload to write or sync).
+   */
+  appendZero(vol: number, offset: number, length: number): void {
+    assert(length > 0 && length <= 2 ** 32 - 1, 'a zero range fits a u32');
+    this.zeroLength.writeUInt32LE(length, 0);
+    this.append(
+      { type: RecordType.ZERO, sub: vol, arg: offset, time: Date.now(), payloadBytes: ZERO_PAYLOAD_BYTES },
+      this.zeroLength,
+    );
+    this.capturedSincePoint += length;
+    this.syncSoon();
+    for (const l of this.listeners) l(vol, offset, length, ZERO_POS);
   }
 
   /** Append a consistent point: everything recorded after it is newer than it. */
@@ -192,23 +219,52 @@ export class Journal {
     return n;
   }
 
-  /** Every record appended so far is durable once this resolves (fdatasync, coalesced). */
+  /**
+   * Every record appended so far is durable once this resolves (fdatasync, coalesced). Appends
+   * start one on their own at the end of their event-loop turn (group commit for the journal):
+   * by the time the volume's group commit asks, the before-images are mostly durable already,
+   * so the volume's fdatasync no longer waits behind a whole journal fdatasync.
+   */
   sync(): Promise<void> {
+    if (this.syncFailed) {
+      const e = this.syncFailed; // an early sync failed: its error is the next caller's
+      this.syncFailed = null;
+      return Promise.reject(e);
+    }
+    if (this.syncedTo >= this.end) return Promise.resolve();
     if (this.syncRun) {
       this.syncAgain = true;
       return this.syncRun;
     }
-    const fd = this.current.fd;
+    const fd = this.current.fd,
+      upTo = this.end;
     const run = new Promise<void>((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res())));
-    this.syncRun = run.finally(() => {
-      this.syncRun = null;
-      if (this.syncAgain) {
-        this.syncAgain = false;
-        return this.sync();
-      }
-    });
+    this.syncRun = run
+      .then(() => {
+        this.syncedTo = Math.max(this.syncedTo, upTo);
+      })
+      .finally(() => {
+        this.syncRun = null;
+        if (this.syncAgain) {
+          this.syncAgain = false;
+          return this.sync();
+        }
+      });
     return this.syncRun;
   }
+
+  /** An early sync after this turn's appends (one per turn; its failure goes to the next sync()). */
+  private syncSoon(): void {
+    if (this.syncScheduled) return;
+    this.syncScheduled = true;
+    setImmediate(this.earlySync);
+  }
+
+  private readonly earlySync = (): void => {
+    this.syncScheduled = false;
+    if (this.segments.length === 0) return; // closed
+    this.sync().catch((e: Error) => (this.syncFailed = e));
+  };
 
   /** The points, oldest first. */
   points(): readonly Checkpoint[] {
@@ -228,11 +284,12 @@ export class Journal {
   }
 
   /**
-   * Call `fn` for each record from `from` to the current end, in order (headers only). Headers
+   * Call `fn` for each record from `from` to the current end, in order (headers only; a ZERO
+   * record's `zeroBytes`, its range's length, read with it). Headers
    * are read through a 64 KiB window: small records cost one read per window, not one each (a
    * view of a 10-minute-old point scans hundreds of thousands of them).
    */
-  scan(from: number, fn: (h: RecordHeader, dataPos: number) => void): void {
+  scan(from: number, fn: (h: RecordHeader, dataPos: number, zeroBytes: number) => void): void {
     const win = Buffer.allocUnsafe(SCAN_WINDOW_BYTES);
     for (const s of this.segments) {
       if (s.n < segmentOf(from)) continue;
@@ -240,14 +297,17 @@ export class Journal {
       let at = 0,
         got = 0; // the window holds the segment's bytes [at, at + got)
       while (off + HEADER_BYTES <= s.bytes) {
-        if (off < at || off + HEADER_BYTES > at + got) {
+        // the window holds the header and a ZERO record's 4-byte payload after it
+        const need = HEADER_BYTES + ZERO_PAYLOAD_BYTES;
+        if (off < at || Math.min(off + need, s.bytes) > at + got) {
           at = off;
           got = fs.readSync(s.fd, win, 0, Math.min(win.length, s.bytes - off), off);
           assert(got >= HEADER_BYTES, `journal ${this.dir}: segment ${s.n} is shorter than its records`);
         }
         const h = decodeHeader(win.subarray(off - at, off - at + HEADER_BYTES));
         assert(h !== null, 'a record inside the journal has a header');
-        fn(h, position(s.n, off + HEADER_BYTES));
+        const zero = h.type === RecordType.ZERO ? win.readUInt32LE(off - at + HEADER_BYTES) : 0;
+        fn(h, position(s.n, off + HEADER_BYTES), zero);
         off += HEADER_BYTES + h.payloadBytes;
       }
     }

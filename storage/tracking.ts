@@ -22,7 +22,7 @@ export class TrackedTarget implements BlockTarget {
 
   constructor(
     readonly next: BlockTarget,
-    private readonly changes: ChangeMap,
+    readonly changes: ChangeMap,
   ) {
     // The optional paths exist exactly when the layer below has them, so callers' checks hold.
     if (next.writeSync) this.writeSync = (buf, offset) => this.syncWrite(buf, offset);

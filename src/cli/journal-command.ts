@@ -4,6 +4,7 @@
 import type * as http from 'node:http';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { spawn, spawnSync } from 'node:child_process';
 import { Command } from 'commander';
 import type { JournalConfig } from '../hub/journal';
 import { currentBootId } from '../../storage/journal-mark';
@@ -137,16 +138,87 @@ export function addJournalCommands(program: Command, tokenOption: (c: Command) =
     .requiredOption('--vm <name>', 'the VM')
     .requiredOption('--volume <name>', 'the volume (e.g. V1)')
     .option('--at <point>', 'checkpoint id, ISO 8601 time, "10 min ago", or latest', 'latest')
-    .requiredOption('--to <target>', 'a file (written in place) or nbd://host:port/export')
+    .requiredOption('--to <target>', 'a file or nbd://host:port/export')
+    .option(
+      '--via <how>',
+      'nbdcopy (the hub serves the point over NBD, nbdcopy copies it), http (a stream from the hub), ' +
+        'or auto: nbdcopy when installed and the hub NBD is plaintext',
+      'auto',
+    )
     .action(async (o) => {
-      const res: http.IncomingMessage = await post(o.hub, '/restore', { vm: o.vm, volume: o.volume, at: o.at }, true);
-      const size = Number(res.headers['content-length']);
-      const cp = JSON.parse(String(res.headers['x-rephub-checkpoint'] ?? '{}'));
-      const body = res;
-      const n = o.to.startsWith('nbd://') ? await writeToNbd(body, o.to, size) : await writeToFile(body, o.to, size);
-      if (n !== size) throw new Error(`restore of ${o.volume} cut short: ${n} of ${size} bytes (see the hub's log)`);
+      if (!['auto', 'nbdcopy', 'http'].includes(o.via))
+        throw new Error(`--via ${o.via}: expected auto, nbdcopy or http`);
+      const req = { vm: o.vm, volume: o.volume, at: o.at };
+      let done: { size: number; cp: any } | null = null;
+      if (o.via === 'nbdcopy' || (o.via === 'auto' && hasNbdcopy())) {
+        try {
+          done = await restoreViaNbd(o.hub, req, o.to, post);
+        } catch (e) {
+          if (o.via !== 'auto' || !(e instanceof NoNbdExport)) throw e;
+        }
+      }
+      done ??= await restoreViaHttp(o.hub, req, o.to, post);
+      const { size, cp } = done;
       process.stdout.write(
         `${o.volume}\tcheckpoint ${cp.id} (${cp.time}, ${cp.kind}${cp.label ? ', ' + cp.label : ''})\t${size} bytes to ${o.to}\n`,
       );
     });
+}
+
+/** The hub cannot serve the restore over NBD (TLS-only NBD, or an older hub): HTTP instead. */
+class NoNbdExport extends Error {}
+
+let nbdcopyFound: boolean | undefined;
+function hasNbdcopy(): boolean {
+  return (nbdcopyFound ??= spawnSync('nbdcopy', ['--version'], { stdio: 'ignore' }).status === 0);
+}
+
+interface RestoreReq {
+  vm: string;
+  volume: string;
+  at: string;
+}
+
+/**
+ * The hub serves the point under an export of its own (src/hub/restore-export.ts) and nbdcopy
+ * copies it (several connections, many requests in flight; --flush: durable, as the HTTP path's
+ * fsync). A file is written as nbdcopy writes one: it ends at the volume's size.
+ */
+async function restoreViaNbd(hub: string, req: RestoreReq, to: string, post: Post): Promise<{ size: number; cp: any }> {
+  let ex: { name: string; uri: string; size: number; checkpoint: any };
+  try {
+    ex = await post(hub, '/restore-export', req);
+  } catch (e) {
+    const m = (e as Error).message;
+    if (/TLS only|not found|HTTP 404/i.test(m)) throw new NoNbdExport(m);
+    throw e;
+  }
+  try {
+    const src = new URL(ex.uri);
+    if (src.hostname === '0.0.0.0' || src.hostname === '[::]') src.hostname = new URL(hub).hostname;
+    const code = await new Promise<number | null>((resolve, reject) =>
+      spawn('nbdcopy', ['--flush', src.toString(), to], { stdio: ['ignore', 'inherit', 'inherit'] })
+        .on('error', reject)
+        .on('exit', resolve),
+    );
+    if (code !== 0) throw new Error(`restore of ${req.volume}: nbdcopy ${src} ${to} failed (exit ${code})`);
+  } finally {
+    await post(hub, '/restore-export/end', { name: ex.name }).catch(() => undefined); // else it ends by itself
+  }
+  return { size: ex.size, cp: ex.checkpoint };
+}
+
+/** The hub streams the volume as of the point over HTTP; written in place to a file or over NBD. */
+async function restoreViaHttp(
+  hub: string,
+  req: RestoreReq,
+  to: string,
+  post: Post,
+): Promise<{ size: number; cp: any }> {
+  const res: http.IncomingMessage = await post(hub, '/restore', req, true);
+  const size = Number(res.headers['content-length']);
+  const cp = JSON.parse(String(res.headers['x-rephub-checkpoint'] ?? '{}'));
+  const n = to.startsWith('nbd://') ? await writeToNbd(res, to, size) : await writeToFile(res, to, size);
+  if (n !== size) throw new Error(`restore of ${req.volume} cut short: ${n} of ${size} bytes (see the hub's log)`);
+  return { size, cp };
 }

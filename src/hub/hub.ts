@@ -22,6 +22,7 @@ import { HttpApi } from './http-api';
 import { VerifyRefused, VerifyScheduler } from './verify-scheduler';
 import { HubJournals, JournalConfig, JournalRefused } from './journal';
 import { journalRoutes } from './journal-api';
+import { RestoreExports } from './restore-export';
 import { registerJournalMetrics } from './journal-metrics';
 import { EventBus, serveEvents } from './events';
 import { existing, failoverStep, feedEvents, sessionEvent } from './hub-events';
@@ -74,6 +75,7 @@ export class Hub implements HubStatusSource {
   /** The operator API's token; random unless given, so an embedded hub is never open. */
   readonly adminToken: string;
   readonly journals?: HubJournals;
+  private readonly restores?: RestoreExports; // restore over NBD: point-in-time exports of their own
   /** What changed, as it changes (GET /events). */
   readonly events = new EventBus();
   /** Payload bytes received by sessions that ended: with the live ones', rephub_received_bytes_total. */
@@ -126,6 +128,7 @@ export class Hub implements HubStatusSource {
       { maxSessions: opts.maxSessions ?? 64, tls: opts.tls, pool: this.pool, log: opts.log },
     );
     this.adminToken = opts.adminToken || crypto.randomBytes(32).toString('hex');
+    this.restores = this.journals && this.restoreExports(this.journals);
     this.httpApi = new HttpApi({
       status: () => this.status(),
       monitor: this.monitor,
@@ -138,10 +141,22 @@ export class Hub implements HubStatusSource {
       adminToken: this.adminToken,
       log: opts.log,
       verify: (req) => this.verifier.start(req),
-      more: mergeRoutes(volumeRoutes(this), this.journals ? journalRoutes(this.journals) : undefined),
+      more: mergeRoutes(volumeRoutes(this), this.journals ? journalRoutes(this.journals, this.restores) : undefined),
       events: (res) => serveEvents(this.events, () => existing(this.replicas.values(), this.sessions), res),
     });
     this.sampler = this.startSampling();
+  }
+
+  /** Restore over NBD: exports of their own on this hub's NBD server (plaintext only). */
+  private restoreExports(journals: HubJournals): RestoreExports {
+    return new RestoreExports(journals, {
+      exports: this.exports,
+      nbdUri: (n) =>
+        this.opts.nbdTls || !this.nbd
+          ? null
+          : `nbd://${this.nbdAddr.host}:${this.nbdAddr.port}/${encodeURIComponent(n)}`,
+      log: this.opts.log.child({ part: 'restore' }),
+    });
   }
 
   /** Each replica's counters and alarm, sampled every second. */
@@ -197,7 +212,9 @@ export class Hub implements HubStatusSource {
         requestCert: !!f.ca,
       };
     }
-    this.nbd = new NbdServer(this.exports, this.log.child({ part: 'nbd' }), nbdTls);
+    // reads reuse pooled buffers (nbdcopy's 256 KiB requests; 16 MiB idle at most): restore reads a whole volume
+    const readPool = new BufferPool(256 << 10, 64);
+    this.nbd = new NbdServer(this.exports, this.log.child({ part: 'nbd' }), nbdTls, undefined, readPool);
     const a = await this.nbd.listen(host, port);
     this.nbdAddr = { host: a.address.includes(':') ? `[${a.address}]` : a.address, port: a.port };
     return a;
@@ -307,6 +324,7 @@ export class Hub implements HubStatusSource {
     this.verifier.close();
     clearInterval(this.sampler);
     this.httpApi.close();
+    await step('closing the restore exports', {}, () => this.restores?.close());
     await step('closing the NBD exports', {}, () => this.nbd?.close());
     const sessions = this.sessions.size;
     this.listener.dropAll();

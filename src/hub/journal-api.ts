@@ -1,11 +1,14 @@
 // The journal's routes on the hub's HTTP API: GET /checkpoints[?vm=] lists the points, POST
 // /checkpoint {vm, label} tags the next consistent point, POST /restore {vm, volume, at} answers
 // the volume's bytes as of that point (application/octet-stream, content-length the volume's
-// size, x-rephub-checkpoint the point). Both POSTs pass the operator gate first (http-api.ts).
+// size, x-rephub-checkpoint the point). POST /restore-export {vm, volume, at} serves that view
+// over NBD instead ({name, uri, size, checkpoint}; restore-export.ts) and POST
+// /restore-export/end {name} ends it. Every POST passes the operator gate first (http-api.ts).
 import type * as http from 'node:http';
 import { BadRequest, Body, MoreRoutes, optionalString } from './http-api';
 import type { HubJournals } from './journal';
 import { iso } from './journal';
+import type { RestoreExports } from './restore-export';
 
 const CHUNK_BYTES = 4 << 20;
 const READ_AHEAD = 4; // chunks read ahead of the socket: 16 MiB at most per restore
@@ -44,7 +47,7 @@ async function restore(journals: HubJournals, b: Body, res: http.ServerResponse)
       const buf = await inFlight.shift()!;
       if (res.destroyed) throw new Error(`restore of ${volume}: the client went away at offset ${sent}`);
       sent += buf.length;
-      if (!res.write(buf)) await new Promise<void>((r) => res.once('drain', r).once('close', r));
+      if (!res.write(buf)) await drained(res);
     }
     await Promise.allSettled(inFlight);
     res.end();
@@ -53,12 +56,29 @@ async function restore(journals: HubJournals, b: Body, res: http.ServerResponse)
   }
 }
 
-export function journalRoutes(journals: HubJournals): MoreRoutes {
+/** The socket drained, or closed (one listener of each at a time: they are removed after). */
+function drained(res: http.ServerResponse): Promise<void> {
+  return new Promise<void>((r) => {
+    const done = () => {
+      res.off('drain', done).off('close', done);
+      r();
+    };
+    res.on('drain', done).on('close', done);
+  });
+}
+
+export function journalRoutes(journals: HubJournals, restores?: RestoreExports): MoreRoutes {
+  const post: MoreRoutes['post'] = {
+    '/checkpoint': async (b) => journals.tag(required(b, 'vm'), required(b, 'label')),
+  };
+  if (restores) {
+    post['/restore-export'] = async (b) =>
+      restores.start(required(b, 'vm'), required(b, 'volume'), optionalString(b, 'at') ?? 'latest');
+    post['/restore-export/end'] = (b) => restores.end(required(b, 'name'));
+  }
   return {
     get: (path, query) => (path === '/checkpoints' ? journals.list(query.get('vm') ?? undefined) : undefined),
-    post: {
-      '/checkpoint': async (b) => journals.tag(required(b, 'vm'), required(b, 'label')),
-    },
+    post,
     stream: {
       '/restore': (b, res) => restore(journals, b, res),
     },

@@ -6,7 +6,7 @@ import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { serverGreeting, simpleReply } from '../../protocol/nbd';
 import { ByteQueue } from './byte-queue';
-import { writeBatched } from '../net-batch';
+import { writeBatched, writeBatchedThen } from '../net-batch';
 import { readThrough } from '../net-read';
 import {
   HandshakeState,
@@ -99,8 +99,8 @@ export class NbdConnection implements TransmissionIo, ExportUser {
   reply(error: number, handle: Buffer): void {
     this.send(simpleReply(error, handle));
   }
-  replyData(handle: Buffer, data: Buffer): void {
-    writeBatched(this.sock, simpleReply(0, handle), data);
+  replyData(handle: Buffer, data: Buffer, sent?: () => void): void {
+    writeBatchedThen(this.sock, [simpleReply(0, handle), data], sent);
   }
   pause(): void {
     this.sock.pause();
@@ -190,9 +190,9 @@ export class NbdConnection implements TransmissionIo, ExportUser {
   private attach(name: string, opt: number): void {
     const exp = this.ctx.registry.attach(name, this);
     if (!exp) return this.fatal(`export "${name}" went away`); // cannot happen: nothing ran since the lookup
-    const { pool, stats } = this.ctx;
+    const { pool, readPool, stats } = this.ctx;
     const direct = !this.config.tls;
-    this.transmission = new Transmission(exp, this.queue, this, { direct, pool, stats, log: this.log });
+    this.transmission = new Transmission(exp, this.queue, this, { direct, pool, readPool, stats, log: this.log });
     this.phase = 'transmission';
     this.log.info({ export: exp.name, opt }, 'NBD client attached');
   }

@@ -28,6 +28,8 @@ export class NbdServer {
     private readonly log: Logger,
     private readonly tls?: NbdTlsOptions,
     private readonly pool?: BufferPool,
+    /** READ replies' buffers (the hub's restore exports); without it each read allocates. */
+    private readonly readPool?: BufferPool,
   ) {}
 
   /** Clients connected now. */
@@ -69,7 +71,7 @@ export class NbdServer {
     const peer = raw.remoteAddress === undefined ? 'unix' : `${raw.remoteAddress}:${raw.remotePort}`;
     const log = this.log.child({ nbdConn: id, peer });
     this.stats.connections++;
-    const ctx = { registry: this.exports, tls: this.tls, pool: this.pool, stats: this.stats };
+    const ctx = { registry: this.exports, tls: this.tls, pool: this.pool, readPool: this.readPool, stats: this.stats };
     const conn = new NbdConnection(raw, ctx, log);
     const sock = conn.socket;
     this.conns.add(sock);

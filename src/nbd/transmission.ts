@@ -26,7 +26,8 @@ const DIRECT_READ_MIN = 16 * 1024; // a socket read straight into the payload on
 /** What transmission needs from its connection. */
 export interface TransmissionIo {
   reply(error: number, handle: Buffer): void;
-  replyData(handle: Buffer, data: Buffer): void;
+  /** `sent` (optional) runs once the socket no longer needs `data`. */
+  replyData(handle: Buffer, data: Buffer, sent?: () => void): void;
   pause(): void;
   /** Read again (and parse what is queued). */
   resume(): void;
@@ -46,6 +47,8 @@ export interface TransmissionOptions {
   /** Large write payloads may be read straight into their own buffer (src/net-read.ts). */
   readonly direct: boolean;
   readonly pool?: BufferPool;
+  /** READ replies' buffers, given back once sent (a fresh buffer per read costs page faults and GC). */
+  readonly readPool?: BufferPool;
   readonly stats: NbdStats;
   readonly log: Logger;
 }
@@ -204,10 +207,14 @@ export class Transmission {
   }
 
   private read(r: NbdRequest): void {
-    const buf = Buffer.allocUnsafe(r.length);
+    const pool = this.opts.readPool;
+    const buf = pool ? pool.take(r.length) : Buffer.allocUnsafe(r.length);
     this.exp.read(buf, r.offset).then(
-      () => this.done(r, 0, buf),
-      (err) => this.failed(r, err, 'NBD read failed'),
+      () => this.done(r, 0, buf, pool),
+      (err) => {
+        pool?.give(buf);
+        this.failed(r, err, 'NBD read failed');
+      },
     );
   }
 
@@ -260,12 +267,13 @@ export class Transmission {
   }
 
   /** The one reply to request r. */
-  private done(r: NbdRequest, err: number, data?: Buffer): void {
+  private done(r: NbdRequest, err: number, data?: Buffer, from?: BufferPool): void {
     assert(this.inflight > 0, 'a reply to a request not in flight');
     this.inflight--;
     if (err) this.opts.stats.errors++;
-    if (!this.io.closed) {
-      if (data && !err) this.io.replyData(r.handle, data);
+    if (this.io.closed) from?.give(data!);
+    else {
+      if (data && !err) this.io.replyData(r.handle, data, from && (() => from.give(data)));
       else this.io.reply(err, r.handle);
       if (this.paused && this.inflight < MAX_INFLIGHT / 2) {
         this.paused = false;
