@@ -14,7 +14,6 @@ import { LockHeldError } from '../../storage/lock';
 import { TOKEN_FILE_ENV, cliTokenFile, readTokenFile } from './admin-token';
 import { addJournalCommands, journalServeOptions } from './journal-command';
 import { EXIT_CODES_HELP, EXIT_START, EXIT_USAGE, exitWith, usageErrorsExit2 } from './exit-codes';
-import { configCheck, serveHub } from './hub-daemon';
 import { defaultDataDir } from './hub-settings';
 
 const collect = (v: string, prev: string[]) => [...prev, v];
@@ -86,7 +85,7 @@ const serve = journalServeOptions(program.command('serve', { isDefault: true }))
   )
   .option('--max-resync-rate <bytes/s>', 'resync bytes/s all agents together send this hub (0: no cap)', '0')
   .addHelpText('after', EXIT_CODES_HELP)
-  .action((_o, cmd: Command) => serveHub(cmd));
+  .action(async (_o, cmd: Command) => (await import('./hub-daemon')).serveHub(cmd)); // loaded only to serve: the operator subcommands start fast
 
 program
   .command('config')
@@ -95,8 +94,8 @@ program
   .description(
     'check a --config file (and what it names: volume paths, --data, key files) without starting; one line per problem, exit 0 if none, 2 otherwise',
   )
-  .action((file: string) => {
-    process.exitCode = configCheck(serve, file);
+  .action(async (file: string) => {
+    process.exitCode = (await import('./hub-daemon')).configCheck(serve, file);
   });
 
 addEventsCommand(program);
