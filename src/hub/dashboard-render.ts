@@ -5,6 +5,7 @@
 export const RENDER_JS = `
 const fmt=(n)=>{const u=['B','KiB','MiB','GiB','TiB'];let i=0;while(n>=1024&&i<4){n/=1024;i++}return (i?n.toFixed(1):n)+' '+u[i]};
 const lag=(ms)=>ms===null?'never in sync':ms<1000?ms+' ms':(ms/1000).toFixed(1)+' s';
+const dur=(ms)=>ms<90000?Math.round(ms/1000)+' s':ms<5400000?Math.round(ms/60000)+' min':(ms/3600000).toFixed(1)+' h';
 const verified=(r)=>!r?'never':r.state==='running'?'running, '+(100*r.checkedBytes/r.sizeBytes).toFixed(0)+'%':r.state==='failed'?'failed: '+r.error:r.mismatchedRegions?r.mismatchedRegions+' regions differed'+(r.reportOnly?'':' (resynced)'):'equal, '+r.finishedAt;
 const esc=(s)=>String(s).replace(/[&<>"]/g,(c)=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
 const btn=(act,label,data,cls)=>'<button type="button" class="'+(cls||'')+'" data-act="'+act+'"'+
@@ -17,7 +18,7 @@ function groups(s){const g={};s.volumes.forEach((v)=>{(g[v.vm||'']=g[v.vm||'']||
  return Object.keys(g).sort((a,b)=>a===''?1:b===''?-1:a<b?-1:a>b?1:0).map((k)=>[k,g[k]])}
 function timeline(vm,s,ax){const cps=((s.timeline||{})[vm]||[]).filter((c)=>c.t>=ax.from);
  const ticks=cps.map((c)=>{const x=((c.t-ax.from)/ax.span*1000).toFixed(1);return '<line class="cp cp-'+esc(c.kind)+'" data-id="'+c.id+'" x1="'+x+'" x2="'+x+'" y1="2" y2="22"><title>#'+c.id+' '+esc(c.kind)+' '+new Date(c.t).toISOString()+(c.label?' '+esc(c.label):'')+'</title></line>'}).join('');
- return '<div class="timeline" data-vm="'+esc(vm)+'"><span class="lbl"><span class="ncp">'+cps.length+'</span> checkpoints in the last '+lag(ax.span)+'</span>'+
+ return '<div class="timeline" data-vm="'+esc(vm)+'"><span class="lbl"><span class="ncp">'+cps.length+'</span> checkpoints in the last '+dur(ax.span)+'</span>'+
   '<svg class="cps" viewBox="0 0 1000 24" preserveAspectRatio="none"><line class="axis" x1="0" x2="1000" y1="12" y2="12"/>'+ticks+'</svg></div>'}
 function card(v,ax){const pct=v.sizeBytes?100*(1-v.dirtyBytes/v.sizeBytes):0;const d={volume:v.name};
  return '<div class="card" data-volume="'+esc(v.name)+'">'+
