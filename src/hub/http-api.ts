@@ -11,7 +11,8 @@ import type { Monitor } from './monitor';
 
 const MAX_BODY_BYTES = 65536;
 const NOT_FOUND =
-  'not found: GET / (dashboard), /status, /metrics, /events, /ws, /checkpoints; POST /failover-test/start|stop, /failover, /failback, /verify, /checkpoint, /restore';
+  'not found: GET / (dashboard), /status, /metrics, /events, /ws, /checkpoints, /history; ' +
+  'POST /failover-test/start|stop, /failover, /failback, /verify, /checkpoint, /restore, /volume/pause|resume|remove|resize';
 
 /** What the operator can ask for; the failover controller does it. */
 export interface OperatorActions {
@@ -184,7 +185,13 @@ export class HttpApi {
       }
     }
     const url = new URL(req.url ?? '/', 'http://hub');
-    const got = req.method === 'GET' ? this.opts.more?.get(url.pathname, url.searchParams) : undefined;
+    let got: unknown;
+    try {
+      got = req.method === 'GET' ? this.opts.more?.get(url.pathname, url.searchParams) : undefined;
+    } catch (e) {
+      const bad = e instanceof BadRequest; // a bad query (GET /history?span=…): never a crash of the hub
+      return json(res, bad ? 400 : this.opts.isRefusal(e) ? 409 : 500, { error: (e as Error).message });
+    }
     if (got !== undefined) return json(res, 200, got);
     const stream = req.method === 'POST' ? this.opts.more?.stream[req.url ?? ''] : undefined;
     if (stream) return this.readBody(req, res, (body) => this.run(req.url ?? '', (b) => stream(b, res), body, res));

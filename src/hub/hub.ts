@@ -30,6 +30,7 @@ import { STATUS_SCHEMA, capNames } from '../status-schema';
 import { registerResyncMetrics } from './resync-metrics';
 import { VolumeRefused, addVolume, removeVolume } from './volume-set';
 import { mergeRoutes, volumeRoutes } from './volume-api';
+import { historyRoutes } from './history-api';
 
 export interface HubOptions {
   volumes: ReplicaSpec[];
@@ -141,7 +142,11 @@ export class Hub implements HubStatusSource {
       adminToken: this.adminToken,
       log: opts.log,
       verify: (req) => this.verifier.start(req),
-      more: mergeRoutes(volumeRoutes(this), this.journals ? journalRoutes(this.journals, this.restores) : undefined),
+      more: mergeRoutes(
+        volumeRoutes(this),
+        historyRoutes(this.monitor.history),
+        this.journals ? journalRoutes(this.journals, this.restores) : undefined,
+      ),
       events: (res) => serveEvents(this.events, () => existing(this.replicas.values(), this.sessions), res),
     });
     this.sampler = this.startSampling();

@@ -1,6 +1,7 @@
 // The operator's view of a hub: Prometheus metrics, and a live dashboard fed over WebSocket
 // (state, progress, RPO lag, throughput, a heat map of each volume's dirty bitmap, each VM's
-// checkpoints on a timeline, and the last hour of RPO lag and throughput, sampled here).
+// checkpoints on a timeline). The last hour of RPO lag, throughput and dirty bytes is sampled
+// here into the history, which the page reads from GET /history (history-api.ts).
 import * as http from 'node:http';
 import { Registry } from 'prom-client';
 import { registerMetrics } from './metrics';
@@ -16,7 +17,6 @@ const HEAT_CELLS = 256; // heat-map cells per volume
 const PUSH_MS = 500;
 const MAX_CLIENTS = 32;
 const SAMPLE_MS = 1000; // the history's step
-const HISTORY_POINTS = 360; // points per series on the page (an hour in 10 s buckets)
 const TIMELINE_MS = 3600_000; // the timeline's span: the history's hour
 const TIMELINE_POINTS = 500; // checkpoints per VM on the page, the newest
 
@@ -53,7 +53,6 @@ export class Monitor {
       ...st,
       at: Date.now(),
       heat,
-      history: this.history.series(HISTORY_POINTS),
       timeline: this.source.checkpoints?.(TIMELINE_MS, TIMELINE_POINTS) ?? {},
     };
   }
