@@ -111,7 +111,11 @@ export class HubProcess {
     const proc = this.spawnLogged(args);
     this.proc = proc;
     proc.on('exit', (code, signal) => {
-      if (proc === this.proc && !this.ending) this.exit = { code, signal };
+      if (proc !== this.proc || this.ending) return;
+      this.exit = { code, signal };
+      // A crash: say so now, with the log's tail, whatever the test then reports (often only a
+      // refused connection).
+      console.error(`hub on port ${this.port} exited unexpectedly (${code ?? signal}): ${this.logTail()}`);
     });
     await this.waitListening(proc);
   }

@@ -13,10 +13,11 @@ cleanup() { kill -INT ${AP:-} ${HP:-} 2>/dev/null || true; [ -n "${QP:-}" ] && k
 trap cleanup EXIT
 head -c "$SIZE" /dev/urandom > "$W/V1.img"
 HTTP=127.0.0.1:17581
-LOG_LEVEL=warn node dist/src/cli/rephub.js --listen 127.0.0.1:17500 --http $HTTP --vol "V1=$W/V1R" --data "$W/hub" 2>"$W/hub.log" & HP=$!
+LOG_LEVEL=warn node dist/src/cli/rephub.js --listen 127.0.0.1:17500 --http $HTTP --nbd 127.0.0.1:17510 --vol "V1=$W/V1R" --data "$W/hub" 2>"$W/hub.log" & HP=$!
 sleep 0.5
 LOG_LEVEL=warn node dist/src/cli/rephub-agent.js --hub 127.0.0.1:17500 --export "V1=$W/V1.img" --nbd 127.0.0.1:17509 --http 127.0.0.1:17591 --state "$W/ast" --vm rv 2>"$W/agent.log" & AP=$!
 for _ in $(seq 600); do curl -s $HTTP/status | grep -q '"state": "protecting"' && break; sleep 0.2; done
+curl -s $HTTP/status | grep -q '"state": "protecting"' || { echo "the volume never reached protecting:"; tail -5 "$W/hub.log" "$W/agent.log"; exit 1; }
 export REPHUB_ADMIN_TOKEN_FILE="$W/hub/admin-token"
 node dist/src/cli/rephub.js checkpoint --hub http://$HTTP --vm rv --label bench >/dev/null
 med() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
