@@ -105,9 +105,9 @@ export class RbdVolume implements BlockTarget {
     return (await rbdAddon!.job(this.h, RbdJob.IsOwner)) === 1;
   }
 
-  async read(buf: Buffer, offset: number): Promise<void> {
-    await this.window.settled(offset, offset + buf.length);
-    return this.io(RbdOp.Read, buf, offset);
+  /** After the writes asked for before it that it overlaps; before those asked for after it. */
+  read(buf: Buffer, offset: number): Promise<void> {
+    return this.window.read(offset, offset + buf.length, () => this.io(RbdOp.Read, buf, offset));
   }
 
   /** Resolves once the write is on its way; a failure to land surfaces at the next flush. */

@@ -4,12 +4,15 @@
 // the first failure. Guarantees: a write overlapping one in flight waits for it (stream order per
 // byte); a read waits for the writes it overlaps (it sees them); drain() returns once everything
 // handed over has landed, and throws the first failure since the last drain, naming its offset,
-// so a flush never reports durable what did not land.
+// so a flush never reports durable what did not land. A read is in the window too, from the
+// moment it is asked for: a write asked for after it waits until it has read (it sees the old
+// bytes: the encryption alarm's sample read does not hold up the apply queue).
 import { assert } from './assert';
 
 interface InFlight {
   start: number;
   end: number;
+  bytes: number; // held by the window: a write's length, 0 for a read
   done: Promise<void>;
 }
 
@@ -45,7 +48,7 @@ export class WriteWindow {
         await this.inflight[0].done;
       else break;
     }
-    const w: InFlight = { start, end, done: Promise.resolve() };
+    const w: InFlight = { start, end, bytes: len, done: Promise.resolve() };
     w.done = submit().then(
       () => this.landed(w),
       (e: Error) => {
@@ -57,13 +60,20 @@ export class WriteWindow {
     this.bytes += len;
   }
 
-  /** Wait for the writes in flight that overlap [start, end). */
-  async settled(start: number, end: number): Promise<void> {
-    for (;;) {
-      const w = this.inflight.find((x) => x.start < end && start < x.end);
-      if (!w) return;
-      await w.done;
-    }
+  /**
+   * Read [start, end) with `submit` once the writes in flight before it that overlap it have
+   * landed; writes asked for after this call that overlap it wait for the read.
+   */
+  read(start: number, end: number, submit: () => Promise<void>): Promise<void> {
+    const before = this.inflight.filter((w) => w.bytes > 0 && w.start < end && start < w.end);
+    const got = before.length ? Promise.all(before.map((w) => w.done)).then(submit) : submit();
+    const r: InFlight = { start, end, bytes: 0, done: Promise.resolve() };
+    r.done = got.then(
+      () => this.landed(r),
+      () => this.landed(r), // the reader hears of its failure; the window only lets go
+    );
+    this.inflight.push(r);
+    return got;
   }
 
   /**
@@ -81,7 +91,7 @@ export class WriteWindow {
     const i = this.inflight.indexOf(w);
     assert(i >= 0, 'a write lands once');
     this.inflight.splice(i, 1);
-    this.bytes -= w.end - w.start;
+    this.bytes -= w.bytes;
     assert(this.bytes >= 0, 'the window counts what it holds');
   }
 }

@@ -1,6 +1,7 @@
 // The write window of a remote image (storage/write-window.ts), with submits we complete by hand:
 // room and overlap limits hold writes back, a failure is reported by the next drain and only
-// once, and a drain does not wait for writes handed over after it began.
+// once, a drain does not wait for writes handed over after it began, and reads keep their place
+// among the writes.
 import { strict as assert } from 'node:assert';
 import { WriteWindow } from '../storage/write-window';
 
@@ -80,5 +81,29 @@ describe('write window (writes in flight to a remote image)', () => {
     later.land();
     await w.drain();
     assert.equal(w.writes, 0);
+  });
+
+  it('a read waits for the writes before it that it overlaps; a write after it waits for the read', async () => {
+    const w = new WriteWindow();
+    const a = manual();
+    await w.add(0, 8192, a.submit);
+    let readStarted = false;
+    const r = manual();
+    const read = w.read(4096, 8192, () => ((readStarted = true), r.submit()));
+    let writeStarted = false;
+    const after = w.add(4096, 4096, async () => void (writeStarted = true));
+    await tick();
+    assert.equal(readStarted, false, 'the read waits for the write before it');
+    a.land();
+    await tick();
+    await tick();
+    assert.equal(readStarted, true);
+    assert.equal(writeStarted, false, 'the write asked for after the read waits until it has read');
+    r.land();
+    await read;
+    await after;
+    assert.equal(writeStarted, true);
+    const free = w.read(1 << 20, (1 << 20) + 512, async () => undefined); // overlapping nothing: at once
+    await free;
   });
 });

@@ -115,14 +115,24 @@ export class EncryptionAlarm {
 
   /** Score a due write: `data` its new bytes, `old` what the same bytes held before; count() it then. */
   score(data: Buffer, old: Buffer): void {
+    this.take(data.length);
+    this.judge(data, old, data.length);
+  }
+
+  /** A due write of `bytes` is sampled (its old bytes are being read): count() it then, judge() later. */
+  take(bytes: number): void {
     this.samplesThisSec++;
-    this.budget = this.opts.sampleEveryBytes + data.length; // count() of this write follows
-    this.sampledThisSec += data.length;
+    this.budget = this.opts.sampleEveryBytes + bytes; // count() of this write follows
+    this.sampledThisSec += bytes;
+  }
+
+  /** The sample of a taken write of `bytes`: its first bytes `data`, and `old` that they overwrote. */
+  judge(data: Buffer, old: Buffer, bytes: number): void {
     const n = Math.min(old.length, data.length, this.opts.sampleBytes);
     if (n < PIECES * PIECE_BYTES) return;
     if (isZero(old, n) || spreadEntropy(data, n, this.hist) < this.opts.highEntropy) return;
     if (spreadEntropy(old, n, this.hist) >= this.opts.lowEntropy) return;
-    this.suspiciousThisSec += data.length;
+    this.suspiciousThisSec += bytes;
   }
 
   /** Close the current second (called once a second). */

@@ -44,7 +44,7 @@ export class WriteApplier {
     if (rep.hold !== null) return this.held(sync, first, last);
     sync.touch(first, last);
     let target: Replica | null = null;
-    if (m.ioStatus === IO_OK && rep.alarm.due(m.data.length)) await scoreWrite(rep, m.data, start);
+    if (m.ioStatus === IO_OK && rep.alarm.due(m.data.length)) scoreWrite(rep, m.data, start);
     if (m.ioStatus !== IO_OK) {
       // The guest's write failed locally; what the protected volume holds there is unknown.
       await rep.markDirty(first, last);
@@ -117,16 +117,22 @@ export class WriteApplier {
   }
 }
 
-/** Score a write for the encryption alarm against what it overwrites (read before it lands). */
-async function scoreWrite(rep: Replica, data: Buffer, start: number): Promise<void> {
+/**
+ * Score a write for the encryption alarm against what it overwrites. A recovery volume read
+ * inline (a file) is scored now; else (an RBD image) the read is asked for now, before the write,
+ * and the image's write window lands the write only after it (storage/write-window.ts): the
+ * sample waits for the cluster, the apply queue does not.
+ */
+function scoreWrite(rep: Replica, data: Buffer, start: number): void {
   const n = Math.min(data.length, rep.alarm.sampleBytes);
   const inline = rep.alarmReader.read(start, n);
   if (inline) return rep.alarm.score(data, inline);
-  const old = Buffer.allocUnsafe(n);
-  try {
-    await rep.target!.read(old, start);
-  } catch {
-    return rep.alarm.score(data, Buffer.alloc(0)); // unscored: the write itself reports the fault
-  }
-  rep.alarm.score(data, old);
+  rep.alarm.take(data.length);
+  const old = Buffer.allocUnsafe(n),
+    sample = Buffer.from(data.subarray(0, n)), // `data` goes back to the pool once applied
+    bytes = data.length;
+  rep.target!.read(old, start).then(
+    () => rep.alarm.judge(sample, old, bytes),
+    () => undefined, // unscored: the write itself reports a failing volume
+  );
 }
