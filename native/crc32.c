@@ -3,7 +3,9 @@
 // time, then into one lane, and the last 16 bytes plus the tail go through a byte table. Frame
 // checksums cover every data byte twice (agent seals, hub verifies); zlib's crc32 was a quarter
 // of the CPU of a 1 MiB write. Folding keeps the invariant: CRC(message) = CRC(lane bytes
-// followed by the unprocessed rest), so no Barrett step is needed.
+// followed by the unprocessed rest), so no Barrett step is needed. Where the CPU and the OS have
+// AVX-512 VPCLMULQDQ, four 512-bit lanes fold 256 bytes at a time first (about 3x: 33 against
+// 80-135 us per MiB on this machine's EPYC, issue 17), ending in the same four 128-bit lanes.
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
