@@ -26,16 +26,16 @@ for r in $(seq "$ROUNDS"); do
     LOG_LEVEL=warn node "$root/dist/src/cli/rephub-agent.js" --hub 127.0.0.1:$PORT --export "V1=$W/V1.img" \
       --nbd 127.0.0.1:$((PORT + 9)) --http 127.0.0.1:$((PORT + 90)) --state "$W/ast" --vm q $flags 2>"$W/agent.log" & AP=$!
     for _ in $(seq 200); do curl -s 127.0.0.1:$((PORT + 80))/status | grep -q '"state": *"protecting"' && break; sleep 0.1; done
-    t0=$(ticks $AP $HP)
+    t0=$(ticks $AP $HP); a0=$(ticks $AP)
     fio --name=r --ioengine=nbd --uri=nbd://127.0.0.1:$((PORT + 9))/V1 --rw="$RW" --bs="$BS" --iodepth="$QD" \
       --size=256m --time_based --runtime="$SECS" --output-format=json --output="$W/r.json" >/dev/null 2>&1
-    t1=$(ticks $AP $HP); e0=$(date +%s.%N); eq=DIFFER
+    t1=$(ticks $AP $HP); a1=$(ticks $AP); e0=$(date +%s.%N); eq=DIFFER
     for _ in $(seq 1200); do cmp -s "$W/V1.img" "$W/V1R" && { eq=$(echo "$(date +%s.%N) - $e0" | bc); break; }; sleep 0.05; done
     t2=$(ticks $AP $HP)
     st=$(curl -s 127.0.0.1:$((PORT + 90))/status)
     mib=$(jq -r '.jobs[0].write.io_bytes/1048576' "$W/r.json"); bw=$(jq -r '.jobs[0].write.bw/1024|floor' "$W/r.json")
     per() { echo "scale=0; $1 * 1000000 / $TCK / ($mib + 0.001)" | bc; }
-    echo "round $r $name: MiB/s $bw; cpu us/MiB job $(per $((t1 - t0))) until-equal $(per $((t2 - t0))); equal after ${eq}s;" \
+    echo "round $r $name: MiB/s $bw; cpu us/MiB job $(per $((t1 - t0))) (agent $(per $((a1 - a0)))) until-equal $(per $((t2 - t0))); equal after ${eq}s;" \
       "overflowed $(jq -r '.overflowWrites' <<<"$st") of $(jq -r '.jobs[0].write.total_ios' "$W/r.json") writes;" \
       "mirrored MiB $(jq -r '(.mirroredBytes/1048576)|floor' <<<"$st")"
     kill -INT $AP; sleep 0.3; kill -INT $HP; wait $AP $HP 2>/dev/null; rm -rf "$W"
