@@ -122,6 +122,39 @@ describe('resync governor', () => {
     assert.equal(g.rate, 20 * MiB, 'a short queue lets it grow to the ceiling');
   });
 
+  it('after a cut to the floor, a link without queue gets resync back to full speed within ten samples', () => {
+    // Issue 17: a 1 MiB write job overflowed into dirty regions, the mirrored writes' queue cut
+    // resync to its floor, and 10 % steps took ~6 s back to the link's speed (copies equal 12 s
+    // after the job instead of 2 s).
+    const c = fakeClock(),
+      s = sink();
+    const g = new ResyncGovernor({ floorRate: MiB, ceilRate: 0, ...c });
+    g.send(s.link, frame(1 << 20, true));
+    g.sample(c.now() - 5);
+    c.advance(PROBE);
+    for (let i = 0; i < 10; i++) {
+      g.send(s.link, frame(4096, true));
+      g.sample(c.now() - 5 - 4 * TARGET_DELAY_MS);
+      c.advance(PROBE);
+    }
+    assert.equal(g.rate, MiB, 'the long queue drove it to the floor');
+    for (let i = 0; i < 10; i++) {
+      g.send(s.link, frame(4096, true));
+      g.sample(c.now() - 5);
+      c.advance(PROBE);
+    }
+    assert.ok(g.rate >= 512 * MiB, `back to ${(g.rate / MiB).toFixed(0)} MiB/s after 10 samples`);
+    // near the target it grows gently again, and a queue over it still cuts
+    const before = g.rate;
+    g.send(s.link, frame(4096, true));
+    g.sample(c.now() - 5 - 0.5 * TARGET_DELAY_MS);
+    assert.ok(g.rate > before && g.rate < 1.1 * before, 'under 10 % growth at half the target delay');
+    c.advance(PROBE);
+    g.send(s.link, frame(4096, true));
+    g.sample(c.now() - 5 - 3 * TARGET_DELAY_MS);
+    assert.ok(g.rate < before, 'a queue over the target cuts');
+  });
+
   it('holds answers to its rate and releases them in order; detach releases what it held', () => {
     const c = fakeClock(),
       s = sink();

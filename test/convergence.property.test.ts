@@ -158,11 +158,13 @@ class World {
   legacyClean = true; // legacy agent: last session ended with AGENT_SHUTDOWN
   agentReads: (() => void)[] = []; // remote reads on the agent that have read their data, not yet completed
   log: string[] = [];
+  clockMs = 0; // virtual milliseconds of the agent's resync governor
+  timers: { at: number; fn: () => void }[] = [];
 
   constructor(
     readonly sizes: number[],
     readonly caps: number,
-    readonly cfg: { inflight: number; readBytes: number },
+    readonly cfg: { inflight: number; readBytes: number; queue?: number },
   ) {
     this.prot = sizes.map((n) => new AgentDisk(n * RS, this.agentReads));
     const volumes = this.prot.map((target, i) => ({
@@ -170,7 +172,27 @@ class World {
       target,
       log: DirtyLog.memory(target.sizeBytes, RS),
     }));
-    const limits = { maxQueueBytes: 64 << 20, maxPendingWrites: 65536, maxRemoteIo: 16, seekData: true };
+    // The resync governor holds answers on timers (agent/resync-governor.ts): virtual ones here,
+    // fired by 'tick' actions and by quiesce(), so held answers are overtaken by later writes at
+    // random points, as they are on a real link.
+    const clock = {
+      now: () => this.clockMs,
+      setTimer: (fn: () => void, ms: number) => {
+        const t = { at: this.clockMs + ms, fn };
+        this.timers.push(t);
+        return t;
+      },
+      clearTimer: (t: unknown) => {
+        this.timers = this.timers.filter((x) => x !== t);
+      },
+    };
+    const limits = {
+      maxQueueBytes: this.cfg.queue ?? 64 << 20,
+      maxPendingWrites: 65536,
+      maxRemoteIo: 16,
+      seekData: true,
+      clock,
+    };
     this.agent = new AgentCore(volumes, limits, new BufferPool(1 << 20, 16), silentLogger(), newStats());
     this.startHub();
   }
@@ -213,7 +235,7 @@ class World {
         if (c.alive) c.a2h.push(Buffer.concat(bufs));
         done?.();
       },
-      queuedBytes: () => 0,
+      queuedBytes: () => c.a2h.reduce((n, b) => n + b.length, 0), // the agent's link queue: overflow past it
       close: () => {},
     };
     const link = new SparseLink(io, { caps: this.caps, heartbeatMs: 1e9, name: 'vm', onDead: () => {} });
@@ -319,10 +341,22 @@ class World {
     await new Promise((r) => setImmediate(r));
   }
 
+  /** Virtual time passes: the governor's due timers fire, in order. */
+  tick(ms: number) {
+    this.clockMs += ms;
+    for (;;) {
+      const due = this.timers.filter((t) => t.at <= this.clockMs).sort((a, b) => a.at - b.at)[0];
+      if (!due) return;
+      this.timers = this.timers.filter((t) => t !== due);
+      due.fn();
+    }
+  }
+
   async quiesce() {
     for (let round = 0; round < 5000; round++) {
       if (!this.conn) this.connect();
       const c = this.conn!;
+      this.tick(10);
       await this.finishReads();
       await this.deliverA2H(1000);
       await this.settle();
@@ -335,6 +369,8 @@ class World {
         this.agentReads.length === 0 &&
         states.every((s) => s === 'protecting')
       ) {
+        // the hand-over reports owed regions on a real 10 ms timer (REPORT_DELAY_MS): let it run
+        if ((this.cfg.queue ?? 64 << 20) < 64 << 20) await new Promise((r) => setTimeout(r, 15));
         await this.settle();
         if (c.a2h.length === 0 && c.h2a.length === 0 && this.agentReads.length === 0) return;
       }
@@ -362,6 +398,7 @@ const action = fc.oneof(
   { weight: 4, arbitrary: fc.record({ t: fc.constant('a2h' as const), n: fc.integer({ min: 1, max: 4 }) }) },
   { weight: 4, arbitrary: fc.record({ t: fc.constant('h2a' as const), n: fc.integer({ min: 1, max: 4 }) }) },
   { weight: 3, arbitrary: fc.record({ t: fc.constant('run' as const) }) },
+  { weight: 2, arbitrary: fc.record({ t: fc.constant('tick' as const), ms: fc.integer({ min: 1, max: 20 }) }) },
   { weight: 3, arbitrary: fc.record({ t: fc.constant('readDone' as const), pick: fc.nat(7) }) },
   { weight: 1, arbitrary: fc.record({ t: fc.constant('checkpoint' as const) }) },
   { weight: 1, arbitrary: fc.record({ t: fc.constant('converge' as const) }) },
@@ -371,7 +408,12 @@ const action = fc.oneof(
   { weight: 1, arbitrary: fc.record({ t: fc.constant('shutdown' as const) }) },
 );
 
-async function runCase(sizes: number[], caps: number, cfg: { inflight: number; readBytes: number }, actions: any[]) {
+async function runCase(
+  sizes: number[],
+  caps: number,
+  cfg: { inflight: number; readBytes: number; queue?: number },
+  actions: any[],
+) {
   const w = new World(sizes, caps, cfg);
   w.connect();
   for (const a of actions) {
@@ -389,6 +431,9 @@ async function runCase(sizes: number[], caps: number, cfg: { inflight: number; r
         break;
       case 'run':
         await w.settle();
+        break;
+      case 'tick':
+        w.tick(a.ms);
         break;
       case 'readDone':
         w.readDone(a.pick);
@@ -437,7 +482,12 @@ describe('convergence invariant (property-based, real sync engine, real agent co
   const arb = fc.tuple(
     fc.array(fc.integer({ min: 1, max: 12 }), { minLength: 1, maxLength: 3 }),
     fc.constantFrom(ALL_CAPS, Cap.WRITE_ACK | Cap.DIRTY_REPORT),
-    fc.record({ inflight: fc.integer({ min: 1, max: 4 }), readBytes: fc.constantFrom(RS, 2 * RS, 3 * RS, 8 * RS) }),
+    fc.record({
+      inflight: fc.integer({ min: 1, max: 4 }),
+      readBytes: fc.constantFrom(RS, 2 * RS, 3 * RS, 8 * RS),
+      // the agent's --max-queue: writes past it overflow into owed regions (DIRTY_REPORT)
+      queue: fc.constantFrom(64 << 20, 3 * RS, 8 * RS),
+    }),
     fc.array(action, { maxLength: 120 }),
   );
   if (process.env.SIM_CASE) {

@@ -1271,4 +1271,14 @@ describe('frame CRC-32 (protocol/crc.ts)', () => {
     const big = Buffer.alloc((1 << 20) + 13, 0x5c);
     assert.equal(crc32(big, 7), zlib.crc32(big, 7));
   });
+
+  it("equals zlib.crc32 across the native loops' boundaries (64- and 256-byte folds) and on 1 MiB of random data", () => {
+    const zlib = require('node:zlib');
+    const r = require('node:crypto').randomBytes((1 << 20) + 300);
+    for (let n = 0; n <= 1100; n++) {
+      for (const skip of [0, 5])
+        assert.equal(crc32(r.subarray(skip, skip + n), n), zlib.crc32(r.subarray(skip, skip + n), n));
+    }
+    assert.equal(crc32(r.subarray(3), 0xffffffff), zlib.crc32(r.subarray(3), 0xffffffff));
+  });
 });

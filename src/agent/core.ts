@@ -27,11 +27,13 @@ import { WritePath } from './write-path';
 import type { AgentStats, LinkPort } from './ports';
 import { Refusals } from './refusals';
 import { LinkPacer, PacerOptions } from '../link/pacer';
-import { ResyncGovernor } from './resync-governor';
+import { ResyncGovernor, GovernorOptions } from './resync-governor';
 import { AckLag, SAMPLE_MS } from './ack-lag';
 
 /** `pacer`: the --max-rate cap on the link; none: frames go straight to the link. */
-export type CoreOptions = MirrorLimits & RemoteIoOptions & { pacer?: PacerOptions };
+/** `clock`: the resync governor's timers (tests: a simulation's virtual time releases held answers). */
+export type CoreOptions = MirrorLimits &
+  RemoteIoOptions & { pacer?: PacerOptions; clock?: Pick<GovernorOptions, 'now' | 'setTimer' | 'clearTimer'> };
 
 const FLOOR_RATE = 1 << 20; // resync's least rate without --max-rate (DRBD's c-min-rate is 250 KiB/s)
 
@@ -74,6 +76,7 @@ export class AgentCore {
     this.governor = new ResyncGovernor({
       floorRate: p ? Math.max(64 << 10, p.resyncShare * p.maxRate) : FLOOR_RATE,
       ceilRate: p ? p.maxResyncRate || p.maxRate : 0,
+      ...opts.clock,
     });
     this.lagTimer = setInterval(() => {
       if (this.link !== null) this.ackLag.sample(this.mirror.sent, Date.now());

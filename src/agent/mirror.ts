@@ -2,7 +2,8 @@
 // connection's next sequence number (SPEC §7.1), and stays pending until a WRITE_ACK covers it.
 // Owns the sequence numbers, the pending writes, and per region the newest seq in flight
 // (regionSeq): an ack clears a region only when no later write to it still pends.
-// Past the link's queue or pending limit a write is not sent but owed by report instead.
+// Past the link's queue or pending limit a write is not sent but owed by report instead (a
+// large write past a smaller queue: LARGE_QUEUE_BYTES).
 import { Cap, SECTOR, IO_OK, ProtocolError, encodeProtectedWriteHead, encodeFlush } from '../../protocol';
 import type { BufferPool } from '../buffer-pool';
 import { assert } from '../assert';
@@ -28,6 +29,15 @@ export interface OverflowSink {
 }
 
 const COMPACT_AFTER = 4096; // acked entries kept at the head of `pending` before it is compacted
+// A large write overflows sooner: while LARGE_QUEUE_BYTES wait on the link, it becomes an owed
+// region, as QEMU's background mirror marks its dirty bitmap. Rewrites of an owed region then
+// cost the link and the hub nothing until it is read once, while a queued 1 MiB write is sent
+// and applied even when the next one overwrites it. Issue 17, tools/bench/overflow-cost.sh,
+// 5 alternating rounds of the 1 MiB job: 4 MiB against 64 MiB gave 2-6x fio's MiB/s and
+// 1/2-1/5 of the agent + hub CPU per MiB until the copies were equal. Small writes (random
+// 4 KiB: little to coalesce, and a report round trip each) keep the whole queue.
+export const LARGE_WRITE = 256 << 10;
+export const LARGE_QUEUE_BYTES = 4 << 20;
 
 export class Mirror implements RegionHolder {
   private link: LinkPort | null = null;
@@ -84,7 +94,12 @@ export class Mirror implements RegionHolder {
     if (link === null) return; // not connected: the dirty log has it
     const volumeId = this.volumes.hubId(v);
     if (volumeId < 0) return; // not protected on this connection: the dirty log has it
-    if (link.queuedBytes() + len > this.limits.maxQueueBytes || this.pendingWrites >= this.limits.maxPendingWrites) {
+    const queued = link.queuedBytes();
+    if (
+      queued + len > this.limits.maxQueueBytes ||
+      (len >= LARGE_WRITE && queued >= LARGE_QUEUE_BYTES) ||
+      this.pendingWrites >= this.limits.maxPendingWrites
+    ) {
       this.stats.overflowWrites++;
       this.overflow.owe(v, offset, offset + len);
       return;

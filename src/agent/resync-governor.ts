@@ -43,7 +43,13 @@ export const PROBE_MS = 100; // a delay probe this often while resync flows
 const ACTIVE_MS = 1000; // resync counts as flowing this long after its last answer
 const BASE_EPOCH_MS = 10_000; // the base round trip is the least of the last two epochs
 const START_RATE_FLOORS = 2; // start at twice the floor, then grow while the queue stays short
-const GAIN = 0.1; // growth per sample at zero delay
+const GAIN = 0.1; // growth per sample near the target delay
+// Below a quarter of the target the link shows no queue: the rate doubles per sample (TCP's slow
+// start), so after a burst of mirrored writes cut it to the floor, resync is back at the link's
+// speed within a second instead of ~6 s of 10 % steps (issue 17: copies equal 12 s after a
+// 1 MiB write job that overflowed, 2 s without the governor). An overshoot shows in the next
+// sample's delay and is cut there.
+const SLOW_START_BELOW = 0.25;
 const CUT_EVERY_MAX_MS = 300; // cut at least this often while the delay stays over target
 const MAX_RATE = 2 ** 32; // no ceiling given: still a number (4 GiB/s)
 const BURST_MS = 20;
@@ -132,7 +138,8 @@ export class ResyncGovernor {
       this.cuts++;
       this.rate = Math.max(this.opts.floorRate, this.rate * Math.max(0.1, Math.min(0.7, this.target / delay)));
     } else if (now - this.lastAnswerAt <= ACTIVE_MS) {
-      this.rate = Math.min(this.ceil, this.rate * (1 + GAIN * (1 - delay / this.target)));
+      const growth = delay <= SLOW_START_BELOW * this.target ? 2 : 1 + GAIN * (1 - delay / this.target);
+      this.rate = Math.min(this.ceil, this.rate * growth);
     }
   }
 
