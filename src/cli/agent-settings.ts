@@ -11,7 +11,7 @@ import { AgentBandwidthFlags, agentBandwidth, parsePercent, parseRate } from './
 import { checkLogLevel, Logger } from '../log';
 import { clientOptions, enabled as tlsEnabled } from '../security';
 import { ConfigFile, applyConfig, optionLabel, readConfigFile, relabel } from './config-file';
-import { Problems, checkStateDir, checkTlsFiles } from './startup-checks';
+import { Problems, checkStateDir, checkTlsFiles, tlsFileLabels } from './startup-checks';
 
 /** The default --state: systemd's $STATE_DIRECTORY (its first entry) when set, else ./rephub-agent-state. */
 export function defaultStateDir(): string {
@@ -80,13 +80,7 @@ export function checkAgentOptions(cmd: Command, cfg: ConfigFile | undefined, p: 
   }
   p.run(() => checkStateDir(o.state, label('state'), create));
   const files = { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa, pskFile: o.pskFile };
-  const tlsLabels = {
-    tlsCert: label('tlsCert'),
-    tlsKey: label('tlsKey'),
-    tlsCa: label('tlsCa'),
-    pskFile: label('pskFile'),
-  };
-  checkTlsFiles(files, tlsLabels, p);
+  checkTlsFiles(files, tlsFileLabels(label), p);
   if (p.ok && vm && hubs && tlsEnabled(files)) p.run(() => clientOptions(files, vm, hubs[0].host));
 }
 

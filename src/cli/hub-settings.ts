@@ -14,7 +14,7 @@ import type { TlsFiles } from '../security';
 import { serverOptions, enabled as tlsEnabled } from '../security';
 import { readTokenFile } from './admin-token';
 import { ConfigFile, optionLabel } from './config-file';
-import { Problems, checkStateDir, checkTlsFiles, checkVolumePath } from './startup-checks';
+import { Problems, checkStateDir, checkTlsFiles, checkVolumePath, tlsFileLabels } from './startup-checks';
 
 /** The serve command's options as commander gives them (strings; the config file fills them in too). */
 import { hubResyncLimit } from './bandwidth-flags';
@@ -92,13 +92,7 @@ export function resolveHubSettings(
   const volumes = checkVolumes(o.vol, label('vol'), p);
   const dataDir = p.run(() => checkStateDir(o.data, label('data'), create));
   const tls = { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa, pskFile: o.pskFile };
-  const tlsLabels = {
-    tlsCert: label('tlsCert'),
-    tlsKey: label('tlsKey'),
-    tlsCa: label('tlsCa'),
-    pskFile: label('pskFile'),
-  };
-  checkTlsFiles(tls, tlsLabels, p);
+  checkTlsFiles(tls, tlsFileLabels(label), p);
   if (p.ok && tlsEnabled(tls)) p.run(() => serverOptions(tls)); // combinations: cert+key+ca, or psk alone
   if (o.nbdTls && (!o.tlsCert || !o.tlsKey))
     p.add(`${label('nbdTls')}: NBD TLS needs the hub certificate (--tls-cert and --tls-key)`);

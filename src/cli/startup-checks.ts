@@ -110,6 +110,11 @@ export interface TlsFileLabels {
  * `DECODER routines::unsupported` says neither which file nor which flag), then the key against
  * the certificate.
  */
+/** The TLS file flags as `label` names them (a flag, or a key of the config file). */
+export function tlsFileLabels(label: (attr: string) => string): TlsFileLabels {
+  return { tlsCert: label('tlsCert'), tlsKey: label('tlsKey'), tlsCa: label('tlsCa'), pskFile: label('pskFile') };
+}
+
 export function checkTlsFiles(
   f: { cert?: string; key?: string; ca?: string; pskFile?: string },
   label: TlsFileLabels,
