@@ -4,6 +4,9 @@
 // Volume content at point C = the present volume overlaid with, per block, the oldest
 // before-image recorded after C (storage/journal-view.ts). Records are written with one pwrite
 // each (no user-space buffer: a kill -9 loses nothing appended); sync() makes them durable.
+// Over 450 lines, for now: segments, the volume table and retention share the open segment's
+// offsets; the points already moved to journal-points.ts, and the segment scan at open is the
+// next seam.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {

@@ -2,6 +2,9 @@
 // through a Link over the Transport. Owns intake and dispatch (the inline fast path for a
 // protected write with nothing queued before it), the handshake and the session's lifecycle;
 // the apply queue, group commit, sync engine, attach and failback each own their own part.
+// Over 450 lines, for now: dispatch of every frame kind meets here (the volume operations'
+// STOP_PROTECT and VOLUME_SIZE were the last added); the next seam is the handshake (HELLO,
+// IDENTITY, REPORT_VM_VOLUMES checks) as a module of its own, as receive-rules.ts began.
 import { Cmd, Cap, ALL_CAPS, ErrorCode, PROTOCOL_VERSION, decode, Message } from '../../protocol';
 import { ProtocolError, encodeError, encodeStopProtect, type Hello, type Identity } from '../../protocol';
 import type { DirtyBitmap } from '../../storage/bitmap';
