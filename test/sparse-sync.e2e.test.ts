@@ -60,8 +60,8 @@ describe('sparse initial sync (SEEK_DATA + IO_SPARSE)', function () {
   it('only non-zero 64 KiB chunks cross the link; holes and written zeroes cost a map bit; replica byte-equal and sparse', async () => {
     assert.equal(nativeUnavailable(), '', 'the native addon is built (npm install)');
     const { st, data, size, rep } = await syncOnce([]);
-    assert.equal(st.caps & 0x80, 0x80, 'SPARSE negotiated');
-    assert.equal(st.caps & 0x40, 0x40, 'FRAME_CRC on a plaintext link');
+    assert.equal(st.capsMask & 0x80, 0x80, 'SPARSE negotiated');
+    assert.equal(st.capsMask & 0x40, 0x40, 'FRAME_CRC on a plaintext link');
     assert.equal(st.remoteReadBytes, data, 'only chunks holding data crossed the link');
     assert.equal(st.remoteZeroBytes, size - data);
     // holes are about 39 % of the image (kinds 1 and 4); allocated chunks, written zeroes included, are read

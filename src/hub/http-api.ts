@@ -143,6 +143,10 @@ export class HttpApi {
 
   listen(host: string, port: number): Promise<net.AddressInfo> {
     const server = http.createServer((req, res) => this.handle(req, res));
+    // Node closes an idle keep-alive connection after 5 s, and a client reusing it at that moment
+    // (fetch keeps it 4 s, later on a loaded machine) gets "other side closed" for a request the
+    // hub never read. An idle connection lives 65 s here, and clients honour the hint.
+    server.keepAliveTimeout = 65_000;
     this.server = server;
     this.opts.monitor.attach(server);
     return new Promise((res, rej) => {
