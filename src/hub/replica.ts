@@ -2,7 +2,8 @@
 // state machine (every change goes through setState and is logged there), its statistics and
 // its one owner (the agent session that has it attached). Sessions borrow it while attached.
 // Over 450 lines on purpose, for now: what is left here all changes the replica's private state
-// (state machine, health flags, known zeroes, RBD claim, checksum-resync flag) and would need
+// (state machine, health flags, known zeroes, RBD claim, checksum-resync flag, the operator's
+// hold and an online grow) and would need
 // that state exposed to move out. What reads it only already lives beside it: replica-spec.ts
 // (spec, openers), replica-stats.ts, replica-status.ts, replica-identity.ts (comparisons),
 // failover-maps.ts, alarm-reader.ts. Next seam: the attach/open path (attach, openTarget,
