@@ -2,7 +2,7 @@
 # mirror-bench-ab.sh — ../shared/tools/mirror-bench.sh adapted for before/after runs (issue 17):
 # a second rephub, "rephubB", runs from another built checkout (BASE=DIR, default
 # /work/wt/ispeed-base), CPU microseconds per written MiB of each server's processes (user+sys
-# from /proc: hub+agent, qemu-storage-daemon+qemu-nbd, ...) under each result, ports 263xx (so
+# from /proc: hub+agent, qemu-storage-daemon+qemu-nbd, ...) under each result, ports 263xx or PORT_BASE (so
 # that it can run beside the original), no build step (run `npx tsc -p .` in both first).
 # Example: SECS=4 JOBS="4k-randwrite-1-fsync 1m-write-4" SERVERS="rephub rephubB qemu-bg qemu-nbd" \
 #          bash tools/bench/mirror-bench-ab.sh 2
@@ -18,6 +18,7 @@
 # Env: SIZE_MIB=256 SECS=5 JOBS="4k-randwrite-16 1m-write-4" (also e.g. 4k-randwrite-1-fsync: a flush after each write) SERVERS="rephub qemu-bg qemu-sync qemu-nbd nbdkit"
 #      REPHUB_HUB_ARGS= REPHUB_AGENT_ARGS= (extra flags)
 set -uo pipefail
+PB=${PORT_BASE:-263} # ports ${PB}00-${PB}90: give each concurrent run its own (e.g. PORT_BASE=271)
 ROUNDS=${1:-3}; SIZE_MIB=${SIZE_MIB:-256}; SECS=${SECS:-5}
 JOBS=${JOBS:-"4k-randwrite-16 1m-write-4"}
 SERVERS=${SERVERS:-"rephub qemu-bg qemu-sync qemu-nbd nbdkit"}
@@ -49,24 +50,24 @@ start_server() { # name -> sets URI; servers' pids in PIDS
   rephub|rephubB)
     local HUB=$HUB AGENT=$AGENT; [ $1 = rephubB ] && { HUB="node $BASE/dist/src/cli/rephub.js"; AGENT="node $BASE/dist/src/cli/rephub-agent.js"; }
     truncate -s "${SIZE_MIB}M" "$d/V1.img"
-    LOG_LEVEL=warn $HUB --listen 127.0.0.1:26300 --http 127.0.0.1:26380 --vol "V1=$d/V1R" --data "$d/hub" --nbd 127.0.0.1:26350 ${REPHUB_HUB_ARGS:-} 2>"$d/hub.log" & PIDS+=($!)
+    LOG_LEVEL=warn $HUB --listen 127.0.0.1:${PB}00 --http 127.0.0.1:${PB}80 --vol "V1=$d/V1R" --data "$d/hub" --nbd 127.0.0.1:${PB}50 ${REPHUB_HUB_ARGS:-} 2>"$d/hub.log" & PIDS+=($!)
     sleep 0.3
-    LOG_LEVEL=warn $AGENT --hub 127.0.0.1:26300 --export "V1=$d/V1.img" --nbd 127.0.0.1:26309 --state "$d/ast" --vm bench --http 127.0.0.1:26390 ${REPHUB_AGENT_ARGS:-} 2>"$d/agent.log" & PIDS+=($!)
-    wait_nbd nbd://127.0.0.1:26309/V1 || return 1
-    for _ in $(seq 300); do curl -s 127.0.0.1:26380/status | grep -q '"protecting"' && break; sleep 0.1; done
-    URI=nbd://127.0.0.1:26309/V1 ;;
+    LOG_LEVEL=warn $AGENT --hub 127.0.0.1:${PB}00 --export "V1=$d/V1.img" --nbd 127.0.0.1:${PB}09 --state "$d/ast" --vm bench --http 127.0.0.1:${PB}90 ${REPHUB_AGENT_ARGS:-} 2>"$d/agent.log" & PIDS+=($!)
+    wait_nbd nbd://127.0.0.1:${PB}09/V1 || return 1
+    for _ in $(seq 300); do curl -s 127.0.0.1:${PB}80/status | grep -q '"protecting"' && break; sleep 0.1; done
+    URI=nbd://127.0.0.1:${PB}09/V1 ;;
   qemu-bg|qemu-sync)
     local mode=background; [ "$1" = qemu-sync ] && mode=write-blocking
-    MODE=$mode bash "$HERE/qemu-mirror-peer.sh" start "$d" 26320 "$SIZE_MIB" >"$d/uri" || return 1
+    MODE=$mode bash "$HERE/qemu-mirror-peer.sh" start "$d" ${PB}20 "$SIZE_MIB" >"$d/uri" || return 1
     URI=$(cat "$d/uri") ;;
   qemu-nbd)
     truncate -s "${SIZE_MIB}M" "$d/q.img"
-    qemu-nbd --persistent --shared=8 -f raw -x V1 -b 127.0.0.1 -p 26330 "$d/q.img" 2>"$d/log" & PIDS+=($!)
-    wait_nbd nbd://127.0.0.1:26330/V1 && URI=nbd://127.0.0.1:26330/V1 ;;
+    qemu-nbd --persistent --shared=8 -f raw -x V1 -b 127.0.0.1 -p ${PB}30 "$d/q.img" 2>"$d/log" & PIDS+=($!)
+    wait_nbd nbd://127.0.0.1:${PB}30/V1 && URI=nbd://127.0.0.1:${PB}30/V1 ;;
   nbdkit)
     truncate -s "${SIZE_MIB}M" "$d/k.img"
-    nbdkit -f -i 127.0.0.1 -p 26340 --exportname=V1 file "$d/k.img" 2>"$d/log" & PIDS+=($!)
-    wait_nbd nbd://127.0.0.1:26340/V1 && URI=nbd://127.0.0.1:26340/V1 ;;
+    nbdkit -f -i 127.0.0.1 -p ${PB}40 --exportname=V1 file "$d/k.img" 2>"$d/log" & PIDS+=($!)
+    wait_nbd nbd://127.0.0.1:${PB}40/V1 && URI=nbd://127.0.0.1:${PB}40/V1 ;;
   esac
 }
 stop_server() { # name -> sets EQ: "equal in Ns" (copies equal N s after the last write) / "DIFFER" / "-"
