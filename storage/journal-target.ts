@@ -29,6 +29,7 @@ export class JournalTarget implements BlockTarget {
   readonly dataExtents?: (start: number, end: number) => [number, number][] | null;
   readonly dropCache?: () => void;
   readonly flushSync?: () => void;
+  readonly landing?: (start: number, end: number) => Promise<void> | null;
   private bound: JournalBinding | null = null;
   private readFd = -1; // our own descriptor for before-images: reads the same page cache
   private readonly seen = new Set<number>(); // blocks recorded in the current epoch
@@ -50,6 +51,7 @@ export class JournalTarget implements BlockTarget {
     if (next.dataExtents) this.dataExtents = (start, end) => next.dataExtents!(start, end);
     if (next.dropCache) this.dropCache = () => next.dropCache!();
     if (next.flushSync) this.flushSync = () => next.flushSync!();
+    if (next.landing) this.landing = (start, end) => next.landing!(start, end); // block-aligned: JOURNAL_BLOCK
     const below = next instanceof TrackedTarget ? next.changes : null;
     this.zeros = below instanceof KnownZeroMap ? below : null;
   }
@@ -134,6 +136,8 @@ export class JournalTarget implements BlockTarget {
     const [a, b, j] = r;
     if (this.zeros?.covers(a, b)) return this.recordZero(j, a, b - a);
     const img = Buffer.allocUnsafe(b - a);
+    const busy = this.next.landing?.(a, b); // the before-image is what the writes in flight leave
+    if (busy) await busy;
     try {
       // An RBD image is read through its own target (librbd); a file through our descriptor.
       if (isRbdName(this.path)) await this.next.read(img, a);

@@ -156,6 +156,10 @@ export class GuardedTarget implements BlockTarget {
   read(buf: Buffer, offset: number): Promise<void> {
     return this.base.read(buf, offset);
   }
+  /** The landing of writes in flight over [start, end) below the guard (storage/volume.ts). */
+  landing(start: number, end: number): Promise<void> | null {
+    return this.base.landing ? this.base.landing(start, end) : null;
+  }
   async write(buf: Buffer, offset: number): Promise<void> {
     if (this.view) await this.view.preserve(offset, offset + buf.length);
     await this.base.write(buf, offset);
@@ -163,6 +167,7 @@ export class GuardedTarget implements BlockTarget {
   /** The fast path, when no view needs regions preserved first; false: use write(). */
   tryWriteSync(buf: Buffer, offset: number): boolean {
     if (this.view || !this.base.writeSync || buf.length > SYNC_WRITE_MAX) return false;
+    if (this.base.landing?.(offset, offset + buf.length)) return false; // a direct write in flight under it
     this.base.writeSync(buf, offset);
     return true;
   }

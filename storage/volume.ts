@@ -2,6 +2,8 @@
 // (FileVolume), or memory (MemoryVolume, for simulations). No networking here.
 import * as fs from 'node:fs';
 import { adviseRandom, dropCache, dataExtents, misalign } from './fileio';
+import { assert } from './assert';
+import { WriteWindow } from './write-window';
 
 export interface BlockTarget {
   readonly sizeBytes: number;
@@ -30,6 +32,22 @@ export interface BlockTarget {
   dataExtents?(start: number, end: number): [number, number][] | null;
   /** Optional: drop the target's clean cached pages (after bulk writes have been flushed). */
   dropCache?(): void;
+  /**
+   * Optional: the landing of writes (and reads) still in flight over [start, end) after write()
+   * returned, or null when none are (storage/write-window.ts). A synchronous writer or a reader
+   * through a descriptor of its own goes only on null, else waits for it first.
+   */
+  landing?(start: number, end: number): Promise<void> | null;
+}
+
+/**
+ * Holds on pooled buffers (src/buffer-pool.ts): a target that keeps a caller's buffer after
+ * write() returns (a write in flight) holds it, and gives it back once it landed, so the pool
+ * stays the one owner of its lending. hold() is false for a buffer not the pool's.
+ */
+export interface BufferHolds {
+  hold(view: Buffer): boolean;
+  give(view: Buffer): void;
 }
 
 /** A shared buffer of zeroes; never written to. */
@@ -93,23 +111,40 @@ export interface OpenOptions {
    * pages are never read back in normal operation: no copy into the cache, no writeback later.
    */
   direct?: boolean;
+  /** With `direct`: the pool whose buffers direct writes keep while in flight (else they wait to land). */
+  holds?: BufferHolds;
 }
 
 /** O_DIRECT alignment of file offsets, lengths and memory: 4096 covers every common device. */
 export const DIRECT_ALIGN = 4096;
 /** Writes from this size on go direct when aligned (smaller ones gain nothing from it). */
 export const DIRECT_MIN = 256 * 1024;
+/**
+ * Direct writes in flight per file, and their bytes: the device takes its full speed from
+ * about 8 (fio qd8, tools/bench/hub-ingest.sh), and libuv's 4 threads run 4 at once anyway.
+ */
+export const DIRECT_WINDOW_WRITES = 8;
+export const DIRECT_WINDOW_BYTES = 8 << 20;
 
 export class FileVolume implements BlockTarget {
   private bulkFd = -1; // opened on first readBulk, advised RANDOM
   private directFd = -1; // O_DIRECT, opened on the first direct write; -2: not available here
+  private directOff = false; // the device refused an aligned direct write: buffered from now on
   directBytes = 0; // bytes written around the page cache
+  /** Direct writes in flight (their reads and writes ordered by it); null unless `direct`. */
+  private readonly window: WriteWindow | null;
+  readonly landing?: (start: number, end: number) => Promise<void> | null;
   private constructor(
     readonly path: string,
     private fd: number,
     public sizeBytes: number, // grows only through refreshSize()
     private readonly direct = false,
-  ) {}
+    private readonly holds: BufferHolds | null = null,
+  ) {
+    this.window = direct ? new WriteWindow(DIRECT_WINDOW_WRITES, DIRECT_WINDOW_BYTES) : null;
+    const w = this.window;
+    if (w) this.landing = (start, end) => w.over(start, end); // absent otherwise: nothing to ask on the fast path
+  }
 
   /**
    * The file (or device) may have grown underneath (an online resize): take its size now if
@@ -145,7 +180,7 @@ export class FileVolume implements BlockTarget {
       fs.closeSync(fd);
       throw new VolumeError(`${path} has ${size} bytes but the protected volume has ${opts.minSize} bytes`, path);
     }
-    return new FileVolume(path, fd, size, !!opts.direct && !opts.readOnly);
+    return new FileVolume(path, fd, size, !!opts.direct && !opts.readOnly, opts.holds ?? null);
   }
 
   private check(len: number, offset: number): void {
@@ -158,7 +193,9 @@ export class FileVolume implements BlockTarget {
     }
   }
 
+  /** Behind the direct writes in flight over it; before the writes asked for after it. */
   read(buf: Buffer, offset: number): Promise<void> {
+    if (this.window) return this.window.read(offset, offset + buf.length, () => this.readFrom(this.fd, buf, offset));
     return this.readFrom(this.fd, buf, offset);
   }
 
@@ -168,7 +205,9 @@ export class FileVolume implements BlockTarget {
       this.bulkFd = fs.openSync(`/proc/self/fd/${this.fd}`, 'r');
       adviseRandom(this.bulkFd);
     }
-    return this.readFrom(this.bulkFd, buf, offset);
+    const fd = this.bulkFd;
+    if (this.window) return this.window.read(offset, offset + buf.length, () => this.readFrom(fd, buf, offset));
+    return this.readFrom(fd, buf, offset);
   }
 
   dataExtents(start: number, end: number): [number, number][] | null {
@@ -193,8 +232,10 @@ export class FileVolume implements BlockTarget {
     }
   }
 
+  /** Callers ask landing() first: nothing may be in flight over the range. */
   writeSync(buf: Buffer, offset: number): void {
     this.check(buf.length, offset);
+    assert(!this.window?.over(offset, offset + buf.length), 'a synchronous write waits for the direct writes under it');
     let done = 0;
     try {
       while (done < buf.length) done += fs.writeSync(this.fd, buf, done, buf.length - done, offset + done);
@@ -203,9 +244,24 @@ export class FileVolume implements BlockTarget {
     }
   }
 
+  /**
+   * A direct write resolves once it is in flight (its buffer held from the pool until it lands;
+   * a failure surfaces at the next flush) or, for a buffer not the pool's, once it landed.
+   */
   async write(buf: Buffer, offset: number): Promise<void> {
     this.check(buf.length, offset);
-    if (this.direct && this.canDirect(buf, offset) && (await this.writeDirect(buf, offset))) return;
+    const w = this.window;
+    if (w && this.canDirect(buf, offset) && this.openDirect()) {
+      if (!this.holds?.hold(buf)) return w.addLanded(offset, buf.length, () => this.writeDirect(buf, offset));
+      const holds = this.holds;
+      return w.add(offset, buf.length, () => this.writeDirect(buf, offset).finally(() => holds.give(buf)));
+    }
+    const busy = w?.over(offset, offset + buf.length);
+    if (busy) await busy;
+    await this.writeBuffered(buf, offset);
+  }
+
+  private async writeBuffered(buf: Buffer, offset: number): Promise<void> {
     let done = 0;
     while (done < buf.length) {
       done += await writeAt(this.fd, buf, done, offset + done).catch((e) => this.fail('write', offset + done, e));
@@ -214,7 +270,7 @@ export class FileVolume implements BlockTarget {
 
   private canDirect(buf: Buffer, offset: number): boolean {
     return (
-      this.directFd !== -2 &&
+      !this.directOff &&
       buf.length >= DIRECT_MIN &&
       buf.length % DIRECT_ALIGN === 0 &&
       offset % DIRECT_ALIGN === 0 &&
@@ -222,37 +278,43 @@ export class FileVolume implements BlockTarget {
     );
   }
 
-  /**
-   * One write around the page cache; false when this file cannot take one (then never again).
-   * The kernel writes back and drops any cached pages of the range first, so buffered reads and
-   * writes stay coherent with it; fdatasync still makes it durable (a device cache flush).
-   */
-  private async writeDirect(buf: Buffer, offset: number): Promise<boolean> {
+  /** The O_DIRECT descriptor, opened on first use; false when this file cannot take one (tmpfs). */
+  private openDirect(): boolean {
     if (this.directFd === -1) {
       try {
         this.directFd = fs.openSync(`/proc/self/fd/${this.fd}`, fs.constants.O_WRONLY | fs.constants.O_DIRECT);
       } catch {
         this.directFd = -2; // tmpfs and others refuse O_DIRECT
-        return false;
+        this.directOff = true;
       }
     }
+    return !this.directOff;
+  }
+
+  /**
+   * One write around the page cache, landed when it resolves. The kernel writes back and drops
+   * any cached pages of the range first, so buffered reads and writes stay coherent with it;
+   * fdatasync still makes it durable (a device cache flush). An alignment the device refuses
+   * (EINVAL before any byte) is written buffered, and so is every write after it.
+   */
+  private async writeDirect(buf: Buffer, offset: number): Promise<void> {
     let done = 0;
     try {
       while (done < buf.length) done += await writeAt(this.directFd, buf, done, offset + done);
     } catch (e: any) {
       if (e.code !== 'EINVAL' || done > 0) this.fail('write', offset + done, e);
-      fs.closeSync(this.directFd);
-      this.directFd = -2; // alignment this device does not take: buffered from now on
-      return false;
+      this.directOff = true; // the descriptor stays open until close(): other writes may be on it
+      return this.writeBuffered(buf, offset);
     }
     this.directBytes += buf.length;
-    return true;
   }
 
   async writev(parts: Buffer[], offset: number): Promise<void> {
     let len = 0;
     for (const p of parts) len += p.length;
     this.check(len, offset);
+    const busy = this.window?.over(offset, offset + len);
+    if (busy) await busy;
     let done = 0;
     while (parts.length) {
       const n = await new Promise<number>((res, rej) =>
@@ -263,11 +325,14 @@ export class FileVolume implements BlockTarget {
     }
   }
 
-  flush(): Promise<void> {
+  /** Drains the direct writes in flight first: their first failure fails the flush. */
+  async flush(): Promise<void> {
+    if (this.window) await this.window.drain(); // also a failure of writes that landed since the last flush
     return new Promise((res, rej) => fs.fdatasync(this.fd, (e) => (e ? rej(this.wrap('flush', 0, e)) : res())));
   }
 
   flushSync(): void {
+    assert(!this.window?.writes, 'flushSync is for files without direct writes in flight (the agent)');
     try {
       fs.fdatasyncSync(this.fd);
     } catch (e) {
@@ -276,6 +341,8 @@ export class FileVolume implements BlockTarget {
   }
 
   async close(): Promise<void> {
+    if (this.fd < 0) return;
+    await this.window?.drain().catch(() => undefined); // what did not land was never flushed: not durable
     if (this.fd < 0) return;
     const fds = [this.fd, this.bulkFd, this.directFd].filter((fd) => fd >= 0);
     this.fd = this.bulkFd = this.directFd = -1;

@@ -1,6 +1,7 @@
-// The window of writes in flight to a remote image (RBD): write() hands a write to the cluster and
-// returns while it travels, as a page cache would, so the one-at-a-time apply queue keeps several
-// writes on the wire instead of one round trip each. Owns the in-flight extents, their limits and
+// The window of writes in flight to a remote image (RBD) or through O_DIRECT to a file
+// (FileVolume with --cache none): write() hands a write over and returns while it travels, as a
+// page cache would, so the one-at-a-time apply queue keeps several writes in flight instead of
+// one device or cluster round trip each. Owns the in-flight extents, their limits and
 // the first failure. Guarantees: a write overlapping one in flight waits for it (stream order per
 // byte); a read waits for the writes it overlaps (it sees them); drain() returns once everything
 // handed over has landed, and throws the first failure since the last drain, naming its offset,
@@ -58,6 +59,30 @@ export class WriteWindow {
     );
     this.inflight.push(w);
     this.bytes += len;
+  }
+
+  /**
+   * add(), but resolves once the write landed and rejects with its failure: for a caller that
+   * cannot leave its buffer with the window (the failure is the caller's, not the next drain's).
+   */
+  async addLanded(start: number, len: number, submit: () => Promise<void>): Promise<void> {
+    let landed: Promise<void> = Promise.resolve();
+    await this.add(start, len, () => {
+      landed = submit();
+      return landed.catch(() => undefined);
+    });
+    return landed;
+  }
+
+  /**
+   * The landing of everything in flight (writes and reads) over [start, end), or null when
+   * nothing is: a synchronous writer or reader of the range goes only on null.
+   */
+  over(start: number, end: number): Promise<void> | null {
+    if (this.inflight.length === 0) return null;
+    let ws: Promise<void>[] | null = null;
+    for (const w of this.inflight) if (w.start < end && start < w.end) (ws ??= []).push(w.done);
+    return ws ? Promise.all(ws).then(() => undefined) : null;
   }
 
   /**

@@ -84,7 +84,8 @@ export class Hub implements HubStatusSource {
 
   constructor(private readonly opts: HubOptions) {
     this.cfg = { ...defaultSessionConfig, ...opts.session };
-    this.openTarget = opts.openTarget ?? openFileTarget;
+    const open = opts.openTarget ?? openFileTarget;
+    this.openTarget = (p, size) => open(p, size, this.pool); // the pool lends write payloads: one owner
     if (opts.journal) this.journals = new HubJournals(opts.journal, this.replicas, opts.log.child({ part: 'journal' }));
     for (const spec of opts.volumes) {
       if (this.replicas.has(spec.name)) throw new Error(`volume ${spec.name} configured twice`);

@@ -7,21 +7,21 @@
 // since: its bitmap cannot vouch for it, and the volume is resynced by checksums.
 import { randomUUID } from 'node:crypto';
 import { isRbdName, parseRbdSpec, RbdVolume } from '../../storage/rbd-volume';
-import { BlockTarget, VolumeError } from '../../storage/volume';
+import { BlockTarget, BufferHolds, VolumeError } from '../../storage/volume';
 import type { VolumeRecord } from '../../storage/state';
 import type { Logger } from '../log';
 
 /** The image metadata key of the claim. */
 export const CLAIM_KEY = 'rephub.claim';
 
-type Opener = (path: string, sizeBytes: number) => BlockTarget | Promise<BlockTarget>;
+type Opener = (path: string, sizeBytes: number, holds?: BufferHolds) => BlockTarget | Promise<BlockTarget>;
 
 /** `path` names an RBD image (`rbd:POOL/IMAGE…`), not a file: never stat it. */
 export const isRbdPath = isRbdName;
 
 /** A file opener that also opens `rbd:` names (through librbd, locked). */
 export function withRbd(files: Opener): Opener {
-  return (path, sizeBytes) => (isRbdPath(path) ? openRbdTarget(path, sizeBytes) : files(path, sizeBytes));
+  return (path, sizeBytes, holds) => (isRbdPath(path) ? openRbdTarget(path, sizeBytes) : files(path, sizeBytes, holds));
 }
 
 /** Open (creating it at `sizeBytes` when missing) and lock the image; closed again on failure. */

@@ -44,7 +44,11 @@ export class WriteApplier {
     if (rep.hold !== null) return this.held(sync, first, last);
     sync.touch(first, last);
     let target: Replica | null = null;
-    if (m.ioStatus === IO_OK && rep.alarm.due(m.data.length)) scoreWrite(rep, m.data, start);
+    if (m.ioStatus === IO_OK && rep.alarm.due(m.data.length)) {
+      const busy = rep.target!.landing(start, end); // the sample is read inline: after what is in flight
+      if (busy) await busy.catch(() => undefined);
+      scoreWrite(rep, m.data, start);
+    }
     if (m.ioStatus !== IO_OK) {
       // The guest's write failed locally; what the protected volume holds there is unknown.
       await rep.markDirty(first, last);
@@ -74,6 +78,7 @@ export class WriteApplier {
     const rep = sync.replica,
       t = rep.target;
     if (rep.failover || rep.hold !== null || m.ioStatus !== IO_OK || !t) return false;
+    if (t.landing(start, end)) return false; // a direct write in flight under it (--cache none)
     if (rep.alarm.due(m.data.length)) {
       const old = rep.alarmReader.read(start, Math.min(m.data.length, rep.alarm.sampleBytes));
       if (!old) return false; // scored on the queue's path, which reads asynchronously
