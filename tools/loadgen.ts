@@ -46,8 +46,10 @@ const RECOVERY = arg('recovery', ''); // '' = a file in the hub's temp dir
 
 async function startHub(): Promise<{ port: number; stop: () => void; dir: string }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rephub-loadgen-'));
-  const port = 17000 + Math.floor(Math.random() * 1000);
-  const cli = path.join(__dirname, '../src/cli/rephub.js');
+  // PORT: fixed ports (PORT, +1 HTTP, +2 NBD); REPHUB_CLI: another build's hub, for A/B runs
+  const port = Number(process.env.PORT) || 17000 + Math.floor(Math.random() * 1000);
+  const step = process.env.PORT ? 1 : 1000;
+  const cli = process.env.REPHUB_CLI || path.join(__dirname, '../src/cli/rephub.js');
   const p = spawn(
     process.execPath,
     [
@@ -55,9 +57,9 @@ async function startHub(): Promise<{ port: number; stop: () => void; dir: string
       '--listen',
       `127.0.0.1:${port}`,
       '--http',
-      `127.0.0.1:${port + 1000}`,
+      `127.0.0.1:${port + step}`,
       '--nbd', // not the default port: another hub on this host may hold it
-      `127.0.0.1:${port + 2000}`,
+      `127.0.0.1:${port + 2 * step}`,
       '--vol',
       `LG=${RECOVERY || path.join(dir, 'LGR')}`,
       '--data',

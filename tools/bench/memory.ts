@@ -41,7 +41,7 @@ function rssMiB(pid: number): number {
 
 async function main() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rephub-mem-'));
-  const port = 17300 + Math.floor(Math.random() * 500);
+  const port = Number(process.env.PORT) || 17300 + Math.floor(Math.random() * 500);
   const vols = Array.from({ length: N }, (_, i) => `M${i}`);
   const hub = spawn(
     process.execPath,

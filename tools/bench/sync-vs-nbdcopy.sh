@@ -5,6 +5,7 @@
 # Both start with a cold page cache and end when their data is on disk (sync). RUNS (default 3)
 # alternate the two and report each one's median: nbdcopy's time swings run to run here.
 set -euo pipefail
+P=${PORT:-17500} # ports P .. P+90
 cd "$(dirname "$0")/../.."
 MIB=${1:-1024}; FILL=${2:-100}; RUNS=${3:-3}
 W=$(mktemp -d /tmp/rephub-syncbench.XXXX); PIDS=()
@@ -23,25 +24,25 @@ PY
 now() { date +%s.%N; }
 quiet() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }  # same cold start for both
 truncate -s "${MIB}M" "$W/dst.img"
-nbdkit -f -i 127.0.0.1 -p 17511 --exportname=S file "$W/src.img" 2>/dev/null & PIDS+=($!)
-nbdkit -f -i 127.0.0.1 -p 17512 --exportname=D file "$W/dst.img" 2>/dev/null & PIDS+=($!)
+nbdkit -f -i 127.0.0.1 -p $((P+11)) --exportname=S file "$W/src.img" 2>/dev/null & PIDS+=($!)
+nbdkit -f -i 127.0.0.1 -p $((P+12)) --exportname=D file "$W/dst.img" 2>/dev/null & PIDS+=($!)
 sleep 0.5
 med() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 for run in $(seq "$RUNS"); do
   quiet
-  s=$(now); nbdcopy nbd://127.0.0.1:17511/S nbd://127.0.0.1:17512/D; sync; e=$(now)
+  s=$(now); nbdcopy nbd://127.0.0.1:$((P+11))/S nbd://127.0.0.1:$((P+12))/D; sync; e=$(now)
   T_COPY=$(echo "$e - $s" | bc); echo "$T_COPY" >> "$W/copy"
   rm -rf "$W/SR" "$W/hub" "$W/ast"
   quiet
-  LOG_LEVEL=warn node dist/src/cli/rephub.js --listen 127.0.0.1:17500 --http 127.0.0.1:17580 --nbd 127.0.0.1:17510 --vol "S=$W/SR" --data "$W/hub" 2>"$W/hub.log" & HUB=$!
+  LOG_LEVEL=warn node dist/src/cli/rephub.js --listen 127.0.0.1:$P --http 127.0.0.1:$((P+80)) --nbd 127.0.0.1:$((P+10)) --vol "S=$W/SR" --data "$W/hub" 2>"$W/hub.log" & HUB=$!
   sleep 0.5
   s=$(now)
-  LOG_LEVEL=warn node dist/src/cli/rephub-agent.js --hub 127.0.0.1:17500 --export "S=$W/src.img" --nbd 127.0.0.1:17509 --http 127.0.0.1:17590 --state "$W/ast" --vm s 2>"$W/agent.log" & AG=$!
-  until curl -s 127.0.0.1:17580/status | grep -q '"state": "protecting"'; do sleep 0.05; done
+  LOG_LEVEL=warn node dist/src/cli/rephub-agent.js --hub 127.0.0.1:$P --export "S=$W/src.img" --nbd 127.0.0.1:$((P+9)) --http 127.0.0.1:$((P+90)) --state "$W/ast" --vm s 2>"$W/agent.log" & AG=$!
+  until curl -s 127.0.0.1:$((P+80))/status | grep -q '"state": "protecting"'; do sleep 0.05; done
   sync; e=$(now)
   T_SYNC=$(echo "$e - $s" | bc); echo "$T_SYNC" >> "$W/sync"
   cmp "$W/src.img" "$W/SR" >/dev/null || { echo "REPLICA DIFFERS"; exit 1; }
-  LINK=$(curl -s 127.0.0.1:17590/status | jq '.remoteReadBytes')
+  LINK=$(curl -s 127.0.0.1:$((P+90))/status | jq '.remoteReadBytes')
   printf 'run %d: nbdcopy %.2f s, rephub %.2f s, replica byte-equal, %d MiB crossed the link\n' "$run" "$T_COPY" "$T_SYNC" "$((LINK >> 20))"
   kill -INT $AG; wait $AG 2>/dev/null || true; kill -INT $HUB; wait $HUB 2>/dev/null || true
 done
