@@ -39,6 +39,19 @@ function rssMiB(pid: number): number {
   return m ? Number(m[1]) / 1024 : NaN;
 }
 
+/** A connection to the hub's agent port, retried for up to 30 s while it starts. */
+async function listening(port: number): Promise<net.Socket> {
+  for (let i = 0; ; i++) {
+    const s = await new Promise<net.Socket | null>((r) => {
+      const c = net.connect(port, '127.0.0.1', () => r(c));
+      c.once('error', () => r(null));
+    });
+    if (s) return s;
+    if (i >= 300) throw new Error(`no hub listening on ${port} after 30 s`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 async function main() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rephub-mem-'));
   const port = Number(process.env.PORT) || 17300 + Math.floor(Math.random() * 500);
@@ -59,9 +72,11 @@ async function main() {
     ],
     { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, LOG_LEVEL: 'warn' } },
   );
-  await new Promise((r) => setTimeout(r, 800));
+  const sock = await listening(port).catch((e) => {
+    hub.kill('SIGTERM'); // never leave it behind
+    throw e;
+  }); // a loaded machine may take seconds to start it
   const base = rssMiB(hub.pid!);
-  const sock = net.connect(port, '127.0.0.1');
   sock.setNoDelay(true);
   let reads = 0;
   const framer = new FrameDecoder((cmd, p) => {
@@ -73,8 +88,7 @@ async function main() {
     }
   });
   sock.on('data', (c) => framer.push(c));
-  await new Promise((r) => sock.once('connect', r));
-  sock.write(encodeHello(PROTOCOL_VERSION, ALL_CAPS & ~Cap.FRAME_CRC, Limits.maxPayload, 'memvm'));
+  sock.write(encodeHello(PROTOCOL_VERSION, ALL_CAPS & ~Cap.FRAME_CRC & ~Cap.IDENTITY, Limits.maxPayload, 'memvm'));
   sock.write(encodeReportVmVolumes(vols.map((name) => ({ name, sizeBytes: SIZE }))));
   let max = 0;
   for (let t = 0; t < SECONDS; t++) {
