@@ -19,6 +19,7 @@ export class TrackedTarget implements BlockTarget {
   readonly readBulk?: (buf: Buffer, offset: number) => Promise<void>;
   readonly dataExtents?: (start: number, end: number) => [number, number][] | null;
   readonly dropCache?: () => void;
+  readonly readThen?: (buf: Buffer, offset: number, then: (e: Error | null) => void) => void;
 
   constructor(
     readonly next: BlockTarget,
@@ -30,6 +31,7 @@ export class TrackedTarget implements BlockTarget {
     if (next.readBulk) this.readBulk = (buf, offset) => next.readBulk!(buf, offset);
     if (next.dataExtents) this.dataExtents = (start, end) => next.dataExtents!(start, end);
     if (next.dropCache) this.dropCache = () => next.dropCache!();
+    if (next.readThen) this.readThen = (buf, offset, then) => next.readThen!(buf, offset, then);
   }
 
   get sizeBytes(): number {

@@ -30,6 +30,13 @@ export interface BlockTarget {
   dataExtents?(start: number, end: number): [number, number][] | null;
   /** Optional: drop the target's clean cached pages (after bulk writes have been flushed). */
   dropCache?(): void;
+  /**
+   * Optional, for a remote image: read [offset, offset + buf.length) ahead of every write asked
+   * for after this call that overlaps it, and call `then` (with the failure, if any) before such a
+   * write is submitted. Returns at once; the journal records a before-image this way without
+   * holding up the apply queue for the round trip.
+   */
+  readThen?(buf: Buffer, offset: number, then: (e: Error | null) => void): void;
 }
 
 /** A shared buffer of zeroes; never written to. */

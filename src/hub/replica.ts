@@ -75,6 +75,7 @@ export class Replica {
   private knownZero: KnownZeroMap | null = null;
   /** The recovery volume existed with data when it was opened: the hub cannot vouch for it. */
   private seeded = false;
+  private pristine = false; // an RBD image this open created, unclaimed till our lock: all zero
   /** The claim token this hub wrote into its RBD image (rbd-target.ts), for the record. */
   private claimToken: string | undefined;
 
@@ -205,7 +206,12 @@ export class Replica {
     const existed = !isRbdPath(this.spec.path) && fs.existsSync(this.spec.path);
     const file = await this.openBase(open, sizeBytes);
     const filter = this.targetFilter ?? ((t: BlockTarget) => t);
-    if (isRbdPath(this.spec.path)) return new GuardedTarget(filter(file));
+    if (isRbdPath(this.spec.path)) {
+      // An image this open created, that no other hub claimed before our lock, holds zeroes.
+      if (!this.pristine) return new GuardedTarget(filter(file));
+      this.knownZero = new KnownZeroMap(sizeBytes, regionSize);
+      return new GuardedTarget(filter(new TrackedTarget(file, this.knownZero)));
+    }
     // An existing file with no data extents (all holes) holds nothing to vouch for.
     this.seeded = existed && (!(file instanceof FileVolume) || file.dataExtents(0, sizeBytes)?.length !== 0);
     if (existed || !(file instanceof FileVolume)) return new GuardedTarget(filter(file));
@@ -228,6 +234,7 @@ export class Replica {
     const o = await openClaimed(open, this.spec.path, sizeBytes, this.record);
     if (!o.claim) return o.target;
     this.seeded = !o.claim.created;
+    this.pristine = o.claim.created && o.claim.found === null;
     this.claimToken = o.claim.token;
     if (this.record) this.record.rbdClaim = o.claim.token;
     this.checkIdentity(o.claim.reason);
