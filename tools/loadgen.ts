@@ -8,6 +8,7 @@
 //   node dist/tools/loadgen.js [--hub HOST:PORT] [--seconds 5] [--size-mib 1024] [--window-mib 64]
 //                              [--workload 4k|1m|both] [--rate-mbps MB/s --bs BYTES]
 //                              [--recovery PATH]  (the recovery volume, e.g. rbd:POOL/IMAGE:conf=F; default a file)
+//                              [--zeroes]  (answer the initial sync "all zero" instead of with zero bytes)
 import * as net from 'node:net';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -22,6 +23,7 @@ import {
   Limits,
   SECTOR,
   IO_OK,
+  IO_ZEROES,
   DIRTY_FINAL,
   FrameDecoder,
   decode,
@@ -43,6 +45,9 @@ const RATE = Number(arg('rate-mbps', '0')) * 1e6; // bytes/s; 0 = as fast as the
 const BS = Number(arg('bs', String(1 << 20)));
 const WORKLOAD = arg('workload', 'both'); // 4k | 1m | both
 const RECOVERY = arg('recovery', ''); // '' = a file in the hub's temp dir
+// Answer the sync's reads in the ZEROES form, as an agent does for a range it knows is empty (a
+// fresh sparse volume): the hub then writes nothing where it knows its replica is zero.
+const ZEROES_FORM = process.argv.includes('--zeroes');
 
 async function startHub(): Promise<{ port: number; http: number; stop: () => void; dir: string }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rephub-loadgen-'));
@@ -118,8 +123,11 @@ async function main() {
       sock.write(encodeDirtyReport(volId, 1, DIRTY_FINAL, [])); // nothing dirty on our side
     } else if (m.cmd === Cmd.REMOTE_IO_REQ) {
       lastRead = Date.now();
-      sock.write(encodeRemoteIoResHead(m.reqId, IO_OK, m.volumeId, m.sizeSectors * SECTOR));
-      sock.write(zero.subarray(0, m.sizeSectors * SECTOR));
+      if (ZEROES_FORM) sock.write(encodeRemoteIoResHead(m.reqId, IO_ZEROES, m.volumeId, 0));
+      else {
+        sock.write(encodeRemoteIoResHead(m.reqId, IO_OK, m.volumeId, m.sizeSectors * SECTOR));
+        sock.write(zero.subarray(0, m.sizeSectors * SECTOR));
+      }
     } else if (m.cmd === Cmd.WRITE_ACK) {
       acked = m.seq;
       onAck?.();

@@ -219,6 +219,11 @@ export class Replica {
     return new GuardedTarget(filter(new TrackedTarget(file, this.knownZero)));
   }
 
+  /** Every region [a, b) touches is known zero (never written on a replica this hub created). */
+  knownZeroCovers(a: number, b: number): boolean {
+    return this.knownZero?.covers(a, b) ?? false;
+  }
+
   /** Make bytes [a, b) zero on the recovery volume; nothing is written if every region they touch is known zero. */
   async zeroBytes(a: number, b: number): Promise<void> {
     if (this.knownZero?.covers(a, b)) return;

@@ -39,7 +39,8 @@ function loadgen(
   recovery: string,
   env: NodeJS.ProcessEnv,
 ): Promise<{ mbps: number; cpuMsPerMiB: number }> {
-  const args = ['--workload', '1m', '--seconds', String(SECONDS), '--size-mib', String(SIZE_MIB)];
+  // --zeroes: the sync's answers say "all zero", as an agent's for a fresh volume; fio writes a fresh image too
+  const args = ['--workload', '1m', '--seconds', String(SECONDS), '--size-mib', String(SIZE_MIB), '--zeroes'];
   const p = spawn(process.execPath, [path.join(dist, 'tools/loadgen.js'), ...args, '--recovery', recovery], {
     env,
     stdio: ['ignore', 'pipe', 'inherit'],
