@@ -163,7 +163,8 @@ export class JournalTarget implements BlockTarget {
     j.journal.captureBegin();
     this.next.readThen!(img, a, (e) => {
       try {
-        if (e) j.journal.lostHistory(e); // replication goes on without the past
+        if (e)
+          j.journal.lostHistory(e); // replication goes on without the past
         else this.record(j, a, img);
       } catch (e2) {
         j.journal.lostHistory(e2 as Error);

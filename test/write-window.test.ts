@@ -119,7 +119,12 @@ describe('write window (writes in flight to a remote image)', () => {
       () => async () => void order.push('own copy'),
     ); // resolves with the read still out: the caller is not held for the round trip
     const w2 = manual();
-    await w.add(4096, 4096, () => (order.push('second'), w2.submit()), () => () => (order.push('second'), w2.submit()));
+    await w.add(
+      4096,
+      4096,
+      () => (order.push('second'), w2.submit()),
+      () => () => (order.push('second'), w2.submit()),
+    );
     assert.equal(w.writes, 3, 'the read and both writes are in the window (they count against its room)');
     await tick();
     assert.deepEqual(order, [], 'nothing submitted before the read has read');

@@ -72,7 +72,11 @@ export async function claimRbd(
   // (a volume first protected into a file) has nothing to compare with.
   if (!rec || (known === undefined && found === null) || known === found) return { token, reason: null, found };
   const why = found === null ? 'the image carries no claim (recreated?)' : `another hub claimed it (${found})`;
-  return { token, found, reason: `RBD image ${vol.path} changed since this hub's record (claim ${known ?? 'none'}): ${why}` };
+  return {
+    token,
+    found,
+    reason: `RBD image ${vol.path} changed since this hub's record (claim ${known ?? 'none'}): ${why}`,
+  };
 }
 
 /** A recovery volume opened; `claim` for an RBD image (null for a file). */
