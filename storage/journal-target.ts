@@ -4,7 +4,8 @@
 // is a page-cache write issued before the overwrite; flush() syncs the journal before the
 // volume, so a group commit never makes an overwrite durable ahead of its before-image. A range
 // the known-zero map under it vouches for (never written on a replica this hub created) is
-// recorded as a ZERO record: no read, no payload.
+// recorded as a ZERO record: no read, no payload. On a remote volume (RBD) the read joins the
+// volume's write window ahead of the overwrite, which is submitted only once it is recorded.
 import { isRbdName } from './rbd-volume';
 import * as fs from 'node:fs';
 import type { BlockTarget } from './volume';
@@ -74,7 +75,8 @@ export class JournalTarget implements BlockTarget {
   }
 
   async write(buf: Buffer, offset: number): Promise<void> {
-    await this.capture(offset, offset + buf.length);
+    if (this.next.readThen) this.captureAhead(offset, offset + buf.length);
+    else await this.capture(offset, offset + buf.length);
     await this.next.write(buf, offset);
   }
 
@@ -139,7 +141,7 @@ export class JournalTarget implements BlockTarget {
     const busy = this.next.landing?.(a, b); // the before-image is what the writes in flight leave
     if (busy) await busy;
     try {
-      // An RBD image is read through its own target (librbd); a file through our descriptor.
+      // A remote image without readThen is read through its own target; a file through our descriptor.
       if (isRbdName(this.path)) await this.next.read(img, a);
       else
         await new Promise<void>((res, rej) =>
@@ -149,6 +151,31 @@ export class JournalTarget implements BlockTarget {
     } catch (e) {
       j.journal.lostHistory(e as Error); // replication goes on without the past
     }
+  }
+
+  /**
+   * A remote volume (RBD): the before-image is read in the volume's window, ahead of the write
+   * that follows it, and recorded before that write is submitted; the apply queue goes on. The
+   * journal counts it until then, so that no point is appended ahead of its record.
+   */
+  private captureAhead(start: number, end: number): void {
+    const r = this.range(start, end);
+    if (!r) return;
+    const [a, b, j] = r;
+    if (this.zeros?.covers(a, b)) return this.recordZero(j, a, b - a);
+    const img = Buffer.allocUnsafe(b - a);
+    j.journal.captureBegin();
+    this.next.readThen!(img, a, (e) => {
+      try {
+        if (e)
+          j.journal.lostHistory(e); // replication goes on without the past
+        else this.record(j, a, img);
+      } catch (e2) {
+        j.journal.lostHistory(e2 as Error);
+      } finally {
+        j.journal.captureEnd();
+      }
+    });
   }
 
   /** The widened range to record, or null (no journal yet, or every block recorded this epoch). */

@@ -76,6 +76,8 @@ export class Journal {
   powerLoss: { at: number; bootId: string | null; dropped: number } | null = null;
   private readonly pins = new Map<number, number>(); // position -> readers holding it
   private readonly listeners = new Set<BeforeListener>();
+  private capturing = 0; // before-images being read (a remote volume): a point waits for them
+  private capturedWaiters: (() => void)[] = [];
   private syncRun: Promise<void> | null = null;
   private syncAgain = false;
   private syncedTo = 0; // journal position up to which every record is durable
@@ -159,8 +161,34 @@ export class Journal {
     for (const l of this.listeners) l(vol, offset, length, ZERO_POS);
   }
 
+  /**
+   * A before-image is being read for a write applied now (journal-target.ts, a remote volume);
+   * it is appended (or the history lost) before captureEnd(). No point may be taken meanwhile:
+   * the record belongs before it. At most one per write in the volume's window (32).
+   */
+  captureBegin(): void {
+    this.capturing++;
+  }
+
+  captureEnd(): void {
+    assert(this.capturing > 0, 'a capture ends once');
+    if (--this.capturing === 0) for (const w of this.capturedWaiters.splice(0)) w();
+  }
+
+  /** Before-images still being read: a point now would come before their records. */
+  get capturesPending(): number {
+    return this.capturing;
+  }
+
+  /** Resolves once every before-image being read has been recorded. */
+  captured(): Promise<void> {
+    if (this.capturing === 0) return Promise.resolve();
+    return new Promise((r) => this.capturedWaiters.push(r));
+  }
+
   /** Append a consistent point: everything recorded after it is newer than it. */
   appendCheckpoint(kind: CheckpointKind, label = '', time = Date.now()): Checkpoint {
+    assert(this.capturing === 0, 'no before-image of a write before the point is still being read');
     const id = this.pts.newId();
     const payload = Buffer.from(label.slice(0, 256), 'utf8');
     const at = this.append(

@@ -110,11 +110,30 @@ export class RbdVolume implements BlockTarget {
     return this.window.read(offset, offset + buf.length, () => this.io(RbdOp.Read, buf, offset));
   }
 
+  /** read(), but returns at once: `then` runs once read, before any later overlapping write is submitted. */
+  readThen(buf: Buffer, offset: number, then: (e: Error | null) => void): void {
+    void this.window.read(offset, offset + buf.length, () =>
+      this.io(RbdOp.Read, buf, offset).then(
+        () => then(null),
+        (e: Error) => then(e),
+      ),
+    );
+  }
+
   /** Resolves once the write is on its way; a failure to land surfaces at the next flush. */
   write(buf: Buffer, offset: number): Promise<void> {
     const outside = this.outside(buf.length, offset);
     if (outside) return Promise.reject(outside);
-    return this.window.add(offset, buf.length, () => this.io(RbdOp.Write, buf, offset));
+    return this.window.add(
+      offset,
+      buf.length,
+      () => this.io(RbdOp.Write, buf, offset),
+      () => {
+        // chained behind a read or write it overlaps: the caller's buffer is reused once we return
+        const own = Buffer.from(buf);
+        return () => this.io(RbdOp.Write, own, offset);
+      },
+    );
   }
 
   async flush(): Promise<void> {

@@ -38,6 +38,13 @@ export interface BlockTarget {
    * through a descriptor of its own goes only on null, else waits for it first.
    */
   landing?(start: number, end: number): Promise<void> | null;
+  /**
+   * Optional, for a remote image: read [offset, offset + buf.length) ahead of every write asked
+   * for after this call that overlaps it, and call `then` (with the failure, if any) before such a
+   * write is submitted. Returns at once; the journal records a before-image this way without
+   * holding up the apply queue for the round trip.
+   */
+  readThen?(buf: Buffer, offset: number, then: (e: Error | null) => void): void;
 }
 
 /**

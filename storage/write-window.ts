@@ -7,7 +7,8 @@
 // handed over has landed, and throws the first failure since the last drain, naming its offset,
 // so a flush never reports durable what did not land. A read is in the window too, from the
 // moment it is asked for: a write asked for after it waits until it has read (it sees the old
-// bytes: the encryption alarm's sample read does not hold up the apply queue).
+// bytes: the encryption alarm's sample read, the journal's before-image read). A write given a
+// copy of its own (`keep`) is chained behind what it overlaps instead of waiting for it.
 import { assert } from './assert';
 
 interface InFlight {
@@ -39,18 +40,27 @@ export class WriteWindow {
   /**
    * Start `submit` for [start, start+len) once it overlaps nothing in flight and there is room;
    * resolves when it is on its way (not landed). `submit` resolves when it landed, rejects on failure.
+   * With `keep` (a submit that no longer refers to the caller's memory: its own copy), a write
+   * that overlaps some in flight does not wait for them: it joins the window now and is submitted
+   * once they have landed (a sampled read, the previous write to the same bytes), so the caller
+   * (the apply queue) waits for room only, never for a round trip.
    */
-  async add(start: number, len: number, submit: () => Promise<void>): Promise<void> {
+  async add(start: number, len: number, submit: () => Promise<void>, keep?: () => () => Promise<void>): Promise<void> {
     const end = start + len;
+    let after: Promise<void>[] | null = null;
     for (;;) {
       const blocker = this.inflight.find((w) => w.start < end && start < w.end);
-      if (blocker) await blocker.done;
-      else if (this.inflight.length >= this.maxWrites || (this.bytes > 0 && this.bytes + len > this.maxBytes))
+      if (this.inflight.length >= this.maxWrites || (this.bytes > 0 && this.bytes + len > this.maxBytes))
         await this.inflight[0].done;
-      else break;
+      else if (blocker && !keep) await blocker.done;
+      else {
+        if (blocker) after = this.inflight.filter((w) => w.start < end && start < w.end).map((w) => w.done);
+        break;
+      }
     }
     const w: InFlight = { start, end, bytes: len, done: Promise.resolve() };
-    w.done = submit().then(
+    const go = after ? Promise.all(after).then(keep!()) : submit();
+    w.done = go.then(
       () => this.landed(w),
       (e: Error) => {
         this.failure ??= e;

@@ -106,4 +106,34 @@ describe('write window (writes in flight to a remote image)', () => {
     const free = w.read(1 << 20, (1 << 20) + 512, async () => undefined); // overlapping nothing: at once
     await free;
   });
+
+  it('a write with its own copy (keep) joins at once behind what it overlaps, and is submitted after it', async () => {
+    const w = new WriteWindow();
+    const r = manual();
+    const read = w.read(0, 4096, r.submit);
+    const order: string[] = [];
+    await w.add(
+      0,
+      8192,
+      async () => void order.push('caller buffer'),
+      () => async () => void order.push('own copy'),
+    ); // resolves with the read still out: the caller is not held for the round trip
+    const w2 = manual();
+    await w.add(
+      4096,
+      4096,
+      () => (order.push('second'), w2.submit()),
+      () => () => (order.push('second'), w2.submit()),
+    );
+    assert.equal(w.writes, 3, 'the read and both writes are in the window (they count against its room)');
+    await tick();
+    assert.deepEqual(order, [], 'nothing submitted before the read has read');
+    r.land();
+    await read;
+    for (let i = 0; i < 5; i++) await tick();
+    assert.deepEqual(order, ['own copy', 'second'], 'in stream order, the chained write from its own copy');
+    w2.land();
+    await w.drain();
+    assert.equal(w.writes, 0);
+  });
 });

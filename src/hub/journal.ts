@@ -98,7 +98,9 @@ export class HubJournals {
   onCheckpoint: ((vm: string, cp: Checkpoint) => void) | null = null;
 
   /** The agent's FLUSH marker was applied: a point, if anything was written since the last. */
-  onFlushMarker(vm: string): void {
+  onFlushMarker(vm: string): Promise<void> | void {
+    const j = this.journals.get(vm);
+    if (j?.capturesPending) return j.captured().then(() => void this.point(vm, 'flush'));
     this.point(vm, 'flush');
   }
 
@@ -120,6 +122,7 @@ export class HubJournals {
     const j = this.journal(vm);
     for (const r of vols) j.volumeIndex(r.name); // a volume that has not written yet is part of the point too
     if (label === undefined && j.capturedSincePoint === 0 && j.points().length > 0) return null;
+    if (j.capturesPending) return null; // a tag waits for the next point (flush, interval)
     const cp = j.appendCheckpoint(label !== undefined ? 'tag' : kind, label);
     this.pendingTags.delete(vm);
     this.log.debug({ vm, checkpoint: cp.id, kind: cp.kind, label: cp.label }, 'checkpoint');
@@ -269,7 +272,8 @@ export class HubJournals {
       const last = pts.length ? pts[pts.length - 1].time : 0;
       if (j.capturedSincePoint === 0 || now - last < this.cfg.intervalMs) continue;
       const owner = this.volumesOf(vm).find((r) => r.owner)?.owner;
-      if (owner) owner.barrier(() => this.point(vm, 'interval')).catch(() => undefined);
+      // in the stream, once the before-images of the writes before it are recorded (RBD reads them)
+      if (owner) owner.barrier(() => j.captured().then(() => this.point(vm, 'interval'))).catch(() => undefined);
     }
   }
 }

@@ -63,22 +63,26 @@ async function lockOrExplain(vol: RbdVolume): Promise<void> {
 export async function claimRbd(
   vol: RbdVolume,
   rec: VolumeRecord | undefined,
-): Promise<{ token: string; reason: string | null }> {
+): Promise<{ token: string; reason: string | null; found: string | null }> {
   const found = await vol.metaGet(CLAIM_KEY);
   const token = randomUUID();
   await vol.metaSet(CLAIM_KEY, token);
   const known = rec?.rbdClaim;
   // No record: the caller treats an image that held data as seeded. A record from before claims
   // (a volume first protected into a file) has nothing to compare with.
-  if (!rec || (known === undefined && found === null) || known === found) return { token, reason: null };
+  if (!rec || (known === undefined && found === null) || known === found) return { token, reason: null, found };
   const why = found === null ? 'the image carries no claim (recreated?)' : `another hub claimed it (${found})`;
-  return { token, reason: `RBD image ${vol.path} changed since this hub's record (claim ${known ?? 'none'}): ${why}` };
+  return {
+    token,
+    found,
+    reason: `RBD image ${vol.path} changed since this hub's record (claim ${known ?? 'none'}): ${why}`,
+  };
 }
 
 /** A recovery volume opened; `claim` for an RBD image (null for a file). */
 export interface OpenedRecovery {
   target: BlockTarget;
-  claim: { created: boolean; token: string; reason: string | null } | null;
+  claim: { created: boolean; token: string; reason: string | null; found: string | null } | null;
 }
 
 /** Open a recovery volume with `open`; an RBD image is claimed for `rec` (closed if that fails). */

@@ -56,6 +56,7 @@ export class Replica {
   failover: FailoverMaps | null = null; // set while the replica is promoted (replica-failover.ts)
   /** A filter put between the guard and the file (the journal's capture, src/hub/journal.ts). */
   targetFilter?: (t: BlockTarget) => BlockTarget;
+  private readonly filtered = (t: BlockTarget): BlockTarget => (this.targetFilter ? this.targetFilter(t) : t);
   bitmap?: DirtyBitmap;
   readonly stats = new ReplicaStats();
   /** Scores protected writes for a guest that starts encrypting its disk (ticked by sample()). */
@@ -202,16 +203,19 @@ export class Replica {
    * this hub creates starts known zero; every write below the guard clears what it touches.
    */
   private async openTarget(open: TargetOpener, sizeBytes: number, regionSize: number): Promise<GuardedTarget> {
-    const existed = !isRbdPath(this.spec.path) && fs.existsSync(this.spec.path);
+    const rbd = isRbdPath(this.spec.path);
+    const existed = !rbd && fs.existsSync(this.spec.path);
     const file = await this.openBase(open, sizeBytes);
-    const filter = this.targetFilter ?? ((t: BlockTarget) => t);
-    if (isRbdPath(this.spec.path)) return new GuardedTarget(filter(file));
     // An existing file with no data extents (all holes) holds nothing to vouch for.
-    this.seeded = existed && (!(file instanceof FileVolume) || file.dataExtents(0, sizeBytes)?.length !== 0);
-    if (existed || !(file instanceof FileVolume)) return new GuardedTarget(filter(file));
+    if (!rbd) this.seeded = existed && (!(file instanceof FileVolume) || file.dataExtents(0, sizeBytes)?.length !== 0);
+    // An image not seeded (openBase: this open created it, unclaimed till our lock) holds zeroes.
+    if (rbd ? this.seeded : existed || !(file instanceof FileVolume)) return new GuardedTarget(this.filtered(file));
     this.knownZero = new KnownZeroMap(sizeBytes, regionSize);
-    return new GuardedTarget(filter(new TrackedTarget(file, this.knownZero)));
+    return new GuardedTarget(this.filtered(new TrackedTarget(file, this.knownZero)));
   }
+
+  /** Every region [a, b) touches is known zero (never written on a replica this hub created). */
+  readonly knownZeroCovers = (a: number, b: number): boolean => this.knownZero?.covers(a, b) ?? false;
 
   /** Make bytes [a, b) zero on the recovery volume; nothing is written if every region they touch is known zero. */
   async zeroBytes(a: number, b: number): Promise<void> {
@@ -227,7 +231,8 @@ export class Replica {
   private async openBase(open: TargetOpener, sizeBytes: number): Promise<BlockTarget> {
     const o = await openClaimed(open, this.spec.path, sizeBytes, this.record);
     if (!o.claim) return o.target;
-    this.seeded = !o.claim.created;
+    // created by this open, yet claimed by another hub before our lock: it wrote there, compare first
+    this.seeded = !o.claim.created || o.claim.found !== null;
     this.claimToken = o.claim.token;
     if (this.record) this.record.rbdClaim = o.claim.token;
     this.checkIdentity(o.claim.reason);
@@ -239,8 +244,7 @@ export class Replica {
     if (!this.record) throw new Error(`volume ${this.name} has never been protected: no replica to use`);
     if (!this.target) {
       // the journal's capture too: a promoted volume's writes must keep the older points right
-      const filter = this.targetFilter ?? ((t: BlockTarget) => t);
-      this.target = new GuardedTarget(filter(await this.openBase(open, this.record.sizeBytes)));
+      this.target = new GuardedTarget(this.filtered(await this.openBase(open, this.record.sizeBytes)));
       this.record.recoveryFile = recoveryFileNow(this.spec.path, false); // written from now on: inexact
       void this.store.putVolume(this.record, true);
     }

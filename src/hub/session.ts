@@ -60,7 +60,7 @@ export interface SessionHost {
   /** The hub's verify scan-rate limit, shared by its sessions (none when absent). */
   verifyPacer?: VerifyPacer;
   /** The agent's FLUSH marker was applied (a journal checkpoint, src/hub/journal.ts). */
-  onFlushMarker?(vm: string): void;
+  onFlushMarker?(vm: string): Promise<void> | void;
   /** The agent said who it is (HELLO), or sent a legacy first frame (the hub's event bus). */
   onHello?(s: AgentSession): void;
 }
@@ -323,9 +323,11 @@ export class AgentSession implements ReplicaOwner {
         return this.sync.onRemoteIoRes(m);
       case Cmd.DIRTY_REPORT:
         return this.sync.onDirtyReport(m);
-      case Cmd.FLUSH: // the queue runs its flush hooks after this
-        this.host.onFlushMarker?.(this.vm);
-        return this.commit.kick();
+      case Cmd.FLUSH: {
+        // the queue runs its flush hooks after this; a point may wait for before-images (RBD)
+        const marked = this.host.onFlushMarker?.(this.vm);
+        return marked ? marked.then(() => this.commit.kick()) : this.commit.kick();
+      }
       case Cmd.AGENT_SHUTDOWN:
         return this.onShutdown();
       case Cmd.VOLUME_SIZE:

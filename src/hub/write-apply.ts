@@ -6,6 +6,7 @@ import { SECTOR, IO_OK } from '../../protocol';
 import type { ProtectedWrite } from '../../protocol';
 import type { Replica } from './replica';
 import type { VolumeSync } from './sync';
+import { ZEROES } from '../../storage/volume';
 
 /** The session's attached volumes, by id (the SyncEngine). */
 export interface VolumeLookup {
@@ -130,6 +131,8 @@ export class WriteApplier {
  */
 function scoreWrite(rep: Replica, data: Buffer, start: number): void {
   const n = Math.min(data.length, rep.alarm.sampleBytes);
+  // known zero: the old bytes need no read (an RBD round trip); a zero sample is never suspicious
+  if (rep.knownZeroCovers(start, start + n)) return rep.alarm.score(data, ZEROES.subarray(0, n));
   const inline = rep.alarmReader.read(start, n);
   if (inline) return rep.alarm.score(data, inline);
   rep.alarm.take(data.length);

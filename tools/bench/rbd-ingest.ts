@@ -4,8 +4,10 @@
 // 1 MiB sequential protected writes, counted when acked durable: written and rbd_aio_flush'd)
 // into a hub with --vol LG=rbd:…, then fio --ioengine=rbd (1 MiB sequential writes, iodepth 8,
 // flush at the end) on a fresh image of the same size. Medians. Also the hub's CPU time (user +
-// sys, /proc) per MiB ingested into RBD. Not a test: numbers only.
-//   node dist/tools/bench/rbd-ingest.js [--reps 3] [--seconds 5] [--size-mib 256]
+// sys, /proc) per MiB ingested into RBD. Not a test: numbers only. With --base DIR (the dist/ of
+// another build), each rep also runs that build's hub, so that a change is measured against its
+// base in the same sitting, each against fio. HUB_ARGS (e.g. --no-journal) goes to every hub.
+//   node dist/tools/bench/rbd-ingest.js [--reps 3] [--seconds 5] [--size-mib 256] [--base DIR]
 import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -18,6 +20,7 @@ const arg = (k: string, d: string) => {
 const REPS = Number(arg('reps', '3'));
 const SECONDS = Number(arg('seconds', '5'));
 const SIZE_MIB = Number(arg('size-mib', '256'));
+const BASE = arg('base', '');
 
 /** CPU seconds (user + sys) of the first child of `pid` (loadgen's hub), or NaN. */
 function childCpu(pid: number): number {
@@ -31,9 +34,14 @@ function childCpu(pid: number): number {
 }
 
 /** loadgen's 1 MiB run into `recovery`: MB/s, and the hub's CPU ms per MiB during it. */
-function loadgen(recovery: string, env: NodeJS.ProcessEnv): Promise<{ mbps: number; cpuMsPerMiB: number }> {
-  const args = ['--workload', '1m', '--seconds', String(SECONDS), '--size-mib', String(SIZE_MIB)];
-  const p = spawn(process.execPath, [path.join(__dirname, '../loadgen.js'), ...args, '--recovery', recovery], {
+function loadgen(
+  dist: string,
+  recovery: string,
+  env: NodeJS.ProcessEnv,
+): Promise<{ mbps: number; cpuMsPerMiB: number }> {
+  // --zeroes: the sync's answers say "all zero", as an agent's for a fresh volume; fio writes a fresh image too
+  const args = ['--workload', '1m', '--seconds', String(SECONDS), '--size-mib', String(SIZE_MIB), '--zeroes'];
+  const p = spawn(process.execPath, [path.join(dist, 'tools/loadgen.js'), ...args, '--recovery', recovery], {
     env,
     stdio: ['ignore', 'pipe', 'inherit'],
   });
@@ -62,10 +70,17 @@ async function main(): Promise<void> {
   const env = { ...process.env, CEPH_CONF: ceph.conf };
   const hub: number[] = [],
     fio: number[] = [],
-    cpu: number[] = [];
+    cpu: number[] = [],
+    base: number[] = [];
   try {
     for (let r = 1; r <= REPS; r++) {
-      const lg = await loadgen(`rbd:${ceph.pool}/lg-${r}:conf=${ceph.conf}`, env);
+      if (BASE) {
+        const b = await loadgen(BASE, `rbd:${ceph.pool}/base-${r}:conf=${ceph.conf}`, env);
+        base.push(b.mbps);
+        console.log(`rep ${r}: base build ${b.mbps} MB/s (hub CPU ${b.cpuMsPerMiB.toFixed(2)} ms per MiB)`);
+        ceph.run('rbd', 'rm', '--no-progress', `${ceph.pool}/base-${r}`);
+      }
+      const lg = await loadgen(path.join(__dirname, '../..'), `rbd:${ceph.pool}/lg-${r}:conf=${ceph.conf}`, env);
       hub.push(lg.mbps);
       cpu.push(lg.cpuMsPerMiB);
       ceph.run('rbd', 'create', '--size', `${SIZE_MIB}M`, `${ceph.pool}/fio-${r}`);
@@ -103,6 +118,7 @@ async function main(): Promise<void> {
   console.log(
     `MEDIAN hub ${h} MB/s, fio rbd ${f} MB/s: hub / fio = ${(h / f).toFixed(2)}; hub CPU ${median(cpu).toFixed(2)} ms per MiB`,
   );
+  if (BASE) console.log(`MEDIAN base build ${median(base)} MB/s: base / fio = ${(median(base) / f).toFixed(2)}`);
 }
 
 void main().catch((e) => {
