@@ -5,6 +5,8 @@
 // certificate options as src/security.ts), and prints MB/s and CPU microseconds per MiB of each
 // side from process.cpuUsage().
 //   node dist/tools/bench/tls-loopback.js [--seconds 3] [--tls] [--certs DIR] [--frame 1048576]
+//     [--batch 1] (frames written per event-loop turn) [--ciphers LIST] (the client's TLS 1.3 order)
+//     [--mib N] (send N MiB instead of --seconds: a fixed amount, for `perf stat -e instructions:u`)
 // DIR: tools/make-certs.sh DIR 127.0.0.1 bench (made in a temp dir when absent).
 import * as net from 'node:net';
 import * as tls from 'node:tls';
@@ -65,6 +67,8 @@ if (process.argv.includes('--sink')) {
   const seconds = Number(arg('seconds', '3')),
     frame = Number(arg('frame', String(1 << 20)));
   const dir = useTls ? certs() : '';
+  const ciphers = arg('ciphers', '') ? { ciphers: arg('ciphers', '') } : {};
+  const batch = Number(arg('batch', '1'));
   const sink = spawn(process.execPath, [__filename, '--sink', '--certs', dir, ...(useTls ? ['--tls'] : [])], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
@@ -73,19 +77,22 @@ if (process.argv.includes('--sink')) {
     sink.stdout.on('data', (x: Buffer) => process.stdout.write(x));
     const files = { cert: `${dir}/bench.pem`, key: `${dir}/bench.key`, ca: `${dir}/ca.pem` };
     const s: net.Socket = useTls
-      ? tls.connect({ host: '127.0.0.1', port, ...clientOptions(files, 'bench', '127.0.0.1') })
+      ? tls.connect({ host: '127.0.0.1', port, ...clientOptions(files, 'bench', '127.0.0.1'), ...ciphers })
       : net.connect({ host: '127.0.0.1', port });
     s.setNoDelay(true);
     const header = Buffer.alloc(24),
       payload = Buffer.alloc(frame, 0x5a);
     s.once(useTls ? 'secureConnect' : 'connect', () => {
       const end = performance.now() + seconds * 1000,
+        limit = Number(arg('mib', '0')) * 1048576 || Infinity,
         c0 = cpuUs();
       let sent = 0;
       const pump = () => {
-        while (performance.now() < end) {
-          sent += frame;
-          if (!writeBatchedThen(s, [header, payload])) return void s.once('drain', pump);
+        while (performance.now() < end && sent < limit) {
+          let ok = true;
+          for (let i = 0; i < batch; i++) ok = writeBatchedThen(s, [header, payload]);
+          sent += frame * batch;
+          if (!ok) return void s.once('drain', pump);
         }
         const mib = sent / 1048576;
         process.stdout.write(`sender: ${((cpuUs() - c0) / mib).toFixed(0)} us/MiB\n`);
