@@ -44,7 +44,10 @@ if (process.argv.includes('--sink')) {
       c0 = 0,
       chunks = 0;
     s.on('data', (c: Buffer) => {
-      if (!t0) ((t0 = performance.now()), (c0 = cpuUs()));
+      if (!t0) {
+        t0 = performance.now();
+        c0 = cpuUs();
+      }
       bytes += c.length;
       chunks++;
     });
