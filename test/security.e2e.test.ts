@@ -89,6 +89,17 @@ describe('agent link security', function () {
       !hub.status().agents[0].caps.includes('frame_crc'),
       'no FRAME_CRC on a TLS link: TLS authenticates the records',
     );
+    assert.ok(
+      hubLog.lines.some((l) => /agent connected/.test(l) && /"cipher":"TLSv1.3 TLS_AES_128_GCM_SHA256"/.test(l)),
+      'TLS 1.3 with AES-128-GCM, the cheapest suite with AES-NI, is what the link negotiates',
+    );
+    // writes of many TLS records each (the hub receives 16 KiB chunks and joins the frames)
+    const big = Buffer.alloc(3 << 20);
+    for (let i = 0; i < big.length; i += 4) big.writeUInt32LE((i * 2654435761) >>> 0, i);
+    await Promise.all(
+      [0, 1, 2].map((k) => agents[0].write('V1', (k << 20) + 4096, big.subarray(k << 20, (k + 1) << 20))),
+    );
+    await waitFor('V1 equal after 1 MiB writes over TLS', () => sha(img) === sha(rep));
 
     agent(port, 'vmP', img2, 'V2'); // plaintext
     await waitFor('plaintext refused', () => hubLog.lines.some((l) => /TLS handshake failed/.test(l)));
@@ -188,6 +199,12 @@ describe('agent link security', function () {
     agent(port, 'vm1', img, 'P1', { pskFile: good });
     await waitFor('P1 protecting over TLS-PSK', () => hub.replicas.get('P1')!.state === 'protecting');
     assert.equal(sha(img), sha(rep));
+    assert.ok(
+      hubLog.lines.some((l) => /agent connected/.test(l) && /"cipher":"TLSv1.2 PSK-AES128-GCM-SHA256"/.test(l)),
+      'TLS-PSK negotiates AES-128-GCM',
+    );
+    await agents[0].write('P1', 1536, Buffer.alloc(2 << 20, 0xa5)); // not 4 KiB-aligned, many records
+    await waitFor('P1 equal after a 2 MiB write over TLS-PSK', () => sha(img) === sha(rep));
     for (const a of agents.splice(0)) await a.stop(200);
     await hub.close();
   });

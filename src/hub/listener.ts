@@ -153,7 +153,8 @@ export class AgentListener<S extends AgentEndpoint> {
       identity,
     );
     assert(this.host.sessionCount() <= maxSessions, 'agent sessions within maxSessions');
-    log.info({ session: session.id, peer, identity }, 'agent connected');
+    const cipher = sock instanceof tls.TLSSocket ? `${sock.getProtocol()} ${sock.getCipher().name}` : 'plaintext';
+    log.info({ session: session.id, peer, identity, cipher }, 'agent connected');
     const s = session;
     if (!plain) {
       sock.on('data', (chunk) => {

@@ -6,6 +6,13 @@
 # that it can run beside the original), no build step (run `npx tsc -p .` in both first).
 # Example: SECS=4 JOBS="4k-randwrite-1-fsync 1m-write-4" SERVERS="rephub rephubB qemu-bg qemu-nbd" \
 #          bash tools/bench/mirror-bench-ab.sh 2
+# Variants of any rephub server (rephub, rephubB), issue 17's TLS and UNIX rows:
+#   …-tls    the agent link with mutual-certificate TLS as the README advises (certificates made
+#            by tools/make-certs.sh in the run's temp dir); ratio rows …-tls/… give TLS's cost
+#   …-unix   the agent's NBD on a UNIX socket (fio: nbd+unix:///V1?socket=PATH)
+#   qemu-bg-unix, qemu-sync-unix, qemu-nbd-unix: the peers with their NBD server on a UNIX socket
+#            (tools/bench/qemu-mirror-peer.sh, qemu-nbd -k)
+# e.g. SERVERS="rephub rephub-tls" or SERVERS="rephub-unix qemu-bg-unix qemu-nbd-unix"
 # The original's description:
 # mirror-bench.sh — side by side in one run, servers that keep a second copy of every write:
 #   rephub      rephub-agent serving the image, mirroring to a rephub hub (both on loopback)
@@ -22,8 +29,8 @@ PB=${PORT_BASE:-263} # ports ${PB}00-${PB}90: give each concurrent run its own (
 ROUNDS=${1:-3}; SIZE_MIB=${SIZE_MIB:-256}; SECS=${SECS:-5}
 JOBS=${JOBS:-"4k-randwrite-16 1m-write-4"}
 SERVERS=${SERVERS:-"rephub qemu-bg qemu-sync qemu-nbd nbdkit"}
-HERE=${PEER_TOOLS:-/work/shared/tools} # qemu-mirror-peer.sh
 ROOT=$PWD
+PEER=$ROOT/tools/bench/qemu-mirror-peer.sh
 [ -f "$ROOT/package.json" ] || { echo "run from the project root" >&2; exit 2; }
 :
 bin() { node -p "require('$ROOT/package.json').bin['$1']"; }
@@ -33,6 +40,8 @@ W=$(mktemp -d /tmp/mirror-bench.XXXX); PIDS=()
 stop_all() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; sleep 0.5
              for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done; PIDS=(); }
 trap 'stop_all; rm -rf "$W"' EXIT
+CERTS=$W/certs
+[[ " $SERVERS " == *-tls* ]] && { bash "$ROOT/tools/make-certs.sh" "$CERTS" 127.0.0.1 bench >/dev/null || exit 2; }
 wait_nbd() { for _ in $(seq 200); do nbdinfo --can connect "$1" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 fio_job() { # uri job -> number (IOPS for 4k, MiB/s for 1m); job BS-RW-QD[-fsync]: -fsync flushes after every write
   local j=$2 extra=
@@ -47,23 +56,29 @@ fio_job() { # uri job -> number (IOPS for 4k, MiB/s for 1m); job BS-RW-QD[-fsync
 start_server() { # name -> sets URI; servers' pids in PIDS
   local d="$W/$1"; rm -rf "$d"; mkdir -p "$d"
   case $1 in
-  rephub|rephubB)
-    local HUB=$HUB AGENT=$AGENT; [ $1 = rephubB ] && { HUB="node $BASE/dist/src/cli/rephub.js"; AGENT="node $BASE/dist/src/cli/rephub-agent.js"; }
+  rephub|rephubB|rephub-*|rephubB-*)
+    local HUB=$HUB AGENT=$AGENT hubx= agentx= nbd=127.0.0.1:${PB}09; URI=nbd://127.0.0.1:${PB}09/V1
+    [[ $1 == rephubB* ]] && { HUB="node $BASE/dist/src/cli/rephub.js"; AGENT="node $BASE/dist/src/cli/rephub-agent.js"; }
+    [[ $1 == *-tls ]] && { hubx="--tls-cert $CERTS/hub.pem --tls-key $CERTS/hub.key --tls-ca $CERTS/ca.pem"
+                          agentx="--tls-cert $CERTS/bench.pem --tls-key $CERTS/bench.key --tls-ca $CERTS/ca.pem"; }
+    [[ $1 == *-unix ]] && { nbd="unix:$d/nbd.sock"; URI="nbd+unix:///V1?socket=$d/nbd.sock"; }
     truncate -s "${SIZE_MIB}M" "$d/V1.img"
-    LOG_LEVEL=warn $HUB --listen 127.0.0.1:${PB}00 --http 127.0.0.1:${PB}80 --vol "V1=$d/V1R" --data "$d/hub" --nbd 127.0.0.1:${PB}50 ${REPHUB_HUB_ARGS:-} 2>"$d/hub.log" & PIDS+=($!)
+    LOG_LEVEL=warn $HUB --listen 127.0.0.1:${PB}00 --http 127.0.0.1:${PB}80 --vol "V1=$d/V1R" --data "$d/hub" --nbd 127.0.0.1:${PB}50 $hubx ${REPHUB_HUB_ARGS:-} 2>"$d/hub.log" & PIDS+=($!)
     sleep 0.3
-    LOG_LEVEL=warn $AGENT --hub 127.0.0.1:${PB}00 --export "V1=$d/V1.img" --nbd 127.0.0.1:${PB}09 --state "$d/ast" --vm bench --http 127.0.0.1:${PB}90 ${REPHUB_AGENT_ARGS:-} 2>"$d/agent.log" & PIDS+=($!)
-    wait_nbd nbd://127.0.0.1:${PB}09/V1 || return 1
-    for _ in $(seq 300); do curl -s 127.0.0.1:${PB}80/status | grep -q '"protecting"' && break; sleep 0.1; done
-    URI=nbd://127.0.0.1:${PB}09/V1 ;;
-  qemu-bg|qemu-sync)
-    local mode=background; [ "$1" = qemu-sync ] && mode=write-blocking
-    MODE=$mode bash "$HERE/qemu-mirror-peer.sh" start "$d" ${PB}20 "$SIZE_MIB" >"$d/uri" || return 1
+    LOG_LEVEL=warn $AGENT --hub 127.0.0.1:${PB}00 --export "V1=$d/V1.img" --nbd "$nbd" --state "$d/ast" --vm bench --http 127.0.0.1:${PB}90 $agentx ${REPHUB_AGENT_ARGS:-} 2>"$d/agent.log" & PIDS+=($!)
+    wait_nbd "$URI" || return 1
+    for _ in $(seq 300); do curl -s 127.0.0.1:${PB}80/status | grep -q '"protecting"' && break; sleep 0.1; done ;;
+  qemu-bg|qemu-sync|qemu-bg-unix|qemu-sync-unix)
+    local mode=background addr=${PB}20; [[ $1 == qemu-sync* ]] && mode=write-blocking
+    [[ $1 == *-unix ]] && addr=unix:$d/nbd.sock
+    MODE=$mode TGT_PORT=${PB}26 bash "$PEER" start "$d" "$addr" "$SIZE_MIB" >"$d/uri" || return 1
     URI=$(cat "$d/uri") ;;
-  qemu-nbd)
+  qemu-nbd|qemu-nbd-unix)
+    local where="-b 127.0.0.1 -p ${PB}30"; URI=nbd://127.0.0.1:${PB}30/V1
+    [ $1 = qemu-nbd-unix ] && { where="-k $d/nbd.sock"; URI="nbd+unix:///V1?socket=$d/nbd.sock"; }
     truncate -s "${SIZE_MIB}M" "$d/q.img"
-    qemu-nbd --persistent --shared=8 -f raw -x V1 -b 127.0.0.1 -p ${PB}30 "$d/q.img" 2>"$d/log" & PIDS+=($!)
-    wait_nbd nbd://127.0.0.1:${PB}30/V1 && URI=nbd://127.0.0.1:${PB}30/V1 ;;
+    qemu-nbd --persistent --shared=8 -f raw -x V1 $where "$d/q.img" 2>"$d/log" & PIDS+=($!)
+    wait_nbd "$URI" || return 1 ;;
   nbdkit)
     truncate -s "${SIZE_MIB}M" "$d/k.img"
     nbdkit -f -i 127.0.0.1 -p ${PB}40 --exportname=V1 file "$d/k.img" 2>"$d/log" & PIDS+=($!)
@@ -73,17 +88,17 @@ start_server() { # name -> sets URI; servers' pids in PIDS
 stop_server() { # name -> sets EQ: "equal in Ns" (copies equal N s after the last write) / "DIFFER" / "-"
   local d="$W/$1" t0; t0=$(date +%s.%N)
   case $1 in
-  rephub|rephubB)
+  rephub|rephubB|rephub-*|rephubB-*)
     local ok=DIFFER
     for _ in $(seq 600); do cmp -s "$d/V1.img" "$d/V1R" && { ok=equal; break; }; sleep 0.05; done
     [ $ok = equal ] && ok="equal in $(echo "$(date +%s.%N) - $t0" | bc | xargs printf '%.1f')s"
     stop_all; EQ=$ok ;;
-  qemu-bg|qemu-sync) EQ=$(bash "$HERE/qemu-mirror-peer.sh" stop "$d" | sed 's/copies //') ;;
+  qemu-bg*|qemu-sync*) EQ=$(bash "$PEER" stop "$d" | sed 's/copies //') ;;
   *) stop_all; EQ=- ;;
   esac
 }
 TCK=$(getconf CLK_TCK)
-srv_pids() { case $1 in qemu-bg|qemu-sync) cat "$W/$1/qsd.pid" "$W/$1/tgt.pid";; *) printf '%s\n' "${PIDS[@]}";; esac; }
+srv_pids() { case $1 in qemu-bg*|qemu-sync*) cat "$W/$1/qsd.pid" "$W/$1/tgt.pid";; *) printf '%s\n' "${PIDS[@]}";; esac; }
 ticks() { local t=0 p; for p in $(srv_pids "$1"); do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat 2>/dev/null || echo 0))); done; echo $t; }
 declare -A R M C
 for r in $(seq "$ROUNDS"); do
@@ -100,11 +115,16 @@ for r in $(seq "$ROUNDS"); do
 done
 med() { printf '%s\n' $1 | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 echo
-printf '%-16s' job; for s in $SERVERS; do printf '%12s' "$s"; done; printf '   rephub/qemu-bg  rephub/qemu-sync  rephub/qemu-nbd\n'
+# ratio rows: A/B for every pair given both (RATIOS="a/b ..."), by default the issue's
+RATIOS=${RATIOS:-"rephub/qemu-bg rephub/qemu-sync rephub/qemu-nbd rephub/rephubB rephub-tls/rephub rephubB-tls/rephubB
+  rephub-tls/rephubB-tls rephub-unix/qemu-bg-unix rephub-unix/qemu-sync-unix rephub-unix/qemu-nbd-unix rephub-unix/rephub"}
+printf '%-22s' job; for s in $SERVERS; do printf '%14s' "$s"; done; echo
 for j in $JOBS; do
-  printf '%-16s' "$j"
-  for s in $SERVERS; do M[$s]=$(med "${R[$s.$j]:-0}"); printf '%12s' "${M[$s]}"; done
-  ratio() { [ -n "${M[$1]:-}" ] && [ "${M[$1]}" != 0 ] && echo "scale=2; ${M[rephub]:-0} / ${M[$1]}" | bc || echo -; }
-  printf '   %14s  %16s  %15s\n' "$(ratio qemu-bg)" "$(ratio qemu-sync)" "$(ratio qemu-nbd)"
-  printf '%-16s' "  cpu us/MiB"; for s in $SERVERS; do printf '%12s' "$(med "${C[$s.$j]:-0}")"; done; echo
+  printf '%-22s' "$j"
+  for s in $SERVERS; do M[$s]=$(med "${R[$s.$j]:-0}"); printf '%14s' "${M[$s]}"; done; echo
+  printf '%-22s' "  cpu us/MiB"; for s in $SERVERS; do printf '%14s' "$(med "${C[$s.$j]:-0}")"; done; echo
+  for pr in $RATIOS; do a=${pr%/*} b=${pr#*/}
+    [[ " $SERVERS " == *" $a "* && " $SERVERS " == *" $b "* ]] || continue
+    [ "${M[$b]}" != 0 ] && printf '%-22s%14s\n' "  $a/$b" "$(echo "scale=2; ${M[$a]} / ${M[$b]}" | bc)"
+  done
 done
