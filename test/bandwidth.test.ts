@@ -155,6 +155,42 @@ describe('resync governor', () => {
     assert.ok(g.rate < before, 'a queue over the target cuts');
   });
 
+  it('with no guest write between two samples, releases held answers at the ceiling at once; a write ends it', () => {
+    // Issue 17: after the guest's job, nothing waits behind resync, yet it slow-started from the
+    // floor the job left it at (1-1.3 s of the copies' 2.4-3.1 s to equal).
+    const c = fakeClock(),
+      s = sink();
+    let writes = 0;
+    const g = new ResyncGovernor({ floorRate: MiB, ceilRate: 0, guestWrites: () => writes, ...c });
+    g.sample(c.now() - 5); // base round trip 5 ms
+    for (let i = 0; i < 10; i++) {
+      writes += 100; // the job writes on
+      g.send(s.link, frame(4096, true));
+      c.advance(PROBE);
+      g.sample(c.now() - 5 - 4 * TARGET_DELAY_MS);
+    }
+    assert.equal(g.rate, MiB, "the guest's queue drove it to the floor");
+    for (let i = 0; i < 16; i++) g.send(s.link, frame(1 << 20, true)); // the hub's reads after the job
+    assert.ok(g.status().heldBytes >= 14 * MiB, 'held at the floor rate');
+    c.advance(PROBE);
+    g.sample(c.now() - 5); // no write since the last sample, no queue
+    assert.equal(g.status().boosted, true, 'boosted');
+    assert.equal(g.status().heldBytes, 0, 'every held answer left at once');
+    c.advance(PROBE);
+    g.sample(c.now() - 5 - 4 * TARGET_DELAY_MS); // still no write, but the boost queues on the link
+    assert.equal(g.status().boosted, false, 'a queue over the target ends the boost');
+    assert.equal(g.rate, MiB, 'back to the rate from before, and cut from there');
+    c.advance(PROBE);
+    g.sample(c.now() - 5);
+    assert.equal(g.status().boosted, true, 'boosted again once the queue is gone');
+    writes++;
+    c.advance(PROBE);
+    g.sample(c.now() - 5);
+    assert.equal(g.status().boosted, false, 'a guest write ends the boost');
+    assert.ok(g.rate <= 2 * MiB, `the rate from before the boost, grown by one sample: ${g.rate}`);
+    assert.equal(g.idleBoosts, 2);
+  });
+
   it('holds answers to its rate and releases them in order; detach releases what it held', () => {
     const c = fakeClock(),
       s = sink();
