@@ -52,11 +52,14 @@ const GAIN = 0.1; // growth per sample near the target delay
 // 1 MiB write job that overflowed, 2 s without the governor). An overshoot shows in the next
 // sample's delay and is cut there.
 const SLOW_START_BELOW = 0.25;
-// No guest write between two delay samples (PROBE_MS apart): nothing waits behind resync on the
-// link, so it goes at the ceiling at once instead of slow-starting from the floor the job left it
-// at (issue 17: after a 1 MiB job that overflowed into owed regions, 1-1.3 s of the copies' time
-// to equal was this ramp). The rate from before returns with the first guest write seen.
-const IDLE_BOOST = true;
+// No guest write since the last delay sample: nothing waits behind resync on the link but the
+// hub's reads, so the probes come every IDLE_PROBE_MS instead of PROBE_MS and slow start doubles
+// once per round trip (not per 100 ms): on loopback resync is back at full speed ~200 ms after
+// the guest's job instead of 1-1.3 s (issue 17: copies equal 2.4-3.1 s after mirror-bench's
+// 1 MiB job, QEMU's background mirror 0.5-0.6 s). Doubling per round trip bounds the overshoot
+// on a slow link as TCP's slow start does. The first guest write seen restores the rate from
+// before (or less, after a cut).
+const IDLE_PROBE_MS = 20;
 const CUT_EVERY_MAX_MS = 300; // cut at least this often while the delay stays over target
 const MAX_RATE = 2 ** 32; // no ceiling given: still a number (4 GiB/s)
 const BURST_MS = 20;
@@ -82,7 +85,8 @@ export class ResyncGovernor {
   sentBytes = 0;
   idleBoosts = 0;
   private lastWrites = -1; // guest writes at the last sample
-  private busyRate = 0; // the rate before an idle boost (0: not boosted)
+  private busyRate = 0; // the rate before the guest went idle (0: not idle)
+  private lastGrowAt = -Infinity;
   /** Sends a PING (its nonce: this clock's now); null without the PING capability. */
   probe: (() => void) | null = null;
   private readonly target: number;
@@ -121,7 +125,8 @@ export class ResyncGovernor {
   /** A PING is due as a delay probe (resync flows and the last probe is PROBE_MS old). */
   private probeDue(): boolean {
     const now = this.now();
-    if (now - this.lastAnswerAt > ACTIVE_MS || now - this.lastProbeAt < PROBE_MS) return false;
+    const every = this.busyRate > 0 ? IDLE_PROBE_MS : PROBE_MS;
+    if (now - this.lastAnswerAt > ACTIVE_MS || now - this.lastProbeAt < every) return false;
     this.lastProbeAt = now;
     return true;
   }
@@ -140,7 +145,7 @@ export class ResyncGovernor {
     const delay = rtt - Math.min(this.baseNow, this.basePrev);
     this.rttMs = rtt;
     this.delayMs = delay;
-    if (this.idle(delay)) return;
+    this.idle(delay);
     if (delay > this.target) {
       // Once per round trip (the samples right after a cut still see the queue it drains), but
       // a long queue is cut again soon; the cut is deeper the further the delay is over target.
@@ -149,37 +154,35 @@ export class ResyncGovernor {
       this.cuts++;
       this.rate = Math.max(this.opts.floorRate, this.rate * Math.max(0.1, Math.min(0.7, this.target / delay)));
     } else if (now - this.lastAnswerAt <= ACTIVE_MS) {
-      const growth = delay <= SLOW_START_BELOW * this.target ? 2 : 1 + GAIN * (1 - delay / this.target);
+      const slowStart = delay <= SLOW_START_BELOW * this.target;
+      if (slowStart && now - this.lastGrowAt < Math.max(rtt, IDLE_PROBE_MS)) return; // once per round trip
+      this.lastGrowAt = now;
+      const growth = slowStart ? 2 : 1 + GAIN * (1 - delay / this.target);
       this.rate = Math.min(this.ceil, this.rate * growth);
+      this.rearm();
     }
   }
 
-  /**
-   * An idle boost starts (no guest write since the last sample, the link shows no queue) or ends
-   * (a guest write, or the boost itself queues on a slow link: the normal cut follows): true
-   * while boosted.
-   */
-  private idle(delay: number): boolean {
+  /** The guest went idle (no write since the last sample, no queue) or wrote again (the old rate back). */
+  private idle(delay: number): void {
     const writes = this.opts.guestWrites ? this.opts.guestWrites() : -1,
-      quiet = IDLE_BOOST && writes >= 0 && writes === this.lastWrites && delay <= this.target,
-      start = delay <= SLOW_START_BELOW * this.target;
+      quiet = writes >= 0 && writes === this.lastWrites;
     this.lastWrites = writes;
     if (!quiet) {
-      if (this.busyRate > 0) this.rate = this.busyRate;
+      if (this.busyRate > 0) this.rate = Math.min(this.rate, this.busyRate);
       this.busyRate = 0;
-      return false;
+    } else if (this.busyRate === 0 && delay <= SLOW_START_BELOW * this.target) {
+      this.busyRate = this.rate;
+      this.idleBoosts++;
     }
-    if (this.busyRate > 0) return true;
-    if (!start) return false;
-    this.busyRate = this.rate;
-    this.rate = this.ceil;
-    this.idleBoosts++;
-    // Answers held at the old rate go now, not when its timer would have fired.
-    this.tokens = Math.max(this.tokens, 0);
-    if (this.timer !== null) this.clearTimer(this.timer);
+  }
+
+  /** The rate grew: answers held for the old rate's timer go by the new one. */
+  private rearm(): void {
+    if (this.timer === null) return;
+    this.clearTimer(this.timer);
     this.timer = null;
     this.release();
-    return true;
   }
 
   /** The connection ended: held answers are released unsent (the hub reads them again). */
@@ -220,7 +223,7 @@ export class ResyncGovernor {
       queueDelayMs: this.delayMs,
       cuts: this.cuts,
       idleBoosts: this.idleBoosts,
-      boosted: this.busyRate > 0,
+      guestIdle: this.busyRate > 0,
       sentBytes: this.sentBytes,
       heldBytes: this.heldBytes,
     };
