@@ -155,6 +155,62 @@ describe('resync governor', () => {
     assert.ok(g.rate < before, 'a queue over the target cuts');
   });
 
+  it('with the guest idle, probes every 20 ms and doubles per round trip; a guest write restores the rate', () => {
+    // Issue 17: after the guest's job, nothing waits behind resync, yet it slow-started from the
+    // floor the job left it at, one doubling per 100 ms (1-1.3 s of the copies' 2.4-3.1 s to equal).
+    const c = fakeClock(),
+      s = sink();
+    let writes = 0,
+      pings = 0;
+    const g = new ResyncGovernor({ floorRate: MiB, ceilRate: 0, guestWrites: () => writes, ...c });
+    g.probe = () => pings++;
+    g.sample(c.now() - 5); // base round trip 5 ms
+    for (let i = 0; i < 10; i++) {
+      writes += 100; // the job writes on
+      g.send(s.link, frame(4096, true));
+      c.advance(PROBE);
+      g.sample(c.now() - 5 - 4 * TARGET_DELAY_MS);
+    }
+    assert.equal(g.rate, MiB, "the guest's queue drove it to the floor");
+    for (let i = 0; i < 16; i++) g.send(s.link, frame(1 << 20, true)); // the hub's reads after the job
+    assert.ok(g.status().heldBytes >= 14 * MiB, 'held at the floor rate');
+    c.advance(20);
+    g.sample(c.now() - 5); // the first sample without a guest write
+    assert.equal(g.status().guestIdle, true);
+    const pings0 = pings;
+    for (let t = 0; t < 300; t += 5) {
+      c.advance(5);
+      g.send(s.link, frame(4096, true)); // answers flow: probes go out
+    }
+    assert.ok(pings - pings0 >= 12, `a probe every 20 ms while idle: ${pings - pings0} in 300 ms`);
+    for (let i = 0; i < 12; i++) {
+      c.advance(20);
+      g.sample(c.now() - 5);
+    }
+    assert.ok(g.rate >= 1024 * MiB, `full speed 12 round trips after the job: ${(g.rate / MiB).toFixed(0)} MiB/s`);
+    assert.equal(g.status().heldBytes, 0, 'the held answers left as the rate grew');
+    writes++;
+    c.advance(20);
+    g.sample(c.now() - 5);
+    assert.equal(g.status().guestIdle, false, 'a guest write ends it');
+    assert.ok(g.rate <= 2 * MiB, `the rate from before: ${g.rate}`);
+    assert.equal(g.idleBoosts, 1);
+  });
+
+  it('with the guest idle on a slow link, doubles at most once per round trip', () => {
+    const c = fakeClock(),
+      s = sink();
+    const g = new ResyncGovernor({ floorRate: MiB, ceilRate: 0, guestWrites: () => 0, ...c });
+    g.send(s.link, frame(4096, true));
+    const start = g.rate;
+    for (let i = 0; i < 30; i++) {
+      c.advance(20); // samples every 20 ms, each a 200 ms round trip (no queue)
+      g.send(s.link, frame(4096, true));
+      g.sample(c.now() - 200);
+    }
+    assert.ok(g.rate <= start * 8, `600 ms of 200 ms round trips: at most 3 doublings, ${g.rate / start}x`);
+  });
+
   it('holds answers to its rate and releases them in order; detach releases what it held', () => {
     const c = fakeClock(),
       s = sink();

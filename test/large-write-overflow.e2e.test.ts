@@ -32,13 +32,13 @@ describe('large writes past a short link queue (fault proxy as a 4 MiB/s link, f
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  async function start(size: number) {
+  async function start(size: number, rate = 4 * MiB) {
     const img = path.join(dir, 'V1.img'),
       rep = path.join(dir, 'V1R');
     makeImage(img, size, 0);
     hub = v1Hub(dir, rep);
     await hub.start();
-    proxy = new FaultProxy({ target: { host: '127.0.0.1', port: hub.port }, rateBytesPerSec: 4 * MiB });
+    proxy = new FaultProxy({ target: { host: '127.0.0.1', port: hub.port }, rateBytesPerSec: rate });
     agent = v1Agent(dir, img, await proxy.listen());
     await agent.start();
     await waitHubConverged(hub, agent, 120_000);
@@ -71,6 +71,37 @@ describe('large writes past a short link queue (fault proxy as a 4 MiB/s link, f
     const sent = proxy!.stats.bytesUp - up0;
     say(`${(sent / MiB).toFixed(1)} MiB crossed the link for 48 MiB written`);
     assert.ok(sent < 40 * MiB, `rewrites coalesced: ${(sent / MiB).toFixed(1)} MiB crossed the link`);
+  });
+
+  it('after the job, resyncs only the owed regions, with the governor out of the way once the guest is idle', async () => {
+    // Issue 17: the guest's writes cut resync to its floor; once they stop, nothing waits behind
+    // resync on the link, so it must not slow-start from there (copies equal 2.4-3.1 s after
+    // mirror-bench's 1 MiB job, QEMU's background mirror 0.5-0.6 s). An 8 MiB/s link: 128 MiB of
+    // sequential 1 MiB writes over 32 MiB leave most of those 32 MiB owed after the job.
+    const size = 64 * MiB;
+    const { img, rep } = await start(size, 8 * MiB);
+    const synced0 = (await hub!.volume('V1')).syncBytes;
+    const run = await fioOnce(agent!.uri('V1'), [
+      '--rw=write',
+      '--bs=1m',
+      '--iodepth=4',
+      '--size=32m',
+      '--io_size=128m',
+      '--buffer_pattern=0x6b',
+    ]).done;
+    assert.equal(run.code, 0, `fio failed: ${run.stderr}`);
+    const st0 = await agent!.status();
+    assert.ok(st0.overflowWrites > 0, 'large writes past 4 MiB queued became owed regions');
+    await waitHubConverged(hub!, agent!, 120_000);
+    const d = await waitByteEqual(img, rep, size, 30_000);
+    assert.ok(d.equal, `copies differ: ${fmtRegions(d)}`);
+    const st = await agent!.status(),
+      synced = (await hub!.volume('V1')).syncBytes - synced0;
+    say(
+      `overflowed ${st.overflowWrites} of 128 writes; resync moved ${(synced / MiB).toFixed(1)} MiB; governor ${JSON.stringify(st.resync)}`,
+    );
+    assert.ok(st.resync.idleBoosts >= 1, 'with the guest idle, resync went at the ceiling');
+    assert.ok(synced <= 32 * MiB, `only the 32 MiB written were resynced: ${synced} bytes`);
   });
 
   it('keeps the whole queue for small writes', async () => {

@@ -76,6 +76,7 @@ export class AgentCore {
     this.governor = new ResyncGovernor({
       floorRate: p ? Math.max(64 << 10, p.resyncShare * p.maxRate) : FLOOR_RATE,
       ceilRate: p ? p.maxResyncRate || p.maxRate : 0,
+      guestWrites: () => stats.writes,
       ...opts.clock,
     });
     this.lagTimer = setInterval(() => {
