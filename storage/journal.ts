@@ -63,6 +63,11 @@ export const ZERO_POS = -1;
 const MAX_POINTS = 100_000;
 const EMPTY = Buffer.alloc(0);
 const SCAN_WINDOW_BYTES = 64 * 1024;
+// Appends start a sync of their own only once this much is unsynced: a bulk stream's group
+// commit then finds its before-images mostly durable, while small writes (a guest flushing after
+// each 4 KiB write) leave theirs to the group commit's one journal sync per round instead of
+// adding an fdatasync per event-loop turn on the disk the guest is flushing to.
+export const EARLY_SYNC_BYTES = 1 << 20;
 
 export class Journal {
   private readonly segments: Segment[] = [];
@@ -224,8 +229,8 @@ export class Journal {
 
   /**
    * Every record appended so far is durable once this resolves (fdatasync, coalesced). Appends
-   * start one on their own at the end of their event-loop turn (group commit for the journal):
-   * by the time the volume's group commit asks, the before-images are mostly durable already,
+   * start one on their own at the end of their event-loop turn once EARLY_SYNC_BYTES are
+   * unsynced (group commit for the journal): in a bulk stream, by the time the volume's group commit asks, the before-images are mostly durable already,
    * so the volume's fdatasync no longer waits behind a whole journal fdatasync.
    */
   sync(): Promise<void> {
@@ -256,9 +261,12 @@ export class Journal {
     return this.syncRun;
   }
 
-  /** An early sync after this turn's appends (one per turn; its failure goes to the next sync()). */
+  /**
+   * An early sync after this turn's appends, once EARLY_SYNC_BYTES are unsynced (one per turn; its
+   * failure goes to the next sync()). Below that the group commit's sync() covers them.
+   */
   private syncSoon(): void {
-    if (this.syncScheduled) return;
+    if (this.syncScheduled || this.end - this.syncedTo < EARLY_SYNC_BYTES) return;
     this.syncScheduled = true;
     setImmediate(this.earlySync);
   }
