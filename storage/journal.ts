@@ -84,6 +84,7 @@ export class Journal {
   private syncRun: Promise<void> | null = null;
   private syncAgain = false;
   private syncedTo = 0; // journal position up to which every record is durable
+  private unsyncedBytes = 0; // appended since the last sync() began: an early sync past EARLY_SYNC_BYTES
   private syncScheduled = false;
   private syncFailed: Error | null = null;
   private readonly header = Buffer.alloc(HEADER_BYTES);
@@ -246,6 +247,7 @@ export class Journal {
     }
     const fd = this.current.fd,
       upTo = this.end;
+    this.unsyncedBytes = 0;
     const run = new Promise<void>((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res())));
     this.syncRun = run
       .then(() => {
@@ -266,7 +268,7 @@ export class Journal {
    * failure goes to the next sync()). Below that the group commit's sync() covers them.
    */
   private syncSoon(): void {
-    if (this.syncScheduled || this.end - this.syncedTo < EARLY_SYNC_BYTES) return;
+    if (this.syncScheduled || this.unsyncedBytes < EARLY_SYNC_BYTES) return;
     this.syncScheduled = true;
     setImmediate(this.earlySync);
   }
@@ -416,6 +418,7 @@ export class Journal {
     if (n !== HEADER_BYTES + payload.length) throw new Error(`journal ${this.dir}: short append (${n} bytes)`);
     const at = position(s.n, s.bytes + HEADER_BYTES);
     s.bytes += n;
+    this.unsyncedBytes += n;
     return at;
   }
 
