@@ -231,8 +231,9 @@ export class Journal {
   /**
    * Every record appended so far is durable once this resolves (fdatasync, coalesced). Appends
    * start one on their own at the end of their event-loop turn once EARLY_SYNC_BYTES are
-   * unsynced (group commit for the journal): in a bulk stream, by the time the volume's group commit asks, the before-images are mostly durable already,
-   * so the volume's fdatasync no longer waits behind a whole journal fdatasync.
+   * unsynced (group commit for the journal): in a bulk stream, by the time the volume's group
+   * commit asks, the before-images are mostly durable already, so the group commit no longer
+   * waits behind a whole journal fdatasync.
    */
   sync(): Promise<void> {
     if (this.syncFailed) {
