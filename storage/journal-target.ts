@@ -1,8 +1,8 @@
 // The journal's capture filter in a recovery volume's stack: before a range of the volume is
 // overwritten for the first time since the VM's last checkpoint, its current content (the
 // before-image, widened to whole journal blocks) is appended to the VM's journal. The append
-// is a page-cache write issued before the overwrite; flush() syncs the journal before the
-// volume, so a group commit never makes an overwrite durable ahead of its before-image. A range
+// is a page-cache write issued before the overwrite; flush() syncs the journal with the volume,
+// so a group commit acks an overwrite only once its before-image is durable too. A range
 // the known-zero map under it vouches for (never written on a replica this hub created) is
 // recorded as a ZERO record: no read, no payload. On a remote volume (RBD) the read joins the
 // volume's write window ahead of the overwrite, which is submitted only once it is recorded.
@@ -80,11 +80,17 @@ export class JournalTarget implements BlockTarget {
     await this.next.write(buf, offset);
   }
 
-  /** The journal first (its before-images), then the volume: the undo record is never behind. */
+  /**
+   * The journal and the volume together: both durable before the group commit acks. Not one
+   * after the other: that order never kept an overwrite from reaching the disk ahead of its
+   * before-image (the kernel writes volume pages back on its own), so a power cut drops every
+   * point anyway (journal-mark.ts), and a kill -9 keeps the page cache. Side by side, the two
+   * fdatasyncs share one filesystem commit and one device flush instead of two in a row.
+   */
   async flush(): Promise<void> {
     const b = this.bound;
-    if (b) await b.journal.sync().catch((e: Error) => b.journal.lostHistory(e)); // never fails the volume
-    await this.next.flush();
+    const journal = b?.journal.sync().catch((e: Error) => b.journal.lostHistory(e)); // never fails the volume
+    await Promise.all([journal, this.next.flush()]);
   }
 
   async close(): Promise<void> {

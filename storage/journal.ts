@@ -63,6 +63,11 @@ export const ZERO_POS = -1;
 const MAX_POINTS = 100_000;
 const EMPTY = Buffer.alloc(0);
 const SCAN_WINDOW_BYTES = 64 * 1024;
+// Appends start a sync of their own only once this much is unsynced: a bulk stream's group
+// commit then finds its before-images mostly durable, while small writes (a guest flushing after
+// each 4 KiB write) leave theirs to the group commit's one journal sync per round instead of
+// adding an fdatasync per event-loop turn on the disk the guest is flushing to.
+export const EARLY_SYNC_BYTES = 1 << 20;
 
 export class Journal {
   private readonly segments: Segment[] = [];
@@ -81,6 +86,7 @@ export class Journal {
   private syncRun: Promise<void> | null = null;
   private syncAgain = false;
   private syncedTo = 0; // journal position up to which every record is durable
+  private unsyncedBytes = 0; // appended since the last sync() began: an early sync past EARLY_SYNC_BYTES
   private syncScheduled = false;
   private syncFailed: Error | null = null;
   private readonly header = Buffer.alloc(HEADER_BYTES);
@@ -252,9 +258,10 @@ export class Journal {
 
   /**
    * Every record appended so far is durable once this resolves (fdatasync, coalesced). Appends
-   * start one on their own at the end of their event-loop turn (group commit for the journal):
-   * by the time the volume's group commit asks, the before-images are mostly durable already,
-   * so the volume's fdatasync no longer waits behind a whole journal fdatasync.
+   * start one on their own at the end of their event-loop turn once EARLY_SYNC_BYTES are
+   * unsynced (group commit for the journal): in a bulk stream, by the time the volume's group
+   * commit asks, the before-images are mostly durable already, so the group commit no longer
+   * waits behind a whole journal fdatasync.
    */
   sync(): Promise<void> {
     if (this.syncFailed) {
@@ -269,6 +276,7 @@ export class Journal {
     }
     const fd = this.current.fd,
       upTo = this.end;
+    this.unsyncedBytes = 0;
     const run = new Promise<void>((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res())));
     this.syncRun = run
       .then(() => {
@@ -284,9 +292,12 @@ export class Journal {
     return this.syncRun;
   }
 
-  /** An early sync after this turn's appends (one per turn; its failure goes to the next sync()). */
+  /**
+   * An early sync after this turn's appends, once EARLY_SYNC_BYTES are unsynced (one per turn; its
+   * failure goes to the next sync()). Below that the group commit's sync() covers them.
+   */
   private syncSoon(): void {
-    if (this.syncScheduled) return;
+    if (this.syncScheduled || this.unsyncedBytes < EARLY_SYNC_BYTES) return;
     this.syncScheduled = true;
     setImmediate(this.earlySync);
   }
@@ -436,6 +447,7 @@ export class Journal {
     if (n !== HEADER_BYTES + payload.length) throw new Error(`journal ${this.dir}: short append (${n} bytes)`);
     const at = position(s.n, s.bytes + HEADER_BYTES);
     s.bytes += n;
+    this.unsyncedBytes += n;
     return at;
   }
 
