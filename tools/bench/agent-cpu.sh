@@ -7,7 +7,7 @@
 #   HUBARGS: extra hub options (--commit-interval 50, say); DROP=1: drop the page cache after the initial sync (shows what the sync's cached pages cost).
 #   RSS=1: also the hub's peak and current RSS (VmHWM, VmRSS of /proc/PID/status) after the run,
 #   MiB/s, and the protected writes the hub applied by then of those fio made (the rest overflowed
-#   the agent's queue into dirty regions, to be resynced: a hub that cannot keep up); PORT=17800: the base of the ports used (hub, hub http +80, agent nbd +9, agent http +90).
+#   the agent's queue into dirty regions, to be resynced: a hub that cannot keep up); PORT=17800: the base of the ports used (hub, hub http +80, hub nbd +50, agent nbd +9, agent http +90).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPS=${1:-3}; SECS=${SECS:-5}; BS=${BS:-4k}; QD=${QD:-16}; RW=${RW:-randwrite}; HUB=${HUB:-1}
@@ -21,7 +21,7 @@ for rep in $(seq "$REPS"); do
   if [ -n "${FILL:-}" ]; then head -c 256M /dev/urandom > "$W/V1.img"; else truncate -s 256M "$W/V1.img"; fi
   HP=""
   if [ "$HUB" = 1 ]; then
-    LOG_LEVEL=warn node "${P[@]}" dist/src/cli/rephub.js --listen 127.0.0.1:$HUBP --http 127.0.0.1:$HUBH --vol "V1=$W/V1R" --data "$W/hub" ${HUBARGS:-} 2>"$W/hub.log" & HP=$!
+    LOG_LEVEL=warn node "${P[@]}" dist/src/cli/rephub.js --listen 127.0.0.1:$HUBP --http 127.0.0.1:$HUBH --nbd 127.0.0.1:$((PORT + 50)) --vol "V1=$W/V1R" --data "$W/hub" ${HUBARGS:-} 2>"$W/hub.log" & HP=$!
     sleep 0.5
   fi
   LOG_LEVEL=warn node "${P[@]}" dist/src/cli/rephub-agent.js --hub 127.0.0.1:$HUBP --export "V1=$W/V1.img" --nbd 127.0.0.1:$NBDP --http 127.0.0.1:$AGH --state "$W/ast" --vm q 2>"$W/agent.log" & AP=$!
@@ -42,5 +42,6 @@ for rep in $(seq "$REPS"); do
   fi
   echo "rep $rep $RW bs=$BS qd=$QD hub=$HUB:$extra $iops IOPS; CPU us/write: agent $(us $((au1 - au0)))+$(us $((as1 - as0)))sys hub $(us $((hu1 - hu0)))+$(us $((hs1 - hs0)))sys fio $(echo "scale=1; $f * 1000000 / $n" | bc)"
   kill -INT $AP; sleep 0.5; [ -n "$HP" ] && kill -INT $HP; sleep 0.5
+  wait $AP 2>/dev/null || true; [ -n "$HP" ] && { wait $HP 2>/dev/null || true; }
   [ "${PROF:-0}" = 1 ] && echo "profiles in $W/prof" || rm -rf "$W"
 done
