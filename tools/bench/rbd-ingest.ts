@@ -2,12 +2,12 @@
 // The hub's 1 MiB ingest into an RBD image against fio's rbd engine on the same one-node cluster
 // (test/harness/ceph.ts), alternating in one run: tools/loadgen.ts (an agent over loopback TCP,
 // 1 MiB sequential protected writes, counted when acked durable: written and rbd_aio_flush'd)
-// into a hub with --vol LG=rbd:…, then fio --ioengine=rbd (1 MiB sequential writes, iodepth 8,
+// into a hub with --vol LG=rbd:…, then fio --ioengine=rbd (1 MiB sequential writes, iodepth --fio-depth,
 // flush at the end) on a fresh image of the same size. Medians. Also the hub's CPU time (user +
 // sys, /proc) per MiB ingested into RBD. Not a test: numbers only. With --base DIR (the dist/ of
 // another build), each rep also runs that build's hub, so that a change is measured against its
 // base in the same sitting, each against fio. HUB_ARGS (e.g. --no-journal) goes to every hub.
-//   node dist/tools/bench/rbd-ingest.js [--reps 3] [--seconds 5] [--size-mib 256] [--base DIR]
+//   node dist/tools/bench/rbd-ingest.js [--reps 3] [--seconds 5] [--size-mib 256] [--base DIR] [--fio-depth 32]
 import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -21,6 +21,8 @@ const REPS = Number(arg('reps', '3'));
 const SECONDS = Number(arg('seconds', '5'));
 const SIZE_MIB = Number(arg('size-mib', '256'));
 const BASE = arg('base', '');
+// fio's queue depth: 32 matches the hub's write window per image (storage/write-window.ts), like for like
+const FIO_DEPTH = Number(arg('fio-depth', '32'));
 
 /** CPU seconds (user + sys) of the first child of `pid` (loadgen's hub), or NaN. */
 function childCpu(pid: number): number {
@@ -94,7 +96,7 @@ async function main(): Promise<void> {
           `--rbdname=fio-${r}`,
           '--rw=write',
           '--bs=1m',
-          '--iodepth=8',
+          `--iodepth=${FIO_DEPTH}`,
           `--size=${SIZE_MIB}m`,
           '--time_based',
           `--runtime=${SECONDS}`,
