@@ -49,7 +49,9 @@ describe('socketIo', () => {
       assert.equal(p.writevs.length, 0, 'nothing leaves before the window fills or its time passes');
       assert.equal(p.received.length, 0);
       assert.equal(io.queuedBytes(), 3 * (16 + (8 << 10)), 'held frames count as queued (the mirror limits on it)');
-      io.write([frame(4, 16), frame(4, 48 << 10)], () => done++); // over 64 KiB held: out now
+      io.write([frame(4, 16), frame(4, 48 << 10)], () => done++); // over 64 KiB held: out at the end of the turn
+      assert.equal(p.writevs.length, 0, 'not inside the write that filled the window');
+      await turn();
       assert.deepEqual(p.writevs, [8], 'the four frames in one writev');
       const total = 4 * 16 + 3 * (8 << 10) + (48 << 10);
       while (Buffer.concat(p.received).length < total) await new Promise((r) => setTimeout(r, 5));
