@@ -146,7 +146,12 @@ describe('rephub verify (online, real hub and agent)', function () {
     await agent.start();
     await hub.converged('V1', img, rep, 60_000);
     corrupt(rep, CORRUPT);
-    await waitFor('a scrub found the 3 ranges', async () => (await hub.volume('V1')).verify?.mismatchedRegions === 3);
+    // a bound, not a timing: on a loaded machine a 1 s scrub cycle can take far longer
+    await waitFor(
+      'a scrub found the 3 ranges',
+      async () => (await hub.volume('V1')).verify?.mismatchedRegions === 3,
+      90_000,
+    );
     await hub.converged('V1', img, rep, 60_000);
     assert.equal(cmp(img, rep), 0, 'repaired');
   });
