@@ -16,9 +16,6 @@ import type { HubRefusal } from './refusals';
 
 const BACKOFF_MIN_MS = 100;
 const END_WAIT_MS = 1000; // a clean close waits this long for the socket to drain
-// Frames to the hub leave together for up to 1 ms or 128 KiB (socket-io.ts's Gather): at queue
-// depth 1 each 4 KiB mirror frame went out in its own writev and woke the hub once per write.
-const MIRROR_GATHER = { ms: 1, bytes: 128 << 10 };
 
 export interface HubAddress {
   host: string;
@@ -104,7 +101,7 @@ export class HubConnection {
     const sock: net.Socket = secure ? tls.connect({ host, port, ...secure }) : net.connect({ host, port });
     sock.setNoDelay(true);
     sock.setKeepAlive(true, 10_000);
-    const link = new Link(socketIo(sock, undefined, MIRROR_GATHER), {
+    const link = new Link(socketIo(sock), {
       caps: o.caps,
       heartbeatMs: o.heartbeatMs,
       name: o.vm,
