@@ -236,7 +236,9 @@ class World {
         done?.();
       },
       queuedBytes: () => c.a2h.reduce((n, b) => n + b.length, 0), // the agent's link queue: overflow past it
-      close: () => {},
+      close: () => {
+        if (this.conn === c) this.drop('agent closed'); // e.g. an overflow on a legacy link
+      },
     };
     const link = new SparseLink(io, { caps: this.caps, heartbeatMs: 1e9, name: 'vm', onDead: () => {} });
     c.channel = new HubChannel(link, this.agent, silentLogger());

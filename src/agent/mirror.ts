@@ -101,6 +101,14 @@ export class Mirror implements RegionHolder {
       this.pendingWrites >= this.limits.maxPendingWrites
     ) {
       this.stats.overflowWrites++;
+      if (!link.has(Cap.DIRTY_REPORT)) {
+        // A legacy hub cannot hear of owed regions, and it never saw this write: end the session
+        // (unclean, so the hub's next one resyncs everything) rather than diverge in silence.
+        link.close?.(
+          new Error(`mirror queue full on a link without DIRTY_REPORT (volume ${v.name}, offset ${offset})`),
+        );
+        return;
+      }
       this.overflow.owe(v, offset, offset + len);
       return;
     }

@@ -12,6 +12,8 @@ export interface LinkPort {
   queuedBytes(): number;
   /** Whether a capability was agreed on this connection. */
   has(cap: number): boolean;
+  /** End the connection (the next one resyncs); absent where the owner closes it. */
+  close?(reason?: Error): void;
 }
 
 /** A module whose state keeps a region's dirty bit set (a write in flight, a report unacked...). */

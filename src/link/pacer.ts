@@ -18,6 +18,7 @@ export interface PacedLink {
   send(bufs: Buffer[], done?: () => void): void;
   queuedBytes(): number;
   has(cap: number): boolean;
+  close?(reason?: Error): void;
 }
 
 export interface PacerOptions {
@@ -139,6 +140,11 @@ export class LinkPacer {
   attach(link: PacedLink): this {
     this.link = link;
     return this;
+  }
+
+  /** End the connection under it (the agent's mirror, on a link that cannot carry owed regions). */
+  close(reason?: Error): void {
+    this.link?.close?.(reason);
   }
 
   /** The connection ended: what it held is dropped (the dirty log and the hub's retries cover it). */
