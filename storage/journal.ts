@@ -5,8 +5,9 @@
 // before-image recorded after C (storage/journal-view.ts). Records are written with one pwrite
 // each (no user-space buffer: a kill -9 loses nothing appended); sync() makes them durable.
 // Over 450 lines, for now: segments, the volume table and retention share the open segment's
-// offsets; the points already moved to journal-points.ts, and the segment scan at open is the
-// next seam.
+// offsets; the points already moved to journal-points.ts. Next seams: the segment scan at open,
+// and the sync policy (early sync past 1 MiB unsynced, captures still out on a remote volume),
+// which could move to a journal-sync.ts owning those two counters.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
