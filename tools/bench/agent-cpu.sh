@@ -4,7 +4,7 @@
 # spent (user+sys from /proc/PID/stat) divided by the writes fio completed.
 # Usage: tools/bench/agent-cpu.sh [REPS]   Env: SECS=5 BS=4k QD=16 RW=randwrite HUB=1 PROF=0
 #   HUB=0: the agent alone; FILL=1: an image of random data (the sync then writes the replica);
-#   HUBARGS: extra hub options (--commit-interval 50, say); DROP=1: drop the page cache after the initial sync (shows what the sync's cached pages cost).
+#   FIO_ARGS: extra fio options (--fsync=1: a flush after each write); HUBARGS: extra hub options (--commit-interval 50, say); DROP=1: drop the page cache after the initial sync (shows what the sync's cached pages cost).
 #   RSS=1: also the hub's peak and current RSS (VmHWM, VmRSS of /proc/PID/status) after the run,
 #   MiB/s, and the protected writes the hub applied by then of those fio made (the rest overflowed
 #   the agent's queue into dirty regions, to be resynced: a hub that cannot keep up); PORT=17800: the base of the ports used (hub, hub http +80, hub nbd +50, agent nbd +9, agent http +90).
@@ -31,7 +31,7 @@ for rep in $(seq "$REPS"); do
   [ -n "${DROP:-}" ] && { sync; echo 1 > /proc/sys/vm/drop_caches; }
   read au0 as0 < <(cpu $AP); hu0=0; hs0=0; [ -n "$HP" ] && read hu0 hs0 < <(cpu $HP)
   /usr/bin/time -f '%U %S' -o "$W/fio.time" fio --name=r --ioengine=nbd --uri=nbd://127.0.0.1:$NBDP/V1 --rw="$RW" --bs="$BS" --iodepth="$QD" \
-    --size=256m --time_based --runtime="$SECS" --output-format=json --output="$W/r.json" >/dev/null 2>&1
+    --size=256m --time_based --runtime="$SECS" ${FIO_ARGS:-} --output-format=json --output="$W/r.json" >/dev/null 2>&1
   read au1 as1 < <(cpu $AP); hu1=0; hs1=0; [ -n "$HP" ] && read hu1 hs1 < <(cpu $HP)
   n=$(jq -r '.jobs[0].write.total_ios' "$W/r.json"); iops=$(jq -r '.jobs[0].write.iops|floor' "$W/r.json")
   f=$(awk '{print $1+$2}' "$W/fio.time")

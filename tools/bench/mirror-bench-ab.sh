@@ -24,6 +24,8 @@
 # Usage (from the project root, after `npm install`):  bash ../shared/tools/mirror-bench.sh [ROUNDS]
 # Env: SIZE_MIB=256 SECS=5 JOBS="4k-randwrite-16 1m-write-4" (also e.g. 4k-randwrite-1-fsync: a flush after each write) SERVERS="rephub qemu-bg qemu-sync qemu-nbd nbdkit"
 #      REPHUB_HUB_ARGS= REPHUB_AGENT_ARGS= (extra flags)
+#      REPHUBB_HUB_ARGS, REPHUBB_AGENT_ARGS: rephubB's own (default: the same); with BASE=$PWD they
+#      compare two settings of one build, e.g. REPHUBB_HUB_ARGS=--no-journal
 set -uo pipefail
 PB=${PORT_BASE:-263} # ports ${PB}00-${PB}90: give each concurrent run its own (e.g. PORT_BASE=271)
 ROUNDS=${1:-3}; SIZE_MIB=${SIZE_MIB:-256}; SECS=${SECS:-5}
@@ -57,15 +59,17 @@ start_server() { # name -> sets URI; servers' pids in PIDS
   local d="$W/$1"; rm -rf "$d"; mkdir -p "$d"
   case $1 in
   rephub|rephubB|rephub-*|rephubB-*)
-    local HUB=$HUB AGENT=$AGENT hubx= agentx= nbd=127.0.0.1:${PB}09; URI=nbd://127.0.0.1:${PB}09/V1
-    [[ $1 == rephubB* ]] && { HUB="node $BASE/dist/src/cli/rephub.js"; AGENT="node $BASE/dist/src/cli/rephub-agent.js"; }
+    local HUB=$HUB AGENT=$AGENT hubx= agentx= nbd=127.0.0.1:${PB}09 ha=${REPHUB_HUB_ARGS:-} aa=${REPHUB_AGENT_ARGS:-}
+    URI=nbd://127.0.0.1:${PB}09/V1
+    [[ $1 == rephubB* ]] && { HUB="node $BASE/dist/src/cli/rephub.js"; AGENT="node $BASE/dist/src/cli/rephub-agent.js"
+                              ha=${REPHUBB_HUB_ARGS-$ha}; aa=${REPHUBB_AGENT_ARGS-$aa}; }
     [[ $1 == *-tls ]] && { hubx="--tls-cert $CERTS/hub.pem --tls-key $CERTS/hub.key --tls-ca $CERTS/ca.pem"
                           agentx="--tls-cert $CERTS/bench.pem --tls-key $CERTS/bench.key --tls-ca $CERTS/ca.pem"; }
     [[ $1 == *-unix ]] && { nbd="unix:$d/nbd.sock"; URI="nbd+unix:///V1?socket=$d/nbd.sock"; }
     truncate -s "${SIZE_MIB}M" "$d/V1.img"
-    LOG_LEVEL=warn $HUB --listen 127.0.0.1:${PB}00 --http 127.0.0.1:${PB}80 --vol "V1=$d/V1R" --data "$d/hub" --nbd 127.0.0.1:${PB}50 $hubx ${REPHUB_HUB_ARGS:-} 2>"$d/hub.log" & PIDS+=($!)
+    LOG_LEVEL=warn $HUB --listen 127.0.0.1:${PB}00 --http 127.0.0.1:${PB}80 --vol "V1=$d/V1R" --data "$d/hub" --nbd 127.0.0.1:${PB}50 $hubx $ha 2>"$d/hub.log" & PIDS+=($!)
     sleep 0.3
-    LOG_LEVEL=warn $AGENT --hub 127.0.0.1:${PB}00 --export "V1=$d/V1.img" --nbd "$nbd" --state "$d/ast" --vm bench --http 127.0.0.1:${PB}90 $agentx ${REPHUB_AGENT_ARGS:-} 2>"$d/agent.log" & PIDS+=($!)
+    LOG_LEVEL=warn $AGENT --hub 127.0.0.1:${PB}00 --export "V1=$d/V1.img" --nbd "$nbd" --state "$d/ast" --vm bench --http 127.0.0.1:${PB}90 $agentx $aa 2>"$d/agent.log" & PIDS+=($!)
     wait_nbd "$URI" || return 1
     for _ in $(seq 300); do curl -s 127.0.0.1:${PB}80/status | grep -q '"protecting"' && break; sleep 0.1; done ;;
   qemu-bg|qemu-sync|qemu-bg-unix|qemu-sync-unix)
