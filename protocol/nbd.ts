@@ -131,32 +131,48 @@ export function exportNameReply(size: number, flags: number, noZeroes: boolean):
   return b;
 }
 
-export function simpleReply(error: number, handle: Buffer): Buffer {
-  const b = Buffer.allocUnsafe(16);
-  b.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
-  b.writeUInt32BE(error, 4);
-  handle.copy(b, 8, 0, 8);
+export const SIMPLE_REPLY = 16; // bytes of a simple reply
+
+/** A simple reply at `o` of `b`; the handle as the request carried it, two big-endian halves. */
+export function writeSimpleReply(b: Buffer, o: number, error: number, handleHi: number, handleLo: number): void {
+  b.writeUInt32BE(SIMPLE_REPLY_MAGIC, o);
+  b.writeUInt32BE(error, o + 4);
+  b.writeUInt32BE(handleHi, o + 8);
+  b.writeUInt32BE(handleLo, o + 12);
+}
+
+export function simpleReply(error: number, handleHi: number, handleLo: number): Buffer {
+  const b = Buffer.allocUnsafe(SIMPLE_REPLY);
+  writeSimpleReply(b, 0, error, handleHi, handleLo);
   return b;
 }
 
+/**
+ * A request header. The handle is opaque to the server: kept as its two 32-bit halves so that
+ * parsing a request allocates nothing but this object (no Buffer, no BigInt).
+ */
 export interface NbdRequest {
   flags: number;
   type: number;
-  handle: Buffer;
+  handleHi: number;
+  handleLo: number;
   offset: number;
   length: number;
 }
+
+const OFFSET_HI_LIMIT = 0x200000; // offsets from 2^53 up are past any export: clamped to MAX_SAFE_INTEGER
 
 /** Parse a 28-byte request header at `o`. Throws on a bad magic. */
 export function parseRequest(b: Buffer, o: number): NbdRequest {
   const magic = b.readUInt32BE(o);
   if (magic !== REQUEST_MAGIC) throw new Error(`bad NBD request magic 0x${magic.toString(16)}`);
-  const off = b.readBigUInt64BE(o + 16);
+  const hi = b.readUInt32BE(o + 16);
   return {
     flags: b.readUInt16BE(o + 4),
     type: b.readUInt16BE(o + 6),
-    handle: Buffer.from(b.subarray(o + 8, o + 16)),
-    offset: off > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(off),
+    handleHi: b.readUInt32BE(o + 8),
+    handleLo: b.readUInt32BE(o + 12),
+    offset: hi >= OFFSET_HI_LIMIT ? Number.MAX_SAFE_INTEGER : hi * 0x100000000 + b.readUInt32BE(o + 20),
     length: b.readUInt32BE(o + 24),
   };
 }

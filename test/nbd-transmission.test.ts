@@ -28,11 +28,11 @@ class FakeIo implements TransmissionIo {
   closed = false;
   fatalWhy: string | null = null;
   onResume: () => void = () => {};
-  reply(error: number, handle: Buffer): void {
-    this.replies.push({ error, handle: Number(handle.readBigUInt64BE(0)) });
+  reply(error: number, hi: number, lo: number): void {
+    this.replies.push({ error, handle: hi * 2 ** 32 + lo });
   }
-  replyData(handle: Buffer, data: Buffer): void {
-    this.replies.push({ error: 0, handle: Number(handle.readBigUInt64BE(0)), data: Buffer.from(data) });
+  replyData(hi: number, lo: number, data: Buffer): void {
+    this.replies.push({ error: 0, handle: hi * 2 ** 32 + lo, data: Buffer.from(data) });
   }
   pause(): void {
     this.paused = true;

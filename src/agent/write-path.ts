@@ -12,6 +12,11 @@ import type { Mirror, OverflowSink } from './mirror';
 export class WritePath implements RegionHolder {
   private readonly locks: RangeLocks[]; // by volume index
   private readonly busy: Map<number, number>[]; // by volume index: region -> writes landing on it
+  // The one small write writeNow is doing (volume index, regions): busy as the map's are, kept
+  // out of the map because a Map emptied on every write reallocates its table each time.
+  private nowVolume = -1;
+  private nowFirst = 0;
+  private nowLast = -1;
 
   constructor(
     private readonly volumes: VolumeTable,
@@ -29,6 +34,7 @@ export class WritePath implements RegionHolder {
   }
 
   holds(v: AgentVolume, region: number): boolean {
+    if (v.index === this.nowVolume && region >= this.nowFirst && region <= this.nowLast) return true;
     return this.busy[v.index].has(region);
   }
 
@@ -73,12 +79,17 @@ export class WritePath implements RegionHolder {
     if (!t.writeSync || len > SYNC_WRITE_MAX) return false;
     v.checkRange(offset, offset + len);
     if (this.locks[v.index].locked(offset, offset + len)) return false;
-    this.begin(v, offset, offset + len, false);
+    assert(this.nowVolume < 0, 'writeNow does not nest');
+    v.log.mark(offset, offset + len, false);
+    const bitmap = v.log.bitmap;
+    this.nowFirst = bitmap.regionOf(offset);
+    this.nowLast = bitmap.regionOf(offset + len - 1);
+    this.nowVolume = v.index;
     try {
       t.writeSync(data, offset);
       this.mirror.mirror(v, offset, data, len);
     } finally {
-      this.end(v, offset, offset + len, false);
+      this.nowVolume = -1;
     }
     return true;
   }

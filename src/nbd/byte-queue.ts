@@ -49,6 +49,31 @@ export class ByteQueue {
     }
   }
 
+  /**
+   * The chunk holding the next n bytes in one piece (they start at `headOffset`), or null when
+   * they span chunks or are not all here: a header read in place, without a view (skip() after).
+   */
+  contiguous(n: number): Buffer | null {
+    const c = this.chunks[0];
+    return c !== undefined && c.length - this.head >= n ? c : null;
+  }
+
+  get headOffset(): number {
+    return this.head;
+  }
+
+  /** Drop the next n bytes, which contiguous(n) returned in one chunk. */
+  skip(n: number): void {
+    const c = this.chunks[0];
+    if (c === undefined || c.length - this.head < n) throw new RangeError(`skip ${n} of one chunk`);
+    this.length -= n;
+    this.head += n;
+    if (this.head === c.length) {
+      this.chunks.shift();
+      this.head = 0;
+    }
+  }
+
   /** Remove and return the next n bytes (n <= length). */
   take(n: number): Buffer {
     if (n > this.length) throw new RangeError(`take ${n} of ${this.length}`);

@@ -4,7 +4,7 @@
 // to a Transmission, and leaves the export's registry when it closes.
 import * as net from 'node:net';
 import * as tls from 'node:tls';
-import { serverGreeting, simpleReply } from '../../protocol/nbd';
+import { serverGreeting, simpleReply, writeSimpleReply, SIMPLE_REPLY } from '../../protocol/nbd';
 import { ByteQueue } from './byte-queue';
 import { writeBatched, writeBatchedThen } from '../net-batch';
 import { readThrough } from '../net-read';
@@ -30,6 +30,10 @@ export interface ConnectionContext extends Omit<TransmissionOptions, 'direct' | 
 
 type Phase = 'flags' | 'options' | 'optdata' | 'transmission' | 'closing';
 
+// Simple replies of one event-loop turn gathered here and written once, at the end of the turn
+// (or when this fills): one socket write per turn instead of a Buffer and a write per reply.
+const REPLY_BATCH = 64 * SIMPLE_REPLY;
+
 export class NbdConnection implements TransmissionIo, ExportUser {
   private sock: net.Socket;
   private readonly queue = new ByteQueue();
@@ -39,6 +43,13 @@ export class NbdConnection implements TransmissionIo, ExportUser {
   private option: { opt: number; length: number } | null = null; // header read, data awaited
   private transmission: Transmission | null = null;
   private parsing = false;
+  private readonly replies = Buffer.allocUnsafe(REPLY_BATCH); // this turn's simple replies, assembled
+  private replyBytes = 0;
+  private replyFlushQueued = false;
+  private readonly endOfTurn = () => {
+    this.replyFlushQueued = false;
+    this.flushReplies();
+  };
   private readonly onChunk = (c: Buffer) => {
     this.queue.push(c);
     this.parse();
@@ -96,11 +107,30 @@ export class NbdConnection implements TransmissionIo, ExportUser {
 
   // ---- TransmissionIo ----
 
-  reply(error: number, handle: Buffer): void {
-    this.send(simpleReply(error, handle));
+  reply(error: number, handleHi: number, handleLo: number): void {
+    if (this.sock.destroyed) return;
+    writeSimpleReply(this.replies, this.replyBytes, error, handleHi, handleLo);
+    this.replyBytes += SIMPLE_REPLY;
+    if (this.replyBytes === REPLY_BATCH) this.flushReplies();
+    else if (!this.replyFlushQueued) {
+      this.replyFlushQueued = true;
+      setImmediate(this.endOfTurn); // the check phase: after this turn's IO callbacks, as net-batch
+    }
   }
-  replyData(handle: Buffer, data: Buffer, sent?: () => void): void {
-    writeBatchedThen(this.sock, [simpleReply(0, handle), data], sent);
+  replyData(handleHi: number, handleLo: number, data: Buffer, sent?: () => void): void {
+    this.flushReplies(); // the replies gathered before it leave first
+    writeBatchedThen(this.sock, [simpleReply(0, handleHi, handleLo), data], sent);
+  }
+
+  /** The gathered replies out in one write (a copy: the socket may keep it while it sends). */
+  private flushReplies(): void {
+    const n = this.replyBytes;
+    if (n === 0) return;
+    this.replyBytes = 0;
+    if (this.sock.destroyed) return;
+    const out = Buffer.allocUnsafe(n);
+    this.replies.copy(out, 0, 0, n);
+    this.sock.write(out);
   }
   pause(): void {
     this.sock.pause();
@@ -110,6 +140,7 @@ export class NbdConnection implements TransmissionIo, ExportUser {
     this.parse();
   }
   end(): void {
+    this.flushReplies();
     this.sock.end();
   }
   fatal(why: string): void {

@@ -25,9 +25,10 @@ const DIRECT_READ_MIN = 16 * 1024; // a socket read straight into the payload on
 
 /** What transmission needs from its connection. */
 export interface TransmissionIo {
-  reply(error: number, handle: Buffer): void;
+  /** A simple reply; the handle's two halves as parsed (NbdRequest). */
+  reply(error: number, handleHi: number, handleLo: number): void;
   /** `sent` (optional) runs once the socket no longer needs `data`. */
-  replyData(handle: Buffer, data: Buffer, sent?: () => void): void;
+  replyData(handleHi: number, handleLo: number, data: Buffer, sent?: () => void): void;
   pause(): void;
   /** Read again (and parse what is queued). */
   resume(): void;
@@ -126,7 +127,12 @@ export class Transmission {
       if (q.length < REQUEST_HEADER) return;
       let r: NbdRequest;
       try {
-        r = parseRequest(q.take(REQUEST_HEADER), 0);
+        // read in place when the header lies in one chunk (nearly always): no view per request
+        const c = q.contiguous(REQUEST_HEADER);
+        if (c !== null) {
+          r = parseRequest(c, q.headOffset);
+          q.skip(REQUEST_HEADER);
+        } else r = parseRequest(q.take(REQUEST_HEADER), 0);
       } catch (e) {
         return this.io.fatal((e as Error).message);
       }
@@ -273,8 +279,8 @@ export class Transmission {
     if (err) this.opts.stats.errors++;
     if (this.io.closed) from?.give(data!);
     else {
-      if (data && !err) this.io.replyData(r.handle, data, from && (() => from.give(data)));
-      else this.io.reply(err, r.handle);
+      if (data && !err) this.io.replyData(r.handleHi, r.handleLo, data, from && (() => from.give(data)));
+      else this.io.reply(err, r.handleHi, r.handleLo);
       if (this.paused && this.inflight < MAX_INFLIGHT / 2) {
         this.paused = false;
         this.io.resume();
