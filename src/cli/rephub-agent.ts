@@ -245,7 +245,7 @@ const runCmd = program
   .option('--max-queue <bytes>', 'mirror bytes buffered towards the hub; beyond it writes become dirty regions', '64M')
   .option(
     '--flush-marker-gap <ms>',
-    "guest flushes tell the hub at most this often (a journal point each); those between share the next (0: each its own)",
+    'guest flushes tell the hub at most this often (a journal point each); those between share the next (0: each its own)',
     '5',
   )
   .option('--max-rate <bytes/s>', 'cap on the link to the hub, e.g. 50M (0: none)', '0')
