@@ -161,6 +161,13 @@ export class Mirror implements RegionHolder {
     this.markerTimer = setTimeout(this.markerDue, Math.ceil(wait));
   }
 
+  /** The marker owed to flushes inside the gap, now (a clean stop). */
+  markerNow(): void {
+    if (this.markerTimer === null) return;
+    clearTimeout(this.markerTimer);
+    this.markerDue();
+  }
+
   private sendMarker(): void {
     if (this.link === null) return;
     this.lastMarkerAt = performance.now();
