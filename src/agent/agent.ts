@@ -26,6 +26,7 @@ export interface AgentOptions {
   caps?: number;
   maxQueueBytes?: number; // mirrored bytes buffered towards the hub; beyond it writes become dirty bits
   maxPendingWrites?: number; // mirrored writes awaiting the hub's durable ack
+  flushMarkerGapMs?: number; // FLUSH markers to the hub at most this often (mirror.ts)
   maxRemoteIo?: number; // remote IOs executed at once
   seekData?: boolean; // find holes with SEEK_DATA/SEEK_HOLE (off: read everything, still send only non-zero chunks)
   reconnectMaxMs?: number;
@@ -60,6 +61,7 @@ export class ReplicationAgent {
       {
         maxQueueBytes: opts.maxQueueBytes ?? 64 << 20,
         maxPendingWrites: opts.maxPendingWrites ?? 65536,
+        flushMarkerGapMs: opts.flushMarkerGapMs,
         maxRemoteIo: opts.maxRemoteIo ?? 16,
         seekData: opts.seekData ?? true,
         pacer: opts.bandwidth,

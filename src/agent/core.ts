@@ -234,6 +234,7 @@ export class AgentCore {
 
   /** A clean goodbye: the hub then knows no write is missing (AGENT_SHUTDOWN). */
   sayGoodbye(): void {
+    this.mirror.markerNow(); // a guest flush inside the marker gap still gets its point
     this.link?.send([encodeAgentShutdown()]);
   }
 

@@ -21,6 +21,8 @@ interface Pending {
 export interface MirrorLimits {
   maxQueueBytes: number; // bytes waiting on the link; beyond it writes become owed regions
   maxPendingWrites: number; // writes awaiting the hub's ack
+  /** FLUSH markers at most this often (default FLUSH_MARKER_GAP_MS); 0: one per guest flush. */
+  flushMarkerGapMs?: number;
 }
 
 /** Where writes that do not fit on the link go: the hand-over owes them to the hub by report. */
@@ -38,6 +40,14 @@ const COMPACT_AFTER = 4096; // acked entries kept at the head of `pending` befor
 // 4 KiB: little to coalesce, and a report round trip each) keep the whole queue.
 export const LARGE_WRITE = 256 << 10;
 export const LARGE_QUEUE_BYTES = 4 << 20;
+// A guest that flushes after every write (a database) would send the hub a FLUSH marker per
+// write: a second frame, a second wakeup of the hub and a journal point each, about as much hub
+// CPU as the write itself (issue 17's flush job, 4 KiB at depth 1). Markers leave at most this
+// often; the flushes between share the next one, sent when the gap ends, so the newest flush
+// always gets its point. That point may follow writes made after the flush it marks: still a
+// prefix of the stream the guest completed, as crash-consistent as a --checkpoint-interval
+// point. The hub commits this often anyway (its --commit-interval, 5 ms by default).
+export const FLUSH_MARKER_GAP_MS = 5;
 
 export class Mirror implements RegionHolder {
   private link: LinkPort | null = null;
@@ -45,6 +55,13 @@ export class Mirror implements RegionHolder {
   private pending: Pending[] = [];
   private pendingHead = 0;
   private readonly regionSeq: Map<number, number>[]; // by volume index: region -> newest seq in flight
+  private readonly markerGapMs: number;
+  private lastMarkerAt = -Infinity; // when this connection's last FLUSH marker left (performance.now)
+  private markerTimer: NodeJS.Timeout | null = null; // a marker owed to flushes inside the gap
+  private readonly markerDue = (): void => {
+    this.markerTimer = null;
+    this.sendMarker();
+  };
 
   constructor(
     private readonly volumes: VolumeTable,
@@ -55,6 +72,8 @@ export class Mirror implements RegionHolder {
     private readonly stats: AgentStats,
   ) {
     this.regionSeq = volumes.list.map(() => new Map());
+    this.markerGapMs = limits.flushMarkerGapMs ?? FLUSH_MARKER_GAP_MS;
+    if (!(this.markerGapMs >= 0)) throw new RangeError(`flush marker gap ${limits.flushMarkerGapMs} ms: must be >= 0`);
   }
 
   /** The connection is ready (capabilities known): mirror on it from seq 1. */
@@ -65,6 +84,9 @@ export class Mirror implements RegionHolder {
   /** The connection closed: every unacked write stays in the dirty log; seqs start over. */
   detach(): void {
     this.link = null;
+    if (this.markerTimer) clearTimeout(this.markerTimer);
+    this.markerTimer = null;
+    this.lastMarkerAt = -Infinity;
     this.pending = [];
     this.pendingHead = 0;
     this.sentSeq = 0;
@@ -128,9 +150,28 @@ export class Mirror implements RegionHolder {
     this.stats.mirroredBytes += len;
   }
 
-  /** A guest flush: tell the hub which writes it covers (FLUSH capability). */
+  /**
+   * A guest flush: tell the hub which writes it covers (FLUSH capability), now, or when the gap
+   * since the last marker ends (FLUSH_MARKER_GAP_MS), in one marker with the flushes meanwhile.
+   */
   flush(): void {
-    if (this.link !== null && this.link.has(Cap.FLUSH)) this.link.send([encodeFlush(this.sentSeq)]);
+    if (this.link === null || !this.link.has(Cap.FLUSH) || this.markerTimer !== null) return;
+    const wait = this.lastMarkerAt + this.markerGapMs - performance.now();
+    if (wait <= 0) return this.sendMarker();
+    this.markerTimer = setTimeout(this.markerDue, Math.ceil(wait));
+  }
+
+  /** The marker owed to flushes inside the gap, now (a clean stop). */
+  markerNow(): void {
+    if (this.markerTimer === null) return;
+    clearTimeout(this.markerTimer);
+    this.markerDue();
+  }
+
+  private sendMarker(): void {
+    if (this.link === null) return;
+    this.lastMarkerAt = performance.now();
+    this.link.send([encodeFlush(this.sentSeq)]);
   }
 
   /** WRITE_ACK: the hub holds every write up to `seq` durably. */

@@ -125,13 +125,17 @@ export class WritePath implements RegionHolder {
    * may go cold. The log needs no sync here: every mark was durable before its write was
    * issued, and bits it clears reach the file lazily (a superset is safe), so a guest flush
    * costs one fdatasync, not two (one of them on the event loop).
+   * The hub's FLUSH marker leaves first, while the fdatasync runs: it names the writes sent
+   * before this flush, exactly those the flush covers, and the hub's point and commit do not
+   * depend on the image's sync. Sent after it, its send (and the hub's wakeup) came between the
+   * fdatasync and the guest's reply, on the path a guest flushing after every write waits on.
    */
   async flush(name: string): Promise<void> {
     const v = this.volumes.named(name);
+    this.mirror.flush();
     const upTo = v.log.imageFlushStarting();
     await v.target.flush();
     v.log.imageFlushed(upTo);
-    this.mirror.flush();
   }
 
   /**

@@ -12,7 +12,7 @@ import { ExportRegistry } from '../nbd/exports';
 import { MirroredExport } from './agent-export';
 import { FileVolume } from '../../storage/volume';
 import { makeLogger, Logger } from '../log';
-import { parseHubList, checkName, checkPath, parseSize, warnIfNoNative } from './args';
+import { parseHubList, checkName, checkPath, parseSize, parseMillis, warnIfNoNative } from './args';
 import { enabled as tlsEnabled, clientOptions } from '../security';
 import { AgentBandwidthFlags, agentBandwidth } from './bandwidth-flags';
 import { serveAgentHttp } from './agent-http';
@@ -44,6 +44,7 @@ type RunOptions = AgentBandwidthFlags & {
   vm: string;
   regionSize: string;
   maxQueue: string;
+  flushMarkerGap: string;
   http: string;
   tlsCert?: string;
   tlsKey?: string;
@@ -154,6 +155,7 @@ async function main(o: RunOptions, cmd: Command, config: string | undefined) {
     volumes,
     log,
     maxQueueBytes: parseSize(o.maxQueue, '--max-queue'),
+    flushMarkerGapMs: parseMillis(o.flushMarkerGap, '--flush-marker-gap', 60_000),
     tls: secure,
     seekData: o.seekData !== false,
     bandwidth,
@@ -241,6 +243,11 @@ const runCmd = program
     'TLS with a pre-shared key instead of certificates: identity:hexkey lines; identity = --vm',
   )
   .option('--max-queue <bytes>', 'mirror bytes buffered towards the hub; beyond it writes become dirty regions', '64M')
+  .option(
+    '--flush-marker-gap <ms>',
+    'guest flushes tell the hub at most this often (a journal point each); those between share the next (0: each its own)',
+    '5',
+  )
   .option('--max-rate <bytes/s>', 'cap on the link to the hub, e.g. 50M (0: none)', '0')
   .option('--resync-share <percent>', 'share of --max-rate resync keeps while mirrored writes want more', '30')
   .option('--max-resync-rate <bytes/s>', 'resync at most this much of --max-rate (0: all writes leave)', '0')
