@@ -3,7 +3,8 @@
 // Owns the sequence numbers, the pending writes, and per region the newest seq in flight
 // (regionSeq): an ack clears a region only when no later write to it still pends.
 // Past the link's queue or pending limit a write is not sent but owed by report instead (a
-// large write past a smaller queue: LARGE_QUEUE_BYTES).
+// large write past a smaller queue: LARGE_QUEUE_BYTES). Counts the bytes acked, so that the
+// backlog bound (lag-bound.ts) reads the unacked bytes without a count on the write path.
 import { Cap, SECTOR, IO_OK, ProtocolError, encodeProtectedWriteHead, encodeFlush } from '../../protocol';
 import type { BufferPool } from '../buffer-pool';
 import { assert } from '../assert';
@@ -16,6 +17,7 @@ interface Pending {
   volume: AgentVolume;
   first: number; // regions touched
   last: number;
+  bytes: number;
 }
 
 export interface MirrorLimits {
@@ -45,6 +47,10 @@ export class Mirror implements RegionHolder {
   private pending: Pending[] = [];
   private pendingHead = 0;
   private readonly regionSeq: Map<number, number>[]; // by volume index: region -> newest seq in flight
+  /** Mirrored bytes acked, all connections (a counter: the backlog bound's drain). */
+  ackedBytes = 0;
+  private mirroredAtAttach = 0; // stats.mirroredBytes when this connection began
+  private ackedAtAttach = 0;
 
   constructor(
     private readonly volumes: VolumeTable,
@@ -60,6 +66,16 @@ export class Mirror implements RegionHolder {
   /** The connection is ready (capabilities known): mirror on it from seq 1. */
   attach(link: LinkPort): void {
     this.link = link;
+    this.mirroredAtAttach = this.stats.mirroredBytes;
+    this.ackedAtAttach = this.ackedBytes;
+  }
+
+  /** Bytes mirrored on this connection (queued or sent) and not acked yet. */
+  get unackedBytes(): number {
+    if (this.link === null) return 0;
+    const n = this.stats.mirroredBytes - this.mirroredAtAttach - (this.ackedBytes - this.ackedAtAttach);
+    assert(n >= 0, 'acked bytes were mirrored on this connection');
+    return n;
   }
 
   /** The connection closed: every unacked write stays in the dirty log; seqs start over. */
@@ -118,7 +134,7 @@ export class Mirror implements RegionHolder {
       last = bitmap.regionOf(offset + len - 1);
     const n = this.pending.length;
     assert(n === this.pendingHead || this.pending[n - 1].seq === seq - 1, 'pending writes are in seq order');
-    this.pending.push({ seq, volume: v, first, last });
+    this.pending.push({ seq, volume: v, first, last, bytes: len });
     const regionSeq = this.regionSeq[v.index];
     for (let r = first; r <= last; r++) regionSeq.set(r, seq);
     const head = encodeProtectedWriteHead(volumeId, offset / SECTOR, len / SECTOR, IO_OK);
@@ -140,6 +156,7 @@ export class Mirror implements RegionHolder {
     }
     while (this.pendingHead < this.pending.length && this.pending[this.pendingHead].seq <= seq) {
       const p = this.pending[this.pendingHead++];
+      this.ackedBytes += p.bytes;
       const regionSeq = this.regionSeq[p.volume.index];
       for (let r = p.first; r <= p.last; r++) {
         const newest = regionSeq.get(r);

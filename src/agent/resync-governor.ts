@@ -111,6 +111,12 @@ export class ResyncGovernor {
     this.tokensAt = this.baseEpochAt = this.now();
   }
 
+  /** The lowest recent PING round trip (ms; 0 before the first): the link's own latency, no queue. */
+  get baseRttMs(): number {
+    const base = Math.min(this.baseNow, this.basePrev);
+    return base === Infinity ? 0 : base;
+  }
+
   /** One resync answer: out now if the rate allows, else held in order. */
   send(out: BulkOut, bufs: Buffer[], done?: () => void): void {
     let bytes = 0;
