@@ -176,6 +176,17 @@ describe('backlog bound (--max-lag)', () => {
     assert.equal(await settled(b.hold()), true);
   });
 
+  it('does not take a fresh backlog after a quiet spell for a stalled link', () => {
+    const { b, c, s } = measured(100 * MiB);
+    s.unacked = 0;
+    b.sample();
+    c.advance(10 * STALL_MS); // the guest was idle; nothing to drain
+    b.sample();
+    s.owed = 80 * MiB;
+    assert.equal(b.wrote(), true, 'held: the backlog is new, not stalled');
+    assert.equal(b.status().stalled, false);
+  });
+
   it('is off at --max-lag 0', () => {
     const { b, s } = measured(100 * MiB, 0);
     s.owed = 1 << 30;
@@ -243,6 +254,20 @@ describe("hand-over's unread accounting (what the backlog bound reads)", () => {
     assert.equal(h.answeredBytes, MiB);
     h.readBack(v, 8 * MiB, 9 * MiB); // a read of regions never owed (initial sync) drains too
     assert.equal(h.answeredBytes, 2 * MiB);
+    h.stop();
+  });
+
+  it('forgets owed regions a later mirrored write covered whole, as the hub does (it never reads them)', () => {
+    const { h, v } = handover(),
+      now = Date.now(),
+      rs = 64 << 10;
+    h.owe(v, 0, 4 * MiB);
+    h.acked(v, 0, MiB); // whole regions: the hub cleared them when it applied the write
+    assert.equal(h.unreadBytes(now, STALL_MS), 3 * MiB);
+    h.acked(v, MiB + 100, 2 * MiB - 100); // the first and last regions only in part: still read
+    assert.equal(h.unreadBytes(now, STALL_MS), 3 * MiB - (MiB - 2 * rs));
+    h.acked(v, 15 * MiB, 16 * MiB); // the volume's end
+    assert.equal(h.unreadBytes(now, STALL_MS), 3 * MiB - (MiB - 2 * rs));
     h.stop();
   });
 

@@ -81,7 +81,7 @@ export class AgentCore {
         drainedBytes: () => mirror.ackedBytes + handover.answeredBytes,
         baseRttMs: () => this.governor.baseRttMs,
       },
-      { maxLagMs: opts.maxLagMs ?? 0 },
+      { maxLagMs: opts.maxLagMs ?? 0, onHolding: () => this.governor.kick() },
     );
     const bound = this.lagBound;
     this.writes = new WritePath(this.volumes, this.mirror, this.handover, bound);
@@ -102,6 +102,7 @@ export class AgentCore {
       floorRate: p ? Math.max(64 << 10, p.resyncShare * p.maxRate) : FLOOR_RATE,
       ceilRate: p ? p.maxResyncRate || p.maxRate : 0,
       guestWrites: () => stats.writes,
+      guestHeld: () => this.lagBound.over,
       ...opts.clock,
     });
     this.lagTimer = setInterval(() => {

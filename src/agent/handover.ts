@@ -92,6 +92,19 @@ export class Handover implements RegionHolder {
   }
 
   /**
+   * A mirrored write of [start, end) was acked. The hub clears the dirty bits of the whole
+   * regions a protected write covers (hub/volume-sync.ts written()): it never reads those back.
+   */
+  acked(v: AgentVolume, start: number, end: number): void {
+    const unread = this.unread[v.index];
+    if (unread.dirtyRegions === 0) return;
+    const rs = unread.regionSize,
+      first = Math.ceil(start / rs),
+      last = end === unread.sizeBytes ? unread.regionOf(end - 1) : Math.floor(end / rs) - 1;
+    if (first <= last) unread.clearRegions(first, last);
+  }
+
+  /**
    * Owed bytes the hub has not read back (the backlog bound's part), leaving out a volume not
    * protected now or whose regions the hub has not read for `stallMs` (paused by the operator,
    * or its sync busy elsewhere): waiting for those would only hold the guest to the wait cap.

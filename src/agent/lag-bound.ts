@@ -31,6 +31,8 @@ export interface LagSources {
 
 export interface LagBoundOptions {
   maxLagMs: number; // 0: off
+  /** Called when it starts holding (the resync governor lets its held answers go: resync-governor.ts). */
+  onHolding?: () => void;
   now?: () => number; // ms clock (tests)
   setTimer?: (fn: () => void, ms: number) => unknown;
   clearTimer?: (t: unknown) => void;
@@ -74,6 +76,7 @@ export class LagBound {
   cappedWrites = 0;
   maxOverBytes = 0;
   maxWaitMs = 0;
+  private readonly onHolding: (() => void) | undefined;
   private readonly now: () => number;
   private readonly setTimer: (fn: () => void, ms: number) => unknown;
   private readonly clearTimer: (t: unknown) => void;
@@ -89,6 +92,7 @@ export class LagBound {
     assert(opts.maxLagMs >= 0, 'the lag bound is a duration');
     this.maxLagMs = opts.maxLagMs;
     this.waitCapMs = Math.max(WAIT_CAP_MIN_MS, WAIT_CAP_LAGS * opts.maxLagMs);
+    this.onHolding = opts.onHolding;
     this.now = opts.now ?? (() => Date.now());
     this.setTimer = opts.setTimer ?? ((fn, ms) => setTimeout(fn, ms));
     this.clearTimer = opts.clearTimer ?? ((t) => clearTimeout(t as NodeJS.Timeout));
@@ -100,7 +104,7 @@ export class LagBound {
     this.rate = 0;
     this.sampleAt = this.lastDrainAt = this.now();
     this.sampleDrained = this.drainedSeen = this.sources.drainedBytes();
-    this.sampleBacklog = 0;
+    this.sampleBacklog = this.backlog = 0;
   }
 
   /** The link is down: nothing drains, so nothing is held; the dirty log keeps what the hub missed. */
@@ -136,16 +140,21 @@ export class LagBound {
     if (!this.connected) return false;
     const now = this.now(),
       drained = this.sources.drainedBytes();
-    if (drained !== this.drainedSeen) {
+    const before = this.backlog;
+    this.backlog = this.sources.unackedBytes() + this.sources.owedBytes(now);
+    // A stall is time without a drain while there is a backlog: a fresh one has not stalled.
+    if (drained !== this.drainedSeen || before === 0) {
       this.drainedSeen = drained;
       this.lastDrainAt = now;
     }
-    this.backlog = this.sources.unackedBytes() + this.sources.owedBytes(now);
     this.bound = Math.max(MIN_BOUND_BYTES, (this.rate * (this.maxLagMs + this.sources.baseRttMs())) / 1000);
     this.stalled = this.backlog > 0 && now - this.lastDrainAt > STALL_MS;
+    const was = this.over;
     this.over = !this.stalled && this.backlog > this.bound;
-    if (this.over) this.wasOver = true;
-    else this.releaseAll();
+    if (this.over) {
+      this.wasOver = true;
+      if (!was) this.onHolding?.();
+    } else this.releaseAll();
     return this.over;
   }
 

@@ -17,6 +17,7 @@ interface Pending {
   volume: AgentVolume;
   first: number; // regions touched
   last: number;
+  offset: number;
   bytes: number;
 }
 
@@ -28,6 +29,8 @@ export interface MirrorLimits {
 /** Where writes that do not fit on the link go: the hand-over owes them to the hub by report. */
 export interface OverflowSink {
   owe(v: AgentVolume, start: number, end: number): void;
+  /** A mirrored write of [start, end) was acked: the hub holds its whole regions exactly (not owed). */
+  acked(v: AgentVolume, start: number, end: number): void;
 }
 
 const COMPACT_AFTER = 4096; // acked entries kept at the head of `pending` before it is compacted
@@ -134,7 +137,7 @@ export class Mirror implements RegionHolder {
       last = bitmap.regionOf(offset + len - 1);
     const n = this.pending.length;
     assert(n === this.pendingHead || this.pending[n - 1].seq === seq - 1, 'pending writes are in seq order');
-    this.pending.push({ seq, volume: v, first, last, bytes: len });
+    this.pending.push({ seq, volume: v, first, last, offset, bytes: len });
     const regionSeq = this.regionSeq[v.index];
     for (let r = first; r <= last; r++) regionSeq.set(r, seq);
     const head = encodeProtectedWriteHead(volumeId, offset / SECTOR, len / SECTOR, IO_OK);
@@ -157,6 +160,7 @@ export class Mirror implements RegionHolder {
     while (this.pendingHead < this.pending.length && this.pending[this.pendingHead].seq <= seq) {
       const p = this.pending[this.pendingHead++];
       this.ackedBytes += p.bytes;
+      this.overflow.acked(p.volume, p.offset, p.offset + p.bytes);
       const regionSeq = this.regionSeq[p.volume.index];
       for (let r = p.first; r <= p.last; r++) {
         const newest = regionSeq.get(r);
