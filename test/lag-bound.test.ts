@@ -2,7 +2,9 @@
 // a write's reply is held and released, how the drain rate is measured, the wait cap, a stalled
 // link, the link going down; and the hand-over's unread accounting it reads (handover.ts).
 import { strict as assert } from 'node:assert';
-import { LagBound, LagSources, MIN_BOUND_BYTES, STALL_MS } from '../src/agent/lag-bound';
+import { LagBound, LagSources, MIN_BOUND_BYTES } from '../src/agent/lag-bound';
+
+const STALL_MS = 500; // the stall window at --max-lag 500
 import { SAMPLE_MS } from '../src/agent/ack-lag';
 import { Handover } from '../src/agent/handover';
 import { RegionGate } from '../src/agent/region-gate';
@@ -143,9 +145,10 @@ describe('backlog bound (--max-lag)', () => {
     assert.equal(b.status().cappedWrites, 1);
     assert.ok(b.status().maxWaitMs >= b.waitCapMs);
     assert.equal(b.waitCapMs, 2000, 'the cap: 4 x --max-lag');
+    assert.equal(b.stallMs, STALL_MS, 'the stall window: --max-lag');
   });
 
-  it('holds nothing once nothing drained for STALL_MS (a stalled link, a hub that stopped reading)', async () => {
+  it('holds nothing once nothing drained for --max-lag (a stalled link, a hub that stopped reading)', async () => {
     const { b, c, s } = measured(100 * MiB);
     s.unacked = 80 * MiB;
     b.wrote();

@@ -29,7 +29,7 @@ import { Refusals } from './refusals';
 import { LinkPacer, PacerOptions } from '../link/pacer';
 import { ResyncGovernor, GovernorOptions } from './resync-governor';
 import { AckLag, SAMPLE_MS } from './ack-lag';
-import { LagBound, STALL_MS } from './lag-bound';
+import { LagBound } from './lag-bound';
 
 /** `pacer`: the --max-rate cap on the link; none: frames go straight to the link. */
 /** `clock`: the resync governor's timers (tests: a simulation's virtual time releases held answers). */
@@ -77,7 +77,7 @@ export class AgentCore {
     this.lagBound = new LagBound(
       {
         unackedBytes: () => mirror.unackedBytes,
-        owedBytes: (now) => handover.unreadBytes(now, STALL_MS),
+        owedBytes: (now) => handover.unreadBytes(now, this.lagBound.stallMs),
         drainedBytes: () => mirror.ackedBytes + handover.answeredBytes,
         baseRttMs: () => this.governor.baseRttMs,
       },
