@@ -167,6 +167,24 @@ describe('backlog bound (--max-lag)', () => {
     assert.equal(b.wrote(), true, 'held again once it drains');
   });
 
+  it('keeps holding while the hub is heard (a slow disk, not a stalled link), up to the wait cap', async () => {
+    const { b, c, s } = measured(100 * MiB);
+    s.unacked = 80 * MiB;
+    b.wrote();
+    const p = b.hold();
+    for (let t = 0; t < 3 * STALL_MS; t += SAMPLE_MS) {
+      c.advance(SAMPLE_MS);
+      b.heard(); // PONGs come back; no ack does
+      b.sample();
+    }
+    assert.equal(b.status().stalled, false);
+    assert.equal(b.over, true);
+    assert.equal(await settled(p), false);
+    c.advance(b.waitCapMs);
+    assert.equal(await settled(p), true, 'the cap lets it go');
+    assert.equal(b.status().cappedWrites, 1);
+  });
+
   it('holds nothing while the link is down, and releases what it held', async () => {
     const { b, s } = measured(100 * MiB);
     s.owed = 80 * MiB;
@@ -277,7 +295,7 @@ describe("hand-over's unread accounting (what the backlog bound reads)", () => {
   it("leaves out a volume whose owed regions the hub has not read for the stall window (paused), or the link's gone", () => {
     const { h, v, volumes } = handover();
     h.owe(v, 0, 4 * MiB);
-    assert.equal(h.unreadBytes(Date.now() + STALL_MS + 1, STALL_MS), 0, 'not read for the stall window');
+    assert.equal(h.unreadBytes(Date.now() + STALL_MS + 1, STALL_MS), 0, 'not read for the window');
     assert.equal(h.unreadBytes(Date.now(), STALL_MS), 4 * MiB);
     volumes.unprotect(v);
     assert.equal(h.unreadBytes(Date.now(), STALL_MS), 0, 'not protected on this link');

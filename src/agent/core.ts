@@ -77,7 +77,7 @@ export class AgentCore {
     this.lagBound = new LagBound(
       {
         unackedBytes: () => mirror.unackedBytes,
-        owedBytes: (now) => handover.unreadBytes(now, this.lagBound.stallMs),
+        owedBytes: (now) => handover.unreadBytes(now, this.lagBound.waitCapMs),
         drainedBytes: () => mirror.ackedBytes + handover.answeredBytes,
         baseRttMs: () => this.governor.baseRttMs,
       },
@@ -109,6 +109,8 @@ export class AgentCore {
       if (this.link === null) return;
       this.ackLag.sample(this.mirror.sent, Date.now());
       this.lagBound.sample();
+      // Holding: a PONG tells a live hub whose disk is slow from a stalled link (lag-bound.ts).
+      if (this.lagBound.over && this.link.has(Cap.PING)) this.link.send([encodePing(Date.now())]);
     }, SAMPLE_MS);
     this.lagTimer.unref();
   }
@@ -169,6 +171,7 @@ export class AgentCore {
 
   /** A PONG: the round trip of a PING is the resync governor's delay sample. */
   pong(nonce: number): void {
+    this.lagBound.heard();
     this.governor.sample(nonce);
   }
 
@@ -180,6 +183,7 @@ export class AgentCore {
   receive(m: Message): void {
     const link = this.link;
     if (link === null) throw new ProtocolError(`${Cmd[m.cmd]} from hub before the handshake`);
+    this.lagBound.heard();
     switch (m.cmd) {
       case Cmd.START_PROTECT:
         return this.startProtect(m.name, m.volumeId);

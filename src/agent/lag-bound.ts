@@ -9,10 +9,11 @@
 // Owns the drain-rate estimate, `over`, and the replies held (a bounded FIFO). The backlog's
 // parts are read from their owners (mirror.ts: unacked bytes; handover.ts: owed, unread bytes).
 //
-// What never drains is not waited for: a reply waits at most `waitCapMs`; with no ack and no
-// answer for `stallMs` (a stalled link, a hub that stopped reading) nothing is held, and owed
-// regions of a volume the hub has not read for `stallMs` (paused by the operator, or the hub busy
-// elsewhere) leave the backlog (handover.ts). With the link down nothing is held: detach()
+// What never drains is not waited for: a reply waits at most `waitCapMs`; with nothing drained
+// and nothing heard from the hub for `stallMs` (a stalled link: while it holds, the core PINGs
+// every 100 ms, so a live hub is heard even when its disk is slow) nothing is held; and owed
+// regions of a volume the hub has not read for `waitCapMs` (paused by the operator, or the hub
+// busy elsewhere) leave the backlog (handover.ts). With the link down nothing is held: detach()
 // releases every held reply and the dirty log keeps what the hub missed.
 import { assert } from '../assert';
 import { SAMPLE_MS } from './ack-lag';
@@ -43,9 +44,9 @@ interface Held {
   since: number;
 }
 
-// No drain for --max-lag (within these): the link counts as stalled (see above). Nothing drained
-// for that long means the lag is over the bound whatever the guest does; and a reply held that
-// long on a link that stalls is what a guest notices (network-faults.e2e: under 1 s).
+// Nothing drained or heard for --max-lag (within these): the link counts as stalled (see above).
+// A reply held that long on a link that stalls is what a guest notices (network-faults.e2e: a
+// write under 1 s through a 3 s stall).
 const STALL_MIN_MS = 250;
 const STALL_MAX_MS = 1000;
 // Below this the bound never holds: a few large writes in flight are not a backlog, and before
@@ -73,6 +74,7 @@ export class LagBound {
   private wasOver = false; // over at some point since the last sample
   private drainedSeen = 0;
   private lastDrainAt = 0;
+  private lastHeardAt = 0;
   private backlog = 0;
   private bound = MIN_BOUND_BYTES;
   private stalled = false;
@@ -102,6 +104,11 @@ export class LagBound {
     this.now = opts.now ?? (() => Date.now());
     this.setTimer = opts.setTimer ?? ((fn, ms) => setTimeout(fn, ms));
     this.clearTimer = opts.clearTimer ?? ((t) => clearTimeout(t as NodeJS.Timeout));
+  }
+
+  /** A frame came from the hub (an ack, an answer's request, a PONG): the link is alive. */
+  heard(): void {
+    this.lastHeardAt = this.now();
   }
 
   /** A connection is ready: measure its drain from scratch (it may be another hub). */
@@ -154,7 +161,7 @@ export class LagBound {
       this.lastDrainAt = now;
     }
     this.bound = Math.max(MIN_BOUND_BYTES, (this.rate * (this.maxLagMs + this.sources.baseRttMs())) / 1000);
-    this.stalled = this.backlog > 0 && now - this.lastDrainAt > this.stallMs;
+    this.stalled = this.backlog > 0 && now - Math.max(this.lastDrainAt, this.lastHeardAt) > this.stallMs;
     const was = this.over;
     this.over = !this.stalled && this.backlog > this.bound;
     if (this.over) {
