@@ -134,17 +134,20 @@ export class LagBound {
       dt = now - this.sampleAt,
       drained = this.sources.drainedBytes();
     if (dt < SAMPLE_MS / 2) return;
-    // Only while there was something to drain: an idle link says nothing of its speed. Not over,
-    // the estimate only rises (the guest's own pace is not the link's); over, it follows the drain.
+    // Only while there was something to drain: an idle link says nothing of its speed. When more
+    // waited at the end than went out (or replies were held) the link was the limit: the estimate
+    // follows the drain, down too. Otherwise the guest's own pace was, and it only rises.
+    this.update();
     if (this.sampleBacklog > 0) {
-      const r = ((drained - this.sampleDrained) * 1000) / dt,
+      const out = drained - this.sampleDrained,
+        r = (out * 1000) / dt,
         next = this.rate === 0 ? r : this.rate + ALPHA * (r - this.rate);
-      this.rate = this.wasOver ? next : Math.max(this.rate, next);
+      this.rate = this.wasOver || this.backlog > out ? next : Math.max(this.rate, next);
+      this.update(); // the bound at the new rate
     }
     this.sampleAt = now;
     this.sampleDrained = drained;
     this.wasOver = this.over;
-    this.update();
     this.sampleBacklog = this.backlog;
   }
 
