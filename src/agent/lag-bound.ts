@@ -81,6 +81,7 @@ export class LagBound {
   // counters for /status
   heldWrites = 0;
   cappedWrites = 0;
+  stalls = 0; // times a stalled link ended a hold
   maxOverBytes = 0;
   maxWaitMs = 0;
   private readonly onHolding: (() => void) | undefined;
@@ -164,7 +165,9 @@ export class LagBound {
       this.lastDrainAt = now;
     }
     this.bound = Math.max(MIN_BOUND_BYTES, (this.rate * (this.maxLagMs + this.sources.baseRttMs())) / 1000);
-    this.stalled = this.backlog > 0 && now - Math.max(this.lastDrainAt, this.lastHeardAt) > this.stallMs;
+    const stalled = this.backlog > 0 && now - Math.max(this.lastDrainAt, this.lastHeardAt) > this.stallMs;
+    if (stalled && !this.stalled && this.over) this.stalls++;
+    this.stalled = stalled;
     const was = this.over;
     this.over = !this.stalled && this.backlog > this.bound;
     if (this.over) {
@@ -235,6 +238,7 @@ export class LagBound {
       heldNow: this.held.length - this.heldHead,
       heldWrites: this.heldWrites,
       cappedWrites: this.cappedWrites,
+      stalls: this.stalls,
       maxOverBytes: Math.round(this.maxOverBytes),
       maxWaitMs: this.maxWaitMs,
     };
