@@ -25,6 +25,8 @@ export interface AgentOptions {
   log: Logger;
   caps?: number;
   maxQueueBytes?: number; // mirrored bytes buffered towards the hub; beyond it writes become dirty bits
+  /** --max-lag: replies of writes wait while the backlog is more than this long (lag-bound.ts); 0: off. */
+  maxLagMs?: number;
   maxPendingWrites?: number; // mirrored writes awaiting the hub's durable ack
   flushMarkerGapMs?: number; // FLUSH markers to the hub at most this often (mirror.ts)
   maxRemoteIo?: number; // remote IOs executed at once
@@ -41,6 +43,8 @@ const LOG_SYNC_MS = 1000; // cleared dirty bits reach the log file this often
 // image flush this often costs little more than the device cache flush.
 const IDLE_FLUSH_MS = 30_000;
 const STOP_POLL_MS = 5;
+/** Copies equal within about this long of the last write, as the peers manage (issue 17). */
+export const DEFAULT_MAX_LAG_MS = 500;
 
 export class ReplicationAgent {
   /** Guest write buffers (the NBD server receives large writes into them); the mirror holds one until sent. */
@@ -65,6 +69,7 @@ export class ReplicationAgent {
         maxRemoteIo: opts.maxRemoteIo ?? 16,
         seekData: opts.seekData ?? true,
         pacer: opts.bandwidth,
+        maxLagMs: opts.maxLagMs ?? DEFAULT_MAX_LAG_MS,
       },
       this.writePool,
       opts.log,
@@ -135,6 +140,7 @@ export class ReplicationAgent {
       ackLagMs: core.ackLagMs,
       bandwidth: core.bandwidth,
       resync: core.resync,
+      lagBound: core.lagBound,
       volumes: core.volumes,
       ...this.stats,
     };

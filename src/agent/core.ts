@@ -1,5 +1,5 @@
 // The agent without a socket: the protected volumes, the write path, the mirror, the dirty-report
-// hand-over and remote IO, wired together. The connection hands it a link once capabilities are
+// hand-over, remote IO and the backlog bound, wired together. The connection hands it a link once capabilities are
 // agreed (connected), the hub's messages (receive), and the end of the connection (disconnected);
 // the property test drives it the same way over an in-memory link.
 import { randomBytes } from 'node:crypto';
@@ -29,11 +29,17 @@ import { Refusals } from './refusals';
 import { LinkPacer, PacerOptions } from '../link/pacer';
 import { ResyncGovernor, GovernorOptions } from './resync-governor';
 import { AckLag, SAMPLE_MS } from './ack-lag';
+import { LagBound } from './lag-bound';
 
 /** `pacer`: the --max-rate cap on the link; none: frames go straight to the link. */
 /** `clock`: the resync governor's timers (tests: a simulation's virtual time releases held answers). */
+/** `maxLagMs`: --max-lag, the backlog bound (lag-bound.ts); absent or 0: off. */
 export type CoreOptions = MirrorLimits &
-  RemoteIoOptions & { pacer?: PacerOptions; clock?: Pick<GovernorOptions, 'now' | 'setTimer' | 'clearTimer'> };
+  RemoteIoOptions & {
+    pacer?: PacerOptions;
+    clock?: Pick<GovernorOptions, 'now' | 'setTimer' | 'clearTimer'>;
+    maxLagMs?: number;
+  };
 
 const FLOOR_RATE = 1 << 20; // resync's least rate without --max-rate (DRBD's c-min-rate is 250 KiB/s)
 
@@ -53,6 +59,7 @@ export class AgentCore {
   private bulkLink: LinkPort | null = null;
   private readonly ackLag = new AckLag();
   private readonly lagTimer: NodeJS.Timeout;
+  private readonly lagBound: LagBound;
 
   constructor(
     specs: AgentVolumeSpec[],
@@ -65,8 +72,26 @@ export class AgentCore {
     const gate = new RegionGate();
     this.handover = new Handover(this.volumes, gate, opts.maxQueueBytes, log, stats);
     this.mirror = new Mirror(this.volumes, gate, this.handover, opts, writePool, stats);
-    this.writes = new WritePath(this.volumes, this.mirror, this.handover);
-    this.remoteIo = new RemoteIo(this.volumes, opts, log, stats, this.writes);
+    const mirror = this.mirror,
+      handover = this.handover;
+    this.lagBound = new LagBound(
+      {
+        unackedBytes: () => mirror.unackedBytes,
+        owedBytes: (now) => handover.unreadBytes(now, this.lagBound.waitCapMs),
+        drainedBytes: () => mirror.ackedBytes + handover.answeredBytes,
+        baseRttMs: () => this.governor.baseRttMs,
+      },
+      { maxLagMs: opts.maxLagMs ?? 0, onHolding: () => this.governor.kick() },
+    );
+    const bound = this.lagBound;
+    this.writes = new WritePath(this.volumes, this.mirror, this.handover, bound);
+    const readBacks = {
+      readBack: (v: AgentVolume, start: number, end: number) => {
+        handover.readBack(v, start, end);
+        bound.update();
+      },
+    };
+    this.remoteIo = new RemoteIo(this.volumes, opts, log, stats, this.writes, readBacks);
     gate.watch(this.writes);
     gate.watch(this.mirror);
     gate.watch(this.handover);
@@ -77,10 +102,15 @@ export class AgentCore {
       floorRate: p ? Math.max(64 << 10, p.resyncShare * p.maxRate) : FLOOR_RATE,
       ceilRate: p ? p.maxResyncRate || p.maxRate : 0,
       guestWrites: () => stats.writes,
+      guestHeld: () => this.lagBound.over,
       ...opts.clock,
     });
     this.lagTimer = setInterval(() => {
-      if (this.link !== null) this.ackLag.sample(this.mirror.sent, Date.now());
+      if (this.link === null) return;
+      this.ackLag.sample(this.mirror.sent, Date.now());
+      this.lagBound.sample();
+      // Holding: a PONG tells a live hub whose disk is slow from a stalled link (lag-bound.ts).
+      if (this.lagBound.over && this.link.has(Cap.PING)) this.link.send([encodePing(Date.now())]);
     }, SAMPLE_MS);
     this.lagTimer.unref();
   }
@@ -104,6 +134,7 @@ export class AgentCore {
     gov.probe = link.has(Cap.PING) ? () => link.send([encodePing(Date.now())]) : null;
     this.mirror.attach(link);
     this.handover.attach(link);
+    this.lagBound.attach();
     if (link.has(Cap.IDENTITY)) {
       // Before the report: the hub compares identities before it answers (SPEC.md 5.16).
       const ids = this.volumes.list.map((v) => ({ name: v.name, lineage: v.log.lineage }));
@@ -130,6 +161,7 @@ export class AgentCore {
     this.volumes.reset();
     this.mirror.detach();
     this.handover.detach();
+    this.lagBound.detach();
     this.remoteIo.detach();
     this.governor.detach();
     this.ackLag.reset();
@@ -139,6 +171,7 @@ export class AgentCore {
 
   /** A PONG: the round trip of a PING is the resync governor's delay sample. */
   pong(nonce: number): void {
+    this.lagBound.heard();
     this.governor.sample(nonce);
   }
 
@@ -150,6 +183,7 @@ export class AgentCore {
   receive(m: Message): void {
     const link = this.link;
     if (link === null) throw new ProtocolError(`${Cmd[m.cmd]} from hub before the handshake`);
+    this.lagBound.heard();
     switch (m.cmd) {
       case Cmd.START_PROTECT:
         return this.startProtect(m.name, m.volumeId);
@@ -158,7 +192,9 @@ export class AgentCore {
       case Cmd.VOLUME_SIZE:
         return this.volumeSize(link, m.volumeId);
       case Cmd.WRITE_ACK:
-        return this.mirror.onAck(m.seq);
+        this.mirror.onAck(m.seq);
+        this.lagBound.update();
+        return;
       case Cmd.DIRTY_REPORT_ACK:
         return this.handover.onReportAck(m.volumeId, m.reportId);
       case Cmd.REMOTE_IO_REQ:
@@ -241,6 +277,7 @@ export class AgentCore {
   /** Timers off (agent stopping). */
   stop(): void {
     clearInterval(this.lagTimer);
+    this.lagBound.detach();
     this.handover.stop();
     this.refusals.reset();
   }
@@ -261,6 +298,7 @@ export class AgentCore {
       refusal: this.refusals.last,
       bandwidth: this.pacer ? this.pacer.status() : null,
       resync: this.governor.status(),
+      lagBound: this.lagBound.status(),
       volumes: this.volumes.list.map((v) => ({
         name: v.name,
         ...this.volumeState(v),

@@ -1,7 +1,9 @@
 // The dirty-report hand-over: regions the hub must hear about by DIRTY_REPORT rather than as
 // data (the snapshot of the dirty log after START_PROTECT, writes that overflowed the link,
 // zeroed ranges). Owns per volume the owed regions, the report awaiting its acks (handing) and
-// the report ids; a report's ack clears its regions once nothing newer holds them.
+// the report ids; a report's ack clears its regions once nothing newer holds them. Also owns,
+// for the backlog bound (lag-bound.ts), what was owed and not yet read back by the hub (unread):
+// set in owe(), cleared when remote IO answers a read of it; accounting only, never a dirty bit.
 import { Cap, DIRTY_FINAL, Limits, SECTOR, encodeDirtyReport, Extent } from '../../protocol';
 import { DirtyBitmap } from '../../storage/bitmap';
 import { assert } from '../assert';
@@ -19,6 +21,10 @@ export class Handover implements RegionHolder {
   private readonly reportIds: number[]; // the last report's id (never reset: ids stay unique)
   private readonly acksAwaited: number[]; // DIRTY_REPORT frames of that report not yet acked
   private reportTimer: NodeJS.Timeout | null = null;
+  private readonly unread: DirtyBitmap[]; // by volume index: owed on this connection, not read back yet
+  /** Bytes of the hub's reads answered, all connections (a counter: the backlog bound's drain). */
+  answeredBytes = 0;
+  private readonly readBackAt: number[]; // by volume index: the last read back, or the first owe since none was unread
 
   constructor(
     private readonly volumes: VolumeTable,
@@ -31,6 +37,8 @@ export class Handover implements RegionHolder {
     this.handing = volumes.list.map(() => null);
     this.reportIds = volumes.list.map(() => 0);
     this.acksAwaited = volumes.list.map(() => 0);
+    this.unread = volumes.list.map((v) => this.emptyMap(v));
+    this.readBackAt = volumes.list.map(() => 0);
   }
 
   attach(link: LinkPort): void {
@@ -44,12 +52,14 @@ export class Handover implements RegionHolder {
       this.owed[v.index] = this.emptyMap(v);
       this.handing[v.index] = null;
       this.acksAwaited[v.index] = 0;
+      this.unread[v.index] = this.emptyMap(v);
     }
   }
 
   /** `v` grew (online resize): what is owed covers the new regions too (clean). */
   grow(v: AgentVolume): void {
     this.owed[v.index].grow(v.sizeBytes);
+    this.unread[v.index].grow(v.sizeBytes);
   }
 
   holds(v: AgentVolume, region: number): boolean {
@@ -66,7 +76,47 @@ export class Handover implements RegionHolder {
   owe(v: AgentVolume, start: number, end: number): void {
     if (this.link === null || this.volumes.hubId(v) < 0) return; // reported in full at the next connection
     this.owed[v.index].setBytes(start, end);
+    const unread = this.unread[v.index];
+    if (unread.dirtyRegions === 0) this.readBackAt[v.index] = Date.now(); // a fresh backlog is not a stalled one
+    unread.setBytes(start, end);
     this.scheduleReport();
+  }
+
+  /** Remote IO answered the hub's read of [start, end): what was owed there is no backlog now. */
+  readBack(v: AgentVolume, start: number, end: number): void {
+    this.answeredBytes += end - start;
+    const unread = this.unread[v.index];
+    if (unread.dirtyRegions === 0 || end <= start) return;
+    unread.clearRegions(unread.regionOf(start), unread.regionOf(end - 1));
+    this.readBackAt[v.index] = Date.now();
+  }
+
+  /**
+   * A mirrored write of [start, end) was acked. The hub clears the dirty bits of the whole
+   * regions a protected write covers (hub/volume-sync.ts written()): it never reads those back.
+   */
+  acked(v: AgentVolume, start: number, end: number): void {
+    const unread = this.unread[v.index];
+    if (unread.dirtyRegions === 0) return;
+    const rs = unread.regionSize,
+      first = Math.ceil(start / rs),
+      last = end === unread.sizeBytes ? unread.regionOf(end - 1) : Math.floor(end / rs) - 1;
+    if (first <= last) unread.clearRegions(first, last);
+  }
+
+  /**
+   * Owed bytes the hub has not read back (the backlog bound's part), leaving out a volume not
+   * protected now or whose regions the hub has not read for `stallMs` (paused by the operator,
+   * or its sync busy elsewhere): waiting for those would only hold the guest to the wait cap.
+   */
+  unreadBytes(now: number, stallMs: number): number {
+    let bytes = 0;
+    for (const v of this.volumes.list) {
+      const unread = this.unread[v.index];
+      if (unread.dirtyRegions === 0 || this.volumes.hubId(v) < 0) continue;
+      if (now - this.readBackAt[v.index] <= stallMs) bytes += unread.dirtyBytes;
+    }
+    return bytes;
   }
 
   /** START_PROTECT: hand the whole dirty log over (DIRTY_REPORT capability). */

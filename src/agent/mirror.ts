@@ -3,7 +3,8 @@
 // Owns the sequence numbers, the pending writes, and per region the newest seq in flight
 // (regionSeq): an ack clears a region only when no later write to it still pends.
 // Past the link's queue or pending limit a write is not sent but owed by report instead (a
-// large write past a smaller queue: LARGE_QUEUE_BYTES).
+// large write past a smaller queue: LARGE_QUEUE_BYTES). Counts the bytes acked, so that the
+// backlog bound (lag-bound.ts) reads the unacked bytes without a count on the write path.
 import { Cap, SECTOR, IO_OK, ProtocolError, encodeProtectedWriteHead, encodeFlush } from '../../protocol';
 import type { BufferPool } from '../buffer-pool';
 import { assert } from '../assert';
@@ -16,6 +17,8 @@ interface Pending {
   volume: AgentVolume;
   first: number; // regions touched
   last: number;
+  offset: number;
+  bytes: number;
 }
 
 export interface MirrorLimits {
@@ -28,6 +31,8 @@ export interface MirrorLimits {
 /** Where writes that do not fit on the link go: the hand-over owes them to the hub by report. */
 export interface OverflowSink {
   owe(v: AgentVolume, start: number, end: number): void;
+  /** A mirrored write of [start, end) was acked: the hub holds its whole regions exactly (not owed). */
+  acked(v: AgentVolume, start: number, end: number): void;
 }
 
 const COMPACT_AFTER = 4096; // acked entries kept at the head of `pending` before it is compacted
@@ -62,6 +67,10 @@ export class Mirror implements RegionHolder {
     this.markerTimer = null;
     this.sendMarker();
   };
+  /** Mirrored bytes acked, all connections (a counter: the backlog bound's drain). */
+  ackedBytes = 0;
+  private mirroredAtAttach = 0; // stats.mirroredBytes when this connection began
+  private ackedAtAttach = 0;
 
   constructor(
     private readonly volumes: VolumeTable,
@@ -79,6 +88,16 @@ export class Mirror implements RegionHolder {
   /** The connection is ready (capabilities known): mirror on it from seq 1. */
   attach(link: LinkPort): void {
     this.link = link;
+    this.mirroredAtAttach = this.stats.mirroredBytes;
+    this.ackedAtAttach = this.ackedBytes;
+  }
+
+  /** Bytes mirrored on this connection (queued or sent) and not acked yet. */
+  get unackedBytes(): number {
+    if (this.link === null) return 0;
+    const n = this.stats.mirroredBytes - this.mirroredAtAttach - (this.ackedBytes - this.ackedAtAttach);
+    assert(n >= 0, 'acked bytes were mirrored on this connection');
+    return n;
   }
 
   /** The connection closed: every unacked write stays in the dirty log; seqs start over. */
@@ -140,7 +159,7 @@ export class Mirror implements RegionHolder {
       last = bitmap.regionOf(offset + len - 1);
     const n = this.pending.length;
     assert(n === this.pendingHead || this.pending[n - 1].seq === seq - 1, 'pending writes are in seq order');
-    this.pending.push({ seq, volume: v, first, last });
+    this.pending.push({ seq, volume: v, first, last, offset, bytes: len });
     const regionSeq = this.regionSeq[v.index];
     for (let r = first; r <= last; r++) regionSeq.set(r, seq);
     const head = encodeProtectedWriteHead(volumeId, offset / SECTOR, len / SECTOR, IO_OK);
@@ -181,6 +200,8 @@ export class Mirror implements RegionHolder {
     }
     while (this.pendingHead < this.pending.length && this.pending[this.pendingHead].seq <= seq) {
       const p = this.pending[this.pendingHead++];
+      this.ackedBytes += p.bytes;
+      this.overflow.acked(p.volume, p.offset, p.offset + p.bytes);
       const regionSeq = this.regionSeq[p.volume.index];
       for (let r = p.first; r <= p.last; r++) {
         const newest = regionSeq.get(r);

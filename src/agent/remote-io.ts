@@ -37,6 +37,11 @@ export interface RemoteIoOptions {
   seekData: boolean; // find holes with SEEK_DATA/SEEK_HOLE
 }
 
+/** Told of each read answered (once it has left): the backlog bound's read-back (handover.ts). */
+export interface ReadBackSink {
+  readBack(v: AgentVolume, start: number, end: number): void;
+}
+
 /** The guest writes' range locks (write-path.ts): failback writes take them too. */
 export interface RangeHolder {
   lockRange(v: AgentVolume, start: number, end: number): Promise<() => void>;
@@ -87,6 +92,7 @@ export class RemoteIo {
     private readonly log: Logger,
     private readonly stats: AgentStats,
     private readonly ranges: RangeHolder,
+    private readonly readBacks?: ReadBackSink,
   ) {}
 
   /** The connection closed: requests not started are dropped (those running answer into the void). */
@@ -120,8 +126,10 @@ export class RemoteIo {
       return;
     }
     try {
-      if (m.isRead) await this.read(link, v, m, offset, len);
-      else await this.write(link, v, m, offset, len);
+      if (m.isRead) {
+        await this.read(link, v, m, offset, len);
+        this.readBacks?.readBack(v, offset, offset + len);
+      } else await this.write(link, v, m, offset, len);
     } catch (e) {
       this.log.error({ volume: v.name, offset, len, cause: (e as Error).message }, 'remote IO failed');
       link.send([encodeRemoteIoResHead(m.reqId, EIO, m.volumeId, 0)]);

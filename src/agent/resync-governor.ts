@@ -22,6 +22,13 @@ export interface GovernorOptions {
   targetDelayMs?: number;
   /** The guest's writes so far (a counter): unchanged between two samples means no write to protect. */
   guestWrites?: () => number;
+  /**
+   * Whether the backlog bound (lag-bound.ts) holds the guest's write replies now: the guest then
+   * waits for these very answers (its overflowed writes), so they leave at the ceiling, not at a
+   * rate cut to protect its writes' queue. Issue 17: at the floor's rate after a 1 MiB job the
+   * held guest and an idle link waited on each other (2 MiB/s, a delay probe per answer).
+   */
+  guestHeld?: () => boolean;
   now?: () => number; // ms clock (tests)
   setTimer?: (fn: () => void, ms: number) => unknown;
   clearTimer?: (t: unknown) => void;
@@ -111,6 +118,12 @@ export class ResyncGovernor {
     this.tokensAt = this.baseEpochAt = this.now();
   }
 
+  /** The lowest recent PING round trip (ms; 0 before the first): the link's own latency, no queue. */
+  get baseRttMs(): number {
+    const base = Math.min(this.baseNow, this.basePrev);
+    return base === Infinity ? 0 : base;
+  }
+
   /** One resync answer: out now if the rate allows, else held in order. */
   send(out: BulkOut, bufs: Buffer[], done?: () => void): void {
     let bytes = 0;
@@ -194,10 +207,16 @@ export class ResyncGovernor {
     for (const h of held) h.done?.();
   }
 
+  /** The guest's replies are held now (guestHeld): answers waiting for the old rate go at once. */
+  kick(): void {
+    this.rearm();
+  }
+
   private release(): void {
+    const rate = this.opts.guestHeld?.() ? this.ceil : this.rate;
     const now = this.now(),
-      burst = Math.max(256 << 10, (this.rate * BURST_MS) / 1000);
-    this.tokens = Math.min(burst, this.tokens + ((now - this.tokensAt) * this.rate) / 1000);
+      burst = Math.max(256 << 10, (rate * BURST_MS) / 1000);
+    this.tokens = Math.min(burst, this.tokens + ((now - this.tokensAt) * rate) / 1000);
     this.tokensAt = now;
     while (this.held.length > 0 && this.tokens >= 0) {
       const h = this.held.shift()!;
@@ -208,7 +227,7 @@ export class ResyncGovernor {
       else h.out.send(h.bufs, h.done);
     }
     if (this.held.length > 0 && this.timer === null) {
-      this.timer = this.setTimer(this.wake, Math.max(1, Math.ceil((-this.tokens * 1000) / this.rate)));
+      this.timer = this.setTimer(this.wake, Math.max(1, Math.ceil((-this.tokens * 1000) / rate)));
     }
     if (this.probe !== null && this.probeDue()) this.probe();
   }

@@ -1,13 +1,26 @@
 // The guest's write path: every write, zeroing and flush the NBD server (or a test) makes on a
 // protected volume. A write marks its regions dirty in the log before it touches the image,
 // counts them busy while it lands (so no ack can clear them meanwhile), then hands the data to
-// the mirror. Owns the range locks and the busy counts.
+// the mirror. Owns the range locks and the busy counts. Over the backlog bound (lag-bound.ts)
+// a write's reply waits, never the write: the small-write fast path checks one boolean.
 import { SYNC_WRITE_MAX } from '../../storage/volume';
 import { assert } from '../assert';
 import { RangeLocks } from './range-locks';
 import type { AgentVolume, VolumeTable } from './volume';
 import type { RegionHolder } from './ports';
 import type { Mirror, OverflowSink } from './mirror';
+
+/** The backlog bound as the write path sees it (lag-bound.ts's LagBound). */
+export interface ReplyGate {
+  /** Over the bound now: the fast path steps aside (its reply must wait). */
+  readonly over: boolean;
+  /** A write landed: whether its reply must wait. */
+  wrote(): boolean;
+  /** Resolves when the reply may go. */
+  hold(): Promise<void>;
+}
+
+const NO_GATE: ReplyGate = { over: false, wrote: () => false, hold: () => Promise.resolve() };
 
 export class WritePath implements RegionHolder {
   private readonly locks: RangeLocks[]; // by volume index
@@ -22,6 +35,7 @@ export class WritePath implements RegionHolder {
     private readonly volumes: VolumeTable,
     private readonly mirror: Mirror,
     private readonly owed: OverflowSink,
+    private readonly replies: ReplyGate = NO_GATE,
   ) {
     this.locks = volumes.list.map(() => new RangeLocks());
     this.busy = volumes.list.map(() => new Map());
@@ -39,8 +53,9 @@ export class WritePath implements RegionHolder {
   }
 
   /**
-   * Apply a guest write to the local image and mirror it. Never waits for the hub. A large
-   * write may come as the pieces it arrived in: written with writev and mirrored as they are.
+   * Apply a guest write to the local image and mirror it. The write never waits for the hub; its
+   * reply does while the backlog is over --max-lag (after the write, its range lock released). A
+   * large write may come as the pieces it arrived in: written with writev and mirrored as they are.
    */
   async write(name: string, offset: number, data: Buffer | Buffer[]): Promise<void> {
     if (!Array.isArray(data) && this.writeNow(name, offset, data)) return;
@@ -64,11 +79,13 @@ export class WritePath implements RegionHolder {
     } finally {
       unlock();
     }
+    if (this.replies.wrote()) await this.replies.hold();
   }
 
   /**
    * The same for a small write, done before returning: true when written and mirrored, false
-   * when it must go through write() (too large, or an overlapping write still in progress).
+   * when it must go through write() (too large, an overlapping write still in progress, or its
+   * reply must wait: over the backlog bound).
    * Nothing can come between its pwrite and its mirror frame, so it needs no range lock.
    * The hot path: no allocation, closure or promise of its own.
    */
@@ -76,7 +93,7 @@ export class WritePath implements RegionHolder {
     const v = this.volumes.named(name),
       len = data.length,
       t = v.target;
-    if (!t.writeSync || len > SYNC_WRITE_MAX) return false;
+    if (!t.writeSync || len > SYNC_WRITE_MAX || this.replies.over) return false;
     v.checkRange(offset, offset + len);
     if (this.locks[v.index].locked(offset, offset + len)) return false;
     assert(this.nowVolume < 0, 'writeNow does not nest');

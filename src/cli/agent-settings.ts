@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import { checkName, checkPath, parseHubList, parseRegionSize, parseSize, parseMillis } from './args';
+import { checkName, checkPath, parseHubList, parseRegionSize, parseSize, parseMillis, parseMaxLag } from './args';
 import { parseListenAddr } from './listen-addr';
 import { AgentBandwidthFlags, agentBandwidth, parsePercent, parseRate } from './bandwidth-flags';
 import { checkLogLevel, Logger } from '../log';
@@ -64,6 +64,7 @@ export function checkAgentOptions(cmd: Command, cfg: ConfigFile | undefined, p: 
   p.run(() => parseRegionSize(o.regionSize, label('regionSize')));
   p.run(() => parseSize(o.maxQueue, label('maxQueue')));
   p.run(() => parseMillis(o.flushMarkerGap, label('flushMarkerGap'), 60_000));
+  p.run(() => parseMaxLag(o.maxLag, label('maxLag')));
   const rates = [
     p.run(() => parseRate(o.maxRate, label('maxRate'))),
     p.run(() => parsePercent(o.resyncShare, label('resyncShare'))),

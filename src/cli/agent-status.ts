@@ -1,5 +1,6 @@
 // `rephub-agent status` as text: the hub link, the send queue, and a line per volume with its
-// state (protected, refused, waiting, disconnected), then why each refused volume was refused.
+// state (protected, refused, waiting, disconnected), then why each refused volume was refused,
+// and the backlog bound (--max-lag) when it has held write replies.
 import { fmt, table } from './format';
 
 interface AgentVolumeView {
@@ -18,6 +19,11 @@ export function renderAgentStatus(st: any): string {
     `VM ${st.vm}: hub ${st.connected ? 'connected' : 'NOT connected'}, send queue ${fmt(st.queueBytes)}, ${st.pendingWrites} writes awaiting the hub's ack, ${st.overflowWrites} overflowed into dirty regions`,
   ];
   if (st.refusal) out.push(`hub refused this agent at ${st.refusal.at}: ${st.refusal.cause}`);
+  const lb = st.lagBound;
+  if (lb && lb.maxLagMs > 0 && (lb.holding || lb.heldWrites > 0))
+    out.push(
+      `--max-lag ${lb.maxLagMs} ms: backlog ${fmt(lb.backlogBytes)} of ${fmt(lb.boundBytes)} allowed, ${lb.holding ? `${lb.heldNow} write replies waiting now` : 'not holding'}; ${lb.heldWrites} held so far, longest ${lb.maxWaitMs} ms`,
+    );
   out.push(
     table([
       ['VOLUME', 'STATE', 'VOLUME ID', 'SIZE', 'DIRTY', 'IN LOG FILE'],

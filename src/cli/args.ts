@@ -87,6 +87,15 @@ export function parseMillis(v: string, flag: string, max: number): number {
   return ms;
 }
 
+/** The agent's --max-lag: whole milliseconds, 0 (off) to a minute; `500ms` and `1s` are taken too. */
+export function parseMaxLag(v: string, flag: string): number {
+  const m = /^(\d+)(ms|s)?$/.exec(v.trim());
+  const ms = m ? Number(m[1]) * (m[2] === 's' ? 1000 : 1) : NaN;
+  if (!Number.isInteger(ms) || ms > 60_000)
+    throw new Error(`${flag} ${v}: milliseconds (500, 500ms or 1s), 0 (off) to 60000`);
+  return ms;
+}
+
 /** Both commands say once, at start, when they run without the native addon. */
 export function warnIfNoNative(log: Logger): void {
   const why = nativeUnavailable();

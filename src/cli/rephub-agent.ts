@@ -4,7 +4,7 @@ import { Command } from 'commander';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { ReplicationAgent, AgentVolumeSpec } from '../agent/agent';
+import { ReplicationAgent, AgentVolumeSpec, DEFAULT_MAX_LAG_MS } from '../agent/agent';
 import { DirtyLog } from '../../storage/dirty-log';
 import { fingerprintOf } from '../../storage/volume-identity';
 import { NbdServer } from '../nbd/server';
@@ -12,7 +12,7 @@ import { ExportRegistry } from '../nbd/exports';
 import { MirroredExport } from './agent-export';
 import { FileVolume } from '../../storage/volume';
 import { makeLogger, Logger } from '../log';
-import { parseHubList, checkName, checkPath, parseSize, parseMillis, warnIfNoNative } from './args';
+import { parseHubList, checkName, checkPath, parseSize, parseMillis, warnIfNoNative, parseMaxLag } from './args';
 import { enabled as tlsEnabled, clientOptions } from '../security';
 import { AgentBandwidthFlags, agentBandwidth } from './bandwidth-flags';
 import { serveAgentHttp } from './agent-http';
@@ -45,6 +45,7 @@ type RunOptions = AgentBandwidthFlags & {
   regionSize: string;
   maxQueue: string;
   flushMarkerGap: string;
+  maxLag: string;
   http: string;
   tlsCert?: string;
   tlsKey?: string;
@@ -156,6 +157,7 @@ async function main(o: RunOptions, cmd: Command, config: string | undefined) {
     log,
     maxQueueBytes: parseSize(o.maxQueue, '--max-queue'),
     flushMarkerGapMs: parseMillis(o.flushMarkerGap, '--flush-marker-gap', 60_000),
+    maxLagMs: parseMaxLag(o.maxLag, '--max-lag'),
     tls: secure,
     seekData: o.seekData !== false,
     bandwidth,
@@ -247,6 +249,11 @@ const runCmd = program
     '--flush-marker-gap <ms>',
     'guest flushes tell the hub at most this often (a journal point each); those between share the next (0: each its own)',
     '5',
+  )
+  .option(
+    '--max-lag <ms>',
+    "bound on how far the hub's copy may fall behind: while unacked and overflowed writes would take longer than this to reach the hub, replies to the guest's writes wait (never the writes; at most 4x this, and never while the link is down or stalled); 0: off",
+    String(DEFAULT_MAX_LAG_MS),
   )
   .option('--max-rate <bytes/s>', 'cap on the link to the hub, e.g. 50M (0: none)', '0')
   .option('--resync-share <percent>', 'share of --max-rate resync keeps while mirrored writes want more', '30')

@@ -2,7 +2,8 @@
 // where un-replicated bytes are (tools/bench/converge-timeline.sh): the agent's link queue (q),
 // writes awaiting an ack (pend), overflowed writes (ovf), mirrored MiB, its dirty log, the resync
 // governor (rate, held answers, sent), and the hub's dirty bitmap (owed regions), bytes applied,
-// bytes resynced, RPO lag. Stops when STOP_FILE exists. MiB unless named.
+// bytes resynced, RPO lag; with the backlog bound (--max-lag): backlog/bound MiB, drain MiB/s,
+// whether it holds, replies held and capped so far. Stops when STOP_FILE exists. MiB unless named.
 const [ap, hp, stopFile] = process.argv.slice(2);
 const fs = require('fs');
 const t0 = Number(process.argv[5] || Date.now());
@@ -25,7 +26,7 @@ function find(o, k) {
       const r = find(h, 'dirtyBytes') || {};
       const M = (x) => (x / 1048576).toFixed(1);
       console.log(
-        `t=${((Date.now() - t0) / 1000).toFixed(2)} A q=${M(a.queueBytes)} pend=${a.pendingWrites} ovf=${a.overflowWrites} mir=${M(a.mirroredBytes)} dirty=${M(a.volumes[0].dirtyBytes)} rate=${M(a.resync.rateBytesPerSec)} held=${M(a.resync.heldBytes)} rsent=${M(a.resync.sentBytes)} lag=${a.ackLagMs} | H dirty=${M(r.dirtyBytes)} appl=${M(r.bytesApplied)} sync=${M(r.syncBytes)} rpo=${r.rpoLagMs}`,
+        `t=${((Date.now() - t0) / 1000).toFixed(2)} A q=${M(a.queueBytes)} pend=${a.pendingWrites} ovf=${a.overflowWrites} mir=${M(a.mirroredBytes)} dirty=${M(a.volumes[0].dirtyBytes)} rate=${M(a.resync.rateBytesPerSec)} held=${M(a.resync.heldBytes)} rsent=${M(a.resync.sentBytes)} lag=${a.ackLagMs}${a.lagBound ? ` LB ${M(a.lagBound.backlogBytes)}/${M(a.lagBound.boundBytes)} drain=${M(a.lagBound.drainBytesPerSec)} hold=${a.lagBound.holding ? 1 : 0} held=${a.lagBound.heldWrites} cap=${a.lagBound.cappedWrites}` : ''} | H dirty=${M(r.dirtyBytes)} appl=${M(r.bytesApplied)} sync=${M(r.syncBytes)} rpo=${r.rpoLagMs}`,
       );
     } catch (e) {
       console.log('err', e.message);
