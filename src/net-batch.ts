@@ -19,6 +19,11 @@ export function writeBatchedThen(sock: Socket, bufs: Buffer[], done?: () => void
       sock.uncork();
     });
   }
+  return writeAllThen(sock, bufs, done);
+}
+
+/** Write the buffers as they are (the caller corks); `done` as in writeBatchedThen. */
+export function writeAllThen(sock: Socket, bufs: Buffer[], done?: () => void): boolean {
   let ok = true,
     last = bufs.length - 1;
   while (last >= 0 && bufs[last].length === 0) last--;

@@ -8,6 +8,7 @@ import * as tls from 'node:tls';
 import { Cap, FrameDecoder } from '../../protocol';
 import { Link } from '../link/link';
 import { socketIo } from '../link/socket-io';
+import { MIRROR_GATHER } from '../link/gather';
 import type { Logger } from '../log';
 import type { AgentCore } from './core';
 import type { AgentStats } from './ports';
@@ -101,7 +102,9 @@ export class HubConnection {
     const sock: net.Socket = secure ? tls.connect({ host, port, ...secure }) : net.connect({ host, port });
     sock.setNoDelay(true);
     sock.setKeepAlive(true, 10_000);
-    const link = new Link(socketIo(sock), {
+    // PROTECTED_WRITE frames gather up to 1 ms / 128 KiB (one hub wakeup for several guest
+    // writes at low queue depth); any other frame releases them at the end of its turn.
+    const link = new Link(socketIo(sock, undefined, MIRROR_GATHER), {
       caps: o.caps,
       heartbeatMs: o.heartbeatMs,
       name: o.vm,

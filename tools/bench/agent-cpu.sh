@@ -5,16 +5,20 @@
 # Usage: tools/bench/agent-cpu.sh [REPS]   Env: SECS=5 BS=4k QD=16 RW=randwrite HUB=1 PROF=0
 #   HUB=0: the agent alone; FILL=1: an image of random data (the sync then writes the replica);
 #   FIO_ARGS: extra fio options (--fsync=1: a flush after each write); HUBARGS: extra hub options (--commit-interval 50, say); DROP=1: drop the page cache after the initial sync (shows what the sync's cached pages cost).
+#   CTX=1: also the voluntary context switches per write of each process (every thread, from
+#   /proc/PID/task/*/status): how often it slept and was woken, steadier than CPU on a loaded machine;
+#   ROOT=CHECKOUT: run that checkout's build (a base side) with this script;
 #   RSS=1: also the hub's peak and current RSS (VmHWM, VmRSS of /proc/PID/status) after the run,
 #   MiB/s, and the protected writes the hub applied by then of those fio made (the rest overflowed
 #   the agent's queue into dirty regions, to be resynced: a hub that cannot keep up); PORT=17800: the base of the ports used (hub, hub http +80, hub nbd +50, agent nbd +9, agent http +90).
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "${ROOT:-$(dirname "$0")/../..}"
 REPS=${1:-3}; SECS=${SECS:-5}; BS=${BS:-4k}; QD=${QD:-16}; RW=${RW:-randwrite}; HUB=${HUB:-1}
 TCK=$(getconf CLK_TCK); PORT=${PORT:-17800}
 HUBP=$PORT; HUBH=$((PORT + 80)); NBDP=$((PORT + 9)); AGH=$((PORT + 90))
 kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 cpu() { awk '{print $14" "$15}' "/proc/$1/stat"; }
+ctx() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ {n += $2} END {print n + 0}'; }
 for rep in $(seq "$REPS"); do
   W=$(mktemp -d /tmp/rephub-cpu.XXXX)
   P=(); [ "${PROF:-0}" = 1 ] && P=(--cpu-prof --cpu-prof-dir="$W/prof")
@@ -30,15 +34,18 @@ for rep in $(seq "$REPS"); do
   if [ "$HUB" = 1 ]; then for _ in $(seq 100); do curl -s 127.0.0.1:$HUBH/status | grep -q '"state": "protecting"' && break; sleep 0.1; done; fi
   [ -n "${DROP:-}" ] && { sync; echo 1 > /proc/sys/vm/drop_caches; }
   read au0 as0 < <(cpu $AP); hu0=0; hs0=0; [ -n "$HP" ] && read hu0 hs0 < <(cpu $HP)
+  ac0=$(ctx $AP); hc0=0; [ -n "$HP" ] && hc0=$(ctx $HP)
   /usr/bin/time -f '%U %S' -o "$W/fio.time" fio --name=r --ioengine=nbd --uri=nbd://127.0.0.1:$NBDP/V1 --rw="$RW" --bs="$BS" --iodepth="$QD" \
     --size=256m --time_based --runtime="$SECS" ${FIO_ARGS:-} --output-format=json --output="$W/r.json" >/dev/null 2>&1
   read au1 as1 < <(cpu $AP); hu1=0; hs1=0; [ -n "$HP" ] && read hu1 hs1 < <(cpu $HP)
+  ac1=$(ctx $AP); hc1=0; [ -n "$HP" ] && hc1=$(ctx $HP)
   n=$(jq -r '.jobs[0].write.total_ios' "$W/r.json"); iops=$(jq -r '.jobs[0].write.iops|floor' "$W/r.json")
   f=$(awk '{print $1+$2}' "$W/fio.time")
   us() { echo "scale=1; $1 * 1000000 / $TCK / $n" | bc; }
   extra=""
+  [ "${CTX:-0}" = 1 ] && extra=" ctxsw/write agent $(echo "scale=2; ($ac1 - $ac0) / $n" | bc) hub $(echo "scale=2; ($hc1 - $hc0) / $n" | bc);"
   if [ "${RSS:-0}" = 1 ] && [ -n "$HP" ]; then
-    extra=" MiB/s $(jq -r '.jobs[0].write.bw/1024|floor' "$W/r.json") hubHWM_KiB $(kib $HP VmHWM) hubRSS_KiB $(kib $HP VmRSS) hubApplied $(curl -s 127.0.0.1:$HUBH/status | jq '.volumes[0].writesApplied') of $n"
+    extra="$extra MiB/s $(jq -r '.jobs[0].write.bw/1024|floor' "$W/r.json") hubHWM_KiB $(kib $HP VmHWM) hubRSS_KiB $(kib $HP VmRSS) hubApplied $(curl -s 127.0.0.1:$HUBH/status | jq '.volumes[0].writesApplied') of $n"
   fi
   echo "rep $rep $RW bs=$BS qd=$QD hub=$HUB:$extra $iops IOPS; CPU us/write: agent $(us $((au1 - au0)))+$(us $((as1 - as0)))sys hub $(us $((hu1 - hu0)))+$(us $((hs1 - hs0)))sys fio $(echo "scale=1; $f * 1000000 / $n" | bc)"
   kill -INT $AP; sleep 0.5; [ -n "$HP" ] && kill -INT $HP; sleep 0.5
