@@ -1,7 +1,7 @@
 // The journal's staged records: before-images (and zero ranges) captured ahead of the small
 // writes that will overwrite them (a socket read's writes, storage/journal-target.ts
 // prepareWrite), encoded back to back in one buffer. The journal writes them with one pwrite
-// before any of those overwrites reaches the volume, and before any other record, sync, scan or
+// before any of those overwrites reaches the volume, and before any other record, sync or
 // close (storage/journal.ts flushStaged): one append per read instead of one per 4 KiB write.
 // Owns the buffer and what the listeners will hear of each staged record once it is written.
 import { HEADER_BYTES, RecordType, ZERO_PAYLOAD_BYTES, encodeHeader } from './journal-format';

@@ -5,7 +5,7 @@
 // before-image recorded after C (storage/journal-view.ts). Records are written with one pwrite
 // each (no user-space buffer: a kill -9 loses nothing appended), or staged (a read's small
 // writes: stageBefore, stageZero) and written together by flushStaged(), which the capture
-// filter calls before each overwrite and every append, sync, scan and close calls first; sync()
+// filter calls before each overwrite and every append, sync and close calls first; sync()
 // makes them durable.
 // Segments and retention share the open segment's offsets; the points live in
 // journal-points.ts, the volume table in journal-volumes.ts, the scan at open in
@@ -381,7 +381,8 @@ export class Journal {
    * view of a 10-minute-old point scans hundreds of thousands of them).
    */
   scan(from: number, fn: (h: RecordHeader, dataPos: number, zeroBytes: number) => void): void {
-    this.flushStaged();
+    // Staged records stay staged: a view notes them when they are written, after every record
+    // scanned here (the first record of a block after its point wins: they must come in order).
     const win = Buffer.allocUnsafe(SCAN_WINDOW_BYTES);
     for (const s of this.segments) {
       if (s.n < segmentOf(from)) continue;
