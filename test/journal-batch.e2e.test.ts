@@ -14,7 +14,7 @@ import { startProtectedPair, ProtectedPair, rephub, points } from './harness/pai
 const MiB = 1 << 20;
 const SIZE = 8 * MiB;
 
-function fioArgs(uri: string, seed: number, ios: number): string[] {
+function fioArgs(uri: string, seed: number, mib: number): string[] {
   return [
     '--name=w',
     '--ioengine=nbd',
@@ -25,7 +25,7 @@ function fioArgs(uri: string, seed: number, ios: number): string[] {
     '--iodepth=16',
     `--offset=${3 * MiB + 256 * 1024}`, // straddles regions of data and of holes
     '--size=512k',
-    `--number_ios=${ios}`,
+    `--io_size=${mib}m`, // the 512 KiB range over and over
     `--randseed=${seed}`,
     '--end_fsync=1',
   ];
@@ -47,7 +47,7 @@ describe('journal: small writes at depth 16 (e2e)', function () {
     const copies: { id: number; file: string }[] = [];
     for (let round = 0; round < 4; round++) {
       const before = points(p).length ? points(p)[points(p).length - 1].id : 0;
-      execFileSync('fio', fioArgs(p.agent.uri('V1'), 100 + round, 3000), { timeout: 120_000, stdio: 'ignore' });
+      execFileSync('fio', fioArgs(p.agent.uri('V1'), 100 + round, 24), { timeout: 120_000, stdio: 'ignore' });
       await waitFor('agent clean', () => p.agent.clean());
       let last = -1;
       const cp = await waitFor(`the flush point of round ${round}`, async () => {
@@ -71,7 +71,7 @@ describe('journal: small writes at depth 16 (e2e)', function () {
     // a hub kill -9 while fio writes: the points listed before it restore byte-exact afterwards
     const listed = points(p).map((c) => c.id);
     const fio = new Promise<void>((res, rej) =>
-      execFile('fio', fioArgs(p.agent.uri('V1'), 999, 20_000), { timeout: 120_000 }, (e) => (e ? rej(e) : res())),
+      execFile('fio', fioArgs(p.agent.uri('V1'), 999, 160), { timeout: 120_000 }, (e) => (e ? rej(e) : res())),
     );
     const applied = (await p.hub.status()).volumes[0].writesApplied;
     await waitFor(
