@@ -6,12 +6,18 @@
 // the known-zero map under it vouches for (never written on a replica this hub created) is
 // recorded as a ZERO record: no read, no payload. On a remote volume (RBD) the read joins the
 // volume's write window ahead of the overwrite, which is submitted only once it is recorded.
+// A small write announced ahead (prepareWrite: the hub's session does it for every small write
+// of a socket read before applying the first) has its record staged in the journal, written
+// with the others of that read in one append; every overwrite through here writes what is
+// staged first (flushStaged), so no record reaches the file after the overwrite it undoes.
 import { isRbdName } from './rbd-volume';
+import { adviseRandom } from './fileio';
 import * as fs from 'node:fs';
 import type { BlockTarget } from './volume';
 import type { Journal } from './journal';
 import { JOURNAL_BLOCK, MAX_PAYLOAD } from './journal-format';
 import { KnownZeroMap, TrackedTarget } from './tracking';
+import { assert } from './assert';
 
 /** The journal and volume index a recovery volume records into. */
 export interface JournalBinding {
@@ -39,6 +45,7 @@ export class JournalTarget implements BlockTarget {
   /** The change map under us that knows the zero regions of a fresh replica, if any. */
   private readonly zeros: KnownZeroMap | null;
   capturedBytes = 0;
+  private readonly fill = (img: Buffer, offset: number): void => this.readBefore(img, offset);
 
   /** `resolve` names the journal once the volume's VM is known (null: not yet, record nothing). */
   constructor(
@@ -77,7 +84,31 @@ export class JournalTarget implements BlockTarget {
   async write(buf: Buffer, offset: number): Promise<void> {
     if (this.next.readThen) this.captureAhead(offset, offset + buf.length);
     else await this.capture(offset, offset + buf.length);
+    this.bound?.journal.flushStaged(); // records staged for these blocks (prepareWrite) go first
     await this.next.write(buf, offset);
+  }
+
+  /**
+   * A synchronous write of [start, end) follows in this event-loop turn (the session applies a
+   * read's small writes together): its before-image (or ZERO record) is staged now, and written
+   * with the others staged in one append before the first of those overwrites. Reading it ahead
+   * of the turn's earlier writes is safe: a block one of them changes was recorded by it first,
+   * and a view takes the oldest record of a block after its point (journal-view.ts).
+   */
+  prepareWrite(start: number, end: number): void {
+    if (!this.next.writeSync || end - start > SCRATCH_BYTES - 2 * JOURNAL_BLOCK) return;
+    const widened = Math.min(Math.ceil(end / JOURNAL_BLOCK) * JOURNAL_BLOCK, this.sizeBytes);
+    if (this.next.landing?.(start - (start % JOURNAL_BLOCK), widened)) return; // the write takes the queue
+    const r = this.range(start, end);
+    if (!r) return;
+    const [a, b, j] = r;
+    try {
+      if (this.zeros?.covers(a, b)) j.journal.stageZero(j.vol, a, b - a);
+      else assert(j.journal.stageBefore(j.vol, a, b - a, this.fill), 'a small before-image fits the stage');
+      this.capturedBytes += b - a;
+    } catch (e) {
+      j.journal.lostHistory(e as Error); // replication goes on without the past
+    }
   }
 
   /**
@@ -118,6 +149,7 @@ export class JournalTarget implements BlockTarget {
         }
       }
     }
+    this.bound?.journal.flushStaged(); // records staged for these blocks (prepareWrite) go first
     this.next.writeSync!(buf, offset);
   }
 
@@ -135,6 +167,7 @@ export class JournalTarget implements BlockTarget {
     let n = 0;
     for (const p of parts) n += p.length;
     await this.capture(offset, offset + n);
+    this.bound?.journal.flushStaged(); // records staged for these blocks (prepareWrite) go first
     await this.next.writev!(parts, offset);
   }
 
@@ -214,7 +247,10 @@ export class JournalTarget implements BlockTarget {
   }
 
   private fd(): number {
-    if (this.readFd < 0) this.readFd = fs.openSync(this.path, 'r');
+    if (this.readFd < 0) {
+      this.readFd = fs.openSync(this.path, 'r');
+      adviseRandom(this.readFd); // a 4 KiB before-image read brings in that page, no readahead around it
+    }
     return this.readFd;
   }
 }

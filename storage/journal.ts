@@ -3,11 +3,15 @@
 // the volume table, the in-memory list of points (bounded), pins of readers, and retention.
 // Volume content at point C = the present volume overlaid with, per block, the oldest
 // before-image recorded after C (storage/journal-view.ts). Records are written with one pwrite
-// each (no user-space buffer: a kill -9 loses nothing appended); sync() makes them durable.
-// Over 450 lines, for now: segments, the volume table and retention share the open segment's
-// offsets; the points already moved to journal-points.ts. Next seams: the segment scan at open,
-// and the sync policy (early sync past 1 MiB unsynced, captures still out on a remote volume),
-// which could move to a journal-sync.ts owning those two counters.
+// each (no user-space buffer: a kill -9 loses nothing appended), or staged (a read's small
+// writes: stageBefore, stageZero) and written together by flushStaged(), which the capture
+// filter calls before each overwrite and every append, sync and close calls first; sync()
+// makes them durable.
+// Segments and retention share the open segment's offsets; the points live in
+// journal-points.ts, the volume table in journal-volumes.ts, the scan at open in
+// journal-recover.ts, the staged records in journal-stage.ts. Next seam: the sync policy
+// (early sync past 1 MiB unsynced, captures still out on a remote volume), which could move
+// to a journal-sync.ts owning those two counters.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
@@ -17,7 +21,6 @@ import {
   MAX_PAYLOAD,
   RecordHeader,
   RecordType,
-  crcMatches,
   decodeHeader,
   encodeHeader,
   offsetOf,
@@ -28,6 +31,9 @@ import {
   ZERO_PAYLOAD_BYTES,
 } from './journal-format';
 import { checkMark, writeMark } from './journal-mark';
+import { RecordStage } from './journal-stage';
+import { loadVolumeTable, syncDir, writeVolumeTable } from './journal-volumes';
+import { recoverSegment } from './journal-recover';
 
 import { Checkpoint, PointList } from './journal-points';
 import { assert } from './assert';
@@ -59,7 +65,7 @@ interface Segment {
   bytes: number;
 }
 
-/** The data position of a before-image that was all zero (a ZERO record: no bytes to read). */
+/** The data position of a before-image that was all zero (a ZERO record: no bytes to read; the stage's -1 too). */
 export const ZERO_POS = -1;
 const MAX_POINTS = 100_000;
 const EMPTY = Buffer.alloc(0);
@@ -92,6 +98,7 @@ export class Journal {
   private syncFailed: Error | null = null;
   private readonly header = Buffer.alloc(HEADER_BYTES);
   private readonly zeroLength = Buffer.alloc(ZERO_PAYLOAD_BYTES); // a ZERO record's payload, reused
+  private readonly stage = new RecordStage(); // records captured ahead of their overwrites, not yet written
 
   private constructor(
     readonly dir: string,
@@ -105,7 +112,7 @@ export class Journal {
   static open(dir: string, opts: JournalOptions): Journal {
     fs.mkdirSync(dir, { recursive: true });
     const j = new Journal(dir, opts);
-    j.loadVolumes();
+    j.volumeNames.push(...loadVolumeTable(dir));
     const names = fs
       .readdirSync(dir)
       .map(segmentNumber)
@@ -124,14 +131,7 @@ export class Journal {
     let i = this.volumeNames.indexOf(name);
     if (i >= 0) return i;
     i = this.volumeNames.push(name) - 1;
-    const file = path.join(this.dir, 'volumes.json'),
-      tmp = file + '.tmp';
-    const fd = fs.openSync(tmp, 'w');
-    fs.writeSync(fd, JSON.stringify({ volumes: this.volumeNames }));
-    fs.fsyncSync(fd);
-    fs.closeSync(fd);
-    fs.renameSync(tmp, file);
-    this.syncDir();
+    writeVolumeTable(this.dir, this.volumeNames);
     return i;
   }
 
@@ -166,6 +166,53 @@ export class Journal {
     this.capturedSincePoint += length;
     this.syncSoon();
     for (const l of this.listeners) l(vol, offset, length, ZERO_POS);
+  }
+
+  /**
+   * Stage the before-image of [offset, offset + n) of volume `vol`, which `fill` reads into the
+   * stage: it is written with the other staged records by flushStaged(), which must come before
+   * the overwrite (the capture filter's). False (nothing staged): too large, append it instead.
+   */
+  stageBefore(vol: number, offset: number, n: number, fill: (img: Buffer, offset: number) => void): boolean {
+    if (!RecordStage.holds(n)) return false;
+    if (!this.stage.fits(n)) this.flushStaged();
+    fill(this.stage.room(n), offset); // throws: nothing staged
+    this.stage.addBefore(vol, offset, n);
+    this.capturedSincePoint += n;
+    return true;
+  }
+
+  /** Stage a ZERO record ([offset, offset + length) of `vol` was zero), as stageBefore. */
+  stageZero(vol: number, offset: number, length: number): void {
+    assert(length > 0 && length <= 2 ** 32 - 1, 'a zero range fits a u32');
+    if (!this.stage.fits(ZERO_PAYLOAD_BYTES)) this.flushStaged();
+    this.stage.addZero(vol, offset, length);
+    this.capturedSincePoint += length;
+  }
+
+  /**
+   * Write the staged records at the end of the journal, one pwrite, and tell the listeners. A
+   * failed write loses the history (as a failed append does); replication goes on.
+   */
+  flushStaged(): void {
+    const n = this.stage.bytes;
+    if (n === 0) return;
+    if (this.segments.length === 0) return this.stage.written(null, this.listeners); // closed
+    let at: number | null = null;
+    try {
+      if (this.current.bytes + n > this.opts.segmentBytes) this.roll();
+      const s = this.current;
+      const w = fs.writeSync(s.fd, this.stage.view(), 0, n, s.bytes);
+      if (w !== n) throw new Error(`journal ${this.dir}: short append of staged records (${w} of ${n} bytes)`);
+      at = position(s.n, s.bytes);
+      s.bytes += n;
+      this.unsyncedBytes += n;
+    } catch (e) {
+      this.lostHistory(e as Error);
+    } finally {
+      this.stage.written(at, this.listeners);
+    }
+    this.syncSoon();
   }
 
   /**
@@ -265,6 +312,7 @@ export class Journal {
    * waits behind a whole journal fdatasync.
    */
   sync(): Promise<void> {
+    this.flushStaged();
     if (this.syncFailed) {
       const e = this.syncFailed; // an early sync failed: its error is the next caller's
       this.syncFailed = null;
@@ -333,6 +381,8 @@ export class Journal {
    * view of a 10-minute-old point scans hundreds of thousands of them).
    */
   scan(from: number, fn: (h: RecordHeader, dataPos: number, zeroBytes: number) => void): void {
+    // Staged records stay staged: a view notes them when they are written, after every record
+    // scanned here (the first record of a block after its point wins: they must come in order).
     const win = Buffer.allocUnsafe(SCAN_WINDOW_BYTES);
     for (const s of this.segments) {
       if (s.n < segmentOf(from)) continue;
@@ -404,6 +454,7 @@ export class Journal {
 
   /** Close; with a boot id, every record is made durable first and the journal marked clean. */
   close(): void {
+    this.flushStaged();
     if (this.opts.bootId !== undefined && this.segments.length) {
       fs.fdatasyncSync(this.current.fd); // earlier segments were synced when closed
       writeMark(this.dir, this.opts.bootId, true);
@@ -441,6 +492,7 @@ export class Journal {
   }
 
   private append(h: RecordHeader, payload: Buffer): number {
+    this.flushStaged(); // records stay in the order they were captured
     if (this.current.bytes + HEADER_BYTES + payload.length > this.opts.segmentBytes) this.roll();
     const s = this.current;
     encodeHeader(this.header, h, payload);
@@ -461,54 +513,23 @@ export class Journal {
   private newSegment(n: number): void {
     const fd = fs.openSync(path.join(this.dir, segmentName(n)), 'w+');
     this.segments.push({ n, fd, bytes: 0 });
-    this.syncDir();
+    syncDir(this.dir);
   }
 
-  private syncDir(): void {
-    const d = fs.openSync(this.dir, 'r');
-    try {
-      fs.fsyncSync(d);
-    } finally {
-      fs.closeSync(d);
-    }
-  }
-
-  private loadVolumes(): void {
-    const file = path.join(this.dir, 'volumes.json');
-    if (!fs.existsSync(file)) return;
-    const v = JSON.parse(fs.readFileSync(file, 'utf8')).volumes;
-    if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) throw new Error(`${file}: no volume table`);
-    this.volumeNames.push(...v);
-  }
-
-  /** Walk segment `n`'s records; the first bad one (torn tail) and all after it are cut off. */
+  /** Walk segment `n`'s records (journal-recover.ts): its points and drops, a torn tail cut off. */
   private recover(n: number, last: boolean): void {
     const file = path.join(this.dir, segmentName(n));
-    const fd = fs.openSync(file, 'r+');
-    const size = fs.fstatSync(fd).size;
-    const hdr = Buffer.alloc(HEADER_BYTES);
-    let off = 0;
-    while (off + HEADER_BYTES <= size) {
-      fs.readSync(fd, hdr, 0, HEADER_BYTES, off);
-      const h = decodeHeader(hdr);
-      if (!h || off + HEADER_BYTES + h.payloadBytes > size) break;
-      const payload = Buffer.alloc(h.type === RecordType.CHECKPOINT || last ? h.payloadBytes : 0);
-      if (payload.length) fs.readSync(fd, payload, 0, payload.length, off + HEADER_BYTES);
-      if (payload.length === h.payloadBytes && !crcMatches(hdr, payload)) break;
-      off += HEADER_BYTES + h.payloadBytes;
-      if (h.type === RecordType.CHECKPOINT) this.recoverPoint(h, payload, position(n, off));
-      else if (h.type === RecordType.DROP) this.pts.dropNewer(h.arg);
-    }
-    if (off < size) {
-      this.opts.warn?.({ segment: file, offset: off, cutBytes: size - off }, 'journal: torn or bad tail cut off');
-      fs.ftruncateSync(fd, off);
-      fs.fdatasyncSync(fd);
-    }
-    this.segments.push({ n, fd, bytes: off });
-  }
-
-  private recoverPoint(h: RecordHeader, payload: Buffer, pos: number): void {
-    this.pts.recover(h.arg, h.time, KINDS[h.sub], payload.length ? payload.toString('utf8') : '', pos);
+    const seg = recoverSegment(
+      file,
+      n,
+      last,
+      (h, payload, pos) => {
+        if (h.type === RecordType.DROP) return this.pts.dropNewer(h.arg);
+        this.pts.recover(h.arg, h.time, KINDS[h.sub], payload.length ? payload.toString('utf8') : '', pos);
+      },
+      this.opts.warn,
+    );
+    this.segments.push({ n, ...seg });
   }
 
   /** Points dropped oldest first (retention, size cap, lost history). */

@@ -164,6 +164,11 @@ export class GuardedTarget implements BlockTarget {
     if (this.view) await this.view.preserve(offset, offset + buf.length);
     await this.base.write(buf, offset);
   }
+  /** A tryWriteSync of [start, end) follows in this turn (BlockTarget.prepareWrite): told below if it will pass. */
+  prepareWrite(start: number, end: number): void {
+    if (!this.view && end - start <= SYNC_WRITE_MAX) this.base.prepareWrite?.(start, end);
+  }
+
   /** The fast path, when no view needs regions preserved first; false: use write(). */
   tryWriteSync(buf: Buffer, offset: number): boolean {
     if (this.view || !this.base.writeSync || buf.length > SYNC_WRITE_MAX) return false;

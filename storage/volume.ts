@@ -45,6 +45,12 @@ export interface BlockTarget {
    * holding up the apply queue for the round trip.
    */
   readThen?(buf: Buffer, offset: number, then: (e: Error | null) => void): void;
+  /**
+   * Optional: a small synchronous write of [start, end) follows later in this event-loop turn,
+   * after others announced the same way (the journal's capture filter stages its before-image,
+   * to be written with theirs in one append). Only a hint: the write itself stays correct without it.
+   */
+  prepareWrite?(start: number, end: number): void;
 }
 
 /**

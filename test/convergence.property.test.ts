@@ -229,6 +229,7 @@ class World {
       },
       close: () => this.drop('hub closed'),
       pause: () => {},
+      endsReads: true,
     });
     const io = {
       write: (bufs: Buffer[], done?: () => void) => {
@@ -305,7 +306,11 @@ class World {
     if (!c) return;
     for (let i = 0; i < n && c.a2h.length && c.alive; i++) {
       try {
-        c.hubIn.push(c.a2h.shift()!);
+        try {
+          c.hubIn.push(c.a2h.shift()!); // one read: the agent's writev of a turn
+        } finally {
+          c.session.endOfRead(); // as the listener: a read's small writes are applied together
+        }
       } catch (e) {
         c.session.fail(e as Error);
       }

@@ -172,6 +172,7 @@ class HubWorld {
         }
       },
       pause: () => {},
+      endsReads: true,
     });
     this.session = s;
     this.hubIn = new FrameDecoder((cmd, p) => s.receive(cmd, p));
@@ -186,7 +187,13 @@ class HubWorld {
   async step(n: number): Promise<void> {
     for (let i = 0; i < n && this.session; i++) {
       const a = this.a2h.shift();
-      if (a) this.hubIn.push(a);
+      if (a) {
+        try {
+          this.hubIn.push(a);
+        } finally {
+          this.session?.endOfRead(); // as the listener: a read's small writes are applied together
+        }
+      }
       await new Promise((r) => setImmediate(r));
       const h = this.h2a.splice(0);
       for (const f of h) this.agentIn.push(f);

@@ -24,6 +24,18 @@ type Item =
   | { msg: Message; payload: Buffer; bytes: number; run?: undefined }
   | { msg?: undefined; payload?: undefined; bytes: 0; run: () => Promise<void> | void };
 
+/**
+ * A payload the queue may keep: one under 64 KiB can be a view of a socket slab
+ * (src/net-read.ts; larger ones are the pool's) and, queued as such, would pin the whole slab
+ * where maxQueueBytes counts only its own bytes.
+ */
+export function owned(payload: Buffer): Buffer {
+  if (payload.length >= 65536 || payload.buffer.byteLength <= 4 * payload.length) return payload;
+  const own = Buffer.allocUnsafeSlow(payload.length);
+  payload.copy(own);
+  return own;
+}
+
 const COMPACT_AT = 1024; // applied entries kept before the array is cut down
 
 export class ApplyQueue {

@@ -9,7 +9,7 @@ import { assert } from '../assert';
 import type { BufferPool } from '../buffer-pool';
 import { socketIo } from '../link/socket-io';
 import type { Logger } from '../log';
-import { readThrough } from '../net-read';
+import { readThrough, type ReadSink } from '../net-read';
 import { TlsFiles, enabled as tlsEnabled, serverOptions } from '../security';
 
 const POOLED_FRAME_MIN = 64 * 1024; // smaller joins are cheap heap allocations
@@ -23,12 +23,16 @@ export interface SessionTransport {
   requireChecksums(): void;
   /** The peer's address (host:port). */
   readonly peer: string;
+  /** endOfRead() follows every read of this socket (readsEnding below). */
+  readonly endsReads: true;
 }
 
 /** What the listener needs of a session: somewhere to put frames and failures. */
 export interface AgentEndpoint {
   readonly id: number;
   receive(cmd: number, payload: Buffer): void;
+  /** Every frame of a read was passed to receive() (SessionTransport.endsReads). */
+  endOfRead(): void;
   fail(e: Error): void;
 }
 
@@ -48,6 +52,30 @@ export interface ListenerOptions {
   /** Where frames of POOLED_FRAME_MIN bytes or more are received. */
   pool: BufferPool;
   log: Logger;
+}
+
+/**
+ * The framer as a read sink whose every read ends with `end()`, also when a frame in it was bad:
+ * the session applies a read's small writes together then (src/hub/inline-batch.ts).
+ */
+function readsEnding(framer: FrameDecoder, end: () => void): ReadSink {
+  return {
+    target: () => framer.target(),
+    direct: (n) => {
+      try {
+        framer.direct(n);
+      } finally {
+        end();
+      }
+    },
+    chunk: (b) => {
+      try {
+        framer.chunk(b);
+      } finally {
+        end();
+      }
+    },
+  };
 }
 
 export class AgentListener<S extends AgentEndpoint> {
@@ -126,7 +154,8 @@ export class AgentListener<S extends AgentEndpoint> {
     const failed = (e: unknown) =>
       session!.fail(e instanceof ProtocolError ? e : new ProtocolError(String((e as Error).message)));
     const plain = !(sock instanceof tls.TLSSocket);
-    if (plain) sock = readThrough(sock, framer, failed);
+    const sink = readsEnding(framer, () => session!.endOfRead());
+    if (plain) sock = readThrough(sock, sink, failed);
     sock.setNoDelay(true);
     sock.setKeepAlive(true, 10_000);
     this.sockets.add(sock);
@@ -149,6 +178,7 @@ export class AgentListener<S extends AgentEndpoint> {
         },
         requireChecksums: () => framer.requireChecksums(),
         peer,
+        endsReads: true,
       },
       identity,
     );
@@ -159,7 +189,7 @@ export class AgentListener<S extends AgentEndpoint> {
     if (!plain) {
       sock.on('data', (chunk) => {
         try {
-          framer.push(chunk);
+          sink.chunk(chunk);
         } catch (e) {
           failed(e);
         }

@@ -7,15 +7,17 @@
 // IDENTITY, REPORT_VM_VOLUMES checks) as a module of its own, as receive-rules.ts began.
 import { Cmd, Cap, ALL_CAPS, ErrorCode, PROTOCOL_VERSION, decode, Message } from '../../protocol';
 import { ProtocolError, encodeError, encodeStopProtect, type Hello, type Identity } from '../../protocol';
+import type { ProtectedWrite } from '../../protocol';
 import type { DirtyBitmap } from '../../storage/bitmap';
 import type { Logger } from '../log';
 import type { BufferPool } from '../buffer-pool';
 import { Link, LinkIo } from '../link/link';
 import type { FailbackWatcher, Replica, ReplicaOwner, TargetOpener } from './replica';
-import { ApplyQueue } from './apply-queue';
+import { ApplyQueue, owned } from './apply-queue';
 import { GroupCommit } from './group-commit';
 import { SyncEngine, VolumeSync } from './sync';
 import { WriteApplier } from './write-apply';
+import { InlineBatch } from './inline-batch';
 import { VolumeAttach } from './attach';
 import { WriteBack } from './failback';
 import { checkHello, checkIdentityOrder, checkIntake } from './receive-rules';
@@ -73,18 +75,8 @@ export interface Transport {
   requireChecksums?(): void;
   /** The agent's address (host:port), for messages naming who holds a volume. */
   readonly peer?: string;
-}
-
-/**
- * A payload the queue may keep: one under 64 KiB can be a view of a socket slab
- * (src/net-read.ts; larger ones are the pool's) and, queued as such, would pin the whole slab
- * where maxQueueBytes counts only its own bytes.
- */
-function owned(payload: Buffer): Buffer {
-  if (payload.length >= 65536 || payload.buffer.byteLength <= 4 * payload.length) return payload;
-  const own = Buffer.allocUnsafeSlow(payload.length);
-  payload.copy(own);
-  return own;
+  /** endOfRead() follows every read: a read's small writes wait for it, applied together (inline-batch.ts). */
+  readonly endsReads?: boolean;
 }
 
 /** A Transport as the link's IO. It reports no completion, so `done` runs once the frame is handed over. */
@@ -118,6 +110,7 @@ export class AgentSession implements ReplicaOwner {
   private readonly commit: GroupCommit;
   private readonly sync: SyncEngine;
   private readonly writes: WriteApplier;
+  private readonly batch: InlineBatch | null; // a read's small writes, held to its end (Transport.endsReads)
   private readonly attach: VolumeAttach;
   private readonly writeBacks: WriteBack;
   private readonly sizes: SizeQueries;
@@ -162,6 +155,7 @@ export class AgentSession implements ReplicaOwner {
     this.commit = new GroupCommit(this.link, cfg.commitIntervalMs, (e) => this.fail(e));
     this.sync = new SyncEngine(this.link, cfg, log);
     this.writes = new WriteApplier(this.sync, this.commit);
+    this.batch = t.endsReads ? new InlineBatch(this.writes, (m, payload) => this.landInline(m, payload)) : null;
     this.attach = new VolumeAttach(
       {
         owner: this,
@@ -222,16 +216,25 @@ export class AgentSession implements ReplicaOwner {
     return { rateBytesPerSec: this.sync.meter.rate(Date.now()), maxRateBytesPerSec: limit ? limit.bytesPerSecond : 0 };
   }
 
+  /** Every frame of a read was received: the small writes it held are applied now. */
+  endOfRead(): void {
+    this.batch?.flush();
+  }
+
   /** One complete frame from the framer. Throws ProtocolError for a bad one. */
   receive(cmd: number, payload: Buffer): void {
     if (this.closed) return;
     this.link.heard();
     this.bytesReceived += payload.length;
     // Only a protected write arriving with nothing queued may be applied at once (applyNow);
-    // any other frame that reaches the queue gets its own copy first (owned()).
+    // any other frame that reaches the queue gets its own copy first (owned()), and comes after
+    // the writes the batch holds.
     const inline = cmd === Cmd.PROTECTED_WRITE && this.queue.idle;
-    if (!inline) payload = owned(payload);
-    let msg = decode(cmd, payload);
+    if (!inline) {
+      this.batch?.flush();
+      payload = owned(payload);
+    }
+    const msg = decode(cmd, payload);
     if (this.firstFrame) this.onFirstFrame(msg);
     else if (msg.cmd === Cmd.HELLO) throw new ProtocolError('HELLO is only valid as the first frame');
     if (this.shutDown || msg.cmd !== Cmd.PROTECTED_WRITE) checkIntake(msg.cmd, this.caps, this.shutDown);
@@ -254,17 +257,9 @@ export class AgentSession implements ReplicaOwner {
         return;
       case Cmd.PROTECTED_WRITE:
         this.commit.receive();
-        if (inline) {
-          if (this.writes.applyNow(msg)) {
-            this.host.pool?.give(payload);
-            this.commit.kick();
-            this.sync.pumpSoon();
-            return;
-          }
-          const own = owned(payload); // queued after all (rare): failover, a view, a large write
-          if (own !== payload) msg = decode(cmd, (payload = own));
-        }
-        break;
+        if (!inline) break;
+        if (!this.batch?.add(msg, payload)) this.landInline(msg, payload); // else applied at the read's end
+        return;
       case Cmd.START_PROTECT:
       case Cmd.STOP_PROTECT:
       case Cmd.REMOTE_IO_REQ:
@@ -274,6 +269,19 @@ export class AgentSession implements ReplicaOwner {
         throw new ProtocolError(`command ${Cmd[msg.cmd]} goes hub->agent, not agent->hub`);
     }
     this.queue.push(msg, payload);
+  }
+
+  /** A write that arrived with nothing queued: applied now, or queued behind what got there first. */
+  private landInline(msg: ProtectedWrite, payload: Buffer): void {
+    if (this.closed) return this.host.pool?.give(payload);
+    if (this.queue.idle && this.writes.applyNow(msg)) {
+      this.host.pool?.give(payload);
+      this.commit.kick();
+      this.sync.pumpSoon();
+      return;
+    }
+    const own = owned(payload); // queued after all (rare): failover, a view, a large write
+    this.queue.push(own === payload ? msg : decode(Cmd.PROTECTED_WRITE, own), own);
   }
 
   private onFirstFrame(msg: Message): void {

@@ -67,6 +67,21 @@ export class WriteApplier {
   }
 
   /**
+   * A small write that applyNow() will take later in this turn, after the others of its socket
+   * read (inline-batch.ts): the recovery volume's filters prepare for it (the journal stages its
+   * before-image, written with theirs in one append). Throws as applyNow() would on a bad volume
+   * or extent; anything else applyNow() would refuse is not announced.
+   */
+  prepare(m: ProtectedWrite): void {
+    const sync = this.volumes.volume(m.volumeId, 'PROTECTED_WRITE');
+    sync.checkExtent(m.offsetSectors, m.sizeSectors, 'PROTECTED_WRITE');
+    const rep = sync.replica;
+    if (rep.failover || rep.hold !== null || m.ioStatus !== IO_OK || !rep.target) return;
+    const start = m.offsetSectors * SECTOR;
+    rep.target.prepareWrite(start, start + m.sizeSectors * SECTOR);
+  }
+
+  /**
    * apply() for a small write arriving with nothing queued before it, done before returning.
    * False: it takes the queue (failover, a failed guest write, a point-in-time view to
    * preserve, a large write, or a failed pwrite, redone and handled there).
