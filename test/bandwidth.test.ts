@@ -3,37 +3,9 @@
 import { strict as assert } from 'node:assert';
 import { LinkPacer } from '../src/link/pacer';
 import { ResyncGovernor, TARGET_DELAY_MS } from '../src/agent/resync-governor';
+import { fakeClock } from './harness/fake-clock';
 
 /** A clock and timers that move only when told. */
-function fakeClock() {
-  let now = 0;
-  const timers: { at: number; fn: () => void }[] = [];
-  return {
-    now: () => now,
-    setTimer: (fn: () => void, ms: number) => {
-      const t = { at: now + ms, fn };
-      timers.push(t);
-      return t;
-    },
-    clearTimer: (t: unknown) => {
-      const i = timers.indexOf(t as never);
-      if (i >= 0) timers.splice(i, 1);
-    },
-    advance(ms: number) {
-      const end = now + ms;
-      for (;;) {
-        timers.sort((a, b) => a.at - b.at);
-        const t = timers[0];
-        if (!t || t.at > end) break;
-        timers.shift();
-        now = Math.max(now, t.at);
-        t.fn();
-      }
-      now = end;
-    },
-  };
-}
-
 function sink() {
   const sent: { bytes: number; bulk: boolean }[] = [];
   return {

@@ -13,39 +13,11 @@ import { newStats } from '../src/agent/ports';
 import { DirtyLog } from '../storage/dirty-log';
 import { MemoryVolume } from '../storage/volume';
 import { silentLogger } from '../src/log';
+import { fakeClock } from './harness/fake-clock';
 
 const MiB = 1 << 20;
 
 /** A clock and timers that move only when told. */
-function fakeClock() {
-  let now = 1_000_000;
-  const timers: { at: number; fn: () => void }[] = [];
-  return {
-    now: () => now,
-    setTimer: (fn: () => void, ms: number) => {
-      const t = { at: now + ms, fn };
-      timers.push(t);
-      return t;
-    },
-    clearTimer: (t: unknown) => {
-      const i = timers.indexOf(t as never);
-      if (i >= 0) timers.splice(i, 1);
-    },
-    advance(ms: number) {
-      const end = now + ms;
-      for (;;) {
-        timers.sort((a, b) => a.at - b.at);
-        const t = timers[0];
-        if (!t || t.at > end) break;
-        timers.shift();
-        now = Math.max(now, t.at);
-        t.fn();
-      }
-      now = end;
-    },
-  };
-}
-
 /** The backlog's parts as plain numbers the test moves. */
 function fakeSources() {
   const s = { unacked: 0, owed: 0, drained: 0, rtt: 0 };
@@ -60,7 +32,7 @@ function fakeSources() {
 
 /** A bound with a drain measured at `rate` bytes/s: `samples` intervals with a backlog to drain. */
 function measured(rate: number, maxLagMs = 500, samples = 10) {
-  const c = fakeClock(),
+  const c = fakeClock(1_000_000),
     { s, sources } = fakeSources();
   const b = new LagBound(sources, { maxLagMs, ...c });
   b.attach();
@@ -244,7 +216,7 @@ describe('backlog bound (--max-lag)', () => {
   });
 
   it('holds below MIN_BOUND_BYTES never, even before a measurement', () => {
-    const c = fakeClock(),
+    const c = fakeClock(1_000_000),
       { s, sources } = fakeSources();
     const b = new LagBound(sources, { maxLagMs: 500, ...c });
     b.attach();
