@@ -148,6 +148,21 @@ export class Handover implements RegionHolder {
     this.reportTimer = null;
   }
 
+  /** Report every owed region now (a FLUSH marker follows: mirror.ts); false while some must wait. */
+  reportOwedNow(): boolean {
+    if (this.reportTimer !== null) {
+      clearTimeout(this.reportTimer);
+      this.reportTimer = null;
+    }
+    let all = true;
+    for (const v of this.volumes.list) {
+      this.sendOwed(v);
+      if (this.owed[v.index].dirtyRegions > 0) all = false;
+    }
+    if (!all) this.scheduleReport();
+    return all;
+  }
+
   private scheduleReport(): void {
     if (this.reportTimer !== null) return;
     this.reportTimer = setTimeout(() => {

@@ -33,6 +33,8 @@ export interface OverflowSink {
   owe(v: AgentVolume, start: number, end: number): void;
   /** A mirrored write of [start, end) was acked: the hub holds its whole regions exactly (not owed). */
   acked(v: AgentVolume, start: number, end: number): void;
+  /** Report every owed region now, ahead of a FLUSH marker; false while some must still wait. */
+  reportOwedNow(): boolean;
 }
 
 const COMPACT_AFTER = 4096; // acked entries kept at the head of `pending` before it is compacted
@@ -187,8 +189,14 @@ export class Mirror implements RegionHolder {
     this.markerDue();
   }
 
+  /**
+   * The marker tells the hub its copy is at a point the guest flushed. A write that overflowed
+   * (or a zeroing) before the flush reaches the hub only as an owed region: its report must go
+   * first, so that the hub, resyncing, takes no point over it. If some cannot leave yet (the last
+   * report not acked, the queue too long), this flush gets no point: a later one will.
+   */
   private sendMarker(): void {
-    if (this.link === null) return;
+    if (this.link === null || !this.overflow.reportOwedNow()) return;
     this.lastMarkerAt = performance.now();
     this.link.send([encodeFlush(this.sentSeq)]);
   }
