@@ -7,7 +7,7 @@
 // writes: stageBefore, stageZero) and written together by flushStaged(), which the capture
 // filter calls before each overwrite and every append, sync and close calls first; sync()
 // makes them durable.
-// Over 450 lines, for now (about 300 of code; the rest says why): segments, retention and
+// Over 450 lines, for now (under 400 of code; the rest says why): segments, retention and
 // staging share the open segment's offsets; the points live in
 // journal-points.ts, the volume table in journal-volumes.ts, the scan at open in
 // journal-recover.ts, the staged records in journal-stage.ts. Next seam: the sync policy
