@@ -3,8 +3,10 @@
 // protected write with nothing queued before it), the handshake and the session's lifecycle;
 // the apply queue, group commit, sync engine, attach and failback each own their own part.
 // Over 450 lines, for now: dispatch of every frame kind meets here (the volume operations'
-// STOP_PROTECT and VOLUME_SIZE were the last added); the next seam is the handshake (HELLO,
-// IDENTITY, REPORT_VM_VOLUMES checks) as a module of its own, as receive-rules.ts began.
+// STOP_PROTECT and VOLUME_SIZE, and the end-of-read landing of a read's small writes, were the
+// last added: that batch must see every frame as it is dispatched, so its hooks stay here while
+// the batch itself lives in inline-batch.ts). The next seam is the handshake (HELLO, IDENTITY,
+// REPORT_VM_VOLUMES checks) as a module of its own, as receive-rules.ts began.
 import { Cmd, Cap, ALL_CAPS, ErrorCode, PROTOCOL_VERSION, decode, Message } from '../../protocol';
 import { ProtocolError, encodeError, encodeStopProtect, type Hello, type Identity } from '../../protocol';
 import type { ProtectedWrite } from '../../protocol';
