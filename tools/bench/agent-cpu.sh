@@ -7,6 +7,7 @@
 #   FIO_ARGS: extra fio options (--fsync=1: a flush after each write); HUBARGS: extra hub options (--commit-interval 50, say); DROP=1: drop the page cache after the initial sync (shows what the sync's cached pages cost).
 #   CTX=1: also the voluntary context switches per write of each process (every thread, from
 #   /proc/PID/task/*/status): how often it slept and was woken, steadier than CPU on a loaded machine;
+#   LAT=1: also fio's mean write and flush latencies (with --fsync=1: where a write+flush waits);
 #   ROOT=CHECKOUT: run that checkout's build (a base side) with this script;
 #   RSS=1: also the hub's peak and current RSS (VmHWM, VmRSS of /proc/PID/status) after the run,
 #   MiB/s, and the protected writes the hub applied by then of those fio made (the rest overflowed
@@ -44,6 +45,7 @@ for rep in $(seq "$REPS"); do
   us() { echo "scale=1; $1 * 1000000 / $TCK / $n" | bc; }
   extra=""
   [ "${CTX:-0}" = 1 ] && extra=" ctxsw/write agent $(echo "scale=2; ($ac1 - $ac0) / $n" | bc) hub $(echo "scale=2; ($hc1 - $hc0) / $n" | bc);"
+  [ "${LAT:-0}" = 1 ] && extra="$extra $(jq -r '.jobs[0] | "lat us: write \(.write.clat_ns.mean / 1000 | floor) flush \(.sync.lat_ns.mean / 1000 | floor);"' "$W/r.json")"
   if [ "${RSS:-0}" = 1 ] && [ -n "$HP" ]; then
     extra="$extra MiB/s $(jq -r '.jobs[0].write.bw/1024|floor' "$W/r.json") hubHWM_KiB $(kib $HP VmHWM) hubRSS_KiB $(kib $HP VmRSS) hubApplied $(curl -s 127.0.0.1:$HUBH/status | jq '.volumes[0].writesApplied') of $n"
   fi
