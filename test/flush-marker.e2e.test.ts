@@ -2,6 +2,8 @@
 // processes and a real NBD client: the agent's FLUSH markers to the hub are coalesced (at most
 // one per --flush-marker-gap), so the hub takes far fewer journal points than the guest made
 // flushes, yet the newest point, sent when the gap ended, holds the guest's last flushed write.
+// Each flush is the agent's only request in flight, so it syncs the image on the event loop
+// (--loop-flush-max, src/agent/sync-flush.ts) and still sends its marker first.
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -42,7 +44,8 @@ describe('FLUSH markers of a guest flushing after every write (real agent, hub, 
     makeImage(img, 16 * MiB, 0.3);
     hub = v1Hub(dir, rep);
     await hub.start();
-    agent = v1Agent(dir, img, hub.port, '--flush-marker-gap', String(GAP_MS));
+    // a limit no sync here reaches, so that every flush takes the loop whatever the machine's load
+    agent = v1Agent(dir, img, hub.port, '--flush-marker-gap', String(GAP_MS), '--loop-flush-max', '1000');
     await agent.start();
     await hub.converged('V1', img, rep, 120_000);
     const points = async (): Promise<{ id: number; kind: string }[]> => {
@@ -51,7 +54,10 @@ describe('FLUSH markers of a guest flushing after every write (real agent, hub, 
     };
     const before = (await points()).length;
 
+    const loopBefore = (await agent.status()).loopFlushes;
     execFileSync('/usr/bin/python3', ['-c', CLIENT, agent.uri('V1')], { timeout: 120_000 });
+    const st = await agent.status();
+    assert.deepEqual([st.loopFlushes - loopBefore, st.slowFlushes], [FLUSHES, 0], 'every flush synced on the loop');
     // the trailing marker leaves when the gap ends: a point holding the last write follows
     const last = FLUSHES - 1;
     const lastByte = async (at: number): Promise<number> => {

@@ -93,13 +93,24 @@ class HeldExport implements NbdExport {
 }
 
 const tick = () => new Promise((r) => setImmediate(r));
-const stats = () => ({ connections: 0, requests: 0, errors: 0 });
+const stats = () => ({ connections: 0, requests: 0, errors: 0, inflight: 0 });
 const log = makeLogger('test', 'silent');
 
-function setup(exp: NbdExport = new HeldExport()) {
+/** HeldExport with a flushNow: done at once (true), declined (false) or failing (an error). */
+class NowFlushExport extends HeldExport {
+  flushesNow = 0;
+  now: boolean | Error = true;
+  flushNow(): boolean {
+    if (this.now instanceof Error) throw this.now;
+    if (this.now) this.flushesNow++;
+    return this.now;
+  }
+}
+
+function setup(exp: NbdExport = new HeldExport(), shared = stats()) {
   const q = new ByteQueue(),
     io = new FakeIo();
-  const t = new Transmission(exp, q, io, { direct: false, stats: stats(), log });
+  const t = new Transmission(exp, q, io, { direct: false, stats: shared, log });
   io.onResume = () => t.parse();
   const push = (...b: Buffer[]) => {
     for (const x of b) q.push(x);
@@ -136,6 +147,61 @@ describe('NBD transmission (no socket)', () => {
       io.replies.slice(1).map((r) => r.error),
       [NbdErr.ENOSPC, NbdErr.EINVAL, NbdErr.ENOSPC],
     );
+  });
+
+  it("a flush that is the server's only request goes through flushNow and is replied at once", async () => {
+    const exp = new NowFlushExport();
+    const { io, push } = setup(exp);
+    push(request(NbdCmd.WRITE, 1, 0, 2), Buffer.from([7, 7]));
+    push(request(NbdCmd.FLUSH, 2, 0, 0));
+    assert.deepEqual(io.replies, [
+      { error: 0, handle: 1 },
+      { error: 0, handle: 2 },
+    ]); // no tick: synchronous
+    assert.deepEqual([exp.flushesNow, exp.flushes], [1, 0]);
+    exp.now = false; // declined (a slow disk lately): the threadpool flush
+    push(request(NbdCmd.FLUSH, 3, 0, 0));
+    await tick();
+    assert.deepEqual([exp.flushesNow, exp.flushes, io.replies.length], [1, 1, 3]);
+  });
+
+  it('a flush with any request in flight, on this connection or another, takes the async flush', async () => {
+    const exp = new NowFlushExport();
+    exp.useWriteNow = false; // writes are held until released: in flight
+    const shared = stats();
+    const a = setup(exp, shared),
+      b = setup(exp, shared);
+    a.push(request(NbdCmd.WRITE, 1, 0, 2), Buffer.from([1, 1]));
+    a.push(request(NbdCmd.FLUSH, 2, 0, 0));
+    b.push(request(NbdCmd.FLUSH, 3, 0, 0));
+    await tick();
+    assert.equal(exp.flushesNow, 0);
+    assert.equal(exp.flushes, 2);
+    assert.deepEqual([a.io.replies.map((r) => r.handle), b.io.replies.map((r) => r.handle)], [[2], [3]]);
+    exp.release();
+    await tick();
+    assert.equal(shared.inflight, 0);
+    b.push(request(NbdCmd.FLUSH, 4, 0, 0)); // nothing in flight anywhere now
+    assert.equal(exp.flushesNow, 1);
+    assert.deepEqual(b.io.replies[1], { error: 0, handle: 4 });
+  });
+
+  it('a failing flushNow gets an error reply; the connection serves on', async () => {
+    const exp = new NowFlushExport();
+    exp.now = new VolumeError('flush of V1 failed: EIO', '/img/V1', 0, 'EIO');
+    const { io, push } = setup(exp);
+    push(request(NbdCmd.FLUSH, 1, 0, 0));
+    assert.deepEqual(io.replies, [{ error: NbdErr.EIO, handle: 1 }]);
+    exp.now = true;
+    push(request(NbdCmd.WRITE, 2, 8, 1), Buffer.from([5]), request(NbdCmd.FLUSH, 3, 0, 0));
+    assert.deepEqual(
+      io.replies.slice(1).map((r) => [r.handle, r.error]),
+      [
+        [2, 0],
+        [3, 0],
+      ],
+    );
+    assert.equal(io.closed, false);
   });
 
   it(`flow control: reading pauses at ${MAX_INFLIGHT} in flight, resumes below half; one reply each`, async () => {

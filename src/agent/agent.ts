@@ -9,6 +9,7 @@ import type { Logger } from '../log';
 import { AgentCore } from './core';
 import { HubAddress, HubConnection } from './connection';
 import { AgentStats, newStats } from './ports';
+import { SYNC_FLUSH_SLOW_MS } from './sync-flush';
 import type { AgentVolumeSpec } from './volume';
 import type { DirtyLog } from '../../storage/dirty-log';
 import type { PacerOptions } from '../link/pacer';
@@ -29,6 +30,7 @@ export interface AgentOptions {
   maxLagMs?: number;
   maxPendingWrites?: number; // mirrored writes awaiting the hub's durable ack
   flushMarkerGapMs?: number; // FLUSH markers to the hub at most this often (mirror.ts)
+  loopFlushMaxMs?: number; // --loop-flush-max: flushes sync on the event loop while syncs are fast (sync-flush.ts)
   maxRemoteIo?: number; // remote IOs executed at once
   seekData?: boolean; // find holes with SEEK_DATA/SEEK_HOLE (off: read everything, still send only non-zero chunks)
   reconnectMaxMs?: number;
@@ -50,6 +52,7 @@ const STOP_POLL_MS = 5;
  * Round 5). An operator who wants an RPO bound in time sets --max-lag (500 ms, say).
  */
 export const DEFAULT_MAX_LAG_MS = 0;
+export { SYNC_FLUSH_SLOW_MS as DEFAULT_LOOP_FLUSH_MAX_MS };
 
 export class ReplicationAgent {
   /** Guest write buffers (the NBD server receives large writes into them); the mirror holds one until sent. */
@@ -75,6 +78,7 @@ export class ReplicationAgent {
         seekData: opts.seekData ?? true,
         pacer: opts.bandwidth,
         maxLagMs: opts.maxLagMs ?? DEFAULT_MAX_LAG_MS,
+        loopFlushMaxMs: opts.loopFlushMaxMs ?? SYNC_FLUSH_SLOW_MS,
       },
       this.writePool,
       opts.log,
@@ -128,6 +132,11 @@ export class ReplicationAgent {
 
   flush(name: string): Promise<void> {
     return this.core.writes.flush(name);
+  }
+
+  /** A flush done before returning (its fdatasync on the event loop); false: use flush(). */
+  flushNow(name: string): boolean {
+    return this.core.writes.flushNow(name);
   }
 
   status() {

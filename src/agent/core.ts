@@ -30,15 +30,18 @@ import { LinkPacer, PacerOptions } from '../link/pacer';
 import { ResyncGovernor, GovernorOptions } from './resync-governor';
 import { AckLag, SAMPLE_MS } from './ack-lag';
 import { LagBound } from './lag-bound';
+import { SyncFlushPolicy } from './sync-flush';
 
 /** `pacer`: the --max-rate cap on the link; none: frames go straight to the link. */
 /** `clock`: the resync governor's timers (tests: a simulation's virtual time releases held answers). */
 /** `maxLagMs`: --max-lag, the backlog bound (lag-bound.ts); absent or 0: off. */
+/** `loopFlushMaxMs`: --loop-flush-max (sync-flush.ts); absent: the default, 0: never on the loop. */
 export type CoreOptions = MirrorLimits &
   RemoteIoOptions & {
     pacer?: PacerOptions;
     clock?: Pick<GovernorOptions, 'now' | 'setTimer' | 'clearTimer'>;
     maxLagMs?: number;
+    loopFlushMaxMs?: number;
   };
 
 const FLOOR_RATE = 1 << 20; // resync's least rate without --max-rate (DRBD's c-min-rate is 250 KiB/s)
@@ -84,7 +87,8 @@ export class AgentCore {
       { maxLagMs: opts.maxLagMs ?? 0, onHolding: () => this.governor.kick() },
     );
     const bound = this.lagBound;
-    this.writes = new WritePath(this.volumes, this.mirror, this.handover, bound);
+    const syncFlush = new SyncFlushPolicy(stats, opts.loopFlushMaxMs);
+    this.writes = new WritePath(this.volumes, this.mirror, this.handover, bound, syncFlush);
     const readBacks = {
       readBack: (v: AgentVolume, start: number, end: number) => {
         handover.readBack(v, start, end);

@@ -33,6 +33,9 @@ export interface AgentStats {
   remoteWrites: number;
   connects: number;
   reportedBytes: number;
+  /** Guest flushes whose fdatasync ran on the event loop (sync-flush.ts), and syncs found slow. */
+  loopFlushes: number;
+  slowFlushes: number;
 }
 
 export function newStats(): AgentStats {
@@ -47,5 +50,7 @@ export function newStats(): AgentStats {
     remoteWrites: 0,
     connects: 0,
     reportedBytes: 0,
+    loopFlushes: 0,
+    slowFlushes: 0,
   };
 }

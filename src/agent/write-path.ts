@@ -9,6 +9,7 @@ import { RangeLocks } from './range-locks';
 import type { AgentVolume, VolumeTable } from './volume';
 import type { RegionHolder } from './ports';
 import type { Mirror, OverflowSink } from './mirror';
+import { SyncFlushPolicy } from './sync-flush';
 
 /** The backlog bound as the write path sees it (lag-bound.ts's LagBound). */
 export interface ReplyGate {
@@ -36,6 +37,7 @@ export class WritePath implements RegionHolder {
     private readonly mirror: Mirror,
     private readonly owed: OverflowSink,
     private readonly replies: ReplyGate = NO_GATE,
+    private readonly syncFlush = new SyncFlushPolicy(null, 0),
   ) {
     this.locks = volumes.list.map(() => new RangeLocks());
     this.busy = volumes.list.map(() => new Map());
@@ -151,8 +153,29 @@ export class WritePath implements RegionHolder {
     const v = this.volumes.named(name);
     this.mirror.flush();
     const upTo = v.log.imageFlushStarting();
+    const start = performance.now();
     await v.target.flush();
+    this.syncFlush.took(start, performance.now(), false);
     v.log.imageFlushed(upTo);
+  }
+
+  /**
+   * The same flush done before returning, its fdatasync on the event loop: true when done, false
+   * when it must go through flush() (the image has no synchronous flush, or the device was slow
+   * lately: sync-flush.ts). The NBD server asks only when the flush is its connection's one
+   * request in flight: nothing else of that guest waits behind the blocked loop.
+   */
+  flushNow(name: string): boolean {
+    const v = this.volumes.named(name),
+      t = v.target;
+    const start = performance.now();
+    if (!t.flushSync || !this.syncFlush.allowed(start)) return false;
+    this.mirror.flush();
+    const upTo = v.log.imageFlushStarting();
+    t.flushSync();
+    this.syncFlush.took(start, performance.now(), true);
+    v.log.imageFlushed(upTo);
+    return true;
   }
 
   /**

@@ -10,6 +10,7 @@ export interface MirroredWritePath {
   writeNow(name: string, offset: number, data: Buffer): boolean;
   zero(name: string, offset: number, length: number, apply: () => Promise<void>): Promise<void>;
   flush(name: string): Promise<void>;
+  flushNow(name: string): boolean;
 }
 
 export class MirroredExport implements NbdExport {
@@ -45,5 +46,8 @@ export class MirroredExport implements NbdExport {
   }
   flush(): Promise<void> {
     return this.agent.flush(this.name);
+  }
+  flushNow(): boolean {
+    return this.agent.flushNow(this.name);
   }
 }

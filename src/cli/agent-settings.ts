@@ -65,6 +65,7 @@ export function checkAgentOptions(cmd: Command, cfg: ConfigFile | undefined, p: 
   p.run(() => parseSize(o.maxQueue, label('maxQueue')));
   p.run(() => parseMillis(o.flushMarkerGap, label('flushMarkerGap'), 60_000));
   p.run(() => parseMaxLag(o.maxLag, label('maxLag')));
+  p.run(() => parseMillis(o.loopFlushMax, label('loopFlushMax'), 1000));
   const rates = [
     p.run(() => parseRate(o.maxRate, label('maxRate'))),
     p.run(() => parsePercent(o.resyncShare, label('resyncShare'))),

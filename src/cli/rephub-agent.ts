@@ -4,7 +4,7 @@ import { Command } from 'commander';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { ReplicationAgent, AgentVolumeSpec, DEFAULT_MAX_LAG_MS } from '../agent/agent';
+import { ReplicationAgent, AgentVolumeSpec, DEFAULT_MAX_LAG_MS, DEFAULT_LOOP_FLUSH_MAX_MS } from '../agent/agent';
 import { DirtyLog } from '../../storage/dirty-log';
 import { fingerprintOf } from '../../storage/volume-identity';
 import { NbdServer } from '../nbd/server';
@@ -46,6 +46,7 @@ type RunOptions = AgentBandwidthFlags & {
   maxQueue: string;
   flushMarkerGap: string;
   maxLag: string;
+  loopFlushMax: string;
   http: string;
   tlsCert?: string;
   tlsKey?: string;
@@ -158,6 +159,7 @@ async function main(o: RunOptions, cmd: Command, config: string | undefined) {
     maxQueueBytes: parseSize(o.maxQueue, '--max-queue'),
     flushMarkerGapMs: parseMillis(o.flushMarkerGap, '--flush-marker-gap', 60_000),
     maxLagMs: parseMaxLag(o.maxLag, '--max-lag'),
+    loopFlushMaxMs: parseMillis(o.loopFlushMax, '--loop-flush-max', 1000),
     tls: secure,
     seekData: o.seekData !== false,
     bandwidth,
@@ -254,6 +256,11 @@ const runCmd = program
     '--max-lag <ms>',
     "bound on how far the hub's copy may fall behind: while unacked and overflowed writes would take longer than this to reach the hub, replies to the guest's writes wait (never the writes; at most 4x this, and never while the link is down or stalled); 0: off",
     String(DEFAULT_MAX_LAG_MS),
+  )
+  .option(
+    '--loop-flush-max <ms>',
+    "a guest flush that is the only request in flight syncs the image on the agent's event loop (no thread handoffs) while syncs take under this; 0: always in the threadpool",
+    String(DEFAULT_LOOP_FLUSH_MAX_MS),
   )
   .option('--max-rate <bytes/s>', 'cap on the link to the hub, e.g. 50M (0: none)', '0')
   .option('--resync-share <percent>', 'share of --max-rate resync keeps while mirrored writes want more', '30')

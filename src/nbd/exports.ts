@@ -15,6 +15,8 @@ export interface NbdExport {
   writev?(parts: Buffer[], offset: number): Promise<void>;
   zero(offset: number, length: number): Promise<void>;
   flush(): Promise<void>;
+  /** Optional: a flush done before returning (true), or not attempted (false: use flush()). */
+  flushNow?(): boolean;
 }
 
 /** The top of an export's filter stack: a block target (a view, a tracked volume) with a name. */

@@ -15,7 +15,7 @@ export class NbdServer {
   private server?: net.Server;
   private readonly conns = new Set<net.Socket>();
   private nextConn = 1;
-  readonly stats: NbdStats = { connections: 0, requests: 0, errors: 0 };
+  readonly stats: NbdStats = { connections: 0, requests: 0, errors: 0, inflight: 0 };
 
   /**
    * With `tls`, clients must upgrade with NBD_OPT_STARTTLS before anything else. Without it,

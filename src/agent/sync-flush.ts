@@ -1,0 +1,44 @@
+// When a guest flush may run the image's fdatasync on the event loop instead of the threadpool.
+// On this kind of VM each thread handoff (the worker's wakeup, the eventfd back to the loop)
+// costs 80-140 us of wake latency, and a guest that flushes after every write (a database)
+// waits on both: a third of a fast fdatasync (issue 17, `perf trace` of the agent at qd1).
+// Blocking the loop is worth it only while the device syncs fast: a sync slower than `slowMs`,
+// on the loop or in the threadpool, sends every flush to the threadpool for BACKOFF_MS, so a
+// slow or busy disk stalls the loop at most once per backoff. The NBD server asks only when the
+// flush is the one request in flight (transmission.ts): no guest request waits behind it.
+
+/** Default --loop-flush-max: a sync slower than this (ms) keeps flushes off the event loop. */
+export const SYNC_FLUSH_SLOW_MS = 4;
+/** How long (ms) after a slow sync every flush goes through the threadpool. */
+const BACKOFF_MS = 1000;
+
+/** Where the policy counts (AgentStats' fields). */
+export interface SyncFlushStats {
+  loopFlushes: number;
+  slowFlushes: number;
+}
+
+export class SyncFlushPolicy {
+  private offUntil = 0; // performance.now() before which flushes stay in the threadpool
+
+  /** `slowMs` 0: never on the event loop. */
+  constructor(
+    private readonly stats: SyncFlushStats | null,
+    private readonly slowMs = SYNC_FLUSH_SLOW_MS,
+  ) {
+    if (!(slowMs >= 0)) throw new RangeError(`loop flush limit ${slowMs} ms: must be >= 0`);
+  }
+
+  /** May the next flush run its sync on the event loop (at `now`, performance.now())? */
+  allowed(now: number): boolean {
+    return this.slowMs > 0 && now >= this.offUntil;
+  }
+
+  /** A sync from `start` to `end` (performance.now()), on the loop or in the threadpool. */
+  took(start: number, end: number, onLoop: boolean): void {
+    if (onLoop && this.stats) this.stats.loopFlushes++;
+    if (end - start <= this.slowMs) return;
+    if (this.stats) this.stats.slowFlushes++;
+    this.offUntil = end + BACKOFF_MS;
+  }
+}
