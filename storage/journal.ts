@@ -497,7 +497,11 @@ export class Journal {
     if (this.current.bytes + HEADER_BYTES + payload.length > this.opts.segmentBytes) this.roll();
     const s = this.current;
     encodeHeader(this.header, h, payload);
-    const n = fs.writevSync(s.fd, [this.header, payload], s.bytes);
+    // An empty payload (a point without a label, a DROP) goes as the header alone: libuv writes a
+    // zero-length buffer left in a vector with a system call of its own, one more per point.
+    const n = payload.length
+      ? fs.writevSync(s.fd, [this.header, payload], s.bytes)
+      : fs.writeSync(s.fd, this.header, 0, HEADER_BYTES, s.bytes);
     if (n !== HEADER_BYTES + payload.length) throw new Error(`journal ${this.dir}: short append (${n} bytes)`);
     const at = position(s.n, s.bytes + HEADER_BYTES);
     s.bytes += n;

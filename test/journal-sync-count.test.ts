@@ -81,4 +81,45 @@ describe('journal syncs per guest flush', () => {
     await t.close();
     j.close();
   });
+
+  it('a point without a label (each FLUSH marker) is one write: no empty buffer, which libuv writes with a call of its own', () => {
+    const { j, t } = setup();
+    const lengths: number[][] = [];
+    const origv = realFs.writevSync,
+      orig = realFs.writeSync;
+    const journalFd = (fd: number) => fs.readlinkSync(`/proc/self/fd/${fd}`).endsWith('.jnl');
+    realFs.writevSync = ((fd: number, bufs: NodeJS.ArrayBufferView[], pos?: number) => {
+      if (journalFd(fd)) lengths.push(bufs.map((b) => b.byteLength));
+      return origv(fd, bufs, pos);
+    }) as typeof realFs.writevSync;
+    realFs.writeSync = ((fd: number, buf: NodeJS.ArrayBufferView, ...rest: never[]) => {
+      if (journalFd(fd)) lengths.push([typeof rest[1] === 'number' ? rest[1] : buf.byteLength]);
+      return (orig as (...a: unknown[]) => number)(fd, buf, ...rest);
+    }) as typeof realFs.writeSync;
+    let first;
+    try {
+      t.writeSync!(Buffer.alloc(4096, 1), 0);
+      first = j.appendCheckpoint('flush');
+      t.writeSync!(Buffer.alloc(4096, 2), 8192);
+      j.appendCheckpoint('flush');
+      j.dropAfter(first.id); // a DROP record: no payload either
+    } finally {
+      realFs.writevSync = origv;
+      realFs.writeSync = orig;
+    }
+    assert.ok(lengths.length >= 3, `the journal's writes were seen: ${JSON.stringify(lengths)}`);
+    assert.ok(
+      lengths.every((l) => l.every((n) => n > 0)),
+      `no zero-length buffer: ${JSON.stringify(lengths)}`,
+    );
+    const dir = j.dir;
+    j.close();
+    const again = Journal.open(dir, { segmentBytes: 64 * MiB });
+    assert.deepEqual(
+      again.points().map((p) => [p.id, p.kind]),
+      [[first.id, 'flush']],
+      'the point reopens; the dropped one stays dropped',
+    );
+    again.close();
+  });
 });

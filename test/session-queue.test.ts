@@ -210,6 +210,33 @@ describe('GroupCommit', () => {
     assert.ok(slow[2] - slow[1] >= 59, `rounds ${(slow[2] - slow[1]).toFixed(1)} ms apart`);
   });
 
+  it('while the guest flushes (FLUSH markers), rounds start at least four intervals apart; without, one', async () => {
+    const roundStarts = async (marker: boolean) => {
+      const starts: number[] = [];
+      const target = {
+        flushRecovery: async () => {
+          starts.push(performance.now());
+        },
+      };
+      const gc = new GroupCommit({ send: () => {}, has: () => true }, 20, (e) => assert.fail(e));
+      for (let i = 0; i < 3; i++) {
+        gc.receive();
+        gc.applied(target);
+        if (marker) gc.guestFlushed();
+        else gc.kick();
+        await waitFor(`round ${i + 1}`, () => gc.acked === i + 1, 5000, 1);
+      }
+      gc.close();
+      return starts;
+    };
+    const flushing = await roundStarts(true);
+    // instant flushes: only the guest's flushes space the rounds, 4 x 20 ms (not 20 ms)
+    assert.ok(flushing[1] - flushing[0] >= 79, `rounds ${(flushing[1] - flushing[0]).toFixed(1)} ms apart`);
+    assert.ok(flushing[2] - flushing[1] >= 79, `rounds ${(flushing[2] - flushing[1]).toFixed(1)} ms apart`);
+    const plain = await roundStarts(false);
+    assert.ok(plain[1] - plain[0] >= 19, `rounds ${(plain[1] - plain[0]).toFixed(1)} ms apart`);
+  });
+
   it('a failed flush acks nothing, then or later, and reports the error', async () => {
     const sent: Buffer[] = [],
       errors: Error[] = [];

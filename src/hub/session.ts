@@ -336,7 +336,7 @@ export class AgentSession implements ReplicaOwner {
       case Cmd.FLUSH: {
         // the queue runs its flush hooks after this; a point may wait for before-images (RBD)
         const marked = this.host.onFlushMarker?.(this.vm);
-        return marked ? marked.then(() => this.commit.kick()) : this.commit.kick();
+        return marked ? marked.then(() => this.commit.guestFlushed()) : this.commit.guestFlushed();
       }
       case Cmd.AGENT_SHUTDOWN:
         return this.onShutdown();
