@@ -232,6 +232,7 @@ const arb: Record<Cmd, fc.Arbitrary<Message>> = {
   ),
   [Cmd.AGENT_SHUTDOWN]: fc.constant({ cmd: Cmd.AGENT_SHUTDOWN as const }),
   [Cmd.WRITE_ACK]: rec({ cmd: fc.constant(Cmd.WRITE_ACK as const), seq: u64 }),
+  [Cmd.WRITE_APPLIED]: rec({ cmd: fc.constant(Cmd.WRITE_APPLIED as const), seq: u64 }),
   [Cmd.DIRTY_REPORT]: rec({
     cmd: fc.constant(Cmd.DIRTY_REPORT as const),
     volumeId: u64,

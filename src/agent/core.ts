@@ -76,9 +76,11 @@ export class AgentCore {
       handover = this.handover;
     this.lagBound = new LagBound(
       {
-        unackedBytes: () => mirror.unackedBytes,
+        // applied, not durable (cap APPLIED; without it the same as acked): the copies are equal
+        // once the hub applied, and the guest is not paced to the hub's fdatasyncs
+        unackedBytes: () => mirror.unappliedBytes,
         owedBytes: (now) => handover.unreadBytes(now, this.lagBound.waitCapMs),
-        drainedBytes: () => mirror.ackedBytes + handover.answeredBytes,
+        drainedBytes: () => mirror.appliedBytes + handover.answeredBytes,
         baseRttMs: () => this.governor.baseRttMs,
       },
       { maxLagMs: opts.maxLagMs ?? 0, onHolding: () => this.governor.kick() },
@@ -193,6 +195,10 @@ export class AgentCore {
         return this.volumeSize(link, m.volumeId);
       case Cmd.WRITE_ACK:
         this.mirror.onAck(m.seq);
+        this.lagBound.update();
+        return;
+      case Cmd.WRITE_APPLIED:
+        this.mirror.onApplied(m.seq);
         this.lagBound.update();
         return;
       case Cmd.DIRTY_REPORT_ACK:

@@ -266,6 +266,7 @@ export class AgentSession implements ReplicaOwner {
       case Cmd.STOP_PROTECT:
       case Cmd.REMOTE_IO_REQ:
       case Cmd.WRITE_ACK:
+      case Cmd.WRITE_APPLIED:
       case Cmd.DIRTY_REPORT_ACK:
       case Cmd.CHECKSUM_REQ:
         throw new ProtocolError(`command ${Cmd[msg.cmd]} goes hub->agent, not agent->hub`);
