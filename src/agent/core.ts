@@ -136,7 +136,7 @@ export class AgentCore {
     gov.probe = link.has(Cap.PING) ? () => link.send([encodePing(Date.now())]) : null;
     this.mirror.attach(link);
     this.handover.attach(link);
-    this.lagBound.attach();
+    this.lagBound.attach(link.has(Cap.APPLIED));
     if (link.has(Cap.IDENTITY)) {
       // Before the report: the hub compares identities before it answers (SPEC.md 5.16).
       const ids = this.volumes.list.map((v) => ({ name: v.name, lineage: v.log.lineage }));

@@ -78,6 +78,7 @@ export class LagBound {
   private backlog = 0;
   private bound = MIN_BOUND_BYTES;
   private stalled = false;
+  private drainsOn: 'applied' | 'acked' = 'acked'; // what the hub says drained (for /status)
   // counters for /status
   heldWrites = 0;
   cappedWrites = 0;
@@ -112,8 +113,9 @@ export class LagBound {
     this.lastHeardAt = this.now();
   }
 
-  /** A connection is ready: measure its drain from scratch (it may be another hub). */
-  attach(): void {
+  /** A connection is ready: measure its drain from scratch (it may be another hub); `applied`: cap APPLIED. */
+  attach(applied = false): void {
+    this.drainsOn = applied ? 'applied' : 'acked';
     this.connected = this.maxLagMs > 0;
     this.rate = 0;
     this.sampleAt = this.lastDrainAt = this.now();
@@ -235,6 +237,7 @@ export class LagBound {
       backlogBytes: this.backlog,
       boundBytes: Math.round(this.bound),
       drainBytesPerSec: Math.round(this.rate),
+      drainsOn: this.drainsOn,
       heldNow: this.held.length - this.heldHead,
       heldWrites: this.heldWrites,
       cappedWrites: this.cappedWrites,
