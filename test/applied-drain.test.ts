@@ -26,9 +26,20 @@ function mirrorOn(caps: number) {
   const volumes = new VolumeTable([{ name: 'V1', target: new MemoryVolume(size), log: DirtyLog.memory(size, rs) }]);
   const gate = new RegionGate();
   const owed: number[][] = [];
-  const overflow = { owe: (_v: unknown, s: number, e: number) => owed.push([s, e]), acked: () => {}, reportOwedNow: () => true };
+  const overflow = {
+    owe: (_v: unknown, s: number, e: number) => owed.push([s, e]),
+    acked: () => {},
+    reportOwedNow: () => true,
+  };
   const stats = newStats();
-  const m = new Mirror(volumes, gate, overflow, { maxQueueBytes: 256 * MiB, maxPendingWrites: 1 << 16 }, new BufferPool(MiB, 0), stats);
+  const m = new Mirror(
+    volumes,
+    gate,
+    overflow,
+    { maxQueueBytes: 256 * MiB, maxPendingWrites: 1 << 16 },
+    new BufferPool(MiB, 0),
+    stats,
+  );
   gate.watch(m);
   let frames = 0;
   m.attach({ send: () => frames++, queuedBytes: () => 0, has: (c) => (caps & c) !== 0 });
