@@ -35,10 +35,10 @@ const AFTER_SHUTDOWN = new Set<number>([Cmd.PING, Cmd.PONG, Cmd.ERROR]);
  * AGENT_SHUTDOWN arrived earlier on this connection. PING is answered even without the cap.
  */
 export function checkIntake(cmd: Cmd, caps: number, shutDown: boolean): void {
-  if (HUB_TO_AGENT.has(cmd)) throw new ProtocolError(`command ${Cmd[cmd]} goes hub->agent, not agent->hub`);
   if (shutDown && !AFTER_SHUTDOWN.has(cmd)) {
     throw new ProtocolError(`${Cmd[cmd]} after AGENT_SHUTDOWN: the agent said it was done`);
   }
+  if (HUB_TO_AGENT.has(cmd)) throw new ProtocolError(`command ${Cmd[cmd]} goes hub->agent, not agent->hub`);
   const need = NEEDS[cmd];
   if (need !== undefined && (caps & need) === 0) {
     throw new ProtocolError(`${Cmd[cmd]} sent without its capability (negotiated caps 0x${caps.toString(16)})`);
