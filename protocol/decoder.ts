@@ -110,6 +110,8 @@ export function decode(cmd: number, payload: Buffer): Message {
       return decodeAgentShutdown(payload);
     case Cmd.WRITE_ACK:
       return decodeWriteAck(payload);
+    case Cmd.WRITE_APPLIED:
+      return decodeWriteApplied(payload);
     case Cmd.DIRTY_REPORT:
       return decodeDirtyReport(payload);
     case Cmd.DIRTY_REPORT_ACK:
@@ -237,6 +239,12 @@ function decodeAgentShutdown(payload: Buffer): Message {
 function decodeWriteAck(payload: Buffer): Message {
   const cmd = Cmd.WRITE_ACK;
   exact(payload, 8, 'WRITE_ACK');
+  return { cmd, seq: num(payload.readBigUInt64LE(0), 'seq') };
+}
+
+function decodeWriteApplied(payload: Buffer): Message {
+  const cmd = Cmd.WRITE_APPLIED;
+  exact(payload, 8, 'WRITE_APPLIED');
   return { cmd, seq: num(payload.readBigUInt64LE(0), 'seq') };
 }
 

@@ -66,6 +66,10 @@ export interface WriteAck {
   cmd: Cmd.WRITE_ACK;
   seq: number;
 }
+export interface WriteApplied {
+  cmd: Cmd.WRITE_APPLIED;
+  seq: number;
+}
 export interface Extent {
   offsetSectors: number;
   sizeSectors: number;
@@ -126,6 +130,7 @@ export type Message =
   | RemoteIoRes
   | AgentShutdown
   | WriteAck
+  | WriteApplied
   | DirtyReport
   | DirtyReportAck
   | ChecksumReq

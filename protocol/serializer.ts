@@ -130,6 +130,7 @@ function u64Frame(cmd: Cmd, v: number): Buffer {
   return b;
 }
 export const encodeWriteAck = (seq: number) => u64Frame(Cmd.WRITE_ACK, seq);
+export const encodeWriteApplied = (seq: number) => u64Frame(Cmd.WRITE_APPLIED, seq);
 export const encodeFlush = (checkpointId: number) => u64Frame(Cmd.FLUSH, checkpointId);
 export const encodePing = (nonce: number) => u64Frame(Cmd.PING, nonce);
 export const encodePong = (nonce: number) => u64Frame(Cmd.PONG, nonce);
@@ -219,6 +220,8 @@ export function encode(m: Message): Buffer[] {
       return [encodeAgentShutdown()];
     case Cmd.WRITE_ACK:
       return [encodeWriteAck(m.seq)];
+    case Cmd.WRITE_APPLIED:
+      return [encodeWriteApplied(m.seq)];
     case Cmd.DIRTY_REPORT:
       return [encodeDirtyReport(m.volumeId, m.reportId, m.flags, m.extents)];
     case Cmd.DIRTY_REPORT_ACK:

@@ -8,6 +8,9 @@
 // backlog never went past the bound by more than the writes in flight and those let go by the
 // wait cap, replies were held, and the copies were equal within a time derived from --max-lag
 // (the bound's drain time, the writes in flight at the link's rate, the governor's ramp).
+// The same with the agent's default flags (the bound is on by default). And a hub that makes
+// writes durable only once a second (--commit-interval 1000): the bound drains on what the hub
+// applied (WRITE_APPLIED, cap APPLIED), so write replies do not wait for its fdatasyncs.
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -43,13 +46,21 @@ describe('backlog bound (--max-lag): 1 MiB writes wrapping a volume over an 8 Mi
   });
 
   it('holds write replies while the backlog is over --max-lag of the drain; copies equal about --max-lag after the last write', async () => {
+    await burst(['--max-lag', String(MAX_LAG_MS)]);
+  });
+
+  it('does so with the default flags (--max-lag 500 by default): copies equal about 0.5 s after the last write', async () => {
+    await burst([]);
+  });
+
+  async function burst(agentArgs: string[]): Promise<void> {
     const img = path.join(dir, 'V1.img'),
       rep = path.join(dir, 'V1R');
     makeImage(img, SIZE, 0);
     hub = v1Hub(dir, rep);
     await hub.start();
     proxy = new FaultProxy({ target: { host: '127.0.0.1', port: hub.port }, rateBytesPerSec: LINK });
-    agent = v1Agent(dir, img, await proxy.listen(), '--max-lag', String(MAX_LAG_MS));
+    agent = v1Agent(dir, img, await proxy.listen(), ...agentArgs);
     await agent.start();
     await waitHubConverged(hub, agent, 120_000);
 
@@ -91,6 +102,7 @@ describe('backlog bound (--max-lag): 1 MiB writes wrapping a volume over an 8 Mi
     );
 
     assert.equal(st.maxLagMs, MAX_LAG_MS);
+    assert.equal(st.drainsOn, 'applied', 'the hub says what it applied (cap APPLIED)');
     assert.ok(st.heldWrites > 0, 'write replies were held (the backlog went over the bound)');
     // A link that looked stalled (nothing drained or heard for --max-lag) holds nothing by design
     // (lag-bound.ts), so the guest writes freely meanwhile and no limit follows. On a loaded
@@ -122,5 +134,58 @@ describe('backlog bound (--max-lag): 1 MiB writes wrapping a volume over an 8 Mi
     const drain = Math.min(LINK, st.drainBytesPerSec || LINK); // slower when the machine is loaded
     const limitMs = 2 * MAX_LAG_MS + (allowed * 1000) / drain + 1000;
     assert.ok(equalAfterMs <= limitMs, `copies equal ${equalAfterMs} ms after the last write (bound ${limitMs} ms)`);
+  }
+});
+
+describe('backlog bound (--max-lag): a hub that makes writes durable once a second', function () {
+  this.timeout(600_000);
+  const COMMIT_MS = 1000; // the hub's --commit-interval: its WRITE_ACKs come this far apart
+  let dir: string, hub: HubProcess | undefined, agent: AgentProcess | undefined;
+  const say = (s: string) => process.stdout.write(`      ${s}\n`);
+
+  beforeEach(() => {
+    dir = tmpdir('rephub-lag-applied-');
+  });
+
+  afterEach(async () => {
+    killWriters();
+    await agent?.stop();
+    await hub?.stop();
+    agent = hub = undefined;
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("drains on what the hub applied: write replies do not wait for the hub's fdatasyncs", async () => {
+    const img = path.join(dir, 'V1.img'),
+      rep = path.join(dir, 'V1R');
+    makeImage(img, SIZE, 0);
+    hub = v1Hub(dir, rep, '--commit-interval', String(COMMIT_MS));
+    await hub.start();
+    agent = v1Agent(dir, img, hub.port, '--max-lag', String(MAX_LAG_MS));
+    await agent.start();
+    await waitHubConverged(hub, agent, 120_000);
+
+    // 1 MiB writes, half the volume, as fast as the loopback link and the hub take them. Drained
+    // on durable acks (the base's bound) the backlog passes 2 MiB before the first ack and the
+    // replies wait for it, up to the commit interval; drained on applies, only while the hub
+    // itself is behind.
+    const run = await fioOnce(agent.uri('V1'), [
+      '--rw=write',
+      `--bs=${BS}`,
+      `--iodepth=${QD}`,
+      `--size=${SIZE / 2}`,
+      '--buffer_pattern=0x5a',
+    ]).done;
+    assert.equal(run.code, 0, `fio failed: ${run.stderr}`);
+    const st = (await agent.status()).lagBound;
+    say(
+      `fio ${run.ios} MiB in ${run.endedAt - run.startedAt} ms; replies held ${st.heldWrites}, capped ${st.cappedWrites}, ` +
+        `longest wait ${st.maxWaitMs} ms; drain ${(st.drainBytesPerSec / MiB).toFixed(0)} MiB/s on ${st.drainsOn}`,
+    );
+    assert.equal(st.drainsOn, 'applied');
+    assert.equal(st.cappedWrites, 0, 'no reply waited out the cap');
+    assert.ok(st.maxWaitMs < COMMIT_MS / 2, `a reply waited ${st.maxWaitMs} ms: for the hub's fdatasync`);
+    const d = await waitByteEqual(img, rep, SIZE, 60_000);
+    assert.ok(d.equal, `copies differ: ${fmtRegions(d)}`);
   });
 });

@@ -232,6 +232,7 @@ const arb: Record<Cmd, fc.Arbitrary<Message>> = {
   ),
   [Cmd.AGENT_SHUTDOWN]: fc.constant({ cmd: Cmd.AGENT_SHUTDOWN as const }),
   [Cmd.WRITE_ACK]: rec({ cmd: fc.constant(Cmd.WRITE_ACK as const), seq: u64 }),
+  [Cmd.WRITE_APPLIED]: rec({ cmd: fc.constant(Cmd.WRITE_APPLIED as const), seq: u64 }),
   [Cmd.DIRTY_REPORT]: rec({
     cmd: fc.constant(Cmd.DIRTY_REPORT as const),
     volumeId: u64,
@@ -431,7 +432,7 @@ describe('protocol: round trips (fast-check)', () => {
 
 describe('protocol: decoder rejects malformed payloads with ProtocolError', () => {
   it('unknown command ids', () => {
-    for (const c of [0, 8, 9, 15, 25, 26, 27, 28, 0x100, 0xffff]) rejects(c, Buffer.alloc(8), `cmd ${c}`);
+    for (const c of [0, 8, 9, 15, 25, 26, 27, 29, 0x100, 0xffff]) rejects(c, Buffer.alloc(8), `cmd ${c}`);
   });
 
   it('every truncation of every vector payload', () => {
@@ -636,6 +637,7 @@ describe('protocol: decoder rejects malformed payloads with ProtocolError', () =
     ['remote_io_res_read', 8, (m) => m.volumeId],
     ['remote_io_res_error', 8, (m) => m.volumeId],
     ['write_ack', 0, (m) => m.seq],
+    ['write_applied', 0, (m) => m.seq],
     ['dirty_report', 0, (m) => m.volumeId],
     ['dirty_report', 20, (m) => m.extents[0].offsetSectors],
     ['dirty_report', 28, (m) => m.extents[0].sizeSectors],
@@ -874,7 +876,7 @@ describe('protocol: FrameDecoder', () => {
     ['byte-swapped magic', header(Cmd.PING, 8, 0x52504842)],
     ['unknown cmd 0', header(0, 8)],
     ['unknown cmd 8', header(8, 8)],
-    ['unknown cmd 28', header(28, 8)],
+    ['unknown cmd 29', header(29, 8)],
     ['unknown cmd 0xffff', header(0xffff, 8)],
     ['reserved flag 2', header(Cmd.PING, 8, MAGIC, 2)],
     ['nonzero flags 0x8000', header(Cmd.PING, 8, MAGIC, 0x8000)],

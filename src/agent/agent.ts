@@ -46,12 +46,12 @@ const LOG_SYNC_MS = 1000; // cleared dirty bits reach the log file this often
 const IDLE_FLUSH_MS = 30_000;
 const STOP_POLL_MS = 5;
 /**
- * Off unless asked for: the bound paces the guest to the hub's durable rate (its acks follow its
- * fdatasyncs), and where the hub's disk is slower than the guest's writes, as on one shared disk,
- * that cost the 1 MiB job 714 -> 130 MiB/s and 4 KiB qd1 writes a third (docs/BENCHMARKS.md,
- * Round 5). An operator who wants an RPO bound in time sets --max-lag (500 ms, say).
+ * On by default: the bound drains on what the hub applied (WRITE_APPLIED, cap APPLIED), not on
+ * its durable acks, so the guest is paced to the hub's ingest, not to its fdatasyncs (which cost
+ * the 1 MiB job 714 -> 130 MiB/s and 4 KiB qd1 writes a third while the bound drained on acks,
+ * docs/BENCHMARKS.md Round 5). Against a hub without the cap it drains on acks again.
  */
-export const DEFAULT_MAX_LAG_MS = 0;
+export const DEFAULT_MAX_LAG_MS = 500;
 export { SYNC_FLUSH_SLOW_MS as DEFAULT_LOOP_FLUSH_MAX_MS };
 
 export class ReplicationAgent {

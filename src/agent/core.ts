@@ -79,9 +79,11 @@ export class AgentCore {
       handover = this.handover;
     this.lagBound = new LagBound(
       {
-        unackedBytes: () => mirror.unackedBytes,
+        // applied, not durable (cap APPLIED; without it the same as acked): the copies are equal
+        // once the hub applied, and the guest is not paced to the hub's fdatasyncs
+        unackedBytes: () => mirror.unappliedBytes,
         owedBytes: (now) => handover.unreadBytes(now, this.lagBound.waitCapMs),
-        drainedBytes: () => mirror.ackedBytes + handover.answeredBytes,
+        drainedBytes: () => mirror.appliedBytes + handover.answeredBytes,
         baseRttMs: () => this.governor.baseRttMs,
       },
       { maxLagMs: opts.maxLagMs ?? 0, onHolding: () => this.governor.kick() },
@@ -138,7 +140,7 @@ export class AgentCore {
     gov.probe = link.has(Cap.PING) ? () => link.send([encodePing(Date.now())]) : null;
     this.mirror.attach(link);
     this.handover.attach(link);
-    this.lagBound.attach();
+    this.lagBound.attach(link.has(Cap.APPLIED));
     if (link.has(Cap.IDENTITY)) {
       // Before the report: the hub compares identities before it answers (SPEC.md 5.16).
       const ids = this.volumes.list.map((v) => ({ name: v.name, lineage: v.log.lineage }));
@@ -197,6 +199,10 @@ export class AgentCore {
         return this.volumeSize(link, m.volumeId);
       case Cmd.WRITE_ACK:
         this.mirror.onAck(m.seq);
+        this.lagBound.update();
+        return;
+      case Cmd.WRITE_APPLIED:
+        this.mirror.onApplied(m.seq);
         this.lagBound.update();
         return;
       case Cmd.DIRTY_REPORT_ACK:

@@ -3,8 +3,10 @@
 // Owns the sequence numbers, the pending writes, and per region the newest seq in flight
 // (regionSeq): an ack clears a region only when no later write to it still pends.
 // Past the link's queue or pending limit a write is not sent but owed by report instead (a
-// large write past a smaller queue: LARGE_QUEUE_BYTES). Counts the bytes acked, so that the
-// backlog bound (lag-bound.ts) reads the unacked bytes without a count on the write path.
+// large write past a smaller queue: LARGE_QUEUE_BYTES). Counts the bytes acked, and the bytes
+// the hub applied (WRITE_APPLIED, cap APPLIED; an ack says applied too), so that the backlog
+// bound (lag-bound.ts) reads the unapplied bytes without a count on the write path. Only the
+// durable ack clears anything: applied writes stay pending.
 import { Cap, SECTOR, IO_OK, ProtocolError, encodeProtectedWriteHead, encodeFlush } from '../../protocol';
 import type { BufferPool } from '../buffer-pool';
 import { assert } from '../assert';
@@ -69,10 +71,15 @@ export class Mirror implements RegionHolder {
     this.markerTimer = null;
     this.sendMarker();
   };
-  /** Mirrored bytes acked, all connections (a counter: the backlog bound's drain). */
+  /** Mirrored bytes acked, all connections (a counter). */
   ackedBytes = 0;
+  /** Mirrored bytes the hub applied or acked, all connections (a counter: the backlog bound's drain). */
+  appliedBytes = 0;
+  private appliedIdx = 0; // pending[] index of the oldest write not known applied (>= pendingHead)
+  private appliedSeq = 0; // the newest seq known applied on this connection
   private mirroredAtAttach = 0; // stats.mirroredBytes when this connection began
   private ackedAtAttach = 0;
+  private appliedAtAttach = 0;
 
   constructor(
     private readonly volumes: VolumeTable,
@@ -92,6 +99,7 @@ export class Mirror implements RegionHolder {
     this.link = link;
     this.mirroredAtAttach = this.stats.mirroredBytes;
     this.ackedAtAttach = this.ackedBytes;
+    this.appliedAtAttach = this.appliedBytes;
   }
 
   /** Bytes mirrored on this connection (queued or sent) and not acked yet. */
@@ -99,6 +107,14 @@ export class Mirror implements RegionHolder {
     if (this.link === null) return 0;
     const n = this.stats.mirroredBytes - this.mirroredAtAttach - (this.ackedBytes - this.ackedAtAttach);
     assert(n >= 0, 'acked bytes were mirrored on this connection');
+    return n;
+  }
+
+  /** Bytes mirrored on this connection (queued or sent) that the hub has not applied yet (as far as it said). */
+  get unappliedBytes(): number {
+    if (this.link === null) return 0;
+    const n = this.stats.mirroredBytes - this.mirroredAtAttach - (this.appliedBytes - this.appliedAtAttach);
+    assert(n >= 0, 'applied bytes were mirrored on this connection');
     return n;
   }
 
@@ -110,6 +126,8 @@ export class Mirror implements RegionHolder {
     this.lastMarkerAt = -Infinity;
     this.pending = [];
     this.pendingHead = 0;
+    this.appliedIdx = 0;
+    this.appliedSeq = 0;
     this.sentSeq = 0;
     for (const m of this.regionSeq) m.clear();
   }
@@ -201,11 +219,28 @@ export class Mirror implements RegionHolder {
     this.link.send([encodeFlush(this.sentSeq)]);
   }
 
+  /**
+   * WRITE_APPLIED: every write up to `seq` is on the recovery volume, not yet durable. Counts
+   * their bytes drained for the backlog bound; clears nothing (the dirty bits wait for the ack).
+   */
+  onApplied(seq: number): void {
+    if (seq > this.sentSeq) {
+      throw new ProtocolError(`WRITE_APPLIED ${seq} beyond the ${this.sentSeq} writes sent on this connection`);
+    }
+    if (seq <= this.appliedSeq) return; // an ack said as much already
+    this.appliedSeq = seq;
+    let i = this.appliedIdx;
+    while (i < this.pending.length && this.pending[i].seq <= seq) this.appliedBytes += this.pending[i++].bytes;
+    this.appliedIdx = i;
+  }
+
   /** WRITE_ACK: the hub holds every write up to `seq` durably. */
   onAck(seq: number): void {
     if (seq > this.sentSeq) {
       throw new ProtocolError(`WRITE_ACK ${seq} beyond the ${this.sentSeq} writes sent on this connection`);
     }
+    this.onApplied(seq); // durable is applied too
+    assert(this.appliedIdx >= this.pendingHead, 'acked writes were counted applied first');
     while (this.pendingHead < this.pending.length && this.pending[this.pendingHead].seq <= seq) {
       const p = this.pending[this.pendingHead++];
       this.ackedBytes += p.bytes;
@@ -221,6 +256,7 @@ export class Mirror implements RegionHolder {
     }
     if (this.pendingHead > COMPACT_AFTER) {
       this.pending = this.pending.slice(this.pendingHead);
+      this.appliedIdx -= this.pendingHead;
       this.pendingHead = 0;
     }
   }

@@ -254,7 +254,7 @@ const runCmd = program
   )
   .option(
     '--max-lag <ms>',
-    "bound on how far the hub's copy may fall behind: while unacked and overflowed writes would take longer than this to reach the hub, replies to the guest's writes wait (never the writes; at most 4x this, and never while the link is down or stalled); 0: off",
+    "bound on how far the hub's copy may fall behind: while writes the hub has not applied and overflowed writes would take longer than this to reach it, replies to the guest's writes wait (never the writes; at most 4x this, and never while the link is down or stalled); 0: off",
     String(DEFAULT_MAX_LAG_MS),
   )
   .option(

@@ -2,7 +2,10 @@
 // (numbered 1, 2, ... per connection, the implicit sequence of the protocol), the recovery
 // volumes written since their last flush, at most one flush round per commit interval, the
 // durable WRITE_ACK after it, and the RPO lag (age of the oldest write not yet durable).
-import { Cap, encodeWriteAck } from '../../protocol';
+// With cap APPLIED it also tells the agent how far it has applied (WRITE_APPLIED, not durable):
+// at most one frame per APPLIED_GAP_MS, none when a WRITE_ACK already said as much. The agent's
+// backlog bound drains on it (agent/lag-bound.ts), so a guest is not paced to the hub's fdatasyncs.
+import { Cap, encodeWriteAck, encodeWriteApplied } from '../../protocol';
 import { assert } from '../assert';
 
 /** A recovery volume a commit flushes (a Replica). */
@@ -29,6 +32,9 @@ const SPACING_MAX_MS = 100; // ... but never further apart than this (the RPO la
 // flush never waits for an ack, so spacing them costs only RPO lag (at most 15 ms more by
 // default), which that guest's own flushes do not shorten either. Measured: docs/BENCHMARKS.md.
 export const FLUSHING_SPACING = 4;
+// WRITE_APPLIED at most this often: the bound it feeds is hundreds of ms wide, and a frame per
+// write would be a second frame per 4 KiB write on both ends (SPEC.md 5.19).
+export const APPLIED_GAP_MS = 5;
 
 export class GroupCommit {
   private recvSeq = 0; // protected writes received
@@ -43,6 +49,15 @@ export class GroupCommit {
   // Receive times of unacked writes, one entry per millisecond: the oldest gives the RPO lag.
   private recvTimes: { seq: number; t: number }[] = [];
   private closed = false;
+  private appliedSent = 0; // the newest seq a WRITE_APPLIED (or WRITE_ACK) told the agent
+  private appliedTimer: NodeJS.Timeout | null = null; // created once, re-armed with refresh()
+  private appliedArmed = false;
+  private readonly appliedDue = (): void => {
+    this.appliedArmed = false;
+    if (this.closed || this.appliedSeq <= this.appliedSent) return;
+    this.appliedSent = this.appliedSeq;
+    this.link.send([encodeWriteApplied(this.appliedSeq)]);
+  };
 
   constructor(
     private readonly link: AckLink,
@@ -72,6 +87,17 @@ export class GroupCommit {
     if (target) this.touched.add(target);
     this.appliedSeq++;
     assert(this.appliedSeq <= this.recvSeq, 'a write is applied only after it was received');
+    if (!this.appliedArmed && this.link.has(Cap.APPLIED)) this.armApplied();
+  }
+
+  /** The next WRITE_APPLIED, one gap from now (no allocation after the first: refresh()). */
+  private armApplied(): void {
+    if (this.closed) return;
+    this.appliedArmed = true;
+    if (this.appliedTimer === null) {
+      this.appliedTimer = setTimeout(this.appliedDue, APPLIED_GAP_MS);
+      this.appliedTimer.unref();
+    } else this.appliedTimer.refresh();
   }
 
   /** Age of the oldest write received but not yet durable on the recovery volume. */
@@ -133,6 +159,8 @@ export class GroupCommit {
     this.closed = true;
     if (this.commitTimer) clearTimeout(this.commitTimer);
     this.commitTimer = null;
+    if (this.appliedTimer) clearTimeout(this.appliedTimer);
+    this.appliedArmed = false;
   }
 
   private async flushLoop(): Promise<void> {
@@ -158,6 +186,7 @@ export class GroupCommit {
       this.ackedSeq = seq;
       this.trimRecvTimes(seq);
       if (this.link.has(Cap.WRITE_ACK)) this.link.send([encodeWriteAck(seq)]);
+      if (seq > this.appliedSent) this.appliedSent = seq; // the ack says applied too
     }
   }
 

@@ -15,11 +15,22 @@ const NEEDS: Partial<Record<Cmd, number>> = {
   [Cmd.VOLUME_SIZE]: Cap.RESIZE,
 };
 
+/** Commands that only travel hub->agent (SPEC.md section 4: direction is normative). */
+const HUB_TO_AGENT = new Set<number>([
+  Cmd.START_PROTECT,
+  Cmd.STOP_PROTECT,
+  Cmd.REMOTE_IO_REQ,
+  Cmd.WRITE_ACK,
+  Cmd.WRITE_APPLIED,
+  Cmd.DIRTY_REPORT_ACK,
+  Cmd.CHECKSUM_REQ,
+]);
+
 /** Frames still allowed after AGENT_SHUTDOWN: the heartbeat and a last word. */
 const AFTER_SHUTDOWN = new Set<number>([Cmd.PING, Cmd.PONG, Cmd.ERROR]);
 
 /**
- * Check one agent->hub frame against the handshake state, in arrival order (before it is
+ * Check one agent->hub frame against the handshake state (and its direction), in arrival order (before it is
  * queued). `caps`: the negotiated capabilities (0 for a legacy agent); `shutDown`: an
  * AGENT_SHUTDOWN arrived earlier on this connection. PING is answered even without the cap.
  */
@@ -27,6 +38,7 @@ export function checkIntake(cmd: Cmd, caps: number, shutDown: boolean): void {
   if (shutDown && !AFTER_SHUTDOWN.has(cmd)) {
     throw new ProtocolError(`${Cmd[cmd]} after AGENT_SHUTDOWN: the agent said it was done`);
   }
+  if (HUB_TO_AGENT.has(cmd)) throw new ProtocolError(`command ${Cmd[cmd]} goes hub->agent, not agent->hub`);
   const need = NEEDS[cmd];
   if (need !== undefined && (caps & need) === 0) {
     throw new ProtocolError(`${Cmd[cmd]} sent without its capability (negotiated caps 0x${caps.toString(16)})`);

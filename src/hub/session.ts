@@ -262,13 +262,6 @@ export class AgentSession implements ReplicaOwner {
         if (!inline) break;
         if (!this.batch?.add(msg, payload)) this.landInline(msg, payload); // else applied at the read's end
         return;
-      case Cmd.START_PROTECT:
-      case Cmd.STOP_PROTECT:
-      case Cmd.REMOTE_IO_REQ:
-      case Cmd.WRITE_ACK:
-      case Cmd.DIRTY_REPORT_ACK:
-      case Cmd.CHECKSUM_REQ:
-        throw new ProtocolError(`command ${Cmd[msg.cmd]} goes hub->agent, not agent->hub`);
     }
     this.queue.push(msg, payload);
   }

@@ -56,6 +56,7 @@ const HUB_TO_AGENT = new Set<number>([
   Cmd.START_PROTECT,
   Cmd.REMOTE_IO_REQ,
   Cmd.WRITE_ACK,
+  Cmd.WRITE_APPLIED,
   Cmd.DIRTY_REPORT_ACK,
   Cmd.CHECKSUM_REQ,
 ]);
