@@ -13,6 +13,7 @@ const NEEDS: Partial<Record<Cmd, number>> = {
   [Cmd.CHECKSUM_RES]: Cap.CHECKSUM,
   [Cmd.IDENTITY]: Cap.IDENTITY,
   [Cmd.VOLUME_SIZE]: Cap.RESIZE,
+  [Cmd.POINT]: Cap.POINT,
 };
 
 /** Frames still allowed after AGENT_SHUTDOWN: the heartbeat and a last word. */

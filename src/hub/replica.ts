@@ -24,6 +24,7 @@ import { newChecksumResync, peerChange, recoveryFileChange, recoveryFileNow } fr
 import { isRbdPath, openClaimed, releaseImage } from './rbd-target';
 
 import type { ReplicaState, VolumeHold } from './replica-state';
+import type { PointSource } from './point-request';
 export type { ReplicaState, VolumeHold } from './replica-state';
 
 import type { FailbackWatcher, FailoverMaps } from './failover-maps';
@@ -44,6 +45,8 @@ export interface ReplicaOwner {
   barrier<T>(fn: () => Promise<T> | T): Promise<T>;
   /** Like barrier(), at the agent's next flush marker if one comes within `waitMs`. */
   barrierAtFlush<T>(fn: () => Promise<T> | T, waitMs: number): Promise<T>;
+  /** Where the journal may take its next point other than a flush (SPEC.md 7.4; point-request.ts). */
+  askPoint(): PointSource;
   /** Failback: write `regions` of the recovery volume to the protected volume; the bytes moved. */
   writeBack(replica: Replica, regions: DirtyBitmap, watch: FailbackWatcher): Promise<number>;
   /** Issue remote reads for what is dirty now. */

@@ -17,6 +17,7 @@ import { Link, LinkIo } from '../link/link';
 import type { FailbackWatcher, Replica, ReplicaOwner, TargetOpener } from './replica';
 import { ApplyQueue, owned } from './apply-queue';
 import { GroupCommit } from './group-commit';
+import { PointRequests, type PointSource } from './point-request';
 import { SyncEngine, VolumeSync } from './sync';
 import { WriteApplier } from './write-apply';
 import { InlineBatch } from './inline-batch';
@@ -65,6 +66,8 @@ export interface SessionHost {
   verifyPacer?: VerifyPacer;
   /** The agent's FLUSH marker was applied (a journal checkpoint, src/hub/journal.ts). */
   onFlushMarker?(vm: string): Promise<void> | void;
+  /** The agent's POINT (the answer to askPoint) was applied: a journal point (SPEC.md 7.4). */
+  onPointMarker?(vm: string): Promise<void> | void;
   /** The agent said who it is (HELLO), or sent a legacy first frame (the hub's event bus). */
   onHello?(s: AgentSession): void;
 }
@@ -119,6 +122,7 @@ export class AgentSession implements ReplicaOwner {
   /** Online verify of this session's volumes (verify.ts); the hub starts runs on it. */
   readonly verifier: VerifyEngine;
   private readonly checkpointTimer: NodeJS.Timeout;
+  private readonly points: PointRequests;
   private readonly handshakeTimer: NodeJS.Timeout;
 
   constructor(
@@ -138,6 +142,7 @@ export class AgentSession implements ReplicaOwner {
       onDead: (silent) =>
         this.fail(new ProtocolError(`agent silent for ${silent} ms: connection presumed dead`, ErrorCode.TIMEOUT)),
     });
+    this.points = new PointRequests(this.link, log, () => this.vm);
     this.queue = new ApplyQueue(
       {
         apply: (m) => this.apply(m),
@@ -338,6 +343,9 @@ export class AgentSession implements ReplicaOwner {
         const marked = this.host.onFlushMarker?.(this.vm);
         return marked ? marked.then(() => this.commit.kick()) : this.commit.kick();
       }
+      case Cmd.POINT: // no flush: a point of the stream the agent vouches for, not a guest flush
+        this.points.answered();
+        return this.host.onPointMarker?.(this.vm);
       case Cmd.AGENT_SHUTDOWN:
         return this.onShutdown();
       case Cmd.VOLUME_SIZE:
@@ -364,8 +372,19 @@ export class AgentSession implements ReplicaOwner {
     return this.queue.barrier(fn);
   }
 
+  /**
+   * At the agent's next FLUSH marker, or its POINT, asked for now when it can mark one (a FLUSH
+   * point is no more consistent than a POINT: both are prefixes of what the guest completed).
+   */
   barrierAtFlush<T>(fn: () => Promise<T> | T, waitMs: number): Promise<T> {
-    return this.link.has(Cap.FLUSH) ? this.queue.barrierAtFlush(fn, waitMs) : this.queue.barrier(fn);
+    if (!this.link.has(Cap.FLUSH)) return this.queue.barrier(fn);
+    if (this.link.has(Cap.POINT)) this.points.ask();
+    return this.queue.barrierAtFlush(fn, waitMs);
+  }
+
+  /** Where the journal may take its next point other than a flush (point-request.ts). */
+  askPoint(): PointSource {
+    return this.points.ask();
   }
 
   /** Failback of `replica`'s `regions`; waits for an attach of it still being applied. */
