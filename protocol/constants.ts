@@ -25,7 +25,7 @@ export enum Cmd {
   IDENTITY = 25, // agent->hub, cap IDENTITY: instance id and volume identities (SPEC.md 5.16)
   STOP_PROTECT = 26, // hub->agent, cap STOP_PROTECT: the operator removed the volume from protection (SPEC.md 5.17)
   VOLUME_SIZE = 27, // both ways, cap RESIZE: hub asks for the image's size, the agent answers it, grown (SPEC.md 5.18)
-  POINT = 28, // both ways, cap POINT: the hub asks for a consistent point, the agent marks one in its stream (SPEC.md 5.19)
+  POINT = 28, // both ways, cap POINT: the hub asks for a consistent point, the agent marks one (SPEC.md 5.19)
 }
 
 /** Capability bits exchanged in HELLO; the session uses the intersection. */
@@ -41,7 +41,7 @@ export const Cap = {
   IDENTITY: 1 << 8, // the agent sends IDENTITY (instance id, volume UUIDs) before REPORT_VM_VOLUMES
   STOP_PROTECT: 1 << 9, // the hub may send STOP_PROTECT: mirror that volume no more on this connection
   RESIZE: 1 << 10, // VOLUME_SIZE: the hub asks, the agent grows the volume online and answers its size
-  POINT: 1 << 11, // POINT: the agent marks consistent points on request; its FLUSH and POINT markers follow its owed reports
+  POINT: 1 << 11, // the agent marks consistent points on request, its markers behind its owed reports
 } as const;
 export const ALL_CAPS =
   Cap.WRITE_ACK |

@@ -4,7 +4,7 @@
 // leaves only once every owed region is reported, exactly once, and not after a reconnect.
 import { strict as assert } from 'node:assert';
 import { Cap, Cmd, ProtocolError, FrameDecoder, decode, type Message } from '../protocol';
-import { PointRequests } from '../src/hub/point-request';
+import { PointRequests, type PointQueue } from '../src/hub/point-request';
 import { Mirror, type OverflowSink } from '../src/agent/mirror';
 import type { VolumeTable } from '../src/agent/volume';
 import type { RegionGate } from '../src/agent/region-gate';
@@ -23,17 +23,22 @@ function fakeLink(caps: number) {
   };
 }
 
+const queue: PointQueue = {
+  barrier: (fn) => Promise.resolve(fn()),
+  barrierAtFlush: (fn) => Promise.resolve(fn()),
+};
+
 describe('hub: where a journal point may be taken (PointRequests)', () => {
   it('an agent that can owe nothing (no DIRTY_REPORT): any barrier, nothing asked', () => {
     const link = fakeLink(Cap.WRITE_ACK | Cap.FLUSH);
-    const p = new PointRequests(link, silentLogger(), () => 'vm');
+    const p = new PointRequests(link, queue, silentLogger(), () => 'vm');
     assert.equal(p.ask(), 'stream');
     assert.equal(link.sent.length, 0);
   });
 
   it('an agent that can mark points: one POINT request out at a time', () => {
     const link = fakeLink(Cap.DIRTY_REPORT | Cap.FLUSH | Cap.POINT);
-    const p = new PointRequests(link, silentLogger(), () => 'vm');
+    const p = new PointRequests(link, queue, silentLogger(), () => 'vm');
     assert.equal(p.ask(), 'marker');
     assert.equal(p.ask(), 'marker');
     assert.deepEqual(link.sent, [{ cmd: Cmd.POINT, checkpointId: 0 }]);
@@ -46,7 +51,7 @@ describe('hub: where a journal point may be taken (PointRequests)', () => {
 
   it('an agent that owes by report but cannot mark points: only its FLUSH markers, nothing asked', () => {
     const link = fakeLink(Cap.DIRTY_REPORT | Cap.FLUSH);
-    const p = new PointRequests(link, silentLogger(), () => 'vm');
+    const p = new PointRequests(link, queue, silentLogger(), () => 'vm');
     assert.equal(p.ask(), 'flush');
     assert.equal(p.ask(), 'flush');
     assert.equal(link.sent.length, 0);

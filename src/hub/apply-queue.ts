@@ -147,7 +147,8 @@ export class ApplyQueue {
         else {
           await this.handler.apply(it.msg);
           this.handler.applied(it.payload); // applied: nothing refers to its bytes any more
-          if (it.msg.cmd === Cmd.FLUSH || it.msg.cmd === Cmd.POINT) for (const h of this.flushHooks.splice(0)) await h();
+          if (it.msg.cmd === Cmd.FLUSH || it.msg.cmd === Cmd.POINT)
+            for (const h of this.flushHooks.splice(0)) await h();
         }
         this.bytes -= it.bytes;
         assert(this.bytes >= 0 && this.head <= this.items.length, 'the apply queue is consumed in order');

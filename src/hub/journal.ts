@@ -120,7 +120,7 @@ export class HubJournals {
     const mine = this.volumesOf(vm);
     if (mine.length === 0 && !this.journals.has(vm)) throw new JournalRefused(`no volume of VM ${vm} is known`);
     this.pendingTags.set(vm, label);
-    const at = mine.find((r) => r.owner)?.owner?.askPoint();
+    const at = mine.find((r) => r.owner)?.owner?.points.ask();
     if (at === 'marker' || at === 'flush') return { pending: true }; // taken at the agent's marker
     const cp = this.point(vm, 'tag');
     return cp ? { pending: false, checkpoint: cp } : { pending: true };
@@ -285,7 +285,7 @@ export class HubJournals {
       if (j.capturedSincePoint === 0 || now - last < this.cfg.intervalMs) continue;
       const owner = this.volumesOf(vm).find((r) => r.owner)?.owner;
       // 'marker': taken when the agent's POINT is applied; 'flush': at its next FLUSH marker
-      if (!owner || owner.askPoint() !== 'stream') continue;
+      if (!owner || owner.points.ask() !== 'stream') continue;
       // in the stream, once the before-images of the writes before it are recorded (RBD reads them)
       owner.barrier(() => j.captured().then(() => this.point(vm, 'interval'))).catch(() => undefined);
     }

@@ -3,7 +3,8 @@
 // by DIRTY_REPORT (a zeroing, a write past its link queue) reaches the hub up to ~10 ms after
 // later writes, so a point of the applied stream picked by the hub alone may hold a later write
 // without an earlier completed one. Owns the connection's one outstanding POINT request and the
-// once-per-connection warning for an agent that cannot vouch.
+// once-per-connection warning for an agent that cannot vouch; runs a failover test's barrier at
+// the next of those points.
 import { Cap, ProtocolError, encodePoint } from '../../protocol';
 import type { Logger } from '../log';
 
@@ -19,12 +20,19 @@ export interface PointLink {
   send(bufs: Buffer[]): void;
 }
 
+/** The session's apply queue (apply-queue.ts): its barriers run at a point of the stream. */
+export interface PointQueue {
+  barrier<T>(fn: () => Promise<T> | T): Promise<T>;
+  barrierAtFlush<T>(fn: () => Promise<T> | T, waitMs: number): Promise<T>;
+}
+
 export class PointRequests {
   private asked = false; // a POINT request is out, not answered yet (at most one: SPEC 5.19)
   private warned = false;
 
   constructor(
     private readonly link: PointLink,
+    private readonly queue: PointQueue,
     private readonly log: Logger,
     private readonly vm: () => string,
   ) {}
@@ -47,6 +55,17 @@ export class PointRequests {
       );
     }
     return 'flush';
+  }
+
+  /**
+   * Run `fn` at the agent's next FLUSH marker, or at its POINT, asked for now when it can mark
+   * one (a FLUSH point is no more consistent than a POINT: both are prefixes of what the guest
+   * completed); at the current point if none is applied within `waitMs` (failover.ts).
+   */
+  atFlush<T>(fn: () => Promise<T> | T, waitMs: number): Promise<T> {
+    if (!this.link.has(Cap.FLUSH)) return this.queue.barrier(fn);
+    if (this.link.has(Cap.POINT)) this.ask();
+    return this.queue.barrierAtFlush(fn, waitMs);
   }
 
   /** The agent's POINT was applied: the next one may be asked. A POINT never asked for is refused. */

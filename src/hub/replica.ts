@@ -24,7 +24,6 @@ import { newChecksumResync, peerChange, recoveryFileChange, recoveryFileNow } fr
 import { isRbdPath, openClaimed, releaseImage } from './rbd-target';
 
 import type { ReplicaState, VolumeHold } from './replica-state';
-import type { PointSource } from './point-request';
 export type { ReplicaState, VolumeHold } from './replica-state';
 
 import type { FailbackWatcher, FailoverMaps } from './failover-maps';
@@ -43,10 +42,8 @@ export interface ReplicaOwner {
   rpoLagMs(): number;
   /** Run `fn` at the current point of the VM's write stream (see ApplyQueue.barrier). */
   barrier<T>(fn: () => Promise<T> | T): Promise<T>;
-  /** Like barrier(), at the agent's next flush marker if one comes within `waitMs`. */
-  barrierAtFlush<T>(fn: () => Promise<T> | T, waitMs: number): Promise<T>;
-  /** Where the journal may take its next point other than a flush (SPEC.md 7.4; point-request.ts). */
-  askPoint(): PointSource;
+  /** The points of the stream the agent vouches for (SPEC.md 7.4): asked for, or at its next marker. */
+  readonly points: import('./point-request').PointRequests;
   /** Failback: write `regions` of the recovery volume to the protected volume; the bytes moved. */
   writeBack(replica: Replica, regions: DirtyBitmap, watch: FailbackWatcher): Promise<number>;
   /** Issue remote reads for what is dirty now. */

@@ -17,7 +17,7 @@ import { Link, LinkIo } from '../link/link';
 import type { FailbackWatcher, Replica, ReplicaOwner, TargetOpener } from './replica';
 import { ApplyQueue, owned } from './apply-queue';
 import { GroupCommit } from './group-commit';
-import { PointRequests, type PointSource } from './point-request';
+import { PointRequests } from './point-request';
 import { SyncEngine, VolumeSync } from './sync';
 import { WriteApplier } from './write-apply';
 import { InlineBatch } from './inline-batch';
@@ -26,7 +26,7 @@ import { WriteBack } from './failback';
 import { checkHello, checkIdentityOrder, checkIntake } from './receive-rules';
 import { VerifyEngine, VerifyPacer } from './verify';
 import type { ResyncRateLimit } from './resync-rate';
-import { ResizeResult, SizeQueries, applyVolumeSize } from './volume-resize';
+import { ResizeResult, SizeQueries } from './volume-resize';
 import { VolumeRefused } from './volume-set';
 
 export interface SessionConfig {
@@ -66,7 +66,7 @@ export interface SessionHost {
   verifyPacer?: VerifyPacer;
   /** The agent's FLUSH marker was applied (a journal checkpoint, src/hub/journal.ts). */
   onFlushMarker?(vm: string): Promise<void> | void;
-  /** The agent's POINT (the answer to askPoint) was applied: a journal point (SPEC.md 7.4). */
+  /** The agent's POINT (the answer to points.ask()) was applied: a journal point (SPEC.md 7.4). */
   onPointMarker?(vm: string): Promise<void> | void;
   /** The agent said who it is (HELLO), or sent a legacy first frame (the hub's event bus). */
   onHello?(s: AgentSession): void;
@@ -122,7 +122,8 @@ export class AgentSession implements ReplicaOwner {
   /** Online verify of this session's volumes (verify.ts); the hub starts runs on it. */
   readonly verifier: VerifyEngine;
   private readonly checkpointTimer: NodeJS.Timeout;
-  private readonly points: PointRequests;
+  /** Where the journal may take its next point other than a flush (point-request.ts). */
+  readonly points: PointRequests;
   private readonly handshakeTimer: NodeJS.Timeout;
 
   constructor(
@@ -142,7 +143,6 @@ export class AgentSession implements ReplicaOwner {
       onDead: (silent) =>
         this.fail(new ProtocolError(`agent silent for ${silent} ms: connection presumed dead`, ErrorCode.TIMEOUT)),
     });
-    this.points = new PointRequests(this.link, log, () => this.vm);
     this.queue = new ApplyQueue(
       {
         apply: (m) => this.apply(m),
@@ -159,6 +159,7 @@ export class AgentSession implements ReplicaOwner {
       },
       cfg.maxQueueBytes,
     );
+    this.points = new PointRequests(this.link, this.queue, log, () => this.vm);
     this.commit = new GroupCommit(this.link, cfg.commitIntervalMs, (e) => this.fail(e));
     this.sync = new SyncEngine(this.link, cfg, log);
     this.writes = new WriteApplier(this.sync, this.commit);
@@ -184,7 +185,7 @@ export class AgentSession implements ReplicaOwner {
       cfg.maxInflightReads,
       cfg.maxReadBytes,
     );
-    this.sizes = new SizeQueries((bufs) => this.link.send(bufs));
+    this.sizes = new SizeQueries((bufs) => this.link.send(bufs), host.openTarget, log);
     // One req_id sequence for every request, so a CHECKSUM_RES finds its engine (resync or verify).
     const pacer = host.verifyPacer ?? new VerifyPacer(0);
     this.verifier = new VerifyEngine(this.link, pacer, log, () => this.sync.allocReqId());
@@ -349,7 +350,7 @@ export class AgentSession implements ReplicaOwner {
       case Cmd.AGENT_SHUTDOWN:
         return this.onShutdown();
       case Cmd.VOLUME_SIZE:
-        return this.onVolumeSize(m.volumeId, m.sizeBytes);
+        return this.sizes.answered(m.volumeId, this.sync.volume(m.volumeId, 'VOLUME_SIZE').replica, m.sizeBytes);
       case Cmd.CHECKSUM_RES:
         if (this.sync.ownsChecksum(m.reqId)) return this.sync.onChecksumRes(m);
         return this.verifier.onChecksumRes(m);
@@ -370,21 +371,6 @@ export class AgentSession implements ReplicaOwner {
 
   barrier<T>(fn: () => Promise<T> | T): Promise<T> {
     return this.queue.barrier(fn);
-  }
-
-  /**
-   * At the agent's next FLUSH marker, or its POINT, asked for now when it can mark one (a FLUSH
-   * point is no more consistent than a POINT: both are prefixes of what the guest completed).
-   */
-  barrierAtFlush<T>(fn: () => Promise<T> | T, waitMs: number): Promise<T> {
-    if (!this.link.has(Cap.FLUSH)) return this.queue.barrier(fn);
-    if (this.link.has(Cap.POINT)) this.points.ask();
-    return this.queue.barrierAtFlush(fn, waitMs);
-  }
-
-  /** Where the journal may take its next point other than a flush (point-request.ts). */
-  askPoint(): PointSource {
-    return this.points.ask();
   }
 
   /** Failback of `replica`'s `regions`; waits for an attach of it still being applied. */
@@ -414,19 +400,6 @@ export class AgentSession implements ReplicaOwner {
         new VolumeRefused(`the agent of VM ${this.vm} cannot resize online (no RESIZE capability)`),
       );
     return this.sizes.ask(sync.volumeId, replica);
-  }
-
-  /** VOLUME_SIZE from the agent: before any later frame, the replica grows (or a shrink is refused). */
-  private async onVolumeSize(volumeId: number, found: number): Promise<void> {
-    const sync = this.sync.volume(volumeId, 'VOLUME_SIZE');
-    const rep = sync.replica;
-    if (rep.hold === 'removed' || found === 0) return this.sizes.settle(volumeId, null, new VolumeRefused('no size'));
-    try {
-      this.sizes.settle(volumeId, await applyVolumeSize(rep, found, this.host.openTarget, this.log), null);
-    } catch (e) {
-      if (!(e instanceof VolumeRefused)) throw e; // the recovery volume could not grow: the session fails
-      this.sizes.settle(volumeId, null, e);
-    }
   }
 
   /** A volume was added to the hub (volume-set.ts): attach it if this agent reported it, in stream order. */
