@@ -126,6 +126,22 @@ export class HubJournals {
     return cp ? { pending: false, checkpoint: cp } : { pending: true };
   }
 
+  /**
+   * tag(), waiting up to `waitMs` for the point when it waits for the agent's marker (a POINT
+   * asked for comes back within a round trip; a FLUSH only when the guest flushes).
+   */
+  async tagSoon(vm: string, label: string, waitMs: number): Promise<{ pending: boolean; checkpoint?: Checkpoint }> {
+    const r = this.tag(vm, label);
+    for (const end = Date.now() + waitMs; r.pending && Date.now() < end;) {
+      await new Promise((res) => setTimeout(res, 10));
+      if (this.pendingTags.get(vm) === label) continue;
+      const pts = this.journals.get(vm)?.points() ?? [];
+      const cp = [...pts].reverse().find((p) => p.kind === 'tag' && p.label === label);
+      return cp ? { pending: false, checkpoint: cp } : r;
+    }
+    return r;
+  }
+
   /** Run at a point of `vm`'s stream; null when it is not consistent now (or nothing changed). */
   point(vm: string, kind: CheckpointKind): Checkpoint | null {
     const label = this.pendingTags.get(vm);
