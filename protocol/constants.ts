@@ -26,6 +26,7 @@ export enum Cmd {
   STOP_PROTECT = 26, // hub->agent, cap STOP_PROTECT: the operator removed the volume from protection (SPEC.md 5.17)
   VOLUME_SIZE = 27, // both ways, cap RESIZE: hub asks for the image's size, the agent answers it, grown (SPEC.md 5.18)
   WRITE_APPLIED = 28, // hub->agent, cap APPLIED: writes up to seq are applied, not yet durable (SPEC.md 5.19)
+  POINT = 29, // both ways, cap POINT: the hub asks for a consistent point, the agent marks one (SPEC.md 5.20)
 }
 
 /** Capability bits exchanged in HELLO; the session uses the intersection. */
@@ -42,6 +43,7 @@ export const Cap = {
   STOP_PROTECT: 1 << 9, // the hub may send STOP_PROTECT: mirror that volume no more on this connection
   RESIZE: 1 << 10, // VOLUME_SIZE: the hub asks, the agent grows the volume online and answers its size
   APPLIED: 1 << 11, // WRITE_APPLIED: the hub says, batched, how far it applied (the agent's lag bound drains on it)
+  POINT: 1 << 12, // the agent marks consistent points on request, its markers behind its owed reports
 } as const;
 export const ALL_CAPS =
   Cap.WRITE_ACK |
@@ -55,7 +57,8 @@ export const ALL_CAPS =
   Cap.IDENTITY |
   Cap.STOP_PROTECT |
   Cap.RESIZE |
-  Cap.APPLIED;
+  Cap.APPLIED |
+  Cap.POINT;
 
 /** Header flag: a 4-byte CRC-32 (zlib) of header + payload follows the payload (not counted in length). */
 export const FLAG_CRC = 1;

@@ -122,6 +122,8 @@ export function decode(cmd: number, payload: Buffer): Message {
       return decodeChecksumRes(payload);
     case Cmd.FLUSH:
       return decodeFlush(payload);
+    case Cmd.POINT:
+      return decodePoint(payload);
     case Cmd.ERROR:
       return decodeError(payload);
     case Cmd.IDENTITY:
@@ -312,6 +314,11 @@ function decodeFlush(payload: Buffer): Message {
   const cmd = Cmd.FLUSH;
   exact(payload, 8, 'FLUSH');
   return { cmd, checkpointId: num(payload.readBigUInt64LE(0), 'checkpoint_id') };
+}
+
+function decodePoint(payload: Buffer): Message {
+  exact(payload, 8, 'POINT');
+  return { cmd: Cmd.POINT, checkpointId: num(payload.readBigUInt64LE(0), 'checkpoint_id') };
 }
 
 function decodeError(payload: Buffer): Message {

@@ -105,6 +105,11 @@ export interface Flush {
   cmd: Cmd.FLUSH;
   checkpointId: number;
 }
+/** Hub->agent: a request (checkpointId 0). Agent->hub: a consistent point after write checkpointId. */
+export interface Point {
+  cmd: Cmd.POINT;
+  checkpointId: number;
+}
 export interface ErrorMsg {
   cmd: Cmd.ERROR;
   code: number;
@@ -136,6 +141,7 @@ export type Message =
   | ChecksumReq
   | ChecksumRes
   | Flush
+  | Point
   | ErrorMsg
   | Ping
   | Pong

@@ -132,6 +132,8 @@ function u64Frame(cmd: Cmd, v: number): Buffer {
 export const encodeWriteAck = (seq: number) => u64Frame(Cmd.WRITE_ACK, seq);
 export const encodeWriteApplied = (seq: number) => u64Frame(Cmd.WRITE_APPLIED, seq);
 export const encodeFlush = (checkpointId: number) => u64Frame(Cmd.FLUSH, checkpointId);
+/** POINT (SPEC.md 5.20): the same frame both ways; the hub's request carries 0. */
+export const encodePoint = (checkpointId: number) => u64Frame(Cmd.POINT, checkpointId);
 export const encodePing = (nonce: number) => u64Frame(Cmd.PING, nonce);
 export const encodePong = (nonce: number) => u64Frame(Cmd.PONG, nonce);
 
@@ -232,6 +234,8 @@ export function encode(m: Message): Buffer[] {
       return [encodeChecksumRes(m.reqId, m.ioStatus, m.volumeId, m.digests)];
     case Cmd.FLUSH:
       return [encodeFlush(m.checkpointId)];
+    case Cmd.POINT:
+      return [encodePoint(m.checkpointId)];
     case Cmd.ERROR:
       return [encodeError(m.code, m.message)];
     case Cmd.PING:

@@ -268,6 +268,7 @@ const arb: Record<Cmd, fc.Arbitrary<Message>> = {
     }),
   ),
   [Cmd.FLUSH]: rec({ cmd: fc.constant(Cmd.FLUSH as const), checkpointId: u64 }),
+  [Cmd.POINT]: rec({ cmd: fc.constant(Cmd.POINT as const), checkpointId: u64 }),
   [Cmd.ERROR]: rec({ cmd: fc.constant(Cmd.ERROR as const), code: u32, message: str(0, Limits.maxErrorBytes) }),
   [Cmd.PING]: rec({ cmd: fc.constant(Cmd.PING as const), nonce: u64 }),
   [Cmd.PONG]: rec({ cmd: fc.constant(Cmd.PONG as const), nonce: u64 }),
@@ -432,7 +433,7 @@ describe('protocol: round trips (fast-check)', () => {
 
 describe('protocol: decoder rejects malformed payloads with ProtocolError', () => {
   it('unknown command ids', () => {
-    for (const c of [0, 8, 9, 15, 25, 26, 27, 29, 0x100, 0xffff]) rejects(c, Buffer.alloc(8), `cmd ${c}`);
+    for (const c of [0, 8, 9, 15, 25, 26, 27, 30, 0x100, 0xffff]) rejects(c, Buffer.alloc(8), `cmd ${c}`);
   });
 
   it('every truncation of every vector payload', () => {
@@ -648,6 +649,7 @@ describe('protocol: decoder rejects malformed payloads with ProtocolError', () =
     ['checksum_res', 8, (m) => m.volumeId],
     ['checksum_res_error', 8, (m) => m.volumeId],
     ['flush', 0, (m) => m.checkpointId],
+    ['point', 0, (m) => m.checkpointId],
     ['ping', 0, (m) => m.nonce],
     ['pong', 0, (m) => m.nonce],
   ];
@@ -876,7 +878,7 @@ describe('protocol: FrameDecoder', () => {
     ['byte-swapped magic', header(Cmd.PING, 8, 0x52504842)],
     ['unknown cmd 0', header(0, 8)],
     ['unknown cmd 8', header(8, 8)],
-    ['unknown cmd 29', header(29, 8)],
+    ['unknown cmd 30', header(30, 8)],
     ['unknown cmd 0xffff', header(0xffff, 8)],
     ['reserved flag 2', header(Cmd.PING, 8, MAGIC, 2)],
     ['nonzero flags 0x8000', header(Cmd.PING, 8, MAGIC, 0x8000)],

@@ -206,7 +206,11 @@ export class AgentCore {
         this.lagBound.update();
         return;
       case Cmd.DIRTY_REPORT_ACK:
-        return this.handover.onReportAck(m.volumeId, m.reportId);
+        this.handover.onReportAck(m.volumeId, m.reportId);
+        return this.mirror.retryPoint(); // the owed regions behind that report may leave now
+      case Cmd.POINT:
+        if (!link.has(Cap.POINT)) throw new ProtocolError('POINT from hub without the POINT capability');
+        return this.mirror.pointRequested();
       case Cmd.REMOTE_IO_REQ:
         return this.remoteIo.request(this.bulkLink ?? link, m);
       case Cmd.CHECKSUM_REQ:

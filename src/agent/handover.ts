@@ -148,7 +148,7 @@ export class Handover implements RegionHolder {
     this.reportTimer = null;
   }
 
-  /** Report every owed region now (a FLUSH marker follows: mirror.ts); false while some must wait. */
+  /** Report every owed region now (a FLUSH or POINT marker follows: mirror.ts); false while some must wait. */
   reportOwedNow(): boolean {
     if (this.reportTimer !== null) {
       clearTimeout(this.reportTimer);
@@ -157,7 +157,8 @@ export class Handover implements RegionHolder {
     let all = true;
     for (const v of this.volumes.list) {
       this.sendOwed(v);
-      if (this.owed[v.index].dirtyRegions > 0) all = false;
+      // a volume not protected on this connection is in no point of it (reported at the next)
+      if (this.owed[v.index].dirtyRegions > 0 && this.volumes.hubId(v) >= 0) all = false;
     }
     if (!all) this.scheduleReport();
     return all;

@@ -7,7 +7,9 @@
 // the hub applied (WRITE_APPLIED, cap APPLIED; an ack says applied too), so that the backlog
 // bound (lag-bound.ts) reads the unapplied bytes without a count on the write path. Only the
 // durable ack clears anything: applied writes stay pending.
-import { Cap, SECTOR, IO_OK, ProtocolError, encodeProtectedWriteHead, encodeFlush } from '../../protocol';
+// Owns the markers of consistent points too: FLUSH for guest flushes, POINT when the hub asks
+// (SPEC §7.4); each leaves only behind the reports of every region owed before it.
+import { Cap, SECTOR, IO_OK, ProtocolError, encodeProtectedWriteHead, encodeFlush, encodePoint } from '../../protocol';
 import type { BufferPool } from '../buffer-pool';
 import { assert } from '../assert';
 import type { AgentVolume, VolumeTable } from './volume';
@@ -57,6 +59,10 @@ export const LARGE_QUEUE_BYTES = 4 << 20;
 // prefix of the stream the guest completed, as crash-consistent as a --checkpoint-interval
 // point. The hub commits this often anyway (its --commit-interval, 5 ms by default).
 export const FLUSH_MARKER_GAP_MS = 5;
+// A POINT the hub asked for waits while an owed region cannot be reported (its volume's last
+// report unacked, or the link's queue too long); it is tried again at each report ack and, for
+// the queue, this often.
+const POINT_RETRY_MS = 10;
 
 export class Mirror implements RegionHolder {
   private link: LinkPort | null = null;
@@ -70,6 +76,12 @@ export class Mirror implements RegionHolder {
   private readonly markerDue = (): void => {
     this.markerTimer = null;
     this.sendMarker();
+  };
+  private pointWanted = false; // the hub asked for a POINT not sent yet (at most one: SPEC 5.20)
+  private pointTimer: NodeJS.Timeout | null = null;
+  private readonly pointDue = (): void => {
+    this.pointTimer = null;
+    this.sendPoint();
   };
   /** Mirrored bytes acked, all connections (a counter). */
   ackedBytes = 0;
@@ -124,6 +136,9 @@ export class Mirror implements RegionHolder {
     if (this.markerTimer) clearTimeout(this.markerTimer);
     this.markerTimer = null;
     this.lastMarkerAt = -Infinity;
+    if (this.pointTimer) clearTimeout(this.pointTimer);
+    this.pointTimer = null;
+    this.pointWanted = false; // the hub's request ended with its connection
     this.pending = [];
     this.pendingHead = 0;
     this.appliedIdx = 0;
@@ -232,6 +247,30 @@ export class Mirror implements RegionHolder {
     let i = this.appliedIdx;
     while (i < this.pending.length && this.pending[i].seq <= seq) this.appliedBytes += this.pending[i++].bytes;
     this.appliedIdx = i;
+  }
+
+  /** POINT from the hub (cap POINT): mark a consistent point of the stream, now or once it can. */
+  pointRequested(): void {
+    this.pointWanted = true;
+    this.sendPoint();
+  }
+
+  /** A DIRTY_REPORT was acked: a POINT waiting for room to report may go now. */
+  retryPoint(): void {
+    if (this.pointWanted) this.sendPoint();
+  }
+
+  /** The POINT the hub asked for, behind the reports of everything owed (SPEC 7.4), or later. */
+  private sendPoint(): void {
+    if (this.link === null || !this.pointWanted) return;
+    if (!this.overflow.reportOwedNow()) {
+      if (this.pointTimer === null) this.pointTimer = setTimeout(this.pointDue, POINT_RETRY_MS);
+      return;
+    }
+    if (this.pointTimer !== null) clearTimeout(this.pointTimer);
+    this.pointTimer = null;
+    this.pointWanted = false;
+    this.link.send([encodePoint(this.sentSeq)]);
   }
 
   /** WRITE_ACK: the hub holds every write up to `seq` durably. */

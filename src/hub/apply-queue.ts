@@ -86,8 +86,8 @@ export class ApplyQueue {
   }
 
   /**
-   * Like barrier(), but at the next FLUSH of the agent (the guest's own consistency point), if
-   * one is applied within `waitMs`; else at the current point.
+   * Like barrier(), but at the next FLUSH or POINT marker of the agent (a point it vouches for,
+   * SPEC.md 7.4), if one is applied within `waitMs`; else at the current point.
    */
   barrierAtFlush<T>(fn: () => Promise<T> | T, waitMs: number): Promise<T> {
     return new Promise((resolve, reject) => {
@@ -147,7 +147,8 @@ export class ApplyQueue {
         else {
           await this.handler.apply(it.msg);
           this.handler.applied(it.payload); // applied: nothing refers to its bytes any more
-          if (it.msg.cmd === Cmd.FLUSH) for (const h of this.flushHooks.splice(0)) await h();
+          if (it.msg.cmd === Cmd.FLUSH || it.msg.cmd === Cmd.POINT)
+            for (const h of this.flushHooks.splice(0)) await h();
         }
         this.bytes -= it.bytes;
         assert(this.bytes >= 0 && this.head <= this.items.length, 'the apply queue is consumed in order');

@@ -195,7 +195,7 @@ export class FailoverController {
         const activate = () => {
           for (const r of rs) this.activateView(r);
         };
-        if (s) await s.barrierAtFlush(activate, opts.flushWaitMs ?? 2000);
+        if (s) await s.points.atFlush(activate, opts.flushWaitMs ?? 2000);
         else activate();
       }
       const points = pointsOf(choices);

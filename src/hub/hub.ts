@@ -239,6 +239,7 @@ export class Hub implements HubStatusSource {
       pool: this.pool,
       verifyPacer: this.verifier.pacer,
       onFlushMarker: (vm: string) => this.journals?.onFlushMarker(vm),
+      onPointMarker: (vm: string) => this.journals?.onPointMarker(vm),
       onHello: (sn: AgentSession) => sessionEvent(this.events, 'create', sn),
     };
     const s = new AgentSession(id, host, t, this.cfg, this.log.child({ session: id }), identity);

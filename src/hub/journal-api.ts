@@ -12,6 +12,7 @@ import type { RestoreExports } from './restore-export';
 
 const CHUNK_BYTES = 4 << 20;
 const READ_AHEAD = 4; // chunks read ahead of the socket: 16 MiB at most per restore
+const TAG_WAIT_MS = 2000; // a tag waiting for the agent's POINT (SPEC.md 7.4) is answered with its point
 
 function required(b: Body, key: string): string {
   const v = optionalString(b, key);
@@ -69,7 +70,7 @@ function drained(res: http.ServerResponse): Promise<void> {
 
 export function journalRoutes(journals: HubJournals, restores?: RestoreExports): MoreRoutes {
   const post: MoreRoutes['post'] = {
-    '/checkpoint': async (b) => journals.tag(required(b, 'vm'), required(b, 'label')),
+    '/checkpoint': async (b) => journals.tagSoon(required(b, 'vm'), required(b, 'label'), TAG_WAIT_MS),
   };
   if (restores) {
     post['/restore-export'] = async (b) =>

@@ -3,6 +3,9 @@
 // flow, and tags on demand), retention, and the point-in-time views that restore reads. A point
 // is taken only at a point of the VM's applied stream where every one of its volumes is
 // protecting: during a resync the volume is torn, and the last point before it stays the newest.
+// And only where the agent vouches that no write it owes by report is missing (SPEC.md 7.4): an
+// interval point or a tag is taken at the agent's POINT answer, or at its next FLUSH marker when
+// it cannot mark points; at the hub's own barrier only when it can owe nothing (no DIRTY_REPORT).
 import { isRbdPath } from './rbd-target';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -104,14 +107,39 @@ export class HubJournals {
     this.point(vm, 'flush');
   }
 
-  /** Tag the next consistent point of `vm` (now, if it is at one). */
+  /** The agent's POINT (asked for by tick or tag) was applied: an interval point, or the tag. */
+  onPointMarker(vm: string): Promise<void> | void {
+    const j = this.journals.get(vm);
+    if (j?.capturesPending) return j.captured().then(() => void this.point(vm, 'interval'));
+    this.point(vm, 'interval');
+  }
+
+  /** Tag the next consistent point of `vm` (now, if it is at one and the agent can owe nothing). */
   tag(vm: string, label: string): { pending: boolean; checkpoint?: Checkpoint } {
     if (!label) throw new JournalRefused('a tag needs a label');
     const mine = this.volumesOf(vm);
     if (mine.length === 0 && !this.journals.has(vm)) throw new JournalRefused(`no volume of VM ${vm} is known`);
     this.pendingTags.set(vm, label);
+    const at = mine.find((r) => r.owner)?.owner?.points.ask();
+    if (at === 'marker' || at === 'flush') return { pending: true }; // taken at the agent's marker
     const cp = this.point(vm, 'tag');
     return cp ? { pending: false, checkpoint: cp } : { pending: true };
+  }
+
+  /**
+   * tag(), waiting up to `waitMs` for the point when it waits for the agent's marker (a POINT
+   * asked for comes back within a round trip; a FLUSH only when the guest flushes).
+   */
+  async tagSoon(vm: string, label: string, waitMs: number): Promise<{ pending: boolean; checkpoint?: Checkpoint }> {
+    const r = this.tag(vm, label);
+    for (const end = Date.now() + waitMs; r.pending && Date.now() < end;) {
+      await new Promise((res) => setTimeout(res, 10));
+      if (this.pendingTags.get(vm) === label) continue;
+      const pts = this.journals.get(vm)?.points() ?? [];
+      const cp = [...pts].reverse().find((p) => p.kind === 'tag' && p.label === label);
+      return cp ? { pending: false, checkpoint: cp } : r;
+    }
+    return r;
   }
 
   /** Run at a point of `vm`'s stream; null when it is not consistent now (or nothing changed). */
@@ -272,8 +300,10 @@ export class HubJournals {
       const last = pts.length ? pts[pts.length - 1].time : 0;
       if (j.capturedSincePoint === 0 || now - last < this.cfg.intervalMs) continue;
       const owner = this.volumesOf(vm).find((r) => r.owner)?.owner;
+      // 'marker': taken when the agent's POINT is applied; 'flush': at its next FLUSH marker
+      if (!owner || owner.points.ask() !== 'stream') continue;
       // in the stream, once the before-images of the writes before it are recorded (RBD reads them)
-      if (owner) owner.barrier(() => j.captured().then(() => this.point(vm, 'interval'))).catch(() => undefined);
+      owner.barrier(() => j.captured().then(() => this.point(vm, 'interval'))).catch(() => undefined);
     }
   }
 }

@@ -13,6 +13,7 @@ const NEEDS: Partial<Record<Cmd, number>> = {
   [Cmd.CHECKSUM_RES]: Cap.CHECKSUM,
   [Cmd.IDENTITY]: Cap.IDENTITY,
   [Cmd.VOLUME_SIZE]: Cap.RESIZE,
+  [Cmd.POINT]: Cap.POINT,
 };
 
 /** Commands that only travel hub->agent (SPEC.md section 4: direction is normative). */

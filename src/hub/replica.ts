@@ -42,8 +42,8 @@ export interface ReplicaOwner {
   rpoLagMs(): number;
   /** Run `fn` at the current point of the VM's write stream (see ApplyQueue.barrier). */
   barrier<T>(fn: () => Promise<T> | T): Promise<T>;
-  /** Like barrier(), at the agent's next flush marker if one comes within `waitMs`. */
-  barrierAtFlush<T>(fn: () => Promise<T> | T, waitMs: number): Promise<T>;
+  /** The points of the stream the agent vouches for (SPEC.md 7.4): asked for, or at its next marker. */
+  readonly points: import('./point-request').PointRequests;
   /** Failback: write `regions` of the recovery volume to the protected volume; the bytes moved. */
   writeBack(replica: Replica, regions: DirtyBitmap, watch: FailbackWatcher): Promise<number>;
   /** Issue remote reads for what is dirty now. */

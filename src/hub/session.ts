@@ -17,6 +17,7 @@ import { Link, LinkIo } from '../link/link';
 import type { FailbackWatcher, Replica, ReplicaOwner, TargetOpener } from './replica';
 import { ApplyQueue, owned } from './apply-queue';
 import { GroupCommit } from './group-commit';
+import { PointRequests } from './point-request';
 import { SyncEngine, VolumeSync } from './sync';
 import { WriteApplier } from './write-apply';
 import { InlineBatch } from './inline-batch';
@@ -25,7 +26,7 @@ import { WriteBack } from './failback';
 import { checkHello, checkIdentityOrder, checkIntake } from './receive-rules';
 import { VerifyEngine, VerifyPacer } from './verify';
 import type { ResyncRateLimit } from './resync-rate';
-import { ResizeResult, SizeQueries, applyVolumeSize } from './volume-resize';
+import { ResizeResult, SizeQueries } from './volume-resize';
 import { VolumeRefused } from './volume-set';
 
 export interface SessionConfig {
@@ -65,6 +66,8 @@ export interface SessionHost {
   verifyPacer?: VerifyPacer;
   /** The agent's FLUSH marker was applied (a journal checkpoint, src/hub/journal.ts). */
   onFlushMarker?(vm: string): Promise<void> | void;
+  /** The agent's POINT (the answer to points.ask()) was applied: a journal point (SPEC.md 7.4). */
+  onPointMarker?(vm: string): Promise<void> | void;
   /** The agent said who it is (HELLO), or sent a legacy first frame (the hub's event bus). */
   onHello?(s: AgentSession): void;
 }
@@ -119,6 +122,8 @@ export class AgentSession implements ReplicaOwner {
   /** Online verify of this session's volumes (verify.ts); the hub starts runs on it. */
   readonly verifier: VerifyEngine;
   private readonly checkpointTimer: NodeJS.Timeout;
+  /** Where the journal may take its next point other than a flush (point-request.ts). */
+  readonly points: PointRequests;
   private readonly handshakeTimer: NodeJS.Timeout;
 
   constructor(
@@ -154,6 +159,7 @@ export class AgentSession implements ReplicaOwner {
       },
       cfg.maxQueueBytes,
     );
+    this.points = new PointRequests(this.link, this.queue, log, () => this.vm);
     this.commit = new GroupCommit(this.link, cfg.commitIntervalMs, (e) => this.fail(e));
     this.sync = new SyncEngine(this.link, cfg, log);
     this.writes = new WriteApplier(this.sync, this.commit);
@@ -179,7 +185,7 @@ export class AgentSession implements ReplicaOwner {
       cfg.maxInflightReads,
       cfg.maxReadBytes,
     );
-    this.sizes = new SizeQueries((bufs) => this.link.send(bufs));
+    this.sizes = new SizeQueries((bufs) => this.link.send(bufs), host.openTarget, log);
     // One req_id sequence for every request, so a CHECKSUM_RES finds its engine (resync or verify).
     const pacer = host.verifyPacer ?? new VerifyPacer(0);
     this.verifier = new VerifyEngine(this.link, pacer, log, () => this.sync.allocReqId());
@@ -331,10 +337,13 @@ export class AgentSession implements ReplicaOwner {
         const marked = this.host.onFlushMarker?.(this.vm);
         return marked ? marked.then(() => this.commit.guestFlushed()) : this.commit.guestFlushed();
       }
+      case Cmd.POINT: // no flush: a point of the stream the agent vouches for, not a guest flush
+        this.points.answered();
+        return this.host.onPointMarker?.(this.vm);
       case Cmd.AGENT_SHUTDOWN:
         return this.onShutdown();
       case Cmd.VOLUME_SIZE:
-        return this.onVolumeSize(m.volumeId, m.sizeBytes);
+        return this.sizes.answered(m.volumeId, this.sync.volume(m.volumeId, 'VOLUME_SIZE').replica, m.sizeBytes);
       case Cmd.CHECKSUM_RES:
         if (this.sync.ownsChecksum(m.reqId)) return this.sync.onChecksumRes(m);
         return this.verifier.onChecksumRes(m);
@@ -355,10 +364,6 @@ export class AgentSession implements ReplicaOwner {
 
   barrier<T>(fn: () => Promise<T> | T): Promise<T> {
     return this.queue.barrier(fn);
-  }
-
-  barrierAtFlush<T>(fn: () => Promise<T> | T, waitMs: number): Promise<T> {
-    return this.link.has(Cap.FLUSH) ? this.queue.barrierAtFlush(fn, waitMs) : this.queue.barrier(fn);
   }
 
   /** Failback of `replica`'s `regions`; waits for an attach of it still being applied. */
@@ -388,19 +393,6 @@ export class AgentSession implements ReplicaOwner {
         new VolumeRefused(`the agent of VM ${this.vm} cannot resize online (no RESIZE capability)`),
       );
     return this.sizes.ask(sync.volumeId, replica);
-  }
-
-  /** VOLUME_SIZE from the agent: before any later frame, the replica grows (or a shrink is refused). */
-  private async onVolumeSize(volumeId: number, found: number): Promise<void> {
-    const sync = this.sync.volume(volumeId, 'VOLUME_SIZE');
-    const rep = sync.replica;
-    if (rep.hold === 'removed' || found === 0) return this.sizes.settle(volumeId, null, new VolumeRefused('no size'));
-    try {
-      this.sizes.settle(volumeId, await applyVolumeSize(rep, found, this.host.openTarget, this.log), null);
-    } catch (e) {
-      if (!(e instanceof VolumeRefused)) throw e; // the recovery volume could not grow: the session fails
-      this.sizes.settle(volumeId, null, e);
-    }
   }
 
   /** A volume was added to the hub (volume-set.ts): attach it if this agent reported it, in stream order. */

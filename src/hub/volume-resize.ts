@@ -55,7 +55,11 @@ interface Waiter {
 export class SizeQueries {
   private readonly waiting = new Map<number, Waiter>(); // by volume id; at most the session's volumes
 
-  constructor(private readonly send: (bufs: Buffer[]) => void) {}
+  constructor(
+    private readonly send: (bufs: Buffer[]) => void,
+    private readonly open: TargetOpener,
+    private readonly log: Logger,
+  ) {}
 
   ask(volumeId: number, r: Replica): Promise<ResizeResult> {
     if (this.waiting.has(volumeId)) return Promise.reject(new VolumeRefused(`a resize of ${r.name} is under way`));
@@ -77,6 +81,17 @@ export class SizeQueries {
     clearTimeout(w.timer);
     if (outcome) w.resolve(outcome);
     else w.reject(error ?? new Error('no answer'));
+  }
+
+  /** VOLUME_SIZE from the agent, in stream order: `rep` grows before any later frame (or a shrink is refused). */
+  async answered(volumeId: number, rep: Replica, found: number): Promise<void> {
+    if (rep.hold === 'removed' || found === 0) return this.settle(volumeId, null, new VolumeRefused('no size'));
+    try {
+      this.settle(volumeId, await applyVolumeSize(rep, found, this.open, this.log), null);
+    } catch (e) {
+      if (!(e instanceof VolumeRefused)) throw e; // the recovery volume could not grow: the session fails
+      this.settle(volumeId, null, e);
+    }
   }
 
   /** The session ended: no answer will come. */
