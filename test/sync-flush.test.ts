@@ -1,7 +1,38 @@
 // The policy that lets a guest flush sync the image on the agent's event loop (src/agent/sync-flush.ts)
-// and the write path's flushNow over a real file (src/agent/write-path.ts).
+// and the agent's flushNow over a real image file (src/agent/write-path.ts), no hub connected.
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { SyncFlushPolicy, SYNC_FLUSH_SLOW_MS } from '../src/agent/sync-flush';
+import { ReplicationAgent } from '../src/agent/agent';
+import { FileVolume } from '../storage/volume';
+import type { BlockTarget } from '../storage/volume';
+import { DirtyLog } from '../storage/dirty-log';
+import { silentLogger } from '../src/log';
+import { tmpdir } from './harness/util';
+
+/** A real image file whose synchronous flush is counted, and fails while `failing` is set. */
+function countedImage(file: string) {
+  const inner = FileVolume.open(file);
+  const t = {
+    syncs: 0,
+    failing: false,
+    get sizeBytes() {
+      return inner.sizeBytes;
+    },
+    read: (b: Buffer, o: number) => inner.read(b, o),
+    write: (b: Buffer, o: number) => inner.write(b, o),
+    writeSync: (b: Buffer, o: number) => inner.writeSync(b, o),
+    flush: () => inner.flush(),
+    flushSync: () => {
+      if (t.failing) throw Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' });
+      t.syncs++;
+      inner.flushSync();
+    },
+    close: () => inner.close(),
+  };
+  return t;
+}
 
 describe('sync flush policy', () => {
   it('allows the loop until a sync is slow, then the threadpool for a second, then the loop again', () => {
@@ -34,5 +65,73 @@ describe('sync flush policy', () => {
     assert.throws(() => new SyncFlushPolicy(null, NaN), /must be >= 0/);
     assert.ok(SYNC_FLUSH_SLOW_MS > 0 && SYNC_FLUSH_SLOW_MS <= 10);
     assert.equal(new SyncFlushPolicy(null).allowed(0), true);
+  });
+});
+
+describe("the agent's flushNow (real image file, no hub)", () => {
+  let dir: string;
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('syncs the image before returning and counts it; a failing sync throws and backs off to the threadpool', async () => {
+    dir = tmpdir();
+    const file = path.join(dir, 'V1.img');
+    fs.writeFileSync(file, Buffer.alloc(1 << 20));
+    const image = countedImage(file);
+    const agent = new ReplicationAgent({
+      hubHost: '127.0.0.1',
+      hubPort: 1, // never started: no hub
+      vm: 'vm1',
+      log: silentLogger(),
+      volumes: [{ name: 'V1', target: image as unknown as BlockTarget, log: DirtyLog.memory(1 << 20, 65536) }],
+      loopFlushMaxMs: 1000,
+    });
+    try {
+      assert.equal(agent.writeNow('V1', 4096, Buffer.alloc(4096, 7)), true);
+      assert.equal(agent.flushNow('V1'), true);
+      assert.deepEqual([image.syncs, agent.stats.loopFlushes, agent.stats.slowFlushes], [1, 1, 0]);
+      assert.equal(fs.readFileSync(file)[4096], 7);
+      image.failing = true;
+      assert.throws(() => agent.flushNow('V1'), /EIO/);
+      assert.equal(agent.stats.slowFlushes, 1);
+      image.failing = false;
+      assert.equal(agent.flushNow('V1'), false, 'after a failure the next flush goes through the threadpool');
+      await agent.flush('V1');
+      assert.equal(image.syncs, 1);
+    } finally {
+      await agent.stop(0);
+      await image.close();
+    }
+  });
+
+  it('--loop-flush-max 0 never syncs on the loop; an image without a synchronous flush neither', async () => {
+    dir = tmpdir();
+    const file = path.join(dir, 'V1.img');
+    fs.writeFileSync(file, Buffer.alloc(1 << 20));
+    const image = countedImage(file);
+    const off = new ReplicationAgent({
+      hubHost: '127.0.0.1',
+      hubPort: 1,
+      vm: 'vm1',
+      log: silentLogger(),
+      volumes: [{ name: 'V1', target: image as unknown as BlockTarget, log: DirtyLog.memory(1 << 20, 65536) }],
+      loopFlushMaxMs: 0,
+    });
+    const bare = { ...image, flushSync: undefined, sizeBytes: image.sizeBytes };
+    const noSync = new ReplicationAgent({
+      hubHost: '127.0.0.1',
+      hubPort: 1,
+      vm: 'vm2',
+      log: silentLogger(),
+      volumes: [{ name: 'V1', target: bare as unknown as BlockTarget, log: DirtyLog.memory(1 << 20, 65536) }],
+    });
+    try {
+      assert.equal(off.flushNow('V1'), false);
+      assert.equal(noSync.flushNow('V1'), false);
+      assert.equal(image.syncs, 0);
+    } finally {
+      await off.stop(0);
+      await noSync.stop(0);
+      await image.close();
+    }
   });
 });

@@ -141,6 +141,11 @@ export class AgentCore {
     this.mirror.attach(link);
     this.handover.attach(link);
     this.lagBound.attach(link.has(Cap.APPLIED));
+    if (!link.has(Cap.APPLIED) && this.lagBound.maxLagMs > 0)
+      this.log.warn(
+        { maxLagMs: this.lagBound.maxLagMs },
+        'hub without WRITE_APPLIED: --max-lag drains on its durable acks, pacing the guest to its fdatasyncs (--max-lag 0 to turn the bound off)',
+      );
     if (link.has(Cap.IDENTITY)) {
       // Before the report: the hub compares identities before it answers (SPEC.md 5.16).
       const ids = this.volumes.list.map((v) => ({ name: v.name, lineage: v.log.lineage }));
@@ -202,6 +207,7 @@ export class AgentCore {
         this.lagBound.update();
         return;
       case Cmd.WRITE_APPLIED:
+        if (!link.has(Cap.APPLIED)) throw new ProtocolError('WRITE_APPLIED from hub without the APPLIED capability');
         this.mirror.onApplied(m.seq);
         this.lagBound.update();
         return;

@@ -2,10 +2,11 @@
 // On this kind of VM each thread handoff (the worker's wakeup, the eventfd back to the loop)
 // costs 80-140 us of wake latency, and a guest that flushes after every write (a database)
 // waits on both: a third of a fast fdatasync (issue 17, `perf trace` of the agent at qd1).
-// Blocking the loop is worth it only while the device syncs fast: a sync slower than `slowMs`,
-// on the loop or in the threadpool, sends every flush to the threadpool for BACKOFF_MS, so a
-// slow or busy disk stalls the loop at most once per backoff. The NBD server asks only when the
-// flush is the one request in flight (transmission.ts): no guest request waits behind it.
+// Blocking the loop is worth it only while the device syncs fast: a sync slower than `slowMs`
+// (or failing), on the loop or in the threadpool, sends every flush to the threadpool for
+// BACKOFF_MS, so a slow or busy disk stalls the loop at most once per backoff. The NBD server
+// asks only when the flush is its one request in flight (transmission.ts): no guest request is
+// queued behind it, though the hub link, new requests and /status wait for the sync.
 
 /** Default --loop-flush-max: a sync slower than this (ms) keeps flushes off the event loop. */
 export const SYNC_FLUSH_SLOW_MS = 4;
@@ -40,5 +41,11 @@ export class SyncFlushPolicy {
     if (end - start <= this.slowMs) return;
     if (this.stats) this.stats.slowFlushes++;
     this.offUntil = end + BACKOFF_MS;
+  }
+
+  /** A sync on the loop failed at `at`: a failing device gets the threadpool's flushes, as a slow one. */
+  failed(at: number): void {
+    if (this.stats) this.stats.slowFlushes++;
+    this.offUntil = at + BACKOFF_MS;
   }
 }

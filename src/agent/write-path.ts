@@ -172,7 +172,12 @@ export class WritePath implements RegionHolder {
     if (!t.flushSync || !this.syncFlush.allowed(start)) return false;
     this.mirror.flush();
     const upTo = v.log.imageFlushStarting();
-    t.flushSync();
+    try {
+      t.flushSync();
+    } catch (e) {
+      this.syncFlush.failed(performance.now());
+      throw e;
+    }
     this.syncFlush.took(start, performance.now(), true);
     v.log.imageFlushed(upTo);
     return true;

@@ -63,8 +63,11 @@ export class PointRequests {
    * completed); at the current point if none is applied within `waitMs` (failover.ts).
    */
   atFlush<T>(fn: () => Promise<T> | T, waitMs: number): Promise<T> {
+    if (this.link.has(Cap.POINT)) {
+      this.ask(); // whatever else it negotiated: only its marker vouches for the stream
+      return this.queue.barrierAtFlush(fn, waitMs);
+    }
     if (!this.link.has(Cap.FLUSH)) return this.queue.barrier(fn);
-    if (this.link.has(Cap.POINT)) this.ask();
     return this.queue.barrierAtFlush(fn, waitMs);
   }
 

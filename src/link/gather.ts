@@ -16,7 +16,7 @@
 //   dashboard e2e's 128 MiB sync, 25 s -> 74 s);
 // - DIRTY_REPORT: the hub persists and acks it, and until then the agent may clear nothing of it
 //   (SPEC 9), and a volume does not converge before its DIRTY_FINAL;
-// - FLUSH asks the hub to make the writes before it durable now, not at the next group commit:
+// - FLUSH asks the hub to make the writes before it durable at its next group commit:
 //   held, it would hold them too;
 // - PING and PONG measure the round trip (the dead-peer rule, the resync governor's delay
 //   probe); HELLO, IDENTITY, REPORT_VM_VOLUMES, VOLUME_SIZE, AGENT_SHUTDOWN, ERROR are rare

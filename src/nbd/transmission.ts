@@ -198,8 +198,9 @@ export class Transmission {
         return this.settle(r, this.exp.zero(r.offset, r.length), undefined);
       case NbdCmd.FLUSH:
         if (this.opts.stats.inflight === 1 && this.exp.flushNow) {
-          // The server's only request: done at once (no threadpool round trip before its reply);
-          // nothing of any guest waits behind the event loop while it syncs.
+          // The server's only request: done at once (no threadpool round trip before its reply).
+          // No guest request is queued behind it; the hub link, new requests and /status wait
+          // for the sync, which sync-flush.ts keeps short (a slow one sends the next to the pool).
           try {
             if (this.exp.flushNow()) return this.done(r, 0);
           } catch (err) {

@@ -49,11 +49,14 @@ const NEEDS = new Map<number, number>([
   [Cmd.FLUSH, Cap.FLUSH],
   [Cmd.CHECKSUM_RES, Cap.CHECKSUM],
   [Cmd.IDENTITY, Cap.IDENTITY],
+  [Cmd.VOLUME_SIZE, Cap.RESIZE],
+  [Cmd.POINT, Cap.POINT],
 ]);
 
 const KNOWN = new Set<number>(Object.values(Cmd).filter((v): v is number => typeof v === 'number'));
 const HUB_TO_AGENT = new Set<number>([
   Cmd.START_PROTECT,
+  Cmd.STOP_PROTECT,
   Cmd.REMOTE_IO_REQ,
   Cmd.WRITE_ACK,
   Cmd.WRITE_APPLIED,
@@ -372,6 +375,14 @@ export class HubModel {
           ErrorCode.PROTOCOL,
           { prefix: `CHECKSUM_RES req_id ${m.reqId} ` },
           'checksum: unknown req_id',
+        );
+      case Cmd.POINT:
+        // The hub asks for one only when an interval point falls due (5 s of writes) or a tag is
+        // asked for, neither within a fuzz session: the agent's POINT answers nothing (SPEC 5.20).
+        return this.later(
+          ErrorCode.PROTOCOL,
+          { message: 'POINT the hub did not ask for (SPEC.md 5.20)' },
+          'point: not asked for',
         );
       default:
         return; // HELLO, PONG, ERROR, FLUSH, AGENT_SHUTDOWN: accepted

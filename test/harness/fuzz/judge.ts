@@ -78,6 +78,8 @@ function checkReplies(j: JudgeCtx, sc: string, peer: Peer, m: HubModel): void {
   const caps = hellos[0]?.caps ?? 0;
   for (const x of peer.msgs) {
     if (x.cmd === Cmd.WRITE_ACK && !(caps & Cap.WRITE_ACK)) violation('WRITE_ACK without the cap');
+    if (x.cmd === Cmd.WRITE_APPLIED && !(caps & Cap.APPLIED)) violation('WRITE_APPLIED without the cap');
+    if (x.cmd === Cmd.POINT && !(caps & Cap.POINT)) violation('hub POINT without the cap');
     if (x.cmd === Cmd.PING && !(caps & Cap.PING)) violation('hub PING without the cap');
     if (x.cmd === Cmd.CHECKSUM_REQ && !(caps & Cap.CHECKSUM)) violation('CHECKSUM_REQ without the cap');
     // §6.1: never to a legacy agent
