@@ -34,6 +34,18 @@ function countedImage(file: string) {
   return t;
 }
 
+/** An agent over one image, never started (no hub): its write path alone. */
+function agentOver(target: unknown, vm: string, loopFlushMaxMs?: number): ReplicationAgent {
+  return new ReplicationAgent({
+    hubHost: '127.0.0.1',
+    hubPort: 1, // never started: no hub
+    vm,
+    log: silentLogger(),
+    volumes: [{ name: 'V1', target: target as BlockTarget, log: DirtyLog.memory(1 << 20, 65536) }],
+    loopFlushMaxMs,
+  });
+}
+
 describe('sync flush policy', () => {
   it('allows the loop until a sync is slow, then the threadpool for a second, then the loop again', () => {
     const stats = { loopFlushes: 0, slowFlushes: 0 };
@@ -77,14 +89,7 @@ describe("the agent's flushNow (real image file, no hub)", () => {
     const file = path.join(dir, 'V1.img');
     fs.writeFileSync(file, Buffer.alloc(1 << 20));
     const image = countedImage(file);
-    const agent = new ReplicationAgent({
-      hubHost: '127.0.0.1',
-      hubPort: 1, // never started: no hub
-      vm: 'vm1',
-      log: silentLogger(),
-      volumes: [{ name: 'V1', target: image as unknown as BlockTarget, log: DirtyLog.memory(1 << 20, 65536) }],
-      loopFlushMaxMs: 1000,
-    });
+    const agent = agentOver(image, 'vm1', 1000);
     try {
       assert.equal(agent.writeNow('V1', 4096, Buffer.alloc(4096, 7)), true);
       assert.equal(agent.flushNow('V1'), true);
@@ -108,22 +113,8 @@ describe("the agent's flushNow (real image file, no hub)", () => {
     const file = path.join(dir, 'V1.img');
     fs.writeFileSync(file, Buffer.alloc(1 << 20));
     const image = countedImage(file);
-    const off = new ReplicationAgent({
-      hubHost: '127.0.0.1',
-      hubPort: 1,
-      vm: 'vm1',
-      log: silentLogger(),
-      volumes: [{ name: 'V1', target: image as unknown as BlockTarget, log: DirtyLog.memory(1 << 20, 65536) }],
-      loopFlushMaxMs: 0,
-    });
-    const bare = { ...image, flushSync: undefined, sizeBytes: image.sizeBytes };
-    const noSync = new ReplicationAgent({
-      hubHost: '127.0.0.1',
-      hubPort: 1,
-      vm: 'vm2',
-      log: silentLogger(),
-      volumes: [{ name: 'V1', target: bare as unknown as BlockTarget, log: DirtyLog.memory(1 << 20, 65536) }],
-    });
+    const off = agentOver(image, 'vm1', 0);
+    const noSync = agentOver({ ...image, flushSync: undefined, sizeBytes: image.sizeBytes }, 'vm2');
     try {
       assert.equal(off.flushNow('V1'), false);
       assert.equal(noSync.flushNow('V1'), false);
