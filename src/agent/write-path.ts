@@ -162,8 +162,8 @@ export class WritePath implements RegionHolder {
   /**
    * The same flush done before returning, its fdatasync on the event loop: true when done, false
    * when it must go through flush() (the image has no synchronous flush, or the device was slow
-   * lately: sync-flush.ts). The NBD server asks only when the flush is its connection's one
-   * request in flight: nothing else of that guest waits behind the blocked loop.
+   * lately: sync-flush.ts). The NBD server asks only when the flush is its one request in
+   * flight on any connection: no guest request is queued behind the blocked loop.
    */
   flushNow(name: string): boolean {
     const v = this.volumes.named(name),

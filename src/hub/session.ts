@@ -2,11 +2,11 @@
 // through a Link over the Transport. Owns intake and dispatch (the inline fast path for a
 // protected write with nothing queued before it), the handshake and the session's lifecycle;
 // the apply queue, group commit, sync engine, attach and failback each own their own part.
-// Over 450 lines, for now: dispatch of every frame kind meets here (the volume operations'
-// STOP_PROTECT and VOLUME_SIZE, and the end-of-read landing of a read's small writes, were the
-// last added: that batch must see every frame as it is dispatched, so its hooks stay here while
-// the batch itself lives in inline-batch.ts). The next seam is the handshake (HELLO, IDENTITY,
-// REPORT_VM_VOLUMES checks) as a module of its own, as receive-rules.ts began.
+// Over 450 lines, for now: dispatch of every frame kind meets here. What could leave has: the
+// direction and capability checks (receive-rules.ts), VOLUME_SIZE's landing (volume-resize.ts),
+// the POINT requests (point-request.ts), a read's small-write batch (inline-batch.ts); its
+// hooks stay here because that batch must see every frame as it is dispatched. The next seam
+// is the handshake (HELLO, IDENTITY, REPORT_VM_VOLUMES checks) as a module of its own.
 import { Cmd, Cap, ALL_CAPS, ErrorCode, PROTOCOL_VERSION, decode, Message } from '../../protocol';
 import { ProtocolError, encodeError, encodeStopProtect, type Hello, type Identity } from '../../protocol';
 import type { ProtectedWrite } from '../../protocol';
