@@ -266,7 +266,11 @@ export class Hub implements HubStatusSource {
       schema: STATUS_SCHEMA,
       version: this.opts.version ?? 'unknown',
       ...this.failover.status(),
-      volumes: [...this.replicas.values()].map((r) => ({ ...r.status(), verify: this.verifier.report(r.name) })),
+      volumes: [...this.replicas.values()].map((r) => ({
+        ...r.status(),
+        verify: this.verifier.report(r.name),
+        verifyFound: this.verifier.findings(r.name),
+      })),
       agents: [...this.sessions].map((s) => ({
         session: s.id,
         vm: s.vm,

@@ -56,6 +56,11 @@ function registerVolumeMetrics(r: Registry, source: HubStatusSource): void {
     (v) => v.errors,
   );
   registerChecksumMetrics(counter);
+  counter(
+    'rephub_volume_verify_mismatched_regions_total',
+    'Regions found different by the online verifies finished since the hub started (the scrub included)',
+    (v) => v.verifyFound?.mismatchedRegions ?? 0,
+  );
   gauge('rephub_volume_dirty_bytes', 'Bytes of regions that may differ from the protected volume', (v) => v.dirtyBytes);
   gauge('rephub_volume_size_bytes', 'Volume size', (v) => v.sizeBytes);
   gauge(

@@ -20,6 +20,8 @@ export interface VolumeStatus {
   checksumMovedBytes?: number;
   /** The last online verify (hub/verify.ts), null before the first. */
   verify?: { state: string; checkedBytes: number; mismatchedRegions: number } | null;
+  /** Regions every finished verify found different since the hub started. */
+  verifyFound?: { mismatchedRegions: number };
   /** The encryption alarm (hub/encryption-alarm.ts). */
   alarm?: { active: boolean; raised: number; since: string | null };
 }

@@ -27,8 +27,17 @@ export interface VerifyStarted {
   skipped: { name: string; reason: string }[];
 }
 
+/** Differences found since the hub started: a count over every finished run, and the last run that found any. */
+export interface VerifyFindings {
+  mismatchedRegions: number;
+  last: VerifyReport | null;
+}
+
 export class VerifyScheduler {
   private readonly runs = new Map<string, VerifyRun>(); // the last run of each volume, by name
+  // What finished runs found, by volume: kept past the next run, so a scrub every second does not
+  // wipe a finding before a monitor or a scrape reads it.
+  private readonly found = new Map<string, VerifyFindings>();
   readonly pacer: VerifyPacer;
   private nextId = 1;
   private readonly timer: NodeJS.Timeout | null = null;
@@ -69,7 +78,10 @@ export class VerifyScheduler {
       if (!run) {
         run = new VerifyRun(this.nextId++, r.name, r.record.sizeBytes, r.bitmap.regionSize, !!req.reportOnly);
         this.runs.set(r.name, run);
-        run.onFinish = (rep) => this.onResult?.(r.name, rep);
+        run.onFinish = (rep) => {
+          this.record(r.name, rep);
+          this.onResult?.(r.name, rep);
+        };
         at.engine.start(at.sync, run);
         this.onResult?.(r.name, run.report);
       }
@@ -88,6 +100,17 @@ export class VerifyScheduler {
   /** The last verify of volume `name`, or null if none ran since the hub started. */
   report(name: string): VerifyReport | null {
     return this.runs.get(name)?.report ?? null;
+  }
+
+  /** What the verifies of volume `name` found since the hub started. */
+  findings(name: string): VerifyFindings {
+    return this.found.get(name) ?? { mismatchedRegions: 0, last: null };
+  }
+
+  private record(name: string, rep: VerifyReport): void {
+    if (rep.mismatchedRegions === 0) return;
+    const f = this.findings(name);
+    this.found.set(name, { mismatchedRegions: f.mismatchedRegions + rep.mismatchedRegions, last: rep });
   }
 
   /** The periodic scrub: every attached volume, repairing what differs. */
