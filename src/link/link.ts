@@ -119,18 +119,21 @@ export class Link {
   }
 
   /**
-   * PING every interval while PING is agreed (`pingAlways`: also before agreement, so a dial
-   * that never completes its handshake is noticed), and declare the peer dead after
-   * DEAD_AFTER silent intervals.
+   * PING every interval while PING is agreed, and declare the peer dead after DEAD_AFTER silent
+   * intervals. Before agreement it only waits: the owner's first-frame wait judges that silence
+   * (agent/connection.ts: a silent seed hub is a legacy hub to speak to, not a dead one), and
+   * both rules on the same deadline would race (under load the dead-peer tick could fire first
+   * and dial again a hub that is only waiting for our volume report).
    */
   startHeartbeat(): void {
     if (this.heartbeat || this.closed) return;
     const ms = this.opts.heartbeatMs;
     this.lastHeard = Date.now();
     this.heartbeat = setInterval(() => {
+      if (!this.agreed) return;
       // A peer without PING (a legacy seed hub) may rightly say nothing for hours: TCP keepalive
       // covers it, not the dead-peer rule.
-      if (this.agreed && !this.has(Cap.PING)) return this.stopHeartbeat();
+      if (!this.has(Cap.PING)) return this.stopHeartbeat();
       const silent = this.silentMs();
       if (silent > DEAD_AFTER * ms && !this.receivePaused) {
         // Heartbeat off, the link still open: the owner may send a last ERROR, then closes.
