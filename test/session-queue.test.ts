@@ -210,15 +210,15 @@ describe('GroupCommit', () => {
     assert.ok(slow[2] - slow[1] >= 59, `rounds ${(slow[2] - slow[1]).toFixed(1)} ms apart`);
   });
 
-  it('while the guest flushes (FLUSH markers), rounds start at least four intervals apart; without, one', async () => {
-    const roundStarts = async (marker: boolean) => {
+  it('while the guest flushes (FLUSH markers), rounds start 20 intervals apart (at most 100 ms, at least one interval); without, one', async () => {
+    const roundStarts = async (marker: boolean, intervalMs: number) => {
       const starts: number[] = [];
       const target = {
         flushRecovery: async () => {
           starts.push(performance.now());
         },
       };
-      const gc = new GroupCommit({ send: () => {}, has: () => true }, 20, (e) => assert.fail(e));
+      const gc = new GroupCommit({ send: () => {}, has: () => true }, intervalMs, (e) => assert.fail(e));
       for (let i = 0; i < 3; i++) {
         gc.receive();
         gc.applied(target);
@@ -229,12 +229,14 @@ describe('GroupCommit', () => {
       gc.close();
       return starts;
     };
-    const flushing = await roundStarts(true);
-    // instant flushes: only the guest's flushes space the rounds, 4 x 20 ms (not 20 ms)
-    assert.ok(flushing[1] - flushing[0] >= 79, `rounds ${(flushing[1] - flushing[0]).toFixed(1)} ms apart`);
-    assert.ok(flushing[2] - flushing[1] >= 79, `rounds ${(flushing[2] - flushing[1]).toFixed(1)} ms apart`);
-    const plain = await roundStarts(false);
-    assert.ok(plain[1] - plain[0] >= 19, `rounds ${(plain[1] - plain[0]).toFixed(1)} ms apart`);
+    const gaps = (s: number[]) => [s[1] - s[0], s[2] - s[1]];
+    // instant flushes: only the guest's flushes space the rounds, 20 x 2 ms (not 2 ms)
+    for (const g of gaps(await roundStarts(true, 2))) assert.ok(g >= 39, `rounds ${g.toFixed(1)} ms apart`);
+    // 20 x 20 ms is past the cap: 100 ms
+    for (const g of gaps(await roundStarts(true, 20))) assert.ok(g >= 99, `rounds ${g.toFixed(1)} ms apart`);
+    // an interval past the cap is kept: flushing never brings the rounds closer than configured
+    for (const g of gaps(await roundStarts(true, 150))) assert.ok(g >= 149, `rounds ${g.toFixed(1)} ms apart`);
+    for (const g of gaps(await roundStarts(false, 20))) assert.ok(g >= 19, `rounds ${g.toFixed(1)} ms apart`);
   });
 
   it('a failed flush acks nothing, then or later, and reports the error', async () => {
