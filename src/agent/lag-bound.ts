@@ -62,6 +62,12 @@ export const MIN_BOUND_BYTES = 2 << 20;
 const WAIT_CAP_LAGS = 4; // a reply waits at most this many --max-lag (the guest never hangs)
 const WAIT_CAP_MIN_MS = 1000;
 const ALPHA = 0.3; // smoothing of the drain rate per sample
+// The bound takes the highest smoothed drain of the last PEAK_SAMPLES samples (BBR's max filter):
+// a link whose latency steps up delivers nothing for one new round trip, and a hold's own pause
+// shows in the drain a round trip later. Followed down at once, either dip shrank the bound
+// under the bytes merely in flight, and holds fed the dip (CI: a write held 1 s when the fault
+// proxy's delay went 0 -> 400 ms). A link that really slowed is followed within the window.
+const PEAK_SAMPLES = 10; // 1 s of SAMPLE_MS
 const MAX_HELD = 4096; // replies held; NBD's requests in flight bound it far lower
 
 export class LagBound {
@@ -71,7 +77,10 @@ export class LagBound {
   readonly waitCapMs: number;
   readonly stallMs: number;
   private connected = false;
-  private rate = 0; // drain estimate, bytes/s (0: not measured yet)
+  private rate = 0; // the bound's drain rate, bytes/s: the peak of `peaks` (0: not measured yet)
+  private smooth = 0; // the smoothed drain, bytes/s
+  private readonly peaks = new Float64Array(PEAK_SAMPLES); // `smooth` at the last samples
+  private peakAt = 0;
   private held: Held[] = [];
   private heldHead = 0;
   private timer: unknown = null;
@@ -124,7 +133,8 @@ export class LagBound {
   attach(applied = false): void {
     this.drainsOn = applied ? 'applied' : 'acked';
     this.connected = this.maxLagMs > 0;
-    this.rate = 0;
+    this.rate = this.smooth = 0;
+    this.peaks.fill(0);
     this.sampleAt = this.lastDrainAt = this.now();
     this.sampleDrained = this.drainedSeen = this.sources.drainedBytes();
     this.sampleBacklog = this.backlog = 0;
@@ -151,8 +161,13 @@ export class LagBound {
     if (this.sampleBacklog > 0) {
       const out = drained - this.sampleDrained,
         r = (out * 1000) / dt,
-        next = this.rate === 0 ? r : this.rate + ALPHA * (r - this.rate);
-      this.rate = this.wasOver || this.backlog > out ? next : Math.max(this.rate, next);
+        next = this.smooth === 0 ? r : this.smooth + ALPHA * (r - this.smooth);
+      this.smooth = this.wasOver || this.backlog > out ? next : Math.max(this.smooth, next);
+      this.peaks[this.peakAt] = this.smooth;
+      this.peakAt = (this.peakAt + 1) % PEAK_SAMPLES;
+      let peak = 0;
+      for (let i = 0; i < PEAK_SAMPLES; i++) peak = Math.max(peak, this.peaks[i]);
+      this.rate = peak;
       this.update(); // the bound at the new rate
     }
     this.sampleAt = now;
@@ -244,6 +259,7 @@ export class LagBound {
       backlogBytes: this.backlog,
       boundBytes: Math.round(this.bound),
       drainBytesPerSec: Math.round(this.rate),
+      drainNowBytesPerSec: Math.round(this.smooth),
       drainsOn: this.drainsOn,
       heldNow: this.held.length - this.heldHead,
       heldWrites: this.heldWrites,
