@@ -32,6 +32,7 @@ import {
   encodeProtectedWriteHead,
   encodeRemoteIoResHead,
   encodeDirtyReport,
+  encodePong,
 } from '../protocol';
 
 const arg = (k: string, d: string) => {
@@ -86,7 +87,7 @@ async function startHub(): Promise<{ port: number; http: number; stop: () => voi
   }
   return {
     port,
-    http: port + 1000,
+    http: port + step, // where --http listens: with PORT set, the next port
     dir,
     stop: () => {
       p.kill('SIGTERM');
@@ -133,7 +134,7 @@ async function main() {
     } else if (m.cmd === Cmd.WRITE_ACK) {
       acked = m.seq;
       onAck?.();
-    }
+    } else if (m.cmd === Cmd.PING) sock.write(encodePong(m.nonce)); // the hub drops a peer silent for 3 beats
   });
   sock.on('data', (c) => framer.push(c));
   await new Promise<void>((r) => sock.once('connect', () => r()));

@@ -2,13 +2,12 @@
 // through a Link over the Transport. Owns intake and dispatch (the inline fast path for a
 // protected write with nothing queued before it), the handshake and the session's lifecycle;
 // the apply queue, group commit, sync engine, attach and failback each own their own part.
-// Over 450 lines, for now: dispatch of every frame kind meets here. What could leave has: the
-// direction and capability checks (receive-rules.ts), VOLUME_SIZE's landing (volume-resize.ts),
-// the POINT requests (point-request.ts), a read's small-write batch (inline-batch.ts); its
-// hooks stay here because that batch must see every frame as it is dispatched. The next seam
-// is the handshake (HELLO, IDENTITY, REPORT_VM_VOLUMES checks) as a module of its own.
-import { Cmd, Cap, ALL_CAPS, ErrorCode, PROTOCOL_VERSION, decode, Message } from '../../protocol';
-import { ProtocolError, encodeError, encodeStopProtect, type Hello, type Identity } from '../../protocol';
+// What could leave has: the handshake (handshake.ts), the direction and capability checks
+// (receive-rules.ts), VOLUME_SIZE's landing (volume-resize.ts), the POINT requests
+// (point-request.ts), a read's small-write batch (inline-batch.ts; its hooks stay here because
+// that batch must see every frame as it is dispatched).
+import { Cmd, Cap, ALL_CAPS, ErrorCode, decode, Message } from '../../protocol';
+import { ProtocolError, encodeError, encodeStopProtect } from '../../protocol';
 import type { ProtectedWrite } from '../../protocol';
 import type { DirtyBitmap } from '../../storage/bitmap';
 import type { Logger } from '../log';
@@ -23,7 +22,8 @@ import { WriteApplier } from './write-apply';
 import { InlineBatch } from './inline-batch';
 import { VolumeAttach } from './attach';
 import { WriteBack } from './failback';
-import { checkHello, checkIdentityOrder, checkIntake } from './receive-rules';
+import { checkIntake } from './receive-rules';
+import { Handshake } from './handshake';
 import { VerifyEngine, VerifyPacer } from './verify';
 import type { ResyncRateLimit } from './resync-rate';
 import { ResizeResult, SizeQueries } from './volume-resize';
@@ -97,20 +97,13 @@ function transportIo(t: Transport): LinkIo {
 }
 
 export class AgentSession implements ReplicaOwner {
-  vm = '';
   bytesReceived = 0;
   readonly started = Date.now();
-  private firstFrame = true;
-  private reported = false;
   private closed = false;
   private cleanShutdown = false;
   private shutDown = false; // AGENT_SHUTDOWN received: nothing but PING/PONG/ERROR may follow
-  private reportSeen = false; // a REPORT_VM_VOLUMES arrived (intake order)
-  /** The agent process's instance id (cap IDENTITY), hex; null without it. */
-  instance: string | null = null;
-  /** Each volume's identity lineage from IDENTITY (current UUID first); null before it or without the cap. */
-  private lineages: Map<string, Buffer[]> | null = null;
   private readonly link: Link;
+  private readonly hs: Handshake;
   private readonly queue: ApplyQueue;
   private readonly commit: GroupCommit;
   private readonly sync: SyncEngine;
@@ -124,7 +117,6 @@ export class AgentSession implements ReplicaOwner {
   private readonly checkpointTimer: NodeJS.Timeout;
   /** Where the journal may take its next point other than a flush (point-request.ts). */
   readonly points: PointRequests;
-  private readonly handshakeTimer: NodeJS.Timeout;
 
   constructor(
     readonly id: number,
@@ -135,7 +127,6 @@ export class AgentSession implements ReplicaOwner {
     /** Who the link authenticated (certificate CN or PSK identity); null on a plaintext link. */
     readonly identity: string | null = null,
   ) {
-    if (identity) this.vm = identity;
     this.link = new Link(transportIo(t), {
       caps: cfg.caps,
       heartbeatMs: cfg.heartbeatMs,
@@ -143,6 +134,17 @@ export class AgentSession implements ReplicaOwner {
       onDead: (silent) =>
         this.fail(new ProtocolError(`agent silent for ${silent} ms: connection presumed dead`, ErrorCode.TIMEOUT)),
     });
+    this.hs = new Handshake(
+      this.link,
+      identity,
+      cfg.handshakeMs,
+      {
+        greeted: () => host.onHello?.(this),
+        requireChecksums: () => t.requireChecksums?.(),
+        fail: (e) => this.fail(e),
+      },
+      log,
+    );
     this.queue = new ApplyQueue(
       {
         apply: (m) => this.apply(m),
@@ -172,7 +174,7 @@ export class AgentSession implements ReplicaOwner {
         send: (bufs) => this.link.send(bufs),
         isClosed: () => this.closed,
         attached: (sync) => this.sync.add(sync),
-        lineage: (name) => this.lineages?.get(name) ?? null,
+        lineage: (name) => this.hs.lineage(name),
       },
       log,
     );
@@ -191,13 +193,16 @@ export class AgentSession implements ReplicaOwner {
     this.verifier = new VerifyEngine(this.link, pacer, log, () => this.sync.allocReqId());
     this.checkpointTimer = setInterval(() => void this.sync.checkpoint(), cfg.checkpointMs);
     this.checkpointTimer.unref();
-    // An idle or half-open connection must not hold one of the hub's session slots forever.
-    this.handshakeTimer = setTimeout(() => {
-      if (!this.reported) {
-        this.fail(new ProtocolError(`no REPORT_VM_VOLUMES within ${cfg.handshakeMs} ms`, ErrorCode.TIMEOUT));
-      }
-    }, cfg.handshakeMs);
-    this.handshakeTimer.unref();
+  }
+
+  /** The VM's name (the handshake's): '' before HELLO on a plaintext link. */
+  get vm(): string {
+    return this.hs.vm;
+  }
+
+  /** The agent process's instance id (cap IDENTITY), hex; null without it. */
+  get instance(): string | null {
+    return this.hs.instance;
   }
 
   /** The agent's address, as a refusal names who holds a volume. */
@@ -243,23 +248,21 @@ export class AgentSession implements ReplicaOwner {
       payload = owned(payload);
     }
     const msg = decode(cmd, payload);
-    if (this.firstFrame) this.onFirstFrame(msg);
-    else if (msg.cmd === Cmd.HELLO) throw new ProtocolError('HELLO is only valid as the first frame');
+    this.hs.arrived(msg);
     if (this.shutDown || msg.cmd !== Cmd.PROTECTED_WRITE) checkIntake(msg.cmd, this.caps, this.shutDown);
     if (msg.cmd === Cmd.AGENT_SHUTDOWN) this.shutDown = true;
-    if (msg.cmd === Cmd.IDENTITY || msg.cmd === Cmd.REPORT_VM_VOLUMES) {
-      checkIdentityOrder(msg.cmd, this.caps, this.lineages !== null, this.reportSeen);
-      this.reportSeen ||= msg.cmd === Cmd.REPORT_VM_VOLUMES;
-    }
     switch (msg.cmd) {
       case Cmd.HELLO:
-        return this.onHello(msg);
+        return this.hs.hello(msg);
       case Cmd.PING:
         return this.link.pong(msg.nonce);
       case Cmd.PONG:
         return;
       case Cmd.IDENTITY: // session metadata, before any report: kept at once, never queued
-        return this.onIdentity(msg);
+        return this.hs.identify(msg);
+      case Cmd.REPORT_VM_VOLUMES:
+        this.hs.reportArrived();
+        break;
       case Cmd.ERROR:
         this.log.warn({ vm: this.vm, code: msg.code, cause: msg.message.slice(0, 256) }, 'agent reported an error');
         return;
@@ -285,45 +288,11 @@ export class AgentSession implements ReplicaOwner {
     this.queue.push(own === payload ? msg : decode(Cmd.PROTECTED_WRITE, own), own);
   }
 
-  private onFirstFrame(msg: Message): void {
-    this.firstFrame = false;
-    if (msg.cmd === Cmd.HELLO) return;
-    this.link.legacy();
-    this.log.info('agent sent no HELLO: legacy seed protocol, no extensions');
-    this.host.onHello?.(this);
-  }
-
-  private onIdentity(m: Identity): void {
-    this.instance = m.instanceId.toString('hex');
-    this.lineages = new Map(m.volumes.map((v) => [v.name, v.lineage]));
-    const volumes = m.volumes.map((v) => ({ volume: v.name, uuid: v.lineage[0].toString('hex') }));
-    this.log.info({ vm: this.vm, instance: this.instance, volumes }, 'agent identity');
-  }
-
-  private onHello(h: Hello): void {
-    checkHello(h);
-    if (this.identity && h.name !== this.identity) {
-      throw new ProtocolError(
-        `HELLO names VM "${h.name}" but the link authenticated "${this.identity}"`,
-        ErrorCode.UNAUTHORIZED,
-      );
-    }
-    this.vm = h.name;
-    this.link.agree(h.caps);
-    // Our reply carries the agreed capabilities and is never sealed; every frame after it is.
-    this.link.sendHello(Math.min(PROTOCOL_VERSION, h.version));
-    // The agent seals every frame it sends after it received this reply, and sends none before.
-    if (this.link.has(Cap.FRAME_CRC)) this.t.requireChecksums?.();
-    this.log.info({ vm: this.vm, version: h.version, caps: this.caps }, 'agent hello');
-    this.host.onHello?.(this);
-    if (this.link.has(Cap.PING)) this.link.startHeartbeat();
-  }
-
   /** Apply one frame from the queue, in stream order. */
   private async apply(m: Message): Promise<void> {
     switch (m.cmd) {
       case Cmd.REPORT_VM_VOLUMES:
-        this.reported = true;
+        this.hs.reported();
         return this.attach.report(m, this.vm, this.trustsReports);
       case Cmd.PROTECTED_WRITE:
         return this.writes.apply(m);
@@ -444,7 +413,7 @@ export class AgentSession implements ReplicaOwner {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.checkpointTimer);
-    clearTimeout(this.handshakeTimer);
+    this.hs.stop();
     this.link.stop();
     this.sync.stop();
     this.verifier.stop();

@@ -2,6 +2,7 @@
 # Initial sync of a volume with data vs nbdcopy copying the same image between two nbdkit
 # exports, in one run. Usage: tools/bench/sync-vs-nbdcopy.sh [SIZE_MIB] [FILL_PERCENT] [RUNS]
 # FILL_PERCENT of the 64 KiB blocks hold random data, the rest are holes (default 100).
+# HUB_ARGS, AGENT_ARGS: extra flags for the hub and the agent (e.g. HUB_ARGS=--no-journal).
 # Both start with a cold page cache and end when their data is on disk (sync). RUNS (default 3)
 # alternate the two and report each one's median: nbdcopy's time swings run to run here.
 set -euo pipefail
@@ -34,10 +35,10 @@ for run in $(seq "$RUNS"); do
   T_COPY=$(echo "$e - $s" | bc); echo "$T_COPY" >> "$W/copy"
   rm -rf "$W/SR" "$W/hub" "$W/ast"
   quiet
-  LOG_LEVEL=warn node dist/src/cli/rephub.js --listen 127.0.0.1:$P --http 127.0.0.1:$((P+80)) --nbd 127.0.0.1:$((P+10)) --vol "S=$W/SR" --data "$W/hub" 2>"$W/hub.log" & HUB=$!
+  LOG_LEVEL=warn node dist/src/cli/rephub.js --listen 127.0.0.1:$P --http 127.0.0.1:$((P+80)) --nbd 127.0.0.1:$((P+10)) --vol "S=$W/SR" --data "$W/hub" ${HUB_ARGS:-} 2>"$W/hub.log" & HUB=$!
   sleep 0.5
   s=$(now)
-  LOG_LEVEL=warn node dist/src/cli/rephub-agent.js --hub 127.0.0.1:$P --export "S=$W/src.img" --nbd 127.0.0.1:$((P+9)) --http 127.0.0.1:$((P+90)) --state "$W/ast" --vm s 2>"$W/agent.log" & AG=$!
+  LOG_LEVEL=warn node dist/src/cli/rephub-agent.js --hub 127.0.0.1:$P --export "S=$W/src.img" --nbd 127.0.0.1:$((P+9)) --http 127.0.0.1:$((P+90)) --state "$W/ast" --vm s ${AGENT_ARGS:-} 2>"$W/agent.log" & AG=$!
   until curl -s 127.0.0.1:$((P+80))/status | grep -q '"state": "protecting"'; do sleep 0.05; done
   sync; e=$(now)
   T_SYNC=$(echo "$e - $s" | bc); echo "$T_SYNC" >> "$W/sync"
