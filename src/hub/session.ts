@@ -23,7 +23,7 @@ import { InlineBatch } from './inline-batch';
 import { VolumeAttach } from './attach';
 import { WriteBack } from './failback';
 import { checkIntake } from './receive-rules';
-import { Handshake } from './handshake';
+import { Handshake, HandshakeHost } from './handshake';
 import { VerifyEngine, VerifyPacer } from './verify';
 import type { ResyncRateLimit } from './resync-rate';
 import { ResizeResult, SizeQueries } from './volume-resize';
@@ -134,17 +134,7 @@ export class AgentSession implements ReplicaOwner {
       onDead: (silent) =>
         this.fail(new ProtocolError(`agent silent for ${silent} ms: connection presumed dead`, ErrorCode.TIMEOUT)),
     });
-    this.hs = new Handshake(
-      this.link,
-      identity,
-      cfg.handshakeMs,
-      {
-        greeted: () => host.onHello?.(this),
-        requireChecksums: () => t.requireChecksums?.(),
-        fail: (e) => this.fail(e),
-      },
-      log,
-    );
+    this.hs = new Handshake(this.link, identity, cfg.handshakeMs, this.handshakeHost(), log);
     this.queue = new ApplyQueue(
       {
         apply: (m) => this.apply(m),
@@ -193,6 +183,14 @@ export class AgentSession implements ReplicaOwner {
     this.verifier = new VerifyEngine(this.link, pacer, log, () => this.sync.allocReqId());
     this.checkpointTimer = setInterval(() => void this.sync.checkpoint(), cfg.checkpointMs);
     this.checkpointTimer.unref();
+  }
+
+  private handshakeHost(): HandshakeHost {
+    return {
+      greeted: () => this.host.onHello?.(this),
+      requireChecksums: () => this.t.requireChecksums?.(),
+      fail: (e) => this.fail(e),
+    };
   }
 
   /** The VM's name (the handshake's): '' before HELLO on a plaintext link. */
