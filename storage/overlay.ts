@@ -156,6 +156,10 @@ export class GuardedTarget implements BlockTarget {
   read(buf: Buffer, offset: number): Promise<void> {
     return this.base.read(buf, offset);
   }
+  /** Writes below may be in flight after write() returns (direct writes, a remote image): landing() says where. */
+  get windowed(): boolean {
+    return this.base.landing !== undefined;
+  }
   /** The landing of writes in flight over [start, end) below the guard (storage/volume.ts). */
   landing(start: number, end: number): Promise<void> | null {
     return this.base.landing ? this.base.landing(start, end) : null;
