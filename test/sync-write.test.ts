@@ -17,7 +17,10 @@ const REGION = 64 * 1024;
 const SIZE = 8 << 20;
 const MIB = 1 << 20;
 
-async function replica(seed: Buffer | null, open: TargetOpener = openFileTarget): Promise<{ rep: Replica; file: string }> {
+async function replica(
+  seed: Buffer | null,
+  open: TargetOpener = openFileTarget,
+): Promise<{ rep: Replica; file: string }> {
   const file = path.join(tmpdir(), 'V1R');
   if (seed) fs.writeFileSync(file, seed);
   const rep = new Replica({ name: 'V1', path: file }, new MemoryStateStore(), REGION, silentLogger());
@@ -39,7 +42,12 @@ function countWrites(rep: Replica): { n: number } {
 
 /** A dense 1 MiB answer to a read at `at`. */
 function answer(at: number, data: Buffer) {
-  const ans = checkAnswer({ cmd: 0, reqId: 1, ioStatus: IO_OK, volumeId: 1, data } as never, at, at + data.length, () => true);
+  const ans = checkAnswer(
+    { cmd: 0, reqId: 1, ioStatus: IO_OK, volumeId: 1, data } as never,
+    at,
+    at + data.length,
+    () => true,
+  );
   assert.ok(ans);
   return ans;
 }
@@ -72,7 +80,13 @@ describe('sync answers onto the recovery volume (sync-write.ts)', () => {
       await writeRange(rep, answer(MIB, data), MIB, 2 * MIB);
       await rep.target!.flush();
       assert.equal(writes.n, 1, 'one asynchronous write of the whole run');
-      assert.ok(fs.readFileSync(file).subarray(MIB, 2 * MIB).equals(data), 'and it landed');
+      assert.ok(
+        fs
+          .readFileSync(file)
+          .subarray(MIB, 2 * MIB)
+          .equals(data),
+        'and it landed',
+      );
       // a run up to 256 KiB goes to the page cache synchronously on either
       const small = randomBytes(256 * 1024);
       await writeRange(rep, answer(4 * MIB, small), 4 * MIB, 4 * MIB + small.length);
