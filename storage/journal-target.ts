@@ -217,6 +217,18 @@ export class JournalTarget implements BlockTarget {
     });
   }
 
+  /** A writeSync of [start, end) now would read a before-image first (not only a ZERO record, or nothing). */
+  readsBefore(start: number, end: number): boolean {
+    const j = this.binding;
+    if (!j || end <= start) return false;
+    const first = Math.floor(start / JOURNAL_BLOCK),
+      last = Math.floor((end - 1) / JOURNAL_BLOCK);
+    let all = this.seenEpoch === j.journal.epoch;
+    for (let k = first; k <= last && all; k++) all = this.seen.has(k);
+    if (all) return false;
+    return !this.zeros?.covers(first * JOURNAL_BLOCK, Math.min((last + 1) * JOURNAL_BLOCK, this.sizeBytes));
+  }
+
   /** The widened range to record, or null (no journal yet, or every block recorded this epoch). */
   private range(start: number, end: number): [number, number, JournalBinding] | null {
     const j = this.binding;

@@ -51,6 +51,11 @@ export interface BlockTarget {
    * to be written with theirs in one append). Only a hint: the write itself stays correct without it.
    */
   prepareWrite?(start: number, end: number): void;
+  /**
+   * Optional, for a filter that reads the volume before it writes (the journal's capture): true
+   * when a writeSync of [start, end) now would read first. Absent: it never does.
+   */
+  readsBefore?(start: number, end: number): boolean;
 }
 
 /**
@@ -78,6 +83,11 @@ export async function writeZeroes(
 
 /** Writes up to this size go through writeSync() where a target has it. */
 export const SYNC_WRITE_MAX = 64 * 1024;
+/**
+ * A larger write goes synchronously too, in SYNC_WRITE_MAX pieces, up to this size, where it
+ * only copies into the page cache (overlay.ts, GuardedTarget.tryWriteSync).
+ */
+export const SYNC_LARGE_MAX = 1 << 20;
 
 export class VolumeError extends Error {
   constructor(

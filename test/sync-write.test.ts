@@ -12,6 +12,11 @@ import type { TargetOpener } from '../src/hub/replica-spec';
 import { checkAnswer, writeRange } from '../src/hub/sync-write';
 import { silentLogger } from '../src/log';
 import { tmpdir } from './harness/util';
+import { Journal } from '../storage/journal';
+import { JournalTarget } from '../storage/journal-target';
+import { GuardedTarget } from '../storage/overlay';
+import { KnownZeroMap, TrackedTarget } from '../storage/tracking';
+import { FileVolume } from '../storage/volume';
 
 const REGION = 64 * 1024;
 const SIZE = 8 << 20;
@@ -69,17 +74,17 @@ describe('sync answers onto the recovery volume (sync-write.ts)', () => {
     await rep.target!.close();
   });
 
-  it('a seeded replica (its before-images may need disk reads) and --cache none keep the asynchronous write', async () => {
-    for (const [seed, open] of [
-      [randomBytes(SIZE), openFileTarget],
-      [null, openDirectTarget],
+  it('a seeded replica without a journal takes it synchronously too; --cache none keeps its write window', async () => {
+    for (const [open, async] of [
+      [openFileTarget, 0],
+      [openDirectTarget, 1],
     ] as const) {
-      const { rep, file } = await replica(seed, open);
+      const { rep, file } = await replica(randomBytes(SIZE), open);
       const writes = countWrites(rep),
         data = randomBytes(MIB);
       await writeRange(rep, answer(MIB, data), MIB, 2 * MIB);
       await rep.target!.flush();
-      assert.equal(writes.n, 1, 'one asynchronous write of the whole run');
+      assert.equal(writes.n, async, 'asynchronous writes of the whole run');
       assert.ok(
         fs
           .readFileSync(file)
@@ -90,8 +95,38 @@ describe('sync answers onto the recovery volume (sync-write.ts)', () => {
       // a run up to 256 KiB goes to the page cache synchronously on either
       const small = randomBytes(256 * 1024);
       await writeRange(rep, answer(4 * MIB, small), 4 * MIB, 4 * MIB + small.length);
-      assert.equal(writes.n, 1, 'a small run: no asynchronous write');
+      assert.equal(writes.n, async, 'a small run: no asynchronous write');
       await rep.target!.close();
     }
+  });
+});
+
+describe('large synchronous writes under the journal (GuardedTarget.tryWriteSync)', () => {
+  it('go synchronously only where the journal reads no before-image: known zero, or recorded this epoch', async () => {
+    const dir = tmpdir(),
+      file = path.join(dir, 'V1R');
+    fs.writeFileSync(file, Buffer.alloc(SIZE));
+    const vol = FileVolume.open(file);
+    const zeros = new KnownZeroMap(SIZE, REGION);
+    const j = Journal.open(path.join(dir, 'journal'), { segmentBytes: 16 * MIB });
+    const jt = new JournalTarget(new TrackedTarget(vol, zeros), file, () => ({ journal: j, vol: j.volumeIndex('V1') }));
+    const g = new GuardedTarget(jt);
+    const a = randomBytes(MIB),
+      b = randomBytes(MIB);
+    // known zero (a replica this hub created): a ZERO record, no read
+    assert.equal(g.tryWriteSync(a, 0), true, 'a fresh range goes synchronously');
+    // no longer known zero, recorded this epoch: nothing to read
+    assert.equal(g.tryWriteSync(b, 0), true, 'a range recorded this epoch goes synchronously');
+    j.appendCheckpoint('interval');
+    assert.equal(jt.readsBefore(0, MIB), true, 'a new epoch needs the before-image');
+    assert.equal(g.tryWriteSync(a, 0), false, 'which is read asynchronously: write() is the way');
+    await g.write(a, 0);
+    assert.equal(g.tryWriteSync(b, 0), true, 'recorded now');
+    assert.equal(g.tryWriteSync(randomBytes(2 * MIB), 2 * MIB), false, 'over SYNC_LARGE_MAX: never');
+    const got = Buffer.alloc(MIB);
+    await g.read(got, 0);
+    assert.ok(got.equals(b), 'the last write is what the volume holds');
+    j.close();
+    await g.close();
   });
 });

@@ -4,6 +4,7 @@
 // (checksum-sync.ts); neither the read's bookkeeping nor its dirty bits are this file's.
 import { Cap, IO_OK, IO_ZEROES, IO_SPARSE, ProtocolError, decodeSparse, SparsePiece } from '../../protocol';
 import type { RemoteIoRes } from '../../protocol';
+import type { GuardedTarget } from '../../storage/overlay';
 import { SYNC_WRITE_MAX } from '../../storage/volume';
 import { assert } from '../assert';
 import type { Replica } from './replica';
@@ -43,7 +44,7 @@ export function checkAnswer(
 export async function writeRange(rep: Replica, ans: ReadAnswer, a: number, b: number): Promise<void> {
   assert(ans.start <= a && a < b && b <= ans.end, 'a range written lies inside its answer');
   if (ans.pieces) return writeSparse(rep, ans.pieces, ans.start, a, b);
-  if (!ans.zeroes) return writeRun(rep, ans.data.subarray(a - ans.start, b - ans.start), a);
+  if (!ans.zeroes) return writeRun(rep.target!, ans.data.subarray(a - ans.start, b - ans.start), a);
   const regionSize = rep.bitmap!.regionSize;
   for (let at = a; at < b;) {
     const next = Math.min(b, (Math.floor(at / regionSize) + 1) * regionSize);
@@ -62,24 +63,22 @@ async function writeSparse(rep: Replica, pieces: SparsePiece[], start: number, a
       const pa = Math.max(a, start + p.offset),
         pb = Math.min(b, start + p.offset + p.length);
       if (pa >= pb) continue;
-      if (p.data) await writeRun(rep, p.data.subarray(pa - start - p.offset, pb - start - p.offset), pa);
+      if (p.data) await writeRun(rep.target!, p.data.subarray(pa - start - p.offset, pb - start - p.offset), pa);
       else await rep.zeroBytes(pa, pb);
     }
   }
 }
 
 /**
- * Sync data goes straight to the page cache in SYNC_WRITE_MAX pieces: sync answers are applied
- * one at a time, and a threadpool round trip per run left answers waiting in the queue (the
- * reads were idle half the time; a 1 MiB pwrite takes 0.3 ms, its round trip 2.8 ms with the
- * agent on the same two cores). Runs up to SYNC_RUN_MAX always; a larger one (up to a whole
- * answer) only onto a fresh range of a page-cache volume, where the journal reads no
- * before-image, so the event loop never waits for the disk. Else it joins the write window
- * of --cache none or a remote image, or the threadpool.
+ * Sync data goes straight to the page cache: sync answers are applied one at a time, and a
+ * threadpool round trip per run left answers waiting in the queue (the reads were idle half
+ * the time). Runs up to SYNC_RUN_MAX in SYNC_WRITE_MAX pieces, always; larger ones where the
+ * target takes them synchronously (GuardedTarget.tryWriteSync: a page-cache copy, no read).
  */
-async function writeRun(rep: Replica, d: Buffer, at: number): Promise<void> {
-  const t = rep.target!;
-  if (d.length <= SYNC_RUN_MAX || (!t.windowed && rep.knownZeroCovers(at, at + d.length))) {
+async function writeRun(t: GuardedTarget, d: Buffer, at: number): Promise<void> {
+  if (d.length > SYNC_RUN_MAX) {
+    if (t.tryWriteSync(d, at)) return;
+  } else {
     let o = 0;
     while (o < d.length && t.tryWriteSync(d.subarray(o, Math.min(o + SYNC_WRITE_MAX, d.length)), at + o)) {
       o += SYNC_WRITE_MAX;
