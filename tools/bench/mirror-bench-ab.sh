@@ -110,7 +110,9 @@ for r in $(seq "$ROUNDS"); do
     URI=; start_server "$s" || { echo "round $r: $s did not start" >&2; stop_all; continue; }
     uri=$URI
     line="round $r $s:"
-    for j in $JOBS; do t0=$(ticks "$s"); v=$(fio_job "$uri" "$j"); t1=$(ticks "$s")
+    # sync first: every job starts with no dirty pages of the one before (another server's 1 MiB
+    # job left gigabytes to write back, and the next 4 KiB job ran at a third of its speed)
+    for j in $JOBS; do sync; t0=$(ticks "$s"); v=$(fio_job "$uri" "$j"); t1=$(ticks "$s")
       mib=$(jq -r '.jobs[0].write.io_bytes/1048576' "$W/fio.json" 2>/dev/null || echo 0)
       c=$(echo "scale=0; ($t1 - $t0) * 1000000 / $TCK / ($mib + 0.001)" | bc)
       R[$s.$j]+="$v "; C[$s.$j]+="$c "; line+=" $j=$v (${c}us/MiB)"; done
