@@ -177,7 +177,8 @@ export class GuardedTarget implements BlockTarget {
    * The fast path, when no view needs regions preserved first; false: use write(). A write up to
    * SYNC_LARGE_MAX goes too, in SYNC_WRITE_MAX pieces, where it is only a page-cache copy: no
    * write window below (--cache none, a remote image) and no filter reading the volume first
-   * (the journal's before-image), so the event loop never waits for the disk. The apply queue
+   * (the journal's before-image), so the event loop waits for no disk read (only, as every
+   * buffered writer may, where the kernel throttles writers of dirty pages). The apply queue
    * applies one write at a time: a threadpool round trip per 1 MiB write took 2.8 ms against
    * the pwrite's 0.3 ms (docs/BENCHMARKS.md, Round 9).
    */
