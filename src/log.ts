@@ -22,4 +22,6 @@ export function checkLogLevel(level: string | undefined, label: string): string 
   return `${label} ${level}: one of ${LOG_LEVELS.join(', ')}`;
 }
 
-export const silentLogger = (): Logger => pino({ level: 'silent' });
+const SILENT = pino({ level: 'silent' });
+/** A logger that writes nothing (tests, tools): a child of one for the process (each pino opens a destination). */
+export const silentLogger = (): Logger => SILENT.child({});

@@ -154,6 +154,7 @@ class World {
   readonly agent: AgentCore;
   life = { dead: false };
   hub!: Hub;
+  readonly incarnations: Hub[] = []; // every hub started, crashed ones too: closed at the end
   conn: Conn | null = null;
   legacyClean = true; // legacy agent: last session ended with AGENT_SHUTDOWN
   agentReads: (() => void)[] = []; // remote reads on the agent that have read their data, not yet completed
@@ -215,6 +216,14 @@ class World {
         return new Fenced(d, life);
       },
     });
+    this.incarnations.push(this.hub);
+  }
+
+  /** The case is over: the agent's timers stop and every hub closes (a crashed one is fenced). */
+  async close() {
+    this.drop('case over');
+    this.agent.stop();
+    for (const h of this.incarnations) await h.close();
   }
 
   connect() {
@@ -422,6 +431,14 @@ async function runCase(
   actions: any[],
 ) {
   const w = new World(sizes, caps, cfg);
+  try {
+    await playCase(w, sizes, actions);
+  } finally {
+    await w.close();
+  }
+}
+
+async function playCase(w: World, sizes: number[], actions: any[]) {
   w.connect();
   for (const a of actions) {
     switch (a.t) {

@@ -134,6 +134,7 @@ class HubWorld {
   private hubIn!: FrameDecoder;
   private agentIn!: FrameDecoder;
   history: string[] = [];
+  private readonly incarnations: Hub[] = [];
 
   constructor(readonly agent: ScriptedAgent) {
     this.recovery = new RecordedImage(new RecordedFile(Buffer.alloc(SIZE)));
@@ -152,6 +153,12 @@ class HubWorld {
       session: { maxInflightReads: 2, maxReadBytes: 2 * RS, checkpointMs: 1e9, commitIntervalMs: 0 },
       openTarget: () => recovery,
     });
+    this.incarnations.push(this.hub);
+  }
+
+  /** The case is over: every hub started closes (a cut one is killed: its store takes nothing). */
+  async close(): Promise<void> {
+    for (const h of this.incarnations) await h.close();
   }
 
   connect(): void {
@@ -256,6 +263,14 @@ const tally = { cases: 0, cuts: 0, none: 0, all: 0, random: 0, pagesPending: 0, 
 async function runCase(ops: any[], how: Survival, seed: number): Promise<void> {
   const agent = new ScriptedAgent(new Rng(seed));
   const w = new HubWorld(agent);
+  try {
+    await playCase(w, agent, ops, how, seed);
+  } finally {
+    await w.close();
+  }
+}
+
+async function playCase(w: HubWorld, agent: ScriptedAgent, ops: any[], how: Survival, seed: number): Promise<void> {
   w.connect();
   const cut = async (h: Survival, s: number) => {
     const f = w.recovery.f;

@@ -66,6 +66,7 @@ class World {
   readonly recovery = new MemoryVolume(SIZE);
   readonly hub: Hub;
   agent: Agent;
+  readonly incarnations: Agent[] = [];
   history: string[] = [];
 
   constructor() {
@@ -78,6 +79,14 @@ class World {
       openTarget: () => this.recovery,
     });
     this.agent = new Agent(Buffer.alloc(SIZE), null);
+    this.incarnations.push(this.agent);
+  }
+
+  /** The case is over: every agent incarnation's timers stop, and the hub closes (nothing outlives it). */
+  async close(): Promise<void> {
+    this.drop();
+    for (const a of this.incarnations) a.core.stop();
+    await this.hub.close();
   }
 
   connect(): void {
@@ -185,6 +194,7 @@ class World {
     const log = old.logFile.f.survive(how, rng);
     this.drop();
     this.agent = new Agent(image, log);
+    this.incarnations.push(this.agent);
     this.history.push(`cut ${how}`);
     return image;
   }
@@ -237,6 +247,14 @@ async function cutNow(w: World, how: Survival, seed: number, big: Promise<void>[
 
 async function runCase(actions: any[], how: Survival, seed: number): Promise<void> {
   const w = new World();
+  try {
+    await playCase(w, actions, how, seed);
+  } finally {
+    await w.close();
+  }
+}
+
+async function playCase(w: World, actions: any[], how: Survival, seed: number): Promise<void> {
   w.connect();
   await w.quiesce(); // the initial full sync
   const big: Promise<void>[] = [];
@@ -306,7 +324,9 @@ describe('power loss on the agent (property-based, recorded files, real agent co
   it(`${runs} cases, each ending in a cut (and some cutting midway too): after restart and resync the replica equals the image as it survived`, async () => {
     await fc.assert(
       fc.asyncProperty(arb, ([acts, how, seed]) => runCase(acts, how, seed)),
-      { numRuns: runs },
+      // A case takes tens of ms: one that has not ended in 10 s hangs, and fails with its actions
+      // (replay: SIM_CASE) at once, not unshrunk after the runner's whole timeout.
+      { numRuns: runs, timeout: 10_000, endOnFailure: true },
     );
     console.log(`      power-loss cuts: ${JSON.stringify(tally)}`);
   });

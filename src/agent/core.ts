@@ -61,7 +61,7 @@ export class AgentCore {
   /** The link as remote IO sees it: its answers go through the governor (sendBulk). */
   private bulkLink: LinkPort | null = null;
   private readonly ackLag = new AckLag();
-  private readonly lagTimer: NodeJS.Timeout;
+  private lagTimer: NodeJS.Timeout | null = null; // while connected: a core left disconnected holds no timer
   private readonly lagBound: LagBound;
 
   constructor(
@@ -111,14 +111,20 @@ export class AgentCore {
       guestHeld: () => this.lagBound.over,
       ...opts.clock,
     });
-    this.lagTimer = setInterval(() => {
-      if (this.link === null) return;
-      this.ackLag.sample(this.mirror.sent, Date.now());
-      this.lagBound.sample();
-      // Holding: a PONG tells a live hub whose disk is slow from a stalled link (lag-bound.ts).
-      if (this.lagBound.over && this.link.has(Cap.PING)) this.link.send([encodePing(Date.now())]);
-    }, SAMPLE_MS);
-    this.lagTimer.unref();
+  }
+
+  /** The ack lag and the backlog bound are sampled every SAMPLE_MS while connected. */
+  private readonly sampleLag = (): void => {
+    if (this.link === null) return;
+    this.ackLag.sample(this.mirror.sent, Date.now());
+    this.lagBound.sample();
+    // Holding: a PONG tells a live hub whose disk is slow from a stalled link (lag-bound.ts).
+    if (this.lagBound.over && this.link.has(Cap.PING)) this.link.send([encodePing(Date.now())]);
+  };
+
+  private stopSampling(): void {
+    if (this.lagTimer) clearInterval(this.lagTimer);
+    this.lagTimer = null;
   }
 
   /** Age of the oldest mirrored write the hub has not acked (ms), link queue included. */
@@ -130,6 +136,9 @@ export class AgentCore {
   connected(direct: LinkPort): void {
     const link = this.pacer ? this.pacer.attach(direct) : direct;
     this.link = link;
+    this.stopSampling();
+    this.lagTimer = setInterval(this.sampleLag, SAMPLE_MS);
+    this.lagTimer.unref();
     const gov = this.governor;
     this.bulkLink = {
       send: (bufs, done) => link.send(bufs, done),
@@ -168,6 +177,7 @@ export class AgentCore {
   /** The connection is gone: everything per connection starts over; the dirty log keeps the rest. */
   disconnected(): void {
     this.link = null;
+    this.stopSampling();
     this.refusals.reset();
     this.volumes.reset();
     this.mirror.detach();
@@ -296,7 +306,7 @@ export class AgentCore {
 
   /** Timers off (agent stopping). */
   stop(): void {
-    clearInterval(this.lagTimer);
+    this.stopSampling();
     this.lagBound.detach();
     this.handover.stop();
     this.refusals.reset();

@@ -5,7 +5,7 @@
 import * as http from 'node:http';
 import { Counter, Gauge, Registry } from 'prom-client';
 import { parseListenAddr } from './listen-addr';
-import { registerProcessMetrics } from '../process-metrics';
+import { scrapeWithProcess } from '../process-metrics';
 import { STATUS_SCHEMA, capNames } from '../status-schema';
 import { VERSION } from './version';
 
@@ -120,13 +120,12 @@ export async function serveAgentHttp(
   const httpAddr = parseListenAddr(addr, '--http');
   const registry = new Registry();
   registerAgentMetrics(registry, status);
-  registerProcessMetrics(registry, VERSION);
   const web = http.createServer((req, res) => {
     if (req.method === 'GET' && req.url === '/status') {
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify(statusDocument(status()), null, 1));
     } else if (req.method === 'GET' && req.url === '/metrics') {
-      registry.metrics().then(
+      scrapeWithProcess(registry, VERSION).then(
         (text) => res.writeHead(200, { 'content-type': registry.contentType }).end(text),
         (e: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`${e.message}\n`),
       );

@@ -5,7 +5,7 @@
 import * as http from 'node:http';
 import { Registry } from 'prom-client';
 import { registerMetrics } from './metrics';
-import { registerProcessMetrics } from '../process-metrics';
+import { scrapeWithProcess } from '../process-metrics';
 import type { HubStatusSource } from './status-source';
 
 export type { HubStatusSource, VolumeStatus } from './status-source';
@@ -30,16 +30,15 @@ export class Monitor {
 
   constructor(
     private readonly source: HubStatusSource,
-    version = 'unknown',
+    private readonly version = 'unknown',
   ) {
     registerMetrics(this.registry, source);
-    registerProcessMetrics(this.registry, version);
     this.sampler = setInterval(() => this.history.sample(Date.now(), this.source.status().volumes), SAMPLE_MS);
     this.sampler.unref();
   }
 
   metrics(): Promise<string> {
-    return this.registry.metrics();
+    return scrapeWithProcess(this.registry, this.version);
   }
 
   /** Everything the dashboard shows, heat maps included. */

@@ -67,3 +67,25 @@ export function readRegion(file: string, off: number, len: number): Buffer {
   fs.closeSync(fd);
   return b;
 }
+
+/**
+ * `body`, failed with where it stands (`where()`) once `where()` has not changed for `ms`: a hang
+ * fails with its place instead of the runner's bare timeout. Not a timing assertion: a slow run
+ * that moves on is never failed, and `ms` sits far above any one step's normal run time.
+ */
+export async function failIfStuck<T>(ms: number, where: () => string, body: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  let last = where();
+  const stuck = new Promise<never>((_, rej) => {
+    timer = setInterval(() => {
+      const now = where();
+      if (now === last) rej(new Error(`no progress for ${ms} ms: stuck at ${now}`));
+      last = now;
+    }, ms);
+  });
+  try {
+    return await Promise.race([body, stuck]);
+  } finally {
+    clearInterval(timer);
+  }
+}
