@@ -223,9 +223,7 @@ export class JournalTarget implements BlockTarget {
     if (!j || end <= start) return false;
     const first = Math.floor(start / JOURNAL_BLOCK),
       last = Math.floor((end - 1) / JOURNAL_BLOCK);
-    let all = this.seenEpoch === j.journal.epoch;
-    for (let k = first; k <= last && all; k++) all = this.seen.has(k);
-    if (all) return false;
+    if (this.seenEpoch === j.journal.epoch && this.allSeen(first, last)) return false;
     return !this.zeros?.covers(first * JOURNAL_BLOCK, Math.min((last + 1) * JOURNAL_BLOCK, this.sizeBytes));
   }
 
@@ -239,11 +237,15 @@ export class JournalTarget implements BlockTarget {
     }
     const first = Math.floor(start / JOURNAL_BLOCK),
       last = Math.floor((end - 1) / JOURNAL_BLOCK);
-    let all = true;
-    for (let k = first; k <= last && all; k++) all = this.seen.has(k);
-    if (all) return null;
+    if (this.allSeen(first, last)) return null;
     if (this.seen.size + (last - first + 1) <= SEEN_MAX) for (let k = first; k <= last; k++) this.seen.add(k);
     return [first * JOURNAL_BLOCK, Math.min((last + 1) * JOURNAL_BLOCK, this.sizeBytes), j];
+  }
+
+  /** Every journal block in [first, last] was recorded in the epoch `seen` is of. */
+  private allSeen(first: number, last: number): boolean {
+    for (let k = first; k <= last; k++) if (!this.seen.has(k)) return false;
+    return true;
   }
 
   private record(j: JournalBinding, offset: number, img: Buffer): void {

@@ -6,13 +6,10 @@
 // each (no user-space buffer: a kill -9 loses nothing appended), or staged (a read's small
 // writes: stageBefore, stageZero) and written together by flushStaged(), which the capture
 // filter calls before each overwrite and every append, sync and close calls first; sync()
-// makes them durable.
-// Over 450 lines, for now (under 400 of code; the rest says why): segments, retention and
-// staging share the open segment's offsets; the points live in
-// journal-points.ts, the volume table in journal-volumes.ts, the scan at open in
-// journal-recover.ts, the staged records in journal-stage.ts. Next seam: the sync policy
-// (early sync past 1 MiB unsynced, captures still out on a remote volume), which could move
-// to a journal-sync.ts owning those two counters.
+// makes them durable (journal-sync.ts). Segments, retention and staging share the open
+// segment's offsets and stay here; the points live in journal-points.ts, the volume table in
+// journal-volumes.ts, the scan at open in journal-recover.ts, the staged records in
+// journal-stage.ts.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
@@ -35,6 +32,7 @@ import { checkMark, writeMark } from './journal-mark';
 import { RecordStage } from './journal-stage';
 import { loadVolumeTable, syncDir, writeVolumeTable } from './journal-volumes';
 import { recoverSegment } from './journal-recover';
+import { JournalSync } from './journal-sync';
 
 import { Checkpoint, PointList } from './journal-points';
 import { assert } from './assert';
@@ -71,11 +69,7 @@ export const ZERO_POS = -1;
 const MAX_POINTS = 100_000;
 const EMPTY = Buffer.alloc(0);
 const SCAN_WINDOW_BYTES = 64 * 1024;
-// Appends start a sync of their own only once this much is unsynced: a bulk stream's group
-// commit then finds its before-images mostly durable, while small writes (a guest flushing after
-// each 4 KiB write) leave theirs to the group commit's one journal sync per round instead of
-// adding an fdatasync per event-loop turn on the disk the guest is flushing to.
-export const EARLY_SYNC_BYTES = 1 << 20;
+export { EARLY_SYNC_BYTES } from './journal-sync';
 
 export class Journal {
   private readonly segments: Segment[] = [];
@@ -91,12 +85,7 @@ export class Journal {
   private readonly listeners = new Set<BeforeListener>();
   private capturing = 0; // before-images being read (a remote volume): a point waits for them
   private capturedWaiters: (() => void)[] = [];
-  private syncRun: Promise<void> | null = null;
-  private syncAgain = false;
-  private syncedTo = 0; // journal position up to which every record is durable
-  private unsyncedBytes = 0; // appended since the last sync() began: an early sync past EARLY_SYNC_BYTES
-  private syncScheduled = false;
-  private syncFailed: Error | null = null;
+  private readonly syncs: JournalSync;
   private readonly header = Buffer.alloc(HEADER_BYTES);
   private readonly zeroLength = Buffer.alloc(ZERO_PAYLOAD_BYTES); // a ZERO record's payload, reused
   private readonly stage = new RecordStage(); // records captured ahead of their overwrites, not yet written
@@ -106,6 +95,8 @@ export class Journal {
     private readonly opts: JournalOptions,
   ) {
     this.pts = new PointList(opts.maxPoints ?? MAX_POINTS);
+    const tail = () => (this.segments.length ? { fd: this.current.fd, end: this.end } : null);
+    this.syncs = new JournalSync(dir, tail, () => this.flushStaged());
     assert(opts.segmentBytes >= 1 << 20 && opts.segmentBytes < 2 ** 32, 'a segment is 1 MiB..4 GiB');
   }
 
@@ -148,7 +139,7 @@ export class Journal {
       data,
     );
     this.capturedSincePoint += data.length;
-    this.syncSoon();
+    this.syncs.soon();
     for (const l of this.listeners) l(vol, offset, data.length, at);
     return at;
   }
@@ -165,7 +156,7 @@ export class Journal {
       this.zeroLength,
     );
     this.capturedSincePoint += length;
-    this.syncSoon();
+    this.syncs.soon();
     for (const l of this.listeners) l(vol, offset, length, ZERO_POS);
   }
 
@@ -207,13 +198,13 @@ export class Journal {
       if (w !== n) throw new Error(`journal ${this.dir}: short append of staged records (${w} of ${n} bytes)`);
       at = position(s.n, s.bytes);
       s.bytes += n;
-      this.unsyncedBytes += n;
+      this.syncs.appended(n);
     } catch (e) {
       this.lostHistory(e as Error);
     } finally {
       this.stage.written(at, this.listeners);
     }
-    this.syncSoon();
+    this.syncs.soon();
   }
 
   /**
@@ -305,58 +296,10 @@ export class Journal {
     return n;
   }
 
-  /**
-   * Every record appended so far is durable once this resolves (fdatasync, coalesced). Appends
-   * start one on their own at the end of their event-loop turn once EARLY_SYNC_BYTES are
-   * unsynced (group commit for the journal): in a bulk stream, by the time the volume's group
-   * commit asks, the before-images are mostly durable already, so the group commit no longer
-   * waits behind a whole journal fdatasync.
-   */
+  /** Every record appended so far is durable once this resolves (journal-sync.ts). */
   sync(): Promise<void> {
-    this.flushStaged();
-    if (this.syncFailed) {
-      const e = this.syncFailed; // an early sync failed: its error is the next caller's
-      this.syncFailed = null;
-      return Promise.reject(e);
-    }
-    if (this.syncedTo >= this.end) return Promise.resolve();
-    if (this.syncRun) {
-      this.syncAgain = true;
-      return this.syncRun;
-    }
-    const fd = this.current.fd,
-      upTo = this.end;
-    this.unsyncedBytes = 0;
-    const run = new Promise<void>((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res())));
-    this.syncRun = run
-      .then(() => {
-        this.syncedTo = Math.max(this.syncedTo, upTo);
-      })
-      .finally(() => {
-        this.syncRun = null;
-        if (this.syncAgain) {
-          this.syncAgain = false;
-          return this.sync();
-        }
-      });
-    return this.syncRun;
+    return this.syncs.sync();
   }
-
-  /**
-   * An early sync after this turn's appends, once EARLY_SYNC_BYTES are unsynced (one per turn; its
-   * failure goes to the next sync()). Below that the group commit's sync() covers them.
-   */
-  private syncSoon(): void {
-    if (this.syncScheduled || this.unsyncedBytes < EARLY_SYNC_BYTES) return;
-    this.syncScheduled = true;
-    setImmediate(this.earlySync);
-  }
-
-  private readonly earlySync = (): void => {
-    this.syncScheduled = false;
-    if (this.segments.length === 0) return; // closed
-    this.sync().catch((e: Error) => (this.syncFailed = e));
-  };
 
   /** The points, oldest first. */
   points(): readonly Checkpoint[] {
@@ -505,7 +448,7 @@ export class Journal {
     if (n !== HEADER_BYTES + payload.length) throw new Error(`journal ${this.dir}: short append (${n} bytes)`);
     const at = position(s.n, s.bytes + HEADER_BYTES);
     s.bytes += n;
-    this.unsyncedBytes += n;
+    this.syncs.appended(n);
     return at;
   }
 

@@ -1,18 +1,14 @@
 // A recovery volume on the hub: the single owner of its target, record and dirty bitmap, its
 // state machine (every change goes through setState and is logged there), its statistics and
 // its one owner (the agent session that has it attached). Sessions borrow it while attached.
-// Over 450 lines on purpose, for now: what is left here all changes the replica's private state
-// (state machine, health flags, known zeroes, RBD claim, checksum-resync flag, the operator's
-// hold and an online grow) and would need
-// that state exposed to move out. What reads it only already lives beside it: replica-spec.ts
-// (spec, openers), replica-stats.ts, replica-status.ts, replica-identity.ts (comparisons),
-// failover-maps.ts, alarm-reader.ts. Next seam: the attach/open path (attach, openTarget,
-// openBase, ensureTarget) as a class owning `seeded`, `knownZero` and the claim token.
-import * as fs from 'node:fs';
-import { BlockTarget, FileVolume, writeZeroes } from '../../storage/volume';
-import { GuardedTarget } from '../../storage/overlay';
+// What is left here changes the replica's private state (state machine, health flags,
+// checksum-resync flag, the operator's hold, an online grow). What only reads it, or owns a
+// part of its own, lives beside it: replica-open.ts (the open and what it learns: seeded,
+// known zeroes, the RBD claim), replica-spec.ts, replica-stats.ts, replica-status.ts,
+// replica-identity.ts, failover-maps.ts, alarm-reader.ts.
+import { BlockTarget, writeZeroes } from '../../storage/volume';
+import type { GuardedTarget } from '../../storage/overlay';
 import { DirtyBitmap } from '../../storage/bitmap';
-import { KnownZeroMap, TrackedTarget } from '../../storage/tracking';
 import { ChecksumResyncRecord, StateStore, VolumeRecord } from '../../storage/state';
 import type { Logger } from '../log';
 import { assert } from '../assert';
@@ -21,7 +17,8 @@ import { AlarmReader } from './alarm-reader';
 import { ReplicaStats } from './replica-stats';
 import { replicaStatus } from './replica-status';
 import { newChecksumResync, peerChange, recoveryFileChange, recoveryFileNow } from './replica-identity';
-import { isRbdPath, openClaimed, releaseImage } from './rbd-target';
+import { isRbdPath, releaseImage } from './rbd-target';
+import { freshRecord, RecoveryOpening } from './replica-open';
 
 import type { ReplicaState, VolumeHold } from './replica-state';
 export type { ReplicaState, VolumeHold } from './replica-state';
@@ -72,12 +69,8 @@ export class Replica {
   private error?: string;
   private writeOk = true; // the last write to the recovery volume succeeded
   private flushOk = true; // ... and its last flush: no retry out of error before both
-  /** Regions known to hold zeroes (a recovery volume this hub created sparse); null: none known. */
-  private knownZero: KnownZeroMap | null = null;
-  /** The recovery volume existed with data when it was opened: the hub cannot vouch for it. */
-  private seeded = false;
-  /** The claim token this hub wrote into its RBD image (rbd-target.ts), for the record. */
-  private claimToken: string | undefined;
+  /** The open of the recovery volume, and what it learnt: seeded, known zeroes, RBD claim. */
+  private readonly opening: RecoveryOpening;
 
   constructor(
     readonly spec: ReplicaSpec,
@@ -87,6 +80,7 @@ export class Replica {
   ) {
     this.alarmReader = new AlarmReader(spec.path, 4096);
     this.alarm = new EncryptionAlarm(undefined, (active, start, rateBps) => this.alarmChanged(active, start, rateBps));
+    this.opening = new RecoveryOpening(spec.path, this.filtered, (reason) => this.checkIdentity(reason));
     const rec = store.volume(spec.name);
     // Removed by the operator, configured again: a new replica over the kept file (seeded: compared first).
     if (rec?.removed) log.warn({ volume: spec.name }, 'volume was removed from protection; protecting it anew');
@@ -152,7 +146,7 @@ export class Replica {
         `protected volume ${this.name} is now ${sizeBytes} bytes but its replica was ${rec.sizeBytes} bytes; remove the replica's state to start over`,
       );
     }
-    if (!this.target) this.target = await this.openTarget(open, sizeBytes, rec?.regionSize ?? this.regionSize);
+    if (!this.target) this.target = await this.opening.stack(open, sizeBytes, rec?.regionSize ?? this.regionSize, rec);
     if (rec && this.failover) {
       // Promoted: the agent is back but its writes are only tracked until failback.
       rec.vm = vm;
@@ -160,23 +154,12 @@ export class Replica {
     }
     if (rec) this.checkIdentity(peerChange(rec, lineage));
     if (!rec || !this.bitmap) {
-      rec = {
-        name: this.name,
-        id: this.store.allocateVolumeId(),
-        sizeBytes,
-        regionSize: this.regionSize,
-        generation: 0,
-        state: 'syncing',
-        cleanShutdown: false,
-        syncPass: 0,
-        syncCursor: 0,
-        vm,
-      };
+      rec = freshRecord(this.name, this.store.allocateVolumeId(), sizeBytes, this.regionSize, vm);
       this.bitmap = new DirtyBitmap(sizeBytes, this.regionSize);
       this.bitmap.holdClearsUntilFlush();
       this.bitmap.setAll(); // a new replica knows nothing: full initial sync
       // A file that already held data (a backup, an earlier copy, lost hub state): compare, never copy blindly.
-      if (this.seeded) rec.checksumResync = newChecksumResync('seeded replica: the recovery volume held data');
+      if (this.opening.seeded) rec.checksumResync = newChecksumResync('seeded replica: the recovery volume held data');
     } else if (!rec.cleanShutdown && (!trustAgentReport || rec.untrustedSession)) {
       // A legacy agent cannot tell us what it wrote while we were apart, and after a legacy
       // session ended uncleanly no agent can: its writes are in nobody's dirty log.
@@ -189,7 +172,7 @@ export class Replica {
     rec.vm = vm;
     if (lineage) rec.peerUuid = lineage[0].toString('hex'); // durable below, after the bitmap
     rec.recoveryFile = recoveryFileNow(this.spec.path, false); // written from now on: inexact
-    if (this.claimToken) rec.rbdClaim = this.claimToken; // durable below, before any write
+    if (this.opening.claimToken) rec.rbdClaim = this.opening.claimToken; // durable below, before any write
     this.record = rec;
     await this.store.saveBitmap(this.name, this.bitmap, true);
     await this.store.putVolume(rec, true);
@@ -198,45 +181,15 @@ export class Replica {
     return rec;
   }
 
-  /**
-   * The recovery volume's filter stack: the guard over change tracking over the file. A file
-   * this hub creates starts known zero; every write below the guard clears what it touches.
-   */
-  private async openTarget(open: TargetOpener, sizeBytes: number, regionSize: number): Promise<GuardedTarget> {
-    const rbd = isRbdPath(this.spec.path);
-    const existed = !rbd && fs.existsSync(this.spec.path);
-    const file = await this.openBase(open, sizeBytes);
-    // An existing file with no data extents (all holes) holds nothing to vouch for.
-    if (!rbd) this.seeded = existed && (!(file instanceof FileVolume) || file.dataExtents(0, sizeBytes)?.length !== 0);
-    // An image not seeded (openBase: this open created it, unclaimed till our lock) holds zeroes.
-    if (rbd ? this.seeded : existed || !(file instanceof FileVolume)) return new GuardedTarget(this.filtered(file));
-    this.knownZero = new KnownZeroMap(sizeBytes, regionSize);
-    return new GuardedTarget(this.filtered(new TrackedTarget(file, this.knownZero)));
-  }
-
   /** Every region [a, b) touches is known zero (never written on a replica this hub created). */
-  readonly knownZeroCovers = (a: number, b: number): boolean => this.knownZero?.covers(a, b) ?? false;
+  knownZeroCovers(a: number, b: number): boolean {
+    return this.opening.covers(a, b);
+  }
 
   /** Make bytes [a, b) zero on the recovery volume; nothing is written if every region they touch is known zero. */
   async zeroBytes(a: number, b: number): Promise<void> {
-    if (this.knownZero?.covers(a, b)) return;
+    if (this.opening.covers(a, b)) return;
     await writeZeroes((buf, o) => this.target!.write(buf, o), a, b - a);
-  }
-
-  /**
-   * Open the recovery volume. An RBD image is claimed for the record before anything is written
-   * (rbd-target.ts): one this open did not create may hold anything (seeded), and another hub's
-   * writes since the record's claim (a takeover) mean a checksum resync.
-   */
-  private async openBase(open: TargetOpener, sizeBytes: number): Promise<BlockTarget> {
-    const o = await openClaimed(open, this.spec.path, sizeBytes, this.record);
-    if (!o.claim) return o.target;
-    // created by this open, yet claimed by another hub before our lock: it wrote there, compare first
-    this.seeded = !o.claim.created || o.claim.found !== null;
-    this.claimToken = o.claim.token;
-    if (this.record) this.record.rbdClaim = o.claim.token;
-    this.checkIdentity(o.claim.reason);
-    return o.target;
   }
 
   /** Open the recovery volume of a known replica without an agent (failover, failover test). */
@@ -244,7 +197,7 @@ export class Replica {
     if (!this.record) throw new Error(`volume ${this.name} has never been protected: no replica to use`);
     if (!this.target) {
       // the journal's capture too: a promoted volume's writes must keep the older points right
-      this.target = new GuardedTarget(this.filtered(await this.openBase(open, this.record.sizeBytes)));
+      this.target = await this.opening.bare(open, this.record);
       this.record.recoveryFile = recoveryFileNow(this.spec.path, false); // written from now on: inexact
       void this.store.putVolume(this.record, true);
     }
@@ -268,7 +221,7 @@ export class Replica {
     assert(rec !== undefined && bm !== undefined, 'a checksum resync is of a replica with a record');
     rec.checksumResync = newChecksumResync(reason);
     bm.setAll();
-    this.knownZero?.forget(0, bm.regions - 1); // the data is not what the hub wrote
+    this.opening.forget(0, bm.regions - 1); // the data is not what the hub wrote
     const failed = (e: Error) => {
       this.noteError(`cannot persist the checksum resync: ${e.message}`);
       this.log.error({ volume: this.name, cause: e.message }, 'cannot persist the checksum resync');
@@ -314,7 +267,7 @@ export class Replica {
 
   /** Verify found regions [first, last] different: dirty, and no longer trusted to be zero. */
   async markDiffering(first: number, last: number): Promise<void> {
-    this.knownZero?.forget(first, last);
+    this.opening.forget(first, last);
     await this.markDirty(first, last);
   }
 
@@ -388,9 +341,10 @@ export class Replica {
     bm.grow(sizeBytes);
     bm.setRegions(firstNew, bm.regions - 1);
     await this.store.saveBitmap(this.name, bm, true);
-    [rec.sizeBytes, this.knownZero] = [sizeBytes, null]; // the map was sized for the old volume
+    rec.sizeBytes = sizeBytes;
+    this.opening.resized(); // the map was sized for the old volume
     await this.store.putVolume(rec, true);
-    this.target = await this.openTarget(open, sizeBytes, rec.regionSize);
+    this.target = await this.opening.stack(open, sizeBytes, rec.regionSize, rec);
     this.setState('syncing');
   }
 
