@@ -9,6 +9,7 @@
 //                              [--workload 4k|1m|both] [--rate-mbps MB/s --bs BYTES]
 //                              [--recovery PATH]  (the recovery volume, e.g. rbd:POOL/IMAGE:conf=F; default a file)
 //                              [--zeroes]  (answer the initial sync "all zero" instead of with zero bytes)
+//                              [--name LG]  (the volume, and the VM loadgen-NAME: several loadgens on one --hub)
 import * as net from 'node:net';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -46,6 +47,7 @@ const RATE = Number(arg('rate-mbps', '0')) * 1e6; // bytes/s; 0 = as fast as the
 const BS = Number(arg('bs', String(1 << 20)));
 const WORKLOAD = arg('workload', 'both'); // 4k | 1m | both
 const RECOVERY = arg('recovery', ''); // '' = a file in the hub's temp dir
+const NAME = arg('name', 'LG'); // the volume; the VM is loadgen-NAME (a hub binds each VM to one session)
 // Answer the sync's reads in the ZEROES form, as an agent does for a range it knows is empty (a
 // fresh sparse volume): the hub then writes nothing where it knows its replica is zero.
 const ZEROES_FORM = process.argv.includes('--zeroes');
@@ -67,7 +69,7 @@ async function startHub(): Promise<{ port: number; http: number; stop: () => voi
       '--nbd', // not the default port: another hub on this host may hold it
       `127.0.0.1:${port + 2 * step}`,
       '--vol',
-      `LG=${RECOVERY || path.join(dir, 'LGR')}`,
+      `${NAME}=${RECOVERY || path.join(dir, `${NAME}R`)}`,
       '--data',
       path.join(dir, 'state'),
       ...(process.env.HUB_ARGS ?? '').split(' ').filter(Boolean), // e.g. HUB_ARGS=--no-journal
@@ -95,13 +97,13 @@ async function startHub(): Promise<{ port: number; http: number; stop: () => voi
   };
 }
 
-/** The hub's HTTP status says volume LG is protecting with nothing dirty. */
+/** The hub's HTTP status says volume NAME is protecting with nothing dirty. */
 async function protecting(port: number): Promise<boolean> {
   try {
     const st = (await (await fetch(`http://127.0.0.1:${port}/status`)).json()) as {
       volumes: { name: string; state: string; dirtyBytes: number }[];
     };
-    return st.volumes.some((v) => v.name === 'LG' && v.state === 'protecting' && v.dirtyBytes === 0);
+    return st.volumes.some((v) => v.name === NAME && v.state === 'protecting' && v.dirtyBytes === 0);
   } catch {
     return false;
   }
@@ -138,8 +140,10 @@ async function main() {
   });
   sock.on('data', (c) => framer.push(c));
   await new Promise<void>((r) => sock.once('connect', () => r()));
-  sock.write(encodeHello(PROTOCOL_VERSION, ALL_CAPS & ~Cap.FRAME_CRC & ~Cap.IDENTITY, Limits.maxPayload, 'loadgen'));
-  sock.write(encodeReportVmVolumes([{ name: 'LG', sizeBytes: SIZE }]));
+  sock.write(
+    encodeHello(PROTOCOL_VERSION, ALL_CAPS & ~Cap.FRAME_CRC & ~Cap.IDENTITY, Limits.maxPayload, `loadgen-${NAME}`),
+  );
+  sock.write(encodeReportVmVolumes([{ name: NAME, sizeBytes: SIZE }]));
   const syncStart = Date.now();
   while (volId < 0 || Date.now() - lastRead < 300) await new Promise((r) => setTimeout(r, 50));
   // The sync's writes may still be landing after the last read (an RBD image is slower than our
