@@ -254,7 +254,16 @@ h.pwrite(b'\\x66' * ${KiB64}, 2 * ${KiB64}); h.flush(); h.shutdown()
 
       // another live agent holds web1: the second is refused, the first keeps protecting
       await holder.start();
-      await waitFor('holder protecting', async () => (await hub.volume('web1'))?.state === 'protecting', 60_000, 50);
+      await waitFor(
+        'holder protecting',
+        async () => (await hub.volume('web1'))?.state === 'protecting',
+        60_000,
+        50,
+      ).catch(async (e: Error) => {
+        // once seen in CI (not reproduced): say what the hub and the agent saw
+        const vol = JSON.stringify(await hub.volume('web1').catch((x: Error) => x.message));
+        throw new Error(`${e.message}; the hub's web1: ${vol}; the holder's log: ${holder.stderr.slice(-3000)}`);
+      });
       const copy = path.join(dir, 'copy', 'web1.img');
       fs.mkdirSync(path.dirname(copy));
       fs.copyFileSync(img, copy);

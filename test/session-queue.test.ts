@@ -205,9 +205,10 @@ describe('GroupCommit', () => {
       return starts;
     };
     const slow = await roundStarts(1);
-    // the first round took >= 15 ms, so the next starts >= 60 ms after it (not 1 ms)
-    assert.ok(slow[1] - slow[0] >= 59, `rounds ${(slow[1] - slow[0]).toFixed(1)} ms apart`);
-    assert.ok(slow[2] - slow[1] >= 59, `rounds ${(slow[2] - slow[1]).toFixed(1)} ms apart`);
+    // the first round took >= 15 ms, so the next starts about 60 ms after it, not 1 ms (libuv's
+    // millisecond timer clock may fire a timer up to ~1 ms early against performance.now(): CI saw 58.3)
+    assert.ok(slow[1] - slow[0] >= 55, `rounds ${(slow[1] - slow[0]).toFixed(1)} ms apart`);
+    assert.ok(slow[2] - slow[1] >= 55, `rounds ${(slow[2] - slow[1]).toFixed(1)} ms apart`);
   });
 
   it('while the guest flushes (FLUSH markers), rounds start 20 intervals apart (at most 100 ms, at least one interval); without, one', async () => {
