@@ -6,10 +6,13 @@
 // each (no user-space buffer: a kill -9 loses nothing appended), or staged (a read's small
 // writes: stageBefore, stageZero) and written together by flushStaged(), which the capture
 // filter calls before each overwrite and every append, sync and close calls first; sync()
-// makes them durable (journal-sync.ts). Segments, retention and staging share the open
-// segment's offsets and stay here; the points live in journal-points.ts, the volume table in
-// journal-volumes.ts, the scan at open in journal-recover.ts, the staged records in
+// makes them durable (journal-sync.ts). The points live in journal-points.ts, the volume table
+// in journal-volumes.ts, the scan at open in journal-recover.ts, the staged records in
 // journal-stage.ts.
+// Over 450 lines (under 400 of code): appends, staging, rolls, retention, scan and close all move
+// or read the open segment's offset and the segment list, which this class owns alone; splitting
+// them would hand that state to two owners. The next seam, if it grows: retention (enforce,
+// pins, deleteOldest) as a journal-retention.ts asked through a narrow segment-list interface.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {

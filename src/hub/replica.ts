@@ -1,8 +1,10 @@
 // A recovery volume on the hub: the single owner of its target, record and dirty bitmap, its
 // state machine (every change goes through setState and is logged there), its statistics and
 // its one owner (the agent session that has it attached). Sessions borrow it while attached.
-// What is left here changes the replica's private state (state machine, health flags,
-// checksum-resync flag, the operator's hold, an online grow). What only reads it, or owns a
+// Over 450 lines on purpose: what is left here changes the replica's private state (state
+// machine, health flags, checksum-resync flag, the operator's hold, an online grow), and each
+// move out would expose that state to a second writer. The next seam, if it grows: the health
+// flags (writeOk, flushOk, error) as a small class of their own. What only reads it, or owns a
 // part of its own, lives beside it: replica-open.ts (the open and what it learns: seeded,
 // known zeroes, the RBD claim), replica-spec.ts, replica-stats.ts, replica-status.ts,
 // replica-identity.ts, failover-maps.ts, alarm-reader.ts.
