@@ -169,6 +169,26 @@ describe('resync governor', () => {
     assert.equal(g.idleBoosts, 1);
   });
 
+  it('a fresh resync with an idle guest probes while its answers are held, and is at full speed within 250 ms', () => {
+    // Issue 17: a 1 GiB initial sync spent its first 0.4 s at 2-8 MiB/s. The hub's 16 reads were
+    // answered at once and held to the starting rate; the next probe waited for the token timer
+    // (500 ms for 1 MiB at 2 MiB/s), and the first sample could not tell the guest idle.
+    const c = fakeClock(),
+      s = sink();
+    const pongs: number[] = []; // due times of PONGs for PINGs in flight
+    const g = new ResyncGovernor({ floorRate: MiB, ceilRate: 0, guestWrites: () => 7, ...c });
+    g.probe = () => pongs.push(c.now());
+    for (let i = 0; i < 16; i++) g.send(s.link, frame(1 << 20, true));
+    assert.ok(g.status().heldBytes >= 14 * MiB, 'held to the starting rate');
+    for (let t = 0; t < 250; t++) {
+      c.advance(1);
+      while (pongs.length > 0 && pongs[0] + 2 <= c.now()) g.sample(pongs.shift()!); // a 2 ms link
+    }
+    assert.equal(g.status().guestIdle, true, 'idle from the first sample: no write since resync started');
+    assert.equal(g.status().heldBytes, 0, 'every held answer left');
+    assert.ok(g.rate >= 512 * MiB, `full speed within 250 ms: ${(g.rate / MiB).toFixed(0)} MiB/s`);
+  });
+
   it('with the guest idle on a slow link, doubles at most once per round trip', () => {
     const c = fakeClock(),
       s = sink();

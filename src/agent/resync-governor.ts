@@ -64,8 +64,10 @@ const SLOW_START_BELOW = 0.25;
 // once per round trip (not per 100 ms): on loopback resync is back at full speed ~200 ms after
 // the guest's job instead of 1-1.3 s (issue 17: copies equal 2.4-3.1 s after mirror-bench's
 // 1 MiB job, QEMU's background mirror 0.5-0.6 s). Doubling per round trip bounds the overshoot
-// on a slow link as TCP's slow start does. The first guest write seen restores the rate from
-// before (or less, after a cut).
+// on a slow link as TCP's slow start does. Not less than 20 ms: at 5 ms a 1 GiB initial sync on
+// loopback reached protecting 0.3 s sooner, but on a 5 MiB/s link, whose PINGs came back in
+// 1 ms between bursts, the rate ran ahead of the link and a mirrored write waited 2.5 s
+// (bandwidth.e2e). The first guest write seen restores the rate from before (or less, after a cut).
 const IDLE_PROBE_MS = 20;
 const CUT_EVERY_MAX_MS = 300; // cut at least this often while the delay stays over target
 const MAX_RATE = 2 ** 32; // no ceiling given: still a number (4 GiB/s)
@@ -131,17 +133,23 @@ export class ResyncGovernor {
     assert(this.held.length < MAX_HELD, 'resync answers held are bounded by the remote IO slots');
     this.held.push({ out, bufs, done, bytes });
     this.heldBytes += bytes;
+    // Resync (re)starts: the guest's writes are counted from here, so the first delay sample
+    // can already tell an idle guest (and probe and grow at the idle pace).
+    if (!this.active() && this.opts.guestWrites) this.lastWrites = this.opts.guestWrites();
     this.lastAnswerAt = this.now();
     this.release();
   }
 
-  /** A PING is due as a delay probe (resync flows and the last probe is PROBE_MS old). */
-  private probeDue(): boolean {
-    const now = this.now();
+  /** Resync flows: an answer came within ACTIVE_MS. */
+  private active(): boolean {
+    return this.now() - this.lastAnswerAt <= ACTIVE_MS;
+  }
+
+  /** Ms until the next delay probe is due (resync flows and the last probe is PROBE_MS old). */
+  private probeIn(): number {
+    if (this.probe === null || !this.active()) return Infinity;
     const every = this.busyRate > 0 ? IDLE_PROBE_MS : PROBE_MS;
-    if (now - this.lastAnswerAt > ACTIVE_MS || now - this.lastProbeAt < every) return false;
-    this.lastProbeAt = now;
-    return true;
+    return Math.max(0, this.lastProbeAt + every - this.now());
   }
 
   /** A PONG for a PING sent at `sentAt` (ms, this clock): one delay sample; the rate follows it. */
@@ -166,7 +174,7 @@ export class ResyncGovernor {
       this.lastCutAt = now;
       this.cuts++;
       this.rate = Math.max(this.opts.floorRate, this.rate * Math.max(0.1, Math.min(0.7, this.target / delay)));
-    } else if (now - this.lastAnswerAt <= ACTIVE_MS) {
+    } else if (this.active()) {
       const slowStart = delay <= SLOW_START_BELOW * this.target;
       if (slowStart && now - this.lastGrowAt < Math.max(rtt, IDLE_PROBE_MS)) return; // once per round trip
       this.lastGrowAt = now;
@@ -226,10 +234,17 @@ export class ResyncGovernor {
       if (h.out.sendBulk) h.out.sendBulk(h.bufs, h.done);
       else h.out.send(h.bufs, h.done);
     }
-    if (this.held.length > 0 && this.timer === null) {
-      this.timer = this.setTimer(this.wake, Math.max(1, Math.ceil((-this.tokens * 1000) / rate)));
+    if (this.probeIn() === 0) {
+      this.lastProbeAt = now;
+      this.probe!();
     }
-    if (this.probe !== null && this.probeDue()) this.probe();
+    if (this.held.length > 0 && this.timer === null) {
+      // Wake for the next probe too: answers held at a low rate would otherwise wait out their
+      // tokens unprobed, and the rate grows only on probes (issue 17: a 1 GiB initial sync spent
+      // its first 0.4 s at 2-8 MiB/s, one 1 MiB answer per token timer).
+      const wait = Math.min(Math.ceil((-this.tokens * 1000) / rate), this.probeIn());
+      this.timer = this.setTimer(this.wake, Math.max(1, wait));
+    }
   }
 
   status() {
