@@ -17,6 +17,7 @@ import type { BlockTarget } from './volume';
 import type { Journal } from './journal';
 import { JOURNAL_BLOCK, MAX_PAYLOAD } from './journal-format';
 import { KnownZeroMap, TrackedTarget } from './tracking';
+import { BlockSet } from './block-set';
 import { assert } from './assert';
 
 /** The journal and volume index a recovery volume records into. */
@@ -25,7 +26,7 @@ export interface JournalBinding {
   vol: number;
 }
 
-const SEEN_MAX = 1 << 18; // blocks remembered per epoch; past it every write is recorded again
+const SEEN_PAGES = 128; // pages of the seen set (4 KiB each, 128 MiB of volume); past them a write is recorded again
 const RECORD_BYTES_MAX = MAX_PAYLOAD - (MAX_PAYLOAD % JOURNAL_BLOCK) - JOURNAL_BLOCK; // whole blocks, 1 MiB + 4 KiB
 const SCRATCH_BYTES = 64 * 1024 + 2 * JOURNAL_BLOCK; // a synchronous (small) write, widened
 
@@ -39,7 +40,7 @@ export class JournalTarget implements BlockTarget {
   readonly landing?: (start: number, end: number) => Promise<void> | null;
   private bound: JournalBinding | null = null;
   private readFd = -1; // our own descriptor for before-images: reads the same page cache
-  private readonly seen = new Set<number>(); // blocks recorded in the current epoch
+  private readonly seen = new BlockSet(SEEN_PAGES); // blocks recorded in the current epoch
   private seenEpoch = -1;
   private scratch: Buffer | null = null;
   /** The change map under us that knows the zero regions of a fresh replica, if any. */
@@ -238,14 +239,13 @@ export class JournalTarget implements BlockTarget {
     const first = Math.floor(start / JOURNAL_BLOCK),
       last = Math.floor((end - 1) / JOURNAL_BLOCK);
     if (this.allSeen(first, last)) return null;
-    if (this.seen.size + (last - first + 1) <= SEEN_MAX) for (let k = first; k <= last; k++) this.seen.add(k);
+    this.seen.add(first, last); // or not remembered: full
     return [first * JOURNAL_BLOCK, Math.min((last + 1) * JOURNAL_BLOCK, this.sizeBytes), j];
   }
 
   /** Every journal block in [first, last] was recorded in the epoch `seen` is of. */
   private allSeen(first: number, last: number): boolean {
-    for (let k = first; k <= last; k++) if (!this.seen.has(k)) return false;
-    return true;
+    return this.seen.has(first, last);
   }
 
   private record(j: JournalBinding, offset: number, img: Buffer): void {
