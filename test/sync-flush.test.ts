@@ -3,7 +3,7 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { SyncFlushPolicy, SYNC_FLUSH_SLOW_MS } from '../src/agent/sync-flush';
+import { SyncFlushPolicy, SYNC_FLUSH_SLOW_MS, BACKOFF_MIN_MS, BACKOFF_MAX_MS } from '../src/agent/sync-flush';
 import { ReplicationAgent } from '../src/agent/agent';
 import { FileVolume } from '../storage/volume';
 import type { BlockTarget } from '../storage/volume';
@@ -47,7 +47,7 @@ function agentOver(target: unknown, vm: string, loopFlushMaxMs?: number): Replic
 }
 
 describe('sync flush policy', () => {
-  it('allows the loop until a sync is slow, then the threadpool for a second, then the loop again', () => {
+  it('allows the loop until a sync is slow, then the threadpool for the backoff, then the loop again', () => {
     const stats = { loopFlushes: 0, slowFlushes: 0 };
     const p = new SyncFlushPolicy(stats, 4);
     assert.equal(p.allowed(0), true);
@@ -56,18 +56,41 @@ describe('sync flush policy', () => {
     p.took(20, 25, true); // slow: 5 ms
     assert.deepEqual(stats, { loopFlushes: 2, slowFlushes: 1 });
     assert.equal(p.allowed(26), false);
-    assert.equal(p.allowed(1024), false);
-    assert.equal(p.allowed(1025), true);
+    assert.equal(p.allowed(25 + BACKOFF_MIN_MS - 1), false);
+    assert.equal(p.allowed(25 + BACKOFF_MIN_MS), true, 'a lone slow sync costs the loop one short backoff');
   });
 
-  it('a slow threadpool sync keeps flushes off the loop too; it is not counted as a loop flush', () => {
+  it('doubles the backoff while syncs on the loop stay slow, up to its maximum; a fast one resets it', () => {
+    const p = new SyncFlushPolicy(null, 4);
+    let now = 0,
+      wait = BACKOFF_MIN_MS;
+    const waits: number[] = [];
+    for (let i = 0; i < 10; i++) {
+      p.took(now, now + 10, true); // a slow disk: every try on the loop stalls it 10 ms
+      now += 10;
+      let off = 0;
+      while (!p.allowed(now + off)) off++;
+      waits.push(off);
+      now += off;
+    }
+    for (const w of waits) {
+      assert.equal(w, wait, `backoffs ${waits.join(', ')}`);
+      wait = Math.min(BACKOFF_MAX_MS, wait * 2);
+    }
+    assert.equal(waits[waits.length - 1], BACKOFF_MAX_MS, 'a slow disk stalls the loop at most once a second');
+    p.took(now, now + 1, true); // the disk is fast again
+    p.took(now + 2, now + 12, true);
+    assert.equal(p.allowed(now + 12 + BACKOFF_MIN_MS), true, 'back to the short backoff');
+  });
+
+  it('a slow threadpool sync keeps flushes off the loop too, without growing the backoff; not a loop flush', () => {
     const stats = { loopFlushes: 0, slowFlushes: 0 };
     const p = new SyncFlushPolicy(stats, 4);
     p.took(0, 100, false);
-    assert.equal(p.allowed(600), false);
-    p.took(600, 700, false); // still slow: the backoff restarts from its end
-    assert.equal(p.allowed(1500), false);
-    assert.equal(p.allowed(1700), true);
+    assert.equal(p.allowed(100 + BACKOFF_MIN_MS - 1), false);
+    p.took(110, 200, false); // still slow: the backoff restarts from its end
+    assert.equal(p.allowed(100 + BACKOFF_MIN_MS), false);
+    assert.equal(p.allowed(200 + BACKOFF_MIN_MS), true, 'the same short backoff');
     assert.deepEqual(stats, { loopFlushes: 0, slowFlushes: 2 });
   });
 
