@@ -24,7 +24,7 @@ interface Open {
   vm: string;
   volume: string;
   opened: number;
-  /** A client was attached at some check. */
+  /** A client has attached (counted at attach, so one that came and went between checks counts). */
   seen: boolean;
   /** When the export was last seen with no client attached after one was (0: not since). */
   idleSince: number;
@@ -90,8 +90,8 @@ export class RestoreExports {
     const now = Date.now();
     for (const [name, o] of this.open) {
       const clients = this.deps.exports.attachedClients(name);
+      o.seen ||= this.deps.exports.attachesSince(name) > 0;
       if (clients > 0) {
-        o.seen = true;
         o.idleSince = 0;
       } else if (o.seen) {
         o.idleSince ||= now;

@@ -56,6 +56,8 @@ export interface ExportUser {
 interface Entry {
   readonly export: NbdExport;
   readonly users: Set<ExportUser>;
+  /** Connections that have attached since the export was added (a client may come and go unseen). */
+  attaches: number;
 }
 
 /** The one owner of the exports map: add, look up, attach a connection, remove. */
@@ -79,10 +81,15 @@ export class ExportRegistry {
     return this.entries.get(name)?.users.size ?? 0;
   }
 
+  /** How many NBD connections have attached to `name` since it was added, gone ones included. */
+  attachesSince(name: string): number {
+    return this.entries.get(name)?.attaches ?? 0;
+  }
+
   /** Serve `exp` under its name. One already there is replaced: its connections are closed. */
   add(exp: NbdExport): void {
     const old = this.entries.get(exp.name);
-    this.entries.set(exp.name, { export: exp, users: new Set() });
+    this.entries.set(exp.name, { export: exp, users: new Set(), attaches: 0 });
     if (old) void detachAll(old, 'export replaced');
   }
 
@@ -100,8 +107,10 @@ export class ExportRegistry {
   /** `user` starts transmission on `name`: the export, or undefined when it is gone. */
   attach(name: string, user: ExportUser): NbdExport | undefined {
     const entry = this.entries.get(name);
-    entry?.users.add(user);
-    return entry?.export;
+    if (!entry) return undefined;
+    entry.users.add(user);
+    entry.attaches++;
+    return entry.export;
   }
 
   /** `user` closed on its own. */
