@@ -23,6 +23,7 @@ import { DirtyLog } from '../storage/dirty-log';
 import { silentLogger } from '../src/log';
 import { RecordedFile, RecordedImage, RecordedLogFile, Survival } from './harness/power-loss';
 import { Rng } from './harness/prng';
+import { fakeClock } from './harness/fake-clock';
 
 const RS = 4096;
 const SIZE = 48 * RS; // 192 KiB: room for a 72 KiB asynchronous write
@@ -46,11 +47,11 @@ class Agent {
   readonly core: AgentCore;
   conn: Conn | null = null;
 
-  constructor(imageBytes: Buffer, logBytes: Buffer | null) {
+  constructor(imageBytes: Buffer, logBytes: Buffer | null, clock: ReturnType<typeof fakeClock>) {
     this.image = new RecordedImage(new RecordedFile(imageBytes));
     this.logFile = new RecordedLogFile(new RecordedFile(logBytes ?? Buffer.alloc(0)));
     this.log = DirtyLog.openFile(this.logFile, logBytes !== null, SIZE, RS, true, AL);
-    const limits = { maxQueueBytes: 64 << 20, maxPendingWrites: 65536, maxRemoteIo: 16, seekData: true };
+    const limits = { maxQueueBytes: 64 << 20, maxPendingWrites: 65536, maxRemoteIo: 16, seekData: true, clock };
     this.core = new AgentCore(
       [{ name: 'V0', target: this.image, log: this.log }],
       limits,
@@ -64,6 +65,9 @@ class Agent {
 class World {
   readonly store = new MemoryStateStore();
   readonly recovery = new MemoryVolume(SIZE);
+  // The resync governor holds answers on timers: virtual ones, advanced by quiesce(). On real
+  // ones its 2 MiB/s start paced a resync against quiesce's round budget, and a busy machine lost.
+  readonly clock = fakeClock();
   readonly hub: Hub;
   agent: Agent;
   readonly incarnations: Agent[] = [];
@@ -78,7 +82,7 @@ class World {
       session: { maxInflightReads: 2, maxReadBytes: 4 * RS, checkpointMs: 1e9 },
       openTarget: () => this.recovery,
     });
-    this.agent = new Agent(Buffer.alloc(SIZE), null);
+    this.agent = new Agent(Buffer.alloc(SIZE), null, this.clock);
     this.incarnations.push(this.agent);
   }
 
@@ -174,6 +178,7 @@ class World {
     for (let round = 0; round < 5000; round++) {
       if (!this.agent.conn) this.connect();
       const c = this.agent.conn!;
+      this.clock.advance(10);
       await this.deliverA2H(1000);
       await this.settle();
       this.deliverH2A(1000);
@@ -193,7 +198,7 @@ class World {
     const image = old.image.f.survive(how, rng);
     const log = old.logFile.f.survive(how, rng);
     this.drop();
-    this.agent = new Agent(image, log);
+    this.agent = new Agent(image, log, this.clock);
     this.incarnations.push(this.agent);
     this.history.push(`cut ${how}`);
     return image;
