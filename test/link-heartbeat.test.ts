@@ -5,7 +5,9 @@ import { strict as assert } from 'node:assert';
 import { Cap, Cmd, FrameDecoder } from '../protocol';
 import { Link, DEAD_AFTER } from '../src/link/link';
 
-const MS = 10; // heartbeat interval of these links
+// Heartbeat interval of these links: long enough that a GC pause or a late timer under CI load
+// (~20 ms at 10) does not make the first tick find the peer silent past DEAD_AFTER intervals.
+const MS = 50;
 
 /** A Link over a fake io: what it sent (by command) and whether it declared the peer dead. */
 function link(): { link: Link; sent: number[]; dead: number[] } {

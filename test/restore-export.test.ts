@@ -6,6 +6,7 @@ import type { ExportUser } from '../src/nbd/exports';
 import { RestoreExports } from '../src/hub/restore-export';
 import type { HubJournals } from '../src/hub/journal';
 import { makeLogger } from '../src/log';
+import { waitFor } from './harness/util';
 
 function fixture() {
   const exports = new ExportRegistry();
@@ -37,8 +38,10 @@ describe('restore exports (ended when their clients have gone)', function () {
     f.exports.detach(name, f.user); // nbdcopy of a small point: done well inside one 250 ms check
     assert.equal(f.exports.attachedClients(name), 0);
     assert.equal(f.exports.attachesSince(name), 1);
-    await sleep(3_000); // GONE_MS 2 s + a check; the first-client wait is 60 s
-    assert.equal(f.exports.has(name), false, 'the export went once its only client left');
+    const t0 = Date.now();
+    // GONE_MS (2 s) after the first check that saw it idle; the first-client wait would be 60 s
+    await waitFor('the export gone once its only client left', () => !f.exports.has(name), 8_000);
+    assert.ok(Date.now() - t0 >= 1_900, 'not before its clients had been gone GONE_MS');
     assert.equal(f.closed(), 1, 'the journal view is closed (its segments unpinned)');
     await f.r.close();
   });
