@@ -10,6 +10,8 @@ export interface NativeAddon {
   fadvise(fd: number, offset: number, length: number, advice: number): number;
   seek(fd: number, offset: number, whence: number): number;
   misalign?(buf: Buffer, align: number): number; // absent in an addon built before it
+  /** Pages of the range in the page cache, or -errno (-ENOSYS before Linux 6.5); absent in an older addon. */
+  cached?(fd: number, offset: number, length: number): number;
   /** flock(2): 0 or -errno; absent in an addon built before it. */
   flock?(fd: number, operation: number): number;
   LOCK_EX?: number;

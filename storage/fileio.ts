@@ -21,6 +21,13 @@ export function misalign(buf: Buffer, align: number): number {
   return native?.misalign ? native.misalign(buf, align) : -1;
 }
 
+/** Pages of [offset, offset + length) in the page cache; -1 when unknown (no addon, Linux < 6.5). */
+export function cachedPages(fd: number, offset: number, length: number): number {
+  if (!native?.cached) return -1;
+  const n = native.cached(fd, offset, length);
+  return n < 0 ? -1 : n;
+}
+
 /**
  * The data extents of [start, end) of a file, clipped to it, from SEEK_DATA/SEEK_HOLE; null
  * when unknown (no addon, or a file system or block device without them): read it all.

@@ -1,7 +1,8 @@
 // Block targets: positioned reads/writes and flush over a regular file or block device
 // (FileVolume), or memory (MemoryVolume, for simulations). No networking here.
 import * as fs from 'node:fs';
-import { adviseRandom, dropCache, dataExtents, misalign } from './fileio';
+import { dropCache, dataExtents, misalign } from './fileio';
+import { BulkReader, BULK_ALIGN } from './bulk-reader';
 import { assert } from './assert';
 import { WriteWindow } from './write-window';
 
@@ -150,7 +151,7 @@ export const DIRECT_WINDOW_WRITES = 8;
 export const DIRECT_WINDOW_BYTES = 8 << 20;
 
 export class FileVolume implements BlockTarget {
-  private bulkFd = -1; // opened on first readBulk, advised RANDOM
+  private bulk: BulkReader | null = null; // the descriptors of readBulk, opened on its first call
   private directFd = -1; // O_DIRECT, opened on the first direct write; -2: not available here
   private directOff = false; // the device refused an aligned direct write: buffered from now on
   directBytes = 0; // bytes written around the page cache
@@ -223,14 +224,45 @@ export class FileVolume implements BlockTarget {
   }
 
   readBulk(buf: Buffer, offset: number): Promise<void> {
-    if (this.bulkFd < 0 && this.fd >= 0) {
-      // the same open file, even if the path was renamed or replaced since
-      this.bulkFd = fs.openSync(`/proc/self/fd/${this.fd}`, 'r');
-      adviseRandom(this.bulkFd);
+    this.check(buf.length, offset);
+    const b = (this.bulk ??= new BulkReader(this.fd));
+    const run = async (): Promise<void> => {
+      const fd = b.direct(buf, offset);
+      if (fd >= 0 && (await this.readDirect(b, fd, buf, offset))) return;
+      return this.readFrom(b.buffered(), buf, offset);
+    };
+    return this.window ? this.window.read(offset, offset + buf.length, run) : run();
+  }
+
+  /** A read around the page cache; false when the file refused it (then read it buffered). */
+  private async readDirect(b: BulkReader, fd: number, buf: Buffer, offset: number): Promise<boolean> {
+    let done = 0;
+    while (done < buf.length) {
+      let n: number;
+      try {
+        n = await readAt(fd, buf, done, offset + done);
+      } catch (e: any) {
+        if (e.code !== 'EINVAL') this.fail('read', offset + done, e);
+        b.refuseDirect();
+        return false;
+      }
+      b.directReadBytes += n;
+      if (n === 0) {
+        buf.fill(0, done); // past EOF of a short file reads as zeroes
+        return true;
+      }
+      done += n;
+      if (done % BULK_ALIGN !== 0 && done < buf.length) {
+        await this.readFrom(b.buffered(), buf.subarray(done), offset + done); // the file's unaligned end
+        return true;
+      }
     }
-    const fd = this.bulkFd;
-    if (this.window) return this.window.read(offset, offset + buf.length, () => this.readFrom(fd, buf, offset));
-    return this.readFrom(fd, buf, offset);
+    return true;
+  }
+
+  /** Bytes bulk reads took around the page cache. */
+  get directReadBytes(): number {
+    return this.bulk?.directReadBytes ?? 0;
   }
 
   dataExtents(start: number, end: number): [number, number][] | null {
@@ -367,8 +399,9 @@ export class FileVolume implements BlockTarget {
     if (this.fd < 0) return;
     await this.window?.drain().catch(() => undefined); // what did not land was never flushed: not durable
     if (this.fd < 0) return;
-    const fds = [this.fd, this.bulkFd, this.directFd].filter((fd) => fd >= 0);
-    this.fd = this.bulkFd = this.directFd = -1;
+    const fds = [this.fd, this.directFd, ...(this.bulk?.fds() ?? [])].filter((fd) => fd >= 0);
+    this.fd = this.directFd = -1;
+    this.bulk = null;
     await Promise.all(fds.map((fd) => new Promise<void>((res) => fs.close(fd, () => res()))));
   }
 

@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { tmpdir } from './harness/util';
 import { HubProcess, v1Hub } from './harness/hub-process';
 import { AgentProcess, v1Agent } from './harness/agent-process';
-import { nativeUnavailable } from '../storage/fileio';
+import { adviseRandom, dropCache, nativeUnavailable } from '../storage/fileio';
 
 const KiB = 1024,
   MiB = 1 << 20,
@@ -72,6 +72,32 @@ describe('sparse initial sync (SEEK_DATA + IO_SPARSE)', function () {
     const allocated = fs.statSync(rep).blocks * 512;
     // (file-system metadata such as an extent block may add a few KiB)
     assert.ok(allocated <= data + CHUNK, `replica allocates ${allocated} bytes for ${data} of data`);
+  });
+
+  it('a cold image is read around the page cache (O_DIRECT), the part in the cache through it; replica byte-equal', async () => {
+    assert.equal(nativeUnavailable(), '', 'the native addon is built (npm install)');
+    dir = tmpdir();
+    const img = path.join(dir, 'V1.img'),
+      rep = path.join(dir, 'V1R'),
+      size = 32 * MiB;
+    fs.writeFileSync(img, randomBytes(size));
+    const fd = fs.openSync(img, 'r');
+    fs.fdatasyncSync(fd);
+    dropCache(fd, 0, 0); // on disk, not in the cache: as an image the VM wrote long ago
+    // its first 8 MiB read lately (advised RANDOM: exactly those pages, no readahead marks that
+    // would make the agent's own reads of them read ahead into the cold part)
+    adviseRandom(fd);
+    fs.readSync(fd, Buffer.alloc(8 * MiB), 0, 8 * MiB, 0);
+    fs.closeSync(fd);
+    hub = v1Hub(dir, rep);
+    await hub.start();
+    agent = v1Agent(dir, img, hub.port);
+    await agent.start();
+    await hub.converged('V1', img, rep, 60_000);
+    const st = await agent.status();
+    const direct = st.volumes[0].directReadBytes;
+    assert.equal(st.remoteReadBytes, size, 'the whole image crossed the link');
+    assert.equal(direct, size - 8 * MiB, 'the cold 24 MiB read direct, the cached 8 MiB through the cache');
   });
 
   it('--no-seek-data reads the holes too and still sends only the chunks holding data', async () => {

@@ -7,6 +7,8 @@ import { randomBytes } from 'node:crypto';
 import { open } from 'lmdb';
 import { BlockTarget, FileVolume, MemoryVolume, VolumeError, DIRECT_ALIGN } from '../storage/volume';
 import { BufferPool } from '../src/buffer-pool';
+import { BULK_ALIGN } from '../storage/bulk-reader';
+import { dropCache } from '../storage/fileio';
 import { LmdbStateStore, VolumeRecord } from '../storage/state';
 import { DirtyBitmap, PAGE_BITS } from '../storage/bitmap';
 import { DirtyLog } from '../storage/dirty-log';
@@ -239,6 +241,38 @@ describe('FileVolume', () => {
     assert.equal(v.directBytes, 2 * MiB);
     await v.flush();
     assert.ok(fs.readFileSync(p).equals(model), 'the file holds every write in order');
+  });
+
+  it('readBulk: cold ranges are read around the page cache, cached ones and unaligned buffers through it', async () => {
+    const p = path.join(dir, 'img');
+    const model = randomBytes(8 * MiB);
+    fs.writeFileSync(p, model);
+    const v = openVol(p);
+    await v.flush();
+    const raw = fs.openSync(p, 'r'); // advice is per file, not per descriptor
+    dropCache(raw, 0, 0); // written back, then dropped: every page cold
+    const pool = new BufferPool(MiB, 4, BULK_ALIGN);
+    const bulk = async (off: number, len = MiB, skew = 0) => {
+      const b = pool.take(len + skew).subarray(skew);
+      await v.readBulk!(b, off);
+      assert.ok(b.equals(model.subarray(off, off + len)), `bytes at ${off}`);
+    };
+    await bulk(0);
+    assert.equal(v.directReadBytes, MiB, 'a cold, aligned 1 MiB read: direct');
+    await v.read(Buffer.alloc(4096), 2 * MiB + 8192); // one page of the next range cached
+    await bulk(2 * MiB);
+    assert.equal(v.directReadBytes, MiB, 'a range with a cached page: through the cache');
+    await bulk(4 * MiB, MiB - 4096, 512); // misaligned memory
+    await bulk(5 * MiB, 32 * 1024); // under BULK_DIRECT_MIN
+    assert.equal(v.directReadBytes, MiB, 'misaligned or small: through the cache');
+    const dirty = randomBytes(MiB);
+    await v.write(dirty, 6 * MiB); // dirty in the page cache
+    dirty.copy(model, 6 * MiB);
+    await bulk(6 * MiB);
+    dropCache(raw, 7 * MiB, MiB);
+    await bulk(7 * MiB);
+    assert.equal(v.directReadBytes, 2 * MiB, 'the cached dirty range through the cache, the cold one direct');
+    fs.closeSync(raw);
   });
 });
 

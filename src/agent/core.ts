@@ -336,6 +336,8 @@ export class AgentCore {
         sizeBytes: v.sizeBytes,
         dirtyBytes: v.log.bitmap.dirtyBytes,
         logDirtyBytes: v.log.persistedDirtyBytes,
+        // bytes the hub's reads took around the page cache (cold data, storage/bulk-reader.ts)
+        directReadBytes: (v.target as { directReadBytes?: number }).directReadBytes ?? 0,
       })),
     };
   }
