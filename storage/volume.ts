@@ -225,6 +225,7 @@ export class FileVolume implements BlockTarget {
 
   readBulk(buf: Buffer, offset: number): Promise<void> {
     this.check(buf.length, offset);
+    if (this.fd < 0) return this.readFrom(this.fd, buf, offset); // closed: fails as any read does
     const b = (this.bulk ??= new BulkReader(this.fd));
     const run = async (): Promise<void> => {
       const fd = b.direct(buf, offset);

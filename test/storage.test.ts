@@ -273,6 +273,8 @@ describe('FileVolume', () => {
     await bulk(7 * MiB);
     assert.equal(v.directReadBytes, 2 * MiB, 'the cached dirty range through the cache, the cold one direct');
     fs.closeSync(raw);
+    await v.close();
+    await rejectsWithVolumeError(v.readBulk!(Buffer.alloc(4096), 0), 'a bulk read after close');
   });
 });
 
