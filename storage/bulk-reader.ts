@@ -8,9 +8,8 @@
 // time spent filling and copying pages; read direct, 1.5-1.9 s. Coherent either way: an
 // O_DIRECT read writes back dirty pages of its range first.
 import * as fs from 'node:fs';
-import { adviseRandom, cachedPages, misalign } from './fileio';
+import { DIRECT_ALIGN, adviseRandom, cachedPages, misalign } from './fileio';
 
-export const BULK_ALIGN = 4096; // O_DIRECT alignment of offsets, lengths and memory
 export const BULK_DIRECT_MIN = 64 << 10; // smaller reads gain little from going around the cache
 
 export class BulkReader {
@@ -36,7 +35,7 @@ export class BulkReader {
    */
   direct(buf: Buffer, offset: number): number {
     if (this.directOff || buf.length < BULK_DIRECT_MIN) return -1;
-    if (offset % BULK_ALIGN !== 0 || buf.length % BULK_ALIGN !== 0 || misalign(buf, BULK_ALIGN) !== 0) return -1;
+    if (offset % DIRECT_ALIGN !== 0 || buf.length % DIRECT_ALIGN !== 0 || misalign(buf, DIRECT_ALIGN) !== 0) return -1;
     if (cachedPages(this.fd, offset, buf.length) !== 0) return -1; // cached, or unknown
     if (this.directFd === -1) {
       try {

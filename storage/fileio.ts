@@ -6,6 +6,9 @@ import { nativeAddon as native, nativeUnavailable } from '../native/addon';
 /** Why advice is unavailable ('' when it is). */
 export { nativeUnavailable };
 
+/** O_DIRECT alignment of file offsets, lengths and memory: 4096 covers every common device. */
+export const DIRECT_ALIGN = 4096;
+
 /** No readahead on this open file: its reads leave order-0 pages, not large folios. */
 export function adviseRandom(fd: number): number {
   return native ? native.fadvise(fd, 0, 0, native.RANDOM) : -1;

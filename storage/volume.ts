@@ -1,8 +1,8 @@
 // Block targets: positioned reads/writes and flush over a regular file or block device
 // (FileVolume), or memory (MemoryVolume, for simulations). No networking here.
 import * as fs from 'node:fs';
-import { dropCache, dataExtents, misalign } from './fileio';
-import { BulkReader, BULK_ALIGN } from './bulk-reader';
+import { DIRECT_ALIGN, dropCache, dataExtents, misalign } from './fileio';
+import { BulkReader } from './bulk-reader';
 import { assert } from './assert';
 import { WriteWindow } from './write-window';
 
@@ -139,8 +139,7 @@ export interface OpenOptions {
   holds?: BufferHolds;
 }
 
-/** O_DIRECT alignment of file offsets, lengths and memory: 4096 covers every common device. */
-export const DIRECT_ALIGN = 4096;
+export { DIRECT_ALIGN };
 /** Writes from this size on go direct when aligned (smaller ones gain nothing from it). */
 export const DIRECT_MIN = 256 * 1024;
 /**
@@ -253,7 +252,7 @@ export class FileVolume implements BlockTarget {
         return true;
       }
       done += n;
-      if (done % BULK_ALIGN !== 0 && done < buf.length) {
+      if (done % DIRECT_ALIGN !== 0 && done < buf.length) {
         await this.readFrom(b.buffered(), buf.subarray(done), offset + done); // the file's unaligned end
         return true;
       }

@@ -7,7 +7,6 @@ import { randomBytes } from 'node:crypto';
 import { open } from 'lmdb';
 import { BlockTarget, FileVolume, MemoryVolume, VolumeError, DIRECT_ALIGN } from '../storage/volume';
 import { BufferPool } from '../src/buffer-pool';
-import { BULK_ALIGN } from '../storage/bulk-reader';
 import { dropCache } from '../storage/fileio';
 import { LmdbStateStore, VolumeRecord } from '../storage/state';
 import { DirtyBitmap, PAGE_BITS } from '../storage/bitmap';
@@ -251,7 +250,7 @@ describe('FileVolume', () => {
     await v.flush();
     const raw = fs.openSync(p, 'r'); // advice is per file, not per descriptor
     dropCache(raw, 0, 0); // written back, then dropped: every page cold
-    const pool = new BufferPool(MiB, 4, BULK_ALIGN);
+    const pool = new BufferPool(MiB, 4, DIRECT_ALIGN);
     const bulk = async (off: number, len = MiB, skew = 0) => {
       const b = pool.take(len + skew).subarray(skew);
       await v.readBulk!(b, off);

@@ -22,8 +22,7 @@ import {
   ChecksumReq,
 } from '../../protocol';
 import { BufferPool } from '../buffer-pool';
-import { BlockTarget, ZEROES } from '../../storage/volume';
-import { BULK_ALIGN } from '../../storage/bulk-reader';
+import { BlockTarget, DIRECT_ALIGN, ZEROES } from '../../storage/volume';
 import { assert } from '../assert';
 import type { Logger } from '../log';
 import type { AgentVolume, VolumeTable } from './volume';
@@ -85,7 +84,7 @@ export class RemoteIo {
   private active = 0;
   private queue: Queued[] = [];
   // Buffers for the hub's reads (at most maxRemoteIo in use): reused, not reallocated per read.
-  private readonly readPool = new BufferPool(1 << 20, 16, BULK_ALIGN); // aligned: cold reads go direct
+  private readonly readPool = new BufferPool(1 << 20, 16, DIRECT_ALIGN); // aligned: cold reads go direct
 
   constructor(
     private readonly volumes: VolumeTable,
