@@ -50,9 +50,9 @@ const P = {
 };
 const FIXED = { write: 24, ioReq: 28, ioRes: 16, csumRes: 20 };
 
-/** Where a PROTECTED_WRITE's data starts in its payload (to receive it aligned); 0 for others. */
+/** Where the data of a PROTECTED_WRITE or REMOTE_IO_RES starts in its payload (to receive it aligned); 0 for others. */
 export function dataOffset(cmd: number): number {
-  return cmd === Cmd.PROTECTED_WRITE ? FIXED.write : 0;
+  return cmd === Cmd.PROTECTED_WRITE ? FIXED.write : cmd === Cmd.REMOTE_IO_RES ? FIXED.ioRes : 0;
 }
 
 function num(v: bigint | number, field: string): number {

@@ -23,6 +23,9 @@ import {
   SPARSE_CHUNK,
   encodeSparseMap,
   decodeSparse,
+  dataOffset,
+  encodeProtectedWriteHead,
+  encodeRemoteIoResHead,
 } from '../protocol';
 import { crc32 } from '../protocol/crc';
 import { mulberry32 } from './harness/prng';
@@ -342,6 +345,26 @@ describe('protocol: SPEC.md test vectors', () => {
     assert.equal(frames.length, vectors.length);
     frames.forEach((f, i) => assert.deepStrictEqual(decode(f.cmd, f.payload), vectors[i].msg, vectors[i].name));
     assert.equal(dec.buffered, 0);
+  });
+});
+
+describe('protocol: where data starts in a payload', () => {
+  // The hub receives a frame's payload so that byte dataOffset(cmd) lands on a 4 KiB boundary
+  // (listener.ts): data decoded from there is aligned for O_DIRECT. A wrong offset is no error,
+  // only every large write and sync answer going through the page cache.
+  it('dataOffset is where decode() finds the data of PROTECTED_WRITE and REMOTE_IO_RES', () => {
+    const data = Buffer.alloc(8 * SECTOR, 7);
+    const frames: [number, Buffer][] = [
+      [Cmd.PROTECTED_WRITE, encodeProtectedWriteHead(3, 16, 8, 0)],
+      [Cmd.REMOTE_IO_RES, encodeRemoteIoResHead(9, 0, 3, data.length)],
+    ];
+    for (const [cmd, head] of frames) {
+      const payload = Buffer.concat([head.subarray(HEADER_SIZE), data]);
+      const m = decode(cmd, payload) as { data: Buffer };
+      assert.equal(m.data.byteOffset - payload.byteOffset, dataOffset(cmd), `cmd ${cmd}`);
+      assert.ok(m.data.equals(data));
+    }
+    assert.equal(dataOffset(Cmd.PING), 0);
   });
 });
 

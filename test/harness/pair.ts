@@ -14,12 +14,19 @@ export interface ProtectedPair {
   agent: AgentProcess;
 }
 
-/** `hubArgs`: extra hub options (--journal-size, say). */
-export async function startProtectedPair(sizeBytes: number, hubArgs: string[] = []): Promise<ProtectedPair> {
+/**
+ * A hub and an agent protecting V1, converged. `hubArgs`: extra hub options (--journal-size,
+ * say); `fill`: the share of the image's 64 KiB blocks that hold data.
+ */
+export async function startProtectedPair(
+  sizeBytes: number,
+  hubArgs: string[] = [],
+  fill = 0.5,
+): Promise<ProtectedPair> {
   const dir = tmpdir();
   const img = path.join(dir, 'V1.img'),
     rep = path.join(dir, 'V1R');
-  makeImage(img, sizeBytes, 0.5);
+  makeImage(img, sizeBytes, fill);
   const hub = v1Hub(dir, rep, ...hubArgs);
   await hub.start();
   const agent = v1Agent(dir, img, hub.port);

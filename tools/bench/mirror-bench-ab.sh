@@ -24,6 +24,7 @@
 # Usage (from the project root, after `npm install`):  bash ../shared/tools/mirror-bench.sh [ROUNDS]
 # Env: SIZE_MIB=256 SECS=5 JOBS="4k-randwrite-16 1m-write-4" (also e.g. 4k-randwrite-1-fsync: a flush after each write) SERVERS="rephub qemu-bg qemu-sync qemu-nbd nbdkit"
 #      REPHUB_HUB_ARGS= REPHUB_AGENT_ARGS= (extra flags)
+#      IO=1: data moved and pages allocated per written MiB, per job (see pio below)
 #      REPHUBB_HUB_ARGS, REPHUBB_AGENT_ARGS: rephubB's own (default: the same); with BASE=$PWD they
 #      compare two settings of one build, e.g. REPHUBB_HUB_ARGS=--no-journal
 set -uo pipefail
@@ -103,6 +104,15 @@ stop_server() { # name -> sets EQ: "equal in Ns" (copies equal N s after the las
 }
 TCK=$(getconf CLK_TCK)
 srv_pids() { case $1 in qemu-bg*|qemu-sync*) cat "$W/$1/qsd.pid" "$W/$1/tgt.pid";; *) printf '%s\n' "${PIDS[@]}";; esac; }
+# IO=1: after each job, pages the kernel allocated per written MiB (all processes, /proc/vmstat)
+# and each server process's read/write syscall bytes per written MiB (rchar/wchar of /proc/PID/io;
+# socket reads by recvmsg, as QEMU's, are not counted): qemu-nbd's wchar under QEMU's background
+# mirror is the share of the guest's bytes that reached the second copy (0.42 in issue 17's run).
+pio() { local p; for p in $(srv_pids "$1"); do awk -v p="$p" '/^rchar/{r=$2} /^wchar/{w=$2} END{printf "%s:%.0f:%.0f ", p, r, w}' /proc/$p/io 2>/dev/null; done; }
+pgalloc() { awk '/^pgalloc_/{n+=$2} END{printf "%.0f", n}' /proc/vmstat; }
+pio_delta() { # before after MiB -> "pid r/w MiB per MiB ..."
+  local b a out=; for a in $2; do for b in $1; do [ "${a%%:*}" = "${b%%:*}" ] || continue
+    out+=$(echo "$a $b $3" | awk '{split($1,x,":"); split($2,y,":"); printf "%s r%.2f/w%.2f ", x[1], (x[2]-y[2])/1048576/$3, (x[3]-y[3])/1048576/$3}'); done; done; echo "$out"; }
 ticks() { local t=0 p; for p in $(srv_pids "$1"); do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat 2>/dev/null || echo 0))); done; echo $t; }
 declare -A R M C
 for r in $(seq "$ROUNDS"); do
@@ -112,8 +122,10 @@ for r in $(seq "$ROUNDS"); do
     line="round $r $s:"
     # sync first: every job starts with no dirty pages of the one before (another server's 1 MiB
     # job left gigabytes to write back, and the next 4 KiB job ran at a third of its speed)
-    for j in $JOBS; do sync; t0=$(ticks "$s"); v=$(fio_job "$uri" "$j"); t1=$(ticks "$s")
+    for j in $JOBS; do sync; t0=$(ticks "$s"); io0=$(pio "$s"); pg0=$(pgalloc); v=$(fio_job "$uri" "$j"); t1=$(ticks "$s"); pg1=$(pgalloc)
       mib=$(jq -r '.jobs[0].write.io_bytes/1048576' "$W/fio.json" 2>/dev/null || echo 0)
+      [ -n "${IO:-}" ] && { echo "  $s $j pages allocated per MiB (all processes): $(echo "($pg1 - $pg0) / ($mib + 0.001)" | bc)"
+                            sleep 1; echo "  $s $j io per MiB: $(pio_delta "$io0" "$(pio "$s")" "$mib")"; }
       c=$(echo "scale=0; ($t1 - $t0) * 1000000 / $TCK / ($mib + 0.001)" | bc)
       R[$s.$j]+="$v "; C[$s.$j]+="$c "; line+=" $j=$v (${c}us/MiB)"; done
     stop_server "$s"; echo "$line copies=$EQ"

@@ -24,12 +24,15 @@ with open(path, 'wb') as f:
 PY
 now() { date +%s.%N; }
 quiet() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }  # same cold start for both
-truncate -s "${MIB}M" "$W/dst.img"
 nbdkit -f -i 127.0.0.1 -p $((P+11)) --exportname=S file "$W/src.img" 2>/dev/null & PIDS+=($!)
-nbdkit -f -i 127.0.0.1 -p $((P+12)) --exportname=D file "$W/dst.img" 2>/dev/null & PIDS+=($!)
-sleep 0.5
+DST=
 med() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 for run in $(seq "$RUNS"); do
+  # A new, sparse destination each run, as the hub's replica is: overwriting the blocks of the
+  # run before cost nbdkit a quarter of the CPU (no block allocation), 1.25 s against 2.65 s.
+  kill "$DST" 2>/dev/null && wait "$DST" 2>/dev/null; rm -f "$W/dst.img"; truncate -s "${MIB}M" "$W/dst.img"
+  nbdkit -f -i 127.0.0.1 -p $((P+12)) --exportname=D file "$W/dst.img" 2>/dev/null & DST=$!; PIDS+=($DST)
+  sleep 0.5
   quiet
   s=$(now); nbdcopy nbd://127.0.0.1:$((P+11))/S nbd://127.0.0.1:$((P+12))/D; sync; e=$(now)
   T_COPY=$(echo "$e - $s" | bc); echo "$T_COPY" >> "$W/copy"
