@@ -48,6 +48,9 @@ export interface ChecksumResyncRecord {
   movedBytes: number; // bytes read from the protected volume meanwhile
 }
 
+/** How saveBitmap persists: see there. */
+export type Durability = boolean | 'flushed';
+
 export interface StateStore {
   volume(name: string): VolumeRecord | undefined;
   volumes(): VolumeRecord[];
@@ -57,8 +60,12 @@ export interface StateStore {
   meta<T = unknown>(key: string): T | undefined;
   putMeta(key: string, value: unknown): void;
   loadBitmap(name: string, bm: DirtyBitmap): void;
-  /** Persist the changed pages of a bitmap; durable=true commits before returning. */
-  saveBitmap(name: string, bm: DirtyBitmap, durable: boolean): Promise<void>;
+  /**
+   * Persist the changed pages of a bitmap. durable=true: committed and on disk before it returns
+   * (the event loop waits for the disk); 'flushed': on disk when the promise resolves, the event
+   * loop free meanwhile (saves in one turn share a commit); false: committed in the background.
+   */
+  saveBitmap(name: string, bm: DirtyBitmap, durable: Durability): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -101,9 +108,8 @@ export class LmdbStateStore implements StateStore {
       if (p < bm.pageCount) bm.loadPage(p, Buffer.from(value as Uint8Array));
     }
   }
-  async saveBitmap(name: string, bm: DirtyBitmap, durable: boolean): Promise<void> {
+  async saveBitmap(name: string, bm: DirtyBitmap, durable: Durability): Promise<void> {
     const pages = bm.takeChangedPages();
-    if (pages.length === 0) return;
     const write = () => {
       for (const p of pages) {
         const img = bm.pageImage(p);
@@ -111,8 +117,15 @@ export class LmdbStateStore implements StateStore {
         else this.db.putSync(['bm', name, p], img);
       }
     };
-    if (durable) this.db.transactionSync(write);
-    else await this.db.transaction(write);
+    // Async: committed and fdatasync'd by lmdb's writer thread, each page's image taken when the
+    // transaction runs (the bitmap then, held clears included).
+    if (pages.length > 0) {
+      if (durable === true) this.db.transactionSync(write);
+      else await this.db.transaction(write);
+    }
+    // Durable covers the pages an earlier save took and may still be writing (a lazy one, or
+    // another 'flushed' one): bits set in memory before this call may be in those alone.
+    if (durable !== false) await this.db.flushed;
   }
   async close(): Promise<void> {
     await this.db.close();
@@ -125,6 +138,7 @@ export class MemoryStateStore implements StateStore {
   private pages = new Map<string, Map<number, Buffer>>();
   private nextId = 1;
   private metas = new Map<string, unknown>();
+  private landing = Promise.resolve(); // the 'flushed' saves not landed yet, in order
   meta<T>(key: string): T | undefined {
     return this.metas.get(key) as T | undefined;
   }
@@ -148,10 +162,19 @@ export class MemoryStateStore implements StateStore {
   loadBitmap(name: string, bm: DirtyBitmap) {
     for (const [p, img] of this.pages.get(name) ?? []) bm.loadPage(p, img);
   }
-  async saveBitmap(name: string, bm: DirtyBitmap) {
-    let m = this.pages.get(name);
-    if (!m) this.pages.set(name, (m = new Map()));
-    for (const p of bm.takeChangedPages()) m.set(p, Buffer.from(bm.pageImage(p)));
+  async saveBitmap(name: string, bm: DirtyBitmap, durable: Durability = true) {
+    const pages = bm.takeChangedPages();
+    const write = () => {
+      let m = this.pages.get(name);
+      if (!m) this.pages.set(name, (m = new Map()));
+      for (const p of pages) m.set(p, Buffer.from(bm.pageImage(p)));
+    };
+    // As lmdb's writer thread: 'flushed' saves land in order, in a later turn, with the images
+    // of then (simulations interleave there); a durable save waits for those before it.
+    if (durable === 'flushed')
+      this.landing = this.landing.then(() => new Promise<void>((r) => setImmediate(r))).then(write);
+    else write();
+    if (durable !== false) await this.landing;
   }
   async close() {}
 }

@@ -261,10 +261,14 @@ export class Replica {
     );
   }
 
-  /** Regions turned dirty are committed before the caller goes on. */
+  /**
+   * Regions turned dirty are on disk before the caller goes on. The hub's other sessions go on
+   * meanwhile: a synchronous commit held the event loop for the fdatasync (issue 17: 450 ms of
+   * a 5 s 1 MiB job, one per agent dirty report).
+   */
   async markDirty(first: number, last: number): Promise<void> {
     this.bitmap!.setRegions(first, last);
-    await this.store.saveBitmap(this.name, this.bitmap!, true);
+    await this.store.saveBitmap(this.name, this.bitmap!, 'flushed');
   }
 
   /** Verify found regions [first, last] different: dirty, and no longer trusted to be zero. */
@@ -273,9 +277,9 @@ export class Replica {
     await this.markDirty(first, last);
   }
 
-  /** Commit bits set directly on the bitmap before the caller relies on them. */
+  /** Bits set directly on the bitmap are on disk before the caller relies on them (as markDirty). */
   async commitDirty(): Promise<void> {
-    await this.store.saveBitmap(this.name, this.bitmap!, true);
+    await this.store.saveBitmap(this.name, this.bitmap!, 'flushed');
   }
 
   /** Flush data, then persist cleared bits and the record (lazily, superset-safe). */

@@ -153,7 +153,7 @@ export class AgentSession implements ReplicaOwner {
     );
     this.points = new PointRequests(this.link, this.queue, log, () => this.vm);
     this.commit = new GroupCommit(this.link, cfg.commitIntervalMs, (e) => this.fail(e));
-    this.sync = new SyncEngine(this.link, cfg, log);
+    this.sync = new SyncEngine(this.link, cfg, log, (e) => this.fail(e));
     this.writes = new WriteApplier(this.sync, this.commit);
     this.batch = t.endsReads ? new InlineBatch(this.writes, (m, payload) => this.landInline(m, payload)) : null;
     this.attach = new VolumeAttach(
