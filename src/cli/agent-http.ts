@@ -129,17 +129,22 @@ export async function serveAgentHttp(
     registerAgentMetrics(prom, registry, status);
     return async () => ({ type: registry.contentType, text: await scrapeWithProcess(registry, VERSION) });
   };
+  const scrape = () => {
+    if (metrics === null) {
+      metrics = scraper();
+      metrics.catch(() => (metrics = null)); // a failed load is tried again at the next scrape
+    }
+    return metrics.then((s) => s());
+  };
   const web = http.createServer((req, res) => {
     if (req.method === 'GET' && req.url === '/status') {
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify(statusDocument(status()), null, 1));
     } else if (req.method === 'GET' && req.url === '/metrics') {
-      (metrics ??= scraper())
-        .then((scrape) => scrape())
-        .then(
-          ({ type, text }) => res.writeHead(200, { 'content-type': type }).end(text),
-          (e: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`${e.message}\n`),
-        );
+      scrape().then(
+        ({ type, text }) => res.writeHead(200, { 'content-type': type }).end(text),
+        (e: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`${e.message}\n`),
+      );
     } else {
       res.writeHead(404, { 'content-type': 'text/plain' });
       res.end('not found: try GET /status or /metrics\n');
