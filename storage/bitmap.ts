@@ -301,6 +301,11 @@ export class DirtyBitmap {
     return c;
   }
 
+  /** Pages taken that the store failed to persist: the next save writes them again. */
+  returnChangedPages(pages: number[]): void {
+    for (const p of pages) this.changed.add(p);
+  }
+
   /**
    * Persisted form of one page: empty buffer = clean, 1 byte 0xff = full, else the bits. With
    * clears held until a flush, those regions are still dirty here.

@@ -119,13 +119,20 @@ export class LmdbStateStore implements StateStore {
     };
     // Async: committed and fdatasync'd by lmdb's writer thread, each page's image taken when the
     // transaction runs (the bitmap then, held clears included).
-    if (pages.length > 0) {
-      if (durable === true) this.db.transactionSync(write);
-      else await this.db.transaction(write);
+    try {
+      if (pages.length > 0) {
+        if (durable === true) this.db.transactionSync(write);
+        else await this.db.transaction(write);
+      }
+      // Durable covers the pages an earlier save took and may still be writing (a lazy one, or
+      // another 'flushed' one): bits set in memory before this call may be in those alone.
+      if (durable !== false) await this.db.flushed;
+    } catch (e) {
+      // Not persisted: a later save must write these pages, though nothing changes in them
+      // again (setting a bit already set marks no page).
+      bm.returnChangedPages(pages);
+      throw e;
     }
-    // Durable covers the pages an earlier save took and may still be writing (a lazy one, or
-    // another 'flushed' one): bits set in memory before this call may be in those alone.
-    if (durable !== false) await this.db.flushed;
   }
   async close(): Promise<void> {
     await this.db.close();

@@ -443,6 +443,22 @@ describe('LmdbStateStore', () => {
     }
   });
 
+  it('a save that fails leaves its pages to the next save (a bit set again marks no page)', async () => {
+    const s = await reopen();
+    const bm = new DirtyBitmap(64 * 4096, 4096);
+    bm.setRegions(3, 3);
+    await s.close();
+    store = undefined;
+    for (const durable of [true, 'flushed'] as const)
+      await assert.rejects(s.saveBitmap('V1', bm, durable), /closed/i, `${durable}: a closed store fails`);
+    bm.setRegions(3, 3); // the agent reports it again: already set, no page changes
+    const s2 = await reopen();
+    await s2.saveBitmap('V1', bm, true);
+    const back = new DirtyBitmap(64 * 4096, 4096);
+    s2.loadBitmap('V1', back);
+    assert.ok(back.get(3), 'the page the failed saves took is written by the next one');
+  });
+
   // The memory store models lmdb's writer thread (its 'flushed' saves land a turn later), so it
   // shows the order; with lmdb the commit is visible at once and only its fdatasync is later,
   // which no test here can observe: the same code path runs, as a smoke test.

@@ -282,13 +282,18 @@ export class Replica {
     await this.store.saveBitmap(this.name, this.bitmap!, 'flushed');
   }
 
-  /** Flush data, then persist cleared bits and the record (lazily, superset-safe). */
+  /**
+   * Flush data, then persist cleared bits and the record (lazily, superset-safe). A failed flush
+   * is handled as a group commit's (flushRecovery): a direct write that failed in flight surfaces
+   * at the first flush after it, whichever that is, and the next good flush would otherwise
+   * release the clear of a region whose data never landed.
+   */
   async checkpoint(): Promise<void> {
     if (!this.record || !this.bitmap) return;
-    if (this.target) await this.flushTarget();
+    if (this.target) await this.flushRecovery();
     // Sync writes are large and leave large page-cache folios; 4 KiB protected writes into those
     // cost several times more kernel time (ext4). Once they are on disk, drop them.
-    if (this.target && this.stats.synced !== this.stats.syncedAtDrop) {
+    if (this.target && this.flushOk && this.stats.synced !== this.stats.syncedAtDrop) {
       this.stats.syncedAtDrop = this.stats.synced;
       this.target.base.dropCache?.();
     }

@@ -334,11 +334,13 @@ export class SyncEngine {
     // goes on meanwhile: its writes and reads of these regions are ordered by the bits in
     // memory, and a clear is held until the replica is flushed (storage/bitmap.ts). Before,
     // the session's queue waited for each report's fdatasync (issue 17: 450 ms of a 5 s job).
+    const volume = sync.replica.name;
     sync.replica.commitDirty().then(
       () => this.stopped || this.link.send([encodeDirtyReportAck(m.volumeId, m.reportId)]),
-      (e: Error) =>
-        this.stopped ||
-        this.fail(new Error(`volume ${sync.replica.name}: cannot persist a dirty report: ${e.message}`)),
+      (e: Error) => {
+        if (!this.stopped) return this.fail(new Error(`volume ${volume}: cannot persist a dirty report: ${e.message}`));
+        this.log.warn({ volume, cause: e.message }, 'dirty report not persisted; unacked, the agent reports it again');
+      },
     );
   }
 
