@@ -261,11 +261,7 @@ export class Replica {
     );
   }
 
-  /**
-   * Regions turned dirty are on disk before the caller goes on. The hub's other sessions go on
-   * meanwhile: a synchronous commit held the event loop for the fdatasync (issue 17: 450 ms of
-   * a 5 s 1 MiB job, one per agent dirty report).
-   */
+  /** Regions turned dirty are on disk before the caller goes on; other sessions run meanwhile. */
   async markDirty(first: number, last: number): Promise<void> {
     this.bitmap!.setRegions(first, last);
     await this.store.saveBitmap(this.name, this.bitmap!, 'flushed');
@@ -284,9 +280,8 @@ export class Replica {
 
   /**
    * Flush data, then persist cleared bits and the record (lazily, superset-safe). A failed flush
-   * is handled as a group commit's (flushRecovery): a direct write that failed in flight surfaces
-   * at the first flush after it, whichever that is, and the next good flush would otherwise
-   * release the clear of a region whose data never landed.
+   * is a group commit's failure too (flushRecovery): a direct write failing in flight surfaces at
+   * the next flush, and a later good one must not release its region's clear.
    */
   async checkpoint(): Promise<void> {
     if (!this.record || !this.bitmap) return;
