@@ -3,12 +3,16 @@
 // copy into it. take() hands out a view of a pooled buffer with one hold on it; hold() adds
 // one for a second user (a socket write still sending it, say); give() drops one, and the
 // last returns the buffer. Buffers never given back are simply collected: the pool tracks
-// lending in a WeakMap and bounds only what it keeps idle.
+// lending in a WeakMap and bounds only what it keeps idle. An owner whose demand swings (the
+// hub's apply queue fills to 64 MiB and drains to half) sizes maxIdle to its peak, so a refill
+// reuses instead of faulting in fresh memory, and calls trim() now and then to hand back what a
+// whole period never needed.
 import { misalign } from '../storage/fileio';
 import { assert } from './assert';
 
 export class BufferPool {
-  private free: Buffer[] = [];
+  private free: Buffer[] = []; // a stack: the bottom ones have been idle longest
+  private lowIdle = 0; // the fewest idle since the last trim(): that many were never needed
   private readonly lent = new WeakMap<object, { holds: number; base: Buffer }>(); // by ArrayBuffer
   stats = { taken: 0, reused: 0, given: 0 };
 
@@ -32,6 +36,7 @@ export class BufferPool {
       throw new RangeError(`skew ${skew} outside the pool's alignment ${this.align}`);
     this.stats.taken++;
     let b = this.free.pop();
+    this.lowIdle = Math.min(this.lowIdle, this.free.length);
     if (b) this.stats.reused++;
     else b = this.fresh();
     this.lent.set(b.buffer, { holds: 1, base: b });
@@ -66,6 +71,18 @@ export class BufferPool {
     this.stats.given++;
     if (this.free.length < this.maxIdle) this.free.push(e.base);
     assert(this.free.length <= this.maxIdle, 'idle buffers within maxIdle');
+  }
+
+  /**
+   * Drop idle buffers that no take() needed since the last trim(), keeping at least `keep` idle:
+   * memory held for a burst goes back once the bursts stop.
+   */
+  trim(keep: number): number {
+    assert(keep >= 0, 'trim keeps a count of buffers');
+    const drop = Math.max(0, Math.min(this.lowIdle, this.free.length - keep));
+    this.free.splice(0, drop);
+    this.lowIdle = this.free.length;
+    return drop;
   }
 
   get idle(): number {

@@ -27,6 +27,26 @@ describe('BufferPool', () => {
     assert.equal(pool.idle, 2);
   });
 
+  it('trim() drops only the idle buffers no take() needed since the last trim, down to `keep`', () => {
+    const pool = new BufferPool(1024, 8);
+    const lent = Array.from({ length: 6 }, () => pool.take(100));
+    for (const b of lent) pool.give(b);
+    assert.equal(pool.idle, 6);
+    assert.equal(pool.trim(2), 0, 'a period that began with none idle has nothing untouched');
+    const again = [pool.take(100), pool.take(100)]; // the burst now needs 2 of the 6
+    for (const b of again) pool.give(b);
+    assert.equal(pool.trim(1), 4, 'the 4 never taken this period go');
+    assert.equal(pool.idle, 2);
+    assert.equal(pool.trim(1), 1, '... and the next period, down to keep');
+    assert.equal(pool.idle, 1);
+    assert.equal(pool.trim(1), 0, 'never below keep');
+    const reused = pool.take(100);
+    assert.ok(
+      lent.some((b) => b.buffer === reused.buffer),
+      'what stayed is reused',
+    );
+  });
+
   it('a held buffer returns to the pool only when its last holder gives it back', () => {
     const pool = new BufferPool(1024, 2);
     const a = pool.take(512);

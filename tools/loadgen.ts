@@ -1,12 +1,13 @@
 #!/usr/bin/env node
 // Hub ingest benchmark: acts as an agent over loopback TCP, lets the hub finish its initial
 // sync (answering remote reads with zeroes), then streams protected writes (4 KiB random and
-// 1 MiB sequential) with a bounded window of unacked bytes, and reports durable MB/s and
-// writes/s (a write counts when the hub's WRITE_ACK covers it). With --rate-mbps, it instead
+// 1 MiB sequential) with a bounded window of bytes the hub has not applied (WRITE_APPLIED, as
+// the agent's backlog bound counts them; --window-on acked: not acked durable), and reports
+// durable MB/s and writes/s (the run ends when the hub's WRITE_ACK covers every write). With --rate-mbps, it instead
 // paces writes of --bs bytes at that steady rate and reports the RPO lag of each write (from
 // sending it to the ack that covers it): p50, p99, max. Not a test: numbers only.
 //   node dist/tools/loadgen.js [--hub HOST:PORT] [--seconds 5] [--size-mib 1024] [--window-mib 64]
-//                              [--workload 4k|1m|both] [--rate-mbps MB/s --bs BYTES]
+//                              [--workload 4k|1m|both] [--rate-mbps MB/s --bs BYTES] [--window-on applied|acked]
 //                              [--recovery PATH]  (the recovery volume, e.g. rbd:POOL/IMAGE:conf=F; default a file)
 //                              [--zeroes]  (answer the initial sync "all zero" instead of with zero bytes)
 //                              [--name LG]  (the volume, and the VM loadgen-NAME: several loadgens on one --hub)
@@ -46,6 +47,9 @@ const WINDOW = Number(arg('window-mib', '64')) << 20;
 const RATE = Number(arg('rate-mbps', '0')) * 1e6; // bytes/s; 0 = as fast as the window allows
 const BS = Number(arg('bs', String(1 << 20)));
 const WORKLOAD = arg('workload', 'both'); // 4k | 1m | both
+// What the window counts: writes not applied (the agent's bound, agent/lag-bound.ts) or not durable.
+const WINDOW_ON = arg('window-on', 'applied');
+if (WINDOW_ON !== 'applied' && WINDOW_ON !== 'acked') throw new Error(`--window-on applied|acked, not ${WINDOW_ON}`);
 const RECOVERY = arg('recovery', ''); // '' = a file in the hub's temp dir
 const NAME = arg('name', 'LG'); // the volume; the VM is loadgen-NAME (a hub binds each VM to one session)
 // Answer the sync's reads in the ZEROES form, as an agent does for a range it knows is empty (a
@@ -118,6 +122,7 @@ async function main() {
   sock.setNoDelay(true);
   let volId = -1,
     acked = 0,
+    applied = 0, // WRITE_APPLIED's seq, or the ack's when later
     lastRead = Date.now();
   const zero = Buffer.alloc(Limits.maxIoBytes);
   let onAck: (() => void) | null = null;
@@ -135,7 +140,11 @@ async function main() {
       }
     } else if (m.cmd === Cmd.WRITE_ACK) {
       acked = m.seq;
+      applied = Math.max(applied, m.seq);
       onAck?.();
+    } else if (m.cmd === Cmd.WRITE_APPLIED) {
+      applied = Math.max(applied, m.seq);
+      if (WINDOW_ON === 'applied') onAck?.();
     } else if (m.cmd === Cmd.PING) sock.write(encodePong(m.nonce)); // the hub drops a peer silent for 3 beats
   });
   sock.on('data', (c) => framer.push(c));
@@ -163,7 +172,8 @@ async function main() {
     const end = Date.now() + SECONDS * 1000;
     const base = seq;
     while (Date.now() < end) {
-      while ((seq - acked) * bs >= WINDOW) await new Promise<void>((r) => (onAck = r));
+      while ((seq - (WINDOW_ON === 'applied' ? applied : acked)) * bs >= WINDOW)
+        await new Promise<void>((r) => (onAck = r));
       const o = random ? Math.floor(Math.random() * (SIZE / bs)) * bs : off;
       off = (off + bs) % SIZE;
       sock.cork();

@@ -32,6 +32,9 @@ import { VolumeRefused, addVolume, removeVolume } from './volume-set';
 import { mergeRoutes, volumeRoutes } from './volume-api';
 import { historyRoutes } from './history-api';
 
+const POOL_TRIM_SECS = 10; // idle pool buffers untouched this long go back to the allocator
+const POOL_KEEP_IDLE = 16; // ... down to this many (the idle bound before bursts were kept)
+
 export interface HubOptions {
   volumes: ReplicaSpec[];
   store: StateStore;
@@ -64,7 +67,11 @@ export class Hub implements HubStatusSource {
   private nextSession = 1;
   private readonly cfg: SessionConfig;
   /** Join buffers for large frames (sync reads, 1 MiB writes), shared by all sessions; 16 MiB idle at most. */
-  readonly pool = new BufferPool((1 << 20) + 1024, 16, DIRECT_ALIGN); // write data aligned for O_DIRECT
+  // Write data, aligned for O_DIRECT. Idle buffers up to a session's apply queue (64 MiB): a
+  // queue that drained to half and refills reused 3 in 4 buffers at 16 idle, and each fresh 1 MiB
+  // costs page faults and GC (hub CPU per ingested MiB -14 %, docs/BENCHMARKS.md Round 14).
+  // Trimmed to POOL_KEEP_IDLE by what a whole POOL_TRIM_SECS never took.
+  readonly pool = new BufferPool((1 << 20) + 1024, 64, DIRECT_ALIGN);
   readonly openTarget: TargetOpener;
   readonly exports = new ExportRegistry();
   private nbd?: NbdServer;
@@ -165,10 +172,12 @@ export class Hub implements HubStatusSource {
     });
   }
 
-  /** Each replica's counters and alarm, sampled every second. */
+  /** Each replica's counters and alarm, sampled every second; the pool trimmed now and then. */
   private startSampling(): NodeJS.Timeout {
+    let ticks = 0;
     const t = setInterval(() => {
       for (const r of this.replicas.values()) r.sample();
+      if (++ticks % POOL_TRIM_SECS === 0) this.pool.trim(POOL_KEEP_IDLE);
     }, 1000);
     t.unref();
     return t;

@@ -7,13 +7,14 @@
 # steady 50 % of the smaller ceiling. Usage: tools/bench/hub-ingest.sh [REPS]   Env: SECS=4 RPO_SECS=10
 # CACHE=none: the hub runs --cache none (O_DIRECT applies). BASE=<worktree of another build>: its
 # hub's ingest is measured too, alternating in each rep, with the same flags. PORT: fixed ports
-# (PORT..PORT+2) instead of random ones.
+# (PORT..PORT+2) instead of random ones. LOADGEN_ARGS: more loadgen flags (--zeroes: the sync costs the
+# sender nothing; --window-on acked: the window counts writes not durable, not the agent's way).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPS=${1:-3}; SECS=${SECS:-4}; RPO_SECS=${RPO_SECS:-10}
 W=$(mktemp -d "${TMPDIR:-/tmp}/rephub-ingest.XXXX"); trap 'rm -rf "$W"' EXIT
 export HUB_ARGS="${HUB_ARGS:-} ${CACHE:+--cache $CACHE}"
-ingest() { REPHUB_CLI="${REPHUB_CLI:-}" node dist/tools/loadgen.js --seconds "$SECS" --workload 1m 2>/dev/null | awk '/1 MiB/{print $(NF-9)}'; }
+ingest() { REPHUB_CLI="${REPHUB_CLI:-}" node dist/tools/loadgen.js --seconds "$SECS" --workload 1m ${LOADGEN_ARGS:-} 2>/dev/null | awk '/1 MiB/{print int($(NF-11))}'; }
 med() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 for r in $(seq "$REPS"); do
   node dist/tools/bench/tcp-loopback.js --seconds "$SECS" | awk '{print $(NF-1)}' >> "$W/tcp"
