@@ -30,6 +30,7 @@ export class FrameDecoder {
   private dest: Buffer | null = null; // the payload buffer being filled in place (directMax)
   private sum = 0; // CRC of dest's body bytes [0, summed), taken while they are still in cache
   private summed = 0;
+  private lent = false; // a view of the chunk being consumed was passed on (a payload)
 
   /**
    * `alloc` supplies the buffer a payload spanning chunks is joined into (a pool, say); the
@@ -80,9 +81,15 @@ export class FrameDecoder {
     this.policy = 'on';
   }
 
-  /** Same as push(): the ReadSink name for bytes received into a chunk of the reader's own. */
-  chunk(b: Buffer): void {
+  /**
+   * push() for bytes received into a chunk of the reader's own (src/net-read.ts). False when no
+   * view of `b` outlives the call (its frames were parsed, or copied into a payload's buffer):
+   * the reader may reuse its memory. Views held from earlier chunks make it true, conservatively.
+   */
+  chunk(b: Buffer): boolean {
+    this.lent = false;
     this.push(b);
+    return this.lent || this.parts.length > 0 || this.pending.length > 0;
   }
 
   /** Feed one chunk. Throws ProtocolError on a bad frame; the decoder is then dead. */
@@ -130,6 +137,7 @@ export class FrameDecoder {
       if (this.filled === 0 && avail >= this.need) {
         const payload = chunk.subarray(off, off + this.need);
         off += this.need;
+        this.lent = true;
         this.emit(payload);
         continue;
       }

@@ -791,11 +791,14 @@ describe('protocol: FrameDecoder', () => {
   });
 
   // A reader as src/net-read.ts drives it: each read lands in target() when offered, else in a
-  // chunk of its own; reads end at arbitrary points.
+  // chunk of its own; reads end at arbitrary points. A chunk the decoder says it keeps no view
+  // of is overwritten by the next read's bytes, as the slab reuses it: a wrong "false" corrupts
+  // the frames the property compares.
   function readAll(dec: FrameDecoder, stream: Buffer, sizes: number[], min = 1): number {
     let at = 0,
       i = 0,
-      directBytes = 0;
+      directBytes = 0,
+      reuse: Buffer | null = null;
     while (at < stream.length) {
       const want = Math.max(1, sizes[i++ % sizes.length] || 1);
       const t = dec.target(min);
@@ -806,7 +809,12 @@ describe('protocol: FrameDecoder', () => {
         directBytes += n;
         at += n;
       } else {
-        dec.chunk(Buffer.from(stream.subarray(at, Math.min(stream.length, at + want))));
+        const bytes = stream.subarray(at, Math.min(stream.length, at + want));
+        const c: Buffer =
+          reuse && reuse.length >= bytes.length ? reuse.subarray(0, bytes.length) : Buffer.alloc(bytes.length);
+        if (reuse) reuse.fill(0xee); // what was left there is gone
+        bytes.copy(c);
+        reuse = dec.chunk(c) ? null : reuse && reuse.length >= c.length ? reuse : c;
         at = Math.min(stream.length, at + want);
       }
     }
@@ -828,7 +836,7 @@ describe('protocol: FrameDecoder', () => {
           const got: Got[] = [];
           const owned = new Set<ArrayBufferLike>();
           const dec = new FrameDecoder(
-            (cmd, payload) => got.push({ cmd, payload: Buffer.from(payload) }),
+            (cmd, payload) => got.push({ cmd, payload }), // views kept to the end: reused memory would show
             undefined,
             (n) => {
               const b = Buffer.alloc(n);

@@ -70,7 +70,7 @@ function readsEnding(framer: FrameDecoder, end: () => void): ReadSink {
     },
     chunk: (b) => {
       try {
-        framer.chunk(b);
+        return framer.chunk(b);
       } finally {
         end();
       }
