@@ -107,10 +107,10 @@ class NowFlushExport extends HeldExport {
   }
 }
 
-function setup(exp: NbdExport = new HeldExport(), shared = stats()) {
+function setup(exp: NbdExport = new HeldExport(), shared = stats(), direct = false) {
   const q = new ByteQueue(),
     io = new FakeIo();
-  const t = new Transmission(exp, q, io, { direct: false, stats: shared, log });
+  const t = new Transmission(exp, q, io, { direct, stats: shared, log });
   io.onResume = () => t.parse();
   const push = (...b: Buffer[]) => {
     for (const x of b) q.push(x);
@@ -129,6 +129,47 @@ describe('NBD transmission (no socket)', () => {
     push(request(NbdCmd.READ, 2, 4096, 4));
     await tick();
     assert.deepEqual(io.replies[1], { error: 0, handle: 2, data: Buffer.from([1, 2, 3, 4]) });
+  });
+
+  it("the queue says when a chunk was lent (a small write's view) or only parsed and copied (a large write in place)", async () => {
+    // An export that keeps the caller's buffer until the write lands, as a write in flight does:
+    // a chunk reused too early (src/net-read.ts reuses one the connection says is not lent) shows.
+    class KeepingExport extends HeldExport {
+      override write(buf: Buffer, offset: number): Promise<void> {
+        return new Promise((resolve) =>
+          this.held.push(() => {
+            buf.copy(this.target.data, offset);
+            resolve();
+          }),
+        );
+      }
+    }
+    const exp = new KeepingExport();
+    exp.useWriteNow = false;
+    const { q, io, t } = setup(exp, stats(), true);
+    const feed = (c: Buffer): boolean => {
+      q.lent = false;
+      q.push(c);
+      t.parse();
+      return q.lent || q.length > 0;
+    };
+    const big = Buffer.alloc(256 * 1024, 7),
+      small = Buffer.alloc(4096, 9);
+    const first = Buffer.concat([request(NbdCmd.WRITE, 1, 0, big.length), big.subarray(0, 40 * 1024)]);
+    assert.equal(feed(first), false, "header parsed, data copied into the write's own buffer");
+    first.fill(0xee); // the reader reuses it
+    assert.equal(feed(Buffer.from(big.subarray(40 * 1024))), false);
+    const chunk = Buffer.concat([request(NbdCmd.WRITE, 2, 512 * 1024, small.length), small]);
+    assert.equal(feed(chunk), true, 'a small write keeps a view of its chunk');
+    assert.equal(feed(request(NbdCmd.WRITE, 3, 768 * 1024, 8).subarray(0, 10)), true, 'part of a header stays queued');
+    exp.release();
+    await tick();
+    assert.deepEqual(
+      io.replies.map((r) => r.handle),
+      [1, 2],
+    );
+    assert.ok(exp.target.data.subarray(0, big.length).equals(big), 'the large write is intact');
+    assert.ok(exp.target.data.subarray(512 * 1024, 512 * 1024 + small.length).equals(small));
   });
 
   it('FUA skips writeNow and flushes before the reply; out-of-range requests get their errno', async () => {

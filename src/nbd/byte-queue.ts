@@ -4,6 +4,8 @@ export class ByteQueue {
   private chunks: Buffer[] = [];
   private head = 0; // offset into chunks[0]
   length = 0;
+  /** A view of a chunk was handed out (take, takeParts) since the owner last cleared this. */
+  lent = false;
 
   push(b: Buffer): void {
     if (b.length === 0) return;
@@ -15,6 +17,7 @@ export class ByteQueue {
   takeParts(n: number): Buffer[] {
     if (n > this.length) throw new RangeError(`take ${n} of ${this.length}`);
     this.length -= n;
+    this.lent = true;
     const out: Buffer[] = [];
     while (n > 0) {
       const c = this.chunks[0];
@@ -81,6 +84,7 @@ export class ByteQueue {
     const first = this.chunks[0];
     if (first && first.length - this.head >= n) {
       const out = first.subarray(this.head, this.head + n);
+      this.lent = true;
       this.head += n;
       if (this.head === first.length) {
         this.chunks.shift();

@@ -50,9 +50,12 @@ export class NbdConnection implements TransmissionIo, ExportUser {
     this.replyFlushQueued = false;
     this.flushReplies();
   };
-  private readonly onChunk = (c: Buffer) => {
+  /** False when nothing refers to `c` afterwards (parsed, or copied into a write's buffer): net-read reuses it. */
+  private readonly onChunk = (c: Buffer): boolean => {
+    this.queue.lent = false;
     this.queue.push(c);
     this.parse();
+    return this.queue.lent || this.queue.length > 0;
   };
   /** The accepted socket object (the server destroys it on close); STARTTLS does not change it. */
   readonly socket: net.Socket;
