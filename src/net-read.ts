@@ -75,6 +75,7 @@ export function readThrough(accepted: net.Socket, sink: ReadSink, onError: (e: E
           else if (sink.chunk(slab.view(n)) !== false) slab.keep(n);
         } catch (e) {
           failed = true;
+          if (!direct) slab.keep(n); // it may have passed views on before it threw
           onError(e as Error);
           return false;
         }
