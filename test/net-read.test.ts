@@ -17,29 +17,36 @@ function frame(len: number, pat: number): Buffer {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** A server reading through a FrameDecoder that keeps every payload view in `got`; a connected client. */
+async function pair(got: Buffer[], onError: (e: Error, sock: net.Socket) => void) {
+  const srv = net.createServer({ pauseOnConnect: true }, (raw) => {
+    const dec = new FrameDecoder(
+      (_c, p) => got.push(p),
+      1 << 24,
+      (n) => Buffer.alloc(n),
+      1 << 20,
+    );
+    const sock: net.Socket = readThrough(raw, dec, (e) => onError(e, sock));
+    sock.resume();
+    srv.emit('reading', sock);
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  const reading = new Promise<net.Socket>((r) => srv.once('reading', r));
+  const c = net.connect((srv.address() as net.AddressInfo).port, '127.0.0.1');
+  c.setNoDelay(true);
+  await new Promise((r) => c.once('connect', r));
+  return { srv, c, server: await reading };
+}
+
 describe('net-read (loopback TCP)', () => {
   it('a payload view handed out before the parser threw keeps its bytes when reading resumes', async () => {
     const got: Buffer[] = [];
     const errors: string[] = [];
-    let server!: net.Socket;
-    const srv = net.createServer({ pauseOnConnect: true }, (raw) => {
-      const dec = new FrameDecoder(
-        (_c, p) => got.push(p),
-        1 << 24,
-        (n) => Buffer.alloc(n),
-        1 << 20,
-      );
-      server = readThrough(raw, dec, (e) => {
-        errors.push(e.message);
-        server.pause();
-        setTimeout(() => server.resume(), 10); // as a session's flow control may, after the failure
-      });
-      server.resume();
+    const { srv, c, server } = await pair(got, (e, sock) => {
+      errors.push(e.message);
+      sock.pause();
+      setTimeout(() => sock.resume(), 10); // as a session's flow control may, after the failure
     });
-    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
-    const c = net.connect((srv.address() as net.AddressInfo).port, '127.0.0.1');
-    c.setNoDelay(true);
-    await new Promise((r) => c.once('connect', r));
     c.write(Buffer.concat([frame(1000, 5), Buffer.alloc(12, 0x41)])); // a good frame, then a bad header
     await sleep(50);
     c.write(Buffer.alloc(5000, 0xee)); // read into the slab after the failure
@@ -55,18 +62,7 @@ describe('net-read (loopback TCP)', () => {
 
   it('frames split anywhere, views kept to the end: none corrupted by slab reuse', async () => {
     const got: Buffer[] = [];
-    const srv = net.createServer({ pauseOnConnect: true }, (raw) => {
-      const dec = new FrameDecoder(
-        (_c, p) => got.push(p),
-        1 << 24,
-        (n) => Buffer.alloc(n),
-        1 << 20,
-      );
-      readThrough(raw, dec, (e) => assert.fail(e)).resume();
-    });
-    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
-    const c = net.connect((srv.address() as net.AddressInfo).port, '127.0.0.1');
-    c.setNoDelay(true);
+    const { srv, c } = await pair(got, (e) => assert.fail(e));
     let seed = 7;
     const rnd = () => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x80000000;
     const sizes = Array.from({ length: 400 }, () => {
