@@ -101,6 +101,8 @@ describe('resync governor', () => {
     const c = fakeClock(),
       s = sink();
     const g = new ResyncGovernor({ floorRate: MiB, ceilRate: 0, ...c });
+    const probes: number[] = [];
+    g.probe = (at) => probes.push(at);
     g.send(s.link, frame(1 << 20, true));
     g.sample(c.now() - 5);
     c.advance(PROBE);
@@ -111,9 +113,10 @@ describe('resync governor', () => {
     }
     assert.equal(g.rate, MiB, 'the long queue drove it to the floor');
     for (let i = 0; i < 10; i++) {
-      g.send(s.link, frame(4096, true));
-      g.sample(c.now() - 5);
-      c.advance(PROBE);
+      g.send(s.link, frame(4096, true)); // an answer, and the probe right behind it
+      c.advance(5);
+      g.sample(probes[probes.length - 1]); // its PONG: no queue
+      c.advance(PROBE - 5);
     }
     assert.ok(g.rate >= 512 * MiB, `back to ${(g.rate / MiB).toFixed(0)} MiB/s after 10 samples`);
     // near the target it grows gently again, and a queue over it still cuts
@@ -201,6 +204,63 @@ describe('resync governor', () => {
       g.sample(c.now() - 200);
     }
     assert.ok(g.rate <= start * 8, `600 ms of 200 ms round trips: at most 3 doublings, ${g.rate / start}x`);
+  });
+
+  /**
+   * The governor against a model link: `rate` bytes/s, `baseMs` round trip, one FIFO queue that
+   * answers and PINGs share; a hub keeping 16 reads of 1 MiB outstanding (a new one as each
+   * answer arrives); an idle guest. Every ms: the delay a mirrored write sent now would queue
+   * (the worst after `settleMs` is returned), and the resync rate once `rateAt` ms have passed.
+   */
+  function overLink(rate: number, baseMs: number, ms: number, settleMs: number, rateAt: number, untilMs = ms) {
+    const c = fakeClock();
+    let linkFree = 0,
+      arrived = 0,
+      issued = 0,
+      worst = 0,
+      rateThen = 0,
+      bytes = 0;
+    const arrivals: number[] = []; // when each answer sent has crossed the link
+    const pongs: { at: number; due: number }[] = [];
+    const answer = [Buffer.alloc(1 << 20, 1)];
+    const link = {
+      send: (bufs: Buffer[], done?: () => void) => {
+        const n = bufs.reduce((k, b) => k + b.length, 0);
+        linkFree = Math.max(linkFree, c.now()) + (n * 1000) / rate;
+        arrivals.push(linkFree);
+        bytes += n;
+        done?.();
+      },
+    };
+    const g = new ResyncGovernor({ floorRate: MiB, ceilRate: 0, guestWrites: () => 0, ...c });
+    g.probe = (at) => pongs.push({ at, due: Math.max(linkFree, at) + baseMs });
+    for (let t = 0; t < ms; t++) {
+      for (; arrivals.length > 0 && arrivals[0] <= c.now(); arrived++) arrivals.shift();
+      for (; issued - arrived < 16; issued++) g.send(link, answer);
+      c.advance(1);
+      pongs.sort((a, b) => a.due - b.due);
+      while (pongs.length > 0 && pongs[0].due <= c.now()) g.sample(pongs.shift()!.at);
+      if (t >= settleMs && t < untilMs) worst = Math.max(worst, linkFree - c.now());
+      if (t === rateAt) rateThen = g.rate;
+    }
+    return { worst, rateThen, bytes };
+  }
+
+  it("on a 5 MiB/s link, an idle guest's resync opening queues a write at most two answers long", () => {
+    // The opening is ACK-clocked (resync-governor.ts): its first PING leaves behind the first
+    // answer, and on this link comes back 200 ms late, which ends the opening with a cut. Growth
+    // clocked by a timer instead doubled on PINGs that slipped between bursts (the ninth session's
+    // 5 ms probes: a mirrored write waited 2.5 s in bandwidth.e2e).
+    const { worst, bytes } = overLink(5 * MiB, 1, 6000, 0, 0, 400);
+    assert.ok(worst <= 2 * TARGET_DELAY_MS, `a write would have queued ${worst.toFixed(0)} ms in the first 400 ms`);
+    assert.ok(bytes >= 0.6 * 5 * MiB * 6, `resync still uses the link: ${(bytes / MiB).toFixed(1)} MiB in 6 s`);
+  });
+
+  it("on a fast link with a short round trip, an idle guest's resync is at full speed within 120 ms", () => {
+    // Issue 17: the initial sync's slow start took ~0.28 s to the link's rate on loopback, one
+    // doubling per 20 ms; now one per round trip that carried answers.
+    const { rateThen } = overLink(2048 * MiB, 0.2, 121, 121, 120);
+    assert.ok(rateThen >= 1024 * MiB, `${(rateThen / MiB).toFixed(0)} MiB/s after 120 ms`);
   });
 
   it('holds answers to its rate and releases them in order; detach releases what it held', () => {

@@ -146,7 +146,7 @@ export class AgentCore {
       queuedBytes: () => link.queuedBytes(),
       has: (cap) => link.has(cap),
     };
-    gov.probe = link.has(Cap.PING) ? () => link.send([encodePing(Date.now())]) : null;
+    gov.probe = link.has(Cap.PING) ? (at) => link.send([encodePing(at)]) : null;
     this.mirror.attach(link);
     this.handover.attach(link);
     this.lagBound.attach(link.has(Cap.APPLIED));

@@ -69,6 +69,14 @@ const SLOW_START_BELOW = 0.25;
 // 1 ms between bursts, the rate ran ahead of the link and a mirrored write waited 2.5 s
 // (bandwidth.e2e). The first guest write seen restores the rate from before (or less, after a cut).
 const IDLE_PROBE_MS = 20;
+// The opening of a resync with the guest idle (a new connection's initial sync, or resync
+// starting after a pause) is ACK-clocked as TCP's slow start is: a PING leaves right behind
+// the first answers; if it comes back without a queue, what was sent before it has crossed, so
+// the token debt is dropped, the rate doubles and the next answers leave at once with the next
+// PING behind them, one step per round trip. The first sample with a queue (or a guest write)
+// ends the opening: a slow link shows itself behind the first answer (1 MiB at 5 MiB/s: 200 ms).
+// Without it a 1 GiB initial sync on loopback spent ~280 ms reaching the link's rate, one
+// doubling per IDLE_PROBE_MS; with it ~20 ms (test/bandwidth.test.ts models both links).
 const CUT_EVERY_MAX_MS = 300; // cut at least this often while the delay stays over target
 const MAX_RATE = 2 ** 32; // no ceiling given: still a number (4 GiB/s)
 const BURST_MS = 20;
@@ -96,8 +104,10 @@ export class ResyncGovernor {
   private lastWrites = -1; // guest writes at the last sample
   private busyRate = 0; // the rate before the guest went idle (0: not idle)
   private lastGrowAt = -Infinity;
-  /** Sends a PING (its nonce: this clock's now); null without the PING capability. */
-  probe: (() => void) | null = null;
+  private opening = true; // the resync's opening, ACK-clocked (see above)
+  private openingProbeAt: number | null = null; // its PING in flight, sent behind answers
+  /** Sends a PING whose nonce is `at` (this clock's now); null without the PING capability. */
+  probe: ((at: number) => void) | null = null;
   private readonly target: number;
   private readonly ceil: number;
   private readonly now: () => number;
@@ -135,7 +145,11 @@ export class ResyncGovernor {
     this.heldBytes += bytes;
     // Resync (re)starts: the guest's writes are counted from here, so the first delay sample
     // can already tell an idle guest (and probe and grow at the idle pace).
-    if (!this.active() && this.opts.guestWrites) this.lastWrites = this.opts.guestWrites();
+    if (!this.active()) {
+      if (this.opts.guestWrites) this.lastWrites = this.opts.guestWrites();
+      this.opening = this.opts.guestWrites !== undefined;
+      this.openingProbeAt = null;
+    }
     this.lastAnswerAt = this.now();
     this.release();
   }
@@ -167,6 +181,17 @@ export class ResyncGovernor {
     this.rttMs = rtt;
     this.delayMs = delay;
     this.idle(delay);
+    if (this.opening && sentAt === this.openingProbeAt) {
+      this.openingProbeAt = null;
+      if (this.busyRate > 0 && delay <= SLOW_START_BELOW * this.target) {
+        this.tokens = Math.max(0, this.tokens); // what left before it has crossed
+        this.rate = Math.min(this.ceil, this.rate * 2);
+        this.lastGrowAt = now;
+        this.release();
+        return;
+      }
+      this.opening = false; // a queue, or the guest writes: the delay control from here on
+    }
     if (delay > this.target) {
       // Once per round trip (the samples right after a cut still see the queue it drains), but
       // a long queue is cut again soon; the cut is deeper the further the delay is over target.
@@ -222,6 +247,7 @@ export class ResyncGovernor {
 
   private release(): void {
     const rate = this.opts.guestHeld?.() ? this.ceil : this.rate;
+    let sent = 0;
     const now = this.now(),
       burst = Math.max(256 << 10, (rate * BURST_MS) / 1000);
     this.tokens = Math.min(burst, this.tokens + ((now - this.tokensAt) * rate) / 1000);
@@ -231,12 +257,16 @@ export class ResyncGovernor {
       this.heldBytes -= h.bytes;
       this.tokens -= h.bytes;
       this.sentBytes += h.bytes;
+      sent += h.bytes;
       if (h.out.sendBulk) h.out.sendBulk(h.bufs, h.done);
       else h.out.send(h.bufs, h.done);
     }
-    if (this.probeIn() === 0) {
+    if (this.opening && sent > 0 && this.openingProbeAt === null && this.probe !== null) {
+      this.openingProbeAt = now; // right behind the answers just sent: it measures them
+      this.probe(now);
+    } else if (this.probeIn() === 0) {
       this.lastProbeAt = now;
-      this.probe!();
+      this.probe!(now);
     }
     if (this.held.length > 0 && this.timer === null) {
       // Wake for the next probe too: answers held at a low rate would otherwise wait out their
