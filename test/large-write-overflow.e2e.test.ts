@@ -105,7 +105,10 @@ describe('large writes past a short link queue (fault proxy as a 4 MiB/s link, f
       `overflowed ${st.overflowWrites} of 128 writes; resync moved ${(synced / MiB).toFixed(1)} MiB; governor ${JSON.stringify(st.resync)}`,
     );
     assert.ok(st.resync.idleBoosts >= 1, 'with the guest idle, resync went at the ceiling');
-    assert.ok(synced <= 32 * MiB, `only the 32 MiB written were resynced: ${synced} bytes`);
+    // A region whose read is in flight when a mirrored write to it arrives is read again (the
+    // write made the read stale): at most the 4 MiB the link queue held at the job's end, and it
+    // happens (33 MiB in about one run of four, before and after the governor's opening).
+    assert.ok(synced <= 36 * MiB, `only the 32 MiB written (+ the link queue's 4) were resynced: ${synced} bytes`);
   });
 
   it('keeps the whole queue for small writes', async () => {

@@ -15,6 +15,7 @@ import {
   encodeVolumeSize,
   SECTOR,
 } from '../../protocol';
+import { pingNonce } from '../link/ping-nonce';
 import { encodeIdentity } from '../../protocol';
 import type { BufferPool } from '../buffer-pool';
 import type { Logger } from '../log';
@@ -109,6 +110,9 @@ export class AgentCore {
       ceilRate: p ? p.maxResyncRate || p.maxRate : 0,
       guestWrites: () => stats.writes,
       guestHeld: () => this.lagBound.over,
+      // Under --max-rate a PING goes through the pacer's writes class, answers through its
+      // resync class: a PING is not behind the answers it follows, so no ACK-clocked opening.
+      opening: !p,
       ...opts.clock,
     });
   }
@@ -119,7 +123,7 @@ export class AgentCore {
     this.ackLag.sample(this.mirror.sent, Date.now());
     this.lagBound.sample();
     // Holding: a PONG tells a live hub whose disk is slow from a stalled link (lag-bound.ts).
-    if (this.lagBound.over && this.link.has(Cap.PING)) this.link.send([encodePing(Date.now())]);
+    if (this.lagBound.over && this.link.has(Cap.PING)) this.link.send([encodePing(pingNonce())]);
   };
 
   private stopSampling(): void {
@@ -146,7 +150,13 @@ export class AgentCore {
       queuedBytes: () => link.queuedBytes(),
       has: (cap) => link.has(cap),
     };
-    gov.probe = link.has(Cap.PING) ? (at) => link.send([encodePing(at)]) : null;
+    gov.probe = link.has(Cap.PING)
+      ? (at) => {
+          const nonce = pingNonce(at);
+          link.send([encodePing(nonce)]);
+          return nonce;
+        }
+      : null;
     this.mirror.attach(link);
     this.handover.attach(link);
     this.lagBound.attach(link.has(Cap.APPLIED));

@@ -29,6 +29,8 @@ export interface GovernorOptions {
    * held guest and an idle link waited on each other (2 MiB/s, a delay probe per answer).
    */
   guestHeld?: () => boolean;
+  /** The ACK-clocked opening (default on): off where a PING does not follow the answers in order. */
+  opening?: boolean;
   now?: () => number; // ms clock (tests)
   setTimer?: (fn: () => void, ms: number) => unknown;
   clearTimer?: (t: unknown) => void;
@@ -104,10 +106,13 @@ export class ResyncGovernor {
   private lastWrites = -1; // guest writes at the last sample
   private busyRate = 0; // the rate before the guest went idle (0: not idle)
   private lastGrowAt = -Infinity;
-  private opening = true; // the resync's opening, ACK-clocked (see above)
+  private opening: boolean; // the resync's opening, ACK-clocked (see above)
   private openingProbeAt: number | null = null; // its PING in flight, sent behind answers
-  /** Sends a PING whose nonce is `at` (this clock's now); null without the PING capability. */
-  probe: ((at: number) => void) | null = null;
+  /**
+   * Sends a PING at `at` (this clock's now), returning its nonce (a ms timestamp, unique: when not
+   * `at`, a ms later); null without the PING capability.
+   */
+  probe: ((at: number) => number | void) | null = null;
   private readonly target: number;
   private readonly ceil: number;
   private readonly now: () => number;
@@ -127,6 +132,7 @@ export class ResyncGovernor {
     this.setTimer = opts.setTimer ?? ((fn, ms) => setTimeout(fn, ms));
     this.clearTimer = opts.clearTimer ?? ((t) => clearTimeout(t as NodeJS.Timeout));
     this.rate = Math.min(this.ceil, opts.floorRate * START_RATE_FLOORS);
+    this.opening = this.openingAllowed();
     this.tokensAt = this.baseEpochAt = this.now();
   }
 
@@ -147,11 +153,20 @@ export class ResyncGovernor {
     // can already tell an idle guest (and probe and grow at the idle pace).
     if (!this.active()) {
       if (this.opts.guestWrites) this.lastWrites = this.opts.guestWrites();
-      this.opening = this.opts.guestWrites !== undefined;
+      this.opening = this.openingAllowed();
       this.openingProbeAt = null;
+      // A bare PING first, ahead of the answers: its round trip is the link's own, the base the
+      // opening's samples are measured against (without one, the first sample is its own base).
+      if (this.opening && this.probe !== null && Math.min(this.baseNow, this.basePrev) === Infinity)
+        this.probe(this.now());
     }
     this.lastAnswerAt = this.now();
     this.release();
+  }
+
+  /** The opening may run: configured so, and the guest's writes are known (it must be idle). */
+  private openingAllowed(): boolean {
+    return this.opts.opening !== false && this.opts.guestWrites !== undefined;
   }
 
   /** Resync flows: an answer came within ACTIVE_MS. */
@@ -168,29 +183,32 @@ export class ResyncGovernor {
 
   /** A PONG for a PING sent at `sentAt` (ms, this clock): one delay sample; the rate follows it. */
   sample(sentAt: number): void {
-    const now = this.now(),
-      rtt = now - sentAt;
-    if (!(rtt >= 0 && rtt < 60_000)) return; // not one of ours, or from another clock
+    const now = this.now();
+    if (!(now - sentAt >= -5 && now - sentAt < 60_000)) return; // not one of ours, or from another clock
+    const rtt = Math.max(0, now - sentAt); // a nonce may be a ms or two ahead (link/ping-nonce.ts)
     if (now - this.baseEpochAt > BASE_EPOCH_MS) {
       this.basePrev = this.baseNow;
       this.baseNow = Infinity;
       this.baseEpochAt = now;
     }
+    const hadBase = Math.min(this.baseNow, this.basePrev) !== Infinity; // before this sample
     this.baseNow = Math.min(this.baseNow, rtt);
     const delay = rtt - Math.min(this.baseNow, this.basePrev);
     this.rttMs = rtt;
     this.delayMs = delay;
     this.idle(delay);
     if (this.opening && sentAt === this.openingProbeAt) {
-      this.openingProbeAt = null;
-      if (this.busyRate > 0 && delay <= SLOW_START_BELOW * this.target) {
+      this.openingProbeAt = null; // the next answers carry the next one
+      if (!hadBase) {
+        // measured against itself: no verdict (the bare PING ahead of the answers sets the base)
+      } else if (this.busyRate > 0 && delay <= SLOW_START_BELOW * this.target) {
         this.tokens = Math.max(0, this.tokens); // what left before it has crossed
         this.rate = Math.min(this.ceil, this.rate * 2);
+        this.opening = this.rate < this.ceil; // at the ceiling: nothing left to find
         this.lastGrowAt = now;
         this.release();
         return;
-      }
-      this.opening = false; // a queue, or the guest writes: the delay control from here on
+      } else this.opening = false; // a queue, or the guest writes: the delay control from here on
     }
     if (delay > this.target) {
       // Once per round trip (the samples right after a cut still see the queue it drains), but
@@ -235,6 +253,8 @@ export class ResyncGovernor {
   detach(): void {
     if (this.timer !== null) this.clearTimer(this.timer);
     this.timer = null;
+    this.openingProbeAt = null; // its PONG is lost with the connection
+    this.lastAnswerAt = -Infinity; // the next connection's resync starts anew (and opens)
     const held = this.held.splice(0);
     this.heldBytes = 0;
     for (const h of held) h.done?.();
@@ -262,8 +282,8 @@ export class ResyncGovernor {
       else h.out.send(h.bufs, h.done);
     }
     if (this.opening && sent > 0 && this.openingProbeAt === null && this.probe !== null) {
-      this.openingProbeAt = now; // right behind the answers just sent: it measures them
-      this.probe(now);
+      this.lastProbeAt = now;
+      this.openingProbeAt = this.probe(now) ?? now; // right behind the answers just sent: it measures them
     } else if (this.probeIn() === 0) {
       this.lastProbeAt = now;
       this.probe!(now);

@@ -3,6 +3,7 @@
 // dead-peer detection, and batched sends through a LinkIo (a socket, or a simulation's queue).
 // Receiving (framing, CRC checks) stays in protocol/framer.ts; the owner feeds heard().
 import { Cap, Limits, PROTOCOL_VERSION, encodeHello, encodePing, encodePong, FrameSealer } from '../../protocol';
+import { pingNonce } from './ping-nonce';
 import { assert } from '../assert';
 
 /** What is under a link: one frame's buffers out, and how many bytes wait to leave. */
@@ -139,7 +140,7 @@ export class Link {
         // Heartbeat off, the link still open: the owner may send a last ERROR, then closes.
         this.stopHeartbeat();
         this.opts.onDead(silent);
-      } else if (this.has(Cap.PING)) this.send([encodePing(Date.now())]);
+      } else if (this.has(Cap.PING)) this.send([encodePing(pingNonce())]);
     }, ms);
     this.heartbeat.unref();
   }
