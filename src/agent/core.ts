@@ -15,8 +15,8 @@ import {
   encodeVolumeSize,
   SECTOR,
 } from '../../protocol';
-import { pingNonce } from '../link/ping-nonce';
 import { encodeIdentity } from '../../protocol';
+import { pingNonce } from '../link/ping-nonce';
 import type { BufferPool } from '../buffer-pool';
 import type { Logger } from '../log';
 import { VolumeTable, AgentVolume, AgentVolumeSpec } from './volume';

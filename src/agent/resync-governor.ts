@@ -72,13 +72,15 @@ const SLOW_START_BELOW = 0.25;
 // (bandwidth.e2e). The first guest write seen restores the rate from before (or less, after a cut).
 const IDLE_PROBE_MS = 20;
 // The opening of a resync with the guest idle (a new connection's initial sync, or resync
-// starting after a pause) is ACK-clocked as TCP's slow start is: a PING leaves right behind
-// the first answers; if it comes back without a queue, what was sent before it has crossed, so
-// the token debt is dropped, the rate doubles and the next answers leave at once with the next
-// PING behind them, one step per round trip. The first sample with a queue (or a guest write)
+// starting after a pause) is ACK-clocked as TCP's slow start is: a bare PING ahead of the first
+// answers measures the link's own round trip (the base), another leaves right behind them; if
+// that one comes back without a queue, what was sent before it has crossed, so the token debt
+// is dropped, the rate doubles and the next answers leave at once with the next PING behind
+// them, one step per round trip. The first sample with a queue, a guest write or the ceiling
 // ends the opening: a slow link shows itself behind the first answer (1 MiB at 5 MiB/s: 200 ms).
-// Without it a 1 GiB initial sync on loopback spent ~280 ms reaching the link's rate, one
-// doubling per IDLE_PROBE_MS; with it ~20 ms (test/bandwidth.test.ts models both links).
+// Off under a pacer (--max-rate), which sends PINGs and answers in different classes. Without it
+// a 1 GiB initial sync on loopback spent ~280 ms reaching the link's rate, one doubling per
+// IDLE_PROBE_MS; with it ~40 ms (test/bandwidth.test.ts models a slow and a fast link).
 const CUT_EVERY_MAX_MS = 300; // cut at least this often while the delay stays over target
 const MAX_RATE = 2 ** 32; // no ceiling given: still a number (4 GiB/s)
 const BURST_MS = 20;

@@ -66,8 +66,8 @@ export class Hub implements HubStatusSource {
   private readonly httpApi: HttpApi;
   private nextSession = 1;
   private readonly cfg: SessionConfig;
-  /** Join buffers for large frames (sync reads, 1 MiB writes), shared by all sessions; 16 MiB idle at most. */
-  // Write data, aligned for O_DIRECT. Idle buffers up to a session's apply queue (64 MiB): a
+  // Join buffers for large frames (sync reads, 1 MiB writes), shared by all sessions, aligned
+  // for O_DIRECT. Idle buffers up to a session's apply queue (64 MiB at most): a
   // queue that drained to half and refills reused 3 in 4 buffers at 16 idle, and each fresh 1 MiB
   // costs page faults and GC (hub CPU per ingested MiB -14 %, docs/BENCHMARKS.md Round 14).
   // Trimmed to POOL_KEEP_IDLE by what a whole POOL_TRIM_SECS never took.
