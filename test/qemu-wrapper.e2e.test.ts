@@ -365,6 +365,15 @@ for a in "$@"; do
     qemu-io -f raw -c 'write -P 0x5a 0 64k' "nbd+unix:///$e?socket=$s" >/dev/null || exit 9;;
   esac
 done
+# A VM runs on: exit once the hub protects the volume, as a guest that lives past its initial
+# sync. Exiting at once stopped the agent mid-sync now and then on a loaded machine (the hub
+# then rightly kept the regions dirty, and the copies differed).
+if [ -n "$HUB_HTTP" ]; then
+  for i in $(seq 400); do
+    case $(curl -s "http://$HUB_HTTP/status") in *'"state": "protecting"'*) break;; esac
+    sleep 0.05
+  done
+fi
 `,
       { mode: 0o755 },
     );
@@ -391,7 +400,7 @@ done
       const domain = ['-name', 'guest=web1,debug-threads=on', '-S', '-blockdev', JSON.stringify(storage)];
       domain.push('-blockdev', format, '-device', 'virtio-blk-pci,drive=libvirt-1-format,id=virtio-disk0');
       const extra = ['-repagent', `127.0.0.1:${hub.port},state=${dir}/agent`]; // <qemu:commandline>
-      execFileSync('sh', [script, ...domain, ...extra], { env, stdio: 'ignore' });
+      execFileSync('sh', [script, ...domain, ...extra], { env: { ...env, HUB_HTTP: hub.http }, stdio: 'ignore' });
       const got = fs.readFileSync(ran, 'utf8').trim().split('\n');
       assert.equal(got.length, domain.length);
       const node = JSON.parse(got[4]);
