@@ -308,6 +308,38 @@ export class DirtyLog {
     this.disk.clearRegions(r, r);
   }
 
+  /** clear() of every region of [first, last], run by run (a whole volume's report at once). */
+  clearRange(first: number, last: number): void {
+    for (let r = this.bitmap.nextDirty(first); r >= 0 && r <= last;) {
+      const end = Math.min(this.bitmap.nextClean(r), last + 1);
+      this.bitmap.clearRegions(r, end - 1);
+      this.clearCold(r, end - 1);
+      r = end <= last ? this.bitmap.nextDirty(end) : -1;
+    }
+  }
+
+  /** The file's bits of [a, b] outside hot extents (those keep theirs until they cool). */
+  private clearCold(a: number, b: number): void {
+    const er = this.extentRegions;
+    let from = -1; // start of the cold span being gathered
+    for (let e = Math.floor(a / er); e <= Math.floor(b / er); e++) {
+      const lo = Math.max(a, e * er);
+      if (!this.al.has(e)) {
+        if (from < 0) from = lo;
+        continue;
+      }
+      if (from >= 0) this.clearDisk(from, lo - 1);
+      from = -1;
+    }
+    if (from >= 0) this.clearDisk(from, b);
+  }
+
+  private clearDisk(a: number, b: number): void {
+    // A cold extent's writes are durable in the image, except those of a wide range since.
+    if (this.wideVolatile) this.syncImage();
+    this.disk.clearRegions(a, b);
+  }
+
   private syncImage(): void {
     // A log in memory survives nothing: any restart resyncs everything, so order nothing.
     if (this.file !== null) {

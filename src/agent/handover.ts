@@ -10,7 +10,7 @@ import { assert } from '../assert';
 import type { Logger } from '../log';
 import type { AgentVolume, VolumeTable } from './volume';
 import type { AgentStats, LinkPort, RegionHolder } from './ports';
-import type { RegionGate } from './region-gate';
+import { dirtyRunsIn, type RegionGate } from './region-gate';
 
 const REPORT_DELAY_MS = 10; // owed regions of a burst leave in one report
 
@@ -65,6 +65,12 @@ export class Handover implements RegionHolder {
   holds(v: AgentVolume, region: number): boolean {
     const handing = this.handing[v.index];
     return this.owed[v.index].get(region) || (handing !== null && handing.get(region));
+  }
+
+  heldRuns(v: AgentVolume, first: number, last: number, out: number[]): void {
+    dirtyRunsIn(this.owed[v.index], first, last, out);
+    const handing = this.handing[v.index];
+    if (handing !== null) dirtyRunsIn(handing, first, last, out);
   }
 
   /** Whether any report still awaits the hub's ack. */
@@ -137,7 +143,7 @@ export class Handover implements RegionHolder {
     assert(this.acksAwaited[v.index] > 0, 'a report in hand-over awaits acks');
     if (--this.acksAwaited[v.index] > 0) return;
     this.handing[v.index] = null;
-    for (const [a, b] of handed.runs()) for (let r = a; r < b; r++) this.gate.clearIfQuiet(v, r);
+    for (const [a, b] of handed.runs()) this.gate.clearQuiet(v, a, b - 1);
     v.log.sync();
     this.sendOwed(v);
   }

@@ -14,7 +14,7 @@ import type { BufferPool } from '../buffer-pool';
 import { assert } from '../assert';
 import type { AgentVolume, VolumeTable } from './volume';
 import type { AgentStats, LinkPort, RegionHolder } from './ports';
-import type { RegionGate } from './region-gate';
+import { keysIn, type RegionGate } from './region-gate';
 
 interface Pending {
   seq: number;
@@ -149,6 +149,10 @@ export class Mirror implements RegionHolder {
 
   holds(v: AgentVolume, region: number): boolean {
     return this.regionSeq[v.index].has(region);
+  }
+
+  heldRuns(v: AgentVolume, first: number, last: number, out: number[]): void {
+    keysIn(this.regionSeq[v.index], first, last, out);
   }
 
   /** Writes sent on this connection, and the oldest one not acked yet (0: none): for the ack lag. */

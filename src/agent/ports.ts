@@ -19,6 +19,8 @@ export interface LinkPort {
 /** A module whose state keeps a region's dirty bit set (a write in flight, a report unacked...). */
 export interface RegionHolder {
   holds(v: AgentVolume, region: number): boolean;
+  /** The regions of [first, last] it holds, pushed as runs [a, b) (flat pairs); holds() over a range. */
+  heldRuns(v: AgentVolume, first: number, last: number, out: number[]): void;
 }
 
 /** Counters for status() and tests; each field is counted by one module. */

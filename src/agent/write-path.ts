@@ -8,6 +8,7 @@ import { assert } from '../assert';
 import { RangeLocks } from './range-locks';
 import type { AgentVolume, VolumeTable } from './volume';
 import type { RegionHolder } from './ports';
+import { keysIn } from './region-gate';
 import type { Mirror, OverflowSink } from './mirror';
 import { SyncFlushPolicy } from './sync-flush';
 
@@ -52,6 +53,12 @@ export class WritePath implements RegionHolder {
   holds(v: AgentVolume, region: number): boolean {
     if (v.index === this.nowVolume && region >= this.nowFirst && region <= this.nowLast) return true;
     return this.busy[v.index].has(region);
+  }
+
+  heldRuns(v: AgentVolume, first: number, last: number, out: number[]): void {
+    if (v.index === this.nowVolume && this.nowFirst <= last && this.nowLast >= first)
+      out.push(this.nowFirst, this.nowLast + 1);
+    keysIn(this.busy[v.index], first, last, out);
   }
 
   /**
