@@ -100,6 +100,28 @@ describe('sparse initial sync (SEEK_DATA + IO_SPARSE)', function () {
     assert.equal(direct, size - 8 * MiB, 'the cold 24 MiB read direct, the cached 8 MiB through the cache');
   });
 
+  it("a thin volume's holes are read in growing reads; data after a long hole still lands whole", async () => {
+    dir = tmpdir();
+    const img = path.join(dir, 'V1.img'),
+      rep = path.join(dir, 'V1R'),
+      size = 1024 * MiB;
+    const fd = fs.openSync(img, 'w');
+    fs.ftruncateSync(fd, size);
+    // 3 MiB of data 1.5 GiB in (a large read meets it), 64 KiB in the last region
+    fs.writeSync(fd, randomBytes(3 * MiB), 0, 3 * MiB, 768 * MiB + 512 * KiB);
+    fs.writeSync(fd, randomBytes(CHUNK), 0, CHUNK, size - CHUNK);
+    fs.closeSync(fd);
+    hub = v1Hub(dir, rep);
+    await hub.start();
+    agent = v1Agent(dir, img, hub.port);
+    await agent.start();
+    await hub.converged('V1', img, rep, 60_000); // byte-equal
+    const st = await agent.status();
+    assert.equal(st.remoteReadBytes, 3 * MiB + CHUNK, 'only the data crossed the link');
+    // 1024 reads of the base 1 MiB before; growing to 32 MiB, a few dozen
+    assert.ok(st.remoteReads < 128, `${st.remoteReads} remote reads for 1 GiB of holes`);
+  });
+
   it('--no-seek-data reads the holes too and still sends only the chunks holding data', async () => {
     const { st, data, size } = await syncOnce(['--no-seek-data']);
     assert.equal(st.remoteDiskBytes, size, 'every byte read from the image');

@@ -11,6 +11,7 @@ import {
   ErrorCode,
   encodeRemoteIoReqHead,
   encodeDirtyReportAck,
+  Limits,
 } from '../../protocol';
 import type { RemoteIoRes, DirtyReport, ChecksumRes } from '../../protocol';
 import type { Logger } from '../log';
@@ -21,6 +22,9 @@ import type { InflightRead } from './volume-sync';
 import { ChecksumSync } from './checksum-sync';
 import { checkAnswer, writeRange, ReadAnswer } from './sync-write';
 import { RateMeter, ResyncRateLimit } from './resync-rate';
+
+const LARGE_READS_MAX = 4; // reads above the base size in flight on a session (readRegions)
+const ZERO_SCALE_MAX = 1 << 10; // a bound on the doubling; Limits.maxIoBytes bounds the read
 
 export { VolumeSync } from './volume-sync';
 export type { InflightRead } from './volume-sync';
@@ -160,7 +164,8 @@ export class SyncEngine {
       regionSize = bm.regionSize,
       readMax = Math.max(1, Math.floor(this.cfg.maxReadBytes / regionSize));
     const checksum = this.checksumFirst(sync);
-    const run = sync.nextRun(checksum ? this.checksums.runRegions(regionSize) : readMax);
+    const regions = checksum ? this.checksums.runRegions(regionSize) : this.readRegions(sync, readMax);
+    const run = regions > 0 ? sync.nextRun(regions) : null;
     if (!run) return false;
     if (checksum) {
       // Compare, except the regions a write touched while they were compared: those are read whole.
@@ -181,6 +186,23 @@ export class SyncEngine {
     this.reads.set(read.reqId, read);
     this.link.send([encodeRemoteIoReqHead(read.reqId, (end - start) / SECTOR, sync.volumeId, start / SECTOR, true)]);
     return this.started(sync);
+  }
+
+  /**
+   * Regions the next whole read of `sync` may cover: the base, or, while the agent answers this
+   * volume's reads all zero (a thin volume's holes), up to the largest remote IO. A fresh thin
+   * 1 TiB volume took ~1M round trips of 1 MiB (36 s; nbdcopy, which asks block status, copies
+   * 256 GiB of holes in 0.09 s). At most LARGE_READS_MAX such reads are in flight on the session,
+   * and none of the base size beside them (0: issue nothing now): a guess that meets data costs
+   * one answer of at most Limits.maxIoBytes each, and the first resets the size.
+   */
+  private readRegions(sync: VolumeSync, base: number): number {
+    if (sync.zeroScale <= 1) return base;
+    let large = 0;
+    for (const r of this.reads.values()) if (r.last - r.first + 1 > base) large++;
+    if (large >= LARGE_READS_MAX) return 0;
+    const most = Math.max(base, Math.floor(Limits.maxIoBytes / sync.bitmap.regionSize));
+    return Math.min(most, base * sync.zeroScale);
   }
 
   private started(sync: VolumeSync): true {
@@ -257,6 +279,8 @@ export class SyncEngine {
       sync.retryAt = Date.now() + RETRY_MS;
       return;
     }
+    const allZero = ans.zeroes || (ans.pieces !== null && ans.pieces.every((p) => p.data === null));
+    sync.zeroScale = allZero ? Math.min(ZERO_SCALE_MAX, sync.zeroScale * 2) : 1;
     await this.writeAnswer(read, ans);
   }
 

@@ -28,6 +28,11 @@ export class VolumeSync {
    * whole, as any dirty region (at most the volume's regions; each leaves when its read is issued).
    */
   readonly readWhole = new Set<number>();
+  /**
+   * How many times the base read size the next read may be: doubled by each all-zero answer,
+   * back to 1 at the first answer with data (sync.ts readRegions).
+   */
+  zeroScale = 1;
   /** The agent cannot checksum: the fallback to whole reads is logged once per session. */
   checksumFallbackLogged = false;
   /** The sweep under way has issued a run, so it is counted in the record's syncPass. */

@@ -92,6 +92,21 @@ export class HubProcess {
   }
 
   async start(): Promise<void> {
+    const picked = !this.port && !this.httpPort && !this.nbdPort;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.startOnce();
+      } catch (e) {
+        // A port the kernel gave as free can be taken (an outgoing connection's) before the hub
+        // binds it: exit code 3, an address in use. Ports this start picked are picked again.
+        const code = this.exit?.code ?? this.proc?.exitCode;
+        if (!picked || attempt >= 3 || code !== 3) throw e;
+        this.port = this.httpPort = this.nbdPort = 0;
+      }
+    }
+  }
+
+  private async startOnce(): Promise<void> {
     if (!this.port) this.port = await freePort();
     if (!this.httpPort) this.httpPort = await freePort();
     if (!this.nbdPort) this.nbdPort = await freePort();
