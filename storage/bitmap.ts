@@ -147,15 +147,16 @@ export class DirtyBitmap {
         if (c !== 0) fillBits(page, 0, bits - 1); // was full
         this.pages[p] = page;
       }
+      // word by word (bit by bit, clearing a 32 MiB read's 512 regions was most of a thin
+      // volume's sync on the hub)
       let delta = 0;
-      for (let i = lo; i <= hi; i++) {
-        const w = i >>> 5,
-          m = 1 << (i & 31);
-        const was = (page[w] & m) !== 0;
-        if (was !== dirty) {
-          page[w] ^= m;
-          delta += dirty ? 1 : -1;
-        }
+      for (let w = lo >>> 5; w <= hi >>> 5; w++) {
+        const m = wordMask(w === lo >>> 5 ? lo & 31 : 0, w === hi >>> 5 ? hi & 31 : 31);
+        const was = page[w],
+          now = dirty ? was | m : was & ~m;
+        if (now === was) continue;
+        page[w] = now;
+        delta += popcount(now) - popcount(was);
       }
       this.counts[p] = c + delta;
       this.total += delta;
@@ -184,16 +185,22 @@ export class DirtyBitmap {
 
   /** First clean region >= from, or `regions` if none. */
   nextClean(from: number): number {
-    for (let r = from; r < this.regions;) {
+    for (let r = Math.max(0, from); r < this.regions;) {
       const p = Math.floor(r / PAGE_BITS);
-      const bits = this.pageBits(p);
       if (this.counts[p] === 0) return r;
-      if (this.counts[p] === bits) {
-        r = (p + 1) * PAGE_BITS;
-        continue;
+      const page = this.pages[p];
+      if (page) {
+        // word by word, as nextDirty: region by region cost a sync pass ~half its time on a 1 TiB volume
+        const base = p * PAGE_BITS,
+          start = r - base;
+        for (let w = start >>> 5; w < WORDS; w++) {
+          let v = ~page[w];
+          if (w === start >>> 5) v &= ~0 << (start & 31);
+          // the bits past the volume's end are 0: a full last page answers `regions`
+          if (v !== 0) return Math.min(this.regions, base + w * 32 + (31 - Math.clz32(v & -v)));
+        }
       }
-      if (!this.get(r)) return r;
-      r++;
+      r = (p + 1) * PAGE_BITS; // full page
     }
     return this.regions;
   }
@@ -292,7 +299,11 @@ export class DirtyBitmap {
     }
     const base = p * PAGE_BITS;
     if (this.counts[p] === this.pageBits(p)) return last.mask.setRegions(base + lo, base + hi);
-    for (let i = lo; i <= hi; i++) if (this.get(base + i)) last.mask.setRegions(base + i, base + i);
+    for (let r = this.nextDirty(base + lo); r >= 0 && r <= base + hi;) {
+      const end = Math.min(this.nextClean(r), base + hi + 1);
+      last.mask.setRegions(r, end - 1);
+      r = end <= base + hi ? this.nextDirty(end) : -1;
+    }
   }
 
   takeChangedPages(): number[] {
@@ -362,11 +373,18 @@ export class DirtyBitmap {
 }
 
 function fillBits(page: Uint32Array, lo: number, hi: number): void {
-  for (let i = lo; i <= hi; i++) page[i >>> 5] |= 1 << (i & 31);
+  for (let w = lo >>> 5; w <= hi >>> 5; w++)
+    page[w] |= wordMask(w === lo >>> 5 ? lo & 31 : 0, w === hi >>> 5 ? hi & 31 : 31);
 }
 function clearTail(page: Uint32Array, bits: number): void {
   for (let i = bits; i < PAGE_BITS; i++) page[i >>> 5] &= ~(1 << (i & 31));
 }
+/** Bits lo..hi (0..31) of a word set. */
+function wordMask(lo: number, hi: number): number {
+  const upTo = hi === 31 ? -1 : (1 << (hi + 1)) - 1;
+  return upTo & ~((1 << lo) - 1);
+}
+
 function popcount(v: number): number {
   v = v - ((v >>> 1) & 0x55555555);
   v = (v & 0x33333333) + ((v >>> 2) & 0x33333333);

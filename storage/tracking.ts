@@ -104,8 +104,9 @@ export class KnownZeroMap implements ChangeMap {
 
   /** True when every region [start, end) touches is known zero. */
   covers(start: number, end: number): boolean {
-    const map = this.regions;
-    for (let r = map.regionOf(start); r <= map.regionOf(end - 1); r++) if (!map.get(r)) return false;
-    return true;
+    const map = this.regions,
+      first = map.regionOf(start),
+      last = map.regionOf(end - 1);
+    return map.countRange(first, last + 1) === last - first + 1;
   }
 }

@@ -290,13 +290,16 @@ export class SyncEngine {
       rep = sync.replica,
       bm = sync.bitmap,
       regionSize = bm.regionSize;
-    let r = read.first;
-    while (r <= read.last) {
-      if (read.touched.has(r) || !bm.get(r)) {
+    for (let r = read.first; r <= read.last;) {
+      // the next run still dirty and untouched: by the bitmap's runs when no write touched the read
+      if (read.touched.size === 0) {
+        r = bm.nextDirty(r);
+        if (r < 0 || r > read.last) break;
+      } else if (read.touched.has(r) || !bm.get(r)) {
         r++;
         continue;
       }
-      let e = r;
+      let e = read.touched.size === 0 ? Math.min(bm.nextClean(r), read.last + 1) - 1 : r;
       while (e + 1 <= read.last && !read.touched.has(e + 1) && bm.get(e + 1)) e++;
       const a = r * regionSize,
         b = Math.min((e + 1) * regionSize, bm.sizeBytes);

@@ -329,7 +329,7 @@ export class VerifyEngine {
     const buf = Buffer.allocUnsafe(c.regionBytes);
     for (let i = 0; i < c.count; i++) {
       const r = c.first + i;
-      if (c.touched.has(r) || bm.get(r) || sync.inflightRegions.has(r)) {
+      if (c.touched.has(r) || bm.get(r) || sync.inflightAt(r) !== null) {
         run.recheck.add(r); // inconclusive: the two sides were not at the same point for it
         continue;
       }

@@ -19,8 +19,10 @@ export const RETRY_MS = 1000; // back-off after a failed remote read or recovery
 
 /** One attached volume: its reads in flight and its place in the sweep. */
 export class VolumeSync {
+  // Reads in flight by req_id: at most the engine's maxInflightReads, so finding the one over a
+  // region is a scan; a set of their regions cost an insert and a delete per region, 16M for a
+  // fresh 1 TiB volume.
   readonly inflight = new Map<number, InflightRead>();
-  readonly inflightRegions = new Set<number>();
   awaitingReport: boolean; // agent's dirty-extent hand-over not complete yet
   retryAt = 0; // after a failed remote read, back off until this time (ms)
   /**
@@ -79,10 +81,11 @@ export class VolumeSync {
     if (bm.dirtyRegions === 0) return null;
     for (let wrapped = 0; wrapped < 2; wrapped++) {
       let r = bm.nextDirty(rec.syncCursor);
-      while (r >= 0 && this.inflightRegions.has(r)) r = bm.nextDirty(r + 1);
+      for (let over = r >= 0 ? this.inflightAt(r) : null; over !== null; over = r >= 0 ? this.inflightAt(r) : null)
+        r = bm.nextDirty(over.last + 1);
       if (r >= 0) {
-        let end = r + 1;
-        while (end < bm.regions && end - r < maxRegions && bm.get(end) && !this.inflightRegions.has(end)) end++;
+        // reads are contiguous: one over a region after r (and not over r) starts after r
+        const end = Math.min(bm.nextClean(r), this.nextInflight(r), r + maxRegions);
         rec.syncCursor = end;
         // A pass is counted by the first run it issues: a wrap that finds nothing (every dirty
         // region already in flight) is no pass, however often the engine asks.
@@ -104,8 +107,21 @@ export class VolumeSync {
   }
 
   begin(read: InflightRead): void {
+    assert(this.soleRead(read, read.first, read.last), 'reads in flight never overlap');
     this.inflight.set(read.reqId, read);
-    for (let r = read.first; r <= read.last; r++) this.inflightRegions.add(r);
+  }
+
+  /** The read in flight over region r, or null. */
+  inflightAt(r: number): InflightRead | null {
+    for (const read of this.inflight.values()) if (read.first <= r && r <= read.last) return read;
+    return null;
+  }
+
+  /** The first region after r that a read in flight starts at (Infinity: none). */
+  private nextInflight(r: number): number {
+    let next = Infinity;
+    for (const read of this.inflight.values()) if (read.first > r && read.first < next) next = read.first;
+    return next;
   }
 
   /** No read in flight but `read` covers any of regions [first, last]. */
@@ -119,8 +135,6 @@ export class VolumeSync {
   end(read: InflightRead): void {
     assert(this.inflight.get(read.reqId) === read, 'a remote read ends once, on the volume it was issued for');
     this.inflight.delete(read.reqId);
-    for (let r = read.first; r <= read.last; r++) this.inflightRegions.delete(r);
-    assert(this.inflight.size > 0 || this.inflightRegions.size === 0, 'regions are in flight only under a read');
   }
 
   /** A protected write to regions [first, last] was applied: reads of them are now stale. */
@@ -140,10 +154,9 @@ export class VolumeSync {
   written(start: number, end: number, first: number, last: number): void {
     const bm = this.bitmap;
     // The skip below is what keeps a read's stale answer from undoing this write: it must be exact.
-    assert(this.inflight.size > 0 || this.inflightRegions.size === 0, 'regions are in flight only under a read');
     const fullFirst = start % bm.regionSize === 0 ? first : first + 1;
     const fullLast = end % bm.regionSize === 0 || end === bm.sizeBytes ? last : last - 1;
-    for (let r = fullFirst; r <= fullLast; r++) if (!this.inflightRegions.has(r) && bm.get(r)) bm.clearRegions(r, r);
+    for (let r = fullFirst; r <= fullLast; r++) if (bm.get(r) && this.inflightAt(r) === null) bm.clearRegions(r, r);
   }
 
   /** The recovery volume failed a write: keep the regions dirty, back off before resyncing. */
