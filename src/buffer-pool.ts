@@ -31,9 +31,11 @@ export class BufferPool {
 
   /** A buffer of n bytes; pooled when n fits a pool buffer. Contents are not cleared. */
   take(n: number, skew = 0): Buffer {
-    if (n > this.bufferBytes) return Buffer.allocUnsafeSlow(n);
     if (!(skew >= 0 && skew <= this.align))
       throw new RangeError(`skew ${skew} outside the pool's alignment ${this.align}`);
+    // larger than a pool buffer (the hub's zero reads grow to 32 MiB): not pooled, still aligned
+    if (n > this.bufferBytes)
+      return this.align ? this.fresh(n).subarray(this.align - skew, this.align - skew + n) : Buffer.allocUnsafeSlow(n);
     this.stats.taken++;
     let b = this.free.pop();
     this.lowIdle = Math.min(this.lowIdle, this.free.length);
@@ -44,12 +46,12 @@ export class BufferPool {
     return b.subarray(at, at + n);
   }
 
-  private fresh(): Buffer {
-    if (!this.align) return Buffer.allocUnsafeSlow(this.bufferBytes);
-    const raw = Buffer.allocUnsafeSlow(this.bufferBytes + 2 * this.align);
+  private fresh(bytes = this.bufferBytes): Buffer {
+    if (!this.align) return Buffer.allocUnsafeSlow(bytes);
+    const raw = Buffer.allocUnsafeSlow(bytes + 2 * this.align);
     const m = misalign(raw, this.align); // -1 without the addon: unaligned, still correct
     const at = m <= 0 ? 0 : this.align - m;
-    return raw.subarray(at, at + this.align + this.bufferBytes);
+    return raw.subarray(at, at + this.align + bytes);
   }
 
   /** One more hold on a lent buffer (any view of it); false when it is not the pool's. */

@@ -73,6 +73,11 @@ describe('BufferPool', () => {
     }
     assert.equal(pool.idle, 1, 'the same buffer each time');
     assert.throws(() => pool.take(10, 4097), RangeError);
+    const big = pool.take(3 * 8192, 16); // larger than a pool buffer: not pooled, aligned all the same
+    assert.equal(big.length, 3 * 8192);
+    assert.equal(misalign(big.subarray(16), 4096), 0, 'an oversize view is aligned too');
+    pool.give(big);
+    assert.equal(pool.idle, 1);
   });
 
   it('a FrameDecoder joins a payload spanning chunks into the buffer its allocator gives', () => {

@@ -107,7 +107,7 @@ describe('sparse initial sync (SEEK_DATA + IO_SPARSE)', function () {
       size = 1024 * MiB;
     const fd = fs.openSync(img, 'w');
     fs.ftruncateSync(fd, size);
-    // 3 MiB of data 1.5 GiB in (a large read meets it), 64 KiB in the last region
+    // 3 MiB of data 768.5 MiB in (a large read meets it), 64 KiB in the last region
     fs.writeSync(fd, randomBytes(3 * MiB), 0, 3 * MiB, 768 * MiB + 512 * KiB);
     fs.writeSync(fd, randomBytes(CHUNK), 0, CHUNK, size - CHUNK);
     fs.closeSync(fd);

@@ -198,8 +198,9 @@ export class SyncEngine {
    */
   private readRegions(sync: VolumeSync, base: number): number {
     if (sync.zeroScale <= 1) return base;
-    let large = 0;
-    for (const r of this.reads.values()) if (r.last - r.first + 1 > base) large++;
+    let large = 0; // reads not yet written (an answered read is written before it leaves sync.inflight)
+    for (const s of this.volumes.values())
+      for (const r of s.inflight.values()) if (r.last - r.first + 1 > base) large++;
     if (large >= LARGE_READS_MAX) return 0;
     const most = Math.max(base, Math.floor(Limits.maxIoBytes / sync.bitmap.regionSize));
     return Math.min(most, base * sync.zeroScale);
