@@ -42,7 +42,6 @@ class Fenced implements BlockTarget {
   constructor(
     private readonly v: MemoryVolume,
     private readonly life: { dead: boolean },
-    readonly createdEmpty = false, // this open created it: the hub's known-zero map (HOLES clears on it)
   ) {}
   get sizeBytes() {
     return this.v.sizeBytes;
@@ -225,9 +224,8 @@ class World {
       session: { maxInflightReads: this.cfg.inflight, maxReadBytes: this.cfg.readBytes, checkpointMs: 1e9 },
       openTarget: (path, size) => {
         let d = this.disks.get(path);
-        const created = !d;
         if (!d) this.disks.set(path, (d = new MemoryVolume(size)));
-        return new Fenced(d, life, created);
+        return new Fenced(d, life);
       },
     });
     this.incarnations.push(this.hub);

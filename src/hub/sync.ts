@@ -24,6 +24,7 @@ import { ChecksumSync } from './checksum-sync';
 import { checkAnswer, writeRange, ReadAnswer } from './sync-write';
 import { RateMeter, ResyncRateLimit } from './resync-rate';
 
+const NO_DATA = Buffer.alloc(0);
 const LARGE_READS_MAX = 4; // reads above the base size in flight on a session (readRegions)
 const ZERO_SCALE_MAX = 1 << 10; // a bound on the doubling; Limits.maxIoBytes bounds the read
 
@@ -355,7 +356,7 @@ export class SyncEngine {
     }
     // (a checksum resync compares them instead: a seeded replica is zero there already, as a rule)
     const zero = (m.flags & DIRTY_ZERO) !== 0 && !failover && !sync.replica.checksumResync;
-    if (zero && sync.replica.hold === null && this.link.has(Cap.HOLES)) this.zeroHoles(sync, m.extents);
+    if (zero && this.link.has(Cap.HOLES)) await this.zeroHoles(sync, m.extents);
     const final = (m.flags & DIRTY_FINAL) !== 0;
     if (final) sync.awaitingReport = false;
     this.log.info({ volume: sync.replica.name, extents: m.extents.length, bytes, final }, 'agent dirty report');
@@ -378,16 +379,13 @@ export class SyncEngine {
 
   /**
    * A DIRTY_ZERO frame (cap HOLES): its extents read as zero on the protected volume at this
-   * point of the stream (SPEC 9). Their whole regions that the recovery volume is known to hold
-   * zero in (a replica this hub created, never written there) are in sync: cleared at once, no
-   * read, no write. The rest stay dirty for the usual paced reads, whose all-zero answers grow
-   * (writing 1 TiB of zeroes here would hold every later frame of the VM meanwhile). Not those
-   * under a read in flight either (its answer settles them). Synchronous: nothing comes between.
+   * point of the stream (SPEC 9), so their whole regions are made zero here, as an all-zero
+   * answer would make them, and cleared; not those under a read in flight (its answer settles
+   * them). The session's queue waits for this: no later write can come between.
    */
-  private zeroHoles(sync: VolumeSync, extents: Extent[]): void {
+  private async zeroHoles(sync: VolumeSync, extents: Extent[]): Promise<void> {
     const bm = sync.bitmap,
-      rs = bm.regionSize,
-      rep = sync.replica;
+      rs = bm.regionSize;
     for (const x of extents) {
       const start = x.offsetSectors * SECTOR,
         end = start + x.sizeSectors * SECTOR;
@@ -403,9 +401,12 @@ export class SyncEngine {
         const e = Math.min(bm.nextClean(r), sync.nextInflight(r), last + 1) - 1;
         const a = r * rs,
           b = Math.min((e + 1) * rs, bm.sizeBytes);
-        if (rep.knownZeroCovers(a, b)) {
-          rep.recordSyncBytes(b - a);
+        try {
+          await writeRange(sync.replica, { start: a, end: b, data: NO_DATA, zeroes: true, pieces: null }, a, b);
+          sync.replica.recordSyncBytes(b - a);
           bm.clearRegions(r, e);
+        } catch (err) {
+          await sync.fault(err as Error, a, r, e);
         }
         r = bm.nextDirty(e + 1);
       }
