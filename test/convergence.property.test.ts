@@ -100,18 +100,6 @@ class AgentDisk implements BlockTarget {
   async write(b: Buffer, o: number) {
     this.writeSync(b, o);
   }
-  /** SEEK_DATA as a file system with 512-byte blocks that keeps zero blocks as holes would answer. */
-  dataExtents(start: number, end: number): [number, number][] {
-    const out: [number, number][] = [];
-    for (let a = start; a < end; a += SECTOR) {
-      const b = Math.min(end, a + SECTOR);
-      if (this.data.subarray(a, b).every((x) => x === 0)) continue;
-      const last = out[out.length - 1];
-      if (last && last[1] === a) last[1] = b;
-      else out.push([a, b]);
-    }
-    return out;
-  }
   async flush() {}
   async close() {}
 }

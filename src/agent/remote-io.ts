@@ -22,7 +22,6 @@ import {
   ChecksumReq,
 } from '../../protocol';
 import { BufferPool } from '../buffer-pool';
-import { DirtyBitmap } from '../../storage/bitmap';
 import { BlockTarget, DIRECT_ALIGN, ZEROES } from '../../storage/volume';
 import { assert } from '../assert';
 import type { Logger } from '../log';
@@ -95,32 +94,6 @@ export class RemoteIo {
     private readonly ranges: RangeHolder,
     private readonly readBacks?: ReadBackSink,
   ) {}
-
-  /**
-   * The regions of `regions` that lie wholly in holes of v's image now (SEEK_HOLE), for a report's
-   * DIRTY_ZERO frames (cap HOLES); null when holes cannot be found (no SEEK_DATA, or turned off).
-   * Synchronous: the report leaves in the same turn, before any later write's frame.
-   */
-  holesIn(v: AgentVolume, regions: DirtyBitmap): DirtyBitmap | null {
-    const t = v.target;
-    if (!this.opts.seekData || !t.dataExtents) return null;
-    const rs = regions.regionSize,
-      holes = new DirtyBitmap(regions.sizeBytes, rs);
-    for (const [a, b] of regions.runs()) {
-      const start = a * rs,
-        end = Math.min(b * rs, regions.sizeBytes);
-      const data = t.dataExtents(start, end);
-      if (data === null) return null;
-      let at = start;
-      for (const [ds, de] of [...data, [end, end]]) {
-        const first = Math.ceil(at / rs),
-          stop = ds >= regions.sizeBytes ? regions.regions : Math.floor(ds / rs); // whole regions of [at, ds)
-        if (first < stop) holes.setRegions(first, stop - 1);
-        at = Math.max(at, de);
-      }
-    }
-    return holes;
-  }
 
   /** The connection closed: requests not started are dropped (those running answer into the void). */
   detach(): void {

@@ -7,14 +7,13 @@ import {
   Cap,
   SECTOR,
   DIRTY_FINAL,
-  DIRTY_ZERO,
   ProtocolError,
   ErrorCode,
   encodeRemoteIoReqHead,
   encodeDirtyReportAck,
   Limits,
 } from '../../protocol';
-import type { RemoteIoRes, DirtyReport, ChecksumRes, Extent } from '../../protocol';
+import type { RemoteIoRes, DirtyReport, ChecksumRes } from '../../protocol';
 import type { Logger } from '../log';
 import { assert } from '../assert';
 import type { Replica } from './replica';
@@ -24,7 +23,6 @@ import { ChecksumSync } from './checksum-sync';
 import { checkAnswer, writeRange, ReadAnswer } from './sync-write';
 import { RateMeter, ResyncRateLimit } from './resync-rate';
 
-const NO_DATA = Buffer.alloc(0);
 const LARGE_READS_MAX = 4; // reads above the base size in flight on a session (readRegions)
 const ZERO_SCALE_MAX = 1 << 10; // a bound on the doubling; Limits.maxIoBytes bounds the read
 
@@ -354,9 +352,6 @@ export class SyncEngine {
       bm.setBytes(start, end);
       sync.touch(bm.regionOf(start), bm.regionOf(end - 1));
     }
-    // (a checksum resync compares them instead: a seeded replica is zero there already, as a rule)
-    const zero = (m.flags & DIRTY_ZERO) !== 0 && !failover && !sync.replica.checksumResync;
-    if (zero && this.link.has(Cap.HOLES)) await this.zeroHoles(sync, m.extents);
     const final = (m.flags & DIRTY_FINAL) !== 0;
     if (final) sync.awaitingReport = false;
     this.log.info({ volume: sync.replica.name, extents: m.extents.length, bytes, final }, 'agent dirty report');
@@ -375,42 +370,6 @@ export class SyncEngine {
         this.log.warn({ volume, cause: e.message }, 'dirty report not persisted; unacked, the agent reports it again');
       },
     );
-  }
-
-  /**
-   * A DIRTY_ZERO frame (cap HOLES): its extents read as zero on the protected volume at this
-   * point of the stream (SPEC 9), so their whole regions are made zero here, as an all-zero
-   * answer would make them, and cleared; not those under a read in flight (its answer settles
-   * them). The session's queue waits for this: no later write can come between.
-   */
-  private async zeroHoles(sync: VolumeSync, extents: Extent[]): Promise<void> {
-    const bm = sync.bitmap,
-      rs = bm.regionSize;
-    for (const x of extents) {
-      const start = x.offsetSectors * SECTOR,
-        end = start + x.sizeSectors * SECTOR;
-      if (end <= start) continue;
-      const first = Math.ceil(start / rs),
-        last = end >= bm.sizeBytes ? bm.regions - 1 : Math.floor(end / rs) - 1;
-      for (let r = bm.nextDirty(first); r >= 0 && r <= last;) {
-        const over = sync.inflightAt(r);
-        if (over !== null) {
-          r = bm.nextDirty(over.last + 1);
-          continue;
-        }
-        const e = Math.min(bm.nextClean(r), sync.nextInflight(r), last + 1) - 1;
-        const a = r * rs,
-          b = Math.min((e + 1) * rs, bm.sizeBytes);
-        try {
-          await writeRange(sync.replica, { start: a, end: b, data: NO_DATA, zeroes: true, pieces: null }, a, b);
-          sync.replica.recordSyncBytes(b - a);
-          bm.clearRegions(r, e);
-        } catch (err) {
-          await sync.fault(err as Error, a, r, e);
-        }
-        r = bm.nextDirty(e + 1);
-      }
-    }
   }
 
   /** Persist cleared bits and cursors of every volume, then go on reading. */
