@@ -118,8 +118,8 @@ describe('sparse initial sync (SEEK_DATA + IO_SPARSE)', function () {
     await hub.converged('V1', img, rep, 60_000); // byte-equal
     const st = await agent.status();
     assert.equal(st.remoteReadBytes, 3 * MiB + CHUNK, 'only the data crossed the link');
-    // 1024 reads of the base 1 MiB before; growing to 32 MiB, a few dozen
-    assert.ok(st.remoteReads < 128, `${st.remoteReads} remote reads for 1 GiB of holes`);
+    // 1024 reads of the base 1 MiB before; growing to 8 MiB, about an eighth
+    assert.ok(st.remoteReads < 192, `${st.remoteReads} remote reads for 1 GiB of holes`);
   });
 
   it('--no-seek-data reads the holes too and still sends only the chunks holding data', async () => {

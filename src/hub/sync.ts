@@ -24,6 +24,9 @@ import { checkAnswer, writeRange, ReadAnswer } from './sync-write';
 import { RateMeter, ResyncRateLimit } from './resync-rate';
 
 const LARGE_READS_MAX = 4; // reads above the base size in flight on a session (readRegions)
+// The largest of them. A guess that meets data sends that much in one answer, ahead of the
+// mirrored writes behind it: 32 MiB would hold an 8 MiB/s link for 4 s.
+const ZERO_READ_MAX = 8 << 20;
 const ZERO_SCALE_MAX = 1 << 10; // a bound on the doubling; Limits.maxIoBytes bounds the read
 
 export { VolumeSync } from './volume-sync';
@@ -202,7 +205,7 @@ export class SyncEngine {
     for (const s of this.volumes.values())
       for (const r of s.inflight.values()) if (r.last - r.first + 1 > base) large++;
     if (large >= LARGE_READS_MAX) return 0;
-    const most = Math.max(base, Math.floor(Limits.maxIoBytes / sync.bitmap.regionSize));
+    const most = Math.max(base, Math.floor(Math.min(ZERO_READ_MAX, Limits.maxIoBytes) / sync.bitmap.regionSize));
     return Math.min(most, base * sync.zeroScale);
   }
 
@@ -352,6 +355,7 @@ export class SyncEngine {
       bm.setBytes(start, end);
       sync.touch(bm.regionOf(start), bm.regionOf(end - 1));
     }
+    if (bytes > 0) sync.zeroScale = 1; // regions owed now (writes past the link's queue) hold data
     const final = (m.flags & DIRTY_FINAL) !== 0;
     if (final) sync.awaitingReport = false;
     this.log.info({ volume: sync.replica.name, extents: m.extents.length, bytes, final }, 'agent dirty report');
