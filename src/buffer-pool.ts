@@ -33,7 +33,7 @@ export class BufferPool {
   take(n: number, skew = 0): Buffer {
     if (!(skew >= 0 && skew <= this.align))
       throw new RangeError(`skew ${skew} outside the pool's alignment ${this.align}`);
-    // larger than a pool buffer (the hub's zero reads grow to 32 MiB): not pooled, still aligned
+    // larger than a pool buffer (the hub's reads of zero space grow to 8 MiB): not pooled, still aligned
     if (n > this.bufferBytes)
       return this.align ? this.fresh(n).subarray(this.align - skew, this.align - skew + n) : Buffer.allocUnsafeSlow(n);
     this.stats.taken++;

@@ -3,6 +3,7 @@
 // report the hub has not acked. Cleared bits reach the log file at its periodic sync.
 import type { AgentVolume } from './volume';
 import type { RegionHolder } from './ports';
+import type { DirtyBitmap } from '../../storage/bitmap';
 
 export class RegionGate {
   private readonly holders: RegionHolder[] = [];
@@ -42,16 +43,10 @@ export class RegionGate {
 }
 
 /** Push the dirty runs of `map` within [first, last] onto `out` as flat [a, b) pairs. */
-export function dirtyRunsIn(
-  map: { nextDirty(r: number): number; nextClean(r: number): number },
-  first: number,
-  last: number,
-  out: number[],
-): void {
-  for (let r = map.nextDirty(first); r >= 0 && r <= last;) {
-    const end = map.nextClean(r);
-    out.push(r, end);
-    r = map.nextDirty(end);
+export function dirtyRunsIn(map: DirtyBitmap, first: number, last: number, out: number[]): void {
+  for (const [a, b] of map.runs(first)) {
+    if (a > last) break;
+    out.push(a, b);
   }
 }
 

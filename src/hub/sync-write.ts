@@ -45,7 +45,7 @@ export async function writeRange(rep: Replica, ans: ReadAnswer, a: number, b: nu
   assert(ans.start <= a && a < b && b <= ans.end, 'a range written lies inside its answer');
   if (ans.pieces) return writeSparse(rep, ans.pieces, ans.start, a, b);
   if (!ans.zeroes) return writeRun(rep.target!, ans.data.subarray(a - ans.start, b - ans.start), a);
-  if (rep.knownZeroCovers(a, b)) return; // a fresh replica's holes: nothing to write (32 MiB at a time)
+  if (rep.knownZeroCovers(a, b)) return; // a fresh replica's holes: nothing to write (a whole run at once)
   const regionSize = rep.bitmap!.regionSize;
   for (let at = a; at < b;) {
     const next = Math.min(b, (Math.floor(at / regionSize) + 1) * regionSize);

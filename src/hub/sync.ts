@@ -193,11 +193,11 @@ export class SyncEngine {
 
   /**
    * Regions the next whole read of `sync` may cover: the base, or, while the agent answers this
-   * volume's reads all zero (a thin volume's holes), up to the largest remote IO. A fresh thin
+   * volume's reads all zero (a thin volume's holes), up to ZERO_READ_MAX. A fresh thin
    * 1 TiB volume took ~1M round trips of 1 MiB (36 s; nbdcopy, which asks block status, copies
    * 256 GiB of holes in 0.09 s). At most LARGE_READS_MAX such reads are in flight on the session,
    * and none of the base size beside them (0: issue nothing now): a guess that meets data costs
-   * one answer of at most Limits.maxIoBytes each, and the first resets the size.
+   * one answer of at most ZERO_READ_MAX each, and the first resets the size.
    */
   private readRegions(sync: VolumeSync, base: number): number {
     if (sync.zeroScale <= 1) return base;

@@ -32,7 +32,7 @@ export class VolumeSync {
   readonly readWhole = new Set<number>();
   /**
    * How many times the base read size the next read may be: doubled by each all-zero answer,
-   * back to 1 at the first answer with data (sync.ts readRegions).
+   * back to 1 at the first answer with data or a report of new regions (sync.ts readRegions).
    */
   zeroScale = 1;
   /** The agent cannot checksum: the fallback to whole reads is logged once per session. */
