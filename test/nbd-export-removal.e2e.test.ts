@@ -5,6 +5,8 @@
 // silent divergence). The client is libnbd (python3 nbd module), a real NBD client.
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
+import { once } from 'node:events';
 import { spawn, ChildProcess } from 'node:child_process';
 import { sha, waitFor, readRegion } from './harness/util';
 import { startProtectedPair } from './harness/pair';
@@ -32,6 +34,32 @@ except nbd.Error as e:
     print('failed:', e, flush=True)
 print('connection', 'closed' if h.aio_is_dead() or h.aio_is_closed() else 'open', flush=True)
 `;
+
+/** A raw fixed-newstyle client in transmission on `name` (EXPORT_NAME with NO_ZEROES). */
+async function attachRaw(port: number, name: string): Promise<net.Socket> {
+  const sock = net.connect(port, '127.0.0.1');
+  sock.setNoDelay(true);
+  let got = 0;
+  const attached = new Promise<void>((resolve, reject) => {
+    sock.on('data', (c: Buffer) => {
+      got += c.length;
+      if (got >= 18 + 10) resolve(); // the server's greeting, then the export's size and flags
+    });
+    sock.on('error', reject);
+    sock.on('close', () => reject(new Error(`closed after ${got} bytes`)));
+  });
+  await once(sock, 'connect');
+  const opt = Buffer.alloc(4 + 16 + name.length);
+  opt.writeUInt32BE(3, 0); // FIXED_NEWSTYLE | NO_ZEROES
+  opt.write('IHAVEOPT', 4, 'latin1');
+  opt.writeUInt32BE(1, 12); // NBD_OPT_EXPORT_NAME
+  opt.writeUInt32BE(name.length, 16);
+  opt.write(name, 20, 'latin1');
+  sock.write(opt);
+  await attached;
+  sock.removeAllListeners('close');
+  return sock;
+}
 
 class HeldClient {
   private readonly proc: ChildProcess;
@@ -94,6 +122,17 @@ describe('removing an NBD export: refused while clients are attached, force clos
     assert.match(said, /failed:/, `the write after the test stopped must fail: ${said}`);
     assert.match(said, /connection closed/, `the hub closed the connection (not merely an IO error): ${said}`);
     assert.equal(sha(rep), sha(img), 'neither write reached the recovery volume');
+  });
+
+  it('a client that has just disconnected does not hold the stop back: attach, close, stop at once, 20 times', async () => {
+    for (let i = 0; i < 20; i++) {
+      const started = await hub.post('/failover-test/start');
+      assert.equal(started.status, 200, JSON.stringify(started.body));
+      const sock = await attachRaw(hub.nbdPort, 'V1');
+      sock.destroy(); // its close reaches the hub as the stop does: a script's `nbdcopy; rephub failover-test stop`
+      const stopped = await hub.post('/failover-test/stop');
+      assert.equal(stopped.status, 200, `round ${i}: ${JSON.stringify(stopped.body)}`);
+    }
   });
 
   it('failback closes the clients of the promoted recovery volume: their next write fails', async () => {

@@ -317,6 +317,30 @@ describe('export registry', () => {
     assert.equal(reg.attach('V1', slow), undefined);
     assert.deepEqual(reg.names(), ['V2']);
   });
+
+  it('whenIdle() resolves when the last client of the named exports closes, or at its timeout', async () => {
+    const reg = new ExportRegistry();
+    reg.add(new TargetExport('V1', new MemoryVolume(4096)));
+    reg.add(new TargetExport('V2', new MemoryVolume(4096)));
+    const user = (): ExportUser => ({ detach: () => Promise.resolve() });
+    const [a, b, c] = [user(), user(), user()];
+    reg.attach('V1', a);
+    reg.attach('V1', b);
+    reg.attach('V2', c);
+    let idle = false;
+    const p = reg.whenIdle(['V1'], 60_000).then(() => (idle = true));
+    reg.detach('V1', a);
+    reg.detach('V2', c); // another export's client: no matter
+    await tick();
+    assert.equal(idle, false, 'one client of V1 is still attached');
+    reg.detach('V1', b);
+    await p; // long before the timeout
+    assert.equal(reg.attachedClients('V1'), 0);
+    // a client that stays: the wait ends at its timeout and the count is still there to refuse on
+    reg.attach('V2', c);
+    await reg.whenIdle(['V1', 'V2'], 50);
+    assert.equal(reg.attachedClients('V2'), 1);
+  });
 });
 
 describe('change tracking filter', () => {

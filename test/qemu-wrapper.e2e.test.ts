@@ -162,7 +162,8 @@ describe('rephub-qemu: the seed command line, -repagent HUB', function () {
         const views = started.body.volumes as { name: string; uri: string }[];
         const uri = (n: string) => views.find((v) => v.name === n)!.uri;
         const [v1, v2] = [readNbd(uri('disk1'), len), readNbd(uri('data'), len)];
-        assert.equal((await hub.post('/failover-test/stop', {})).status, 200);
+        const stopped = await hub.post('/failover-test/stop', {});
+        assert.equal(stopped.status, 200, JSON.stringify(stopped.body));
         progress.push(stepsOf(v1, v2, `view ${progress.length}`));
       }
       const r = await run;
@@ -181,7 +182,8 @@ describe('rephub-qemu: the seed command line, -repagent HUB', function () {
         const views = started.body.volumes as { name: string; uri: string }[];
         const uri = (n: string) => views.find((v) => v.name === n)!.uri;
         const [v1, v2] = [readNbd(uri('disk1'), len), readNbd(uri('data'), len)];
-        assert.equal((await hub.post('/failover-test/stop', {})).status, 200);
+        const stopped = await hub.post('/failover-test/stop', {});
+        assert.equal(stopped.status, 200, JSON.stringify(stopped.body));
         viewed.push(stepsOf(v1, v2, `checkpoint ${id} through failover-test --at`));
       }
       assert.ok(new Set(viewed).size >= 2, `the points hold different moments (B steps: ${viewed.join(' ')})`);

@@ -29,6 +29,9 @@ import {
 export { FailoverError };
 export type { Winner };
 
+/** How long a stop or failback waits for NBD clients that are already disconnecting. */
+const DISCONNECT_GRACE_MS = 1000;
+
 interface TestRecord {
   volumes: string[];
   startedAt: string;
@@ -228,7 +231,7 @@ export class FailoverController {
   ): Promise<{ volumes: { name: string; keptBytes: number; testWrittenBytes: number }[] }> {
     return this.exclusive(async () => {
       if (!this.test) throw new FailoverError('no failover test is running');
-      this.refuseAttached(this.test.volumes, opts.force, 'stopping the failover test');
+      await this.refuseAttached(this.test.volumes, opts.force, 'stopping the failover test');
       // its clients are cut off before the layers go (all at once: none can attach in between)
       await Promise.all(this.test.volumes.map((n) => this.h.exports.remove(n)));
       const out: { name: string; keptBytes: number; testWrittenBytes: number }[] = [];
@@ -377,7 +380,7 @@ export class FailoverController {
           `both sides changed since the failover (${diverged.map((r) => `${r.name}: ${r.failover!.recoveryChanged.bitmap.dirtyBytes} bytes on the recovery side, ${r.failover!.protectedChanged.bitmap.dirtyBytes} on the protected side`).join('; ')}); choose which wins (winner recovery or protected, for all or per volume: V1=recovery,V2=protected)`,
         );
       }
-      this.refuseAttached(names, opts.force, 'failback');
+      await this.refuseAttached(names, opts.force, 'failback');
       await Promise.all(names.map((n) => this.h.exports.remove(n))); // the recovery VM must be gone now
       const out: VolumeFailbackResult[] = [];
       for (const r of reps) {
@@ -407,7 +410,8 @@ export class FailoverController {
   }
 
   /** Exports about to go must have no NBD client left, unless `force` (they are cut off then). */
-  private refuseAttached(names: string[], force: boolean | undefined, what: string): void {
+  private async refuseAttached(names: string[], force: boolean | undefined, what: string): Promise<void> {
+    if (!force) await this.h.exports.whenIdle(names, DISCONNECT_GRACE_MS);
     const held = names.map((n) => ({ n, c: this.h.exports.attachedClients(n) })).filter((x) => x.c > 0);
     if (held.length === 0) return;
     const list = held.map(({ n, c }) => `${n} (${c} client${c === 1 ? '' : 's'})`).join(', ');

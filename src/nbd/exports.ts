@@ -63,6 +63,8 @@ interface Entry {
 /** The one owner of the exports map: add, look up, attach a connection, remove. */
 export class ExportRegistry {
   private readonly entries = new Map<string, Entry>();
+  /** Callers waiting for exports' clients to go (see `whenIdle`); failover actions run one at a time. */
+  private readonly idleWaiters = new Set<() => void>();
 
   get(name: string): NbdExport | undefined {
     return this.entries.get(name)?.export;
@@ -116,8 +118,35 @@ export class ExportRegistry {
   /** `user` closed on its own. */
   detach(name: string, user: ExportUser): void {
     this.entries.get(name)?.users.delete(user);
+    for (const check of this.idleWaiters) check();
+  }
+
+  /**
+   * Resolves once no connection is attached to any of `names`, or after `ms`. A client that has
+   * just disconnected (nbdcopy exited, then the operator stops the test) may still be counted
+   * until the hub's loop reads its close: an action refused for attached clients waits this
+   * long before it refuses.
+   */
+  whenIdle(names: string[], ms: number): Promise<void> {
+    const busy = () => names.some((n) => this.attachedClients(n) > 0);
+    if (!busy()) return Promise.resolve();
+    if (this.idleWaiters.size >= MAX_IDLE_WAITERS) return Promise.resolve(); // the caller refuses at once
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.idleWaiters.delete(check);
+        resolve();
+      };
+      const check = () => {
+        if (!busy()) done();
+      };
+      const timer = setTimeout(done, ms);
+      this.idleWaiters.add(check);
+    });
   }
 }
+
+const MAX_IDLE_WAITERS = 16;
 
 function detachAll(entry: Entry, reason: string): Promise<unknown> {
   const users = [...entry.users];
