@@ -302,6 +302,51 @@ describe('resync governor', () => {
     assert.equal(off.status().heldBytes, 0);
   });
 
+  it("a connection's base round trip comes from a bare PING on the idle link, not from PINGs behind a burst", () => {
+    const c = fakeClock(),
+      s = sink();
+    const probes: number[] = [];
+    let nonce = -1;
+    const g = new ResyncGovernor({ floorRate: MiB, ceilRate: 0, guestWrites: () => 0, ...c });
+    g.probe = (at) => {
+      nonce = Math.max(at, nonce + 1);
+      probes.push(nonce);
+      return nonce;
+    };
+    g.attach();
+    assert.equal(probes.length, 1, 'a bare PING as the connection starts');
+    c.advance(2);
+    g.sample(probes[0]); // the idle link: 2 ms
+    // then a burst of mirrored writes fills the link; the backlog bound's PINGs queue behind it
+    for (let i = 0; i < 20; i++) {
+      const sentAt = c.now();
+      c.advance(100);
+      g.sample(sentAt - 1900); // 2 s round trips
+    }
+    assert.equal(g.baseRttMs, 2, 'the queue behind the burst is not the base');
+    assert.equal(g.delayMs, 2000 - 2, 'it is queueing delay');
+    // a reconnect measures again (it may be another hub)
+    g.detach();
+    g.attach();
+    assert.equal(g.baseRttMs, 0, 'not known on the new connection until its PING is back');
+    c.advance(7);
+    g.sample(probes[probes.length - 1]);
+    assert.equal(g.baseRttMs, 7);
+    // an idle link is probed once per 5 s, never while resync flows
+    const n = probes.length;
+    g.linkIdle();
+    assert.equal(probes.length, n, 'the base is fresh');
+    c.advance(5000);
+    g.linkIdle();
+    g.linkIdle();
+    assert.equal(probes.length, n + 1, 'one probe when the base is 5 s old');
+    c.advance(5000);
+    g.send(s.link, frame(4096, true)); // resync flows: its own probes measure the link
+    const m = probes.length;
+    g.linkIdle();
+    assert.equal(probes.length, m, 'no idle probe while resync flows');
+  });
+
   it('holds answers to its rate and releases them in order; detach releases what it held', () => {
     const c = fakeClock(),
       s = sink();

@@ -92,13 +92,15 @@ describe('backlog bound (--max-lag): 1 MiB writes wrapping a volume over an 8 Mi
     const d = await waitByteEqual(img, rep, SIZE, 60_000);
     const equalAfterMs = Date.now() - lastWrite;
     assert.ok(d.equal, `copies differ: ${fmtRegions(d)}`);
-    const st = (await agent.status()).lagBound;
+    const full = await agent.status();
+    const st = full.lagBound;
     const worst = samples.reduce((w, s) => (s.backlogBytes > w.backlogBytes ? s : w));
     say(
       `fio ${run.ios} MiB in 4 s; replies held ${st.heldWrites}, capped ${st.cappedWrites}, stalls ${st.stalls}, longest wait ${st.maxWaitMs} ms; ` +
         `drain ${(st.drainBytesPerSec / MiB).toFixed(1)} MiB/s, bound ${(st.boundBytes / MiB).toFixed(1)} MiB; ` +
         `worst sample backlog ${(worst.backlogBytes / MiB).toFixed(1)} / bound ${(worst.boundBytes / MiB).toFixed(1)} MiB; ` +
-        `most past the bound at a write ${(st.maxOverBytes / MiB).toFixed(1)} MiB; copies equal ${equalAfterMs} ms after the last write`,
+        `most past the bound at a write ${(st.maxOverBytes / MiB).toFixed(1)} MiB; copies equal ${equalAfterMs} ms after the last write; ` +
+        `link base round trip ${full.resync.baseRttMs} ms`,
     );
 
     assert.equal(st.maxLagMs, MAX_LAG_MS);

@@ -311,6 +311,7 @@ describe('agent write acks against a scripted hub', function () {
     server = net.createServer((sock) => {
       const c: HubConn = { sock, writes: 0, n: conns.length + 1 };
       conns.push(c);
+      sock.setNoDelay(true); // as the hub: a PONG then START_PROTECT must not wait for a delayed ACK
       sock.on('error', () => undefined);
       if (!answer(c.n)) return; // a hub that accepts and says nothing
       const framer = new FrameDecoder((cmd, payload) => {
@@ -395,10 +396,14 @@ describe('agent write acks against a scripted hub', function () {
     hub.conns[0].sock.write(encodeWriteAck(1));
     await until('write 1 acked', async () => (await dirtyBytes()) === 0);
     hub.conns[0].sock.destroy(); // the link drops; the agent reconnects
-    await until(
-      'second connection',
-      async () => hub.conns.length === 2 && (await agent!.status()).connected && (await dirtyBytes()) === 0,
-    );
+    // protected again (START_PROTECT of the new connection): a write before it goes in the dirty report
+    const protectedAgain = async () => {
+      const st = await agent!.status();
+      return (
+        hub.conns.length === 2 && st.connected && st.volumes[0].state === 'protected' && st.volumes[0].dirtyBytes === 0
+      );
+    };
+    await until('second connection', protectedAgain);
     qemuWrite('0x22', '1M', '64k');
     await until('write mirrored on connection 2', async () => hub.conns[1].writes === 1);
     assert.equal(await dirtyBytes(), 64 * 1024);

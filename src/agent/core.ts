@@ -124,6 +124,7 @@ export class AgentCore {
     this.lagBound.sample();
     // Holding: a PONG tells a live hub whose disk is slow from a stalled link (lag-bound.ts).
     if (this.lagBound.over && this.link.has(Cap.PING)) this.link.send([encodePing(pingNonce())]);
+    else if (this.mirror.unappliedBytes === 0 && this.link.queuedBytes() === 0) this.governor.linkIdle();
   };
 
   private stopSampling(): void {
@@ -157,6 +158,7 @@ export class AgentCore {
           return nonce;
         }
       : null;
+    gov.attach(); // its base PING first, on the idle link
     this.mirror.attach(link);
     this.handover.attach(link);
     this.lagBound.attach(link.has(Cap.APPLIED));

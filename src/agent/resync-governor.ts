@@ -81,6 +81,13 @@ const IDLE_PROBE_MS = 20;
 // Off under a pacer (--max-rate), which sends PINGs and answers in different classes. Without it
 // a 1 GiB initial sync on loopback spent ~280 ms reaching the link's rate, one doubling per
 // IDLE_PROBE_MS; with it ~40 ms (test/bandwidth.test.ts models a slow and a fast link).
+// The base round trip is measured on an idle link: a bare PING as each connection starts (before
+// the dirty report and any mirrored write), and one per BASE_PROBE_MS while the link is idle (the
+// core asks, linkIdle()). Without them the first samples of a connection whose first traffic is
+// a burst of writes (a thin volume in sync at once, a reconnect with writes queued) came from the
+// backlog bound's PINGs behind that burst: the queue was taken for the base, the governor saw no
+// delay and the bound counted seconds of queue as link latency (lag-bound.e2e, issue 17 HOLES).
+const BASE_PROBE_MS = BASE_EPOCH_MS / 2;
 const CUT_EVERY_MAX_MS = 300; // cut at least this often while the delay stays over target
 const MAX_RATE = 2 ** 32; // no ceiling given: still a number (4 GiB/s)
 const BURST_MS = 20;
@@ -108,6 +115,7 @@ export class ResyncGovernor {
   private lastWrites = -1; // guest writes at the last sample
   private busyRate = 0; // the rate before the guest went idle (0: not idle)
   private lastGrowAt = -Infinity;
+  private lastBaseProbeAt = -Infinity;
   private opening: boolean; // the resync's opening, ACK-clocked (see above)
   private openingProbeAt: number | null = null; // its PING in flight, sent behind answers
   /**
@@ -136,6 +144,27 @@ export class ResyncGovernor {
     this.rate = Math.min(this.ceil, opts.floorRate * START_RATE_FLOORS);
     this.opening = this.openingAllowed();
     this.tokensAt = this.baseEpochAt = this.now();
+  }
+
+  /**
+   * A connection is ready and nothing is on it yet: its round trip is measured from scratch (it
+   * may be another hub) by a bare PING, sent now, ahead of everything else.
+   */
+  attach(): void {
+    this.baseNow = this.basePrev = Infinity;
+    this.baseEpochAt = this.now();
+    this.baseProbe();
+  }
+
+  /** The link is idle now (the core's sample tick): the base is measured again if it is old. */
+  linkIdle(): void {
+    if (this.now() - this.lastBaseProbeAt >= BASE_PROBE_MS && !this.active()) this.baseProbe();
+  }
+
+  private baseProbe(): void {
+    if (this.probe === null) return;
+    this.lastBaseProbeAt = this.now();
+    this.probe(this.lastBaseProbeAt);
   }
 
   /** The lowest recent PING round trip (ms; 0 before the first): the link's own latency, no queue. */
@@ -306,6 +335,7 @@ export class ResyncGovernor {
       ceilBytesPerSec: this.opts.ceilRate,
       targetDelayMs: this.target,
       rttMs: this.rttMs,
+      baseRttMs: this.baseRttMs,
       queueDelayMs: this.delayMs,
       cuts: this.cuts,
       idleBoosts: this.idleBoosts,
