@@ -44,6 +44,7 @@ export const Cap = {
   RESIZE: 1 << 10, // VOLUME_SIZE: the hub asks, the agent grows the volume online and answers its size
   APPLIED: 1 << 11, // WRITE_APPLIED: the hub says, batched, how far it applied (the agent's lag bound drains on it)
   POINT: 1 << 12, // the agent marks consistent points on request, its markers behind its owed reports
+  HOLES: 1 << 13, // DIRTY_REPORT frames with DIRTY_ZERO: extents that read as zero on the protected volume now
 } as const;
 export const ALL_CAPS =
   Cap.WRITE_ACK |
@@ -58,13 +59,15 @@ export const ALL_CAPS =
   Cap.STOP_PROTECT |
   Cap.RESIZE |
   Cap.APPLIED |
-  Cap.POINT;
+  Cap.POINT |
+  Cap.HOLES;
 
 /** Header flag: a 4-byte CRC-32 (zlib) of header + payload follows the payload (not counted in length). */
 export const FLAG_CRC = 1;
 
 /** DIRTY_REPORT flags. */
 export const DIRTY_FINAL = 1; // last report of the reconnect hand-over for this volume
+export const DIRTY_ZERO = 2; // cap HOLES: these extents read as zero now (holes); the hub zeroes them, no read
 
 /** ERROR codes. */
 export enum ErrorCode {

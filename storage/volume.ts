@@ -8,6 +8,8 @@ import { WriteWindow } from './write-window';
 
 export interface BlockTarget {
   readonly sizeBytes: number;
+  /** A target other than a file that this open created empty: it holds zeroes (the hub's known-zero map). */
+  readonly createdEmpty?: boolean;
   read(buf: Buffer, offset: number): Promise<void>;
   write(buf: Buffer, offset: number): Promise<void>;
   flush(): Promise<void>;

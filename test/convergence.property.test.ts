@@ -42,6 +42,7 @@ class Fenced implements BlockTarget {
   constructor(
     private readonly v: MemoryVolume,
     private readonly life: { dead: boolean },
+    readonly createdEmpty = false, // this open created it: the hub's known-zero map (HOLES clears on it)
   ) {}
   get sizeBytes() {
     return this.v.sizeBytes;
@@ -99,6 +100,18 @@ class AgentDisk implements BlockTarget {
   }
   async write(b: Buffer, o: number) {
     this.writeSync(b, o);
+  }
+  /** SEEK_DATA as a file system with 512-byte blocks that keeps zero blocks as holes would answer. */
+  dataExtents(start: number, end: number): [number, number][] {
+    const out: [number, number][] = [];
+    for (let a = start; a < end; a += SECTOR) {
+      const b = Math.min(end, a + SECTOR);
+      if (this.data.subarray(a, b).every((x) => x === 0)) continue;
+      const last = out[out.length - 1];
+      if (last && last[1] === a) last[1] = b;
+      else out.push([a, b]);
+    }
+    return out;
   }
   async flush() {}
   async close() {}
@@ -212,8 +225,9 @@ class World {
       session: { maxInflightReads: this.cfg.inflight, maxReadBytes: this.cfg.readBytes, checkpointMs: 1e9 },
       openTarget: (path, size) => {
         let d = this.disks.get(path);
+        const created = !d;
         if (!d) this.disks.set(path, (d = new MemoryVolume(size)));
-        return new Fenced(d, life);
+        return new Fenced(d, life, created);
       },
     });
     this.incarnations.push(this.hub);

@@ -57,13 +57,15 @@ describe('sparse initial sync (SEEK_DATA + IO_SPARSE)', function () {
     return { st: await agent.status(), data, size, rep };
   }
 
-  it('only non-zero 64 KiB chunks cross the link; holes and written zeroes cost a map bit; replica byte-equal and sparse', async () => {
+  it('only non-zero 64 KiB chunks cross the link; written zeroes cost a map bit, whole-region holes go in the report; replica byte-equal and sparse', async () => {
     assert.equal(nativeUnavailable(), '', 'the native addon is built (npm install)');
     const { st, data, size, rep } = await syncOnce([]);
     assert.equal(st.capsMask & 0x80, 0x80, 'SPARSE negotiated');
     assert.equal(st.capsMask & 0x40, 0x40, 'FRAME_CRC on a plaintext link');
     assert.equal(st.remoteReadBytes, data, 'only chunks holding data crossed the link');
-    assert.equal(st.remoteZeroBytes, size - data);
+    // kind 1 chunks are whole regions in holes: reported DIRTY_ZERO (cap HOLES), never read
+    const holes = Math.ceil(size / CHUNK / 5) * CHUNK;
+    assert.equal(st.remoteZeroBytes, size - data - holes, 'the rest of the zero chunks answered by a map bit');
     // holes are about 39 % of the image (kinds 1 and 4); allocated chunks, written zeroes included, are read
     assert.ok(
       st.remoteDiskBytes < 0.65 * size,
@@ -100,23 +102,38 @@ describe('sparse initial sync (SEEK_DATA + IO_SPARSE)', function () {
     assert.equal(direct, size - 8 * MiB, 'the cold 24 MiB read direct, the cached 8 MiB through the cache');
   });
 
-  it("a thin volume's holes are read in growing reads; data after a long hole still lands whole", async () => {
+  /** A 1 GiB thin image: 3 MiB of data 768.5 MiB in, 64 KiB in the last region, holes elsewhere. */
+  async function thinSync(agentArgs: string[]): Promise<{ st: any; rep: string }> {
     dir = tmpdir();
     const img = path.join(dir, 'V1.img'),
       rep = path.join(dir, 'V1R'),
       size = 1024 * MiB;
     const fd = fs.openSync(img, 'w');
     fs.ftruncateSync(fd, size);
-    // 3 MiB of data 768.5 MiB in (a large read meets it), 64 KiB in the last region
     fs.writeSync(fd, randomBytes(3 * MiB), 0, 3 * MiB, 768 * MiB + 512 * KiB);
     fs.writeSync(fd, randomBytes(CHUNK), 0, CHUNK, size - CHUNK);
     fs.closeSync(fd);
     hub = v1Hub(dir, rep);
     await hub.start();
-    agent = v1Agent(dir, img, hub.port);
+    agent = v1Agent(dir, img, hub.port, ...agentArgs);
     await agent.start();
     await hub.converged('V1', img, rep, 60_000); // byte-equal
-    const st = await agent.status();
+    return { st: await agent.status(), rep };
+  }
+
+  it("a thin volume's holes go in the dirty report (HOLES): the hub zeroes them and reads only the data", async () => {
+    assert.equal(nativeUnavailable(), '', 'the native addon is built (npm install)');
+    const { st, rep } = await thinSync([]);
+    assert.equal(st.capsMask & 0x2000, 0x2000, 'HOLES negotiated');
+    assert.equal(st.remoteReadBytes, 3 * MiB + CHUNK, 'only the data crossed the link');
+    // the data's 50 regions in runs of at most 1 MiB, and the last region; 1024 reads before
+    assert.ok(st.remoteReads <= 8, `${st.remoteReads} remote reads`);
+    const allocated = fs.statSync(rep).blocks * 512;
+    assert.ok(allocated <= 4 * MiB + CHUNK, `replica allocates ${allocated} bytes: the holes stay holes`);
+  });
+
+  it("without SEEK_DATA a thin volume's holes are read in growing reads; data after a long hole lands whole", async () => {
+    const { st } = await thinSync(['--no-seek-data']);
     assert.equal(st.remoteReadBytes, 3 * MiB + CHUNK, 'only the data crossed the link');
     // 1024 reads of the base 1 MiB before; growing to 8 MiB, about an eighth
     assert.ok(st.remoteReads < 192, `${st.remoteReads} remote reads for 1 GiB of holes`);

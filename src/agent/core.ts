@@ -99,6 +99,7 @@ export class AgentCore {
       },
     };
     this.remoteIo = new RemoteIo(this.volumes, opts, log, stats, this.writes, readBacks);
+    handover.holesIn = (v, regions) => this.remoteIo.holesIn(v, regions);
     gate.watch(this.writes);
     gate.watch(this.mirror);
     gate.watch(this.handover);

@@ -4,7 +4,7 @@
 // the report ids; a report's ack clears its regions once nothing newer holds them. Also owns,
 // for the backlog bound (lag-bound.ts), what was owed and not yet read back by the hub (unread):
 // set in owe(), cleared when remote IO answers a read of it; accounting only, never a dirty bit.
-import { Cap, DIRTY_FINAL, Limits, SECTOR, encodeDirtyReport, Extent } from '../../protocol';
+import { Cap, DIRTY_FINAL, DIRTY_ZERO, Limits, SECTOR, encodeDirtyReport, Extent } from '../../protocol';
 import { DirtyBitmap } from '../../storage/bitmap';
 import { assert } from '../assert';
 import type { Logger } from '../log';
@@ -125,13 +125,23 @@ export class Handover implements RegionHolder {
     return bytes;
   }
 
-  /** START_PROTECT: hand the whole dirty log over (DIRTY_REPORT capability). */
+  /** Finds the regions of a report wholly in the image's holes now (remote-io.ts), or null. */
+  holesIn: ((v: AgentVolume, regions: DirtyBitmap) => DirtyBitmap | null) | null = null;
+
+  /**
+   * START_PROTECT: hand the whole dirty log over (DIRTY_REPORT capability). With HOLES, the
+   * regions in holes go as DIRTY_ZERO frames: the hub zeroes them instead of reading each (a
+   * fresh thin volume is in sync without a read). Found and sent in this one turn: any write the
+   * scan did not see lands later, and its frame follows the report.
+   */
   protectStarted(v: AgentVolume): void {
-    if (this.link === null || !this.link.has(Cap.DIRTY_REPORT)) return;
+    const link = this.link;
+    if (link === null || !link.has(Cap.DIRTY_REPORT)) return;
     const bitmap = v.log.bitmap,
       snapshot = new DirtyBitmap(bitmap.sizeBytes, bitmap.regionSize);
     for (const [a, b] of bitmap.runs()) snapshot.setRegions(a, b - 1);
-    this.report(this.link, v, snapshot);
+    const holes = link.has(Cap.HOLES) && this.holesIn ? this.holesIn(v, snapshot) : null;
+    this.report(link, v, snapshot, holes);
   }
 
   /** DIRTY_REPORT_ACK: once every frame of the current report is acked, its regions may be cleared. */
@@ -195,29 +205,45 @@ export class Handover implements RegionHolder {
     this.report(link, v, owed);
   }
 
-  /** Send `regions` as one report, in as many DIRTY_REPORT frames as its extents need. */
-  private report(link: LinkPort, v: AgentVolume, regions: DirtyBitmap): void {
+  /**
+   * Send `regions` as one report, in as many DIRTY_REPORT frames as its extents need; those of
+   * `holes` (a subset) in DIRTY_ZERO frames after the others.
+   */
+  private report(link: LinkPort, v: AgentVolume, regions: DirtyBitmap, holes: DirtyBitmap | null = null): void {
     const i = v.index,
       regionSize = regions.regionSize;
     this.handing[i] = regions;
     this.reportIds[i] = (this.reportIds[i] + 1) >>> 0;
-    const chunks: Extent[][] = [[]];
+    let data = regions;
+    if (holes !== null && holes.dirtyRegions > 0) {
+      data = new DirtyBitmap(regions.sizeBytes, regionSize);
+      for (const [a, b] of regions.runs()) data.setRegions(a, b - 1);
+      for (const [a, b] of holes.runs()) data.clearRegions(a, b - 1);
+    } else holes = null;
+    const frames: { flags: number; extents: Extent[] }[] = [{ flags: 0, extents: [] }];
     let bytes = 0;
-    for (const [a, b] of regions.runs()) {
-      const start = a * regionSize,
-        end = Math.min(b * regionSize, regions.sizeBytes);
-      if (chunks[chunks.length - 1].length === Limits.maxExtents) chunks.push([]);
-      chunks[chunks.length - 1].push({ offsetSectors: start / SECTOR, sizeSectors: (end - start) / SECTOR });
-      bytes += end - start;
+    for (const [map, flags] of [[data, 0], ...(holes ? [[holes, DIRTY_ZERO]] : [])] as [DirtyBitmap, number][]) {
+      if (flags !== frames[frames.length - 1].flags) frames.push({ flags, extents: [] });
+      for (const [a, b] of map.runs()) {
+        const start = a * regionSize,
+          end = Math.min(b * regionSize, regions.sizeBytes);
+        if (frames[frames.length - 1].extents.length === Limits.maxExtents) frames.push({ flags, extents: [] });
+        frames[frames.length - 1].extents.push({ offsetSectors: start / SECTOR, sizeSectors: (end - start) / SECTOR });
+        bytes += end - start;
+      }
     }
-    this.acksAwaited[i] = chunks.length;
+    this.acksAwaited[i] = frames.length;
     const volumeId = this.volumes.hubId(v);
-    chunks.forEach((c, n) => {
-      link.send([encodeDirtyReport(volumeId, this.reportIds[i], n === chunks.length - 1 ? DIRTY_FINAL : 0, c)]);
+    frames.forEach((f, n) => {
+      const flags = f.flags | (n === frames.length - 1 ? DIRTY_FINAL : 0);
+      link.send([encodeDirtyReport(volumeId, this.reportIds[i], flags, f.extents)]);
     });
     this.stats.reportedBytes += bytes;
-    const extents = chunks.reduce((s, c) => s + c.length, 0);
-    this.log.info({ volume: v.name, extents, bytes }, 'dirty extents reported to hub');
+    const extents = frames.reduce((s, f) => s + f.extents.length, 0);
+    this.log.info(
+      { volume: v.name, extents, bytes, holeBytes: holes?.dirtyBytes ?? 0 },
+      'dirty extents reported to hub',
+    );
   }
 
   private emptyMap(v: AgentVolume): DirtyBitmap {

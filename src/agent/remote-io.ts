@@ -22,6 +22,7 @@ import {
   ChecksumReq,
 } from '../../protocol';
 import { BufferPool } from '../buffer-pool';
+import { DirtyBitmap } from '../../storage/bitmap';
 import { BlockTarget, DIRECT_ALIGN, ZEROES } from '../../storage/volume';
 import { assert } from '../assert';
 import type { Logger } from '../log';
@@ -29,6 +30,8 @@ import type { AgentVolume, VolumeTable } from './volume';
 import type { AgentStats, LinkPort } from './ports';
 
 const MAX_QUEUED = 1024; // requests waiting beyond maxRemoteIo; more is a misbehaving hub
+const HOLE_SCAN_MS = 20; // the most a report's hole scan holds the event loop (holesIn)
+const HOLE_SCAN_WINDOW = 1 << 30; // bytes per SEEK_DATA walk between two looks at the clock
 const EINVAL = -22;
 const EIO = -5;
 
@@ -94,6 +97,37 @@ export class RemoteIo {
     private readonly ranges: RangeHolder,
     private readonly readBacks?: ReadBackSink,
   ) {}
+
+  /**
+   * The regions of `regions` that lie wholly in holes of v's image now (SEEK_HOLE), for a report's
+   * DIRTY_ZERO frames (cap HOLES); null when holes cannot be found (no SEEK_DATA, or turned off).
+   * Synchronous: the report leaves in the same turn, before any later write's frame. The scan
+   * holds the event loop (the guest's IO), so it stops after HOLE_SCAN_MS; the holes not found
+   * by then are reported as plain dirty regions, which is only slower.
+   */
+  holesIn(v: AgentVolume, regions: DirtyBitmap, now = () => performance.now()): DirtyBitmap | null {
+    const t = v.target;
+    if (!this.opts.seekData || !t.dataExtents) return null;
+    const rs = regions.regionSize,
+      holes = new DirtyBitmap(regions.sizeBytes, rs),
+      until = now() + HOLE_SCAN_MS;
+    for (const [a, b] of regions.runs()) {
+      for (let start = a * rs, end = Math.min(b * rs, regions.sizeBytes); start < end; start += HOLE_SCAN_WINDOW) {
+        if (now() > until) return holes;
+        const stopAt = Math.min(end, start + HOLE_SCAN_WINDOW);
+        const data = t.dataExtents(start, stopAt);
+        if (data === null) return holes;
+        let at = start;
+        for (const [ds, de] of [...data, [stopAt, stopAt]]) {
+          const first = Math.ceil(at / rs),
+            stop = ds >= regions.sizeBytes ? regions.regions : Math.floor(ds / rs); // whole regions of [at, ds)
+          if (first < stop) holes.setRegions(first, stop - 1);
+          at = Math.max(at, de);
+        }
+      }
+    }
+    return holes;
+  }
 
   /** The connection closed: requests not started are dropped (those running answer into the void). */
   detach(): void {

@@ -46,7 +46,8 @@ export class RecoveryOpening {
     if (!rbd)
       this.heldData = existed && (!(file instanceof FileVolume) || file.dataExtents(0, sizeBytes)?.length !== 0);
     // An image not seeded (base(): this open created it, unclaimed till our lock) holds zeroes.
-    if (rbd ? this.heldData : existed || !(file instanceof FileVolume)) return new GuardedTarget(this.filtered(file));
+    const fresh = rbd ? !this.heldData : file instanceof FileVolume ? !existed : file.createdEmpty === true;
+    if (!fresh) return new GuardedTarget(this.filtered(file));
     this.knownZero = new KnownZeroMap(sizeBytes, regionSize);
     return new GuardedTarget(this.filtered(new TrackedTarget(file, this.knownZero)));
   }

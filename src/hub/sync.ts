@@ -7,13 +7,14 @@ import {
   Cap,
   SECTOR,
   DIRTY_FINAL,
+  DIRTY_ZERO,
   ProtocolError,
   ErrorCode,
   encodeRemoteIoReqHead,
   encodeDirtyReportAck,
   Limits,
 } from '../../protocol';
-import type { RemoteIoRes, DirtyReport, ChecksumRes } from '../../protocol';
+import type { RemoteIoRes, DirtyReport, ChecksumRes, Extent } from '../../protocol';
 import type { Logger } from '../log';
 import { assert } from '../assert';
 import type { Replica } from './replica';
@@ -355,7 +356,10 @@ export class SyncEngine {
       bm.setBytes(start, end);
       sync.touch(bm.regionOf(start), bm.regionOf(end - 1));
     }
-    if (bytes > 0) sync.zeroScale = 1; // regions owed now (writes past the link's queue) hold data
+    // (a checksum resync compares them instead: a seeded replica is zero there already, as a rule)
+    const zero = (m.flags & DIRTY_ZERO) !== 0 && !failover && !sync.replica.checksumResync;
+    if (zero && sync.replica.hold === null && this.link.has(Cap.HOLES)) this.zeroHoles(sync, m.extents);
+    else if (bytes > 0 && !zero) sync.zeroScale = 1; // regions owed now (writes past the link's queue) hold data
     const final = (m.flags & DIRTY_FINAL) !== 0;
     if (final) sync.awaitingReport = false;
     this.log.info({ volume: sync.replica.name, extents: m.extents.length, bytes, final }, 'agent dirty report');
@@ -374,6 +378,42 @@ export class SyncEngine {
         this.log.warn({ volume, cause: e.message }, 'dirty report not persisted; unacked, the agent reports it again');
       },
     );
+  }
+
+  /**
+   * A DIRTY_ZERO frame (cap HOLES): its extents read as zero on the protected volume at this
+   * point of the stream (SPEC 9). Their whole regions that the recovery volume is known to hold
+   * zero in (a replica this hub created, never written there) are in sync: cleared at once, no
+   * read, no write. The rest stay dirty for the usual paced reads, whose all-zero answers grow
+   * (writing 1 TiB of zeroes here would hold every later frame of the VM meanwhile). Not those
+   * under a read in flight either (its answer settles them). Synchronous: nothing comes between.
+   */
+  private zeroHoles(sync: VolumeSync, extents: Extent[]): void {
+    const bm = sync.bitmap,
+      rs = bm.regionSize,
+      rep = sync.replica;
+    for (const x of extents) {
+      const start = x.offsetSectors * SECTOR,
+        end = start + x.sizeSectors * SECTOR;
+      if (end <= start) continue;
+      const first = Math.ceil(start / rs),
+        last = end >= bm.sizeBytes ? bm.regions - 1 : Math.floor(end / rs) - 1;
+      for (let r = bm.nextDirty(first); r >= 0 && r <= last;) {
+        const over = sync.inflightAt(r);
+        if (over !== null) {
+          r = bm.nextDirty(over.last + 1);
+          continue;
+        }
+        const e = Math.min(bm.nextClean(r), sync.nextInflight(r), last + 1) - 1;
+        const a = r * rs,
+          b = Math.min((e + 1) * rs, bm.sizeBytes);
+        if (rep.knownZeroCovers(a, b)) {
+          rep.recordSyncBytes(b - a);
+          bm.clearRegions(r, e);
+        }
+        r = bm.nextDirty(e + 1);
+      }
+    }
   }
 
   /** Persist cleared bits and cursors of every volume, then go on reading. */

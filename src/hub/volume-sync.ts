@@ -118,7 +118,7 @@ export class VolumeSync {
   }
 
   /** The first region after r that a read in flight starts at (Infinity: none). */
-  private nextInflight(r: number): number {
+  nextInflight(r: number): number {
     let next = Infinity;
     for (const read of this.inflight.values()) if (read.first > r && read.first < next) next = read.first;
     return next;
