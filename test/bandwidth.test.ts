@@ -4,6 +4,7 @@ import { strict as assert } from 'node:assert';
 import { LinkPacer } from '../src/link/pacer';
 import { ResyncGovernor, TARGET_DELAY_MS } from '../src/agent/resync-governor';
 import { fakeClock } from './harness/fake-clock';
+import { overLink } from './harness/model-link';
 
 /** A clock and timers that move only when told. */
 function sink() {
@@ -206,51 +207,6 @@ describe('resync governor', () => {
     assert.ok(g.rate <= start * 8, `600 ms of 200 ms round trips: at most 3 doublings, ${g.rate / start}x`);
   });
 
-  /**
-   * The governor against a model link: `rate` bytes/s, `baseMs` round trip, one FIFO queue that
-   * answers and PINGs share; a hub keeping 16 reads of 1 MiB outstanding (a new one as each
-   * answer arrives); an idle guest. Every ms: the delay a mirrored write sent now would queue
-   * (the worst after `settleMs` is returned), and the resync rate once `rateAt` ms have passed.
-   */
-  function overLink(rate: number, baseMs: number, ms: number, settleMs: number, rateAt: number, untilMs = ms) {
-    const c = fakeClock();
-    let linkFree = 0,
-      arrived = 0,
-      issued = 0,
-      worst = 0,
-      rateThen = 0,
-      bytes = 0;
-    const arrivals: number[] = []; // when each answer sent has crossed the link
-    const pongs: { at: number; due: number }[] = [];
-    const answer = [Buffer.alloc(1 << 20, 1)];
-    const link = {
-      send: (bufs: Buffer[], done?: () => void) => {
-        const n = bufs.reduce((k, b) => k + b.length, 0);
-        linkFree = Math.max(linkFree, c.now()) + (n * 1000) / rate;
-        arrivals.push(linkFree);
-        bytes += n;
-        done?.();
-      },
-    };
-    const g = new ResyncGovernor({ floorRate: MiB, ceilRate: 0, guestWrites: () => 0, ...c });
-    let nonce = -1; // unique, as link/ping-nonce.ts makes them
-    g.probe = (at) => {
-      nonce = Math.max(at, nonce + 1);
-      pongs.push({ at: nonce, due: Math.max(linkFree, at) + baseMs });
-      return nonce;
-    };
-    for (let t = 0; t < ms; t++) {
-      for (; arrivals.length > 0 && arrivals[0] <= c.now(); arrived++) arrivals.shift();
-      for (; issued - arrived < 16; issued++) g.send(link, answer);
-      c.advance(1);
-      pongs.sort((a, b) => a.due - b.due);
-      while (pongs.length > 0 && pongs[0].due <= c.now()) g.sample(pongs.shift()!.at);
-      if (t >= settleMs && t < untilMs) worst = Math.max(worst, linkFree - c.now());
-      if (t === rateAt) rateThen = g.rate;
-    }
-    return { worst, rateThen, bytes };
-  }
-
   it("on a 5 MiB/s link, an idle guest's resync opening queues a write at most 1.5 answers long", () => {
     // The opening is ACK-clocked (resync-governor.ts): its first PING leaves behind the first
     // answer, and on this link comes back 200 ms late, which ends the opening with a cut. Growth
@@ -260,6 +216,27 @@ describe('resync governor', () => {
     // one answer is 200 ms on this link; the code before the opening queued 875 ms here
     assert.ok(worst <= 3 * TARGET_DELAY_MS, `a write would have queued ${worst.toFixed(0)} ms in the first 400 ms`);
     assert.ok(bytes >= 0.6 * 5 * MiB * 6, `resync still uses the link: ${(bytes / MiB).toFixed(1)} MiB in 6 s`);
+  });
+
+  it("on slow links, an idle guest's resync keeps the queue near one answer after its opening, and uses the link", () => {
+    // Growth is capped at 1.25x the link's delivery rate, measured by PONGs that came back behind
+    // a queue. Without the cap the idle probes (every 20 ms, slipping between answers) doubled
+    // the rate with nothing crossing: 1-2.5 s of answers queued on a 5 MiB/s link.
+    for (const [mibs, baseMs] of [
+      [5, 1],
+      [5, 20],
+      [8, 1],
+      [20, 1],
+    ]) {
+      const rate = mibs * MiB;
+      const { worst, bytes } = overLink(rate, baseMs, 10_000, 1000, 0);
+      const answerMs = (MiB * 1000) / rate;
+      assert.ok(
+        worst <= 2 * answerMs + 2 * TARGET_DELAY_MS,
+        `${mibs} MiB/s, ${baseMs} ms: a write would have queued ${worst.toFixed(0)} ms`,
+      );
+      assert.ok(bytes >= 0.75 * rate * 10, `${mibs} MiB/s: ${(bytes / rate / 10).toFixed(2)} of the link used`);
+    }
   });
 
   it("on a fast link with a short round trip, an idle guest's resync is at full speed within 120 ms", () => {

@@ -110,6 +110,7 @@ export class AgentCore {
       floorRate: p ? Math.max(64 << 10, p.resyncShare * p.maxRate) : FLOOR_RATE,
       ceilRate: p ? p.maxResyncRate || p.maxRate : 0,
       guestWrites: () => stats.writes,
+      guestBytes: () => stats.mirroredBytes,
       guestHeld: () => this.lagBound.over,
       // Under --max-rate a PING goes through the pacer's writes class, answers through its
       // resync class: a PING is not behind the answers it follows, so no ACK-clocked opening.

@@ -20,6 +20,8 @@ export interface GovernorOptions {
   floorRate: number; // bytes/s resync always gets
   ceilRate: number; // bytes/s at most (0: no ceiling)
   targetDelayMs?: number;
+  /** Bytes the guest's writes put on the link so far (a counter): with the answers, what the link carried. */
+  guestBytes?: () => number;
   /** The guest's writes so far (a counter): unchanged between two samples means no write to protect. */
   guestWrites?: () => number;
   /**
@@ -88,6 +90,17 @@ const IDLE_PROBE_MS = 20;
 // backlog bound's PINGs behind that burst: the queue was taken for the base, the governor saw no
 // delay and the bound counted seconds of queue as link latency (lag-bound.e2e, issue 17 HOLES).
 const BASE_PROBE_MS = BASE_EPOCH_MS / 2;
+// The link's rate, from what it delivered: a PONG says every byte sent before its PING has
+// crossed, so bytes between two PONGs over the time between them is a delivery sample (BBR's).
+// Only a sample taken with a queue measures the link (otherwise it measures what was sent). The
+// highest of the last one or two LINK_EPOCH_MS windows caps the rate's growth at LINK_GAIN of it:
+// the idle guest's slow start, probing every IDLE_PROBE_MS on a link whose PINGs slip between
+// answers, otherwise doubled with nothing crossing and queued ~1-2.5 s of answers on a model
+// 5 MiB/s link. The gain over 1 lets a link that got faster be found; cuts take the queue back.
+const LINK_EPOCH_MS = 5000;
+const LINK_GAIN = 1.25;
+const DELIVERY_MIN_MS = 10; // PONGs closer than this (a bunch behind one answer) make no sample
+const PROBES_KEPT = 64; // probes whose PONG may still come (older ones are dropped)
 const CUT_EVERY_MAX_MS = 300; // cut at least this often while the delay stays over target
 const MAX_RATE = 2 ** 32; // no ceiling given: still a number (4 GiB/s)
 const BURST_MS = 20;
@@ -116,6 +129,13 @@ export class ResyncGovernor {
   private busyRate = 0; // the rate before the guest went idle (0: not idle)
   private lastGrowAt = -Infinity;
   private lastBaseProbeAt = -Infinity;
+  // delivery samples (see LINK_EPOCH_MS)
+  private readonly probesSent: { nonce: number; bytes: number }[] = [];
+  private deliveredBytes = -1; // link bytes known to have crossed at deliveredAt (-1: none yet)
+  private deliveredAt = 0;
+  private linkNow = 0;
+  private linkPrev = 0;
+  private linkEpochAt = 0;
   private opening: boolean; // the resync's opening, ACK-clocked (see above)
   private openingProbeAt: number | null = null; // its PING in flight, sent behind answers
   /**
@@ -153,6 +173,9 @@ export class ResyncGovernor {
   attach(): void {
     this.baseNow = this.basePrev = Infinity;
     this.baseEpochAt = this.now();
+    this.probesSent.length = 0; // and its rate
+    this.deliveredBytes = -1;
+    this.linkNow = this.linkPrev = 0;
     this.baseProbe();
   }
 
@@ -164,7 +187,56 @@ export class ResyncGovernor {
   private baseProbe(): void {
     if (this.probe === null) return;
     this.lastBaseProbeAt = this.now();
-    this.probe(this.lastBaseProbeAt);
+    this.sendProbe(this.lastBaseProbeAt);
+  }
+
+  /** A PING now, remembered with the bytes the link carried before it; its nonce. */
+  private sendProbe(at: number): number {
+    const nonce = this.probe!(at) ?? at;
+    if (this.probesSent.length === PROBES_KEPT) this.probesSent.shift();
+    this.probesSent.push({ nonce, bytes: this.linkBytes() });
+    return nonce;
+  }
+
+  private linkBytes(): number {
+    return this.sentBytes + (this.opts.guestBytes?.() ?? 0);
+  }
+
+  /** The link's measured rate (bytes/s; 0: not measured with a queue lately). */
+  get linkRate(): number {
+    return Math.max(this.linkNow, this.linkPrev);
+  }
+
+  /** The PONG of one of our probes: one delivery sample; `queued`: it came back behind a queue. */
+  private delivered(nonce: number, now: number, queued: boolean): void {
+    const i = this.probesSent.findIndex((p) => p.nonce === nonce);
+    if (i < 0) return; // not a probe of ours (a heartbeat, the backlog bound's), or dropped
+    const bytes = this.probesSent[i].bytes;
+    this.probesSent.splice(0, i + 1); // older ones: lost with a reconnect, or their PONG came first
+    if (this.deliveredBytes < 0 || bytes < this.deliveredBytes) {
+      this.deliveredBytes = bytes;
+      this.deliveredAt = now;
+      return;
+    }
+    const dt = now - this.deliveredAt;
+    if (dt < DELIVERY_MIN_MS) return; // a bunch of PONGs: the next sample spans them
+    const rate = ((bytes - this.deliveredBytes) * 1000) / dt;
+    this.deliveredBytes = bytes;
+    this.deliveredAt = now;
+    if (!queued) return; // the link was not the limit: this measured the sender
+    if (now - this.linkEpochAt > LINK_EPOCH_MS) {
+      this.linkPrev = this.linkNow;
+      this.linkNow = 0;
+      this.linkEpochAt = now;
+    }
+    this.linkNow = Math.max(this.linkNow, rate);
+  }
+
+  /** `rate` grown to `to`, but not past LINK_GAIN of the link's measured rate nor the ceiling. */
+  private grow(to: number): void {
+    const link = this.linkRate;
+    const cap = link > 0 ? Math.max(this.opts.floorRate, LINK_GAIN * link) : Infinity;
+    this.rate = Math.max(this.rate, Math.min(this.ceil, to, cap));
   }
 
   /** The lowest recent PING round trip (ms; 0 before the first): the link's own latency, no queue. */
@@ -189,7 +261,7 @@ export class ResyncGovernor {
       // A bare PING first, ahead of the answers: its round trip is the link's own, the base the
       // opening's samples are measured against (without one, the first sample is its own base).
       if (this.opening && this.probe !== null && Math.min(this.baseNow, this.basePrev) === Infinity)
-        this.probe(this.now());
+        this.sendProbe(this.now());
     }
     this.lastAnswerAt = this.now();
     this.release();
@@ -227,6 +299,7 @@ export class ResyncGovernor {
     const delay = rtt - Math.min(this.baseNow, this.basePrev);
     this.rttMs = rtt;
     this.delayMs = delay;
+    this.delivered(sentAt, now, delay > SLOW_START_BELOW * this.target);
     this.idle(delay);
     if (this.opening && sentAt === this.openingProbeAt) {
       this.openingProbeAt = null; // the next answers carry the next one
@@ -234,7 +307,7 @@ export class ResyncGovernor {
         // measured against itself: no verdict (the bare PING ahead of the answers sets the base)
       } else if (this.busyRate > 0 && delay <= SLOW_START_BELOW * this.target) {
         this.tokens = Math.max(0, this.tokens); // what left before it has crossed
-        this.rate = Math.min(this.ceil, this.rate * 2);
+        this.grow(this.rate * 2);
         this.opening = this.rate < this.ceil; // at the ceiling: nothing left to find
         this.lastGrowAt = now;
         this.release();
@@ -253,7 +326,7 @@ export class ResyncGovernor {
       if (slowStart && now - this.lastGrowAt < Math.max(rtt, IDLE_PROBE_MS)) return; // once per round trip
       this.lastGrowAt = now;
       const growth = slowStart ? 2 : 1 + GAIN * (1 - delay / this.target);
-      this.rate = Math.min(this.ceil, this.rate * growth);
+      this.grow(this.rate * growth);
       this.rearm();
     }
   }
@@ -314,10 +387,10 @@ export class ResyncGovernor {
     }
     if (this.opening && sent > 0 && this.openingProbeAt === null && this.probe !== null) {
       this.lastProbeAt = now;
-      this.openingProbeAt = this.probe(now) ?? now; // right behind the answers just sent: it measures them
+      this.openingProbeAt = this.sendProbe(now); // right behind the answers just sent: it measures them
     } else if (this.probeIn() === 0) {
       this.lastProbeAt = now;
-      this.probe!(now);
+      this.sendProbe(now);
     }
     if (this.held.length > 0 && this.timer === null) {
       // Wake for the next probe too: answers held at a low rate would otherwise wait out their
@@ -335,6 +408,7 @@ export class ResyncGovernor {
       ceilBytesPerSec: this.opts.ceilRate,
       targetDelayMs: this.target,
       rttMs: this.rttMs,
+      linkBytesPerSec: Math.round(this.linkRate),
       baseRttMs: this.baseRttMs,
       queueDelayMs: this.delayMs,
       cuts: this.cuts,
