@@ -239,6 +239,22 @@ describe('resync governor', () => {
     }
   });
 
+  it('a stall on a fast link (its delivery samples far too low) does not hold the resync under the link', () => {
+    // Three 300 ms stalls 5.5 s apart on a 2 GiB/s link: each queued PONG measured the stall, not
+    // the link. When those samples capped growth until a higher queued one came (none does at a
+    // rate the link carries without queue), the resync stayed at 148 MiB/s.
+    const link = 2048 * MiB;
+    const stalls: [number, number][] = [
+      [2000, 300],
+      [7500, 300],
+      [13000, 300],
+    ];
+    for (const at of [5000, 12000, 20000]) {
+      const { rateThen } = overLink(link, 1, at + 1, 0, at, at + 1, stalls);
+      assert.ok(rateThen >= link, `${at} ms: resync at ${(rateThen / MiB).toFixed(0)} MiB/s on a 2048 MiB/s link`);
+    }
+  });
+
   it("on a fast link with a short round trip, an idle guest's resync is at full speed within 120 ms", () => {
     // Issue 17: the initial sync's slow start took ~0.28 s to the link's rate on loopback, one
     // doubling per 20 ms; now one per round trip that carried answers.

@@ -92,15 +92,18 @@ const IDLE_PROBE_MS = 20;
 const BASE_PROBE_MS = BASE_EPOCH_MS / 2;
 // The link's rate, from what it delivered: a PONG says every byte sent before its PING has
 // crossed, so bytes between two PONGs over the time between them is a delivery sample (BBR's).
-// Only a sample taken with a queue measures the link (otherwise it measures what was sent). The
-// highest of the last one or two LINK_EPOCH_MS windows caps the rate's growth at LINK_GAIN of it:
-// the idle guest's slow start, probing every IDLE_PROBE_MS on a link whose PINGs slip between
-// answers, otherwise doubled with nothing crossing and queued ~1-2.5 s of answers on a model
-// 5 MiB/s link. The gain over 1 lets a link that got faster be found; cuts take the queue back.
+// A sample taken with a queue measures the link; one without measures what was sent, a floor
+// for the link. Once a queued sample has been seen, the highest of the last one or two
+// LINK_EPOCH_MS windows, queued or not, caps the rate's growth at LINK_GAIN of it: the idle
+// guest's slow start, probing every IDLE_PROBE_MS on a link whose PINGs slip between answers,
+// otherwise doubled with nothing crossing and queued ~1-2.5 s of answers on a model 5 MiB/s link.
+// The gain over 1 lets a link that got faster be found, the samples without queue following the
+// rate up; a low sample (a stall: retransmit timeout, hub in GC) ages out; cuts take queues back.
+// Off where PINGs do not follow the answers in order (the pacer: a PONG says nothing of them).
 const LINK_EPOCH_MS = 5000;
 const LINK_GAIN = 1.25;
 const DELIVERY_MIN_MS = 10; // PONGs closer than this (a bunch behind one answer) make no sample
-const PROBES_KEPT = 64; // probes whose PONG may still come (older ones are dropped)
+const PROBES_KEPT = 256; // probes whose PONG may still come: 5 s of them at IDLE_PROBE_MS
 const CUT_EVERY_MAX_MS = 300; // cut at least this often while the delay stays over target
 const MAX_RATE = 2 ** 32; // no ceiling given: still a number (4 GiB/s)
 const BURST_MS = 20;
@@ -209,6 +212,7 @@ export class ResyncGovernor {
 
   /** The PONG of one of our probes: one delivery sample; `queued`: it came back behind a queue. */
   private delivered(nonce: number, now: number, queued: boolean): void {
+    if (this.opts.opening === false) return; // PINGs do not follow the answers (see LINK_EPOCH_MS)
     const i = this.probesSent.findIndex((p) => p.nonce === nonce);
     if (i < 0) return; // not a probe of ours (a heartbeat, the backlog bound's), or dropped
     const bytes = this.probesSent[i].bytes;
@@ -223,17 +227,22 @@ export class ResyncGovernor {
     const rate = ((bytes - this.deliveredBytes) * 1000) / dt;
     this.deliveredBytes = bytes;
     this.deliveredAt = now;
-    if (!queued) return; // the link was not the limit: this measured the sender
-    if (now - this.linkEpochAt > LINK_EPOCH_MS) {
-      this.linkPrev = this.linkNow;
-      this.linkNow = 0;
-      this.linkEpochAt = now;
-    }
-    this.linkNow = Math.max(this.linkNow, rate);
+    this.linkAge(now);
+    // without a queue this measured the sender: it raises a known link rate, never starts one
+    if (queued || this.linkRate > 0) this.linkNow = Math.max(this.linkNow, rate);
+  }
+
+  /** The windows of delivery samples moved on to `now` (samples older than two are dropped). */
+  private linkAge(now: number): void {
+    if (now - this.linkEpochAt <= LINK_EPOCH_MS) return;
+    this.linkPrev = now - this.linkEpochAt <= 2 * LINK_EPOCH_MS ? this.linkNow : 0;
+    this.linkNow = 0;
+    this.linkEpochAt = now;
   }
 
   /** `rate` grown to `to`, but not past LINK_GAIN of the link's measured rate nor the ceiling. */
   private grow(to: number): void {
+    this.linkAge(this.now());
     const link = this.linkRate;
     const cap = link > 0 ? Math.max(this.opts.floorRate, LINK_GAIN * link) : Infinity;
     this.rate = Math.max(this.rate, Math.min(this.ceil, to, cap));

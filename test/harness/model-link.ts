@@ -10,8 +10,18 @@ const MiB = 1 << 20;
  * answers and PINGs share; a hub keeping 16 reads of 1 MiB outstanding (a new one as each
  * answer arrives); an idle guest. Every ms: the delay a mirrored write sent now would queue
  * (the worst after `settleMs` is returned), and the resync rate once `rateAt` ms have passed.
+ * `stalls`: [at, ms] pairs, the link carrying nothing for that long (a retransmit timeout, a hub
+ * stopped in GC or a sync): what is queued, PONGs included, waits that much more.
  */
-export function overLink(rate: number, baseMs: number, ms: number, settleMs: number, rateAt: number, untilMs = ms) {
+export function overLink(
+  rate: number,
+  baseMs: number,
+  ms: number,
+  settleMs: number,
+  rateAt: number,
+  untilMs = ms,
+  stalls: [number, number][] = [],
+) {
   const c = fakeClock();
   let linkFree = 0,
     arrived = 0,
@@ -41,6 +51,12 @@ export function overLink(rate: number, baseMs: number, ms: number, settleMs: num
   for (let t = 0; t < ms; t++) {
     for (; arrivals.length > 0 && arrivals[0] <= c.now(); arrived++) arrivals.shift();
     for (; issued - arrived < 16; issued++) g.send(link, answer);
+    for (const [at, stallMs] of stalls) {
+      if (at !== t) continue;
+      linkFree = Math.max(linkFree, c.now()) + stallMs;
+      for (let i = 0; i < arrivals.length; i++) arrivals[i] += stallMs;
+      for (const p of pongs) p.due += stallMs;
+    }
     c.advance(1);
     pongs.sort((a, b) => a.due - b.due);
     while (pongs.length > 0 && pongs[0].due <= c.now()) g.sample(pongs.shift()!.at);
