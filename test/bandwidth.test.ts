@@ -338,6 +338,14 @@ describe('resync governor', () => {
     const m = probes.length;
     g.linkIdle();
     assert.equal(probes.length, m, 'no idle probe while resync flows');
+    // nor while answers wait for their turn: at the floor's rate one may wait past ACTIVE_MS
+    for (let i = 0; i < 8; i++) g.send(s.link, frame(MiB, true));
+    assert.ok(g.status().heldBytes > 0, 'answers held');
+    c.advance(5000);
+    assert.ok(g.status().heldBytes > 0, 'answers still held 5 s on');
+    const k = probes.length;
+    g.linkIdle();
+    assert.equal(probes.length, k, 'no idle probe with answers held');
   });
 
   it('holds answers to its rate and releases them in order; detach releases what it held', () => {

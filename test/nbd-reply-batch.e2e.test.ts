@@ -184,3 +184,49 @@ describe('NBD replies gathered per turn, headers parsed in place (real socket)',
     c.close();
   });
 });
+
+describe('an NBD client that closes with a write still running (real socket)', function () {
+  this.timeout(30000);
+
+  it('stays attached until the write has landed: whenIdle does not let a stop go on before it', async () => {
+    // A failover-test stop or a failback waits for the export's clients (ExportRegistry.whenIdle)
+    // and then removes it; a client counted gone at its socket's close, its last write still
+    // running, let the action go on while that write landed (the view discarded under it, or a
+    // promoted volume's changes collected without it).
+    let release!: () => void;
+    let started!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const writing = new Promise<void>((r) => (started = r));
+    class GatedVolume extends MemoryVolume {
+      override async write(buf: Buffer, offset: number): Promise<void> {
+        started();
+        await gate;
+        await super.write(buf, offset);
+      }
+    }
+    const registry = new ExportRegistry();
+    const volume = new GatedVolume(SIZE);
+    registry.add(new TargetExport('V1', volume));
+    const server = new NbdServer(registry, makeLogger('nbd-close-inflight', 'error'));
+    const { port } = await server.listen('127.0.0.1', 0);
+    try {
+      const c = new RawClient(port);
+      await c.attach('V1');
+      c.send(Buffer.concat([request(NbdCmd.WRITE, 1, 1, 0, 8192, 4096), Buffer.alloc(4096, 0x77)]));
+      await writing;
+      c.close();
+      await new Promise((r) => setTimeout(r, 200)); // the server reads the close meanwhile
+      assert.equal(registry.attachedClients('V1'), 1, 'the closed client still counts: its write runs');
+      await registry.whenIdle(['V1'], 100); // the timeout, not idle
+      assert.equal(registry.attachedClients('V1'), 1);
+      const idle = registry.whenIdle(['V1'], 10_000);
+      release();
+      await idle;
+      assert.equal(registry.attachedClients('V1'), 0, 'gone once its write has landed');
+      assert.equal(volume.data.readUInt8(8192), 0x77, 'the write landed before the client was let go');
+    } finally {
+      release();
+      await server.close();
+    }
+  });
+});

@@ -184,7 +184,9 @@ export class ResyncGovernor {
 
   /** The link is idle now (the core's sample tick): the base is measured again if it is old. */
   linkIdle(): void {
-    if (this.now() - this.lastBaseProbeAt >= BASE_PROBE_MS && !this.active()) this.baseProbe();
+    // answers held back (at the floor's rate one may wait over ACTIVE_MS) will follow: not idle
+    if (this.now() - this.lastBaseProbeAt >= BASE_PROBE_MS && !this.active() && this.held.length === 0)
+      this.baseProbe();
   }
 
   private baseProbe(): void {

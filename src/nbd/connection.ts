@@ -161,7 +161,10 @@ export class NbdConnection implements TransmissionIo, ExportUser {
   }
 
   private closed_(): void {
-    if (this.transmission) this.ctx.registry.detach(this.transmission.exp.name, this);
+    // Detached once its last request has finished: a stop or failback waiting for the export
+    // to go idle (ExportRegistry.whenIdle) must not go on while a write still lands on it.
+    const t = this.transmission;
+    if (t) void t.idle().then(() => this.ctx.registry.detach(t.exp.name, this));
     this.log.debug('NBD connection closed');
   }
 
