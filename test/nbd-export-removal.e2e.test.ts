@@ -135,6 +135,31 @@ describe('removing an NBD export: refused while clients are attached, force clos
     }
   });
 
+  it('a hub stopped while a failover-test stop waits for a client answers that stop, then closes; the test survives a restart', async () => {
+    // The hub's own stop closes the NBD clients; a failover-test stop waiting for them to go
+    // (whenIdle) then went on beside it, removing the view while the hub closed the store.
+    const started = await hub.post('/failover-test/start');
+    assert.equal(started.status, 200, JSON.stringify(started.body));
+    const sock = await attachRaw(hub.nbdPort, 'V1');
+    try {
+      const stopping = hub.post('/failover-test/stop'); // waits up to 1 s for the client
+      await new Promise((r) => setTimeout(r, 200));
+      const ended = hub.stop(); // SIGTERM while it waits
+      const refused = await stopping;
+      assert.equal(refused.status, 409, 'the client was still attached: ' + JSON.stringify(refused.body));
+      assert.match(refused.body.error, /V1 \(1 client\)/);
+      await ended;
+    } finally {
+      sock.destroy();
+    }
+    assert.match(hub.logTail(5), /"msg":"rephub stopped"/);
+    assert.doesNotMatch(hub.logTail(40), /stop: .* failed/, 'every step of the stop succeeded');
+    await hub.start();
+    assert.ok((await hub.status()).failoverTest, 'the failover test is still there after the restart');
+    const stopped = await hub.post('/failover-test/stop');
+    assert.equal(stopped.status, 200, JSON.stringify(stopped.body));
+  });
+
   it('failback closes the clients of the promoted recovery volume: their next write fails', async () => {
     await waitFor('agent log clean', async () => await agent.clean());
     await agent.kill9();

@@ -31,6 +31,8 @@ export type { Winner };
 
 /** How long a stop or failback waits for NBD clients that are already disconnecting. */
 const DISCONNECT_GRACE_MS = 1000;
+// The hub's stop waits this long for a failover operation under way (see close()).
+const CLOSE_WAIT_MS = 10_000;
 
 interface TestRecord {
   volumes: string[];
@@ -66,6 +68,8 @@ export class FailoverController {
   private test: TestRecord | null = null;
   private failover: FailoverRecord | null = null;
   private busy = false;
+  private closing = false;
+  private running: Promise<void> | null = null; // the operation under way, settled either way
   private readonly pointViews: PointViews;
   /** Settles once restore() has reopened what was under way (recovery volumes open asynchronously). */
   ready: Promise<void> = Promise.resolve();
@@ -149,14 +153,36 @@ export class FailoverController {
   }
 
   private async exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.closing) throw new FailoverError('the hub is stopping');
     if (this.busy) throw new FailoverError('another failover operation is in progress');
     this.busy = true;
+    const run = this.ready.then(fn);
+    this.running = run.then(
+      () => undefined,
+      () => undefined,
+    );
     try {
-      await this.ready;
-      return await fn();
+      return await run;
     } finally {
       this.busy = false;
+      this.running = null;
     }
+  }
+
+  /**
+   * The hub stops: no operation starts from now on, and the one under way (a stop or failback
+   * waiting for NBD clients to go, say) finishes before the hub closes what it works on, the
+   * exports, sessions and store; at most `ms`, after which the hub closes anyway (said in the log).
+   */
+  async close(ms = CLOSE_WAIT_MS): Promise<void> {
+    this.closing = true;
+    if (!this.running) return;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<boolean>((r) => (timer = setTimeout(() => r(true), ms)));
+    const timedOut = await Promise.race([this.running.then(() => false), late]);
+    clearTimeout(timer);
+    if (timedOut)
+      this.h.log.warn({ waitedMs: ms }, 'stop: the failover operation under way did not finish; closing anyway');
   }
 
   // ---- failover test ----

@@ -344,6 +344,7 @@ export class Hub implements HubStatusSource {
     this.verifier.close();
     clearInterval(this.sampler);
     this.httpApi.close();
+    await step('finishing the failover operation under way', {}, () => this.failover.close());
     await step('closing the restore exports', {}, () => this.restores?.close());
     await step('closing the NBD exports', {}, () => this.nbd?.close());
     const sessions = this.sessions.size;
