@@ -28,7 +28,7 @@ const LARGE_READS_MAX = 4; // reads above the base size in flight on a session (
 // The largest of them. A guess that meets data sends that much in one answer, ahead of the
 // mirrored writes behind it: 32 MiB would hold an 8 MiB/s link for 4 s.
 const ZERO_READ_MAX = 8 << 20;
-const ZERO_SCALE_MAX = 1 << 10; // a bound on the doubling; Limits.maxIoBytes bounds the read
+const ZERO_SCALE_MAX = 1 << 10; // a bound on the doubling; ZERO_READ_MAX bounds the read
 
 export { VolumeSync } from './volume-sync';
 export type { InflightRead } from './volume-sync';
