@@ -1,6 +1,6 @@
 // The agent listener: accepts agents over TCP or TLS, refuses a connection when every session
 // slot is taken or TLS proves no identity, and turns each socket into a session: frames in
-// (received in place for plain TCP), frames out batched, with flow control both ways. It knows
+// (received in place, also over TLS), frames out batched, with flow control both ways. It knows
 // a session only as an AgentEndpoint; the hub makes and ends sessions through ListenerHost.
 import * as net from 'node:net';
 import * as tls from 'node:tls';
@@ -9,7 +9,7 @@ import { assert } from '../assert';
 import type { BufferPool } from '../buffer-pool';
 import { socketIo } from '../link/socket-io';
 import type { Logger } from '../log';
-import { readThrough, type ReadSink } from '../net-read';
+import { readThrough, readThroughTls, type ReadSink } from '../net-read';
 import { TlsFiles, enabled as tlsEnabled, serverOptions } from '../security';
 
 const POOLED_FRAME_MIN = 64 * 1024; // smaller joins are cheap heap allocations
@@ -186,7 +186,8 @@ export class AgentListener<S extends AgentEndpoint> {
     const cipher = sock instanceof tls.TLSSocket ? `${sock.getProtocol()} ${sock.getCipher().name}` : 'plaintext';
     log.info({ session: session.id, peer, identity, cipher }, 'agent connected');
     const s = session;
-    if (!plain) {
+    // TLS reads are switched over once the session can take frames (the drain delivers some).
+    if (!plain && !readThroughTls(sock as tls.TLSSocket, sink, failed)) {
       sock.on('data', (chunk) => {
         try {
           sink.chunk(chunk);
@@ -200,6 +201,6 @@ export class AgentListener<S extends AgentEndpoint> {
       this.sockets.delete(sock);
       this.host.end(s);
     });
-    if (plain) sock.resume();
+    flow(); // reading starts now, unless the session paused it already
   }
 }
