@@ -154,6 +154,32 @@ describe('ApplyQueue', () => {
     await t.q.close();
     assert.equal(await left, 'ran at close');
   });
+  it('finish() applies every frame and barrier received, stops at a failing frame; a barrier after close runs at once', async () => {
+    const t = make();
+    t.q.push(msg(Cmd.PROTECTED_WRITE), Buffer.alloc(8)); // held until released
+    const mid = t.q.barrier(() => 'mid');
+    t.q.push(msg(Cmd.AGENT_SHUTDOWN), Buffer.alloc(0));
+    const finished = t.q.finish();
+    t.release();
+    await finished;
+    assert.equal(await mid, 'mid');
+    assert.deepEqual(
+      t.order.filter((o) => o !== 'applied'),
+      ['apply PROTECTED_WRITE', 'apply AGENT_SHUTDOWN'],
+      'every queued frame applied, in order, and no idle() once the transport ended',
+    );
+    assert.equal(await t.q.barrier(() => 'after close'), 'after close');
+
+    const b = make();
+    b.q.push(msg(Cmd.PROTECTED_WRITE), Buffer.alloc(8));
+    b.q.push(msg(Cmd.ERROR), Buffer.alloc(8));
+    b.q.push(msg(Cmd.DIRTY_REPORT), Buffer.alloc(8));
+    const done = b.q.finish();
+    b.release();
+    await done;
+    assert.equal(b.failures.length, 1);
+    assert.ok(!b.order.includes('apply DIRTY_REPORT'), 'nothing after the failed frame is applied');
+  });
 });
 
 describe('GroupCommit', () => {

@@ -45,6 +45,8 @@ export class ApplyQueue {
   private paused = false;
   private draining = false;
   private closed = false;
+  private broken = false; // a frame failed to apply: nothing after it is applied
+  private finishing = false; // the transport ended: no idle(), nobody reads on
   private current: Promise<void> = Promise.resolve(); // the drain under way
   private flushHooks: (() => Promise<void>)[] = [];
 
@@ -72,16 +74,16 @@ export class ApplyQueue {
    */
   barrier<T>(fn: () => Promise<T> | T): Promise<T> {
     return new Promise((resolve, reject) => {
-      this.enqueue({
-        bytes: 0,
-        run: async () => {
-          try {
-            resolve(await fn());
-          } catch (e) {
-            reject(e);
-          }
-        },
-      });
+      const run = async () => {
+        try {
+          resolve(await fn());
+        } catch (e) {
+          reject(e);
+        }
+      };
+      // After close the stream has ended: its point is the end of what was applied.
+      if (this.closed) void this.current.then(run);
+      else this.enqueue({ bytes: 0, run });
     });
   }
 
@@ -113,6 +115,20 @@ export class ApplyQueue {
   }
 
   /**
+   * The transport ended in order (FIN, or after the last whole frame): apply every frame
+   * received, as they are whole and in stream order, then close(). An AGENT_SHUTDOWN among them
+   * counts (SPEC.md 5.7). Bounded: at most maxBytes and what arrived past the pause.
+   */
+  async finish(): Promise<void> {
+    this.finishing = true;
+    while (!this.closed && !this.broken && this.head < this.items.length) {
+      if (!this.draining) this.current = this.drain();
+      await this.current;
+    }
+    return this.close();
+  }
+
+  /**
    * The session ends: stop applying. Barriers still waiting run at the end of what was applied
    * (the stream stopped there). Returns what is being applied now, for its owner to wait on.
    */
@@ -141,7 +157,7 @@ export class ApplyQueue {
   private async drain(): Promise<void> {
     this.draining = true;
     try {
-      while (this.head < this.items.length && !this.closed) {
+      while (this.head < this.items.length && !this.closed && !this.broken) {
         const it = this.items[this.head++];
         if (it.run) await it.run();
         else {
@@ -162,10 +178,11 @@ export class ApplyQueue {
         }
       }
     } catch (e) {
+      this.broken = true;
       this.handler.failed(e as Error);
     } finally {
       this.draining = false;
     }
-    if (!this.closed) this.handler.idle();
+    if (!this.closed && !this.finishing) this.handler.idle();
   }
 }

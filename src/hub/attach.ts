@@ -41,6 +41,10 @@ export class VolumeAttach {
   async report(m: ReportVmVolumes, vm: string, trust: boolean): Promise<void> {
     for (const v of m.volumes) {
       if (this.reported.size < MAX_UNKNOWN) this.reported.set(v.name, v);
+      // An ended session still applying what it received (a reconnect raced it) lets go first.
+      const ending = this.host.replica(v.name)?.owner?.ending;
+      if (ending) await ending;
+      if (this.host.isClosed()) return;
       const rep = this.authorize(v, vm);
       if (!rep) continue;
       if (!(await this.attach(rep, v, vm, trust))) return;

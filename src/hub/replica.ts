@@ -37,6 +37,8 @@ export interface ReplicaOwner {
   readonly instance: string | null;
   readonly peer: string;
   fail(e: Error): void;
+  /** Set while its transport is gone and what it delivered is applied; resolves once it let go. */
+  readonly ending: Promise<void> | null;
   /** Age of the oldest write received but not yet durable on the recovery volume. */
   rpoLagMs(): number;
   /** Run `fn` at the current point of the VM's write stream (see ApplyQueue.barrier). */

@@ -100,6 +100,8 @@ export class AgentSession implements ReplicaOwner {
   bytesReceived = 0;
   readonly started = Date.now();
   private closed = false;
+  /** Set while the transport is gone and what it delivered is applied; resolves once the replicas are let go. */
+  ending: Promise<void> | null = null;
   private cleanShutdown = false;
   private shutDown = false; // AGENT_SHUTDOWN received: nothing but PING/PONG/ERROR may follow
   private readonly link: Link;
@@ -143,7 +145,10 @@ export class AgentSession implements ReplicaOwner {
           this.commit.kick();
           this.sync.pump();
         },
-        failed: (e) => this.fail(e),
+        failed: (e) =>
+          this.closed // applying what the ended transport delivered; the rest is not applied
+            ? this.log.error({ vm: this.vm, cause: e.message }, 'a frame received before the close failed to apply')
+            : this.fail(e),
         pause: (p) => {
           this.link.pauseReceive(p);
           this.t.pause(p);
@@ -403,23 +408,34 @@ export class AgentSession implements ReplicaOwner {
       /* transport already gone */
     }
     this.link.close(e);
-    void this.detach();
+    void this.detach(false);
   }
 
-  /** The transport is gone. Volumes not cleanly shut down become degraded; their bits stay. */
-  async detach(): Promise<void> {
+  /**
+   * The transport is gone. The frames it delivered are applied first, unless the session failed
+   * (`finishQueued` false: the stream is not to be trusted past its fault). Volumes not cleanly
+   * shut down then become degraded; their bits stay.
+   */
+  async detach(finishQueued = true): Promise<void> {
     if (this.closed) return;
-    this.closed = true;
+    this.closed = true; // no frame is taken and nothing new is asked of the agent from here
     clearInterval(this.checkpointTimer);
     this.hs.stop();
-    this.link.stop();
+    this.link.stop(); // sends are dropped: an ack or a request now would reach nobody
     this.sync.stop();
+    // The answers queued still find their requests (verify, write-backs, sizes) until it is done.
+    let letGo = () => {};
+    if (finishQueued) {
+      this.ending = new Promise<void>((r) => (letGo = r));
+      await this.queue.finish();
+    }
     this.verifier.stop();
     this.commit.close();
     this.writeBacks.cancel(new Error('agent session closed'));
     this.sizes.cancel();
     const inFlight = this.queue.close(); // leftover barriers run once it is done
     const released = this.attach.release(inFlight, this.cleanShutdown);
+    letGo();
     this.log.info(
       {
         vm: this.vm,
