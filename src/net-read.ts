@@ -108,9 +108,17 @@ interface OnreadFields {
 }
 let onreadFields: OnreadFields | null | undefined;
 
+/**
+ * The Node majors whose TLS read path was checked against this switch (test/net-read.test.ts):
+ * the fields are private, so a later Node might keep their names and change their meaning.
+ * Another major reads 'data' events until it is checked and added here.
+ */
+const CHECKED_MAJORS = new Set([20]);
+
 /** Found once on a probe socket made with `onread`; null when this Node keeps them otherwise. */
 function findOnreadFields(): OnreadFields | null {
   if (onreadFields !== undefined) return onreadFields;
+  if (!CHECKED_MAJORS.has(Number(process.versions.node.split('.')[0]))) return (onreadFields = null);
   const gen = (): Buffer => Buffer.alloc(1),
     cb = (): boolean => true;
   const probe = new net.Socket({ onread: { buffer: gen, callback: cb } } as net.SocketConstructorOpts);
