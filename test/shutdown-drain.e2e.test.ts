@@ -28,7 +28,7 @@ import { openFileTarget } from '../src/hub/replica-spec';
 import type { BlockTarget } from '../storage/volume';
 import { LmdbStateStore } from '../storage/state';
 import { silentLogger } from '../src/log';
-import { MiB, tmpdir, readRegion, waitFor } from './harness/util';
+import { MiB, tmpdir, readRegion, sleep, waitFor } from './harness/util';
 
 // The recovery volume's file is held shut (a disk that stalls): its writes wait for the test to
 // open it, and without writeSync every write takes the apply queue. The hub reads the whole
@@ -136,6 +136,54 @@ describe('hub: the frames an agent sent before closing are applied (SPEC.md 5.7)
       }
     });
   }
+
+  it('a second REPORT_VM_VOLUMES among the frames applied after the close: the session still lets go', async () => {
+    const { hub, openDisk } = stalledHub('tcp', 'report2');
+    try {
+      const { port } = await hub.listen('127.0.0.1', 0);
+      const first = await rawAgent('tcp', port);
+      await waitFor('START_PROTECT', () => first.volumeId >= 0, 10_000, 5);
+      const again = encodeReportVmVolumes([{ name: 'V1', sizeBytes: 64 * MiB }]); // SPEC.md 5.3: may come again
+      first.sock.end(Buffer.concat([...writes(first.volumeId, randomBytes(WRITES * 4096)), again]));
+      await waitFor('first session ended', () => hub.status().agents.length === 0, 20_000, 10);
+      openDisk();
+      const v = hub.replicas.get('V1')!;
+      await waitFor('replica let go (the report did not wait for its own session)', () => v.owner === null, 20_000, 10);
+      const second = await rawAgent('tcp', port);
+      await waitFor('a reconnect protects V1', () => second.volumeId >= 0, 20_000, 5);
+      assert.deepEqual(second.errors, []);
+      second.sock.destroy();
+    } finally {
+      await hub.close();
+    }
+  });
+
+  it('a hub stopping while an ended session still applies waits for it: the shutdown it read is recorded', async () => {
+    const { hub, openDisk, rep } = stalledHub('tcp', 'stop');
+    let closed = false;
+    try {
+      const { port } = await hub.listen('127.0.0.1', 0);
+      const a = await rawAgent('tcp', port);
+      await waitFor('START_PROTECT', () => a.volumeId >= 0, 10_000, 5);
+      const data = randomBytes(WRITES * 4096);
+      a.sock.end(Buffer.concat([...writes(a.volumeId, data), encodeAgentShutdown()]));
+      await waitFor('session ended', () => hub.status().agents.length === 0, 20_000, 10);
+      const stop = hub.close().then((failed) => ((closed = true), failed));
+      await sleep(500); // ample for a stop that does not wait (it takes ~50 ms here)
+      assert.equal(closed, false, 'the stop waits while the queued frames cannot land');
+      openDisk();
+      assert.equal(await stop, 0, 'no stop step failed (none closed the volume under the drain)');
+      const v = hub.replicas.get('V1')!;
+      assert.equal(v.state, 'stopped');
+      assert.equal(v.record!.cleanShutdown, true);
+      assert.ok(readRegion(rep, 0, data.length).equals(data));
+    } finally {
+      if (!closed) {
+        openDisk();
+        await hub.close();
+      }
+    }
+  });
 
   it('a reconnect of the same VM while the ended session still applies waits for it, and is not refused', async () => {
     const { hub, openDisk, rep } = stalledHub('tcp', 'reconnect');

@@ -48,6 +48,7 @@ export class ApplyQueue {
   private broken = false; // a frame failed to apply: nothing after it is applied
   private finishing = false; // the transport ended: no idle(), nobody reads on
   private current: Promise<void> = Promise.resolve(); // the drain under way
+  private afterClose: Promise<void> = Promise.resolve(); // barriers left at close, then any asked later
   private flushHooks: (() => Promise<void>)[] = [];
 
   constructor(
@@ -82,7 +83,7 @@ export class ApplyQueue {
         }
       };
       // After close the stream has ended: its point is the end of what was applied.
-      if (this.closed) void this.current.then(run);
+      if (this.closed) this.afterClose = this.afterClose.then(run);
       else this.enqueue({ bytes: 0, run });
     });
   }
@@ -137,7 +138,7 @@ export class ApplyQueue {
     this.closed = true;
     const pendingRuns = this.items.slice(this.head).filter((it) => it.run);
     const hooks = this.flushHooks.splice(0);
-    void this.current.then(async () => {
+    this.afterClose = this.current.then(async () => {
       for (const it of pendingRuns) await it.run!();
       for (const h of hooks) await h();
     });

@@ -41,9 +41,11 @@ export class VolumeAttach {
   async report(m: ReportVmVolumes, vm: string, trust: boolean): Promise<void> {
     for (const v of m.volumes) {
       if (this.reported.size < MAX_UNKNOWN) this.reported.set(v.name, v);
-      // An ended session still applying what it received (a reconnect raced it) lets go first.
-      const ending = this.host.replica(v.name)?.owner?.ending;
-      if (ending) await ending;
+      if (this.host.isClosed()) return; // an ended session applying its last frames attaches nothing
+      // Another session that ended and still applies what it received (a reconnect raced it)
+      // lets go first. It never waits here itself (closed: above), so no two wait on each other.
+      const owner = this.host.replica(v.name)?.owner;
+      if (owner && owner !== this.host.owner && owner.ending) await owner.ending;
       if (this.host.isClosed()) return;
       const rep = this.authorize(v, vm);
       if (!rep) continue;

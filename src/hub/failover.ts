@@ -152,11 +152,20 @@ export class FailoverController {
     return r.owner ?? undefined;
   }
 
+  /**
+   * A session whose connection ended still applies what it received, and holds its volumes
+   * until then: an operation starts after it let go, so it neither counts it as connected nor
+   * promotes a volume still being written.
+   */
+  private async endedSessionsLetGo(): Promise<void> {
+    await Promise.all([...this.h.replicas.values()].map((r) => r.owner?.ending));
+  }
+
   private async exclusive<T>(fn: () => Promise<T>): Promise<T> {
     if (this.closing) throw new FailoverError('the hub is stopping');
     if (this.busy) throw new FailoverError('another failover operation is in progress');
     this.busy = true;
-    const run = this.ready.then(fn);
+    const run = this.ready.then(() => this.endedSessionsLetGo()).then(fn);
     this.running = run.then(
       () => undefined,
       () => undefined,

@@ -34,6 +34,7 @@ import { historyRoutes } from './history-api';
 
 const POOL_TRIM_SECS = 10; // idle pool buffers untouched this long go back to the allocator
 const POOL_KEEP_IDLE = 16; // ... down to this many (the idle bound before bursts were kept)
+const MAX_ENDING = 1024; // ended sessions still applying that a stop waits for (each holds at most its queue)
 
 export interface HubOptions {
   volumes: ReplicaSpec[];
@@ -62,6 +63,8 @@ export interface HubOptions {
 export class Hub implements HubStatusSource {
   readonly replicas = new Map<string, Replica>();
   readonly sessions = new Set<AgentSession>();
+  /** Sessions whose connection ended, still applying what it delivered (AgentSession.detach). */
+  private readonly ending = new Set<Promise<void>>();
   private readonly listener: AgentListener<AgentSession>;
   private readonly httpApi: HttpApi;
   private nextSession = 1;
@@ -261,7 +264,12 @@ export class Hub implements HubStatusSource {
       this.endedSessionBytes += s.bytesReceived;
       sessionEvent(this.events, 'destroy', s);
     }
-    return s.detach();
+    const done = s.detach();
+    if (this.ending.size < MAX_ENDING) {
+      this.ending.add(done);
+      void done.finally(() => this.ending.delete(done)).catch(() => undefined);
+    }
+    return done;
   }
 
   /** Accept agents (TCP, or TLS with --tls-* / --psk-file). */
@@ -350,6 +358,9 @@ export class Hub implements HubStatusSource {
     const sessions = this.sessions.size;
     this.listener.dropAll();
     await step('closing agent sessions', {}, () => Promise.all([...this.sessions].map((s) => this.endSession(s))));
+    if (this.ending.size)
+      log.info({ sessions: this.ending.size }, 'stop: waiting for ended sessions to apply what they received');
+    await step('applying what ended sessions received', {}, () => Promise.all(this.ending));
     log.info({ sessions }, 'stop: agent sessions closed');
     for (const r of this.replicas.values()) {
       const ctx = { volume: r.name, path: r.spec.path };

@@ -102,6 +102,7 @@ export class AgentSession implements ReplicaOwner {
   private closed = false;
   /** Set while the transport is gone and what it delivered is applied; resolves once the replicas are let go. */
   ending: Promise<void> | null = null;
+  private detaching: Promise<void> | null = null; // detach() once: later calls wait for the first
   private cleanShutdown = false;
   private shutDown = false; // AGENT_SHUTDOWN received: nothing but PING/PONG/ERROR may follow
   private readonly link: Link;
@@ -145,10 +146,7 @@ export class AgentSession implements ReplicaOwner {
           this.commit.kick();
           this.sync.pump();
         },
-        failed: (e) =>
-          this.closed // applying what the ended transport delivered; the rest is not applied
-            ? this.log.error({ vm: this.vm, cause: e.message }, 'a frame received before the close failed to apply')
-            : this.fail(e),
+        failed: (e) => this.fail(e),
         pause: (p) => {
           this.link.pauseReceive(p);
           this.t.pause(p);
@@ -399,7 +397,11 @@ export class AgentSession implements ReplicaOwner {
 
   /** Protocol or internal failure: tell the peer, close this session only. */
   fail(e: Error): void {
-    if (this.closed) return;
+    if (this.closed) {
+      // applying what the ended connection delivered (detach): nothing after this is applied
+      if (this.ending) this.log.error({ vm: this.vm, cause: e.message }, 'failed after the connection ended');
+      return;
+    }
     const code = e instanceof ProtocolError ? e.code : ErrorCode.IO;
     this.log.error({ vm: this.vm, cause: e.message }, 'closing agent session');
     try {
@@ -416,26 +418,33 @@ export class AgentSession implements ReplicaOwner {
    * (`finishQueued` false: the stream is not to be trusted past its fault). Volumes not cleanly
    * shut down then become degraded; their bits stay.
    */
-  async detach(finishQueued = true): Promise<void> {
-    if (this.closed) return;
+  detach(finishQueued = true): Promise<void> {
+    return (this.detaching ??= this.letGo(finishQueued));
+  }
+
+  private async letGo(finishQueued: boolean): Promise<void> {
     this.closed = true; // no frame is taken and nothing new is asked of the agent from here
     clearInterval(this.checkpointTimer);
     this.hs.stop();
     this.link.stop(); // sends are dropped: an ack or a request now would reach nobody
     this.sync.stop();
     // The answers queued still find their requests (verify, write-backs, sizes) until it is done.
-    let letGo = () => {};
-    if (finishQueued) {
-      this.ending = new Promise<void>((r) => (letGo = r));
-      await this.queue.finish();
+    let ended = () => {};
+    let released: Promise<unknown> = Promise.resolve();
+    try {
+      if (finishQueued) {
+        this.ending = new Promise<void>((r) => (ended = r));
+        await this.queue.finish();
+      }
+      this.verifier.stop();
+      this.commit.close();
+      this.writeBacks.cancel(new Error('agent session closed'));
+      this.sizes.cancel();
+      const inFlight = this.queue.close(); // leftover barriers run once it is done
+      released = this.attach.release(inFlight, this.cleanShutdown);
+    } finally {
+      ended(); // a reconnect waiting for these volumes goes on, whatever happened here
     }
-    this.verifier.stop();
-    this.commit.close();
-    this.writeBacks.cancel(new Error('agent session closed'));
-    this.sizes.cancel();
-    const inFlight = this.queue.close(); // leftover barriers run once it is done
-    const released = this.attach.release(inFlight, this.cleanShutdown);
-    letGo();
     this.log.info(
       {
         vm: this.vm,

@@ -78,6 +78,7 @@ export async function removeVolume(hub: VolumeHost, name: string): Promise<{ nam
   if (rep.hold === 'removed') throw new VolumeRefused(`volume ${name} is being removed`);
   if (rep.checksumResync && rep.owner)
     throw new VolumeRefused(`volume ${name} is being compared by a checksum resync; remove it once that ends`);
+  await rep.owner?.ending; // an ended session applying what it received lets go first
   const owner = rep.owner;
   await rep.setHold('removed');
   for (const s of hub.sessions) if ((s as unknown) === owner) await s.removeVolume(rep);
