@@ -430,7 +430,7 @@ export class AgentSession implements ReplicaOwner {
     this.sync.stop();
     // The answers queued still find their requests (verify, write-backs, sizes) until it is done.
     let ended = () => {};
-    let released: Promise<unknown> = Promise.resolve();
+    let released: Promise<unknown>;
     try {
       if (finishQueued) {
         this.ending = new Promise<void>((r) => (ended = r));
