@@ -185,6 +185,30 @@ describe('hub: the frames an agent sent before closing are applied (SPEC.md 5.7)
     }
   });
 
+  it('a failover asked while an ended session still applies starts once it let go, with every write', async () => {
+    const { hub, openDisk, rep } = stalledHub('tcp', 'failover');
+    try {
+      const { port } = await hub.listen('127.0.0.1', 0);
+      const a = await rawAgent('tcp', port);
+      await waitFor('START_PROTECT', () => a.volumeId >= 0, 10_000, 5);
+      const data = randomBytes(WRITES * 4096);
+      a.sock.end(Buffer.concat(writes(a.volumeId, data))); // the protected site goes away
+      await waitFor('session ended', () => hub.status().agents.length === 0, 20_000, 10);
+      // not promoted while the session still writes to it (its writes would only be recorded)
+      const failover = hub.failover.failoverNow({ force: true }); // never synced whole: torn, so forced
+      openDisk();
+      const r = await failover;
+      assert.deepEqual(
+        r.volumes.map((v) => (v as { name: string }).name),
+        ['V1'],
+      );
+      assert.ok(readRegion(rep, 0, data.length).equals(data), 'the promoted volume holds every write received');
+    } finally {
+      openDisk();
+      await hub.close();
+    }
+  });
+
   it('a reconnect of the same VM while the ended session still applies waits for it, and is not refused', async () => {
     const { hub, openDisk, rep } = stalledHub('tcp', 'reconnect');
     try {
