@@ -93,6 +93,21 @@ describe('verify engine: the inconclusive rule', () => {
     assert.deepEqual(t.marked, []);
   });
 
+  it('held (the connection ended): an answer already received still lands, no new check is asked', async () => {
+    const t = setup();
+    t.hubData.fill(1, 1 * REGION, 2 * REGION); // differs once: a re-check would follow
+    t.engine.start(t.sync, t.run);
+    assert.equal(t.sent.length, 1);
+    t.engine.hold();
+    await t.engine.onChecksumRes(t.answer(t.sent[0])); // an answer the session still applies
+    assert.ok(t.run.suspects.has(1), 'the answer was applied');
+    t.engine.pump();
+    await new Promise((r) => setTimeout(r, 300)); // past the re-check pause (RECHECK_MS), had one been armed
+    assert.equal(t.sent.length, 1, 'nothing more asked of an agent that is gone');
+    t.engine.stop();
+    assert.equal(t.run.report.state, 'failed');
+  });
+
   it('a dirty region is inconclusive; a region that differs twice is a mismatch, marked for resync', async () => {
     const t = setup();
     t.hubData.fill(1, 1 * REGION, 2 * REGION); // corrupted behind the hub's back

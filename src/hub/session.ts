@@ -428,6 +428,7 @@ export class AgentSession implements ReplicaOwner {
     this.hs.stop();
     this.link.stop(); // sends are dropped: an ack or a request now would reach nobody
     this.sync.stop();
+    this.verifier.hold();
     // The answers queued still find their requests (verify, write-backs, sizes) until it is done.
     let ended = () => {};
     let released: Promise<unknown>;

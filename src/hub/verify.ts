@@ -165,6 +165,7 @@ export class VerifyEngine {
   private readonly runs = new Map<VolumeSync, VerifyRun>();
   private timer: NodeJS.Timeout | null = null;
   private stopped = false;
+  private held = false; // the link is gone: no more checks; answers already received still land
 
   constructor(
     private readonly link: VerifyLink,
@@ -181,7 +182,7 @@ export class VerifyEngine {
 
   /** Verify `sync`'s volume; the run's report says how it ends. */
   start(sync: VolumeSync, run: VerifyRun): void {
-    if (this.stopped) return run.finish('the agent session is closing');
+    if (this.stopped || this.held) return run.finish('the agent session is closing');
     if (!this.link.has(Cap.CHECKSUM)) return run.finish('the agent did not negotiate the CHECKSUM capability');
     if (sync.replica.failover) return run.finish('the volume is failed over');
     this.runs.get(sync)?.finish('superseded by a new verify');
@@ -193,6 +194,13 @@ export class VerifyEngine {
 
   running(sync: VolumeSync): VerifyRun | undefined {
     return this.runs.get(sync);
+  }
+
+  /** The connection ended: nothing more is asked (the scan budget is the hub's); stop() follows. */
+  hold(): void {
+    this.held = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
   }
 
   /** The session is closing: every run ends as failed. */
@@ -218,7 +226,7 @@ export class VerifyEngine {
 
   /** Send checks up to the in-flight limit and the scan rate; end the runs that are complete. */
   pump(): void {
-    if (this.stopped) return;
+    if (this.stopped || this.held) return;
     const now = Date.now();
     for (const [sync, run] of this.runs) {
       while (this.checks.size < MAX_INFLIGHT && run.running) {
@@ -234,7 +242,7 @@ export class VerifyEngine {
   }
 
   private later(ms: number): void {
-    if (this.timer || this.stopped) return;
+    if (this.timer || this.stopped || this.held) return;
     this.timer = setTimeout(() => {
       this.timer = null;
       this.pump();
