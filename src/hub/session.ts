@@ -2,17 +2,19 @@
 // through a Link over the Transport. Owns intake and dispatch (the inline fast path for a
 // protected write with nothing queued before it), the handshake and the session's lifecycle;
 // the apply queue, group commit, sync engine, attach and failback each own their own part.
-// What could leave has: the handshake (handshake.ts), the direction and capability checks
-// (receive-rules.ts), VOLUME_SIZE's landing (volume-resize.ts), the POINT requests
-// (point-request.ts), a read's small-write batch (inline-batch.ts; its hooks stay here because
-// that batch must see every frame as it is dispatched).
+// What could leave has: the transport's adapter (transport.ts), the handshake (handshake.ts),
+// the direction and capability checks (receive-rules.ts), VOLUME_SIZE's landing
+// (volume-resize.ts), the POINT requests (point-request.ts), a read's small-write batch
+// (inline-batch.ts; its hooks stay here because that batch must see every frame as it is
+// dispatched).
 import { Cmd, Cap, ALL_CAPS, ErrorCode, decode, Message } from '../../protocol';
 import { ProtocolError, encodeError, encodeStopProtect } from '../../protocol';
 import type { ProtectedWrite } from '../../protocol';
 import type { DirtyBitmap } from '../../storage/bitmap';
 import type { Logger } from '../log';
 import type { BufferPool } from '../buffer-pool';
-import { Link, LinkIo } from '../link/link';
+import { Link } from '../link/link';
+import { Transport, transportIo } from './transport';
 import type { FailbackWatcher, Replica, ReplicaOwner, TargetOpener } from './replica';
 import { ApplyQueue, owned } from './apply-queue';
 import { GroupCommit } from './group-commit';
@@ -70,30 +72,6 @@ export interface SessionHost {
   onPointMarker?(vm: string): Promise<void> | void;
   /** The agent said who it is (HELLO), or sent a legacy first frame (the hub's event bus). */
   onHello?(s: AgentSession): void;
-}
-
-export interface Transport {
-  send(bufs: Buffer[]): void;
-  close(reason?: Error): void;
-  pause(paused: boolean): void;
-  /** FRAME_CRC was agreed: the framer in front of receive() now refuses unsealed frames (SPEC.md 3.1). */
-  requireChecksums?(): void;
-  /** The agent's address (host:port), for messages naming who holds a volume. */
-  readonly peer?: string;
-  /** endOfRead() follows every read: a read's small writes wait for it, applied together (inline-batch.ts). */
-  readonly endsReads?: boolean;
-}
-
-/** A Transport as the link's IO. It reports no completion, so `done` runs once the frame is handed over. */
-function transportIo(t: Transport): LinkIo {
-  return {
-    write: (bufs, done) => {
-      t.send(bufs);
-      done?.();
-    },
-    queuedBytes: () => 0,
-    close: (reason) => t.close(reason),
-  };
 }
 
 export class AgentSession implements ReplicaOwner {
