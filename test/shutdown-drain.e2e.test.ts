@@ -209,6 +209,28 @@ describe('hub: the frames an agent sent before closing are applied (SPEC.md 5.7)
     }
   });
 
+  it('a volume removal asked meanwhile waits for the session to let go; a second removal is refused', async () => {
+    const { hub, openDisk, rep } = stalledHub('tcp', 'remove');
+    try {
+      const { port } = await hub.listen('127.0.0.1', 0);
+      const a = await rawAgent('tcp', port);
+      await waitFor('START_PROTECT', () => a.volumeId >= 0, 10_000, 5);
+      const data = randomBytes(WRITES * 4096);
+      a.sock.end(Buffer.concat(writes(a.volumeId, data)));
+      await waitFor('session ended', () => hub.status().agents.length === 0, 20_000, 10);
+      const removals = Promise.allSettled([hub.removeVolume('V1'), hub.removeVolume('V1')]);
+      openDisk();
+      const [first, second] = await removals;
+      assert.equal(first.status, 'fulfilled');
+      assert.equal(second.status, 'rejected');
+      assert.match((second as PromiseRejectedResult).reason.message, /being removed/);
+      assert.ok(readRegion(rep, 0, data.length).equals(data), 'the recovery volume was closed after the last write');
+    } finally {
+      openDisk();
+      await hub.close();
+    }
+  });
+
   it('a reconnect of the same VM while the ended session still applies waits for it, and is not refused', async () => {
     const { hub, openDisk, rep } = stalledHub('tcp', 'reconnect');
     try {

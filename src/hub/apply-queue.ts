@@ -93,6 +93,7 @@ export class ApplyQueue {
    * SPEC.md 7.4), if one is applied within `waitMs`; else at the current point.
    */
   barrierAtFlush<T>(fn: () => Promise<T> | T, waitMs: number): Promise<T> {
+    if (this.closed) return this.barrier(fn); // no marker will come
     return new Promise((resolve, reject) => {
       let done = false;
       const hook = async () => {

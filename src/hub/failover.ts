@@ -158,7 +158,10 @@ export class FailoverController {
    * promotes a volume still being written.
    */
   private async endedSessionsLetGo(): Promise<void> {
-    await Promise.all([...this.h.replicas.values()].map((r) => r.owner?.ending));
+    const reps = [...this.h.replicas.values()];
+    await Promise.all(reps.map((r) => r.owner?.ending));
+    await Promise.all(reps.map((r) => r.idle)); // its last checkpoint saved, an RBD image let go
+    if (this.closing) throw new FailoverError('the hub is stopping'); // it may have begun meanwhile
   }
 
   private async exclusive<T>(fn: () => Promise<T>): Promise<T> {

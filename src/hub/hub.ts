@@ -357,10 +357,14 @@ export class Hub implements HubStatusSource {
     await step('closing the NBD exports', {}, () => this.nbd?.close());
     const sessions = this.sessions.size;
     this.listener.dropAll();
-    await step('closing agent sessions', {}, () => Promise.all([...this.sessions].map((s) => this.endSession(s))));
+    await step('closing agent sessions', {}, async () => {
+      // every session's end is waited for, even when another's fails
+      const ends = await Promise.allSettled([...this.sessions].map((s) => this.endSession(s)));
+      for (const e of ends) if (e.status === 'rejected') throw e.reason;
+    });
     if (this.ending.size)
       log.info({ sessions: this.ending.size }, 'stop: waiting for ended sessions to apply what they received');
-    await step('applying what ended sessions received', {}, () => Promise.all(this.ending));
+    await step('applying what ended sessions received', {}, () => Promise.allSettled(this.ending));
     log.info({ sessions }, 'stop: agent sessions closed');
     for (const r of this.replicas.values()) {
       const ctx = { volume: r.name, path: r.spec.path };

@@ -73,12 +73,14 @@ export async function addVolume(hub: VolumeHost, spec: ReplicaSpec): Promise<{ n
  * The recovery file is closed and kept as it is.
  */
 export async function removeVolume(hub: VolumeHost, name: string): Promise<{ name: string; recovery: string }> {
+  const ending = replicaNamed(hub, name).owner?.ending;
+  if (ending) await ending; // an ended session applying what it received lets go first
+  // From here to setHold() nothing waits: a second remove finds the hold set.
   const rep = replicaNamed(hub, name);
   refuseInFailover(hub, name, 'remove', true);
   if (rep.hold === 'removed') throw new VolumeRefused(`volume ${name} is being removed`);
   if (rep.checksumResync && rep.owner)
     throw new VolumeRefused(`volume ${name} is being compared by a checksum resync; remove it once that ends`);
-  await rep.owner?.ending; // an ended session applying what it received lets go first
   const owner = rep.owner;
   await rep.setHold('removed');
   for (const s of hub.sessions) if ((s as unknown) === owner) await s.removeVolume(rep);
