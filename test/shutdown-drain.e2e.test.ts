@@ -110,18 +110,27 @@ describe('hub: the frames an agent sent before closing are applied (SPEC.md 5.7)
     return out;
   }
 
+  /**
+   * An agent protects V1, then sends WRITES writes (random data) and `after`, and closes at once
+   * (FIN, and close_notify over TLS); resolves once the hub saw the session end, its disk still
+   * stalled, so the frames wait in the apply queue.
+   */
+  async function burstThenClose(hub: Hub, transport: 'tcp' | 'tls', after: Buffer[] = []) {
+    const { port } = await hub.listen('127.0.0.1', 0);
+    const a = await rawAgent(transport, port);
+    await waitFor('START_PROTECT', () => a.volumeId >= 0, 10_000, 5);
+    const data = randomBytes(WRITES * 4096);
+    a.sock.end(Buffer.concat([...writes(a.volumeId, data), ...after]));
+    await waitFor('session ended', () => hub.status().agents.length === 0, 20_000, 10);
+    return { port, data };
+  }
+
   for (const transport of ['tcp', 'tls'] as const) {
     it(`${transport}: writes, AGENT_SHUTDOWN and the close in one burst: every write lands, the shutdown is clean`, async () => {
       const { hub, openDisk, rep } = stalledHub(transport, transport);
       try {
-        const { port } = await hub.listen('127.0.0.1', 0);
-        const a = await rawAgent(transport, port);
-        await waitFor('START_PROTECT', () => a.volumeId >= 0, 10_000, 5);
-        const data = randomBytes(WRITES * 4096);
-        // the frames, then FIN (and close_notify over TLS) at once
-        a.sock.end(Buffer.concat([...writes(a.volumeId, data), encodeAgentShutdown()]));
+        const { data } = await burstThenClose(hub, transport, [encodeAgentShutdown()]);
         const v = hub.replicas.get('V1')!;
-        await waitFor('session ended', () => hub.status().agents.length === 0, 20_000, 10);
         openDisk(); // the hub saw the close with the writes still queued behind the stalled disk
         await waitFor('replica let go', () => v.owner === null, 20_000, 10);
         await v.idle;
@@ -140,12 +149,8 @@ describe('hub: the frames an agent sent before closing are applied (SPEC.md 5.7)
   it('a second REPORT_VM_VOLUMES among the frames applied after the close: the session still lets go', async () => {
     const { hub, openDisk } = stalledHub('tcp', 'report2');
     try {
-      const { port } = await hub.listen('127.0.0.1', 0);
-      const first = await rawAgent('tcp', port);
-      await waitFor('START_PROTECT', () => first.volumeId >= 0, 10_000, 5);
       const again = encodeReportVmVolumes([{ name: 'V1', sizeBytes: 64 * MiB }]); // SPEC.md 5.3: may come again
-      first.sock.end(Buffer.concat([...writes(first.volumeId, randomBytes(WRITES * 4096)), again]));
-      await waitFor('first session ended', () => hub.status().agents.length === 0, 20_000, 10);
+      const { port } = await burstThenClose(hub, 'tcp', [again]);
       openDisk();
       const v = hub.replicas.get('V1')!;
       await waitFor('replica let go (the report did not wait for its own session)', () => v.owner === null, 20_000, 10);
@@ -162,12 +167,7 @@ describe('hub: the frames an agent sent before closing are applied (SPEC.md 5.7)
     const { hub, openDisk, rep } = stalledHub('tcp', 'stop');
     let closed = false;
     try {
-      const { port } = await hub.listen('127.0.0.1', 0);
-      const a = await rawAgent('tcp', port);
-      await waitFor('START_PROTECT', () => a.volumeId >= 0, 10_000, 5);
-      const data = randomBytes(WRITES * 4096);
-      a.sock.end(Buffer.concat([...writes(a.volumeId, data), encodeAgentShutdown()]));
-      await waitFor('session ended', () => hub.status().agents.length === 0, 20_000, 10);
+      const { data } = await burstThenClose(hub, 'tcp', [encodeAgentShutdown()]);
       const stop = hub.close().then((failed) => ((closed = true), failed));
       await sleep(500); // ample for a stop that does not wait (it takes ~50 ms here)
       assert.equal(closed, false, 'the stop waits while the queued frames cannot land');
@@ -188,12 +188,7 @@ describe('hub: the frames an agent sent before closing are applied (SPEC.md 5.7)
   it('a failover asked while an ended session still applies starts once it let go, with every write', async () => {
     const { hub, openDisk, rep } = stalledHub('tcp', 'failover');
     try {
-      const { port } = await hub.listen('127.0.0.1', 0);
-      const a = await rawAgent('tcp', port);
-      await waitFor('START_PROTECT', () => a.volumeId >= 0, 10_000, 5);
-      const data = randomBytes(WRITES * 4096);
-      a.sock.end(Buffer.concat(writes(a.volumeId, data))); // the protected site goes away
-      await waitFor('session ended', () => hub.status().agents.length === 0, 20_000, 10);
+      const { data } = await burstThenClose(hub, 'tcp'); // the protected site goes away
       // not promoted while the session still writes to it (its writes would only be recorded)
       const failover = hub.failover.failoverNow({ force: true }); // never synced whole: torn, so forced
       openDisk();
@@ -212,12 +207,7 @@ describe('hub: the frames an agent sent before closing are applied (SPEC.md 5.7)
   it('a volume removal asked meanwhile waits for the session to let go; a second removal is refused', async () => {
     const { hub, openDisk, rep } = stalledHub('tcp', 'remove');
     try {
-      const { port } = await hub.listen('127.0.0.1', 0);
-      const a = await rawAgent('tcp', port);
-      await waitFor('START_PROTECT', () => a.volumeId >= 0, 10_000, 5);
-      const data = randomBytes(WRITES * 4096);
-      a.sock.end(Buffer.concat(writes(a.volumeId, data)));
-      await waitFor('session ended', () => hub.status().agents.length === 0, 20_000, 10);
+      const { data } = await burstThenClose(hub, 'tcp');
       const removals = Promise.allSettled([hub.removeVolume('V1'), hub.removeVolume('V1')]);
       openDisk();
       const [first, second] = await removals;
@@ -234,12 +224,7 @@ describe('hub: the frames an agent sent before closing are applied (SPEC.md 5.7)
   it('a reconnect of the same VM while the ended session still applies waits for it, and is not refused', async () => {
     const { hub, openDisk, rep } = stalledHub('tcp', 'reconnect');
     try {
-      const { port } = await hub.listen('127.0.0.1', 0);
-      const first = await rawAgent('tcp', port);
-      await waitFor('START_PROTECT', () => first.volumeId >= 0, 10_000, 5);
-      const data = randomBytes(WRITES * 4096);
-      first.sock.end(Buffer.concat(writes(first.volumeId, data))); // a close without AGENT_SHUTDOWN
-      await waitFor('first session ended', () => hub.status().agents.length === 0, 20_000, 10);
+      const { port, data } = await burstThenClose(hub, 'tcp'); // a close without AGENT_SHUTDOWN
       const second = await rawAgent('tcp', port);
       await waitFor('second HELLO', () => hub.status().agents[0]?.vm === 'vm1', 10_000, 5);
       assert.equal(second.volumeId, -1, 'the report waits while the ended session holds the volume');
