@@ -71,6 +71,21 @@ describe('hub: the frames an agent sent before closing are applied (SPEC.md 5.7)
     return { hub, openDisk, rep: f(`V1R-${name}`) };
   }
 
+  /** `body` on a stalledHub; the disk is opened and the hub closed after it, whatever happens. */
+  async function withStalledHub(
+    transport: 'tcp' | 'tls',
+    name: string,
+    body: (h: ReturnType<typeof stalledHub>) => Promise<void>,
+  ) {
+    const h = stalledHub(transport, name);
+    try {
+      await body(h);
+    } finally {
+      h.openDisk();
+      await h.hub.close();
+    }
+  }
+
   /** A raw agent of VM vm1 that reports V1; `volumeId` once the hub starts protecting it. */
   async function rawAgent(transport: 'tcp' | 'tls', port: number) {
     const sock: net.Socket =
@@ -127,8 +142,7 @@ describe('hub: the frames an agent sent before closing are applied (SPEC.md 5.7)
 
   for (const transport of ['tcp', 'tls'] as const) {
     it(`${transport}: writes, AGENT_SHUTDOWN and the close in one burst: every write lands, the shutdown is clean`, async () => {
-      const { hub, openDisk, rep } = stalledHub(transport, transport);
-      try {
+      await withStalledHub(transport, transport, async ({ hub, openDisk, rep }) => {
         const { data } = await burstThenClose(hub, transport, [encodeAgentShutdown()]);
         const v = hub.replicas.get('V1')!;
         openDisk(); // the hub saw the close with the writes still queued behind the stalled disk
@@ -140,15 +154,12 @@ describe('hub: the frames an agent sent before closing are applied (SPEC.md 5.7)
           readRegion(rep, 0, data.length).equals(data),
           'every write sent before AGENT_SHUTDOWN is on the recovery volume',
         );
-      } finally {
-        await hub.close();
-      }
+      });
     });
   }
 
   it('a second REPORT_VM_VOLUMES among the frames applied after the close: the session still lets go', async () => {
-    const { hub, openDisk } = stalledHub('tcp', 'report2');
-    try {
+    await withStalledHub('tcp', 'report2', async ({ hub, openDisk }) => {
       const again = encodeReportVmVolumes([{ name: 'V1', sizeBytes: 64 * MiB }]); // SPEC.md 5.3: may come again
       const { port } = await burstThenClose(hub, 'tcp', [again]);
       openDisk();
@@ -158,9 +169,7 @@ describe('hub: the frames an agent sent before closing are applied (SPEC.md 5.7)
       await waitFor('a reconnect protects V1', () => second.volumeId >= 0, 20_000, 5);
       assert.deepEqual(second.errors, []);
       second.sock.destroy();
-    } finally {
-      await hub.close();
-    }
+    });
   });
 
   it('a hub stopping while an ended session still applies waits for it: the shutdown it read is recorded', async () => {
@@ -186,8 +195,7 @@ describe('hub: the frames an agent sent before closing are applied (SPEC.md 5.7)
   });
 
   it('a failover asked while an ended session still applies starts once it let go, with every write', async () => {
-    const { hub, openDisk, rep } = stalledHub('tcp', 'failover');
-    try {
+    await withStalledHub('tcp', 'failover', async ({ hub, openDisk, rep }) => {
       const { data } = await burstThenClose(hub, 'tcp'); // the protected site goes away
       // not promoted while the session still writes to it (its writes would only be recorded)
       const failover = hub.failover.failoverNow({ force: true }); // never synced whole: torn, so forced
@@ -198,15 +206,11 @@ describe('hub: the frames an agent sent before closing are applied (SPEC.md 5.7)
         ['V1'],
       );
       assert.ok(readRegion(rep, 0, data.length).equals(data), 'the promoted volume holds every write received');
-    } finally {
-      openDisk();
-      await hub.close();
-    }
+    });
   });
 
   it('a volume removal asked meanwhile waits for the session to let go; a second removal is refused', async () => {
-    const { hub, openDisk, rep } = stalledHub('tcp', 'remove');
-    try {
+    await withStalledHub('tcp', 'remove', async ({ hub, openDisk, rep }) => {
       const { data } = await burstThenClose(hub, 'tcp');
       const removals = Promise.allSettled([hub.removeVolume('V1'), hub.removeVolume('V1')]);
       openDisk();
@@ -215,15 +219,11 @@ describe('hub: the frames an agent sent before closing are applied (SPEC.md 5.7)
       assert.equal(second.status, 'rejected');
       assert.match((second as PromiseRejectedResult).reason.message, /being removed/);
       assert.ok(readRegion(rep, 0, data.length).equals(data), 'the recovery volume was closed after the last write');
-    } finally {
-      openDisk();
-      await hub.close();
-    }
+    });
   });
 
   it('a reconnect of the same VM while the ended session still applies waits for it, and is not refused', async () => {
-    const { hub, openDisk, rep } = stalledHub('tcp', 'reconnect');
-    try {
+    await withStalledHub('tcp', 'reconnect', async ({ hub, openDisk, rep }) => {
       const { port, data } = await burstThenClose(hub, 'tcp'); // a close without AGENT_SHUTDOWN
       const second = await rawAgent('tcp', port);
       await waitFor('second HELLO', () => hub.status().agents[0]?.vm === 'vm1', 10_000, 5);
@@ -233,8 +233,6 @@ describe('hub: the frames an agent sent before closing are applied (SPEC.md 5.7)
       assert.deepEqual(second.errors, [], 'not refused as "already protected by another agent session"');
       assert.ok(readRegion(rep, 0, data.length).equals(data), "the first session's writes landed before the takeover");
       second.sock.destroy();
-    } finally {
-      await hub.close();
-    }
+    });
   });
 });
