@@ -27,7 +27,7 @@ import { Hub } from '../src/hub/hub';
 import { openFileTarget } from '../src/hub/replica-spec';
 import type { BlockTarget } from '../storage/volume';
 import { LmdbStateStore } from '../storage/state';
-import { silentLogger } from '../src/log';
+import pino from 'pino';
 import { MiB, tmpdir, readRegion, sleep, waitFor } from './harness/util';
 
 // The recovery volume's file is held shut (a disk that stalls): its writes wait for the test to
@@ -59,16 +59,17 @@ describe('hub: the frames an agent sent before closing are applied (SPEC.md 5.7)
 
   /** A hub on real files whose recovery volume's disk stalls until `openDisk()`. */
   function stalledHub(transport: 'tcp' | 'tls', name: string) {
+    const logLines: Record<string, unknown>[] = []; // the hub's log, parsed
     let openDisk = () => {};
     const disk = new Promise<void>((r) => (openDisk = r));
     const hub = new Hub({
       volumes: [{ name: 'V1', path: f(`V1R-${name}`) }],
       store: new LmdbStateStore(f(`hub-${name}`)),
-      log: silentLogger(),
+      log: pino({ level: 'info' }, { write: (line: string) => void logLines.push(JSON.parse(line)) }),
       openTarget: (p, size, holds) => stalled(openFileTarget(p, size, holds) as BlockTarget, disk),
       tls: transport === 'tls' ? { cert: f('hub.pem'), key: f('hub.key'), ca: f('ca.pem') } : undefined,
     });
-    return { hub, openDisk, rep: f(`V1R-${name}`) };
+    return { hub, openDisk, rep: f(`V1R-${name}`), logLines };
   }
 
   /** `body` on a stalledHub; the disk is opened and the hub closed after it, whatever happens. */
@@ -99,10 +100,11 @@ describe('hub: the frames an agent sent before closing are applied (SPEC.md 5.7)
           })
         : net.connect(port, '127.0.0.1');
     await new Promise((r) => sock.once(transport === 'tls' ? 'secureConnect' : 'connect', r));
-    const a = { sock, volumeId: -1, errors: [] as string[] };
+    const a = { sock, volumeId: -1, errors: [] as string[], acked: 0 };
     const fromHub = new FrameDecoder((cmd, p) => {
-      const m = decode(cmd, Buffer.from(p)) as { volumeId?: number; message?: string };
+      const m = decode(cmd, Buffer.from(p)) as { volumeId?: number; message?: string; seq?: number };
       if (cmd === Cmd.START_PROTECT) a.volumeId = m.volumeId!;
+      if (cmd === Cmd.WRITE_ACK) a.acked = m.seq!;
       if (cmd === Cmd.ERROR) a.errors.push(m.message!);
     });
     sock.on('data', (b) => fromHub.push(b));
@@ -137,13 +139,13 @@ describe('hub: the frames an agent sent before closing are applied (SPEC.md 5.7)
     const data = randomBytes(WRITES * 4096);
     a.sock.end(Buffer.concat([...writes(a.volumeId, data), ...after]));
     await waitFor('session ended', () => hub.status().agents.length === 0, 20_000, 10);
-    return { port, data };
+    return { port, data, agent: a };
   }
 
   for (const transport of ['tcp', 'tls'] as const) {
     it(`${transport}: writes, AGENT_SHUTDOWN and the close in one burst: every write lands, the shutdown is clean`, async () => {
-      await withStalledHub(transport, transport, async ({ hub, openDisk, rep }) => {
-        const { data } = await burstThenClose(hub, transport, [encodeAgentShutdown()]);
+      await withStalledHub(transport, transport, async ({ hub, openDisk, rep, logLines }) => {
+        const { data, agent } = await burstThenClose(hub, transport, [encodeAgentShutdown()]);
         const v = hub.replicas.get('V1')!;
         openDisk(); // the hub saw the close with the writes still queued behind the stalled disk
         await waitFor('replica let go', () => v.owner === null, 20_000, 10);
@@ -154,6 +156,14 @@ describe('hub: the frames an agent sent before closing are applied (SPEC.md 5.7)
           readRegion(rep, 0, data.length).equals(data),
           'every write sent before AGENT_SHUTDOWN is on the recovery volume',
         );
+        const closed = logLines.find((l) => l.msg === 'agent session closed')!;
+        assert.equal(closed.clean, true);
+        assert.equal(
+          closed.acked,
+          agent.acked,
+          'the log counts the acks the agent could hear, not those after the close',
+        );
+        assert.equal(closed.received, WRITES);
       });
     });
   }

@@ -407,6 +407,7 @@ export class AgentSession implements ReplicaOwner {
     this.link.stop(); // sends are dropped: an ack or a request now would reach nobody
     this.sync.stop();
     this.verifier.hold();
+    const acked = this.commit.acked; // what the agent can have heard: later acks go nowhere
     // The answers queued still find their requests (verify, write-backs, sizes) until it is done.
     let ended = () => {};
     let released: Promise<unknown>;
@@ -429,7 +430,7 @@ export class AgentSession implements ReplicaOwner {
         vm: this.vm,
         clean: this.cleanShutdown,
         received: this.commit.received,
-        acked: this.commit.acked,
+        acked,
       },
       'agent session closed',
     );
