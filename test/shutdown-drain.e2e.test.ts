@@ -34,6 +34,7 @@ import { MiB, tmpdir, readRegion, sleep, waitFor } from './harness/util';
 // open it, and without writeSync every write takes the apply queue. The hub reads the whole
 // burst and its close with the writes queued; only then does the disk move again.
 const WRITES = 256; // of 4 KiB
+const STOP_WAIT_MS = 300; // a stop's wait for the failover operation under way (10 s in a real hub)
 
 /** The file's own target; its writes wait until `open` resolves (no writeSync: all are async). */
 function stalled(t: BlockTarget, open: Promise<void>): BlockTarget {
@@ -68,6 +69,7 @@ describe('hub: the frames an agent sent before closing are applied (SPEC.md 5.7)
       log: pino({ level: 'info' }, { write: (line: string) => void logLines.push(JSON.parse(line)) }),
       openTarget: (p, size, holds) => stalled(openFileTarget(p, size, holds) as BlockTarget, disk),
       tls: transport === 'tls' ? { cert: f('hub.pem'), key: f('hub.key'), ca: f('ca.pem') } : undefined,
+      stopWaitMs: STOP_WAIT_MS,
     });
     return { hub, openDisk, rep: f(`V1R-${name}`), logLines };
   }
@@ -217,6 +219,29 @@ describe('hub: the frames an agent sent before closing are applied (SPEC.md 5.7)
       );
       assert.ok(readRegion(rep, 0, data.length).equals(data), 'the promoted volume holds every write received');
     });
+  });
+
+  it('a failover still waiting for the session when the hub stops is refused: nothing promoted after the stop', async () => {
+    const { hub, openDisk, logLines } = stalledHub('tcp', 'failover-stop');
+    let stop: Promise<number> | null = null;
+    try {
+      await burstThenClose(hub, 'tcp');
+      const failover = hub.failover.failoverNow({ force: true }).then(
+        () => 'promoted',
+        (e: Error) => e.message,
+      );
+      await sleep(50);
+      stop = hub.close();
+      await sleep(STOP_WAIT_MS + 200); // the stop gave up waiting for the failover and went on
+      openDisk(); // the session lets go now, under a hub that is stopping
+      assert.equal(await stop, 0, 'no stop step failed');
+      assert.match(await failover, /the hub is stopping/);
+      assert.notEqual(hub.replicas.get('V1')!.state, 'failed-over', 'the volume was not promoted');
+      assert.ok(!logLines.some((l) => /promoted/.test(String(l.msg))), 'no promotion was logged');
+    } finally {
+      openDisk();
+      await (stop ?? hub.close());
+    }
   });
 
   it('a volume removal asked meanwhile waits for the session to let go; a second removal is refused', async () => {

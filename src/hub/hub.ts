@@ -58,6 +58,8 @@ export interface HubOptions {
   journal?: JournalConfig;
   /** The rephub version, for /status and rephub_build_info (cli/version.ts). */
   version?: string;
+  /** How long a stop waits for the failover operation under way (default 10 s; tests shorten it). */
+  stopWaitMs?: number;
 }
 
 export class Hub implements HubStatusSource {
@@ -352,7 +354,7 @@ export class Hub implements HubStatusSource {
     this.verifier.close();
     clearInterval(this.sampler);
     this.httpApi.close();
-    await step('finishing the failover operation under way', {}, () => this.failover.close());
+    await step('finishing the failover operation under way', {}, () => this.failover.close(this.opts.stopWaitMs));
     await step('closing the restore exports', {}, () => this.restores?.close());
     await step('closing the NBD exports', {}, () => this.nbd?.close());
     const sessions = this.sessions.size;
