@@ -5,11 +5,14 @@
 # 1 kHz: one sample is 1 ms). Two runs (TLS=0, TLS=1) side by side say what TLS adds, symbol by
 # symbol (issue 17, BENCHMARKS Round 17). Needs perf; --perf-basic-prof names JIT-compiled JS.
 # Usage: [TLS=1] [BS=1m] [QD=4] [RW=write] [TOP=15] [PORT=18200] bash tools/bench/perf-per-mib.sh
+#   ROOT=CHECKOUT: run that checkout's build (a base side, alternated with this one by hand);
+#   FIO_ARGS: extra fio options (--fsync=1: a flush after each write); KEEP=DIR: keep the perf
+#   data there (hub.data, agent.data; `perf report -i DIR/hub.data` for call graphs).
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "${ROOT:-$(dirname "$0")/../..}"
 P=${PORT:-18200}; BS=${BS:-1m}; QD=${QD:-4}; RW=${RW:-write}
 W=$(mktemp -d /tmp/rephub-perf.XXXX); PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null; done; sleep 0.5; rm -rf "$W"' EXIT
+trap 'for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null; done; sleep 0.5; [ -n "${KEEP:-}" ] && mkdir -p "$KEEP" && cp "$W"/*.data "$KEEP"/; rm -rf "$W"' EXIT
 truncate -s 256M "$W/V1.img"
 HT=(); AT=()
 if [ "${TLS:-0}" = 1 ]; then
@@ -24,7 +27,7 @@ LOG_LEVEL=warn node --perf-basic-prof dist/src/cli/rephub-agent.js --hub 127.0.0
   --nbd 127.0.0.1:$((P + 9)) --http 127.0.0.1:$((P + 90)) --state "$W/ast" --vm q "${AT[@]}" 2>"$W/agent.log" & A=$!; PIDS+=($A)
 for _ in $(seq 100); do curl -s 127.0.0.1:$((P + 80))/status | grep -q '"state": "protecting"' && break; sleep 0.1; done
 fio --name=r --ioengine=nbd --uri=nbd://127.0.0.1:$((P + 9))/V1 --rw="$RW" --bs="$BS" --iodepth="$QD" --size=256m \
-  --time_based --runtime=7 --output-format=json --output="$W/r.json" >/dev/null 2>&1 & F=$!
+  --time_based --runtime=7 ${FIO_ARGS:-} --output-format=json --output="$W/r.json" >/dev/null 2>&1 & F=$!
 sleep 1.5
 perf record -F 1000 -g -o "$W/hub.data" -p $H -- sleep 4 2>/dev/null & S1=$!
 perf record -F 1000 -g -o "$W/agent.data" -p $A -- sleep 4 2>/dev/null & S2=$!
