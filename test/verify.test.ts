@@ -149,6 +149,28 @@ describe('verify engine: the inconclusive rule', () => {
     assert.deepEqual(t.marked, [], 'report-only');
   });
 
+  it('a pump while an answer is still being compared starts no round: a mismatch is confirmed once', async () => {
+    const t = setup(true);
+    t.hubData.fill(1, REGION, 2 * REGION);
+    t.engine.start(t.sync, t.run);
+    await t.engine.onChecksumRes(t.answer(t.sent[0]));
+    await waitFor('re-check sent', () => t.sent.length === 2, 5000, 10);
+    let open = () => {};
+    const gate = new Promise<void>((r) => (open = r));
+    const target = t.sync.replica.target as unknown as { read: (b: Buffer, o: number) => Promise<void> };
+    const read = target.read;
+    target.read = async (b, o) => (await gate, read(b, o)); // the recovery volume is slow to read
+    const compared = t.engine.onChecksumRes(t.answer(t.sent[1]));
+    t.engine.pump(); // a timer or another volume's answer, while region 1 is compared
+    open();
+    await compared;
+    assert.equal(t.run.report.state, 'done', 'no round of re-checks armed over a region still compared');
+    await new Promise((r) => setTimeout(r, 300)); // past RECHECK_MS
+    assert.equal(t.sent.length, 2, 'region 1 checked twice in all');
+    assert.equal(t.run.report.mismatchedRegions, 1);
+    assert.deepEqual(t.run.report.mismatches, [{ offset: REGION, length: REGION }]);
+  });
+
   it('mismatched ranges are kept in offset order, adjacent ones merged, the lowest MAX_RANGES kept', () => {
     const run = new VerifyRun(1, 'V1', 1000 * REGION, REGION, true);
     for (const r of [5, 3, 4, 9, 7, 8, 1]) run.mismatch(r);

@@ -316,13 +316,18 @@ export class VerifyEngine {
     }
     checkChecksumRes(m, c.sync.volumeId, c.count);
     this.checks.delete(m.reqId);
-    c.run.inflight--;
-    if (c.run.running && m.ioStatus !== IO_OK) {
-      const offset = c.first * c.run.regionSize;
-      this.log.error({ volume: c.run.volume, offset, ioStatus: m.ioStatus }, 'verify: the agent could not checksum');
-      c.run.finish(`the agent could not checksum at offset ${offset}: io_status ${m.ioStatus}`);
-    } else if (c.run.running) {
-      await this.compare(c, m.digests);
+    try {
+      if (c.run.running && m.ioStatus !== IO_OK) {
+        const offset = c.first * c.run.regionSize;
+        this.log.error({ volume: c.run.volume, offset, ioStatus: m.ioStatus }, 'verify: the agent could not checksum');
+        c.run.finish(`the agent could not checksum at offset ${offset}: io_status ${m.ioStatus}`);
+      } else if (c.run.running) {
+        await this.compare(c, m.digests);
+      }
+    } finally {
+      // Only once compared: a round of re-checks that a pump started meanwhile took the regions
+      // still being compared as pending, and confirmed a mismatch again (listed twice, counted twice).
+      c.run.inflight--;
     }
     this.settle(c.sync, c.run);
     this.pump();
