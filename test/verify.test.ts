@@ -171,6 +171,26 @@ describe('verify engine: the inconclusive rule', () => {
     assert.deepEqual(t.run.report.mismatches, [{ offset: REGION, length: REGION }]);
   });
 
+  it('a run that ends while an answer is being compared records nothing more, marks nothing', async () => {
+    const t = setup();
+    t.hubData.fill(1, REGION, 2 * REGION);
+    t.engine.start(t.sync, t.run);
+    await t.engine.onChecksumRes(t.answer(t.sent[0]));
+    await waitFor('re-check sent', () => t.sent.length === 2, 5000, 10);
+    let open = () => {};
+    const gate = new Promise<void>((r) => (open = r));
+    const target = t.sync.replica.target as unknown as { read: (b: Buffer, o: number) => Promise<void> };
+    const read = target.read;
+    target.read = async (b, o) => (await gate, read(b, o));
+    const compared = t.engine.onChecksumRes(t.answer(t.sent[1]));
+    t.engine.stop(); // the session closes while region 1 is read
+    open();
+    await compared;
+    assert.equal(t.run.report.state, 'failed');
+    assert.equal(t.run.report.mismatchedRegions, 0, 'a finished report does not change');
+    assert.deepEqual(t.marked, [], 'nothing marked for a session that is gone');
+  });
+
   it('mismatched ranges are kept in offset order, adjacent ones merged, the lowest MAX_RANGES kept', () => {
     const run = new VerifyRun(1, 'V1', 1000 * REGION, REGION, true);
     for (const r of [5, 3, 4, 9, 7, 8, 1]) run.mismatch(r);

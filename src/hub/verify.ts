@@ -348,6 +348,7 @@ export class VerifyEngine {
       }
       run.recheck.delete(r);
       await target.read(buf, r * run.regionSize);
+      if (!run.running || sync.replica.failover) return; // ended (session closed, failed over) meanwhile
       if (digestMatches(buf, digests, i)) {
         run.suspects.delete(r);
         run.equal(r);
