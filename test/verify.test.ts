@@ -67,6 +67,16 @@ function setup(reportOnly = false) {
   return { hubData, agentData, marked, bitmap, sync, sent, engine, run, answer };
 }
 
+/** From now on the recovery volume's reads wait until the returned function is called. */
+function slowReads(t: ReturnType<typeof setup>): () => void {
+  let open = () => {};
+  const gate = new Promise<void>((r) => (open = r));
+  const target = t.sync.replica.target as unknown as { read: (b: Buffer, o: number) => Promise<void> };
+  const read = target.read;
+  target.read = async (b, o) => (await gate, read(b, o));
+  return open;
+}
+
 describe('verify engine: the inconclusive rule', () => {
   it('a region written between the request and its answer is re-checked, not a mismatch', async () => {
     const t = setup();
@@ -155,11 +165,7 @@ describe('verify engine: the inconclusive rule', () => {
     t.engine.start(t.sync, t.run);
     await t.engine.onChecksumRes(t.answer(t.sent[0]));
     await waitFor('re-check sent', () => t.sent.length === 2, 5000, 10);
-    let open = () => {};
-    const gate = new Promise<void>((r) => (open = r));
-    const target = t.sync.replica.target as unknown as { read: (b: Buffer, o: number) => Promise<void> };
-    const read = target.read;
-    target.read = async (b, o) => (await gate, read(b, o)); // the recovery volume is slow to read
+    const open = slowReads(t); // the recovery volume is slow to read
     const compared = t.engine.onChecksumRes(t.answer(t.sent[1]));
     t.engine.pump(); // a timer or another volume's answer, while region 1 is compared
     open();
@@ -177,11 +183,7 @@ describe('verify engine: the inconclusive rule', () => {
     t.engine.start(t.sync, t.run);
     await t.engine.onChecksumRes(t.answer(t.sent[0]));
     await waitFor('re-check sent', () => t.sent.length === 2, 5000, 10);
-    let open = () => {};
-    const gate = new Promise<void>((r) => (open = r));
-    const target = t.sync.replica.target as unknown as { read: (b: Buffer, o: number) => Promise<void> };
-    const read = target.read;
-    target.read = async (b, o) => (await gate, read(b, o));
+    const open = slowReads(t);
     const compared = t.engine.onChecksumRes(t.answer(t.sent[1]));
     t.engine.stop(); // the session closes while region 1 is read
     open();
