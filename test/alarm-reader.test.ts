@@ -1,7 +1,8 @@
 // The encryption alarm's reads of a recovery volume bring in only the pages they read. Without
 // the no-readahead advice, a read next to pages the writes left cached looked sequential to the
 // kernel: it filled large folios around it (holes zeroed) and marked them, so that the journal's
-// own before-image reads read ahead again (10 % of the hub's CPU at 4 KiB qd16, Round 19).
+// own before-image reads read ahead again (10 % of the hub's CPU under 4 KiB sequential writes,
+// Round 19).
 // Real file on the build's own file system (tmpfs, a common /tmp, reads holes without readahead),
 // real page cache; residency from cachestat (the native addon; Linux 6.5 or later).
 import { strict as assert } from 'node:assert';

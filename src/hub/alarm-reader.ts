@@ -26,7 +26,8 @@ export class AlarmReader {
         this.fd = fs.openSync(this.path, 'r');
         // No readahead: a sampled 4 KiB read would fill large folios around it (holes zeroed
         // page by page), and mark them, so that the journal's own random reads of the
-        // neighbours read ahead again: 10 % of the hub's CPU at 4 KiB qd16 (BENCHMARKS Round 19).
+        // neighbours read ahead again: 10 % of the hub's CPU under 4 KiB sequential writes
+        // (BENCHMARKS Round 19).
         adviseRandom(this.fd);
       }
       const got = fs.readSync(this.fd, this.buf, 0, Math.min(n, this.buf.length), offset);
