@@ -5,6 +5,7 @@
 # 1 kHz: one sample is 1 ms). Two runs (TLS=0, TLS=1) side by side say what TLS adds, symbol by
 # symbol (issue 17, BENCHMARKS Round 17). Needs perf; --perf-basic-prof names JIT-compiled JS.
 # Usage: [TLS=1] [BS=1m] [QD=4] [RW=write] [TOP=15] [PORT=18200] bash tools/bench/perf-per-mib.sh
+#   RW: fio's --rw; the default is sequential (write): mirror-bench's 4 KiB job is RW=randwrite.
 #   ROOT=CHECKOUT: run that checkout's build (a base side, alternated with this one by hand);
 #   FIO_ARGS: extra fio options (--fsync=1: a flush after each write); KEEP=DIR: keep the perf
 #   data there (hub.data, agent.data; `perf report -i DIR/hub.data` for call graphs).
