@@ -22,6 +22,7 @@ export interface NativeAddon {
   CRC32_FOLDED: number; // non-zero when the CPU has carry-less multiply folding
   RANDOM: number;
   DONTNEED: number;
+  WILLNEED?: number; // absent in an addon built before it
   SEEK_DATA: number;
   SEEK_HOLE: number;
   ENXIO: number;

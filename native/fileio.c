@@ -166,6 +166,7 @@ static napi_value init(napi_env env, napi_value exports) {
   constant(env, exports, "RANDOM", POSIX_FADV_RANDOM);
   constant(env, exports, "SEQUENTIAL", POSIX_FADV_SEQUENTIAL);
   constant(env, exports, "DONTNEED", POSIX_FADV_DONTNEED);
+  constant(env, exports, "WILLNEED", POSIX_FADV_WILLNEED);
   return exports;
 }
 

@@ -19,6 +19,12 @@ export function dropCache(fd: number, offset: number, length: number): number {
   return native ? native.fadvise(fd, offset, length, native.DONTNEED) : -1;
 }
 
+/** Read [offset, offset + length) into the page cache in the background (order-0 pages, whatever
+ * the descriptor's advice); -1 when unavailable. */
+export function adviseWillNeed(fd: number, offset: number, length: number): number {
+  return native?.WILLNEED !== undefined ? native.fadvise(fd, offset, length, native.WILLNEED) : -1;
+}
+
 /** The buffer's address modulo `align`; -1 when unknown (no addon). */
 export function misalign(buf: Buffer, align: number): number {
   return native?.misalign ? native.misalign(buf, align) : -1;

@@ -1,0 +1,54 @@
+// ForwardReadAhead: small reads that walk forward get the window ahead of them read into the page
+// cache in the background; scattered reads, and large ones, get nothing. A real file on the
+// build's file system, its pages dropped first; residency from cachestat (the native addon).
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { ForwardReadAhead } from '../storage/forward-read-ahead';
+import { cachedPages, dropCache } from '../storage/fileio';
+import { waitFor } from './harness/util';
+
+const PAGE = 4096;
+const SIZE = 16 << 20;
+const WINDOW = 1 << 20;
+
+describe('ForwardReadAhead', () => {
+  let dir: string, file: string, fd: number;
+  before(() => {
+    dir = fs.mkdtempSync(path.join(__dirname, 'tmp-read-ahead-')); // dist/test: on disk, not tmpfs
+    file = path.join(dir, 'V1R');
+    fs.writeFileSync(file, Buffer.alloc(SIZE, 0x42));
+  });
+  after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  beforeEach(() => {
+    fd = fs.openSync(file, 'r');
+    fs.fdatasyncSync(fd);
+    dropCache(fd, 0, 0);
+    assert.equal(cachedPages(fd, 0, SIZE), 0, 'cold (cachestat, Linux 6.5 or later)');
+  });
+  afterEach(() => fs.closeSync(fd));
+
+  it('small reads in a row: the window after them is read in, and refilled as they go on', async () => {
+    const ahead = new ForwardReadAhead(() => fd, SIZE, WINDOW);
+    let at = 4 << 20;
+    for (let i = 0; i < 3; i++, at += PAGE) ahead.reading(at, at + PAGE);
+    await waitFor('the window read in', () => cachedPages(fd, at, WINDOW) === WINDOW / PAGE, 5000, 5);
+    assert.equal(cachedPages(fd, 0, 4 << 20), 0, 'nothing behind the run');
+    for (; at < (4 << 20) + WINDOW; at += PAGE) ahead.reading(at, at + PAGE); // past half of it
+    await waitFor('refilled', () => cachedPages(fd, at, WINDOW / 2) === WINDOW / 2 / PAGE, 5000, 5);
+  });
+
+  it('scattered reads, and large reads in a row, ask for nothing', () => {
+    const ahead = new ForwardReadAhead(() => fd, SIZE, WINDOW);
+    for (const p of [100, 7, 900, 8, 3000, 9, 2000]) ahead.reading(p * PAGE, (p + 1) * PAGE);
+    for (let at = 8 << 20; at < 12 << 20; at += 1 << 20) ahead.reading(at, at + (1 << 20));
+    assert.equal(cachedPages(fd, 0, SIZE), 0);
+  });
+
+  it('clips the window at the end of the volume', async () => {
+    const ahead = new ForwardReadAhead(() => fd, SIZE, WINDOW);
+    for (let at = SIZE - 4 * PAGE; at < SIZE; at += PAGE) ahead.reading(at, at + PAGE);
+    await waitFor('the last page read in', () => cachedPages(fd, SIZE - PAGE, PAGE) === 1, 5000, 5);
+    assert.equal(cachedPages(fd, 0, SIZE - 4 * PAGE), 0, 'nothing else');
+  });
+});
