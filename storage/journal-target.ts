@@ -30,7 +30,6 @@ export interface JournalBinding {
 const SEEN_PAGES = 128; // pages of the seen set (4 KiB each, 128 MiB of volume); past them a write is recorded again
 const RECORD_BYTES_MAX = MAX_PAYLOAD - (MAX_PAYLOAD % JOURNAL_BLOCK) - JOURNAL_BLOCK; // whole blocks, 1 MiB + 4 KiB
 const SCRATCH_BYTES = 64 * 1024 + 2 * JOURNAL_BLOCK; // a synchronous (small) write, widened
-const SMALL_READ_MAX = SCRATCH_BYTES; // before-images up to this are read without readahead
 
 export class JournalTarget implements BlockTarget {
   readonly writeSync?: (buf: Buffer, offset: number) => void;
@@ -41,8 +40,7 @@ export class JournalTarget implements BlockTarget {
   readonly flushSync?: () => void;
   readonly landing?: (start: number, end: number) => Promise<void> | null;
   private bound: JournalBinding | null = null;
-  private readFd = -1; // our own descriptor for small before-images: reads the same page cache
-  private largeFd = -1; // and for large ones, with the kernel's readahead (fdFor)
+  private readFd = -1; // our own descriptor for before-images: reads the same page cache
   private readonly seen = new BlockSet(SEEN_PAGES); // blocks recorded in the current epoch
   private seenEpoch = -1;
   private scratch: Buffer | null = null;
@@ -132,8 +130,7 @@ export class JournalTarget implements BlockTarget {
 
   async close(): Promise<void> {
     if (this.readFd >= 0) fs.closeSync(this.readFd);
-    if (this.largeFd >= 0) fs.closeSync(this.largeFd);
-    this.readFd = this.largeFd = -1;
+    this.readFd = -1;
     await this.next.close();
   }
 
@@ -192,7 +189,7 @@ export class JournalTarget implements BlockTarget {
       else {
         this.ahead.reading(a, b);
         await new Promise<void>((res, rej) =>
-          fs.read(this.fdFor(img.length), img, 0, img.length, a, (e, got) => (e ? rej(e) : (img.fill(0, got), res()))),
+          fs.read(this.fd(), img, 0, img.length, a, (e, got) => (e ? rej(e) : (img.fill(0, got), res()))),
         );
       }
       this.record(j, a, img);
@@ -265,21 +262,8 @@ export class JournalTarget implements BlockTarget {
 
   private readBefore(img: Buffer, offset: number): void {
     this.ahead.reading(offset, offset + img.length);
-    const got = fs.readSync(this.fdFor(img.length), img, 0, img.length, offset);
+    const got = fs.readSync(this.fd(), img, 0, img.length, offset);
     if (got < img.length) img.fill(0, got);
-  }
-
-  /**
-   * Small reads through the descriptor advised RANDOM (one order-0 page each, no large folio
-   * under small writes; ForwardReadAhead when they walk forward). Large ones (a 1 MiB write's
-   * before-image) through a plain one: the kernel's readahead pipelines a sequential stream of
-   * them, where a RANDOM descriptor waited for each read in turn (1 MiB sequential overwrites of
-   * a cold volume -20 to -30 %, BENCHMARKS Round 19); their folios only meet large writes.
-   */
-  private fdFor(bytes: number): number {
-    if (bytes <= SMALL_READ_MAX) return this.fd();
-    if (this.largeFd < 0) this.largeFd = fs.openSync(this.path, 'r');
-    return this.largeFd;
   }
 
   private fd(): number {
