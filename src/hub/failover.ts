@@ -25,14 +25,13 @@ import {
   rollBack,
   volumesAt,
 } from './failover-at';
+import { OperationGate } from './failover-gate';
 
 export { FailoverError };
 export type { Winner };
 
 /** How long a stop or failback waits for NBD clients that are already disconnecting. */
 const DISCONNECT_GRACE_MS = 1000;
-// The hub's stop waits this long for a failover operation under way (see close()).
-const CLOSE_WAIT_MS = 10_000;
 
 interface TestRecord {
   volumes: string[];
@@ -67,15 +66,14 @@ export interface FailoverHost {
 export class FailoverController {
   private test: TestRecord | null = null;
   private failover: FailoverRecord | null = null;
-  private busy = false;
-  private closing = false;
-  private running: Promise<void> | null = null; // the operation under way, settled either way
+  private readonly gate: OperationGate;
   private readonly pointViews: PointViews;
   /** Settles once restore() has reopened what was under way (recovery volumes open asynchronously). */
   ready: Promise<void> = Promise.resolve();
 
   constructor(private readonly h: FailoverHost) {
     this.pointViews = new PointViews(h.layersDir);
+    this.gate = new OperationGate(() => this.ready.then(() => this.endedSessionsLetGo()), h.log);
   }
 
   /** Reopen a test or a failover that was under way when the hub stopped (see `ready`). */
@@ -155,46 +153,21 @@ export class FailoverController {
   /**
    * A session whose connection ended still applies what it received, and holds its volumes
    * until then: an operation starts after it let go, so it neither counts it as connected nor
-   * promotes a volume still being written.
+   * promotes a volume still being written (the gate checks again that the hub is not stopping).
    */
   private async endedSessionsLetGo(): Promise<void> {
     const reps = [...this.h.replicas.values()];
     await Promise.all(reps.map((r) => r.owner?.ending));
     await Promise.all(reps.map((r) => r.idle)); // its last checkpoint saved, an RBD image let go
-    if (this.closing) throw new FailoverError('the hub is stopping'); // it may have begun meanwhile
   }
 
-  private async exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.closing) throw new FailoverError('the hub is stopping');
-    if (this.busy) throw new FailoverError('another failover operation is in progress');
-    this.busy = true;
-    const run = this.ready.then(() => this.endedSessionsLetGo()).then(fn);
-    this.running = run.then(
-      () => undefined,
-      () => undefined,
-    );
-    try {
-      return await run;
-    } finally {
-      this.busy = false;
-      this.running = null;
-    }
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    return this.gate.run(fn);
   }
 
-  /**
-   * The hub stops: no operation starts from now on, and the one under way (a stop or failback
-   * waiting for NBD clients to go, say) finishes before the hub closes what it works on, the
-   * exports, sessions and store; at most `ms`, after which the hub closes anyway (said in the log).
-   */
-  async close(ms = CLOSE_WAIT_MS): Promise<void> {
-    this.closing = true;
-    if (!this.running) return;
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<boolean>((r) => (timer = setTimeout(() => r(true), ms)));
-    const timedOut = await Promise.race([this.running.then(() => false), late]);
-    clearTimeout(timer);
-    if (timedOut)
-      this.h.log.warn({ waitedMs: ms }, 'stop: the failover operation under way did not finish; closing anyway');
+  /** The hub stops: see OperationGate.close (default wait 10 s). */
+  close(ms?: number): Promise<void> {
+    return this.gate.close(ms);
   }
 
   // ---- failover test ----
