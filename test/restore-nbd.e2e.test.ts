@@ -135,9 +135,11 @@ describe('restore over the hub NBD server (e2e)', function () {
     }
     execFileSync(
       'fio',
-      ['--name=seq', '--ioengine=nbd', `--uri=${p.agent.uri('V1')}`, '--rw=write', '--bs=4k', '--iodepth=16'].concat(
-        [`--size=${SIZE}`, '--refill_buffers', '--output-format=terse'],
-      ),
+      ['--name=seq', '--ioengine=nbd', `--uri=${p.agent.uri('V1')}`, '--rw=write', '--bs=4k', '--iodepth=16'].concat([
+        `--size=${SIZE}`,
+        '--refill_buffers',
+        '--output-format=terse',
+      ]),
       { timeout: 120_000, stdio: 'ignore' },
     );
     await waitFor('agent clean', () => p.agent.clean());
