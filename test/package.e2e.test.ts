@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { freePort } from './harness/ports';
 import { endProcess } from './harness/child';
 import { MiB, makeImage, sha, tmpdir, waitFor } from './harness/util';
+import { HEAP_FLAGS } from '../src/cli/heap-flags';
 
 const ROOT = path.join(__dirname, '..', '..');
 const VERSION = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')).version as string;
@@ -165,6 +166,11 @@ describe('the npm package (npm pack, npm install -g, installed commands)', funct
       throw new Error(`${(e as Error).message}\n${logs()}`);
     });
     await waitFor('replica byte-equal', () => sha(img) === sha(path.join(dir, 'V1R')), 30_000, 100);
+    // The bins start Node with the heap flags (their `env -S` line): the processes' own command lines.
+    for (const p of [hub, agent]) {
+      const argv = fs.readFileSync(`/proc/${p.pid}/cmdline`, 'utf8').split('\0');
+      for (const f of HEAP_FLAGS) assert.ok(argv.includes(f), `${argv.join(' ')} lacks ${f}`);
+    }
     // Pretty logs, not JSON lines: pino-pretty was found.
     // (pino-pretty runs in a worker thread: its lines may trail the status a little.)
     await waitFor('pretty log lines from the hub', () => /INFO/.test(hubErr), 15_000, 100);

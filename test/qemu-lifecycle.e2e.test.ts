@@ -11,6 +11,7 @@ import { tmpdir, sha, waitFor, readRegion, MiB } from './harness/util';
 import { HubProcess } from './harness/hub-process';
 import { AgentProcess } from './harness/agent-process';
 import { rephubQemu, lines, twoDiskInitrd, vmArgs } from './harness/qemu-vm';
+import { HEAP_FLAGS } from '../src/cli/heap-flags';
 
 const KiB64 = 64 * 1024;
 const chunkOf = (tag: string) => Buffer.from(`${tag.padEnd(511)}\n`.repeat(128));
@@ -90,6 +91,8 @@ h.pwrite(b'\\x66' * ${KiB64}, 2 * ${KiB64}); h.flush(); h.shutdown()
       const agent = kids.find((k) => /rephub-agent\.js/.test(k.args))!;
       const qemu = kids.find((k) => k.args.includes(fake))!;
       assert.ok(agent && qemu, JSON.stringify(kids));
+      for (const f of HEAP_FLAGS)
+        assert.ok(agent.args.split(' ').includes(f), `the agent runs with ${f}: ${agent.args}`);
       orphans = [agent.pid, qemu.pid];
       process.kill(pid, 'SIGKILL');
       const r = await done;

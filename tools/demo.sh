@@ -6,6 +6,7 @@
 # tail and exits 1. Ports: DEMO_HUB_PORT (7000), DEMO_HTTP_PORT (7080), DEMO_HUB_NBD_PORT (10810),
 # DEMO_NBD_PORT (10809), DEMO_AGENT_HTTP_PORT (10899). DEMO_NO_BUILD=1 skips the tsc build.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/bench/bin-flags.sh" # binflags
 cd "$(dirname "$0")/.."
 [ "${DEMO_NO_BUILD:-}" = 1 ] || npx tsc -p .
 D=${DEMO_DIR:-$PWD/demo}
@@ -64,9 +65,9 @@ wait_up() {
   exit 1
 }
 
-node dist/src/cli/rephub.js --listen "127.0.0.1:$HUB_PORT" --http "127.0.0.1:$HTTP_PORT" \
+node $(binflags dist/src/cli/rephub.js) dist/src/cli/rephub.js --listen "127.0.0.1:$HUB_PORT" --http "127.0.0.1:$HTTP_PORT" \
   --nbd "127.0.0.1:$HUB_NBD_PORT" --vol "V1=$D/V1R" --data "$D/hub-state" 2>"$D/hub.log" & HUB=$!
-node dist/src/cli/rephub-agent.js --hub "127.0.0.1:$HUB_PORT" --export "V1=$D/V1.img" \
+node $(binflags dist/src/cli/rephub-agent.js) dist/src/cli/rephub-agent.js --hub "127.0.0.1:$HUB_PORT" --export "V1=$D/V1.img" \
   --nbd "127.0.0.1:$NBD_PORT" --http "127.0.0.1:$AGENT_HTTP_PORT" --state "$D/agent-state" --vm demo \
   2>"$D/agent.log" & AGENT=$!
 wait_up
@@ -76,10 +77,10 @@ rephub demo running (logs: $D/hub.log, $D/agent.log)
   protected volume  $D/V1.img  served as nbd://127.0.0.1:$NBD_PORT/V1
   recovery volume   $D/V1R
 Try:
-  node dist/src/cli/rephub.js status --hub $HUB_URL
+  node $(binflags dist/src/cli/rephub.js) dist/src/cli/rephub.js status --hub $HUB_URL
   qemu-io -f raw -c 'write -P 0x5a 0 1M' nbd://127.0.0.1:$NBD_PORT/V1
   cmp $D/V1.img $D/V1R && echo replica equal
-  node dist/src/cli/rephub.js failover-test start --hub $HUB_URL --admin-token-file $D/hub-state/admin-token
+  node $(binflags dist/src/cli/rephub.js) dist/src/cli/rephub.js failover-test start --hub $HUB_URL --admin-token-file $D/hub-state/admin-token
   qemu-system-x86_64 -m 512 -drive file=nbd://127.0.0.1:$NBD_PORT/V1,format=raw,if=virtio ...
 Ctrl-C to stop.
 MSG

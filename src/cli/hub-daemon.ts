@@ -13,6 +13,7 @@ import { isRbdPath, withRbd } from '../hub/rbd-target';
 import { LmdbStateStore } from '../../storage/state';
 import { makeLogger, Logger, checkLogLevel } from '../log';
 import { warnIfNoNative } from './args';
+import { noteHeapFlags } from './heap-flags';
 import { FileLock, lockHubState } from '../../storage/lock';
 import { hubToken, readableByOthers } from './admin-token';
 import { ConfigFile, applyConfig, optionLabel, readConfigFile } from './config-file';
@@ -63,6 +64,7 @@ export async function serveHub(cmd: Command): Promise<void> {
   if (cmd.opts().logPretty) process.env.LOG_PRETTY = '1';
   const log = makeLogger('rephub', logLevel);
   warnIfNoNative(log);
+  noteHeapFlags(log);
   log.debug({ settings: { ...s, adminTokenFile: s.adminTokenFile }, config: cfg?.file }, 'settings resolved');
   if (!tlsOn(s)) log.warn({ listen: `${s.listen.host}:${s.listen.port}` }, PLAINTEXT);
   const { locks, volumeLocks, adminToken } = atStart(() => claimHubState(s, log));

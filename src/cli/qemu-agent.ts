@@ -9,6 +9,7 @@ import { spawn, ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { QemuPlan } from '../qemu/plan';
+import { HEAP_FLAGS } from './heap-flags';
 
 export const AGENT_CLI = path.join(__dirname, 'rephub-agent.js');
 /** How long the agent may take to open its images and listen. */
@@ -64,7 +65,7 @@ export class QemuAgent {
     const fd = fs.openSync(this.logFile, 'a');
     this.logStart = fs.fstatSync(fd).size;
     try {
-      this.proc = spawn(process.execPath, [AGENT_CLI, ...this.args], {
+      this.proc = spawn(process.execPath, [...HEAP_FLAGS, AGENT_CLI, ...this.args], {
         stdio: ['ignore', fd, fd, 'pipe', 'pipe'],
         detached: true,
       });

@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --initial-old-space-size=96
 // rephub-agent: serves the VM's disk images over NBD and mirrors every write to the hub.
 import { Command } from 'commander';
 import * as fs from 'node:fs';
@@ -13,6 +13,7 @@ import { MirroredExport } from './agent-export';
 import { FileVolume } from '../../storage/volume';
 import { makeLogger, Logger } from '../log';
 import { parseHubList, checkName, checkPath, parseSize, parseMillis, warnIfNoNative, parseMaxLag } from './args';
+import { noteHeapFlags } from './heap-flags';
 import { enabled as tlsEnabled, clientOptions } from '../security';
 import { AgentBandwidthFlags, agentBandwidth } from './bandwidth-flags';
 import { serveAgentHttp } from './agent-http';
@@ -136,6 +137,7 @@ async function main(o: RunOptions, cmd: Command, config: string | undefined) {
   if (o.logPretty) process.env.LOG_PRETTY = '1';
   const log = makeLogger('rephub-agent', o.logLevel);
   warnIfNoNative(log);
+  noteHeapFlags(log);
   const [hub, ...moreHubs] = parseHubList(o.hub);
   const nbdAddr = parseListenAddr(o.nbd, '--nbd');
   const readyFd = o.readyFd === undefined ? undefined : parseReadyFd(o.readyFd);

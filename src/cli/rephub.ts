@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --initial-old-space-size=96
 // rephub: the replication hub (default command) and its operator subcommands.
 import { Command, InvalidArgumentError, Option } from 'commander';
 import * as http from 'node:http';

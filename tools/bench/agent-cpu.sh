@@ -8,11 +8,13 @@
 #   CTX=1: also the voluntary context switches per write of each process (every thread, from
 #   /proc/PID/task/*/status): how often it slept and was woken, steadier than CPU on a loaded machine;
 #   LAT=1: also fio's mean write and flush latencies (with --fsync=1: where a write+flush waits);
-#   ROOT=CHECKOUT: run that checkout's build (a base side) with this script;
+#   ROOT=CHECKOUT: run that checkout's build (a base side) with this script; NODE_FLAGS: node/V8
+#   flags for hub and agent, before the bins' own (--trace-gc, say);
 #   RSS=1: also the hub's peak and current RSS (VmHWM, VmRSS of /proc/PID/status) after the run,
 #   MiB/s, and the protected writes the hub applied by then of those fio made (the rest overflowed
 #   the agent's queue into dirty regions, to be resynced: a hub that cannot keep up); PORT=17800: the base of the ports used (hub, hub http +80, hub nbd +50, agent nbd +9, agent http +90).
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/bin-flags.sh" # binflags
 cd "${ROOT:-$(dirname "$0")/../..}"
 REPS=${1:-3}; SECS=${SECS:-5}; BS=${BS:-4k}; QD=${QD:-16}; RW=${RW:-randwrite}; HUB=${HUB:-1}
 TCK=$(getconf CLK_TCK); PORT=${PORT:-17800}
@@ -22,14 +24,14 @@ cpu() { awk '{print $14" "$15}' "/proc/$1/stat"; }
 ctx() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ {n += $2} END {print n + 0}'; }
 for rep in $(seq "$REPS"); do
   W=$(mktemp -d /tmp/rephub-cpu.XXXX)
-  P=(); [ "${PROF:-0}" = 1 ] && P=(--cpu-prof --cpu-prof-dir="$W/prof")
+  P=(${NODE_FLAGS:-}); [ "${PROF:-0}" = 1 ] && P+=(--cpu-prof --cpu-prof-dir="$W/prof")
   if [ -n "${FILL:-}" ]; then head -c 256M /dev/urandom > "$W/V1.img"; else truncate -s 256M "$W/V1.img"; fi
   HP=""
   if [ "$HUB" = 1 ]; then
-    LOG_LEVEL=warn node "${P[@]}" dist/src/cli/rephub.js --listen 127.0.0.1:$HUBP --http 127.0.0.1:$HUBH --nbd 127.0.0.1:$((PORT + 50)) --vol "V1=$W/V1R" --data "$W/hub" ${HUBARGS:-} 2>"$W/hub.log" & HP=$!
+    LOG_LEVEL=warn node "${P[@]}" $(binflags dist/src/cli/rephub.js) dist/src/cli/rephub.js --listen 127.0.0.1:$HUBP --http 127.0.0.1:$HUBH --nbd 127.0.0.1:$((PORT + 50)) --vol "V1=$W/V1R" --data "$W/hub" ${HUBARGS:-} 2>"$W/hub.log" & HP=$!
     sleep 0.5
   fi
-  LOG_LEVEL=warn node "${P[@]}" dist/src/cli/rephub-agent.js --hub 127.0.0.1:$HUBP --export "V1=$W/V1.img" --nbd 127.0.0.1:$NBDP --http 127.0.0.1:$AGH --state "$W/ast" --vm q 2>"$W/agent.log" & AP=$!
+  LOG_LEVEL=warn node "${P[@]}" $(binflags dist/src/cli/rephub-agent.js) dist/src/cli/rephub-agent.js --hub 127.0.0.1:$HUBP --export "V1=$W/V1.img" --nbd 127.0.0.1:$NBDP --http 127.0.0.1:$AGH --state "$W/ast" --vm q 2>"$W/agent.log" & AP=$!
   sleep 0.3
   for _ in $(seq 100); do nbdinfo --can connect nbd://127.0.0.1:$NBDP/V1 2>/dev/null && break; sleep 0.1; done
   if [ "$HUB" = 1 ]; then for _ in $(seq 100); do curl -s 127.0.0.1:$HUBH/status | grep -q '"state": "protecting"' && break; sleep 0.1; done; fi

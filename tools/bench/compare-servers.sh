@@ -7,6 +7,7 @@
 # Usage: tools/bench/compare-servers.sh [RUNS]     Env: SIZE_MIB=256 FIO_SECONDS=5
 # Prints each server's MEDIAN lines and a ratio table (agent / reference).
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/bin-flags.sh" # binflags
 cd "$(dirname "$0")/../.."
 RUNS=${1:-1}
 SIZE_MIB=${SIZE_MIB:-256}
@@ -23,9 +24,9 @@ bench() { # name uri
 
 # agent + hub
 truncate -s "${SIZE_MIB}M" "$W/V1.img"
-LOG_LEVEL=warn node dist/src/cli/rephub.js --listen 127.0.0.1:17700 --http 127.0.0.1:17780 --vol "V1=$W/V1R" --data "$W/hub" 2>"$W/hub.log" & PIDS+=($!)
+LOG_LEVEL=warn node $(binflags dist/src/cli/rephub.js) dist/src/cli/rephub.js --listen 127.0.0.1:17700 --http 127.0.0.1:17780 --vol "V1=$W/V1R" --data "$W/hub" 2>"$W/hub.log" & PIDS+=($!)
 sleep 0.5
-LOG_LEVEL=warn node dist/src/cli/rephub-agent.js --hub 127.0.0.1:17700 --export "V1=$W/V1.img" --nbd 127.0.0.1:17709 --state "$W/ast" --vm bench 2>"$W/agent.log" & PIDS+=($!)
+LOG_LEVEL=warn node $(binflags dist/src/cli/rephub-agent.js) dist/src/cli/rephub-agent.js --hub 127.0.0.1:17700 --export "V1=$W/V1.img" --nbd 127.0.0.1:17709 --state "$W/ast" --vm bench 2>"$W/agent.log" & PIDS+=($!)
 wait_port nbd://127.0.0.1:17709/V1
 for _ in $(seq 300); do curl -s 127.0.0.1:17780/status | grep -q '"state": "protecting"' && break; sleep 0.1; done
 bench agent nbd://127.0.0.1:17709/V1

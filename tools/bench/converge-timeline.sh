@@ -5,12 +5,13 @@
 # each cmp of image and replica with its start and end (s after the last write).
 # Env: ROOT=this checkout SECS=4 BS=1m QD=4 RW=write PORT=27700 HUBARGS= AGENTARGS= KEEP=
 set -uo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/bin-flags.sh" # binflags
 HERE=$(cd "$(dirname "$0")" && pwd); ROOT=${ROOT:-$(cd "$HERE/../.." && pwd)}; PORT=${PORT:-27700}; SECS=${SECS:-4}; BS=${BS:-1m}; QD=${QD:-4}; RW=${RW:-write}
 W=$(mktemp -d /tmp/tl.XXXX); truncate -s 256M "$W/V1.img"
-LOG_LEVEL=warn node "$ROOT/dist/src/cli/rephub.js" --listen 127.0.0.1:$PORT --http 127.0.0.1:$((PORT + 80)) \
+LOG_LEVEL=warn node $(binflags "$ROOT/dist/src/cli/rephub.js") "$ROOT/dist/src/cli/rephub.js" --listen 127.0.0.1:$PORT --http 127.0.0.1:$((PORT + 80)) \
   --vol "V1=$W/V1R" --data "$W/hub" ${HUBARGS:-} 2>"$W/hub.log" & HP=$!
 sleep 0.5
-LOG_LEVEL=warn node "$ROOT/dist/src/cli/rephub-agent.js" --hub 127.0.0.1:$PORT --export "V1=$W/V1.img" \
+LOG_LEVEL=warn node $(binflags "$ROOT/dist/src/cli/rephub-agent.js") "$ROOT/dist/src/cli/rephub-agent.js" --hub 127.0.0.1:$PORT --export "V1=$W/V1.img" \
   --nbd 127.0.0.1:$((PORT + 9)) --http 127.0.0.1:$((PORT + 90)) --state "$W/ast" --vm q ${AGENTARGS:-} 2>"$W/agent.log" & AP=$!
 for _ in $(seq 200); do curl -s 127.0.0.1:$((PORT + 80))/status | grep -q '"state": *"protecting"' && break; sleep 0.1; done
 node "$HERE/converge-sample.js" $((PORT + 90)) $((PORT + 80)) $W/stopj > $W/job.tl & SJ=$!

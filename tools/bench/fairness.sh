@@ -7,13 +7,14 @@
 #   B_DIR=/dev/shm: B's recovery volume on another file system (the disk's share told from the hub's)
 #   HUB_ARGS: more hub flags (e.g. --no-journal); REPHUB_CLI: another build (or tools/bench/profile-cli.js)
 set -u
+. "$(dirname "${BASH_SOURCE[0]}")/bin-flags.sh" # binflags
 cd "$(dirname "$0")/../.."
 REPS=${1:-3}; SECS=${SECS:-10}; RATE_B=${RATE_B:-4}; PORT=${PORT:-28000}
 W=$(mktemp -d "${TMPDIR:-/tmp}/rephub-fair.XXXX")
 HUB=""
 cleanup() { [ -n "$HUB" ] && kill "$HUB" 2>/dev/null; wait 2>/dev/null; rm -rf "$W" "${B_DIR:-$W}/BR-$$"; }
 trap cleanup EXIT
-LOG_LEVEL=warn node "${REPHUB_CLI:-dist/src/cli/rephub.js}" --listen "127.0.0.1:$PORT" --http "127.0.0.1:$((PORT + 1))" \
+LOG_LEVEL=warn node $(binflags "${REPHUB_CLI:-dist/src/cli/rephub.js}") "${REPHUB_CLI:-dist/src/cli/rephub.js}" --listen "127.0.0.1:$PORT" --http "127.0.0.1:$((PORT + 1))" \
   --nbd "127.0.0.1:$((PORT + 2))" --vol "A=$W/AR" --vol "B=${B_DIR:-$W}/BR-$$" --data "$W/state" ${HUB_ARGS:-} 2>/dev/null &
 HUB=$!
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done

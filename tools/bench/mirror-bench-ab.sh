@@ -28,6 +28,7 @@
 #      REPHUBB_HUB_ARGS, REPHUBB_AGENT_ARGS: rephubB's own (default: the same); with BASE=$PWD they
 #      compare two settings of one build, e.g. REPHUBB_HUB_ARGS=--no-journal
 set -uo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/bin-flags.sh" # binflags
 PB=${PORT_BASE:-263} # ports ${PB}00-${PB}90: give each concurrent run its own (e.g. PORT_BASE=271)
 ROUNDS=${1:-3}; SIZE_MIB=${SIZE_MIB:-256}; SECS=${SECS:-5}
 JOBS=${JOBS:-"4k-randwrite-16 1m-write-4"}
@@ -37,7 +38,7 @@ PEER=$ROOT/tools/bench/qemu-mirror-peer.sh
 [ -f "$ROOT/package.json" ] || { echo "run from the project root" >&2; exit 2; }
 :
 bin() { node -p "require('$ROOT/package.json').bin['$1']"; }
-HUB="node $ROOT/$(bin rephub)"; AGENT="node $ROOT/$(bin rephub-agent)"
+HUB="node $(binflags "$ROOT/$(bin rephub)") $ROOT/$(bin rephub)"; AGENT="node $(binflags "$ROOT/$(bin rephub-agent)") $ROOT/$(bin rephub-agent)"
 BASE=${BASE:-/work/wt/ispeed-base}
 W=$(mktemp -d /tmp/mirror-bench.XXXX); PIDS=()
 stop_all() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; sleep 0.5
@@ -62,7 +63,8 @@ start_server() { # name -> sets URI; servers' pids in PIDS
   rephub|rephubB|rephub-*|rephubB-*)
     local HUB=$HUB AGENT=$AGENT hubx= agentx= nbd=127.0.0.1:${PB}09 ha=${REPHUB_HUB_ARGS:-} aa=${REPHUB_AGENT_ARGS:-}
     URI=nbd://127.0.0.1:${PB}09/V1
-    [[ $1 == rephubB* ]] && { HUB="node $BASE/dist/src/cli/rephub.js"; AGENT="node $BASE/dist/src/cli/rephub-agent.js"
+    [[ $1 == rephubB* ]] && { HUB="node $(binflags "$BASE/dist/src/cli/rephub.js") $BASE/dist/src/cli/rephub.js"
+                              AGENT="node $(binflags "$BASE/dist/src/cli/rephub-agent.js") $BASE/dist/src/cli/rephub-agent.js"
                               ha=${REPHUBB_HUB_ARGS-$ha}; aa=${REPHUBB_AGENT_ARGS-$aa}; }
     [[ $1 == *-tls ]] && { hubx="--tls-cert $CERTS/hub.pem --tls-key $CERTS/hub.key --tls-ca $CERTS/ca.pem"
                           agentx="--tls-cert $CERTS/bench.pem --tls-key $CERTS/bench.key --tls-ca $CERTS/ca.pem"; }

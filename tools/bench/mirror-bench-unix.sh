@@ -6,13 +6,15 @@
 # Usage (from the project root):  bash tools/bench/mirror-bench-unix.sh [ROUNDS]
 # Env: SIZE_MIB=256 SECS=5 JOBS="4k-randwrite-16 1m-write-4"
 set -uo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/bin-flags.sh" # binflags
 ROUNDS=${1:-3}; SIZE_MIB=${SIZE_MIB:-256}; SECS=${SECS:-5}
 JOBS=${JOBS:-"4k-randwrite-16 1m-write-4"}
 SERVERS="tcp unix"
 ROOT=$PWD
 [ -f "$ROOT/package.json" ] || { echo "run from the project root" >&2; exit 2; }
 (cd "$ROOT" && npx tsc -p . >/dev/null) || { echo "build failed" >&2; exit 2; }
-HUB="node $ROOT/dist/src/cli/rephub.js"; AGENT="node $ROOT/dist/src/cli/rephub-agent.js"
+HUB="node $(binflags "$ROOT/dist/src/cli/rephub.js") $ROOT/dist/src/cli/rephub.js"
+AGENT="node $(binflags "$ROOT/dist/src/cli/rephub-agent.js") $ROOT/dist/src/cli/rephub-agent.js"
 W=$(mktemp -d /tmp/mirror-bench-unix.XXXX); PIDS=()
 stop_all() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; sleep 0.5
              for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done; PIDS=(); }

@@ -8,6 +8,7 @@
 # Env: VARIANTS="A=--max-queue 64M;B=--max-queue 8M" (name=agent flags, ';'-separated; NAME@DIR
 #      runs DIR's build instead), SECS=5 BS=1m QD=4 RW=write, HUBARGS=, PORT=27700
 set -uo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/bin-flags.sh" # binflags
 cd "$(dirname "$0")/../.."
 ROUNDS=${1:-3}; SECS=${SECS:-5}; BS=${BS:-1m}; QD=${QD:-4}; RW=${RW:-write}; PORT=${PORT:-27700}
 VARIANTS=${VARIANTS:-"q64=--max-queue 64M;q8=--max-queue 8M"}
@@ -19,11 +20,11 @@ for r in $(seq "$ROUNDS"); do
     name=${v%%=*}; flags=${v#*=}; root=$PWD
     [[ $name == *@* ]] && { root=${name#*@}; name=${name%@*}; }
     W=$(mktemp -d /tmp/overflow-cost.XXXX); truncate -s 256M "$W/V1.img"
-    LOG_LEVEL=warn node "$root/dist/src/cli/rephub.js" --listen 127.0.0.1:$PORT --http 127.0.0.1:$((PORT + 80)) \
+    LOG_LEVEL=warn node $(binflags "$root/dist/src/cli/rephub.js") "$root/dist/src/cli/rephub.js" --listen 127.0.0.1:$PORT --http 127.0.0.1:$((PORT + 80)) \
       --vol "V1=$W/V1R" --data "$W/hub" ${HUBARGS:-} 2>"$W/hub.log" & HP=$!
     sleep 0.5
     # shellcheck disable=SC2086
-    LOG_LEVEL=warn node "$root/dist/src/cli/rephub-agent.js" --hub 127.0.0.1:$PORT --export "V1=$W/V1.img" \
+    LOG_LEVEL=warn node $(binflags "$root/dist/src/cli/rephub-agent.js") "$root/dist/src/cli/rephub-agent.js" --hub 127.0.0.1:$PORT --export "V1=$W/V1.img" \
       --nbd 127.0.0.1:$((PORT + 9)) --http 127.0.0.1:$((PORT + 90)) --state "$W/ast" --vm q $flags 2>"$W/agent.log" & AP=$!
     for _ in $(seq 200); do curl -s 127.0.0.1:$((PORT + 80))/status | grep -q '"state": *"protecting"' && break; sleep 0.1; done
     t0=$(ticks $AP $HP); a0=$(ticks $AP)

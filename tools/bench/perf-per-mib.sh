@@ -10,6 +10,7 @@
 #   FIO_ARGS: extra fio options (--fsync=1: a flush after each write); KEEP=DIR: keep the perf
 #   data there (hub.data, agent.data; `perf report -i DIR/hub.data` for call graphs).
 set -uo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/bin-flags.sh" # binflags
 cd "${ROOT:-$(dirname "$0")/../..}"
 P=${PORT:-18200}; BS=${BS:-1m}; QD=${QD:-4}; RW=${RW:-write}
 W=$(mktemp -d /tmp/rephub-perf.XXXX); PIDS=()
@@ -21,10 +22,10 @@ if [ "${TLS:-0}" = 1 ]; then
   HT=(--tls-cert "$W/certs/hub.pem" --tls-key "$W/certs/hub.key" --tls-ca "$W/certs/ca.pem")
   AT=(--tls-cert "$W/certs/q.pem" --tls-key "$W/certs/q.key" --tls-ca "$W/certs/ca.pem")
 fi
-LOG_LEVEL=warn node --perf-basic-prof dist/src/cli/rephub.js --listen 127.0.0.1:$P --http 127.0.0.1:$((P + 80)) \
+LOG_LEVEL=warn node --perf-basic-prof $(binflags dist/src/cli/rephub.js) dist/src/cli/rephub.js --listen 127.0.0.1:$P --http 127.0.0.1:$((P + 80)) \
   --nbd 127.0.0.1:$((P + 50)) --vol "V1=$W/V1R" --data "$W/hub" "${HT[@]}" 2>"$W/hub.log" & H=$!; PIDS+=($H)
 sleep 0.5
-LOG_LEVEL=warn node --perf-basic-prof dist/src/cli/rephub-agent.js --hub 127.0.0.1:$P --export "V1=$W/V1.img" \
+LOG_LEVEL=warn node --perf-basic-prof $(binflags dist/src/cli/rephub-agent.js) dist/src/cli/rephub-agent.js --hub 127.0.0.1:$P --export "V1=$W/V1.img" \
   --nbd 127.0.0.1:$((P + 9)) --http 127.0.0.1:$((P + 90)) --state "$W/ast" --vm q "${AT[@]}" 2>"$W/agent.log" & A=$!; PIDS+=($A)
 for _ in $(seq 100); do curl -s 127.0.0.1:$((P + 80))/status | grep -q '"state": "protecting"' && break; sleep 0.1; done
 fio --name=r --ioengine=nbd --uri=nbd://127.0.0.1:$((P + 9))/V1 --rw="$RW" --bs="$BS" --iodepth="$QD" --size=256m \

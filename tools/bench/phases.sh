@@ -5,11 +5,12 @@
 # commit's worktree, to compare builds in one sitting). HUBARGS: extra hub options.
 # Usage: tools/bench/phases.sh        Env: DIR=. PRE=1 HUBARGS=
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/bin-flags.sh" # binflags
 cd "${DIR:-$(dirname "$0")/../..}"
 W=$(mktemp -d /tmp/rephub-phases.XXXX); truncate -s 256M "$W/V1.img"
-LOG_LEVEL=warn node dist/src/cli/rephub.js --listen 127.0.0.1:17800 --http 127.0.0.1:17880 --vol "V1=$W/V1R" --data "$W/hub" ${HUBARGS:-} 2>"$W/hub.log" & HP=$!
+LOG_LEVEL=warn node $(binflags dist/src/cli/rephub.js) dist/src/cli/rephub.js --listen 127.0.0.1:17800 --http 127.0.0.1:17880 --vol "V1=$W/V1R" --data "$W/hub" ${HUBARGS:-} 2>"$W/hub.log" & HP=$!
 sleep 0.5
-LOG_LEVEL=warn node dist/src/cli/rephub-agent.js --hub 127.0.0.1:17800 --export "V1=$W/V1.img" --nbd 127.0.0.1:17809 --http 127.0.0.1:17890 --state "$W/ast" --vm q 2>"$W/agent.log" & AP=$!
+LOG_LEVEL=warn node $(binflags dist/src/cli/rephub-agent.js) dist/src/cli/rephub-agent.js --hub 127.0.0.1:17800 --export "V1=$W/V1.img" --nbd 127.0.0.1:17809 --http 127.0.0.1:17890 --state "$W/ast" --vm q 2>"$W/agent.log" & AP=$!
 trap 'kill $AP $HP 2>/dev/null || true; sleep 0.5; rm -rf "$W"' EXIT
 for _ in $(seq 100); do curl -s 127.0.0.1:17880/status | grep -q '"state": "protecting"' && break; sleep 0.1; done
 U=nbd://127.0.0.1:17809/V1

@@ -6,6 +6,7 @@
 # qemu-nbd serving the recovery volume read-only to a file.
 # Usage: tools/bench/restore.sh [REPS]   Env: SIZE=1G
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/bin-flags.sh" # binflags
 cd "$(dirname "$0")/../.."
 REPS=${1:-3}; SIZE=${SIZE:-1G}
 W=$(mktemp -d "${TMPDIR:-/tmp}/rephub-restore.XXXX")
@@ -13,22 +14,22 @@ cleanup() { kill -INT ${AP:-} ${HP:-} 2>/dev/null || true; [ -n "${QP:-}" ] && k
 trap cleanup EXIT
 head -c "$SIZE" /dev/urandom > "$W/V1.img"
 HTTP=127.0.0.1:17581
-LOG_LEVEL=warn node dist/src/cli/rephub.js --listen 127.0.0.1:17500 --http $HTTP --nbd 127.0.0.1:17510 --vol "V1=$W/V1R" --data "$W/hub" 2>"$W/hub.log" & HP=$!
+LOG_LEVEL=warn node $(binflags dist/src/cli/rephub.js) dist/src/cli/rephub.js --listen 127.0.0.1:17500 --http $HTTP --nbd 127.0.0.1:17510 --vol "V1=$W/V1R" --data "$W/hub" 2>"$W/hub.log" & HP=$!
 sleep 0.5
-LOG_LEVEL=warn node dist/src/cli/rephub-agent.js --hub 127.0.0.1:17500 --export "V1=$W/V1.img" --nbd 127.0.0.1:17509 --http 127.0.0.1:17591 --state "$W/ast" --vm rv 2>"$W/agent.log" & AP=$!
+LOG_LEVEL=warn node $(binflags dist/src/cli/rephub-agent.js) dist/src/cli/rephub-agent.js --hub 127.0.0.1:17500 --export "V1=$W/V1.img" --nbd 127.0.0.1:17509 --http 127.0.0.1:17591 --state "$W/ast" --vm rv 2>"$W/agent.log" & AP=$!
 for _ in $(seq 600); do curl -s $HTTP/status | grep -q '"state": "protecting"' && break; sleep 0.2; done
 curl -s $HTTP/status | grep -q '"state": "protecting"' || { echo "the volume never reached protecting:"; tail -5 "$W/hub.log" "$W/agent.log"; exit 1; }
 export REPHUB_ADMIN_TOKEN_FILE="$W/hub/admin-token"
-node dist/src/cli/rephub.js checkpoint --hub http://$HTTP --vm rv --label bench >/dev/null
+node $(binflags dist/src/cli/rephub.js) dist/src/cli/rephub.js checkpoint --hub http://$HTTP --vm rv --label bench >/dev/null
 med() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 for r in $(seq "$REPS"); do
   t0=$(date +%s.%N)
-  node dist/src/cli/rephub.js restore --hub http://$HTTP --vm rv --volume V1 --at latest --to "$W/out.img" >/dev/null
+  node $(binflags dist/src/cli/rephub.js) dist/src/cli/rephub.js restore --hub http://$HTTP --vm rv --volume V1 --at latest --to "$W/out.img" >/dev/null
   t1=$(date +%s.%N)
   cmp -s "$W/out.img" "$W/V1.img" || { echo "restore differs from the image"; exit 1; }
   rm -f "$W/out.img" "$W/copy.img"
   t4=$(date +%s.%N)
-  node dist/src/cli/rephub.js restore --via http --hub http://$HTTP --vm rv --volume V1 --at latest --to "$W/out.img" >/dev/null
+  node $(binflags dist/src/cli/rephub.js) dist/src/cli/rephub.js restore --via http --hub http://$HTTP --vm rv --volume V1 --at latest --to "$W/out.img" >/dev/null
   t5=$(date +%s.%N)
   cmp -s "$W/out.img" "$W/V1.img" || { echo "restore --via http differs from the image"; exit 1; }
   rm -f "$W/out.img"

@@ -6,6 +6,7 @@
 # Example: git worktree add /work/wt/base HEAD~1 && (cd /work/wt/base && ln -s ../../main/node_modules
 #          && ln -s ../../main/build && npx tsc -p .) && tools/bench/sync-ab.sh 5 /work/wt/base .
 set -u
+. "$(dirname "${BASH_SOURCE[0]}")/bin-flags.sh" # binflags
 RUNS=$1; shift; DIRS=("$@"); P=${PORT:-27800}
 W=$(mktemp -d /tmp/rephub-syncab.XXXX); trap 'rm -rf "$W"' EXIT
 python3 - "$W/src.img" <<'PY'
@@ -20,10 +21,10 @@ for run in $(seq "$RUNS"); do
   for i in "${!DIRS[@]}"; do
     D=$(cd "${DIRS[$i]}" && pwd); rm -rf "$W/SR" "$W/hub" "$W/ast"
     sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true # the same cold start for each
-    LOG_LEVEL=warn node "$D/dist/src/cli/rephub.js" --listen 127.0.0.1:$P --http 127.0.0.1:$((P+80)) \
+    LOG_LEVEL=warn node $(binflags "$D/dist/src/cli/rephub.js") "$D/dist/src/cli/rephub.js" --listen 127.0.0.1:$P --http 127.0.0.1:$((P+80)) \
       --nbd 127.0.0.1:$((P+10)) --vol "S=$W/SR" --data "$W/hub" 2>"$W/hub.log" & HUB=$!
     sleep 0.6; s=$(now)
-    LOG_LEVEL=warn node "$D/dist/src/cli/rephub-agent.js" --hub 127.0.0.1:$P --export "S=$W/src.img" \
+    LOG_LEVEL=warn node $(binflags "$D/dist/src/cli/rephub-agent.js") "$D/dist/src/cli/rephub-agent.js" --hub 127.0.0.1:$P --export "S=$W/src.img" \
       --nbd 127.0.0.1:$((P+9)) --http 127.0.0.1:$((P+90)) --state "$W/ast" --vm s 2>"$W/agent.log" & AG=$!
     n=0
     until curl -s 127.0.0.1:$((P+80))/status | grep -q '"state": "protecting"'; do

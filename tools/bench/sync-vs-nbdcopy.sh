@@ -6,6 +6,7 @@
 # Both start with a cold page cache and end when their data is on disk (sync). RUNS (default 3)
 # alternate the two and report each one's median: nbdcopy's time swings run to run here.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/bin-flags.sh" # binflags
 P=${PORT:-17500} # ports P .. P+90
 cd "$(dirname "$0")/../.."
 MIB=${1:-1024}; FILL=${2:-100}; RUNS=${3:-3}
@@ -38,10 +39,10 @@ for run in $(seq "$RUNS"); do
   T_COPY=$(echo "$e - $s" | bc); echo "$T_COPY" >> "$W/copy"
   rm -rf "$W/SR" "$W/hub" "$W/ast"
   quiet
-  LOG_LEVEL=warn node dist/src/cli/rephub.js --listen 127.0.0.1:$P --http 127.0.0.1:$((P+80)) --nbd 127.0.0.1:$((P+10)) --vol "S=$W/SR" --data "$W/hub" ${HUB_ARGS:-} 2>"$W/hub.log" & HUB=$!
+  LOG_LEVEL=warn node $(binflags dist/src/cli/rephub.js) dist/src/cli/rephub.js --listen 127.0.0.1:$P --http 127.0.0.1:$((P+80)) --nbd 127.0.0.1:$((P+10)) --vol "S=$W/SR" --data "$W/hub" ${HUB_ARGS:-} 2>"$W/hub.log" & HUB=$!
   sleep 0.5
   s=$(now)
-  LOG_LEVEL=warn node dist/src/cli/rephub-agent.js --hub 127.0.0.1:$P --export "S=$W/src.img" --nbd 127.0.0.1:$((P+9)) --http 127.0.0.1:$((P+90)) --state "$W/ast" --vm s ${AGENT_ARGS:-} 2>"$W/agent.log" & AG=$!
+  LOG_LEVEL=warn node $(binflags dist/src/cli/rephub-agent.js) dist/src/cli/rephub-agent.js --hub 127.0.0.1:$P --export "S=$W/src.img" --nbd 127.0.0.1:$((P+9)) --http 127.0.0.1:$((P+90)) --state "$W/ast" --vm s ${AGENT_ARGS:-} 2>"$W/agent.log" & AG=$!
   until curl -s 127.0.0.1:$((P+80))/status | grep -q '"state": "protecting"'; do sleep 0.05; done
   sync; e=$(now)
   T_SYNC=$(echo "$e - $s" | bc); echo "$T_SYNC" >> "$W/sync"
