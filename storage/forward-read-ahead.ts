@@ -20,7 +20,8 @@ export class ForwardReadAhead {
 
   constructor(
     private readonly fd: () => number,
-    private readonly sizeBytes: number,
+    /** The volume's size now: it grows under an online resize, and the window with it. */
+    private readonly sizeBytes: () => number,
   ) {}
 
   /** A read of [start, end) is about to be made. */
@@ -34,7 +35,7 @@ export class ForwardReadAhead {
     const window = Math.min(WINDOW_MAX, Math.max(WINDOW_MIN, 8 * (end - start)));
     if (this.ahead - end >= window / 2) return;
     const from = Math.max(this.ahead, end),
-      to = Math.min(this.sizeBytes, end + window);
+      to = Math.min(this.sizeBytes(), end + window);
     if (to > from) adviseWillNeed(this.fd(), from, to - from);
     this.ahead = to;
   }

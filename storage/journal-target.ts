@@ -41,6 +41,7 @@ export class JournalTarget implements BlockTarget {
   readonly landing?: (start: number, end: number) => Promise<void> | null;
   private bound: JournalBinding | null = null;
   private readFd = -1; // our own descriptor for before-images: reads the same page cache
+  private closed = false;
   private readonly seen = new BlockSet(SEEN_PAGES); // blocks recorded in the current epoch
   private seenEpoch = -1;
   private scratch: Buffer | null = null;
@@ -65,7 +66,10 @@ export class JournalTarget implements BlockTarget {
     if (next.landing) this.landing = (start, end) => next.landing!(start, end); // block-aligned: JOURNAL_BLOCK
     const below = next instanceof TrackedTarget ? next.changes : null;
     this.zeros = below instanceof KnownZeroMap ? below : null;
-    this.ahead = new ForwardReadAhead(() => this.fd(), next.sizeBytes);
+    this.ahead = new ForwardReadAhead(
+      () => this.fd(),
+      () => next.sizeBytes,
+    );
   }
 
   get sizeBytes(): number {
@@ -129,6 +133,7 @@ export class JournalTarget implements BlockTarget {
   }
 
   async close(): Promise<void> {
+    this.closed = true; // a late before-image read fails rather than reopen the file for good
     if (this.readFd >= 0) fs.closeSync(this.readFd);
     this.readFd = -1;
     await this.next.close();
@@ -267,6 +272,7 @@ export class JournalTarget implements BlockTarget {
   }
 
   private fd(): number {
+    if (this.closed) throw new Error(`before-image read of ${this.path} after it was closed`);
     if (this.readFd < 0) {
       this.readFd = fs.openSync(this.path, 'r');
       adviseRandom(this.readFd); // a 4 KiB before-image read brings in that page, no readahead around it

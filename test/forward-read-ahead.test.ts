@@ -31,7 +31,10 @@ describe('ForwardReadAhead', () => {
   afterEach(() => fs.closeSync(fd));
 
   it('small reads in a row: the window after them is read in, and refilled as they go on', async () => {
-    const ahead = new ForwardReadAhead(() => fd, SIZE);
+    const ahead = new ForwardReadAhead(
+      () => fd,
+      () => SIZE,
+    );
     let at = 4 << 20;
     for (let i = 0; i < 3; i++, at += PAGE) ahead.reading(at, at + PAGE);
     await waitFor('the window read in', () => cachedPages(fd, at, WINDOW) === WINDOW / PAGE, 5000, 5);
@@ -41,13 +44,19 @@ describe('ForwardReadAhead', () => {
   });
 
   it('scattered reads ask for nothing', () => {
-    const ahead = new ForwardReadAhead(() => fd, SIZE);
+    const ahead = new ForwardReadAhead(
+      () => fd,
+      () => SIZE,
+    );
     for (const p of [100, 7, 900, 8, 3000, 9, 2000]) ahead.reading(p * PAGE, (p + 1) * PAGE);
     assert.equal(cachedPages(fd, 0, SIZE), 0);
   });
 
   it('large reads in a row: a window of 8 of them, at most 8 MiB', async () => {
-    const ahead = new ForwardReadAhead(() => fd, SIZE);
+    const ahead = new ForwardReadAhead(
+      () => fd,
+      () => SIZE,
+    );
     const MIB = 1 << 20;
     for (let at = 0; at < 3 * MIB; at += MIB) ahead.reading(at, at + MIB);
     await waitFor('8 MiB ahead read in', () => cachedPages(fd, 3 * MIB, 8 * MIB) === (8 * MIB) / PAGE, 5000, 5);
@@ -55,9 +64,28 @@ describe('ForwardReadAhead', () => {
   });
 
   it('clips the window at the end of the volume', async () => {
-    const ahead = new ForwardReadAhead(() => fd, SIZE);
+    const ahead = new ForwardReadAhead(
+      () => fd,
+      () => SIZE,
+    );
     for (let at = SIZE - 4 * PAGE; at < SIZE; at += PAGE) ahead.reading(at, at + PAGE);
     await waitFor('the last page read in', () => cachedPages(fd, SIZE - PAGE, PAGE) === 1, 5000, 5);
     assert.equal(cachedPages(fd, 0, SIZE - 4 * PAGE), 0, 'nothing else');
+  });
+
+  it('follows the end of a volume grown online', async () => {
+    let size = SIZE / 2;
+    const ahead = new ForwardReadAhead(
+      () => fd,
+      () => size,
+    );
+    let at = size - 4 * PAGE;
+    for (; at < size; at += PAGE) ahead.reading(at, at + PAGE);
+    await waitFor('up to the old end', () => cachedPages(fd, size - PAGE, PAGE) === 1, 5000, 5);
+    assert.equal(cachedPages(fd, size, SIZE - size), 0, 'nothing past the old end');
+    size = SIZE; // resized: the run goes on past the old end
+    ahead.reading(at, at + PAGE);
+    const past = at + PAGE;
+    await waitFor('the window past the old end', () => cachedPages(fd, past, WINDOW) === WINDOW / PAGE, 5000, 5);
   });
 });

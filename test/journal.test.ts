@@ -273,4 +273,20 @@ describe('journal capture of large writes', () => {
     await t.close();
     j.close();
   });
+
+  it('a closed target reads no before-image: a late write opens no descriptor', async () => {
+    const dir = tmpdir();
+    const file = path.join(dir, 'V1R');
+    fs.writeFileSync(file, Buffer.alloc(MiB, 0x31));
+    const j = Journal.open(path.join(dir, 'journal'), { segmentBytes: 16 * MiB });
+    const t = new JournalTarget(FileVolume.open(file), file, () => ({ journal: j, vol: j.volumeIndex('V1') }));
+    j.appendCheckpoint('flush');
+    await t.write(Buffer.alloc(4096, 0x77), 0); // the before-image descriptor is open
+    await t.close();
+    const fds = () => fs.readdirSync('/proc/self/fd').length;
+    const before = fds();
+    await assert.rejects(t.write(Buffer.alloc(4096, 0x78), 8192));
+    assert.equal(fds(), before, 'no descriptor reopened');
+    j.close();
+  });
 });
