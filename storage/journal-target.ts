@@ -104,7 +104,7 @@ export class JournalTarget implements BlockTarget {
    * and a view takes the oldest record of a block after its point (journal-view.ts).
    */
   prepareWrite(start: number, end: number): void {
-    if (!this.next.writeSync || end - start > SCRATCH_BYTES - 2 * JOURNAL_BLOCK) return;
+    if (this.closed || !this.next.writeSync || end - start > SCRATCH_BYTES - 2 * JOURNAL_BLOCK) return;
     const widened = Math.min(Math.ceil(end / JOURNAL_BLOCK) * JOURNAL_BLOCK, this.sizeBytes);
     if (this.next.landing?.(start - (start % JOURNAL_BLOCK), widened)) return; // the write takes the queue
     const r = this.range(start, end);
@@ -133,7 +133,7 @@ export class JournalTarget implements BlockTarget {
   }
 
   async close(): Promise<void> {
-    this.closed = true; // a late before-image read fails rather than reopen the file for good
+    this.closed = true; // a late write fails, and never reopens the before-image descriptor
     if (this.readFd >= 0) fs.closeSync(this.readFd);
     this.readFd = -1;
     await this.next.close();
@@ -240,6 +240,9 @@ export class JournalTarget implements BlockTarget {
 
   /** The widened range to record, or null (no journal yet, or every block recorded this epoch). */
   private range(start: number, end: number): [number, number, JournalBinding] | null {
+    // A write after close() fails here, ahead of any capture: its before-image read failing
+    // inside one would count as lost history and drop every point of the VM.
+    if (this.closed) throw new Error(`write to ${this.path} after it was closed`);
     const j = this.binding;
     if (!j || end <= start) return null;
     if (this.seenEpoch !== j.journal.epoch) {

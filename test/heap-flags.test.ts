@@ -16,11 +16,18 @@ describe('heap flags', () => {
       assert.equal(firstLine(`dist/src/cli/${bin}.js`), SHEBANG, `${bin} (built)`);
     }
     const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8'));
-    assert.equal(firstLine(pkg.bin.rephub), SHEBANG, 'the package installs that file');
+    for (const bin of ['rephub', 'rephub-agent']) assert.equal(firstLine(pkg.bin[bin]), SHEBANG, `npm installs ${bin}`);
+    assert.ok(
+      HEAP_FLAGS.every((f) => pkg.scripts.start.split(' ').includes(f)),
+      '`npm start` passes them',
+    );
   });
 
   it('names the flags a process lacks', () => {
     assert.deepEqual(missingHeapFlags([...HEAP_FLAGS, '--inspect']), []);
     assert.deepEqual(missingHeapFlags([]), [...HEAP_FLAGS]);
+    const name = HEAP_FLAGS[0].split('=')[0];
+    assert.deepEqual(missingHeapFlags([`${name}=512`]), [], 'a larger value');
+    assert.deepEqual(missingHeapFlags([`${name.replace(/-/g, '_').replace(/^__/, '--')}=96`]), [], 'V8 spelling');
   });
 });

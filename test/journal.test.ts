@@ -274,7 +274,7 @@ describe('journal capture of large writes', () => {
     j.close();
   });
 
-  it('a closed target reads no before-image: a late write opens no descriptor', async () => {
+  it('a closed target refuses a late write: no descriptor reopened, no point dropped', async () => {
     const dir = tmpdir();
     const file = path.join(dir, 'V1R');
     fs.writeFileSync(file, Buffer.alloc(MiB, 0x31));
@@ -285,8 +285,10 @@ describe('journal capture of large writes', () => {
     await t.close();
     const fds = () => fs.readdirSync('/proc/self/fd').length;
     const before = fds();
-    await assert.rejects(t.write(Buffer.alloc(4096, 0x78), 8192));
+    await assert.rejects(t.write(Buffer.alloc(4096, 0x78), 8192), /after it was closed/);
+    assert.throws(() => t.writeSync!(Buffer.alloc(4096, 0x78), 16384), /after it was closed/);
     assert.equal(fds(), before, 'no descriptor reopened');
+    assert.equal(j.points().length, 1, 'the point stays: no history counted lost');
     j.close();
   });
 });

@@ -17,6 +17,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { HEAP_FLAGS } from '../src/cli/heap-flags';
 import {
   Cmd,
   ALL_CAPS,
@@ -65,6 +66,7 @@ async function startHub(): Promise<{ port: number; http: number; stop: () => voi
   const p = spawn(
     process.execPath,
     [
+      ...HEAP_FLAGS, // as the installed bin runs (src/cli/heap-flags.ts)
       cli,
       '--listen',
       `127.0.0.1:${port}`,

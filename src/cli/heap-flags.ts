@@ -14,9 +14,13 @@ export const HEAP_FLAGS: readonly string[] = ['--initial-old-space-size=96'];
 /** The bins' first line: Node with the heap flags (`env -S`: coreutils 8.30 or later, BSD env). */
 export const SHEBANG = `#!/usr/bin/env -S node ${HEAP_FLAGS.join(' ')}`;
 
-/** The heap flags this process was started without. */
+/** A flag's name, as V8 reads it (`_` and `-` alike), without its value. */
+const flagName = (f: string): string => f.split('=')[0].replace(/_/g, '-');
+
+/** The heap flags this process was started without (given with any value counts as given). */
 export function missingHeapFlags(execArgv: readonly string[] = process.execArgv): string[] {
-  return HEAP_FLAGS.filter((f) => !execArgv.includes(f));
+  const given = new Set(execArgv.map(flagName));
+  return HEAP_FLAGS.filter((f) => !given.has(flagName(f)));
 }
 
 /** Said once at start when Node was run by hand without them (the daemon works, at more CPU). */

@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { freePort } from './ports';
 import { waitFor } from './util';
 import { endProcess } from './child';
+import { HEAP_FLAGS } from '../../src/cli/heap-flags';
 
 export const AGENT_CLI = path.join(__dirname, '../../src/cli/rephub-agent.js');
 
@@ -41,7 +42,7 @@ export class AgentProcess {
       `127.0.0.1:${this.httpPort}`,
       ...this.args,
     ];
-    this.proc = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    this.proc = spawn(process.execPath, [...HEAP_FLAGS, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
     this.proc.stderr!.on('data', (d) => {
       this.stderr = (this.stderr + d).slice(-20000);
     });

@@ -6,6 +6,7 @@ import * as path from 'node:path';
 import { freePort } from './ports';
 import { waitFor, sha, sleep } from './util';
 import { memoryOf, running, endProcess } from './child';
+import { HEAP_FLAGS } from '../../src/cli/heap-flags';
 
 export const CLI = path.join(__dirname, '../../src/cli/rephub.js');
 
@@ -137,7 +138,7 @@ export class HubProcess {
 
   private spawnLogged(args: string[]): ChildProcess {
     if (!this.opts.logFile) {
-      const proc = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+      const proc = spawn(process.execPath, [...HEAP_FLAGS, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
       proc.stderr!.on('data', (d) => {
         this.stderr = (this.stderr + d).slice(-20000);
       });
@@ -145,7 +146,7 @@ export class HubProcess {
     }
     const fd = fs.openSync(this.opts.logFile, 'a');
     try {
-      return spawn(process.execPath, args, { stdio: ['ignore', 'ignore', fd] });
+      return spawn(process.execPath, [...HEAP_FLAGS, ...args], { stdio: ['ignore', 'ignore', fd] });
     } finally {
       fs.closeSync(fd);
     }

@@ -24,6 +24,7 @@ import {
   encodeDirtyReport,
 } from '../../protocol';
 import { DirtyBitmap } from '../../storage/bitmap';
+import { HEAP_FLAGS } from '../../src/cli/heap-flags';
 
 const arg = (k: string, d: string) => {
   const i = process.argv.indexOf(`--${k}`);
@@ -59,6 +60,7 @@ async function main() {
   const hub = spawn(
     process.execPath,
     [
+      ...HEAP_FLAGS, // as the installed bin runs: the RSS it reports is theirs
       path.join(__dirname, '../../src/cli/rephub.js'),
       '--listen',
       `127.0.0.1:${port}`,
