@@ -188,6 +188,7 @@ export class JournalTarget implements BlockTarget {
     const img = Buffer.allocUnsafe(b - a);
     const busy = this.next.landing?.(a, b); // the before-image is what the writes in flight leave
     if (busy) await busy;
+    if (this.closed) throw new Error(`write to ${this.path} after it was closed`); // closed meanwhile: not lost history
     try {
       // A remote image without readThen is read through its own target; a file through our descriptor.
       if (isRbdName(this.path)) await this.next.read(img, a);

@@ -1,5 +1,5 @@
-// The heap flags (src/cli/heap-flags.ts) live in two places that cannot import them: the bins'
-// first lines. They must say the same, in the sources and in the build that npm installs.
+// The heap flags (src/cli/heap-flags.ts) live where nothing can import them: the bins' first
+// lines and `npm start`. They must say the same, in the sources and in the build npm installs.
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
