@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { Journal } from '../storage/journal';
 import { JournalTarget } from '../storage/journal-target';
 import { JournalView } from '../storage/journal-view';
-import { FileVolume } from '../storage/volume';
+import { FileVolume, type BlockTarget } from '../storage/volume';
 import { segmentName } from '../storage/journal-format';
 import { parseAt } from '../src/hub/journal-at';
 import { tmpdir } from './harness/util';
@@ -289,6 +289,32 @@ describe('journal capture of large writes', () => {
     assert.throws(() => t.writeSync!(Buffer.alloc(4096, 0x78), 16384), /after it was closed/);
     assert.equal(fds(), before, 'no descriptor reopened');
     assert.equal(j.points().length, 1, 'the point stays: no history counted lost');
+    j.close();
+  });
+
+  it('a target closed while a write waits for writes in flight fails that write, and keeps every point', async () => {
+    const dir = tmpdir();
+    const file = path.join(dir, 'V1R');
+    fs.writeFileSync(file, Buffer.alloc(MiB, 0x31));
+    const j = Journal.open(path.join(dir, 'journal'), { segmentBytes: 16 * MiB });
+    const vol = FileVolume.open(file);
+    let land!: () => void;
+    const inFlight = new Promise<void>((res) => (land = res));
+    const below: BlockTarget = {
+      sizeBytes: vol.sizeBytes,
+      read: (b, o) => vol.read(b, o),
+      write: (b, o) => vol.write(b, o),
+      flush: () => vol.flush(),
+      close: () => vol.close(),
+      landing: () => inFlight, // a write of the region is still in flight below
+    };
+    const t = new JournalTarget(below, file, () => ({ journal: j, vol: j.volumeIndex('V1') }));
+    j.appendCheckpoint('flush');
+    const late = t.write(Buffer.alloc(4096, 0x77), 0);
+    await t.close();
+    land();
+    await assert.rejects(late, /after it was closed/);
+    assert.equal(j.points().length, 1, 'no history counted lost');
     j.close();
   });
 });
