@@ -77,10 +77,10 @@ rephub demo running (logs: $D/hub.log, $D/agent.log)
   protected volume  $D/V1.img  served as nbd://127.0.0.1:$NBD_PORT/V1
   recovery volume   $D/V1R
 Try:
-  node $(binflags dist/src/cli/rephub.js) dist/src/cli/rephub.js status --hub $HUB_URL
+  node dist/src/cli/rephub.js status --hub $HUB_URL
   qemu-io -f raw -c 'write -P 0x5a 0 1M' nbd://127.0.0.1:$NBD_PORT/V1
   cmp $D/V1.img $D/V1R && echo replica equal
-  node $(binflags dist/src/cli/rephub.js) dist/src/cli/rephub.js failover-test start --hub $HUB_URL --admin-token-file $D/hub-state/admin-token
+  node dist/src/cli/rephub.js failover-test start --hub $HUB_URL --admin-token-file $D/hub-state/admin-token
   qemu-system-x86_64 -m 512 -drive file=nbd://127.0.0.1:$NBD_PORT/V1,format=raw,if=virtio ...
 Ctrl-C to stop.
 MSG
