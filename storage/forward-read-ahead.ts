@@ -12,11 +12,21 @@ import { adviseWillNeed } from './fileio';
 const WINDOW_MIN = 1 << 20; // ahead of a forward run: 8 reads' worth, within these bounds
 const WINDOW_MAX = 8 << 20;
 const RUN_MIN = 2; // reads that each began where the last ended before the run counts
+// Forward runs followed at once: two guests' streams (or one guest's two files) interleave, and
+// with one slot each read of the other stream restarted the run, so neither read ahead.
+const STREAMS = 4;
+
+/** One forward run: where its last read ended, its length in reads, and how far it asked for. */
+interface Stream {
+  end: number;
+  run: number;
+  ahead: number;
+  used: number; // when it was last read (a counter): the oldest slot goes to a new run
+}
 
 export class ForwardReadAhead {
-  private end = -1; // where the last read ended
-  private run = 0; // reads in a row that began where the one before ended
-  private ahead = 0; // asked for up to here
+  private readonly streams: Stream[] = Array.from({ length: STREAMS }, () => ({ end: -1, run: 0, ahead: 0, used: 0 }));
+  private reads = 0;
 
   constructor(
     private readonly fd: () => number,
@@ -26,17 +36,26 @@ export class ForwardReadAhead {
 
   /** A read of [start, end) is about to be made. */
   reading(start: number, end: number): void {
-    this.run = start === this.end ? this.run + 1 : 0;
-    this.end = end;
-    if (this.run < RUN_MIN) {
-      this.ahead = end;
+    let s = this.streams[0]; // the run this read continues, else the slot read longest ago
+    for (const x of this.streams) {
+      if (x.end === start) {
+        s = x;
+        break;
+      }
+      if (x.used < s.used) s = x;
+    }
+    s.run = s.end === start ? s.run + 1 : 0;
+    s.end = end;
+    s.used = ++this.reads;
+    if (s.run < RUN_MIN) {
+      s.ahead = end;
       return;
     }
     const window = Math.min(WINDOW_MAX, Math.max(WINDOW_MIN, 8 * (end - start)));
-    if (this.ahead - end >= window / 2) return;
-    const from = Math.max(this.ahead, end),
+    if (s.ahead - end >= window / 2) return;
+    const from = Math.max(s.ahead, end),
       to = Math.min(this.sizeBytes(), end + window);
     if (to > from) adviseWillNeed(this.fd(), from, to - from);
-    this.ahead = to;
+    s.ahead = to;
   }
 }

@@ -48,7 +48,7 @@ describe('ForwardReadAhead', () => {
       () => fd,
       () => SIZE,
     );
-    for (const p of [100, 7, 900, 8, 3000, 9, 2000]) ahead.reading(p * PAGE, (p + 1) * PAGE);
+    for (const p of [100, 7, 900, 9, 3000, 11, 2000]) ahead.reading(p * PAGE, (p + 1) * PAGE);
     assert.equal(cachedPages(fd, 0, SIZE), 0);
   });
 
@@ -87,5 +87,24 @@ describe('ForwardReadAhead', () => {
     ahead.reading(at, at + PAGE);
     const past = at + PAGE;
     await waitFor('the window past the old end', () => cachedPages(fd, past, WINDOW) === WINDOW / PAGE, 5000, 5);
+  });
+
+  it('two forward runs read in turns: each gets its window', async () => {
+    const ahead = new ForwardReadAhead(
+      () => fd,
+      () => SIZE,
+    );
+    let a = 0,
+      b = SIZE / 2;
+    for (let i = 0; i < 3; i++, a += PAGE, b += PAGE) {
+      ahead.reading(a, a + PAGE);
+      ahead.reading(b, b + PAGE);
+    }
+    await waitFor(
+      'both windows read in',
+      () => cachedPages(fd, a, WINDOW) + cachedPages(fd, b, WINDOW) === (2 * WINDOW) / PAGE,
+      5000,
+      5,
+    );
   });
 });
