@@ -16,6 +16,14 @@ import { Rng } from './harness/prng';
 
 const MiB = 1 << 20;
 
+/** A 1 MiB recovery file of 0x31 bytes and an empty journal beside it. */
+function journalBeside(): { file: string; j: Journal } {
+  const dir = tmpdir();
+  const file = path.join(dir, 'V1R');
+  fs.writeFileSync(file, Buffer.alloc(MiB, 0x31));
+  return { file, j: Journal.open(path.join(dir, 'journal'), { segmentBytes: 16 * MiB }) };
+}
+
 function seg1(dir: string): string {
   return path.join(dir, segmentName(1));
 }
@@ -275,10 +283,7 @@ describe('journal capture of large writes', () => {
   });
 
   it('a closed target refuses a late write: no descriptor reopened, no point dropped', async () => {
-    const dir = tmpdir();
-    const file = path.join(dir, 'V1R');
-    fs.writeFileSync(file, Buffer.alloc(MiB, 0x31));
-    const j = Journal.open(path.join(dir, 'journal'), { segmentBytes: 16 * MiB });
+    const { file, j } = journalBeside();
     const t = new JournalTarget(FileVolume.open(file), file, () => ({ journal: j, vol: j.volumeIndex('V1') }));
     j.appendCheckpoint('flush');
     await t.write(Buffer.alloc(4096, 0x77), 0); // the before-image descriptor is open
@@ -293,10 +298,7 @@ describe('journal capture of large writes', () => {
   });
 
   it('a target closed while a write waits for writes in flight fails that write, and keeps every point', async () => {
-    const dir = tmpdir();
-    const file = path.join(dir, 'V1R');
-    fs.writeFileSync(file, Buffer.alloc(MiB, 0x31));
-    const j = Journal.open(path.join(dir, 'journal'), { segmentBytes: 16 * MiB });
+    const { file, j } = journalBeside();
     const vol = FileVolume.open(file);
     let land!: () => void;
     const inFlight = new Promise<void>((res) => (land = res));
