@@ -102,7 +102,7 @@ export class HubConnection {
     const sock: net.Socket = secure ? tls.connect({ host, port, ...secure }) : net.connect({ host, port });
     sock.setNoDelay(true);
     sock.setKeepAlive(true, 10_000);
-    // PROTECTED_WRITE frames gather up to 1 ms / 128 KiB (one hub wakeup for several guest
+    // PROTECTED_WRITE frames gather up to 5 ms / 128 KiB (one hub wakeup for several guest
     // writes at low queue depth); any other frame releases them at the end of its turn.
     const link = new Link(socketIo(sock, undefined, MIRROR_GATHER), {
       caps: o.caps,
