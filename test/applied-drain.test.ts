@@ -20,7 +20,7 @@ import { fakeClock } from './harness/fake-clock';
 const MiB = 1 << 20;
 
 /** A mirror of one 64 MiB volume protected on a link that takes every frame. */
-function mirrorOn(caps: number) {
+function mirrorOn(caps: number, maxPendingWrites = 1 << 16) {
   const size = 64 * MiB,
     rs = 64 << 10;
   const volumes = new VolumeTable([{ name: 'V1', target: new MemoryVolume(size), log: DirtyLog.memory(size, rs) }]);
@@ -36,7 +36,7 @@ function mirrorOn(caps: number) {
     volumes,
     gate,
     overflow,
-    { maxQueueBytes: 256 * MiB, maxPendingWrites: 1 << 16 },
+    { maxQueueBytes: 256 * MiB, maxPendingWrites },
     new BufferPool(MiB, 0),
     stats,
   );
@@ -48,7 +48,7 @@ function mirrorOn(caps: number) {
   v.log.bitmap.setRegions(0, 0); // what write-path marks before a write; only the ack may clear it
   const data = Buffer.alloc(MiB); // one buffer for every write: the link here only counts frames
   const write = (offset: number, len: number) => m.mirror(v, offset, data.subarray(0, len), len);
-  return { m, v, write, frames: () => frames };
+  return { m, v, write, owed, frames: () => frames };
 }
 
 describe('applied drain: the agent mirror', () => {
@@ -85,12 +85,41 @@ describe('applied drain: the agent mirror', () => {
     assert.equal(m.appliedBytes, MiB);
   });
 
-  it('refuses a WRITE_APPLIED beyond the writes sent, and keeps its place across compaction and reconnects', () => {
+  it('holds at most maxPendingWrites: one more is owed, and acks free slots that later writes reuse', () => {
+    const { m, v, write, owed, frames } = mirrorOn(Cap.WRITE_ACK | Cap.APPLIED | Cap.DIRTY_REPORT, 4);
+    const rs = 64 << 10;
+    let seq = 1,
+      region = 1;
+    write(region * rs, 4096); // one write stays pending into every round: the ring's head moves 3 of 4 slots a round
+    for (let round = 0; round < 6; round++) {
+      for (let i = 0; i < 3; i++) write(++region * rs, 4096); // a region each
+      seq += 3;
+      assert.equal(m.pendingWrites, 4);
+      assert.equal(m.oldestPending, seq - 3, 'the oldest is the one carried over');
+      write(60 * MiB, 4096);
+      assert.deepEqual(owed.at(-1), [60 * MiB, 60 * MiB + 4096], 'a fifth write is owed, not sent');
+      assert.equal(frames(), seq, 'and never framed');
+      m.onApplied(seq - 2);
+      assert.equal(m.unappliedBytes, 2 * 4096);
+      m.onAck(seq - 1);
+      assert.equal(m.pendingWrites, 1);
+      assert.equal(m.holds(v, region - 1), false, 'an acked region is free');
+      assert.equal(m.holds(v, region), true, 'the unacked one is held');
+      assert.equal(m.unappliedBytes, 4096);
+      assert.equal(m.oldestPending, seq);
+    }
+    m.onAck(seq);
+    assert.equal(m.pendingWrites, 0);
+    assert.equal(m.ackedBytes, 19 * 4096, '19 writes through 4 slots, each counted once');
+    assert.equal(m.appliedBytes, m.ackedBytes);
+  });
+
+  it('refuses a WRITE_APPLIED beyond the writes sent, and keeps its place across many acks and reconnects', () => {
     const { m, write } = mirrorOn(Cap.WRITE_ACK | Cap.APPLIED);
     assert.throws(() => m.onApplied(1), ProtocolError);
     for (let i = 0; i < 5000; i++) write((i % 1000) * 4096, 4096);
     m.onApplied(4500);
-    m.onAck(4200); // compacts the pending list (more than 4096 acked at its head)
+    m.onAck(4200);
     m.onApplied(4800);
     assert.equal(m.unappliedBytes, 200 * 4096);
     m.onAck(5000);

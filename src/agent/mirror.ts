@@ -15,15 +15,7 @@ import { assert } from '../assert';
 import type { AgentVolume, VolumeTable } from './volume';
 import type { AgentStats, LinkPort, RegionHolder } from './ports';
 import { keysIn, type RegionGate } from './region-gate';
-
-interface Pending {
-  seq: number;
-  volume: AgentVolume;
-  first: number; // regions touched
-  last: number;
-  offset: number;
-  bytes: number;
-}
+import { PendingRing } from './pending-ring';
 
 export interface MirrorLimits {
   maxQueueBytes: number; // bytes waiting on the link; beyond it writes become owed regions
@@ -41,7 +33,6 @@ export interface OverflowSink {
   reportOwedNow(): boolean;
 }
 
-const COMPACT_AFTER = 4096; // acked entries kept at the head of `pending` before it is compacted
 // A large write overflows sooner: while LARGE_QUEUE_BYTES wait on the link, it becomes an owed
 // region, as QEMU's background mirror marks its dirty bitmap. Rewrites of an owed region then
 // cost the link and the hub nothing until it is read once, while a queued 1 MiB write is sent
@@ -67,8 +58,7 @@ const POINT_RETRY_MS = 10;
 export class Mirror implements RegionHolder {
   private link: LinkPort | null = null;
   private sentSeq = 0;
-  private pending: Pending[] = [];
-  private pendingHead = 0;
+  private readonly pending: PendingRing; // sent, not acked: oldest first, at most maxPendingWrites
   private readonly regionSeq: Map<number, number>[]; // by volume index: region -> newest seq in flight
   private readonly markerGapMs: number;
   private lastMarkerAt = -Infinity; // when this connection's last FLUSH marker left (performance.now)
@@ -87,7 +77,7 @@ export class Mirror implements RegionHolder {
   ackedBytes = 0;
   /** Mirrored bytes the hub applied or acked, all connections (a counter: the backlog bound's drain). */
   appliedBytes = 0;
-  private appliedIdx = 0; // pending[] index of the oldest write not known applied (>= pendingHead)
+  private appliedCount = 0; // pending writes, from the oldest, known applied
   private appliedSeq = 0; // the newest seq known applied on this connection
   private mirroredAtAttach = 0; // stats.mirroredBytes when this connection began
   private ackedAtAttach = 0;
@@ -102,6 +92,7 @@ export class Mirror implements RegionHolder {
     private readonly stats: AgentStats,
   ) {
     this.regionSeq = volumes.list.map(() => new Map());
+    this.pending = new PendingRing(limits.maxPendingWrites);
     this.markerGapMs = limits.flushMarkerGapMs ?? FLUSH_MARKER_GAP_MS;
     if (!(this.markerGapMs >= 0)) throw new RangeError(`flush marker gap ${limits.flushMarkerGapMs} ms: must be >= 0`);
   }
@@ -139,9 +130,8 @@ export class Mirror implements RegionHolder {
     if (this.pointTimer) clearTimeout(this.pointTimer);
     this.pointTimer = null;
     this.pointWanted = false; // the hub's request ended with its connection
-    this.pending = [];
-    this.pendingHead = 0;
-    this.appliedIdx = 0;
+    this.pending.clear();
+    this.appliedCount = 0;
     this.appliedSeq = 0;
     this.sentSeq = 0;
     for (const m of this.regionSeq) m.clear();
@@ -160,11 +150,11 @@ export class Mirror implements RegionHolder {
     return this.sentSeq;
   }
   get oldestPending(): number {
-    return this.pendingHead < this.pending.length ? this.pending[this.pendingHead].seq : 0;
+    return this.pending.size > 0 ? this.pending.seqs[this.pending.slot(0)] : 0;
   }
 
   get pendingWrites(): number {
-    return this.pending.length - this.pendingHead;
+    return this.pending.size;
   }
 
   /** Send a write that has just landed on the image [offset, offset + len). No allocation but the frame's. */
@@ -196,9 +186,9 @@ export class Mirror implements RegionHolder {
     const bitmap = v.log.bitmap,
       first = bitmap.regionOf(offset),
       last = bitmap.regionOf(offset + len - 1);
-    const n = this.pending.length;
-    assert(n === this.pendingHead || this.pending[n - 1].seq === seq - 1, 'pending writes are in seq order');
-    this.pending.push({ seq, volume: v, first, last, offset, bytes: len });
+    const n = this.pending.size;
+    assert(n === 0 || this.pending.seqs[this.pending.slot(n - 1)] === seq - 1, 'pending writes are in seq order');
+    this.pending.push(seq, v.index, first, last, offset, len);
     const regionSeq = this.regionSeq[v.index];
     for (let r = first; r <= last; r++) regionSeq.set(r, seq);
     const head = encodeProtectedWriteHead(volumeId, offset / SECTOR, len / SECTOR, IO_OK);
@@ -248,9 +238,14 @@ export class Mirror implements RegionHolder {
     }
     if (seq <= this.appliedSeq) return; // an ack said as much already
     this.appliedSeq = seq;
-    let i = this.appliedIdx;
-    while (i < this.pending.length && this.pending[i].seq <= seq) this.appliedBytes += this.pending[i++].bytes;
-    this.appliedIdx = i;
+    const pending = this.pending;
+    let k = this.appliedCount;
+    for (; k < pending.size; k++) {
+      const i = pending.slot(k);
+      if (pending.seqs[i] > seq) break;
+      this.appliedBytes += pending.lens[i];
+    }
+    this.appliedCount = k;
   }
 
   /** POINT from the hub (cap POINT): mark a consistent point of the stream, now or once it can. */
@@ -283,24 +278,29 @@ export class Mirror implements RegionHolder {
       throw new ProtocolError(`WRITE_ACK ${seq} beyond the ${this.sentSeq} writes sent on this connection`);
     }
     this.onApplied(seq); // durable is applied too
-    assert(this.appliedIdx >= this.pendingHead, 'acked writes were counted applied first');
-    while (this.pendingHead < this.pending.length && this.pending[this.pendingHead].seq <= seq) {
-      const p = this.pending[this.pendingHead++];
-      this.ackedBytes += p.bytes;
-      this.overflow.acked(p.volume, p.offset, p.offset + p.bytes);
-      const regionSeq = this.regionSeq[p.volume.index];
-      for (let r = p.first; r <= p.last; r++) {
+    const pending = this.pending;
+    while (pending.size > 0) {
+      const i = pending.slot(0),
+        s = pending.seqs[i];
+      if (s > seq) break;
+      const v = this.volumes.list[pending.volumes[i]],
+        first = pending.firsts[i],
+        last = pending.lasts[i],
+        offset = pending.offsets[i],
+        len = pending.lens[i];
+      pending.shift();
+      assert(this.appliedCount > 0, 'acked writes were counted applied first');
+      this.appliedCount--;
+      this.ackedBytes += len;
+      this.overflow.acked(v, offset, offset + len);
+      const regionSeq = this.regionSeq[v.index];
+      for (let r = first; r <= last; r++) {
         const newest = regionSeq.get(r);
-        assert(newest !== undefined && newest >= p.seq, 'a region in flight names its newest write');
-        if (newest !== p.seq) continue; // a later write to it still pends
+        assert(newest !== undefined && newest >= s, 'a region in flight names its newest write');
+        if (newest !== s) continue; // a later write to it still pends
         regionSeq.delete(r);
-        this.gate.clearIfQuiet(p.volume, r);
+        this.gate.clearIfQuiet(v, r);
       }
-    }
-    if (this.pendingHead > COMPACT_AFTER) {
-      this.pending = this.pending.slice(this.pendingHead);
-      this.appliedIdx -= this.pendingHead;
-      this.pendingHead = 0;
     }
   }
 }
