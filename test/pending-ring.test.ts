@@ -1,5 +1,5 @@
 // The mirror's ring of pending writes (src/agent/pending-ring.ts) against an array model: any
-// run of pushes and shifts, wrapping many times, reads back what was pushed, oldest first.
+// run of pushes and shifts, wrapping and growing, reads back what was pushed, oldest first.
 import { strict as assert } from 'node:assert';
 import fc from 'fast-check';
 import { PendingRing } from '../src/agent/pending-ring';
@@ -8,10 +8,11 @@ describe('PendingRing', () => {
   it('matches an array of the same writes through any pushes and shifts', () => {
     fc.assert(
       fc.property(
-        fc.integer({ min: 1, max: 9 }),
+        fc.integer({ min: 1, max: 40 }),
+        fc.integer({ min: 1, max: 8 }),
         fc.array(fc.integer({ min: 0, max: 3 }), { maxLength: 300 }),
-        (cap, ops) => {
-          const ring = new PendingRing(cap);
+        (cap, first, ops) => {
+          const ring = new PendingRing(cap, first); // grows from `first` slots, wrapped or not
           const model: number[][] = [];
           let seq = 0;
           for (const op of ops) {
@@ -33,10 +34,23 @@ describe('PendingRing', () => {
                 w,
               );
             });
+            assert.ok(ring.allocated <= cap, 'never past the limit');
           }
         },
       ),
     );
+  });
+
+  it('grows by doubling only when full, up to its limit', () => {
+    const ring = new PendingRing(10, 2);
+    const sizes: number[] = [];
+    for (let s = 1; s <= 10; s++) {
+      ring.push(s, 0, s, s, s * 4096, 4096);
+      sizes.push(ring.allocated);
+      if (s % 3 === 0) ring.shift(); // the head moves: later growths copy a wrapped ring
+    }
+    assert.deepEqual(sizes, [2, 2, 4, 4, 4, 8, 8, 8, 8, 8]); // full at the 3rd push (2 held), the 6th (4 held)
+    assert.equal(ring.seqs[ring.slot(0)], 4, 'oldest first after the copies (1-3 shifted)');
   });
 
   it('refuses a push past its capacity, a shift of nothing, a read past its end', () => {
