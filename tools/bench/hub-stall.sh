@@ -5,7 +5,7 @@
 # the agent's pending writes and link queue. Prints IOPS, the writes owed (overflowed), the
 # largest pending count and queue seen, and the state counts. Run it a few times: slow runs are
 # the ones with writes owed. Needs root for /proc/PID/stack.
-# Usage: [PORT=18600] [RUNS=1] bash tools/bench/hub-stall.sh
+# Usage: [PORT=18600] [RUNS=1] [AGENT_ARGS=...] bash tools/bench/hub-stall.sh
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/bin-flags.sh" # binflags
 cd "$(dirname "$0")/../.."
@@ -16,7 +16,7 @@ for run in $(seq "${RUNS:-1}"); do
     --nbd 127.0.0.1:$((P + 50)) --vol "V1=$W/V1R" --data "$W/hub" 2>"$W/hub.log" & HP=$!
   sleep 0.5
   LOG_LEVEL=warn node $(binflags dist/src/cli/rephub-agent.js) dist/src/cli/rephub-agent.js --hub 127.0.0.1:$P --export "V1=$W/V1.img" \
-    --nbd 127.0.0.1:$((P + 9)) --http 127.0.0.1:$((P + 90)) --state "$W/ast" --vm q 2>"$W/agent.log" & AP=$!
+    --nbd 127.0.0.1:$((P + 9)) --http 127.0.0.1:$((P + 90)) --state "$W/ast" --vm q ${AGENT_ARGS:-} 2>"$W/agent.log" & AP=$!
   for _ in $(seq 100); do curl -s 127.0.0.1:$((P + 80))/status | grep -q '"state": "protecting"' && break; sleep 0.1; done
   timeout 60 fio --name=r --ioengine=nbd --uri=nbd://127.0.0.1:$((P + 9))/V1 --rw=randwrite --bs=4k --iodepth=16 --size=256m \
     --time_based --runtime=5 --output-format=json --output="$W/r.json" >/dev/null 2>&1 & FP=$!
