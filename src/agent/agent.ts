@@ -17,8 +17,8 @@ import type { PacerOptions } from '../link/pacer';
 // Mirrored writes awaiting the hub's durable ack. The hub acks after its group commit's
 // fdatasync, which stalls for a second or more while the disk writes back a recovery volume full
 // of random 4 KiB writes: at 50,000 writes/s the old 64 Ki filled, and each write past it was
-// owed as a whole 64 KiB region, read back by the hub, 16x its bytes (issue 17's 4 KiB job ran at
-// half speed in such rounds, hubApplied < writes). 256 Ki covers 5 s of that; the ring grows to
+// owed as a whole 64 KiB region, read back by the hub, 16x its bytes (one cause of issue 17's
+// half-speed 4 KiB rounds: BENCHMARKS Round 21). 256 Ki covers 5 s of that; the ring grows to
 // it only as acks lag (30 bytes a write, 7.5 MiB at most: pending-ring.ts).
 export const DEFAULT_MAX_PENDING_WRITES = 1 << 18;
 

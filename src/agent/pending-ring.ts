@@ -9,7 +9,7 @@ const MAX_CAPACITY = 1 << 22; // 4 Mi writes, 120 MiB of ring: far past any sane
 const FIRST_SLOTS = 4096; // 120 KiB
 
 export class PendingRing {
-  // The fields, by slot (slot()); only push() writes them, grow() replaces them.
+  // The fields, by slot (slot()); only push() writes them, resize() replaces them.
   seqs!: Float64Array; // seq numbers exceed 2^32 on a long connection
   offsets!: Float64Array; // bytes into the volume: past 4 GiB
   lens!: Uint32Array; // a write is at most the NBD limit (32 MiB)
