@@ -46,19 +46,31 @@ export class AgentProcess {
     this.proc.stderr!.on('data', (d) => {
       this.stderr = (this.stderr + d).slice(-20000);
     });
-    await waitFor(
-      'agent NBD listening',
-      () =>
-        new Promise<boolean>((r) => {
-          const s = net.connect(this.nbdPort, '127.0.0.1', () => {
-            s.destroy();
-            r(true);
+    const p = this.proc;
+    try {
+      await waitFor(
+        'agent NBD listening',
+        () => {
+          if (p.exitCode !== null || p.signalCode !== null)
+            throw new Error(`agent exited (${p.exitCode ?? p.signalCode})`);
+          return new Promise<boolean>((r) => {
+            const s = net.connect(this.nbdPort, '127.0.0.1', () => {
+              s.destroy();
+              r(true);
+            });
+            s.on('error', () => r(false));
           });
-          s.on('error', () => r(false));
-        }),
-      15000,
-      50,
-    );
+        },
+        15000,
+        50,
+      );
+    } catch (e) {
+      // a start that fails says why: the agent's own last words (a port taken, a bad image, ...)
+      throw new Error(
+        `${(e as Error).message}; NBD port ${this.nbdPort}; agent stderr: ${this.stderr.slice(-2000) || '(none)'}`,
+        { cause: e },
+      );
+    }
   }
 
   kill9(): Promise<void> {
