@@ -153,6 +153,7 @@ describe('applied drain: the agent mirror', () => {
       owedBytes: () => 0,
       drainedBytes: () => (drain === 'applied' ? m.appliedBytes : m.ackedBytes),
       baseRttMs: () => 0,
+      queuedBytes: () => 0,
     };
     const b = new LagBound(sources, { maxLagMs: 500, ...c });
     b.attach();

@@ -20,8 +20,9 @@ const MiB = 1 << 20;
 /** A clock and timers that move only when told. */
 /** The backlog's parts as plain numbers the test moves. */
 function fakeSources() {
-  const s = { unacked: 0, owed: 0, drained: 0, rtt: 0 };
+  const s = { unacked: 0, owed: 0, drained: 0, rtt: 0, queued: 0 };
   const sources: LagSources = {
+    queuedBytes: () => s.queued,
     unackedBytes: () => s.unacked,
     owedBytes: () => s.owed,
     drainedBytes: () => s.drained,
@@ -31,10 +32,10 @@ function fakeSources() {
 }
 
 /** A bound with a drain measured at `rate` bytes/s: `samples` intervals with a backlog to drain. */
-function measured(rate: number, maxLagMs = 500, samples = 10) {
+function measured(rate: number, maxLagMs = 500, samples = 10, queueHoldBytes?: number) {
   const c = fakeClock(1_000_000),
     { s, sources } = fakeSources();
-  const b = new LagBound(sources, { maxLagMs, ...c });
+  const b = new LagBound(sources, { maxLagMs, queueHoldBytes, ...c });
   b.attach();
   s.unacked = MIN_BOUND_BYTES / 2; // something to drain, under the bound
   b.update();
@@ -89,6 +90,28 @@ describe('backlog bound (--max-lag)', () => {
     assert.deepEqual(await Promise.all(held.map(settled)), [true, true]);
     assert.equal(b.status().heldWrites, 2);
     assert.equal(b.status().cappedWrites, 0);
+  });
+
+  it("holds while more than half the link's queue waits, under the time bound too", async () => {
+    // 200 MiB/s of 4 KiB writes: 500 ms of it (100 MiB) is more than a 64 MiB queue holds
+    const { b, s } = measured(200 * MiB, 500, 10, 32 * MiB);
+    assert.ok(b.status().boundBytes > 64 * MiB);
+    s.unacked = 60 * MiB; // in the kernel's and the hub's buffers: no part of the queue
+    s.queued = 31 * MiB;
+    assert.equal(b.wrote(), false, 'under half the queue, under the bound');
+    s.queued = 33 * MiB;
+    assert.equal(b.wrote(), true, 'past half the queue: held before writes overflow');
+    const p = b.hold();
+    assert.equal(await settled(p), false);
+    assert.equal(b.status().queueHolds, 1);
+    s.queued = 30 * MiB;
+    s.drained += 3 * MiB;
+    b.update();
+    assert.equal(await settled(p), true, 'released once the queue went under half');
+    const off = measured(200 * MiB);
+    off.s.queued = 33 * MiB;
+    assert.equal(off.b.wrote(), false, 'no queue hold without queueHoldBytes');
+    assert.equal(off.b.status().queueHoldBytes, 0);
   });
 
   it('counts how far past the bound a write took the backlog', () => {

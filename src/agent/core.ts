@@ -86,8 +86,13 @@ export class AgentCore {
         owedBytes: (now) => handover.unreadBytes(now, this.lagBound.waitCapMs),
         drainedBytes: () => mirror.appliedBytes + handover.answeredBytes,
         baseRttMs: () => this.governor.baseRttMs,
+        queuedBytes: () => this.link?.queuedBytes() ?? 0,
       },
-      { maxLagMs: opts.maxLagMs ?? 0, onHolding: () => this.governor.kick() },
+      {
+        maxLagMs: opts.maxLagMs ?? 0,
+        queueHoldBytes: opts.maxQueueBytes / 2, // before writes overflow into owed regions
+        onHolding: () => this.governor.kick(),
+      },
     );
     const bound = this.lagBound;
     const syncFlush = new SyncFlushPolicy(stats, opts.loopFlushMaxMs);
@@ -100,6 +105,8 @@ export class AgentCore {
     };
     this.remoteIo = new RemoteIo(this.volumes, opts, log, stats, this.writes, readBacks);
     handover.holesIn = (v, regions) => this.remoteIo.holesIn(v, regions);
+    mirror.queueHoldBytes = bound.queueHoldBytes;
+    mirror.queueHigh = () => void bound.update();
     gate.watch(this.writes);
     gate.watch(this.mirror);
     gate.watch(this.handover);

@@ -12,6 +12,13 @@
 // Durability is not touched: dirty bits still wait for WRITE_ACK (mirror.ts, region-gate.ts).
 // Against a hub without the cap, the acks are the drain (an ack says applied too).
 //
+// Replies are held too while more than half the link's queue waits (`queueHoldBytes`), however
+// long --max-lag allows: a write past the queue is owed as its whole region (mirror.ts),
+// and the hub reads 64 KiB back for a 4 KiB write. A brief hub hiccup at 50,000 writes/s filled
+// the 64 MiB queue well inside 500 ms of drain, and the read-backs then kept the hub behind, so
+// the queue stayed full: half the IOPS for the rest of the job (issue 17, BENCHMARKS Round 22).
+// Holding at half the queue paces the guest to the hub instead, as DRBD's on-congestion=block.
+//
 // Owns the drain-rate estimate, `over`, and the replies held (a bounded FIFO). The backlog's
 // parts are read from their owners (mirror.ts: unapplied bytes; handover.ts: owed, unread bytes).
 //
@@ -35,10 +42,14 @@ export interface LagSources {
   drainedBytes(): number;
   /** The link's base round trip, ms (0 unknown): bytes in flight for that long are not a backlog. */
   baseRttMs(): number;
+  /** Bytes waiting on the link's queue, not yet with the kernel (the mirror owes past its limit). */
+  queuedBytes(): number;
 }
 
 export interface LagBoundOptions {
   maxLagMs: number; // 0: off
+  /** Hold also while more than this waits on the link's queue (half of it); absent: no such hold. */
+  queueHoldBytes?: number;
   /** Called when it starts holding (the resync governor lets its held answers go: resync-governor.ts). */
   onHolding?: () => void;
   now?: () => number; // ms clock (tests)
@@ -76,6 +87,7 @@ export class LagBound {
   readonly maxLagMs: number;
   readonly waitCapMs: number;
   readonly stallMs: number;
+  readonly queueHoldBytes: number;
   private connected = false;
   private rate = 0; // the bound's drain rate, bytes/s: the peak of `peaks` (0: not measured yet)
   private smooth = 0; // the smoothed drain, bytes/s
@@ -98,6 +110,7 @@ export class LagBound {
   // counters for /status
   heldWrites = 0;
   cappedWrites = 0;
+  queueHolds = 0; // times it started holding for the queue, under the time bound
   stalls = 0; // times a stalled link ended a hold
   maxOverBytes = 0;
   maxWaitMs = 0;
@@ -118,6 +131,8 @@ export class LagBound {
     this.maxLagMs = opts.maxLagMs;
     this.waitCapMs = Math.max(WAIT_CAP_MIN_MS, WAIT_CAP_LAGS * opts.maxLagMs);
     this.stallMs = Math.min(STALL_MAX_MS, Math.max(STALL_MIN_MS, opts.maxLagMs));
+    assert(opts.queueHoldBytes === undefined || opts.queueHoldBytes > 0, 'the queue hold is a byte count');
+    this.queueHoldBytes = Math.max(MIN_BOUND_BYTES, opts.queueHoldBytes ?? Infinity);
     this.onHolding = opts.onHolding;
     this.now = opts.now ?? (() => Date.now());
     this.setTimer = opts.setTimer ?? ((fn, ms) => setTimeout(fn, ms));
@@ -193,9 +208,11 @@ export class LagBound {
     if (stalled && !this.stalled && this.over) this.stalls++;
     this.stalled = stalled;
     const was = this.over;
-    this.over = !this.stalled && this.backlog > this.bound;
+    const queueFull = this.sources.queuedBytes() > this.queueHoldBytes;
+    this.over = !this.stalled && (this.backlog > this.bound || queueFull);
     if (this.over) {
       this.wasOver = true;
+      if (!was && queueFull && this.backlog <= this.bound) this.queueHolds++;
       if (!was) this.onHolding?.();
     } else this.releaseAll();
     return this.over;
@@ -258,6 +275,8 @@ export class LagBound {
       stalled: this.stalled,
       backlogBytes: this.backlog,
       boundBytes: Math.round(this.bound),
+      queueHoldBytes: Number.isFinite(this.queueHoldBytes) ? this.queueHoldBytes : 0,
+      queueHolds: this.queueHolds,
       drainBytesPerSec: Math.round(this.rate),
       drainNowBytesPerSec: Math.round(this.smooth),
       drainsOn: this.drainsOn,

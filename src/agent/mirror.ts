@@ -68,6 +68,10 @@ export class Mirror implements RegionHolder {
     this.sendMarker();
   };
   private pointWanted = false; // the hub asked for a POINT not sent yet (at most one: SPEC 5.20)
+  // Past this many bytes on the link a write calls queueHigh: the backlog bound holds replies
+  // from there (lag-bound.ts), and the small-write fast path only sees its `over` when told.
+  queueHoldBytes = Infinity;
+  queueHigh: () => void = () => {};
   private pointTimer: NodeJS.Timeout | null = null;
   private readonly pointDue = (): void => {
     this.pointTimer = null;
@@ -196,6 +200,7 @@ export class Mirror implements RegionHolder {
     else if (this.writePool.hold(data)) link.send([head, data], () => this.writePool.give(data));
     else link.send([head, data]);
     this.stats.mirroredBytes += len;
+    if (queued + len > this.queueHoldBytes) this.queueHigh();
   }
 
   /**
