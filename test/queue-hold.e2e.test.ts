@@ -5,13 +5,15 @@
 // whole 64 KiB regions, whose read-backs kept the hub behind for the rest of the job. Now the
 // agent holds write replies once half the queue waits (lag-bound.ts): nothing is owed, replies
 // were held for the queue, and the copies end byte-equal. The queue is 4 MiB here so that even a
-// slow machine fills it during the stop: 2 MiB of 4 KiB writes plus the socket buffers.
+// slow machine fills it during the stop: 2 MiB of 4 KiB writes plus the socket buffers. And
+// `rephub-agent status` says so.
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { tmpdir, makeImage, MiB, sleep } from './harness/util';
 import { HubProcess, v1Hub } from './harness/hub-process';
-import { AgentProcess, v1Agent } from './harness/agent-process';
+import { spawnSync } from 'node:child_process';
+import { AgentProcess, v1Agent, AGENT_CLI } from './harness/agent-process';
 import { waitHubConverged, waitByteEqual, fmtRegions, fioOnce } from './harness/fault-harness';
 import { killWriters } from './harness/fio';
 
@@ -74,6 +76,8 @@ describe('queue hold: the hub stops 300 ms under 4 KiB writes at depth 16', func
     assert.equal(lb.stalls, 0, `the ${STOP_MS} ms stop looked like a stalled link (nothing heard for ${500} ms)`);
     assert.ok(lb.queueHolds > 0 && lb.heldWrites > 0, 'replies were held for the queue');
     assert.equal(st.overflowWrites - before.overflowWrites, 0, 'no write was owed: the guest waited instead');
+    const cli = spawnSync(process.execPath, [AGENT_CLI, 'status', '--agent', `http://127.0.0.1:${agent.httpPort}`]);
+    assert.match(cli.stdout.toString(), /held \d+ times for the send queue \(over 2\.0MiB\)/, 'the operator sees it');
     const d = await waitByteEqual(img, rep, SIZE, 60_000);
     assert.ok(d.equal, `copies differ: ${fmtRegions(d)}`);
   });

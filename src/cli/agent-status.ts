@@ -22,7 +22,7 @@ export function renderAgentStatus(st: any): string {
   const lb = st.lagBound;
   if (lb && lb.maxLagMs > 0 && (lb.holding || lb.heldWrites > 0))
     out.push(
-      `--max-lag ${lb.maxLagMs} ms: backlog ${fmt(lb.backlogBytes)} of ${fmt(lb.boundBytes)} allowed, ${lb.holding ? `${lb.heldNow} write replies waiting now` : 'not holding'}; ${lb.heldWrites} held so far, longest ${lb.maxWaitMs} ms`,
+      `--max-lag ${lb.maxLagMs} ms: backlog ${fmt(lb.backlogBytes)} of ${fmt(lb.boundBytes)} allowed, ${lb.holding ? `${lb.heldNow} write replies waiting now` : 'not holding'}; ${lb.heldWrites} held so far, longest ${lb.maxWaitMs} ms${lb.queueHolds ? `; held ${lb.queueHolds} times for the send queue (over ${fmt(lb.queueHoldBytes)})` : ''}`,
     );
   out.push(
     table([

@@ -248,7 +248,11 @@ const runCmd = program
     '--psk-file <file>',
     'TLS with a pre-shared key instead of certificates: identity:hexkey lines; identity = --vm',
   )
-  .option('--max-queue <bytes>', 'mirror bytes buffered towards the hub; beyond it writes become dirty regions', '64M')
+  .option(
+    '--max-queue <bytes>',
+    'mirror bytes buffered towards the hub; beyond it writes become dirty regions (with --max-lag on, write replies wait past half of it)',
+    '64M',
+  )
   .option(
     '--flush-marker-gap <ms>',
     'guest flushes tell the hub at most this often (a journal point each); those between share the next (0: each its own)',
