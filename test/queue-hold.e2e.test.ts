@@ -6,7 +6,7 @@
 // agent holds write replies once half the queue waits (lag-bound.ts): nothing is owed, replies
 // were held for the queue, and the copies end byte-equal. The queue is 4 MiB here so that even a
 // slow machine fills it during the stop: 2 MiB of 4 KiB writes plus the socket buffers. And
-// `rephub-agent status` says so.
+// `rephub-agent status` and /metrics say so.
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -78,6 +78,9 @@ describe('queue hold: the hub stops 300 ms under 4 KiB writes at depth 16', func
     assert.equal(st.overflowWrites - before.overflowWrites, 0, 'no write was owed: the guest waited instead');
     const cli = spawnSync(process.execPath, [AGENT_CLI, 'status', '--agent', `http://127.0.0.1:${agent.httpPort}`]);
     assert.match(cli.stdout.toString(), /held \d+ times for the send queue \(over 2\.0MiB\)/, 'the operator sees it');
+    const metrics = await (await fetch(`http://127.0.0.1:${agent.httpPort}/metrics`)).text();
+    const holds = /^rephub_agent_queue_holds_total\{vm="[^"]+"\} (\d+)$/m.exec(metrics);
+    assert.equal(Number(holds?.[1]), lb.queueHolds, 'and Prometheus');
     const d = await waitByteEqual(img, rep, SIZE, 60_000);
     assert.ok(d.equal, `copies differ: ${fmtRegions(d)}`);
   });

@@ -22,6 +22,7 @@ export interface AgentStatusFacts {
   overflowWrites: number;
   remoteReadBytes: number;
   connects: number;
+  lagBound: { heldWrites: number; queueHolds: number };
   volumes: readonly { name: string; state: string; sizeBytes: number; dirtyBytes: number }[];
 }
 
@@ -81,6 +82,18 @@ function registerAgentMetrics(prom: Prom, r: Registry, status: () => AgentStatus
     'rephub_agent_connects_total',
     'Connections to a hub made (the first and every reconnect)',
     (s) => s.connects,
+    'counter',
+  );
+  hub(
+    'rephub_agent_held_replies_total',
+    'Write replies held: the hub behind by more than --max-lag, or half the send queue full',
+    (s) => s.lagBound.heldWrites,
+    'counter',
+  );
+  hub(
+    'rephub_agent_queue_holds_total',
+    'Times write replies started waiting for the send queue alone (more than half of --max-queue)',
+    (s) => s.lagBound.queueHolds,
     'counter',
   );
   hub('rephub_agent_hub_connected', 'The link to the hub is up (1) or not (0)', (s) => Number(s.connected), 'gauge');
