@@ -59,43 +59,32 @@ function registerAgentMetrics(prom: Prom, r: Registry, status: () => AgentStatus
             this.inc({ vm: s.vm }, value(s));
           },
         });
-  hub('rephub_agent_mirrored_writes_total', 'Guest writes mirrored to the hub', (s) => s.writes, 'counter');
-  hub(
-    'rephub_agent_mirrored_bytes_total',
-    'Bytes of guest writes mirrored to the hub',
-    (s) => s.mirroredBytes,
-    'counter',
-  );
-  hub(
-    'rephub_agent_overflow_writes_total',
-    'Writes that found the send queue full and became dirty regions',
-    (s) => s.overflowWrites,
-    'counter',
-  );
-  hub(
-    'rephub_agent_remote_read_bytes_total',
-    'Bytes the hub read back for its sync (remote reads)',
-    (s) => s.remoteReadBytes,
-    'counter',
-  );
-  hub(
-    'rephub_agent_connects_total',
-    'Connections to a hub made (the first and every reconnect)',
-    (s) => s.connects,
-    'counter',
-  );
-  hub(
-    'rephub_agent_held_replies_total',
-    'Write replies held: the hub behind by more than --max-lag, or half the send queue full',
-    (s) => s.lagBound.heldWrites,
-    'counter',
-  );
-  hub(
-    'rephub_agent_queue_holds_total',
-    'Times write replies started waiting for the send queue alone (more than half of --max-queue)',
-    (s) => s.lagBound.queueHolds,
-    'counter',
-  );
+  const counters: [string, string, (s: AgentStatusFacts) => number][] = [
+    ['rephub_agent_mirrored_writes_total', 'Guest writes mirrored to the hub', (s) => s.writes],
+    ['rephub_agent_mirrored_bytes_total', 'Bytes of guest writes mirrored to the hub', (s) => s.mirroredBytes],
+    [
+      'rephub_agent_overflow_writes_total',
+      'Writes that found the send queue full and became dirty regions',
+      (s) => s.overflowWrites,
+    ],
+    [
+      'rephub_agent_remote_read_bytes_total',
+      'Bytes the hub read back for its sync (remote reads)',
+      (s) => s.remoteReadBytes,
+    ],
+    ['rephub_agent_connects_total', 'Connections to a hub made (the first and every reconnect)', (s) => s.connects],
+    [
+      'rephub_agent_held_replies_total',
+      'Write replies held: the hub behind by more than --max-lag, or half the send queue full',
+      (s) => s.lagBound.heldWrites,
+    ],
+    [
+      'rephub_agent_queue_holds_total',
+      'Times write replies started waiting for the send queue alone (more than half of --max-queue)',
+      (s) => s.lagBound.queueHolds,
+    ],
+  ];
+  for (const [name, help, value] of counters) hub(name, help, value, 'counter');
   hub('rephub_agent_hub_connected', 'The link to the hub is up (1) or not (0)', (s) => Number(s.connected), 'gauge');
   hub(
     'rephub_agent_pending_writes',
