@@ -106,7 +106,7 @@ export class AgentCore {
     this.remoteIo = new RemoteIo(this.volumes, opts, log, stats, this.writes, readBacks);
     handover.holesIn = (v, regions) => this.remoteIo.holesIn(v, regions);
     mirror.queueHoldBytes = bound.queueHoldBytes;
-    mirror.queueHigh = () => void bound.update();
+    mirror.queueHigh = () => void (bound.over || bound.update()); // held already: the slow path updates it
     gate.watch(this.writes);
     gate.watch(this.mirror);
     gate.watch(this.handover);
