@@ -4,7 +4,8 @@
 # (R running, S waiting in epoll, D in the kernel, with its top kernel frames) and, every 250 ms,
 # the agent's pending writes and link queue. Prints IOPS, the writes owed (overflowed), the
 # largest pending count and queue seen, and the state counts. Run it a few times: slow runs are
-# the ones with writes owed. Needs root for /proc/PID/stack.
+# the ones with writes owed (before Round 22's hold); the agent's queue holds, replies held and longest wait are printed
+# too. Needs root for /proc/PID/stack.
 # STOP_MS=400 makes the hiccup at will: the hub is stopped (SIGSTOP) that long, STOP_AT s into the
 # job, and the IOPS of each second are printed, to see whether the job recovers after it.
 # Usage: [PORT=18600] [RUNS=1] [SECS=5] [STOP_MS=0] [STOP_AT=2] [AGENT_ARGS=...] bash tools/bench/hub-stall.sh
@@ -33,9 +34,10 @@ for run in $(seq "${RUNS:-1}"); do
     if [ $((n++ % 25)) = 0 ]; then curl -s 127.0.0.1:$((P + 90))/status | jq -r '"\(.pendingWrites) \(.queueBytes)"' >> "$W/agent" 2>/dev/null; fi
     sleep 0.01
   done
-  owed=$(curl -s 127.0.0.1:$((P + 90))/status | jq .overflowWrites)
+  st=$(curl -s 127.0.0.1:$((P + 90))/status)
+  owed=$(jq .overflowWrites <<<"$st"); holds=$(jq -r '"\(.lagBound.queueHolds // "-") queue holds, \(.lagBound.heldWrites) replies held, longest \(.lagBound.maxWaitMs) ms"' <<<"$st")
   peaks=$(awk '$1 > p {p = $1} $2 > q {q = $2} END {printf "pending max %d, queue max %.0f MiB", p, q / 1048576}' "$W/agent")
-  echo "run $run: $(jq -r '.jobs[0].write.iops|floor' "$W/r.json") IOPS, owed $owed, $peaks; hub main thread: $(sort "$W/states" | uniq -c | sort -rn | head -5 | awk '{printf "%s %s, ", $2, $1}')"
+  echo "run $run: $(jq -r '.jobs[0].write.iops|floor' "$W/r.json") IOPS, owed $owed, $holds, $peaks; hub main thread: $(sort "$W/states" | uniq -c | sort -rn | head -5 | awk '{printf "%s %s, ", $2, $1}')"
   echo "  IOPS each second: $(cat "$W"/iops*.log 2>/dev/null | awk -F, '{printf "%d ", $2}')"
   [ "${STOP_MS:-0}" -gt 0 ] && wait $SP 2>/dev/null
   kill -INT $AP; sleep 0.5; kill -INT $HP; sleep 0.5; wait $AP $HP 2>/dev/null; rm -rf "$W"
