@@ -127,6 +127,25 @@ describe('applied drain: the agent mirror', () => {
     assert.equal(m.ackedBytes, n * 4096);
   });
 
+  it('tells the backlog bound when a write leaves more than queueHoldBytes on the link', () => {
+    const { m, write } = mirrorOn(Cap.WRITE_ACK | Cap.APPLIED);
+    let queued = 0,
+      told = 0;
+    m.detach();
+    m.attach({ send: () => {}, queuedBytes: () => queued, has: () => true });
+    m.queueHoldBytes = 32 * MiB;
+    m.queueHigh = () => told++;
+    queued = 32 * MiB - 8192;
+    write(0, 4096);
+    assert.equal(told, 0, 'the write ends at the mark, not past it');
+    queued = 32 * MiB - 4095;
+    write(4096, 4096);
+    assert.equal(told, 1, 'this one goes past it: the fast path must stop before the queue overflows');
+    queued = 40 * MiB;
+    write(8192, 4096);
+    assert.equal(told, 2);
+  });
+
   it('refuses a WRITE_APPLIED beyond the writes sent, and keeps its place across many acks and reconnects', () => {
     const { m, write } = mirrorOn(Cap.WRITE_ACK | Cap.APPLIED);
     assert.throws(() => m.onApplied(1), ProtocolError);
