@@ -31,6 +31,21 @@ export class AgentProcess {
   }
 
   async start(): Promise<void> {
+    const picked = !this.nbdPort && !this.httpPort;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.startOnce();
+      } catch (e) {
+        // As the hub's (hub-process.ts): a port the kernel gave as free can be taken (an outgoing
+        // connection's) before the agent binds it: exit code 3, an address in use (CI saw it in
+        // network-faults.e2e). Ports this start picked are picked again.
+        if (!picked || attempt >= 3 || this.proc?.exitCode !== 3) throw e;
+        this.nbdPort = this.httpPort = 0;
+      }
+    }
+  }
+
+  private async startOnce(): Promise<void> {
     if (!this.nbdPort) this.nbdPort = await freePort();
     if (!this.httpPort) this.httpPort = await freePort();
     this.stderr = '';
