@@ -159,6 +159,7 @@ export class ReplicationAgent {
       caps: this.connection.caps,
       queueBytes: this.connection.queuedBytes(),
       pendingWrites: core.pendingWrites,
+      largeQueueBytes: core.largeQueueBytes,
       ackLagMs: core.ackLagMs,
       bandwidth: core.bandwidth,
       resync: core.resync,
