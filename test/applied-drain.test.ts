@@ -5,7 +5,7 @@
 import { strict as assert } from 'node:assert';
 import { Cap, Cmd, decode, ProtocolError } from '../protocol';
 import { GroupCommit, APPLIED_GAP_MS } from '../src/hub/group-commit';
-import { Mirror, largeQueueBytes, LARGE_QUEUE_BYTES } from '../src/agent/mirror';
+import { Mirror } from '../src/agent/mirror';
 import { DEFAULT_MAX_PENDING_WRITES } from '../src/agent/agent';
 import { RegionGate } from '../src/agent/region-gate';
 import { VolumeTable } from '../src/agent/volume';
@@ -144,26 +144,6 @@ describe('applied drain: the agent mirror', () => {
     queued = 40 * MiB;
     write(8192, 4096);
     assert.equal(told, 2);
-  });
-
-  it('owes a large write past largeQueueBytes on the link, a quarter of --max-lag at the drain (at least 4 MiB)', () => {
-    assert.equal(largeQueueBytes(0, 500), LARGE_QUEUE_BYTES, 'drain not measured yet: 4 MiB');
-    assert.equal(largeQueueBytes(4 * MiB, 500), LARGE_QUEUE_BYTES, 'a 4 MiB/s link: 0.5 MiB, so the floor');
-    assert.equal(largeQueueBytes(800 * MiB, 500), 100 * MiB, 'loopback: past the queue hold, never owed early');
-    assert.equal(largeQueueBytes(800 * MiB, 0), LARGE_QUEUE_BYTES, '--max-lag 0: the floor');
-    const { m, write, owed, frames } = mirrorOn(Cap.WRITE_ACK | Cap.APPLIED);
-    m.detach();
-    let sent = 0;
-    m.attach({ send: () => sent++, queuedBytes: () => 8 * MiB, has: () => true });
-    write(0, MiB);
-    assert.deepEqual(owed, [[0, MiB]], 'the default (4 MiB) owes a 1 MiB write behind 8 MiB');
-    write(MiB, 4096);
-    assert.equal(sent, 1, 'a small write keeps the whole queue');
-    m.largeQueueBytes = largeQueueBytes(800 * MiB, 500);
-    write(2 * MiB, MiB);
-    assert.equal(sent, 2, 'a fast link: sent, not owed');
-    assert.equal(owed.length, 1);
-    assert.equal(frames(), 0, 'the first link saw nothing after detach');
   });
 
   it('refuses a WRITE_APPLIED beyond the writes sent, and keeps its place across many acks and reconnects', () => {

@@ -159,7 +159,6 @@ export class ReplicationAgent {
       caps: this.connection.caps,
       queueBytes: this.connection.queuedBytes(),
       pendingWrites: core.pendingWrites,
-      largeQueueBytes: core.largeQueueBytes,
       ackLagMs: core.ackLagMs,
       bandwidth: core.bandwidth,
       resync: core.resync,

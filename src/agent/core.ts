@@ -21,7 +21,7 @@ import type { BufferPool } from '../buffer-pool';
 import type { Logger } from '../log';
 import { VolumeTable, AgentVolume, AgentVolumeSpec } from './volume';
 import { RegionGate } from './region-gate';
-import { Mirror, MirrorLimits, largeQueueBytes } from './mirror';
+import { Mirror, MirrorLimits } from './mirror';
 import { Handover } from './handover';
 import { RemoteIo, RemoteIoOptions } from './remote-io';
 import { WritePath } from './write-path';
@@ -131,7 +131,6 @@ export class AgentCore {
     if (this.link === null) return;
     this.ackLag.sample(this.mirror.sent, Date.now());
     this.lagBound.sample();
-    this.mirror.largeQueueBytes = largeQueueBytes(this.lagBound.drainRate, this.lagBound.maxLagMs);
     // Holding: a PONG tells a live hub whose disk is slow from a stalled link (lag-bound.ts).
     if (this.lagBound.over && this.link.has(Cap.PING)) this.link.send([encodePing(pingNonce())]);
     else if (this.mirror.unappliedBytes === 0 && this.link.queuedBytes() === 0) this.governor.linkIdle();
@@ -172,7 +171,6 @@ export class AgentCore {
     this.mirror.attach(link);
     this.handover.attach(link);
     this.lagBound.attach(link.has(Cap.APPLIED));
-    this.mirror.largeQueueBytes = largeQueueBytes(0, 0); // until this link's drain is measured
     if (!link.has(Cap.APPLIED) && this.lagBound.maxLagMs > 0)
       this.log.warn(
         { maxLagMs: this.lagBound.maxLagMs },
@@ -347,7 +345,6 @@ export class AgentCore {
   status() {
     return {
       pendingWrites: this.mirror.pendingWrites,
-      largeQueueBytes: this.mirror.largeQueueBytes,
       ackLagMs: this.ackLagMs(),
       refusal: this.refusals.last,
       bandwidth: this.pacer ? this.pacer.status() : null,

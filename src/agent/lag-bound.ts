@@ -139,11 +139,6 @@ export class LagBound {
     this.clearTimer = opts.clearTimer ?? ((t) => clearTimeout(t as NodeJS.Timeout));
   }
 
-  /** The drain rate the bound holds to, bytes/s (0: not measured yet, or the bound is off). */
-  get drainRate(): number {
-    return this.rate;
-  }
-
   /** A frame came from the hub (an ack, an answer's request, a PONG): the link is alive. */
   heard(): void {
     this.lastHeardAt = this.now();

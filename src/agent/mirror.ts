@@ -3,7 +3,7 @@
 // Owns the sequence numbers, the pending writes, and per region the newest seq in flight
 // (regionSeq): an ack clears a region only when no later write to it still pends.
 // Past the link's queue or pending limit a write is not sent but owed by report instead (a
-// large write past a shorter queue on a slow link: largeQueueBytes). Counts the bytes acked, and the bytes
+// large write past a smaller queue: LARGE_QUEUE_BYTES). Counts the bytes acked, and the bytes
 // the hub applied (WRITE_APPLIED, cap APPLIED; an ack says applied too), so that the backlog
 // bound (lag-bound.ts) reads the unapplied bytes without a count on the write path. Only the
 // durable ack clears anything: applied writes stay pending.
@@ -33,27 +33,15 @@ export interface OverflowSink {
   reportOwedNow(): boolean;
 }
 
-// A large write overflows sooner on a slow link: while the link's queue holds more than a
-// quarter of --max-lag's worth of its measured drain (at least LARGE_QUEUE_BYTES), it becomes an
-// owed region, as QEMU's background mirror marks its dirty bitmap. Rewrites of an owed region
-// then cost the link nothing until it is read once. Small writes (random 4 KiB: little to
-// coalesce, and a report round trip each) keep the whole queue.
-// - Slow link (4 MiB/s: 0.5 MiB of drain, so 4 MiB): 36 of 48 1 MiB writes owed and 8 MiB crossed
-//   instead of 40 (test/large-write-overflow.e2e.test.ts); with the whole queue, 2-6x less of
-//   fio's MiB/s (BENCHMARKS Round 2).
-// - Fast link (loopback, ~800 MiB/s: 100 MiB): the queue hold at half --max-queue paces the guest
-//   first, and each byte crosses once as sent. Owed at 4 MiB there, the hub read a region back
-//   10-20 ms after it was written, too soon for a rewrite, so a third of the guest's bytes cost an
-//   extra read and request for nothing: 1.09x the MiB/s, 13 % less CPU per MiB, copies equal in
-//   0.1 s, not 0.6 s, without it (issue 17, Round 23).
+// A large write overflows sooner: while LARGE_QUEUE_BYTES wait on the link, it becomes an owed
+// region, as QEMU's background mirror marks its dirty bitmap. Rewrites of an owed region then
+// cost the link and the hub nothing until it is read once, while a queued 1 MiB write is sent
+// and applied even when the next one overwrites it. Issue 17, tools/bench/overflow-cost.sh,
+// 5 alternating rounds of the 1 MiB job: 4 MiB against 64 MiB gave 2-6x fio's MiB/s and
+// 1/2-1/5 of the agent + hub CPU per MiB until the copies were equal. Small writes (random
+// 4 KiB: little to coalesce, and a report round trip each) keep the whole queue.
 export const LARGE_WRITE = 256 << 10;
 export const LARGE_QUEUE_BYTES = 4 << 20;
-const LARGE_QUEUE_LAGS = 0.25;
-
-/** The link queue past which a large write is owed: `drainBytesPerSec` measured (0: unknown), --max-lag. */
-export function largeQueueBytes(drainBytesPerSec: number, maxLagMs: number): number {
-  return Math.max(LARGE_QUEUE_BYTES, Math.floor((drainBytesPerSec * maxLagMs * LARGE_QUEUE_LAGS) / 1000));
-}
 // A guest that flushes after every write (a database) would send the hub a FLUSH marker per
 // write: a second frame, a second wakeup of the hub and a journal point each, about as much hub
 // CPU as the write itself (issue 17's flush job, 4 KiB at depth 1). Markers leave at most this
@@ -84,8 +72,6 @@ export class Mirror implements RegionHolder {
   // from there (lag-bound.ts), and the small-write fast path only sees its `over` when told.
   queueHoldBytes = Infinity;
   queueHigh: () => void = () => {};
-  /** Past this many bytes on the link a large write is owed (largeQueueBytes; the core sets it). */
-  largeQueueBytes = LARGE_QUEUE_BYTES;
   private pointTimer: NodeJS.Timeout | null = null;
   private readonly pointDue = (): void => {
     this.pointTimer = null;
@@ -185,7 +171,7 @@ export class Mirror implements RegionHolder {
     const queued = link.queuedBytes();
     if (
       queued + len > this.limits.maxQueueBytes ||
-      (len >= LARGE_WRITE && queued >= this.largeQueueBytes) ||
+      (len >= LARGE_WRITE && queued >= LARGE_QUEUE_BYTES) ||
       this.pendingWrites >= this.limits.maxPendingWrites
     ) {
       this.stats.overflowWrites++;
