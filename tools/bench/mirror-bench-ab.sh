@@ -74,7 +74,10 @@ start_server() { # name -> sets URI; servers' pids in PIDS
     sleep 0.3
     LOG_LEVEL=warn $AGENT --hub 127.0.0.1:${PB}00 --export "V1=$d/V1.img" --nbd "$nbd" --state "$d/ast" --vm bench --http 127.0.0.1:${PB}90 $agentx $aa 2>"$d/agent.log" & PIDS+=($!)
     wait_nbd "$URI" || return 1
-    for _ in $(seq 300); do curl -s 127.0.0.1:${PB}80/status | grep -q '"protecting"' && break; sleep 0.1; done ;;
+    # a round whose agent never reached its hub would time a lone agent (4 KiB at 3x, copies DIFFER)
+    local up=
+    for _ in $(seq 300); do curl -s 127.0.0.1:${PB}80/status | grep -q '"protecting"' && { up=1; break; }; sleep 0.1; done
+    [ -n "$up" ] || { echo "$1: the hub never reported protecting; hub.log:" >&2; tail -5 "$d/hub.log" >&2; return 1; } ;;
   qemu-bg|qemu-sync|qemu-bg-unix|qemu-sync-unix)
     local mode=background addr=${PB}20; [[ $1 == qemu-sync* ]] && mode=write-blocking
     [[ $1 == *-unix ]] && addr=unix:$d/nbd.sock
