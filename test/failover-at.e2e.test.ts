@@ -70,13 +70,15 @@ describe('failover and failover test at a journal checkpoint (e2e)', function ()
   }
 
   /**
-   * The guest writes round `i` to each volume, then flushes; the newest flush point once settled.
-   * An interval point (POINT) asked for while the round ran may land after it: no write came
-   * between, so the flush point is the round's state; the newest point overall need not be it.
+   * The guest writes round `i` to each volume, then flushes; the newest point once settled, of
+   * whatever kind. Not the newest flush point: qemu-io flushes after each write (writethrough),
+   * markers leave at most every 5 ms, and a POINT the hub asked for can go between the last write
+   * and the FLUSH marker that waited out that gap. The POINT's point then holds the round, and
+   * the marker, nothing recorded since, makes none; the newest flush point was one write short
+   * (CI, and 2 in 30 runs under load: the view of V2 lacked its last write, as it should).
    */
   async function flushRound(names: string[], i: number): Promise<any> {
-    const flushPoints = () => points().filter((p) => p.kind === 'flush');
-    const before = flushPoints().at(-1)?.id ?? 0;
+    const before = points().at(-1)?.id ?? 0;
     // Only the last volume's writer flushes, after every volume's writes: all of the round's
     // flush points follow all of its writes. With a flush per volume the first volume's point
     // could settle before the last one's arrived, and the copies then held writes past it (CI).
@@ -97,8 +99,8 @@ describe('failover and failover test at a journal checkpoint (e2e)', function ()
     }
     await waitFor('agent clean', () => agent.clean());
     let last = -1;
-    return waitFor(`the flush checkpoint of round ${i}`, async () => {
-      const newest = flushPoints().at(-1);
+    return waitFor(`the checkpoint of round ${i}`, async () => {
+      const newest = points().at(-1);
       const settled = newest && newest.id > before && newest.id === last;
       last = newest?.id ?? -1;
       await new Promise((r) => setTimeout(r, 300));
