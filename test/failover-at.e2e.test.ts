@@ -75,7 +75,7 @@ describe('failover and failover test at a journal checkpoint (e2e)', function ()
    * markers leave at most every 5 ms, and a POINT the hub asked for can go between the last write
    * and the FLUSH marker that waited out that gap. The POINT's point then holds the round, and
    * the marker, nothing recorded since, makes none; the newest flush point was one write short
-   * (CI, and 2 in 30 runs under load: the view of V2 lacked its last write, as it should).
+   * (CI, and 3 in 31 runs under load: the view of V2 lacked its last write, as it should).
    */
   async function flushRound(names: string[], i: number): Promise<any> {
     const before = points().at(-1)?.id ?? 0;
