@@ -39,6 +39,7 @@ export class JournalTarget implements BlockTarget {
   readonly dropCache?: () => void;
   readonly flushSync?: () => void;
   readonly landing?: (start: number, end: number) => Promise<void> | null;
+  readonly writesFailed?: () => boolean;
   private bound: JournalBinding | null = null;
   private readFd = -1; // our own descriptor for before-images: reads the same page cache
   private closed = false;
@@ -64,6 +65,7 @@ export class JournalTarget implements BlockTarget {
     if (next.dropCache) this.dropCache = () => next.dropCache!();
     if (next.flushSync) this.flushSync = () => next.flushSync!();
     if (next.landing) this.landing = (start, end) => next.landing!(start, end); // block-aligned: JOURNAL_BLOCK
+    if (next.writesFailed) this.writesFailed = () => next.writesFailed!();
     const below = next instanceof TrackedTarget ? next.changes : null;
     this.zeros = below instanceof KnownZeroMap ? below : null;
     this.ahead = new ForwardReadAhead(

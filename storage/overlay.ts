@@ -164,6 +164,10 @@ export class GuardedTarget implements BlockTarget {
   landing(start: number, end: number): Promise<void> | null {
     return this.base.landing ? this.base.landing(start, end) : null;
   }
+  /** A write below failed after write() returned; the next flush throws it. */
+  writesFailed(): boolean {
+    return this.base.writesFailed?.() ?? false;
+  }
   async write(buf: Buffer, offset: number): Promise<void> {
     if (this.view) await this.view.preserve(offset, offset + buf.length);
     await this.base.write(buf, offset);

@@ -105,6 +105,11 @@ export class RbdVolume implements BlockTarget {
     return (await rbdAddon!.job(this.h, RbdJob.IsOwner)) === 1;
   }
 
+  /** A write failed in flight since the last flush (which throws it). */
+  writesFailed(): boolean {
+    return this.window.failed;
+  }
+
   /** After the writes asked for before it that it overlaps; before those asked for after it. */
   read(buf: Buffer, offset: number): Promise<void> {
     return this.window.read(offset, offset + buf.length, () => this.io(RbdOp.Read, buf, offset));

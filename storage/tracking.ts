@@ -20,6 +20,7 @@ export class TrackedTarget implements BlockTarget {
   readonly dataExtents?: (start: number, end: number) => [number, number][] | null;
   readonly dropCache?: () => void;
   readonly landing?: (start: number, end: number) => Promise<void> | null;
+  readonly writesFailed?: () => boolean;
   readonly readThen?: (buf: Buffer, offset: number, then: (e: Error | null) => void) => void;
 
   constructor(
@@ -33,6 +34,7 @@ export class TrackedTarget implements BlockTarget {
     if (next.dataExtents) this.dataExtents = (start, end) => next.dataExtents!(start, end);
     if (next.dropCache) this.dropCache = () => next.dropCache!();
     if (next.landing) this.landing = (start, end) => next.landing!(start, end);
+    if (next.writesFailed) this.writesFailed = () => next.writesFailed!();
     if (next.readThen) this.readThen = (buf, offset, then) => next.readThen!(buf, offset, then);
   }
 

@@ -14,20 +14,14 @@ export interface BlockTarget {
   write(buf: Buffer, offset: number): Promise<void>;
   flush(): Promise<void>;
   close(): Promise<void>;
-  /**
-   * Optional synchronous positioned write for small buffers: a page-cache pwrite costs a few
-   * microseconds, far less than a threadpool round trip. Callers use it only for small writes.
-   */
+  /** Optional synchronous write for small buffers: a page-cache pwrite beats a threadpool round trip. */
   writeSync?(buf: Buffer, offset: number): void;
   /**
    * Optional read for replication traffic (sync, resync, checksums), kept out of readahead so
    * that it leaves no large page-cache folios under the guest's small writes (storage/fadvise).
    */
   readBulk?(buf: Buffer, offset: number): Promise<void>;
-  /**
-   * Optional synchronous fdatasync: the dirty log's activity log calls it, rarely, when it must
-   * know every landed write durable before a bit may go clean (src/agent/write-path.ts wires it).
-   */
+  /** Optional synchronous fdatasync: the agent's activity log needs every landed write durable (write-path.ts). */
   flushSync?(): void;
   /** Optional gathered write: the pieces land back to back from offset. */
   writev?(parts: Buffer[], offset: number): Promise<void>;
@@ -41,6 +35,8 @@ export interface BlockTarget {
    * through a descriptor of its own goes only on null, else waits for it first.
    */
   landing?(start: number, end: number): Promise<void> | null;
+  /** Optional: a write that write() returned early for failed since the last flush (which throws it). */
+  writesFailed?(): boolean;
   /**
    * Optional, for a remote image: read [offset, offset + buf.length) ahead of every write asked
    * for after this call that overlaps it, and call `then` (with the failure, if any) before such a
@@ -137,7 +133,7 @@ export interface OpenOptions {
    * pages are never read back in normal operation: no copy into the cache, no writeback later.
    */
   direct?: boolean;
-  /** With `direct`: the pool whose buffers direct writes keep while in flight (else they wait to land). */
+  /** With `direct`: the pool whose buffers writes keep while in flight (else they wait to land). */
   holds?: BufferHolds;
 }
 
@@ -156,9 +152,10 @@ export class FileVolume implements BlockTarget {
   private directFd = -1; // O_DIRECT, opened on the first direct write; -2: not available here
   private directOff = false; // the device refused an aligned direct write: buffered from now on
   directBytes = 0; // bytes written around the page cache
-  /** Direct writes in flight (their reads and writes ordered by it); null unless `direct`. */
+  /** Writes in flight (their reads and writes ordered by it); null unless `direct`. */
   private readonly window: WriteWindow | null;
   readonly landing?: (start: number, end: number) => Promise<void> | null;
+  readonly writesFailed?: () => boolean;
   private constructor(
     readonly path: string,
     private fd: number,
@@ -169,6 +166,7 @@ export class FileVolume implements BlockTarget {
     this.window = direct ? new WriteWindow(DIRECT_WINDOW_WRITES, DIRECT_WINDOW_BYTES) : null;
     const w = this.window;
     if (w) this.landing = (start, end) => w.over(start, end); // absent otherwise: nothing to ask on the fast path
+    if (w) this.writesFailed = () => w.failed;
   }
 
   /**
@@ -303,7 +301,9 @@ export class FileVolume implements BlockTarget {
 
   /**
    * A direct write resolves once it is in flight (its buffer held from the pool until it lands;
-   * a failure surfaces at the next flush) or, for a buffer not the pool's, once it landed.
+   * a failure surfaces at the next flush) or, for a buffer not the pool's, once it landed. A
+   * pool buffer over SYNC_WRITE_MAX that cannot go direct (O_DIRECT refused, misaligned) joins
+   * the window too, as a page-cache copy: not awaited whole behind the writes in flight.
    */
   async write(buf: Buffer, offset: number): Promise<void> {
     this.check(buf.length, offset);
@@ -312,6 +312,10 @@ export class FileVolume implements BlockTarget {
       if (!this.holds?.hold(buf)) return w.addLanded(offset, buf.length, () => this.writeDirect(buf, offset));
       const holds = this.holds;
       return w.add(offset, buf.length, () => this.writeDirect(buf, offset).finally(() => holds.give(buf)));
+    }
+    if (w && buf.length > SYNC_WRITE_MAX && this.holds?.hold(buf)) {
+      const holds = this.holds;
+      return w.add(offset, buf.length, () => this.writeBuffered(buf, offset).finally(() => holds.give(buf)));
     }
     const busy = w?.over(offset, offset + buf.length);
     if (busy) await busy;
@@ -382,7 +386,7 @@ export class FileVolume implements BlockTarget {
     }
   }
 
-  /** Drains the direct writes in flight first: their first failure fails the flush. */
+  /** Drains the writes in flight first: their first failure fails the flush. */
   async flush(): Promise<void> {
     if (this.window) await this.window.drain(); // also a failure of writes that landed since the last flush
     return new Promise((res, rej) => fs.fdatasync(this.fd, (e) => (e ? rej(this.wrap('flush', 0, e)) : res())));

@@ -37,6 +37,11 @@ export class WriteWindow {
     return this.inflight.length;
   }
 
+  /** A write failed since the last drain (which will throw it). */
+  get failed(): boolean {
+    return this.failure !== null;
+  }
+
   /**
    * Start `submit` for [start, start+len) once it overlaps nothing in flight and there is room;
    * resolves when it is on its way (not landed). `submit` resolves when it landed, rejects on failure.

@@ -3,7 +3,8 @@
 // region's held clear must not be released by the flush after it: the region would read clean,
 // in memory and persisted, over data that never landed. A real Replica over a file with
 // --cache none's target and the hub's sync engine; the agent's answer is handed in directly and
-// one direct write fails with EIO (fs.write patched for it).
+// one direct write fails with EIO (fs.write patched for it). The volume never reads protecting
+// over it, and leaves error once a flush succeeds.
 import { strict as assert } from 'node:assert';
 import fs = require('node:fs'); // the module object itself: its write is patched below
 import * as path from 'node:path';
@@ -84,12 +85,16 @@ describe('hub --cache none: a direct sync write that fails in flight', () => {
     });
     pool.give(payload);
     assert.ok(failed, 'the answer went as a direct write, and it failed');
+    await new Promise((r) => setTimeout(r, 20)); // the failed write has landed
+    assert.equal(rep.state, 'syncing', 'converged, but never protecting over a write that failed');
 
     await engine.checkpoint(); // meets the failure
-    await engine.checkpoint(); // a good flush
+    assert.equal(rep.state, 'error');
+    assert.equal(bm.dirtyRegions, bm.regions, 'every region dirty at once');
+    await engine.checkpoint(); // a good flush: the volume takes writes again
     const persisted = new DirtyBitmap(SIZE, REGION);
     store.loadBitmap('V1', persisted);
-    assert.equal(rep.state, 'error');
+    assert.equal(rep.state, 'syncing', 'out of error once a flush succeeds, to resync everything');
     assert.equal(bm.dirtyRegions, bm.regions, 'every region dirty: resynced once the volume takes writes');
     assert.ok(persisted.get(0), 'region 0 persisted dirty (its data never landed)');
     engine.stop();

@@ -129,6 +129,11 @@ export class Replica {
     return this.writeOk && this.flushOk;
   }
 
+  /** The last flush failed: nothing written since is trusted until one succeeds (flushRecovery). */
+  get flushFailed(): boolean {
+    return !this.flushOk;
+  }
+
   get name(): string {
     return this.spec.name;
   }

@@ -149,6 +149,9 @@ export class SyncEngine {
         if (this.inflight >= max) break;
         // the agent's report comes first: no wasted reads; a held volume is read only once resumed
         if (sync.replica.failover || sync.replica.hold !== null || sync.awaitingReport) continue;
+        // after a failed flush, nothing is read until one succeeds (checkpoint() settles then): the
+        // failure of a write in flight shows only at a flush, so reading on would clear bits unproven
+        if (sync.replica.state === 'error' && sync.replica.flushFailed) continue;
         if (sync.retryAt > now) {
           this.retryLater(sync.retryAt - now);
           continue;
@@ -257,7 +260,10 @@ export class SyncEngine {
     this.meter.add(m.data.length, now);
     this.cfg.resyncRate?.spend(m.data.length, now);
     try {
-      if (sync.replica.hold !== 'removed') await this.answer(read, m);
+      // after a failed flush every region is dirty again: an answer still in flight then is
+      // dropped, not written into a volume that just failed (its failure would show only at a flush)
+      const rep = sync.replica;
+      if (rep.hold !== 'removed' && !(rep.state === 'error' && rep.flushFailed)) await this.answer(read, m);
     } finally {
       // Its regions stay in flight until the answer is written: a pump meanwhile (checkpoint
       // timer, verify) must not issue a second read of them.
@@ -416,12 +422,17 @@ export class SyncEngine {
     }
   }
 
-  /** Persist cleared bits and cursors of every volume, then go on reading. */
+  /**
+   * Persist cleared bits and cursors of every volume, then go on reading. Settle each after its
+   * flush: a volume in error whose writes all landed since (the write window's failures surface
+   * only at a flush) may have nothing left to read, so no answer would settle it.
+   */
   async checkpoint(): Promise<void> {
     for (const sync of this.volumes.values()) {
       await sync.replica
         .checkpoint()
         .catch((e) => this.log.warn({ volume: sync.replica.name, cause: e.message }, 'checkpoint failed'));
+      sync.settle();
     }
     this.pump();
   }

@@ -39,6 +39,7 @@ export class VolumeSync {
   checksumFallbackLogged = false;
   /** The sweep under way has issued a run, so it is counted in the record's syncPass. */
   private passCounted = false;
+  private landingWait = false; // converged: waiting for the writes in flight to land (protectOnceLanded)
   /** Set while a verify runs (verify.ts): told of every touch, as reads in flight are. */
   watch: ((first: number, last: number) => void) | null = null;
 
@@ -172,7 +173,29 @@ export class VolumeSync {
     if (rep.state === 'error' && this.retryAt <= Date.now() && rep.lastWriteOk) rep.retryAfterError();
     const st = rep.state;
     if (this.converged && rep.checksumResync) rep.endChecksumResync();
-    if (st === 'syncing' && this.converged) rep.setState('protecting');
+    if (st === 'syncing' && this.converged) this.protectOnceLanded();
     else if (st === 'protecting' && !this.converged) rep.setState('syncing');
+  }
+
+  /**
+   * Protecting once the writes in flight at convergence (a write window: --cache none, RBD) have
+   * landed, and none failed: a write failing after write() returned is a difference, which the
+   * next flush turns into a dirty volume in error (Replica.flushRecovery). Writes handed over
+   * after convergence are not waited for: under steady load the window never empties.
+   */
+  private protectOnceLanded(): void {
+    const rep = this.replica,
+      t = rep.target;
+    const busy = t?.landing(0, t.sizeBytes);
+    if (!busy) {
+      if (!t?.writesFailed()) rep.setState('protecting');
+      return;
+    }
+    if (this.landingWait) return;
+    this.landingWait = true;
+    void busy.then(() => {
+      this.landingWait = false;
+      if (rep.state === 'syncing' && this.converged && !t!.writesFailed()) rep.setState('protecting');
+    });
   }
 }
